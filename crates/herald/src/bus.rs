@@ -1,0 +1,396 @@
+//! The [`Bus`]: the one handle users hold.
+//!
+//! Owns everything that is the same on every backend: turning messages and
+//! typed events into validated envelopes (source, ids, correlation from the
+//! task's [`Context`](crate::context::Context), size limits), subscription
+//! builders (raw and typed), and the command registry with its inline
+//! dispatch (see [`command`](crate::command)). It delegates appending,
+//! sequencing and delivery to a [`Transport`].
+//!
+//! It does not run consume loops; subscribers read the [`Subscription`]
+//! streams it returns.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::command::Commands;
+use crate::config::Config;
+use crate::dead_letter::DeadLetter;
+use crate::delivery::BoxFuture;
+use crate::envelope::Limits;
+use crate::error::{Error, ErrorCode, Result};
+use crate::event::Event;
+use crate::memory::MemoryTransport;
+use crate::message::Publish;
+use crate::subscription::{
+    Filter, KindFilter, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
+};
+use crate::topic::{Pattern, Topic};
+use crate::transport::{Features, Transport};
+
+/// The event bus: publish, subscribe, handle and call commands.
+///
+/// Cheap to clone; clones share one transport and one command registry.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use herald::{Bus, Message, Payload};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let bus = Bus::memory();
+/// let mut sub = bus.subscribe_raw("orders.>").await?;
+/// let seqs = bus
+///     .publish([
+///         Message::json("orders.placed", &serde_json::json!({"id": 1}))?,
+///         Message::json("orders.placed", &serde_json::json!({"id": 2}))?,
+///     ])
+///     .await?;
+/// assert_eq!(seqs, [1, 2]);
+/// let first = sub.next().await.unwrap()?;
+/// assert_eq!(first.seq(), Some(1));
+/// first.ack().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) config: Config,
+    pub(crate) source: Arc<str>,
+    pub(crate) limits: Limits,
+    pub(crate) commands: Commands,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("source", &self.inner.source)
+            .field("features", &self.inner.transport.features())
+            .finish()
+    }
+}
+
+impl Bus {
+    /// A bus on a fresh in-memory transport with the default [`Config`].
+    pub fn memory() -> Bus {
+        Bus::new(MemoryTransport::default())
+    }
+
+    /// A bus on `transport` with the default [`Config`].
+    pub fn new(transport: impl Transport) -> Bus {
+        Bus::from_parts(Arc::new(transport), Config::default())
+    }
+
+    /// Configure a bus: its [`Config`] and transport.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::{Bus, Config};
+    /// let bus = Bus::builder()
+    ///     .config(Config::default().source("billing").timeout(Duration::from_secs(5)))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(bus);
+    /// ```
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    fn from_parts(transport: Arc<dyn Transport>, config: Config) -> Bus {
+        Bus {
+            inner: Arc::new(Inner {
+                transport,
+                source: Arc::from(config.effective_source()),
+                limits: config.limits(),
+                config,
+                commands: Commands::default(),
+            }),
+        }
+    }
+
+    /// Publish one message, typed event or envelope, or many (anything
+    /// iterable), and return each one's `seq` in order.
+    ///
+    /// Everything is validated before anything is appended: a bad topic or
+    /// field is `VALIDATION`, an oversized payload `BACKPRESSURE`, and then
+    /// nothing of the batch is published. A batch is appended atomically.
+    /// Published inside a handler (a correlation [`Context`](crate::context::Context)),
+    /// messages inherit its `correlation_id` and get `causation_id` = the
+    /// handled message's id.
+    pub async fn publish<I>(&self, items: I) -> Result<Vec<u64>>
+    where
+        I: IntoIterator,
+        I::Item: Publish,
+    {
+        let items = items.into_iter();
+        let mut batch = Vec::with_capacity(items.size_hint().0);
+        for item in items {
+            let envelope = item.into_envelope(&self.inner.source)?;
+            envelope.validate(&self.inner.limits)?;
+            batch.push(envelope);
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.transport.publish(batch).await
+    }
+
+    /// Subscribe to every variant of the typed event `E`, decoded.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use herald::{Bus, Event};
+    ///
+    /// #[derive(Event, Debug)]
+    /// enum OrderEvent { Placed { total: u32 }, Shipped }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = Bus::memory();
+    /// let mut big = bus
+    ///     .subscribe::<OrderEvent>()
+    ///     .filter(|e| matches!(e, OrderEvent::Placed { total } if *total > 100))
+    ///     .await?;
+    /// bus.publish([OrderEvent::Placed { total: 5 }, OrderEvent::Placed { total: 500 }]).await?;
+    /// let got = big.next().await.unwrap()?;
+    /// assert!(matches!(*got, OrderEvent::Placed { total: 500 }));
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe<E: Event>(&self) -> Subscribe<E> {
+        let mut raw = self.subscribe_raw_empty();
+        for topic in E::TOPICS {
+            raw = raw.pattern(topic);
+        }
+        Subscribe {
+            raw,
+            filters: Vec::new(),
+            _event: PhantomData,
+        }
+    }
+
+    /// Subscribe to raw envelopes on the topics matching `pattern` (`*` is
+    /// one segment, `>` the rest); add more with
+    /// [`SubscribeRaw::pattern`].
+    pub fn subscribe_raw(&self, pattern: impl AsRef<str>) -> SubscribeRaw {
+        self.subscribe_raw_empty().pattern(pattern)
+    }
+
+    fn subscribe_raw_empty(&self) -> SubscribeRaw {
+        let config = &self.inner.config;
+        let mut spec = SubscribeSpec::new(Vec::new());
+        spec.buffer = config.buffer();
+        spec.start = config.start();
+        SubscribeRaw {
+            bus: self.clone(),
+            spec,
+            error: None,
+        }
+    }
+
+    /// The highest `seq` on `topic`, `None` before its first event.
+    pub async fn last_seq(&self, topic: &str) -> Result<Option<u64>> {
+        let topic = Topic::new(topic)?;
+        self.inner.transport.last_seq(&topic).await
+    }
+
+    /// The dead letters, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.inner.transport.dead_letters().await
+    }
+
+    /// What the transport can do.
+    pub fn features(&self) -> Features {
+        self.inner.transport.features()
+    }
+
+    /// The configuration this bus runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Close: later publishes and calls fail with `UNAVAILABLE`, open
+    /// subscriptions end after what they hold. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.commands.close();
+        self.inner.transport.close().await
+    }
+}
+
+/// Builds a [`Bus`]; see [`Bus::builder`].
+#[derive(Default)]
+#[must_use = "call .build() to get the bus"]
+pub struct BusBuilder {
+    config: Option<Config>,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+impl BusBuilder {
+    /// Use `config` (default: [`Config::default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Use `transport` (default: a fresh [`MemoryTransport`]).
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Validate the configuration and build the bus.
+    pub fn build(self) -> Result<Bus> {
+        let config = self.config.unwrap_or_default();
+        config.validate()?;
+        let transport = self
+            .transport
+            .unwrap_or_else(|| Arc::new(MemoryTransport::default()));
+        Ok(Bus::from_parts(transport, config))
+    }
+}
+
+/// Options of a raw subscription; `.await` it to open the subscription.
+#[must_use = "a subscription opens when awaited"]
+pub struct SubscribeRaw {
+    bus: Bus,
+    spec: SubscribeSpec,
+    error: Option<Error>,
+}
+
+impl SubscribeRaw {
+    /// Also follow topics matching `pattern`.
+    pub fn pattern(mut self, pattern: impl AsRef<str>) -> Self {
+        match Pattern::new(pattern) {
+            Ok(p) => self.spec.patterns.push(p),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// Join consumer group `name`: its members share the events, and
+    /// same-`key` events go to one member at a time, in order.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if let Err(e) = crate::envelope::check_text("group", &name) {
+            self.error.get_or_insert(e);
+        }
+        self.spec.group = Some(name);
+        self
+    }
+
+    /// Where to start (default from [`Config::start_position`]).
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.spec.start = start;
+        self
+    }
+
+    /// Undelivered events buffered for this subscriber before publishers
+    /// wait (default from [`Config::subscription_buffer`]), 1–1,000,000.
+    pub fn buffer(mut self, n: usize) -> Self {
+        if let Err(e) = crate::config::in_range("buffer", n, 1, 1_000_000) {
+            self.error.get_or_insert(e);
+        }
+        self.spec.buffer = n;
+        self
+    }
+
+    /// Which kinds to receive (default events and intents).
+    pub fn kinds(mut self, kinds: KindFilter) -> Self {
+        self.spec.kinds = kinds;
+        self
+    }
+}
+
+impl IntoFuture for SubscribeRaw {
+    type Output = Result<Subscription>;
+    type IntoFuture = BoxFuture<'static, Result<Subscription>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            if let Some(e) = self.error {
+                return Err(e);
+            }
+            if self.spec.patterns.is_empty() {
+                return Err(Error::validation(
+                    "a subscription needs at least one pattern",
+                ));
+            }
+            self.bus.inner.transport.subscribe(self.spec).await
+        })
+    }
+}
+
+/// Options of a typed subscription; `.await` it to open the subscription.
+#[must_use = "a subscription opens when awaited"]
+pub struct Subscribe<E> {
+    raw: SubscribeRaw,
+    filters: Vec<Filter<E>>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: Event> Subscribe<E> {
+    /// Keep only events for which `keep` is true; filters compose.
+    pub fn filter(mut self, keep: impl Fn(&E) -> bool + Send + Sync + 'static) -> Self {
+        self.filters.push(Box::new(keep));
+        self
+    }
+
+    /// See [`SubscribeRaw::group`].
+    pub fn group(self, name: impl Into<String>) -> Self {
+        self.map_raw(|r| r.group(name))
+    }
+
+    /// See [`SubscribeRaw::start`].
+    pub fn start(self, start: StartPosition) -> Self {
+        self.map_raw(|r| r.start(start))
+    }
+
+    /// See [`SubscribeRaw::buffer`].
+    pub fn buffer(self, n: usize) -> Self {
+        self.map_raw(|r| r.buffer(n))
+    }
+
+    fn map_raw(mut self, f: impl FnOnce(SubscribeRaw) -> SubscribeRaw) -> Self {
+        self.raw = f(self.raw);
+        self
+    }
+}
+
+impl<E: Event> IntoFuture for Subscribe<E> {
+    type Output = Result<TypedSubscription<E>>;
+    type IntoFuture = BoxFuture<'static, Result<TypedSubscription<E>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Subscribe { raw, filters, .. } = self;
+        Box::pin(async move {
+            let mut typed = raw.await?.typed::<E>();
+            for f in filters {
+                typed = typed.filter(f);
+            }
+            Ok(typed)
+        })
+    }
+}
+
+pub(crate) fn unavailable(what: &str) -> Error {
+    Error::new(ErrorCode::Unavailable, format!("{what}: the bus is closed"))
+}
+
+/// Run `fut`, turning a panic into an `INTERNAL` error naming `what`.
+pub(crate) async fn catch_panic<T>(what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(Error::internal(format!("{what} panicked: {msg}")))
+        }
+    }
+}

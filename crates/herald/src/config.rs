@@ -1,0 +1,337 @@
+//! Configuration of the bus, and the rules every herald config follows.
+//!
+//! Owns [`Config`] (the bus's own settings: source, timeouts, size limits,
+//! subscription defaults), the named default constants the docs cite, and the
+//! helpers other components' configs use to read `HERALD_*` environment
+//! variables and to validate values (DESIGN.md §9): a bad value is a
+//! `VALIDATION` error that names the key, the value and the allowed range, at
+//! build time, never later.
+//!
+//! Transport settings live with their transport (`MemoryConfig` in the
+//! `memory` module).
+
+use std::time::Duration;
+
+use crate::envelope::{
+    check_text, Limits, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_PAYLOAD_BYTES,
+};
+use crate::error::{Error, Result};
+use crate::subscription::{StartPosition, DEFAULT_SUBSCRIPTION_BUFFER};
+
+/// Default publish and call timeout (`HERALD_TIMEOUT_SECONDS`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default environment (`HERALD_ENVIRONMENT`).
+pub const DEFAULT_ENVIRONMENT: &str = "local";
+
+/// The bus's settings. Build in code, or load the same keys from the
+/// environment with [`Config::from_env`]; [`Config::validate`] runs on
+/// `Bus::builder().build()`.
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::Config;
+/// let cfg = Config::default().source("billing").timeout(Duration::from_secs(5));
+/// cfg.validate().unwrap();
+/// let bad = Config::default().timeout(Duration::from_secs(0)).validate().unwrap_err();
+/// assert!(bad.to_string().contains("HERALD_TIMEOUT_SECONDS"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    source: Option<String>,
+    environment: String,
+    timeout: Duration,
+    max_payload_bytes: usize,
+    max_headers: usize,
+    max_header_bytes: usize,
+    subscription_buffer: usize,
+    start_position: StartPosition,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            environment: DEFAULT_ENVIRONMENT.into(),
+            timeout: DEFAULT_TIMEOUT,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
+            start_position: StartPosition::Latest,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by the `HERALD_*` variables that are set, validated.
+    pub fn from_env() -> Result<Self> {
+        let mut c = Config::default();
+        if let Some(v) = env("HERALD_SOURCE") {
+            c.source = Some(v);
+        }
+        if let Some(v) = env("HERALD_ENVIRONMENT") {
+            c.environment = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_TIMEOUT_SECONDS")? {
+            c.timeout = seconds("HERALD_TIMEOUT_SECONDS", v)?;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_PAYLOAD_BYTES")? {
+            c.max_payload_bytes = v;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_HEADERS")? {
+            c.max_headers = v;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_HEADER_BYTES")? {
+            c.max_header_bytes = v;
+        }
+        if let Some(v) = env_parse("HERALD_SUBSCRIPTION_BUFFER")? {
+            c.subscription_buffer = v;
+        }
+        if let Some(v) = env("HERALD_START_POSITION") {
+            c.start_position = match v.as_str() {
+                "earliest" => StartPosition::Earliest,
+                "latest" => StartPosition::Latest,
+                _ => {
+                    return Err(invalid(
+                        "HERALD_START_POSITION",
+                        &v,
+                        "`earliest` or `latest`",
+                    ))
+                }
+            };
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every value against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(s) = &self.source {
+            check_text("source", s).map_err(|_| {
+                invalid(
+                    "HERALD_SOURCE",
+                    s,
+                    "non-empty, no control characters, at most 1024 bytes",
+                )
+            })?;
+        }
+        let env_ok = !self.environment.is_empty()
+            && self
+                .environment
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+        if !env_ok {
+            return Err(invalid(
+                "HERALD_ENVIRONMENT",
+                &self.environment,
+                "[a-z0-9_-]+",
+            ));
+        }
+        in_range(
+            "HERALD_TIMEOUT_SECONDS",
+            self.timeout.as_secs_f64(),
+            1.0,
+            300.0,
+        )?;
+        in_range(
+            "HERALD_MAX_PAYLOAD_BYTES",
+            self.max_payload_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        in_range("HERALD_MAX_HEADERS", self.max_headers, 0, 1024)?;
+        in_range(
+            "HERALD_MAX_HEADER_BYTES",
+            self.max_header_bytes,
+            0,
+            1024 * 1024,
+        )?;
+        in_range(
+            "HERALD_SUBSCRIPTION_BUFFER",
+            self.subscription_buffer,
+            1,
+            1_000_000,
+        )?;
+        if let StartPosition::Seq(0) = self.start_position {
+            return Err(invalid(
+                "HERALD_START_POSITION",
+                "seq 0",
+                "`earliest`, `latest`, a seq >= 1 or a time",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The producing service's name (default: the binary's name).
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+    /// The environment that namespaces streams and topics on shared brokers.
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = environment.into();
+        self
+    }
+    /// Publish and call timeout, 1–300 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// Largest payload, 1024 B – 64 MiB; exactly the limit passes.
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.max_payload_bytes = n;
+        self
+    }
+    /// Most headers on one message, 0–1024.
+    pub fn max_headers(mut self, n: usize) -> Self {
+        self.max_headers = n;
+        self
+    }
+    /// Most bytes of header names and values together, 0–1 MiB.
+    pub fn max_header_bytes(mut self, n: usize) -> Self {
+        self.max_header_bytes = n;
+        self
+    }
+    /// Default subscription buffer, 1–1,000,000 undelivered events.
+    pub fn subscription_buffer(mut self, n: usize) -> Self {
+        self.subscription_buffer = n;
+        self
+    }
+    /// Default start position of new subscriptions.
+    pub fn start_position(mut self, start: StartPosition) -> Self {
+        self.start_position = start;
+        self
+    }
+
+    /// The configured source, else the running binary's name, else `herald`.
+    pub fn effective_source(&self) -> String {
+        self.source.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .filter(|s| check_text("source", s).is_ok())
+                .unwrap_or_else(|| "herald".into())
+        })
+    }
+    /// The environment.
+    pub fn environment_name(&self) -> &str {
+        &self.environment
+    }
+    /// The publish and call timeout.
+    pub fn timeout_duration(&self) -> Duration {
+        self.timeout
+    }
+    /// The envelope limits.
+    pub fn limits(&self) -> Limits {
+        Limits::default()
+            .max_payload_bytes(self.max_payload_bytes)
+            .max_headers(self.max_headers)
+            .max_header_bytes(self.max_header_bytes)
+    }
+    /// The default subscription buffer.
+    pub fn buffer(&self) -> usize {
+        self.subscription_buffer
+    }
+    /// The default start position.
+    pub fn start(&self) -> StartPosition {
+        self.start_position
+    }
+}
+
+/// A `VALIDATION` error naming `key`, the bad `value` and what is `allowed`.
+pub fn invalid(key: &str, value: impl std::fmt::Display, allowed: &str) -> Error {
+    Error::validation(format!("{key}={value} is not allowed: expected {allowed}"))
+}
+
+/// Check `lo <= value <= hi`.
+pub fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<()> {
+    if value < lo || value > hi {
+        return Err(invalid(key, &value, &format!("{lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// The variable `key`, when set and non-empty.
+pub fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// The variable `key` parsed, when set; a value that does not parse is an error
+/// naming it.
+pub fn env_parse<T: std::str::FromStr>(key: &str) -> Result<Option<T>> {
+    env(key)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| invalid(key, &v, &format!("a {}", std::any::type_name::<T>())))
+        })
+        .transpose()
+}
+
+/// Seconds as a duration; negative, NaN or infinite values are refused.
+pub fn seconds(key: &str, v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| invalid(key, v, "a non-negative number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn defaults_are_the_documented_constants_and_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.timeout_duration(), Duration::from_secs(30));
+        assert_eq!(c.limits().payload_bytes(), 1024 * 1024);
+        assert_eq!(c.buffer(), DEFAULT_SUBSCRIPTION_BUFFER);
+        assert_eq!(c.start(), StartPosition::Latest);
+        assert_eq!(c.environment_name(), "local");
+    }
+
+    #[test]
+    fn every_out_of_range_value_names_its_key() {
+        let cases = [
+            (
+                Config::default().timeout(Duration::from_millis(500)),
+                "HERALD_TIMEOUT_SECONDS",
+            ),
+            (
+                Config::default().timeout(Duration::from_secs(301)),
+                "HERALD_TIMEOUT_SECONDS",
+            ),
+            (
+                Config::default().max_payload_bytes(1023),
+                "HERALD_MAX_PAYLOAD_BYTES",
+            ),
+            (
+                Config::default().max_payload_bytes(64 * 1024 * 1024 + 1),
+                "HERALD_MAX_PAYLOAD_BYTES",
+            ),
+            (
+                Config::default().subscription_buffer(0),
+                "HERALD_SUBSCRIPTION_BUFFER",
+            ),
+            (Config::default().environment("Prod"), "HERALD_ENVIRONMENT"),
+            (Config::default().source(""), "HERALD_SOURCE"),
+            (Config::default().source("a\nb"), "HERALD_SOURCE"),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Validation);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn seconds_refuse_negative_and_nan() {
+        assert!(seconds("K", -1.0).is_err());
+        assert!(seconds("K", f64::NAN).is_err());
+        assert_eq!(seconds("K", 0.5).unwrap(), Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,177 @@
+//! One delivered message and how it is settled.
+//!
+//! Owns [`Delivery`] (an envelope handed to a subscriber plus the right to
+//! settle it), the [`Outcome`] of settling, and the [`Settle`] seam through
+//! which a transport learns the outcome. Redelivery, dead-lettering and offset
+//! commits are the transport's business; this module only carries the verdict.
+//!
+//! Settlement rules (DESIGN.md §4.6):
+//! - [`Delivery::ack`]: done; a durable transport commits the offset.
+//! - [`Delivery::nack`]: redeliver, optionally after a delay, with `attempt`
+//!   incremented; after `max_deliver` attempts the message is dead-lettered.
+//! - [`Delivery::term`]: a terminal failure, dead-lettered at once.
+//! - Dropping a delivery without settling it is a `nack` without delay, so an
+//!   event is never lost because a consumer forgot it (it comes back at most
+//!   `max_deliver` times and then sits in the dead-letter store).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+use crate::error::{ErrorCode, Result};
+
+/// A boxed, sendable future, as transports return them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a delivery was settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Processed.
+    Ack,
+    /// Not processed: redeliver after `delay` (at once when `None`).
+    Nack {
+        /// Wait before redelivery.
+        delay: Option<Duration>,
+        /// Why, kept with the dead letter if attempts run out.
+        reason: Option<String>,
+    },
+    /// Will never succeed: dead-letter now.
+    Term {
+        /// The failure's code.
+        code: ErrorCode,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The transport side of settling: told once per delivery.
+pub trait Settle: Send + Sync + 'static {
+    /// Apply `outcome` to `envelope`. Return `None` when done synchronously, or a
+    /// future that completes when the outcome is durable.
+    fn settle(
+        &self,
+        envelope: &Arc<Envelope>,
+        outcome: Outcome,
+    ) -> Option<BoxFuture<'static, Result<()>>>;
+}
+
+/// A message delivered to a subscriber. Read it through [`envelope`](Self::envelope)
+/// (or `Deref`), then settle it once.
+#[must_use = "an unsettled delivery is nacked when dropped"]
+pub struct Delivery {
+    envelope: Arc<Envelope>,
+    settle: Option<Arc<dyn Settle>>,
+}
+
+impl Delivery {
+    /// A delivery of `envelope` whose outcome goes to `settle`.
+    pub fn new(envelope: Arc<Envelope>, settle: Arc<dyn Settle>) -> Self {
+        Delivery {
+            envelope,
+            settle: Some(settle),
+        }
+    }
+
+    /// The delivered envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The delivered envelope, shared.
+    pub fn shared_envelope(&self) -> &Arc<Envelope> {
+        &self.envelope
+    }
+
+    /// Acknowledge: the message is processed.
+    pub async fn ack(self) -> Result<()> {
+        self.finish(Outcome::Ack).await
+    }
+
+    /// Negative-acknowledge: redeliver at once.
+    pub async fn nack(self) -> Result<()> {
+        self.finish(Outcome::Nack {
+            delay: None,
+            reason: None,
+        })
+        .await
+    }
+
+    /// Negative-acknowledge: redeliver after `delay`.
+    pub async fn nack_after(self, delay: Duration) -> Result<()> {
+        self.finish(Outcome::Nack {
+            delay: Some(delay),
+            reason: None,
+        })
+        .await
+    }
+
+    /// Terminal failure: dead-letter now with `code` and `reason`.
+    pub async fn term(self, code: ErrorCode, reason: impl Into<String>) -> Result<()> {
+        self.finish(Outcome::Term {
+            code,
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// Settle with an explicit outcome.
+    pub async fn finish(mut self, outcome: Outcome) -> Result<()> {
+        match self.settle.take() {
+            Some(s) => match s.settle(&self.envelope, outcome) {
+                Some(fut) => fut.await,
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Delivery {
+    /// Settle without waiting: a transport that settles asynchronously finishes
+    /// in a background task.
+    pub(crate) fn settle_detached(mut self, outcome: Outcome) {
+        if let Some(s) = self.settle.take() {
+            spawn_settle(s.settle(&self.envelope, outcome));
+        }
+    }
+}
+
+fn spawn_settle(fut: Option<BoxFuture<'static, Result<()>>>) {
+    if let Some(fut) = fut {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(fut);
+        }
+    }
+}
+
+impl std::ops::Deref for Delivery {
+    type Target = Envelope;
+    fn deref(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", self.envelope.topic())
+            .field("seq", &self.envelope.seq())
+            .field("attempt", &self.envelope.attempt())
+            .finish()
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(s) = self.settle.take() {
+            let outcome = Outcome::Nack {
+                delay: None,
+                reason: Some("delivery dropped without being settled".into()),
+            };
+            spawn_settle(s.settle(&self.envelope, outcome));
+        }
+    }
+}

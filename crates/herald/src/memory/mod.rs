@@ -1,0 +1,725 @@
+//! The in-memory transport: the in-process bus's backend.
+//!
+//! Owns [`MemoryTransport`] and [`MemoryConfig`]. Events live only as long as
+//! the process; everything else of DESIGN.md §4 holds:
+//!
+//! - **Sequencing.** Each topic has its own lock and counter (no global lock on
+//!   the publish path); `seq` starts at 1, has no gaps, is assigned under the
+//!   topic lock, and is pushed to every subscriber queue under that same lock,
+//!   so subscribers see it in order. Overflow is an `INTERNAL` error, never a
+//!   wrap. A batch is appended atomically: all its topics are locked (in name
+//!   order) before anything is assigned.
+//! - **Capacity and overflow.** Every subscription (or consumer group) has a
+//!   queue of `buffer` undelivered events. A publisher first reserves room in
+//!   every queue its topic feeds; when a queue is full it waits for room up to
+//!   [`MemoryConfig::publish_timeout`] and then fails with `BACKPRESSURE`
+//!   having appended nothing. Nothing is dropped, and since reserving room
+//!   happens before the topic lock is taken, a full queue only slows the
+//!   publishers of the topics that queue follows.
+//! - **History.** The last [`MemoryConfig::history_size`] events of each topic
+//!   are retained, so a subscription can start at `Earliest`, a `seq` or a time
+//!   within that window.
+//! - **Groups.** Members of a group pull from one shared queue. An event with a
+//!   `key` locks its (topic, key) flow until it is settled, so the next event
+//!   of that key goes to whichever member is free, only after the previous one
+//!   is done: one member at a time, in order. Keyless events are shared freely.
+//!   A group lives while it has members.
+//! - **Priority.** A queue holds one FIFO per (topic, key); the next delivery is
+//!   the head with the highest priority (then the oldest). Events of one topic
+//!   and key are never reordered.
+//! - **Redelivery.** A nack (or a dropped delivery) puts the event back at the
+//!   head of its flow with `attempt + 1`, after the nack's delay; at
+//!   `max_deliver` attempts, or on `term`, it is dead-lettered. An event past
+//!   its `expires_at` is dead-lettered as `expired` instead of delivered.
+//! - **Dedupe.** Each topic remembers the idempotency keys of the last
+//!   `dedupe_window` (bounded to `dedupe_capacity` keys per topic).
+//!
+//! Not here: persistence (see the durable transports) and ack deadlines for
+//! deliveries held without being settled or dropped.
+
+mod queue;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::TryAcquireError;
+use uuid::Uuid;
+
+use crate::config::{env_parse, in_range, seconds, DEFAULT_TIMEOUT};
+use crate::dead_letter::{DeadLetter, FailureSource};
+use crate::delivery::BoxFuture;
+use crate::envelope::Envelope;
+use crate::error::{Error, ErrorCode, Result};
+use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
+use crate::topic::Topic;
+use crate::transport::{Features, Transport};
+
+use queue::Queue;
+
+/// Events each topic retains (`HERALD_HISTORY_SIZE`).
+pub const DEFAULT_HISTORY_SIZE: usize = 1000;
+/// Delivery attempts before dead-lettering (`HERALD_MAX_DELIVER`).
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// How long an idempotency key is remembered (`HERALD_DEDUPE_WINDOW`).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// Most idempotency keys remembered per topic.
+pub const DEFAULT_DEDUPE_CAPACITY: usize = 100_000;
+/// Most dead letters kept; past it the oldest are dropped and counted.
+pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 100_000;
+
+/// Settings of the in-memory transport.
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::memory::{MemoryConfig, MemoryTransport};
+/// let t = MemoryTransport::new(
+///     MemoryConfig::default().history_size(10_000).publish_timeout(Duration::from_secs(1)),
+/// ).unwrap();
+/// # drop(t);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryConfig {
+    history_size: usize,
+    publish_timeout: Duration,
+    max_deliver: u32,
+    dedupe_window: Duration,
+    dedupe_capacity: usize,
+    dead_letter_capacity: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            history_size: DEFAULT_HISTORY_SIZE,
+            publish_timeout: DEFAULT_TIMEOUT,
+            max_deliver: DEFAULT_MAX_DELIVER,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            dedupe_capacity: DEFAULT_DEDUPE_CAPACITY,
+            dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Defaults overridden by `HERALD_HISTORY_SIZE`, `HERALD_TIMEOUT_SECONDS`,
+    /// `HERALD_MAX_DELIVER` and `HERALD_DEDUPE_WINDOW` when set, validated.
+    pub fn from_env() -> Result<Self> {
+        let mut c = MemoryConfig::default();
+        if let Some(v) = env_parse("HERALD_HISTORY_SIZE")? {
+            c.history_size = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_TIMEOUT_SECONDS")? {
+            c.publish_timeout = seconds("HERALD_TIMEOUT_SECONDS", v)?;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
+            c.max_deliver = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
+            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every value against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        in_range("HERALD_HISTORY_SIZE", self.history_size, 0, 1_000_000)?;
+        in_range(
+            "HERALD_TIMEOUT_SECONDS",
+            self.publish_timeout.as_secs_f64(),
+            0.001,
+            300.0,
+        )?;
+        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
+        in_range(
+            "HERALD_DEDUPE_WINDOW",
+            self.dedupe_window.as_secs(),
+            0,
+            7 * 24 * 3600,
+        )?;
+        in_range("dedupe_capacity", self.dedupe_capacity, 0, 100_000_000)?;
+        in_range(
+            "dead_letter_capacity",
+            self.dead_letter_capacity,
+            1,
+            100_000_000,
+        )?;
+        Ok(())
+    }
+
+    /// Events retained per topic for late subscribers, 0–1,000,000.
+    pub fn history_size(mut self, n: usize) -> Self {
+        self.history_size = n;
+        self
+    }
+    /// How long a publish waits for room in a full subscriber queue before it
+    /// fails with `BACKPRESSURE`.
+    pub fn publish_timeout(mut self, d: Duration) -> Self {
+        self.publish_timeout = d;
+        self
+    }
+    /// Delivery attempts before an event is dead-lettered, 1–1000.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+    /// How long an idempotency key is remembered, 0 (off) – 7 days.
+    pub fn dedupe_window(mut self, d: Duration) -> Self {
+        self.dedupe_window = d;
+        self
+    }
+    /// Most idempotency keys remembered per topic (the oldest go first).
+    pub fn dedupe_capacity(mut self, n: usize) -> Self {
+        self.dedupe_capacity = n;
+        self
+    }
+    /// Most dead letters kept.
+    pub fn dead_letter_capacity(mut self, n: usize) -> Self {
+        self.dead_letter_capacity = n;
+        self
+    }
+}
+
+/// The in-process transport. Cheap to clone; clones share state.
+///
+/// ```
+/// use herald::{Bus, memory::MemoryTransport};
+/// let bus = Bus::builder().transport(MemoryTransport::default()).build().unwrap();
+/// # drop(bus);
+/// ```
+#[derive(Clone)]
+pub struct MemoryTransport {
+    shared: Arc<Shared>,
+}
+
+impl Default for MemoryTransport {
+    fn default() -> Self {
+        MemoryTransport::with_config(MemoryConfig::default())
+    }
+}
+
+impl std::fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTransport")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl MemoryTransport {
+    /// A transport with `config`, validated.
+    pub fn new(config: MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(MemoryTransport::with_config(config))
+    }
+
+    fn with_config(config: MemoryConfig) -> Self {
+        MemoryTransport {
+            shared: Arc::new(Shared {
+                config,
+                registry: Mutex::new(Registry::default()),
+                topics: RwLock::new(HashMap::new()),
+                dead: Mutex::new(DeadStore::default()),
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Dead letters dropped because the store was full.
+    pub fn dead_letters_dropped(&self) -> u64 {
+        self.shared.dead.lock().dropped
+    }
+}
+
+pub(crate) struct Shared {
+    config: MemoryConfig,
+    registry: Mutex<Registry>,
+    topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
+    dead: Mutex<DeadStore>,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    queues: Vec<Arc<Queue>>,
+    groups: HashMap<String, Arc<Queue>>,
+}
+
+#[derive(Default)]
+struct DeadStore {
+    entries: VecDeque<DeadLetter>,
+    dropped: u64,
+}
+
+struct TopicState {
+    name: Topic,
+    inner: Mutex<TopicInner>,
+}
+
+struct TopicInner {
+    last_seq: u64,
+    history: VecDeque<Arc<Envelope>>,
+    subs: Arc<[Arc<Queue>]>,
+    version: u64,
+    dedupe: Dedupe,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+enum DedupeKey {
+    Id(Uuid),
+    Key(Box<str>),
+}
+
+impl DedupeKey {
+    fn of(env: &Envelope) -> Self {
+        match env.explicit_idempotency_key() {
+            Some(k) => DedupeKey::Key(k.into()),
+            None => DedupeKey::Id(env.id()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Dedupe {
+    seen: HashMap<DedupeKey, u64>,
+    order: VecDeque<(Instant, DedupeKey)>,
+}
+
+impl Dedupe {
+    fn prune(&mut self, now: Instant, window: Duration, capacity: usize) {
+        while let Some((at, key)) = self.order.front() {
+            if now.duration_since(*at) < window && self.order.len() <= capacity {
+                break;
+            }
+            self.seen.remove(key);
+            self.order.pop_front();
+        }
+    }
+}
+
+impl Shared {
+    fn dead_letter(
+        &self,
+        envelope: &Envelope,
+        group: Option<&str>,
+        code: ErrorCode,
+        reason: String,
+        source: FailureSource,
+    ) {
+        let mut dead = self.dead.lock();
+        if dead.entries.len() >= self.config.dead_letter_capacity {
+            dead.entries.pop_front();
+            dead.dropped += 1;
+        }
+        dead.entries.push_back(DeadLetter {
+            envelope: envelope.clone(),
+            group: group.map(str::to_owned),
+            reason,
+            code,
+            failed_at: Utc::now(),
+            attempts: envelope.attempt(),
+            source,
+        });
+    }
+
+    fn topic(&self, name: &Topic) -> Arc<TopicState> {
+        if let Some(t) = self.topics.read().get(name.as_str()) {
+            return t.clone();
+        }
+        let registry = self.registry.lock();
+        let mut topics = self.topics.write();
+        topics
+            .entry(name.clone())
+            .or_insert_with(|| {
+                let subs: Vec<Arc<Queue>> = registry
+                    .queues
+                    .iter()
+                    .filter(|q| q.follows(name))
+                    .cloned()
+                    .collect();
+                Arc::new(TopicState {
+                    name: name.clone(),
+                    inner: Mutex::new(TopicInner {
+                        last_seq: 0,
+                        history: VecDeque::new(),
+                        subs: subs.into(),
+                        version: 0,
+                        dedupe: Dedupe::default(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Attach a new queue to every existing topic it follows, replaying the
+    /// retained history from `start`. Caller holds the registry lock.
+    fn attach(&self, queue: &Arc<Queue>, start: StartPosition) {
+        let topics = self.topics.read();
+        for ts in topics.values().filter(|t| queue.follows(&t.name)) {
+            let mut inner = ts.inner.lock();
+            let replay: Vec<Arc<Envelope>> = match start {
+                StartPosition::Latest => Vec::new(),
+                StartPosition::Earliest => inner.history.iter().cloned().collect(),
+                StartPosition::Seq(from) => inner
+                    .history
+                    .iter()
+                    .filter(|e| e.seq().unwrap_or(0) >= from)
+                    .cloned()
+                    .collect(),
+                StartPosition::Time(t) => inner
+                    .history
+                    .iter()
+                    .filter(|e| e.timestamp() >= t)
+                    .cloned()
+                    .collect(),
+            };
+            queue.push_replay(replay);
+            let mut subs: Vec<Arc<Queue>> = inner.subs.to_vec();
+            subs.push(queue.clone());
+            inner.subs = subs.into();
+            inner.version += 1;
+        }
+    }
+
+    /// Detach a queue that lost its last member. Caller holds the registry lock.
+    fn detach(&self, registry: &mut Registry, queue: &Arc<Queue>) {
+        registry.queues.retain(|q| !Arc::ptr_eq(q, queue));
+        if let Some(g) = queue.group() {
+            registry.groups.remove(g);
+        }
+        let topics = self.topics.read();
+        for ts in topics.values().filter(|t| queue.follows(&t.name)) {
+            let mut inner = ts.inner.lock();
+            let subs: Vec<Arc<Queue>> = inner
+                .subs
+                .iter()
+                .filter(|q| !Arc::ptr_eq(q, queue))
+                .cloned()
+                .collect();
+            inner.subs = subs.into();
+            inner.version += 1;
+        }
+        queue.close();
+    }
+
+    pub(crate) fn leave(self: &Arc<Self>, queue: &Arc<Queue>) {
+        let mut registry = self.registry.lock();
+        if queue.leave() {
+            self.detach(&mut registry, queue);
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>, spec: SubscribeSpec) -> Result<Subscription> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        if spec.patterns.is_empty() {
+            return Err(Error::validation(
+                "a subscription needs at least one pattern",
+            ));
+        }
+        if spec.buffer == 0
+            || spec.buffer > tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize)
+        {
+            return Err(Error::validation(format!(
+                "subscription buffer {} is out of range",
+                spec.buffer
+            )));
+        }
+        if spec.start == StartPosition::Seq(0) {
+            return Err(Error::validation("start seq must be at least 1"));
+        }
+        let mut registry = self.registry.lock();
+        let queue = match spec.group.as_deref().and_then(|g| registry.groups.get(g)) {
+            Some(existing) => {
+                if existing.spec().patterns != spec.patterns || existing.spec().kinds != spec.kinds
+                {
+                    return Err(Error::validation(format!(
+                        "group {:?} already follows {:?}; a member cannot follow {:?}",
+                        spec.group.as_deref().unwrap_or_default(),
+                        existing.spec().patterns,
+                        spec.patterns
+                    )));
+                }
+                existing.join();
+                existing.clone()
+            }
+            None => {
+                let start = spec.start;
+                let queue = Queue::new(spec, Arc::downgrade(self));
+                queue.join();
+                self.attach(&queue, start);
+                registry.queues.push(queue.clone());
+                if let Some(g) = queue.group() {
+                    registry.groups.insert(g.to_owned(), queue.clone());
+                }
+                queue
+            }
+        };
+        drop(registry);
+        Ok(queue::member(
+            queue,
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+        ))
+    }
+
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Topics of the batch in name order (the lock order), with the batch
+        // positions of their envelopes.
+        let mut by_topic: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, e) in batch.iter().enumerate() {
+            by_topic.entry(e.topic().as_str()).or_default().push(i);
+        }
+        let topics: Vec<(Arc<TopicState>, Vec<usize>)> = by_topic
+            .into_values()
+            .map(|idx| (self.topic(batch[idx[0]].topic()), idx))
+            .collect();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let snapshot: Vec<(u64, Arc<[Arc<Queue>]>)> = topics
+                .iter()
+                .map(|(t, _)| {
+                    let inner = t.inner.lock();
+                    (inner.version, inner.subs.clone())
+                })
+                .collect();
+            let needs = room_needed(&batch, &topics, &snapshot);
+            let reserved = self.reserve(&needs, &mut deadline).await?;
+            let mut guards: Vec<_> = topics.iter().map(|(t, _)| t.inner.lock()).collect();
+            if guards
+                .iter()
+                .zip(&snapshot)
+                .any(|(g, (v, _))| g.version != *v)
+            {
+                drop(guards);
+                release(&reserved);
+                continue;
+            }
+            for (g, (t, idx)) in guards.iter().zip(&topics) {
+                if g.last_seq.checked_add(idx.len() as u64).is_none() {
+                    drop(guards);
+                    release(&reserved);
+                    return Err(Error::internal(format!(
+                        "sequence of `{}` is exhausted",
+                        t.name
+                    )));
+                }
+            }
+            let now = Instant::now();
+            let mut seqs = vec![0u64; batch.len()];
+            let mut batch: Vec<Option<Envelope>> = batch.into_iter().map(Some).collect();
+            let mut appended: Vec<Vec<Arc<Envelope>>> = Vec::with_capacity(topics.len());
+            for (g, (_, idx)) in guards.iter_mut().zip(&topics) {
+                let g = &mut **g;
+                g.dedupe
+                    .prune(now, self.config.dedupe_window, self.config.dedupe_capacity);
+                let dedupe_on =
+                    !self.config.dedupe_window.is_zero() && self.config.dedupe_capacity > 0;
+                let mut fresh = Vec::with_capacity(idx.len());
+                for &i in idx {
+                    let Some(mut env) = batch[i].take() else {
+                        continue;
+                    };
+                    let key = dedupe_on.then(|| DedupeKey::of(&env));
+                    if let Some(seq) = key.as_ref().and_then(|k| g.dedupe.seen.get(k)) {
+                        seqs[i] = *seq;
+                        continue;
+                    }
+                    g.last_seq += 1;
+                    env.seq = Some(g.last_seq);
+                    env.attempt = 1;
+                    seqs[i] = g.last_seq;
+                    if let Some(k) = key {
+                        g.dedupe.seen.insert(k.clone(), g.last_seq);
+                        g.dedupe.order.push_back((now, k));
+                    }
+                    let env = Arc::new(env);
+                    if self.config.history_size > 0 {
+                        if g.history.len() >= self.config.history_size {
+                            g.history.pop_front();
+                        }
+                        g.history.push_back(env.clone());
+                    }
+                    fresh.push(env);
+                }
+                appended.push(fresh);
+            }
+            for (queue, n) in &reserved {
+                let mut events = Vec::new();
+                for (i, (_, subs)) in snapshot.iter().enumerate() {
+                    if subs.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                        events.extend(
+                            appended[i]
+                                .iter()
+                                .filter(|e| queue.spec().kinds.allows(e.kind()))
+                                .cloned(),
+                        );
+                    }
+                }
+                let used = events.len() as u32;
+                queue.push_published(events);
+                if *n > used {
+                    queue.release(*n - used);
+                }
+            }
+            drop(guards);
+            return Ok(seqs);
+        }
+    }
+
+    /// Reserve room in every queue; waits up to the publish timeout.
+    async fn reserve(
+        &self,
+        needs: &[(Arc<Queue>, u32)],
+        deadline: &mut Option<tokio::time::Instant>,
+    ) -> Result<Vec<(Arc<Queue>, u32)>> {
+        let mut reserved: Vec<(Arc<Queue>, u32)> = Vec::with_capacity(needs.len());
+        for (queue, n) in needs {
+            if *n as usize > queue.spec().buffer {
+                release(&reserved);
+                return Err(Error::new(
+                    ErrorCode::Backpressure,
+                    format!(
+                        "a batch of {n} events does not fit a subscription buffer of {}",
+                        queue.spec().buffer
+                    ),
+                ));
+            }
+            match queue.permits().try_acquire_many(*n) {
+                Ok(p) => {
+                    p.forget();
+                    reserved.push((queue.clone(), *n));
+                    continue;
+                }
+                Err(TryAcquireError::Closed) => continue,
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            let until = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.config.publish_timeout);
+            match tokio::time::timeout_at(until, queue.permits().acquire_many(*n)).await {
+                Ok(Ok(p)) => {
+                    p.forget();
+                    reserved.push((queue.clone(), *n));
+                }
+                Ok(Err(_closed)) => {}
+                Err(_elapsed) => {
+                    release(&reserved);
+                    return Err(Error::new(
+                        ErrorCode::Backpressure,
+                        format!(
+                            "a subscriber's buffer ({} events) stayed full for {:?}; nothing was published",
+                            queue.spec().buffer,
+                            self.config.publish_timeout
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(reserved)
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut registry = self.registry.lock();
+        for q in registry.queues.drain(..) {
+            q.close();
+        }
+        registry.groups.clear();
+        for ts in self.topics.read().values() {
+            let mut inner = ts.inner.lock();
+            inner.subs = Vec::new().into();
+            inner.version += 1;
+        }
+    }
+}
+
+fn release(reserved: &[(Arc<Queue>, u32)]) {
+    for (q, n) in reserved {
+        q.release(*n);
+    }
+}
+
+/// For each distinct queue fed by the batch's topics, how many of the batch's
+/// events it will receive (dedupe may lower that; the rest is released).
+fn room_needed(
+    batch: &[Envelope],
+    topics: &[(Arc<TopicState>, Vec<usize>)],
+    snapshot: &[(u64, Arc<[Arc<Queue>]>)],
+) -> Vec<(Arc<Queue>, u32)> {
+    let mut needs: Vec<(Arc<Queue>, u32)> = Vec::new();
+    for ((_, idx), (_, subs)) in topics.iter().zip(snapshot) {
+        for q in subs.iter() {
+            let n = idx
+                .iter()
+                .filter(|&&i| q.spec().kinds.allows(batch[i].kind()))
+                .count() as u32;
+            if n == 0 {
+                continue;
+            }
+            match needs.iter_mut().find(|(x, _)| Arc::ptr_eq(x, q)) {
+                Some((_, m)) => *m += n,
+                None => needs.push((q.clone(), n)),
+            }
+        }
+    }
+    needs
+}
+
+fn closed_error() -> Error {
+    Error::new(ErrorCode::Unavailable, "the memory transport is closed")
+}
+
+impl Transport for MemoryTransport {
+    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
+        Box::pin(self.shared.publish(batch))
+    }
+
+    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
+        let r = self.shared.subscribe(spec);
+        Box::pin(std::future::ready(r))
+    }
+
+    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
+        let seq = self
+            .shared
+            .topics
+            .read()
+            .get(topic.as_str())
+            .map(|t| t.inner.lock().last_seq)
+            .filter(|s| *s > 0);
+        Box::pin(std::future::ready(Ok(seq)))
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        let list = self.shared.dead.lock().entries.iter().cloned().collect();
+        Box::pin(std::future::ready(Ok(list)))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.shared.close();
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn features(&self) -> Features {
+        Features::MEMORY
+    }
+}
+
+pub(crate) type SharedRef = Weak<Shared>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,429 @@
+//! One subscriber queue of the memory transport (a group-less subscription or
+//! a whole consumer group) and the member streams that pull from it.
+//!
+//! Owns capacity (a semaphore of `buffer` permits, reserved by publishers and
+//! returned as events are delivered), the priority order among flows, the
+//! per-key lock of groups, redelivery and dead-lettering on settle. It does not
+//! assign `seq` or know about topics beyond matching them.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use chrono::Utc;
+use futures_core::Stream;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::SharedRef;
+use crate::dead_letter::FailureSource;
+use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
+use crate::envelope::{Envelope, Priority};
+use crate::error::{ErrorCode, Result};
+use crate::subscription::{CloseHandle, SubscribeSpec, Subscription};
+use crate::topic::Topic;
+
+pub(crate) struct Queue {
+    spec: SubscribeSpec,
+    permits: Semaphore,
+    state: Mutex<State>,
+    closed: AtomicBool,
+    members: AtomicUsize,
+    hasher: RandomState,
+    shared: SharedRef,
+    me: Weak<Queue>,
+}
+
+#[derive(Default)]
+struct State {
+    flows: HashMap<u64, Flow>,
+    ready: BinaryHeap<Ready>,
+    next_order: i64,
+    next_front: i64,
+    waiters: Vec<(u64, Waker)>,
+}
+
+#[derive(Default)]
+struct Flow {
+    items: VecDeque<Item>,
+    locked: bool,
+}
+
+struct Item {
+    env: Arc<Envelope>,
+    order: i64,
+    permit: bool,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Ready {
+    priority: Priority,
+    order: Reverse<i64>,
+    flow: u64,
+}
+
+impl Queue {
+    pub(crate) fn new(spec: SubscribeSpec, shared: SharedRef) -> Arc<Queue> {
+        Arc::new_cyclic(|me| Queue {
+            permits: Semaphore::new(spec.buffer),
+            spec,
+            state: Mutex::new(State {
+                next_front: -1,
+                ..State::default()
+            }),
+            closed: AtomicBool::new(false),
+            members: AtomicUsize::new(0),
+            hasher: RandomState::new(),
+            shared,
+            me: me.clone(),
+        })
+    }
+
+    pub(crate) fn spec(&self) -> &SubscribeSpec {
+        &self.spec
+    }
+
+    pub(crate) fn group(&self) -> Option<&str> {
+        self.spec.group.as_deref()
+    }
+
+    pub(crate) fn permits(&self) -> &Semaphore {
+        &self.permits
+    }
+
+    pub(crate) fn follows(&self, topic: &Topic) -> bool {
+        self.spec.patterns.iter().any(|p| p.matches(topic))
+    }
+
+    pub(crate) fn join(&self) {
+        self.members.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A member left; true when it was the last one.
+    pub(crate) fn leave(&self) -> bool {
+        self.members.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    pub(crate) fn release(&self, n: u32) {
+        if n > 0 {
+            self.permits.add_permits(n as usize);
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.permits.close();
+        let waiters = std::mem::take(&mut self.state.lock().waiters);
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether settling `env` must unlock its flow: keyed events in a group.
+    fn locks(&self, env: &Envelope) -> bool {
+        self.spec.group.is_some() && env.key().is_some()
+    }
+
+    fn flow_of(&self, env: &Envelope) -> u64 {
+        self.hasher.hash_one((env.topic().as_str(), env.key()))
+    }
+
+    /// Events just published, with room already reserved.
+    pub(crate) fn push_published(&self, events: Vec<Arc<Envelope>>) {
+        if events.is_empty() {
+            return;
+        }
+        self.push_all(events, true);
+    }
+
+    /// Retained events replayed to a new subscription (no room reserved).
+    pub(crate) fn push_replay(&self, events: Vec<Arc<Envelope>>) {
+        if !events.is_empty() {
+            self.push_all(events, false);
+        }
+    }
+
+    fn push_all(&self, events: Vec<Arc<Envelope>>, permit: bool) {
+        let waiters = {
+            let mut st = self.state.lock();
+            if self.is_closed() {
+                return;
+            }
+            for env in events {
+                let flow = self.flow_of(&env);
+                let order = st.next_order;
+                st.next_order += 1;
+                let priority = env.priority();
+                let f = st.flows.entry(flow).or_default();
+                let schedule = f.items.is_empty() && !f.locked;
+                f.items.push_back(Item { env, order, permit });
+                if schedule {
+                    st.ready.push(Ready {
+                        priority,
+                        order: Reverse(order),
+                        flow,
+                    });
+                }
+            }
+            std::mem::take(&mut st.waiters)
+        };
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+
+    /// Put a redelivery at the head of its flow and unlock the flow.
+    fn push_front(&self, env: Arc<Envelope>, unlock: bool) {
+        let waiters = {
+            let mut st = self.state.lock();
+            if self.is_closed() {
+                return;
+            }
+            let flow = self.flow_of(&env);
+            let order = st.next_front;
+            st.next_front -= 1;
+            let priority = env.priority();
+            let f = st.flows.entry(flow).or_default();
+            f.items.push_front(Item {
+                env,
+                order,
+                permit: false,
+            });
+            if unlock {
+                f.locked = false;
+            }
+            if !f.locked {
+                st.ready.push(Ready {
+                    priority,
+                    order: Reverse(order),
+                    flow,
+                });
+            }
+            std::mem::take(&mut st.waiters)
+        };
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+
+    fn unlock(&self, env: &Envelope) {
+        let waiters = {
+            let mut st = self.state.lock();
+            let flow = self.flow_of(env);
+            let Some(f) = st.flows.get_mut(&flow) else {
+                return;
+            };
+            f.locked = false;
+            match f.items.front() {
+                Some(head) => {
+                    let r = Ready {
+                        priority: head.env.priority(),
+                        order: Reverse(head.order),
+                        flow,
+                    };
+                    st.ready.push(r);
+                }
+                None => {
+                    st.flows.remove(&flow);
+                }
+            }
+            std::mem::take(&mut st.waiters)
+        };
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+
+    /// Take the next deliverable event, or register `waker` for member `id`.
+    fn pop(&self, id: u64, waker: &Waker) -> Option<Arc<Envelope>> {
+        loop {
+            let (item, expired) = {
+                let mut st = self.state.lock();
+                let Some(item) = Self::pop_ready(&mut st, self.spec.group.is_some()) else {
+                    match st.waiters.iter_mut().find(|(m, _)| *m == id) {
+                        Some((_, w)) => w.clone_from(waker),
+                        None => st.waiters.push((id, waker.clone())),
+                    }
+                    return None;
+                };
+                let expired = item.env.is_expired_at(Utc::now());
+                if expired && self.locks(&item.env) {
+                    // Not delivered, so the flow stays free.
+                    drop(st);
+                    self.unlock(&item.env);
+                }
+                (item, expired)
+            };
+            if item.permit {
+                self.permits.add_permits(1);
+            }
+            if !expired {
+                return Some(item.env);
+            }
+            if let Some(shared) = self.shared.upgrade() {
+                shared.dead_letter(
+                    &item.env,
+                    self.group(),
+                    ErrorCode::Timeout,
+                    "expired before delivery".into(),
+                    FailureSource::Expired,
+                );
+            }
+        }
+    }
+
+    fn pop_ready(st: &mut State, group: bool) -> Option<Item> {
+        while let Some(r) = st.ready.pop() {
+            let Some(f) = st.flows.get_mut(&r.flow) else {
+                continue;
+            };
+            if f.locked || f.items.front().map(|h| h.order) != Some(r.order.0) {
+                continue;
+            }
+            let item = f.items.pop_front()?;
+            if group && item.env.key().is_some() {
+                f.locked = true;
+            } else if let Some(head) = f.items.front() {
+                let next = Ready {
+                    priority: head.env.priority(),
+                    order: Reverse(head.order),
+                    flow: r.flow,
+                };
+                st.ready.push(next);
+            }
+            if f.items.is_empty() && !f.locked {
+                st.flows.remove(&r.flow);
+            }
+            return Some(item);
+        }
+        None
+    }
+
+    fn forget_waiter(&self, id: u64) -> Option<Waker> {
+        let mut st = self.state.lock();
+        let pos = st.waiters.iter().position(|(m, _)| *m == id)?;
+        Some(st.waiters.swap_remove(pos).1)
+    }
+}
+
+impl Settle for Queue {
+    fn settle(
+        &self,
+        envelope: &Arc<Envelope>,
+        outcome: Outcome,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let locks = self.locks(envelope);
+        match outcome {
+            Outcome::Ack => {
+                if locks {
+                    self.unlock(envelope);
+                }
+            }
+            Outcome::Term { code, reason } => {
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.dead_letter(
+                        envelope,
+                        self.group(),
+                        code,
+                        reason,
+                        FailureSource::Handler,
+                    );
+                }
+                if locks {
+                    self.unlock(envelope);
+                }
+            }
+            Outcome::Nack { delay, reason } => {
+                let shared = self.shared.upgrade()?;
+                if envelope.attempt() >= shared.config.max_deliver {
+                    let reason = format!(
+                        "gave up after {} attempts: {}",
+                        envelope.attempt(),
+                        reason.as_deref().unwrap_or("nacked")
+                    );
+                    shared.dead_letter(
+                        envelope,
+                        self.group(),
+                        ErrorCode::Internal,
+                        reason,
+                        FailureSource::Handler,
+                    );
+                    if locks {
+                        self.unlock(envelope);
+                    }
+                    return None;
+                }
+                let mut again = Envelope::clone(envelope);
+                again.attempt += 1;
+                let again = Arc::new(again);
+                match delay.filter(|d| !d.is_zero()) {
+                    None => self.push_front(again, locks),
+                    Some(delay) => {
+                        let queue = self.me.upgrade()?;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            queue.push_front(again, locks);
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+struct Member {
+    queue: Arc<Queue>,
+    id: u64,
+    closed: Arc<AtomicBool>,
+}
+
+impl Stream for Member {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.closed.load(Ordering::Acquire) || self.queue.is_closed() {
+            return Poll::Ready(None);
+        }
+        match self.queue.pop(self.id, cx.waker()) {
+            Some(env) => {
+                let settle: Arc<dyn Settle> = self.queue.clone();
+                Poll::Ready(Some(Ok(Delivery::new(env, settle))))
+            }
+            None if self.closed.load(Ordering::Acquire) || self.queue.is_closed() => {
+                Poll::Ready(None)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A subscription that is one member of `queue`.
+pub(crate) fn member(queue: Arc<Queue>, id: u64) -> Subscription {
+    let closed = Arc::new(AtomicBool::new(false));
+    let close = {
+        let queue = queue.clone();
+        let closed = closed.clone();
+        CloseHandle::new(move || {
+            if closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            if let Some(shared) = queue.shared.upgrade() {
+                shared.leave(&queue);
+            }
+            if let Some(w) = queue.forget_waiter(id) {
+                w.wake();
+            }
+        })
+    };
+    Subscription::new(Member { queue, id, closed }, close)
+}

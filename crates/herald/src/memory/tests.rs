@@ -1,0 +1,2 @@
+//! Unit tests of the in-memory transport internals.
+use super::*;

@@ -1,0 +1,85 @@
+//! The seam between the bus and a backend.
+//!
+//! Owns the [`Transport`] trait and the [`Features`] a transport declares. The
+//! trait is deliberately narrow — publish a batch, open a subscription, read a
+//! topic's last `seq`, list dead letters, close — and settling travels through
+//! each [`Delivery`](crate::Delivery)'s [`Settle`](crate::delivery::Settle).
+//! Everything users touch (typed events, commands, correlation, size limits)
+//! lives once above it, in the `Bus`, so every backend gets it for free.
+//!
+//! Backends and the DESIGN.md §4 semantics each passes in the conformance suite
+//! (`herald-conformance`):
+//!
+//! | backend | crate | 1 batch | 2 order | 3 fan-out | 4 groups | 5 durable | 6 redelivery | 7 dedupe | 8 backpressure | 11 replay | 12 dead letters | 13 priority |
+//! |---|---|---|---|---|---|---|---|---|---|---|---|---|
+//! | memory | `herald` | atomic | yes | yes | yes | no (in-process) | nack, drop | yes | yes | retained history | in memory | yes |
+//!
+//! Invariant: a transport receives envelopes that the bus has already
+//! validated (topic, fields, size limits); it assigns `seq` and nothing else.
+
+use crate::dead_letter::DeadLetter;
+use crate::delivery::BoxFuture;
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::subscription::{SubscribeSpec, Subscription};
+use crate::topic::Topic;
+
+/// What a transport can do; the conformance suite runs the scenarios a
+/// transport claims and states why it skips the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Features {
+    /// Events and offsets survive a restart of the process.
+    pub durable: bool,
+    /// Events published before a subscription opened can be read
+    /// ([`StartPosition::Earliest`](crate::StartPosition::Earliest), `Seq`, `Time`).
+    pub retains_history: bool,
+    /// Priority reorders waiting events.
+    pub priority: bool,
+}
+
+impl Features {
+    /// The in-memory transport's features.
+    pub const MEMORY: Features = Features {
+        durable: false,
+        retains_history: true,
+        priority: true,
+    };
+
+    /// Features with every flag off; set the ones a transport has.
+    pub const fn none() -> Self {
+        Features {
+            durable: false,
+            retains_history: false,
+            priority: false,
+        }
+    }
+}
+
+/// A backend: where events are appended and from where they are delivered.
+///
+/// Implementations must give, for each topic: `seq` from 1, gap-free and
+/// strictly increasing; subscribers see a topic's events in `seq` order; a
+/// batch is appended atomically where the store allows.
+pub trait Transport: Send + Sync + 'static {
+    /// Append `batch` (validated envelopes with `seq` unset) and return each
+    /// one's `seq`, in order. A duplicate `idempotency_key` within the dedupe
+    /// window is not appended again: its original `seq` is returned.
+    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>>;
+
+    /// Open a subscription.
+    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>>;
+
+    /// The highest `seq` appended to `topic`, `None` before its first event.
+    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>>;
+
+    /// The dead letters, oldest first.
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>>>;
+
+    /// Stop: later publishes fail with `UNAVAILABLE`, open subscriptions end.
+    /// Idempotent.
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// What this transport can do.
+    fn features(&self) -> Features;
+}
