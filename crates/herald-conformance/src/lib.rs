@@ -1,1 +1,138 @@
+//! The conformance suite: DESIGN.md §4, once, for every transport.
+//!
+//! Owns the scenarios that pin down what a transport must give — ordering,
+//! fan-out, groups, redelivery, dedupe, backpressure, replay, dead letters,
+//! priority, commands and correlation — and the [`conformance_tests!`] macro
+//! that turns them into one `#[tokio::test]` per scenario for a transport's
+//! own test suite. Each scenario gets a fresh [`Bus`] from the transport's
+//! constructor and uses its own topics. Scenarios that need a feature the
+//! transport does not claim ([`Features`]) return early and print why.
+//!
+//! It does not test a transport's internals (those tests sit with the
+//! transport) or timing (that is `herald bench`).
+//!
+//! ```ignore
+//! // in crates/<transport>/tests/conformance.rs
+//! herald_conformance::conformance_tests!(|| async { herald::Bus::memory() });
+//! ```
 
+pub mod commands;
+pub mod correlation;
+pub mod delivery;
+pub mod groups;
+pub mod history;
+pub mod lifecycle;
+pub mod limits;
+pub mod redelivery;
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use herald::{Bus, Features};
+
+pub use support::{collect, recv};
+
+type MakeBus = dyn Fn() -> Pin<Box<dyn Future<Output = Bus> + Send>> + Send + Sync;
+
+/// How scenarios get a bus: a constructor of fresh, isolated buses.
+#[derive(Clone)]
+pub struct Harness {
+    make: Arc<MakeBus>,
+}
+
+impl Harness {
+    /// A harness over `make`, which must return a new bus on a fresh store
+    /// (or a fresh namespace of a shared one) each time.
+    pub fn new<F, Fut>(make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Bus> + Send + 'static,
+    {
+        Harness {
+            make: Arc::new(move || Box::pin(make())),
+        }
+    }
+
+    /// A fresh bus.
+    pub async fn bus(&self) -> Bus {
+        (self.make)().await
+    }
+
+    /// Whether the transport claims `feature`; prints the skip otherwise.
+    pub fn requires(bus: &Bus, scenario: &str, feature: fn(&Features) -> bool, name: &str) -> bool {
+        let has = feature(&bus.features());
+        if !has {
+            println!("conformance: `{scenario}` skipped: the transport does not claim `{name}`");
+        }
+        has
+    }
+}
+
+/// How long one scenario may take before it counts as hung.
+pub const SCENARIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Expand to one `#[tokio::test]` per conformance scenario, each on a fresh
+/// bus from `$make` (an expression of type `Fn() -> impl Future<Output = Bus>`).
+/// The calling crate needs `tokio` with `macros` and `rt-multi-thread`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::__scenarios!(
+            $make;
+            delivery::publish_subscribe_1000,
+            delivery::single_and_batch_publish_share_one_sequence,
+            delivery::fan_out_50_subscribers_5000_events,
+            delivery::twenty_topics_concurrently,
+            delivery::ten_topics_have_independent_counters,
+            delivery::ten_thousand_concurrent_publishes_no_gaps_or_inversions,
+            delivery::patterns_and_kinds_select_what_is_delivered,
+            delivery::typed_subscriptions_decode_and_filter,
+            delivery::priority_orders_waiting_events_but_never_within_a_key,
+            groups::two_groups_each_get_everything_members_share,
+            groups::same_key_goes_to_one_member_at_a_time,
+            groups::per_key_order_holds_under_concurrent_members,
+            redelivery::nack_redelivers_with_attempt_incremented,
+            redelivery::nack_with_delay_redelivers_later,
+            redelivery::dropped_delivery_is_redelivered,
+            redelivery::max_deliver_moves_to_dead_letters,
+            redelivery::term_dead_letters_at_once,
+            redelivery::expired_events_are_dead_lettered_not_delivered,
+            history::events_published_before_subscribe_are_retained,
+            history::start_at_seq_and_time,
+            history::replay_does_not_disturb_a_group,
+            limits::batch_is_atomic_and_validated_first,
+            limits::payload_limit_is_inclusive,
+            limits::duplicate_idempotency_key_returns_original_seq,
+            limits::full_subscriber_never_blocks_other_topics_or_loses_events,
+            lifecycle::close_a_subscription_and_continue,
+            lifecycle::concurrent_close_while_publishing,
+            lifecycle::closed_bus_refuses_with_unavailable,
+            commands::one_handler_per_topic,
+            commands::call_returns_response_not_found_timeout_or_error,
+            commands::panicking_handler_is_internal_not_a_crash,
+            correlation::events_published_in_a_handler_inherit_correlation,
+            correlation::nested_calls_get_their_own_causation,
+            correlation::concurrent_handlers_are_isolated,
+            correlation::context_survives_await_and_delayed_emission
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __scenarios {
+    ($make:expr; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let harness = $crate::Harness::new($make);
+                let run = $crate::$module::$name(&harness);
+                if tokio::time::timeout($crate::SCENARIO_TIMEOUT, run).await.is_err() {
+                    panic!("conformance scenario `{}` hung", stringify!($name));
+                }
+            }
+        )*
+    };
+}

@@ -25,7 +25,7 @@
 //! let got = users.next().await.unwrap()?;
 //! assert_eq!(*got, UserEvent::Created { id: 7, name: "ada".into() });
 //! assert_eq!(got.delivery().topic().as_str(), "user.created");
-//! got.delivery().ack().await?;
+//! got.ack().await?;
 //! # Ok(()) }
 //! ```
 //!

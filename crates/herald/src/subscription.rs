@@ -47,7 +47,8 @@ pub enum StartPosition {
     Latest,
     /// From this `seq` in each matching topic.
     Seq(u64),
-    /// From the first event created at or after this time.
+    /// From the first event created at or after this time, compared at the
+    /// millisecond precision of UUID v7 ids.
     Time(DateTime<Utc>),
 }
 

@@ -375,7 +375,7 @@ impl Shared {
                 StartPosition::Time(t) => inner
                     .history
                     .iter()
-                    .filter(|e| e.timestamp() >= t)
+                    .filter(|e| e.timestamp().timestamp_millis() >= t.timestamp_millis())
                     .cloned()
                     .collect(),
             };
@@ -520,7 +520,7 @@ impl Shared {
             let now = Instant::now();
             let mut seqs = vec![0u64; batch.len()];
             let mut batch: Vec<Option<Envelope>> = batch.into_iter().map(Some).collect();
-            let mut appended: Vec<Vec<Arc<Envelope>>> = Vec::with_capacity(topics.len());
+            let mut appended: Vec<Vec<(usize, Arc<Envelope>)>> = Vec::with_capacity(topics.len());
             for (g, (_, idx)) in guards.iter_mut().zip(&topics) {
                 let g = &mut **g;
                 g.dedupe
@@ -552,22 +552,29 @@ impl Shared {
                         }
                         g.history.push_back(env.clone());
                     }
-                    fresh.push(env);
+                    fresh.push((i, env));
                 }
                 appended.push(fresh);
             }
             for (queue, n) in &reserved {
                 let mut events = Vec::new();
+                let mut topics_fed = 0;
                 for (i, (_, subs)) in snapshot.iter().enumerate() {
                     if subs.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                        topics_fed += 1;
                         events.extend(
                             appended[i]
                                 .iter()
-                                .filter(|e| queue.spec().kinds.allows(e.kind()))
+                                .filter(|(_, e)| queue.spec().kinds.allows(e.kind()))
                                 .cloned(),
                         );
                     }
                 }
+                if topics_fed > 1 {
+                    // Keep the batch's order across topics for this subscriber.
+                    events.sort_unstable_by_key(|(i, _)| *i);
+                }
+                let events: Vec<Arc<Envelope>> = events.into_iter().map(|(_, e)| e).collect();
                 let used = events.len() as u32;
                 queue.push_published(events);
                 if *n > used {

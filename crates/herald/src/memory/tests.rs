@@ -1,2 +1,158 @@
-//! Unit tests of the in-memory transport internals.
+//! Tests of the in-memory transport's own settings; the DESIGN.md §4
+//! behaviour is tested once, in the conformance suite (`tests/conformance.rs`).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
 use super::*;
+use crate::{Bus, Message, Payload};
+
+fn bus(config: MemoryConfig) -> Bus {
+    Bus::new(MemoryTransport::new(config).unwrap())
+}
+
+fn msg(topic: &'static str) -> Message {
+    Message::new(topic, Payload::null())
+}
+
+#[tokio::test]
+async fn a_full_queue_fails_with_backpressure_after_the_timeout_appending_nothing() {
+    let bus = bus(MemoryConfig::default().publish_timeout(Duration::from_millis(30)));
+    let _idle = bus.subscribe_raw("t").buffer(1).await.unwrap();
+    bus.publish(msg("t")).await.unwrap();
+    let err = bus.publish(msg("t")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backpressure);
+    assert!(err.retryable());
+    assert_eq!(bus.last_seq("t").await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_a_buffer_is_refused_at_once() {
+    let bus = bus(MemoryConfig::default());
+    let _idle = bus.subscribe_raw("t").buffer(2).await.unwrap();
+    let err = bus
+        .publish([msg("t"), msg("t"), msg("t")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backpressure);
+    assert_eq!(bus.last_seq("t").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_unblocks_a_waiting_publisher() {
+    let bus = bus(MemoryConfig::default());
+    let sub = bus.subscribe_raw("t").buffer(1).await.unwrap();
+    bus.publish(msg("t")).await.unwrap();
+    let waiting = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.publish(msg("t")).await }
+    });
+    tokio::task::yield_now().await;
+    drop(sub);
+    assert_eq!(waiting.await.unwrap().unwrap(), [2]);
+}
+
+#[tokio::test]
+async fn history_keeps_only_the_newest_events() {
+    let bus = bus(MemoryConfig::default().history_size(3));
+    let batch: Vec<Message> = (0..10).map(|_| msg("t")).collect();
+    bus.publish(batch).await.unwrap();
+    let mut sub = bus
+        .subscribe_raw("t")
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let d = sub.next().await.unwrap().unwrap();
+        seqs.push(d.seq().unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seqs, [8, 9, 10]);
+}
+
+#[tokio::test]
+async fn a_zero_dedupe_window_turns_dedupe_off() {
+    let bus = bus(MemoryConfig::default().dedupe_window(Duration::ZERO));
+    let a = bus.publish(msg("t").idempotency_key("k")).await.unwrap();
+    let b = bus.publish(msg("t").idempotency_key("k")).await.unwrap();
+    assert_eq!((a[0], b[0]), (1, 2));
+}
+
+#[tokio::test]
+async fn dedupe_forgets_keys_past_its_capacity() {
+    let bus = bus(MemoryConfig::default().dedupe_capacity(2));
+    for k in ["a", "b", "c"] {
+        bus.publish(msg("t").idempotency_key(k)).await.unwrap();
+    }
+    assert_eq!(
+        bus.publish(msg("t").idempotency_key("c")).await.unwrap(),
+        [3]
+    );
+    assert_eq!(
+        bus.publish(msg("t").idempotency_key("a")).await.unwrap(),
+        [4],
+        "`a` was forgotten"
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_past_capacity_drop_the_oldest_and_count_it() {
+    let transport = MemoryTransport::new(MemoryConfig::default().dead_letter_capacity(2)).unwrap();
+    let shared = transport.shared.clone();
+    let bus = Bus::new(transport);
+    let mut sub = bus.subscribe_raw("t").await.unwrap();
+    bus.publish([msg("t"), msg("t"), msg("t")]).await.unwrap();
+    for _ in 0..3 {
+        let d = sub.next().await.unwrap().unwrap();
+        d.term(ErrorCode::Validation, "bad").await.unwrap();
+    }
+    let dead = bus.dead_letters().await.unwrap();
+    let seqs: Vec<_> = dead.iter().map(|d| d.envelope.seq().unwrap()).collect();
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(MemoryTransport { shared }.dead_letters_dropped(), 1);
+}
+
+#[tokio::test]
+async fn members_of_a_group_must_follow_the_same_patterns() {
+    let bus = bus(MemoryConfig::default());
+    let _a = bus.subscribe_raw("t.>").group("g").await.unwrap();
+    let err = bus.subscribe_raw("u.>").group("g").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation);
+}
+
+#[tokio::test]
+async fn a_group_whose_last_member_left_starts_afresh() {
+    let bus = bus(MemoryConfig::default());
+    let sub = bus.subscribe_raw("t").group("g").await.unwrap();
+    bus.publish(msg("t")).await.unwrap();
+    drop(sub);
+    bus.publish(msg("t")).await.unwrap();
+    let mut again = bus.subscribe_raw("t").group("g").await.unwrap();
+    bus.publish(msg("t")).await.unwrap();
+    assert_eq!(again.next().await.unwrap().unwrap().seq(), Some(3));
+}
+
+#[test]
+fn every_setting_is_range_checked_by_name() {
+    for (config, key) in [
+        (
+            MemoryConfig::default().history_size(2_000_000),
+            "HERALD_HISTORY_SIZE",
+        ),
+        (
+            MemoryConfig::default().publish_timeout(Duration::ZERO),
+            "HERALD_TIMEOUT_SECONDS",
+        ),
+        (MemoryConfig::default().max_deliver(0), "HERALD_MAX_DELIVER"),
+        (
+            MemoryConfig::default().dead_letter_capacity(0),
+            "dead_letter_capacity",
+        ),
+    ] {
+        let err = MemoryTransport::new(config).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Validation);
+        assert!(err.message().contains(key), "{}", err.message());
+    }
+}

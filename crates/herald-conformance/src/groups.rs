@@ -1,0 +1,218 @@
+//! Consumer groups (DESIGN.md §4.4): every group gets everything, members of
+//! one group share it, and same-`key` events go to one member at a time, in
+//! order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::support::{assert_gap_free, number, numbered, recv, seq, DELIVERY_WAIT};
+use crate::Harness;
+
+/// Two groups each receive every event once; the members of a group share
+/// them (a member holding one event does not stop the other getting the next).
+pub async fn two_groups_each_get_everything_members_share(h: &Harness) {
+    const N: u64 = 200;
+    let bus = h.bus().await;
+    let mut a1 = bus
+        .subscribe_raw("conf.groups.share")
+        .group("a")
+        .await
+        .unwrap();
+    let mut a2 = bus
+        .subscribe_raw("conf.groups.share")
+        .group("a")
+        .await
+        .unwrap();
+    let mut b = bus
+        .subscribe_raw("conf.groups.share")
+        .group("b")
+        .await
+        .unwrap();
+
+    bus.publish([
+        numbered("conf.groups.share", 0),
+        numbered("conf.groups.share", 1),
+    ])
+    .await
+    .unwrap();
+    let held = recv(&mut a1).await;
+    let other = recv(&mut a2).await;
+    assert_ne!(
+        number(&held),
+        number(&other),
+        "the second member gets the other event"
+    );
+    held.ack().await.unwrap();
+    other.ack().await.unwrap();
+
+    let batch: Vec<_> = (2..N).map(|i| numbered("conf.groups.share", i)).collect();
+    bus.publish(batch).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let closers = [a1.close_handle(), a2.close_handle()];
+    let members: Vec<_> = [a1, a2]
+        .into_iter()
+        .map(|mut sub| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(d)) = futures_util::StreamExt::next(&mut sub).await {
+                    tx.send(number(&d)).unwrap();
+                    d.ack().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut b_seen = Vec::new();
+    for _ in 0..N {
+        let d = recv(&mut b).await;
+        b_seen.push(seq(&d));
+        d.ack().await.unwrap();
+    }
+    assert_gap_free("group b", &b_seen, N);
+    let mut got = HashSet::new();
+    for _ in 2..N {
+        let n = tokio::time::timeout(DELIVERY_WAIT, rx.recv())
+            .await
+            .expect("group a stalled")
+            .unwrap();
+        assert!(got.insert(n), "group a got event {n} twice");
+    }
+    assert_eq!(got, (2..N).collect::<HashSet<_>>());
+    for c in closers {
+        c.close();
+    }
+    for m in members {
+        m.await.unwrap();
+    }
+}
+
+/// While a member holds an event of key `k`, the next `k` event goes to
+/// nobody; other keys flow past it; on ack the next `k` event is delivered.
+pub async fn same_key_goes_to_one_member_at_a_time(h: &Harness) {
+    let bus = h.bus().await;
+    let mut m1 = bus
+        .subscribe_raw("conf.groups.key")
+        .group("g")
+        .await
+        .unwrap();
+    let mut m2 = bus
+        .subscribe_raw("conf.groups.key")
+        .group("g")
+        .await
+        .unwrap();
+    bus.publish([
+        numbered("conf.groups.key", 1).key("k"),
+        numbered("conf.groups.key", 2).key("k"),
+        numbered("conf.groups.key", 3).key("other"),
+    ])
+    .await
+    .unwrap();
+    let first = recv(&mut m1).await;
+    assert_eq!(number(&first), 1);
+    let next = recv(&mut m2).await;
+    assert_eq!(
+        number(&next),
+        3,
+        "event 2 waits for event 1 of its key; event 3 is free"
+    );
+    next.ack().await.unwrap();
+    first.ack().await.unwrap();
+    let second = tokio::select! {
+        d = recv(&mut m1) => d,
+        d = recv(&mut m2) => d,
+    };
+    assert_eq!(
+        number(&second),
+        2,
+        "after the ack the next event of the key is delivered"
+    );
+    second.ack().await.unwrap();
+}
+
+/// Three members processing 1,000 events over 10 keys concurrently: per key,
+/// never two in flight and always in publish order.
+pub async fn per_key_order_holds_under_concurrent_members(h: &Harness) {
+    const N: u64 = 1000;
+    const KEYS: u64 = 10;
+    let bus = h.bus().await;
+    let state = Arc::new(KeyState::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut members = Vec::new();
+    let mut closers = Vec::new();
+    for m in 0..3u64 {
+        let mut sub = bus
+            .subscribe_raw("conf.groups.order")
+            .group("workers")
+            .await
+            .unwrap();
+        closers.push(sub.close_handle());
+        let (state, tx) = (state.clone(), tx.clone());
+        members.push(tokio::spawn(async move {
+            while let Some(Ok(d)) = futures_util::StreamExt::next(&mut sub).await {
+                let n = number(&d);
+                let key = d.key().expect("keyed").to_string();
+                state.enter(&key, n);
+                for _ in 0..(n + m) % 4 {
+                    tokio::task::yield_now().await;
+                }
+                state.leave(&key);
+                d.ack().await.unwrap();
+                tx.send(n).unwrap();
+            }
+        }));
+    }
+    for chunk in 0..N / 50 {
+        let batch: Vec<_> = (0..50)
+            .map(|i| {
+                let n = chunk * 50 + i;
+                numbered("conf.groups.order", n).key(format!("key{}", n % KEYS))
+            })
+            .collect();
+        bus.publish(batch).await.unwrap();
+    }
+    let mut handled = HashSet::new();
+    for _ in 0..N {
+        let n = tokio::time::timeout(DELIVERY_WAIT, rx.recv())
+            .await
+            .expect("group stalled")
+            .unwrap();
+        assert!(handled.insert(n), "event {n} handled twice");
+    }
+    for c in closers {
+        c.close();
+    }
+    for m in members {
+        m.await.unwrap();
+    }
+    let violations = state.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "per-key violations: {violations:?}");
+}
+
+#[derive(Default)]
+struct KeyState {
+    inner: std::sync::Mutex<HashMap<String, (bool, u64)>>,
+    violations: std::sync::Mutex<Vec<String>>,
+}
+
+impl KeyState {
+    fn enter(&self, key: &str, n: u64) {
+        let mut map = self.inner.lock().unwrap();
+        let entry = map.entry(key.to_string()).or_insert((false, 0));
+        if entry.0 {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("{key}: event {n} while another is in flight"));
+        }
+        if n < entry.1 {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("{key}: event {n} after {}", entry.1));
+        }
+        *entry = (true, n);
+    }
+
+    fn leave(&self, key: &str) {
+        self.inner.lock().unwrap().get_mut(key).expect("entered").0 = false;
+    }
+}

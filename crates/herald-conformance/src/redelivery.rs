@@ -1,0 +1,150 @@
+//! At least once and dead letters (DESIGN.md §4.6, §4.12).
+
+use std::time::{Duration, Instant};
+
+use herald::{ErrorCode, FailureSource};
+
+use crate::support::{number, numbered, recv};
+use crate::Harness;
+
+/// A nacked event comes back with `attempt` + 1, ahead of later events of
+/// its key, and once acked it does not come back.
+pub async fn nack_redelivers_with_attempt_incremented(h: &Harness) {
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.nack").group("g").await.unwrap();
+    bus.publish([
+        numbered("conf.nack", 1).key("k"),
+        numbered("conf.nack", 2).key("k"),
+    ])
+    .await
+    .unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!((number(&d), d.attempt()), (1, 1));
+    d.nack().await.unwrap();
+    let again = recv(&mut sub).await;
+    assert_eq!(
+        (number(&again), again.attempt()),
+        (1, 2),
+        "redelivered first, attempt 2"
+    );
+    assert_eq!(again.seq(), Some(1), "seq is kept");
+    again.ack().await.unwrap();
+    let next = recv(&mut sub).await;
+    assert_eq!((number(&next), next.attempt()), (2, 1));
+    next.ack().await.unwrap();
+    bus.publish(numbered("conf.nack", 3)).await.unwrap();
+    assert_eq!(number(&recv(&mut sub).await), 3, "nothing acked comes back");
+}
+
+/// `nack_after(d)` redelivers no sooner than `d`.
+pub async fn nack_with_delay_redelivers_later(h: &Harness) {
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.nack.delay").await.unwrap();
+    bus.publish(numbered("conf.nack.delay", 1)).await.unwrap();
+    let d = recv(&mut sub).await;
+    let delay = Duration::from_millis(200);
+    let nacked_at = Instant::now();
+    d.nack_after(delay).await.unwrap();
+    let again = recv(&mut sub).await;
+    assert!(
+        nacked_at.elapsed() >= delay,
+        "redelivered after {:?}",
+        nacked_at.elapsed()
+    );
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.unwrap();
+}
+
+/// Dropping a delivery without settling it is a nack.
+pub async fn dropped_delivery_is_redelivered(h: &Harness) {
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.drop").await.unwrap();
+    bus.publish(numbered("conf.drop", 7)).await.unwrap();
+    drop(recv(&mut sub).await);
+    let again = recv(&mut sub).await;
+    assert_eq!((number(&again), again.attempt()), (7, 2));
+    again.ack().await.unwrap();
+}
+
+/// After `max_deliver` attempts the event is dead-lettered with its failure
+/// metadata and not delivered again.
+pub async fn max_deliver_moves_to_dead_letters(h: &Harness) {
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.poison").group("g").await.unwrap();
+    bus.publish(numbered("conf.poison", 1)).await.unwrap();
+    let mut attempts = 0;
+    let correlation = loop {
+        let d = recv(&mut sub).await;
+        if number(&d) != 1 {
+            panic!("unexpected event");
+        }
+        attempts += 1;
+        assert_eq!(d.attempt(), attempts);
+        let correlation = d.correlation_id();
+        d.nack().await.unwrap();
+        let dead = bus.dead_letters().await.unwrap();
+        if !dead.is_empty() {
+            break (correlation, dead);
+        }
+        assert!(attempts < 1000, "never dead-lettered");
+    };
+    let (correlation, dead) = correlation;
+    assert_eq!(dead.len(), 1);
+    let dl = &dead[0];
+    assert_eq!(dl.envelope.topic().as_str(), "conf.poison");
+    assert_eq!(dl.envelope.seq(), Some(1));
+    assert_eq!(dl.envelope.correlation_id(), correlation);
+    assert_eq!(dl.attempts, attempts);
+    assert_eq!(dl.group.as_deref(), Some("g"));
+    assert_eq!(dl.source, FailureSource::Handler);
+    assert!(!dl.reason.is_empty());
+    bus.publish(numbered("conf.poison", 2)).await.unwrap();
+    assert_eq!(
+        number(&recv(&mut sub).await),
+        2,
+        "the dead letter is not delivered again"
+    );
+}
+
+/// `term` dead-letters at once with the given code; the next event of the
+/// key is released.
+pub async fn term_dead_letters_at_once(h: &Harness) {
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.term").group("g").await.unwrap();
+    bus.publish([
+        numbered("conf.term", 1).key("k"),
+        numbered("conf.term", 2).key("k"),
+    ])
+    .await
+    .unwrap();
+    let d = recv(&mut sub).await;
+    d.term(ErrorCode::Validation, "bad order").await.unwrap();
+    let next = recv(&mut sub).await;
+    assert_eq!(number(&next), 2);
+    next.ack().await.unwrap();
+    let dead = bus.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].code, ErrorCode::Validation);
+    assert_eq!(dead[0].reason, "bad order");
+    assert_eq!(dead[0].attempts, 1);
+}
+
+/// An event past its `expires_at` is dead-lettered as `expired`, not delivered.
+pub async fn expired_events_are_dead_lettered_not_delivered(h: &Harness) {
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.ttl").await.unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    bus.publish([
+        numbered("conf.ttl", 1).expires_at(past),
+        numbered("conf.ttl", 2),
+    ])
+    .await
+    .unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!(number(&d), 2, "the expired event is skipped");
+    d.ack().await.unwrap();
+    let dead = bus.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].source, FailureSource::Expired);
+    assert_eq!(dead[0].envelope.seq(), Some(1));
+}

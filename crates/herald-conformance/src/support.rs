@@ -1,0 +1,90 @@
+//! Helpers shared by the scenarios.
+
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use herald::{Delivery, Message, Payload, Result};
+
+/// Longest wait for a delivery that must come.
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(30);
+
+/// The next item of `sub`, failing the scenario if the stream ends, errs or
+/// stays silent for [`DELIVERY_WAIT`].
+pub async fn recv<S, T>(sub: &mut S) -> T
+where
+    S: Stream<Item = Result<T>> + Unpin,
+{
+    match tokio::time::timeout(DELIVERY_WAIT, sub.next()).await {
+        Ok(Some(Ok(item))) => item,
+        Ok(Some(Err(e))) => panic!("subscription yielded an error: {e}"),
+        Ok(None) => panic!("subscription ended early"),
+        Err(_) => panic!("no delivery within {DELIVERY_WAIT:?}"),
+    }
+}
+
+/// Receive `n` deliveries, acking each, and return them as (`seq`, payload `n`).
+pub async fn collect<S>(sub: &mut S, n: usize) -> Vec<(u64, u64)>
+where
+    S: Stream<Item = Result<Delivery>> + Unpin,
+{
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let d = recv(sub).await;
+        out.push((seq(&d), number(&d)));
+        d.ack().await.expect("ack");
+    }
+    out
+}
+
+/// Receive `n` deliveries, acking each, and return their payload numbers.
+pub async fn numbers<S>(sub: &mut S, n: usize) -> Vec<u64>
+where
+    S: Stream<Item = Result<Delivery>> + Unpin,
+{
+    collect(sub, n).await.into_iter().map(|g| g.1).collect()
+}
+
+/// Receive `n` deliveries, acking each, and return their `seq`s.
+pub async fn seqs<S>(sub: &mut S, n: usize) -> Vec<u64>
+where
+    S: Stream<Item = Result<Delivery>> + Unpin,
+{
+    collect(sub, n).await.into_iter().map(|g| g.0).collect()
+}
+
+/// A delivery's `seq`, which a delivered event always has.
+pub fn seq(d: &Delivery) -> u64 {
+    d.seq().expect("a delivered event has a seq")
+}
+
+/// The `n` of a payload made by [`numbered`].
+pub fn number(d: &Delivery) -> u64 {
+    d.decode::<serde_json::Value>().expect("json payload")["n"]
+        .as_u64()
+        .expect("payload has n")
+}
+
+/// A message on `topic` carrying `{"n": n}`.
+pub fn numbered(topic: &str, n: u64) -> Message {
+    Message::new(
+        topic.to_string(),
+        Payload::json(&serde_json::json!({ "n": n })).expect("json"),
+    )
+}
+
+/// Assert `seqs` is exactly `1..=n` in order.
+pub fn assert_gap_free(what: &str, seqs: &[u64], n: u64) {
+    let expected: Vec<u64> = (1..=n).collect();
+    if seqs != expected.as_slice() {
+        let first_bad = seqs
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(seqs.len().min(expected.len()));
+        panic!(
+            "{what}: expected seq 1..={n} in order, got {} items, first difference at index {first_bad}: {:?}",
+            seqs.len(),
+            seqs.get(first_bad)
+        );
+    }
+}
