@@ -198,7 +198,7 @@ fn variant_code(v: &Ident, fields: &Fields) -> syn::Result<(TokenStream2, TokenS
             for (i, field) in f.named.iter().enumerate() {
                 let (ser_attrs, de_attrs, wrap) = split_serde_attrs(&field.attrs, &field.ty, i)?;
                 let (n, ty) = (names[i], types[i]);
-                ser_fields.push(quote! { #(#ser_attrs)* #n: &'__a #ty });
+                ser_fields.push(quote! { #(#ser_attrs)* #n: &'__herald #ty });
                 de_fields.push(quote! { #(#de_attrs)* #n: #ty });
                 wrappers.extend(wrap);
             }
@@ -207,7 +207,7 @@ fn variant_code(v: &Ident, fields: &Fields) -> syn::Result<(TokenStream2, TokenS
                     #(#wrappers)*
                     #[derive(::herald::__private::serde::Serialize)]
                     #[serde(crate = "::herald::__private::serde")]
-                    struct __Payload<'__a> { #(#ser_fields,)* }
+                    struct __Payload<'__herald> { #(#ser_fields,)* }
                     ::herald::Payload::json(&__Payload { #(#names),* })
                 }
             };

@@ -180,7 +180,7 @@ impl Limits {
 ///
 /// ```
 /// use herald::Envelope;
-/// let json = r#"{"id":"01936f0e-8b7a-7cc2-9a3e-2f1d5c6b7a80","time":"2024-11-24T10:22:00.250Z",
+/// let json = r#"{"id":"01936f0e-8b7a-7cc2-9a3e-2f1d5c6b7a80","time":"2024-11-27T19:17:24.474Z",
 ///   "source":"billing","kind":"event","topic":"invoice.paid",
 ///   "correlation_id":"01936f0e-8b7a-7cc2-9a3e-2f1d5c6b7a81","payload":{"amount":12}}"#;
 /// let env = Envelope::from_json(json.as_bytes()).unwrap();

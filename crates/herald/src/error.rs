@@ -22,7 +22,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// ```
 /// use herald::ErrorCode;
 /// assert_eq!(ErrorCode::Backpressure.as_str(), "BACKPRESSURE");
-/// assert_eq!("TIMEOUT".parse::<ErrorCode>(), Ok(ErrorCode::Timeout));
+/// assert_eq!("TIMEOUT".parse::<ErrorCode>().unwrap(), ErrorCode::Timeout);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

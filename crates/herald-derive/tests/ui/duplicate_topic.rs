@@ -1,0 +1,11 @@
+use herald::Event;
+
+#[derive(Event)]
+enum Twice {
+    #[event(name = "same")]
+    One,
+    #[event(name = "same")]
+    Two,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use herald::Event;
+
+#[derive(Event)]
+struct Plain {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use herald::Event;
+
+#[derive(Event)]
+#[event(prefx = "typo")]
+enum Typo {
+    One,
+}
+
+fn main() {}
