@@ -1,0 +1,284 @@
+//! `herald bench`: the figures of DESIGN.md §8 for the in-process bus.
+//!
+//! Owns the benchmark plan, the report (a table on stderr, one JSON object on
+//! stdout) and the required bounds that `--check` enforces. Each measurement
+//! lives in its own module; every latency figure skips a warm-up, and
+//! throughput is reported as a ratio to raw `tokio::sync::broadcast` measured
+//! in the same run.
+
+mod latency;
+mod stats;
+mod sustained;
+mod throughput;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use stats::Percentiles;
+use sustained::Sustained;
+use throughput::Throughput;
+
+/// Options of `herald bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Exit non-zero when a required bound is breached; runs the short plan
+    /// (the sustained 10k events/s still runs its full duration).
+    #[arg(long)]
+    check: bool,
+    /// Seconds of the sustained-rate run.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    duration: f64,
+    /// Measured iterations of each latency benchmark (after warm-up).
+    #[arg(long)]
+    iterations: Option<usize>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.1..=3600.0).contains(&v) {
+        return Err(format!("{v} is out of range 0.1–3600"));
+    }
+    Ok(v)
+}
+
+/// Required bounds (DESIGN.md §8); `--check` fails when one is breached.
+const DISPATCH_P95_BOUND_US: f64 = 1000.0;
+const FANOUT_P95_BOUND_US: f64 = 5000.0;
+const VALIDATION_P95_BOUND_US: f64 = 100.0;
+/// Goals we report against.
+const DISPATCH_P95_GOAL_US: f64 = 20.0;
+const FANOUT_P95_GOAL_US: f64 = 100.0;
+const VALIDATION_P95_GOAL_US: f64 = 2.0;
+const THROUGHPUT_RATIO_GOAL: f64 = 0.8;
+
+const SUSTAINED_RATE: u64 = 10_000;
+const FANOUT_SUBSCRIBERS: usize = 50;
+const RATE_LADDER: &[u64] = &[
+    10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000,
+];
+
+#[derive(Serialize)]
+struct Report {
+    mode: &'static str,
+    worker_threads: usize,
+    dispatch: Percentiles,
+    fan_out_50: Percentiles,
+    validation: Percentiles,
+    sustained_10k: Sustained,
+    highest_sustained: Option<Sustained>,
+    throughput_1: Throughput,
+    throughput_50: Throughput,
+    breaches: Vec<String>,
+}
+
+const WORKERS: usize = 2;
+
+pub fn main(args: Args) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(report) => {
+            eprint!("{}", table(&report));
+            match serde_json::to_string(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("herald bench: cannot encode the report: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            if args.check && !report.breaches.is_empty() {
+                eprintln!(
+                    "herald bench --check: {} required bound(s) breached",
+                    report.breaches.len()
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald bench: {} ({})", e, e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> herald::Result<Report> {
+    let short = args.check;
+    let iterations = args
+        .iterations
+        .unwrap_or(if short { 5_000 } else { 50_000 });
+    let warmup = (iterations / 10).max(100);
+    let duration = Duration::from_secs_f64(args.duration);
+    let progress = |what: &str| eprintln!("herald bench: {what}…");
+
+    progress("command dispatch");
+    let dispatch = latency::dispatch(iterations, warmup).await?;
+    progress("fan-out to 50 subscribers");
+    let fan_iterations = if short { 2_000 } else { 20_000 };
+    let fan_out_50 = latency::fan_out(
+        FANOUT_SUBSCRIBERS,
+        fan_iterations,
+        (fan_iterations / 10).max(100),
+    )
+    .await?;
+    progress("envelope validation");
+    let validation = latency::validation(iterations * 4, warmup)?;
+    progress("sustained 10k events/s");
+    let sustained_10k = sustained::run(SUSTAINED_RATE, duration, 1).await?;
+    progress("highest sustained rate");
+    let probe = Duration::from_millis(if short { 500 } else { 1_000 });
+    let mut highest = sustained::highest(RATE_LADDER, probe, 1).await?;
+    if !short {
+        if let Some(rate) = highest.as_ref().map(|h| h.target_rate) {
+            highest = Some(sustained::run(rate, duration, 1).await?);
+        }
+    }
+    progress("throughput vs tokio broadcast");
+    let (events_1, events_50) = if short {
+        (200_000, 20_000)
+    } else {
+        (1_000_000, 100_000)
+    };
+    let throughput_1 = throughput::compare(1, events_1).await?;
+    let throughput_50 = throughput::compare(FANOUT_SUBSCRIBERS, events_50).await?;
+
+    let mut report = Report {
+        mode: if short { "check" } else { "full" },
+        worker_threads: WORKERS,
+        dispatch,
+        fan_out_50,
+        validation,
+        sustained_10k,
+        highest_sustained: highest,
+        throughput_1,
+        throughput_50,
+        breaches: Vec::new(),
+    };
+    report.breaches = breaches(&report);
+    Ok(report)
+}
+
+/// The required bounds the report breaches.
+fn breaches(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut bound = |what: &str, p: &Percentiles, limit: f64| {
+        if p.p95_us.is_nan() || p.p95_us >= limit {
+            out.push(format!(
+                "{what} p95 {:.1} µs is not under {limit} µs",
+                p.p95_us
+            ));
+        }
+    };
+    bound("dispatch", &r.dispatch, DISPATCH_P95_BOUND_US);
+    bound("fan-out 50", &r.fan_out_50, FANOUT_P95_BOUND_US);
+    bound("validation", &r.validation, VALIDATION_P95_BOUND_US);
+    for s in std::iter::once(&r.sustained_10k).chain(&r.highest_sustained) {
+        if s.lost > 0 || s.inversions > 0 || s.publish_errors > 0 {
+            out.push(format!(
+                "sustained {}/s: {} lost, {} inversions, {} failed publishes",
+                s.target_rate, s.lost, s.inversions, s.publish_errors
+            ));
+        }
+    }
+    out
+}
+
+fn table(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nherald bench ({} run, {} worker threads)\n",
+        r.mode, r.worker_threads
+    );
+    let _ = writeln!(
+        t,
+        "{:<28} {:>9} {:>9} {:>9} {:>9}   goal / bound",
+        "latency (µs)", "p50", "p95", "p99", "max"
+    );
+    for (name, p, goal, bound) in [
+        (
+            "command dispatch",
+            &r.dispatch,
+            DISPATCH_P95_GOAL_US,
+            DISPATCH_P95_BOUND_US,
+        ),
+        (
+            "fan-out to 50",
+            &r.fan_out_50,
+            FANOUT_P95_GOAL_US,
+            FANOUT_P95_BOUND_US,
+        ),
+        (
+            "validation + decode",
+            &r.validation,
+            VALIDATION_P95_GOAL_US,
+            VALIDATION_P95_BOUND_US,
+        ),
+    ] {
+        let _ = writeln!(
+            t,
+            "{name:<28} {:>9.2} {:>9.2} {:>9.2} {:>9.2}   p95 ≤ {goal} / < {bound}",
+            p.p50_us, p.p95_us, p.p99_us, p.max_us
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n{:<28} {:>12} {:>10} {:>6} {:>10}",
+        "sustained", "achieved/s", "published", "lost", "inversions"
+    );
+    for s in std::iter::once(&r.sustained_10k).chain(&r.highest_sustained) {
+        let _ = writeln!(
+            t,
+            "{:<28} {:>12.0} {:>10} {:>6} {:>10}",
+            format!("target {}/s for {:.1} s", s.target_rate, s.seconds),
+            s.achieved_rate,
+            s.published,
+            s.lost,
+            s.inversions
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n{:<28} {:>14} {:>14} {:>14} {:>8} {:>8}",
+        "throughput (deliveries/s)",
+        "herald/event",
+        "herald/batch",
+        "broadcast",
+        "ratio",
+        "ratio(b)"
+    );
+    for tp in [&r.throughput_1, &r.throughput_50] {
+        let _ = writeln!(
+            t,
+            "{:<28} {:>14.0} {:>14.0} {:>14.0} {:>8.2} {:>8.2}",
+            format!("{} subscriber(s)", tp.subscribers),
+            tp.herald_per_event,
+            tp.herald_batched,
+            tp.broadcast,
+            tp.ratio_per_event,
+            tp.ratio_batched
+        );
+    }
+    let _ = writeln!(t, "goal: ratio ≥ {THROUGHPUT_RATIO_GOAL} (broadcast drops lagging receivers; herald never drops)");
+    if r.breaches.is_empty() {
+        let _ = writeln!(t, "\nrequired bounds: all met\n");
+    } else {
+        let _ = writeln!(t, "\nrequired bounds breached:");
+        for b in &r.breaches {
+            let _ = writeln!(t, "  - {b}");
+        }
+    }
+    t
+}
