@@ -11,7 +11,7 @@
 //! It does not test a transport's internals (those tests sit with the
 //! transport) or timing (that is `herald bench`).
 //!
-//! ```ignore
+//! ```text
 //! // in crates/<transport>/tests/conformance.rs
 //! herald_conformance::conformance_tests!(|| async { herald::Bus::memory() });
 //! ```
