@@ -287,7 +287,7 @@ impl DedupeKey {
 
 #[derive(Default)]
 struct Dedupe {
-    seen: HashMap<DedupeKey, u64>,
+    seen: HashMap<DedupeKey, u64, foldhash::quality::RandomState>,
     order: VecDeque<(Instant, DedupeKey)>,
 }
 

@@ -7,7 +7,7 @@
 //! assign `seq` or know about topics beyond matching them.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
+
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::pin::Pin;
@@ -34,14 +34,14 @@ pub(crate) struct Queue {
     state: Mutex<State>,
     closed: AtomicBool,
     members: AtomicUsize,
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
     shared: SharedRef,
     me: Weak<Queue>,
 }
 
 #[derive(Default)]
 struct State {
-    flows: HashMap<u64, Flow>,
+    flows: HashMap<u64, Flow, foldhash::fast::RandomState>,
     ready: BinaryHeap<Ready>,
     next_order: i64,
     next_front: i64,
@@ -78,7 +78,7 @@ impl Queue {
             }),
             closed: AtomicBool::new(false),
             members: AtomicUsize::new(0),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             shared,
             me: me.clone(),
         })
@@ -255,7 +255,7 @@ impl Queue {
                     }
                     return None;
                 };
-                let expired = item.env.is_expired_at(Utc::now());
+                let expired = item.env.expires_at().is_some_and(|t| t <= Utc::now());
                 if expired && self.locks(&item.env) {
                     // Not delivered, so the flow stays free.
                     drop(st);
