@@ -156,3 +156,20 @@ fn every_setting_is_range_checked_by_name() {
         assert!(err.message().contains(key), "{}", err.message());
     }
 }
+
+#[tokio::test]
+async fn sequence_overflow_is_an_error_not_a_wrap() {
+    let transport = MemoryTransport::new(MemoryConfig::default()).unwrap();
+    let topic = Topic::new("t").unwrap();
+    transport.shared.topic(&topic).inner.lock().last_seq = u64::MAX - 1;
+    let bus = Bus::new(transport);
+    assert_eq!(bus.publish(msg("t")).await.unwrap(), [u64::MAX]);
+    let err = bus.publish(msg("t")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Internal);
+    assert_eq!(bus.last_seq("t").await.unwrap(), Some(u64::MAX));
+    assert_eq!(
+        bus.publish(msg("u")).await.unwrap(),
+        [1],
+        "other topics go on"
+    );
+}
