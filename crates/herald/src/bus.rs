@@ -211,7 +211,8 @@ impl Bus {
     }
 
     /// Close: later publishes and calls fail with `UNAVAILABLE`, open
-    /// subscriptions end after what they hold. Idempotent.
+    /// subscriptions end (undelivered events of the in-memory transport are
+    /// gone with it). Idempotent.
     pub async fn close(&self) -> Result<()> {
         self.inner.commands.close();
         self.inner.transport.close().await
