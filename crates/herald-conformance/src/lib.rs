@@ -96,6 +96,7 @@ macro_rules! conformance_tests {
             redelivery::nack_redelivers_with_attempt_incremented,
             redelivery::nack_with_delay_redelivers_later,
             redelivery::dropped_delivery_is_redelivered,
+            redelivery::unsettled_delivery_is_redelivered_after_ack_wait,
             redelivery::max_deliver_moves_to_dead_letters,
             redelivery::term_dead_letters_at_once,
             redelivery::expired_events_are_dead_lettered_not_delivered,

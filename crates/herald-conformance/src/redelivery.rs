@@ -148,3 +148,59 @@ pub async fn expired_events_are_dead_lettered_not_delivered(h: &Harness) {
     assert_eq!(dead[0].source, FailureSource::Expired);
     assert_eq!(dead[0].envelope.seq(), Some(1));
 }
+
+/// A delivery held past its ack wait is redelivered with `attempt` + 1 (in a
+/// group, to any member, the key staying locked meanwhile); settling the stale
+/// delivery afterwards changes nothing.
+pub async fn unsettled_delivery_is_redelivered_after_ack_wait(h: &Harness) {
+    let bus = h.bus().await;
+    let wait = Duration::from_millis(300);
+    let mut m1 = bus
+        .subscribe_raw("conf.ackwait")
+        .group("g")
+        .ack_wait(wait)
+        .await
+        .unwrap();
+    let mut m2 = bus
+        .subscribe_raw("conf.ackwait")
+        .group("g")
+        .ack_wait(wait)
+        .await
+        .unwrap();
+    bus.publish([
+        numbered("conf.ackwait", 1).key("k"),
+        numbered("conf.ackwait", 2).key("k"),
+    ])
+    .await
+    .unwrap();
+    let held = recv(&mut m1).await;
+    let held_at = Instant::now();
+    assert_eq!((number(&held), held.attempt()), (1, 1));
+    let again = tokio::select! {
+        d = recv(&mut m1) => d,
+        d = recv(&mut m2) => d,
+    };
+    assert!(
+        held_at.elapsed() >= wait,
+        "redelivered after {:?}",
+        held_at.elapsed()
+    );
+    assert_eq!(
+        (number(&again), again.attempt()),
+        (1, 2),
+        "event 1 again, not event 2 of its key"
+    );
+    held.ack().await.unwrap();
+    again.ack().await.unwrap();
+    let next = tokio::select! {
+        d = recv(&mut m1) => d,
+        d = recv(&mut m2) => d,
+    };
+    assert_eq!(
+        (number(&next), next.attempt()),
+        (2, 1),
+        "event 1 is done; event 2 follows"
+    );
+    next.ack().await.unwrap();
+    assert!(bus.dead_letters().await.unwrap().is_empty());
+}

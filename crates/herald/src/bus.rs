@@ -13,6 +13,7 @@
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::command::Commands;
 use crate::config::Config;
@@ -28,6 +29,9 @@ use crate::subscription::{
 };
 use crate::topic::{Pattern, Topic};
 use crate::transport::{Features, Transport};
+
+const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
+const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
 
 /// The event bus: publish, subscribe, handle and call commands.
 ///
@@ -182,6 +186,7 @@ impl Bus {
         let mut spec = SubscribeSpec::new(Vec::new());
         spec.buffer = config.buffer();
         spec.start = config.start();
+        spec.ack_wait = config.ack_wait_duration();
         SubscribeRaw {
             bus: self.clone(),
             spec,
@@ -298,6 +303,20 @@ impl SubscribeRaw {
         self
     }
 
+    /// Redeliver a delivery left unsettled this long (default from
+    /// [`Config::ack_wait`]), 10 ms–3600 s.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        if !(MIN_ACK_WAIT..=MAX_ACK_WAIT).contains(&wait) {
+            self.error.get_or_insert(crate::config::invalid(
+                "ack_wait",
+                format!("{wait:?}"),
+                "10 ms to 3600 s",
+            ));
+        }
+        self.spec.ack_wait = wait;
+        self
+    }
+
     /// Which kinds to receive (default events and intents).
     pub fn kinds(mut self, kinds: KindFilter) -> Self {
         self.spec.kinds = kinds;
@@ -347,6 +366,11 @@ impl<E: Event> Subscribe<E> {
     /// See [`SubscribeRaw::start`].
     pub fn start(self, start: StartPosition) -> Self {
         self.map_raw(|r| r.start(start))
+    }
+
+    /// See [`SubscribeRaw::ack_wait`].
+    pub fn ack_wait(self, wait: Duration) -> Self {
+        self.map_raw(|r| r.ack_wait(wait))
     }
 
     /// See [`SubscribeRaw::buffer`].

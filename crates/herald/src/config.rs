@@ -16,7 +16,7 @@ use crate::envelope::{
     check_text, Limits, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 use crate::error::{Error, Result};
-use crate::subscription::{StartPosition, DEFAULT_SUBSCRIPTION_BUFFER};
+use crate::subscription::{StartPosition, DEFAULT_ACK_WAIT, DEFAULT_SUBSCRIPTION_BUFFER};
 
 /// Default publish and call timeout (`HERALD_TIMEOUT_SECONDS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +45,7 @@ pub struct Config {
     max_header_bytes: usize,
     subscription_buffer: usize,
     start_position: StartPosition,
+    ack_wait: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +59,7 @@ impl Default for Config {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
             start_position: StartPosition::Latest,
+            ack_wait: DEFAULT_ACK_WAIT,
         }
     }
 }
@@ -86,6 +88,9 @@ impl Config {
         }
         if let Some(v) = env_parse("HERALD_SUBSCRIPTION_BUFFER")? {
             c.subscription_buffer = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_ACK_WAIT")? {
+            c.ack_wait = seconds("HERALD_ACK_WAIT", v)?;
         }
         if let Some(v) = env("HERALD_START_POSITION") {
             c.start_position = match v.as_str() {
@@ -152,6 +157,7 @@ impl Config {
             1,
             1_000_000,
         )?;
+        in_range("HERALD_ACK_WAIT", self.ack_wait.as_secs_f64(), 1.0, 3600.0)?;
         if let StartPosition::Seq(0) = self.start_position {
             return Err(invalid(
                 "HERALD_START_POSITION",
@@ -202,6 +208,12 @@ impl Config {
         self.start_position = start;
         self
     }
+    /// Default ack wait of new subscriptions, 1–3600 s: an unsettled delivery
+    /// is redelivered after it.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
 
     /// The configured source, else the running binary's name, else `herald`.
     pub fn effective_source(&self) -> String {
@@ -235,6 +247,10 @@ impl Config {
     /// The default start position.
     pub fn start(&self) -> StartPosition {
         self.start_position
+    }
+    /// The default ack wait.
+    pub fn ack_wait_duration(&self) -> Duration {
+        self.ack_wait
     }
 }
 
@@ -292,6 +308,7 @@ mod tests {
         assert_eq!(c.buffer(), DEFAULT_SUBSCRIPTION_BUFFER);
         assert_eq!(c.start(), StartPosition::Latest);
         assert_eq!(c.environment_name(), "local");
+        assert_eq!(c.ack_wait_duration(), DEFAULT_ACK_WAIT);
     }
 
     #[test]
@@ -316,6 +333,10 @@ mod tests {
             (
                 Config::default().subscription_buffer(0),
                 "HERALD_SUBSCRIPTION_BUFFER",
+            ),
+            (
+                Config::default().ack_wait(Duration::from_millis(999)),
+                "HERALD_ACK_WAIT",
             ),
             (Config::default().environment("Prod"), "HERALD_ENVIRONMENT"),
             (Config::default().source(""), "HERALD_SOURCE"),

@@ -37,6 +37,10 @@ use crate::topic::Pattern;
 /// Default number of undelivered events a subscription buffers.
 pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 1024;
 
+/// How long a delivery may stay unsettled before it is redelivered
+/// (`HERALD_ACK_WAIT`).
+pub const DEFAULT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where a new subscription (or a new durable group) starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPosition {
@@ -104,6 +108,9 @@ pub struct SubscribeSpec {
     pub buffer: usize,
     /// Kinds delivered.
     pub kinds: KindFilter,
+    /// A delivery neither acked, nacked nor termed within this time is
+    /// redelivered with `attempt + 1` (or dead-lettered at `max_deliver`).
+    pub ack_wait: std::time::Duration,
 }
 
 impl SubscribeSpec {
@@ -115,6 +122,7 @@ impl SubscribeSpec {
             start: StartPosition::Latest,
             buffer: DEFAULT_SUBSCRIPTION_BUFFER,
             kinds: KindFilter::DEFAULT,
+            ack_wait: DEFAULT_ACK_WAIT,
         }
     }
 

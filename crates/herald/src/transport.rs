@@ -12,7 +12,7 @@
 //!
 //! | backend | crate | 1 batch | 2 order | 3 fan-out | 4 groups | 5 durable | 6 redelivery | 7 dedupe | 8 backpressure | 11 replay | 12 dead letters | 13 priority |
 //! |---|---|---|---|---|---|---|---|---|---|---|---|---|
-//! | memory | `herald` | atomic | yes | yes | yes | no (in-process) | nack, drop | yes | yes | retained history | in memory | yes |
+//! | memory | `herald` | atomic | yes | yes | yes | no (in-process) | nack, drop, ack wait | yes | yes | retained history | in memory | yes |
 //!
 //! Invariant: a transport receives envelopes that the bus has already
 //! validated (topic, fields, size limits); it assigns `seq` and nothing else.

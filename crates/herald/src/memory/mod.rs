@@ -27,15 +27,16 @@
 //! - **Priority.** A queue holds one FIFO per (topic, key); the next delivery is
 //!   the head with the highest priority (then the oldest). Events of one topic
 //!   and key are never reordered.
-//! - **Redelivery.** A nack (or a dropped delivery) puts the event back at the
-//!   head of its flow with `attempt + 1`, after the nack's delay; at
+//! - **Redelivery.** A nack, a dropped delivery, or a delivery left unsettled
+//!   past the subscription's `ack_wait` puts the event back at the head of its
+//!   flow with `attempt + 1` (after the nack's delay; a late settle of the
+//!   superseded delivery is ignored); at
 //!   `max_deliver` attempts, or on `term`, it is dead-lettered. An event past
 //!   its `expires_at` is dead-lettered as `expired` instead of delivered.
 //! - **Dedupe.** Each topic remembers the idempotency keys of the last
 //!   `dedupe_window` (bounded to `dedupe_capacity` keys per topic).
 //!
-//! Not here: persistence (see the durable transports) and ack deadlines for
-//! deliveries held without being settled or dropped.
+//! Not here: persistence (see the durable transports).
 
 mod queue;
 

@@ -8,17 +8,19 @@
 
 use std::cmp::Reverse;
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use chrono::Utc;
 use futures_core::Stream;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::SharedRef;
 use crate::dead_letter::FailureSource;
@@ -46,6 +48,13 @@ struct State {
     next_order: i64,
     next_front: i64,
     waiters: Vec<(u64, Waker)>,
+    /// Deliveries handed out and not yet settled, by envelope address (each
+    /// delivery, redeliveries included, has its own `Arc<Envelope>`).
+    inflight: HashSet<usize, foldhash::fast::RandomState>,
+    /// Ack deadlines in delivery order; entries settled meanwhile are skipped.
+    deadlines: VecDeque<(Instant, Arc<Envelope>)>,
+    /// Whether a sweeper task enforces the deadlines.
+    sweeping: bool,
 }
 
 #[derive(Default)]
@@ -256,6 +265,9 @@ impl Queue {
                     return None;
                 };
                 let expired = item.env.expires_at().is_some_and(|t| t <= Utc::now());
+                if !expired {
+                    self.track(&mut st, &item.env);
+                }
                 if expired && self.locks(&item.env) {
                     // Not delivered, so the flow stays free.
                     drop(st);
@@ -308,6 +320,70 @@ impl Queue {
         None
     }
 
+    /// Note a delivery as in flight until settled or past its ack wait.
+    fn track(&self, st: &mut State, env: &Arc<Envelope>) {
+        st.inflight.insert(address(env));
+        st.deadlines
+            .push_back((Instant::now() + self.spec.ack_wait, env.clone()));
+        if !st.sweeping {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                st.sweeping = true;
+                runtime.spawn(sweep(self.me.clone()));
+            }
+        }
+    }
+
+    /// Settle bookkeeping: false when the delivery is no longer in flight
+    /// (its ack wait passed and it was redelivered), so the outcome is stale.
+    fn untrack(&self, env: &Arc<Envelope>) -> bool {
+        let mut st = self.state.lock();
+        let was = st.inflight.remove(&address(env));
+        trim(&mut st);
+        was
+    }
+
+    /// Redeliver `envelope` with `attempt + 1` after `delay`, or dead-letter
+    /// it when it has had `max_deliver` attempts.
+    fn retry(&self, envelope: &Arc<Envelope>, delay: Option<Duration>, reason: Option<String>) {
+        let locks = self.locks(envelope);
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if envelope.attempt() >= shared.config.max_deliver {
+            let reason = format!(
+                "gave up after {} attempts: {}",
+                envelope.attempt(),
+                reason.as_deref().unwrap_or("nacked")
+            );
+            shared.dead_letter(
+                envelope,
+                self.group(),
+                ErrorCode::Internal,
+                reason,
+                FailureSource::Handler,
+            );
+            if locks {
+                self.unlock(envelope);
+            }
+            return;
+        }
+        let mut again = Envelope::clone(envelope);
+        again.attempt += 1;
+        let again = Arc::new(again);
+        match delay.filter(|d| !d.is_zero()) {
+            None => self.push_front(again, locks),
+            Some(delay) => {
+                let Some(queue) = self.me.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    queue.push_front(again, locks);
+                });
+            }
+        }
+    }
+
     fn forget_waiter(&self, id: u64) -> Option<Waker> {
         let mut st = self.state.lock();
         let pos = st.waiters.iter().position(|(m, _)| *m == id)?;
@@ -321,6 +397,9 @@ impl Settle for Queue {
         envelope: &Arc<Envelope>,
         outcome: Outcome,
     ) -> Option<BoxFuture<'static, Result<()>>> {
+        if !self.untrack(envelope) {
+            return None;
+        }
         let locks = self.locks(envelope);
         match outcome {
             Outcome::Ack => {
@@ -342,42 +421,67 @@ impl Settle for Queue {
                     self.unlock(envelope);
                 }
             }
-            Outcome::Nack { delay, reason } => {
-                let shared = self.shared.upgrade()?;
-                if envelope.attempt() >= shared.config.max_deliver {
-                    let reason = format!(
-                        "gave up after {} attempts: {}",
-                        envelope.attempt(),
-                        reason.as_deref().unwrap_or("nacked")
-                    );
-                    shared.dead_letter(
-                        envelope,
-                        self.group(),
-                        ErrorCode::Internal,
-                        reason,
-                        FailureSource::Handler,
-                    );
-                    if locks {
-                        self.unlock(envelope);
-                    }
-                    return None;
-                }
-                let mut again = Envelope::clone(envelope);
-                again.attempt += 1;
-                let again = Arc::new(again);
-                match delay.filter(|d| !d.is_zero()) {
-                    None => self.push_front(again, locks),
-                    Some(delay) => {
-                        let queue = self.me.upgrade()?;
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            queue.push_front(again, locks);
-                        });
-                    }
-                }
-            }
+            Outcome::Nack { delay, reason } => self.retry(envelope, delay, reason),
         }
         None
+    }
+}
+
+fn address(env: &Arc<Envelope>) -> usize {
+    Arc::as_ptr(env) as usize
+}
+
+/// Drop deadline entries at the front whose deliveries were settled.
+fn trim(st: &mut State) {
+    while let Some((_, env)) = st.deadlines.front() {
+        if st.inflight.contains(&address(env)) {
+            break;
+        }
+        st.deadlines.pop_front();
+    }
+}
+
+/// Enforce a queue's ack deadlines; ends when nothing is in flight (the next
+/// delivery starts a new sweeper) or the queue is gone.
+async fn sweep(queue: Weak<Queue>) {
+    enum Next {
+        Redeliver(Arc<Envelope>),
+        SleepUntil(Instant),
+    }
+    loop {
+        let Some(q) = queue.upgrade() else {
+            return;
+        };
+        let next = {
+            let mut st = q.state.lock();
+            trim(&mut st);
+            match st.deadlines.front() {
+                Some(_) if q.is_closed() => {
+                    st.sweeping = false;
+                    return;
+                }
+                None => {
+                    st.sweeping = false;
+                    return;
+                }
+                Some((at, _)) if *at <= Instant::now() => {
+                    let (_, env) = st.deadlines.pop_front().expect("front exists");
+                    st.inflight.remove(&address(&env));
+                    Next::Redeliver(env)
+                }
+                Some((at, _)) => Next::SleepUntil(*at),
+            }
+        };
+        match next {
+            Next::Redeliver(env) => {
+                let reason = format!("not settled within the ack wait of {:?}", q.spec.ack_wait);
+                q.retry(&env, None, Some(reason));
+            }
+            Next::SleepUntil(at) => {
+                drop(q);
+                tokio::time::sleep_until(at).await;
+            }
+        }
     }
 }
 

@@ -173,3 +173,37 @@ async fn sequence_overflow_is_an_error_not_a_wrap() {
         "other topics go on"
     );
 }
+
+#[tokio::test]
+async fn ack_wait_out_of_range_is_refused() {
+    let bus = bus(MemoryConfig::default());
+    for wait in [Duration::from_millis(9), Duration::from_secs(3601)] {
+        let err = bus.subscribe_raw("t").ack_wait(wait).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Validation);
+        assert!(err.message().contains("ack_wait"), "{}", err.message());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_held_past_max_deliver_ack_waits_is_dead_lettered() {
+    let bus = bus(MemoryConfig::default().max_deliver(2));
+    let mut sub = bus
+        .subscribe_raw("t")
+        .ack_wait(Duration::from_secs(1))
+        .await
+        .unwrap();
+    bus.publish(msg("t")).await.unwrap();
+    let first = sub.next().await.unwrap().unwrap();
+    let second = sub.next().await.unwrap().unwrap();
+    assert_eq!((first.attempt(), second.attempt()), (1, 2));
+    // The clock is paused: this sleep only lets the second ack wait pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bus.publish(msg("t")).await.unwrap();
+    let next = sub.next().await.unwrap().unwrap();
+    assert_eq!(next.seq(), Some(2), "seq 1 is not delivered a third time");
+    let dead = bus.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(dead[0].reason.contains("ack wait"), "{}", dead[0].reason);
+    drop((first, second));
+}
