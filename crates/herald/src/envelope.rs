@@ -322,6 +322,19 @@ impl Envelope {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+    /// This envelope with `seq` set: what a transport does when it appends.
+    pub fn with_seq(mut self, seq: u64) -> Envelope {
+        self.seq = Some(seq);
+        self
+    }
+
+    /// This envelope with `attempt` set: what a transport does when it
+    /// redelivers (attempts count from 1).
+    pub fn with_attempt(mut self, attempt: u32) -> Envelope {
+        self.attempt = attempt.max(1);
+        self
+    }
+
     /// Decode the payload into `T` (a `VALIDATION` error when it does not fit).
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         self.payload.decode()

@@ -1,0 +1,248 @@
+//! Appending to the log: sequencing, dedupe and the group-commit writer.
+//!
+//! Owns the SQL that turns validated envelopes into `events` rows inside a
+//! write transaction, and the writer task that gathers concurrent publishes
+//! into one transaction (group commit), so throughput is not one fsync per
+//! event. SQLite serializes writers, so `seq = last_seq + 1` read and written
+//! inside the transaction is gap-free across tasks and processes, and a
+//! rolled-back transaction leaves no hole.
+
+use std::collections::HashMap;
+
+use herald::{Envelope, Error, ErrorCode, Result};
+use sqlx::SqliteConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::runtime_error;
+
+/// Highest `seq` SQLite's signed 64-bit integers hold.
+const MAX_SEQ: u64 = i64::MAX as u64;
+/// Rows per multi-row statement (6 parameters each, well under SQLite's
+/// 32,766-parameter limit).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Append `batches` (each one publish) inside the caller's open write
+/// transaction; returns each batch's seqs.
+pub(crate) async fn append(
+    conn: &mut SqliteConnection,
+    batches: &[&[Envelope]],
+    dedupe_window_ms: i64,
+) -> Result<Vec<Vec<u64>>> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let all: Vec<&Envelope> = batches.iter().flat_map(|b| b.iter()).collect();
+    let mut last_seq = topic_seqs(conn, &all).await?;
+    let mut seen = if dedupe_window_ms > 0 {
+        existing_keys(conn, &all, now_ms - dedupe_window_ms).await?
+    } else {
+        HashMap::new()
+    };
+    let mut rows: Vec<Row> = Vec::with_capacity(all.len());
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut seqs = Vec::with_capacity(batch.len());
+        for env in batch.iter() {
+            let idem = env.idempotency_key();
+            let dedupe_key = (env.topic().as_str().to_owned(), idem.into_owned());
+            if dedupe_window_ms > 0 {
+                if let Some(seq) = seen.get(&dedupe_key) {
+                    seqs.push(*seq);
+                    continue;
+                }
+            }
+            let last = last_seq.entry(env.topic().as_str().to_owned()).or_insert(0);
+            if *last >= MAX_SEQ {
+                return Err(Error::internal(format!(
+                    "sequence of `{}` is exhausted",
+                    env.topic()
+                )));
+            }
+            *last += 1;
+            let seq = *last;
+            let stored = env.clone().with_seq(seq).with_attempt(1);
+            rows.push(Row {
+                created_ms: env.timestamp().timestamp_millis(),
+                envelope: stored.to_json()?,
+                seq,
+                topic: dedupe_key.0.clone(),
+                idempotency_key: dedupe_key.1.clone(),
+            });
+            if dedupe_window_ms > 0 {
+                seen.insert(dedupe_key, seq);
+            }
+            seqs.push(seq);
+        }
+        out.push(seqs);
+    }
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, envelope) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(&r.topic)
+                .push_bind(r.seq as i64)
+                .push_bind(r.created_ms)
+                .push_bind(now_ms)
+                .push_bind(&r.idempotency_key)
+                .push_bind(&r.envelope);
+        });
+        q.build().execute(&mut *conn).await.map_err(runtime_error)?;
+    }
+    let touched: Vec<(&String, &u64)> = last_seq.iter().collect();
+    for chunk in touched.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO topics (name, last_seq) ");
+        q.push_values(chunk, |mut b, (name, seq)| {
+            b.push_bind(*name).push_bind(**seq as i64);
+        });
+        q.push(" ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq");
+        q.build().execute(&mut *conn).await.map_err(runtime_error)?;
+    }
+    Ok(out)
+}
+
+struct Row {
+    topic: String,
+    seq: u64,
+    created_ms: i64,
+    idempotency_key: String,
+    envelope: Vec<u8>,
+}
+
+/// `last_seq` of every topic in `envs` that has one.
+async fn topic_seqs(
+    conn: &mut SqliteConnection,
+    envs: &[&Envelope],
+) -> Result<HashMap<String, u64>> {
+    let mut names: Vec<&str> = envs.iter().map(|e| e.topic().as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new("SELECT name, last_seq FROM topics WHERE name IN (");
+        let mut list = q.separated(", ");
+        for n in chunk {
+            list.push_bind(*n);
+        }
+        q.push(")");
+        let rows: Vec<(String, i64)> = q
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        out.extend(rows.into_iter().map(|(n, s)| (n, s as u64)));
+    }
+    Ok(out)
+}
+
+/// `(topic, idempotency_key) → seq` of the keys in `envs` appended since `since_ms`.
+async fn existing_keys(
+    conn: &mut SqliteConnection,
+    envs: &[&Envelope],
+    since_ms: i64,
+) -> Result<HashMap<(String, String), u64>> {
+    let mut out = HashMap::new();
+    for chunk in envs.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT topic, idempotency_key, min(seq) FROM events WHERE appended_ms >= ",
+        );
+        q.push_bind(since_ms);
+        q.push(" AND (topic, idempotency_key) IN (VALUES ");
+        let mut list = q.separated(", ");
+        for e in chunk {
+            list.push("(")
+                .push_bind_unseparated(e.topic().as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(e.idempotency_key().into_owned())
+                .push_unseparated(")");
+        }
+        q.push(") GROUP BY topic, idempotency_key");
+        let rows: Vec<(String, String, i64)> = q
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        out.extend(rows.into_iter().map(|(t, k, s)| ((t, k), s as u64)));
+    }
+    Ok(out)
+}
+
+/// One publish waiting for the writer.
+pub(crate) struct Request {
+    pub(crate) batch: Vec<Envelope>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<u64>>>,
+}
+
+/// The writer task: owns the write connection; gathers waiting publishes
+/// (up to `max` events) into one `BEGIN IMMEDIATE … COMMIT`. When a group
+/// fails, each of its publishes is retried alone so one bad publish cannot
+/// fail the others.
+pub(crate) async fn writer(
+    mut conn: SqliteConnection,
+    mut requests: mpsc::Receiver<Request>,
+    max: usize,
+    dedupe_window_ms: i64,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        let mut events = group[0].batch.len();
+        while events < max {
+            match requests.try_recv() {
+                Ok(r) => {
+                    events += r.batch.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<&[Envelope]> = group.iter().map(|r| r.batch.as_slice()).collect();
+        match commit(&mut conn, &batches, dedupe_window_ms).await {
+            Ok(seqs) => {
+                for (r, s) in group.into_iter().zip(seqs) {
+                    let _ = r.reply.send(Ok(s));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                let _ = group.pop().map(|r| r.reply.send(Err(e)));
+            }
+            Err(_) => {
+                for r in group {
+                    let result = commit(&mut conn, &[r.batch.as_slice()], dedupe_window_ms).await;
+                    let reply = result.map(|mut seqs| seqs.pop().unwrap_or_default());
+                    let _ = r.reply.send(reply);
+                }
+            }
+        }
+    }
+}
+
+/// One write transaction around [`append`].
+async fn commit(
+    conn: &mut SqliteConnection,
+    batches: &[&[Envelope]],
+    dedupe_window_ms: i64,
+) -> Result<Vec<Vec<u64>>> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    match append(conn, batches, dedupe_window_ms).await {
+        Ok(done) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(done),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(runtime_error(e))
+            }
+        },
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// The error of a publish after the store closed.
+pub(crate) fn closed() -> Error {
+    Error::new(ErrorCode::Unavailable, "the SQLite store is closed")
+}

@@ -1,0 +1,154 @@
+//! Settings of the SQLite store.
+//!
+//! Owns [`SqliteConfig`] and its `HERALD_*` keys and ranges; opening the store
+//! is `store`'s business.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herald::config::{env, env_parse, in_range, invalid, seconds};
+use herald::Result;
+
+/// Default store file (`HERALD_STORE=sqlite://herald.db`).
+pub const DEFAULT_PATH: &str = "herald.db";
+/// How long an idempotency key is remembered (`HERALD_DEDUPE_WINDOW`).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a writer waits for another process's write lock.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most events one group commit appends.
+pub const DEFAULT_GROUP_COMMIT_MAX: usize = 2000;
+
+/// When a commit counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit; a publish that
+    /// returned `Ok` survives power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits survive a crash of the process but the
+    /// last ones may be lost on power loss or an OS crash. Faster.
+    Normal,
+}
+
+/// Settings of [`SqliteStore`](crate::SqliteStore).
+///
+/// ```
+/// use std::time::Duration;
+/// use herald_sqlite::{SqliteConfig, Synchronous};
+/// let config = SqliteConfig::new("/var/lib/app/events.db")
+///     .synchronous(Synchronous::Full)
+///     .dedupe_window(Duration::from_secs(600));
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqliteConfig {
+    path: PathBuf,
+    synchronous: Synchronous,
+    dedupe_window: Duration,
+    busy_timeout: Duration,
+    group_commit_max: usize,
+}
+
+impl SqliteConfig {
+    /// A store at `path` (created when missing; its directory must exist).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            group_commit_max: DEFAULT_GROUP_COMMIT_MAX,
+        }
+    }
+
+    /// From `HERALD_STORE` (`sqlite://PATH`, default `sqlite://herald.db`),
+    /// `HERALD_SQLITE_SYNCHRONOUS` (`full` or `normal`) and
+    /// `HERALD_DEDUPE_WINDOW`, validated.
+    pub fn from_env() -> Result<Self> {
+        let store = env("HERALD_STORE").unwrap_or_else(|| format!("sqlite://{DEFAULT_PATH}"));
+        let Some(path) = store.strip_prefix("sqlite://") else {
+            return Err(invalid(
+                "HERALD_STORE",
+                &store,
+                "`sqlite://PATH` for the SQLite store",
+            ));
+        };
+        let mut c = SqliteConfig::new(path);
+        if let Some(v) = env("HERALD_SQLITE_SYNCHRONOUS") {
+            c.synchronous = match v.as_str() {
+                "full" => Synchronous::Full,
+                "normal" => Synchronous::Normal,
+                _ => {
+                    return Err(invalid(
+                        "HERALD_SQLITE_SYNCHRONOUS",
+                        &v,
+                        "`full` or `normal`",
+                    ))
+                }
+            };
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
+            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every value against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Err(invalid(
+                "HERALD_STORE",
+                "sqlite://",
+                "a file path after `sqlite://`",
+            ));
+        }
+        in_range(
+            "HERALD_DEDUPE_WINDOW",
+            self.dedupe_window.as_secs(),
+            0,
+            7 * 24 * 3600,
+        )?;
+        in_range("busy_timeout", self.busy_timeout.as_secs_f64(), 0.0, 600.0)?;
+        in_range("group_commit_max", self.group_commit_max, 1, 100_000)?;
+        Ok(())
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// When a commit counts as durable (default [`Synchronous::Full`]).
+    pub fn synchronous(mut self, s: Synchronous) -> Self {
+        self.synchronous = s;
+        self
+    }
+    /// Idempotency keys are remembered this long, 0 (off) to 7 days.
+    pub fn dedupe_window(mut self, d: Duration) -> Self {
+        self.dedupe_window = d;
+        self
+    }
+    /// How long to wait for another process holding the write lock, 0–600 s.
+    pub fn busy_timeout(mut self, d: Duration) -> Self {
+        self.busy_timeout = d;
+        self
+    }
+    /// Most events appended by one group commit, 1–100,000.
+    pub fn group_commit_max(mut self, n: usize) -> Self {
+        self.group_commit_max = n;
+        self
+    }
+
+    pub(crate) fn sync_mode(&self) -> Synchronous {
+        self.synchronous
+    }
+    pub(crate) fn dedupe(&self) -> Duration {
+        self.dedupe_window
+    }
+    pub(crate) fn busy(&self) -> Duration {
+        self.busy_timeout
+    }
+    pub(crate) fn group_max(&self) -> usize {
+        self.group_commit_max
+    }
+}

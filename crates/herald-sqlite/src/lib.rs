@@ -1,0 +1,24 @@
+//! herald's embedded durable store: an event log in one SQLite file.
+//!
+//! [`SqliteStore`] appends events durably (on disk before `Ok`: WAL,
+//! `synchronous=FULL` by default); concurrent appends share commits (group
+//! commit); each topic's `seq` starts at 1 with no gaps, across tasks and
+//! across processes sharing the file; a repeated `idempotency_key` within the
+//! dedupe window returns the original `seq`; any topic replays from a `seq`
+//! or a time. Subscriptions, consumer groups and the outbox build on this log
+//! (in progress: the store does not implement `herald::Transport` yet).
+//!
+//! Driver: sqlx, so the outbox can run inside a user's own
+//! `sqlx::Transaction`.
+
+mod append;
+mod config;
+mod schema;
+mod store;
+
+pub use config::{
+    SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
+    DEFAULT_GROUP_COMMIT_MAX, DEFAULT_PATH,
+};
+pub use schema::SCHEMA_VERSION;
+pub use store::SqliteStore;
