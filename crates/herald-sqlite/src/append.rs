@@ -136,34 +136,45 @@ async fn topic_seqs(
     Ok(out)
 }
 
-/// `(topic, idempotency_key) → seq` of the keys in `envs` appended since `since_ms`.
+/// `(topic, idempotency_key) → seq` of the keys in `envs` appended since
+/// `since_ms`; one indexed lookup per topic (`topic = ? AND key IN (…)`).
 async fn existing_keys(
     conn: &mut SqliteConnection,
     envs: &[&Envelope],
     since_ms: i64,
 ) -> Result<HashMap<(String, String), u64>> {
+    let mut by_topic: HashMap<&str, Vec<String>> = HashMap::new();
+    for e in envs {
+        by_topic
+            .entry(e.topic().as_str())
+            .or_default()
+            .push(e.idempotency_key().into_owned());
+    }
     let mut out = HashMap::new();
-    for chunk in envs.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT topic, idempotency_key, min(seq) FROM events WHERE appended_ms >= ",
-        );
-        q.push_bind(since_ms);
-        q.push(" AND (topic, idempotency_key) IN (VALUES ");
-        let mut list = q.separated(", ");
-        for e in chunk {
-            list.push("(")
-                .push_bind_unseparated(e.topic().as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(e.idempotency_key().into_owned())
-                .push_unseparated(")");
+    for (topic, keys) in by_topic {
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT idempotency_key, min(seq) FROM events WHERE topic = ",
+            );
+            q.push_bind(topic);
+            q.push(" AND idempotency_key IN (");
+            let mut list = q.separated(", ");
+            for k in chunk {
+                list.push_bind(k.as_str());
+            }
+            q.push(") AND appended_ms >= ");
+            q.push_bind(since_ms);
+            q.push(" GROUP BY idempotency_key");
+            let rows: Vec<(String, i64)> = q
+                .build_query_as()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(runtime_error)?;
+            out.extend(
+                rows.into_iter()
+                    .map(|(k, s)| ((topic.to_owned(), k), s as u64)),
+            );
         }
-        q.push(") GROUP BY topic, idempotency_key");
-        let rows: Vec<(String, String, i64)> = q
-            .build_query_as()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-        out.extend(rows.into_iter().map(|(t, k, s)| ((t, k), s as u64)));
     }
     Ok(out)
 }

@@ -7,6 +7,7 @@
 //! in the same run.
 
 mod latency;
+mod sqlite;
 mod stats;
 mod sustained;
 mod throughput;
@@ -33,6 +34,17 @@ pub struct Args {
     /// Measured iterations of each latency benchmark (after warm-up).
     #[arg(long)]
     iterations: Option<usize>,
+    /// Benchmark a durable store instead of the in-process bus:
+    /// `sqlite:PATH` (PATH must not exist; the files are removed after).
+    #[arg(long, value_parser = parse_store)]
+    store: Option<std::path::PathBuf>,
+}
+
+fn parse_store(s: &str) -> Result<std::path::PathBuf, String> {
+    match s.strip_prefix("sqlite:") {
+        Some(p) if !p.is_empty() => Ok(p.trim_start_matches("//").into()),
+        _ => Err(format!("{s:?}: expected sqlite:PATH")),
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -87,6 +99,42 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.store {
+        return match runtime.block_on(sqlite::run(path, args.check)) {
+            Ok(r) => {
+                eprintln!(
+                    "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n",
+                    sqlite::TASKS,
+                    "appends/s",
+                    "herald",
+                    "raw SQL",
+                    "ratio",
+                    "single publishes (1 row/commit raw)",
+                    r.herald_single,
+                    r.raw_single,
+                    r.ratio_single,
+                    format!("batches of {}", sqlite::BATCH),
+                    r.herald_batched,
+                    r.raw_batched,
+                    r.ratio_batched,
+                );
+                match serde_json::to_string(&r) {
+                    Ok(json) => {
+                        println!("{json}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("herald bench: cannot encode the report: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("herald bench: {} ({})", e, e.code());
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(&args)) {
         Ok(report) => {
             eprint!("{}", table(&report));

@@ -1,0 +1,200 @@
+//! `herald bench --store sqlite:PATH`: the embedded store's append
+//! throughput next to the same inserts done with raw SQL, at the same
+//! durability (WAL, `synchronous=FULL`), in the same run. herald is driven by
+//! [`TASKS`] concurrent publishers (its group commit at work); raw SQL by
+//! rusqlite on one connection writing back to back, which is SQLite's ceiling
+//! (concurrent raw writers only add lock contention). rusqlite is used here
+//! only: it links the same libsqlite3 as sqlx.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use herald::{Envelope, Error, Message, Publish, Result};
+use herald_sqlite::{SqliteConfig, SqliteStore};
+use serde::Serialize;
+
+/// Appends per second of one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Appends {
+    pub events: usize,
+    /// herald: single publishes from [`TASKS`] concurrent tasks (group commit).
+    pub herald_single: f64,
+    /// Raw SQL (rusqlite): one row per transaction, one connection, back to back.
+    pub raw_single: f64,
+    /// herald: batches of [`BATCH`] events.
+    pub herald_batched: f64,
+    /// Raw SQL (rusqlite): [`BATCH`] rows per transaction, one connection,
+    /// back to back (no lock contention: the raw ceiling).
+    pub raw_batched: f64,
+    pub ratio_single: f64,
+    pub ratio_batched: f64,
+}
+
+/// Concurrent publishing tasks.
+pub const TASKS: usize = 64;
+/// Events per batch.
+pub const BATCH: usize = 100;
+
+/// Run the store benchmark in files next to `path` (which must not exist).
+pub async fn run(path: &Path, short: bool) -> Result<Appends> {
+    let files = Files::new(path)?;
+    let single = if short { 2_000 } else { 10_000 };
+    let batched = if short { 20_000 } else { 200_000 };
+    let sample = sample()?;
+    let herald_single = herald_appends(&files.herald("single"), single, 1, &sample).await?;
+    let herald_batched = herald_appends(&files.herald("batched"), batched, BATCH, &sample).await?;
+    let raw_single = raw_inserts(&files.raw("single"), single, 1, &sample).await?;
+    let raw_batched = raw_inserts(&files.raw("batched"), batched, BATCH, &sample).await?;
+    Ok(Appends {
+        events: batched,
+        herald_single,
+        raw_single,
+        herald_batched,
+        raw_batched,
+        ratio_single: herald_single / raw_single,
+        ratio_batched: herald_batched / raw_batched,
+    })
+}
+
+fn sample() -> Result<Envelope> {
+    Message::json(
+        "bench.orders",
+        &serde_json::json!({"id": 1234, "sku": "A-1", "qty": 2, "total": 99.5}),
+    )?
+    .key("customer-42")
+    .into_envelope(&Arc::from("bench"))
+}
+
+fn fresh(sample: &Envelope) -> Envelope {
+    Message::new("bench.orders", sample.payload().clone())
+        .key("customer-42")
+        .into_envelope(&Arc::from("bench"))
+        .expect("a valid sample")
+}
+
+async fn herald_appends(
+    path: &Path,
+    events: usize,
+    batch: usize,
+    sample: &Envelope,
+) -> Result<f64> {
+    let store = SqliteStore::open(SqliteConfig::new(path)).await?;
+    let per_task = events / TASKS.max(1);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let store = store.clone();
+            let sample = sample.clone();
+            tokio::spawn(async move {
+                let mut left = per_task;
+                while left > 0 {
+                    let n = batch.min(left);
+                    store
+                        .append((0..n).map(|_| fresh(&sample)).collect())
+                        .await?;
+                    left -= n;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| Error::internal(e.to_string()))??;
+    }
+    Ok((per_task * TASKS) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The raw ceiling: rusqlite (no async layer) on one connection, a prepared
+/// INSERT per row, `batch` rows per transaction, back to back.
+async fn raw_inserts(path: &Path, events: usize, batch: usize, sample: &Envelope) -> Result<f64> {
+    let rows: Vec<(i64, i64, String, Vec<u8>)> = (1..=events as i64)
+        .map(|s| {
+            let e = fresh(sample);
+            let key = e.idempotency_key().into_owned();
+            let ms = e.timestamp().timestamp_millis();
+            e.with_seq(s as u64).to_json().map(|j| (s, ms, key, j))
+        })
+        .collect::<Result<_>>()?;
+    let path = path.to_path_buf();
+    let work = move || -> rusqlite::Result<f64> {
+        let mut conn = rusqlite::Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, seq INTEGER NOT NULL,
+             created_ms INTEGER NOT NULL, appended_ms INTEGER NOT NULL, idempotency_key TEXT NOT NULL,
+             envelope BLOB NOT NULL, UNIQUE (topic, seq));
+             CREATE INDEX events_by_idempotency_key ON events (topic, idempotency_key);
+             CREATE INDEX events_by_time ON events (topic, created_ms);",
+        )?;
+        let start = Instant::now();
+        for chunk in rows.chunks(batch) {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, envelope)
+                     VALUES ('bench.orders', ?1, ?2, ?2, ?3, ?4)",
+                )?;
+                for (seq, ms, key, json) in chunk {
+                    insert.execute(rusqlite::params![seq, ms, key, json])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(rows.len() as f64 / start.elapsed().as_secs_f64())
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(|e| Error::internal(format!("raw SQLite baseline: {e}")))
+}
+
+/// The benchmark's database files, removed when done.
+struct Files {
+    base: PathBuf,
+    made: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Files {
+    fn new(path: &Path) -> Result<Files> {
+        if path.exists() {
+            return Err(Error::validation(format!(
+                "--store sqlite:{}: the file exists; the benchmark only writes new files",
+                path.display()
+            )));
+        }
+        Ok(Files {
+            base: path.to_path_buf(),
+            made: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn herald(&self, what: &str) -> PathBuf {
+        self.file(&format!("herald-{what}"))
+    }
+
+    fn raw(&self, what: &str) -> PathBuf {
+        self.file(&format!("raw-{what}"))
+    }
+
+    fn file(&self, suffix: &str) -> PathBuf {
+        let mut name = self.base.as_os_str().to_owned();
+        name.push(format!(".{suffix}"));
+        let p = PathBuf::from(name);
+        self.made.lock().expect("not poisoned").push(p.clone());
+        p
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        for p in self.made.lock().map(|m| m.clone()).unwrap_or_default() {
+            for ext in ["", "-wal", "-shm"] {
+                let mut f = p.as_os_str().to_owned();
+                f.push(ext);
+                let _ = std::fs::remove_file(PathBuf::from(f));
+            }
+        }
+    }
+}
