@@ -47,6 +47,7 @@ pub mod event;
 pub mod memory;
 pub mod message;
 pub mod payload;
+pub mod queue;
 pub mod schema;
 pub mod subscription;
 pub mod topic;

@@ -38,10 +38,8 @@
 //!
 //! Not here: persistence (see the durable transports).
 
-mod queue;
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,7 +57,7 @@ use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::topic::Topic;
 use crate::transport::{Features, Transport};
 
-use queue::Queue;
+use crate::queue::{self, Queue, QueueHost};
 
 /// Events each topic retains (`HERALD_HISTORY_SIZE`).
 pub const DEFAULT_HISTORY_SIZE: usize = 1000;
@@ -226,7 +224,6 @@ impl MemoryTransport {
                 topics: RwLock::new(HashMap::new()),
                 dead: Mutex::new(DeadStore::default()),
                 closed: AtomicBool::new(false),
-                next_id: AtomicU64::new(1),
             }),
         }
     }
@@ -243,7 +240,6 @@ pub(crate) struct Shared {
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
     dead: Mutex<DeadStore>,
     closed: AtomicBool,
-    next_id: AtomicU64,
 }
 
 #[derive(Default)]
@@ -304,7 +300,18 @@ impl Dedupe {
     }
 }
 
-impl Shared {
+impl QueueHost for Shared {
+    fn max_deliver(&self) -> u32 {
+        self.config.max_deliver
+    }
+
+    fn leave(&self, queue: &Arc<Queue>) {
+        let mut registry = self.registry.lock();
+        if queue.leave() {
+            self.detach(&mut registry, queue);
+        }
+    }
+
     fn dead_letter(
         &self,
         envelope: &Envelope,
@@ -328,7 +335,9 @@ impl Shared {
             source,
         });
     }
+}
 
+impl Shared {
     fn topic(&self, name: &Topic) -> Arc<TopicState> {
         if let Some(t) = self.topics.read().get(name.as_str()) {
             return t.clone();
@@ -409,13 +418,6 @@ impl Shared {
         queue.close();
     }
 
-    pub(crate) fn leave(self: &Arc<Self>, queue: &Arc<Queue>) {
-        let mut registry = self.registry.lock();
-        if queue.leave() {
-            self.detach(&mut registry, queue);
-        }
-    }
-
     fn subscribe(self: &Arc<Self>, spec: SubscribeSpec) -> Result<Subscription> {
         if self.closed.load(Ordering::Acquire) {
             return Err(closed_error());
@@ -453,7 +455,8 @@ impl Shared {
             }
             None => {
                 let start = spec.start;
-                let queue = Queue::new(spec, Arc::downgrade(self));
+                let host: Weak<dyn QueueHost> = Arc::downgrade(self) as Weak<Shared>;
+                let queue = Queue::new(spec, host);
                 queue.join();
                 self.attach(&queue, start);
                 registry.queues.push(queue.clone());
@@ -464,10 +467,7 @@ impl Shared {
             }
         };
         drop(registry);
-        Ok(queue::member(
-            queue,
-            self.next_id.fetch_add(1, Ordering::Relaxed),
-        ))
+        Ok(queue::member(queue))
     }
 
     async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
@@ -726,8 +726,6 @@ impl Transport for MemoryTransport {
         Features::MEMORY
     }
 }
-
-pub(crate) type SharedRef = Weak<Shared>;
 
 #[cfg(test)]
 mod tests;

@@ -1,17 +1,22 @@
-//! One subscriber queue of the memory transport (a group-less subscription or
-//! a whole consumer group) and the member streams that pull from it.
+//! The delivery queue: one subscriber (a group-less subscription or a whole
+//! consumer group) and the member streams that pull from it.
 //!
-//! Owns capacity (a semaphore of `buffer` permits, reserved by publishers and
-//! returned as events are delivered), the priority order among flows, the
-//! per-key lock of groups, redelivery and dead-lettering on settle. It does not
-//! assign `seq` or know about topics beyond matching them.
+//! Owns what happens between "an event is for this subscriber" and "it was
+//! settled": capacity (a semaphore of `buffer` permits, taken by whoever feeds
+//! the queue and returned as events are delivered), the priority order among
+//! flows (one FIFO per topic and key), the per-key lock of groups, ack
+//! deadlines, redelivery, and giving up to the host's dead-letter store. The
+//! in-memory transport feeds it under its topic locks; a durable transport
+//! feeds it from its log with [`Queue::push`]. It does not assign `seq`, store
+//! anything, or know about topics beyond matching them; what it needs from
+//! its transport is the [`QueueHost`].
 
 use std::cmp::Reverse;
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -22,7 +27,6 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::SharedRef;
 use crate::dead_letter::FailureSource;
 use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
 use crate::envelope::{Envelope, Priority};
@@ -30,14 +34,40 @@ use crate::error::{ErrorCode, Result};
 use crate::subscription::{CloseHandle, SubscribeSpec, Subscription};
 use crate::topic::Topic;
 
-pub(crate) struct Queue {
+/// What a [`Queue`] needs from the transport that feeds it.
+pub trait QueueHost: Send + Sync + 'static {
+    /// Delivery attempts before an event is dead-lettered.
+    fn max_deliver(&self) -> u32;
+
+    /// Store a dead letter: the queue gave up on `envelope`.
+    fn dead_letter(
+        &self,
+        envelope: &Envelope,
+        group: Option<&str>,
+        code: ErrorCode,
+        reason: String,
+        source: FailureSource,
+    );
+
+    /// A member of `queue` closed. The default closes the queue with its
+    /// last member.
+    fn leave(&self, queue: &Arc<Queue>) {
+        if queue.leave() {
+            queue.close();
+        }
+    }
+}
+
+/// One subscriber's queue of deliverable events; see the module docs.
+pub struct Queue {
     spec: SubscribeSpec,
     permits: Semaphore,
     state: Mutex<State>,
     closed: AtomicBool,
     members: AtomicUsize,
     hasher: foldhash::fast::RandomState,
-    shared: SharedRef,
+    host: Weak<dyn QueueHost>,
+    next_member: AtomicU64,
     me: Weak<Queue>,
 }
 
@@ -77,7 +107,8 @@ struct Ready {
 }
 
 impl Queue {
-    pub(crate) fn new(spec: SubscribeSpec, shared: SharedRef) -> Arc<Queue> {
+    /// A queue for `spec` whose dead letters and member departures go to `host`.
+    pub fn new(spec: SubscribeSpec, host: Weak<dyn QueueHost>) -> Arc<Queue> {
         Arc::new_cyclic(|me| Queue {
             permits: Semaphore::new(spec.buffer),
             spec,
@@ -88,16 +119,19 @@ impl Queue {
             closed: AtomicBool::new(false),
             members: AtomicUsize::new(0),
             hasher: foldhash::fast::RandomState::default(),
-            shared,
+            host,
+            next_member: AtomicU64::new(1),
             me: me.clone(),
         })
     }
 
-    pub(crate) fn spec(&self) -> &SubscribeSpec {
+    /// What this queue delivers.
+    pub fn spec(&self) -> &SubscribeSpec {
         &self.spec
     }
 
-    pub(crate) fn group(&self) -> Option<&str> {
+    /// The consumer group, if any.
+    pub fn group(&self) -> Option<&str> {
         self.spec.group.as_deref()
     }
 
@@ -105,16 +139,18 @@ impl Queue {
         &self.permits
     }
 
-    pub(crate) fn follows(&self, topic: &Topic) -> bool {
+    /// Whether events on `topic` are for this queue.
+    pub fn follows(&self, topic: &Topic) -> bool {
         self.spec.patterns.iter().any(|p| p.matches(topic))
     }
 
-    pub(crate) fn join(&self) {
+    /// Count one more member.
+    pub fn join(&self) {
         self.members.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A member left; true when it was the last one.
-    pub(crate) fn leave(&self) -> bool {
+    pub fn leave(&self) -> bool {
         self.members.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
@@ -124,7 +160,8 @@ impl Queue {
         }
     }
 
-    pub(crate) fn close(&self) {
+    /// Close: member streams end, feeders stop. Idempotent.
+    pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.permits.close();
         let waiters = std::mem::take(&mut self.state.lock().waiters);
@@ -133,7 +170,8 @@ impl Queue {
         }
     }
 
-    fn is_closed(&self) -> bool {
+    /// Whether the queue is closed.
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
@@ -152,6 +190,18 @@ impl Queue {
             return;
         }
         self.push_all(events, true);
+    }
+
+    /// Feed one event, waiting for room; false once the queue is closed.
+    pub async fn push(&self, env: Arc<Envelope>) -> bool {
+        match self.permits.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                self.push_all(vec![env], true);
+                !self.is_closed()
+            }
+            Err(_) => false,
+        }
     }
 
     /// Retained events replayed to a new subscription (no room reserved).
@@ -281,8 +331,8 @@ impl Queue {
             if !expired {
                 return Some(item.env);
             }
-            if let Some(shared) = self.shared.upgrade() {
-                shared.dead_letter(
+            if let Some(host) = self.host.upgrade() {
+                host.dead_letter(
                     &item.env,
                     self.group(),
                     ErrorCode::Timeout,
@@ -346,16 +396,16 @@ impl Queue {
     /// it when it has had `max_deliver` attempts.
     fn retry(&self, envelope: &Arc<Envelope>, delay: Option<Duration>, reason: Option<String>) {
         let locks = self.locks(envelope);
-        let Some(shared) = self.shared.upgrade() else {
+        let Some(host) = self.host.upgrade() else {
             return;
         };
-        if envelope.attempt() >= shared.config.max_deliver {
+        if envelope.attempt() >= host.max_deliver() {
             let reason = format!(
                 "gave up after {} attempts: {}",
                 envelope.attempt(),
                 reason.as_deref().unwrap_or("nacked")
             );
-            shared.dead_letter(
+            host.dead_letter(
                 envelope,
                 self.group(),
                 ErrorCode::Internal,
@@ -408,14 +458,8 @@ impl Settle for Queue {
                 }
             }
             Outcome::Term { code, reason } => {
-                if let Some(shared) = self.shared.upgrade() {
-                    shared.dead_letter(
-                        envelope,
-                        self.group(),
-                        code,
-                        reason,
-                        FailureSource::Handler,
-                    );
+                if let Some(host) = self.host.upgrade() {
+                    host.dead_letter(envelope, self.group(), code, reason, FailureSource::Handler);
                 }
                 if locks {
                     self.unlock(envelope);
@@ -511,8 +555,10 @@ impl Stream for Member {
     }
 }
 
-/// A subscription that is one member of `queue`.
-pub(crate) fn member(queue: Arc<Queue>, id: u64) -> Subscription {
+/// A new member of `queue`, as a subscription stream. The caller has counted
+/// it with [`Queue::join`].
+pub fn member(queue: Arc<Queue>) -> Subscription {
+    let id = queue.next_member.fetch_add(1, Ordering::Relaxed);
     let closed = Arc::new(AtomicBool::new(false));
     let close = {
         let queue = queue.clone();
@@ -521,8 +567,8 @@ pub(crate) fn member(queue: Arc<Queue>, id: u64) -> Subscription {
             if closed.swap(true, Ordering::AcqRel) {
                 return;
             }
-            if let Some(shared) = queue.shared.upgrade() {
-                shared.leave(&queue);
+            if let Some(host) = queue.host.upgrade() {
+                host.leave(&queue);
             }
             if let Some(w) = queue.forget_waiter(id) {
                 w.wake();
