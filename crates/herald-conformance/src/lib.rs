@@ -79,7 +79,7 @@ pub const SCENARIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::__scenarios!(
+        $crate::conformance_scenarios!(
             $make;
             delivery::publish_subscribe_1000,
             delivery::single_and_batch_publish_share_one_sequence,
@@ -121,9 +121,11 @@ macro_rules! conformance_tests {
     };
 }
 
-#[doc(hidden)]
+/// Like [`conformance_tests!`] for a chosen list of scenarios
+/// (`module::name`), for a transport that is still growing into the suite.
+/// A transport is conformant only when it runs [`conformance_tests!`].
 #[macro_export]
-macro_rules! __scenarios {
+macro_rules! conformance_scenarios {
     ($make:expr; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 
+use herald::DeadLetter;
 use herald::{Envelope, Error, ErrorCode, Result};
 use sqlx::SqliteConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::runtime_error;
 
@@ -179,66 +180,114 @@ async fn existing_keys(
     Ok(out)
 }
 
-/// One publish waiting for the writer.
-pub(crate) struct Request {
-    pub(crate) batch: Vec<Envelope>,
-    pub(crate) reply: oneshot::Sender<Result<Vec<u64>>>,
+/// Work for the writer.
+pub(crate) enum Request {
+    /// One publish.
+    Append {
+        batch: Vec<Envelope>,
+        reply: oneshot::Sender<Result<Vec<u64>>>,
+    },
+    /// Store a dead letter.
+    DeadLetter(Box<DeadLetter>),
 }
 
-/// The writer task: owns the write connection; gathers waiting publishes
-/// (up to `max` events) into one `BEGIN IMMEDIATE … COMMIT`. When a group
-/// fails, each of its publishes is retried alone so one bad publish cannot
-/// fail the others.
+impl Request {
+    fn events(&self) -> usize {
+        match self {
+            Request::Append { batch, .. } => batch.len(),
+            Request::DeadLetter(_) => 1,
+        }
+    }
+}
+
+/// The writer task: owns the write connection; gathers waiting requests
+/// (up to `max` events) into one `BEGIN IMMEDIATE … COMMIT` and publishes the
+/// new highest `pos` on `committed`. When a group fails, each of its requests
+/// is retried alone so one bad publish cannot fail the others.
 pub(crate) async fn writer(
     mut conn: SqliteConnection,
     mut requests: mpsc::Receiver<Request>,
+    committed: watch::Sender<i64>,
     max: usize,
     dedupe_window_ms: i64,
 ) {
     while let Some(first) = requests.recv().await {
+        let mut events = first.events();
         let mut group = vec![first];
-        let mut events = group[0].batch.len();
         while events < max {
             match requests.try_recv() {
                 Ok(r) => {
-                    events += r.batch.len();
+                    events += r.events();
                     group.push(r);
                 }
                 Err(_) => break,
             }
         }
-        let batches: Vec<&[Envelope]> = group.iter().map(|r| r.batch.as_slice()).collect();
-        match commit(&mut conn, &batches, dedupe_window_ms).await {
-            Ok(seqs) => {
-                for (r, s) in group.into_iter().zip(seqs) {
-                    let _ = r.reply.send(Ok(s));
-                }
+        match commit(&mut conn, &group, dedupe_window_ms).await {
+            Ok(results) => {
+                notify(&mut conn, &committed).await;
+                reply(group, results.into_iter());
             }
-            Err(e) if group.len() == 1 => {
-                let _ = group.pop().map(|r| r.reply.send(Err(e)));
-            }
+            Err(e) if group.len() == 1 => reply(group, std::iter::once(Err(e))),
             Err(_) => {
                 for r in group {
-                    let result = commit(&mut conn, &[r.batch.as_slice()], dedupe_window_ms).await;
-                    let reply = result.map(|mut seqs| seqs.pop().unwrap_or_default());
-                    let _ = r.reply.send(reply);
+                    let one =
+                        match commit(&mut conn, std::slice::from_ref(&r), dedupe_window_ms).await {
+                            Ok(mut results) => {
+                                notify(&mut conn, &committed).await;
+                                results.pop().unwrap_or(Ok(Vec::new()))
+                            }
+                            Err(e) => Err(e),
+                        };
+                    reply(vec![r], std::iter::once(one));
                 }
             }
         }
     }
 }
 
-/// One write transaction around [`append`].
+/// Answer each append of `group` with its result, in order; a failed dead
+/// letter is logged (its caller does not wait).
+fn reply(group: Vec<Request>, results: impl Iterator<Item = Result<Vec<u64>>>) {
+    for (r, result) in group.into_iter().zip(results) {
+        match (r, result) {
+            (Request::Append { reply, .. }, res) => {
+                let _ = reply.send(res);
+            }
+            (Request::DeadLetter(letter), Err(e)) => {
+                tracing::error!(topic = %letter.envelope.topic(), error = %e, "could not store a dead letter");
+            }
+            (Request::DeadLetter(_), Ok(_)) => {}
+        }
+    }
+}
+
+async fn notify(conn: &mut SqliteConnection, committed: &watch::Sender<i64>) {
+    if let Ok(Some(pos)) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+    {
+        committed.send_if_modified(|current| {
+            let newer = pos > *current;
+            if newer {
+                *current = pos;
+            }
+            newer
+        });
+    }
+}
+
+/// One write transaction for `group`: its appends and dead letters.
 async fn commit(
     conn: &mut SqliteConnection,
-    batches: &[&[Envelope]],
+    group: &[Request],
     dedupe_window_ms: i64,
-) -> Result<Vec<Vec<u64>>> {
+) -> Result<Vec<Result<Vec<u64>>>> {
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;
-    match append(conn, batches, dedupe_window_ms).await {
+    match write(conn, group, dedupe_window_ms).await {
         Ok(done) => match sqlx::query("COMMIT").execute(&mut *conn).await {
             Ok(_) => Ok(done),
             Err(e) => {
@@ -251,6 +300,32 @@ async fn commit(
             Err(e)
         }
     }
+}
+
+async fn write(
+    conn: &mut SqliteConnection,
+    group: &[Request],
+    dedupe_window_ms: i64,
+) -> Result<Vec<Result<Vec<u64>>>> {
+    let batches: Vec<&[Envelope]> = group
+        .iter()
+        .filter_map(|r| match r {
+            Request::Append { batch, .. } => Some(batch.as_slice()),
+            Request::DeadLetter(_) => None,
+        })
+        .collect();
+    let mut seqs = append(conn, &batches, dedupe_window_ms).await?.into_iter();
+    let mut out = Vec::with_capacity(group.len());
+    for r in group {
+        match r {
+            Request::Append { .. } => out.push(Ok(seqs.next().unwrap_or_default())),
+            Request::DeadLetter(letter) => {
+                crate::dead_letters::insert(conn, letter).await?;
+                out.push(Ok(Vec::new()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The error of a publish after the store closed.

@@ -17,6 +17,12 @@ pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most events one group commit appends.
 pub const DEFAULT_GROUP_COMMIT_MAX: usize = 2000;
+/// How often the store looks for commits made by other processes sharing
+/// the file (`HERALD_POLL_INTERVAL`); this process's commits wake
+/// subscriptions at once.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Delivery attempts before dead-lettering (`HERALD_MAX_DELIVER`).
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
 
 /// When a commit counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,6 +53,8 @@ pub struct SqliteConfig {
     dedupe_window: Duration,
     busy_timeout: Duration,
     group_commit_max: usize,
+    poll_interval: Duration,
+    max_deliver: u32,
 }
 
 impl SqliteConfig {
@@ -58,12 +66,15 @@ impl SqliteConfig {
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             group_commit_max: DEFAULT_GROUP_COMMIT_MAX,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            max_deliver: DEFAULT_MAX_DELIVER,
         }
     }
 
     /// From `HERALD_STORE` (`sqlite://PATH`, default `sqlite://herald.db`),
-    /// `HERALD_SQLITE_SYNCHRONOUS` (`full` or `normal`) and
-    /// `HERALD_DEDUPE_WINDOW`, validated.
+    /// `HERALD_SQLITE_SYNCHRONOUS` (`full` or `normal`),
+    /// `HERALD_DEDUPE_WINDOW`, `HERALD_POLL_INTERVAL` and
+    /// `HERALD_MAX_DELIVER`, validated.
     pub fn from_env() -> Result<Self> {
         let store = env("HERALD_STORE").unwrap_or_else(|| format!("sqlite://{DEFAULT_PATH}"));
         let Some(path) = store.strip_prefix("sqlite://") else {
@@ -90,6 +101,12 @@ impl SqliteConfig {
         if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
             c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
         }
+        if let Some(v) = env_parse::<f64>("HERALD_POLL_INTERVAL")? {
+            c.poll_interval = seconds("HERALD_POLL_INTERVAL", v)?;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
+            c.max_deliver = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -111,6 +128,13 @@ impl SqliteConfig {
         )?;
         in_range("busy_timeout", self.busy_timeout.as_secs_f64(), 0.0, 600.0)?;
         in_range("group_commit_max", self.group_commit_max, 1, 100_000)?;
+        in_range(
+            "HERALD_POLL_INTERVAL",
+            self.poll_interval.as_secs_f64(),
+            0.01,
+            10.0,
+        )?;
+        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
         Ok(())
     }
 
@@ -139,6 +163,23 @@ impl SqliteConfig {
         self
     }
 
+    /// How often to look for commits by other processes, 10 ms–10 s.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+    /// Delivery attempts before dead-lettering, 1–1000.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+
+    pub(crate) fn poll(&self) -> Duration {
+        self.poll_interval
+    }
+    pub(crate) fn deliveries(&self) -> u32 {
+        self.max_deliver
+    }
     pub(crate) fn sync_mode(&self) -> Synchronous {
         self.synchronous
     }

@@ -13,12 +13,16 @@
 
 mod append;
 mod config;
+mod dead_letters;
 mod schema;
 mod store;
+mod tail;
+mod transport;
 
 pub use config::{
     SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
-    DEFAULT_GROUP_COMMIT_MAX, DEFAULT_PATH,
+    DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL,
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;
+pub use transport::FEATURES;

@@ -6,7 +6,7 @@
 //! entry, once released, never changes.
 
 use herald::{Error, ErrorCode, Result};
-use sqlx::{Connection, SqliteConnection};
+use sqlx::SqliteConnection;
 
 /// The migrations; entry `i` takes the store from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -29,27 +29,58 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_idempotency_key ON events (topic, idempotency_key);
     CREATE INDEX events_by_time ON events (topic, created_ms);
+
+    CREATE TABLE dead_letters (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic           TEXT NOT NULL,
+        seq             INTEGER,
+        grp             TEXT,
+        code            TEXT NOT NULL,
+        reason          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL,
+        source          TEXT NOT NULL,
+        failed_ms       INTEGER NOT NULL,
+        correlation_id  TEXT NOT NULL,
+        envelope        BLOB NOT NULL
+    );
+    CREATE INDEX dead_letters_by_topic ON dead_letters (topic, failed_ms);
     "#,
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Bring the store at `path` to [`SCHEMA_VERSION`].
-pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &str) -> Result<()> {
+/// Bring the store at `path` to [`SCHEMA_VERSION`]; hands the connection back.
+pub(crate) async fn migrate(mut conn: SqliteConnection, path: String) -> Result<SqliteConnection> {
+    migrate_on(&mut conn, &path).await?;
+    Ok(conn)
+}
+
+async fn migrate_on(conn: &mut SqliteConnection, path: &str) -> Result<()> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS herald_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     )
     .execute(&mut *conn)
     .await
     .map_err(|e| crate::store::open_error(path, e))?;
-    let mut tx = conn
-        .begin()
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
         .await
         .map_err(|e| crate::store::open_error(path, e))?;
+    let result = apply(conn, path).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    sqlx::query(end)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| crate::store::open_error(path, e))?;
+    result
+}
+
+/// Apply the missing migrations, inside the caller's transaction.
+async fn apply(conn: &mut SqliteConnection, path: &str) -> Result<()> {
     let version: i64 =
         sqlx::query_scalar("SELECT value FROM herald_meta WHERE key = 'schema_version'")
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(|e| crate::store::open_error(path, e))?
             .unwrap_or(0);
@@ -63,18 +94,19 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, path: &str) -> Result<(
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| crate::store::open_error(path, e))?;
+        // One statement at a time (migrations hold no `;` inside statements):
+        // sqlx's multi-statement `raw_sql` future is not provably `Send`.
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| crate::store::open_error(path, e))?;
+        }
         tracing::info!(path, version = i + 1, "applied store migration");
     }
     sqlx::query("INSERT INTO herald_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(SCHEMA_VERSION)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| crate::store::open_error(path, e))?;
-    tx.commit()
+        .execute(&mut *conn)
         .await
         .map_err(|e| crate::store::open_error(path, e))?;
     Ok(())

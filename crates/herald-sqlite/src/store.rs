@@ -1,8 +1,10 @@
 //! Opening the store and reading the log.
 //!
 //! Owns [`SqliteStore`]: the checks and migrations on open, the writer task
-//! (see `append`), the pool of read-only connections, replay, and the
-//! mapping of SQLite errors to herald's codes.
+//! (see `append`), the pool of read-only connections, the commit watch that
+//! wakes tailing subscriptions (at once for this process's commits, by polling
+//! `PRAGMA data_version` for other processes'), replay, and the mapping of
+//! SQLite errors to herald's codes.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -14,7 +16,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::ConnectOptions;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::append::{self, Request};
 use crate::config::{SqliteConfig, Synchronous};
@@ -52,7 +54,47 @@ pub(crate) struct Inner {
     pub(crate) config: SqliteConfig,
     writer: mpsc::Sender<Request>,
     pub(crate) readers: SqlitePool,
-    closed: AtomicBool,
+    pub(crate) committed: watch::Receiver<i64>,
+    pub(crate) closed: AtomicBool,
+    /// Open subscription queues, closed with the store.
+    pub(crate) queues: std::sync::Mutex<Vec<std::sync::Weak<herald::queue::Queue>>>,
+}
+
+impl herald::queue::QueueHost for Inner {
+    fn max_deliver(&self) -> u32 {
+        self.config.deliveries()
+    }
+
+    fn dead_letter(
+        &self,
+        envelope: &Envelope,
+        group: Option<&str>,
+        code: ErrorCode,
+        reason: String,
+        source: herald::FailureSource,
+    ) {
+        let letter = herald::DeadLetter {
+            envelope: envelope.clone(),
+            group: group.map(str::to_owned),
+            reason,
+            code,
+            failed_at: chrono::Utc::now(),
+            attempts: envelope.attempt(),
+            source,
+        };
+        match self.writer.try_send(Request::DeadLetter(Box::new(letter))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                let writer = self.writer.clone();
+                tokio::spawn(async move {
+                    let _ = writer.send(request).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(path = %self.path, "the store closed before a dead letter was written");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -87,8 +129,8 @@ impl SqliteStore {
             )));
         }
         let options = connect_options(&config);
-        let mut conn = options.connect().await.map_err(|e| open_error(&path, e))?;
-        schema::migrate(&mut conn, &path).await?;
+        let conn = options.connect().await.map_err(|e| open_error(&path, e))?;
+        let conn = schema::migrate(conn, path.clone()).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options.clone().read_only(true))
@@ -96,11 +138,18 @@ impl SqliteStore {
             .map_err(|e| open_error(&path, e))?;
         let (writer, requests) = mpsc::channel(WRITER_QUEUE);
         let dedupe_ms = config.dedupe().as_millis().min(i64::MAX as u128) as i64;
+        let (committed_tx, committed) = watch::channel(max_pos(readers.clone()).await?);
         tokio::spawn(append::writer(
             conn,
             requests,
+            committed_tx.clone(),
             config.group_max(),
             dedupe_ms,
+        ));
+        tokio::spawn(watch_other_processes(
+            readers.clone(),
+            committed_tx,
+            config.poll(),
         ));
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -108,7 +157,9 @@ impl SqliteStore {
                 config,
                 writer,
                 readers,
+                committed,
                 closed: AtomicBool::new(false),
+                queues: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -130,10 +181,26 @@ impl SqliteStore {
         let (reply, done) = oneshot::channel();
         self.inner
             .writer
-            .send(Request { batch, reply })
+            .send(Request::Append { batch, reply })
             .await
             .map_err(|_| append::closed())?;
         done.await.map_err(|_| append::closed())?
+    }
+
+    /// Wait until every write queued before this call is committed (dead
+    /// letters are queued without waiting, from inside a settle).
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        let request = Request::Append {
+            batch: Vec::new(),
+            reply,
+        };
+        self.inner
+            .writer
+            .send(request)
+            .await
+            .map_err(|_| append::closed())?;
+        done.await.map_err(|_| append::closed())?.map(|_| ())
     }
 
     /// The highest `seq` of `topic`, `None` before its first event.
@@ -190,9 +257,15 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Stop: later publishes fail with `UNAVAILABLE`. Idempotent.
+    /// Stop: later publishes fail with `UNAVAILABLE` and subscriptions end.
+    /// Idempotent.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        let queues =
+            std::mem::take(&mut *self.inner.queues.lock().unwrap_or_else(|p| p.into_inner()));
+        for q in queues.iter().filter_map(std::sync::Weak::upgrade) {
+            q.close();
+        }
     }
 }
 
@@ -208,6 +281,60 @@ fn connect_options(config: &SqliteConfig) -> SqliteConnectOptions {
         .synchronous(synchronous)
         .busy_timeout(config.busy())
         .foreign_keys(true)
+}
+
+pub(crate) async fn max_pos(pool: SqlitePool) -> Result<i64> {
+    let pos: Option<i64> = sqlx::query_scalar("SELECT max(pos) FROM events")
+        .fetch_one(&pool)
+        .await
+        .map_err(runtime_error)?;
+    Ok(pos.unwrap_or(0))
+}
+
+/// Wake readers for commits made by other processes: `PRAGMA data_version`
+/// changes when another connection commits.
+async fn watch_other_processes(
+    pool: SqlitePool,
+    committed: watch::Sender<i64>,
+    every: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<i64> = None;
+    let mut conn = None;
+    loop {
+        ticker.tick().await;
+        if committed.is_closed() || pool.is_closed() {
+            return;
+        }
+        if conn.is_none() {
+            conn = pool.acquire().await.ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut **c)
+            .await
+        else {
+            conn = None;
+            continue;
+        };
+        if last.is_some_and(|l| l != version) {
+            if let Ok(Some(pos)) =
+                sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
+                    .fetch_one(&mut **c)
+                    .await
+            {
+                committed.send_if_modified(|current| {
+                    let newer = pos > *current;
+                    if newer {
+                        *current = pos;
+                    }
+                    newer
+                });
+            }
+        }
+        last = Some(version);
+    }
 }
 
 /// Decode a stored envelope; a row that does not decode is corruption.

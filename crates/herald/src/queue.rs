@@ -192,16 +192,23 @@ impl Queue {
         self.push_all(events, true);
     }
 
-    /// Feed one event, waiting for room; false once the queue is closed.
-    pub async fn push(&self, env: Arc<Envelope>) -> bool {
-        match self.permits.acquire().await {
-            Ok(permit) => {
-                permit.forget();
-                self.push_all(vec![env], true);
-                !self.is_closed()
+    /// Feed events, waiting for room; they become deliverable together (so
+    /// priority orders them), in chunks of at most the buffer size. False
+    /// once the queue is closed.
+    pub async fn push(&self, events: Vec<Arc<Envelope>>) -> bool {
+        let mut events = events;
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(self.spec.buffer));
+            let n = events.len() as u32;
+            match self.permits.acquire_many(n).await {
+                Ok(permits) => {
+                    permits.forget();
+                    self.push_all(std::mem::replace(&mut events, rest), true);
+                }
+                Err(_) => return false,
             }
-            Err(_) => false,
         }
+        !self.is_closed()
     }
 
     /// Retained events replayed to a new subscription (no room reserved).

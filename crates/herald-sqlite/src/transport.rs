@@ -1,0 +1,50 @@
+//! [`herald::Transport`] for the SQLite store.
+
+use herald::delivery::BoxFuture;
+use herald::{
+    DeadLetter, Envelope, Features, Result, SubscribeSpec, Subscription, Topic, Transport,
+};
+
+use crate::store::SqliteStore;
+
+/// What the SQLite store gives: durable, with full history, with priority.
+pub const FEATURES: Features = {
+    let mut f = Features::none();
+    f.durable = true;
+    f.retains_history = true;
+    f.priority = true;
+    f
+};
+
+impl Transport for SqliteStore {
+    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
+        Box::pin(self.append(batch))
+    }
+
+    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
+        Box::pin(crate::tail::subscribe(&self.inner, spec))
+    }
+
+    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
+        let topic = topic.clone();
+        Box::pin(async move { SqliteStore::last_seq(self, &topic).await })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        Box::pin(async move {
+            self.flush().await?;
+            crate::dead_letters::list(self.inner.readers.clone()).await
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            SqliteStore::close(self).await;
+            Ok(())
+        })
+    }
+
+    fn features(&self) -> Features {
+        FEATURES
+    }
+}
