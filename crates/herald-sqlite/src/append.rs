@@ -1,18 +1,15 @@
-//! Appending to the log: sequencing, dedupe and the group-commit writer.
+//! Appending to the log: sequencing and dedupe.
 //!
 //! Owns the SQL that turns validated envelopes into `events` rows inside a
-//! write transaction, and the writer task that gathers concurrent publishes
-//! into one transaction (group commit), so throughput is not one fsync per
-//! event. SQLite serializes writers, so `seq = last_seq + 1` read and written
+//! write transaction (the `writer` runs it, group-committing concurrent
+//! publishes). SQLite serializes writers, so `seq = last_seq + 1` read and written
 //! inside the transaction is gap-free across tasks and processes, and a
 //! rolled-back transaction leaves no hole.
 
 use std::collections::HashMap;
 
-use herald::DeadLetter;
 use herald::{Envelope, Error, ErrorCode, Result};
 use sqlx::SqliteConnection;
-use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::runtime_error;
 
@@ -175,154 +172,6 @@ async fn existing_keys(
                 rows.into_iter()
                     .map(|(k, s)| ((topic.to_owned(), k), s as u64)),
             );
-        }
-    }
-    Ok(out)
-}
-
-/// Work for the writer.
-pub(crate) enum Request {
-    /// One publish.
-    Append {
-        batch: Vec<Envelope>,
-        reply: oneshot::Sender<Result<Vec<u64>>>,
-    },
-    /// Store a dead letter.
-    DeadLetter(Box<DeadLetter>),
-}
-
-impl Request {
-    fn events(&self) -> usize {
-        match self {
-            Request::Append { batch, .. } => batch.len(),
-            Request::DeadLetter(_) => 1,
-        }
-    }
-}
-
-/// The writer task: owns the write connection; gathers waiting requests
-/// (up to `max` events) into one `BEGIN IMMEDIATE … COMMIT` and publishes the
-/// new highest `pos` on `committed`. When a group fails, each of its requests
-/// is retried alone so one bad publish cannot fail the others.
-pub(crate) async fn writer(
-    mut conn: SqliteConnection,
-    mut requests: mpsc::Receiver<Request>,
-    committed: watch::Sender<i64>,
-    max: usize,
-    dedupe_window_ms: i64,
-) {
-    while let Some(first) = requests.recv().await {
-        let mut events = first.events();
-        let mut group = vec![first];
-        while events < max {
-            match requests.try_recv() {
-                Ok(r) => {
-                    events += r.events();
-                    group.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        match commit(&mut conn, &group, dedupe_window_ms).await {
-            Ok(results) => {
-                notify(&mut conn, &committed).await;
-                reply(group, results.into_iter());
-            }
-            Err(e) if group.len() == 1 => reply(group, std::iter::once(Err(e))),
-            Err(_) => {
-                for r in group {
-                    let one =
-                        match commit(&mut conn, std::slice::from_ref(&r), dedupe_window_ms).await {
-                            Ok(mut results) => {
-                                notify(&mut conn, &committed).await;
-                                results.pop().unwrap_or(Ok(Vec::new()))
-                            }
-                            Err(e) => Err(e),
-                        };
-                    reply(vec![r], std::iter::once(one));
-                }
-            }
-        }
-    }
-}
-
-/// Answer each append of `group` with its result, in order; a failed dead
-/// letter is logged (its caller does not wait).
-fn reply(group: Vec<Request>, results: impl Iterator<Item = Result<Vec<u64>>>) {
-    for (r, result) in group.into_iter().zip(results) {
-        match (r, result) {
-            (Request::Append { reply, .. }, res) => {
-                let _ = reply.send(res);
-            }
-            (Request::DeadLetter(letter), Err(e)) => {
-                tracing::error!(topic = %letter.envelope.topic(), error = %e, "could not store a dead letter");
-            }
-            (Request::DeadLetter(_), Ok(_)) => {}
-        }
-    }
-}
-
-async fn notify(conn: &mut SqliteConnection, committed: &watch::Sender<i64>) {
-    if let Ok(Some(pos)) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
-        .fetch_one(&mut *conn)
-        .await
-    {
-        committed.send_if_modified(|current| {
-            let newer = pos > *current;
-            if newer {
-                *current = pos;
-            }
-            newer
-        });
-    }
-}
-
-/// One write transaction for `group`: its appends and dead letters.
-async fn commit(
-    conn: &mut SqliteConnection,
-    group: &[Request],
-    dedupe_window_ms: i64,
-) -> Result<Vec<Result<Vec<u64>>>> {
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-    match write(conn, group, dedupe_window_ms).await {
-        Ok(done) => match sqlx::query("COMMIT").execute(&mut *conn).await {
-            Ok(_) => Ok(done),
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(runtime_error(e))
-            }
-        },
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
-        }
-    }
-}
-
-async fn write(
-    conn: &mut SqliteConnection,
-    group: &[Request],
-    dedupe_window_ms: i64,
-) -> Result<Vec<Result<Vec<u64>>>> {
-    let batches: Vec<&[Envelope]> = group
-        .iter()
-        .filter_map(|r| match r {
-            Request::Append { batch, .. } => Some(batch.as_slice()),
-            Request::DeadLetter(_) => None,
-        })
-        .collect();
-    let mut seqs = append(conn, &batches, dedupe_window_ms).await?.into_iter();
-    let mut out = Vec::with_capacity(group.len());
-    for r in group {
-        match r {
-            Request::Append { .. } => out.push(Ok(seqs.next().unwrap_or_default())),
-            Request::DeadLetter(letter) => {
-                crate::dead_letters::insert(conn, letter).await?;
-                out.push(Ok(Vec::new()));
-            }
         }
     }
     Ok(out)

@@ -14,10 +14,12 @@
 mod append;
 mod config;
 mod dead_letters;
+mod group;
 mod schema;
 mod store;
 mod tail;
 mod transport;
+mod writer;
 
 pub use config::{
     SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,

@@ -44,6 +44,25 @@ const MIGRATIONS: &[&str] = &[
         envelope        BLOB NOT NULL
     );
     CREATE INDEX dead_letters_by_topic ON dead_letters (topic, failed_ms);
+
+    CREATE TABLE groups (
+        name        TEXT PRIMARY KEY,
+        patterns    TEXT NOT NULL,
+        kinds       INTEGER NOT NULL,
+        cursor      INTEGER NOT NULL,
+        start_seq   INTEGER,
+        start_ms    INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE TABLE deliveries (
+        grp             TEXT NOT NULL,
+        pos             INTEGER NOT NULL,
+        state           INTEGER NOT NULL,
+        attempt         INTEGER NOT NULL,
+        lease_until_ms  INTEGER NOT NULL,
+        owner           TEXT,
+        PRIMARY KEY (grp, pos)
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -18,9 +18,10 @@ use sqlx::sqlite::{
 use sqlx::ConnectOptions;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::append::{self, Request};
+use crate::append;
 use crate::config::{SqliteConfig, Synchronous};
 use crate::schema;
+use crate::writer::{self, Request, Signals};
 
 /// Read connections in the pool.
 const READERS: u32 = 4;
@@ -52,9 +53,12 @@ pub struct SqliteStore {
 pub(crate) struct Inner {
     pub(crate) path: String,
     pub(crate) config: SqliteConfig,
-    writer: mpsc::Sender<Request>,
+    pub(crate) writer: mpsc::Sender<Request>,
     pub(crate) readers: SqlitePool,
     pub(crate) committed: watch::Receiver<i64>,
+    /// Bumped when a group's state may have changed (claims, settlements,
+    /// other processes' commits).
+    pub(crate) groups: watch::Receiver<u64>,
     pub(crate) closed: AtomicBool,
     /// Open subscription queues, closed with the store.
     pub(crate) queues: std::sync::Mutex<Vec<std::sync::Weak<herald::queue::Queue>>>,
@@ -139,17 +143,23 @@ impl SqliteStore {
         let (writer, requests) = mpsc::channel(WRITER_QUEUE);
         let dedupe_ms = config.dedupe().as_millis().min(i64::MAX as u128) as i64;
         let (committed_tx, committed) = watch::channel(max_pos(readers.clone()).await?);
-        tokio::spawn(append::writer(
-            conn,
-            requests,
-            committed_tx.clone(),
-            config.group_max(),
-            dedupe_ms,
-        ));
+        let (groups_tx, groups) = watch::channel(0u64);
+        let signals = Signals {
+            committed: committed_tx,
+            groups: groups_tx,
+        };
+        let poll = config.poll();
         tokio::spawn(watch_other_processes(
             readers.clone(),
-            committed_tx,
-            config.poll(),
+            signals.clone(),
+            poll,
+        ));
+        tokio::spawn(writer::run(
+            conn,
+            requests,
+            signals,
+            config.group_max(),
+            dedupe_ms,
         ));
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -158,6 +168,7 @@ impl SqliteStore {
                 writer,
                 readers,
                 committed,
+                groups,
                 closed: AtomicBool::new(false),
                 queues: std::sync::Mutex::new(Vec::new()),
             }),
@@ -293,18 +304,14 @@ pub(crate) async fn max_pos(pool: SqlitePool) -> Result<i64> {
 
 /// Wake readers for commits made by other processes: `PRAGMA data_version`
 /// changes when another connection commits.
-async fn watch_other_processes(
-    pool: SqlitePool,
-    committed: watch::Sender<i64>,
-    every: std::time::Duration,
-) {
+async fn watch_other_processes(pool: SqlitePool, signals: Signals, every: std::time::Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<i64> = None;
     let mut conn = None;
     loop {
         ticker.tick().await;
-        if committed.is_closed() || pool.is_closed() {
+        if signals.committed.is_closed() || pool.is_closed() {
             return;
         }
         if conn.is_none() {
@@ -319,12 +326,13 @@ async fn watch_other_processes(
             continue;
         };
         if last.is_some_and(|l| l != version) {
+            signals.groups.send_modify(|n| *n = n.wrapping_add(1));
             if let Ok(Some(pos)) =
                 sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
                     .fetch_one(&mut **c)
                     .await
             {
-                committed.send_if_modified(|current| {
+                signals.committed.send_if_modified(|current| {
                     let newer = pos > *current;
                     if newer {
                         *current = pos;

@@ -6,7 +6,7 @@
 //! redelivery, ack deadlines, dead letters). A full queue makes the tail wait;
 //! publishers never wait for subscribers, and nothing is lost: the log holds
 //! it. These subscriptions commit nothing (they are ephemeral); consumer
-//! groups are durable and live in `group` (in progress).
+//! groups are durable and live in `group`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -31,11 +31,6 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
             "a subscription needs at least one pattern",
         ));
     }
-    if spec.group.is_some() {
-        return Err(Error::validation(
-            "consumer groups are not available on the SQLite store yet; subscribe without a group",
-        ));
-    }
     if spec.start == StartPosition::Seq(0) {
         return Err(Error::validation("start seq must be at least 1"));
     }
@@ -44,6 +39,9 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
             "subscription buffer {} is out of range 1..=1000000",
             spec.buffer
         )));
+    }
+    if spec.group.is_some() {
+        return crate::group::subscribe(inner, spec).await;
     }
     let cursor = match spec.start {
         StartPosition::Latest => max_pos(inner.readers.clone()).await?,
