@@ -15,6 +15,7 @@ mod append;
 mod config;
 mod dead_letters;
 mod group;
+pub mod outbox;
 mod schema;
 mod store;
 mod tail;
@@ -25,6 +26,7 @@ pub use config::{
     SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
     DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL,
 };
+pub use outbox::Outbox;
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;
 pub use transport::FEATURES;

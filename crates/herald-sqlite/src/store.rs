@@ -25,6 +25,8 @@ use crate::writer::{self, Request, Signals};
 
 /// Read connections in the pool.
 const READERS: u32 = 4;
+/// Write connections kept for outbox transactions.
+const OUTBOX_CONNECTIONS: u32 = 4;
 /// Publishes waiting for the writer before `publish` waits for room.
 const WRITER_QUEUE: usize = 4096;
 
@@ -59,6 +61,10 @@ pub(crate) struct Inner {
     /// Bumped when a group's state may have changed (claims, settlements,
     /// other processes' commits).
     pub(crate) groups: watch::Receiver<u64>,
+    /// Raised by outbox commits, which bypass the writer.
+    pub(crate) signals: Signals,
+    /// Write connections for outbox transactions.
+    pub(crate) outbox: SqlitePool,
     pub(crate) closed: AtomicBool,
     /// Open subscription queues, closed with the store.
     pub(crate) queues: std::sync::Mutex<Vec<std::sync::Weak<herald::queue::Queue>>>,
@@ -157,10 +163,14 @@ impl SqliteStore {
         tokio::spawn(writer::run(
             conn,
             requests,
-            signals,
+            signals.clone(),
             config.group_max(),
             dedupe_ms,
         ));
+        let outbox = SqlitePoolOptions::new()
+            .max_connections(OUTBOX_CONNECTIONS)
+            .min_connections(0)
+            .connect_lazy_with(options);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -169,10 +179,16 @@ impl SqliteStore {
                 readers,
                 committed,
                 groups,
+                signals,
+                outbox,
                 closed: AtomicBool::new(false),
                 queues: std::sync::Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    pub(crate) fn dedupe_ms(&self) -> i64 {
+        self.inner.config.dedupe().as_millis().min(i64::MAX as u128) as i64
     }
 
     /// The store file.

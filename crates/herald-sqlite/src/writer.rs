@@ -56,6 +56,19 @@ pub(crate) struct Signals {
     pub(crate) groups: watch::Sender<u64>,
 }
 
+impl Signals {
+    /// Events up to `pos` are committed.
+    pub(crate) fn raise(&self, pos: i64) {
+        self.committed.send_if_modified(|current| {
+            let newer = pos > *current;
+            if newer {
+                *current = pos;
+            }
+            newer
+        });
+    }
+}
+
 pub(crate) async fn run(
     mut conn: SqliteConnection,
     mut requests: mpsc::Receiver<Request>,
@@ -151,13 +164,7 @@ async fn notify(
         .fetch_one(&mut *conn)
         .await
     {
-        signals.committed.send_if_modified(|current| {
-            let newer = pos > *current;
-            if newer {
-                *current = pos;
-            }
-            newer
-        });
+        signals.raise(pos);
     }
 }
 

@@ -19,7 +19,7 @@ use crate::command::Commands;
 use crate::config::Config;
 use crate::dead_letter::DeadLetter;
 use crate::delivery::BoxFuture;
-use crate::envelope::Limits;
+use crate::envelope::{Envelope, Limits};
 use crate::error::{Error, ErrorCode, Result};
 use crate::event::Event;
 use crate::memory::MemoryTransport;
@@ -129,6 +129,21 @@ impl Bus {
         I: IntoIterator,
         I::Item: Publish,
     {
+        let batch = self.prepare(items)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.transport.publish(batch).await
+    }
+
+    /// The validated envelopes [`publish`](Bus::publish) would append, for
+    /// appending them another way (a transport's outbox inside the caller's
+    /// own transaction).
+    pub fn prepare<I>(&self, items: I) -> Result<Vec<Envelope>>
+    where
+        I: IntoIterator,
+        I::Item: Publish,
+    {
         let items = items.into_iter();
         let mut batch = Vec::with_capacity(items.size_hint().0);
         for item in items {
@@ -136,10 +151,7 @@ impl Bus {
             envelope.validate(&self.inner.limits)?;
             batch.push(envelope);
         }
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.inner.transport.publish(batch).await
+        Ok(batch)
     }
 
     /// Subscribe to every variant of the typed event `E`, decoded.
