@@ -103,7 +103,7 @@ pub fn main(args: Args) -> ExitCode {
         return match runtime.block_on(sqlite::run(path, args.check)) {
             Ok(r) => {
                 eprintln!(
-                    "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n",
+                    "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n\npublish → durable group member (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
                     sqlite::TASKS,
                     "appends/s",
                     "herald",
@@ -117,6 +117,10 @@ pub fn main(args: Args) -> ExitCode {
                     r.herald_batched,
                     r.raw_batched,
                     r.ratio_batched,
+                    r.end_to_end.p50_us,
+                    r.end_to_end.p95_us,
+                    r.end_to_end.p99_us,
+                    r.end_to_end.max_us,
                 );
                 match serde_json::to_string(&r) {
                     Ok(json) => {

@@ -14,6 +14,8 @@ use herald::{Envelope, Error, Message, Publish, Result};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
 
+use super::stats::Percentiles;
+
 /// Appends per second of one workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct Appends {
@@ -29,6 +31,8 @@ pub struct Appends {
     pub raw_batched: f64,
     pub ratio_single: f64,
     pub ratio_batched: f64,
+    /// publish → a durable group member has it.
+    pub end_to_end: Percentiles,
 }
 
 /// Concurrent publishing tasks.
@@ -46,6 +50,8 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
     let herald_batched = herald_appends(&files.herald("batched"), batched, BATCH, &sample).await?;
     let raw_single = raw_inserts(&files.raw("single"), single, 1, &sample).await?;
     let raw_batched = raw_inserts(&files.raw("batched"), batched, BATCH, &sample).await?;
+    let rounds = if short { 200 } else { 1000 };
+    let end_to_end = end_to_end(&files.herald("latency"), rounds, (rounds / 10).max(100)).await?;
     Ok(Appends {
         events: batched,
         herald_single,
@@ -54,6 +60,7 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
         raw_batched,
         ratio_single: herald_single / raw_single,
         ratio_batched: herald_batched / raw_batched,
+        end_to_end,
     })
 }
 
@@ -103,6 +110,34 @@ async fn herald_appends(
         t.await.map_err(|e| Error::internal(e.to_string()))??;
     }
     Ok((per_task * TASKS) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Publish one event and wait until a durable group member has it; the
+/// sample is publish start → receipt.
+async fn end_to_end(path: &Path, rounds: usize, warmup: usize) -> Result<Percentiles> {
+    let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(path)).await?);
+    let mut sub = bus.subscribe_raw("bench.latency").group("bench").await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = futures_util::StreamExt::next(&mut sub).await {
+            let at = Instant::now();
+            if d.ack().await.is_err() || tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(warmup + rounds);
+    for i in 0..warmup + rounds {
+        let start = Instant::now();
+        bus.publish(Message::json("bench.latency", &i)?).await?;
+        let at = rx
+            .recv()
+            .await
+            .ok_or_else(|| Error::internal("the durable subscriber stopped"))?;
+        samples.push(at.saturating_duration_since(start));
+    }
+    bus.close().await?;
+    Ok(Percentiles::of(samples, warmup))
 }
 
 /// The raw ceiling: rusqlite (no async layer) on one connection, a prepared
