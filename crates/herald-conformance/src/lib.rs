@@ -18,6 +18,7 @@
 
 pub mod commands;
 pub mod correlation;
+pub mod dead_letters;
 pub mod delivery;
 pub mod groups;
 pub mod history;
@@ -100,6 +101,7 @@ macro_rules! conformance_tests {
             redelivery::max_deliver_moves_to_dead_letters,
             redelivery::term_dead_letters_at_once,
             redelivery::expired_events_are_dead_lettered_not_delivered,
+            dead_letters::dead_letters_filter_replay_and_purge,
             history::events_published_before_subscribe_are_retained,
             history::start_at_seq_and_time,
             history::replay_does_not_disturb_a_group,

@@ -3,11 +3,12 @@
 //! Owns writing and listing dead letters. Writes go through the writer task
 //! (see `append`), so they share its transactions.
 
-use herald::{DeadLetter, Envelope, ErrorCode, FailureSource, Result};
+use herald::{DeadLetter, DeadLetterFilter, Envelope, ErrorCode, FailureSource, Result};
 use sqlx::SqliteConnection;
 
 use crate::store::{decode_stored, runtime_error};
 
+/// Store `letter` (its `id` is assigned here; the one given is ignored).
 pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> Result<()> {
     let env = &letter.envelope;
     sqlx::query(
@@ -30,32 +31,86 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> 
     Ok(())
 }
 
-type Row = (Option<String>, String, String, i64, String, i64, Vec<u8>);
+type Row = (
+    i64,
+    Option<String>,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    Vec<u8>,
+);
 
-pub(crate) async fn list(pool: sqlx::SqlitePool) -> Result<Vec<DeadLetter>> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT grp, code, reason, attempts, source, failed_ms, envelope FROM dead_letters ORDER BY id",
-    )
-    .fetch_all(&pool)
-    .await
-    .map_err(runtime_error)?;
-    rows.into_iter()
-        .map(
-            |(group, code, reason, attempts, source, failed_ms, envelope)| {
-                let envelope: Envelope = decode_stored(&envelope)?;
-                Ok(DeadLetter {
-                    envelope,
-                    group,
-                    reason,
-                    code: code.parse().unwrap_or(ErrorCode::Internal),
-                    failed_at: chrono::DateTime::from_timestamp_millis(failed_ms)
-                        .unwrap_or_default(),
-                    attempts: attempts.clamp(0, u32::MAX as i64) as u32,
-                    source: parse_source(&source),
-                })
-            },
+/// The dead letters `filter` selects, oldest first. Rows are read in pages
+/// and matched in Rust (patterns are herald's, not SQL's).
+pub(crate) async fn list(
+    pool: sqlx::SqlitePool,
+    filter: DeadLetterFilter,
+) -> Result<Vec<DeadLetter>> {
+    let max = filter.max().unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    let mut after = 0i64;
+    while out.len() < max {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, grp, code, reason, attempts, source, failed_ms, envelope FROM dead_letters
+             WHERE id > ? ORDER BY id LIMIT 500",
         )
-        .collect()
+        .bind(after)
+        .fetch_all(&pool)
+        .await
+        .map_err(runtime_error)?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        after = last;
+        for row in rows {
+            let d = decode(row)?;
+            if filter.matches(&d) && out.len() < max {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Delete the dead letters `filter` selects, in one write transaction.
+pub(crate) async fn purge(store: &crate::SqliteStore, filter: DeadLetterFilter) -> Result<u64> {
+    let ids: Vec<i64> = list(store.inner.readers.clone(), filter)
+        .await?
+        .iter()
+        .map(|d| d.id as i64)
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = store.begin().await?;
+    for chunk in ids.chunks(500) {
+        let mut q = sqlx::QueryBuilder::new("DELETE FROM dead_letters WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await.map_err(runtime_error)?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
+}
+
+fn decode(row: Row) -> Result<DeadLetter> {
+    let (id, group, code, reason, attempts, source, failed_ms, envelope) = row;
+    let envelope: Envelope = decode_stored(&envelope)?;
+    Ok(DeadLetter {
+        id: id as u64,
+        envelope,
+        group,
+        reason,
+        code: code.parse().unwrap_or(ErrorCode::Internal),
+        failed_at: chrono::DateTime::from_timestamp_millis(failed_ms).unwrap_or_default(),
+        attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+        source: parse_source(&source),
+    })
 }
 
 fn source_name(s: FailureSource) -> &'static str {

@@ -388,6 +388,7 @@ async fn dead_letter(
     source: FailureSource,
 ) -> Result<()> {
     let letter = DeadLetter {
+        id: 0,
         envelope: env.clone(),
         group: Some(group.to_owned()),
         reason,

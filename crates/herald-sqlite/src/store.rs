@@ -84,6 +84,7 @@ impl herald::queue::QueueHost for Inner {
         source: herald::FailureSource,
     ) {
         let letter = herald::DeadLetter {
+            id: 0,
             envelope: envelope.clone(),
             group: group.map(str::to_owned),
             reason,

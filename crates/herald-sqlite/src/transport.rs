@@ -2,7 +2,8 @@
 
 use herald::delivery::BoxFuture;
 use herald::{
-    DeadLetter, Envelope, Features, Result, SubscribeSpec, Subscription, Topic, Transport,
+    DeadLetter, DeadLetterFilter, Envelope, Features, Result, SubscribeSpec, Subscription, Topic,
+    Transport,
 };
 
 use crate::store::SqliteStore;
@@ -30,10 +31,19 @@ impl Transport for SqliteStore {
         Box::pin(async move { SqliteStore::last_seq(self, &topic).await })
     }
 
-    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        let filter = filter.clone();
         Box::pin(async move {
             self.flush().await?;
-            crate::dead_letters::list(self.inner.readers.clone()).await
+            crate::dead_letters::list(self.inner.readers.clone(), filter).await
+        })
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
+        let filter = filter.clone();
+        Box::pin(async move {
+            self.flush().await?;
+            crate::dead_letters::purge(self, filter).await
         })
     }
 

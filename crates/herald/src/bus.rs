@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use crate::command::Commands;
 use crate::config::Config;
-use crate::dead_letter::DeadLetter;
 use crate::delivery::BoxFuture;
 use crate::envelope::{Envelope, Limits};
 use crate::error::{Error, ErrorCode, Result};
@@ -210,11 +209,6 @@ impl Bus {
     pub async fn last_seq(&self, topic: &str) -> Result<Option<u64>> {
         let topic = Topic::new(topic)?;
         self.inner.transport.last_seq(&topic).await
-    }
-
-    /// The dead letters, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        self.inner.transport.dead_letters().await
     }
 
     /// What the transport can do.

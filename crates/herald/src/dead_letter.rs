@@ -1,13 +1,15 @@
 //! Dead letters: messages that will not be delivered, with why.
 //!
 //! Owns [`DeadLetter`] and [`FailureSource`], the one record every failure
-//! source writes (DESIGN.md §4.12). Storing, listing and replaying them is each
-//! transport's business.
+//! source writes (DESIGN.md §4.12), and [`DeadLetterFilter`], which selects
+//! dead letters to list, replay or purge. Storing them is each transport's
+//! business; replaying (re-publishing) is the bus's.
 
 use chrono::{DateTime, Utc};
 
 use crate::envelope::Envelope;
 use crate::error::ErrorCode;
+use crate::topic::Pattern;
 
 /// Where a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -28,6 +30,8 @@ pub enum FailureSource {
 /// One dead-lettered message and its failure metadata.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// The store's id of this dead letter (for inspect, replay, purge).
+    pub id: u64,
     /// The original envelope (topic, seq, correlation id, attempt).
     pub envelope: Envelope,
     /// The consumer group that gave up, if any.
@@ -42,4 +46,210 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// Where the failure came from.
     pub source: FailureSource,
+}
+
+/// Which dead letters to list, replay or purge; every set criterion must
+/// hold. The default selects all.
+///
+/// ```
+/// use herald::{dead_letter::DeadLetterFilter, ErrorCode};
+/// let f = DeadLetterFilter::default().topic("orders.>").unwrap().code(ErrorCode::Validation);
+/// # drop(f);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    topic: Option<Pattern>,
+    group: Option<String>,
+    code: Option<ErrorCode>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    ids: Option<Vec<u64>>,
+    limit: Option<usize>,
+}
+
+impl DeadLetterFilter {
+    /// Only dead letters whose topic matches `pattern`.
+    pub fn topic(mut self, pattern: &str) -> crate::Result<Self> {
+        self.topic = Some(Pattern::new(pattern)?);
+        Ok(self)
+    }
+    /// Only those given up by consumer group `group`.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+    /// Only those with error code `code`.
+    pub fn code(mut self, code: ErrorCode) -> Self {
+        self.code = Some(code);
+        self
+    }
+    /// Only those that failed at or after `t`.
+    pub fn since(mut self, t: DateTime<Utc>) -> Self {
+        self.since = Some(t);
+        self
+    }
+    /// Only those that failed before `t`.
+    pub fn until(mut self, t: DateTime<Utc>) -> Self {
+        self.until = Some(t);
+        self
+    }
+    /// Only these ids.
+    pub fn ids(mut self, ids: impl IntoIterator<Item = u64>) -> Self {
+        self.ids = Some(ids.into_iter().collect());
+        self
+    }
+    /// At most `n`, oldest first.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+    /// The most to select, if bounded.
+    pub fn max(&self) -> Option<usize> {
+        self.limit
+    }
+    /// Whether `d` is selected (apart from the limit).
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        self.topic
+            .as_ref()
+            .is_none_or(|p| p.matches(d.envelope.topic()))
+            && self
+                .group
+                .as_ref()
+                .is_none_or(|g| d.group.as_deref() == Some(g.as_str()))
+            && self.code.is_none_or(|c| d.code == c)
+            && self.since.is_none_or(|t| d.failed_at >= t)
+            && self.until.is_none_or(|t| d.failed_at < t)
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&d.id))
+    }
+}
+
+/// Dead letters selected on a bus: `.await` lists them (oldest first);
+/// [`replay`](DeadLetters::replay) re-publishes them, [`purge`](DeadLetters::purge)
+/// deletes them. Build with [`Bus::dead_letters`](crate::Bus::dead_letters).
+///
+/// ```
+/// use herald::{Bus, ErrorCode, Message, Payload};
+/// use futures_util::StreamExt;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let bus = Bus::memory();
+/// let mut sub = bus.subscribe_raw("orders").await?;
+/// bus.publish(Message::new("orders", Payload::null())).await?;
+/// sub.next().await.unwrap()?.term(ErrorCode::Validation, "bad order").await?;
+///
+/// let dead = bus.dead_letters().topic("orders").await?;
+/// assert_eq!(dead[0].reason, "bad order");
+/// let seqs = bus.dead_letters().ids([dead[0].id]).replay().await?;
+/// assert_eq!(seqs, [2]);
+/// assert!(bus.dead_letters().await?.is_empty());
+/// # Ok(()) }
+/// ```
+#[must_use = "select dead letters, then .await, .replay() or .purge()"]
+pub struct DeadLetters {
+    bus: crate::Bus,
+    filter: DeadLetterFilter,
+    error: Option<crate::Error>,
+}
+
+impl crate::Bus {
+    /// Select dead letters (all, until narrowed).
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            bus: self.clone(),
+            filter: DeadLetterFilter::default(),
+            error: None,
+        }
+    }
+}
+
+/// Header a replayed message carries: the id of the dead-lettered original.
+pub const REPLAY_OF_HEADER: &str = "herald-replay-of";
+
+impl DeadLetters {
+    /// Only topics matching `pattern`.
+    pub fn topic(mut self, pattern: &str) -> Self {
+        match self.filter.clone().topic(pattern) {
+            Ok(f) => self.filter = f,
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+    /// Only those given up by consumer group `group`.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.filter = self.filter.group(group);
+        self
+    }
+    /// Only those with error code `code`.
+    pub fn code(mut self, code: ErrorCode) -> Self {
+        self.filter = self.filter.code(code);
+        self
+    }
+    /// Only those that failed at or after `t`.
+    pub fn since(mut self, t: DateTime<Utc>) -> Self {
+        self.filter = self.filter.since(t);
+        self
+    }
+    /// Only those that failed before `t`.
+    pub fn until(mut self, t: DateTime<Utc>) -> Self {
+        self.filter = self.filter.until(t);
+        self
+    }
+    /// Only these ids.
+    pub fn ids(mut self, ids: impl IntoIterator<Item = u64>) -> Self {
+        self.filter = self.filter.ids(ids);
+        self
+    }
+    /// At most `n`, oldest first.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.filter = self.filter.limit(n);
+        self
+    }
+
+    /// Re-publish the selected dead letters to their topics — each as a new
+    /// message (new id, no idempotency key, header [`REPLAY_OF_HEADER`]
+    /// naming the original, same correlation) — then delete them. Returns
+    /// the new seqs. A crash between the two steps replays again next time:
+    /// nothing is lost.
+    pub async fn replay(self) -> crate::Result<Vec<u64>> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let transport = &self.bus.inner.transport;
+        let dead = transport.dead_letters(&self.filter).await?;
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let again: Vec<Envelope> = dead.iter().map(|d| d.envelope.replayed()).collect();
+        let seqs = self.bus.publish(again).await?;
+        let done = DeadLetterFilter::default().ids(dead.iter().map(|d| d.id));
+        transport.purge_dead_letters(&done).await?;
+        Ok(seqs)
+    }
+
+    /// Delete the selected dead letters; returns how many.
+    pub async fn purge(self) -> crate::Result<u64> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.bus
+            .inner
+            .transport
+            .purge_dead_letters(&self.filter)
+            .await
+    }
+}
+
+impl std::future::IntoFuture for DeadLetters {
+    type Output = crate::Result<Vec<DeadLetter>>;
+    type IntoFuture = crate::delivery::BoxFuture<'static, crate::Result<Vec<DeadLetter>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            if let Some(e) = self.error {
+                return Err(e);
+            }
+            self.bus.inner.transport.dead_letters(&self.filter).await
+        })
+    }
 }

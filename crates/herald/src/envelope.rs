@@ -322,6 +322,22 @@ impl Envelope {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+    /// A new message with this one's content, for replaying a dead letter:
+    /// new id, no seq, attempt 1, no idempotency key, and a header naming
+    /// the original.
+    pub(crate) fn replayed(&self) -> Envelope {
+        let mut again = self.clone();
+        again.id = Uuid::now_v7();
+        again.seq = None;
+        again.attempt = 1;
+        again.idempotency_key = None;
+        again.headers.insert(
+            crate::dead_letter::REPLAY_OF_HEADER.to_owned(),
+            self.id.to_string(),
+        );
+        again
+    }
+
     /// This envelope with `seq` set: what a transport does when it appends.
     pub fn with_seq(mut self, seq: u64) -> Envelope {
         self.seq = Some(seq);

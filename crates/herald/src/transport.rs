@@ -2,7 +2,7 @@
 //!
 //! Owns the [`Transport`] trait and the [`Features`] a transport declares. The
 //! trait is deliberately narrow — publish a batch, open a subscription, read a
-//! topic's last `seq`, list dead letters, close — and settling travels through
+//! topic's last `seq`, list and purge dead letters, close — and settling travels through
 //! each [`Delivery`](crate::Delivery)'s [`Settle`](crate::delivery::Settle).
 //! Everything users touch (typed events, commands, correlation, size limits)
 //! lives once above it, in the `Bus`, so every backend gets it for free.
@@ -13,11 +13,12 @@
 //! | backend | crate | 1 batch | 2 order | 3 fan-out | 4 groups | 5 durable | 6 redelivery | 7 dedupe | 8 backpressure | 11 replay | 12 dead letters | 13 priority |
 //! |---|---|---|---|---|---|---|---|---|---|---|---|---|
 //! | memory | `herald` | atomic | yes | yes | yes | no (in-process) | nack, drop, ack wait | yes | yes | retained history | in memory | yes |
+//! | SQLite | `herald-sqlite` | atomic | yes | yes | yes, across processes | yes | nack, drop, ack wait | yes | yes | whole log | durable | yes |
 //!
 //! Invariant: a transport receives envelopes that the bus has already
 //! validated (topic, fields, size limits); it assigns `seq` and nothing else.
 
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::delivery::BoxFuture;
 use crate::envelope::Envelope;
 use crate::error::Result;
@@ -73,8 +74,11 @@ pub trait Transport: Send + Sync + 'static {
     /// The highest `seq` appended to `topic`, `None` before its first event.
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>>;
 
-    /// The dead letters, oldest first.
-    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>>>;
+    /// The dead letters `filter` selects, oldest first.
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>>;
+
+    /// Delete the dead letters `filter` selects; returns how many.
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>>;
 
     /// Stop: later publishes fail with `UNAVAILABLE`, open subscriptions end.
     /// Idempotent.

@@ -49,7 +49,7 @@ use tokio::sync::TryAcquireError;
 use uuid::Uuid;
 
 use crate::config::{env_parse, in_range, seconds, DEFAULT_TIMEOUT};
-use crate::dead_letter::{DeadLetter, FailureSource};
+use crate::dead_letter::{DeadLetter, DeadLetterFilter, FailureSource};
 use crate::delivery::BoxFuture;
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorCode, Result};
@@ -252,6 +252,7 @@ struct Registry {
 struct DeadStore {
     entries: VecDeque<DeadLetter>,
     dropped: u64,
+    next_id: u64,
 }
 
 struct TopicState {
@@ -325,7 +326,10 @@ impl QueueHost for Shared {
             dead.entries.pop_front();
             dead.dropped += 1;
         }
+        dead.next_id += 1;
+        let id = dead.next_id;
         dead.entries.push_back(DeadLetter {
+            id,
             envelope: envelope.clone(),
             group: group.map(str::to_owned),
             reason,
@@ -712,9 +716,29 @@ impl Transport for MemoryTransport {
         Box::pin(std::future::ready(Ok(seq)))
     }
 
-    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        let list = self.shared.dead.lock().entries.iter().cloned().collect();
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        let dead = self.shared.dead.lock();
+        let selected = dead.entries.iter().filter(|d| filter.matches(d));
+        let list = selected
+            .take(filter.max().unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
         Box::pin(std::future::ready(Ok(list)))
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
+        let mut dead = self.shared.dead.lock();
+        let mut left = filter.max().unwrap_or(usize::MAX);
+        let before = dead.entries.len();
+        dead.entries.retain(|d| {
+            let purge = left > 0 && filter.matches(d);
+            if purge {
+                left -= 1;
+            }
+            !purge
+        });
+        let purged = (before - dead.entries.len()) as u64;
+        Box::pin(std::future::ready(Ok(purged)))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -1,0 +1,103 @@
+//! Dead letters (DESIGN.md §4.12): list by filter, inspect, replay, purge.
+
+use herald::dead_letter::REPLAY_OF_HEADER;
+use herald::ErrorCode;
+
+use crate::support::{number, numbered, recv};
+use crate::Harness;
+
+/// Dead letters are selected by topic, group and code; replaying one
+/// re-publishes it (new id and seq, same payload and correlation, a header
+/// naming the original) and removes it; purging removes the rest.
+pub async fn dead_letters_filter_replay_and_purge(h: &Harness) {
+    let bus = h.bus().await;
+    let mut orders = bus
+        .subscribe_raw("conf.dlq.orders")
+        .group("g")
+        .await
+        .unwrap();
+    let mut bills = bus.subscribe_raw("conf.dlq.bills").await.unwrap();
+    bus.publish([
+        numbered("conf.dlq.orders", 1),
+        numbered("conf.dlq.orders", 2),
+    ])
+    .await
+    .unwrap();
+    bus.publish(numbered("conf.dlq.bills", 3)).await.unwrap();
+    let first = recv(&mut orders).await;
+    let correlation = first.correlation_id();
+    let original_id = first.id();
+    first
+        .term(ErrorCode::Validation, "bad order")
+        .await
+        .unwrap();
+    recv(&mut orders)
+        .await
+        .term(ErrorCode::Forbidden, "not allowed")
+        .await
+        .unwrap();
+    recv(&mut bills)
+        .await
+        .term(ErrorCode::Validation, "bad bill")
+        .await
+        .unwrap();
+
+    assert_eq!(bus.dead_letters().await.unwrap().len(), 3);
+    let by_topic = bus.dead_letters().topic("conf.dlq.orders").await.unwrap();
+    assert_eq!(by_topic.len(), 2);
+    let by_code = bus
+        .dead_letters()
+        .code(ErrorCode::Validation)
+        .await
+        .unwrap();
+    assert_eq!(by_code.len(), 2);
+    let by_group = bus
+        .dead_letters()
+        .group("g")
+        .code(ErrorCode::Validation)
+        .await
+        .unwrap();
+    assert_eq!(by_group.len(), 1);
+    let inspected = &by_group[0];
+    assert_eq!(
+        (inspected.reason.as_str(), inspected.envelope.seq()),
+        ("bad order", Some(1))
+    );
+    assert_eq!(bus.dead_letters().limit(1).await.unwrap().len(), 1);
+    assert!(bus.dead_letters().topic("Bad Pattern").await.is_err());
+
+    let seqs = bus
+        .dead_letters()
+        .ids([inspected.id])
+        .replay()
+        .await
+        .unwrap();
+    assert_eq!(seqs, [3], "replayed as a new event on its topic");
+    let again = recv(&mut orders).await;
+    assert_eq!(number(&again), 1);
+    assert_eq!(again.correlation_id(), correlation);
+    assert_eq!(
+        again.header(REPLAY_OF_HEADER),
+        Some(original_id.to_string().as_str())
+    );
+    again.ack().await.unwrap();
+    assert_eq!(
+        bus.dead_letters().await.unwrap().len(),
+        2,
+        "the replayed one is gone"
+    );
+
+    assert_eq!(
+        bus.dead_letters()
+            .code(ErrorCode::Validation)
+            .purge()
+            .await
+            .unwrap(),
+        1
+    );
+    let left = bus.dead_letters().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].code, ErrorCode::Forbidden);
+    assert_eq!(bus.dead_letters().purge().await.unwrap(), 1);
+    assert!(bus.dead_letters().await.unwrap().is_empty());
+}
