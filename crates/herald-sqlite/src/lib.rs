@@ -16,6 +16,7 @@ mod config;
 mod dead_letters;
 mod group;
 pub mod outbox;
+mod retention;
 mod schema;
 mod store;
 mod tail;
@@ -23,8 +24,9 @@ mod transport;
 mod writer;
 
 pub use config::{
-    SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
+    Retention, SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
     DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETENTION_INTERVAL,
 };
 pub use outbox::Outbox;
 pub use schema::SCHEMA_VERSION;

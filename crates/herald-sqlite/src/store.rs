@@ -172,7 +172,7 @@ impl SqliteStore {
             .max_connections(OUTBOX_CONNECTIONS)
             .min_connections(0)
             .connect_lazy_with(options);
-        Ok(SqliteStore {
+        let store = SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 config,
@@ -185,7 +185,9 @@ impl SqliteStore {
                 closed: AtomicBool::new(false),
                 queues: std::sync::Mutex::new(Vec::new()),
             }),
-        })
+        };
+        tokio::spawn(crate::retention::run(Arc::downgrade(&store.inner)));
+        Ok(store)
     }
 
     pub(crate) fn dedupe_ms(&self) -> i64 {
