@@ -8,16 +8,46 @@
 
 use std::collections::HashMap;
 
-use herald::{Envelope, Error, ErrorCode, Result};
+use herald::{Envelope, Error, ErrorCode, Kind, Priority, Result};
 use sqlx::SqliteConnection;
 
 use crate::store::runtime_error;
 
 /// Highest `seq` SQLite's signed 64-bit integers hold.
 const MAX_SEQ: u64 = i64::MAX as u64;
-/// Rows per multi-row statement (6 parameters each, well under SQLite's
+/// Rows per multi-row statement (10 parameters each, well under SQLite's
 /// 32,766-parameter limit).
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// How `kind` is stored.
+pub(crate) fn kind_code(k: Kind) -> i64 {
+    match k {
+        Kind::Event => 0,
+        Kind::Command => 1,
+        Kind::Response => 2,
+        Kind::Intent => 3,
+    }
+}
+
+/// The kind stored as `code`.
+pub(crate) fn kind_of(code: i64) -> Kind {
+    match code {
+        1 => Kind::Command,
+        2 => Kind::Response,
+        3 => Kind::Intent,
+        _ => Kind::Event,
+    }
+}
+
+/// How `priority` is stored: higher is more urgent.
+pub(crate) fn priority_code(p: Priority) -> i64 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
+    }
+}
 
 /// Append `batches` (each one publish) inside the caller's open write
 /// transaction; returns each batch's seqs.
@@ -58,6 +88,10 @@ pub(crate) async fn append(
             let seq = *last;
             let stored = env.clone().with_seq(seq).with_attempt(1);
             rows.push(Row {
+                key: env.key().map(str::to_owned),
+                kind: kind_code(env.kind()),
+                priority: priority_code(env.priority()),
+                expires_ms: env.expires_at().map(|t| t.timestamp_millis()),
                 created_ms: env.timestamp().timestamp_millis(),
                 envelope: stored.to_json()?,
                 seq,
@@ -76,7 +110,7 @@ pub(crate) async fn append(
     }
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, envelope) ",
+            "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, key, kind, priority, expires_ms, envelope) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(&r.topic)
@@ -84,6 +118,10 @@ pub(crate) async fn append(
                 .push_bind(r.created_ms)
                 .push_bind(now_ms)
                 .push_bind(&r.idempotency_key)
+                .push_bind(&r.key)
+                .push_bind(r.kind)
+                .push_bind(r.priority)
+                .push_bind(r.expires_ms)
                 .push_bind(&r.envelope);
         });
         q.build().execute(&mut *conn).await.map_err(runtime_error)?;
@@ -102,6 +140,10 @@ pub(crate) async fn append(
 
 struct Row {
     topic: String,
+    key: Option<String>,
+    kind: i64,
+    priority: i64,
+    expires_ms: Option<i64>,
     seq: u64,
     created_ms: i64,
     idempotency_key: String,

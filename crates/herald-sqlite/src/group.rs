@@ -23,8 +23,8 @@ use futures_util::stream;
 use herald::delivery::{BoxFuture, Settle};
 use herald::subscription::CloseHandle;
 use herald::{
-    DeadLetter, Delivery, Envelope, Error, ErrorCode, FailureSource, Kind, Outcome, Priority,
-    Result, StartPosition, SubscribeSpec, Subscription,
+    DeadLetter, Delivery, Envelope, Error, ErrorCode, FailureSource, Kind, Outcome, Result,
+    StartPosition, SubscribeSpec, Subscription,
 };
 use sqlx::SqliteConnection;
 use tokio::sync::{oneshot, Notify};
@@ -33,7 +33,7 @@ use crate::store::{decode_stored, runtime_error, Inner};
 use crate::writer::Request;
 
 /// Events examined per claim.
-const WINDOW: i64 = 1000;
+const WINDOW: i64 = 128;
 /// Events one claim leases to a member: one, so a member never sits on
 /// events another member could be handling (each delivery costs a claim,
 /// group-committed with everything else the writer has waiting).
@@ -46,6 +46,9 @@ const IDLE_MAX: Duration = Duration::from_millis(250);
 type Flow = (String, Option<String>);
 /// patterns, kinds, cursor, start_seq, start_ms
 type GroupRow = (String, i64, i64, Option<i64>, Option<i64>);
+/// An event's row without its envelope: pos, topic, seq, key, kind,
+/// priority, created_ms, expires_ms.
+type Meta = (i64, String, i64, Option<String>, i64, i64, i64, Option<i64>);
 
 const IN_FLIGHT: i64 = 0;
 const WAITING: i64 = 1;
@@ -101,13 +104,15 @@ pub(crate) async fn claim(
     if claim.max == 0 {
         return Ok(Vec::new());
     }
-    let rows: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT pos, envelope FROM events WHERE pos > ? ORDER BY pos LIMIT ?")
-            .bind(cursor)
-            .bind(WINDOW)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
+    let rows: Vec<Meta> = sqlx::query_as(
+        "SELECT pos, topic, seq, key, kind, priority, created_ms, expires_ms FROM events
+         WHERE pos > ? ORDER BY pos LIMIT ?",
+    )
+    .bind(cursor)
+    .bind(WINDOW)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
     let Some(last) = rows.last().map(|r| r.0) else {
         return Ok(Vec::new());
     };
@@ -128,14 +133,14 @@ pub(crate) async fn claim(
     let mut new_cursor = cursor;
     let mut contiguous = true;
     let mut blocked: std::collections::HashSet<(String, String)> = Default::default();
-    // Eligible events per flow (topic + key; keyless events of a topic form one flow), in pos order.
-    let mut flows: HashMap<Flow, VecDeque<(i64, Envelope)>> = HashMap::new();
-    let mut dead: Vec<(i64, Envelope, ErrorCode, String, FailureSource)> = Vec::new();
-    for (pos, bytes) in rows {
-        let env = decode_stored(&bytes)?;
-        let wanted = spec.wants(env.topic().as_str(), env.kind())
-            && start_seq.is_none_or(|s| env.seq().unwrap_or(0) >= s as u64)
-            && start_ms.is_none_or(|t| env.timestamp().timestamp_millis() >= t);
+    // Eligible events per flow (topic + key; keyless events of a topic form
+    // one flow), in pos order: (pos, priority, attempt).
+    let mut flows: HashMap<Flow, VecDeque<(i64, i64, i64)>> = HashMap::new();
+    let mut dead: Vec<(i64, i64, ErrorCode, String, FailureSource)> = Vec::new();
+    for (pos, topic, seq, key, kind, priority, created_ms, expires_ms) in rows {
+        let wanted = spec.wants(&topic, crate::append::kind_of(kind))
+            && start_seq.is_none_or(|s| seq >= s)
+            && start_ms.is_none_or(|t| created_ms >= t);
         let state = known.get(&pos).copied();
         if !wanted || matches!(state, Some((SETTLED, _, _))) {
             if contiguous {
@@ -143,9 +148,7 @@ pub(crate) async fn claim(
             }
             continue;
         }
-        let flow_key = env
-            .key()
-            .map(|k| (env.topic().as_str().to_owned(), k.to_owned()));
+        let flow_key = key.as_ref().map(|k| (topic.clone(), k.clone()));
         let attempt = match state {
             Some((IN_FLIGHT | WAITING, _, until)) if until > now => {
                 contiguous = false;
@@ -159,7 +162,7 @@ pub(crate) async fn claim(
                     format!("gave up after {attempt} attempts: not settled within the ack wait");
                 dead.push((
                     pos,
-                    env.with_attempt(attempt as u32),
+                    attempt,
                     ErrorCode::Timeout,
                     reason,
                     FailureSource::Handler,
@@ -173,16 +176,13 @@ pub(crate) async fn claim(
             None => 1,
         };
         contiguous = false;
-        if env
-            .expires_at()
-            .is_some_and(|t| t.timestamp_millis() <= now)
-        {
-            let env = env.with_attempt(attempt as u32);
+        if expires_ms.is_some_and(|t| t <= now) {
+            let reason = "expired before delivery".to_owned();
             dead.push((
                 pos,
-                env,
+                attempt,
                 ErrorCode::Timeout,
-                "expired before delivery".into(),
+                reason,
                 FailureSource::Expired,
             ));
             continue;
@@ -192,32 +192,33 @@ pub(crate) async fn claim(
                 continue;
             }
         }
-        let flow = (
-            env.topic().as_str().to_owned(),
-            env.key().map(str::to_owned),
-        );
-        flows.entry(flow).or_default().push_back((
-            pos,
-            env.with_attempt(attempt.clamp(1, u32::MAX as i64) as u32),
-        ));
+        flows
+            .entry((topic, key))
+            .or_default()
+            .push_back((pos, priority, attempt));
     }
 
     // Highest priority first, oldest first; a flow only ever offers its head.
-    let mut flows: Vec<VecDeque<(i64, Envelope)>> = flows.into_values().collect();
-    let mut heads: BinaryHeap<(Priority, Reverse<i64>, usize)> = flows
+    let mut flows: Vec<VecDeque<(i64, i64, i64)>> = flows.into_values().collect();
+    let mut heads: BinaryHeap<(i64, Reverse<i64>, usize)> = flows
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| f.front().map(|(pos, e)| (e.priority(), Reverse(*pos), i)))
+        .filter_map(|(i, f)| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
         .collect();
-    let mut claimed = Vec::new();
-    while claimed.len() < claim.max {
+    let mut chosen: Vec<(i64, i64)> = Vec::new();
+    while chosen.len() < claim.max {
         let Some((_, _, i)) = heads.pop() else { break };
-        let Some((pos, env)) = flows[i].pop_front() else {
+        let Some((pos, _, attempt)) = flows[i].pop_front() else {
             continue;
         };
-        if let Some((next_pos, next)) = flows[i].front() {
-            heads.push((next.priority(), Reverse(*next_pos), i));
+        if let Some((next_pos, next_prio, _)) = flows[i].front() {
+            heads.push((*next_prio, Reverse(*next_pos), i));
         }
+        chosen.push((pos, attempt));
+    }
+    let lease_until = now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64);
+    let mut claimed = Vec::with_capacity(chosen.len());
+    for (pos, attempt) in chosen {
         sqlx::query(
             "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
@@ -226,15 +227,16 @@ pub(crate) async fn claim(
         .bind(&claim.group)
         .bind(pos)
         .bind(IN_FLIGHT)
-        .bind(env.attempt() as i64)
-        .bind(now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64))
+        .bind(attempt)
+        .bind(lease_until)
         .bind(&claim.member)
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;
-        claimed.push((pos, env));
+        claimed.push((pos, stored(conn, pos, attempt).await?));
     }
-    for (pos, env, code, reason, source) in dead {
+    for (pos, attempt, code, reason, source) in dead {
+        let env = stored(conn, pos, attempt).await?;
         dead_letter(conn, &claim.group, pos, &env, code, reason, source).await?;
     }
     if new_cursor > cursor {
@@ -252,6 +254,16 @@ pub(crate) async fn claim(
             .map_err(runtime_error)?;
     }
     Ok(claimed)
+}
+
+/// The stored envelope at `pos`, as delivery `attempt`.
+async fn stored(conn: &mut SqliteConnection, pos: i64, attempt: i64) -> Result<Envelope> {
+    let bytes: Vec<u8> = sqlx::query_scalar("SELECT envelope FROM events WHERE pos = ?")
+        .bind(pos)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    Ok(decode_stored(&bytes)?.with_attempt(attempt.clamp(1, u32::MAX as i64) as u32))
 }
 
 /// The group's cursor and start filters, registering it on first use.

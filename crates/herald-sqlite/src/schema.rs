@@ -24,6 +24,10 @@ const MIGRATIONS: &[&str] = &[
         created_ms      INTEGER NOT NULL,
         appended_ms     INTEGER NOT NULL,
         idempotency_key TEXT NOT NULL,
+        key             TEXT,
+        kind            INTEGER NOT NULL,
+        priority        INTEGER NOT NULL,
+        expires_ms      INTEGER,
         envelope        BLOB NOT NULL,
         UNIQUE (topic, seq)
     );

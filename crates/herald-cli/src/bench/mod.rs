@@ -103,7 +103,7 @@ pub fn main(args: Args) -> ExitCode {
         return match runtime.block_on(sqlite::run(path, args.check)) {
             Ok(r) => {
                 eprintln!(
-                    "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n\npublish → durable group member (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
+                    "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n\npublish → durable group member (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
                     sqlite::TASKS,
                     "appends/s",
                     "herald",
@@ -121,6 +121,8 @@ pub fn main(args: Args) -> ExitCode {
                     r.end_to_end.p95_us,
                     r.end_to_end.p99_us,
                     r.end_to_end.max_us,
+                    r.group_drain_1,
+                    r.group_drain_4,
                 );
                 match serde_json::to_string(&r) {
                     Ok(json) => {

@@ -33,6 +33,10 @@ pub struct Appends {
     pub ratio_batched: f64,
     /// publish → a durable group member has it.
     pub end_to_end: Percentiles,
+    /// Events/s a durable group drains (receive + ack, committed), with one
+    /// and with four members.
+    pub group_drain_1: f64,
+    pub group_drain_4: f64,
 }
 
 /// Concurrent publishing tasks.
@@ -52,6 +56,9 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
     let raw_batched = raw_inserts(&files.raw("batched"), batched, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
     let end_to_end = end_to_end(&files.herald("latency"), rounds, (rounds / 10).max(100)).await?;
+    let drain = if short { 1_000 } else { 5_000 };
+    let group_drain_1 = group_drain(&files.herald("drain1"), drain, 1).await?;
+    let group_drain_4 = group_drain(&files.herald("drain4"), drain, 4).await?;
     Ok(Appends {
         events: batched,
         herald_single,
@@ -61,6 +68,8 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
         ratio_single: herald_single / raw_single,
         ratio_batched: herald_batched / raw_batched,
         end_to_end,
+        group_drain_1,
+        group_drain_4,
     })
 }
 
@@ -138,6 +147,55 @@ async fn end_to_end(path: &Path, rounds: usize, warmup: usize) -> Result<Percent
     }
     bus.close().await?;
     Ok(Percentiles::of(samples, warmup))
+}
+
+/// Publish `events`, then time `members` members of one group draining them.
+async fn group_drain(path: &Path, events: usize, members: usize) -> Result<f64> {
+    let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(path)).await?);
+    let mut subs = Vec::new();
+    for _ in 0..members {
+        subs.push(bus.subscribe_raw("bench.drain").group("drain").await?);
+    }
+    for chunk in 0..events.div_ceil(BATCH) {
+        let n = BATCH.min(events - chunk * BATCH);
+        bus.publish(
+            (0..n)
+                .map(|i| Message::json("bench.drain", &i))
+                .collect::<Result<Vec<_>>>()?,
+        )
+        .await?;
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                while done.load(std::sync::atomic::Ordering::Acquire) < events {
+                    let next = tokio::time::timeout(
+                        std::time::Duration::from_millis(500),
+                        futures_util::StreamExt::next(&mut sub),
+                    );
+                    match next.await {
+                        Ok(Some(Ok(d))) => {
+                            d.ack().await?;
+                            done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        }
+                        Ok(_) => break,
+                        Err(_) => continue,
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| Error::internal(e.to_string()))??;
+    }
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    bus.close().await?;
+    Ok(rate)
 }
 
 /// The raw ceiling: rusqlite (no async layer) on one connection, a prepared
