@@ -80,8 +80,3 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
 }
-
-/// The README's quickstart, compiled and run as a doc test so it stays true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeQuickstart;
