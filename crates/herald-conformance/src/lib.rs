@@ -14,12 +14,15 @@
 //! ```text
 //! // in crates/<transport>/tests/conformance.rs
 //! herald_conformance::conformance_tests!(|| async { herald::Bus::memory() });
+//! // a durable transport also says how to restart it:
+//! herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
 //! ```
 
 pub mod commands;
 pub mod correlation;
 pub mod dead_letters;
 pub mod delivery;
+pub mod durable;
 pub mod groups;
 pub mod history;
 pub mod lifecycle;
@@ -36,11 +39,41 @@ use herald::{Bus, Features};
 pub use support::{collect, recv};
 
 type MakeBus = dyn Fn() -> Pin<Box<dyn Future<Output = Bus> + Send>> + Send + Sync;
+type MakeRestartable = dyn Fn() -> Pin<Box<dyn Future<Output = Restartable> + Send>> + Send + Sync;
 
-/// How scenarios get a bus: a constructor of fresh, isolated buses.
+/// How scenarios get a bus: a constructor of fresh, isolated buses, and for
+/// durable transports one of buses that can be restarted.
 #[derive(Clone)]
 pub struct Harness {
     make: Arc<MakeBus>,
+    restartable: Option<Arc<MakeRestartable>>,
+}
+
+/// A bus on fresh storage and a way to open that same storage again, as a
+/// restarted process would.
+pub struct Restartable {
+    /// The bus as first opened.
+    pub bus: Bus,
+    reopen: Arc<MakeBus>,
+}
+
+impl Restartable {
+    /// `bus`, and `reopen` to open its storage again.
+    pub fn new<F, Fut>(bus: Bus, reopen: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Bus> + Send + 'static,
+    {
+        Restartable {
+            bus,
+            reopen: Arc::new(move || Box::pin(reopen())),
+        }
+    }
+
+    /// A new bus on the same storage.
+    pub async fn reopen(&self) -> Bus {
+        (self.reopen)().await
+    }
 }
 
 impl Harness {
@@ -53,7 +86,33 @@ impl Harness {
     {
         Harness {
             make: Arc::new(move || Box::pin(make())),
+            restartable: None,
         }
+    }
+
+    /// Also give the durable scenarios restartable buses.
+    pub fn with_restart<F, Fut>(mut self, make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Restartable> + Send + 'static,
+    {
+        self.restartable = Some(Arc::new(move || Box::pin(make())));
+        self
+    }
+
+    /// A restartable bus, when the transport is durable; `None` (with the
+    /// skip printed) when it is not. A transport that claims durability
+    /// without giving a restart constructor fails the scenario.
+    pub async fn restartable(&self, scenario: &str) -> Option<Restartable> {
+        let bus = self.bus().await;
+        if !Harness::requires(&bus, scenario, |f| f.durable, "durable") {
+            return None;
+        }
+        let make = self
+            .restartable
+            .as_ref()
+            .expect("a durable transport must run the suite with `restart = ...`");
+        Some(make().await)
     }
 
     /// A fresh bus.
@@ -80,8 +139,14 @@ pub const SCENARIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
+        $crate::conformance_tests!(@all $crate::Harness::new($make));
+    };
+    ($make:expr, restart = $restart:expr) => {
+        $crate::conformance_tests!(@all $crate::Harness::new($make).with_restart($restart));
+    };
+    (@all $harness:expr) => {
         $crate::conformance_scenarios!(
-            $make;
+            $harness;
             delivery::publish_subscribe_1000,
             delivery::single_and_batch_publish_share_one_sequence,
             delivery::fan_out_50_subscribers_5000_events,
@@ -118,21 +183,25 @@ macro_rules! conformance_tests {
             correlation::events_published_in_a_handler_inherit_correlation,
             correlation::nested_calls_get_their_own_causation,
             correlation::concurrent_handlers_are_isolated,
-            correlation::context_survives_await_and_delayed_emission
+            correlation::context_survives_await_and_delayed_emission,
+            durable::events_and_seqs_survive_a_restart,
+            durable::a_group_resumes_after_its_last_ack,
+            durable::dead_letters_survive_a_restart
         );
     };
 }
 
 /// Like [`conformance_tests!`] for a chosen list of scenarios
-/// (`module::name`), for a transport that is still growing into the suite.
-/// A transport is conformant only when it runs [`conformance_tests!`].
+/// (`module::name`) on a [`Harness`], for a transport that is still growing
+/// into the suite. A transport is conformant only when it runs
+/// [`conformance_tests!`].
 #[macro_export]
 macro_rules! conformance_scenarios {
-    ($make:expr; $($module:ident :: $name:ident),* $(,)?) => {
+    ($harness:expr; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let harness = $crate::Harness::new($make);
+                let harness = $harness;
                 let run = $crate::$module::$name(&harness);
                 if tokio::time::timeout($crate::SCENARIO_TIMEOUT, run).await.is_err() {
                     panic!("conformance scenario `{}` hung", stringify!($name));

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use herald::Bus;
+use herald_conformance::Restartable;
 use herald_sqlite::{SqliteConfig, SqliteStore};
 
 /// A directory for this run's stores under cargo's per-target temp dir;
@@ -29,9 +30,12 @@ fn dir() -> &'static PathBuf {
     })
 }
 
-async fn fresh_bus() -> Bus {
+fn fresh_path() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let path = dir().join(format!("store-{}.db", N.fetch_add(1, Ordering::Relaxed)));
+    dir().join(format!("store-{}.db", N.fetch_add(1, Ordering::Relaxed)))
+}
+
+async fn open(path: PathBuf) -> Bus {
     Bus::new(
         SqliteStore::open(SqliteConfig::new(path))
             .await
@@ -39,4 +43,14 @@ async fn fresh_bus() -> Bus {
     )
 }
 
-herald_conformance::conformance_tests!(fresh_bus);
+async fn fresh_bus() -> Bus {
+    open(fresh_path()).await
+}
+
+async fn restartable_bus() -> Restartable {
+    let path = fresh_path();
+    let bus = open(path.clone()).await;
+    Restartable::new(bus, move || open(path.clone()))
+}
+
+herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);

@@ -1,0 +1,113 @@
+//! Durability (DESIGN.md §4.5): what a durable transport keeps across a
+//! restart — events and their seqs, group offsets, dead letters.
+
+use std::time::Duration;
+
+use herald::{ErrorCode, StartPosition};
+
+use crate::support::{number, numbered, recv, seqs};
+use crate::Harness;
+
+/// Events and seqs published before a restart are there after it, and the
+/// sequence continues.
+pub async fn events_and_seqs_survive_a_restart(h: &Harness) {
+    let Some(r) = h.restartable("events survive a restart").await else {
+        return;
+    };
+    let batch: Vec<_> = (1..=5).map(|i| numbered("conf.durable.log", i)).collect();
+    r.bus.publish(batch).await.unwrap();
+    r.bus.close().await.unwrap();
+    let bus = r.reopen().await;
+    assert_eq!(bus.last_seq("conf.durable.log").await.unwrap(), Some(5));
+    let mut all = bus
+        .subscribe_raw("conf.durable.log")
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.publish(numbered("conf.durable.log", 6)).await.unwrap(),
+        [6]
+    );
+    assert_eq!(seqs(&mut all, 6).await, [1, 2, 3, 4, 5, 6]);
+}
+
+/// A restarted group resumes after its last ack: acked events are not
+/// delivered again; one delivered but not acked comes back (attempt > 1).
+pub async fn a_group_resumes_after_its_last_ack(h: &Harness) {
+    let Some(r) = h.restartable("a group resumes").await else {
+        return;
+    };
+    let wait = Duration::from_millis(300);
+    let mut sub = r
+        .bus
+        .subscribe_raw("conf.durable.jobs")
+        .group("g")
+        .start(StartPosition::Earliest)
+        .ack_wait(wait)
+        .await
+        .unwrap();
+    let batch: Vec<_> = (1..=8).map(|i| numbered("conf.durable.jobs", i)).collect();
+    r.bus.publish(batch).await.unwrap();
+    for expected in 1..=3 {
+        let d = recv(&mut sub).await;
+        assert_eq!(number(&d), expected);
+        d.ack().await.unwrap();
+    }
+    let held = recv(&mut sub).await;
+    assert_eq!(number(&held), 4);
+    std::mem::forget(held);
+    drop(sub);
+    r.bus.close().await.unwrap();
+
+    let bus = r.reopen().await;
+    let mut sub = bus
+        .subscribe_raw("conf.durable.jobs")
+        .group("g")
+        .ack_wait(wait)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let d = recv(&mut sub).await;
+        got.push((number(&d), d.attempt() > 1));
+        d.ack().await.unwrap();
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [(4, true), (5, false), (6, false), (7, false), (8, false)],
+        "events 1-3 were acked before the restart and must not come back"
+    );
+}
+
+/// Dead letters are kept across a restart.
+pub async fn dead_letters_survive_a_restart(h: &Harness) {
+    let Some(r) = h.restartable("dead letters survive").await else {
+        return;
+    };
+    let mut sub = r
+        .bus
+        .subscribe_raw("conf.durable.dlq")
+        .group("g")
+        .await
+        .unwrap();
+    r.bus
+        .publish(numbered("conf.durable.dlq", 1))
+        .await
+        .unwrap();
+    recv(&mut sub)
+        .await
+        .term(ErrorCode::Validation, "kept")
+        .await
+        .unwrap();
+    assert_eq!(r.bus.dead_letters().await.unwrap().len(), 1);
+    drop(sub);
+    r.bus.close().await.unwrap();
+    let bus = r.reopen().await;
+    let dead = bus.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].envelope.seq()),
+        ("kept", Some(1))
+    );
+}
