@@ -73,6 +73,7 @@ pub async fn max_deliver_moves_to_dead_letters(h: &Harness) {
     let mut sub = bus.subscribe_raw("conf.poison").group("g").await.unwrap();
     bus.publish(numbered("conf.poison", 1)).await.unwrap();
     let mut attempts = 0;
+    let mut first_nack = None;
     let correlation = loop {
         let d = recv(&mut sub).await;
         if number(&d) != 1 {
@@ -81,7 +82,9 @@ pub async fn max_deliver_moves_to_dead_letters(h: &Harness) {
         attempts += 1;
         assert_eq!(d.attempt(), attempts);
         let correlation = d.correlation_id();
+        let before = chrono::Utc::now().timestamp_millis();
         d.nack().await.unwrap();
+        first_nack.get_or_insert((before, chrono::Utc::now().timestamp_millis()));
         let dead = bus.dead_letters().await.unwrap();
         if !dead.is_empty() {
             break (correlation, dead);
@@ -96,6 +99,13 @@ pub async fn max_deliver_moves_to_dead_letters(h: &Harness) {
     assert_eq!(dl.envelope.correlation_id(), correlation);
     assert_eq!(dl.attempts, attempts);
     assert_eq!(dl.group.as_deref(), Some("g"));
+    let (before, after) = first_nack.expect("nacked at least once");
+    let first = dl.first_failed_at.timestamp_millis();
+    assert!(
+        before <= first && first <= after,
+        "first failure at the first nack"
+    );
+    assert!(dl.first_failed_at <= dl.failed_at);
     assert_eq!(dl.source, FailureSource::Handler);
     assert!(!dl.reason.is_empty());
     bus.publish(numbered("conf.poison", 2)).await.unwrap();

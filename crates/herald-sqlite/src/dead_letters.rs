@@ -12,8 +12,8 @@ use crate::store::{decode_stored, runtime_error};
 pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> Result<()> {
     let env = &letter.envelope;
     sqlx::query(
-        "INSERT INTO dead_letters (topic, seq, grp, code, reason, attempts, source, failed_ms, correlation_id, envelope)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO dead_letters (topic, seq, grp, code, reason, attempts, source, first_failed_ms, failed_ms, correlation_id, envelope)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(env.topic().as_str())
     .bind(env.seq().map(|s| s as i64))
@@ -22,6 +22,7 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> 
     .bind(&letter.reason)
     .bind(letter.attempts as i64)
     .bind(source_name(letter.source))
+    .bind(letter.first_failed_at.timestamp_millis())
     .bind(letter.failed_at.timestamp_millis())
     .bind(env.correlation_id().to_string())
     .bind(env.to_json()?)
@@ -31,6 +32,7 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> 
     Ok(())
 }
 
+/// id, group, code, reason, attempts, source, first_failed_ms, failed_ms, envelope
 type Row = (
     i64,
     Option<String>,
@@ -38,6 +40,7 @@ type Row = (
     String,
     i64,
     String,
+    i64,
     i64,
     Vec<u8>,
 );
@@ -53,7 +56,7 @@ pub(crate) async fn list(
     let mut after = 0i64;
     while out.len() < max {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, grp, code, reason, attempts, source, failed_ms, envelope FROM dead_letters
+            "SELECT id, grp, code, reason, attempts, source, first_failed_ms, failed_ms, envelope FROM dead_letters
              WHERE id > ? ORDER BY id LIMIT 500",
         )
         .bind(after)
@@ -99,7 +102,8 @@ pub(crate) async fn purge(store: &crate::SqliteStore, filter: DeadLetterFilter) 
 }
 
 fn decode(row: Row) -> Result<DeadLetter> {
-    let (id, group, code, reason, attempts, source, failed_ms, envelope) = row;
+    let (id, group, code, reason, attempts, source, first_failed_ms, failed_ms, envelope) = row;
+    let time = |ms| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     let envelope: Envelope = decode_stored(&envelope)?;
     Ok(DeadLetter {
         id: id as u64,
@@ -107,7 +111,8 @@ fn decode(row: Row) -> Result<DeadLetter> {
         group,
         reason,
         code: code.parse().unwrap_or(ErrorCode::Internal),
-        failed_at: chrono::DateTime::from_timestamp_millis(failed_ms).unwrap_or_default(),
+        first_failed_at: time(first_failed_ms),
+        failed_at: time(failed_ms),
         attempts: attempts.clamp(0, u32::MAX as i64) as u32,
         source: parse_source(&source),
     })

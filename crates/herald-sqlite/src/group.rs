@@ -222,7 +222,9 @@ pub(crate) async fn claim(
         sqlx::query(
             "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
-             lease_until_ms = excluded.lease_until_ms, owner = excluded.owner",
+             lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
+             first_failed_ms = coalesce(deliveries.first_failed_ms,
+                 CASE WHEN deliveries.state = 0 THEN deliveries.lease_until_ms END)",
         )
         .bind(&claim.group)
         .bind(pos)
@@ -330,8 +332,8 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
     }
     let now = chrono::Utc::now().timestamp_millis();
     match &s.outcome {
-        Settled::Outcome(Outcome::Ack) => set_state(conn, s, SETTLED, attempt, 0).await,
-        Settled::Released => set_state(conn, s, WAITING, attempt - 1, 0).await,
+        Settled::Outcome(Outcome::Ack) => set_state(conn, s, SETTLED, attempt, 0, None).await,
+        Settled::Released => set_state(conn, s, WAITING, attempt - 1, 0, None).await,
         Settled::Outcome(Outcome::Nack { delay, reason }) if attempt >= s.max_deliver as i64 => {
             let reason = format!(
                 "gave up after {attempt} attempts: {}",
@@ -352,7 +354,15 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
         }
         Settled::Outcome(Outcome::Nack { delay, .. }) => {
             let delay_ms = delay.map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
-            set_state(conn, s, WAITING, attempt, now.saturating_add(delay_ms)).await
+            set_state(
+                conn,
+                s,
+                WAITING,
+                attempt,
+                now.saturating_add(delay_ms),
+                Some(now),
+            )
+            .await
         }
         Settled::Outcome(Outcome::Term { code, reason }) => {
             dead_letter(
@@ -369,22 +379,28 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
     }
 }
 
+/// Update a delivery; `failed_at` records the first failure if none is yet.
 async fn set_state(
     conn: &mut SqliteConnection,
     s: &Settlement,
     state: i64,
     attempt: i64,
     until: i64,
+    failed_at: Option<i64>,
 ) -> Result<()> {
-    sqlx::query("UPDATE deliveries SET state = ?, attempt = ?, lease_until_ms = ? WHERE grp = ? AND pos = ?")
-        .bind(state)
-        .bind(attempt)
-        .bind(until)
-        .bind(&s.group)
-        .bind(s.pos)
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
+    sqlx::query(
+        "UPDATE deliveries SET state = ?, attempt = ?, lease_until_ms = ?,
+         first_failed_ms = coalesce(first_failed_ms, ?) WHERE grp = ? AND pos = ?",
+    )
+    .bind(state)
+    .bind(attempt)
+    .bind(until)
+    .bind(failed_at)
+    .bind(&s.group)
+    .bind(s.pos)
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
     Ok(())
 }
 
@@ -399,13 +415,26 @@ async fn dead_letter(
     reason: String,
     source: FailureSource,
 ) -> Result<()> {
+    let now = chrono::Utc::now();
+    let first: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT first_failed_ms FROM deliveries WHERE grp = ? AND pos = ?")
+            .bind(group)
+            .bind(pos)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+    let first = first
+        .flatten()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .unwrap_or(now);
     let letter = DeadLetter {
         id: 0,
         envelope: env.clone(),
         group: Some(group.to_owned()),
         reason,
         code,
-        failed_at: chrono::Utc::now(),
+        first_failed_at: first,
+        failed_at: now,
         attempts: env.attempt(),
         source,
     };

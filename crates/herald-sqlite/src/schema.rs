@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
         reason          TEXT NOT NULL,
         attempts        INTEGER NOT NULL,
         source          TEXT NOT NULL,
+        first_failed_ms INTEGER NOT NULL,
         failed_ms       INTEGER NOT NULL,
         correlation_id  TEXT NOT NULL,
         envelope        BLOB NOT NULL
@@ -65,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
         attempt         INTEGER NOT NULL,
         lease_until_ms  INTEGER NOT NULL,
         owner           TEXT,
+        first_failed_ms INTEGER,
         PRIMARY KEY (grp, pos)
     ) WITHOUT ROWID;
     "#,

@@ -75,24 +75,7 @@ impl herald::queue::QueueHost for Inner {
         self.config.deliveries()
     }
 
-    fn dead_letter(
-        &self,
-        envelope: &Envelope,
-        group: Option<&str>,
-        code: ErrorCode,
-        reason: String,
-        source: herald::FailureSource,
-    ) {
-        let letter = herald::DeadLetter {
-            id: 0,
-            envelope: envelope.clone(),
-            group: group.map(str::to_owned),
-            reason,
-            code,
-            failed_at: chrono::Utc::now(),
-            attempts: envelope.attempt(),
-            source,
-        };
+    fn dead_letter(&self, letter: herald::DeadLetter) {
         match self.writer.try_send(Request::DeadLetter(Box::new(letter))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(request)) => {

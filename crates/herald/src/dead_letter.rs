@@ -40,7 +40,10 @@ pub struct DeadLetter {
     pub reason: String,
     /// The failure's code.
     pub code: ErrorCode,
-    /// When it was dead-lettered.
+    /// When its first delivery attempt failed (for a message that never got
+    /// a delivery, e.g. expired: when it was dead-lettered).
+    pub first_failed_at: DateTime<Utc>,
+    /// When it failed last and was dead-lettered.
     pub failed_at: DateTime<Utc>,
     /// Delivery attempts made.
     pub attempts: u32,

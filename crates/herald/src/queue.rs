@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::dead_letter::FailureSource;
+use crate::dead_letter::{DeadLetter, FailureSource};
 use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
 use crate::envelope::{Envelope, Priority};
 use crate::error::{ErrorCode, Result};
@@ -39,15 +39,9 @@ pub trait QueueHost: Send + Sync + 'static {
     /// Delivery attempts before an event is dead-lettered.
     fn max_deliver(&self) -> u32;
 
-    /// Store a dead letter: the queue gave up on `envelope`.
-    fn dead_letter(
-        &self,
-        envelope: &Envelope,
-        group: Option<&str>,
-        code: ErrorCode,
-        reason: String,
-        source: FailureSource,
-    );
+    /// Store a dead letter: the queue gave up on its envelope. (The `id` is
+    /// the host's to assign.)
+    fn dead_letter(&self, letter: DeadLetter);
 
     /// A member of `queue` closed. The default closes the queue with its
     /// last member.
@@ -85,6 +79,8 @@ struct State {
     deadlines: VecDeque<(Instant, Arc<Envelope>)>,
     /// Whether a sweeper task enforces the deadlines.
     sweeping: bool,
+    /// When each event that failed and is being retried first failed.
+    first_failures: HashMap<uuid::Uuid, chrono::DateTime<Utc>, foldhash::fast::RandomState>,
 }
 
 #[derive(Default)]
@@ -338,15 +334,12 @@ impl Queue {
             if !expired {
                 return Some(item.env);
             }
-            if let Some(host) = self.host.upgrade() {
-                host.dead_letter(
-                    &item.env,
-                    self.group(),
-                    ErrorCode::Timeout,
-                    "expired before delivery".into(),
-                    FailureSource::Expired,
-                );
-            }
+            self.give_up(
+                &item.env,
+                ErrorCode::Timeout,
+                "expired before delivery".into(),
+                FailureSource::Expired,
+            );
         }
     }
 
@@ -412,9 +405,8 @@ impl Queue {
                 envelope.attempt(),
                 reason.as_deref().unwrap_or("nacked")
             );
-            host.dead_letter(
+            self.give_up(
                 envelope,
-                self.group(),
                 ErrorCode::Internal,
                 reason,
                 FailureSource::Handler,
@@ -424,6 +416,11 @@ impl Queue {
             }
             return;
         }
+        self.state
+            .lock()
+            .first_failures
+            .entry(envelope.id())
+            .or_insert_with(Utc::now);
         let mut again = Envelope::clone(envelope);
         again.attempt += 1;
         let again = Arc::new(again);
@@ -439,6 +436,34 @@ impl Queue {
                 });
             }
         }
+    }
+
+    /// Hand `envelope` to the host's dead-letter store with its failure times.
+    fn give_up(&self, envelope: &Envelope, code: ErrorCode, reason: String, source: FailureSource) {
+        let now = Utc::now();
+        let first = self.forget_failure(envelope).unwrap_or(now);
+        if let Some(host) = self.host.upgrade() {
+            host.dead_letter(DeadLetter {
+                id: 0,
+                envelope: envelope.clone(),
+                group: self.group().map(str::to_owned),
+                reason,
+                code,
+                first_failed_at: first,
+                failed_at: now,
+                attempts: envelope.attempt(),
+                source,
+            });
+        }
+    }
+
+    /// Drop the record of `envelope`'s first failure, returning it.
+    fn forget_failure(&self, envelope: &Envelope) -> Option<chrono::DateTime<Utc>> {
+        let mut st = self.state.lock();
+        if st.first_failures.is_empty() {
+            return None;
+        }
+        st.first_failures.remove(&envelope.id())
     }
 
     fn forget_waiter(&self, id: u64) -> Option<Waker> {
@@ -460,14 +485,13 @@ impl Settle for Queue {
         let locks = self.locks(envelope);
         match outcome {
             Outcome::Ack => {
+                self.forget_failure(envelope);
                 if locks {
                     self.unlock(envelope);
                 }
             }
             Outcome::Term { code, reason } => {
-                if let Some(host) = self.host.upgrade() {
-                    host.dead_letter(envelope, self.group(), code, reason, FailureSource::Handler);
-                }
+                self.give_up(envelope, code, reason, FailureSource::Handler);
                 if locks {
                     self.unlock(envelope);
                 }

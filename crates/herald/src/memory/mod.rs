@@ -43,13 +43,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::TryAcquireError;
 use uuid::Uuid;
 
 use crate::config::{env_parse, in_range, seconds, DEFAULT_TIMEOUT};
-use crate::dead_letter::{DeadLetter, DeadLetterFilter, FailureSource};
+use crate::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::delivery::BoxFuture;
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorCode, Result};
@@ -313,31 +312,15 @@ impl QueueHost for Shared {
         }
     }
 
-    fn dead_letter(
-        &self,
-        envelope: &Envelope,
-        group: Option<&str>,
-        code: ErrorCode,
-        reason: String,
-        source: FailureSource,
-    ) {
+    fn dead_letter(&self, mut letter: DeadLetter) {
         let mut dead = self.dead.lock();
         if dead.entries.len() >= self.config.dead_letter_capacity {
             dead.entries.pop_front();
             dead.dropped += 1;
         }
         dead.next_id += 1;
-        let id = dead.next_id;
-        dead.entries.push_back(DeadLetter {
-            id,
-            envelope: envelope.clone(),
-            group: group.map(str::to_owned),
-            reason,
-            code,
-            failed_at: Utc::now(),
-            attempts: envelope.attempt(),
-            source,
-        });
+        letter.id = dead.next_id;
+        dead.entries.push_back(letter);
     }
 }
 
