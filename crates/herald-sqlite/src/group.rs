@@ -46,9 +46,22 @@ const IDLE_MAX: Duration = Duration::from_millis(250);
 type Flow = (String, Option<String>);
 /// patterns, kinds, cursor, start_seq, start_ms
 type GroupRow = (String, i64, i64, Option<i64>, Option<i64>);
-/// An event's row without its envelope: pos, topic, seq, key, kind,
-/// priority, created_ms, expires_ms.
-type Meta = (i64, String, i64, Option<String>, i64, i64, i64, Option<i64>);
+/// An event's row without its envelope (pos, topic, seq, key, kind,
+/// priority, created_ms, expires_ms) and the group's delivery of it, if any
+/// (state, attempt, lease_until_ms).
+type Meta = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 
 const IN_FLIGHT: i64 = 0;
 const WAITING: i64 = 1;
@@ -105,29 +118,20 @@ pub(crate) async fn claim(
         return Ok(Vec::new());
     }
     let rows: Vec<Meta> = sqlx::query_as(
-        "SELECT pos, topic, seq, key, kind, priority, created_ms, expires_ms FROM events
-         WHERE pos > ? ORDER BY pos LIMIT ?",
+        "SELECT e.pos, e.topic, e.seq, e.key, e.kind, e.priority, e.created_ms, e.expires_ms,
+                d.state, d.attempt, d.lease_until_ms
+         FROM events e LEFT JOIN deliveries d ON d.grp = ? AND d.pos = e.pos
+         WHERE e.pos > ? ORDER BY e.pos LIMIT ?",
     )
+    .bind(&claim.group)
     .bind(cursor)
     .bind(WINDOW)
     .fetch_all(&mut *conn)
     .await
     .map_err(runtime_error)?;
-    let Some(last) = rows.last().map(|r| r.0) else {
+    if rows.is_empty() {
         return Ok(Vec::new());
-    };
-    let known: HashMap<i64, (i64, i64, i64)> = sqlx::query_as::<_, (i64, i64, i64, i64)>(
-        "SELECT pos, state, attempt, lease_until_ms FROM deliveries WHERE grp = ? AND pos > ? AND pos <= ?",
-    )
-    .bind(&claim.group)
-    .bind(cursor)
-    .bind(last)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(runtime_error)?
-    .into_iter()
-    .map(|(pos, state, attempt, until)| (pos, (state, attempt, until)))
-    .collect();
+    }
 
     let spec = &claim.spec;
     let mut new_cursor = cursor;
@@ -137,11 +141,16 @@ pub(crate) async fn claim(
     // one flow), in pos order: (pos, priority, attempt).
     let mut flows: HashMap<Flow, VecDeque<(i64, i64, i64)>> = HashMap::new();
     let mut dead: Vec<(i64, i64, ErrorCode, String, FailureSource)> = Vec::new();
-    for (pos, topic, seq, key, kind, priority, created_ms, expires_ms) in rows {
+    for (pos, topic, seq, key, kind, priority, created_ms, expires_ms, state, attempt, until) in
+        rows
+    {
         let wanted = spec.wants(&topic, crate::append::kind_of(kind))
             && start_seq.is_none_or(|s| seq >= s)
             && start_ms.is_none_or(|t| created_ms >= t);
-        let state = known.get(&pos).copied();
+        let state = match (state, attempt, until) {
+            (Some(s), Some(a), Some(u)) => Some((s, a, u)),
+            _ => None,
+        };
         if !wanted || matches!(state, Some((SETTLED, _, _))) {
             if contiguous {
                 new_cursor = pos;
@@ -320,6 +329,22 @@ async fn register(
 /// was claimed again (by anyone) is stale and ignored.
 pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Result<()> {
     let attempt = s.envelope.attempt() as i64;
+    if let Settled::Outcome(Outcome::Ack) = s.outcome {
+        // The common case in one statement: settle only our current lease.
+        sqlx::query(
+            "UPDATE deliveries SET state = ? WHERE grp = ? AND pos = ? AND state = ? AND attempt = ? AND owner = ?",
+        )
+        .bind(SETTLED)
+        .bind(&s.group)
+        .bind(s.pos)
+        .bind(IN_FLIGHT)
+        .bind(attempt)
+        .bind(&s.member)
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        return Ok(());
+    }
     let current: Option<(i64, i64, Option<String>)> =
         sqlx::query_as("SELECT state, attempt, owner FROM deliveries WHERE grp = ? AND pos = ?")
             .bind(&s.group)
@@ -332,7 +357,7 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
     }
     let now = chrono::Utc::now().timestamp_millis();
     match &s.outcome {
-        Settled::Outcome(Outcome::Ack) => set_state(conn, s, SETTLED, attempt, 0, None).await,
+        Settled::Outcome(Outcome::Ack) => Ok(()),
         Settled::Released => set_state(conn, s, WAITING, attempt - 1, 0, None).await,
         Settled::Outcome(Outcome::Nack { delay, reason }) if attempt >= s.max_deliver as i64 => {
             let reason = format!(
