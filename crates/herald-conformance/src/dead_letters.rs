@@ -1,6 +1,8 @@
 //! Dead letters (DESIGN.md §4.12): list by filter, inspect, replay, purge.
 
-use herald::dead_letter::REPLAY_OF_HEADER;
+use std::time::{Duration, Instant};
+
+use herald::dead_letter::{REPLAYS_HEADER, REPLAY_OF_HEADER};
 use herald::ErrorCode;
 
 use crate::support::{number, numbered, recv};
@@ -100,4 +102,44 @@ pub async fn dead_letters_filter_replay_and_purge(h: &Harness) {
     assert_eq!(left[0].code, ErrorCode::Forbidden);
     assert_eq!(bus.dead_letters().purge().await.unwrap(), 1);
     assert!(bus.dead_letters().await.unwrap().is_empty());
+}
+
+/// A group that opts into automatic replay gets its dead letters back after
+/// the delay, up to the replay limit; past it the message stays dead.
+pub async fn a_group_can_opt_into_automatic_replay(h: &Harness) {
+    let bus = h.bus().await;
+    let after = Duration::from_millis(200);
+    let mut sub = bus
+        .subscribe_raw("conf.dlq.auto")
+        .group("auto")
+        .await
+        .unwrap();
+    let _replaying = bus.replay_dead_letters_after("auto", after, 1);
+    bus.publish(numbered("conf.dlq.auto", 1)).await.unwrap();
+    let first = recv(&mut sub).await;
+    first
+        .term(ErrorCode::Unavailable, "try later")
+        .await
+        .unwrap();
+    let failed = Instant::now();
+    let again = recv(&mut sub).await;
+    assert!(
+        failed.elapsed() >= after,
+        "replayed after {:?}",
+        failed.elapsed()
+    );
+    assert_eq!(number(&again), 1);
+    assert_eq!(again.header(REPLAYS_HEADER), Some("1"));
+    again
+        .term(ErrorCode::Unavailable, "still failing")
+        .await
+        .unwrap();
+    // A negative check: give the replayer several of its ticks to (wrongly)
+    // act, then show the next delivery is a fresh event.
+    tokio::time::sleep(after * 3).await;
+    bus.publish(numbered("conf.dlq.auto", 2)).await.unwrap();
+    assert_eq!(number(&recv(&mut sub).await), 2, "replayed once only");
+    let dead = bus.dead_letters().group("auto").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(herald::dead_letter::replays(&dead[0].envelope), 1);
 }

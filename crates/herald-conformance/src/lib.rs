@@ -167,6 +167,7 @@ macro_rules! conformance_tests {
             redelivery::term_dead_letters_at_once,
             redelivery::expired_events_are_dead_lettered_not_delivered,
             dead_letters::dead_letters_filter_replay_and_purge,
+            dead_letters::a_group_can_opt_into_automatic_replay,
             history::events_published_before_subscribe_are_retained,
             history::start_at_seq_and_time,
             history::replay_does_not_disturb_a_group,

@@ -5,6 +5,8 @@
 //! dead letters to list, replay or purge. Storing them is each transport's
 //! business; replaying (re-publishing) is the bus's.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use crate::envelope::Envelope;
@@ -68,6 +70,7 @@ pub struct DeadLetterFilter {
     until: Option<DateTime<Utc>>,
     ids: Option<Vec<u64>>,
     limit: Option<usize>,
+    replays_below: Option<u32>,
 }
 
 impl DeadLetterFilter {
@@ -106,6 +109,11 @@ impl DeadLetterFilter {
         self.limit = Some(n);
         self
     }
+    /// Only messages replayed fewer than `n` times before.
+    pub fn replayed_fewer_than(mut self, n: u32) -> Self {
+        self.replays_below = Some(n);
+        self
+    }
     /// The most to select, if bounded.
     pub fn max(&self) -> Option<usize> {
         self.limit
@@ -123,6 +131,7 @@ impl DeadLetterFilter {
             && self.since.is_none_or(|t| d.failed_at >= t)
             && self.until.is_none_or(|t| d.failed_at < t)
             && self.ids.as_ref().is_none_or(|ids| ids.contains(&d.id))
+            && self.replays_below.is_none_or(|n| replays(&d.envelope) < n)
     }
 }
 
@@ -166,6 +175,16 @@ impl crate::Bus {
 
 /// Header a replayed message carries: the id of the dead-lettered original.
 pub const REPLAY_OF_HEADER: &str = "herald-replay-of";
+/// Header a replayed message carries: how many times it has been replayed.
+pub const REPLAYS_HEADER: &str = "herald-replays";
+
+/// How many times `envelope` was replayed from the dead letters.
+pub fn replays(envelope: &Envelope) -> u32 {
+    envelope
+        .header(REPLAYS_HEADER)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
 
 impl DeadLetters {
     /// Only topics matching `pattern`.
@@ -206,6 +225,11 @@ impl DeadLetters {
     /// At most `n`, oldest first.
     pub fn limit(mut self, n: usize) -> Self {
         self.filter = self.filter.limit(n);
+        self
+    }
+    /// Only messages replayed fewer than `n` times before.
+    pub fn replayed_fewer_than(mut self, n: u32) -> Self {
+        self.filter = self.filter.replayed_fewer_than(n);
         self
     }
 
@@ -254,5 +278,81 @@ impl std::future::IntoFuture for DeadLetters {
             }
             self.bus.inner.transport.dead_letters(&self.filter).await
         })
+    }
+}
+
+/// Replays a group's dead letters automatically; see
+/// [`Bus::replay_dead_letters_after`](crate::Bus::replay_dead_letters_after).
+/// Dropping it (or [`stop`](AutoReplay::stop)) stops the replays.
+#[must_use = "automatic replay stops when this handle is dropped"]
+#[derive(Debug)]
+pub struct AutoReplay {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AutoReplay {
+    /// Stop replaying.
+    pub fn stop(self) {}
+}
+
+impl Drop for AutoReplay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Most automatic replays of one message, so a poison message settles in
+/// the dead letters instead of circling.
+pub const DEFAULT_MAX_AUTO_REPLAYS: u32 = 3;
+
+impl crate::Bus {
+    /// Opt group `group` into automatic replay: a message it dead-letters is
+    /// replayed to its topic (as [`DeadLetters::replay`] does) once `after`
+    /// has passed since it failed, at most `max_replays` times; after that
+    /// it stays in the dead letters. Replay is to the topic: other
+    /// subscribers see the message again too, marked with
+    /// [`REPLAY_OF_HEADER`]. Runs while the returned handle lives and a
+    /// tokio runtime is running.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = herald::Bus::memory();
+    /// let replaying = bus.replay_dead_letters_after("billing", Duration::from_secs(60), 3);
+    /// # drop(replaying);
+    /// # }
+    /// ```
+    pub fn replay_dead_letters_after(
+        &self,
+        group: &str,
+        after: Duration,
+        max_replays: u32,
+    ) -> AutoReplay {
+        let bus = self.clone();
+        let group = group.to_owned();
+        let tick = (after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Ok(age) = chrono::Duration::from_std(after) else {
+                    return;
+                };
+                let due = bus
+                    .dead_letters()
+                    .group(group.clone())
+                    .until(Utc::now() - age)
+                    .replayed_fewer_than(max_replays)
+                    .replay()
+                    .await;
+                if let Err(e) = due {
+                    if e.code() == ErrorCode::Unavailable {
+                        return;
+                    }
+                }
+            }
+        });
+        AutoReplay { task }
     }
 }

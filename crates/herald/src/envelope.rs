@@ -323,8 +323,8 @@ impl Envelope {
         &self.payload
     }
     /// A new message with this one's content, for replaying a dead letter:
-    /// new id, no seq, attempt 1, no idempotency key, and a header naming
-    /// the original.
+    /// new id, no seq, attempt 1, no idempotency key, a header naming the
+    /// original and one counting the replays.
     pub(crate) fn replayed(&self) -> Envelope {
         let mut again = self.clone();
         again.id = Uuid::now_v7();
@@ -334,6 +334,10 @@ impl Envelope {
         again.headers.insert(
             crate::dead_letter::REPLAY_OF_HEADER.to_owned(),
             self.id.to_string(),
+        );
+        again.headers.insert(
+            crate::dead_letter::REPLAYS_HEADER.to_owned(),
+            (crate::dead_letter::replays(self) + 1).to_string(),
         );
         again
     }

@@ -57,7 +57,7 @@ pub use bus::{Bus, BusBuilder};
 pub use command::{Call, CommandHandle, Request};
 pub use config::Config;
 pub use context::current_correlation_id;
-pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetters, FailureSource};
+pub use dead_letter::{AutoReplay, DeadLetter, DeadLetterFilter, DeadLetters, FailureSource};
 pub use delivery::{Delivery, Outcome};
 pub use envelope::{Envelope, Kind, Limits, Priority};
 pub use error::{Error, ErrorCode, Result};
