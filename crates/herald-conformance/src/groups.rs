@@ -216,3 +216,54 @@ impl KeyState {
         self.inner.lock().unwrap().get_mut(key).expect("entered").0 = false;
     }
 }
+
+/// The delivery state of an event for a group: pending, in flight with its
+/// attempt, acked, dead-lettered; unknown events and groups are `NOT_FOUND`.
+pub async fn delivery_state_can_be_queried(h: &Harness) {
+    use herald::{DeliveryState, ErrorCode};
+    let bus = h.bus().await;
+    let mut sub = bus.subscribe_raw("conf.state").group("g").await.unwrap();
+    bus.publish([
+        numbered("conf.state", 1).key("k"),
+        numbered("conf.state", 2).key("k"),
+        numbered("conf.state", 3).key("k"),
+    ])
+    .await
+    .unwrap();
+    let first = recv(&mut sub).await;
+    assert_eq!(
+        bus.delivery_state("conf.state", 1, "g").await.unwrap(),
+        DeliveryState::InFlight { attempt: 1 }
+    );
+    assert_eq!(
+        bus.delivery_state("conf.state", 2, "g").await.unwrap(),
+        DeliveryState::Pending
+    );
+    first.ack().await.unwrap();
+    assert_eq!(
+        bus.delivery_state("conf.state", 1, "g").await.unwrap(),
+        DeliveryState::Acked
+    );
+    recv(&mut sub)
+        .await
+        .term(ErrorCode::Validation, "no")
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.delivery_state("conf.state", 2, "g").await.unwrap(),
+        DeliveryState::DeadLettered
+    );
+    let third = recv(&mut sub).await;
+    assert_eq!(
+        bus.delivery_state("conf.state", 3, "g").await.unwrap(),
+        DeliveryState::InFlight { attempt: 1 }
+    );
+    third.ack().await.unwrap();
+    for (seq, group) in [(99, "g"), (1, "nobody")] {
+        let err = bus
+            .delivery_state("conf.state", seq, group)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NotFound);
+    }
+}

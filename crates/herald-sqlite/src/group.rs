@@ -612,3 +612,64 @@ impl Settle for Lease {
         }))
     }
 }
+
+/// Where event `seq` of `topic` stands for `group` (read-only).
+pub(crate) async fn delivery_state(
+    pool: sqlx::SqlitePool,
+    topic: herald::Topic,
+    seq: u64,
+    group: String,
+) -> Result<herald::DeliveryState> {
+    use herald::DeliveryState;
+    let not_found = |what: String| Error::new(ErrorCode::NotFound, what);
+    let pos: Option<i64> = sqlx::query_scalar("SELECT pos FROM events WHERE topic = ? AND seq = ?")
+        .bind(topic.as_str())
+        .bind(seq.min(i64::MAX as u64) as i64)
+        .fetch_optional(&pool)
+        .await
+        .map_err(runtime_error)?;
+    let Some(pos) = pos else {
+        return Err(not_found(format!(
+            "`{topic}` has no event {seq} (never, or deleted by retention)"
+        )));
+    };
+    let cursor: Option<i64> = sqlx::query_scalar("SELECT cursor FROM groups WHERE name = ?")
+        .bind(&group)
+        .fetch_optional(&pool)
+        .await
+        .map_err(runtime_error)?;
+    let Some(cursor) = cursor else {
+        return Err(not_found(format!("no consumer group {group:?}")));
+    };
+    let dead: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM dead_letters WHERE grp = ? AND topic = ? AND seq = ? LIMIT 1",
+    )
+    .bind(&group)
+    .bind(topic.as_str())
+    .bind(seq as i64)
+    .fetch_optional(&pool)
+    .await
+    .map_err(runtime_error)?;
+    if dead.is_some() {
+        return Ok(DeliveryState::DeadLettered);
+    }
+    if pos <= cursor {
+        return Ok(DeliveryState::Acked);
+    }
+    let row: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT state, attempt, lease_until_ms FROM deliveries WHERE grp = ? AND pos = ?",
+    )
+    .bind(&group)
+    .bind(pos)
+    .fetch_optional(&pool)
+    .await
+    .map_err(runtime_error)?;
+    let now = chrono::Utc::now().timestamp_millis();
+    Ok(match row {
+        Some((IN_FLIGHT, attempt, until)) if until > now => DeliveryState::InFlight {
+            attempt: attempt.clamp(1, u32::MAX as i64) as u32,
+        },
+        Some((SETTLED, _, _)) => DeliveryState::Acked,
+        _ => DeliveryState::Pending,
+    })
+}

@@ -47,6 +47,20 @@ impl Transport for SqliteStore {
         })
     }
 
+    fn delivery_state(
+        &self,
+        topic: &Topic,
+        seq: u64,
+        group: &str,
+    ) -> BoxFuture<'_, Result<herald::DeliveryState>> {
+        Box::pin(crate::group::delivery_state(
+            self.inner.readers.clone(),
+            topic.clone(),
+            seq,
+            group.to_owned(),
+        ))
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             SqliteStore::close(self).await;

@@ -27,7 +27,7 @@ use crate::subscription::{
     Filter, KindFilter, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
 };
 use crate::topic::{Pattern, Topic};
-use crate::transport::{Features, Transport};
+use crate::transport::{DeliveryState, Features, Transport};
 
 const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
 const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
@@ -209,6 +209,21 @@ impl Bus {
     pub async fn last_seq(&self, topic: &str) -> Result<Option<u64>> {
         let topic = Topic::new(topic)?;
         self.inner.transport.last_seq(&topic).await
+    }
+
+    /// Where event `seq` of `topic` stands for consumer group `group`:
+    /// pending, in flight (with its attempt), acked or dead-lettered.
+    pub async fn delivery_state(
+        &self,
+        topic: &str,
+        seq: u64,
+        group: &str,
+    ) -> Result<DeliveryState> {
+        let topic = Topic::new(topic)?;
+        self.inner
+            .transport
+            .delivery_state(&topic, seq, group)
+            .await
     }
 
     /// What the transport can do.

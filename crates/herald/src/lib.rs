@@ -68,7 +68,7 @@ pub use subscription::{
     KindFilter, Received, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
 };
 pub use topic::{Pattern, Topic};
-pub use transport::{Features, Transport};
+pub use transport::{DeliveryState, Features, Transport};
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event) for the attributes.
 #[cfg(feature = "derive")]

@@ -33,6 +33,7 @@ use crate::envelope::{Envelope, Priority};
 use crate::error::{ErrorCode, Result};
 use crate::subscription::{CloseHandle, SubscribeSpec, Subscription};
 use crate::topic::Topic;
+use crate::transport::DeliveryState;
 
 /// What a [`Queue`] needs from the transport that feeds it.
 pub trait QueueHost: Send + Sync + 'static {
@@ -79,6 +80,8 @@ struct State {
     deadlines: VecDeque<(Instant, Arc<Envelope>)>,
     /// Whether a sweeper task enforces the deadlines.
     sweeping: bool,
+    /// Events waiting out a nack's delay, by topic and seq.
+    delayed: HashSet<(Topic, u64), foldhash::fast::RandomState>,
     /// When each event that failed and is being retried first failed.
     first_failures: HashMap<uuid::Uuid, chrono::DateTime<Utc>, foldhash::fast::RandomState>,
 }
@@ -154,6 +157,28 @@ impl Queue {
         if n > 0 {
             self.permits.add_permits(n as usize);
         }
+    }
+
+    /// Where event `seq` of `topic` stands in this queue: waiting (`Pending`,
+    /// also while a nack's delay runs), delivered and unsettled
+    /// (`InFlight`), or `None` when the queue does not hold it.
+    pub fn state_of(&self, topic: &Topic, seq: u64) -> Option<DeliveryState> {
+        let st = self.state.lock();
+        let is = |e: &Envelope| e.topic() == topic && e.seq() == Some(seq);
+        if st.delayed.contains(&(topic.clone(), seq))
+            || st
+                .flows
+                .values()
+                .any(|f| f.items.iter().any(|i| is(&i.env)))
+        {
+            return Some(DeliveryState::Pending);
+        }
+        st.deadlines
+            .iter()
+            .find(|(_, e)| is(e) && st.inflight.contains(&address(e)))
+            .map(|(_, e)| DeliveryState::InFlight {
+                attempt: e.attempt(),
+            })
     }
 
     /// Close: member streams end, feeders stop. Idempotent.
@@ -430,8 +455,11 @@ impl Queue {
                 let Some(queue) = self.me.upgrade() else {
                     return;
                 };
+                let waiting = (again.topic().clone(), again.seq().unwrap_or(0));
+                self.state.lock().delayed.insert(waiting.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
+                    queue.state.lock().delayed.remove(&waiting);
                     queue.push_front(again, locks);
                 });
             }

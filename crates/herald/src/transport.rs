@@ -2,7 +2,8 @@
 //!
 //! Owns the [`Transport`] trait and the [`Features`] a transport declares. The
 //! trait is deliberately narrow — publish a batch, open a subscription, read a
-//! topic's last `seq`, list and purge dead letters, close — and settling travels through
+//! topic's last `seq`, list and purge dead letters, report an event's
+//! delivery state for a group, close — and settling travels through
 //! each [`Delivery`](crate::Delivery)'s [`Settle`](crate::delivery::Settle).
 //! Everything users touch (typed events, commands, correlation, size limits)
 //! lives once above it, in the `Bus`, so every backend gets it for free.
@@ -57,6 +58,22 @@ impl Features {
     }
 }
 
+/// Where one event stands for one consumer group (DESIGN.md §4.14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not yet delivered to the group (or waiting to be redelivered).
+    Pending,
+    /// Delivered to a member and not settled yet.
+    InFlight {
+        /// The delivery attempt, from 1.
+        attempt: u32,
+    },
+    /// Settled: acked (events before the group started count as acked).
+    Acked,
+    /// Given up: in the dead letters for this group.
+    DeadLettered,
+}
+
 /// A backend: where events are appended and from where they are delivered.
 ///
 /// Implementations must give, for each topic: `seq` from 1, gap-free and
@@ -79,6 +96,15 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Delete the dead letters `filter` selects; returns how many.
     fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>>;
+
+    /// Where the event `seq` of `topic` stands for consumer group `group`
+    /// (`NOT_FOUND` for an unknown event or group).
+    fn delivery_state(
+        &self,
+        topic: &Topic,
+        seq: u64,
+        group: &str,
+    ) -> BoxFuture<'_, Result<DeliveryState>>;
 
     /// Stop: later publishes fail with `UNAVAILABLE`, open subscriptions end.
     /// Idempotent.

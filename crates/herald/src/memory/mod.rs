@@ -54,7 +54,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, ErrorCode, Result};
 use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::topic::Topic;
-use crate::transport::{Features, Transport};
+use crate::transport::{DeliveryState, Features, Transport};
 
 use crate::queue::{self, Queue, QueueHost};
 
@@ -325,6 +325,40 @@ impl QueueHost for Shared {
 }
 
 impl Shared {
+    fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
+        let Some(queue) = self.registry.lock().groups.get(group).cloned() else {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no consumer group {group:?}"),
+            ));
+        };
+        let last = self
+            .topics
+            .read()
+            .get(topic.as_str())
+            .map(|t| t.inner.lock().last_seq);
+        if seq == 0 || last.is_none_or(|l| seq > l) {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("`{topic}` has no event {seq}"),
+            ));
+        }
+        if let Some(state) = queue.state_of(topic, seq) {
+            return Ok(state);
+        }
+        let dead = self.dead.lock();
+        let is_dead = dead.entries.iter().any(|d| {
+            d.group.as_deref() == Some(group)
+                && d.envelope.topic() == topic
+                && d.envelope.seq() == Some(seq)
+        });
+        Ok(if is_dead {
+            DeliveryState::DeadLettered
+        } else {
+            DeliveryState::Acked
+        })
+    }
+
     fn topic(&self, name: &Topic) -> Arc<TopicState> {
         if let Some(t) = self.topics.read().get(name.as_str()) {
             return t.clone();
@@ -722,6 +756,17 @@ impl Transport for MemoryTransport {
         });
         let purged = (before - dead.entries.len()) as u64;
         Box::pin(std::future::ready(Ok(purged)))
+    }
+
+    fn delivery_state(
+        &self,
+        topic: &Topic,
+        seq: u64,
+        group: &str,
+    ) -> BoxFuture<'_, Result<DeliveryState>> {
+        Box::pin(std::future::ready(
+            self.shared.delivery_state(topic, seq, group),
+        ))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
