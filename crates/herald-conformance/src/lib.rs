@@ -24,6 +24,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod durable;
 pub mod groups;
+pub mod handlers;
 pub mod history;
 pub mod lifecycle;
 pub mod limits;
@@ -188,7 +189,10 @@ macro_rules! conformance_tests {
             correlation::context_survives_await_and_delayed_emission,
             durable::events_and_seqs_survive_a_restart,
             durable::a_group_resumes_after_its_last_ack,
-            durable::dead_letters_survive_a_restart
+            durable::dead_letters_survive_a_restart,
+            handlers::handler_outcomes_settle_deliveries,
+            handlers::handler_keeps_per_key_order_under_concurrency,
+            handlers::handler_shutdown_never_acks_unprocessed_work
         );
     };
 }

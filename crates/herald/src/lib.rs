@@ -44,6 +44,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod handler;
 pub mod memory;
 pub mod message;
 pub mod payload;
@@ -62,6 +63,7 @@ pub use delivery::{Delivery, Outcome};
 pub use envelope::{Envelope, Kind, Limits, Priority};
 pub use error::{Error, ErrorCode, Result};
 pub use event::Event;
+pub use handler::{Handler, HandlerBuilder, HandlerReport};
 pub use message::{Message, Publish};
 pub use payload::Payload;
 pub use subscription::{

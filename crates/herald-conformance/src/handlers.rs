@@ -1,0 +1,221 @@
+//! The handler runtime on each transport: outcomes settle deliveries,
+//! panics are retryable failures, per-key order holds under concurrency,
+//! shutdown never acks unprocessed work.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald::{Error, ErrorCode, StartPosition};
+
+use crate::support::{numbered, DELIVERY_WAIT};
+use crate::Harness;
+
+fn n_of(env: &herald::Envelope) -> u64 {
+    env.decode::<serde_json::Value>().unwrap()["n"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Ok acks, a retryable error is redelivered, a terminal error is
+/// dead-lettered at once, a panic is a retryable failure.
+pub async fn handler_outcomes_settle_deliveries(h: &Harness) {
+    let bus = h.bus().await;
+    let attempts = Arc::new(Mutex::new(HashMap::<u64, u32>::new()));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let handled = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let (attempts, done, handled) = (attempts.clone(), done.clone(), handled.clone());
+        bus.handler("conf.h.outcomes")
+            .group("h")
+            .start(StartPosition::Earliest)
+            .run(move |env| {
+                let (attempts, done, handled) = (attempts.clone(), done.clone(), handled.clone());
+                async move {
+                    let n = n_of(&env);
+                    let attempt = {
+                        let mut a = attempts.lock().unwrap();
+                        let e = a.entry(n).or_default();
+                        *e += 1;
+                        *e
+                    };
+                    let result = match (n % 4, attempt) {
+                        (1, 1) => Err(Error::new(ErrorCode::Unavailable, "try again")),
+                        (2, _) => Err(Error::terminal(ErrorCode::Validation, "never")),
+                        (3, 1) => panic!("first attempt of {n} panics"),
+                        _ => Ok(()),
+                    };
+                    if (result.is_ok() || n % 4 == 2)
+                        && handled.fetch_add(1, Ordering::SeqCst) + 1 == 8
+                    {
+                        done.notify_one();
+                    }
+                    result
+                }
+            })
+            .await
+            .unwrap()
+    };
+    let batch: Vec<_> = (0..8).map(|i| numbered("conf.h.outcomes", i)).collect();
+    bus.publish(batch).await.unwrap();
+    let finished = tokio::time::timeout(DELIVERY_WAIT, done.notified()).await;
+    let report = handler.shutdown(Duration::from_secs(10)).await;
+    finished.expect("all handled");
+    assert_eq!(report.acked, 6, "{report:?}");
+    assert_eq!(report.dead_lettered, 2, "{report:?}");
+    assert_eq!(
+        report.retried, 4,
+        "two retryable errors and two panics: {report:?}"
+    );
+    let attempts = attempts.lock().unwrap().clone();
+    for n in [2u64, 6] {
+        assert_eq!(attempts[&n], 1, "a terminal error is not retried");
+    }
+    for n in [1u64, 3, 5, 7] {
+        assert_eq!(attempts[&n], 2, "retried once, then handled");
+    }
+    let dead = bus.dead_letters().group("h").await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().all(|d| d.code == ErrorCode::Validation));
+}
+
+/// 20 keys × 25 events, 8 handlers at once: no key is ever handled
+/// concurrently and each key's events are handled in order.
+pub async fn handler_keeps_per_key_order_under_concurrency(h: &Harness) {
+    const KEYS: u64 = 20;
+    const EACH: u64 = 25;
+    let bus = h.bus().await;
+    let state = Arc::new(Mutex::new((
+        HashMap::<u64, (bool, u64)>::new(),
+        Vec::<String>::new(),
+    )));
+    let handled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (state, handled, done) = (state.clone(), handled.clone(), done.clone());
+        bus.handler("conf.h.order")
+            .group("h")
+            .concurrency(8)
+            .start(StartPosition::Earliest)
+            .run(move |env| {
+                let (state, handled, done) = (state.clone(), handled.clone(), done.clone());
+                async move {
+                    let n = n_of(&env);
+                    let key = n % KEYS;
+                    {
+                        let mut s = state.lock().unwrap();
+                        let (busy, last) = s.0.get(&key).copied().unwrap_or((false, 0));
+                        if busy {
+                            s.1.push(format!("key {key}: {n} while another runs"));
+                        }
+                        if n < last {
+                            s.1.push(format!("key {key}: {n} after {last}"));
+                        }
+                        s.0.insert(key, (true, n));
+                    }
+                    for _ in 0..(n % 3) {
+                        tokio::task::yield_now().await;
+                    }
+                    state.lock().unwrap().0.get_mut(&key).unwrap().0 = false;
+                    if handled.fetch_add(1, Ordering::SeqCst) + 1 == KEYS * EACH {
+                        done.notify_one();
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    for chunk in 0..EACH {
+        let batch: Vec<_> = (0..KEYS)
+            .map(|k| {
+                let n = chunk * KEYS + k;
+                numbered("conf.h.order", n).key(format!("key{}", n % KEYS))
+            })
+            .collect();
+        bus.publish(batch).await.unwrap();
+    }
+    tokio::time::timeout(DELIVERY_WAIT * 2, done.notified())
+        .await
+        .expect("all handled");
+    let report = handler.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(report.acked, KEYS * EACH);
+    let violations = state.lock().unwrap().1.clone();
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+/// Shutdown lets in-flight handlers finish within the deadline and stops the
+/// rest unsettled: on a durable transport a new handler of the group gets
+/// those again; nothing unprocessed is acked.
+pub async fn handler_shutdown_never_acks_unprocessed_work(h: &Harness) {
+    let restart = h.restartable("handler shutdown and restart").await;
+    let bus = match &restart {
+        Some(r) => r.bus.clone(),
+        None => h.bus().await,
+    };
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let started = started.clone();
+        bus.handler("conf.h.shutdown")
+            .group("h")
+            .concurrency(4)
+            .start(StartPosition::Earliest)
+            .run(move |env| {
+                let started = started.clone();
+                async move {
+                    started.add_permits(1);
+                    if n_of(&env) % 2 == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    bus.publish(
+        (0..4)
+            .map(|i| numbered("conf.h.shutdown", i))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let all = tokio::time::timeout(DELIVERY_WAIT, started.acquire_many(4)).await;
+    all.expect("all four started").unwrap().forget();
+    let report = handler.shutdown(Duration::from_millis(100)).await;
+    assert_eq!((report.acked, report.abandoned), (2, 2), "{report:?}");
+    let Some(r) = restart else {
+        return;
+    };
+    bus.close().await.unwrap();
+    let bus = r.reopen().await;
+    let again = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let again = again.clone();
+        bus.handler("conf.h.shutdown")
+            .group("h")
+            .run(move |env| {
+                let again = again.clone();
+                async move {
+                    again.lock().unwrap().push(n_of(&env));
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+    while again.lock().unwrap().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "abandoned work never came back"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handler.shutdown(Duration::from_secs(5)).await;
+    let mut got = again.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, [0, 2], "only the unfinished messages come back");
+}
