@@ -11,12 +11,13 @@ use herald::{Bus, Message, Payload};
 const KEYS: u64 = 1000;
 const EACH: u64 = 100;
 
+/// Per key: whether a handler is inside it, and the last n handled.
+type KeyState = Mutex<(bool, Option<u64>)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_keys_in_order_across_eight_handlers() {
     let bus = Bus::memory();
-    // Per key: whether a handler is inside it, and the last n handled.
-    let keys: Arc<Vec<Mutex<(bool, Option<u64>)>>> =
-        Arc::new((0..KEYS).map(|_| Mutex::new((false, None))).collect());
+    let keys: Arc<Vec<KeyState>> = Arc::new((0..KEYS).map(|_| Mutex::new((false, None))).collect());
     let violations = Arc::new(AtomicU64::new(0));
     let handled = Arc::new(AtomicU64::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
