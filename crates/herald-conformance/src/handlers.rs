@@ -219,3 +219,80 @@ pub async fn handler_shutdown_never_acks_unprocessed_work(h: &Harness) {
     got.sort_unstable();
     assert_eq!(got, [0, 2], "only the unfinished messages come back");
 }
+
+/// With a retry policy, a retryable failure is redelivered after the
+/// backoff until it succeeds or the policy gives up, which dead-letters it
+/// with the failure's code.
+pub async fn handler_retries_with_backoff_then_dead_letters(h: &Harness) {
+    use herald::retry::RetryPolicy;
+    let bus = h.bus().await;
+    let policy = RetryPolicy::default()
+        .base(Duration::from_millis(40))
+        .max_attempts(2);
+    let tries = Arc::new(Mutex::new(HashMap::<u64, Vec<std::time::Instant>>::new()));
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (tries, finished) = (tries.clone(), finished.clone());
+        bus.handler("conf.h.retry")
+            .group("h")
+            .start(StartPosition::Earliest)
+            .retry(policy)
+            .run(move |env| {
+                let (tries, finished) = (tries.clone(), finished.clone());
+                async move {
+                    let n = n_of(&env);
+                    let count = {
+                        let mut t = tries.lock().unwrap();
+                        let v = t.entry(n).or_default();
+                        v.push(std::time::Instant::now());
+                        v.len()
+                    };
+                    if n <= 1 && count == 3 {
+                        finished.notify_one();
+                    }
+                    match (n, count) {
+                        (0, 3) => Ok(()),
+                        _ => Err(Error::new(ErrorCode::Timeout, "downstream slow")),
+                    }
+                }
+            })
+            .await
+            .unwrap()
+    };
+    bus.publish([numbered("conf.h.retry", 0), numbered("conf.h.retry", 1)])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+    while tries.lock().unwrap().values().map(Vec::len).sum::<usize>() < 6
+        || bus.dead_letters().group("h").await.unwrap().is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retries did not finish"
+        );
+        tokio::time::timeout(Duration::from_millis(50), finished.notified())
+            .await
+            .ok();
+    }
+    let report = handler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        (report.acked, report.dead_lettered, report.retried),
+        (1, 1, 4),
+        "{report:?}"
+    );
+    for (n, times) in tries.lock().unwrap().iter() {
+        assert_eq!(times.len(), 3, "message {n}: one try and two retries");
+        assert!(
+            times[1] - times[0] >= Duration::from_millis(20),
+            "first retry waits ≥ base × 0.5"
+        );
+        assert!(
+            times[2] - times[1] >= Duration::from_millis(40),
+            "second retry waits ≥ 2 × base × 0.5"
+        );
+    }
+    let dead = bus.dead_letters().group("h").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].code, ErrorCode::Timeout);
+    assert_eq!(dead[0].attempts, 3);
+}

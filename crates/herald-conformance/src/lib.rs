@@ -192,7 +192,8 @@ macro_rules! conformance_tests {
             durable::dead_letters_survive_a_restart,
             handlers::handler_outcomes_settle_deliveries,
             handlers::handler_keeps_per_key_order_under_concurrency,
-            handlers::handler_shutdown_never_acks_unprocessed_work
+            handlers::handler_shutdown_never_acks_unprocessed_work,
+            handlers::handler_retries_with_backoff_then_dead_letters
         );
     };
 }

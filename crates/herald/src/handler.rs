@@ -28,6 +28,7 @@ use crate::context::Context;
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 use crate::subscription::{CloseHandle, StartPosition};
 
 /// Handlers running at once, by default.
@@ -41,6 +42,7 @@ pub struct HandlerBuilder {
     group: Option<String>,
     concurrency: usize,
     start: Option<StartPosition>,
+    retry: Option<RetryPolicy>,
 }
 
 impl Bus {
@@ -76,6 +78,7 @@ impl Bus {
             group: None,
             concurrency: DEFAULT_CONCURRENCY,
             start: None,
+            retry: None,
         }
     }
 }
@@ -99,6 +102,15 @@ impl HandlerBuilder {
         self
     }
 
+    /// Retry retryable failures (and panics) by `policy`: redeliver after
+    /// the policy's backoff, and dead-letter once it gives up. Without a
+    /// policy a failure is redelivered at once, up to the transport's
+    /// `max_deliver` (keep the policy's attempts below it).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
     /// Subscribe and start handling with `handler`.
     pub async fn run<F, Fut>(self, handler: F) -> Result<Handler>
     where
@@ -111,6 +123,10 @@ impl HandlerBuilder {
             ));
         };
         crate::config::in_range("concurrency", self.concurrency, 1, 10_000)?;
+        if let Some(policy) = &self.retry {
+            policy.validate()?;
+        }
+        let retry = self.retry;
         let mut subscribe = self.bus.subscribe_raw(&self.pattern).group(group);
         if let Some(start) = self.start {
             subscribe = subscribe.start(start);
@@ -143,13 +159,37 @@ impl HandlerBuilder {
                             counts.ok.fetch_add(1, Ordering::Relaxed);
                             Outcome::Ack
                         }
-                        Err(e) if e.retryable() => {
-                            counts.retried.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Nack {
-                                delay: None,
-                                reason: Some(e.to_string()),
+                        Err(e) if e.retryable() => match retry {
+                            None => {
+                                counts.retried.fetch_add(1, Ordering::Relaxed);
+                                Outcome::Nack {
+                                    delay: None,
+                                    reason: Some(e.to_string()),
+                                }
                             }
-                        }
+                            Some(policy) => {
+                                let age = (chrono::Utc::now() - env.timestamp())
+                                    .to_std()
+                                    .unwrap_or_default();
+                                if policy.allows(env.attempt(), age) {
+                                    counts.retried.fetch_add(1, Ordering::Relaxed);
+                                    Outcome::Nack {
+                                        delay: Some(policy.delay(env.attempt() - 1)),
+                                        reason: Some(e.to_string()),
+                                    }
+                                } else {
+                                    counts.dead.fetch_add(1, Ordering::Relaxed);
+                                    Outcome::Term {
+                                        code: e.code(),
+                                        reason: format!(
+                                            "retries exhausted after {} attempts: {}",
+                                            env.attempt(),
+                                            e.message()
+                                        ),
+                                    }
+                                }
+                            }
+                        },
                         Err(e) => {
                             counts.dead.fetch_add(1, Ordering::Relaxed);
                             Outcome::Term {

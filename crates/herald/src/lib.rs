@@ -49,6 +49,7 @@ pub mod memory;
 pub mod message;
 pub mod payload;
 pub mod queue;
+pub mod retry;
 pub mod schema;
 pub mod subscription;
 pub mod topic;
