@@ -296,3 +296,36 @@ pub async fn handler_retries_with_backoff_then_dead_letters(h: &Harness) {
     assert_eq!(dead[0].code, ErrorCode::Timeout);
     assert_eq!(dead[0].attempts, 3);
 }
+
+/// A call over the handler's timeout is stopped and retried.
+pub async fn handler_timeout_is_a_retryable_failure(h: &Harness) {
+    let bus = h.bus().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (calls, done) = (calls.clone(), done.clone());
+        bus.handler("conf.h.timeout")
+            .group("h")
+            .start(StartPosition::Earliest)
+            .timeout(Duration::from_millis(50))
+            .run(move |_| {
+                let (calls, done) = (calls.clone(), done.clone());
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    done.notify_one();
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    bus.publish(numbered("conf.h.timeout", 1)).await.unwrap();
+    tokio::time::timeout(DELIVERY_WAIT, done.notified())
+        .await
+        .expect("handled on the retry");
+    let report = handler.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.acked, report.retried), (1, 1), "{report:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -193,7 +193,8 @@ macro_rules! conformance_tests {
             handlers::handler_outcomes_settle_deliveries,
             handlers::handler_keeps_per_key_order_under_concurrency,
             handlers::handler_shutdown_never_acks_unprocessed_work,
-            handlers::handler_retries_with_backoff_then_dead_letters
+            handlers::handler_retries_with_backoff_then_dead_letters,
+            handlers::handler_timeout_is_a_retryable_failure
         );
     };
 }

@@ -43,6 +43,7 @@ pub struct HandlerBuilder {
     concurrency: usize,
     start: Option<StartPosition>,
     retry: Option<RetryPolicy>,
+    timeout: Option<Duration>,
 }
 
 impl Bus {
@@ -79,6 +80,7 @@ impl Bus {
             concurrency: DEFAULT_CONCURRENCY,
             start: None,
             retry: None,
+            timeout: None,
         }
     }
 }
@@ -111,6 +113,13 @@ impl HandlerBuilder {
         self
     }
 
+    /// Give each call at most `limit`; a call that takes longer is stopped
+    /// and counts as a retryable `TIMEOUT` failure. 1 ms–1 hour.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
     /// Subscribe and start handling with `handler`.
     pub async fn run<F, Fut>(self, handler: F) -> Result<Handler>
     where
@@ -127,6 +136,10 @@ impl HandlerBuilder {
             policy.validate()?;
         }
         let retry = self.retry;
+        let timeout = self.timeout;
+        if let Some(t) = timeout {
+            crate::config::in_range("timeout", t.as_secs_f64(), 0.001, 3600.0)?;
+        }
         let mut subscribe = self.bus.subscribe_raw(&self.pattern).group(group);
         if let Some(start) = self.start {
             subscribe = subscribe.start(start);
@@ -148,8 +161,21 @@ impl HandlerBuilder {
                     let env = delivery.shared_envelope().clone();
                     let what = format!("handler of `{}`", env.topic());
                     let handled = handler(env.clone());
+                    let limited = async {
+                        match timeout {
+                            None => handled.await,
+                            Some(limit) => tokio::time::timeout(limit, handled)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(Error::new(
+                                        crate::error::ErrorCode::Timeout,
+                                        format!("handler took longer than {limit:?}"),
+                                    ))
+                                }),
+                        }
+                    };
                     let run =
-                        Context::of(&env).scope(catch_panic(&what, async { Ok(handled.await) }));
+                        Context::of(&env).scope(catch_panic(&what, async { Ok(limited.await) }));
                     // A panic is a retryable failure; the handler's own errors keep their verdict.
                     let result = run
                         .await
