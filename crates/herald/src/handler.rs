@@ -44,6 +44,25 @@ pub struct HandlerBuilder {
     start: Option<StartPosition>,
     retry: Option<RetryPolicy>,
     timeout: Option<Duration>,
+    observer: Option<Arc<dyn HandlerObserver>>,
+}
+
+/// How one handler call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerOutcome {
+    /// Handled; the message is acked.
+    Acked,
+    /// Failed retryably (or panicked, or timed out); it will be redelivered.
+    Retried,
+    /// Failed terminally or ran out of retries; it is dead-lettered.
+    DeadLettered,
+}
+
+/// Sees every handler call: what, how long, how it ended. The hook the
+/// metrics layer plugs into.
+pub trait HandlerObserver: Send + Sync + 'static {
+    /// `envelope` was handled in `elapsed` with `outcome`.
+    fn handled(&self, envelope: &Envelope, elapsed: Duration, outcome: HandlerOutcome);
 }
 
 impl Bus {
@@ -81,6 +100,7 @@ impl Bus {
             start: None,
             retry: None,
             timeout: None,
+            observer: None,
         }
     }
 }
@@ -120,6 +140,12 @@ impl HandlerBuilder {
         self
     }
 
+    /// Report every call to `observer` (duration and outcome).
+    pub fn observe(mut self, observer: impl HandlerObserver) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
     /// Subscribe and start handling with `handler`.
     pub async fn run<F, Fut>(self, handler: F) -> Result<Handler>
     where
@@ -137,6 +163,7 @@ impl HandlerBuilder {
         }
         let retry = self.retry;
         let timeout = self.timeout;
+        let observer = self.observer;
         if let Some(t) = timeout {
             crate::config::in_range("timeout", t.as_secs_f64(), 0.001, 3600.0)?;
         }
@@ -156,10 +183,12 @@ impl HandlerBuilder {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
                 };
-                let (handler, counts) = (handler.clone(), counts_loop.clone());
+                let (handler, counts, observer) =
+                    (handler.clone(), counts_loop.clone(), observer.clone());
                 running.spawn(async move {
                     let env = delivery.shared_envelope().clone();
                     let what = format!("handler of `{}`", env.topic());
+                    let began = std::time::Instant::now();
                     let handled = handler(env.clone());
                     let limited = async {
                         match timeout {
@@ -181,30 +210,22 @@ impl HandlerBuilder {
                         .await
                         .unwrap_or_else(|panic| Err(panic.with_retryable(true)));
                     let outcome = match result {
-                        Ok(()) => {
-                            counts.ok.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Ack
-                        }
+                        Ok(()) => Outcome::Ack,
                         Err(e) if e.retryable() => match retry {
-                            None => {
-                                counts.retried.fetch_add(1, Ordering::Relaxed);
-                                Outcome::Nack {
-                                    delay: None,
-                                    reason: Some(e.to_string()),
-                                }
-                            }
+                            None => Outcome::Nack {
+                                delay: None,
+                                reason: Some(e.to_string()),
+                            },
                             Some(policy) => {
                                 let age = (chrono::Utc::now() - env.timestamp())
                                     .to_std()
                                     .unwrap_or_default();
                                 if policy.allows(env.attempt(), age) {
-                                    counts.retried.fetch_add(1, Ordering::Relaxed);
                                     Outcome::Nack {
                                         delay: Some(policy.delay(env.attempt() - 1)),
                                         reason: Some(e.to_string()),
                                     }
                                 } else {
-                                    counts.dead.fetch_add(1, Ordering::Relaxed);
                                     Outcome::Term {
                                         code: e.code(),
                                         reason: format!(
@@ -216,14 +237,20 @@ impl HandlerBuilder {
                                 }
                             }
                         },
-                        Err(e) => {
-                            counts.dead.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Term {
-                                code: e.code(),
-                                reason: e.message().to_owned(),
-                            }
-                        }
+                        Err(e) => Outcome::Term {
+                            code: e.code(),
+                            reason: e.message().to_owned(),
+                        },
                     };
+                    let observed = match &outcome {
+                        Outcome::Ack => HandlerOutcome::Acked,
+                        Outcome::Nack { .. } => HandlerOutcome::Retried,
+                        Outcome::Term { .. } => HandlerOutcome::DeadLettered,
+                    };
+                    counts.add(observed);
+                    if let Some(observer) = &observer {
+                        observer.handled(&env, began.elapsed(), observed);
+                    }
                     let _ = delivery.finish(outcome).await;
                     drop(permit);
                 });
@@ -244,6 +271,17 @@ struct Counts {
     ok: AtomicU64,
     retried: AtomicU64,
     dead: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, outcome: HandlerOutcome) {
+        let counter = match outcome {
+            HandlerOutcome::Acked => &self.ok,
+            HandlerOutcome::Retried => &self.retried,
+            HandlerOutcome::DeadLettered => &self.dead,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A running handler. Dropping it without [`shutdown`](Handler::shutdown)

@@ -64,7 +64,7 @@ pub use delivery::{Delivery, Outcome};
 pub use envelope::{Envelope, Kind, Limits, Priority};
 pub use error::{Error, ErrorCode, Result};
 pub use event::Event;
-pub use handler::{Handler, HandlerBuilder, HandlerReport};
+pub use handler::{Handler, HandlerBuilder, HandlerObserver, HandlerOutcome, HandlerReport};
 pub use message::{Message, Publish};
 pub use payload::Payload;
 pub use subscription::{

@@ -83,3 +83,58 @@ async fn thousand_keys_in_order_across_eight_handlers() {
         "a key ran concurrently or out of order"
     );
 }
+
+#[tokio::test]
+async fn the_observer_sees_every_call_with_its_outcome() {
+    use herald::{Envelope, Error, ErrorCode, HandlerObserver, HandlerOutcome};
+
+    #[derive(Default, Clone)]
+    struct Seen(
+        Arc<Mutex<Vec<(u64, HandlerOutcome)>>>,
+        Arc<tokio::sync::Notify>,
+    );
+    impl HandlerObserver for Seen {
+        fn handled(&self, envelope: &Envelope, elapsed: Duration, outcome: HandlerOutcome) {
+            assert!(elapsed < Duration::from_secs(60));
+            let mut seen = self.0.lock().unwrap();
+            seen.push((envelope.decode().unwrap(), outcome));
+            if seen.len() == 4 {
+                self.1.notify_one();
+            }
+        }
+    }
+
+    let bus = Bus::memory();
+    let seen = Seen::default();
+    let handler = bus
+        .handler("observed")
+        .group("g")
+        .observe(seen.clone())
+        .run(|env| async move {
+            match (env.decode::<u64>()?, env.attempt()) {
+                (1, 1) => Err(Error::new(ErrorCode::Unavailable, "later")),
+                (2, _) => Err(Error::terminal(ErrorCode::Validation, "never")),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish([0u64, 1, 2].map(|n| Message::new("observed", Payload::json(&n).unwrap())))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), seen.1.notified())
+        .await
+        .expect("four calls");
+    handler.shutdown(Duration::from_secs(5)).await;
+    let mut got = seen.0.lock().unwrap().clone();
+    got.sort_by_key(|(n, o)| (*n, *o as u8));
+    assert_eq!(
+        got,
+        [
+            (0, HandlerOutcome::Acked),
+            (1, HandlerOutcome::Acked),
+            (1, HandlerOutcome::Retried),
+            (2, HandlerOutcome::DeadLettered)
+        ]
+    );
+}
