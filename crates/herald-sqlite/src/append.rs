@@ -50,12 +50,12 @@ pub(crate) fn priority_code(p: Priority) -> i64 {
 }
 
 /// Append `batches` (each one publish) inside the caller's open write
-/// transaction; returns each batch's seqs.
+/// transaction.
 pub(crate) async fn append(
     conn: &mut SqliteConnection,
     batches: &[&[Envelope]],
     dedupe_window_ms: i64,
-) -> Result<Vec<Vec<u64>>> {
+) -> Result<Appended> {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let all: Vec<&Envelope> = batches.iter().flat_map(|b| b.iter()).collect();
     let mut last_seq = topic_seqs(conn, &all).await?;
@@ -106,8 +106,12 @@ pub(crate) async fn append(
         out.push(seqs);
     }
     if rows.is_empty() {
-        return Ok(out);
+        return Ok(Appended {
+            seqs: out,
+            last_pos: None,
+        });
     }
+    let mut last_pos = None;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, key, kind, priority, expires_ms, envelope) ",
@@ -124,7 +128,8 @@ pub(crate) async fn append(
                 .push_bind(r.expires_ms)
                 .push_bind(&r.envelope);
         });
-        q.build().execute(&mut *conn).await.map_err(runtime_error)?;
+        let done = q.build().execute(&mut *conn).await.map_err(runtime_error)?;
+        last_pos = Some(done.last_insert_rowid());
     }
     let touched: Vec<(&String, &u64)> = last_seq.iter().collect();
     for chunk in touched.chunks(ROWS_PER_STATEMENT) {
@@ -135,7 +140,17 @@ pub(crate) async fn append(
         q.push(" ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq");
         q.build().execute(&mut *conn).await.map_err(runtime_error)?;
     }
-    Ok(out)
+    Ok(Appended {
+        seqs: out,
+        last_pos,
+    })
+}
+
+/// What [`append`] did: each batch's seqs, and the `pos` of the last event
+/// it inserted (the highest: `pos` grows with every insert), if any.
+pub(crate) struct Appended {
+    pub(crate) seqs: Vec<Vec<u64>>,
+    pub(crate) last_pos: Option<i64>,
 }
 
 struct Row {

@@ -292,8 +292,9 @@ impl SqliteConfig {
     pub(crate) fn sync_mode(&self) -> Synchronous {
         self.synchronous
     }
-    pub(crate) fn dedupe(&self) -> Duration {
-        self.dedupe_window
+    /// The dedupe window in milliseconds, as the SQL compares it.
+    pub(crate) fn dedupe_ms(&self) -> i64 {
+        self.dedupe_window.as_millis().min(i64::MAX as u128) as i64
     }
     pub(crate) fn busy(&self) -> Duration {
         self.busy_timeout

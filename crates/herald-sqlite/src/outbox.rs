@@ -42,6 +42,8 @@ use crate::store::{runtime_error, SqliteStore};
 pub struct Outbox {
     tx: Transaction<'static, Sqlite>,
     store: SqliteStore,
+    /// The `pos` of the last event this transaction appended.
+    last_pos: Option<i64>,
 }
 
 impl SqliteStore {
@@ -57,6 +59,7 @@ impl SqliteStore {
         Ok(Outbox {
             tx,
             store: self.clone(),
+            last_pos: None,
         })
     }
 
@@ -69,8 +72,9 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         batch: Vec<Envelope>,
     ) -> Result<Vec<u64>> {
-        let mut seqs = crate::append::append(conn, &[batch.as_slice()], self.dedupe_ms()).await?;
-        Ok(seqs.pop().unwrap_or_default())
+        let dedupe = self.inner.config.dedupe_ms();
+        let mut appended = crate::append::append(conn, &[batch.as_slice()], dedupe).await?;
+        Ok(appended.seqs.pop().unwrap_or_default())
     }
 
     /// Wake this process's subscribers after a commit made outside the store
@@ -86,20 +90,19 @@ impl Outbox {
     /// Append `batch` (e.g. from [`herald::Bus::prepare`]) in this
     /// transaction; returns the `seq`s it will have if the transaction commits.
     pub async fn publish(&mut self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
-        let dedupe = self.store.dedupe_ms();
-        let mut seqs = crate::append::append(&mut self.tx, &[batch.as_slice()], dedupe).await?;
-        Ok(seqs.pop().unwrap_or_default())
+        let dedupe = self.store.inner.config.dedupe_ms();
+        let mut appended = crate::append::append(&mut self.tx, &[batch.as_slice()], dedupe).await?;
+        self.last_pos = appended.last_pos.or(self.last_pos);
+        Ok(appended.seqs.pop().unwrap_or_default())
     }
 
     /// Commit the caller's statements and the events together, then wake
     /// subscribers.
-    pub async fn commit(mut self) -> Result<()> {
-        let pos: Option<i64> = sqlx::query_scalar("SELECT max(pos) FROM events")
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(runtime_error)?;
+    pub async fn commit(self) -> Result<()> {
         self.tx.commit().await.map_err(runtime_error)?;
-        self.store.inner.signals.raise(pos.unwrap_or(0));
+        if let Some(pos) = self.last_pos {
+            self.store.inner.signals.raise(pos);
+        }
         Ok(())
     }
 

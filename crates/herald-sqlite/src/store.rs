@@ -131,7 +131,7 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(&path, e))?;
         let (writer, requests) = mpsc::channel(WRITER_QUEUE);
-        let dedupe_ms = config.dedupe().as_millis().min(i64::MAX as u128) as i64;
+        let dedupe_ms = config.dedupe_ms();
         let (committed_tx, committed) = watch::channel(max_pos(readers.clone()).await?);
         let (groups_tx, groups) = watch::channel(0u64);
         let signals = Signals {
@@ -171,10 +171,6 @@ impl SqliteStore {
         };
         tokio::spawn(crate::retention::run(Arc::downgrade(&store.inner)));
         Ok(store)
-    }
-
-    pub(crate) fn dedupe_ms(&self) -> i64 {
-        self.inner.config.dedupe().as_millis().min(i64::MAX as u128) as i64
     }
 
     /// The store file.

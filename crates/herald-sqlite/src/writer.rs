@@ -89,22 +89,21 @@ pub(crate) async fn run(
             }
         }
         match commit(&mut conn, &batch, dedupe_window_ms).await {
-            Ok(results) => {
-                notify(&mut conn, &signals, &batch, &results).await;
+            Ok((results, last_pos)) => {
+                notify(&signals, &batch, &results, last_pos);
                 reply(batch, results.into_iter().map(Ok));
             }
             Err(e) if batch.len() == 1 => reply(batch, std::iter::once(Err(e))),
             Err(_) => {
                 for r in batch {
-                    let one = match commit(&mut conn, std::slice::from_ref(&r), dedupe_window_ms)
-                        .await
-                    {
-                        Ok(mut results) => {
-                            notify(&mut conn, &signals, std::slice::from_ref(&r), &results).await;
-                            Ok(results.pop().unwrap_or(Done::Nothing))
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let one =
+                        match commit(&mut conn, std::slice::from_ref(&r), dedupe_window_ms).await {
+                            Ok((mut results, last_pos)) => {
+                                notify(&signals, std::slice::from_ref(&r), &results, last_pos);
+                                Ok(results.pop().unwrap_or(Done::Nothing))
+                            }
+                            Err(e) => Err(e),
+                        };
                     reply(vec![r], std::iter::once(one));
                 }
             }
@@ -143,12 +142,7 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
 
 /// Wake readers: new events, or group state that changed (a claim that
 /// leased nothing changed nothing, and waking on it would spin).
-async fn notify(
-    conn: &mut SqliteConnection,
-    signals: &Signals,
-    batch: &[Request],
-    results: &[Done],
-) {
+fn notify(signals: &Signals, batch: &[Request], results: &[Done], last_pos: Option<i64>) {
     let groups_changed = batch.iter().zip(results).any(|(r, d)| match (r, d) {
         (Request::Settle(..), _) => true,
         (Request::Claim(..), Done::Claimed(c)) => !c.is_empty(),
@@ -157,23 +151,18 @@ async fn notify(
     if groups_changed {
         signals.groups.send_modify(|n| *n = n.wrapping_add(1));
     }
-    if !batch.iter().any(|r| matches!(r, Request::Append { .. })) {
-        return;
-    }
-    if let Ok(Some(pos)) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
-        .fetch_one(&mut *conn)
-        .await
-    {
+    if let Some(pos) = last_pos {
         signals.raise(pos);
     }
 }
 
-/// One write transaction for `batch`.
+/// One write transaction for `batch`: what each request produced, and the
+/// `pos` of the last event appended.
 async fn commit(
     conn: &mut SqliteConnection,
     batch: &[Request],
     dedupe_window_ms: i64,
-) -> Result<Vec<Done>> {
+) -> Result<(Vec<Done>, Option<i64>)> {
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
@@ -198,7 +187,7 @@ async fn write(
     conn: &mut SqliteConnection,
     batch: &[Request],
     dedupe_window_ms: i64,
-) -> Result<Vec<Done>> {
+) -> Result<(Vec<Done>, Option<i64>)> {
     let appends: Vec<&[Envelope]> = batch
         .iter()
         .filter_map(|r| match r {
@@ -206,7 +195,8 @@ async fn write(
             _ => None,
         })
         .collect();
-    let mut seqs = append(conn, &appends, dedupe_window_ms).await?.into_iter();
+    let appended = append(conn, &appends, dedupe_window_ms).await?;
+    let mut seqs = appended.seqs.into_iter();
     let mut out = Vec::with_capacity(batch.len());
     for r in batch {
         out.push(match r {
@@ -222,5 +212,5 @@ async fn write(
             }
         });
     }
-    Ok(out)
+    Ok((out, appended.last_pos))
 }

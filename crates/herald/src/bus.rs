@@ -425,8 +425,12 @@ pub(crate) fn unavailable(what: &str) -> Error {
     Error::new(ErrorCode::Unavailable, format!("{what}: the bus is closed"))
 }
 
-/// Run `fut`, turning a panic into an `INTERNAL` error naming `what`.
-pub(crate) async fn catch_panic<T>(what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+/// Run `fut`, turning a panic into an `INTERNAL` error naming `what()` (only
+/// built when there was a panic: this wraps every handler call).
+pub(crate) async fn catch_panic<T>(
+    what: impl FnOnce() -> String,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
@@ -436,7 +440,7 @@ pub(crate) async fn catch_panic<T>(what: &str, fut: impl Future<Output = Result<
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic".into());
-            Err(Error::internal(format!("{what} panicked: {msg}")))
+            Err(Error::internal(format!("{} panicked: {msg}", what())))
         }
     }
 }

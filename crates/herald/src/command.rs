@@ -194,8 +194,8 @@ impl Call {
             command.correlation_id(),
         );
         let context = Context::of(&command);
-        let what = format!("handler of command `{topic}`");
-        let handled = context.scope(catch_panic(&what, async { handler(command).await }));
+        let what = || format!("handler of command `{topic}`");
+        let handled = context.scope(catch_panic(what, async { handler(command).await }));
         let payload = match tokio::time::timeout(self.timeout, handled).await {
             Ok(Ok(payload)) => payload,
             Ok(Err(e)) => return Err(e.with_correlation_id(correlation_id)),

@@ -187,7 +187,6 @@ impl HandlerBuilder {
                     (handler.clone(), counts_loop.clone(), observer.clone());
                 running.spawn(async move {
                     let env = delivery.shared_envelope().clone();
-                    let what = format!("handler of `{}`", env.topic());
                     let began = std::time::Instant::now();
                     let handled = handler(env.clone());
                     let limited = async {
@@ -203,8 +202,10 @@ impl HandlerBuilder {
                                 }),
                         }
                     };
-                    let run =
-                        Context::of(&env).scope(catch_panic(&what, async { Ok(limited.await) }));
+                    let run = Context::of(&env).scope(catch_panic(
+                        || format!("handler of `{}`", env.topic()),
+                        async { Ok(limited.await) },
+                    ));
                     // A panic is a retryable failure; the handler's own errors keep their verdict.
                     let result = run
                         .await

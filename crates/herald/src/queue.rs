@@ -186,9 +186,7 @@ impl Queue {
         self.closed.store(true, Ordering::Release);
         self.permits.close();
         let waiters = std::mem::take(&mut self.state.lock().waiters);
-        for (_, w) in waiters {
-            w.wake();
-        }
+        wake(waiters);
     }
 
     /// Whether the queue is closed.
@@ -263,9 +261,7 @@ impl Queue {
             }
             std::mem::take(&mut st.waiters)
         };
-        for (_, w) in waiters {
-            w.wake();
-        }
+        wake(waiters);
     }
 
     /// Put a redelivery at the head of its flow and unlock the flow.
@@ -297,9 +293,7 @@ impl Queue {
             }
             std::mem::take(&mut st.waiters)
         };
-        for (_, w) in waiters {
-            w.wake();
-        }
+        wake(waiters);
     }
 
     fn unlock(&self, env: &Envelope) {
@@ -325,9 +319,7 @@ impl Queue {
             }
             std::mem::take(&mut st.waiters)
         };
-        for (_, w) in waiters {
-            w.wake();
-        }
+        wake(waiters);
     }
 
     /// Take the next deliverable event, or register `waker` for member `id`.
@@ -527,6 +519,13 @@ impl Settle for Queue {
             Outcome::Nack { delay, reason } => self.retry(envelope, delay, reason),
         }
         None
+    }
+}
+
+/// Wake the members that were waiting (outside the state lock).
+fn wake(waiters: Vec<(u64, Waker)>) {
+    for (_, w) in waiters {
+        w.wake();
     }
 }
 
