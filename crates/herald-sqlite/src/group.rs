@@ -359,6 +359,11 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
     match &s.outcome {
         Settled::Outcome(Outcome::Ack) => Ok(()),
         Settled::Released => set_state(conn, s, WAITING, attempt - 1, 0, None).await,
+        Settled::Outcome(Outcome::Defer { delay }) => {
+            let delay_ms = delay.as_millis().min(i64::MAX as u128) as i64;
+            let until = now.saturating_add(delay_ms);
+            set_state(conn, s, WAITING, attempt - 1, until, None).await
+        }
         Settled::Outcome(Outcome::Nack { delay, reason }) if attempt >= s.max_deliver as i64 => {
             let reason = format!(
                 "gave up after {attempt} attempts: {}",

@@ -7,14 +7,15 @@
 //! dispatch (see [`command`](crate::command)). It delegates appending,
 //! sequencing and delivery to a [`Transport`].
 //!
-//! It does not run consume loops; subscribers read the [`Subscription`]
-//! streams it returns.
+//! It does not run consume loops (that is [`handler`](crate::handler)) nor
+//! batch or guard publishes (that is [`publisher`](crate::publisher)).
 
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::CircuitBreaker;
 use crate::command::Commands;
 use crate::config::Config;
 use crate::delivery::BoxFuture;
@@ -23,6 +24,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::event::Event;
 use crate::memory::MemoryTransport;
 use crate::message::Publish;
+use crate::middleware::Layer;
+use crate::publisher::{Batching, Publisher};
+use crate::retry::RetryPolicy;
 use crate::subscription::{
     Filter, KindFilter, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
 };
@@ -65,6 +69,15 @@ pub(crate) struct Inner {
     pub(crate) source: Arc<str>,
     pub(crate) limits: Limits,
     pub(crate) commands: Commands,
+    pub(crate) publisher: Publisher,
+    pub(crate) handlers: HandlerDefaults,
+}
+
+/// What every handler of a bus gets unless it says otherwise.
+#[derive(Default, Clone)]
+pub(crate) struct HandlerDefaults {
+    pub(crate) layers: Vec<Arc<dyn Layer>>,
+    pub(crate) retry: Option<RetryPolicy>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -84,7 +97,11 @@ impl Bus {
 
     /// A bus on `transport` with the default [`Config`].
     pub fn new(transport: impl Transport) -> Bus {
-        Bus::from_parts(Arc::new(transport), Config::default())
+        Bus::from_parts(
+            Arc::new(transport),
+            Config::default(),
+            BusBuilder::default(),
+        )
     }
 
     /// Configure a bus: its [`Config`] and transport.
@@ -102,7 +119,13 @@ impl Bus {
         BusBuilder::default()
     }
 
-    fn from_parts(transport: Arc<dyn Transport>, config: Config) -> Bus {
+    fn from_parts(transport: Arc<dyn Transport>, config: Config, options: BusBuilder) -> Bus {
+        let publisher = Publisher::new(
+            transport.clone(),
+            options.batching,
+            options.publish_retry,
+            options.publish_breaker,
+        );
         Bus {
             inner: Arc::new(Inner {
                 transport,
@@ -110,6 +133,8 @@ impl Bus {
                 limits: config.limits(),
                 config,
                 commands: Commands::default(),
+                publisher,
+                handlers: options.handlers,
             }),
         }
     }
@@ -129,10 +154,16 @@ impl Bus {
         I::Item: Publish,
     {
         let batch = self.prepare(items)?;
+        self.append(batch).await
+    }
+
+    /// Append prepared envelopes through the publish path (batching,
+    /// retry, breaker).
+    pub(crate) async fn append(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.transport.publish(batch).await
+        self.inner.publisher.append(batch).await
     }
 
     /// The validated envelopes [`publish`](Bus::publish) would append, for
@@ -190,6 +221,13 @@ impl Bus {
     /// [`SubscribeRaw::pattern`].
     pub fn subscribe_raw(&self, pattern: impl AsRef<str>) -> SubscribeRaw {
         self.subscribe_raw_empty().pattern(pattern)
+    }
+
+    /// A raw subscription to several patterns.
+    pub(crate) fn subscribe_raw_patterns(&self, patterns: &[String]) -> SubscribeRaw {
+        patterns
+            .iter()
+            .fold(self.subscribe_raw_empty(), |raw, p| raw.pattern(p))
     }
 
     fn subscribe_raw_empty(&self) -> SubscribeRaw {
@@ -251,6 +289,10 @@ impl Bus {
 pub struct BusBuilder {
     config: Option<Config>,
     transport: Option<Arc<dyn Transport>>,
+    batching: Option<Batching>,
+    publish_retry: Option<RetryPolicy>,
+    publish_breaker: Option<CircuitBreaker>,
+    handlers: HandlerDefaults,
 }
 
 impl BusBuilder {
@@ -266,14 +308,64 @@ impl BusBuilder {
         self
     }
 
+    /// Coalesce publishes into batches (default: each publish is its own
+    /// append). See [`Batching`].
+    pub fn batching(mut self, batching: Batching) -> Self {
+        self.batching = Some(batching);
+        self
+    }
+
+    /// Retry publishes that fail with a transient transport error
+    /// (`UNAVAILABLE`, `TIMEOUT`) by `policy`.
+    pub fn publish_retry(mut self, policy: RetryPolicy) -> Self {
+        self.publish_retry = Some(policy);
+        self
+    }
+
+    /// Guard publishing with `breaker`: transient failures open it, and
+    /// while it is open a publish fails fast with `UNAVAILABLE`.
+    pub fn publish_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.publish_breaker = Some(breaker);
+        self
+    }
+
+    /// Wrap every handler of this bus in `layer` (outside the handler's own
+    /// layers).
+    ///
+    /// ```
+    /// use herald::{breaker::CircuitBreaker, Bus};
+    /// let bus = Bus::builder().layer(CircuitBreaker::default()).build().unwrap();
+    /// # drop(bus);
+    /// ```
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.handlers.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// The retry policy of handlers that do not set their own.
+    pub fn handler_retry(mut self, policy: RetryPolicy) -> Self {
+        self.handlers.retry = Some(policy);
+        self
+    }
+
     /// Validate the configuration and build the bus.
-    pub fn build(self) -> Result<Bus> {
-        let config = self.config.unwrap_or_default();
+    pub fn build(mut self) -> Result<Bus> {
+        let config = self.config.take().unwrap_or_default();
         config.validate()?;
+        if let Some(b) = &self.batching {
+            b.validate()?;
+        }
+        for policy in [&self.publish_retry, &self.handlers.retry]
+            .into_iter()
+            .flatten()
+        {
+            policy.validate()?;
+        }
         let transport = self
             .transport
+            .take()
             .unwrap_or_else(|| Arc::new(MemoryTransport::default()));
-        Ok(Bus::from_parts(transport, config))
+        Ok(Bus::from_parts(transport, config, self))
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`Delivery::nack`]: redeliver, optionally after a delay, with `attempt`
 //!   incremented; after `max_deliver` attempts the message is dead-lettered.
 //! - [`Delivery::term`]: a terminal failure, dead-lettered at once.
+//! - [`Delivery::defer`]: not now; redeliver after a delay, `attempt`
+//!   unchanged (it does not count toward `max_deliver`).
 //! - Dropping a delivery without settling it is a `nack` without delay, so an
 //!   event is never lost because a consumer forgot it (it comes back at most
 //!   `max_deliver` times and then sits in the dead-letter store).
@@ -38,6 +40,13 @@ pub enum Outcome {
         /// Why, kept with the dead letter if attempts run out.
         reason: Option<String>,
     },
+    /// Not processed, and not a failure either: redeliver after `delay`
+    /// without counting an attempt (an open circuit breaker, a paused
+    /// consumer).
+    Defer {
+        /// Wait before redelivery.
+        delay: Duration,
+    },
     /// Will never succeed: dead-letter now.
     Term {
         /// The failure's code.
@@ -56,6 +65,19 @@ pub trait Settle: Send + Sync + 'static {
         envelope: &Arc<Envelope>,
         outcome: Outcome,
     ) -> Option<BoxFuture<'static, Result<()>>>;
+
+    /// Ack `envelope` and append `effects` in one transaction, so both
+    /// happen or neither does. A transport without transactions hands the
+    /// effects back (`Err`), and the caller publishes them before acking.
+    #[allow(clippy::type_complexity)]
+    fn ack_with_effects(
+        &self,
+        envelope: &Arc<Envelope>,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
+        let _ = envelope;
+        Err(effects)
+    }
 }
 
 /// A message delivered to a subscriber. Read it through [`envelope`](Self::envelope)
@@ -108,6 +130,11 @@ impl Delivery {
         .await
     }
 
+    /// Not now: redeliver after `delay` without counting an attempt.
+    pub async fn defer(self, delay: Duration) -> Result<()> {
+        self.finish(Outcome::Defer { delay }).await
+    }
+
     /// Terminal failure: dead-letter now with `code` and `reason`.
     pub async fn term(self, code: ErrorCode, reason: impl Into<String>) -> Result<()> {
         self.finish(Outcome::Term {
@@ -115,6 +142,29 @@ impl Delivery {
             reason: reason.into(),
         })
         .await
+    }
+
+    /// Ack and publish `effects` (prepared by [`Bus::prepare`](crate::Bus::prepare))
+    /// in one transaction, where the transport has transactions (SQLite,
+    /// PostgreSQL): the returned future completes when both are durable. A
+    /// transport without them gives the delivery and the effects back; then
+    /// publish the effects with idempotency keys derived from this message
+    /// and ack after (the handler runtime does this).
+    #[allow(clippy::type_complexity)]
+    pub fn ack_with_effects(
+        mut self,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<BoxFuture<'static, Result<()>>, (Delivery, Vec<Envelope>)> {
+        let Some(settle) = self.settle.take() else {
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        };
+        match settle.ack_with_effects(&self.envelope, effects) {
+            Ok(fut) => Ok(fut),
+            Err(effects) => {
+                self.settle = Some(settle);
+                Err((self, effects))
+            }
+        }
     }
 
     /// Settle with an explicit outcome.

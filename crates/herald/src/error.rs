@@ -10,6 +10,7 @@
 //! raised; each module that validates or fails does that.
 
 use std::fmt;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -123,6 +124,7 @@ pub struct Error {
     code: ErrorCode,
     message: String,
     retryable: Option<bool>,
+    defer: Option<Duration>,
     correlation_id: Option<Uuid>,
     #[source]
     source: Option<BoxError>,
@@ -135,6 +137,7 @@ impl Error {
             code,
             message: message.into(),
             retryable: None,
+            defer: None,
             correlation_id: None,
             source: None,
         }
@@ -154,6 +157,22 @@ impl Error {
     /// the message is dead-lettered at once (DESIGN.md §4.6).
     pub fn terminal(code: ErrorCode, message: impl Into<String>) -> Self {
         Error::new(code, message).with_retryable(false)
+    }
+
+    /// Not a failure but "not now": the handler runtime hands the message
+    /// back to be redelivered after `delay` without counting an attempt or
+    /// a failure (an open circuit breaker says this). Code `UNAVAILABLE`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = herald::Error::defer(Duration::from_secs(5), "downstream is paused");
+    /// assert_eq!(err.deferred(), Some(Duration::from_secs(5)));
+    /// assert!(err.retryable());
+    /// ```
+    pub fn defer(delay: Duration, message: impl Into<String>) -> Self {
+        let mut e = Error::new(ErrorCode::Unavailable, message);
+        e.defer = Some(delay);
+        e
     }
 
     /// Attach the underlying cause.
@@ -189,6 +208,11 @@ impl Error {
         self.retryable.unwrap_or(self.code.retryable())
     }
 
+    /// For an [`Error::defer`]: how long to wait before redelivery.
+    pub fn deferred(&self) -> Option<Duration> {
+        self.defer
+    }
+
     /// The correlation id of the message being handled, when known.
     pub fn correlation_id(&self) -> Option<Uuid> {
         self.correlation_id
@@ -201,6 +225,9 @@ impl fmt::Debug for Error {
         d.field("code", &self.code).field("message", &self.message);
         if let Some(r) = self.retryable {
             d.field("retryable", &r);
+        }
+        if let Some(t) = self.defer {
+            d.field("defer", &t);
         }
         if let Some(c) = self.correlation_id {
             d.field("correlation_id", &c);

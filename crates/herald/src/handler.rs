@@ -11,13 +11,15 @@
 //! handlers finish within a deadline, and leaves the rest to be redelivered:
 //! nothing is acked unprocessed.
 //!
-//! Middleware (retry with backoff, circuit breaker, rate limits, dedupe,
-//! metrics) layers on top of this in later work; this module is the loop.
+//! The pieces around the call are layers ([`crate::middleware`]); this
+//! module owns what decides how a call settles its delivery: effects
+//! published with the ack, the retry policy, dead-lettering, deferral, the
+//! correlation context and the [`HandlerObserver`] hook.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
@@ -25,9 +27,12 @@ use tokio::task::JoinSet;
 
 use crate::bus::{catch_panic, Bus};
 use crate::context::Context;
-use crate::delivery::Outcome;
+use crate::delivery::{Delivery, Outcome};
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
+use crate::event::Event;
+use crate::message::Message;
+use crate::middleware::{Chain, Effects, Endpoint, Layer, Timeout};
 use crate::retry::RetryPolicy;
 use crate::subscription::{CloseHandle, StartPosition};
 
@@ -38,12 +43,13 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 #[must_use = "a handler starts with .run(..)"]
 pub struct HandlerBuilder {
     bus: Bus,
-    pattern: String,
+    patterns: Vec<String>,
     group: Option<String>,
     concurrency: usize,
     start: Option<StartPosition>,
     retry: Option<RetryPolicy>,
     timeout: Option<Duration>,
+    layers: Vec<Arc<dyn Layer>>,
     observer: Option<Arc<dyn HandlerObserver>>,
 }
 
@@ -56,6 +62,9 @@ pub enum HandlerOutcome {
     Retried,
     /// Failed terminally or ran out of retries; it is dead-lettered.
     DeadLettered,
+    /// Not run now (an open circuit breaker, an [`Error::defer`]); it will
+    /// be redelivered without counting an attempt.
+    Deferred,
 }
 
 /// Sees every handler call: what, how long, how it ended. The hook the
@@ -92,14 +101,47 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub fn handler(&self, pattern: &str) -> HandlerBuilder {
+        self.handler_on(vec![pattern.to_owned()])
+    }
+
+    /// Handle the typed event `E` (every variant's topic) as consumer group
+    /// `.group(..)`; start it with [`HandlerBuilder::run_typed`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::{Bus, Event, Message};
+    ///
+    /// #[derive(Event, Debug)]
+    /// enum OrderEvent { Placed { id: u64, total: u32 } }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = Bus::memory();
+    /// let handler = bus
+    ///     .handler_for::<OrderEvent>()
+    ///     .group("invoicing")
+    ///     .run_typed(|OrderEvent::Placed { id, total }: OrderEvent| async move {
+    ///         // The effect is published with the ack.
+    ///         Message::json("invoices.issued", &serde_json::json!({ "order": id, "total": total }))
+    ///     })
+    ///     .await?;
+    /// bus.publish(OrderEvent::Placed { id: 7, total: 30 }).await?;
+    /// handler.shutdown(Duration::from_secs(5)).await;
+    /// # Ok(()) }
+    /// ```
+    pub fn handler_for<E: Event>(&self) -> HandlerBuilder {
+        self.handler_on(E::TOPICS.iter().map(|t| t.to_string()).collect())
+    }
+
+    fn handler_on(&self, patterns: Vec<String>) -> HandlerBuilder {
         HandlerBuilder {
             bus: self.clone(),
-            pattern: pattern.to_owned(),
+            patterns,
             group: None,
             concurrency: DEFAULT_CONCURRENCY,
             start: None,
             retry: None,
             timeout: None,
+            layers: Vec::new(),
             observer: None,
         }
     }
@@ -146,36 +188,92 @@ impl HandlerBuilder {
         self
     }
 
+    /// Add a middleware [`Layer`] around this handler's calls (after the
+    /// bus's layers, in the order added).
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
     /// Subscribe and start handling with `handler`.
-    pub async fn run<F, Fut>(self, handler: F) -> Result<Handler>
+    ///
+    /// The handler returns its effects: `()` for none, or a [`Message`] /
+    /// `Vec<Message>` to publish. Effects are published with the ack: on a
+    /// transport with transactions in the same transaction as the offset
+    /// commit, otherwise published first with idempotency keys derived from
+    /// the handled message (so a retry cannot publish them twice) and acked
+    /// after. Effects inherit the handled message's correlation id.
+    pub async fn run<F, Fut, R>(self, handler: F) -> Result<Handler>
     where
         F: Fn(Arc<Envelope>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<()>> + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: IntoEffects,
     {
+        self.start_with(Box::new(move |env| {
+            let handled = handler(env);
+            Box::pin(async move { handled.await.map(IntoEffects::into_effects) })
+        }))
+        .await
+    }
+
+    /// Subscribe and start handling decoded typed events with `handler`
+    /// (see [`Bus::handler_for`]). An event that does not decode is
+    /// dead-lettered with `VALIDATION`.
+    pub async fn run_typed<E, F, Fut, R>(self, handler: F) -> Result<Handler>
+    where
+        E: Event,
+        F: Fn(E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: IntoEffects,
+    {
+        self.start_with(Box::new(move |env| {
+            let handled = E::from_envelope(&env)
+                .map_err(|e| Error::terminal(ErrorCode::Validation, e.message()))
+                .map(&handler);
+            Box::pin(async move { handled?.await.map(IntoEffects::into_effects) })
+        }))
+        .await
+    }
+
+    async fn start_with(self, endpoint: Endpoint) -> Result<Handler> {
         let Some(group) = self.group else {
             return Err(Error::validation(
                 "a handler needs a consumer group: .group(name)",
             ));
         };
         crate::config::in_range("concurrency", self.concurrency, 1, 10_000)?;
-        if let Some(policy) = &self.retry {
+        let retry = self.retry.or(self.bus.inner.handlers.retry);
+        if let Some(policy) = &retry {
             policy.validate()?;
         }
-        let retry = self.retry;
-        let timeout = self.timeout;
-        let observer = self.observer;
-        if let Some(t) = timeout {
+        let mut layers = self.bus.inner.handlers.layers.clone();
+        layers.extend(self.layers);
+        if let Some(t) = self.timeout {
             crate::config::in_range("timeout", t.as_secs_f64(), 0.001, 3600.0)?;
+            layers.push(Arc::new(Timeout::new(t)));
         }
-        let mut subscribe = self.bus.subscribe_raw(&self.pattern).group(group);
+        let mut subscribe = self
+            .bus
+            .subscribe_raw_patterns(&self.patterns)
+            .group(&group);
         if let Some(start) = self.start {
             subscribe = subscribe.start(start);
         }
         let mut sub = subscribe.await?;
         let close = sub.close_handle();
-        let counts = Arc::new(Counts::default());
-        let handler = Arc::new(handler);
-        let (counts_loop, limit) = (counts.clone(), Arc::new(Semaphore::new(self.concurrency)));
+        let runtime = Arc::new(Runtime {
+            chain: Arc::new(Chain {
+                group: Arc::from(group),
+                layers,
+                endpoint,
+            }),
+            bus: self.bus,
+            retry,
+            observer: self.observer,
+            counts: Counts::default(),
+        });
+        let limit = Arc::new(Semaphore::new(self.concurrency));
+        let rt = runtime.clone();
         let driver = tokio::spawn(async move {
             let mut running = JoinSet::new();
             while let Some(item) = sub.next().await {
@@ -183,76 +281,9 @@ impl HandlerBuilder {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
                 };
-                let (handler, counts, observer) =
-                    (handler.clone(), counts_loop.clone(), observer.clone());
+                let rt = rt.clone();
                 running.spawn(async move {
-                    let env = delivery.shared_envelope().clone();
-                    let began = std::time::Instant::now();
-                    let handled = handler(env.clone());
-                    let limited = async {
-                        match timeout {
-                            None => handled.await,
-                            Some(limit) => tokio::time::timeout(limit, handled)
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Err(Error::new(
-                                        crate::error::ErrorCode::Timeout,
-                                        format!("handler took longer than {limit:?}"),
-                                    ))
-                                }),
-                        }
-                    };
-                    let run = Context::of(&env).scope(catch_panic(
-                        || format!("handler of `{}`", env.topic()),
-                        async { Ok(limited.await) },
-                    ));
-                    // A panic is a retryable failure; the handler's own errors keep their verdict.
-                    let result = run
-                        .await
-                        .unwrap_or_else(|panic| Err(panic.with_retryable(true)));
-                    let outcome = match result {
-                        Ok(()) => Outcome::Ack,
-                        Err(e) if e.retryable() => match retry {
-                            None => Outcome::Nack {
-                                delay: None,
-                                reason: Some(e.to_string()),
-                            },
-                            Some(policy) => {
-                                let age = (chrono::Utc::now() - env.timestamp())
-                                    .to_std()
-                                    .unwrap_or_default();
-                                if policy.allows(env.attempt(), age) {
-                                    Outcome::Nack {
-                                        delay: Some(policy.delay(env.attempt() - 1)),
-                                        reason: Some(e.to_string()),
-                                    }
-                                } else {
-                                    Outcome::Term {
-                                        code: e.code(),
-                                        reason: format!(
-                                            "retries exhausted after {} attempts: {}",
-                                            env.attempt(),
-                                            e.message()
-                                        ),
-                                    }
-                                }
-                            }
-                        },
-                        Err(e) => Outcome::Term {
-                            code: e.code(),
-                            reason: e.message().to_owned(),
-                        },
-                    };
-                    let observed = match &outcome {
-                        Outcome::Ack => HandlerOutcome::Acked,
-                        Outcome::Nack { .. } => HandlerOutcome::Retried,
-                        Outcome::Term { .. } => HandlerOutcome::DeadLettered,
-                    };
-                    counts.add(observed);
-                    if let Some(observer) = &observer {
-                        observer.handled(&env, began.elapsed(), observed);
-                    }
-                    let _ = delivery.finish(outcome).await;
+                    rt.handle(delivery).await;
                     drop(permit);
                 });
                 while running.try_join_next().is_some() {}
@@ -262,8 +293,176 @@ impl HandlerBuilder {
         Ok(Handler {
             close,
             driver: Some(driver),
-            counts,
+            runtime,
         })
+    }
+}
+
+/// What a handler returns besides success: the messages to publish as its
+/// effects.
+pub trait IntoEffects: Send + 'static {
+    /// The messages to publish.
+    fn into_effects(self) -> Effects;
+}
+
+impl IntoEffects for () {
+    fn into_effects(self) -> Effects {
+        Effects::new()
+    }
+}
+
+impl IntoEffects for Message {
+    fn into_effects(self) -> Effects {
+        vec![self]
+    }
+}
+
+impl IntoEffects for Option<Message> {
+    fn into_effects(self) -> Effects {
+        self.into_iter().collect()
+    }
+}
+
+impl IntoEffects for Vec<Message> {
+    fn into_effects(self) -> Effects {
+        self
+    }
+}
+
+/// One running handler's shared parts.
+struct Runtime {
+    bus: Bus,
+    chain: Arc<Chain>,
+    retry: Option<RetryPolicy>,
+    observer: Option<Arc<dyn HandlerObserver>>,
+    counts: Counts,
+}
+
+impl Runtime {
+    /// Handle one delivery and settle it.
+    async fn handle(&self, delivery: Delivery) {
+        let env = delivery.shared_envelope().clone();
+        let began = Instant::now();
+        let run = Context::of(&env).scope(catch_panic(
+            || format!("handler of `{}`", env.topic()),
+            async { Ok(self.call(&env).await) },
+        ));
+        // A panic is a retryable failure; the handler's own errors keep their verdict.
+        let result = run
+            .await
+            .unwrap_or_else(|panic| Err(panic.with_retryable(true)));
+        let observed = match result {
+            Ok(effects) => match self.ack(delivery, &env, effects).await {
+                Ok(()) => HandlerOutcome::Acked,
+                Err((Some(delivery), e)) => self.fail(delivery, &env, e).await,
+                Err((None, _)) => HandlerOutcome::Retried,
+            },
+            Err(e) => self.fail(delivery, &env, e).await,
+        };
+        self.counts.add(observed);
+        if let Some(observer) = &self.observer {
+            observer.handled(&env, began.elapsed(), observed);
+        }
+    }
+
+    /// Run the chain and prepare its effects (inside the message's
+    /// correlation context, so they inherit it).
+    async fn call(&self, env: &Arc<Envelope>) -> Result<Vec<Envelope>> {
+        let effects = self.chain.start().run(env.clone()).await?;
+        if effects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut prepared = self.bus.prepare(effects)?;
+        for (i, effect) in prepared.iter_mut().enumerate() {
+            if effect.idempotency_key.is_none() {
+                effect.idempotency_key = Some(format!("{}:{}:{i}", self.chain.group, env.id()));
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Publish `effects` and ack: atomically where the transport can, else
+    /// publish first. On failure, the delivery if it is still unsettled.
+    async fn ack(
+        &self,
+        delivery: Delivery,
+        env: &Envelope,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<(), (Option<Delivery>, Error)> {
+        let delivery = if effects.is_empty() {
+            delivery
+        } else {
+            match delivery.ack_with_effects(effects) {
+                Ok(committed) => {
+                    committed.await.map_err(|e| (None, e))?;
+                    self.handled(env).await;
+                    return Ok(());
+                }
+                Err((delivery, effects)) => match self.bus.append(effects).await {
+                    Ok(_) => delivery,
+                    Err(e) => return Err((Some(delivery), e)),
+                },
+            }
+        };
+        self.handled(env).await;
+        // A failed ack leaves the message to be redelivered; the dedupe
+        // layer (if any) then skips it.
+        let _ = delivery.ack().await;
+        Ok(())
+    }
+
+    /// Tell the layers `env` is handled. A layer that cannot record it
+    /// (a dedupe store that is down) only loses the chance to skip a
+    /// redelivery, so the ack goes ahead.
+    async fn handled(&self, env: &Envelope) {
+        let _ = self.chain.handled(env).await;
+    }
+
+    /// Settle a failed call by the error's verdict and the retry policy.
+    async fn fail(&self, delivery: Delivery, env: &Envelope, e: Error) -> HandlerOutcome {
+        let (outcome, observed) = if let Some(delay) = e.deferred() {
+            (Outcome::Defer { delay }, HandlerOutcome::Deferred)
+        } else if !e.retryable() {
+            let reason = e.message().to_owned();
+            let outcome = Outcome::Term {
+                code: e.code(),
+                reason,
+            };
+            (outcome, HandlerOutcome::DeadLettered)
+        } else {
+            self.retry_or_give_up(env, e)
+        };
+        let _ = delivery.finish(outcome).await;
+        observed
+    }
+
+    fn retry_or_give_up(&self, env: &Envelope, e: Error) -> (Outcome, HandlerOutcome) {
+        let Some(policy) = self.retry else {
+            let outcome = Outcome::Nack {
+                delay: None,
+                reason: Some(e.to_string()),
+            };
+            return (outcome, HandlerOutcome::Retried);
+        };
+        let age = (chrono::Utc::now() - env.timestamp())
+            .to_std()
+            .unwrap_or_default();
+        if policy.allows(env.attempt(), age) {
+            let outcome = Outcome::Nack {
+                delay: Some(policy.delay(env.attempt() - 1)),
+                reason: Some(e.to_string()),
+            };
+            return (outcome, HandlerOutcome::Retried);
+        }
+        let outcome = Outcome::Term {
+            code: e.code(),
+            reason: format!(
+                "retries exhausted after {} attempts: {}",
+                env.attempt(),
+                e.message()
+            ),
+        };
+        (outcome, HandlerOutcome::DeadLettered)
     }
 }
 
@@ -272,6 +471,7 @@ struct Counts {
     ok: AtomicU64,
     retried: AtomicU64,
     dead: AtomicU64,
+    deferred: AtomicU64,
 }
 
 impl Counts {
@@ -280,6 +480,7 @@ impl Counts {
             HandlerOutcome::Acked => &self.ok,
             HandlerOutcome::Retried => &self.retried,
             HandlerOutcome::DeadLettered => &self.dead,
+            HandlerOutcome::Deferred => &self.deferred,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -291,12 +492,14 @@ impl Counts {
 pub struct Handler {
     close: CloseHandle,
     driver: Option<tokio::task::JoinHandle<JoinSet<()>>>,
-    counts: Arc<Counts>,
+    runtime: Arc<Runtime>,
 }
 
-impl std::fmt::Debug for Counts {
+impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counts").finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("group", &self.chain.group)
+            .finish_non_exhaustive()
     }
 }
 
@@ -307,8 +510,11 @@ pub struct HandlerReport {
     pub acked: u64,
     /// Failures handed back for redelivery (retryable errors and panics).
     pub retried: u64,
-    /// Messages dead-lettered on a terminal error.
+    /// Messages dead-lettered on a terminal error or after their retries.
     pub dead_lettered: u64,
+    /// Messages handed back unprocessed, to come again without counting an
+    /// attempt (an open circuit breaker).
+    pub deferred: u64,
     /// In-flight handlers still running at the deadline, stopped unsettled:
     /// their messages will be redelivered.
     pub abandoned: usize,
@@ -333,10 +539,12 @@ impl Handler {
                 while running.join_next().await.is_some() {}
             }
         }
+        let counts = &self.runtime.counts;
         HandlerReport {
-            acked: self.counts.ok.load(Ordering::Relaxed),
-            retried: self.counts.retried.load(Ordering::Relaxed),
-            dead_lettered: self.counts.dead.load(Ordering::Relaxed),
+            acked: counts.ok.load(Ordering::Relaxed),
+            retried: counts.retried.load(Ordering::Relaxed),
+            dead_lettered: counts.dead.load(Ordering::Relaxed),
+            deferred: counts.deferred.load(Ordering::Relaxed),
             abandoned,
         }
     }

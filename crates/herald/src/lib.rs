@@ -35,11 +35,13 @@
 // crate's own doc tests and unit tests.
 extern crate self as herald;
 
+pub mod breaker;
 pub mod bus;
 pub mod command;
 pub mod config;
 pub mod context;
 pub mod dead_letter;
+pub mod dedupe;
 pub mod delivery;
 pub mod envelope;
 pub mod error;
@@ -47,8 +49,11 @@ pub mod event;
 pub mod handler;
 pub mod memory;
 pub mod message;
+pub mod middleware;
 pub mod payload;
+pub mod publisher;
 pub mod queue;
+pub mod rate_limit;
 pub mod retry;
 pub mod schema;
 pub mod subscription;
@@ -64,7 +69,9 @@ pub use delivery::{Delivery, Outcome};
 pub use envelope::{Envelope, Kind, Limits, Priority};
 pub use error::{Error, ErrorCode, Result};
 pub use event::Event;
-pub use handler::{Handler, HandlerBuilder, HandlerObserver, HandlerOutcome, HandlerReport};
+pub use handler::{
+    Handler, HandlerBuilder, HandlerObserver, HandlerOutcome, HandlerReport, IntoEffects,
+};
 pub use message::{Message, Publish};
 pub use payload::Payload;
 pub use subscription::{

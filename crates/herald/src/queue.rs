@@ -440,7 +440,11 @@ impl Queue {
             .or_insert_with(Utc::now);
         let mut again = Envelope::clone(envelope);
         again.attempt += 1;
-        let again = Arc::new(again);
+        self.redeliver(Arc::new(again), delay, locks);
+    }
+
+    /// Put `again` back at the front of its flow, after `delay` if any.
+    fn redeliver(&self, again: Arc<Envelope>, delay: Option<Duration>, locks: bool) {
         match delay.filter(|d| !d.is_zero()) {
             None => self.push_front(again, locks),
             Some(delay) => {
@@ -517,6 +521,7 @@ impl Settle for Queue {
                 }
             }
             Outcome::Nack { delay, reason } => self.retry(envelope, delay, reason),
+            Outcome::Defer { delay } => self.redeliver(envelope.clone(), Some(delay), locks),
         }
         None
     }

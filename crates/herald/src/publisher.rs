@@ -1,0 +1,242 @@
+//! The publish path between [`Bus::publish`](crate::Bus::publish) and the
+//! transport: auto-batching, retry and the circuit breaker.
+//!
+//! Owns [`Batching`] (coalesce publishes that arrive within a window into
+//! one transport append, each caller still getting its own `seq`s or error)
+//! and the guard of DESIGN.md §6: transient transport errors (`UNAVAILABLE`,
+//! `TIMEOUT`) are retried by a [`RetryPolicy`], and an open
+//! [`CircuitBreaker`] fails a publish fast with `UNAVAILABLE`. Retrying is
+//! safe because a retried batch keeps its envelope ids, which the
+//! transport's idempotency-key dedupe recognises. Validation happens before
+//! this, in the bus; this module never sees a bad envelope.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::breaker::CircuitBreaker;
+use crate::config::in_range;
+use crate::envelope::Envelope;
+use crate::error::{Error, ErrorCode, Result};
+use crate::retry::RetryPolicy;
+use crate::transport::Transport;
+
+/// Auto-batching of publishes: publishes that arrive while a batch is open
+/// go to the transport as one append.
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::{Bus, Message};
+/// use herald::publisher::Batching;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let bus = Bus::builder()
+///     .batching(Batching::default().max_wait(Duration::from_millis(2)).max_events(500))
+///     .build()?;
+/// // Still one publish for any arity; each caller gets its own seqs.
+/// let (a, b) = tokio::join!(
+///     bus.publish(Message::json("a.b", &1)?),
+///     bus.publish(Message::json("a.b", &2)?),
+/// );
+/// assert_ne!(a?, b?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    max_wait: Duration,
+    max_events: usize,
+}
+
+/// How long a batch stays open for more publishes, by default.
+pub const DEFAULT_BATCH_MAX_WAIT: Duration = Duration::from_millis(1);
+/// Events that close a batch at once, by default.
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 1000;
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_wait: DEFAULT_BATCH_MAX_WAIT,
+            max_events: DEFAULT_BATCH_MAX_EVENTS,
+        }
+    }
+}
+
+impl Batching {
+    /// Keep a batch open up to `wait` after its first publish, 0–1 s (0:
+    /// take only what is already waiting).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// Close a batch once it holds `n` events, 1–100,000.
+    pub fn max_events(mut self, n: usize) -> Self {
+        self.max_events = n;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        in_range("batch max_wait", self.max_wait.as_secs_f64(), 0.0, 1.0)?;
+        in_range("batch max_events", self.max_events, 1, 100_000)
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<u64>>>;
+
+/// Where a validated batch goes: straight to the transport or through the
+/// batcher, guarded by retry and breaker.
+pub(crate) struct Publisher {
+    transport: Arc<dyn Transport>,
+    batching: Option<Batching>,
+    /// The batcher task's inbox, started by the first publish (a bus may be
+    /// built outside a runtime).
+    batcher: OnceLock<mpsc::Sender<(Vec<Envelope>, Reply)>>,
+    retry: Option<RetryPolicy>,
+    breaker: Option<CircuitBreaker>,
+}
+
+impl Publisher {
+    pub(crate) fn new(
+        transport: Arc<dyn Transport>,
+        batching: Option<Batching>,
+        retry: Option<RetryPolicy>,
+        breaker: Option<CircuitBreaker>,
+    ) -> Publisher {
+        Publisher {
+            transport,
+            batching,
+            batcher: OnceLock::new(),
+            retry,
+            breaker,
+        }
+    }
+
+    /// Append `batch` (validated, non-empty), returning each event's `seq`.
+    pub(crate) async fn append(&self, mut batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        if self.retry.is_none() && self.breaker.is_none() {
+            return self.once(batch).await;
+        }
+        let mut attempt = 0;
+        loop {
+            let permit = match &self.breaker {
+                Some(b) => Some(b.try_acquire().map_err(|wait| {
+                    Error::new(
+                        ErrorCode::Unavailable,
+                        format!("publish circuit breaker is open; retry in {wait:?}"),
+                    )
+                })?),
+                None => None,
+            };
+            let again = self.retry.is_some().then(|| batch.clone());
+            let result = self.once(batch).await;
+            let transient = matches!(&result, Err(e) if is_transient(e));
+            if let Some(permit) = permit {
+                if transient {
+                    permit.failed();
+                } else {
+                    permit.succeeded();
+                }
+            }
+            attempt += 1;
+            match (result, self.retry, again) {
+                (Err(_), Some(policy), Some(again))
+                    if transient && policy.allows(attempt, Duration::ZERO) =>
+                {
+                    tokio::time::sleep(policy.delay(attempt - 1)).await;
+                    batch = again;
+                }
+                (result, ..) => return result,
+            }
+        }
+    }
+
+    async fn once(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        let Some(options) = self.batching else {
+            return self.transport.publish(batch).await;
+        };
+        let batcher = self.batcher.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(options.max_events.max(64));
+            tokio::spawn(coalesce(self.transport.clone(), rx, options));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        if batcher.send((batch, reply)).await.is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn is_transient(e: &Error) -> bool {
+    matches!(e.code(), ErrorCode::Unavailable | ErrorCode::Timeout)
+}
+
+fn stopped() -> Error {
+    Error::new(ErrorCode::Unavailable, "the publish batcher has stopped")
+}
+
+/// The batcher task: gather publishes for up to `max_wait` or `max_events`,
+/// append them together, and answer each caller with its own part.
+async fn coalesce(
+    transport: Arc<dyn Transport>,
+    mut requests: mpsc::Receiver<(Vec<Envelope>, Reply)>,
+    options: Batching,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut count = first.0.len();
+        let mut waiting = vec![first];
+        let deadline = tokio::time::Instant::now() + options.max_wait;
+        while count < options.max_events {
+            let next = if options.max_wait.is_zero() {
+                requests.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline, requests.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let Some(request) = next else { break };
+            count += request.0.len();
+            waiting.push(request);
+        }
+        append_together(&*transport, waiting, count).await;
+    }
+}
+
+/// One append for all of `waiting`; if it fails, each caller's batch alone,
+/// so no caller fails for another's batch.
+async fn append_together(
+    transport: &dyn Transport,
+    waiting: Vec<(Vec<Envelope>, Reply)>,
+    count: usize,
+) {
+    if waiting.len() == 1 {
+        let (batch, reply) = waiting.into_iter().next().expect("one request");
+        let _ = reply.send(transport.publish(batch).await);
+        return;
+    }
+    let mut sizes = Vec::with_capacity(waiting.len());
+    let mut all = Vec::with_capacity(count);
+    let mut replies = Vec::with_capacity(waiting.len());
+    for (batch, reply) in waiting {
+        sizes.push(batch.len());
+        replies.push(reply);
+        all.extend(batch);
+    }
+    let retry_alone = all.clone();
+    match transport.publish(all).await {
+        Ok(seqs) => {
+            let mut seqs = seqs.into_iter();
+            for (n, reply) in sizes.into_iter().zip(replies) {
+                let _ = reply.send(Ok(seqs.by_ref().take(n).collect()));
+            }
+        }
+        Err(_) => {
+            let mut events = retry_alone.into_iter();
+            for (n, reply) in sizes.into_iter().zip(replies) {
+                let batch: Vec<Envelope> = events.by_ref().take(n).collect();
+                let _ = reply.send(transport.publish(batch).await);
+            }
+        }
+    }
+}
