@@ -28,6 +28,7 @@ pub mod handlers;
 pub mod history;
 pub mod lifecycle;
 pub mod limits;
+pub mod middleware;
 pub mod redelivery;
 mod support;
 
@@ -194,7 +195,11 @@ macro_rules! conformance_tests {
             handlers::handler_keeps_per_key_order_under_concurrency,
             handlers::handler_shutdown_never_acks_unprocessed_work,
             handlers::handler_retries_with_backoff_then_dead_letters,
-            handlers::handler_timeout_is_a_retryable_failure
+            handlers::handler_timeout_is_a_retryable_failure,
+            middleware::effects_are_published_once_despite_a_lost_ack,
+            middleware::dedupe_skips_redelivered_messages_that_already_ran,
+            middleware::open_breaker_defers_and_loses_nothing,
+            middleware::per_key_rate_limit_spaces_calls_of_one_key
         );
     };
 }

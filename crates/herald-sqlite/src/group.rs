@@ -29,6 +29,7 @@ use herald::{
 use sqlx::SqliteConnection;
 use tokio::sync::{oneshot, Notify};
 
+use crate::append::append;
 use crate::store::{decode_stored, runtime_error, Inner};
 use crate::writer::Request;
 
@@ -84,6 +85,8 @@ pub(crate) struct Settlement {
     pub(crate) pos: i64,
     pub(crate) outcome: Settled,
     pub(crate) max_deliver: u32,
+    /// Events to append in the same transaction if this ack applies.
+    pub(crate) effects: Vec<Envelope>,
 }
 
 pub(crate) enum Settled {
@@ -326,12 +329,17 @@ async fn register(
 }
 
 /// Record a settlement; one that comes after the lease ran out and the event
-/// was claimed again (by anyone) is stale and ignored.
-pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Result<()> {
+/// was claimed again (by anyone) is stale and ignored, effects and all (the
+/// new claimer produces them). Returns the `pos` of the last effect appended.
+pub(crate) async fn settle(
+    conn: &mut SqliteConnection,
+    s: &Settlement,
+    dedupe_window_ms: i64,
+) -> Result<Option<i64>> {
     let attempt = s.envelope.attempt() as i64;
     if let Settled::Outcome(Outcome::Ack) = s.outcome {
         // The common case in one statement: settle only our current lease.
-        sqlx::query(
+        let acked = sqlx::query(
             "UPDATE deliveries SET state = ? WHERE grp = ? AND pos = ? AND state = ? AND attempt = ? AND owner = ?",
         )
         .bind(SETTLED)
@@ -343,7 +351,11 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;
-        return Ok(());
+        if acked.rows_affected() == 0 || s.effects.is_empty() {
+            return Ok(None);
+        }
+        let appended = append(conn, &[&s.effects], dedupe_window_ms).await?;
+        return Ok(appended.last_pos);
     }
     let current: Option<(i64, i64, Option<String>)> =
         sqlx::query_as("SELECT state, attempt, owner FROM deliveries WHERE grp = ? AND pos = ?")
@@ -353,10 +365,10 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
             .await
             .map_err(runtime_error)?;
     if current != Some((IN_FLIGHT, attempt, Some(s.member.clone()))) {
-        return Ok(());
+        return Ok(None);
     }
     let now = chrono::Utc::now().timestamp_millis();
-    match &s.outcome {
+    let done = match &s.outcome {
         Settled::Outcome(Outcome::Ack) => Ok(()),
         Settled::Released => set_state(conn, s, WAITING, attempt - 1, 0, None).await,
         Settled::Outcome(Outcome::Defer { delay }) => {
@@ -406,7 +418,8 @@ pub(crate) async fn settle(conn: &mut SqliteConnection, s: &Settlement) -> Resul
             )
             .await
         }
-    }
+    };
+    done.map(|()| None)
 }
 
 /// Update a delivery; `failed_at` records the first failure if none is yet.
@@ -573,11 +586,19 @@ impl Member {
     /// Hand back events claimed but never delivered.
     async fn release(&self, buffered: VecDeque<(i64, Envelope)>) {
         for (pos, env) in buffered {
-            let _ = self.settle(pos, Arc::new(env), Settled::Released).await;
+            let _ = self
+                .settle(pos, Arc::new(env), Settled::Released, Vec::new())
+                .await;
         }
     }
 
-    async fn settle(&self, pos: i64, envelope: Arc<Envelope>, outcome: Settled) -> Result<()> {
+    async fn settle(
+        &self,
+        pos: i64,
+        envelope: Arc<Envelope>,
+        outcome: Settled,
+        effects: Vec<Envelope>,
+    ) -> Result<()> {
         let (reply, done) = oneshot::channel();
         let settlement = Settlement {
             group: self.group.clone(),
@@ -586,6 +607,7 @@ impl Member {
             pos,
             outcome,
             max_deliver: self.inner.config.deliveries(),
+            effects,
         };
         self.inner
             .writer
@@ -612,15 +634,49 @@ impl Settle for Lease {
         let (pos, envelope) = (self.pos, envelope.clone());
         Some(Box::pin(async move {
             member
-                .settle(pos, envelope, Settled::Outcome(outcome))
+                .settle(pos, envelope, Settled::Outcome(outcome), Vec::new())
+                .await
+        }))
+    }
+
+    /// The ack and the effects go to the writer as one request, so they
+    /// commit in one transaction.
+    fn ack_with_effects(
+        &self,
+        envelope: &Arc<Envelope>,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
+        let member = self.member.clone();
+        let (pos, envelope) = (self.pos, envelope.clone());
+        Ok(Box::pin(async move {
+            member
+                .settle(pos, envelope, Settled::Outcome(Outcome::Ack), effects)
                 .await
         }))
     }
 }
 
-/// Where event `seq` of `topic` stands for `group` (read-only).
+/// Where event `seq` of `topic` stands for `group` (read-only). The reads
+/// share one snapshot: a settle that advances the cursor and deletes the
+/// settled rows between two of them would otherwise read as `Pending`.
 pub(crate) async fn delivery_state(
     pool: sqlx::SqlitePool,
+    topic: herald::Topic,
+    seq: u64,
+    group: String,
+) -> Result<herald::DeliveryState> {
+    let mut conn = pool.acquire().await.map_err(runtime_error)?;
+    sqlx::query("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let state = read_delivery_state(&mut conn, topic, seq, group).await;
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    state
+}
+
+async fn read_delivery_state(
+    conn: &mut SqliteConnection,
     topic: herald::Topic,
     seq: u64,
     group: String,
@@ -630,9 +686,11 @@ pub(crate) async fn delivery_state(
     let pos: Option<i64> = sqlx::query_scalar("SELECT pos FROM events WHERE topic = ? AND seq = ?")
         .bind(topic.as_str())
         .bind(seq.min(i64::MAX as u64) as i64)
-        .fetch_optional(&pool)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(runtime_error)?;
+        .map_err(runtime_error)?
+        .into_iter()
+        .next();
     let Some(pos) = pos else {
         return Err(not_found(format!(
             "`{topic}` has no event {seq} (never, or deleted by retention)"
@@ -640,9 +698,11 @@ pub(crate) async fn delivery_state(
     };
     let cursor: Option<i64> = sqlx::query_scalar("SELECT cursor FROM groups WHERE name = ?")
         .bind(&group)
-        .fetch_optional(&pool)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(runtime_error)?;
+        .map_err(runtime_error)?
+        .into_iter()
+        .next();
     let Some(cursor) = cursor else {
         return Err(not_found(format!("no consumer group {group:?}")));
     };
@@ -652,9 +712,11 @@ pub(crate) async fn delivery_state(
     .bind(&group)
     .bind(topic.as_str())
     .bind(seq as i64)
-    .fetch_optional(&pool)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(runtime_error)?;
+    .map_err(runtime_error)?
+    .into_iter()
+    .next();
     if dead.is_some() {
         return Ok(DeliveryState::DeadLettered);
     }
@@ -666,9 +728,11 @@ pub(crate) async fn delivery_state(
     )
     .bind(&group)
     .bind(pos)
-    .fetch_optional(&pool)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(runtime_error)?;
+    .map_err(runtime_error)?
+    .into_iter()
+    .next();
     let now = chrono::Utc::now().timestamp_millis();
     Ok(match row {
         Some((IN_FLIGHT, attempt, until)) if until > now => DeliveryState::InFlight {

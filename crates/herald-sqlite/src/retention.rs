@@ -48,9 +48,12 @@ impl SqliteStore {
                 )
                 .bind(topic)
                 .bind(before)
-                .fetch_one(&self.inner.readers)
+                .fetch_all(&self.inner.readers)
                 .await
                 .map_err(runtime_error)?
+                .into_iter()
+                .flatten()
+                .next()
                 .unwrap_or(0)
             }
         };

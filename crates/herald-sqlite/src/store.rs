@@ -216,9 +216,11 @@ impl SqliteStore {
     pub async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
         let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM topics WHERE name = ?")
             .bind(topic.as_str())
-            .fetch_optional(&self.inner.readers)
+            .fetch_all(&self.inner.readers)
             .await
-            .map_err(runtime_error)?;
+            .map_err(runtime_error)?
+            .into_iter()
+            .next();
         Ok(seq.map(|s| s as u64))
     }
 
@@ -293,11 +295,11 @@ fn connect_options(config: &SqliteConfig) -> SqliteConnectOptions {
 }
 
 pub(crate) async fn max_pos(pool: SqlitePool) -> Result<i64> {
-    let pos: Option<i64> = sqlx::query_scalar("SELECT max(pos) FROM events")
-        .fetch_one(&pool)
+    let pos: Vec<Option<i64>> = sqlx::query_scalar("SELECT max(pos) FROM events")
+        .fetch_all(&pool)
         .await
         .map_err(runtime_error)?;
-    Ok(pos.unwrap_or(0))
+    Ok(pos.into_iter().flatten().next().unwrap_or(0))
 }
 
 /// Wake readers for commits made by other processes: `PRAGMA data_version`
@@ -316,9 +318,10 @@ async fn watch_other_processes(pool: SqlitePool, signals: Signals, every: std::t
             conn = pool.acquire().await.ok();
         }
         let Some(c) = conn.as_mut() else { continue };
-        let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-            .fetch_one(&mut **c)
+        let Ok(Some(version)) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_all(&mut **c)
             .await
+            .map(|v| v.into_iter().next())
         else {
             conn = None;
             continue;
@@ -327,8 +330,9 @@ async fn watch_other_processes(pool: SqlitePool, signals: Signals, every: std::t
             signals.groups.send_modify(|n| *n = n.wrapping_add(1));
             if let Ok(Some(pos)) =
                 sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
-                    .fetch_one(&mut **c)
+                    .fetch_all(&mut **c)
                     .await
+                    .map(|v| v.into_iter().flatten().next())
             {
                 signals.committed.send_if_modified(|current| {
                     let newer = pos > *current;

@@ -35,6 +35,7 @@ impl Request {
     fn weight(&self) -> usize {
         match self {
             Request::Append { batch, .. } => batch.len(),
+            Request::Settle(settlement, _) => 1 + settlement.effects.len(),
             _ => 1,
         }
     }
@@ -196,6 +197,7 @@ async fn write(
         })
         .collect();
     let appended = append(conn, &appends, dedupe_window_ms).await?;
+    let mut last_pos = appended.last_pos;
     let mut seqs = appended.seqs.into_iter();
     let mut out = Vec::with_capacity(batch.len());
     for r in batch {
@@ -207,10 +209,11 @@ async fn write(
             }
             Request::Claim(claim, _) => Done::Claimed(group::claim(conn, claim).await?),
             Request::Settle(settlement, _) => {
-                group::settle(conn, settlement).await?;
+                let effects = group::settle(conn, settlement, dedupe_window_ms).await?;
+                last_pos = last_pos.max(effects);
                 Done::Nothing
             }
         });
     }
-    Ok((out, appended.last_pos))
+    Ok((out, last_pos))
 }

@@ -139,6 +139,22 @@ impl Bus {
         }
     }
 
+    /// This bus's options on another transport (a wrapper of this one).
+    pub(crate) fn with_transport(&self, transport: Arc<dyn Transport>) -> Bus {
+        let i = &self.inner;
+        Bus {
+            inner: Arc::new(Inner {
+                publisher: i.publisher.on(transport.clone()),
+                transport,
+                config: i.config.clone(),
+                source: i.source.clone(),
+                limits: i.limits,
+                commands: Commands::default(),
+                handlers: i.handlers.clone(),
+            }),
+        }
+    }
+
     /// Publish one message, typed event or envelope, or many (anything
     /// iterable), and return each one's `seq` in order.
     ///

@@ -49,6 +49,7 @@ pub struct HandlerBuilder {
     start: Option<StartPosition>,
     retry: Option<RetryPolicy>,
     timeout: Option<Duration>,
+    ack_wait: Option<Duration>,
     layers: Vec<Arc<dyn Layer>>,
     observer: Option<Arc<dyn HandlerObserver>>,
 }
@@ -141,6 +142,7 @@ impl Bus {
             start: None,
             retry: None,
             timeout: None,
+            ack_wait: None,
             layers: Vec::new(),
             observer: None,
         }
@@ -163,6 +165,13 @@ impl HandlerBuilder {
     /// Where a new group starts (default from the bus's config).
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = Some(start);
+        self
+    }
+
+    /// How long a delivery may go unsettled before it is redelivered
+    /// (default from the bus's config); keep it above the slowest call.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = Some(wait);
         self
     }
 
@@ -258,6 +267,9 @@ impl HandlerBuilder {
             .group(&group);
         if let Some(start) = self.start {
             subscribe = subscribe.start(start);
+        }
+        if let Some(wait) = self.ack_wait {
+            subscribe = subscribe.ack_wait(wait);
         }
         let mut sub = subscribe.await?;
         let close = sub.close_handle();

@@ -57,6 +57,7 @@ pub mod rate_limit;
 pub mod retry;
 pub mod schema;
 pub mod subscription;
+pub mod testing;
 pub mod topic;
 pub mod transport;
 

@@ -111,6 +111,11 @@ impl Publisher {
         }
     }
 
+    /// The same options in front of `transport`.
+    pub(crate) fn on(&self, transport: Arc<dyn Transport>) -> Publisher {
+        Publisher::new(transport, self.batching, self.retry, self.breaker.clone())
+    }
+
     /// Append `batch` (validated, non-empty), returning each event's `seq`.
     pub(crate) async fn append(&self, mut batch: Vec<Envelope>) -> Result<Vec<u64>> {
         if self.retry.is_none() && self.breaker.is_none() {

@@ -1,0 +1,227 @@
+//! Handler middleware and effects on each transport: effects published
+//! once with the ack, dedupe of redeliveries, an open breaker deferring
+//! without losing anything, per-key rate limits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald::breaker::{BreakerState, CircuitBreaker};
+use herald::dedupe::{Dedupe, MemoryDedupe};
+use herald::rate_limit::RateLimit;
+use herald::testing::{FaultLayer, Faults};
+use herald::{
+    DeliveryState, Envelope, ErrorCode, HandlerObserver, HandlerOutcome, Message, StartPosition,
+};
+use tokio::sync::watch;
+
+use crate::support::{numbered, DELIVERY_WAIT};
+use crate::Harness;
+
+fn n_of(env: &Envelope) -> u64 {
+    env.decode::<serde_json::Value>().unwrap()["n"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Counts observed outcomes on a watch channel, to wait on without sleeping.
+#[derive(Clone)]
+struct Tally(Arc<watch::Sender<HashMap<&'static str, u64>>>);
+
+impl Tally {
+    fn new() -> Self {
+        Tally(Arc::new(watch::Sender::new(HashMap::new())))
+    }
+
+    async fn until(&self, what: &'static str, n: u64) {
+        let mut rx = self.0.subscribe();
+        let reached = rx.wait_for(|t| t.get(what).copied().unwrap_or(0) >= n);
+        tokio::time::timeout(DELIVERY_WAIT, reached)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} `{what}` within {DELIVERY_WAIT:?}"))
+            .expect("tally");
+    }
+}
+
+impl HandlerObserver for Tally {
+    fn handled(&self, _envelope: &Envelope, _elapsed: Duration, outcome: HandlerOutcome) {
+        let what = match outcome {
+            HandlerOutcome::Acked => "acked",
+            HandlerOutcome::Retried => "retried",
+            HandlerOutcome::DeadLettered => "dead",
+            HandlerOutcome::Deferred => "deferred",
+        };
+        self.0.send_modify(|t| *t.entry(what).or_default() += 1);
+    }
+}
+
+/// A handler's effects are published with its ack and inherit its
+/// correlation; when the ack is lost and the message runs again, the
+/// effects still appear once.
+pub async fn effects_are_published_once_despite_a_lost_ack(h: &Harness) {
+    let faults = Faults::new();
+    let bus = faults.wrap_bus(&h.bus().await);
+    let tally = Tally::new();
+    let mut out = bus
+        .subscribe_raw("conf.fx.out")
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    let handler =
+        bus.handler("conf.fx.in")
+            .group("fx")
+            .start(StartPosition::Earliest)
+            .ack_wait(Duration::from_millis(500))
+            .observe(tally.clone())
+            .run(|env| async move {
+                Message::json("conf.fx.out", &serde_json::json!({ "n": n_of(&env) }))
+            })
+            .await
+            .unwrap();
+    faults.lose_acks(1);
+    let inputs: Vec<_> = (0..5).map(|i| numbered("conf.fx.in", i)).collect();
+    bus.publish(inputs).await.unwrap();
+    tally.until("acked", 6).await;
+    for seq in 1..=5 {
+        let state = bus.delivery_state("conf.fx.in", seq, "fx").await.unwrap();
+        assert_eq!(state, DeliveryState::Acked);
+    }
+    handler.shutdown(DELIVERY_WAIT).await;
+    assert_eq!(
+        bus.last_seq("conf.fx.out").await.unwrap(),
+        Some(5),
+        "one effect per input, none twice"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let d = crate::recv(&mut out).await;
+        seen.push(n_of(&d));
+        assert!(d.causation_id().is_some(), "an effect names its cause");
+        d.ack().await.unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+}
+
+/// With dedupe, a message redelivered after its handler already ran (its
+/// ack was lost) is acked without running again.
+pub async fn dedupe_skips_redelivered_messages_that_already_ran(h: &Harness) {
+    let faults = Faults::new();
+    let bus = faults.wrap_bus(&h.bus().await);
+    let tally = Tally::new();
+    let runs = Arc::new(Mutex::new(HashMap::<u64, u32>::new()));
+    let handler = {
+        let runs = runs.clone();
+        bus.handler("conf.dd")
+            .group("dd")
+            .start(StartPosition::Earliest)
+            .layer(Dedupe::new(MemoryDedupe::default()))
+            .observe(tally.clone())
+            .run(move |env| {
+                *runs.lock().unwrap().entry(n_of(&env)).or_default() += 1;
+                async { Ok(()) }
+            })
+            .await
+            .unwrap()
+    };
+    faults.lose_acks(2);
+    let inputs: Vec<_> = (0..4).map(|i| numbered("conf.dd", i)).collect();
+    bus.publish(inputs).await.unwrap();
+    tally.until("acked", 6).await;
+    handler.shutdown(DELIVERY_WAIT).await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 4);
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "each message ran once: {runs:?}"
+    );
+}
+
+/// Failures open the breaker; while it is open messages are deferred —
+/// not counted as attempts, not dead-lettered — and all are handled once
+/// it closes.
+pub async fn open_breaker_defers_and_loses_nothing(h: &Harness) {
+    let bus = h.bus().await;
+    let breaker = CircuitBreaker::builder()
+        .threshold(2)
+        .reset_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let mut states = breaker.watch();
+    let tally = Tally::new();
+    let handler = bus
+        .handler("conf.cb")
+        .group("cb")
+        .start(StartPosition::Earliest)
+        .concurrency(1)
+        .layer(breaker.clone())
+        .layer(FaultLayer::new().fail(3, ErrorCode::Unavailable))
+        .observe(tally.clone())
+        .run(|_env| async { Ok(()) })
+        .await
+        .unwrap();
+    let inputs: Vec<_> = (0..6).map(|i| numbered("conf.cb", i)).collect();
+    bus.publish(inputs).await.unwrap();
+    tokio::time::timeout(DELIVERY_WAIT, states.wait_for(|s| *s == BreakerState::Open))
+        .await
+        .expect("the breaker opens")
+        .unwrap();
+    tally.until("acked", 6).await;
+    let report = handler.shutdown(DELIVERY_WAIT).await;
+    assert_eq!(report.acked, 6);
+    assert_eq!(report.dead_lettered, 0);
+    assert_eq!(report.retried, 3);
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    let dead = bus.dead_letters().await.unwrap();
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+}
+
+/// A per-key rate limit spaces one key's calls by the period and lets
+/// other keys through. The limiter is exact on the start times it hands
+/// out; the handler sees them a scheduling delay later, hence the 20 ms
+/// allowance (the exact check runs under paused time in herald's tests).
+pub async fn per_key_rate_limit_spaces_calls_of_one_key(h: &Harness) {
+    let bus = h.bus().await;
+    let period = Duration::from_millis(200);
+    let starts = Arc::new(Mutex::new(
+        HashMap::<String, Vec<tokio::time::Instant>>::new(),
+    ));
+    let tally = Tally::new();
+    let handler = {
+        let starts = starts.clone();
+        bus.handler("conf.rl")
+            .group("rl")
+            .start(StartPosition::Earliest)
+            .layer(RateLimit::per_key(2, period).unwrap())
+            .observe(tally.clone())
+            .run(move |env| {
+                let key = env.key().unwrap_or_default().to_owned();
+                starts
+                    .lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .push(tokio::time::Instant::now());
+                async { Ok(()) }
+            })
+            .await
+            .unwrap()
+    };
+    let inputs: Vec<_> = (0..12)
+        .map(|i| numbered("conf.rl", i).key(if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    bus.publish(inputs).await.unwrap();
+    tally.until("acked", 12).await;
+    handler.shutdown(DELIVERY_WAIT).await;
+    let starts = starts.lock().unwrap().clone();
+    for (key, times) in &starts {
+        assert_eq!(times.len(), 6);
+        for w in times.windows(3) {
+            assert!(
+                w[2] - w[0] >= period - Duration::from_millis(20),
+                "key {key}: 3 calls within {:?}",
+                w[2] - w[0]
+            );
+        }
+    }
+}

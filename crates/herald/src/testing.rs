@@ -1,0 +1,355 @@
+//! Helpers for testing code that uses herald: inject faults into handlers
+//! and transports.
+//!
+//! Owns [`FaultLayer`] (a handler [`Layer`] that fails, panics or slows
+//! down on cue) and [`Faults`] / [`FaultyTransport`] (a transport wrapper
+//! whose publishes fail or slow down and whose acks get lost, so the message
+//! comes back). Nothing here is needed in production.
+//!
+//! # Testing handlers with paused time
+//!
+//! herald's timers (retry backoff, breaker reset, rate limits, dedupe
+//! windows, timeouts) run on tokio's clock, so a test can pause it and let
+//! tokio jump over every wait: a test of "three retries with 1 s base
+//! backoff, then dead-lettered" runs in milliseconds and is exact.
+//!
+//! ```
+//! use std::time::Duration;
+//! use herald::{Bus, ErrorCode, Message};
+//! use herald::retry::RetryPolicy;
+//! use herald::testing::FaultLayer;
+//!
+//! #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> herald::Result<()> {
+//! let bus = Bus::memory();
+//! // The first two calls fail as if the database were down.
+//! let faults = FaultLayer::new().fail(2, ErrorCode::Unavailable);
+//! let handler = bus
+//!     .handler("orders.>")
+//!     .group("billing")
+//!     .retry(RetryPolicy::default().base(Duration::from_secs(1)))
+//!     .layer(faults.clone())
+//!     .run(|_order| async { Ok(()) })
+//!     .await?;
+//! bus.publish(Message::json("orders.placed", &1)?).await?;
+//! // Paused time: the backoff sleeps (about 1 s, then 2 s) pass at once.
+//! while faults.calls() < 3 {
+//!     tokio::time::sleep(Duration::from_millis(100)).await;
+//! }
+//! let report = handler.shutdown(Duration::from_secs(1)).await;
+//! assert_eq!((report.retried, report.acked), (2, 1));
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+
+use crate::bus::Bus;
+use crate::dead_letter::{DeadLetter, DeadLetterFilter};
+use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
+use crate::envelope::Envelope;
+use crate::error::{Error, ErrorCode, Result};
+use crate::middleware::{Effects, Layer, Next};
+use crate::subscription::{SubscribeSpec, Subscription};
+use crate::topic::Topic;
+use crate::transport::{DeliveryState, Features, Transport};
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Fail(ErrorCode),
+    Panic,
+}
+
+/// A handler layer that injects faults: the next calls fail with a code or
+/// panic, in the order the faults were added; every call can be slowed
+/// down. Clones share the plan and the call count.
+#[derive(Clone, Default)]
+pub struct FaultLayer {
+    shared: Arc<FaultPlan>,
+}
+
+#[derive(Default)]
+struct FaultPlan {
+    plan: Mutex<VecDeque<Fault>>,
+    delay: Mutex<Option<Duration>>,
+    calls: AtomicU64,
+}
+
+impl FaultLayer {
+    /// A layer that injects nothing until told to.
+    pub fn new() -> Self {
+        FaultLayer::default()
+    }
+
+    /// The next `times` calls fail with `code` (retryable or not as the
+    /// code is) without reaching the handler.
+    pub fn fail(self, times: u32, code: ErrorCode) -> Self {
+        self.push(times, Fault::Fail(code));
+        self
+    }
+
+    /// The next `times` calls panic.
+    pub fn panic(self, times: u32) -> Self {
+        self.push(times, Fault::Panic);
+        self
+    }
+
+    /// Every call waits `delay` first.
+    pub fn delay(self, delay: Duration) -> Self {
+        *self.shared.delay.lock() = Some(delay);
+        self
+    }
+
+    /// Calls seen so far, faulty or not.
+    pub fn calls(&self) -> u64 {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    fn push(&self, times: u32, fault: Fault) {
+        let mut plan = self.shared.plan.lock();
+        plan.extend(std::iter::repeat_n(fault, times as usize));
+    }
+}
+
+impl Layer for FaultLayer {
+    fn call<'a>(&'a self, envelope: Arc<Envelope>, next: Next) -> BoxFuture<'a, Result<Effects>> {
+        Box::pin(async move {
+            let fault = self.shared.plan.lock().pop_front();
+            let delay = *self.shared.delay.lock();
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            self.shared.calls.fetch_add(1, Ordering::SeqCst);
+            match fault {
+                None => next.run(envelope).await,
+                Some(Fault::Fail(code)) => Err(Error::new(code, "injected failure")),
+                Some(Fault::Panic) => panic!("injected panic"),
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for FaultLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultLayer")
+            .field("calls", &self.calls())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Faults to inject into a transport, shared by clones: wrap a transport
+/// with [`wrap`](Faults::wrap) (or a bus with [`wrap_bus`](Faults::wrap_bus))
+/// and arm faults at any time.
+///
+/// ```
+/// use herald::{Bus, ErrorCode, Message};
+/// use herald::testing::Faults;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let faults = Faults::new();
+/// let bus = faults.wrap_bus(&Bus::memory());
+/// faults.fail_publishes(1, ErrorCode::Unavailable);
+/// let err = bus.publish(Message::json("a.b", &1)?).await.unwrap_err();
+/// assert_eq!(err.code(), ErrorCode::Unavailable);
+/// assert_eq!(bus.publish(Message::json("a.b", &1)?).await?, [1]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct Faults {
+    shared: Arc<TransportPlan>,
+}
+
+#[derive(Default)]
+struct TransportPlan {
+    failing_publishes: Mutex<VecDeque<ErrorCode>>,
+    publish_delay: Mutex<Option<Duration>>,
+    lost_acks: AtomicU64,
+}
+
+impl Faults {
+    /// No faults armed.
+    pub fn new() -> Self {
+        Faults::default()
+    }
+
+    /// The next `times` publishes fail with `code`, appending nothing.
+    pub fn fail_publishes(&self, times: u32, code: ErrorCode) {
+        let mut plan = self.shared.failing_publishes.lock();
+        plan.extend(std::iter::repeat_n(code, times as usize));
+    }
+
+    /// Every publish waits `delay` first (`None`: no more).
+    pub fn delay_publishes(&self, delay: Option<Duration>) {
+        *self.shared.publish_delay.lock() = delay;
+    }
+
+    /// The next `times` acks are lost on the way, as if they never reached
+    /// the transport: the message comes back — at once on a transport
+    /// without transactions, and after the ack wait where the ack commits
+    /// together with the handler's effects (which are lost with it).
+    pub fn lose_acks(&self, times: u64) {
+        self.shared.lost_acks.fetch_add(times, Ordering::SeqCst);
+    }
+
+    /// `transport` with these faults.
+    pub fn wrap(&self, transport: impl Transport) -> FaultyTransport {
+        FaultyTransport {
+            inner: Arc::new(transport),
+            faults: self.clone(),
+        }
+    }
+
+    /// A bus with `bus`'s transport, configuration, layers and publish
+    /// options, with these faults in front of the transport.
+    pub fn wrap_bus(&self, bus: &Bus) -> Bus {
+        let faulty = FaultyTransport {
+            inner: bus.inner.transport.clone(),
+            faults: self.clone(),
+        };
+        bus.with_transport(Arc::new(faulty))
+    }
+
+    fn take_lost_ack(&self) -> bool {
+        self.shared
+            .lost_acks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults").finish_non_exhaustive()
+    }
+}
+
+/// A transport with [`Faults`] in front of it.
+pub struct FaultyTransport {
+    inner: Arc<dyn Transport>,
+    faults: Faults,
+}
+
+impl std::fmt::Debug for FaultyTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyTransport").finish_non_exhaustive()
+    }
+}
+
+impl Transport for FaultyTransport {
+    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
+        Box::pin(async move {
+            let delay = *self.faults.shared.publish_delay.lock();
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let failing = self.faults.shared.failing_publishes.lock().pop_front();
+            if let Some(code) = failing {
+                return Err(Error::new(code, "injected publish failure"));
+            }
+            self.inner.publish(batch).await
+        })
+    }
+
+    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
+        Box::pin(async move {
+            let sub = self.inner.subscribe(spec).await?;
+            let close = sub.close_handle();
+            let faults = self.faults.clone();
+            let wrapped = sub.map(move |item| {
+                item.map(|delivery| {
+                    let envelope = delivery.shared_envelope().clone();
+                    let settle = FaultySettle {
+                        inner: Mutex::new(Some(delivery)),
+                        faults: faults.clone(),
+                    };
+                    Delivery::new(envelope, Arc::new(settle))
+                })
+            });
+            Ok(Subscription::new(wrapped, close))
+        })
+    }
+
+    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
+        self.inner.last_seq(topic)
+    }
+
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        self.inner.dead_letters(filter)
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
+        self.inner.purge_dead_letters(filter)
+    }
+
+    fn delivery_state(
+        &self,
+        topic: &Topic,
+        seq: u64,
+        group: &str,
+    ) -> BoxFuture<'_, Result<DeliveryState>> {
+        self.inner.delivery_state(topic, seq, group)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.close()
+    }
+
+    fn features(&self) -> Features {
+        self.inner.features()
+    }
+}
+
+/// Settles the wrapped transport's delivery, losing acks on cue.
+struct FaultySettle {
+    inner: Mutex<Option<Delivery>>,
+    faults: Faults,
+}
+
+fn lost() -> Outcome {
+    Outcome::Nack {
+        delay: None,
+        reason: Some("ack lost (injected)".into()),
+    }
+}
+
+impl Settle for FaultySettle {
+    fn settle(
+        &self,
+        _envelope: &Arc<Envelope>,
+        outcome: Outcome,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let delivery = self.inner.lock().take()?;
+        let outcome = match outcome {
+            Outcome::Ack if self.faults.take_lost_ack() => lost(),
+            other => other,
+        };
+        Some(Box::pin(delivery.finish(outcome)))
+    }
+
+    fn ack_with_effects(
+        &self,
+        _envelope: &Arc<Envelope>,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
+        let Some(delivery) = self.inner.lock().take() else {
+            return Err(effects);
+        };
+        match delivery.ack_with_effects(effects) {
+            Err((delivery, effects)) => {
+                *self.inner.lock() = Some(delivery);
+                Err(effects)
+            }
+            Ok(commit) if self.faults.take_lost_ack() => {
+                // Lost with its transaction: neither the ack nor the effects
+                // reach the store, and the lease runs out into a redelivery.
+                drop(commit);
+                Ok(Box::pin(std::future::ready(Ok(()))))
+            }
+            Ok(commit) => Ok(commit),
+        }
+    }
+}
