@@ -75,6 +75,13 @@ pub trait HandlerObserver: Send + Sync + 'static {
     fn handled(&self, envelope: &Envelope, elapsed: Duration, outcome: HandlerOutcome);
 }
 
+/// A shared observer (keep a handle to read what it gathered).
+impl<T: HandlerObserver> HandlerObserver for Arc<T> {
+    fn handled(&self, envelope: &Envelope, elapsed: Duration, outcome: HandlerOutcome) {
+        T::handled(self, envelope, elapsed, outcome)
+    }
+}
+
 impl Bus {
     /// Handle the events on topics matching `pattern` as consumer group
     /// `.group(..)` (required).
@@ -294,10 +301,12 @@ impl HandlerBuilder {
                     break;
                 };
                 let rt = rt.clone();
-                running.spawn(async move {
+                // Boxed: the task then moves a pointer, not the whole
+                // (large) state of the handler call, between its stages.
+                running.spawn(Box::pin(async move {
                     rt.handle(delivery).await;
                     drop(permit);
-                });
+                }));
                 while running.try_join_next().is_some() {}
             }
             running

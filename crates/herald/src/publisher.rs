@@ -245,3 +245,118 @@ async fn append_together(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryTransport;
+    use crate::testing::Faults;
+    use crate::{Bus, Message};
+
+    fn msg(n: u64) -> Message {
+        Message::json("pub.t", &n).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_publishes_coalesce_and_each_caller_gets_its_seqs() {
+        let faults = Faults::new();
+        let bus = Bus::builder()
+            .transport(faults.wrap(MemoryTransport::default()))
+            .batching(
+                Batching::default()
+                    .max_wait(Duration::from_millis(5))
+                    .max_events(50),
+            )
+            .build()
+            .unwrap();
+        let publishes = (0..100).map(|i| {
+            let bus = bus.clone();
+            async move {
+                let batch = vec![msg(2 * i), msg(2 * i + 1)];
+                bus.publish(batch).await.unwrap()
+            }
+        });
+        let results = futures_util::future::join_all(publishes).await;
+        let mut all: Vec<u64> = results.iter().flatten().copied().collect();
+        for seqs in &results {
+            assert_eq!(seqs.len(), 2);
+            assert_eq!(seqs[1], seqs[0] + 1, "a caller's batch stays together");
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=200).collect::<Vec<_>>());
+        let n = faults.publishes();
+        assert!(n <= 8, "200 events in 25-event batches: {n} appends");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_retried_per_caller() {
+        let faults = Faults::new();
+        let bus = Bus::builder()
+            .transport(faults.wrap(MemoryTransport::default()))
+            .batching(Batching::default().max_wait(Duration::from_millis(20)))
+            .build()
+            .unwrap();
+        faults.fail_publishes(1, ErrorCode::Unavailable);
+        let publishes = (0..10).map(|i| {
+            let bus = bus.clone();
+            async move { bus.publish(msg(i)).await }
+        });
+        let results = futures_util::future::join_all(publishes).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        assert!(failed <= 1, "at most the caller alone in the failed append");
+        assert_eq!(
+            bus.last_seq("pub.t").await.unwrap(),
+            Some(10 - failed as u64)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_publish_failures_are_retried() {
+        let faults = Faults::new();
+        let policy = RetryPolicy::default()
+            .base(Duration::from_millis(10))
+            .max_attempts(3);
+        let bus = Bus::builder()
+            .transport(faults.wrap(MemoryTransport::default()))
+            .publish_retry(policy)
+            .build()
+            .unwrap();
+        faults.fail_publishes(3, ErrorCode::Unavailable);
+        assert_eq!(bus.publish(msg(1)).await.unwrap(), [1]);
+        faults.fail_publishes(4, ErrorCode::Timeout);
+        let err = bus.publish(msg(2)).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Timeout, "gives up after 3 retries");
+        faults.fail_publishes(1, ErrorCode::Validation);
+        let err = bus.publish(msg(3)).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Validation, "not transient: no retry");
+        assert_eq!(bus.publish(msg(4)).await.unwrap(), [2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_publish_breaker_fails_fast() {
+        let faults = Faults::new();
+        let breaker = CircuitBreaker::builder()
+            .threshold(2)
+            .reset_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let bus = Bus::builder()
+            .transport(faults.wrap(MemoryTransport::default()))
+            .publish_breaker(breaker.clone())
+            .build()
+            .unwrap();
+        faults.fail_publishes(3, ErrorCode::Unavailable);
+        for _ in 0..2 {
+            assert!(bus.publish(msg(1)).await.is_err());
+        }
+        let err = bus.publish(msg(1)).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable);
+        assert!(err.message().contains("breaker is open"), "{err}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The trial meets the third armed failure and reopens; the next trial succeeds.
+        assert!(bus.publish(msg(1)).await.is_err());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(bus.publish(msg(1)).await.unwrap(), [1]);
+        assert_eq!(breaker.state(), crate::breaker::BreakerState::Closed);
+    }
+}

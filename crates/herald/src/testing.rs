@@ -168,6 +168,7 @@ struct TransportPlan {
     failing_publishes: Mutex<VecDeque<ErrorCode>>,
     publish_delay: Mutex<Option<Duration>>,
     lost_acks: AtomicU64,
+    publishes: AtomicU64,
 }
 
 impl Faults {
@@ -193,6 +194,12 @@ impl Faults {
     /// together with the handler's effects (which are lost with it).
     pub fn lose_acks(&self, times: u64) {
         self.shared.lost_acks.fetch_add(times, Ordering::SeqCst);
+    }
+
+    /// Publishes (appends) that reached the wrapped transport's door,
+    /// failed ones included.
+    pub fn publishes(&self) -> u64 {
+        self.shared.publishes.load(Ordering::SeqCst)
     }
 
     /// `transport` with these faults.
@@ -242,6 +249,7 @@ impl std::fmt::Debug for FaultyTransport {
 impl Transport for FaultyTransport {
     fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
         Box::pin(async move {
+            self.faults.shared.publishes.fetch_add(1, Ordering::SeqCst);
             let delay = *self.faults.shared.publish_delay.lock();
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;

@@ -6,6 +6,7 @@
 //! throughput is reported as a ratio to raw `tokio::sync::broadcast` measured
 //! in the same run.
 
+mod handler;
 mod latency;
 mod sqlite;
 mod stats;
@@ -64,6 +65,7 @@ const DISPATCH_P95_GOAL_US: f64 = 20.0;
 const FANOUT_P95_GOAL_US: f64 = 100.0;
 const VALIDATION_P95_GOAL_US: f64 = 2.0;
 const THROUGHPUT_RATIO_GOAL: f64 = 0.8;
+const HANDLER_OVERHEAD_GOAL_US: f64 = 1.0;
 
 const SUSTAINED_RATE: u64 = 10_000;
 const FANOUT_SUBSCRIBERS: usize = 50;
@@ -82,6 +84,7 @@ struct Report {
     highest_sustained: Option<Sustained>,
     throughput_1: Throughput,
     throughput_50: Throughput,
+    handler_overhead: handler::Overhead,
     breaches: Vec<String>,
 }
 
@@ -206,6 +209,8 @@ async fn run(args: &Args) -> herald::Result<Report> {
     };
     let throughput_1 = throughput::compare(1, events_1).await?;
     let throughput_50 = throughput::compare(FANOUT_SUBSCRIBERS, events_50).await?;
+    progress("handler runtime vs a bare subscription loop");
+    let handler_overhead = handler::compare(if short { 50_000 } else { 200_000 }).await?;
 
     let mut report = Report {
         mode: if short { "check" } else { "full" },
@@ -217,6 +222,7 @@ async fn run(args: &Args) -> herald::Result<Report> {
         highest_sustained: highest,
         throughput_1,
         throughput_50,
+        handler_overhead,
         breaches: Vec::new(),
     };
     report.breaches = breaches(&report);
@@ -329,6 +335,12 @@ fn table(r: &Report) -> String {
         t,
         "goal: ratio ≥ {THROUGHPUT_RATIO_GOAL}; both sides buffer the whole run (broadcast lagged: {} / {})",
         r.throughput_1.broadcast_lagged, r.throughput_50.broadcast_lagged
+    );
+    let h = &r.handler_overhead;
+    let _ = writeln!(
+        t,
+        "\nhandler runtime ({} events, µs/event): bare loop {:.2}, handler {:.2}, handler with every layer {:.2}; added {:.2} (goal ≤ {HANDLER_OVERHEAD_GOAL_US})",
+        h.events, h.bare_us_per_event, h.plain_handler_us_per_event, h.handler_us_per_event, h.overhead_us
     );
     if r.breaches.is_empty() {
         let _ = writeln!(t, "\nrequired bounds: all met\n");
