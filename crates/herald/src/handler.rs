@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -38,6 +39,13 @@ use crate::subscription::{CloseHandle, StartPosition};
 
 /// Handlers running at once, by default.
 pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// A call the driver polls in place must give the thread back within this,
+/// or the handler's later calls each get a task of their own.
+const INLINE_BUDGET: Duration = Duration::from_micros(200);
+/// Consecutive calls over [`INLINE_BUDGET`] that end the fast path (one
+/// slow first call, warming caches, does not).
+const SLOW_CALLS_TO_LEAVE_INLINE: u32 = 3;
 
 /// Options of a handler; `.run(handler)` starts it. Built by [`Bus::handler`].
 #[must_use = "a handler starts with .run(..)"]
@@ -295,18 +303,39 @@ impl HandlerBuilder {
         let rt = runtime.clone();
         let driver = tokio::spawn(async move {
             let mut running = JoinSet::new();
+            let (mut inline, mut slow) = (true, 0);
             while let Some(item) = sub.next().await {
                 let Ok(delivery) = item else { continue };
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
                 };
                 let rt = rt.clone();
-                // Boxed: the task then moves a pointer, not the whole
-                // (large) state of the handler call, between its stages.
-                running.spawn(Box::pin(async move {
+                // Boxed: a task then moves a pointer, not the whole (large)
+                // state of the handler call, between its stages.
+                let mut call = Box::pin(async move {
                     rt.handle(delivery).await;
                     drop(permit);
-                }));
+                });
+                if inline {
+                    // Fast path: a call that finishes without waiting needs
+                    // no task of its own. Calls that run long on the driver
+                    // (CPU-bound work) turn the fast path off, so such
+                    // handlers spread over the runtime's threads.
+                    let began = Instant::now();
+                    let done = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx)))
+                        .await
+                        .is_ready();
+                    slow = if began.elapsed() < INLINE_BUDGET {
+                        0
+                    } else {
+                        slow + 1
+                    };
+                    inline = slow < SLOW_CALLS_TO_LEAVE_INLINE;
+                    if done {
+                        continue;
+                    }
+                }
+                running.spawn(call);
                 while running.try_join_next().is_some() {}
             }
             running
