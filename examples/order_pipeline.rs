@@ -7,7 +7,8 @@
 //!
 //! - `billing` handles `OrderEvent`s per customer key (one order of a
 //!   customer at a time, in order; different customers in parallel), behind
-//!   a circuit breaker, a per-customer rate limit, dedupe and a timeout, and
+//!   a circuit breaker, a per-customer rate limit, dedupe (kept in the
+//!   store, so it survives restarts) and a timeout, and
 //!   retries a flaky payment gateway with backoff. Each charged order
 //!   publishes `payments.charged` as an effect, committed in the same SQLite
 //!   transaction as the ack.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::breaker::CircuitBreaker;
-use herald::dedupe::{Dedupe, MemoryDedupe};
+use herald::dedupe::Dedupe;
 use herald::rate_limit::RateLimit;
 use herald::retry::RetryPolicy;
 use herald::{Bus, Error, ErrorCode, Event, Message, StartPosition};
@@ -66,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .retry(RetryPolicy::default().base(Duration::from_millis(50)))
             .layer(breaker.clone())
             .layer(RateLimit::per_key(20, Duration::from_secs(1))?)
-            .layer(Dedupe::new(MemoryDedupe::default()))
+            .layer(Dedupe::new(store.dedupe(Duration::from_secs(3600))?))
             .timeout(Duration::from_secs(5))
             .run_typed(
                 move |OrderEvent::Placed {

@@ -14,6 +14,7 @@
 mod append;
 mod config;
 mod dead_letters;
+pub mod dedupe;
 mod group;
 pub mod outbox;
 mod retention;
@@ -28,6 +29,7 @@ pub use config::{
     DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL,
     DEFAULT_RETENTION_INTERVAL,
 };
+pub use dedupe::SqliteDedupe;
 pub use outbox::Outbox;
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;

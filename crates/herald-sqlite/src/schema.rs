@@ -70,6 +70,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (grp, pos)
     ) WITHOUT ROWID;
     "#,
+    // v2: message ids processed by handler groups (consumer-side dedupe).
+    r#"
+    CREATE TABLE processed (
+        grp       TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        until_ms  INTEGER NOT NULL,
+        PRIMARY KEY (grp, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX processed_by_expiry ON processed (until_ms);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -29,6 +29,8 @@ pub(crate) enum Request {
     Claim(Box<Claim>, oneshot::Sender<Result<Vec<(i64, Envelope)>>>),
     /// Record how a group member settled a delivery.
     Settle(Box<Settlement>, oneshot::Sender<Result<()>>),
+    /// Remember that a handler group processed a message.
+    Processed(Box<crate::dedupe::Processed>, oneshot::Sender<Result<()>>),
 }
 
 impl Request {
@@ -129,7 +131,7 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
                     _ => Vec::new(),
                 }));
             }
-            Request::Settle(_, reply) => {
+            Request::Settle(_, reply) | Request::Processed(_, reply) => {
                 let _ = reply.send(result.map(|_| ()));
             }
             Request::DeadLetter(letter) => {
@@ -211,6 +213,10 @@ async fn write(
             Request::Settle(settlement, _) => {
                 let effects = group::settle(conn, settlement, dedupe_window_ms).await?;
                 last_pos = last_pos.max(effects);
+                Done::Nothing
+            }
+            Request::Processed(processed, _) => {
+                crate::dedupe::record(conn, processed).await?;
                 Done::Nothing
             }
         });
