@@ -135,12 +135,11 @@ impl MemoryDedupe {
 
 impl DedupeStore for MemoryDedupe {
     fn seen<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool>> {
-        let now = Instant::now();
-        let mut groups = self.groups.lock();
-        let seen = groups.get_mut(group).is_some_and(|w| {
-            MemoryDedupe::expire(w, now);
-            w.ids.contains_key(&id)
-        });
+        let groups = self.groups.lock();
+        let until = groups.get(group).and_then(|w| w.ids.get(&id).copied());
+        drop(groups);
+        // The clock is read only for a hit; expired ids are dropped by `record`.
+        let seen = until.is_some_and(|until| until > Instant::now());
         Box::pin(std::future::ready(Ok(seen)))
     }
 

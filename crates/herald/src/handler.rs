@@ -392,7 +392,7 @@ impl Runtime {
     /// Handle one delivery and settle it.
     async fn handle(&self, delivery: Delivery) {
         let env = delivery.shared_envelope().clone();
-        let began = Instant::now();
+        let began = self.observer.is_some().then(Instant::now);
         let run = Context::of(&env).scope(catch_panic(
             || format!("handler of `{}`", env.topic()),
             async { Ok(self.call(&env).await) },
@@ -410,7 +410,7 @@ impl Runtime {
             Err(e) => self.fail(delivery, &env, e).await,
         };
         self.counts.add(observed);
-        if let Some(observer) = &self.observer {
+        if let (Some(observer), Some(began)) = (&self.observer, began) {
             observer.handled(&env, began.elapsed(), observed);
         }
     }

@@ -1,17 +1,20 @@
 //! Rate limits: at most N calls per period, globally or per key.
 //!
 //! Owns [`RateLimit`]. A call over the limit waits for its turn; nothing is
-//! dropped. The limit is exact over any sliding window: each scope (the
-//! whole handler, or one `key`) keeps the start times of its last N calls,
-//! and a new call starts no earlier than the oldest of them plus the period.
-//! Callers reserve their start time under a lock and then sleep, so waiting
-//! callers are served in arrival order. Time is tokio's, so tests can use
-//! paused time.
+//! dropped. The limit holds over any sliding window: each scope (the whole
+//! handler, or one `key`) keeps the start times of its last N calls, and a
+//! new call starts no earlier than the oldest of them plus the period.
+//! Starts less than 1/1024 of the period apart share one entry stamped with
+//! the latest of them, so a scope keeps at most about a thousand entries
+//! however high N is; that rounding only ever delays (by at most period/1024),
+//! never admits more than N. Callers reserve their start time under a lock
+//! and then sleep, so waiting callers are served in arrival order. Time is
+//! tokio's, so tests can use paused time.
 //!
 //! Written here rather than taken from `governor`: governor's waiting runs
 //! on its own clock and timer (not tokio's, so paused-time tests cannot
-//! drive it) and its GCRA allows bursts of up to 2N−1 in one period, where
-//! users asking for "N per period" expect N.
+//! drive it) and its GCRA allows up to 2N−1 calls in one period, where users
+//! asking for "N per period" expect N.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -52,15 +55,31 @@ pub struct RateLimit {
 struct Shared {
     limit: usize,
     period: Duration,
+    /// Starts closer than this share an entry.
+    resolution: Duration,
     per_key: bool,
     scopes: Mutex<Scopes>,
 }
 
 #[derive(Default)]
 struct Scopes {
-    starts: HashMap<Box<str>, VecDeque<Instant>, foldhash::fast::RandomState>,
+    starts: HashMap<Box<str>, Starts, foldhash::fast::RandomState>,
     /// Scope count after the last sweep of idle scopes.
     swept_at: usize,
+}
+
+/// The last N start times of one scope, oldest first.
+#[derive(Default)]
+struct Starts {
+    entries: VecDeque<Entry>,
+    total: usize,
+}
+
+/// Starts from `first` to `last` (within the resolution), `count` of them.
+struct Entry {
+    first: Instant,
+    last: Instant,
+    count: usize,
 }
 
 impl RateLimit {
@@ -82,6 +101,7 @@ impl RateLimit {
             shared: Arc::new(Shared {
                 limit: limit as usize,
                 period,
+                resolution: period / 1024,
                 per_key,
                 scopes: Mutex::new(Scopes::default()),
             }),
@@ -107,23 +127,49 @@ impl RateLimit {
             let horizon = now.checked_sub(s.period).unwrap_or(now);
             scopes
                 .starts
-                .retain(|_, starts| starts.back().is_some_and(|t| *t > horizon));
+                .retain(|_, s| s.entries.back().is_some_and(|e| e.last > horizon));
             scopes.swept_at = scopes.starts.len();
         }
         let starts = match scopes.starts.get_mut(scope) {
             Some(starts) => starts,
-            None => scopes
-                .starts
-                .entry(scope.into())
-                .or_insert_with(|| VecDeque::with_capacity(s.limit.min(64))),
+            None => scopes.starts.entry(scope.into()).or_default(),
         };
-        let at = if starts.len() < s.limit {
+        // Starts a period old no longer count: forget them, so a scope far
+        // below its limit keeps only the last period's entries.
+        while let Some(e) = starts.entries.front() {
+            if e.last + s.period > now {
+                break;
+            }
+            starts.total -= e.count;
+            starts.entries.pop_front();
+        }
+        let at = if starts.total < s.limit {
             now
         } else {
-            let oldest = starts.pop_front().expect("the window is full");
-            (oldest + s.period).max(now)
+            let oldest = starts
+                .entries
+                .front_mut()
+                .expect("a full window has entries");
+            let at = (oldest.last + s.period).max(now);
+            oldest.count -= 1;
+            if oldest.count == 0 {
+                starts.entries.pop_front();
+            }
+            starts.total -= 1;
+            at
         };
-        starts.push_back(at);
+        match starts.entries.back_mut() {
+            Some(e) if at - e.first < s.resolution => {
+                e.last = e.last.max(at);
+                e.count += 1;
+            }
+            _ => starts.entries.push_back(Entry {
+                first: at,
+                last: at,
+                count: 1,
+            }),
+        }
+        starts.total += 1;
         at
     }
 }
@@ -177,6 +223,23 @@ mod tests {
         assert_eq!(Instant::now(), t0);
         limit.acquire(Some("a")).await;
         assert_eq!(Instant::now() - t0, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_high_limit_keeps_few_entries_and_still_holds() {
+        let limit = RateLimit::global(100_000, Duration::from_secs(1)).unwrap();
+        let t0 = Instant::now();
+        for i in 0..250_000u32 {
+            if i % 1000 == 0 {
+                tokio::time::advance(Duration::from_micros(300)).await;
+            }
+            limit.acquire(None).await;
+        }
+        let scopes = limit.shared.scopes.lock();
+        let entries = scopes.starts[""].entries.len();
+        assert!(entries <= 1100, "{entries} entries");
+        // 250,000 calls at 100,000 per second take at least 2 s.
+        assert!(Instant::now() - t0 >= Duration::from_secs(2));
     }
 
     #[test]
