@@ -128,6 +128,7 @@ impl CircuitBreaker {
             b.threshold = n;
         }
         if let Some(s) = env_parse::<f64>("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT")? {
+            in_range("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", s, 1.0, 3600.0)?;
             b.reset_timeout = seconds("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", s)?;
         }
         b.build()
