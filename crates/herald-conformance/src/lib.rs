@@ -199,7 +199,8 @@ macro_rules! conformance_tests {
             middleware::effects_are_published_once_despite_a_lost_ack,
             middleware::dedupe_skips_redelivered_messages_that_already_ran,
             middleware::open_breaker_defers_and_loses_nothing,
-            middleware::per_key_rate_limit_spaces_calls_of_one_key
+            middleware::per_key_rate_limit_spaces_calls_of_one_key,
+            middleware::typed_handler_dead_letters_what_does_not_decode
         );
     };
 }

@@ -92,15 +92,82 @@ pub async fn effects_are_published_once_despite_a_lost_ack(h: &Harness) {
         Some(5),
         "one effect per input, none twice"
     );
+    let inputs = correlations(&bus, "conf.fx.in", 5).await;
     let mut seen = Vec::new();
     for _ in 0..5 {
         let d = crate::recv(&mut out).await;
-        seen.push(n_of(&d));
-        assert!(d.causation_id().is_some(), "an effect names its cause");
+        let n = n_of(&d);
+        seen.push(n);
+        let (cause, correlation) = inputs[&n];
+        assert_eq!(d.causation_id(), Some(cause), "an effect names its cause");
+        assert_eq!(d.correlation_id(), correlation, "and keeps its correlation");
         d.ack().await.unwrap();
     }
     seen.sort_unstable();
     assert_eq!(seen, [0, 1, 2, 3, 4]);
+}
+
+/// Each input's (id, correlation id) by its payload number, read back from
+/// the start of `topic`.
+async fn correlations(
+    bus: &herald::Bus,
+    topic: &str,
+    n: usize,
+) -> HashMap<u64, (uuid::Uuid, uuid::Uuid)> {
+    let mut sub = bus
+        .subscribe_raw(topic)
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    for _ in 0..n {
+        let d = crate::recv(&mut sub).await;
+        out.insert(n_of(&d), (d.id(), d.correlation_id()));
+        d.ack().await.unwrap();
+    }
+    out
+}
+
+/// A typed handler gets decoded events; one whose payload does not decode
+/// is dead-lettered with `VALIDATION` without reaching it.
+pub async fn typed_handler_dead_letters_what_does_not_decode(h: &Harness) {
+    #[derive(herald::Event, Debug)]
+    #[event(prefix = "conf.typed")]
+    enum Shape {
+        Square { side: u32 },
+    }
+    let bus = h.bus().await;
+    let tally = Tally::new();
+    let sides = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let sides = sides.clone();
+        bus.handler_for::<Shape>()
+            .group("typed")
+            .start(StartPosition::Earliest)
+            .concurrency(1)
+            .observe(tally.clone())
+            .run_typed(move |Shape::Square { side }| {
+                sides.lock().unwrap().push(side);
+                async { Ok(()) }
+            })
+            .await
+            .unwrap()
+    };
+    bus.publish([
+        Message::json("conf.typed.square", &serde_json::json!({ "side": 3 })).unwrap(),
+        Message::json("conf.typed.square", &serde_json::json!({ "side": "three" })).unwrap(),
+        Message::json("conf.typed.square", &serde_json::json!({ "side": 4 })).unwrap(),
+    ])
+    .await
+    .unwrap();
+    tally.until("acked", 2).await;
+    tally.until("dead", 1).await;
+    handler.shutdown(DELIVERY_WAIT).await;
+    assert_eq!(*sides.lock().unwrap(), [3, 4]);
+    let dead = bus.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].code, ErrorCode::Validation);
+    assert_eq!(dead[0].envelope.seq(), Some(2));
 }
 
 /// With dedupe, a message redelivered after its handler already ran (its
