@@ -329,3 +329,50 @@ pub async fn handler_timeout_is_a_retryable_failure(h: &Harness) {
     assert_eq!((report.acked, report.retried), (1, 1), "{report:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// Shutdown keeps its deadline even when every slot is held by a call that
+/// never ends and the runtime waits for a slot with a message in hand; the
+/// messages come back after a restart.
+pub async fn handler_shutdown_keeps_its_deadline_when_every_call_hangs(h: &Harness) {
+    let restart = h.restartable("handler shutdown with hung calls").await;
+    let bus = match &restart {
+        Some(r) => r.bus.clone(),
+        None => h.bus().await,
+    };
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let started = started.clone();
+        bus.handler("conf.h.hung")
+            .group("h")
+            .concurrency(1)
+            .start(StartPosition::Earliest)
+            .run(move |_env| {
+                started.add_permits(1);
+                std::future::pending::<Result<(), Error>>()
+            })
+            .await
+            .unwrap()
+    };
+    bus.publish(
+        (0..3)
+            .map(|i| numbered("conf.h.hung", i))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(DELIVERY_WAIT, started.acquire()).await;
+    first.expect("the first call started").unwrap().forget();
+    let report = tokio::time::timeout(DELIVERY_WAIT, handler.shutdown(Duration::from_millis(100)))
+        .await
+        .expect("shutdown returns after its deadline");
+    assert_eq!((report.acked, report.abandoned), (0, 1), "{report:?}");
+    let Some(r) = restart else {
+        return;
+    };
+    bus.close().await.unwrap();
+    let bus = r.reopen().await;
+    let mut sub = bus.subscribe_raw("conf.h.hung").group("h").await.unwrap();
+    let mut got = crate::support::numbers(&mut sub, 3).await;
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2], "nothing was acked unprocessed");
+}

@@ -194,6 +194,7 @@ macro_rules! conformance_tests {
             handlers::handler_outcomes_settle_deliveries,
             handlers::handler_keeps_per_key_order_under_concurrency,
             handlers::handler_shutdown_never_acks_unprocessed_work,
+            handlers::handler_shutdown_keeps_its_deadline_when_every_call_hangs,
             handlers::handler_retries_with_backoff_then_dead_letters,
             handlers::handler_timeout_is_a_retryable_failure,
             middleware::effects_are_published_once_despite_a_lost_ack,

@@ -300,8 +300,9 @@ impl HandlerBuilder {
             counts: Counts::default(),
         });
         let limit = Arc::new(Semaphore::new(self.concurrency));
-        let rt = runtime.clone();
+        let (rt, permits) = (runtime.clone(), limit.clone());
         let driver = tokio::spawn(async move {
+            let limit = permits;
             let mut running = JoinSet::new();
             let (mut inline, mut slow) = (true, 0);
             while let Some(item) = sub.next().await {
@@ -344,6 +345,8 @@ impl HandlerBuilder {
             close,
             driver: Some(driver),
             runtime,
+            limit,
+            concurrency: self.concurrency,
         })
     }
 }
@@ -543,6 +546,9 @@ pub struct Handler {
     close: CloseHandle,
     driver: Option<tokio::task::JoinHandle<JoinSet<()>>>,
     runtime: Arc<Runtime>,
+    /// Permits of calls in flight (the driver waits on it when all are).
+    limit: Arc<Semaphore>,
+    concurrency: usize,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -576,17 +582,29 @@ impl Handler {
     /// acked unprocessed).
     pub async fn shutdown(mut self, deadline: Duration) -> HandlerReport {
         self.close.close();
+        let until = tokio::time::Instant::now() + deadline;
         let mut abandoned = 0;
-        let driver = self.driver.take();
-        if let Some(Ok(mut running)) = futures_util::future::OptionFuture::from(driver).await {
-            let drained = tokio::time::timeout(deadline, async {
-                while running.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                abandoned = running.len();
-                running.abort_all();
-                while running.join_next().await.is_some() {}
+        if let Some(mut driver) = self.driver.take() {
+            match tokio::time::timeout_at(until, &mut driver).await {
+                Ok(Ok(mut running)) => {
+                    let drained = tokio::time::timeout_at(until, async {
+                        while running.join_next().await.is_some() {}
+                    })
+                    .await;
+                    if drained.is_err() {
+                        abandoned = running.len();
+                        running.abort_all();
+                        while running.join_next().await.is_some() {}
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    // The driver still waits for a slot that hung calls
+                    // hold: stop it, and with it every call it started.
+                    abandoned = self.concurrency - self.limit.available_permits();
+                    driver.abort();
+                    let _ = driver.await;
+                }
             }
         }
         let counts = &self.runtime.counts;
