@@ -149,11 +149,7 @@ pub async fn handler_keeps_per_key_order_under_concurrency(h: &Harness) {
 /// rest unsettled: on a durable transport a new handler of the group gets
 /// those again; nothing unprocessed is acked.
 pub async fn handler_shutdown_never_acks_unprocessed_work(h: &Harness) {
-    let restart = h.restartable("handler shutdown and restart").await;
-    let bus = match &restart {
-        Some(r) => r.bus.clone(),
-        None => h.bus().await,
-    };
+    let (restart, bus) = restartable_or_not(h, "handler shutdown and restart").await;
     let started = Arc::new(tokio::sync::Semaphore::new(0));
     let handler = {
         let started = started.clone();
@@ -334,11 +330,7 @@ pub async fn handler_timeout_is_a_retryable_failure(h: &Harness) {
 /// never ends and the runtime waits for a slot with a message in hand; the
 /// messages come back after a restart.
 pub async fn handler_shutdown_keeps_its_deadline_when_every_call_hangs(h: &Harness) {
-    let restart = h.restartable("handler shutdown with hung calls").await;
-    let bus = match &restart {
-        Some(r) => r.bus.clone(),
-        None => h.bus().await,
-    };
+    let (restart, bus) = restartable_or_not(h, "handler shutdown with hung calls").await;
     let started = Arc::new(tokio::sync::Semaphore::new(0));
     let handler = {
         let started = started.clone();
@@ -375,4 +367,18 @@ pub async fn handler_shutdown_keeps_its_deadline_when_every_call_hangs(h: &Harne
     let mut got = crate::support::numbers(&mut sub, 3).await;
     got.sort_unstable();
     assert_eq!(got, [0, 1, 2], "nothing was acked unprocessed");
+}
+
+/// A restartable bus where the transport is durable, else a plain one: the
+/// scenario runs either way and checks the restart only where there is one.
+async fn restartable_or_not(
+    h: &Harness,
+    scenario: &str,
+) -> (Option<crate::Restartable>, herald::Bus) {
+    let restart = h.restartable(scenario).await;
+    let bus = match &restart {
+        Some(r) => r.bus.clone(),
+        None => h.bus().await,
+    };
+    (restart, bus)
 }
