@@ -328,14 +328,23 @@ async fn register(
     Ok((cursor, start_seq, start_ms))
 }
 
+/// What a settlement did.
+pub(crate) enum Applied {
+    /// Recorded; the `pos` of the last effect appended, if any.
+    Yes(Option<i64>),
+    /// An ack with effects came after its lease ran out: nothing was
+    /// written (the new delivery produces the effects), and the caller must
+    /// not count the message as handled.
+    Stale,
+}
+
 /// Record a settlement; one that comes after the lease ran out and the event
-/// was claimed again (by anyone) is stale and ignored, effects and all (the
-/// new claimer produces them). Returns the `pos` of the last effect appended.
+/// was claimed again (by anyone) is stale and ignored, effects and all.
 pub(crate) async fn settle(
     conn: &mut SqliteConnection,
     s: &Settlement,
     dedupe_window_ms: i64,
-) -> Result<Option<i64>> {
+) -> Result<Applied> {
     let attempt = s.envelope.attempt() as i64;
     if let Settled::Outcome(Outcome::Ack) = s.outcome {
         // The common case in one statement: settle only our current lease.
@@ -351,11 +360,14 @@ pub(crate) async fn settle(
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;
-        if acked.rows_affected() == 0 || s.effects.is_empty() {
-            return Ok(None);
+        if s.effects.is_empty() {
+            return Ok(Applied::Yes(None));
+        }
+        if acked.rows_affected() == 0 {
+            return Ok(Applied::Stale);
         }
         let appended = append(conn, &[&s.effects], dedupe_window_ms).await?;
-        return Ok(appended.last_pos);
+        return Ok(Applied::Yes(appended.last_pos));
     }
     let current: Option<(i64, i64, Option<String>)> =
         sqlx::query_as("SELECT state, attempt, owner FROM deliveries WHERE grp = ? AND pos = ?")
@@ -365,7 +377,7 @@ pub(crate) async fn settle(
             .await
             .map_err(runtime_error)?;
     if current != Some((IN_FLIGHT, attempt, Some(s.member.clone()))) {
-        return Ok(None);
+        return Ok(Applied::Yes(None));
     }
     let now = chrono::Utc::now().timestamp_millis();
     let done = match &s.outcome {
@@ -419,7 +431,7 @@ pub(crate) async fn settle(
             .await
         }
     };
-    done.map(|()| None)
+    done.map(|()| Applied::Yes(None))
 }
 
 /// Update a delivery; `failed_at` records the first failure if none is yet.

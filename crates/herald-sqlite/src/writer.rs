@@ -48,6 +48,8 @@ enum Done {
     Seqs(Vec<u64>),
     Claimed(Vec<(i64, Envelope)>),
     Nothing,
+    /// A settlement with effects came after its lease ran out.
+    LeaseLost,
 }
 
 /// What waiting readers watch.
@@ -132,7 +134,14 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
                 }));
             }
             Request::Settle(_, reply) | Request::Processed(_, reply) => {
-                let _ = reply.send(result.map(|_| ()));
+                let _ = reply.send(result.and_then(|d| match d {
+                    Done::LeaseLost => Err(herald::Error::new(
+                        herald::ErrorCode::Unavailable,
+                        "the lease ran out before the ack: the message was redelivered, \
+                         and its effects were not written",
+                    )),
+                    _ => Ok(()),
+                }));
             }
             Request::DeadLetter(letter) => {
                 if let Err(e) = result {
@@ -211,9 +220,13 @@ async fn write(
             }
             Request::Claim(claim, _) => Done::Claimed(group::claim(conn, claim).await?),
             Request::Settle(settlement, _) => {
-                let effects = group::settle(conn, settlement, dedupe_window_ms).await?;
-                last_pos = last_pos.max(effects);
-                Done::Nothing
+                match group::settle(conn, settlement, dedupe_window_ms).await? {
+                    group::Applied::Yes(effects) => {
+                        last_pos = last_pos.max(effects);
+                        Done::Nothing
+                    }
+                    group::Applied::Stale => Done::LeaseLost,
+                }
             }
             Request::Processed(processed, _) => {
                 crate::dedupe::record(conn, processed).await?;

@@ -79,6 +79,7 @@ struct Shared {
 struct Tally {
     state: BreakerState,
     failures: u32,
+    /// When it last opened; while half-open, when the trial began.
     opened_at: Instant,
     trial: bool,
 }
@@ -160,13 +161,23 @@ impl CircuitBreaker {
                 }
                 shared.set(&mut t, BreakerState::HalfOpen);
                 t.trial = true;
+                t.opened_at = now;
                 true
             }
+            // A trial gets one reset timeout to report; one that never does
+            // (a hung call) does not keep the breaker half-open for good.
             BreakerState::HalfOpen if t.trial => {
-                return Err(shared.reset_timeout.min(Duration::from_secs(1)));
+                let expires = t.opened_at + shared.reset_timeout;
+                let now = Instant::now();
+                if now < expires {
+                    return Err((expires - now).min(Duration::from_secs(1)));
+                }
+                t.opened_at = now;
+                true
             }
             BreakerState::HalfOpen => {
                 t.trial = true;
+                t.opened_at = Instant::now();
                 true
             }
         };
@@ -362,6 +373,21 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         b.try_acquire().expect("a new trial").succeeded();
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_that_never_reports_expires_after_a_reset_timeout() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failed();
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let hung = b.try_acquire().expect("the trial");
+        assert!(b.try_acquire().is_err());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.try_acquire().expect("a new trial").succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+        drop(hung);
     }
 
     #[test]

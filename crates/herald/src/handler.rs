@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -273,8 +273,7 @@ impl HandlerBuilder {
         let mut layers = self.bus.inner.handlers.layers.clone();
         layers.extend(self.layers);
         if let Some(t) = self.timeout {
-            crate::config::in_range("timeout", t.as_secs_f64(), 0.001, 3600.0)?;
-            layers.push(Arc::new(Timeout::new(t)));
+            layers.push(Arc::new(Timeout::new(t)?));
         }
         let mut subscribe = self
             .bus
@@ -314,7 +313,12 @@ impl HandlerBuilder {
                 // Boxed: a task then moves a pointer, not the whole (large)
                 // state of the handler call, between its stages.
                 let mut call = Box::pin(async move {
-                    rt.handle(delivery).await;
+                    // A panic past the handler (an observer, a layer's
+                    // `handled` hook) must not take the driver down with it;
+                    // the delivery it dropped is redelivered.
+                    let _ = std::panic::AssertUnwindSafe(rt.handle(delivery))
+                        .catch_unwind()
+                        .await;
                     drop(permit);
                 });
                 if inline {
@@ -349,6 +353,20 @@ impl HandlerBuilder {
             concurrency: self.concurrency,
         })
     }
+}
+
+/// The idempotency key of effect `i` of handling `input` in `group`: the
+/// same on every retry, different per group. A group name too long to fit
+/// the key is replaced by its FNV-1a hash (stable across builds).
+fn effect_key(group: &str, input: &Envelope, i: usize) -> String {
+    let key = format!("{group}:{}:{i}", input.id());
+    if key.len() <= crate::envelope::MAX_FIELD_LEN {
+        return key;
+    }
+    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("#{hash:016x}:{}:{i}", input.id())
 }
 
 /// What a handler returns besides success: the messages to publish as its
@@ -428,7 +446,7 @@ impl Runtime {
         let mut prepared = self.bus.prepare(effects)?;
         for (i, effect) in prepared.iter_mut().enumerate() {
             if effect.idempotency_key.is_none() {
-                effect.idempotency_key = Some(format!("{}:{}:{i}", self.chain.group, env.id()));
+                effect.idempotency_key = Some(effect_key(&self.chain.group, env, i));
             }
         }
         Ok(prepared)
@@ -460,8 +478,7 @@ impl Runtime {
         self.handled(env).await;
         // A failed ack leaves the message to be redelivered; the dedupe
         // layer (if any) then skips it.
-        let _ = delivery.ack().await;
-        Ok(())
+        delivery.ack().await.map_err(|e| (None, e))
     }
 
     /// Tell the layers `env` is handled. A layer that cannot record it
@@ -502,7 +519,7 @@ impl Runtime {
             .unwrap_or_default();
         if policy.allows(env.attempt(), age) {
             let outcome = Outcome::Nack {
-                delay: Some(policy.delay(env.attempt() - 1)),
+                delay: Some(policy.delay(env.attempt().saturating_sub(1))),
                 reason: Some(e.to_string()),
             };
             return (outcome, HandlerOutcome::Retried);

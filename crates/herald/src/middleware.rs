@@ -179,8 +179,9 @@ where
 /// let handler = herald::Bus::memory()
 ///     .handler("orders.>")
 ///     .group("billing")
-///     .layer(Timeout::new(Duration::from_secs(2)));
+///     .layer(Timeout::new(Duration::from_secs(2))?);
 /// # drop(handler);
+/// # Ok::<(), herald::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Timeout {
@@ -188,9 +189,10 @@ pub struct Timeout {
 }
 
 impl Timeout {
-    /// Stop calls after `limit`.
-    pub fn new(limit: Duration) -> Self {
-        Timeout { limit }
+    /// Stop calls after `limit`, 1 ms–1 hour.
+    pub fn new(limit: Duration) -> Result<Self> {
+        crate::config::in_range("timeout", limit.as_secs_f64(), 0.001, 3600.0)?;
+        Ok(Timeout { limit })
     }
 }
 

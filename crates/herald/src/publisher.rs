@@ -10,9 +10,10 @@
 //! transport's idempotency-key dedupe recognises. Validation happens before
 //! this, in the bus; this module never sees a bad envelope.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::breaker::CircuitBreaker;
@@ -82,6 +83,8 @@ impl Batching {
 }
 
 type Reply = oneshot::Sender<Result<Vec<u64>>>;
+/// The batcher task's inbox: each caller's batch and where to answer.
+type Inbox = mpsc::Sender<(Vec<Envelope>, Reply)>;
 
 /// Where a validated batch goes: straight to the transport or through the
 /// batcher, guarded by retry and breaker.
@@ -89,8 +92,9 @@ pub(crate) struct Publisher {
     transport: Arc<dyn Transport>,
     batching: Option<Batching>,
     /// The batcher task's inbox, started by the first publish (a bus may be
-    /// built outside a runtime).
-    batcher: OnceLock<mpsc::Sender<(Vec<Envelope>, Reply)>>,
+    /// built outside a runtime) and again if its task has stopped (its
+    /// runtime shut down).
+    batcher: Mutex<Option<Inbox>>,
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
 }
@@ -105,7 +109,7 @@ impl Publisher {
         Publisher {
             transport,
             batching,
-            batcher: OnceLock::new(),
+            batcher: Mutex::new(None),
             retry,
             breaker,
         }
@@ -125,8 +129,10 @@ impl Publisher {
         loop {
             let permit = match &self.breaker {
                 Some(b) => Some(b.try_acquire().map_err(|wait| {
-                    Error::new(
-                        ErrorCode::Unavailable,
+                    // UNAVAILABLE to a caller; a handler publishing effects
+                    // defers its message instead of spending an attempt.
+                    Error::defer(
+                        wait,
                         format!("publish circuit breaker is open; retry in {wait:?}"),
                     )
                 })?),
@@ -159,11 +165,18 @@ impl Publisher {
         let Some(options) = self.batching else {
             return self.transport.publish(batch).await;
         };
-        let batcher = self.batcher.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(options.max_events.max(64));
-            tokio::spawn(coalesce(self.transport.clone(), rx, options));
-            tx
-        });
+        let batcher = {
+            let mut slot = self.batcher.lock();
+            match &*slot {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(options.max_events.max(64));
+                    tokio::spawn(coalesce(self.transport.clone(), rx, options));
+                    *slot = Some(tx.clone());
+                    tx
+                }
+            }
+        };
         let (reply, answer) = oneshot::channel();
         if batcher.send((batch, reply)).await.is_err() {
             return Err(stopped());
@@ -208,8 +221,10 @@ async fn coalesce(
     }
 }
 
-/// One append for all of `waiting`; if it fails, each caller's batch alone,
-/// so no caller fails for another's batch.
+/// One append for all of `waiting`. If it fails for a reason one caller's
+/// events could cause, each caller's batch is appended alone, so no caller
+/// fails for another's; a transient failure (the transport is down or slow)
+/// is every caller's answer at once, left to their retry policy.
 async fn append_together(
     transport: &dyn Transport,
     waiting: Vec<(Vec<Envelope>, Reply)>,
@@ -234,6 +249,11 @@ async fn append_together(
             let mut seqs = seqs.into_iter();
             for (n, reply) in sizes.into_iter().zip(replies) {
                 let _ = reply.send(Ok(seqs.by_ref().take(n).collect()));
+            }
+        }
+        Err(e) if is_transient(&e) || e.code() == ErrorCode::Backpressure => {
+            for reply in replies {
+                let _ = reply.send(Err(Error::new(e.code(), e.message())));
             }
         }
         Err(_) => {
@@ -288,26 +308,57 @@ mod tests {
         assert!(n <= 8, "200 events in 25-event batches: {n} appends");
     }
 
-    #[tokio::test]
-    async fn a_failed_batch_is_retried_per_caller() {
+    async fn ten_batched_publishes_after_one_failure(
+        code: ErrorCode,
+    ) -> (Bus, Vec<Result<Vec<u64>>>) {
         let faults = Faults::new();
         let bus = Bus::builder()
             .transport(faults.wrap(MemoryTransport::default()))
             .batching(Batching::default().max_wait(Duration::from_millis(20)))
             .build()
             .unwrap();
-        faults.fail_publishes(1, ErrorCode::Unavailable);
+        faults.fail_publishes(1, code);
         let publishes = (0..10).map(|i| {
             let bus = bus.clone();
             async move { bus.publish(msg(i)).await }
         });
         let results = futures_util::future::join_all(publishes).await;
+        (bus, results)
+    }
+
+    #[tokio::test]
+    async fn a_batch_failed_by_its_content_is_retried_per_caller() {
+        let (bus, results) = ten_batched_publishes_after_one_failure(ErrorCode::Internal).await;
         let failed = results.iter().filter(|r| r.is_err()).count();
-        assert!(failed <= 1, "at most the caller alone in the failed append");
-        assert_eq!(
-            bus.last_seq("pub.t").await.unwrap(),
-            Some(10 - failed as u64)
-        );
+        assert!(failed <= 1, "at most a caller alone in the failed append");
+        let appended = bus.last_seq("pub.t").await.unwrap();
+        assert_eq!(appended, Some(10 - failed as u64));
+    }
+
+    #[tokio::test]
+    async fn a_transient_batch_failure_is_every_callers_answer_at_once() {
+        let (bus, results) = ten_batched_publishes_after_one_failure(ErrorCode::Unavailable).await;
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(!failed.is_empty());
+        assert!(failed.iter().all(|e| e.code() == ErrorCode::Unavailable));
+        let appended = bus.last_seq("pub.t").await.unwrap();
+        assert_eq!(appended.unwrap_or(0), 10 - failed.len() as u64);
+    }
+
+    #[test]
+    fn the_batcher_restarts_in_a_new_runtime() {
+        let bus = Bus::builder()
+            .batching(Batching::default())
+            .build()
+            .unwrap();
+        for expected in [1, 2] {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let seqs = rt.block_on(bus.publish(msg(expected))).unwrap();
+            assert_eq!(seqs, [expected]);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -521,7 +521,12 @@ impl Settle for Queue {
                 }
             }
             Outcome::Nack { delay, reason } => self.retry(envelope, delay, reason),
-            Outcome::Defer { delay } => self.redeliver(envelope.clone(), Some(delay), locks),
+            Outcome::Defer { delay } => {
+                // A new allocation: deliveries are tracked by address, and a
+                // stale ack deadline of this delivery must not match the next.
+                let again = Arc::new(Envelope::clone(envelope));
+                self.redeliver(again, Some(delay), locks)
+            }
         }
         None
     }

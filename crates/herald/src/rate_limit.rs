@@ -121,14 +121,17 @@ impl RateLimit {
     fn reserve(&self, key: Option<&str>) -> Instant {
         let s = &self.shared;
         let scope = if s.per_key { key.unwrap_or("") } else { "" };
-        let now = Instant::now();
         let mut scopes = s.scopes.lock();
+        // Read under the lock, so no caller is stamped earlier than one
+        // that reserved before it.
+        let now = Instant::now();
         if scopes.starts.len() > 2 * scopes.swept_at.max(512) {
-            let horizon = now.checked_sub(s.period).unwrap_or(now);
-            scopes
-                .starts
-                .retain(|_, s| s.entries.back().is_some_and(|e| e.last > horizon));
-            scopes.swept_at = scopes.starts.len();
+            if let Some(horizon) = now.checked_sub(s.period) {
+                scopes
+                    .starts
+                    .retain(|_, s| s.entries.back().is_some_and(|e| e.last > horizon));
+                scopes.swept_at = scopes.starts.len();
+            }
         }
         let starts = match scopes.starts.get_mut(scope) {
             Some(starts) => starts,

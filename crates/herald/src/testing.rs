@@ -189,9 +189,10 @@ impl Faults {
     }
 
     /// The next `times` acks are lost on the way, as if they never reached
-    /// the transport: the message comes back — at once on a transport
-    /// without transactions, and after the ack wait where the ack commits
-    /// together with the handler's effects (which are lost with it).
+    /// the transport: the acker gets `UNAVAILABLE`, and the message comes
+    /// back — at once on a transport without transactions, and after the
+    /// ack wait where the ack commits together with the handler's effects
+    /// (which are lost with it).
     pub fn lose_acks(&self, times: u64) {
         self.shared.lost_acks.fetch_add(times, Ordering::SeqCst);
     }
@@ -317,6 +318,10 @@ struct FaultySettle {
     faults: Faults,
 }
 
+fn lost_error() -> Error {
+    Error::new(ErrorCode::Unavailable, "ack lost (injected)")
+}
+
 fn lost() -> Outcome {
     Outcome::Nack {
         delay: None,
@@ -331,10 +336,15 @@ impl Settle for FaultySettle {
         outcome: Outcome,
     ) -> Option<BoxFuture<'static, Result<()>>> {
         let delivery = self.inner.lock().take()?;
-        let outcome = match outcome {
-            Outcome::Ack if self.faults.take_lost_ack() => lost(),
-            other => other,
-        };
+        if outcome == Outcome::Ack && self.faults.take_lost_ack() {
+            // The transport never hears the ack (it redelivers); the caller
+            // sees the failure, as it would a dropped connection.
+            let nacked = delivery.finish(lost());
+            return Some(Box::pin(async move {
+                nacked.await?;
+                Err(lost_error())
+            }));
+        }
         Some(Box::pin(delivery.finish(outcome)))
     }
 
@@ -355,7 +365,7 @@ impl Settle for FaultySettle {
                 // Lost with its transaction: neither the ack nor the effects
                 // reach the store, and the lease runs out into a redelivery.
                 drop(commit);
-                Ok(Box::pin(std::future::ready(Ok(()))))
+                Ok(Box::pin(std::future::ready(Err(lost_error()))))
             }
             Ok(commit) => Ok(commit),
         }

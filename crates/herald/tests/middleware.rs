@@ -143,3 +143,35 @@ async fn per_key_rate_limit_is_exact_and_keys_are_independent() {
         }
     }
 }
+
+/// An observer that panics loses nothing and stops nothing: the runtime
+/// keeps handling, and the message whose report panicked comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_observer_does_not_stop_the_handler() {
+    struct Flaky(std::sync::atomic::AtomicBool, Acked);
+    impl HandlerObserver for Flaky {
+        fn handled(&self, envelope: &Envelope, elapsed: Duration, outcome: HandlerOutcome) {
+            if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("observer bug");
+            }
+            self.1.handled(envelope, elapsed, outcome);
+        }
+    }
+    let bus = Bus::memory();
+    let acked = Acked::new();
+    let handler = bus
+        .handler("obs.t")
+        .group("g")
+        .observe(Flaky(Default::default(), acked.clone()))
+        .run(|_env| async { Ok(()) })
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..4)
+        .map(|i| Message::json("obs.t", &i).unwrap())
+        .collect();
+    bus.publish(batch).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked.until(3))
+        .await
+        .expect("the other three are handled after the panic");
+    handler.shutdown(Duration::from_secs(5)).await;
+}

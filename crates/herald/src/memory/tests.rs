@@ -207,3 +207,33 @@ async fn a_delivery_held_past_max_deliver_ack_waits_is_dead_lettered() {
     assert!(dead[0].reason.contains("ack wait"), "{}", dead[0].reason);
     drop((first, second));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_delivery_gets_a_fresh_ack_wait() {
+    let bus = bus(MemoryConfig::default());
+    let mut sub = bus
+        .subscribe_raw("t")
+        .group("g")
+        .ack_wait(Duration::from_secs(10))
+        .await
+        .unwrap();
+    bus.publish([msg("t").key("a"), msg("t").key("b")])
+        .await
+        .unwrap();
+    let a = sub.next().await.unwrap().unwrap();
+    let b = sub.next().await.unwrap().unwrap();
+    b.defer(Duration::from_secs(1)).await.unwrap();
+    let b = sub.next().await.unwrap().unwrap();
+    assert_eq!(b.attempt(), 1, "a deferral is not an attempt");
+    a.ack().await.unwrap();
+    // Paused clock, now at 1 s: go past the first delivery's deadline
+    // (10 s), not the second's (11 s).
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    let state = bus.delivery_state("t", 2, "g").await.unwrap();
+    assert_eq!(state, crate::DeliveryState::InFlight { attempt: 1 });
+    b.ack().await.unwrap();
+    assert_eq!(
+        bus.delivery_state("t", 2, "g").await.unwrap(),
+        crate::DeliveryState::Acked
+    );
+}
