@@ -43,6 +43,9 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 /// A call the driver polls in place must give the thread back within this,
 /// or the handler's later calls each get a task of their own.
 const INLINE_BUDGET: Duration = Duration::from_micros(200);
+/// The wait after a subscription error, doubling up to [`ERROR_BACKOFF_MAX`].
+const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Consecutive calls over [`INLINE_BUDGET`] that end the fast path (one
 /// slow first call, warming caches, does not).
 const SLOW_CALLS_TO_LEAVE_INLINE: u32 = 3;
@@ -304,8 +307,19 @@ impl HandlerBuilder {
             let limit = permits;
             let mut running = JoinSet::new();
             let (mut inline, mut slow) = (true, 0);
+            let mut backoff = ERROR_BACKOFF_MIN;
             while let Some(item) = sub.next().await {
-                let Ok(delivery) = item else { continue };
+                let delivery = match item {
+                    Ok(delivery) => delivery,
+                    Err(_) => {
+                        // The transport could not deliver (a store error):
+                        // try again, backing off instead of spinning.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(ERROR_BACKOFF_MAX);
+                        continue;
+                    }
+                };
+                backoff = ERROR_BACKOFF_MIN;
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
                 };

@@ -169,6 +169,7 @@ struct TransportPlan {
     publish_delay: Mutex<Option<Duration>>,
     lost_acks: AtomicU64,
     publishes: AtomicU64,
+    failing_deliveries: AtomicU64,
 }
 
 impl Faults {
@@ -195,6 +196,15 @@ impl Faults {
     /// (which are lost with it).
     pub fn lose_acks(&self, times: u64) {
         self.shared.lost_acks.fetch_add(times, Ordering::SeqCst);
+    }
+
+    /// The next `times` polls of any subscription yield an `UNAVAILABLE`
+    /// error instead of a delivery (a store that cannot be read); nothing
+    /// is lost, the deliveries come after.
+    pub fn fail_deliveries(&self, times: u64) {
+        self.shared
+            .failing_deliveries
+            .fetch_add(times, Ordering::SeqCst);
     }
 
     /// Publishes (appends) that reached the wrapped transport's door,
@@ -265,9 +275,22 @@ impl Transport for FaultyTransport {
 
     fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
         Box::pin(async move {
-            let sub = self.inner.subscribe(spec).await?;
+            let mut sub = self.inner.subscribe(spec).await?;
             let close = sub.close_handle();
             let faults = self.faults.clone();
+            let failing = self.faults.clone();
+            let sub = futures_util::stream::poll_fn(move |cx| {
+                let injected = failing.shared.failing_deliveries.fetch_update(
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                );
+                if injected.is_ok() {
+                    let e = Error::new(ErrorCode::Unavailable, "injected delivery failure");
+                    return std::task::Poll::Ready(Some(Err(e)));
+                }
+                sub.poll_next_unpin(cx)
+            });
             let wrapped = sub.map(move |item| {
                 item.map(|delivery| {
                     let envelope = delivery.shared_envelope().clone();

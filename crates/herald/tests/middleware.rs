@@ -175,3 +175,28 @@ async fn a_panicking_observer_does_not_stop_the_handler() {
         .expect("the other three are handled after the panic");
     handler.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A subscription that keeps failing is retried with a growing backoff,
+/// not in a busy loop, and the message still arrives.
+#[tokio::test(start_paused = true)]
+async fn subscription_errors_back_off_and_nothing_is_lost() {
+    let faults = herald::testing::Faults::new();
+    let bus = faults.wrap_bus(&Bus::memory());
+    let acked = Acked::new();
+    let handler = bus
+        .handler("err.t")
+        .group("g")
+        .observe(acked.clone())
+        .run(|_env| async { Ok(()) })
+        .await
+        .unwrap();
+    faults.fail_deliveries(5);
+    let t0 = Instant::now();
+    bus.publish(Message::json("err.t", &1).unwrap())
+        .await
+        .unwrap();
+    acked.until(1).await;
+    // 50 + 100 + 200 + 400 + 800 ms of backoff before the delivery.
+    assert!(Instant::now() - t0 >= Duration::from_millis(1550));
+    handler.shutdown(Duration::from_secs(1)).await;
+}
