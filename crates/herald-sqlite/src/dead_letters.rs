@@ -3,10 +3,11 @@
 //! Owns writing and listing dead letters. Writes go through the writer task
 //! (see `append`), so they share its transactions.
 
-use herald::{DeadLetter, DeadLetterFilter, Envelope, ErrorCode, FailureSource, Result};
+use herald::dead_letter::DeadLetterRow;
+use herald::{DeadLetter, DeadLetterFilter, Result};
 use sqlx::SqliteConnection;
 
-use crate::store::{decode_stored, runtime_error};
+use crate::store::runtime_error;
 
 /// Store `letter` (its `id` is assigned here; the one given is ignored).
 pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> Result<()> {
@@ -21,7 +22,7 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> 
     .bind(letter.code.as_str())
     .bind(&letter.reason)
     .bind(letter.attempts as i64)
-    .bind(source_name(letter.source))
+    .bind(letter.source.as_str())
     .bind(letter.first_failed_at.timestamp_millis())
     .bind(letter.failed_at.timestamp_millis())
     .bind(env.correlation_id().to_string())
@@ -31,19 +32,6 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> 
     .map_err(runtime_error)?;
     Ok(())
 }
-
-/// id, group, code, reason, attempts, source, first_failed_ms, failed_ms, envelope
-type Row = (
-    i64,
-    Option<String>,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    i64,
-    Vec<u8>,
-);
 
 /// The dead letters `filter` selects, oldest first. Rows are read in pages
 /// and matched in Rust (patterns are herald's, not SQL's).
@@ -55,7 +43,7 @@ pub(crate) async fn list(
     let mut out = Vec::new();
     let mut after = 0i64;
     while out.len() < max {
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<DeadLetterRow> = sqlx::query_as(
             "SELECT id, grp, code, reason, attempts, source, first_failed_ms, failed_ms, envelope FROM dead_letters
              WHERE id > ? ORDER BY id LIMIT 500",
         )
@@ -68,7 +56,7 @@ pub(crate) async fn list(
         };
         after = last;
         for row in rows {
-            let d = decode(row)?;
+            let d = DeadLetter::from_row(row)?;
             if filter.matches(&d) && out.len() < max {
                 out.push(d);
             }
@@ -99,41 +87,4 @@ pub(crate) async fn purge(store: &crate::SqliteStore, filter: DeadLetterFilter) 
     }
     tx.commit().await?;
     Ok(ids.len() as u64)
-}
-
-fn decode(row: Row) -> Result<DeadLetter> {
-    let (id, group, code, reason, attempts, source, first_failed_ms, failed_ms, envelope) = row;
-    let time = |ms| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-    let envelope: Envelope = decode_stored(&envelope)?;
-    Ok(DeadLetter {
-        id: id as u64,
-        envelope,
-        group,
-        reason,
-        code: code.parse().unwrap_or(ErrorCode::Internal),
-        first_failed_at: time(first_failed_ms),
-        failed_at: time(failed_ms),
-        attempts: attempts.clamp(0, u32::MAX as i64) as u32,
-        source: parse_source(&source),
-    })
-}
-
-fn source_name(s: FailureSource) -> &'static str {
-    match s {
-        FailureSource::Handler => "handler",
-        FailureSource::Expired => "expired",
-        FailureSource::Decode => "decode",
-        FailureSource::Forwarder => "forwarder",
-        FailureSource::Gateway => "gateway",
-    }
-}
-
-fn parse_source(s: &str) -> FailureSource {
-    match s {
-        "expired" => FailureSource::Expired,
-        "decode" => FailureSource::Decode,
-        "forwarder" => FailureSource::Forwarder,
-        "gateway" => FailureSource::Gateway,
-        _ => FailureSource::Handler,
-    }
 }

@@ -13,9 +13,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald::queue::{self, Queue, QueueHost};
-use herald::{Envelope, Error, Result, StartPosition, SubscribeSpec, Subscription};
+use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
-use crate::store::{decode_stored, max_pos, runtime_error, Inner};
+use crate::store::{max_pos, runtime_error, Inner};
 
 /// Events read per query.
 const PAGE: i64 = 256;
@@ -26,20 +26,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     if inner.closed.load(Ordering::Acquire) {
         return Err(crate::append::closed());
     }
-    if spec.patterns.is_empty() {
-        return Err(Error::validation(
-            "a subscription needs at least one pattern",
-        ));
-    }
-    if spec.start == StartPosition::Seq(0) {
-        return Err(Error::validation("start seq must be at least 1"));
-    }
-    if spec.buffer == 0 || spec.buffer > 1_000_000 {
-        return Err(Error::validation(format!(
-            "subscription buffer {} is out of range 1..=1000000",
-            spec.buffer
-        )));
-    }
+    spec.validate()?;
     if spec.group.is_some() {
         return crate::group::subscribe(inner, spec).await;
     }
@@ -59,64 +46,24 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     Ok(queue::member(queue))
 }
 
-async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, mut cursor: i64) {
-    let spec = queue.spec().clone();
-    let topics: Option<Vec<String>> = spec
+async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
+    let topics: Option<Vec<String>> = queue
+        .spec()
         .patterns
         .iter()
         .map(|p| p.is_literal().then(|| p.as_str().to_owned()))
         .collect();
-    let mut committed = inner.committed.clone();
-    loop {
-        if queue.is_closed() {
-            return;
-        }
-        if inner.closed.load(Ordering::Acquire) {
-            queue.close();
-            return;
-        }
-        committed.borrow_and_update();
-        let rows = match page(&inner, cursor, topics.as_deref()).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "a subscription could not read the log; retrying");
-                tokio::time::sleep(IDLE_CHECK).await;
-                continue;
-            }
-        };
-        if rows.is_empty() {
-            if let Ok(Err(_)) = tokio::time::timeout(IDLE_CHECK, committed.changed()).await {
-                // The writer is gone (the store is closing): check again later.
-                tokio::time::sleep(IDLE_CHECK).await;
-            }
-            continue;
-        }
-        let mut wanted = Vec::with_capacity(rows.len());
-        for (pos, bytes) in rows {
-            cursor = pos;
-            let env = match decode_stored(&bytes) {
-                Ok(env) => env,
-                Err(e) => {
-                    tracing::error!(pos, error = %e, "skipping an undecodable stored event");
-                    continue;
-                }
-            };
-            if spec.wants(env.topic().as_str(), env.kind()) && from_start(&spec.start, &env) {
-                wanted.push(Arc::new(env));
-            }
-        }
-        if !queue.push(wanted).await {
-            return;
-        }
-    }
-}
-
-fn from_start(start: &StartPosition, env: &Envelope) -> bool {
-    match start {
-        StartPosition::Seq(n) => env.seq().is_some_and(|s| s >= *n),
-        StartPosition::Time(t) => env.timestamp().timestamp_millis() >= t.timestamp_millis(),
-        StartPosition::Earliest | StartPosition::Latest => true,
-    }
+    let stopped = || inner.closed.load(Ordering::Acquire);
+    let page = |after| page(&inner, after, topics.as_deref());
+    herald::log_tail::follow(
+        queue.clone(),
+        cursor,
+        inner.committed.clone(),
+        IDLE_CHECK,
+        stopped,
+        page,
+    )
+    .await;
 }
 
 async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Vec<(i64, Vec<u8>)>> {

@@ -29,6 +29,38 @@ pub enum FailureSource {
     Gateway,
 }
 
+impl FailureSource {
+    /// Every source.
+    pub const ALL: [FailureSource; 5] = [
+        FailureSource::Handler,
+        FailureSource::Expired,
+        FailureSource::Decode,
+        FailureSource::Forwarder,
+        FailureSource::Gateway,
+    ];
+
+    /// The stable lowercase name stores keep (`handler`, `expired`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureSource::Handler => "handler",
+            FailureSource::Expired => "expired",
+            FailureSource::Decode => "decode",
+            FailureSource::Forwarder => "forwarder",
+            FailureSource::Gateway => "gateway",
+        }
+    }
+}
+
+impl std::str::FromStr for FailureSource {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        FailureSource::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| crate::Error::validation(format!("unknown failure source {s:?}")))
+    }
+}
+
 /// One dead-lettered message and its failure metadata.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -51,6 +83,47 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// Where the failure came from.
     pub source: FailureSource,
+}
+
+/// A dead letter as store tables keep it, column by column: id, group,
+/// code, reason, attempts, source, first failure and failure (ms since the
+/// epoch), envelope JSON.
+pub type DeadLetterRow = (
+    i64,
+    Option<String>,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    Vec<u8>,
+);
+
+impl DeadLetter {
+    /// Rebuild a dead letter from its stored columns; an unknown code reads
+    /// as `INTERNAL`, an unknown source as `handler`.
+    pub fn from_row(row: DeadLetterRow) -> crate::Result<DeadLetter> {
+        let (id, group, code, reason, attempts, source, first_failed_ms, failed_ms, envelope) = row;
+        let time = |ms| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let envelope = Envelope::from_json(&envelope).map_err(|e| {
+            crate::Error::internal(format!(
+                "a stored dead letter does not decode: {}",
+                e.message()
+            ))
+        })?;
+        Ok(DeadLetter {
+            id: id.max(0) as u64,
+            envelope,
+            group,
+            reason,
+            code: code.parse().unwrap_or(ErrorCode::Internal),
+            first_failed_at: time(first_failed_ms),
+            failed_at: time(failed_ms),
+            attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+            source: source.parse().unwrap_or(FailureSource::Handler),
+        })
+    }
 }
 
 /// Which dead letters to list, replay or purge; every set criterion must

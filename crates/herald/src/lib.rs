@@ -47,6 +47,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod handler;
+pub mod log_tail;
 pub mod memory;
 pub mod message;
 pub mod middleware;

@@ -29,8 +29,8 @@ use chrono::{DateTime, Utc};
 use futures_core::Stream;
 
 use crate::delivery::{Delivery, Outcome};
-use crate::envelope::Kind;
-use crate::error::{ErrorCode, Result};
+use crate::envelope::{Envelope, Kind};
+use crate::error::{Error, ErrorCode, Result};
 use crate::event::Event;
 use crate::topic::Pattern;
 
@@ -129,6 +129,35 @@ impl SubscribeSpec {
     /// Whether an event on `topic` of `kind` is for this subscription.
     pub fn wants(&self, topic: &str, kind: Kind) -> bool {
         self.kinds.allows(kind) && self.patterns.iter().any(|p| p.matches_str(topic))
+    }
+
+    /// What every transport refuses: no pattern, a start `seq` of 0, a
+    /// buffer outside 1–1,000,000.
+    pub fn validate(&self) -> Result<()> {
+        if self.patterns.is_empty() {
+            return Err(Error::validation(
+                "a subscription needs at least one pattern",
+            ));
+        }
+        if self.start == StartPosition::Seq(0) {
+            return Err(Error::validation("start seq must be at least 1"));
+        }
+        crate::config::in_range("subscription buffer", self.buffer, 1, 1_000_000)
+    }
+}
+
+impl StartPosition {
+    /// Whether a subscription starting here delivers `envelope` (`Latest`
+    /// and `Earliest` admit everything they read; where reading begins is
+    /// the transport's business).
+    pub fn admits(&self, envelope: &Envelope) -> bool {
+        match self {
+            StartPosition::Seq(n) => envelope.seq().is_some_and(|s| s >= *n),
+            StartPosition::Time(t) => {
+                envelope.timestamp().timestamp_millis() >= t.timestamp_millis()
+            }
+            StartPosition::Earliest | StartPosition::Latest => true,
+        }
     }
 }
 

@@ -1,0 +1,236 @@
+//! The store's configuration: where PostgreSQL is, which schema, timings.
+//!
+//! Owns [`PgConfig`], its defaults, the `HERALD_*` keys it reads and the
+//! range checks. Opening the store is `store`'s business.
+
+use std::time::Duration;
+
+use herald::config::{env, env_parse, in_range, seconds};
+use herald::{Error, Result};
+
+/// The PostgreSQL schema herald's tables live in, by default.
+pub const DEFAULT_SCHEMA: &str = "herald";
+/// How long an idempotency key is remembered (`HERALD_DEDUPE_WINDOW`).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// The fallback poll, for missed notifications and reconnects
+/// (`HERALD_POLL_INTERVAL`); delivery is woken by LISTEN/NOTIFY.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Connections in the store's pool.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+/// How long a publish waits for its events to be sequenced
+/// (`HERALD_TIMEOUT_SECONDS`).
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Delivery attempts before a message is dead-lettered (`HERALD_MAX_DELIVER`).
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// Where and how to keep events in PostgreSQL.
+///
+/// ```
+/// use herald_postgres::PgConfig;
+/// let config = PgConfig::new("postgres://127.0.0.1:5432/test").schema("orders_events");
+/// config.validate().unwrap();
+/// assert!(PgConfig::new("mysql://x").validate().is_err());
+/// assert!(PgConfig::new("postgres://h/db").schema("Bad-Name").validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgConfig {
+    url: String,
+    schema: String,
+    dedupe_window: Duration,
+    poll_interval: Duration,
+    pool_size: u32,
+    publish_timeout: Duration,
+    max_deliver: u32,
+}
+
+impl PgConfig {
+    /// A store at `url` (`postgres://user@host:port/database`) with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgConfig {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            pool_size: DEFAULT_POOL_SIZE,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            max_deliver: DEFAULT_MAX_DELIVER,
+        }
+    }
+
+    /// `HERALD_STORE` (a `postgres://` URL), `HERALD_PG_SCHEMA`,
+    /// `HERALD_DEDUPE_WINDOW`, `HERALD_POLL_INTERVAL`, `HERALD_PG_POOL_SIZE`,
+    /// `HERALD_TIMEOUT_SECONDS` and `HERALD_MAX_DELIVER`, validated.
+    pub fn from_env() -> Result<Self> {
+        let url = env("HERALD_STORE")
+            .ok_or_else(|| Error::validation("HERALD_STORE is not set (expected postgres://…)"))?;
+        let mut c = PgConfig::new(url);
+        if let Some(s) = env("HERALD_PG_SCHEMA") {
+            c.schema = s;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
+            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_POLL_INTERVAL")? {
+            c.poll_interval = seconds("HERALD_POLL_INTERVAL", v)?;
+        }
+        if let Some(v) = env_parse("HERALD_PG_POOL_SIZE")? {
+            c.pool_size = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_TIMEOUT_SECONDS")? {
+            c.publish_timeout = seconds("HERALD_TIMEOUT_SECONDS", v)?;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
+            c.max_deliver = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Keep herald's tables in PostgreSQL schema `name` (lowercase letters,
+    /// digits and `_`, starting with a letter or `_`, at most 63 bytes).
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.schema = name.into();
+        self
+    }
+
+    /// Remember idempotency keys this long (0 turns dedupe off; up to 7 days).
+    pub fn dedupe_window(mut self, window: Duration) -> Self {
+        self.dedupe_window = window;
+        self
+    }
+
+    /// The fallback poll (10 ms–10 s).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Connections in the pool (2–1000).
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// How long a publish waits for its `seq`s (1–300 s).
+    pub fn publish_timeout(mut self, d: Duration) -> Self {
+        self.publish_timeout = d;
+        self
+    }
+
+    /// Delivery attempts before dead-lettering (1–1000).
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+
+    /// Check every value; errors name the key, the value and the range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(Error::validation(format!(
+                "HERALD_STORE {:?} is not a postgres:// URL",
+                redact(&self.url)
+            )));
+        }
+        let s = &self.schema;
+        let valid = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .enumerate()
+                .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
+        if !valid {
+            return Err(Error::validation(format!(
+                "HERALD_PG_SCHEMA {s:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            )));
+        }
+        in_range(
+            "HERALD_DEDUPE_WINDOW",
+            self.dedupe_window.as_secs_f64(),
+            0.0,
+            7.0 * 86_400.0,
+        )?;
+        in_range(
+            "HERALD_POLL_INTERVAL",
+            self.poll_interval.as_secs_f64(),
+            0.01,
+            10.0,
+        )?;
+        in_range("HERALD_PG_POOL_SIZE", self.pool_size, 2, 1000)?;
+        in_range(
+            "HERALD_TIMEOUT_SECONDS",
+            self.publish_timeout.as_secs_f64(),
+            1.0,
+            300.0,
+        )?;
+        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+    pub(crate) fn schema_name(&self) -> &str {
+        &self.schema
+    }
+    pub(crate) fn dedupe_window_ms(&self) -> i64 {
+        self.dedupe_window.as_millis().min(i64::MAX as u128) as i64
+    }
+    pub(crate) fn poll(&self) -> Duration {
+        self.poll_interval
+    }
+    pub(crate) fn pool(&self) -> u32 {
+        self.pool_size
+    }
+    pub(crate) fn timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+    pub(crate) fn deliveries(&self) -> u32 {
+        self.max_deliver
+    }
+}
+
+/// `url` without its password, for error messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let base = PgConfig::new("postgres://h/d");
+        let e = base.clone().pool_size(1).validate().unwrap_err();
+        assert!(e.message().contains("HERALD_PG_POOL_SIZE"), "{e}");
+        let e = base
+            .clone()
+            .poll_interval(Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert!(e.message().contains("HERALD_POLL_INTERVAL"), "{e}");
+        assert!(base.clone().schema("1abc").validate().is_err());
+        assert!(base.schema("ok_1").validate().is_ok());
+    }
+}

@@ -1,0 +1,24 @@
+//! herald on PostgreSQL: an event log fed through a transactional outbox.
+//!
+//! Publishers insert into an outbox table — inside their own transaction
+//! when they want the event to exist if and only if their data commits
+//! ([`PgStore::publish_in`]). One sequencer per schema turns committed
+//! outbox rows into events with gap-free per-topic `seq`s, woken by the
+//! commit's NOTIFY (a slow poll covers missed notifications), and notifies
+//! subscribers in turn. See `ARCHITECTURE.md` for the map.
+
+mod config;
+mod dead_letters;
+mod schema;
+mod sequencer;
+mod store;
+mod tail;
+mod transport;
+
+pub use config::{
+    PgConfig, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL, DEFAULT_POOL_SIZE,
+    DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SCHEMA,
+};
+pub use schema::SCHEMA_VERSION;
+pub use store::PgStore;
+pub use transport::FEATURES;

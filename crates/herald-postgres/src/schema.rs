@@ -1,0 +1,156 @@
+//! The store's SQL schema and its migrations, in its own PostgreSQL schema.
+//!
+//! Owns the versioned migrations, applied in order on open, each in its own
+//! transaction, while an advisory lock keeps two processes from migrating
+//! at once; and the refusal to open a schema written by a newer version.
+//! Every change is a new entry in [`MIGRATIONS`]; a released entry never
+//! changes. `{s}` in an entry stands for the quoted schema name.
+
+use herald::{Error, ErrorCode, Result};
+use sqlx::PgConnection;
+
+use crate::store::runtime_error;
+
+/// The migrations; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: the outbox, the event log, receipts and dead letters.
+    r#"
+    CREATE TABLE {s}.topics (
+        name      text PRIMARY KEY,
+        last_seq  bigint NOT NULL
+    );
+    CREATE TABLE {s}.outbox (
+        id               bigserial PRIMARY KEY,
+        txid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        envelope_id      uuid NOT NULL,
+        topic            text NOT NULL,
+        idempotency_key  text NOT NULL,
+        envelope         bytea NOT NULL
+    );
+    CREATE TABLE {s}.events (
+        pos              bigint PRIMARY KEY,
+        topic            text NOT NULL,
+        seq              bigint NOT NULL,
+        id               uuid NOT NULL,
+        created_ms       bigint NOT NULL,
+        appended_ms      bigint NOT NULL,
+        idempotency_key  text NOT NULL,
+        envelope         bytea NOT NULL,
+        UNIQUE (topic, seq)
+    );
+    CREATE INDEX events_by_idempotency_key ON {s}.events (topic, idempotency_key);
+    CREATE INDEX events_by_time ON {s}.events (topic, created_ms);
+    CREATE TABLE {s}.receipts (
+        envelope_id  uuid PRIMARY KEY,
+        topic        text NOT NULL,
+        seq          bigint NOT NULL,
+        at_ms        bigint NOT NULL
+    );
+    CREATE INDEX receipts_by_age ON {s}.receipts (at_ms);
+    CREATE TABLE {s}.dead_letters (
+        id               bigserial PRIMARY KEY,
+        topic            text NOT NULL,
+        seq              bigint,
+        grp              text,
+        code             text NOT NULL,
+        reason           text NOT NULL,
+        attempts         bigint NOT NULL,
+        source           text NOT NULL,
+        first_failed_ms  bigint NOT NULL,
+        failed_ms        bigint NOT NULL,
+        correlation_id   uuid NOT NULL,
+        envelope         bytea NOT NULL
+    );
+    CREATE INDEX dead_letters_by_topic ON {s}.dead_letters (topic, failed_ms);
+    INSERT INTO {s}.herald_meta (key, value) VALUES ('next_pos', 1)
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `"name"`: an identifier already checked by the config, quoted anyway.
+pub(crate) fn quoted(schema: &str) -> String {
+    format!("\"{}\"", schema.replace('"', "\"\""))
+}
+
+/// Bring `schema` to [`SCHEMA_VERSION`].
+pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<()> {
+    let lock_key = format!("herald.migrate.{schema}");
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(&lock_key)
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let result = apply(conn, schema).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&lock_key)
+        .execute(&mut *conn)
+        .await;
+    result
+}
+
+async fn apply(conn: &mut PgConnection, schema: &str) -> Result<()> {
+    let s = quoted(schema);
+    for statement in [
+        format!("CREATE SCHEMA IF NOT EXISTS {s}"),
+        format!("CREATE TABLE IF NOT EXISTS {s}.herald_meta (key text PRIMARY KEY, value bigint NOT NULL)"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+    }
+    let version: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(max(value), 0) FROM {s}.herald_meta WHERE key = 'schema_version'"
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorCode::Validation,
+            format!(
+                "schema {schema} has version {version}, written by a newer herald; \
+                 this build reads versions up to {SCHEMA_VERSION}"
+            ),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        let applied = run(conn, &s, sql, i as i64 + 1).await;
+        let end = if applied.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        sqlx::query(end)
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        applied?;
+        tracing::info!(schema, version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+async fn run(conn: &mut PgConnection, s: &str, sql: &str, version: i64) -> Result<()> {
+    for statement in sql.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+        sqlx::query(&statement.replace("{s}", s))
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {s}.herald_meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    ))
+    .bind(version)
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
+}

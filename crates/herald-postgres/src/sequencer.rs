@@ -1,0 +1,374 @@
+//! The sequencer: the one writer of the event log.
+//!
+//! Owns turning committed outbox rows into events. Publishers only insert
+//! into the outbox (inside their own transactions, concurrently, committing
+//! in any order). One sequencer per schema — whichever process holds the
+//! schema's advisory lock, on the connection it sequences with — takes the
+//! committed rows, dedupes them by idempotency key, gives each its topic's
+//! next `seq` and the log's next `pos`, writes the events and a receipt per
+//! row, deletes the rows, and notifies subscribers, all in one transaction.
+//!
+//! This is what closes the visibility gap: a row of a transaction that
+//! commits late is simply not there yet and is sequenced in a later round,
+//! after everything already sequenced, so `seq` and `pos` are assigned in
+//! the order rows become visible and no reader ever passes a number that is
+//! later filled in. If the leader dies, its connection (and lock) go with
+//! it and another process takes over within a poll interval.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+
+use herald::{DeadLetter, Envelope, ErrorCode, FailureSource, Result};
+use sqlx::postgres::PgListener;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::store::{raise, runtime_error, Inner};
+
+/// Outbox rows taken per round.
+const ROUND: i64 = 1000;
+
+/// Run for the life of the store: lead when the lock is free, else wait.
+pub(crate) async fn run(inner: Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if me.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let poll = me.config.poll();
+        match lead(&me).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "the sequencer stopped; retrying"),
+        }
+        drop(me);
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Take the lock and sequence until the store closes or the connection
+/// fails. `Ok` without leading when another process holds the lock.
+async fn lead(inner: &Inner) -> Result<()> {
+    let mut conn = inner.pool.acquire().await.map_err(runtime_error)?.detach();
+    let lock_key = format!("herald.sequencer.{}", inner.config.schema_name());
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(&lock_key)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(runtime_error)?;
+    if !leader {
+        return Ok(());
+    }
+    let mut listener = PgListener::connect_with(&inner.pool)
+        .await
+        .map_err(runtime_error)?;
+    listener
+        .listen(&inner.outbox_channel)
+        .await
+        .map_err(runtime_error)?;
+    loop {
+        if inner.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let sequenced = round(inner, &mut conn).await?;
+        if sequenced < ROUND as usize {
+            // Wait for a commit's notification, or poll for a missed one.
+            let woke = tokio::time::timeout(inner.config.poll(), listener.recv()).await;
+            if let Ok(Err(e)) = woke {
+                return Err(runtime_error(e));
+            }
+        }
+    }
+}
+
+struct Row {
+    id: i64,
+    envelope_id: Uuid,
+    topic: String,
+    idempotency_key: String,
+    envelope: Vec<u8>,
+}
+
+/// One transaction: sequence up to [`ROUND`] committed outbox rows.
+async fn round(inner: &Inner, conn: &mut PgConnection) -> Result<usize> {
+    sqlx::query("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    match sequence(inner, conn).await {
+        Ok((n, last_pos)) => {
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(runtime_error)?;
+            if let Some(pos) = last_pos {
+                raise(&inner.committed, pos);
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// The round's work, inside its transaction: how many rows, and the last
+/// `pos` written.
+async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Option<i64>)> {
+    let s = &inner.s;
+    let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT id, envelope_id, topic, idempotency_key, envelope FROM {s}.outbox
+         ORDER BY txid, id LIMIT $1"
+    ))
+    .bind(ROUND)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    if rows.is_empty() {
+        return Ok((0, None));
+    }
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .map(|(id, envelope_id, topic, idempotency_key, envelope)| Row {
+            id,
+            envelope_id,
+            topic,
+            idempotency_key,
+            envelope,
+        })
+        .collect();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut topics: Vec<String> = rows.iter().map(|r| r.topic.clone()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let mut last_seq: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(&format!(
+        "SELECT name, last_seq FROM {s}.topics WHERE name = ANY($1)"
+    ))
+    .bind(&topics)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(runtime_error)?
+    .into_iter()
+    .collect();
+    let mut seen = existing_keys(inner, conn, &rows, now_ms).await?;
+    let mut next_pos: i64 = sqlx::query_scalar(&format!(
+        "SELECT value FROM {s}.herald_meta WHERE key = 'next_pos' FOR UPDATE"
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+
+    let mut events = Events::default();
+    let mut receipts = Receipts::default();
+    for row in &rows {
+        let key = (row.topic.clone(), row.idempotency_key.clone());
+        if let Some(seq) = seen.get(&key) {
+            receipts.push(row, *seq, now_ms);
+            continue;
+        }
+        let env = match Envelope::from_json(&row.envelope) {
+            Ok(env) => env,
+            Err(e) => {
+                // Not an envelope (written by hand into the outbox): keep it
+                // as a dead letter rather than lose or wedge on it.
+                dead_letter_raw(inner, conn, row, &e.to_string(), now_ms).await?;
+                continue;
+            }
+        };
+        let seq = last_seq.entry(row.topic.clone()).or_insert(0);
+        *seq += 1;
+        let env = env.with_seq(*seq as u64);
+        events.push(next_pos, *seq, &env, row)?;
+        if inner.config.dedupe_window_ms() > 0 {
+            seen.insert(key, *seq);
+        }
+        receipts.push(row, *seq, now_ms);
+        next_pos += 1;
+    }
+    let last_pos = (!events.pos.is_empty()).then(|| next_pos - 1);
+    events.insert(inner, conn).await?;
+    receipts.insert(inner, conn).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    sqlx::query(&format!("DELETE FROM {s}.outbox WHERE id = ANY($1)"))
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let (names, seqs): (Vec<String>, Vec<i64>) = last_seq.into_iter().unzip();
+    sqlx::query(&format!(
+        "INSERT INTO {s}.topics (name, last_seq) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+         ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq"
+    ))
+    .bind(&names)
+    .bind(&seqs)
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    sqlx::query(&format!(
+        "UPDATE {s}.herald_meta SET value = $1 WHERE key = 'next_pos'"
+    ))
+    .bind(next_pos)
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    if let Some(pos) = last_pos {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&inner.events_channel)
+            .bind(pos.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+    }
+    Ok((rows.len(), last_pos))
+}
+
+/// `seq`s of events already in the log with the rows' idempotency keys,
+/// appended within the dedupe window.
+async fn existing_keys(
+    inner: &Inner,
+    conn: &mut PgConnection,
+    rows: &[Row],
+    now_ms: i64,
+) -> Result<HashMap<(String, String), i64>> {
+    let window = inner.config.dedupe_window_ms();
+    if window == 0 {
+        return Ok(HashMap::new());
+    }
+    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.idempotency_key.as_str()).collect();
+    let found: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT e.topic, e.idempotency_key, min(e.seq) FROM {}.events e
+         JOIN UNNEST($1::text[], $2::text[]) AS k(topic, key)
+           ON e.topic = k.topic AND e.idempotency_key = k.key
+         WHERE e.appended_ms >= $3
+         GROUP BY e.topic, e.idempotency_key",
+        inner.s
+    ))
+    .bind(&topics)
+    .bind(&keys)
+    .bind(now_ms - window)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(found.into_iter().map(|(t, k, seq)| ((t, k), seq)).collect())
+}
+
+/// Columns of the events to insert, for one `UNNEST` insert.
+#[derive(Default)]
+struct Events {
+    pos: Vec<i64>,
+    topic: Vec<String>,
+    seq: Vec<i64>,
+    id: Vec<Uuid>,
+    created_ms: Vec<i64>,
+    key: Vec<String>,
+    envelope: Vec<Vec<u8>>,
+}
+
+impl Events {
+    fn push(&mut self, pos: i64, seq: i64, env: &Envelope, row: &Row) -> Result<()> {
+        self.pos.push(pos);
+        self.topic.push(row.topic.clone());
+        self.seq.push(seq);
+        self.id.push(env.id());
+        self.created_ms.push(env.timestamp().timestamp_millis());
+        self.key.push(row.idempotency_key.clone());
+        self.envelope.push(env.to_json()?);
+        Ok(())
+    }
+
+    async fn insert(self, inner: &Inner, conn: &mut PgConnection) -> Result<()> {
+        if self.pos.is_empty() {
+            return Ok(());
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        sqlx::query(&format!(
+            "INSERT INTO {}.events (pos, topic, seq, id, created_ms, appended_ms, idempotency_key, envelope)
+             SELECT p, t, s, i, c, $8, k, e FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[],
+                                                        $5::bigint[], $6::text[], $7::bytea[]) AS u(p, t, s, i, c, k, e)",
+            inner.s
+        ))
+        .bind(&self.pos)
+        .bind(&self.topic)
+        .bind(&self.seq)
+        .bind(&self.id)
+        .bind(&self.created_ms)
+        .bind(&self.key)
+        .bind(&self.envelope)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        Ok(())
+    }
+}
+
+/// Receipts: which `seq` each outbox row got, for the publisher waiting on it.
+#[derive(Default)]
+struct Receipts {
+    id: Vec<Uuid>,
+    topic: Vec<String>,
+    seq: Vec<i64>,
+    at_ms: i64,
+}
+
+impl Receipts {
+    fn push(&mut self, row: &Row, seq: i64, now_ms: i64) {
+        self.id.push(row.envelope_id);
+        self.topic.push(row.topic.clone());
+        self.seq.push(seq);
+        self.at_ms = now_ms;
+    }
+
+    async fn insert(self, inner: &Inner, conn: &mut PgConnection) -> Result<()> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {}.receipts (envelope_id, topic, seq, at_ms)
+             SELECT i, t, s, $4 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS u(i, t, s)
+             ON CONFLICT (envelope_id) DO NOTHING",
+            inner.s
+        ))
+        .bind(&self.id)
+        .bind(&self.topic)
+        .bind(&self.seq)
+        .bind(self.at_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        Ok(())
+    }
+}
+
+/// An outbox row that is not an envelope, kept as a dead letter with the
+/// raw bytes wrapped in a placeholder envelope's payload.
+async fn dead_letter_raw(
+    inner: &Inner,
+    conn: &mut PgConnection,
+    row: &Row,
+    why: &str,
+    now_ms: i64,
+) -> Result<()> {
+    let payload = herald::Payload::bytes(row.envelope.clone());
+    let topic = herald::Topic::new(&row.topic)
+        .unwrap_or_else(|_| herald::Topic::new("herald.undecodable").expect("a valid topic"));
+    let env = herald::Publish::into_envelope(
+        herald::Message::new(topic.as_str().to_owned(), payload),
+        &std::sync::Arc::from("herald-postgres"),
+    )?;
+    let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    let letter = DeadLetter {
+        id: 0,
+        envelope: env,
+        group: None,
+        reason: format!("outbox row {} is not an envelope: {why}", row.id),
+        code: ErrorCode::Validation,
+        first_failed_at: now,
+        failed_at: now,
+        attempts: 0,
+        source: FailureSource::Decode,
+    };
+    crate::dead_letters::insert(&inner.s, conn, &letter).await
+}

@@ -1,0 +1,84 @@
+//! Subscriptions without a group: a task tails the log into a delivery queue.
+//!
+//! Owns the tail task: it reads sequenced events in `pos` order (woken by
+//! the sequencer's NOTIFY, with the fallback poll), keeps those the
+//! subscription wants from its start position on, and feeds them to a
+//! [`herald::queue::Queue`], which delivers (priority, redelivery, ack
+//! deadlines, dead letters). A full queue makes the tail wait; publishers
+//! never wait for subscribers, and nothing is lost: the log holds it. These
+//! subscriptions commit nothing (they are ephemeral).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use herald::queue::{self, Queue, QueueHost};
+use herald::{Error, ErrorCode, Result, StartPosition, SubscribeSpec, Subscription};
+
+use crate::store::{closed, current_pos, runtime_error, Inner, PAGE};
+
+pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    if inner.closed.load(Ordering::Acquire) {
+        return Err(closed());
+    }
+    spec.validate()?;
+    if spec.group.is_some() {
+        return Err(Error::new(
+            ErrorCode::Validation,
+            "consumer groups are not available on the PostgreSQL store yet",
+        ));
+    }
+    let cursor = match spec.start {
+        StartPosition::Latest => current_pos(&inner.pool, &inner.s).await?,
+        _ => 0,
+    };
+    let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
+    let queue = Queue::new(spec, host);
+    queue.join();
+    inner
+        .queues
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(&queue));
+    tokio::spawn(tail(inner.clone(), queue.clone(), cursor));
+    Ok(queue::member(queue))
+}
+
+async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
+    let topics: Option<Vec<String>> = queue
+        .spec()
+        .patterns
+        .iter()
+        .map(|p| p.is_literal().then(|| p.as_str().to_owned()))
+        .collect();
+    let stopped = || inner.closed.load(Ordering::Acquire);
+    let page = |after| page(&inner, after, topics.as_deref());
+    let wake = inner.committed.subscribe();
+    herald::log_tail::follow(
+        queue.clone(),
+        cursor,
+        wake,
+        inner.config.poll(),
+        stopped,
+        page,
+    )
+    .await;
+}
+
+async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Vec<(i64, Vec<u8>)>> {
+    let s = &inner.s;
+    let filter = if topics.is_some() {
+        "AND topic = ANY($2)"
+    } else {
+        "AND $2::text[] IS NOT NULL"
+    };
+    let sql = format!(
+        "SELECT pos, envelope FROM {s}.events WHERE pos > $1 {filter} ORDER BY pos LIMIT $3"
+    );
+    sqlx::query_as(&sql)
+        .bind(after)
+        .bind(topics.unwrap_or_default())
+        .bind(PAGE)
+        .fetch_all(&inner.pool)
+        .await
+        .map_err(runtime_error)
+}
