@@ -4,66 +4,84 @@
 //! transaction, while an advisory lock keeps two processes from migrating
 //! at once; and the refusal to open a schema written by a newer version.
 //! Every change is a new entry in [`MIGRATIONS`]; a released entry never
-//! changes. `{s}` in an entry stands for the quoted schema name.
+//! changes. `{s}` in an entry stands for the quoted schema name, `{n}` for
+//! the bare one.
 
 use herald::{Error, ErrorCode, Result};
 use sqlx::PgConnection;
 
 use crate::store::runtime_error;
 
-/// The migrations; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    // v1: the outbox, the event log, receipts and dead letters.
-    r#"
-    CREATE TABLE {s}.topics (
-        name      text PRIMARY KEY,
-        last_seq  bigint NOT NULL
-    );
-    CREATE TABLE {s}.outbox (
-        id               bigserial PRIMARY KEY,
-        txid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
-        envelope_id      uuid NOT NULL,
-        topic            text NOT NULL,
-        idempotency_key  text NOT NULL,
-        envelope         bytea NOT NULL
-    );
-    CREATE TABLE {s}.events (
-        pos              bigint PRIMARY KEY,
-        topic            text NOT NULL,
-        seq              bigint NOT NULL,
-        id               uuid NOT NULL,
-        created_ms       bigint NOT NULL,
-        appended_ms      bigint NOT NULL,
-        idempotency_key  text NOT NULL,
-        envelope         bytea NOT NULL,
-        UNIQUE (topic, seq)
-    );
-    CREATE INDEX events_by_idempotency_key ON {s}.events (topic, idempotency_key);
-    CREATE INDEX events_by_time ON {s}.events (topic, created_ms);
-    CREATE TABLE {s}.receipts (
-        envelope_id  uuid PRIMARY KEY,
-        topic        text NOT NULL,
-        seq          bigint NOT NULL,
-        at_ms        bigint NOT NULL
-    );
-    CREATE INDEX receipts_by_age ON {s}.receipts (at_ms);
-    CREATE TABLE {s}.dead_letters (
-        id               bigserial PRIMARY KEY,
-        topic            text NOT NULL,
-        seq              bigint,
-        grp              text,
-        code             text NOT NULL,
-        reason           text NOT NULL,
-        attempts         bigint NOT NULL,
-        source           text NOT NULL,
-        first_failed_ms  bigint NOT NULL,
-        failed_ms        bigint NOT NULL,
-        correlation_id   uuid NOT NULL,
-        envelope         bytea NOT NULL
-    );
-    CREATE INDEX dead_letters_by_topic ON {s}.dead_letters (topic, failed_ms);
-    INSERT INTO {s}.herald_meta (key, value) VALUES ('next_pos', 1)
-    "#,
+/// The migrations; entry `i` takes the schema from version `i` to `i + 1`,
+/// one statement per string.
+const MIGRATIONS: &[&[&str]] = &[
+    // v1: the outbox, the event log, receipts, dead letters, and the wake-up
+    // of an idle sequencer.
+    &[
+        "CREATE TABLE {s}.topics (
+            name      text PRIMARY KEY,
+            last_seq  bigint NOT NULL
+        )",
+        "CREATE TABLE {s}.outbox (
+            id               bigserial PRIMARY KEY,
+            txid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            envelope_id      uuid NOT NULL,
+            topic            text NOT NULL,
+            idempotency_key  text NOT NULL,
+            envelope         bytea NOT NULL
+        )",
+        "CREATE TABLE {s}.events (
+            pos              bigint PRIMARY KEY,
+            topic            text NOT NULL,
+            seq              bigint NOT NULL,
+            id               uuid NOT NULL,
+            created_ms       bigint NOT NULL,
+            appended_ms      bigint NOT NULL,
+            idempotency_key  text NOT NULL,
+            envelope         bytea NOT NULL,
+            UNIQUE (topic, seq)
+        )",
+        "CREATE INDEX events_by_idempotency_key ON {s}.events (topic, idempotency_key)",
+        "CREATE INDEX events_by_time ON {s}.events (topic, created_ms)",
+        "CREATE TABLE {s}.receipts (
+            envelope_id  uuid PRIMARY KEY,
+            topic        text NOT NULL,
+            seq          bigint NOT NULL,
+            at_ms        bigint NOT NULL
+        )",
+        "CREATE INDEX receipts_by_age ON {s}.receipts (at_ms)",
+        "CREATE TABLE {s}.dead_letters (
+            id               bigserial PRIMARY KEY,
+            topic            text NOT NULL,
+            seq              bigint,
+            grp              text,
+            code             text NOT NULL,
+            reason           text NOT NULL,
+            attempts         bigint NOT NULL,
+            source           text NOT NULL,
+            first_failed_ms  bigint NOT NULL,
+            failed_ms        bigint NOT NULL,
+            correlation_id   uuid NOT NULL,
+            envelope         bytea NOT NULL
+        )",
+        "CREATE INDEX dead_letters_by_topic ON {s}.dead_letters (topic, failed_ms)",
+        "INSERT INTO {s}.herald_meta (key, value) VALUES ('next_pos', 1), ('sequencer_idle', 1)",
+        // At commit (a deferred trigger), once per transaction: wake the
+        // sequencer if it is idle. A busy sequencer needs no wake-up, and
+        // NOTIFY serializes the commits of the transactions that send it.
+        "CREATE FUNCTION {s}.wake_sequencer() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_setting('herald.woke_{n}', true) IS DISTINCT FROM 'y' THEN
+                 PERFORM set_config('herald.woke_{n}', 'y', true);
+                 IF (SELECT value FROM {s}.herald_meta WHERE key = 'sequencer_idle') = 1 THEN
+                     PERFORM pg_notify('herald_outbox_{n}', '');
+                 END IF;
+             END IF;
+             RETURN NULL;
+         END $$",
+        "CREATE CONSTRAINT TRIGGER wake_sequencer AFTER INSERT ON {s}.outbox
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.wake_sequencer()",
+    ],
 ];
 
 /// The schema version this build writes.
@@ -121,7 +139,7 @@ async fn apply(conn: &mut PgConnection, schema: &str) -> Result<()> {
             .execute(&mut *conn)
             .await
             .map_err(runtime_error)?;
-        let applied = run(conn, &s, sql, i as i64 + 1).await;
+        let applied = run(conn, &s, schema, sql, i as i64 + 1).await;
         let end = if applied.is_ok() {
             "COMMIT"
         } else {
@@ -137,9 +155,16 @@ async fn apply(conn: &mut PgConnection, schema: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run(conn: &mut PgConnection, s: &str, sql: &str, version: i64) -> Result<()> {
-    for statement in sql.split(';').map(str::trim).filter(|t| !t.is_empty()) {
-        sqlx::query(&statement.replace("{s}", s))
+/// Apply one migration; `{s}` is the quoted schema, `{n}` its bare name.
+async fn run(
+    conn: &mut PgConnection,
+    s: &str,
+    name: &str,
+    statements: &[&str],
+    version: i64,
+) -> Result<()> {
+    for statement in statements {
+        sqlx::query(&statement.replace("{s}", s).replace("{n}", name))
             .execute(&mut *conn)
             .await
             .map_err(runtime_error)?;

@@ -4,7 +4,8 @@
 //! into the outbox (inside their own transactions, concurrently, committing
 //! in any order). One sequencer per schema — whichever process holds the
 //! schema's advisory lock, on the connection it sequences with — takes the
-//! committed rows, dedupes them by idempotency key, gives each its topic's
+//! committed rows (by `id`, through the primary key, so a bloated outbox
+//! costs little), dedupes them by idempotency key, gives each its topic's
 //! next `seq` and the log's next `pos`, writes the events and a receipt per
 //! row, deletes the rows, and notifies subscribers, all in one transaction.
 //!
@@ -66,19 +67,91 @@ async fn lead(inner: &Inner) -> Result<()> {
         .listen(&inner.outbox_channel)
         .await
         .map_err(runtime_error)?;
+    // Busy while rounds find rows; publishers wake an idle sequencer only
+    // (see the `wake_sequencer` trigger in `schema`).
+    let mut idle = true;
+    set_idle(inner, &mut conn, true).await?;
+    let mut next_cleanup = tokio::time::Instant::now();
     loop {
         if inner.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let sequenced = round(inner, &mut conn).await?;
-        if sequenced < ROUND as usize {
-            // Wait for a commit's notification, or poll for a missed one.
-            let woke = tokio::time::timeout(inner.config.poll(), listener.recv()).await;
-            if let Ok(Err(e)) = woke {
-                return Err(runtime_error(e));
-            }
+        if tokio::time::Instant::now() >= next_cleanup {
+            forget_old_receipts(inner, &mut conn).await?;
+            next_cleanup = tokio::time::Instant::now() + RECEIPT_CLEANUP_EVERY;
         }
+        if round(inner, &mut conn).await? > 0 {
+            if idle {
+                set_idle(inner, &mut conn, false).await?;
+                idle = false;
+            }
+            continue;
+        }
+        if !idle {
+            // Going idle: say so, then look again, and once more after a
+            // commit's time, for rows whose transactions decided not to
+            // wake us just before we said so.
+            set_idle(inner, &mut conn, true).await?;
+            idle = true;
+            for pause in GOING_IDLE_RECHECKS {
+                if round(inner, &mut conn).await? > 0 || wait(&mut listener, pause).await? {
+                    break;
+                }
+            }
+            continue;
+        }
+        wait(&mut listener, inner.config.poll()).await?;
     }
+}
+
+/// After going idle the sequencer looks again after each of these pauses:
+/// a transaction that decided not to wake it just before becomes visible
+/// within about a commit's time.
+const GOING_IDLE_RECHECKS: [std::time::Duration; 5] = [
+    std::time::Duration::from_millis(1),
+    std::time::Duration::from_millis(2),
+    std::time::Duration::from_millis(4),
+    std::time::Duration::from_millis(8),
+    std::time::Duration::from_millis(16),
+];
+
+/// Wait up to `limit` for a wake-up; whether one came.
+async fn wait(listener: &mut PgListener, limit: std::time::Duration) -> Result<bool> {
+    match tokio::time::timeout(limit, listener.recv()).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) => Err(runtime_error(e)),
+        Err(_) => Ok(false),
+    }
+}
+
+/// How often the leader deletes receipts no publisher can still be
+/// waiting for (older than twice the publish timeout).
+const RECEIPT_CLEANUP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn forget_old_receipts(inner: &Inner, conn: &mut PgConnection) -> Result<()> {
+    let keep_ms = 2 * inner.config.timeout().as_millis().min(i64::MAX as u128 / 2) as i64;
+    let before = chrono::Utc::now().timestamp_millis() - keep_ms;
+    sqlx::query(&format!(
+        "DELETE FROM {}.receipts WHERE at_ms < $1",
+        inner.s
+    ))
+    .bind(before)
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
+}
+
+async fn set_idle(inner: &Inner, conn: &mut PgConnection, idle: bool) -> Result<()> {
+    sqlx::query(&format!(
+        "UPDATE {}.herald_meta SET value = $1 WHERE key = 'sequencer_idle'",
+        inner.s
+    ))
+    .bind(i64::from(idle))
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
 }
 
 struct Row {
@@ -119,7 +192,7 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
     let s = &inner.s;
     let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
         "SELECT id, envelope_id, topic, idempotency_key, envelope FROM {s}.outbox
-         ORDER BY txid, id LIMIT $1"
+         ORDER BY id LIMIT $1"
     ))
     .bind(ROUND)
     .fetch_all(&mut *conn)
@@ -238,11 +311,13 @@ async fn existing_keys(
     let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.idempotency_key.as_str()).collect();
     let found: Vec<(String, String, i64)> = sqlx::query_as(&format!(
-        "SELECT e.topic, e.idempotency_key, min(e.seq) FROM {}.events e
-         JOIN UNNEST($1::text[], $2::text[]) AS k(topic, key)
-           ON e.topic = k.topic AND e.idempotency_key = k.key
-         WHERE e.appended_ms >= $3
-         GROUP BY e.topic, e.idempotency_key",
+        // One index lookup per key (a join lets the planner scan the log).
+        "SELECT DISTINCT k.topic, k.key, x.seq FROM UNNEST($1::text[], $2::text[]) AS k(topic, key)
+         CROSS JOIN LATERAL (
+             SELECT min(e.seq) AS seq FROM {}.events e
+             WHERE e.topic = k.topic AND e.idempotency_key = k.key AND e.appended_ms >= $3
+         ) x
+         WHERE x.seq IS NOT NULL",
         inner.s
     ))
     .bind(&topics)

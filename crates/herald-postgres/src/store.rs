@@ -224,8 +224,8 @@ impl PgStore {
     }
 }
 
-/// Insert `batch` into the outbox on `conn` and notify the sequencer (the
-/// notification is delivered when the transaction commits).
+/// Insert `batch` into the outbox on `conn`. At commit, a deferred trigger
+/// wakes the sequencer if it is idle (see `schema`).
 async fn insert_outbox(inner: &Inner, conn: &mut PgConnection, batch: &[Envelope]) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
@@ -252,11 +252,6 @@ async fn insert_outbox(inner: &Inner, conn: &mut PgConnection, batch: &[Envelope
     .execute(&mut *conn)
     .await
     .map_err(runtime_error)?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(&inner.outbox_channel)
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
     Ok(())
 }
 

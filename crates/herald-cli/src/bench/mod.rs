@@ -8,6 +8,8 @@
 
 mod handler;
 mod latency;
+mod postgres;
+mod sample;
 mod sqlite;
 mod stats;
 mod sustained;
@@ -36,15 +38,26 @@ pub struct Args {
     #[arg(long)]
     iterations: Option<usize>,
     /// Benchmark a durable store instead of the in-process bus:
-    /// `sqlite:PATH` (PATH must not exist; the files are removed after).
+    /// `sqlite:PATH` (PATH must not exist; the files are removed after) or a
+    /// `postgres://` URL (it works in a schema of its own, dropped after).
     #[arg(long, value_parser = parse_store)]
-    store: Option<std::path::PathBuf>,
+    store: Option<Store>,
 }
 
-fn parse_store(s: &str) -> Result<std::path::PathBuf, String> {
+/// A store to benchmark.
+#[derive(Debug, Clone)]
+enum Store {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+fn parse_store(s: &str) -> Result<Store, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        return Ok(Store::Postgres(s.to_owned()));
+    }
     match s.strip_prefix("sqlite:") {
-        Some(p) if !p.is_empty() => Ok(p.trim_start_matches("//").into()),
-        _ => Err(format!("{s:?}: expected sqlite:PATH")),
+        Some(p) if !p.is_empty() => Ok(Store::Sqlite(p.trim_start_matches("//").into())),
+        _ => Err(format!("{s:?}: expected sqlite:PATH or postgres://…")),
     }
 }
 
@@ -54,6 +67,20 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         return Err(format!("{v} is out of range 0.1–3600"));
     }
     Ok(v)
+}
+
+/// Print `report` as one JSON line on stdout.
+fn print_json(report: &impl Serialize) -> ExitCode {
+    match serde_json::to_string(report) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald bench: cannot encode the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Required bounds (DESIGN.md §8); `--check` fails when one is breached.
@@ -103,7 +130,40 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &args.store {
+    if let Some(Store::Postgres(url)) = &args.store {
+        return match runtime.block_on(postgres::run(url, args.check)) {
+            Ok(r) => {
+                eprintln!(
+                    "\nherald bench --store postgres ({} tasks, one transaction per publish or per {})\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw sqlx inserts\n\nsequencer: {:.0} events/s into the log\noutbox commit → subscriber (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}   goal p50 ≤ 5, p99 ≤ 25\n",
+                    postgres::TASKS,
+                    postgres::BATCH,
+                    "outbox publishes/s",
+                    "herald",
+                    "raw sqlx",
+                    "ratio",
+                    "one event per transaction",
+                    r.herald_single,
+                    r.raw_single,
+                    r.ratio_single,
+                    format!("{} events per transaction", postgres::BATCH),
+                    r.herald_batched,
+                    r.raw_batched,
+                    r.ratio_batched,
+                    r.sequenced_per_second,
+                    r.end_to_end.p50_us / 1000.0,
+                    r.end_to_end.p95_us / 1000.0,
+                    r.end_to_end.p99_us / 1000.0,
+                    r.end_to_end.max_us / 1000.0,
+                );
+                print_json(&r)
+            }
+            Err(e) => {
+                eprintln!("herald bench: {} ({})", e, e.code());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Store::Sqlite(path)) = &args.store {
         return match runtime.block_on(sqlite::run(path, args.check)) {
             Ok(r) => {
                 eprintln!(
@@ -128,16 +188,7 @@ pub fn main(args: Args) -> ExitCode {
                     r.group_drain_1,
                     r.group_drain_4,
                 );
-                match serde_json::to_string(&r) {
-                    Ok(json) => {
-                        println!("{json}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("herald bench: cannot encode the report: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                print_json(&r)
             }
             Err(e) => {
                 eprintln!("herald bench: {} ({})", e, e.code());

@@ -7,13 +7,14 @@
 //! only: it links the same libsqlite3 as sqlx.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::Instant;
 
-use herald::{Envelope, Error, Message, Publish, Result};
+use herald::{Envelope, Error, Message, Result};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
 
+use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
 /// Appends per second of one workload.
@@ -71,22 +72,6 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
         group_drain_1,
         group_drain_4,
     })
-}
-
-fn sample() -> Result<Envelope> {
-    Message::json(
-        "bench.orders",
-        &serde_json::json!({"id": 1234, "sku": "A-1", "qty": 2, "total": 99.5}),
-    )?
-    .key("customer-42")
-    .into_envelope(&Arc::from("bench"))
-}
-
-fn fresh(sample: &Envelope) -> Envelope {
-    Message::new("bench.orders", sample.payload().clone())
-        .key("customer-42")
-        .into_envelope(&Arc::from("bench"))
-        .expect("a valid sample")
 }
 
 async fn herald_appends(

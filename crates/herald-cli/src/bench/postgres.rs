@@ -1,0 +1,255 @@
+//! `herald bench --store postgres://…`: the PostgreSQL store's outbox
+//! publishes next to the same inserts done with raw sqlx, in the same run
+//! and the same database, from [`TASKS`] concurrent tasks, one transaction
+//! per publish (single) or per [`BATCH`] events; the sequencer's rate at
+//! turning outbox rows into events; and publish-commit → subscriber latency
+//! (woken by LISTEN/NOTIFY). Everything runs in a schema of its own, dropped
+//! afterwards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::{Bus, Envelope, Error, Message, Result, StartPosition};
+use herald_postgres::{PgConfig, PgStore};
+use serde::Serialize;
+
+use super::sample::{fresh, sample};
+use super::stats::Percentiles;
+
+/// What the PostgreSQL run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgFigures {
+    pub events: usize,
+    /// herald outbox publishes/s, one event per transaction.
+    pub herald_single: f64,
+    /// raw sqlx inserts/s of the same rows, one per transaction.
+    pub raw_single: f64,
+    /// herald outbox events/s in transactions of [`BATCH`].
+    pub herald_batched: f64,
+    /// raw sqlx rows/s in transactions of [`BATCH`].
+    pub raw_batched: f64,
+    pub ratio_single: f64,
+    pub ratio_batched: f64,
+    /// Events/s the sequencer turned into log events while the batched
+    /// publishers ran and until it caught up.
+    pub sequenced_per_second: f64,
+    /// Outbox publish committed → a subscriber has it.
+    pub end_to_end: Percentiles,
+}
+
+/// Concurrent publishing tasks.
+pub const TASKS: usize = 32;
+/// Events per batch.
+pub const BATCH: usize = 100;
+
+/// Run the benchmark against `url`.
+pub async fn run(url: &str, short: bool) -> Result<PgFigures> {
+    let schema = format!(
+        "herald_bench_{}_{:06x}",
+        std::process::id(),
+        fastrand::u32(..1 << 24)
+    );
+    let config = PgConfig::new(url)
+        .schema(&schema)
+        .pool_size(TASKS as u32 + 8);
+    let store = PgStore::open(config).await?;
+    let result = measure(&store, &schema, short).await;
+    store.close().await;
+    drop_schema(url, &schema).await;
+    result
+}
+
+async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures> {
+    // Whole batches for every task, so the counts are exact.
+    let single = TASKS * if short { 64 } else { 320 };
+    let batched = TASKS * BATCH * if short { 6 } else { 32 };
+    let sample = sample()?;
+    raw_table(store, schema).await?;
+    // Each raw run starts once the sequencer has caught up, so it does not
+    // compete with herald's leftover work.
+    let herald_single = herald_publishes(store, single, 1, &sample).await?;
+    wait_sequenced(store, single as u64).await?;
+    let raw_single = raw_inserts(store, schema, single, 1, &sample).await?;
+    let began = Instant::now();
+    let herald_batched = herald_publishes(store, batched, BATCH, &sample).await?;
+    wait_sequenced(store, (single + batched) as u64).await?;
+    let sequenced_per_second = batched as f64 / began.elapsed().as_secs_f64();
+    let raw_batched = raw_inserts(store, schema, batched, BATCH, &sample).await?;
+    let rounds = if short { 200 } else { 1000 };
+    let end_to_end = end_to_end(store, rounds, (rounds / 10).max(50)).await?;
+    Ok(PgFigures {
+        events: batched,
+        herald_single,
+        raw_single,
+        herald_batched,
+        raw_batched,
+        ratio_single: herald_single / raw_single,
+        ratio_batched: herald_batched / raw_batched,
+        sequenced_per_second,
+        end_to_end,
+    })
+}
+
+/// [`TASKS`] tasks each committing transactions of `batch` outbox publishes.
+async fn herald_publishes(
+    store: &PgStore,
+    events: usize,
+    batch: usize,
+    sample: &Envelope,
+) -> Result<f64> {
+    let (store, sample) = (store.clone(), sample.clone());
+    concurrently(events, batch, move |n| {
+        let (store, sample) = (store.clone(), sample.clone());
+        async move {
+            let mut tx = store.pool().begin().await.map_err(pg)?;
+            store
+                .publish_in(&mut tx, (0..n).map(|_| fresh(&sample)).collect())
+                .await?;
+            tx.commit().await.map_err(pg)
+        }
+    })
+    .await
+}
+
+/// Run `transaction(n)` from [`TASKS`] tasks until each has done its share
+/// of `events` in transactions of `batch`; events per second.
+async fn concurrently<W, F>(events: usize, batch: usize, transaction: W) -> Result<f64>
+where
+    W: Fn(usize) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<()>> + Send,
+{
+    let per_task = events / TASKS;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let transaction = transaction.clone();
+            tokio::spawn(async move {
+                let mut left = per_task;
+                while left > 0 {
+                    let n = batch.min(left);
+                    transaction(n).await?;
+                    left -= n;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| Error::internal(e.to_string()))??;
+    }
+    Ok((per_task * TASKS) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn raw_table(store: &PgStore, schema: &str) -> Result<()> {
+    sqlx::query(&format!(
+        "CREATE TABLE \"{schema}\".raw (id bigserial PRIMARY KEY, envelope_id uuid NOT NULL,
+         topic text NOT NULL, idempotency_key text NOT NULL, envelope bytea NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// The same rows inserted with plain sqlx: one `UNNEST` insert per
+/// transaction of `batch`, [`TASKS`] tasks.
+async fn raw_inserts(
+    store: &PgStore,
+    schema: &str,
+    events: usize,
+    batch: usize,
+    sample: &Envelope,
+) -> Result<f64> {
+    let sql = Arc::new(format!(
+        "INSERT INTO \"{schema}\".raw (envelope_id, topic, idempotency_key, envelope)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[])"
+    ));
+    let (pool, sample) = (store.pool().clone(), sample.clone());
+    concurrently(events, batch, move |n| {
+        let (pool, sample, sql) = (pool.clone(), sample.clone(), sql.clone());
+        async move {
+            let envs: Vec<Envelope> = (0..n).map(|_| fresh(&sample)).collect();
+            let ids: Vec<_> = envs.iter().map(|e| e.id()).collect();
+            let topics: Vec<String> = envs.iter().map(|e| e.topic().to_string()).collect();
+            let keys: Vec<String> = envs
+                .iter()
+                .map(|e| e.idempotency_key().into_owned())
+                .collect();
+            let bodies = envs
+                .iter()
+                .map(|e| e.to_json())
+                .collect::<Result<Vec<_>>>()?;
+            let mut tx = pool.begin().await.map_err(pg)?;
+            sqlx::query(&sql)
+                .bind(&ids)
+                .bind(&topics)
+                .bind(&keys)
+                .bind(&bodies)
+                .execute(&mut *tx)
+                .await
+                .map_err(pg)?;
+            tx.commit().await.map_err(pg)
+        }
+    })
+    .await
+}
+
+/// Wait until `bench.orders` has `n` events.
+async fn wait_sequenced(store: &PgStore, n: u64) -> Result<()> {
+    let topic = "bench.orders".parse()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while store.last_seq(&topic).await?.unwrap_or(0) < n {
+        if Instant::now() > deadline {
+            return Err(Error::internal(
+                "the sequencer did not catch up within 300 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Commit one outbox publish and wait until a subscriber has it.
+async fn end_to_end(store: &PgStore, rounds: usize, warmup: usize) -> Result<Percentiles> {
+    let bus = Bus::new(store.clone());
+    let mut sub = bus
+        .subscribe_raw("bench.latency")
+        .start(StartPosition::Latest)
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = futures_util::StreamExt::next(&mut sub).await {
+            let at = Instant::now();
+            if d.ack().await.is_err() || tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(warmup + rounds);
+    for i in 0..warmup + rounds {
+        let prepared = bus.prepare(Message::json("bench.latency", &i)?)?;
+        let mut txn = store.pool().begin().await.map_err(pg)?;
+        store.publish_in(&mut txn, prepared).await?;
+        txn.commit().await.map_err(pg)?;
+        let committed = Instant::now();
+        let at = rx
+            .recv()
+            .await
+            .ok_or_else(|| Error::internal("the subscriber stopped"))?;
+        samples.push(at.saturating_duration_since(committed));
+    }
+    Ok(Percentiles::of(samples, warmup))
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(url).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+}
+
+fn pg(e: sqlx::Error) -> Error {
+    Error::new(herald::ErrorCode::Unavailable, format!("postgres: {e}"))
+}
