@@ -112,6 +112,11 @@ impl PgStore {
         Ok(PgStore { inner })
     }
 
+    /// The PostgreSQL schema the store's tables live in.
+    pub fn schema(&self) -> &str {
+        self.inner.config.schema_name()
+    }
+
     /// The pool the store uses; begin your own transactions on it to
     /// publish through the outbox ([`PgStore::publish_in`]).
     pub fn pool(&self) -> &PgPool {

@@ -1,0 +1,73 @@
+//! Opening the store: bad configuration and unreachable servers get clear
+//! errors with stable codes; a schema from a newer herald is refused;
+//! opening twice (two processes) migrates once and shares the log.
+
+mod support;
+
+use herald::ErrorCode;
+use herald_postgres::{PgConfig, PgStore, SCHEMA_VERSION};
+
+#[tokio::test]
+async fn a_malformed_url_is_validation_and_hides_the_password() {
+    let err = PgStore::open(PgConfig::new("postgres://app:secret@[bad"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation, "{err}");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    let err = PgStore::open(PgConfig::new("mysql://x/y"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    // Nothing listens on port 1.
+    let config = PgConfig::new("postgres://postgres@127.0.0.1:1/test")
+        .publish_timeout(std::time::Duration::from_secs(2));
+    let err = PgStore::open(config).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_from_a_newer_herald_is_refused() {
+    let config = support::fresh_config().await;
+    let store = PgStore::open(config.clone()).await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE \"{}\".herald_meta SET value = $1 WHERE key = 'schema_version'",
+        store.schema()
+    ))
+    .bind(SCHEMA_VERSION + 1)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    let err = PgStore::open(config).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation);
+    assert!(err.to_string().contains("newer herald"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_schema_share_the_log() {
+    let config = support::fresh_config().await;
+    let (a, b) = tokio::join!(PgStore::open(config.clone()), PgStore::open(config));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let bus_a = herald::Bus::new(a.clone());
+    let bus_b = herald::Bus::new(b.clone());
+    let first = bus_a
+        .publish(herald::Message::json("two.t", &1).unwrap())
+        .await
+        .unwrap();
+    let second = bus_b
+        .publish(herald::Message::json("two.t", &2).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (first, second),
+        (vec![1], vec![2]),
+        "one sequence across both"
+    );
+    a.close().await;
+    b.close().await;
+}
