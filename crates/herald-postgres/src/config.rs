@@ -87,7 +87,8 @@ impl PgConfig {
     }
 
     /// Keep herald's tables in PostgreSQL schema `name` (lowercase letters,
-    /// digits and `_`, starting with a letter or `_`, at most 63 bytes).
+    /// digits and `_`, starting with a letter or `_`, at most 49 bytes so
+    /// its NOTIFY channel names fit, not starting with `pg_`).
     pub fn schema(mut self, name: impl Into<String>) -> Self {
         self.schema = name.into();
         self
@@ -105,7 +106,8 @@ impl PgConfig {
         self
     }
 
-    /// Connections in the pool (2–1000).
+    /// Connections in the pool (4–1000). Two stay with the notification
+    /// listeners in the process that sequences.
     pub fn pool_size(mut self, n: u32) -> Self {
         self.pool_size = n;
         self
@@ -132,14 +134,16 @@ impl PgConfig {
             )));
         }
         let s = &self.schema;
+        // NOTIFY channels are `herald_outbox_<schema>` and must fit 63 bytes.
         let valid = !s.is_empty()
-            && s.len() <= 63
+            && s.len() <= 49
+            && !s.starts_with("pg_")
             && s.bytes()
                 .enumerate()
                 .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
         if !valid {
             return Err(Error::validation(format!(
-                "HERALD_PG_SCHEMA {s:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+                "HERALD_PG_SCHEMA {s:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 49 bytes, not pg_…)"
             )));
         }
         in_range(
@@ -154,7 +158,7 @@ impl PgConfig {
             0.01,
             10.0,
         )?;
-        in_range("HERALD_PG_POOL_SIZE", self.pool_size, 2, 1000)?;
+        in_range("HERALD_PG_POOL_SIZE", self.pool_size, 4, 1000)?;
         in_range(
             "HERALD_TIMEOUT_SECONDS",
             self.publish_timeout.as_secs_f64(),
@@ -222,7 +226,7 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused_by_name() {
         let base = PgConfig::new("postgres://h/d");
-        let e = base.clone().pool_size(1).validate().unwrap_err();
+        let e = base.clone().pool_size(3).validate().unwrap_err();
         assert!(e.message().contains("HERALD_PG_POOL_SIZE"), "{e}");
         let e = base
             .clone()
@@ -231,6 +235,8 @@ mod tests {
             .unwrap_err();
         assert!(e.message().contains("HERALD_POLL_INTERVAL"), "{e}");
         assert!(base.clone().schema("1abc").validate().is_err());
+        assert!(base.clone().schema("pg_x").validate().is_err());
+        assert!(base.clone().schema("a".repeat(50)).validate().is_err());
         assert!(base.schema("ok_1").validate().is_ok());
     }
 }

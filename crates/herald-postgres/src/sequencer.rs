@@ -29,6 +29,9 @@ use crate::store::{raise, runtime_error, Inner};
 
 /// Outbox rows taken per round.
 const ROUND: i64 = 1000;
+/// Envelope bytes taken per round (a round always takes at least one row),
+/// far below PostgreSQL's 1 GiB message limit.
+const ROUND_BYTES: usize = 64 * 1024 * 1024;
 
 /// Run for the life of the store: lead when the lock is free, else wait.
 pub(crate) async fn run(inner: Weak<Inner>) {
@@ -50,16 +53,19 @@ pub(crate) async fn run(inner: Weak<Inner>) {
 /// Take the lock and sequence until the store closes or the connection
 /// fails. `Ok` without leading when another process holds the lock.
 async fn lead(inner: &Inner) -> Result<()> {
-    let mut conn = inner.pool.acquire().await.map_err(runtime_error)?.detach();
+    let mut pooled = inner.pool.acquire().await.map_err(runtime_error)?;
     let lock_key = format!("herald.sequencer.{}", inner.config.schema_name());
     let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
         .bind(&lock_key)
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *pooled)
         .await
         .map_err(runtime_error)?;
     if !leader {
+        // No lock is held: the connection goes back to the pool.
         return Ok(());
     }
+    // The lock lives as long as this session: keep it out of the pool.
+    let mut conn = pooled.detach();
     let mut listener = PgListener::connect_with(&inner.pool)
         .await
         .map_err(runtime_error)?;
@@ -190,11 +196,33 @@ async fn round(inner: &Inner, conn: &mut PgConnection) -> Result<usize> {
 /// `pos` written.
 async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Option<i64>)> {
     let s = &inner.s;
-    let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
-        "SELECT id, envelope_id, topic, idempotency_key, envelope FROM {s}.outbox
-         ORDER BY id LIMIT $1"
+    // Up to ROUND rows and ROUND_BYTES of envelopes (at least one row).
+    let sizes: Vec<(i64, i32)> = sqlx::query_as(&format!(
+        "SELECT id, length(envelope) FROM {s}.outbox ORDER BY id LIMIT $1"
     ))
     .bind(ROUND)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    let mut budget = ROUND_BYTES;
+    let mut take: usize = 0;
+    for (_, len) in &sizes {
+        let len = (*len).max(0) as usize;
+        if take > 0 && len > budget {
+            break;
+        }
+        budget = budget.saturating_sub(len);
+        take += 1;
+    }
+    let Some((last_id, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
+        return Ok((0, None));
+    };
+    let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT id, envelope_id, topic, idempotency_key, envelope FROM {s}.outbox
+         WHERE id <= $1 ORDER BY id LIMIT $2"
+    ))
+    .bind(*last_id)
+    .bind(take as i64)
     .fetch_all(&mut *conn)
     .await
     .map_err(runtime_error)?;
@@ -240,7 +268,7 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
             receipts.push(row, *seq, now_ms);
             continue;
         }
-        let env = match Envelope::from_json(&row.envelope) {
+        let env = match Envelope::from_stored(&row.envelope) {
             Ok(env) => env,
             Err(e) => {
                 // Not an envelope (written by hand into the outbox): keep it
@@ -285,14 +313,14 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
     .execute(&mut *conn)
     .await
     .map_err(runtime_error)?;
-    if let Some(pos) = last_pos {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&inner.events_channel)
-            .bind(pos.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-    }
+    // Also after a round of only duplicates: their publishers wait for
+    // receipts.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(&inner.events_channel)
+        .bind((next_pos - 1).to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
     Ok((rows.len(), last_pos))
 }
 
@@ -430,7 +458,8 @@ async fn dead_letter_raw(
     let topic = herald::Topic::new(&row.topic)
         .unwrap_or_else(|_| herald::Topic::new("herald.undecodable").expect("a valid topic"));
     let env = herald::Publish::into_envelope(
-        herald::Message::new(topic.as_str().to_owned(), payload),
+        herald::Message::new(topic.as_str().to_owned(), payload)
+            .content_type("application/octet-stream"),
         &std::sync::Arc::from("herald-postgres"),
     )?;
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();

@@ -48,6 +48,9 @@ pub(crate) struct Inner {
     pub(crate) events_channel: String,
     /// The highest `pos` known committed.
     pub(crate) committed: watch::Sender<i64>,
+    /// Bumped on every sequencer notification: a round of duplicates
+    /// writes receipts but no events.
+    pub(crate) receipts: watch::Sender<u64>,
     pub(crate) closed: AtomicBool,
     /// Open subscription queues, closed with the store.
     pub(crate) queues: std::sync::Mutex<Vec<Weak<herald::queue::Queue>>>,
@@ -84,8 +87,19 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| {
+                // A wrong password or database will not fix itself.
+                let code = match &e {
+                    sqlx::Error::Database(db)
+                        if db
+                            .code()
+                            .is_some_and(|c| c.starts_with("28") || c == "3D000") =>
+                    {
+                        ErrorCode::Validation
+                    }
+                    _ => ErrorCode::Unavailable,
+                };
                 Error::new(
-                    ErrorCode::Unavailable,
+                    code,
                     format!("cannot connect to {}: {e}", redact(config.url())),
                 )
                 .with_source(e)
@@ -103,6 +117,7 @@ impl PgStore {
             pool,
             s,
             committed: watch::Sender::new(start),
+            receipts: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             queues: std::sync::Mutex::new(Vec::new()),
             dead,
@@ -225,6 +240,7 @@ impl PgStore {
         for q in queues.iter().filter_map(Weak::upgrade) {
             q.close();
         }
+        crate::dead_letters::flush(&self.inner).await;
         self.inner.pool.close().await;
     }
 }
@@ -264,9 +280,9 @@ async fn insert_outbox(inner: &Inner, conn: &mut PgConnection, batch: &[Envelope
 /// their `seq`s in order.
 async fn wait_for_receipts(inner: &Inner, ids: &[Uuid]) -> Result<Vec<u64>> {
     let deadline = tokio::time::Instant::now() + inner.config.timeout();
-    let mut committed = inner.committed.subscribe();
+    let mut receipts = inner.receipts.subscribe();
     loop {
-        committed.borrow_and_update();
+        receipts.borrow_and_update();
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
             "SELECT envelope_id, seq FROM {}.receipts WHERE envelope_id = ANY($1)",
             inner.s
@@ -275,15 +291,21 @@ async fn wait_for_receipts(inner: &Inner, ids: &[Uuid]) -> Result<Vec<u64>> {
         .fetch_all(&inner.pool)
         .await
         .map_err(runtime_error)?;
-        if rows.len() == ids.len() {
-            let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().collect();
-            return Ok(ids.iter().map(|id| seqs[id] as u64).collect());
+        let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().collect();
+        // An id may repeat in a batch (an envelope published twice): it has
+        // one receipt.
+        if let Some(all) = ids
+            .iter()
+            .map(|id| seqs.get(id).map(|s| *s as u64))
+            .collect::<Option<Vec<u64>>>()
+        {
+            return Ok(all);
         }
         if inner.closed.load(Ordering::Acquire) {
             return Err(closed());
         }
         tokio::select! {
-            _ = committed.changed() => {}
+            _ = receipts.changed() => {}
             _ = tokio::time::sleep(inner.config.poll()) => {}
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(Error::new(
@@ -340,12 +362,14 @@ async fn listen_for_events(inner: Weak<Inner>) {
                 if let Ok(pos) = n.payload().parse::<i64>() {
                     raise(&me.committed, pos);
                 }
+                me.receipts.send_modify(|n| *n = n.wrapping_add(1));
             }
             Ok(Err(_)) => listener = None,
             Err(_) => {
                 if let Ok(pos) = current_pos(&me.pool, &me.s).await {
                     raise(&me.committed, pos);
                 }
+                me.receipts.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }
@@ -362,7 +386,7 @@ pub(crate) fn raise(committed: &watch::Sender<i64>, pos: i64) {
 }
 
 pub(crate) fn decode_stored(bytes: &[u8]) -> Result<Envelope> {
-    Envelope::from_json(bytes).map_err(|e| {
+    Envelope::from_stored(bytes).map_err(|e| {
         Error::internal(format!(
             "a stored envelope does not decode: {}",
             e.message()
@@ -379,16 +403,20 @@ pub(crate) fn runtime_error(e: sqlx::Error) -> Error {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_) => ErrorCode::Unavailable,
-        sqlx::Error::Database(db)
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
-        {
+        // Connection trouble, too many connections, serialization failures
+        // and deadlocks, a read-only standby, timeouts: worth retrying.
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| retryable_state(&c)) => {
             ErrorCode::Unavailable
         }
         _ => ErrorCode::Internal,
     };
     Error::new(code, format!("postgres: {e}")).with_source(e)
+}
+
+fn retryable_state(code: &str) -> bool {
+    ["08", "53", "57P", "40001", "40P01", "25006", "57014"]
+        .iter()
+        .any(|p| code.starts_with(p))
 }
 
 pub(crate) fn closed() -> Error {

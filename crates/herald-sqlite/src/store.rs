@@ -349,7 +349,7 @@ async fn watch_other_processes(pool: SqlitePool, signals: Signals, every: std::t
 
 /// Decode a stored envelope; a row that does not decode is corruption.
 pub(crate) fn decode_stored(bytes: &[u8]) -> Result<Envelope> {
-    Envelope::from_json(bytes).map_err(|e| {
+    Envelope::from_stored(bytes).map_err(|e| {
         Error::internal(format!(
             "a stored envelope does not decode: {}",
             e.message()

@@ -106,7 +106,7 @@ impl DeadLetter {
     pub fn from_row(row: DeadLetterRow) -> crate::Result<DeadLetter> {
         let (id, group, code, reason, attempts, source, first_failed_ms, failed_ms, envelope) = row;
         let time = |ms| DateTime::from_timestamp_millis(ms).unwrap_or_default();
-        let envelope = Envelope::from_json(&envelope).map_err(|e| {
+        let envelope = Envelope::from_stored(&envelope).map_err(|e| {
             crate::Error::internal(format!(
                 "a stored dead letter does not decode: {}",
                 e.message()

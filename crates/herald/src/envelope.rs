@@ -114,6 +114,16 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The widest limits any configuration allows (`HERALD_MAX_PAYLOAD_BYTES`
+    /// 64 MiB, 1,024 headers, 1 MiB of headers): what a store decodes its
+    /// own records with, since they were checked against the publisher's
+    /// limits when they were published.
+    pub const WIDEST: Limits = Limits {
+        max_payload_bytes: 64 * 1024 * 1024,
+        max_headers: 1024,
+        max_header_bytes: 1024 * 1024,
+    };
+
     /// Largest payload in bytes; exactly this many passes.
     pub fn max_payload_bytes(mut self, n: usize) -> Self {
         self.max_payload_bytes = n;
@@ -376,6 +386,12 @@ impl Envelope {
     /// Decode wire-format v1 JSON and validate it against the default [`Limits`].
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         Self::from_json_with(bytes, &Limits::default())
+    }
+
+    /// Decode an envelope a store kept: validated when it was published
+    /// (perhaps under raised limits), so only [`Limits::WIDEST`] applies.
+    pub fn from_stored(bytes: &[u8]) -> Result<Self> {
+        Self::from_json_with(bytes, &Limits::WIDEST)
     }
 
     /// Decode wire-format v1 JSON and validate it against `limits`.

@@ -61,7 +61,7 @@ pub async fn follow<P, F>(
         let mut wanted = Vec::with_capacity(rows.len());
         for (pos, bytes) in rows {
             cursor = pos;
-            let env = match Envelope::from_json(&bytes) {
+            let env = match Envelope::from_stored(&bytes) {
                 Ok(env) => env,
                 Err(e) => {
                     tracing::error!(pos, error = %e, "skipping an undecodable stored event");
