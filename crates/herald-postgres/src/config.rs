@@ -94,6 +94,11 @@ impl PgConfig {
         self
     }
 
+    /// The schema herald's tables live in.
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
     /// Remember idempotency keys this long (0 turns dedupe off; up to 7 days).
     pub fn dedupe_window(mut self, window: Duration) -> Self {
         self.dedupe_window = window;
@@ -171,9 +176,7 @@ impl PgConfig {
     pub(crate) fn url(&self) -> &str {
         &self.url
     }
-    pub(crate) fn schema_name(&self) -> &str {
-        &self.schema
-    }
+
     pub(crate) fn dedupe_window_ms(&self) -> i64 {
         self.dedupe_window.as_millis().min(i64::MAX as u128) as i64
     }

@@ -43,6 +43,9 @@ const MIGRATIONS: &[&[&str]] = &[
         )",
         "CREATE INDEX events_by_idempotency_key ON {s}.events (topic, idempotency_key)",
         "CREATE INDEX events_by_time ON {s}.events (topic, created_ms)",
+        // Subscriptions to named topics read by (topic, pos): a rare topic
+        // is not found by scanning everything after it.
+        "CREATE INDEX events_by_topic_pos ON {s}.events (topic, pos)",
         "CREATE TABLE {s}.receipts (
             envelope_id  uuid PRIMARY KEY,
             topic        text NOT NULL,

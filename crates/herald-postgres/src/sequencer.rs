@@ -41,18 +41,22 @@ pub(crate) async fn run(inner: Weak<Inner>) {
             return;
         }
         let poll = me.config.poll();
-        match lead(&me).await {
-            Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "the sequencer stopped; retrying"),
-        }
         drop(me);
+        if let Err(e) = lead(&inner).await {
+            tracing::warn!(error = %e, "the sequencer stopped; retrying");
+        }
         tokio::time::sleep(poll).await;
     }
 }
 
 /// Take the lock and sequence until the store closes or the connection
 /// fails. `Ok` without leading when another process holds the lock.
-async fn lead(inner: &Inner) -> Result<()> {
+/// It holds the store only while working, so a store dropped without
+/// `close` stops leading at its next idle wait.
+async fn lead(store: &Weak<Inner>) -> Result<()> {
+    let Some(inner) = store.upgrade() else {
+        return Ok(());
+    };
     let mut pooled = inner.pool.acquire().await.map_err(runtime_error)?;
     let lock_key = format!("herald.sequencer.{}", inner.config.schema_name());
     let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
@@ -76,9 +80,14 @@ async fn lead(inner: &Inner) -> Result<()> {
     // Busy while rounds find rows; publishers wake an idle sequencer only
     // (see the `wake_sequencer` trigger in `schema`).
     let mut idle = true;
-    set_idle(inner, &mut conn, true).await?;
+    set_idle(&inner, &mut conn, true).await?;
+    drop(inner);
     let mut next_cleanup = tokio::time::Instant::now();
     loop {
+        let Some(held) = store.upgrade() else {
+            return Ok(());
+        };
+        let inner = &*held;
         if inner.closed.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -106,7 +115,9 @@ async fn lead(inner: &Inner) -> Result<()> {
             }
             continue;
         }
-        wait(&mut listener, inner.config.poll()).await?;
+        let poll = inner.config.poll();
+        drop(held);
+        wait(&mut listener, poll).await?;
     }
 }
 

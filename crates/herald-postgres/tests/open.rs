@@ -71,3 +71,39 @@ async fn two_stores_on_one_schema_share_the_log() {
     a.close().await;
     b.close().await;
 }
+
+/// A store dropped without `close` stops sequencing: its session (and the
+/// schema's sequencer lock) goes away, so another process can lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_gives_up_the_sequencer_lock() {
+    let config = support::fresh_config().await;
+    let pool = sqlx::PgPool::connect(&support::url()).await.unwrap();
+    let key = format!("herald.sequencer.{}", config.schema_name());
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+             AND objid::bigint = (hashtext($1)::bigint & 4294967295)",
+        )
+        .bind(&key)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    {
+        let store = PgStore::open(config).await.unwrap();
+        let bus = herald::Bus::new(store.clone());
+        bus.publish(herald::Message::json("drop.t", &1).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(held().await, 1, "a live store leads");
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped store still holds the sequencer lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    pool.close().await;
+}
