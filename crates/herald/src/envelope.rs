@@ -374,7 +374,22 @@ impl Envelope {
     /// payload size (`BACKPRESSURE`).
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         limits.check_headers(&self.headers)?;
-        limits.check_payload(self.topic.as_str(), self.payload.len())
+        limits.check_payload(self.topic.as_str(), self.payload.len())?;
+        // Raw bytes under a JSON content type must be JSON, or the envelope
+        // cannot be encoded: refuse them here, not at a store's encode.
+        if let Payload::Bytes(b) = &self.payload {
+            if is_json_content_type(&self.content_type)
+                && !b.is_empty()
+                && serde_json::from_slice::<serde::de::IgnoredAny>(b).is_err()
+            {
+                return Err(Error::validation(format!(
+                    "the payload of a message to `{}` is not JSON but its content type is {:?}; \
+                     set a content type for raw bytes",
+                    self.topic, self.content_type
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Encode as wire-format v1 JSON.

@@ -246,6 +246,23 @@ mod tests {
     }
 
     #[test]
+    fn raw_bytes_under_a_json_content_type_must_be_json() {
+        let src: Arc<str> = Arc::from("test");
+        let limits = crate::Limits::default();
+        let envelope = |m: Message| m.into_envelope(&src).unwrap();
+        let bad = envelope(Message::new("a.b", Payload::bytes(&b"\x00\x01"[..])));
+        let err = bad.validate(&limits).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Validation, "{err}");
+        let json = envelope(Message::new("a.b", Payload::bytes(&b"{\"a\":1}"[..])));
+        json.validate(&limits).unwrap();
+        let raw = envelope(
+            Message::new("a.b", Payload::bytes(&b"\x00"[..]))
+                .content_type("application/octet-stream"),
+        );
+        raw.validate(&limits).unwrap();
+    }
+
+    #[test]
     fn bad_topics_and_fields_are_refused() {
         let src: Arc<str> = Arc::from("test");
         assert!(Message::new("Bad", Payload::null())
