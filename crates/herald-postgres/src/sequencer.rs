@@ -70,6 +70,25 @@ async fn lead(store: &Weak<Inner>) -> Result<()> {
     }
     // The lock lives as long as this session: keep it out of the pool.
     let mut conn = pooled.detach();
+    // Name the session, and let the server notice a vanished leader (and
+    // free the lock) in about half a minute rather than hours of TCP
+    // keepalive defaults; no statement may hang the log for long.
+    for setting in [
+        format!(
+            "SET application_name = 'herald sequencer {}'",
+            inner.config.schema_name()
+        ),
+        "SET tcp_keepalives_idle = 10".to_owned(),
+        "SET tcp_keepalives_interval = 5".to_owned(),
+        "SET tcp_keepalives_count = 3".to_owned(),
+        "SET statement_timeout = '60s'".to_owned(),
+        "SET idle_in_transaction_session_timeout = '60s'".to_owned(),
+    ] {
+        sqlx::query(&setting)
+            .execute(&mut conn)
+            .await
+            .map_err(runtime_error)?;
+    }
     let mut listener = PgListener::connect_with(&inner.pool)
         .await
         .map_err(runtime_error)?;

@@ -107,3 +107,38 @@ async fn a_dropped_store_gives_up_the_sequencer_lock() {
     }
     pool.close().await;
 }
+
+/// The sequencer's session dies (its backend is terminated): the store
+/// takes the lead again and publishing goes on, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencer_recovers_when_its_session_is_killed() {
+    let config = support::fresh_config().await;
+    let name = format!("herald sequencer {}", config.schema_name());
+    let store = PgStore::open(config).await.unwrap();
+    let bus = herald::Bus::new(store.clone());
+    assert_eq!(
+        bus.publish(herald::Message::json("kill.t", &1).unwrap())
+            .await
+            .unwrap(),
+        [1]
+    );
+    let pool = sqlx::PgPool::connect(&support::url()).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "one sequencer session, terminated");
+    let seqs = bus
+        .publish([
+            herald::Message::json("kill.t", &2).unwrap(),
+            herald::Message::json("kill.t", &3).unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [2, 3]);
+    pool.close().await;
+    store.close().await;
+}
