@@ -5,6 +5,7 @@
 //! task in order; listing and purging first wait for it to catch up, so a
 //! dead letter is visible to the process that made it.
 
+use futures_util::TryFutureExt;
 use herald::dead_letter::DeadLetterRow;
 use herald::{DeadLetter, DeadLetterFilter, Result};
 use sqlx::PgConnection;
@@ -37,34 +38,20 @@ pub(crate) async fn insert(s: &str, conn: &mut PgConnection, letter: &DeadLetter
     Ok(())
 }
 
-/// The dead letters `filter` selects, oldest first. Rows are read in pages
-/// and matched in Rust (patterns are herald's, not SQL's).
+/// The dead letters `filter` selects, oldest first, read 500 at a time.
 pub(crate) async fn list(inner: &Inner, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
-    let max = filter.max().unwrap_or(usize::MAX);
-    let mut out = Vec::new();
-    let mut after = 0i64;
-    while out.len() < max {
-        let rows: Vec<DeadLetterRow> = sqlx::query_as(&format!(
-            "SELECT id, grp, code, reason, attempts, source, first_failed_ms, failed_ms, envelope
-             FROM {}.dead_letters WHERE id > $1 ORDER BY id LIMIT 500",
-            inner.s
-        ))
-        .bind(after)
-        .fetch_all(&inner.pool)
-        .await
-        .map_err(runtime_error)?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        after = last;
-        for row in rows {
-            let d = DeadLetter::from_row(row)?;
-            if filter.matches(&d) && out.len() < max {
-                out.push(d);
-            }
-        }
-    }
-    Ok(out)
+    let sql = format!(
+        "SELECT id, grp, code, reason, attempts, source, first_failed_ms, failed_ms, envelope
+         FROM {}.dead_letters WHERE id > $1 ORDER BY id LIMIT 500",
+        inner.s
+    );
+    herald::dead_letter::select_pages(filter, |after| {
+        sqlx::query_as::<_, DeadLetterRow>(&sql)
+            .bind(after)
+            .fetch_all(&inner.pool)
+            .map_err(runtime_error)
+    })
+    .await
 }
 
 /// Delete the dead letters `filter` selects; how many.

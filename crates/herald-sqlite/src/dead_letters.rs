@@ -3,6 +3,7 @@
 //! Owns writing and listing dead letters. Writes go through the writer task
 //! (see `append`), so they share its transactions.
 
+use futures_util::TryFutureExt;
 use herald::dead_letter::DeadLetterRow;
 use herald::{DeadLetter, DeadLetterFilter, Result};
 use sqlx::SqliteConnection;
@@ -33,36 +34,21 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> 
     Ok(())
 }
 
-/// The dead letters `filter` selects, oldest first. Rows are read in pages
-/// and matched in Rust (patterns are herald's, not SQL's).
+/// The dead letters `filter` selects, oldest first, read 500 at a time.
 pub(crate) async fn list(
     pool: sqlx::SqlitePool,
     filter: DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>> {
-    let max = filter.max().unwrap_or(usize::MAX);
-    let mut out = Vec::new();
-    let mut after = 0i64;
-    while out.len() < max {
-        let rows: Vec<DeadLetterRow> = sqlx::query_as(
+    herald::dead_letter::select_pages(&filter, |after| {
+        sqlx::query_as::<_, DeadLetterRow>(
             "SELECT id, grp, code, reason, attempts, source, first_failed_ms, failed_ms, envelope FROM dead_letters
              WHERE id > ? ORDER BY id LIMIT 500",
         )
         .bind(after)
         .fetch_all(&pool)
-        .await
-        .map_err(runtime_error)?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        after = last;
-        for row in rows {
-            let d = DeadLetter::from_row(row)?;
-            if filter.matches(&d) && out.len() < max {
-                out.push(d);
-            }
-        }
-    }
-    Ok(out)
+        .map_err(runtime_error)
+    })
+    .await
 }
 
 /// Delete the dead letters `filter` selects, in one write transaction.

@@ -47,12 +47,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
 }
 
 async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
-    let topics: Option<Vec<String>> = queue
-        .spec()
-        .patterns
-        .iter()
-        .map(|p| p.is_literal().then(|| p.as_str().to_owned()))
-        .collect();
+    let topics = herald::log_tail::literal_topics(queue.spec());
     let stopped = || inner.closed.load(Ordering::Acquire);
     let page = |after| page(&inner, after, topics.as_deref());
     herald::log_tail::follow(

@@ -126,6 +126,37 @@ impl DeadLetter {
     }
 }
 
+/// The dead letters `filter` selects, oldest first, from a store that reads
+/// its table in pages: `page(after)` returns the next rows with an id above
+/// `after`, in id order (empty at the end). Matching is done here, because
+/// patterns are herald's, not SQL's.
+pub async fn select_pages<P, F>(
+    filter: &DeadLetterFilter,
+    mut page: P,
+) -> crate::Result<Vec<DeadLetter>>
+where
+    P: FnMut(i64) -> F,
+    F: std::future::Future<Output = crate::Result<Vec<DeadLetterRow>>>,
+{
+    let max = filter.max().unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    let mut after = 0i64;
+    while out.len() < max {
+        let rows = page(after).await?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        after = last;
+        for row in rows {
+            let d = DeadLetter::from_row(row)?;
+            if filter.matches(&d) && out.len() < max {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Which dead letters to list, replay or purge; every set criterion must
 /// hold. The default selects all.
 ///

@@ -19,6 +19,15 @@ use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::queue::Queue;
 
+/// The topics of `spec` when every pattern is a literal topic (a store can
+/// then read only those topics' events), else `None`.
+pub fn literal_topics(spec: &crate::SubscribeSpec) -> Option<Vec<String>> {
+    spec.patterns
+        .iter()
+        .map(|p| p.is_literal().then(|| p.as_str().to_owned()))
+        .collect()
+}
+
 /// Feed `queue` from the log after `cursor` until the queue closes or
 /// `stopped()` says the store has; `page(after)` reads the next stored
 /// `(pos, envelope JSON)` rows after a position, in `pos` order.
