@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use herald::{Envelope, Error, ErrorCode, Kind, Priority, Result};
+use herald::{Envelope, Error, ErrorCode, Result};
 use sqlx::SqliteConnection;
 
 use crate::store::runtime_error;
@@ -18,36 +18,6 @@ const MAX_SEQ: u64 = i64::MAX as u64;
 /// Rows per multi-row statement (10 parameters each, well under SQLite's
 /// 32,766-parameter limit).
 const ROWS_PER_STATEMENT: usize = 500;
-
-/// How `kind` is stored.
-pub(crate) fn kind_code(k: Kind) -> i64 {
-    match k {
-        Kind::Event => 0,
-        Kind::Command => 1,
-        Kind::Response => 2,
-        Kind::Intent => 3,
-    }
-}
-
-/// The kind stored as `code`.
-pub(crate) fn kind_of(code: i64) -> Kind {
-    match code {
-        1 => Kind::Command,
-        2 => Kind::Response,
-        3 => Kind::Intent,
-        _ => Kind::Event,
-    }
-}
-
-/// How `priority` is stored: higher is more urgent.
-pub(crate) fn priority_code(p: Priority) -> i64 {
-    match p {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
-        Priority::Critical => 3,
-    }
-}
 
 /// Append `batches` (each one publish) inside the caller's open write
 /// transaction.
@@ -89,8 +59,8 @@ pub(crate) async fn append(
             let stored = env.clone().with_seq(seq).with_attempt(1);
             rows.push(Row {
                 key: env.key().map(str::to_owned),
-                kind: kind_code(env.kind()),
-                priority: priority_code(env.priority()),
+                kind: herald::group::kind_code(env.kind()),
+                priority: herald::group::priority_code(env.priority()),
                 expires_ms: env.expires_at().map(|t| t.timestamp_millis()),
                 created_ms: env.timestamp().timestamp_millis(),
                 envelope: stored.to_json()?,

@@ -13,21 +13,18 @@
 //! dead-lettered in the same transaction that settles it. Offsets are
 //! committed on ack, so a restarted consumer resumes after its last ack.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream;
-use herald::delivery::{BoxFuture, Settle};
-use herald::subscription::CloseHandle;
+use herald::delivery::BoxFuture;
+use herald::group::{self as rules, Candidate, Change, Lease, LeaseState, Position, Settled};
 use herald::{
-    DeadLetter, Delivery, Envelope, Error, ErrorCode, FailureSource, Kind, Outcome, Result,
-    StartPosition, SubscribeSpec, Subscription,
+    DeadLetter, Envelope, Error, ErrorCode, FailureSource, Outcome, Result, SubscribeSpec,
+    Subscription,
 };
 use sqlx::SqliteConnection;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::append::append;
 use crate::store::{decode_stored, runtime_error, Inner};
@@ -35,16 +32,10 @@ use crate::writer::Request;
 
 /// Events examined per claim.
 const WINDOW: i64 = 128;
-/// Events one claim leases to a member: one, so a member never sits on
-/// events another member could be handling (each delivery costs a claim,
-/// group-committed with everything else the writer has waiting).
-const CLAIM_MAX: usize = 1;
 /// Longest an idle member waits before claiming again (leases that ran out
 /// are found by claims).
 const IDLE_MAX: Duration = Duration::from_millis(250);
 
-/// A topic and key (keyless events of a topic form one flow).
-type Flow = (String, Option<String>);
 /// patterns, kinds, cursor, start_seq, start_ms
 type GroupRow = (String, i64, i64, Option<i64>, Option<i64>);
 /// An event's row without its envelope (pos, topic, seq, key, kind,
@@ -65,7 +56,6 @@ type Meta = (
 );
 
 const IN_FLIGHT: i64 = 0;
-const WAITING: i64 = 1;
 const SETTLED: i64 = 2;
 
 /// A member asks for up to `max` events (0: only register the group).
@@ -89,24 +79,28 @@ pub(crate) struct Settlement {
     pub(crate) effects: Vec<Envelope>,
 }
 
-pub(crate) enum Settled {
-    Outcome(Outcome),
-    /// Claimed but never handed to the application (the member closed).
-    Released,
-}
-
-fn kind_bits(spec: &SubscribeSpec) -> i64 {
-    [Kind::Event, Kind::Command, Kind::Response, Kind::Intent]
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (spec.kinds.allows(*k) as i64) << i)
-        .sum()
-}
-
-fn patterns_text(spec: &SubscribeSpec) -> String {
-    let mut p: Vec<&str> = spec.patterns.iter().map(|p| p.as_str()).collect();
-    p.sort_unstable();
-    p.join(" ")
+/// The candidate described by a `Meta` row.
+fn candidate(row: Meta) -> Candidate {
+    let (pos, topic, seq, key, kind, priority, created_ms, expires_ms, state, attempt, until) = row;
+    let lease = match (state.and_then(LeaseState::from_code), attempt, until) {
+        (Some(state), Some(attempt), Some(until_ms)) => Some(Lease {
+            state,
+            attempt,
+            until_ms,
+        }),
+        _ => None,
+    };
+    Candidate {
+        pos,
+        topic,
+        seq,
+        key,
+        kind,
+        priority,
+        created_ms,
+        expires_ms,
+        lease,
+    }
 }
 
 /// Register the group if new (checking a known group follows the same
@@ -116,7 +110,7 @@ pub(crate) async fn claim(
     claim: &Claim,
 ) -> Result<Vec<(i64, Envelope)>> {
     let now = chrono::Utc::now().timestamp_millis();
-    let (cursor, start_seq, start_ms) = register(conn, claim).await?;
+    let position = register(conn, claim).await?;
     if claim.max == 0 {
         return Ok(Vec::new());
     }
@@ -127,7 +121,7 @@ pub(crate) async fn claim(
          WHERE e.pos > ? ORDER BY e.pos LIMIT ?",
     )
     .bind(&claim.group)
-    .bind(cursor)
+    .bind(position.cursor)
     .bind(WINDOW)
     .fetch_all(&mut *conn)
     .await
@@ -137,100 +131,17 @@ pub(crate) async fn claim(
     }
 
     let spec = &claim.spec;
-    let mut new_cursor = cursor;
-    let mut contiguous = true;
-    let mut blocked: std::collections::HashSet<(String, String)> = Default::default();
-    // Eligible events per flow (topic + key; keyless events of a topic form
-    // one flow), in pos order: (pos, priority, attempt).
-    let mut flows: HashMap<Flow, VecDeque<(i64, i64, i64)>> = HashMap::new();
-    let mut dead: Vec<(i64, i64, ErrorCode, String, FailureSource)> = Vec::new();
-    for (pos, topic, seq, key, kind, priority, created_ms, expires_ms, state, attempt, until) in
-        rows
-    {
-        let wanted = spec.wants(&topic, crate::append::kind_of(kind))
-            && start_seq.is_none_or(|s| seq >= s)
-            && start_ms.is_none_or(|t| created_ms >= t);
-        let state = match (state, attempt, until) {
-            (Some(s), Some(a), Some(u)) => Some((s, a, u)),
-            _ => None,
-        };
-        if !wanted || matches!(state, Some((SETTLED, _, _))) {
-            if contiguous {
-                new_cursor = pos;
-            }
-            continue;
-        }
-        let flow_key = key.as_ref().map(|k| (topic.clone(), k.clone()));
-        let attempt = match state {
-            Some((IN_FLIGHT | WAITING, _, until)) if until > now => {
-                contiguous = false;
-                if let Some(f) = flow_key {
-                    blocked.insert(f);
-                }
-                continue;
-            }
-            Some((IN_FLIGHT, attempt, _)) if attempt >= claim.max_deliver as i64 => {
-                let reason =
-                    format!("gave up after {attempt} attempts: not settled within the ack wait");
-                dead.push((
-                    pos,
-                    attempt,
-                    ErrorCode::Timeout,
-                    reason,
-                    FailureSource::Handler,
-                ));
-                if contiguous {
-                    new_cursor = pos;
-                }
-                continue;
-            }
-            Some((_, attempt, _)) => attempt + 1,
-            None => 1,
-        };
-        contiguous = false;
-        if expires_ms.is_some_and(|t| t <= now) {
-            let reason = "expired before delivery".to_owned();
-            dead.push((
-                pos,
-                attempt,
-                ErrorCode::Timeout,
-                reason,
-                FailureSource::Expired,
-            ));
-            continue;
-        }
-        if let Some(f) = &flow_key {
-            if !blocked.insert(f.clone()) {
-                continue;
-            }
-        }
-        flows
-            .entry((topic, key))
-            .or_default()
-            .push_back((pos, priority, attempt));
-    }
-
-    // Highest priority first, oldest first; a flow only ever offers its head.
-    let mut flows: Vec<VecDeque<(i64, i64, i64)>> = flows.into_values().collect();
-    let mut heads: BinaryHeap<(i64, Reverse<i64>, usize)> = flows
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
-        .collect();
-    let mut chosen: Vec<(i64, i64)> = Vec::new();
-    while chosen.len() < claim.max {
-        let Some((_, _, i)) = heads.pop() else { break };
-        let Some((pos, _, attempt)) = flows[i].pop_front() else {
-            continue;
-        };
-        if let Some((next_pos, next_prio, _)) = flows[i].front() {
-            heads.push((*next_prio, Reverse(*next_pos), i));
-        }
-        chosen.push((pos, attempt));
-    }
+    let plan = rules::plan(
+        spec,
+        &position,
+        rows.into_iter().map(candidate),
+        claim.max,
+        claim.max_deliver,
+        now,
+    );
     let lease_until = now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64);
-    let mut claimed = Vec::with_capacity(chosen.len());
-    for (pos, attempt) in chosen {
+    let mut claimed = Vec::with_capacity(plan.claims.len());
+    for (pos, attempt) in plan.claims {
         sqlx::query(
             "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
@@ -249,20 +160,20 @@ pub(crate) async fn claim(
         .map_err(runtime_error)?;
         claimed.push((pos, stored(conn, pos, attempt).await?));
     }
-    for (pos, attempt, code, reason, source) in dead {
-        let env = stored(conn, pos, attempt).await?;
-        dead_letter(conn, &claim.group, pos, &env, code, reason, source).await?;
+    for d in plan.dead {
+        let env = stored(conn, d.pos, d.attempt).await?;
+        dead_letter(conn, &claim.group, d.pos, &env, d.code, d.reason, d.source).await?;
     }
-    if new_cursor > cursor {
+    if plan.cursor > position.cursor {
         sqlx::query("UPDATE groups SET cursor = ? WHERE name = ?")
-            .bind(new_cursor)
+            .bind(plan.cursor)
             .bind(&claim.group)
             .execute(&mut *conn)
             .await
             .map_err(runtime_error)?;
         sqlx::query("DELETE FROM deliveries WHERE grp = ? AND pos <= ?")
             .bind(&claim.group)
-            .bind(new_cursor)
+            .bind(plan.cursor)
             .execute(&mut *conn)
             .await
             .map_err(runtime_error)?;
@@ -281,10 +192,7 @@ async fn stored(conn: &mut SqliteConnection, pos: i64, attempt: i64) -> Result<E
 }
 
 /// The group's cursor and start filters, registering it on first use.
-async fn register(
-    conn: &mut SqliteConnection,
-    claim: &Claim,
-) -> Result<(i64, Option<i64>, Option<i64>)> {
+async fn register(conn: &mut SqliteConnection, claim: &Claim) -> Result<Position> {
     let spec = &claim.spec;
     let row: Option<GroupRow> = sqlx::query_as(
         "SELECT patterns, kinds, cursor, start_seq, start_ms FROM groups WHERE name = ?",
@@ -294,38 +202,29 @@ async fn register(
     .await
     .map_err(runtime_error)?;
     if let Some((patterns, kinds, cursor, start_seq, start_ms)) = row {
-        if patterns != patterns_text(spec) || kinds != kind_bits(spec) {
-            return Err(Error::validation(format!(
-                "group {:?} follows `{patterns}`; a member cannot follow `{}` (or other kinds)",
-                claim.group,
-                patterns_text(spec)
-            )));
-        }
-        return Ok((cursor, start_seq, start_ms));
+        rules::check_member(&claim.group, &patterns, kinds, spec)?;
+        return Ok(Position {
+            cursor,
+            start_seq,
+            start_ms,
+        });
     }
-    let (cursor, start_seq, start_ms) = match spec.start {
-        StartPosition::Latest => {
-            let max: Option<i64> = sqlx::query_scalar("SELECT max(pos) FROM events")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(runtime_error)?;
-            (max.unwrap_or(0), None, None)
-        }
-        StartPosition::Earliest => (0, None, None),
-        StartPosition::Seq(s) => (0, Some(s.min(i64::MAX as u64) as i64), None),
-        StartPosition::Time(t) => (0, None, Some(t.timestamp_millis())),
-    };
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(pos) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let position = Position::new(&spec.start, last.unwrap_or(0));
     sqlx::query("INSERT INTO groups (name, patterns, kinds, cursor, start_seq, start_ms) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(&claim.group)
-        .bind(patterns_text(spec))
-        .bind(kind_bits(spec))
-        .bind(cursor)
-        .bind(start_seq)
-        .bind(start_ms)
+        .bind(rules::patterns_text(spec))
+        .bind(rules::kind_bits(spec))
+        .bind(position.cursor)
+        .bind(position.start_seq)
+        .bind(position.start_ms)
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;
-    Ok((cursor, start_seq, start_ms))
+    Ok(position)
 }
 
 /// What a settlement did.
@@ -380,65 +279,26 @@ pub(crate) async fn settle(
         return Ok(Applied::Yes(None));
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let done = match &s.outcome {
-        Settled::Outcome(Outcome::Ack) => Ok(()),
-        Settled::Released => set_state(conn, s, WAITING, attempt - 1, 0, None).await,
-        Settled::Outcome(Outcome::Defer { delay }) => {
-            let delay_ms = delay.as_millis().min(i64::MAX as u128) as i64;
-            let until = now.saturating_add(delay_ms);
-            set_state(conn, s, WAITING, attempt - 1, until, None).await
+    match rules::change(&s.outcome, attempt, s.max_deliver, now) {
+        Change::Settle => {}
+        Change::Wait {
+            attempt,
+            until_ms,
+            failed_ms,
+        } => set_state(conn, s, attempt, until_ms, failed_ms).await?,
+        Change::DeadLetter { code, reason } => {
+            let source = FailureSource::Handler;
+            dead_letter(conn, &s.group, s.pos, &s.envelope, code, reason, source).await?
         }
-        Settled::Outcome(Outcome::Nack { delay, reason }) if attempt >= s.max_deliver as i64 => {
-            let reason = format!(
-                "gave up after {attempt} attempts: {}",
-                reason.as_deref().unwrap_or("nacked")
-            );
-            dead_letter(
-                conn,
-                &s.group,
-                s.pos,
-                &s.envelope,
-                ErrorCode::Internal,
-                reason,
-                FailureSource::Handler,
-            )
-            .await?;
-            let _ = delay;
-            Ok(())
-        }
-        Settled::Outcome(Outcome::Nack { delay, .. }) => {
-            let delay_ms = delay.map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
-            set_state(
-                conn,
-                s,
-                WAITING,
-                attempt,
-                now.saturating_add(delay_ms),
-                Some(now),
-            )
-            .await
-        }
-        Settled::Outcome(Outcome::Term { code, reason }) => {
-            dead_letter(
-                conn,
-                &s.group,
-                s.pos,
-                &s.envelope,
-                *code,
-                reason.clone(),
-                FailureSource::Handler,
-            )
-            .await
-        }
-    };
-    done.map(|()| Applied::Yes(None))
+    }
+    Ok(Applied::Yes(None))
 }
 
-/// Update a delivery; `failed_at` records the first failure if none is yet.
+/// Put a delivery back to waiting; `failed_at` records the first failure
+/// if none is yet.
 async fn set_state(
     conn: &mut SqliteConnection,
     s: &Settlement,
-    state: i64,
     attempt: i64,
     until: i64,
     failed_at: Option<i64>,
@@ -447,7 +307,7 @@ async fn set_state(
         "UPDATE deliveries SET state = ?, attempt = ?, lease_until_ms = ?,
          first_failed_ms = coalesce(first_failed_ms, ?) WHERE grp = ? AND pos = ?",
     )
-    .bind(state)
+    .bind(LeaseState::Waiting.code())
     .bind(attempt)
     .bind(until)
     .bind(failed_at)
@@ -511,160 +371,89 @@ async fn dead_letter(
 /// Open a member of `spec.group`.
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
     let group = spec.group.clone().expect("a group subscription");
-    let member = Arc::new(Member {
+    rules::subscribe(Arc::new(Member {
         inner: inner.clone(),
         group,
         id: uuid::Uuid::now_v7().to_string(),
         spec,
-        closed: std::sync::atomic::AtomicBool::new(false),
-        wake: Notify::new(),
-    });
-    member.claim(0).await?;
-    let close = {
-        let member = member.clone();
-        CloseHandle::new(move || {
-            member.closed.store(true, Ordering::Release);
-            member.wake.notify_waiters();
-        })
-    };
-    let state = (member, VecDeque::<(i64, Envelope)>::new());
-    let deliveries = stream::unfold(state, |(member, mut buffered)| async move {
-        loop {
-            if member.is_closed() {
-                member.release(buffered).await;
-                return None;
-            }
-            if let Some((pos, env)) = buffered.pop_front() {
-                let settle: Arc<dyn Settle> = Arc::new(Lease {
-                    member: member.clone(),
-                    pos,
-                });
-                let delivery = Delivery::new(Arc::new(env), settle);
-                return Some((Ok(delivery), (member, buffered)));
-            }
-            let mut committed = member.inner.committed.clone();
-            let mut groups = member.inner.groups.clone();
-            committed.borrow_and_update();
-            groups.borrow_and_update();
-            match member.claim(CLAIM_MAX).await {
-                Ok(got) if !got.is_empty() => buffered.extend(got),
-                Ok(_) => {
-                    tokio::select! {
-                        _ = committed.changed() => {}
-                        _ = groups.changed() => {}
-                        _ = member.wake.notified() => {}
-                        _ = tokio::time::sleep(IDLE_MAX) => {}
-                    }
-                }
-                Err(e) if e.code() == ErrorCode::Unavailable && member.is_closed() => return None,
-                Err(e) => return Some((Err(e), (member, buffered))),
-            }
-        }
-    });
-    Ok(Subscription::new(Box::pin(deliveries), close))
+    }))
+    .await
 }
 
+/// One member: claims and settlements go through the writer.
 struct Member {
     inner: Arc<Inner>,
     group: String,
     id: String,
     spec: SubscribeSpec,
-    closed: std::sync::atomic::AtomicBool,
-    wake: Notify,
 }
 
-impl Member {
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.inner.closed.load(Ordering::Acquire)
+impl rules::GroupMember for Member {
+    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Vec<(i64, Envelope)>>> {
+        Box::pin(async move {
+            let (reply, done) = oneshot::channel();
+            let claim = Claim {
+                group: self.group.clone(),
+                member: self.id.clone(),
+                max,
+                spec: self.spec.clone(),
+                max_deliver: self.inner.config.deliveries(),
+            };
+            self.inner
+                .writer
+                .send(Request::Claim(Box::new(claim), reply))
+                .await
+                .map_err(|_| crate::append::closed())?;
+            done.await.map_err(|_| crate::append::closed())?
+        })
     }
 
-    async fn claim(&self, max: usize) -> Result<Vec<(i64, Envelope)>> {
-        let (reply, done) = oneshot::channel();
-        let claim = Claim {
-            group: self.group.clone(),
-            member: self.id.clone(),
-            max,
-            spec: self.spec.clone(),
-            max_deliver: self.inner.config.deliveries(),
-        };
-        self.inner
-            .writer
-            .send(Request::Claim(Box::new(claim), reply))
-            .await
-            .map_err(|_| crate::append::closed())?;
-        done.await.map_err(|_| crate::append::closed())?
-    }
-
-    /// Hand back events claimed but never delivered.
-    async fn release(&self, buffered: VecDeque<(i64, Envelope)>) {
-        for (pos, env) in buffered {
-            let _ = self
-                .settle(pos, Arc::new(env), Settled::Released, Vec::new())
-                .await;
-        }
-    }
-
-    async fn settle(
+    fn settle(
         &self,
         pos: i64,
         envelope: Arc<Envelope>,
         outcome: Settled,
         effects: Vec<Envelope>,
-    ) -> Result<()> {
-        let (reply, done) = oneshot::channel();
-        let settlement = Settlement {
-            group: self.group.clone(),
-            member: self.id.clone(),
-            envelope,
-            pos,
-            outcome,
-            max_deliver: self.inner.config.deliveries(),
-            effects,
-        };
-        self.inner
-            .writer
-            .send(Request::Settle(Box::new(settlement), reply))
-            .await
-            .map_err(|_| crate::append::closed())?;
-        done.await.map_err(|_| crate::append::closed())?
-    }
-}
-
-/// The settle side of one leased delivery.
-struct Lease {
-    member: Arc<Member>,
-    pos: i64,
-}
-
-impl Settle for Lease {
-    fn settle(
-        &self,
-        envelope: &Arc<Envelope>,
-        outcome: Outcome,
-    ) -> Option<BoxFuture<'static, Result<()>>> {
-        let member = self.member.clone();
-        let (pos, envelope) = (self.pos, envelope.clone());
-        Some(Box::pin(async move {
-            member
-                .settle(pos, envelope, Settled::Outcome(outcome), Vec::new())
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let (reply, done) = oneshot::channel();
+            let settlement = Settlement {
+                group: self.group.clone(),
+                member: self.id.clone(),
+                envelope,
+                pos,
+                outcome,
+                max_deliver: self.inner.config.deliveries(),
+                effects,
+            };
+            self.inner
+                .writer
+                .send(Request::Settle(Box::new(settlement), reply))
                 .await
-        }))
+                .map_err(|_| crate::append::closed())?;
+            done.await.map_err(|_| crate::append::closed())?
+        })
     }
 
-    /// The ack and the effects go to the writer as one request, so they
-    /// commit in one transaction.
-    fn ack_with_effects(
-        &self,
-        envelope: &Arc<Envelope>,
-        effects: Vec<Envelope>,
-    ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
-        let member = self.member.clone();
-        let (pos, envelope) = (self.pos, envelope.clone());
-        Ok(Box::pin(async move {
-            member
-                .settle(pos, envelope, Settled::Outcome(Outcome::Ack), effects)
-                .await
-        }))
+    /// New events, settlements (the writer's signals; other processes'
+    /// commits are noticed by the store's `data_version` poll), or
+    /// [`IDLE_MAX`] for leases that run out.
+    fn changes(&self) -> BoxFuture<'static, ()> {
+        let mut committed = self.inner.committed.clone();
+        let mut groups = self.inner.groups.clone();
+        committed.borrow_and_update();
+        groups.borrow_and_update();
+        Box::pin(async move {
+            tokio::select! {
+                _ = committed.changed() => {}
+                _ = groups.changed() => {}
+                _ = tokio::time::sleep(IDLE_MAX) => {}
+            }
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 }
 

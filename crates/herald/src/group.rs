@@ -1,0 +1,699 @@
+//! Durable consumer groups over a stored log: the rules every store shares.
+//!
+//! A group has a *cursor* (every event at or below it, in the log's commit
+//! order `pos`, is settled for the group) and, above it, one delivery record
+//! per event a member touched: in flight (leased until its ack deadline),
+//! waiting (nacked or deferred until a time) or settled. This module owns
+//! what a member may claim next ([`plan`]: per topic and key only the first
+//! unsettled event, highest priority first, expired leases again with
+//! `attempt + 1`, dead letters past `max_deliver`), what a settlement does to
+//! a delivery ([`change`]), the codes stores keep kinds, priorities and
+//! lease states under, and the member [`Subscription`] ([`subscribe`]) that
+//! claims, hands out and settles deliveries through a store's
+//! [`GroupMember`].
+//!
+//! It owns no storage: where cursors and leases live, and how a claim is made
+//! atomic against other members and processes, is the store's.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::stream;
+use tokio::sync::Notify;
+
+use crate::dead_letter::FailureSource;
+use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
+use crate::envelope::{Envelope, Kind, Priority};
+use crate::error::{Error, ErrorCode, Result};
+use crate::subscription::{CloseHandle, StartPosition, SubscribeSpec, Subscription};
+
+/// Events a member claims at a time: one, so a member never sits on events
+/// another member could be handling.
+pub const CLAIM_MAX: usize = 1;
+
+/// How a store keeps `kind`.
+pub fn kind_code(k: Kind) -> i64 {
+    match k {
+        Kind::Event => 0,
+        Kind::Command => 1,
+        Kind::Response => 2,
+        Kind::Intent => 3,
+    }
+}
+
+/// The kind kept as `code`.
+pub fn kind_of(code: i64) -> Kind {
+    match code {
+        1 => Kind::Command,
+        2 => Kind::Response,
+        3 => Kind::Intent,
+        _ => Kind::Event,
+    }
+}
+
+/// How a store keeps `priority`: higher is more urgent.
+pub fn priority_code(p: Priority) -> i64 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
+    }
+}
+
+/// The kinds a group follows, one bit each (kept with the group so every
+/// member must follow the same).
+pub fn kind_bits(spec: &SubscribeSpec) -> i64 {
+    [Kind::Event, Kind::Command, Kind::Response, Kind::Intent]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (spec.kinds.allows(*k) as i64) << i)
+        .sum()
+}
+
+/// The patterns a group follows, sorted and space-separated.
+pub fn patterns_text(spec: &SubscribeSpec) -> String {
+    let mut p: Vec<&str> = spec.patterns.iter().map(|p| p.as_str()).collect();
+    p.sort_unstable();
+    p.join(" ")
+}
+
+/// Refuse a member of `group` (which follows `patterns` and `kinds`, as
+/// stored) when `spec` follows other topics or kinds.
+pub fn check_member(group: &str, patterns: &str, kinds: i64, spec: &SubscribeSpec) -> Result<()> {
+    if patterns != patterns_text(spec) || kinds != kind_bits(spec) {
+        return Err(Error::validation(format!(
+            "group {group:?} follows `{patterns}`; a member cannot follow `{}` (or other kinds)",
+            patterns_text(spec)
+        )));
+    }
+    Ok(())
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held by a member until `until_ms`.
+    InFlight,
+    /// Handed back; claimable from `until_ms`.
+    Waiting,
+    /// Acked or dead-lettered.
+    Settled,
+}
+
+impl LeaseState {
+    /// The stored code.
+    pub fn code(self) -> i64 {
+        match self {
+            LeaseState::InFlight => 0,
+            LeaseState::Waiting => 1,
+            LeaseState::Settled => 2,
+        }
+    }
+
+    /// The state stored as `code`.
+    pub fn from_code(code: i64) -> Option<LeaseState> {
+        match code {
+            0 => Some(LeaseState::InFlight),
+            1 => Some(LeaseState::Waiting),
+            2 => Some(LeaseState::Settled),
+            _ => None,
+        }
+    }
+}
+
+/// A group's delivery record of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Where it stands.
+    pub state: LeaseState,
+    /// Deliveries so far.
+    pub attempt: i64,
+    /// In flight until, or waiting until (ms since the epoch).
+    pub until_ms: i64,
+}
+
+/// Where a group reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Every event at or below this `pos` is settled for the group.
+    pub cursor: i64,
+    /// Only events with `seq` at least this (a `Seq` start).
+    pub start_seq: Option<i64>,
+    /// Only events created at or after this (a `Time` start, ms).
+    pub start_ms: Option<i64>,
+}
+
+impl Position {
+    /// A new group's position for `start`, when the log's last `pos` is
+    /// `last_pos`.
+    pub fn new(start: &StartPosition, last_pos: i64) -> Position {
+        let (cursor, start_seq, start_ms) = match start {
+            StartPosition::Latest => (last_pos, None, None),
+            StartPosition::Earliest => (0, None, None),
+            StartPosition::Seq(s) => (0, Some((*s).min(i64::MAX as u64) as i64), None),
+            StartPosition::Time(t) => (0, None, Some(t.timestamp_millis())),
+        };
+        Position {
+            cursor,
+            start_seq,
+            start_ms,
+        }
+    }
+}
+
+/// An event above the cursor, without its envelope, and the group's record
+/// of it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Its place in the log.
+    pub pos: i64,
+    /// Its topic.
+    pub topic: String,
+    /// Its `seq` in the topic.
+    pub seq: i64,
+    /// Its ordering key.
+    pub key: Option<String>,
+    /// [`kind_code`] of its kind.
+    pub kind: i64,
+    /// [`priority_code`] of its priority.
+    pub priority: i64,
+    /// When it was created (ms).
+    pub created_ms: i64,
+    /// When it expires (ms), if it does.
+    pub expires_ms: Option<i64>,
+    /// The group's delivery record, if any.
+    pub lease: Option<Lease>,
+}
+
+/// An event to dead-letter instead of delivering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doomed {
+    /// The event.
+    pub pos: i64,
+    /// Deliveries it had.
+    pub attempt: i64,
+    /// Why, as a code.
+    pub code: ErrorCode,
+    /// Why.
+    pub reason: String,
+    /// What failed.
+    pub source: FailureSource,
+}
+
+/// What one claim does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Events to lease to the member, as `(pos, attempt)`.
+    pub claims: Vec<(i64, i64)>,
+    /// Events to dead-letter (and settle) in the same transaction.
+    pub dead: Vec<Doomed>,
+    /// The new cursor (the old one when it does not move).
+    pub cursor: i64,
+}
+
+/// A topic and key (keyless events of a topic form one flow).
+type Flow = (String, Option<String>);
+
+/// Decide a claim of up to `max` events from `rows` (events after
+/// `position.cursor`, in `pos` order, with the group's records): per topic
+/// and key only the first unsettled event is claimable; keyless events of a
+/// topic form one flow; among flows, the highest priority head first, then
+/// the oldest. An expired lease is claimable again with `attempt + 1`, or
+/// dead-lettered once it had `max_deliver` attempts; an expired event is
+/// dead-lettered. The cursor moves over the settled (or unwanted) prefix.
+pub fn plan(
+    spec: &SubscribeSpec,
+    position: &Position,
+    rows: impl IntoIterator<Item = Candidate>,
+    max: usize,
+    max_deliver: u32,
+    now_ms: i64,
+) -> Plan {
+    let mut cursor = position.cursor;
+    let mut contiguous = true;
+    let mut blocked: HashSet<(String, String)> = HashSet::new();
+    // Claimable events per flow, in pos order: (pos, priority, attempt).
+    let mut flows: HashMap<Flow, VecDeque<(i64, i64, i64)>> = HashMap::new();
+    let mut dead = Vec::new();
+    for row in rows {
+        let wanted = spec.wants(&row.topic, kind_of(row.kind))
+            && position.start_seq.is_none_or(|s| row.seq >= s)
+            && position.start_ms.is_none_or(|t| row.created_ms >= t);
+        let settled = matches!(row.lease, Some(l) if l.state == LeaseState::Settled);
+        if !wanted || settled {
+            if contiguous {
+                cursor = row.pos;
+            }
+            continue;
+        }
+        let flow_key = row.key.as_ref().map(|k| (row.topic.clone(), k.clone()));
+        let attempt = match row.lease {
+            Some(l) if l.until_ms > now_ms => {
+                contiguous = false;
+                if let Some(f) = flow_key {
+                    blocked.insert(f);
+                }
+                continue;
+            }
+            Some(l) if l.state == LeaseState::InFlight && l.attempt >= max_deliver as i64 => {
+                dead.push(Doomed {
+                    pos: row.pos,
+                    attempt: l.attempt,
+                    code: ErrorCode::Timeout,
+                    reason: format!(
+                        "gave up after {} attempts: not settled within the ack wait",
+                        l.attempt
+                    ),
+                    source: FailureSource::Handler,
+                });
+                if contiguous {
+                    cursor = row.pos;
+                }
+                continue;
+            }
+            Some(l) => l.attempt + 1,
+            None => 1,
+        };
+        contiguous = false;
+        if row.expires_ms.is_some_and(|t| t <= now_ms) {
+            dead.push(Doomed {
+                pos: row.pos,
+                attempt,
+                code: ErrorCode::Timeout,
+                reason: "expired before delivery".to_owned(),
+                source: FailureSource::Expired,
+            });
+            continue;
+        }
+        if let Some(f) = &flow_key {
+            if !blocked.insert(f.clone()) {
+                continue;
+            }
+        }
+        flows
+            .entry((row.topic, row.key))
+            .or_default()
+            .push_back((row.pos, row.priority, attempt));
+    }
+
+    // Highest priority first, oldest first; a flow only ever offers its head.
+    let mut flows: Vec<VecDeque<(i64, i64, i64)>> = flows.into_values().collect();
+    let mut heads: BinaryHeap<(i64, Reverse<i64>, usize)> = flows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
+        .collect();
+    let mut claims = Vec::new();
+    while claims.len() < max {
+        let Some((_, _, i)) = heads.pop() else { break };
+        let Some((pos, _, attempt)) = flows[i].pop_front() else {
+            continue;
+        };
+        if let Some((next_pos, next_prio, _)) = flows[i].front() {
+            heads.push((*next_prio, Reverse(*next_pos), i));
+        }
+        claims.push((pos, attempt));
+    }
+    Plan {
+        claims,
+        dead,
+        cursor,
+    }
+}
+
+/// How a member settled a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// The application's outcome.
+    Outcome(Outcome),
+    /// Claimed but never handed to the application (the member closed).
+    Released,
+}
+
+/// What a settlement does to an in-flight delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Settled for the group (acked).
+    Settle,
+    /// Back to waiting, claimable from `until_ms`; `attempt` is what the
+    /// next claim counts from; `failed_ms` is a failure's time, recorded
+    /// if none is yet (a dead letter's first failure).
+    Wait {
+        /// Attempts counted so far.
+        attempt: i64,
+        /// Claimable from (ms).
+        until_ms: i64,
+        /// When it failed, for a failure.
+        failed_ms: Option<i64>,
+    },
+    /// Dead-letter it and settle it, in one transaction.
+    DeadLetter {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What `settled` does to delivery `attempt` of an event, at `now_ms`:
+/// releases and deferrals do not count an attempt, a nack does (and
+/// dead-letters at `max_deliver`), a term dead-letters.
+pub fn change(settled: &Settled, attempt: i64, max_deliver: u32, now_ms: i64) -> Change {
+    let ms = |d: std::time::Duration| d.as_millis().min(i64::MAX as u128) as i64;
+    match settled {
+        Settled::Outcome(Outcome::Ack) => Change::Settle,
+        Settled::Released => Change::Wait {
+            attempt: attempt - 1,
+            until_ms: 0,
+            failed_ms: None,
+        },
+        Settled::Outcome(Outcome::Defer { delay }) => Change::Wait {
+            attempt: attempt - 1,
+            until_ms: now_ms.saturating_add(ms(*delay)),
+            failed_ms: None,
+        },
+        Settled::Outcome(Outcome::Nack { reason, .. }) if attempt >= max_deliver as i64 => {
+            Change::DeadLetter {
+                code: ErrorCode::Internal,
+                reason: format!(
+                    "gave up after {attempt} attempts: {}",
+                    reason.as_deref().unwrap_or("nacked")
+                ),
+            }
+        }
+        Settled::Outcome(Outcome::Nack { delay, .. }) => Change::Wait {
+            attempt,
+            until_ms: now_ms.saturating_add(delay.map_or(0, ms)),
+            failed_ms: Some(now_ms),
+        },
+        Settled::Outcome(Outcome::Term { code, reason }) => Change::DeadLetter {
+            code: *code,
+            reason: reason.clone(),
+        },
+    }
+}
+
+/// A store's side of one group member: claims and settlements made atomic
+/// against every other member, in any process.
+pub trait GroupMember: Send + Sync + 'static {
+    /// Register the group if new (checking that a known group follows the
+    /// same topics), then lease up to `max` events to this member: their
+    /// `pos` and envelope (with its `attempt`).
+    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Vec<(i64, Envelope)>>>;
+
+    /// Apply a settlement of the delivery of `pos`; one that comes after its
+    /// lease ran out and the event was claimed again is ignored. An ack with
+    /// `effects` appends them in the same transaction, or fails (and writes
+    /// nothing) when the lease ran out.
+    fn settle(
+        &self,
+        pos: i64,
+        envelope: Arc<Envelope>,
+        settled: Settled,
+        effects: Vec<Envelope>,
+    ) -> BoxFuture<'_, Result<()>>;
+
+    /// A future that completes when a claim may find something it would
+    /// not find now (new events, a settlement, time passing). Changes from
+    /// the call on count, so call it before claiming.
+    fn changes(&self) -> BoxFuture<'static, ()>;
+
+    /// Whether the store is closed.
+    fn is_closed(&self) -> bool;
+}
+
+/// A member's subscription: claims one event at a time through `member`
+/// (after registering the group), hands it out, and settles it through
+/// `member`. Closing it hands back what it claimed but did not deliver.
+pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
+    member.claim(0).await?;
+    let state = Arc::new(MemberState {
+        member,
+        closed: AtomicBool::new(false),
+        wake: Notify::new(),
+    });
+    let close = {
+        let state = state.clone();
+        CloseHandle::new(move || {
+            state.closed.store(true, Ordering::Release);
+            state.wake.notify_waiters();
+        })
+    };
+    let deliveries = stream::unfold(
+        (state, VecDeque::<(i64, Envelope)>::new()),
+        |(state, mut buffered)| async move {
+            loop {
+                let wake = state.clone();
+                let woken = wake.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if state.is_closed() {
+                    state.release(buffered).await;
+                    return None;
+                }
+                if let Some((pos, env)) = buffered.pop_front() {
+                    let settle: Arc<dyn Settle> = Arc::new(Held {
+                        member: state.member.clone(),
+                        pos,
+                    });
+                    let delivery = Delivery::new(Arc::new(env), settle);
+                    return Some((Ok(delivery), (state, buffered)));
+                }
+                let changed = state.member.changes();
+                match state.member.claim(CLAIM_MAX).await {
+                    Ok(got) if !got.is_empty() => buffered.extend(got),
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = changed => {}
+                            _ = woken => {}
+                        }
+                    }
+                    Err(e) if e.code() == ErrorCode::Unavailable && state.is_closed() => {
+                        return None
+                    }
+                    Err(e) => return Some((Err(e), (state, buffered))),
+                }
+            }
+        },
+    );
+    Ok(Subscription::new(Box::pin(deliveries), close))
+}
+
+struct MemberState {
+    member: Arc<dyn GroupMember>,
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+impl MemberState {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.member.is_closed()
+    }
+
+    /// Hand back events claimed but never delivered.
+    async fn release(&self, buffered: VecDeque<(i64, Envelope)>) {
+        for (pos, env) in buffered {
+            let _ = self
+                .member
+                .settle(pos, Arc::new(env), Settled::Released, Vec::new())
+                .await;
+        }
+    }
+}
+
+/// The settle side of one leased delivery.
+struct Held {
+    member: Arc<dyn GroupMember>,
+    pos: i64,
+}
+
+impl Settle for Held {
+    fn settle(
+        &self,
+        envelope: &Arc<Envelope>,
+        outcome: Outcome,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let member = self.member.clone();
+        let (pos, envelope) = (self.pos, envelope.clone());
+        Some(Box::pin(async move {
+            member
+                .settle(pos, envelope, Settled::Outcome(outcome), Vec::new())
+                .await
+        }))
+    }
+
+    /// The ack and the effects go to the store together, so they commit in
+    /// one transaction.
+    fn ack_with_effects(
+        &self,
+        envelope: &Arc<Envelope>,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
+        let member = self.member.clone();
+        let (pos, envelope) = (self.pos, envelope.clone());
+        Ok(Box::pin(async move {
+            member
+                .settle(pos, envelope, Settled::Outcome(Outcome::Ack), effects)
+                .await
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::Pattern;
+
+    fn spec() -> SubscribeSpec {
+        SubscribeSpec::new(vec![Pattern::new("t.>").unwrap()])
+    }
+
+    fn row(pos: i64, key: Option<&str>, priority: i64, lease: Option<Lease>) -> Candidate {
+        Candidate {
+            pos,
+            topic: "t.a".into(),
+            seq: pos,
+            key: key.map(str::to_owned),
+            kind: 0,
+            priority,
+            created_ms: 0,
+            expires_ms: None,
+            lease,
+        }
+    }
+
+    const START: Position = Position {
+        cursor: 0,
+        start_seq: None,
+        start_ms: None,
+    };
+
+    fn lease(state: LeaseState, attempt: i64, until_ms: i64) -> Option<Lease> {
+        Some(Lease {
+            state,
+            attempt,
+            until_ms,
+        })
+    }
+
+    #[test]
+    fn a_key_in_flight_blocks_its_later_events_only() {
+        let rows = vec![
+            row(1, Some("k"), 1, lease(LeaseState::InFlight, 1, 100)),
+            row(2, Some("k"), 1, None),
+            row(3, Some("j"), 1, None),
+        ];
+        let p = plan(&spec(), &START, rows, 5, 5, 50);
+        assert_eq!(p.claims, vec![(3, 1)]);
+        assert_eq!(p.cursor, 0);
+    }
+
+    #[test]
+    fn priority_picks_among_flow_heads_never_within_a_flow() {
+        let rows = vec![
+            row(1, Some("k"), 0, None),
+            row(2, Some("k"), 3, None),
+            row(3, None, 2, None),
+        ];
+        let p = plan(&spec(), &START, rows, 3, 5, 0);
+        // Event 2 waits for event 1 of its key, whatever its priority.
+        assert_eq!(p.claims, vec![(3, 1), (1, 1)]);
+    }
+
+    #[test]
+    fn the_cursor_moves_over_the_settled_prefix() {
+        let rows = vec![
+            row(1, None, 1, lease(LeaseState::Settled, 1, 0)),
+            row(2, None, 1, lease(LeaseState::Settled, 1, 0)),
+            row(3, Some("k"), 1, None),
+            row(4, None, 1, lease(LeaseState::Settled, 1, 0)),
+        ];
+        let p = plan(&spec(), &START, rows, 0, 5, 0);
+        assert_eq!(p.cursor, 2);
+        assert!(p.claims.is_empty());
+    }
+
+    #[test]
+    fn an_expired_lease_counts_an_attempt_then_dead_letters() {
+        let again = plan(
+            &spec(),
+            &START,
+            vec![row(1, None, 1, lease(LeaseState::InFlight, 2, 10))],
+            1,
+            3,
+            20,
+        );
+        assert_eq!(again.claims, vec![(1, 3)]);
+        let gone = plan(
+            &spec(),
+            &START,
+            vec![row(1, None, 1, lease(LeaseState::InFlight, 3, 10))],
+            1,
+            3,
+            20,
+        );
+        assert!(gone.claims.is_empty());
+        assert_eq!(gone.dead[0].code, ErrorCode::Timeout);
+        assert_eq!(gone.cursor, 1, "a dead-lettered prefix is settled");
+    }
+
+    #[test]
+    fn expired_events_and_unwanted_starts_are_not_claimed() {
+        let mut old = row(1, None, 1, None);
+        old.expires_ms = Some(5);
+        let p = plan(&spec(), &START, vec![old], 1, 5, 10);
+        assert!(p.claims.is_empty());
+        assert_eq!(p.dead[0].source, FailureSource::Expired);
+        let from_3 = Position {
+            start_seq: Some(3),
+            ..START
+        };
+        let p = plan(
+            &spec(),
+            &from_3,
+            vec![row(1, None, 1, None), row(3, None, 1, None)],
+            2,
+            5,
+            0,
+        );
+        assert_eq!(p.claims, vec![(3, 1)]);
+        assert_eq!(p.cursor, 1);
+    }
+
+    #[test]
+    fn settlements_count_attempts_only_for_failures() {
+        let nack = Settled::Outcome(Outcome::Nack {
+            delay: None,
+            reason: Some("boom".into()),
+        });
+        assert_eq!(
+            change(&nack, 2, 5, 7),
+            Change::Wait {
+                attempt: 2,
+                until_ms: 7,
+                failed_ms: Some(7)
+            }
+        );
+        assert!(
+            matches!(change(&nack, 5, 5, 7), Change::DeadLetter { reason, .. } if reason.contains("boom"))
+        );
+        let defer = Settled::Outcome(Outcome::Defer {
+            delay: std::time::Duration::from_millis(10),
+        });
+        assert_eq!(
+            change(&defer, 2, 5, 7),
+            Change::Wait {
+                attempt: 1,
+                until_ms: 17,
+                failed_ms: None
+            }
+        );
+        assert_eq!(
+            change(&Settled::Outcome(Outcome::Ack), 1, 5, 0),
+            Change::Settle
+        );
+    }
+}
