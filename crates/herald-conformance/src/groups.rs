@@ -128,6 +128,27 @@ pub async fn same_key_goes_to_one_member_at_a_time(h: &Harness) {
     second.ack().await.unwrap();
 }
 
+/// A member holding one event does not stall its group: the other member
+/// takes the 300 events after it (more than a store reads at once).
+pub async fn a_held_event_does_not_stall_the_group(h: &Harness) {
+    const N: u64 = 300;
+    let bus = h.bus().await;
+    let topic = "conf.groups.held";
+    let mut holder = bus.subscribe_raw(topic).group("g").await.unwrap();
+    let mut worker = bus.subscribe_raw(topic).group("g").await.unwrap();
+    bus.publish(numbered(topic, 0)).await.unwrap();
+    let held = recv(&mut holder).await;
+    assert_eq!(number(&held), 0);
+    let batch: Vec<_> = (1..=N).map(|i| numbered(topic, i)).collect();
+    bus.publish(batch).await.unwrap();
+    for i in 1..=N {
+        let d = recv(&mut worker).await;
+        assert_eq!(number(&d), i, "the worker gets every later event, in order");
+        d.ack().await.unwrap();
+    }
+    held.ack().await.unwrap();
+}
+
 /// Three members processing 1,000 events over 10 keys concurrently: per key,
 /// never two in flight and always in publish order.
 pub async fn per_key_order_holds_under_concurrent_members(h: &Harness) {

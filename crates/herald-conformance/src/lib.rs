@@ -160,6 +160,7 @@ macro_rules! conformance_tests {
             delivery::priority_orders_waiting_events_but_never_within_a_key,
             groups::two_groups_each_get_everything_members_share,
             groups::same_key_goes_to_one_member_at_a_time,
+            groups::a_held_event_does_not_stall_the_group,
             groups::per_key_order_holds_under_concurrent_members,
             groups::delivery_state_can_be_queried,
             redelivery::nack_redelivers_with_attempt_incremented,

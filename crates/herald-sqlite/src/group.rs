@@ -114,34 +114,55 @@ pub(crate) async fn claim(
     if claim.max == 0 {
         return Ok(Vec::new());
     }
-    let rows: Vec<Meta> = sqlx::query_as(
-        "SELECT e.pos, e.topic, e.seq, e.key, e.kind, e.priority, e.created_ms, e.expires_ms,
-                d.state, d.attempt, d.lease_until_ms
-         FROM events e LEFT JOIN deliveries d ON d.grp = ? AND d.pos = e.pos
-         WHERE e.pos > ? ORDER BY e.pos LIMIT ?",
-    )
-    .bind(&claim.group)
-    .bind(position.cursor)
-    .bind(WINDOW)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-
     let spec = &claim.spec;
-    let plan = rules::plan(
-        spec,
-        &position,
-        rows.into_iter().map(candidate),
-        claim.max,
-        claim.max_deliver,
-        now,
-    );
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(pos), 0) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let mut position = position;
+    let plan = loop {
+        // Settled events are left out, so one held event does not hide what
+        // comes after it.
+        let rows: Vec<Meta> = sqlx::query_as(
+            "SELECT e.pos, e.topic, e.seq, e.key, e.kind, e.priority, e.created_ms, e.expires_ms,
+                    d.state, d.attempt, d.lease_until_ms
+             FROM events e LEFT JOIN deliveries d ON d.grp = ? AND d.pos = e.pos
+             WHERE e.pos > ? AND e.pos <= ? AND (d.state IS NULL OR d.state <> ?)
+             ORDER BY e.pos LIMIT ?",
+        )
+        .bind(&claim.group)
+        .bind(position.cursor)
+        .bind(last)
+        .bind(SETTLED)
+        .bind(WINDOW)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        let complete_to = match rows.last() {
+            Some(row) if rows.len() as i64 == WINDOW => row.0,
+            _ => last,
+        };
+        let rows = rows.into_iter().map(candidate);
+        let plan = rules::plan(
+            spec,
+            &position,
+            rows,
+            complete_to,
+            claim.max,
+            claim.max_deliver,
+            now,
+        );
+        // A window of only events the group does not follow: read on.
+        if plan.claims.is_empty() && plan.cursor == complete_to && complete_to < last {
+            apply(conn, claim, &position, &plan).await?;
+            position.cursor = plan.cursor;
+            continue;
+        }
+        break plan;
+    };
     let lease_until = now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64);
     let mut claimed = Vec::with_capacity(plan.claims.len());
-    for (pos, attempt) in plan.claims {
+    for &(pos, attempt) in &plan.claims {
         sqlx::query(
             "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
@@ -160,9 +181,21 @@ pub(crate) async fn claim(
         .map_err(runtime_error)?;
         claimed.push((pos, stored(conn, pos, attempt).await?));
     }
-    for d in plan.dead {
+    apply(conn, claim, &position, &plan).await?;
+    Ok(claimed)
+}
+
+/// Dead-letter what `plan` dooms and move the group's cursor.
+async fn apply(
+    conn: &mut SqliteConnection,
+    claim: &Claim,
+    position: &Position,
+    plan: &rules::Plan,
+) -> Result<()> {
+    for d in &plan.dead {
         let env = stored(conn, d.pos, d.attempt).await?;
-        dead_letter(conn, &claim.group, d.pos, &env, d.code, d.reason, d.source).await?;
+        let reason = d.reason.clone();
+        dead_letter(conn, &claim.group, d.pos, &env, d.code, reason, d.source).await?;
     }
     if plan.cursor > position.cursor {
         sqlx::query("UPDATE groups SET cursor = ? WHERE name = ?")
@@ -178,7 +211,7 @@ pub(crate) async fn claim(
             .await
             .map_err(runtime_error)?;
     }
-    Ok(claimed)
+    Ok(())
 }
 
 /// The stored envelope at `pos`, as delivery `attempt`.

@@ -217,8 +217,12 @@ pub struct Plan {
 /// A topic and key (keyless events of a topic form one flow).
 type Flow = (String, Option<String>);
 
-/// Decide a claim of up to `max` events from `rows` (events after
-/// `position.cursor`, in `pos` order, with the group's records): per topic
+/// Decide a claim of up to `max` events from `rows`: events after
+/// `position.cursor`, in `pos` order, with the group's records, complete
+/// through `complete_to` except for events the store left out because they
+/// are settled for the group or of topics it does not follow (so a store
+/// need not read past a run of settled events behind one held event).
+/// Per topic
 /// and key only the first unsettled event is claimable; keyless events of a
 /// topic form one flow; among flows, the highest priority head first, then
 /// the oldest. An expired lease is claimable again with `attempt + 1`, or
@@ -228,12 +232,13 @@ pub fn plan(
     spec: &SubscribeSpec,
     position: &Position,
     rows: impl IntoIterator<Item = Candidate>,
+    complete_to: i64,
     max: usize,
     max_deliver: u32,
     now_ms: i64,
 ) -> Plan {
-    let mut cursor = position.cursor;
-    let mut contiguous = true;
+    // The first event that is not settled: the cursor stops below it.
+    let mut first_open: Option<i64> = None;
     let mut blocked: HashSet<(String, String)> = HashSet::new();
     // Claimable events per flow, in pos order: (pos, priority, attempt).
     let mut flows: HashMap<Flow, VecDeque<(i64, i64, i64)>> = HashMap::new();
@@ -244,15 +249,12 @@ pub fn plan(
             && position.start_ms.is_none_or(|t| row.created_ms >= t);
         let settled = matches!(row.lease, Some(l) if l.state == LeaseState::Settled);
         if !wanted || settled {
-            if contiguous {
-                cursor = row.pos;
-            }
             continue;
         }
         let flow_key = row.key.as_ref().map(|k| (row.topic.clone(), k.clone()));
         let attempt = match row.lease {
             Some(l) if l.until_ms > now_ms => {
-                contiguous = false;
+                first_open.get_or_insert(row.pos);
                 if let Some(f) = flow_key {
                     blocked.insert(f);
                 }
@@ -269,15 +271,12 @@ pub fn plan(
                     ),
                     source: FailureSource::Handler,
                 });
-                if contiguous {
-                    cursor = row.pos;
-                }
                 continue;
             }
             Some(l) => l.attempt + 1,
             None => 1,
         };
-        contiguous = false;
+        first_open.get_or_insert(row.pos);
         if row.expires_ms.is_some_and(|t| t <= now_ms) {
             dead.push(Doomed {
                 pos: row.pos,
@@ -317,10 +316,14 @@ pub fn plan(
         }
         claims.push((pos, attempt));
     }
+    let cursor = match first_open {
+        Some(pos) => pos - 1,
+        None => complete_to,
+    };
     Plan {
         claims,
         dead,
-        cursor,
+        cursor: cursor.max(position.cursor),
     }
 }
 
@@ -586,7 +589,7 @@ mod tests {
             row(2, Some("k"), 1, None),
             row(3, Some("j"), 1, None),
         ];
-        let p = plan(&spec(), &START, rows, 5, 5, 50);
+        let p = plan(&spec(), &START, rows, 3, 5, 5, 50);
         assert_eq!(p.claims, vec![(3, 1)]);
         assert_eq!(p.cursor, 0);
     }
@@ -598,7 +601,7 @@ mod tests {
             row(2, Some("k"), 3, None),
             row(3, None, 2, None),
         ];
-        let p = plan(&spec(), &START, rows, 3, 5, 0);
+        let p = plan(&spec(), &START, rows, 3, 3, 5, 0);
         // Event 2 waits for event 1 of its key, whatever its priority.
         assert_eq!(p.claims, vec![(3, 1), (1, 1)]);
     }
@@ -611,9 +614,15 @@ mod tests {
             row(3, Some("k"), 1, None),
             row(4, None, 1, lease(LeaseState::Settled, 1, 0)),
         ];
-        let p = plan(&spec(), &START, rows, 0, 5, 0);
+        let p = plan(&spec(), &START, rows, 4, 0, 5, 0);
         assert_eq!(p.cursor, 2);
         assert!(p.claims.is_empty());
+        // Settled events left out by the store count as settled.
+        let rows = vec![row(5, Some("k"), 1, None)];
+        let p = plan(&spec(), &START, rows, 9, 1, 5, 0);
+        assert_eq!((p.claims, p.cursor), (vec![(5, 1)], 4));
+        let p = plan(&spec(), &START, Vec::new(), 9, 1, 5, 0);
+        assert_eq!(p.cursor, 9);
     }
 
     #[test]
@@ -623,6 +632,7 @@ mod tests {
             &START,
             vec![row(1, None, 1, lease(LeaseState::InFlight, 2, 10))],
             1,
+            1,
             3,
             20,
         );
@@ -631,6 +641,7 @@ mod tests {
             &spec(),
             &START,
             vec![row(1, None, 1, lease(LeaseState::InFlight, 3, 10))],
+            1,
             1,
             3,
             20,
@@ -644,7 +655,7 @@ mod tests {
     fn expired_events_and_unwanted_starts_are_not_claimed() {
         let mut old = row(1, None, 1, None);
         old.expires_ms = Some(5);
-        let p = plan(&spec(), &START, vec![old], 1, 5, 10);
+        let p = plan(&spec(), &START, vec![old], 1, 1, 5, 10);
         assert!(p.claims.is_empty());
         assert_eq!(p.dead[0].source, FailureSource::Expired);
         let from_3 = Position {
@@ -655,12 +666,13 @@ mod tests {
             &spec(),
             &from_3,
             vec![row(1, None, 1, None), row(3, None, 1, None)],
+            3,
             2,
             5,
             0,
         );
         assert_eq!(p.claims, vec![(3, 1)]);
-        assert_eq!(p.cursor, 1);
+        assert_eq!(p.cursor, 2, "the store left event 2 out: settled");
     }
 
     #[test]
