@@ -9,6 +9,7 @@
 
 mod config;
 mod dead_letters;
+mod group;
 mod schema;
 mod sequencer;
 mod store;

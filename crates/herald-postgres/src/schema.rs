@@ -85,6 +85,34 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE CONSTRAINT TRIGGER wake_sequencer AFTER INSERT ON {s}.outbox
          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.wake_sequencer()",
     ],
+    // v2: durable consumer groups. Events carry what a claim decides on
+    // without decoding envelopes; a group is a cursor plus one delivery row
+    // per event a member touched above it (see `herald::group`).
+    &[
+        "ALTER TABLE {s}.events ADD COLUMN key text,
+            ADD COLUMN kind bigint NOT NULL DEFAULT 0,
+            ADD COLUMN priority bigint NOT NULL DEFAULT 1,
+            ADD COLUMN expires_ms bigint",
+        "CREATE TABLE {s}.groups (
+            name       text PRIMARY KEY,
+            patterns   text NOT NULL,
+            kinds      bigint NOT NULL,
+            cursor     bigint NOT NULL,
+            start_seq  bigint,
+            start_ms   bigint
+        )",
+        "CREATE TABLE {s}.deliveries (
+            grp              text NOT NULL,
+            pos              bigint NOT NULL,
+            state            bigint NOT NULL,
+            attempt          bigint NOT NULL,
+            lease_until_ms   bigint NOT NULL,
+            owner            text,
+            first_failed_ms  bigint,
+            PRIMARY KEY (grp, pos)
+        )",
+        "CREATE INDEX dead_letters_by_group ON {s}.dead_letters (grp, topic, seq)",
+    ],
 ];
 
 /// The schema version this build writes.

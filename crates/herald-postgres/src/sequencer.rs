@@ -395,7 +395,11 @@ struct Events {
     seq: Vec<i64>,
     id: Vec<Uuid>,
     created_ms: Vec<i64>,
-    key: Vec<String>,
+    idempotency_key: Vec<String>,
+    key: Vec<Option<String>>,
+    kind: Vec<i64>,
+    priority: Vec<i64>,
+    expires_ms: Vec<Option<i64>>,
     envelope: Vec<Vec<u8>>,
 }
 
@@ -406,7 +410,13 @@ impl Events {
         self.seq.push(seq);
         self.id.push(env.id());
         self.created_ms.push(env.timestamp().timestamp_millis());
-        self.key.push(row.idempotency_key.clone());
+        self.idempotency_key.push(row.idempotency_key.clone());
+        self.key.push(env.key().map(str::to_owned));
+        self.kind.push(herald::group::kind_code(env.kind()));
+        self.priority
+            .push(herald::group::priority_code(env.priority()));
+        self.expires_ms
+            .push(env.expires_at().map(|t| t.timestamp_millis()));
         self.envelope.push(env.to_json()?);
         Ok(())
     }
@@ -417,9 +427,12 @@ impl Events {
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         sqlx::query(&format!(
-            "INSERT INTO {}.events (pos, topic, seq, id, created_ms, appended_ms, idempotency_key, envelope)
-             SELECT p, t, s, i, c, $8, k, e FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[],
-                                                        $5::bigint[], $6::text[], $7::bytea[]) AS u(p, t, s, i, c, k, e)",
+            "INSERT INTO {}.events (pos, topic, seq, id, created_ms, appended_ms, idempotency_key, envelope,
+                                    key, kind, priority, expires_ms)
+             SELECT p, t, s, i, c, $8, ik, e, k, kd, pr, x
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::bigint[], $6::text[],
+                         $7::bytea[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[])
+                  AS u(p, t, s, i, c, ik, e, k, kd, pr, x)",
             inner.s
         ))
         .bind(&self.pos)
@@ -427,9 +440,13 @@ impl Events {
         .bind(&self.seq)
         .bind(&self.id)
         .bind(&self.created_ms)
-        .bind(&self.key)
+        .bind(&self.idempotency_key)
         .bind(&self.envelope)
         .bind(now_ms)
+        .bind(&self.key)
+        .bind(&self.kind)
+        .bind(&self.priority)
+        .bind(&self.expires_ms)
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;

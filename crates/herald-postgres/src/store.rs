@@ -46,11 +46,17 @@ pub(crate) struct Inner {
     /// NOTIFY channels: new outbox rows, newly sequenced events.
     pub(crate) outbox_channel: String,
     pub(crate) events_channel: String,
+    /// NOTIFY channel: a group member handed an event back (nack, defer,
+    /// release, dead letter), so idle members elsewhere may take the next.
+    pub(crate) groups_channel: String,
     /// The highest `pos` known committed.
     pub(crate) committed: watch::Sender<i64>,
     /// Bumped on every sequencer notification: a round of duplicates
     /// writes receipts but no events.
     pub(crate) receipts: watch::Sender<u64>,
+    /// Bumped when a group's deliveries change (settlements here, NOTIFY
+    /// from other processes).
+    pub(crate) groups: watch::Sender<u64>,
     pub(crate) closed: AtomicBool,
     /// Open subscription queues, closed with the store.
     pub(crate) queues: std::sync::Mutex<Vec<Weak<herald::queue::Queue>>>,
@@ -113,11 +119,13 @@ impl PgStore {
         let inner = Arc::new(Inner {
             outbox_channel: format!("herald_outbox_{}", config.schema_name()),
             events_channel: format!("herald_events_{}", config.schema_name()),
+            groups_channel: format!("herald_groups_{}", config.schema_name()),
             config,
             pool,
             s,
             committed: watch::Sender::new(start),
             receipts: watch::Sender::new(0),
+            groups: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             queues: std::sync::Mutex::new(Vec::new()),
             dead,
@@ -247,7 +255,11 @@ impl PgStore {
 
 /// Insert `batch` into the outbox on `conn`. At commit, a deferred trigger
 /// wakes the sequencer if it is idle (see `schema`).
-async fn insert_outbox(inner: &Inner, conn: &mut PgConnection, batch: &[Envelope]) -> Result<()> {
+pub(crate) async fn insert_outbox(
+    inner: &Inner,
+    conn: &mut PgConnection,
+    batch: &[Envelope],
+) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -343,7 +355,8 @@ async fn listen_for_events(inner: Weak<Inner>) {
         }
         if listener.is_none() {
             if let Ok(mut l) = PgListener::connect_with(&me.pool).await {
-                if l.listen(&me.events_channel).await.is_ok() {
+                let channels = [me.events_channel.as_str(), me.groups_channel.as_str()];
+                if l.listen_all(channels).await.is_ok() {
                     listener = Some(l);
                 }
             }
@@ -358,6 +371,9 @@ async fn listen_for_events(inner: Weak<Inner>) {
             }
         };
         match woke {
+            Ok(Ok(n)) if n.channel() == me.groups_channel => {
+                me.groups.send_modify(|n| *n = n.wrapping_add(1));
+            }
             Ok(Ok(n)) => {
                 if let Ok(pos) = n.payload().parse::<i64>() {
                     raise(&me.committed, pos);
@@ -370,6 +386,7 @@ async fn listen_for_events(inner: Weak<Inner>) {
                     raise(&me.committed, pos);
                 }
                 me.receipts.send_modify(|n| *n = n.wrapping_add(1));
+                me.groups.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use herald::queue::{self, Queue, QueueHost};
-use herald::{Error, ErrorCode, Result, StartPosition, SubscribeSpec, Subscription};
+use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
 use crate::store::{closed, current_pos, runtime_error, Inner, PAGE};
 
@@ -22,10 +22,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     }
     spec.validate()?;
     if spec.group.is_some() {
-        return Err(Error::new(
-            ErrorCode::Validation,
-            "consumer groups are not available on the PostgreSQL store yet",
-        ));
+        return crate::group::subscribe(inner, spec).await;
     }
     let cursor = match spec.start {
         StartPosition::Latest => current_pos(&inner.pool, &inner.s).await?,

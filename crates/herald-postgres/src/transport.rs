@@ -2,17 +2,17 @@
 
 use herald::delivery::BoxFuture;
 use herald::{
-    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Error, ErrorCode, Features, Result,
-    SubscribeSpec, Subscription, Topic, Transport,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, Result, SubscribeSpec,
+    Subscription, Topic, Transport,
 };
 
 use crate::store::{Inner, PgStore};
 
-/// What the PostgreSQL store claims so far: history and priority. Durable
-/// consumer groups come next; until then it does not claim `durable`, and
-/// the conformance suite skips the durable scenarios.
+/// What the PostgreSQL store gives: durable groups and dead letters,
+/// history, priority.
 pub const FEATURES: Features = {
     let mut f = Features::none();
+    f.durable = true;
     f.retains_history = true;
     f.priority = true;
     f
@@ -50,13 +50,15 @@ impl Transport for PgStore {
 
     fn delivery_state(
         &self,
-        _topic: &Topic,
-        _seq: u64,
+        topic: &Topic,
+        seq: u64,
         group: &str,
     ) -> BoxFuture<'_, Result<DeliveryState>> {
-        // No consumer group can exist on this store yet (see FEATURES).
-        let err = Error::new(ErrorCode::NotFound, format!("no consumer group {group:?}"));
-        Box::pin(std::future::ready(Err(err)))
+        let (topic, group) = (topic.clone(), group.to_owned());
+        Box::pin(async move {
+            crate::dead_letters::flush(&self.inner).await;
+            crate::group::delivery_state(&self.inner, &topic, seq, &group).await
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

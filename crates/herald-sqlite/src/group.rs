@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::delivery::BoxFuture;
-use herald::group::{self as rules, Candidate, Change, Lease, LeaseState, Position, Settled};
+use herald::group::{
+    self as rules, Candidate, CandidateRow, Change, Lease, LeaseState, Position, Settled,
+};
 use herald::{
     DeadLetter, Envelope, Error, ErrorCode, FailureSource, Outcome, Result, SubscribeSpec,
     Subscription,
@@ -38,23 +40,6 @@ const IDLE_MAX: Duration = Duration::from_millis(250);
 
 /// patterns, kinds, cursor, start_seq, start_ms
 type GroupRow = (String, i64, i64, Option<i64>, Option<i64>);
-/// An event's row without its envelope (pos, topic, seq, key, kind,
-/// priority, created_ms, expires_ms) and the group's delivery of it, if any
-/// (state, attempt, lease_until_ms).
-type Meta = (
-    i64,
-    String,
-    i64,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-);
-
 const IN_FLIGHT: i64 = 0;
 const SETTLED: i64 = 2;
 
@@ -79,30 +64,6 @@ pub(crate) struct Settlement {
     pub(crate) effects: Vec<Envelope>,
 }
 
-/// The candidate described by a `Meta` row.
-fn candidate(row: Meta) -> Candidate {
-    let (pos, topic, seq, key, kind, priority, created_ms, expires_ms, state, attempt, until) = row;
-    let lease = match (state.and_then(LeaseState::from_code), attempt, until) {
-        (Some(state), Some(attempt), Some(until_ms)) => Some(Lease {
-            state,
-            attempt,
-            until_ms,
-        }),
-        _ => None,
-    };
-    Candidate {
-        pos,
-        topic,
-        seq,
-        key,
-        kind,
-        priority,
-        created_ms,
-        expires_ms,
-        lease,
-    }
-}
-
 /// Register the group if new (checking a known group follows the same
 /// topics), then lease up to `claim.max` events to the member.
 pub(crate) async fn claim(
@@ -123,7 +84,7 @@ pub(crate) async fn claim(
     let plan = loop {
         // Settled events are left out, so one held event does not hide what
         // comes after it.
-        let rows: Vec<Meta> = sqlx::query_as(
+        let rows: Vec<CandidateRow> = sqlx::query_as(
             "SELECT e.pos, e.topic, e.seq, e.key, e.kind, e.priority, e.created_ms, e.expires_ms,
                     d.state, d.attempt, d.lease_until_ms
              FROM events e LEFT JOIN deliveries d ON d.grp = ? AND d.pos = e.pos
@@ -142,7 +103,7 @@ pub(crate) async fn claim(
             Some(row) if rows.len() as i64 == WINDOW => row.0,
             _ => last,
         };
-        let rows = rows.into_iter().map(candidate);
+        let rows = rows.into_iter().map(Candidate::from);
         let plan = rules::plan(
             spec,
             &position,
@@ -515,7 +476,6 @@ async fn read_delivery_state(
     seq: u64,
     group: String,
 ) -> Result<herald::DeliveryState> {
-    use herald::DeliveryState;
     let not_found = |what: String| Error::new(ErrorCode::NotFound, what);
     let pos: Option<i64> = sqlx::query_scalar("SELECT pos FROM events WHERE topic = ? AND seq = ?")
         .bind(topic.as_str())
@@ -551,13 +511,7 @@ async fn read_delivery_state(
     .map_err(runtime_error)?
     .into_iter()
     .next();
-    if dead.is_some() {
-        return Ok(DeliveryState::DeadLettered);
-    }
-    if pos <= cursor {
-        return Ok(DeliveryState::Acked);
-    }
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(
+    let lease: Option<(i64, i64, i64)> = sqlx::query_as(
         "SELECT state, attempt, lease_until_ms FROM deliveries WHERE grp = ? AND pos = ?",
     )
     .bind(&group)
@@ -567,12 +521,13 @@ async fn read_delivery_state(
     .map_err(runtime_error)?
     .into_iter()
     .next();
+    let lease = lease.and_then(|(s, a, u)| Lease::from_columns(Some(s), Some(a), Some(u)));
     let now = chrono::Utc::now().timestamp_millis();
-    Ok(match row {
-        Some((IN_FLIGHT, attempt, until)) if until > now => DeliveryState::InFlight {
-            attempt: attempt.clamp(1, u32::MAX as i64) as u32,
-        },
-        Some((SETTLED, _, _)) => DeliveryState::Acked,
-        _ => DeliveryState::Pending,
-    })
+    Ok(rules::delivery_state(
+        pos,
+        cursor,
+        dead.is_some(),
+        lease,
+        now,
+    ))
 }

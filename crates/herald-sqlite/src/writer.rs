@@ -135,11 +135,7 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
             }
             Request::Settle(_, reply) | Request::Processed(_, reply) => {
                 let _ = reply.send(result.and_then(|d| match d {
-                    Done::LeaseLost => Err(herald::Error::new(
-                        herald::ErrorCode::Unavailable,
-                        "the lease ran out before the ack: the message was redelivered, \
-                         and its effects were not written",
-                    )),
+                    Done::LeaseLost => Err(herald::group::lease_lost()),
                     _ => Ok(()),
                 }));
             }

@@ -28,6 +28,7 @@ use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
 use crate::envelope::{Envelope, Kind, Priority};
 use crate::error::{Error, ErrorCode, Result};
 use crate::subscription::{CloseHandle, StartPosition, SubscribeSpec, Subscription};
+use crate::transport::DeliveryState;
 
 /// Events a member claims at a time: one, so a member never sits on events
 /// another member could be handling.
@@ -135,6 +136,21 @@ pub struct Lease {
     pub until_ms: i64,
 }
 
+impl Lease {
+    /// The record in a row's nullable state, attempt and until columns.
+    pub fn from_columns(
+        state: Option<i64>,
+        attempt: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Option<Lease> {
+        Some(Lease {
+            state: LeaseState::from_code(state?)?,
+            attempt: attempt?,
+            until_ms: until_ms?,
+        })
+    }
+}
+
 /// Where a group reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -186,6 +202,41 @@ pub struct Candidate {
     pub expires_ms: Option<i64>,
     /// The group's delivery record, if any.
     pub lease: Option<Lease>,
+}
+
+/// A [`Candidate`] as a store reads it in one row: pos, topic, seq, key,
+/// kind, priority, created_ms, expires_ms, then the delivery's state,
+/// attempt and until_ms (all `None` without a delivery record).
+pub type CandidateRow = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+impl From<CandidateRow> for Candidate {
+    fn from(row: CandidateRow) -> Candidate {
+        let (pos, topic, seq, key, kind, priority, created_ms, expires_ms, state, attempt, until) =
+            row;
+        Candidate {
+            pos,
+            topic,
+            seq,
+            key,
+            kind,
+            priority,
+            created_ms,
+            expires_ms,
+            lease: Lease::from_columns(state, attempt, until),
+        }
+    }
 }
 
 /// An event to dead-letter instead of delivering.
@@ -397,6 +448,44 @@ pub fn change(settled: &Settled, attempt: i64, max_deliver: u32, now_ms: i64) ->
             reason: reason.clone(),
         },
     }
+}
+
+/// Where the event at `pos` stands for a group, from what a store read in
+/// one snapshot: the group's cursor, whether the group dead-lettered it,
+/// and the group's delivery record of it.
+pub fn delivery_state(
+    pos: i64,
+    cursor: i64,
+    dead_lettered: bool,
+    lease: Option<Lease>,
+    now_ms: i64,
+) -> DeliveryState {
+    if dead_lettered {
+        return DeliveryState::DeadLettered;
+    }
+    if pos <= cursor {
+        return DeliveryState::Acked;
+    }
+    match lease {
+        Some(l) if l.state == LeaseState::InFlight && l.until_ms > now_ms => {
+            DeliveryState::InFlight {
+                attempt: l.attempt.clamp(1, u32::MAX as i64) as u32,
+            }
+        }
+        Some(l) if l.state == LeaseState::Settled => DeliveryState::Acked,
+        _ => DeliveryState::Pending,
+    }
+}
+
+/// The error of an ack with effects that came after its lease ran out:
+/// the message was (or will be) delivered again, and the effects were not
+/// written.
+pub fn lease_lost() -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        "the lease ran out before the ack: the message was redelivered, \
+         and its effects were not written",
+    )
 }
 
 /// A store's side of one group member: claims and settlements made atomic
