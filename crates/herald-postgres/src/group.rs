@@ -29,8 +29,10 @@ use sqlx::PgConnection;
 
 use crate::store::{closed, decode_stored, insert_outbox, runtime_error, Inner};
 
-/// Unsettled events examined per claim.
-const WINDOW: i64 = 256;
+/// Unsettled events a claim examines first; it looks further (up to
+/// [`WINDOW_MAX`]) only when those hold nothing it may take.
+const WINDOW: i64 = 32;
+const WINDOW_MAX: i64 = 256;
 /// Longest an idle member waits before claiming again (leases that ran out,
 /// delays that passed, other processes' acks).
 const IDLE_MAX: Duration = Duration::from_millis(250);
@@ -44,7 +46,10 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         inner: inner.clone(),
         group,
         id: uuid::Uuid::now_v7().to_string(),
-        topics: herald::log_tail::literal_topics(&spec),
+        topic: match herald::log_tail::literal_topics(&spec).as_deref() {
+            Some([one]) => Some(one.clone()),
+            _ => None,
+        },
         spec,
     }))
     .await
@@ -56,8 +61,11 @@ struct Member {
     group: String,
     id: String,
     spec: SubscribeSpec,
-    /// The topics, when every pattern is a literal topic.
-    topics: Option<Vec<String>>,
+    /// The topic, when the group follows one literal topic: its events are
+    /// read through the `(topic, pos)` index. Otherwise claims read every
+    /// topic's events in `pos` order and skip the unwanted (a filter on
+    /// several topics would make the planner sort them all).
+    topic: Option<String>,
 }
 
 impl rules::GroupMember for Member {
@@ -67,10 +75,6 @@ impl rules::GroupMember for Member {
                 return Err(closed());
             }
             let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await
-                .map_err(runtime_error)?;
             let claimed = self.claim_in(&mut tx, max).await?;
             tx.commit().await.map_err(runtime_error)?;
             Ok(claimed)
@@ -117,27 +121,27 @@ impl rules::GroupMember for Member {
     fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+
+    fn ack_wait(&self) -> Duration {
+        self.spec.ack_wait
+    }
 }
 
 impl Member {
     /// The claim, inside its transaction.
     async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<Vec<(i64, Envelope)>> {
-        let mut position = self.register(conn).await?;
+        let (mut position, last) = self.register(conn, max > 0).await?;
         if max == 0 {
             return Ok(Vec::new());
         }
-        let s = &self.inner.s;
         let now = chrono::Utc::now().timestamp_millis();
-        let last: i64 =
-            sqlx::query_scalar(&format!("SELECT coalesce(max(pos), 0) FROM {s}.events"))
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(runtime_error)?;
         let max_deliver = self.inner.config.deliveries();
+        let mut limit = WINDOW;
         let plan = loop {
-            let rows = self.window(conn, position.cursor, last).await?;
+            let rows = self.window(conn, position.cursor, last, limit).await?;
+            let full = rows.len() as i64 == limit;
             let complete_to = match rows.last() {
-                Some(row) if rows.len() as i64 == WINDOW => row.0,
+                Some(row) if full => row.0,
                 _ => last,
             };
             let rows = rows.into_iter().map(Candidate::from);
@@ -156,6 +160,10 @@ impl Member {
                 position.cursor = plan.cursor;
                 continue;
             }
+            if plan.claims.is_empty() && full && limit < WINDOW_MAX {
+                limit = WINDOW_MAX;
+                continue;
+            }
             break plan;
         };
         let claimed = self.lease(conn, &plan, now).await?;
@@ -163,17 +171,18 @@ impl Member {
         Ok(claimed)
     }
 
-    /// Up to [`WINDOW`] events after `cursor` (through `last`) that are not
+    /// Up to `limit` events after `cursor` (through `last`) that are not
     /// settled for the group, with the group's delivery rows.
     async fn window(
         &self,
         conn: &mut PgConnection,
         cursor: i64,
         last: i64,
+        limit: i64,
     ) -> Result<Vec<CandidateRow>> {
         let s = &self.inner.s;
-        let topic_filter = if self.topics.is_some() {
-            "AND e.topic = ANY($6)"
+        let topic_filter = if self.topic.is_some() {
+            "AND e.topic = $6"
         } else {
             ""
         };
@@ -189,9 +198,9 @@ impl Member {
             .bind(cursor)
             .bind(last)
             .bind(SETTLED)
-            .bind(WINDOW);
-        if let Some(topics) = &self.topics {
-            query = query.bind(topics);
+            .bind(limit);
+        if let Some(topic) = &self.topic {
+            query = query.bind(topic);
         }
         query.fetch_all(&mut *conn).await.map_err(runtime_error)
     }
@@ -211,15 +220,17 @@ impl Member {
         let s = &self.inner.s;
         let ack_wait = self.spec.ack_wait.as_millis().min(i64::MAX as u128) as i64;
         let (positions, attempts): (Vec<i64>, Vec<i64>) = plan.claims.iter().copied().unzip();
-        let leased: Vec<(i64, i64)> = sqlx::query_as(&format!(
-            "INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
-             SELECT $1, p, 0, a, $4, $5 FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, a)
-             ON CONFLICT (grp, pos) DO UPDATE SET state = 0, attempt = excluded.attempt,
-                 lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
-                 first_failed_ms = coalesce(d.first_failed_ms,
-                     CASE WHEN d.state = 0 THEN d.lease_until_ms END)
-             WHERE d.state <> $6
-             RETURNING d.pos, d.attempt"
+        let leased: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(&format!(
+            "WITH leased AS (
+                 INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
+                 SELECT $1, p, 0, a, $4, $5 FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, a)
+                 ON CONFLICT (grp, pos) DO UPDATE SET state = 0, attempt = excluded.attempt,
+                     lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
+                     first_failed_ms = coalesce(d.first_failed_ms,
+                         CASE WHEN d.state = 0 THEN d.lease_until_ms END)
+                 WHERE d.state <> $6
+                 RETURNING d.pos, d.attempt)
+             SELECT l.pos, l.attempt, e.envelope FROM leased l JOIN {s}.events e ON e.pos = l.pos"
         ))
         .bind(&self.group)
         .bind(&positions)
@@ -230,17 +241,19 @@ impl Member {
         .fetch_all(&mut *conn)
         .await
         .map_err(runtime_error)?;
-        let attempts: HashMap<i64, i64> = leased.into_iter().collect();
-        let keys: Vec<i64> = attempts.keys().copied().collect();
-        let mut envelopes = self.envelopes(conn, &keys).await?;
-        Ok(positions
+        let mut leased: HashMap<i64, (i64, Vec<u8>)> = leased
             .into_iter()
-            .filter_map(|pos| {
-                let env = envelopes.remove(&pos)?;
-                let attempt = attempts.get(&pos)?.clamp(&1, &(u32::MAX as i64));
-                Some((pos, env.with_attempt(*attempt as u32)))
+            .map(|(pos, attempt, env)| (pos, (attempt, env)))
+            .collect();
+        // In the plan's order.
+        positions
+            .into_iter()
+            .filter_map(|pos| leased.remove(&pos).map(|l| (pos, l)))
+            .map(|(pos, (attempt, bytes))| {
+                let attempt = attempt.clamp(1, u32::MAX as i64) as u32;
+                Ok((pos, decode_stored(&bytes)?.with_attempt(attempt)))
             })
-            .collect())
+            .collect()
     }
 
     /// The stored envelopes at `positions`.
@@ -301,46 +314,50 @@ impl Member {
 
     /// Lock the group's row (claims of a group take turns), registering the
     /// group on first use and checking that a known group follows the same
-    /// topics.
-    async fn register(&self, conn: &mut PgConnection) -> Result<Position> {
+    /// topics; the group's position and the log's last `pos`. A claim that
+    /// `leases` commits asynchronously (see the module).
+    async fn register(&self, conn: &mut PgConnection, leases: bool) -> Result<(Position, i64)> {
         let s = &self.inner.s;
         let select = format!(
-            "SELECT patterns, kinds, cursor, start_seq, start_ms FROM {s}.groups
-             WHERE name = $1 FOR UPDATE"
+            "SELECT set_config('synchronous_commit', $2, true), patterns, kinds, cursor,
+                    start_seq, start_ms, (SELECT coalesce(max(pos), 0) FROM {s}.events)
+             FROM {s}.groups WHERE name = $1 FOR UPDATE"
         );
-        type GroupRow = (String, i64, i64, Option<i64>, Option<i64>);
+        type GroupRow = (String, String, i64, i64, Option<i64>, Option<i64>, i64);
+        let commit = if leases { "off" } else { "on" };
         for _ in 0..2 {
             let row: Option<GroupRow> = sqlx::query_as(&select)
                 .bind(&self.group)
+                .bind(commit)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(runtime_error)?;
-            if let Some((patterns, kinds, cursor, start_seq, start_ms)) = row {
+            if let Some((_, patterns, kinds, cursor, start_seq, start_ms, last)) = row {
                 rules::check_member(&self.group, &patterns, kinds, &self.spec)?;
-                return Ok(Position {
+                let position = Position {
                     cursor,
                     start_seq,
                     start_ms,
-                });
+                };
+                return Ok((position, last));
             }
-            let last: i64 =
-                sqlx::query_scalar(&format!("SELECT coalesce(max(pos), 0) FROM {s}.events"))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(runtime_error)?;
-            let position = Position::new(&self.spec.start, last);
             // Another process may register it at the same moment: the first
-            // wins, and the loop reads (and locks) its row.
+            // wins, and the loop reads (and locks) its row. A `Latest` group
+            // starts after the log's last event.
+            let start = Position::new(&self.spec.start, 0);
             sqlx::query(&format!(
                 "INSERT INTO {s}.groups (name, patterns, kinds, cursor, start_seq, start_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING"
+                 SELECT $1, $2, $3,
+                        CASE WHEN $4 THEN (SELECT coalesce(max(pos), 0) FROM {s}.events) ELSE 0 END,
+                        $5, $6
+                 ON CONFLICT (name) DO NOTHING"
             ))
             .bind(&self.group)
             .bind(rules::patterns_text(&self.spec))
             .bind(rules::kind_bits(&self.spec))
-            .bind(position.cursor)
-            .bind(position.start_seq)
-            .bind(position.start_ms)
+            .bind(matches!(self.spec.start, herald::StartPosition::Latest))
+            .bind(start.start_seq)
+            .bind(start.start_ms)
             .execute(&mut *conn)
             .await
             .map_err(runtime_error)?;

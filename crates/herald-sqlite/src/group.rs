@@ -449,6 +449,10 @@ impl rules::GroupMember for Member {
     fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+
+    fn ack_wait(&self) -> Duration {
+        self.spec.ack_wait
+    }
 }
 
 /// Where event `seq` of `topic` stands for `group` (read-only). The reads

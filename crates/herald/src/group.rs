@@ -19,6 +19,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::stream;
 use tokio::sync::Notify;
@@ -30,9 +33,14 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::subscription::{CloseHandle, StartPosition, SubscribeSpec, Subscription};
 use crate::transport::DeliveryState;
 
-/// Events a member claims at a time: one, so a member never sits on events
-/// another member could be handling.
-pub const CLAIM_MAX: usize = 1;
+/// Most events a member claims at a time. A claim takes one event per
+/// [`SHARE`] claimable flows (at least one, at most this), so a member
+/// only holds several events when there is plenty for every member, and a
+/// small backlog is shared one event at a time.
+pub const CLAIM_MAX: usize = 16;
+
+/// Claimable flows per event a claim takes (see [`CLAIM_MAX`]).
+pub const SHARE: usize = 4;
 
 /// How a store keeps `kind`.
 pub fn kind_code(k: Kind) -> i64 {
@@ -268,7 +276,8 @@ pub struct Plan {
 /// A topic and key (keyless events of a topic form one flow).
 type Flow = (String, Option<String>);
 
-/// Decide a claim of up to `max` events from `rows`: events after
+/// Decide a claim of up to `max` events (fewer when few flows are
+/// claimable: one per [`SHARE`]) from `rows`: events after
 /// `position.cursor`, in `pos` order, with the group's records, complete
 /// through `complete_to` except for events the store left out because they
 /// are settled for the group or of topics it does not follow (so a store
@@ -356,6 +365,7 @@ pub fn plan(
         .enumerate()
         .filter_map(|(i, f)| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
         .collect();
+    let max = max.min((flows.len() / SHARE).max(1));
     let mut claims = Vec::new();
     while claims.len() < max {
         let Some((_, _, i)) = heads.pop() else { break };
@@ -515,11 +525,17 @@ pub trait GroupMember: Send + Sync + 'static {
 
     /// Whether the store is closed.
     fn is_closed(&self) -> bool;
+
+    /// How long a lease lasts.
+    fn ack_wait(&self) -> Duration;
 }
 
-/// A member's subscription: claims one event at a time through `member`
-/// (after registering the group), hands it out, and settles it through
-/// `member`. Closing it hands back what it claimed but did not deliver.
+/// A member's subscription: claims events through `member` (after
+/// registering the group), hands them out one by one, and settles them
+/// through `member`. Claimed events not handed out while at least half
+/// their lease is left are handed back, as is everything claimed but not
+/// delivered when the subscription closes: a member never hands out an
+/// event whose lease is nearly over.
 pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
     member.claim(0).await?;
     let state = Arc::new(MemberState {
@@ -535,7 +551,7 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
         })
     };
     let deliveries = stream::unfold(
-        (state, VecDeque::<(i64, Envelope)>::new()),
+        (state, Buffer::default()),
         |(state, mut buffered)| async move {
             loop {
                 let wake = state.clone();
@@ -543,10 +559,13 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
                 tokio::pin!(woken);
                 woken.as_mut().enable();
                 if state.is_closed() {
-                    state.release(buffered).await;
+                    state.release(buffered.take()).await;
                     return None;
                 }
-                if let Some((pos, env)) = buffered.pop_front() {
+                if buffered.claimed_at.elapsed() > state.member.ack_wait() / 2 {
+                    state.release(buffered.take()).await;
+                }
+                if let Some((pos, env)) = buffered.events.pop_front() {
                     let settle: Arc<dyn Settle> = Arc::new(Held {
                         member: state.member.clone(),
                         pos,
@@ -556,7 +575,10 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
                 }
                 let changed = state.member.changes();
                 match state.member.claim(CLAIM_MAX).await {
-                    Ok(got) if !got.is_empty() => buffered.extend(got),
+                    Ok(got) if !got.is_empty() => {
+                        buffered.events.extend(got);
+                        buffered.claimed_at = Instant::now();
+                    }
                     Ok(_) => {
                         tokio::select! {
                             _ = changed => {}
@@ -572,6 +594,27 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
         },
     );
     Ok(Subscription::new(Box::pin(deliveries), close))
+}
+
+/// Claimed events not yet handed out, and when they were claimed.
+struct Buffer {
+    events: VecDeque<(i64, Envelope)>,
+    claimed_at: Instant,
+}
+
+impl Default for Buffer {
+    fn default() -> Buffer {
+        Buffer {
+            events: VecDeque::new(),
+            claimed_at: Instant::now(),
+        }
+    }
+}
+
+impl Buffer {
+    fn take(&mut self) -> VecDeque<(i64, Envelope)> {
+        std::mem::take(&mut self.events)
+    }
 }
 
 struct MemberState {
