@@ -16,6 +16,8 @@
 //! herald_conformance::conformance_tests!(|| async { herald::Bus::memory() });
 //! // a durable transport also says how to restart it:
 //! herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
+//! // and a store with retention says how to open one with a policy:
+//! herald_conformance::conformance_tests!(fresh, restart = restartable, retention = retained);
 //! ```
 
 pub mod commands;
@@ -30,18 +32,23 @@ pub mod lifecycle;
 pub mod limits;
 pub mod middleware;
 pub mod redelivery;
+pub mod retention;
 mod support;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use herald::retention::RetentionPolicy;
 use herald::{Bus, Features};
 
 pub use support::{collect, recv};
 
 type MakeBus = dyn Fn() -> Pin<Box<dyn Future<Output = Bus> + Send>> + Send + Sync;
 type MakeRestartable = dyn Fn() -> Pin<Box<dyn Future<Output = Restartable> + Send>> + Send + Sync;
+type MakeRetained =
+    dyn Fn(RetentionPolicy) -> Pin<Box<dyn Future<Output = Retained> + Send>> + Send + Sync;
+type Prune = dyn Fn() -> Pin<Box<dyn Future<Output = herald::Result<u64>> + Send>> + Send + Sync;
 
 /// How scenarios get a bus: a constructor of fresh, isolated buses, and for
 /// durable transports one of buses that can be restarted.
@@ -49,6 +56,35 @@ type MakeRestartable = dyn Fn() -> Pin<Box<dyn Future<Output = Restartable> + Se
 pub struct Harness {
     make: Arc<MakeBus>,
     restartable: Option<Arc<MakeRestartable>>,
+    retained: Option<Arc<MakeRetained>>,
+}
+
+/// A bus on fresh storage that applies a retention policy, and a way to run
+/// the store's retention pass now.
+pub struct Retained {
+    /// The bus.
+    pub bus: Bus,
+    prune: Arc<Prune>,
+}
+
+impl Retained {
+    /// `bus`, and `prune` to run its store's retention pass (how many
+    /// events it deleted).
+    pub fn new<F, Fut>(bus: Bus, prune: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = herald::Result<u64>> + Send + 'static,
+    {
+        Retained {
+            bus,
+            prune: Arc::new(move || Box::pin(prune())),
+        }
+    }
+
+    /// Run the retention pass now.
+    pub async fn prune(&self) -> herald::Result<u64> {
+        (self.prune)().await
+    }
 }
 
 /// A bus on fresh storage and a way to open that same storage again, as a
@@ -89,6 +125,29 @@ impl Harness {
         Harness {
             make: Arc::new(move || Box::pin(make())),
             restartable: None,
+            retained: None,
+        }
+    }
+
+    /// Also give the retention scenarios buses with a retention policy.
+    pub fn with_retention<F, Fut>(mut self, make: F) -> Self
+    where
+        F: Fn(RetentionPolicy) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Retained> + Send + 'static,
+    {
+        self.retained = Some(Arc::new(move |p| Box::pin(make(p))));
+        self
+    }
+
+    /// A bus on fresh storage keeping events by `policy`, when the
+    /// transport has retention; `None` (with the skip printed) otherwise.
+    pub async fn retained(&self, scenario: &str, policy: RetentionPolicy) -> Option<Retained> {
+        match &self.retained {
+            Some(make) => Some(make(policy).await),
+            None => {
+                println!("conformance: `{scenario}` skipped: the transport has no retention");
+                None
+            }
         }
     }
 
@@ -146,6 +205,11 @@ macro_rules! conformance_tests {
     ($make:expr, restart = $restart:expr) => {
         $crate::conformance_tests!(@all $crate::Harness::new($make).with_restart($restart));
     };
+    ($make:expr, restart = $restart:expr, retention = $retention:expr) => {
+        $crate::conformance_tests!(
+            @all $crate::Harness::new($make).with_restart($restart).with_retention($retention)
+        );
+    };
     (@all $harness:expr) => {
         $crate::conformance_scenarios!(
             $harness;
@@ -192,6 +256,9 @@ macro_rules! conformance_tests {
             durable::events_and_seqs_survive_a_restart,
             durable::a_group_resumes_after_its_last_ack,
             durable::dead_letters_survive_a_restart,
+            retention::count_retention_keeps_the_newest_and_a_group_behind_it_jumps,
+            retention::age_retention_deletes_what_is_older,
+            retention::retention_runs_in_the_background,
             handlers::handler_outcomes_settle_deliveries,
             handlers::handler_keeps_per_key_order_under_concurrency,
             handlers::handler_shutdown_never_acks_unprocessed_work,

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use herald::config::{env, env_parse, in_range, seconds};
+use herald::retention::{Retention, RetentionPolicy};
 use herald::{Error, Result};
 
 /// The PostgreSQL schema herald's tables live in, by default.
@@ -41,6 +42,7 @@ pub struct PgConfig {
     pool_size: u32,
     publish_timeout: Duration,
     max_deliver: u32,
+    retention: RetentionPolicy,
 }
 
 impl PgConfig {
@@ -54,12 +56,15 @@ impl PgConfig {
             pool_size: DEFAULT_POOL_SIZE,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             max_deliver: DEFAULT_MAX_DELIVER,
+            retention: RetentionPolicy::default(),
         }
     }
 
     /// `HERALD_STORE` (a `postgres://` URL), `HERALD_PG_SCHEMA`,
     /// `HERALD_DEDUPE_WINDOW`, `HERALD_POLL_INTERVAL`, `HERALD_PG_POOL_SIZE`,
-    /// `HERALD_TIMEOUT_SECONDS` and `HERALD_MAX_DELIVER`, validated.
+    /// `HERALD_TIMEOUT_SECONDS`, `HERALD_MAX_DELIVER`,
+    /// `HERALD_RETENTION_MAX_AGE` and `HERALD_RETENTION_MAX_EVENTS`,
+    /// validated.
     pub fn from_env() -> Result<Self> {
         let url = env("HERALD_STORE")
             .ok_or_else(|| Error::validation("HERALD_STORE is not set (expected postgres://…)"))?;
@@ -82,6 +87,7 @@ impl PgConfig {
         if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
             c.max_deliver = v;
         }
+        c.retention.read_env()?;
         c.validate()?;
         Ok(c)
     }
@@ -130,6 +136,33 @@ impl PgConfig {
         self
     }
 
+    /// Retention of every topic without its own (default: keep everything).
+    /// Deleted events are skipped by readers behind them (see
+    /// [`Retention`]).
+    pub fn retention(mut self, r: Retention) -> Self {
+        self.retention.set_default(r);
+        self
+    }
+
+    /// Retention of the topics matching `pattern` (the first matching
+    /// pattern wins over the default).
+    pub fn retention_for(mut self, pattern: &str, r: Retention) -> Result<Self> {
+        self.retention.set_topic(pattern, r)?;
+        Ok(self)
+    }
+
+    /// How often retention runs, 10 ms–1 day (default 60 s).
+    pub fn retention_interval(mut self, d: Duration) -> Self {
+        self.retention.set_interval(d);
+        self
+    }
+
+    /// All retention settings at once (replacing the ones set so far).
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
+        self
+    }
+
     /// Check every value; errors name the key, the value and the range.
     pub fn validate(&self) -> Result<()> {
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
@@ -170,7 +203,8 @@ impl PgConfig {
             1.0,
             300.0,
         )?;
-        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)
+        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
+        self.retention.validate()
     }
 
     pub(crate) fn url(&self) -> &str {
@@ -191,6 +225,9 @@ impl PgConfig {
     }
     pub(crate) fn deliveries(&self) -> u32 {
         self.max_deliver
+    }
+    pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
+        &self.retention
     }
 }
 

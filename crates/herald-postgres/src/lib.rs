@@ -10,6 +10,7 @@
 mod config;
 mod dead_letters;
 mod group;
+mod retention;
 mod schema;
 mod sequencer;
 mod store;
@@ -20,6 +21,7 @@ pub use config::{
     PgConfig, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL, DEFAULT_POOL_SIZE,
     DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SCHEMA,
 };
+pub use herald::retention::Retention;
 pub use schema::SCHEMA_VERSION;
 pub use store::PgStore;
 pub use transport::FEATURES;

@@ -132,6 +132,7 @@ impl PgStore {
         });
         tokio::spawn(listen_for_events(Arc::downgrade(&inner)));
         tokio::spawn(crate::sequencer::run(Arc::downgrade(&inner)));
+        tokio::spawn(crate::retention::run(Arc::downgrade(&inner)));
         Ok(PgStore { inner })
     }
 

@@ -4,7 +4,7 @@
 mod support;
 
 use herald::Bus;
-use herald_conformance::Restartable;
+use herald_conformance::{Restartable, Retained};
 use herald_postgres::{PgConfig, PgStore};
 
 async fn open(config: PgConfig) -> Bus {
@@ -21,4 +21,17 @@ async fn restartable_bus() -> Restartable {
     Restartable::new(bus, move || open(config.clone()))
 }
 
-herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
+async fn retained_bus(policy: herald::retention::RetentionPolicy) -> Retained {
+    let config = support::fresh_config().await.with_retention(policy);
+    let store = PgStore::open(config).await.expect("open a store");
+    Retained::new(Bus::new(store.clone()), move || {
+        let store = store.clone();
+        async move { store.apply_retention().await }
+    })
+}
+
+herald_conformance::conformance_tests!(
+    fresh_bus,
+    restart = restartable_bus,
+    retention = retained_bus
+);

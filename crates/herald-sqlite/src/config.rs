@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald::config::{env, env_parse, in_range, invalid, seconds};
-use herald::{Pattern, Result};
+use herald::retention::{Retention, RetentionPolicy};
+use herald::Result;
 
 /// Default store file (`HERALD_STORE=sqlite://herald.db`).
 pub const DEFAULT_PATH: &str = "herald.db";
@@ -55,55 +56,8 @@ pub struct SqliteConfig {
     group_commit_max: usize,
     poll_interval: Duration,
     max_deliver: u32,
-    retention: Retention,
-    retention_by_topic: Vec<(Pattern, Retention)>,
-    retention_interval: Duration,
+    retention: RetentionPolicy,
 }
-
-/// How long a topic keeps its events: by age, by count, or both (whichever
-/// deletes more). The default keeps everything.
-///
-/// A subscriber or group whose position fell behind retention continues
-/// with the oldest event still kept: the deleted ones are skipped, never an
-/// error. Replays and new subscriptions starting before the oldest kept
-/// event start at it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Retention {
-    max_age: Option<Duration>,
-    max_events: Option<u64>,
-}
-
-impl Retention {
-    /// Keep everything.
-    pub const FOREVER: Retention = Retention {
-        max_age: None,
-        max_events: None,
-    };
-    /// Delete events created more than `age` ago.
-    pub fn max_age(mut self, age: Duration) -> Self {
-        self.max_age = Some(age);
-        self
-    }
-    /// Keep at most the newest `n` events of each topic.
-    pub fn max_events(mut self, n: u64) -> Self {
-        self.max_events = Some(n);
-        self
-    }
-    /// The age bound.
-    pub fn age(&self) -> Option<Duration> {
-        self.max_age
-    }
-    /// The count bound.
-    pub fn events(&self) -> Option<u64> {
-        self.max_events
-    }
-    fn keeps_all(&self) -> bool {
-        self.max_age.is_none() && self.max_events.is_none()
-    }
-}
-
-/// How often retention runs when one is configured.
-pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 impl SqliteConfig {
     /// A store at `path` (created when missing; its directory must exist).
@@ -116,9 +70,7 @@ impl SqliteConfig {
             group_commit_max: DEFAULT_GROUP_COMMIT_MAX,
             poll_interval: DEFAULT_POLL_INTERVAL,
             max_deliver: DEFAULT_MAX_DELIVER,
-            retention: Retention::FOREVER,
-            retention_by_topic: Vec::new(),
-            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            retention: RetentionPolicy::default(),
         }
     }
 
@@ -158,12 +110,7 @@ impl SqliteConfig {
         if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
             c.max_deliver = v;
         }
-        if let Some(v) = env_parse::<f64>("HERALD_RETENTION_MAX_AGE")? {
-            c.retention = c.retention.max_age(seconds("HERALD_RETENTION_MAX_AGE", v)?);
-        }
-        if let Some(v) = env_parse("HERALD_RETENTION_MAX_EVENTS")? {
-            c.retention = c.retention.max_events(v);
-        }
+        c.retention.read_env()?;
         c.validate()?;
         Ok(c)
     }
@@ -192,27 +139,7 @@ impl SqliteConfig {
             10.0,
         )?;
         in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
-        for r in
-            std::iter::once(&self.retention).chain(self.retention_by_topic.iter().map(|(_, r)| r))
-        {
-            if let Some(age) = r.max_age {
-                in_range(
-                    "HERALD_RETENTION_MAX_AGE",
-                    age.as_secs_f64(),
-                    1.0,
-                    100.0 * 365.0 * 86400.0,
-                )?;
-            }
-            if let Some(n) = r.max_events {
-                in_range("HERALD_RETENTION_MAX_EVENTS", n, 1, i64::MAX as u64)?;
-            }
-        }
-        in_range(
-            "retention_interval",
-            self.retention_interval.as_secs_f64(),
-            0.01,
-            86400.0,
-        )?;
+        self.retention.validate()?;
         Ok(())
     }
 
@@ -255,33 +182,32 @@ impl SqliteConfig {
     /// Retention of every topic without its own (default: keep everything;
     /// `HERALD_RETENTION_MAX_AGE` seconds, `HERALD_RETENTION_MAX_EVENTS`).
     pub fn retention(mut self, r: Retention) -> Self {
-        self.retention = r;
+        self.retention.set_default(r);
         self
     }
     /// Retention of the topics matching `pattern` (the first matching
     /// pattern wins over the default).
     pub fn retention_for(mut self, pattern: &str, r: Retention) -> Result<Self> {
-        self.retention_by_topic.push((Pattern::new(pattern)?, r));
+        self.retention.set_topic(pattern, r)?;
         Ok(self)
     }
     /// How often retention runs, 10 ms–1 day (default 60 s).
     pub fn retention_interval(mut self, d: Duration) -> Self {
-        self.retention_interval = d;
+        self.retention.set_interval(d);
         self
     }
 
+    /// All retention settings at once (replacing the ones set so far).
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
+        self
+    }
     /// The retention of `topic`.
     pub fn retention_of(&self, topic: &str) -> Retention {
-        self.retention_by_topic
-            .iter()
-            .find(|(p, _)| p.matches_str(topic))
-            .map_or(self.retention, |(_, r)| *r)
+        self.retention.of(topic)
     }
-    pub(crate) fn retains_everything(&self) -> bool {
-        self.retention.keeps_all() && self.retention_by_topic.iter().all(|(_, r)| r.keeps_all())
-    }
-    pub(crate) fn retention_every(&self) -> Duration {
-        self.retention_interval
+    pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
+        &self.retention
     }
     pub(crate) fn poll(&self) -> Duration {
         self.poll_interval

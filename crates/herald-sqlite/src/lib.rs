@@ -25,11 +25,11 @@ mod transport;
 mod writer;
 
 pub use config::{
-    Retention, SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
+    SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
     DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL,
-    DEFAULT_RETENTION_INTERVAL,
 };
 pub use dedupe::SqliteDedupe;
+pub use herald::retention::{Retention, DEFAULT_RETENTION_INTERVAL};
 pub use outbox::Outbox;
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;

@@ -11,7 +11,6 @@ use std::sync::Weak;
 
 use herald::Result;
 
-use crate::config::Retention;
 use crate::store::{runtime_error, Inner, SqliteStore};
 
 /// Most events deleted per transaction.
@@ -25,39 +24,29 @@ impl SqliteStore {
             .await
             .map_err(runtime_error)?;
         let now = chrono::Utc::now().timestamp_millis();
+        let policy = self.inner.config.retention_policy();
         let mut deleted = 0;
         for (topic, last_seq) in topics {
-            let r = self.inner.config.retention_of(&topic);
-            let cut = self.cut(&topic, last_seq, r, now).await?;
+            let name = topic.as_str();
+            let cut = policy
+                .cut(name, last_seq, now, |before| async move {
+                    let newest = sqlx::query_scalar::<_, Option<i64>>(
+                        "SELECT max(seq) FROM events WHERE topic = ? AND created_ms < ?",
+                    )
+                    .bind(name)
+                    .bind(before)
+                    .fetch_all(&self.inner.readers)
+                    .await
+                    .map_err(runtime_error)?
+                    .into_iter()
+                    .flatten()
+                    .next();
+                    Ok(newest.unwrap_or(0))
+                })
+                .await?;
             deleted += self.delete_through(&topic, cut).await?;
         }
         Ok(deleted)
-    }
-
-    /// The highest seq of `topic` that retention `r` deletes (0: none).
-    async fn cut(&self, topic: &str, last_seq: i64, r: Retention, now: i64) -> Result<i64> {
-        let by_count = r
-            .events()
-            .map_or(0, |n| (last_seq - n.min(i64::MAX as u64) as i64).max(0));
-        let by_age = match r.age() {
-            None => 0,
-            Some(age) => {
-                let before = now.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64);
-                sqlx::query_scalar::<_, Option<i64>>(
-                    "SELECT max(seq) FROM events WHERE topic = ? AND created_ms < ?",
-                )
-                .bind(topic)
-                .bind(before)
-                .fetch_all(&self.inner.readers)
-                .await
-                .map_err(runtime_error)?
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or(0)
-            }
-        };
-        Ok(by_count.max(by_age))
     }
 
     async fn delete_through(&self, topic: &str, cut: i64) -> Result<u64> {
@@ -87,24 +76,14 @@ impl SqliteStore {
 
 /// Run retention every interval until the store is gone or closed.
 pub(crate) async fn run(inner: Weak<Inner>) {
-    let every = match inner.upgrade() {
-        Some(i) if !i.config.retains_everything() => i.config.retention_every(),
-        _ => return,
+    let Some(policy) = inner.upgrade().map(|i| i.config.retention_policy().clone()) else {
+        return;
     };
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let store = SqliteStore { inner };
-        match store.apply_retention().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "retention deleted old events"),
-            Err(e) => tracing::warn!(error = %e, "retention failed; retrying at the next interval"),
-        }
-    }
+    herald::retention::run_every(&policy, || {
+        let inner = inner
+            .upgrade()
+            .filter(|i| !i.closed.load(Ordering::Acquire))?;
+        Some(async move { SqliteStore { inner }.apply_retention().await })
+    })
+    .await;
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use herald::Bus;
-use herald_conformance::Restartable;
+use herald_conformance::{Restartable, Retained};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 
 /// A directory for this run's stores under cargo's per-target temp dir;
@@ -53,4 +53,17 @@ async fn restartable_bus() -> Restartable {
     Restartable::new(bus, move || open(path.clone()))
 }
 
-herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
+async fn retained_bus(policy: herald::retention::RetentionPolicy) -> Retained {
+    let config = SqliteConfig::new(fresh_path()).with_retention(policy);
+    let store = SqliteStore::open(config).await.expect("open store");
+    Retained::new(Bus::new(store.clone()), move || {
+        let store = store.clone();
+        async move { store.apply_retention().await }
+    })
+}
+
+herald_conformance::conformance_tests!(
+    fresh_bus,
+    restart = restartable_bus,
+    retention = retained_bus
+);

@@ -56,6 +56,7 @@ pub mod payload;
 pub mod publisher;
 pub mod queue;
 pub mod rate_limit;
+pub mod retention;
 pub mod retry;
 pub mod schema;
 pub mod subscription;
