@@ -46,6 +46,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod forward;
 pub mod group;
 pub mod handler;
 pub mod log_tail;
