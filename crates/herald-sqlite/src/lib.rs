@@ -34,8 +34,3 @@ pub use outbox::Outbox;
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;
 pub use transport::FEATURES;
-
-/// The README's examples, compiled and run as doc tests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeExamples;

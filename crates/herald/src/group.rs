@@ -34,12 +34,13 @@ use crate::subscription::{CloseHandle, StartPosition, SubscribeSpec, Subscriptio
 use crate::transport::DeliveryState;
 
 /// Most events a member claims at a time. A claim takes one event per
-/// [`SHARE`] claimable flows (at least one, at most this), so a member
-/// only holds several events when there is plenty for every member, and a
-/// small backlog is shared one event at a time.
+/// [`SHARE`] claimable events (every keyless event, the first of each key;
+/// at least one, at most this), so a member only holds several events when
+/// there is plenty for every member, and a small backlog is shared one
+/// event at a time.
 pub const CLAIM_MAX: usize = 16;
 
-/// Claimable flows per event a claim takes (see [`CLAIM_MAX`]).
+/// Claimable events per event a claim takes (see [`CLAIM_MAX`]).
 pub const SHARE: usize = 4;
 
 /// How a store keeps `kind`.
@@ -276,8 +277,8 @@ pub struct Plan {
 /// A topic and key (keyless events of a topic form one flow).
 type Flow = (String, Option<String>);
 
-/// Decide a claim of up to `max` events (fewer when few flows are
-/// claimable: one per [`SHARE`]) from `rows`: events after
+/// Decide a claim of up to `max` events (fewer when few are claimable: one
+/// per [`SHARE`]) from `rows`: events after
 /// `position.cursor`, in `pos` order, with the group's records, complete
 /// through `complete_to` except for events the store left out because they
 /// are settled for the group or of topics it does not follow (so a store
@@ -365,7 +366,9 @@ pub fn plan(
         .enumerate()
         .filter_map(|(i, f)| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
         .collect();
-    let max = max.min((flows.len() / SHARE).max(1));
+    // Claimable events: every keyless one, the head of each key.
+    let claimable: usize = flows.iter().map(VecDeque::len).sum();
+    let max = max.min((claimable / SHARE).max(1));
     let mut claims = Vec::new();
     while claims.len() < max {
         let Some((_, _, i)) = heads.pop() else { break };
@@ -728,14 +731,33 @@ mod tests {
 
     #[test]
     fn priority_picks_among_flow_heads_never_within_a_flow() {
-        let rows = vec![
+        let mut rows = vec![
             row(1, Some("k"), 0, None),
             row(2, Some("k"), 3, None),
             row(3, None, 2, None),
         ];
-        let p = plan(&spec(), &START, rows, 3, 3, 5, 0);
+        // Six more keys at priority 1: eight claimable, so two are taken.
+        let keys = ["a", "b", "c", "d", "e", "f"];
+        rows.extend((4..=9).zip(keys).map(|(p, k)| row(p, Some(k), 1, None)));
+        let p = plan(&spec(), &START, rows, 9, 16, 5, 0);
         // Event 2 waits for event 1 of its key, whatever its priority.
-        assert_eq!(p.claims, vec![(3, 1), (1, 1)]);
+        assert_eq!(p.claims, vec![(3, 1), (4, 1)]);
+    }
+
+    #[test]
+    fn a_claim_takes_one_event_per_four_claimable() {
+        let keyless = |n: i64| (1..=n).map(|p| row(p, None, 1, None)).collect::<Vec<_>>();
+        let take = |rows: Vec<Candidate>| plan(&spec(), &START, rows, 100, CLAIM_MAX, 5, 0);
+        assert_eq!(
+            take(keyless(3)).claims.len(),
+            1,
+            "a small backlog is shared"
+        );
+        assert_eq!(take(keyless(40)).claims.len(), 10);
+        assert_eq!(take(keyless(100)).claims.len(), CLAIM_MAX);
+        // One key: only its first event is claimable.
+        let one_key = (1..=40).map(|p| row(p, Some("k"), 1, None)).collect();
+        assert_eq!(take(one_key).claims, vec![(1, 1)]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! throughput is reported as a ratio to raw `tokio::sync::broadcast` measured
 //! in the same run.
 
+mod drain;
 mod handler;
 mod latency;
 mod postgres;
@@ -134,7 +135,7 @@ pub fn main(args: Args) -> ExitCode {
         return match runtime.block_on(postgres::run(url, args.check)) {
             Ok(r) => {
                 eprintln!(
-                    "\nherald bench --store postgres ({} tasks, one transaction per publish or per {})\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw sqlx inserts\n\nsequencer: {:.0} events/s into the log\noutbox commit → subscriber (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}   goal p50 ≤ 5, p99 ≤ 25\n",
+                    "\nherald bench --store postgres ({} tasks, one transaction per publish or per {})\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw sqlx inserts\n\nsequencer: {:.0} events/s into the log\noutbox commit → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}   goal p50 ≤ 5, p99 ≤ 25\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
                     postgres::TASKS,
                     postgres::BATCH,
                     "outbox publishes/s",
@@ -154,6 +155,8 @@ pub fn main(args: Args) -> ExitCode {
                     r.end_to_end.p95_us / 1000.0,
                     r.end_to_end.p99_us / 1000.0,
                     r.end_to_end.max_us / 1000.0,
+                    r.group_drain_1,
+                    r.group_drain_4,
                 );
                 print_json(&r)
             }

@@ -2,9 +2,9 @@
 //! publishes next to the same inserts done with raw sqlx, in the same run
 //! and the same database, from [`TASKS`] concurrent tasks, one transaction
 //! per publish (single) or per [`BATCH`] events; the sequencer's rate at
-//! turning outbox rows into events; and publish-commit → subscriber latency
-//! (woken by LISTEN/NOTIFY). Everything runs in a schema of its own, dropped
-//! afterwards.
+//! turning outbox rows into events; publish-commit → durable group member
+//! latency (woken by LISTEN/NOTIFY); and how fast a group drains a backlog.
+//! Everything runs in schemas of its own, dropped afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +33,12 @@ pub struct PgFigures {
     /// Events/s the sequencer turned into log events while the batched
     /// publishers ran and until it caught up.
     pub sequenced_per_second: f64,
-    /// Outbox publish committed → a subscriber has it.
+    /// Outbox publish committed → a durable group member has it.
     pub end_to_end: Percentiles,
+    /// Events/s a durable group drains (receive + ack, committed), with one
+    /// member and with four.
+    pub group_drain_1: f64,
+    pub group_drain_4: f64,
 }
 
 /// Concurrent publishing tasks.
@@ -52,11 +56,25 @@ pub async fn run(url: &str, short: bool) -> Result<PgFigures> {
     let config = PgConfig::new(url)
         .schema(&schema)
         .pool_size(TASKS as u32 + 8);
-    let store = PgStore::open(config).await?;
+    let store = PgStore::open(config.clone()).await?;
     let result = measure(&store, &schema, short).await;
     store.close().await;
     drop_schema(url, &schema).await;
-    result
+    let mut figures = result?;
+    let drain = if short { 2_000 } else { 20_000 };
+    for (members, rate) in [
+        (1, &mut figures.group_drain_1),
+        (4, &mut figures.group_drain_4),
+    ] {
+        let schema = format!("{schema}_drain{members}");
+        let store = PgStore::open(config.clone().schema(&schema)).await?;
+        let bus = Bus::new(store.clone());
+        let drained = super::drain::group_drain(&bus, drain, members, BATCH).await;
+        store.close().await;
+        drop_schema(url, &schema).await;
+        *rate = drained?;
+    }
+    Ok(figures)
 }
 
 async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures> {
@@ -87,6 +105,8 @@ async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures
         ratio_batched: herald_batched / raw_batched,
         sequenced_per_second,
         end_to_end,
+        group_drain_1: 0.0,
+        group_drain_4: 0.0,
     })
 }
 
@@ -209,11 +229,12 @@ async fn wait_sequenced(store: &PgStore, n: u64) -> Result<()> {
     Ok(())
 }
 
-/// Commit one outbox publish and wait until a subscriber has it.
+/// Commit one outbox publish and wait until a durable group member has it.
 async fn end_to_end(store: &PgStore, rounds: usize, warmup: usize) -> Result<Percentiles> {
     let bus = Bus::new(store.clone());
     let mut sub = bus
         .subscribe_raw("bench.latency")
+        .group("bench.latency")
         .start(StartPosition::Latest)
         .await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -134,53 +134,12 @@ async fn end_to_end(path: &Path, rounds: usize, warmup: usize) -> Result<Percent
     Ok(Percentiles::of(samples, warmup))
 }
 
-/// Publish `events`, then time `members` members of one group draining them.
+/// A fresh store at `path` drained by `members` members of one group.
 async fn group_drain(path: &Path, events: usize, members: usize) -> Result<f64> {
     let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(path)).await?);
-    let mut subs = Vec::new();
-    for _ in 0..members {
-        subs.push(bus.subscribe_raw("bench.drain").group("drain").await?);
-    }
-    for chunk in 0..events.div_ceil(BATCH) {
-        let n = BATCH.min(events - chunk * BATCH);
-        bus.publish(
-            (0..n)
-                .map(|i| Message::json("bench.drain", &i))
-                .collect::<Result<Vec<_>>>()?,
-        )
-        .await?;
-    }
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = subs
-        .into_iter()
-        .map(|mut sub| {
-            let done = done.clone();
-            tokio::spawn(async move {
-                while done.load(std::sync::atomic::Ordering::Acquire) < events {
-                    let next = tokio::time::timeout(
-                        std::time::Duration::from_millis(500),
-                        futures_util::StreamExt::next(&mut sub),
-                    );
-                    match next.await {
-                        Ok(Some(Ok(d))) => {
-                            d.ack().await?;
-                            done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                        }
-                        Ok(_) => break,
-                        Err(_) => continue,
-                    }
-                }
-                Ok::<_, Error>(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.map_err(|e| Error::internal(e.to_string()))??;
-    }
-    let rate = events as f64 / start.elapsed().as_secs_f64();
+    let rate = super::drain::group_drain(&bus, events, members, BATCH).await;
     bus.close().await?;
-    Ok(rate)
+    rate
 }
 
 /// The raw ceiling: rusqlite (no async layer) on one connection, a prepared
