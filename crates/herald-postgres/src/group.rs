@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use herald::delivery::BoxFuture;
 use herald::group::{
-    self as rules, Candidate, CandidateRow, Change, Lease, LeaseState, Plan, Position, Settled,
+    self as rules, Candidate, CandidateRow, Change, Claimed, Lease, LeaseState, Plan, Position,
+    Settled,
 };
 use herald::{
     DeadLetter, DeliveryState, Envelope, Error, ErrorCode, FailureSource, Outcome, Result,
@@ -33,6 +34,8 @@ use crate::store::{closed, decode_stored, insert_outbox, runtime_error, Inner};
 /// [`WINDOW_MAX`]) only when those hold nothing it may take.
 const WINDOW: i64 = 32;
 const WINDOW_MAX: i64 = 256;
+/// How far an idle claim lets the cursor lag before moving it.
+const CURSOR_STEP: i64 = 256;
 /// Longest an idle member waits before claiming again (leases that ran out,
 /// delays that passed, other processes' acks).
 const IDLE_MAX: Duration = Duration::from_millis(250);
@@ -69,7 +72,7 @@ struct Member {
 }
 
 impl rules::GroupMember for Member {
-    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Vec<(i64, Envelope)>>> {
+    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>> {
         Box::pin(async move {
             if self.is_closed() {
                 return Err(closed());
@@ -94,7 +97,8 @@ impl rules::GroupMember for Member {
             }
             let attempt = envelope.attempt() as i64;
             if settled == Settled::Outcome(Outcome::Ack) {
-                return self.ack(pos, attempt, effects).await;
+                let keyed = envelope.key().is_some();
+                return self.ack(pos, attempt, keyed, effects).await;
             }
             let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
             self.settle_in(&mut tx, pos, &envelope, &settled).await?;
@@ -129,10 +133,10 @@ impl rules::GroupMember for Member {
 
 impl Member {
     /// The claim, inside its transaction.
-    async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<Vec<(i64, Envelope)>> {
+    async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<Claimed> {
         let (mut position, last) = self.register(conn, max > 0).await?;
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         let now = chrono::Utc::now().timestamp_millis();
         let max_deliver = self.inner.config.deliveries();
@@ -164,11 +168,20 @@ impl Member {
                 limit = WINDOW_MAX;
                 continue;
             }
-            break plan;
+            break (plan, complete_to < last);
         };
-        let claimed = self.lease(conn, &plan, now).await?;
-        self.apply(conn, &position, &plan).await?;
-        Ok(claimed)
+        let (plan, beyond) = plan;
+        let events = self.lease(conn, &plan, now).await?;
+        // An idle claim leaves a short cursor move for the next one that
+        // leases (it costs a round trip; settled events are skipped anyway).
+        let idle = events.is_empty() && plan.dead.is_empty();
+        if !idle || plan.cursor - position.cursor >= CURSOR_STEP {
+            self.apply(conn, &position, &plan).await?;
+        }
+        Ok(Claimed {
+            events,
+            more: plan.more || beyond,
+        })
     }
 
     /// Up to `limit` events after `cursor` (through `last`) that are not
@@ -369,8 +382,9 @@ impl Member {
     }
 
     /// An ack: one statement, or with `effects` a transaction that appends
-    /// them to the outbox only if this member's lease still holds.
-    async fn ack(&self, pos: i64, attempt: i64, effects: Vec<Envelope>) -> Result<()> {
+    /// them to the outbox only if this member's lease still holds. `keyed`:
+    /// the event has a key.
+    async fn ack(&self, pos: i64, attempt: i64, keyed: bool, effects: Vec<Envelope>) -> Result<()> {
         let sql = format!(
             "UPDATE {}.deliveries SET state = $1
              WHERE grp = $2 AND pos = $3 AND state = 0 AND attempt = $4 AND owner = $5",
@@ -393,7 +407,12 @@ impl Member {
             insert_outbox(&self.inner, &mut tx, &effects).await?;
             tx.commit().await.map_err(runtime_error)?;
         }
-        self.inner.groups.send_modify(|n| *n = n.wrapping_add(1));
+        // The next event of its key may be claimed now: wake this process's
+        // idle members. (A keyless ack frees nothing; waking them would
+        // only cost a claim.)
+        if keyed {
+            self.inner.groups.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use herald::delivery::BoxFuture;
 use herald::group::{
-    self as rules, Candidate, CandidateRow, Change, Lease, LeaseState, Position, Settled,
+    self as rules, Candidate, CandidateRow, Change, Claimed, Lease, LeaseState, Position, Settled,
 };
 use herald::{
     DeadLetter, Envelope, Error, ErrorCode, FailureSource, Outcome, Result, SubscribeSpec,
@@ -66,14 +66,11 @@ pub(crate) struct Settlement {
 
 /// Register the group if new (checking a known group follows the same
 /// topics), then lease up to `claim.max` events to the member.
-pub(crate) async fn claim(
-    conn: &mut SqliteConnection,
-    claim: &Claim,
-) -> Result<Vec<(i64, Envelope)>> {
+pub(crate) async fn claim(conn: &mut SqliteConnection, claim: &Claim) -> Result<Claimed> {
     let now = chrono::Utc::now().timestamp_millis();
     let position = register(conn, claim).await?;
     if claim.max == 0 {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
     let spec = &claim.spec;
     let last: i64 = sqlx::query_scalar("SELECT coalesce(max(pos), 0) FROM events")
@@ -119,8 +116,9 @@ pub(crate) async fn claim(
             position.cursor = plan.cursor;
             continue;
         }
-        break plan;
+        break (plan, complete_to < last);
     };
+    let (plan, beyond) = plan;
     let lease_until = now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64);
     let mut claimed = Vec::with_capacity(plan.claims.len());
     for &(pos, attempt) in &plan.claims {
@@ -143,7 +141,10 @@ pub(crate) async fn claim(
         claimed.push((pos, stored(conn, pos, attempt).await?));
     }
     apply(conn, claim, &position, &plan).await?;
-    Ok(claimed)
+    Ok(Claimed {
+        events: claimed,
+        more: plan.more || beyond,
+    })
 }
 
 /// Dead-letter what `plan` dooms and move the group's cursor.
@@ -383,7 +384,7 @@ struct Member {
 }
 
 impl rules::GroupMember for Member {
-    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Vec<(i64, Envelope)>>> {
+    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>> {
         Box::pin(async move {
             let (reply, done) = oneshot::channel();
             let claim = Claim {

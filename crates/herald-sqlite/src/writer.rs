@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::append::append;
 use crate::group::{self, Claim, Settlement};
 use crate::store::runtime_error;
+use herald::group::Claimed;
 
 /// Work for the writer.
 pub(crate) enum Request {
@@ -26,7 +27,7 @@ pub(crate) enum Request {
     /// Store a dead letter.
     DeadLetter(Box<DeadLetter>),
     /// Lease the next deliverable events of a group to a member.
-    Claim(Box<Claim>, oneshot::Sender<Result<Vec<(i64, Envelope)>>>),
+    Claim(Box<Claim>, oneshot::Sender<Result<Claimed>>),
     /// Record how a group member settled a delivery.
     Settle(Box<Settlement>, oneshot::Sender<Result<()>>),
     /// Remember that a handler group processed a message.
@@ -46,7 +47,7 @@ impl Request {
 /// What one request produced.
 enum Done {
     Seqs(Vec<u64>),
-    Claimed(Vec<(i64, Envelope)>),
+    Claimed(Claimed),
     Nothing,
     /// A settlement with effects came after its lease ran out.
     LeaseLost,
@@ -130,7 +131,7 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
             Request::Claim(_, reply) => {
                 let _ = reply.send(result.map(|d| match d {
                     Done::Claimed(c) => c,
-                    _ => Vec::new(),
+                    _ => Claimed::default(),
                 }));
             }
             Request::Settle(_, reply) | Request::Processed(_, reply) => {
@@ -153,7 +154,7 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
 fn notify(signals: &Signals, batch: &[Request], results: &[Done], last_pos: Option<i64>) {
     let groups_changed = batch.iter().zip(results).any(|(r, d)| match (r, d) {
         (Request::Settle(..), _) => true,
-        (Request::Claim(..), Done::Claimed(c)) => !c.is_empty(),
+        (Request::Claim(..), Done::Claimed(c)) => !c.events.is_empty(),
         _ => false,
     });
     if groups_changed {

@@ -272,6 +272,18 @@ pub struct Plan {
     pub dead: Vec<Doomed>,
     /// The new cursor (the old one when it does not move).
     pub cursor: i64,
+    /// Whether more events were claimable than the claim took.
+    pub more: bool,
+}
+
+/// What a claim leased to a member.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The leased events: `pos` and envelope (with its `attempt`).
+    pub events: Vec<(i64, Envelope)>,
+    /// Whether a claim now may find more (claim again before waiting for
+    /// a change).
+    pub more: bool,
 }
 
 /// A topic and key (keyless events of a topic form one flow).
@@ -385,6 +397,7 @@ pub fn plan(
         None => complete_to,
     };
     Plan {
+        more: claimable > claims.len(),
         claims,
         dead,
         cursor: cursor.max(position.cursor),
@@ -505,9 +518,8 @@ pub fn lease_lost() -> Error {
 /// against every other member, in any process.
 pub trait GroupMember: Send + Sync + 'static {
     /// Register the group if new (checking that a known group follows the
-    /// same topics), then lease up to `max` events to this member: their
-    /// `pos` and envelope (with its `attempt`).
-    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Vec<(i64, Envelope)>>>;
+    /// same topics), then lease up to `max` events to this member.
+    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>>;
 
     /// Apply a settlement of the delivery of `pos`; one that comes after its
     /// lease ran out and the event was claimed again is ignored. An ack with
@@ -553,9 +565,11 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
             state.wake.notify_waiters();
         })
     };
+    // `idle`: a claim found all there was; the next waits for a change
+    // (armed before that claim) instead of asking again at once.
     let deliveries = stream::unfold(
-        (state, Buffer::default()),
-        |(state, mut buffered)| async move {
+        (state, Buffer::default(), None::<BoxFuture<'static, ()>>),
+        |(state, mut buffered, mut idle)| async move {
             loop {
                 let wake = state.clone();
                 let woken = wake.wake.notified();
@@ -574,24 +588,29 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
                         pos,
                     });
                     let delivery = Delivery::new(Arc::new(env), settle);
-                    return Some((Ok(delivery), (state, buffered)));
+                    return Some((Ok(delivery), (state, buffered, idle)));
+                }
+                if let Some(changed) = idle.take() {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = woken => continue,
+                    }
                 }
                 let changed = state.member.changes();
                 match state.member.claim(CLAIM_MAX).await {
-                    Ok(got) if !got.is_empty() => {
-                        buffered.events.extend(got);
-                        buffered.claimed_at = Instant::now();
-                    }
-                    Ok(_) => {
-                        tokio::select! {
-                            _ = changed => {}
-                            _ = woken => {}
+                    Ok(claimed) => {
+                        if !claimed.events.is_empty() {
+                            buffered.events.extend(claimed.events);
+                            buffered.claimed_at = Instant::now();
+                        }
+                        if !claimed.more {
+                            idle = Some(changed);
                         }
                     }
                     Err(e) if e.code() == ErrorCode::Unavailable && state.is_closed() => {
                         return None
                     }
-                    Err(e) => return Some((Err(e), (state, buffered))),
+                    Err(e) => return Some((Err(e), (state, buffered, idle))),
                 }
             }
         },
