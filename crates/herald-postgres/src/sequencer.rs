@@ -295,7 +295,7 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
     for row in &rows {
         let key = (row.topic.clone(), row.idempotency_key.clone());
         if let Some(seq) = seen.get(&key) {
-            receipts.push(row, *seq, now_ms);
+            receipts.push(row, *seq);
             continue;
         }
         let env = match Envelope::from_stored(&row.envelope) {
@@ -314,43 +314,22 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
         if inner.config.dedupe_window_ms() > 0 {
             seen.insert(key, *seq);
         }
-        receipts.push(row, *seq, now_ms);
+        receipts.push(row, *seq);
         next_pos += 1;
     }
     let last_pos = (!events.pos.is_empty()).then(|| next_pos - 1);
-    events.insert(inner, conn).await?;
-    receipts.insert(inner, conn).await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    sqlx::query(&format!("DELETE FROM {s}.outbox WHERE id = ANY($1)"))
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
     let (names, seqs): (Vec<String>, Vec<i64>) = last_seq.into_iter().unzip();
-    sqlx::query(&format!(
-        "INSERT INTO {s}.topics (name, last_seq) SELECT * FROM UNNEST($1::text[], $2::bigint[])
-         ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq"
-    ))
-    .bind(&names)
-    .bind(&seqs)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    sqlx::query(&format!(
-        "UPDATE {s}.herald_meta SET value = $1 WHERE key = 'next_pos'"
-    ))
-    .bind(next_pos)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    // Also after a round of only duplicates: their publishers wait for
-    // receipts.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(&inner.events_channel)
-        .bind((next_pos - 1).to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
+    write_round(
+        inner,
+        conn,
+        &events,
+        &receipts,
+        &ids,
+        (&names, &seqs),
+        next_pos,
+    )
+    .await?;
     Ok((rows.len(), last_pos))
 }
 
@@ -420,38 +399,70 @@ impl Events {
         self.envelope.push(env.to_json()?);
         Ok(())
     }
+}
 
-    async fn insert(self, inner: &Inner, conn: &mut PgConnection) -> Result<()> {
-        if self.pos.is_empty() {
-            return Ok(());
-        }
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        sqlx::query(&format!(
-            "INSERT INTO {}.events (pos, topic, seq, id, created_ms, appended_ms, idempotency_key, envelope,
-                                    key, kind, priority, expires_ms)
-             SELECT p, t, s, i, c, $8, ik, e, k, kd, pr, x
+/// The round's writes, in one statement (one round trip): the events,
+/// the receipts, the outbox rows gone, the topics' last `seq`s, the next
+/// `pos`, and the NOTIFY that wakes subscribers and waiting publishers
+/// (also after a round of only duplicates: their publishers wait for
+/// receipts).
+async fn write_round(
+    inner: &Inner,
+    conn: &mut PgConnection,
+    events: &Events,
+    receipts: &Receipts,
+    outbox_ids: &[i64],
+    (names, seqs): (&[String], &[i64]),
+    next_pos: i64,
+) -> Result<()> {
+    let s = &inner.s;
+    sqlx::query(&format!(
+        "WITH ev AS (
+             INSERT INTO {s}.events (pos, topic, seq, id, created_ms, appended_ms, idempotency_key,
+                                     envelope, key, kind, priority, expires_ms)
+             SELECT p, t, sq, i, c, $8, ik, e, k, kd, pr, x
              FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::bigint[], $6::text[],
                          $7::bytea[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[])
-                  AS u(p, t, s, i, c, ik, e, k, kd, pr, x)",
-            inner.s
-        ))
-        .bind(&self.pos)
-        .bind(&self.topic)
-        .bind(&self.seq)
-        .bind(&self.id)
-        .bind(&self.created_ms)
-        .bind(&self.idempotency_key)
-        .bind(&self.envelope)
-        .bind(now_ms)
-        .bind(&self.key)
-        .bind(&self.kind)
-        .bind(&self.priority)
-        .bind(&self.expires_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-        Ok(())
-    }
+                  AS u(p, t, sq, i, c, ik, e, k, kd, pr, x)
+         ), rc AS (
+             INSERT INTO {s}.receipts (envelope_id, topic, seq, at_ms)
+             SELECT i, t, sq, $8 FROM UNNEST($13::uuid[], $14::text[], $15::bigint[]) AS u(i, t, sq)
+             ON CONFLICT (envelope_id) DO NOTHING
+         ), gone AS (
+             DELETE FROM {s}.outbox WHERE id = ANY($16)
+         ), tp AS (
+             INSERT INTO {s}.topics (name, last_seq) SELECT * FROM UNNEST($17::text[], $18::bigint[])
+             ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq
+         ), meta AS (
+             UPDATE {s}.herald_meta SET value = $19 WHERE key = 'next_pos'
+         )
+         SELECT pg_notify($20, $21)"
+    ))
+    .bind(&events.pos)
+    .bind(&events.topic)
+    .bind(&events.seq)
+    .bind(&events.id)
+    .bind(&events.created_ms)
+    .bind(&events.idempotency_key)
+    .bind(&events.envelope)
+    .bind(chrono::Utc::now().timestamp_millis())
+    .bind(&events.key)
+    .bind(&events.kind)
+    .bind(&events.priority)
+    .bind(&events.expires_ms)
+    .bind(&receipts.id)
+    .bind(&receipts.topic)
+    .bind(&receipts.seq)
+    .bind(outbox_ids)
+    .bind(names)
+    .bind(seqs)
+    .bind(next_pos)
+    .bind(&inner.events_channel)
+    .bind((next_pos - 1).to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
 }
 
 /// Receipts: which `seq` each outbox row got, for the publisher waiting on it.
@@ -460,35 +471,13 @@ struct Receipts {
     id: Vec<Uuid>,
     topic: Vec<String>,
     seq: Vec<i64>,
-    at_ms: i64,
 }
 
 impl Receipts {
-    fn push(&mut self, row: &Row, seq: i64, now_ms: i64) {
+    fn push(&mut self, row: &Row, seq: i64) {
         self.id.push(row.envelope_id);
         self.topic.push(row.topic.clone());
         self.seq.push(seq);
-        self.at_ms = now_ms;
-    }
-
-    async fn insert(self, inner: &Inner, conn: &mut PgConnection) -> Result<()> {
-        if self.id.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(&format!(
-            "INSERT INTO {}.receipts (envelope_id, topic, seq, at_ms)
-             SELECT i, t, s, $4 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS u(i, t, s)
-             ON CONFLICT (envelope_id) DO NOTHING",
-            inner.s
-        ))
-        .bind(&self.id)
-        .bind(&self.topic)
-        .bind(&self.seq)
-        .bind(self.at_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-        Ok(())
     }
 }
 
