@@ -226,33 +226,18 @@ async fn round(inner: &Inner, conn: &mut PgConnection) -> Result<usize> {
 /// `pos` written.
 async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Option<i64>)> {
     let s = &inner.s;
-    // Up to ROUND rows and ROUND_BYTES of envelopes (at least one row).
-    let sizes: Vec<(i64, i32)> = sqlx::query_as(&format!(
-        "SELECT id, length(envelope) FROM {s}.outbox ORDER BY id LIMIT $1"
+    // Up to ROUND rows and ROUND_BYTES of envelopes (at least one row); the
+    // running size comes from the stored lengths, without reading the rows
+    // left for the next round.
+    let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT id, envelope_id, topic, idempotency_key, envelope FROM (
+             SELECT *, sum(length(envelope)) OVER (ORDER BY id) AS upto,
+                    row_number() OVER (ORDER BY id) AS n
+             FROM (SELECT * FROM {s}.outbox ORDER BY id LIMIT $1) o
+         ) x WHERE n = 1 OR upto <= $2 ORDER BY id"
     ))
     .bind(ROUND)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    let mut budget = ROUND_BYTES;
-    let mut take: usize = 0;
-    for (_, len) in &sizes {
-        let len = (*len).max(0) as usize;
-        if take > 0 && len > budget {
-            break;
-        }
-        budget = budget.saturating_sub(len);
-        take += 1;
-    }
-    let Some((last_id, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
-        return Ok((0, None));
-    };
-    let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
-        "SELECT id, envelope_id, topic, idempotency_key, envelope FROM {s}.outbox
-         WHERE id <= $1 ORDER BY id LIMIT $2"
-    ))
-    .bind(*last_id)
-    .bind(take as i64)
+    .bind(ROUND_BYTES as i64)
     .fetch_all(&mut *conn)
     .await
     .map_err(runtime_error)?;
@@ -273,22 +258,24 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
     let mut topics: Vec<String> = rows.iter().map(|r| r.topic.clone()).collect();
     topics.sort_unstable();
     topics.dedup();
-    let mut last_seq: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(&format!(
-        "SELECT name, last_seq FROM {s}.topics WHERE name = ANY($1)"
+    // The next `pos` (locked) and the topics' last `seq`s, in one query.
+    let found: Vec<(i64, Option<String>, Option<i64>)> = sqlx::query_as(&format!(
+        "SELECT m.value, t.name, t.last_seq FROM {s}.herald_meta m
+         LEFT JOIN {s}.topics t ON t.name = ANY($1)
+         WHERE m.key = 'next_pos' FOR UPDATE OF m"
     ))
     .bind(&topics)
     .fetch_all(&mut *conn)
     .await
-    .map_err(runtime_error)?
-    .into_iter()
-    .collect();
-    let mut seen = existing_keys(inner, conn, &rows, now_ms).await?;
-    let mut next_pos: i64 = sqlx::query_scalar(&format!(
-        "SELECT value FROM {s}.herald_meta WHERE key = 'next_pos' FOR UPDATE"
-    ))
-    .fetch_one(&mut *conn)
-    .await
     .map_err(runtime_error)?;
+    let Some(mut next_pos) = found.first().map(|f| f.0) else {
+        return Err(herald::Error::internal("herald_meta has no next_pos"));
+    };
+    let mut last_seq: HashMap<String, i64> = found
+        .into_iter()
+        .filter_map(|(_, name, seq)| Some((name?, seq?)))
+        .collect();
+    let mut seen = existing_keys(inner, conn, &rows, now_ms).await?;
 
     let mut events = Events::default();
     let mut receipts = Receipts::default();
