@@ -36,9 +36,6 @@ const WINDOW: i64 = 32;
 const WINDOW_MAX: i64 = 256;
 /// How far an idle claim lets the cursor lag before moving it.
 const CURSOR_STEP: i64 = 256;
-/// Longest an idle member waits before claiming again (leases that ran out,
-/// delays that passed, other processes' acks).
-const IDLE_MAX: Duration = Duration::from_millis(250);
 
 const SETTLED: i64 = 2;
 
@@ -109,17 +106,12 @@ impl rules::GroupMember for Member {
     }
 
     /// New events, settlements in this process or (by NOTIFY) others that
-    /// hand an event back, or [`IDLE_MAX`].
+    /// hand an event back, or `IDLE_MAX`.
     fn changes(&self) -> BoxFuture<'static, ()> {
-        let mut committed = self.inner.committed.subscribe();
-        let mut groups = self.inner.groups.subscribe();
-        Box::pin(async move {
-            tokio::select! {
-                _ = committed.changed() => {}
-                _ = groups.changed() => {}
-                _ = tokio::time::sleep(IDLE_MAX) => {}
-            }
-        })
+        rules::changes(
+            self.inner.committed.subscribe(),
+            self.inner.groups.subscribe(),
+        )
     }
 
     fn is_closed(&self) -> bool {

@@ -34,9 +34,6 @@ use crate::writer::Request;
 
 /// Events examined per claim.
 const WINDOW: i64 = 128;
-/// Longest an idle member waits before claiming again (leases that ran out
-/// are found by claims).
-const IDLE_MAX: Duration = Duration::from_millis(250);
 
 /// patterns, kinds, cursor, start_seq, start_ms
 type GroupRow = (String, i64, i64, Option<i64>, Option<i64>);
@@ -432,19 +429,9 @@ impl rules::GroupMember for Member {
 
     /// New events, settlements (the writer's signals; other processes'
     /// commits are noticed by the store's `data_version` poll), or
-    /// [`IDLE_MAX`] for leases that run out.
+    /// `IDLE_MAX` for leases that run out.
     fn changes(&self) -> BoxFuture<'static, ()> {
-        let mut committed = self.inner.committed.clone();
-        let mut groups = self.inner.groups.clone();
-        committed.borrow_and_update();
-        groups.borrow_and_update();
-        Box::pin(async move {
-            tokio::select! {
-                _ = committed.changed() => {}
-                _ = groups.changed() => {}
-                _ = tokio::time::sleep(IDLE_MAX) => {}
-            }
-        })
+        rules::changes(self.inner.committed.clone(), self.inner.groups.clone())
     }
 
     fn is_closed(&self) -> bool {

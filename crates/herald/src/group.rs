@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::stream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::dead_letter::FailureSource;
 use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
@@ -512,6 +512,28 @@ pub fn lease_lost() -> Error {
         "the lease ran out before the ack: the message was redelivered, \
          and its effects were not written",
     )
+}
+
+/// Longest an idle member waits before claiming again: leases that ran out
+/// and delays that passed are found by claims.
+pub const IDLE_MAX: Duration = Duration::from_millis(250);
+
+/// What a store's [`GroupMember::changes`] usually is: a future that
+/// completes when `committed` (new events) or `groups` (settlements)
+/// changes after this call, or after [`IDLE_MAX`].
+pub fn changes(
+    mut committed: watch::Receiver<i64>,
+    mut groups: watch::Receiver<u64>,
+) -> BoxFuture<'static, ()> {
+    committed.borrow_and_update();
+    groups.borrow_and_update();
+    Box::pin(async move {
+        tokio::select! {
+            _ = committed.changed() => {}
+            _ = groups.changed() => {}
+            _ = tokio::time::sleep(IDLE_MAX) => {}
+        }
+    })
 }
 
 /// A store's side of one group member: claims and settlements made atomic
