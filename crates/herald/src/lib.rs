@@ -49,6 +49,7 @@ pub mod event;
 pub mod forward;
 pub mod group;
 pub mod handler;
+pub mod headers;
 pub mod log_tail;
 pub mod memory;
 pub mod message;
