@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use herald::config::{env, env_parse, in_range, seconds};
+use herald::config::{env, env_parse, in_range, redact, seconds};
 use herald::retention::{Retention, RetentionPolicy};
 use herald::{Error, Result};
 
@@ -228,25 +228,6 @@ impl PgConfig {
     }
     pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
         &self.retention
-    }
-}
-
-/// `url` without its password, for error messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -15,8 +15,9 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{redact, PgConfig};
+use crate::config::PgConfig;
 use crate::schema::{self, quoted};
+use herald::config::redact;
 
 /// Events read per replay or tail query.
 pub(crate) const PAGE: i64 = 500;

@@ -294,6 +294,29 @@ pub fn seconds(key: &str, v: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| invalid(key, v, "a non-negative number of seconds"))
 }
 
+/// `url` with any password replaced by `***`, for logs and errors.
+///
+/// ```
+/// assert_eq!(herald::config::redact("nats://u:pw@h:4222"), "nats://u:***@h:4222");
+/// ```
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
