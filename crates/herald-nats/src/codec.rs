@@ -1,0 +1,52 @@
+//! A JetStream message as a herald envelope.
+//!
+//! Owns [`envelope`]: the topic from the subject, every other field from the
+//! `Herald-*` headers ([`herald::headers`]), `seq` from the stream sequence
+//! (the topic's stream numbers its messages), `attempt` from the delivery
+//! count. Encoding is `herald::headers::encode`, used by `store`.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use herald::headers::Origin;
+use herald::{Envelope, Error, Result};
+
+use crate::names::Names;
+
+/// The `source` of a message a plain NATS client published.
+pub const PLAIN_SOURCE: &str = "nats";
+
+/// The envelope of a message on `subject` with `headers` and `body`, stored
+/// at stream sequence `seq` at `time_ms`, delivered for the `attempt`th time.
+pub(crate) fn envelope(
+    names: &Names,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    body: Bytes,
+    seq: u64,
+    time_ms: i64,
+    attempt: u32,
+) -> Result<Envelope> {
+    let topic = names
+        .topic_of(subject)
+        .ok_or_else(|| Error::validation(format!("subject {subject:?} is not a herald topic")))?;
+    let pairs = headers.into_iter().flat_map(|h| {
+        h.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
+        })
+    });
+    let origin = Origin {
+        time_ms,
+        unique: seq,
+        source: PLAIN_SOURCE,
+    };
+    Ok(herald::headers::decode(topic, pairs, body, origin)?
+        .with_seq(seq)
+        .with_attempt(attempt))
+}
+
+/// Milliseconds since the epoch of a server timestamp.
+pub(crate) fn millis(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}

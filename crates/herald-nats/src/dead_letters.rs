@@ -1,0 +1,161 @@
+//! Dead letters on NATS: one stream, one message per letter.
+//!
+//! Owns writing a dead letter (subject `P.$dlq.<topic>`: the body is the
+//! envelope's wire-format JSON, seq and attempt included; the failure
+//! metadata travels in `Herald-Dead-*` headers, so a plain client can read
+//! both), and listing and purging them; a letter's id is its sequence in the
+//! dead-letter stream. JetStream has no dead-letter queue of its own: a
+//! group writes the letter and only then terms the original (`group`).
+
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use herald::dead_letter::{select_pages, DeadLetterRow};
+use herald::{DeadLetter, DeadLetterFilter, ErrorCode, Result};
+
+use crate::errors;
+use crate::store::Inner;
+
+const GROUP: &str = "Herald-Dead-Group";
+const CODE: &str = "Herald-Dead-Code";
+const REASON: &str = "Herald-Dead-Reason";
+const ATTEMPTS: &str = "Herald-Dead-Attempts";
+const SOURCE: &str = "Herald-Dead-Source";
+const FIRST_FAILED: &str = "Herald-Dead-First-Failed-Ms";
+const FAILED: &str = "Herald-Dead-Failed-Ms";
+
+/// Letters read per page when listing.
+const PAGE: usize = 256;
+
+/// Write `letter` to the dead-letter stream; `Ok` once the server has it.
+pub(crate) async fn write(inner: &Inner, letter: &DeadLetter) -> Result<()> {
+    inner.check_open()?;
+    let body = letter.envelope.to_json()?;
+    let mut headers = HeaderMap::new();
+    if let Some(g) = &letter.group {
+        headers.insert(GROUP, g.as_str());
+    }
+    headers.insert(CODE, letter.code.as_str());
+    headers.insert(REASON, one_line(&letter.reason).as_str());
+    headers.insert(ATTEMPTS, letter.attempts.to_string());
+    headers.insert(SOURCE, letter.source.as_str());
+    headers.insert(
+        FIRST_FAILED,
+        letter.first_failed_at.timestamp_millis().to_string(),
+    );
+    headers.insert(FAILED, letter.failed_at.timestamp_millis().to_string());
+    let subject = inner.names.dlq_subject(letter.envelope.topic().as_str());
+    let ack = inner
+        .js
+        .publish_with_headers(subject, headers, body.into())
+        .await
+        .map_err(|e| errors::publish("the dead letters", e))?;
+    ack.await
+        .map_err(|e| errors::publish("the dead letters", e))?;
+    Ok(())
+}
+
+/// Header values are one line.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// The letters `filter` selects, oldest first.
+pub(crate) async fn list(inner: &Arc<Inner>, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+    inner.check_open()?;
+    select_pages(filter, |after| page(inner, after)).await
+}
+
+/// Delete the letters `filter` selects; how many.
+pub(crate) async fn purge(inner: &Arc<Inner>, filter: &DeadLetterFilter) -> Result<u64> {
+    let doomed = list(inner, filter).await?;
+    let stream = inner
+        .js
+        .get_stream_no_info(inner.names.dlq_stream())
+        .await
+        .map_err(|e| errors::nats(ErrorCode::Unavailable, "open the dead letters", e))?;
+    let mut purged = 0;
+    for d in doomed {
+        match stream.delete_message(d.id).await {
+            Ok(true) => purged += 1,
+            Ok(false) => {}
+            Err(e) => {
+                return Err(errors::nats(
+                    ErrorCode::Unavailable,
+                    "delete a dead letter",
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(purged)
+}
+
+/// Up to [`PAGE`] letters after stream sequence `after`.
+async fn page(inner: &Inner, after: i64) -> Result<Vec<DeadLetterRow>> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        errors::nats(ErrorCode::Unavailable, "read the dead letters", e)
+    };
+    let mut stream = inner
+        .js
+        .get_stream(inner.names.dlq_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| unavailable(&e))?
+        .state
+        .last_sequence;
+    let from = after.max(0) as u64 + 1;
+    if last < from {
+        return Ok(Vec::new());
+    }
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    let mut rows = Vec::new();
+    while rows.len() < PAGE {
+        let msg = match messages.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(unavailable(&e)),
+            None => break,
+        };
+        let info = msg.info().map_err(|e| unavailable(&e))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        rows.push(row(seq, msg.headers.as_ref(), &msg.payload));
+        if pending == 0 || seq >= last {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
+fn row(seq: u64, headers: Option<&HeaderMap>, body: &[u8]) -> DeadLetterRow {
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let ms = |name: &str| get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (
+        seq.min(i64::MAX as u64) as i64,
+        get(GROUP),
+        get(CODE).unwrap_or_default(),
+        get(REASON).unwrap_or_default(),
+        get(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+        get(SOURCE).unwrap_or_default(),
+        ms(FIRST_FAILED),
+        ms(FAILED),
+        body.to_vec(),
+    )
+}

@@ -1,0 +1,28 @@
+//! herald on NATS JetStream.
+//!
+//! Every topic is a JetStream stream of its own, on subject
+//! `<prefix>.<topic>`, so a topic's `seq` is its stream's sequence: from 1,
+//! gap-free, kept by the server. Envelopes travel as `Herald-*` headers and
+//! the payload as the body, so plain NATS clients read herald's events and
+//! publish events herald consumes; `idempotency_key` is `Nats-Msg-Id`,
+//! deduplicated within the streams' duplicate window. Group-less
+//! subscriptions read through ordered consumers; dead letters go to one
+//! dead-letter stream. See `ARCHITECTURE.md` for the map.
+
+mod codec;
+mod config;
+mod dead_letters;
+mod errors;
+mod names;
+mod store;
+mod tail;
+mod transport;
+
+pub use codec::PLAIN_SOURCE;
+pub use config::{
+    NatsConfig, Storage, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_REPLICAS,
+    DEFAULT_REQUEST_TIMEOUT,
+};
+pub use herald::retention::Retention;
+pub use store::NatsStore;
+pub use transport::FEATURES;

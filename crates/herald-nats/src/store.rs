@@ -1,0 +1,290 @@
+//! The NATS store: a connection, its JetStream context, and the topic
+//! streams it has made sure of.
+//!
+//! Owns [`NatsStore`] (open, publish, last seq, close) and the making of
+//! topic streams from the configuration. Every topic is a stream of its own
+//! whose sequence *is* the topic's `seq`: JetStream numbers a stream's
+//! messages from 1 without gaps, so `seq` needs no bookkeeping of herald's,
+//! survives retention (a stream's sequence never goes back), and a plain
+//! client's publish gets a `seq` like herald's own. Reading is `tail`'s.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use herald::{Envelope, ErrorCode, Result, Topic};
+use tokio::sync::watch;
+
+use crate::config::{NatsConfig, Storage};
+use crate::errors;
+use crate::names::Names;
+
+/// herald on NATS JetStream; clones share one connection.
+///
+/// ```no_run
+/// use herald::{Bus, Message, Payload};
+/// use herald_nats::{NatsConfig, NatsStore};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let store = NatsStore::open(NatsConfig::new("nats://127.0.0.1:4222")).await?;
+/// let bus = Bus::new(store);
+/// let seq = bus.publish(Message::new("orders.placed", Payload::null())).await?;
+/// assert!(seq[0] >= 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// The store itself, for tasks it spawns.
+    pub(crate) this: std::sync::Weak<Inner>,
+    pub(crate) config: NatsConfig,
+    pub(crate) names: Names,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    /// Topics whose stream this process made sure of.
+    streams: Mutex<HashSet<Topic>>,
+    closed: AtomicBool,
+    /// Open subscriptions' queues, closed with the store.
+    queues: Mutex<Vec<std::sync::Weak<herald::queue::Queue>>>,
+    /// Flips to `true` on close; readers stop.
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl NatsStore {
+    /// Connect to NATS and make sure the dead-letter stream exists.
+    /// `UNAVAILABLE` when the server cannot be reached.
+    pub async fn open(config: NatsConfig) -> Result<NatsStore> {
+        config.validate()?;
+        let client = async_nats::ConnectOptions::new()
+            .name("herald")
+            .connection_timeout(config.timeout())
+            .connect(config.url())
+            .await
+            .map_err(|e| {
+                errors::nats(
+                    ErrorCode::Unavailable,
+                    &format!("connect to {}", herald::config::redact(config.url())),
+                    e,
+                )
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.timeout())
+            .build(client.clone());
+        let names = Names::new(config.subject_prefix());
+        let inner = Arc::new_cyclic(|this| Inner {
+            this: this.clone(),
+            names,
+            client,
+            js,
+            streams: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+            queues: Mutex::new(Vec::new()),
+            shutdown: watch::channel(false).0,
+            config,
+        });
+        let dlq = stream::Config {
+            name: inner.names.dlq_stream(),
+            subjects: vec![inner.names.dlq_subjects()],
+            ..inner.stream_defaults()
+        };
+        inner
+            .js
+            .create_or_update_stream(dlq)
+            .await
+            .map_err(|e| errors::nats(ErrorCode::Unavailable, "make the dead-letter stream", e))?;
+        Ok(NatsStore { inner })
+    }
+
+    /// The highest `seq` of `topic`, `None` before its first event.
+    pub async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
+        self.inner.check_open()?;
+        self.inner.last_seq(topic).await
+    }
+
+    /// Make sure `topic`'s stream exists with the configured limits, so
+    /// plain NATS clients can publish to its subject before herald has.
+    pub async fn ensure_topic(&self, topic: &Topic) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.ensure_stream(topic).await
+    }
+
+    /// The subject of `topic`, where plain NATS clients publish and read it.
+    pub fn subject(&self, topic: &Topic) -> String {
+        self.inner.names.subject(topic.as_str())
+    }
+
+    /// The underlying NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Stop: later calls fail with `UNAVAILABLE`, readers stop, and
+    /// what was sent is flushed. Idempotent.
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.shutdown.send_replace(true);
+        let queues =
+            std::mem::take(&mut *self.inner.queues.lock().unwrap_or_else(|p| p.into_inner()));
+        for queue in queues.iter().filter_map(std::sync::Weak::upgrade) {
+            queue.close();
+        }
+        // A flush that fails has nothing left to deliver to.
+        let _ = self.inner.client.flush().await;
+    }
+
+    /// Append `batch`, each event to its topic's stream, pipelined: all are
+    /// sent before the first ack is awaited. Not atomic: JetStream 2.9 has
+    /// no multi-message transaction, so a failure part-way leaves the
+    /// events before it appended (a retry with the same idempotency keys
+    /// appends only the rest).
+    pub(crate) async fn append(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let max = inner.client.server_info().max_payload;
+        let mut acks = Vec::with_capacity(batch.len());
+        for env in &batch {
+            inner.ensure_stream(env.topic()).await?;
+            let (pairs, body) = herald::headers::encode(env)?;
+            let mut headers = HeaderMap::new();
+            let mut size = body.len();
+            for (name, value) in pairs {
+                size += name.len() + value.len() + 4;
+                headers.insert(name, value.as_str());
+            }
+            let key = env.idempotency_key();
+            size += key.len() + 16;
+            if size > max {
+                return Err(herald::Error::new(
+                    ErrorCode::Backpressure,
+                    format!(
+                        "a message to `{}` of {size} bytes with its headers is over the NATS \
+                         server's max_payload of {max} bytes",
+                        env.topic()
+                    ),
+                ));
+            }
+            let publish = jetstream::message::PublishMessage::build()
+                .headers(headers)
+                .message_id(key.as_ref())
+                .payload(body);
+            let subject = inner.names.subject(env.topic().as_str());
+            let ack = inner
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| errors::publish(env.topic().as_str(), e))?;
+            acks.push(ack);
+        }
+        let mut seqs = Vec::with_capacity(acks.len());
+        for (ack, env) in acks.into_iter().zip(&batch) {
+            let ack = ack
+                .await
+                .map_err(|e| errors::publish(env.topic().as_str(), e))?;
+            seqs.push(ack.sequence);
+        }
+        Ok(seqs)
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(errors::closed());
+        }
+        Ok(())
+    }
+
+    /// Stream settings every herald stream shares.
+    fn stream_defaults(&self) -> stream::Config {
+        stream::Config {
+            storage: match self.config.storage_kind() {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.config.replica_count(),
+            duplicate_window: self.config.duplicate_window(),
+            max_bytes: self
+                .config
+                .byte_limit()
+                .map_or(-1, |b| b.min(i64::MAX as u64) as i64),
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    /// Create or update `topic`'s stream once per process.
+    pub(crate) async fn ensure_stream(&self, topic: &Topic) -> Result<()> {
+        if self.known(topic) {
+            return Ok(());
+        }
+        let retention = self.config.retention_policy().of(topic.as_str());
+        let config = stream::Config {
+            name: self.names.stream(topic.as_str()),
+            subjects: vec![self.names.subject(topic.as_str())],
+            max_age: retention.age().unwrap_or_default(),
+            max_messages: retention
+                .events()
+                .map_or(-1, |n| n.min(i64::MAX as u64) as i64),
+            ..self.stream_defaults()
+        };
+        self.js.create_or_update_stream(config).await.map_err(|e| {
+            errors::nats(
+                ErrorCode::Unavailable,
+                &format!("make the stream of `{topic}`"),
+                e,
+            )
+        })?;
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.clone());
+        Ok(())
+    }
+
+    /// Close `queue` with the store.
+    pub(crate) fn register(&self, queue: &Arc<herald::queue::Queue>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.retain(|q| q.strong_count() > 0);
+        queues.push(Arc::downgrade(queue));
+    }
+
+    fn known(&self, topic: &Topic) -> bool {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+
+    /// The stream of `topic`, `None` when it has none yet.
+    pub(crate) async fn stream(&self, topic: &Topic) -> Result<Option<stream::Stream>> {
+        match self.js.get_stream(self.names.stream(topic.as_str())).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(errors::nats(
+                ErrorCode::Unavailable,
+                &format!("read the stream of `{topic}`"),
+                e,
+            )),
+        }
+    }
+
+    pub(crate) async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
+        Ok(self
+            .stream(topic)
+            .await?
+            .map(|s| s.cached_info().state.last_sequence)
+            .filter(|&s| s > 0))
+    }
+}
+
+/// Whether getting a stream failed because there is none.
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}

@@ -1,0 +1,94 @@
+//! `impl Transport for NatsStore`, and the store as its queues' host.
+
+use herald::delivery::BoxFuture;
+use herald::queue::QueueHost;
+use herald::{
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Error, Features, Result, SubscribeSpec,
+    Subscription, Topic, Transport,
+};
+
+use crate::store::{Inner, NatsStore};
+
+/// What the NATS store gives: durable streams with history. Priority
+/// reorders only what a subscriber has buffered.
+pub const FEATURES: Features = {
+    let mut f = Features::none();
+    f.durable = true;
+    f.retains_history = true;
+    f.priority = true;
+    f
+};
+
+impl Transport for NatsStore {
+    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
+        Box::pin(self.append(batch))
+    }
+
+    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
+        Box::pin(async move {
+            if spec.group.is_some() {
+                return Err(Error::validation(
+                    "consumer groups are not available on the NATS transport yet",
+                ));
+            }
+            crate::tail::subscribe(&self.inner, spec).await
+        })
+    }
+
+    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
+        let topic = topic.clone();
+        Box::pin(async move { NatsStore::last_seq(self, &topic).await })
+    }
+
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        let filter = filter.clone();
+        Box::pin(async move { crate::dead_letters::list(&self.inner, &filter).await })
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
+        let filter = filter.clone();
+        Box::pin(async move { crate::dead_letters::purge(&self.inner, &filter).await })
+    }
+
+    fn delivery_state(
+        &self,
+        _topic: &Topic,
+        _seq: u64,
+        group: &str,
+    ) -> BoxFuture<'_, Result<DeliveryState>> {
+        let group = group.to_owned();
+        Box::pin(async move {
+            Err(Error::new(
+                herald::ErrorCode::NotFound,
+                format!("no consumer group {group:?}"),
+            ))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            NatsStore::close(self).await;
+            Ok(())
+        })
+    }
+
+    fn features(&self) -> Features {
+        FEATURES
+    }
+}
+
+impl QueueHost for Inner {
+    fn max_deliver(&self) -> u32 {
+        self.config.deliveries()
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) {
+        let inner = self.this.upgrade();
+        tokio::spawn(async move {
+            let Some(inner) = inner else { return };
+            if let Err(e) = crate::dead_letters::write(&inner, &letter).await {
+                tracing::error!(error = %e, topic = %letter.envelope.topic(), "a dead letter was not written");
+            }
+        });
+    }
+}

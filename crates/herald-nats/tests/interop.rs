@@ -1,0 +1,134 @@
+//! herald and a plain async-nats client read each other's messages: the
+//! envelope is `Herald-*` headers and the payload is the body.
+
+mod support;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures_util::StreamExt;
+use herald::{Bus, Message, Payload, Topic};
+use herald_nats::{NatsStore, PLAIN_SOURCE};
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_plain_client_reads_herald_events() {
+    let store = NatsStore::open(support::fresh_config()).await.unwrap();
+    let bus = Bus::new(store.clone());
+    let topic = Topic::new("interop.out").unwrap();
+    let sent = Message::new(
+        "interop.out",
+        Payload::json(&serde_json::json!({"n": 1})).unwrap(),
+    )
+    .key("k1")
+    .header(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    bus.publish([sent, Message::new("interop.out", Payload::null())])
+        .await
+        .unwrap();
+
+    let plain = async_nats::connect(support::url()).await.unwrap();
+    let js = jetstream::new(plain);
+    let stream = js
+        .stream_by_subject(store.subject(&topic))
+        .await
+        .expect("the topic has a stream");
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let first = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.subject.as_str(), store.subject(&topic));
+    assert_eq!(&first.payload[..], br#"{"n":1}"#);
+    let headers = first.headers.as_ref().expect("headers");
+    assert_eq!(headers.get("Herald-Key").unwrap().as_str(), "k1");
+    assert_eq!(
+        headers.get("Content-Type").unwrap().as_str(),
+        "application/json"
+    );
+    assert!(headers
+        .get("traceparent")
+        .unwrap()
+        .as_str()
+        .starts_with("00-4bf92f"));
+    let id = headers.get("Herald-Id").unwrap().as_str();
+    assert_eq!(
+        headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .unwrap()
+            .as_str(),
+        id,
+        "the id is the default idempotency key"
+    );
+    assert_eq!(
+        first.info().unwrap().stream_sequence,
+        1,
+        "the stream sequence is the seq"
+    );
+}
+
+#[tokio::test]
+async fn herald_consumes_what_a_plain_client_publishes() {
+    let store = NatsStore::open(support::fresh_config()).await.unwrap();
+    let bus = Bus::new(store.clone());
+    let topic = Topic::new("interop.in").unwrap();
+    let mut sub = bus.subscribe_raw("interop.*").await.unwrap();
+    bus.publish(Message::new("interop.in", Payload::json(&1).unwrap()))
+        .await
+        .unwrap();
+
+    let plain = async_nats::connect(support::url()).await.unwrap();
+    let js = jetstream::new(plain);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", "00-abc-def-01");
+    headers.insert("Herald-Key", "order-7");
+    js.publish_with_headers(store.subject(&topic), headers, r#"{"plain":true}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish(store.subject(&topic), "not json at all".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let own = next(&mut sub).await;
+    assert_eq!(own.seq(), Some(1));
+    own.ack().await.unwrap();
+    let json = next(&mut sub).await;
+    assert_eq!(json.seq(), Some(2), "a plain publish gets the next seq");
+    assert_eq!(json.source(), PLAIN_SOURCE);
+    assert_eq!(json.key(), Some("order-7"));
+    assert_eq!(json.header("traceparent"), Some("00-abc-def-01"));
+    assert_eq!(json.correlation_id(), json.id());
+    let v: serde_json::Value = json.decode().unwrap();
+    assert_eq!(v["plain"], true);
+    json.ack().await.unwrap();
+    let raw = next(&mut sub).await;
+    assert_eq!(raw.seq(), Some(3));
+    assert_eq!(raw.content_type(), "application/octet-stream");
+    assert_eq!(raw.payload().as_bytes(), b"not json at all");
+    raw.ack().await.unwrap();
+    assert_eq!(bus.last_seq("interop.in").await.unwrap(), Some(3));
+}
+
+async fn next(sub: &mut herald::Subscription) -> herald::Delivery {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("delivered")
+        .expect("open")
+        .expect("no error")
+}
