@@ -7,8 +7,8 @@
 //! a `Herald-*` header (the broker gives the topic, `seq` and `attempt`; the
 //! body is the payload's bytes, JSON text by default). The envelope's own
 //! headers travel under their own names (`traceparent` stays `traceparent`),
-//! so names starting with `Herald-` or `Nats-`, and `Content-Type`, are
-//! reserved. It does not know any broker's header type.
+//! so the field headers' names (in any case) and names starting with
+//! `Nats-` are reserved. It does not know any broker's header type.
 //!
 //! A message from a plain client needs no `Herald-*` header: [`decode`] fills
 //! what is missing from the [`Origin`] the transport gives (the broker's
@@ -78,10 +78,13 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 /// Content type of a body from a plain client that is not JSON.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
-/// Whether an envelope header may not travel under `name`.
+/// Whether an envelope header may not travel under `name`: the field
+/// headers above and the broker's own (`Nats-*`), in any case.
 pub fn is_reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("herald-") || lower.starts_with("nats-") || lower == "content-type"
+    FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
+        || name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"))
 }
 
 /// What the broker knows of a message, for the fields its headers lack.
@@ -129,7 +132,7 @@ pub fn encode(envelope: &Envelope) -> Result<(Vec<(&str, String)>, Bytes)> {
         if is_reserved(name) {
             return Err(Error::validation(format!(
                 "header {name:?} of a message to `{}` has a reserved name \
-                 (Herald-*, Nats-* and Content-Type are the transport's)",
+                 (the Herald-* field headers, Content-Type and Nats-* are the transport's)",
                 envelope.topic
             )));
         }
