@@ -44,6 +44,18 @@ pub trait QueueHost: Send + Sync + 'static {
     /// the host's to assign.)
     fn dead_letter(&self, letter: DeadLetter);
 
+    /// `queue` took the ack of a delivery of `envelope` that was still in
+    /// flight. A host that keeps offsets commits it here; the future, if
+    /// any, is what the ack waits for. The default commits nothing.
+    fn acked(
+        &self,
+        queue: &Queue,
+        envelope: &Arc<Envelope>,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let _ = (queue, envelope);
+        None
+    }
+
     /// A member of `queue` closed. The default closes the queue with its
     /// last member.
     fn leave(&self, queue: &Arc<Queue>) {
@@ -80,8 +92,9 @@ struct State {
     deadlines: VecDeque<(Instant, Arc<Envelope>)>,
     /// Whether a sweeper task enforces the deadlines.
     sweeping: bool,
-    /// Events waiting out a nack's delay, by topic and seq.
-    delayed: HashSet<(Topic, u64), foldhash::fast::RandomState>,
+    /// Events waiting out a nack's delay, by topic and seq, with the
+    /// attempt they will be delivered as.
+    delayed: HashMap<(Topic, u64), u32, foldhash::fast::RandomState>,
     /// When each event that failed and is being retried first failed.
     first_failures: HashMap<uuid::Uuid, chrono::DateTime<Utc>, foldhash::fast::RandomState>,
 }
@@ -165,7 +178,7 @@ impl Queue {
     pub fn state_of(&self, topic: &Topic, seq: u64) -> Option<DeliveryState> {
         let st = self.state.lock();
         let is = |e: &Envelope| e.topic() == topic && e.seq() == Some(seq);
-        if st.delayed.contains(&(topic.clone(), seq))
+        if st.delayed.contains_key(&(topic.clone(), seq))
             || st
                 .flows
                 .values()
@@ -179,6 +192,29 @@ impl Queue {
             .map(|(_, e)| DeliveryState::InFlight {
                 attempt: e.attempt(),
             })
+    }
+
+    /// The attempt event `seq` of `topic` would next be delivered as: the
+    /// attempt it waits as, or one more than its delivery in flight; `None`
+    /// when the queue does not hold it. (What a host hands to a successor
+    /// that takes the queue's events over.)
+    pub fn next_attempt(&self, topic: &Topic, seq: u64) -> Option<u32> {
+        let st = self.state.lock();
+        let is = |e: &Envelope| e.topic() == topic && e.seq() == Some(seq);
+        if let Some(a) = st.delayed.get(&(topic.clone(), seq)) {
+            return Some(*a);
+        }
+        let waiting = st
+            .flows
+            .values()
+            .find_map(|f| f.items.iter().find(|i| is(&i.env)));
+        if let Some(item) = waiting {
+            return Some(item.env.attempt());
+        }
+        st.deadlines
+            .iter()
+            .find(|(_, e)| is(e) && st.inflight.contains(&address(e)))
+            .map(|(_, e)| e.attempt().saturating_add(1))
     }
 
     /// Close: member streams end, feeders stop. Idempotent.
@@ -452,7 +488,10 @@ impl Queue {
                     return;
                 };
                 let waiting = (again.topic().clone(), again.seq().unwrap_or(0));
-                self.state.lock().delayed.insert(waiting.clone());
+                self.state
+                    .lock()
+                    .delayed
+                    .insert(waiting.clone(), again.attempt());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     queue.state.lock().delayed.remove(&waiting);
@@ -513,6 +552,7 @@ impl Settle for Queue {
                 if locks {
                     self.unlock(envelope);
                 }
+                return self.host.upgrade()?.acked(self, envelope);
             }
             Outcome::Term { code, reason } => {
                 self.give_up(envelope, code, reason, FailureSource::Handler);
