@@ -15,6 +15,8 @@
 //! |---|---|---|---|---|---|---|---|---|---|---|---|---|
 //! | memory | `herald` | atomic | yes | yes | yes | no (in-process) | nack, drop, ack wait | yes | yes | retained history | in memory | yes |
 //! | SQLite | `herald-sqlite` | atomic | yes | yes | yes, across processes | yes | nack, drop, ack wait | yes | yes | whole log | durable | yes |
+//! | PostgreSQL | `herald-postgres` | atomic | yes | yes | yes, across processes | yes | nack, drop, ack wait | yes | yes | whole log | durable | yes |
+//! | NATS JetStream | `herald-nats` | per event (no multi-message commit) | yes | yes | yes, through the group's leader | yes | nack, drop, ack wait | within the duplicate window | yes | what the streams keep | durable | yes |
 //!
 //! Invariant: a transport receives envelopes that the bus has already
 //! validated (topic, fields, size limits); it assigns `seq` and nothing else.
