@@ -3,22 +3,22 @@
 //! Owns [`envelope`]: the topic from the subject, every other field from the
 //! `Herald-*` headers ([`herald::headers`]), `seq` from the stream sequence
 //! (the topic's stream numbers its messages), `attempt` from the delivery
-//! count. Encoding is `herald::headers::encode`, used by `store`.
+//! count; a parked payload's body comes from `payload`. Encoding is `herald::headers::encode`, used by `store`.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use herald::headers::Origin;
 use herald::{Envelope, Error, Result};
 
-use crate::names::Names;
+use crate::store::Inner;
 
 /// The `source` of a message a plain NATS client published.
 pub const PLAIN_SOURCE: &str = "nats";
 
 /// The envelope of a message on `subject` with `headers` and `body`, stored
 /// at stream sequence `seq` at `time_ms`, delivered for the `attempt`th time.
-pub(crate) fn envelope(
-    names: &Names,
+pub(crate) async fn envelope(
+    inner: &Inner,
     subject: &str,
     headers: Option<&HeaderMap>,
     body: Bytes,
@@ -26,15 +26,19 @@ pub(crate) fn envelope(
     time_ms: i64,
     attempt: u32,
 ) -> Result<Envelope> {
-    let topic = names
+    let body = crate::payload::fetch(inner, headers, body).await?;
+    let topic = inner
+        .names
         .topic_of(subject)
         .ok_or_else(|| Error::validation(format!("subject {subject:?} is not a herald topic")))?;
     let pairs = headers.into_iter().flat_map(|h| {
-        h.iter().flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
-        })
+        h.iter()
+            .filter(|(name, _)| AsRef::<str>::as_ref(*name) != crate::payload::PAYLOAD_REF)
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
+            })
     });
     let origin = Origin {
         time_ms,

@@ -8,8 +8,9 @@
 //! group writes the letter and only then terms the original (`group`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use herald::dead_letter::{select_pages, DeadLetterRow};
@@ -114,29 +115,36 @@ async fn page(inner: &Inner, after: i64) -> Result<Vec<DeadLetterRow>> {
         return Ok(Vec::new());
     }
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: from,
             },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
         .await
         .map_err(|e| unavailable(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    // A fetch ends with what there is (letters may have been deleted up to
+    // the stream's last sequence).
+    let mut messages = consumer
+        .fetch()
+        .max_messages(PAGE)
+        .messages()
+        .await
+        .map_err(|e| unavailable(&e))?;
     let mut rows = Vec::new();
-    while rows.len() < PAGE {
-        let msg = match messages.next().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(unavailable(&e)),
-            None => break,
-        };
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| unavailable(&e))?;
         let info = msg.info().map_err(|e| unavailable(&e))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        rows.push(row(seq, msg.headers.as_ref(), &msg.payload));
-        if pending == 0 || seq >= last {
-            break;
-        }
+        rows.push(row(
+            info.stream_sequence,
+            msg.headers.as_ref(),
+            &msg.payload,
+        ));
     }
+    // The consumer goes with its inactivity; deleting it now spares the server.
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
     Ok(rows)
 }
 

@@ -13,7 +13,10 @@ mod codec;
 mod config;
 mod dead_letters;
 mod errors;
+mod group;
+mod lease;
 mod names;
+mod payload;
 mod store;
 mod tail;
 mod transport;
@@ -24,5 +27,6 @@ pub use config::{
     DEFAULT_REQUEST_TIMEOUT,
 };
 pub use herald::retention::Retention;
+pub use payload::PAYLOAD_REF;
 pub use store::NatsStore;
 pub use transport::FEATURES;

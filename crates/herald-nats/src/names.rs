@@ -5,6 +5,10 @@
 //! - topic `orders.placed` is subject `P.orders.placed`, the only subject of
 //!   its own stream `S_T_orders~placed` (`S` is `P` with `.` as `_`; a name
 //!   too long for the server ends in a hash instead);
+//! - a consumer group is a durable consumer named for the group (`g_` and
+//!   the name, bytes outside `[A-Za-z0-9_-]` as `~xx`) on each topic stream
+//!   it follows; its leader's lease is the last message on `P.$lease.<consumer>` in stream
+//!   `S_LEADERS`;
 //! - dead letters are the stream `S_DLQ` on subjects `P.$dlq.<topic>`
 //!   (topic segments never start with `$`, so these never collide);
 //!
@@ -63,6 +67,66 @@ impl Names {
         format!("{}.$dlq.{topic}", self.prefix)
     }
 
+    /// The stream of leases (consumer groups' leaders).
+    pub(crate) fn leases_stream(&self) -> String {
+        format!("{}_LEADERS", self.streams)
+    }
+
+    /// The subject of lease `name`.
+    pub(crate) fn lease_subject(&self, name: &str) -> String {
+        format!("{}.$lease.{name}", self.prefix)
+    }
+
+    /// The stream of leaders' handover notes.
+    pub(crate) fn handover_stream(&self) -> String {
+        format!("{}_HANDOVERS", self.streams)
+    }
+
+    /// The subject of the handover note of group consumer `consumer`.
+    pub(crate) fn handover_subject(&self, consumer: &str) -> String {
+        format!("{}.$handover.{consumer}", self.prefix)
+    }
+
+    /// Every handover subject.
+    pub(crate) fn handover_subjects(&self) -> String {
+        format!("{}.$handover.>", self.prefix)
+    }
+
+    /// The stream of large payloads' chunks.
+    pub(crate) fn payloads_stream(&self) -> String {
+        format!("{}_PAYLOADS", self.streams)
+    }
+
+    /// The subject of chunk `n` of parked payload `id`.
+    pub(crate) fn payload_subject(&self, id: &str, n: usize) -> String {
+        format!("{}.$payload.{id}.{n}", self.prefix)
+    }
+
+    /// Every chunk subject.
+    pub(crate) fn payload_subjects(&self) -> String {
+        format!("{}.$payload.>", self.prefix)
+    }
+
+    /// Every lease subject.
+    pub(crate) fn lease_subjects(&self) -> String {
+        format!("{}.$lease.>", self.prefix)
+    }
+
+    /// The durable consumer of consumer group `group`: its bytes outside
+    /// `[A-Za-z0-9_-]` escaped as `~xx`.
+    pub(crate) fn consumer(&self, group: &str) -> String {
+        let mut name = String::with_capacity(group.len() + 2);
+        name.push_str("g_");
+        for b in group.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                name.push(b as char);
+            } else {
+                name.push_str(&format!("~{b:02x}"));
+            }
+        }
+        bounded(name)
+    }
+
     /// Every dead-letter subject.
     pub(crate) fn dlq_subjects(&self) -> String {
         format!("{}.$dlq.>", self.prefix)
@@ -107,6 +171,9 @@ mod tests {
         );
         assert!(n.topic_of("shop.prod.$dlq.orders").is_none());
         assert!(n.topic_of("shop.prodx.orders").is_none());
+        assert_eq!(n.consumer("billing workers/2"), "g_billing~20workers~2f2");
+        assert_eq!(n.leases_stream(), "shop_prod_LEADERS");
+        assert_eq!(n.lease_subject("g_x"), "shop.prod.$lease.g_x");
     }
 
     #[test]
@@ -119,5 +186,6 @@ mod tests {
         assert!(a.len() <= MAX_NAME && b.len() <= MAX_NAME);
         assert_ne!(a, b);
         assert_eq!(a, n.stream(&long_a));
+        assert!(n.consumer(&"é".repeat(200)).len() <= MAX_NAME);
     }
 }

@@ -48,6 +48,14 @@ pub(crate) struct Inner {
     /// Topics whose stream this process made sure of.
     streams: Mutex<HashSet<Topic>>,
     closed: AtomicBool,
+    /// Names this store among a group's members and leaders.
+    pub(crate) member_id: String,
+    /// The groups this process leads.
+    leaders: Mutex<std::collections::HashMap<String, Arc<crate::group::Leader>>>,
+    /// Whether the large-payload stream was made sure of.
+    pub(crate) payloads_ready: AtomicBool,
+    /// Dead letters being written; readers of dead letters wait for them.
+    dead_letters_pending: watch::Sender<usize>,
     /// Open subscriptions' queues, closed with the store.
     queues: Mutex<Vec<std::sync::Weak<herald::queue::Queue>>>,
     /// Flips to `true` on close; readers stop.
@@ -83,6 +91,10 @@ impl NatsStore {
             streams: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
             queues: Mutex::new(Vec::new()),
+            member_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+            leaders: Mutex::new(std::collections::HashMap::new()),
+            dead_letters_pending: watch::channel(0).0,
+            payloads_ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             config,
         });
@@ -134,6 +146,10 @@ impl NatsStore {
         for queue in queues.iter().filter_map(std::sync::Weak::upgrade) {
             queue.close();
         }
+        let leaders: Vec<_> = self.inner.lock_leaders().drain().map(|(_, l)| l).collect();
+        for leader in leaders {
+            leader.step_down().await;
+        }
         // A flush that fails has nothing left to deliver to.
         let _ = self.inner.client.flush().await;
     }
@@ -159,16 +175,13 @@ impl NatsStore {
             }
             let key = env.idempotency_key();
             size += key.len() + 16;
-            if size > max {
-                return Err(herald::Error::new(
-                    ErrorCode::Backpressure,
-                    format!(
-                        "a message to `{}` of {size} bytes with its headers is over the NATS \
-                         server's max_payload of {max} bytes",
-                        env.topic()
-                    ),
-                ));
-            }
+            let body = if crate::payload::too_large(body.len(), size - body.len(), max) {
+                let reference = crate::payload::park(inner, &body).await?;
+                headers.insert(crate::payload::PAYLOAD_REF, reference.as_str());
+                bytes::Bytes::new()
+            } else {
+                body
+            };
             let publish = jetstream::message::PublishMessage::build()
                 .headers(headers)
                 .message_id(key.as_ref())
@@ -254,6 +267,38 @@ impl Inner {
         queues.push(Arc::downgrade(queue));
     }
 
+    fn lock_leaders(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<crate::group::Leader>>>
+    {
+        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This process's leader of `group`, if it leads it.
+    pub(crate) fn leader(&self, group: &str) -> Option<Arc<crate::group::Leader>> {
+        self.lock_leaders().get(group).cloned()
+    }
+
+    pub(crate) fn lead(&self, group: &str, leader: &Arc<crate::group::Leader>) {
+        self.lock_leaders().insert(group.to_owned(), leader.clone());
+    }
+
+    pub(crate) fn unlead(&self, group: &str) {
+        self.lock_leaders().remove(group);
+    }
+
+    /// Count a dead letter being written until the guard drops.
+    pub(crate) fn dead_letter_started(&self) -> PendingDeadLetter {
+        self.dead_letters_pending.send_modify(|n| *n += 1);
+        PendingDeadLetter(self.dead_letters_pending.clone())
+    }
+
+    /// Wait (up to the request timeout) for the dead letters being written.
+    pub(crate) async fn dead_letters_written(&self) {
+        let mut rx = self.dead_letters_pending.subscribe();
+        let _ = tokio::time::timeout(self.config.timeout(), rx.wait_for(|n| *n == 0)).await;
+    }
+
     fn known(&self, topic: &Topic) -> bool {
         self.streams
             .lock()
@@ -287,4 +332,13 @@ impl Inner {
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// A dead letter being written; dropping it says it is done.
+pub(crate) struct PendingDeadLetter(watch::Sender<usize>);
+
+impl Drop for PendingDeadLetter {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }

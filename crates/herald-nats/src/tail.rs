@@ -62,7 +62,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
 }
 
 /// Where a stream made after the subscription opened is read from.
-fn policy(start: &StartPosition) -> DeliverPolicy {
+pub(crate) fn policy(start: &StartPosition) -> DeliverPolicy {
     match start {
         StartPosition::Earliest | StartPosition::Latest => DeliverPolicy::All,
         StartPosition::Seq(n) => DeliverPolicy::ByStartSequence { start_sequence: *n },
@@ -129,8 +129,8 @@ struct ListedState {
 }
 
 #[derive(Deserialize)]
-struct Created {
-    stream: String,
+pub(crate) struct Created {
+    pub(crate) stream: String,
 }
 
 impl Streams {
@@ -273,7 +273,7 @@ async fn feed(inner: Arc<Inner>, queue: Arc<Queue>, stream: String, start: Deliv
                     loop {
                         match msg {
                             Some(Ok(m)) => {
-                                if let Some(env) = decode(&inner, &stream, &m) {
+                                if let Some(env) = decode(&inner, &stream, &m).await {
                                     next = env.seq().map(|s| s + 1);
                                     if spec.wants(env.topic().as_str(), env.kind()) && spec.start.admits(&env) {
                                         batch.push(Arc::new(env));
@@ -318,7 +318,7 @@ async fn feed(inner: Arc<Inner>, queue: Arc<Queue>, stream: String, start: Deliv
 
 /// The envelope of `msg`, or `None` (logged) when herald cannot read it;
 /// it stays in the stream.
-fn decode(
+async fn decode(
     inner: &Inner,
     stream: &str,
     msg: &async_nats::jetstream::Message,
@@ -326,14 +326,15 @@ fn decode(
     let info = msg.info().ok()?;
     let seq = info.stream_sequence;
     let env = codec::envelope(
-        &inner.names,
+        inner,
         &msg.subject,
         msg.headers.as_ref(),
         msg.payload.clone(),
         seq,
         codec::millis(info.published),
         1,
-    );
+    )
+    .await;
     match env {
         Ok(env) => Some(env),
         Err(e) => {

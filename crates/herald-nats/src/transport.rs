@@ -3,7 +3,7 @@
 use herald::delivery::BoxFuture;
 use herald::queue::QueueHost;
 use herald::{
-    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Error, Features, Result, SubscribeSpec,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, Result, SubscribeSpec,
     Subscription, Topic, Transport,
 };
 
@@ -26,10 +26,10 @@ impl Transport for NatsStore {
 
     fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
         Box::pin(async move {
+            self.inner.check_open()?;
+            spec.validate()?;
             if spec.group.is_some() {
-                return Err(Error::validation(
-                    "consumer groups are not available on the NATS transport yet",
-                ));
+                return crate::group::subscribe(&self.inner, spec).await;
             }
             crate::tail::subscribe(&self.inner, spec).await
         })
@@ -42,26 +42,31 @@ impl Transport for NatsStore {
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
         let filter = filter.clone();
-        Box::pin(async move { crate::dead_letters::list(&self.inner, &filter).await })
+        Box::pin(async move {
+            self.inner.dead_letters_written().await;
+            crate::dead_letters::list(&self.inner, &filter).await
+        })
     }
 
     fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
         let filter = filter.clone();
-        Box::pin(async move { crate::dead_letters::purge(&self.inner, &filter).await })
+        Box::pin(async move {
+            self.inner.dead_letters_written().await;
+            crate::dead_letters::purge(&self.inner, &filter).await
+        })
     }
 
     fn delivery_state(
         &self,
-        _topic: &Topic,
-        _seq: u64,
+        topic: &Topic,
+        seq: u64,
         group: &str,
     ) -> BoxFuture<'_, Result<DeliveryState>> {
-        let group = group.to_owned();
+        let (topic, group) = (topic.clone(), group.to_owned());
         Box::pin(async move {
-            Err(Error::new(
-                herald::ErrorCode::NotFound,
-                format!("no consumer group {group:?}"),
-            ))
+            self.inner.check_open()?;
+            self.inner.dead_letters_written().await;
+            crate::group::delivery_state(&self.inner, &topic, seq, &group).await
         })
     }
 
@@ -83,9 +88,12 @@ impl QueueHost for Inner {
     }
 
     fn dead_letter(&self, letter: DeadLetter) {
-        let inner = self.this.upgrade();
+        let Some(inner) = self.this.upgrade() else {
+            return;
+        };
+        let pending = inner.dead_letter_started();
         tokio::spawn(async move {
-            let Some(inner) = inner else { return };
+            let _pending = pending;
             if let Err(e) = crate::dead_letters::write(&inner, &letter).await {
                 tracing::error!(error = %e, topic = %letter.envelope.topic(), "a dead letter was not written");
             }
