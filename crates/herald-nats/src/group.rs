@@ -58,10 +58,29 @@ const MAX_ACK_PENDING: i64 = 20_000;
 /// Open a member of `spec`'s group: local to the leader when this process
 /// leads it (becoming the leader if nobody does).
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
-    let group = spec.group.clone().expect("a group subscription");
-    let leader = Leader::of(inner, &group, &spec).await?;
+    match subscribe_local(inner, spec.clone()).await? {
+        Some(sub) => Ok(sub),
+        None => {
+            let consumer = inner
+                .names
+                .consumer(spec.group.as_deref().unwrap_or_default());
+            Ok(crate::remote::member(inner, spec, consumer))
+        }
+    }
+}
+
+/// A member of this process's leader of `spec`'s group, taking the lease
+/// if nobody holds it; `None` when another process leads the group.
+pub(crate) async fn subscribe_local(
+    inner: &Arc<Inner>,
+    spec: SubscribeSpec,
+) -> Result<Option<Subscription>> {
+    let group = spec.group.clone().unwrap_or_default();
+    let Some(leader) = Leader::of(inner, &group, &spec).await? else {
+        return Ok(None);
+    };
     leader.queue.join();
-    Ok(queue::member(leader.queue.clone()))
+    Ok(Some(queue::member(leader.queue.clone())))
 }
 
 /// The leader of one group in this process.
@@ -77,6 +96,8 @@ pub(crate) struct Leader {
     /// From the previous leader's handover note: the attempt each event
     /// it held would have been delivered as next.
     attempts: HashMap<(String, u64), u32>,
+    /// Its members in other processes.
+    remotes: crate::remote::Remotes,
     /// The group's lease, while held.
     lease: Mutex<Option<Lease>>,
     /// Set when the leader stops: its tasks end.
@@ -85,7 +106,14 @@ pub(crate) struct Leader {
 
 impl Leader {
     /// This process's leader of `group`, started now if nobody leads it.
-    async fn of(inner: &Arc<Inner>, group: &str, spec: &SubscribeSpec) -> Result<Arc<Leader>> {
+    async fn of(
+        inner: &Arc<Inner>,
+        group: &str,
+        spec: &SubscribeSpec,
+    ) -> Result<Option<Arc<Leader>>> {
+        // One attempt to lead at a time in this process, so its members
+        // share one leader.
+        let _starting = inner.starting.lock().await;
         if let Some(leader) = inner.leader(group) {
             herald::group::check_member(
                 group,
@@ -93,28 +121,13 @@ impl Leader {
                 herald::group::kind_bits(leader.queue.spec()),
                 spec,
             )?;
-            return Ok(leader);
+            return Ok(Some(leader));
         }
         Lease::prepare(inner, LEASE_TTL).await?;
-        // A leader stepping down (here or elsewhere) frees the lease within
-        // its time to live.
-        let deadline = tokio::time::Instant::now() + LEASE_TTL + PULL_EXPIRY;
-        let lease = loop {
-            match Lease::take(inner, &inner.names.consumer(group), &inner.member_id).await? {
-                Taken::Held(lease) => break lease,
-                Taken::Busy if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Some(leader) = inner.leader(group) {
-                        return Ok(leader);
-                    }
-                }
-                Taken::Busy => {
-                    return Err(Error::new(
-                        ErrorCode::Unavailable,
-                        format!("consumer group {group:?} is led by another process"),
-                    ))
-                }
-            }
+        let lease = match Lease::take(inner, &inner.names.consumer(group), &inner.member_id).await?
+        {
+            Taken::Held(lease) => lease,
+            Taken::Busy => return Ok(None),
         };
         let attempts = handover::read(inner, &inner.names.consumer(group)).await;
         let leader = Arc::new_cyclic(|me: &Weak<Leader>| Leader {
@@ -125,6 +138,7 @@ impl Leader {
             queue: Queue::new(spec.clone(), me.clone() as Weak<dyn QueueHost>),
             held: Mutex::new(HashMap::new()),
             lease: Mutex::new(None),
+            remotes: Default::default(),
             stop: tokio::sync::watch::channel(false).0,
         });
         inner.register(&leader.queue);
@@ -148,11 +162,39 @@ impl Leader {
         tokio::spawn(leader.clone().follow_new(streams.created));
         tokio::spawn(leader.clone().keep_lease(lease));
         tokio::spawn(leader.clone().keep_progress());
-        Ok(leader)
+        let serving = (leader.clone(), inner.clone());
+        tokio::spawn(async move {
+            let (leader, inner) = serving;
+            if let Err(e) = crate::remote::serve(leader, inner).await {
+                tracing::warn!(error = %e, "a group's leader cannot serve members in other processes");
+            }
+        });
+        Ok(Some(leader))
     }
 
-    fn inner(&self) -> Option<Arc<Inner>> {
+    pub(crate) fn inner(&self) -> Option<Arc<Inner>> {
         self.inner.upgrade()
+    }
+
+    pub(crate) fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub(crate) fn spec(&self) -> &SubscribeSpec {
+        self.queue.spec()
+    }
+
+    pub(crate) fn remotes(&self) -> &crate::remote::Remotes {
+        &self.remotes
+    }
+
+    /// Changes to `true` when the leader stops.
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     fn stopped(&self) -> bool {
@@ -575,7 +617,11 @@ pub(crate) async fn delivery_state(
     if dead.iter().any(|d| d.envelope.seq() == Some(seq)) {
         return Ok(DeliveryState::DeadLettered);
     }
-    if let Some(state) = inner.leader(group).and_then(|l| l.state_of(topic, seq)) {
+    let at_leader = match inner.leader(group) {
+        Some(leader) => leader.state_of(topic, seq),
+        None => crate::remote::state_at_leader(inner, &consumer, topic, seq).await,
+    };
+    if let Some(state) = at_leader {
         return Ok(state);
     }
     if seq > info.delivered.stream_sequence {

@@ -17,6 +17,7 @@ mod group;
 mod lease;
 mod names;
 mod payload;
+mod remote;
 mod store;
 mod tail;
 mod transport;

@@ -35,6 +35,11 @@ impl Names {
         }
     }
 
+    /// The subject prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The subject of `topic`.
     pub(crate) fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.prefix)

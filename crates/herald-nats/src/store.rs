@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) member_id: String,
     /// The groups this process leads.
     leaders: Mutex<std::collections::HashMap<String, Arc<crate::group::Leader>>>,
+    /// Held while this process tries to become a group's leader.
+    pub(crate) starting: tokio::sync::Mutex<()>,
     /// Whether the large-payload stream was made sure of.
     pub(crate) payloads_ready: AtomicBool,
     /// Dead letters being written; readers of dead letters wait for them.
@@ -95,6 +97,7 @@ impl NatsStore {
             leaders: Mutex::new(std::collections::HashMap::new()),
             dead_letters_pending: watch::channel(0).0,
             payloads_ready: AtomicBool::new(false),
+            starting: tokio::sync::Mutex::new(()),
             shutdown: watch::channel(false).0,
             config,
         });

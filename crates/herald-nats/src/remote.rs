@@ -1,0 +1,626 @@
+//! Group members in other processes than their group's leader.
+//!
+//! Owns the request/reply protocol between a group's leader and its
+//! members elsewhere, on subjects `P.$group.<consumer>.{claim,settle,leave,state}`:
+//! - `claim` `{member, max, wait_ms}` → up to `max` deliveries
+//!   `[{token, envelope}]` (envelope JSON with `seq` and `attempt`), waiting
+//!   up to `wait_ms` for the first; a member claims only when its
+//!   subscriber asks for the next delivery, so it never sits on events
+//!   another member could take;
+//! - `settle` `{token, outcome}` → `{}` or `{code, message}`; a token the
+//!   leader does not know (a new leader, or a delivery whose ack wait
+//!   passed) is the lease-lost error, and the event is delivered again;
+//! - `leave` `{member}`: the member closed;
+//! - `state` `{topic, seq}` → the leader queue's view of an event.
+//!
+//! [`serve`] is the leader's side, [`member`] a remote member's
+//! subscription: when the leader stops answering it takes the lease itself
+//! and goes on as a local member of its own leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::delivery::{BoxFuture, Settle};
+use herald::{
+    Delivery, DeliveryState, Envelope, Error, ErrorCode, Outcome, Result, SubscribeSpec,
+    Subscription, Topic,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::errors;
+use crate::group::Leader;
+use crate::store::Inner;
+
+/// How long a claim waits at the leader for a first delivery.
+const CLAIM_WAIT: Duration = Duration::from_millis(500);
+/// Most deliveries one claim takes (only those ready at once beyond the
+/// first).
+const CLAIM_MAX: usize = 4;
+/// A remote member not heard from for this long is gone.
+const MEMBER_SILENCE: Duration = Duration::from_secs(30);
+
+#[derive(Serialize, Deserialize)]
+struct ClaimRequest {
+    member: String,
+    max: usize,
+    wait_ms: u64,
+    /// The group's patterns and kinds, as `herald::group` writes them.
+    patterns: String,
+    kinds: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claimed {
+    token: u64,
+    envelope: Box<serde_json::value::RawValue>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Refusal {
+    code: String,
+    message: String,
+}
+
+impl Refusal {
+    fn into_error(self) -> Error {
+        Error::new(
+            self.code.parse().unwrap_or(ErrorCode::Internal),
+            self.message,
+        )
+    }
+}
+
+/// An answer: `{"ok": …}` or `{"err": {code, message}}`.
+#[derive(Serialize, Deserialize)]
+struct Reply<T> {
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    ok: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    err: Option<Refusal>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+impl<T> Reply<T> {
+    fn ok(value: T) -> Self {
+        Reply {
+            ok: Some(value),
+            err: None,
+        }
+    }
+
+    fn into_result(self) -> Result<T> {
+        match (self.ok, self.err) {
+            (_, Some(r)) => Err(r.into_error()),
+            (Some(v), None) => Ok(v),
+            (None, None) => Err(Error::internal("an empty reply from the group's leader")),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SettleRequest {
+    token: u64,
+    outcome: WireOutcome,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WireOutcome {
+    Ack,
+    Nack {
+        delay_ms: Option<u64>,
+        reason: Option<String>,
+    },
+    Defer {
+        delay_ms: u64,
+    },
+    Term {
+        code: String,
+        reason: String,
+    },
+}
+
+impl From<Outcome> for WireOutcome {
+    fn from(o: Outcome) -> Self {
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        match o {
+            Outcome::Ack => WireOutcome::Ack,
+            Outcome::Nack { delay, reason } => WireOutcome::Nack {
+                delay_ms: delay.map(ms),
+                reason,
+            },
+            Outcome::Defer { delay } => WireOutcome::Defer {
+                delay_ms: ms(delay),
+            },
+            Outcome::Term { code, reason } => WireOutcome::Term {
+                code: code.as_str().to_owned(),
+                reason,
+            },
+        }
+    }
+}
+
+impl From<WireOutcome> for Outcome {
+    fn from(o: WireOutcome) -> Self {
+        match o {
+            WireOutcome::Ack => Outcome::Ack,
+            WireOutcome::Nack { delay_ms, reason } => Outcome::Nack {
+                delay: delay_ms.map(Duration::from_millis),
+                reason,
+            },
+            WireOutcome::Defer { delay_ms } => Outcome::Defer {
+                delay: Duration::from_millis(delay_ms),
+            },
+            WireOutcome::Term { code, reason } => Outcome::Term {
+                code: code.parse().unwrap_or(ErrorCode::Internal),
+                reason,
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Leave {
+    member: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateRequest {
+    topic: Topic,
+    seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum WireState {
+    Unknown,
+    Pending,
+    InFlight { attempt: u32 },
+}
+
+/// What the leader keeps of its remote members.
+#[derive(Default)]
+pub(crate) struct Remotes {
+    members: Mutex<HashMap<String, Arc<RemoteSeat>>>,
+    deliveries: Mutex<HashMap<u64, (Delivery, tokio::time::Instant)>>,
+    next_token: std::sync::atomic::AtomicU64,
+}
+
+/// A remote member's place at the leader: its subscription of the queue.
+struct RemoteSeat {
+    sub: tokio::sync::Mutex<Subscription>,
+    close: herald::subscription::CloseHandle,
+    seen: Mutex<tokio::time::Instant>,
+}
+
+fn subject(inner: &Inner, consumer: &str, verb: &str) -> String {
+    format!("{}.$group.{consumer}.{verb}", inner.names.prefix())
+}
+
+fn refusal<T>(e: &Error) -> Reply<T> {
+    Reply {
+        ok: None,
+        err: Some(Refusal {
+            code: e.code().as_str().to_owned(),
+            message: e.message().to_owned(),
+        }),
+    }
+}
+
+/// Answer the group's remote members until the leader stops.
+pub(crate) async fn serve(leader: Arc<Leader>, inner: Arc<Inner>) -> Result<()> {
+    let consumer = leader.consumer().to_owned();
+    let listen = |verb: &'static str| {
+        let inner = inner.clone();
+        let consumer = consumer.clone();
+        async move {
+            inner
+                .client
+                .subscribe(subject(&inner, &consumer, verb))
+                .await
+                .map_err(|e| errors::nats(ErrorCode::Unavailable, "serve a group's members", e))
+        }
+    };
+    let mut claims = listen("claim").await?;
+    let mut settles = listen("settle").await?;
+    let mut leaves = listen("leave").await?;
+    let mut states = listen("state").await?;
+    drop(inner);
+    let weak = Arc::downgrade(&leader);
+    let mut stop = leader.stopping();
+    drop(leader);
+    let mut sweep = tokio::time::interval(MEMBER_SILENCE / 3);
+    loop {
+        tokio::select! {
+            Some(msg) = claims.next() => {
+                let Some(leader) = weak.upgrade() else { return Ok(()) };
+                tokio::spawn(claim(leader, msg));
+            }
+            Some(msg) = settles.next() => {
+                let Some(leader) = weak.upgrade() else { return Ok(()) };
+                tokio::spawn(settle(leader, msg));
+            }
+            Some(msg) = leaves.next() => {
+                let Some(leader) = weak.upgrade() else { return Ok(()) };
+                if let Ok(leave) = serde_json::from_slice::<Leave>(&msg.payload) {
+                    leader.remotes().remove(&leader, &leave.member);
+                }
+            }
+            Some(msg) = states.next() => {
+                let Some(leader) = weak.upgrade() else { return Ok(()) };
+                state(&leader, msg).await;
+            }
+            _ = sweep.tick() => {
+                let Some(leader) = weak.upgrade() else { return Ok(()) };
+                leader.remotes().sweep(&leader);
+            }
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn respond<T: Serialize>(leader: &Leader, msg: &async_nats::Message, reply: &Reply<T>) {
+    let (Some(to), Some(inner)) = (msg.reply.clone(), leader.inner()) else {
+        return;
+    };
+    let body = serde_json::to_vec(reply).unwrap_or_default();
+    // A member that misses the reply asks again (or its deliveries run out
+    // their ack wait).
+    let _ = inner.client.publish(to, body.into()).await;
+}
+
+async fn claim(leader: Arc<Leader>, msg: async_nats::Message) {
+    let reply: Reply<Vec<Claimed>> = match serde_json::from_slice::<ClaimRequest>(&msg.payload) {
+        Err(e) => refusal(&Error::validation(format!("a bad claim: {e}"))),
+        Ok(req) => match leader.remotes().take(&leader, &req).await {
+            Ok(claimed) => Reply::ok(claimed),
+            Err(e) => refusal(&e),
+        },
+    };
+    respond(&leader, &msg, &reply).await;
+}
+
+async fn settle(leader: Arc<Leader>, msg: async_nats::Message) {
+    let reply: Reply<bool> = match serde_json::from_slice::<SettleRequest>(&msg.payload) {
+        Err(e) => refusal(&Error::validation(format!("a bad settlement: {e}"))),
+        Ok(req) => {
+            let delivery = leader
+                .remotes()
+                .deliveries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&req.token);
+            match delivery {
+                None => refusal(&herald::group::lease_lost()),
+                Some((d, _)) => match d.finish(req.outcome.into()).await {
+                    Ok(()) => Reply::ok(true),
+                    Err(e) => refusal(&e),
+                },
+            }
+        }
+    };
+    respond(&leader, &msg, &reply).await;
+}
+
+async fn state(leader: &Leader, msg: async_nats::Message) {
+    let reply: Reply<WireState> = match serde_json::from_slice::<StateRequest>(&msg.payload) {
+        Err(e) => refusal(&Error::validation(format!("a bad state request: {e}"))),
+        Ok(req) => Reply::ok(match leader.state_of(&req.topic, req.seq) {
+            Some(DeliveryState::InFlight { attempt }) => WireState::InFlight { attempt },
+            Some(_) => WireState::Pending,
+            None => WireState::Unknown,
+        }),
+    };
+    respond(leader, &msg, &reply).await;
+}
+
+impl Remotes {
+    /// Up to `req.max` deliveries for member `req.member`.
+    async fn take(&self, leader: &Arc<Leader>, req: &ClaimRequest) -> Result<Vec<Claimed>> {
+        let spec = leader.spec();
+        if req.patterns != herald::group::patterns_text(spec)
+            || req.kinds != herald::group::kind_bits(spec)
+        {
+            return Err(Error::validation(format!(
+                "group {:?} follows `{}`; a member cannot follow `{}` (or other kinds)",
+                leader.group(),
+                herald::group::patterns_text(spec),
+                req.patterns
+            )));
+        }
+        let seat = self.seat(leader, &req.member);
+        let mut sub = seat.sub.lock().await;
+        let wait = Duration::from_millis(req.wait_ms).min(Duration::from_secs(30));
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, sub.next()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) => return Err(errors::closed()),
+            Err(_) => return Ok(out),
+        };
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            out.push(self.hand_out(d)?);
+            if out.len() >= req.max.clamp(1, CLAIM_MAX) {
+                break;
+            }
+            if let Some(Some(Ok(d))) = futures_util::FutureExt::now_or_never(sub.next()) {
+                next = Some(d);
+            }
+        }
+        *seat.seen.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        Ok(out)
+    }
+
+    fn hand_out(&self, d: Delivery) -> Result<Claimed> {
+        let envelope = serde_json::value::RawValue::from_string(
+            String::from_utf8(d.envelope().to_json()?).unwrap_or_default(),
+        )
+        .map_err(|e| Error::internal(format!("encode a delivery: {e}")))?;
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, (d, tokio::time::Instant::now()));
+        Ok(Claimed { token, envelope })
+    }
+
+    fn seat(&self, leader: &Arc<Leader>, member: &str) -> Arc<RemoteSeat> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members
+            .entry(member.to_owned())
+            .or_insert_with(|| {
+                let queue = leader.queue.clone();
+                queue.join();
+                let sub = herald::queue::member(queue);
+                Arc::new(RemoteSeat {
+                    close: sub.close_handle(),
+                    sub: tokio::sync::Mutex::new(sub),
+                    seen: Mutex::new(tokio::time::Instant::now()),
+                })
+            })
+            .clone()
+    }
+
+    fn remove(&self, _leader: &Leader, member: &str) {
+        let seat = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(member);
+        if let Some(seat) = seat {
+            seat.close.close();
+        }
+    }
+
+    /// Drop members gone silent and deliveries past twice their ack wait
+    /// (the queue redelivered them; dropping one settles nothing).
+    fn sweep(&self, leader: &Leader) {
+        let now = tokio::time::Instant::now();
+        let silent: Vec<String> = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, s)| {
+                now - *s.seen.lock().unwrap_or_else(|p| p.into_inner()) > MEMBER_SILENCE
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in silent {
+            self.remove(leader, &m);
+        }
+        let stale = leader.spec().ack_wait * 2;
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, at)| now - *at <= stale);
+    }
+}
+
+/// A member of `spec`'s group whose leader is in another process.
+pub(crate) fn member(inner: &Arc<Inner>, spec: SubscribeSpec, consumer: String) -> Subscription {
+    let member_id = format!("{}-{:08x}", inner.member_id, fastrand::u32(..));
+    let state = Remote {
+        inner: Arc::downgrade(inner),
+        spec,
+        consumer,
+        member: member_id,
+        buffered: std::collections::VecDeque::new(),
+        local: None,
+        local_close: Arc::new(Mutex::new(None)),
+        closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let closed = state.closed.clone();
+    let local_close = state.local_close.clone();
+    let leave = {
+        let inner = Arc::downgrade(inner);
+        let (consumer, member) = (state.consumer.clone(), state.member.clone());
+        move || {
+            if closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
+            if let Some(local) = local_close.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                local.close();
+            }
+            if let Some(inner) = inner.upgrade() {
+                let body = serde_json::to_vec(&Leave {
+                    member: member.clone(),
+                })
+                .unwrap_or_default();
+                let to = subject(&inner, &consumer, "leave");
+                tokio::spawn(async move {
+                    let _ = inner.client.publish(to, body.into()).await;
+                });
+            }
+        }
+    };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let next = state.next().await?;
+        Some((next, state))
+    });
+    Subscription::new(stream, herald::subscription::CloseHandle::new(leave))
+}
+
+struct Remote {
+    inner: Weak<Inner>,
+    spec: SubscribeSpec,
+    consumer: String,
+    member: String,
+    buffered: std::collections::VecDeque<Delivery>,
+    /// Once this process took the lease: a member of its own leader.
+    local: Option<Subscription>,
+    /// How the subscription's close reaches `local`.
+    local_close: Arc<Mutex<Option<herald::subscription::CloseHandle>>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Remote {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(local) = &self.local {
+                    local.close();
+                }
+                return None;
+            }
+            if let Some(local) = &mut self.local {
+                return local.next().await;
+            }
+            if let Some(d) = self.buffered.pop_front() {
+                return Some(Ok(d));
+            }
+            let inner = self.inner.upgrade()?;
+            if inner.check_open().is_err() {
+                return None;
+            }
+            let req = ClaimRequest {
+                member: self.member.clone(),
+                max: CLAIM_MAX,
+                wait_ms: CLAIM_WAIT.as_millis() as u64,
+                patterns: herald::group::patterns_text(&self.spec),
+                kinds: herald::group::kind_bits(&self.spec),
+            };
+            match claim_from(&inner, &self.consumer, req).await {
+                Ok(batch) => self.buffered.extend(batch),
+                Err(e) if e.code() == ErrorCode::Unavailable => {
+                    // No leader answers: lead, if nobody else took over.
+                    match crate::group::subscribe_local(&inner, self.spec.clone()).await {
+                        Ok(Some(sub)) => {
+                            *self.local_close.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(sub.close_handle());
+                            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                                sub.close();
+                            }
+                            self.local = Some(sub);
+                        }
+                        Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Claim deliveries from the leader of group consumer `consumer`.
+async fn claim_from(
+    inner: &Arc<Inner>,
+    consumer: &str,
+    req: ClaimRequest,
+) -> Result<Vec<Delivery>> {
+    let body = serde_json::to_vec(&req).unwrap_or_default();
+    let to = subject(inner, consumer, "claim");
+    let reply = tokio::time::timeout(
+        CLAIM_WAIT + inner.config.timeout(),
+        inner.client.request(to, body.into()),
+    )
+    .await
+    .map_err(|_| Error::new(ErrorCode::Unavailable, "the group's leader did not answer"))?
+    .map_err(|e| errors::nats(ErrorCode::Unavailable, "claim from the group's leader", e))?;
+    let claimed: Reply<Vec<Claimed>> = serde_json::from_slice(&reply.payload)
+        .map_err(|e| Error::internal(format!("a bad claim reply: {e}")))?;
+    let claimed = claimed.into_result()?;
+    let mut out = Vec::with_capacity(claimed.len());
+    for c in claimed {
+        let env = Envelope::from_stored(c.envelope.get().as_bytes())?;
+        let settle: Arc<dyn Settle> = Arc::new(RemoteSettle {
+            inner: Arc::downgrade(inner),
+            to: subject(inner, consumer, "settle"),
+            token: c.token,
+        });
+        out.push(Delivery::new(Arc::new(env), settle));
+    }
+    Ok(out)
+}
+
+/// Settles a remote delivery at the leader.
+struct RemoteSettle {
+    inner: Weak<Inner>,
+    to: String,
+    token: u64,
+}
+
+impl Settle for RemoteSettle {
+    fn settle(
+        &self,
+        _envelope: &Arc<Envelope>,
+        outcome: Outcome,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let inner = self.inner.upgrade()?;
+        let body = serde_json::to_vec(&SettleRequest {
+            token: self.token,
+            outcome: outcome.into(),
+        })
+        .unwrap_or_default();
+        let to = self.to.clone();
+        Some(Box::pin(async move {
+            let reply = inner.client.request(to, body.into()).await.map_err(|e| {
+                errors::nats(ErrorCode::Unavailable, "settle at the group's leader", e)
+            })?;
+            serde_json::from_slice::<Reply<bool>>(&reply.payload)
+                .map_err(|e| Error::internal(format!("a bad settle reply: {e}")))?
+                .into_result()
+                .map(|_| ())
+        }))
+    }
+}
+
+/// The leader's view of event `seq` of `topic`, asked of the group's
+/// leader in another process; `None` when none answers or it does not
+/// hold the event.
+pub(crate) async fn state_at_leader(
+    inner: &Inner,
+    consumer: &str,
+    topic: &Topic,
+    seq: u64,
+) -> Option<DeliveryState> {
+    let body = serde_json::to_vec(&StateRequest {
+        topic: topic.clone(),
+        seq,
+    })
+    .ok()?;
+    let reply = tokio::time::timeout(
+        inner.config.timeout(),
+        inner
+            .client
+            .request(subject(inner, consumer, "state"), body.into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let reply: Reply<WireState> = serde_json::from_slice(&reply.payload).ok()?;
+    match reply.into_result().ok()? {
+        WireState::InFlight { attempt } => Some(DeliveryState::InFlight { attempt }),
+        WireState::Pending => Some(DeliveryState::Pending),
+        WireState::Unknown => None,
+    }
+}
