@@ -39,6 +39,9 @@ type Handler = dyn Fn(Request) -> BoxFuture<'static, Result<Payload>> + Send + S
 struct Registered {
     id: u64,
     handler: Arc<Handler>,
+    /// Keeps the handler callable from other processes (on transports
+    /// that span them).
+    _export: Option<crate::transport::CommandExport>,
 }
 
 /// The command handlers of one bus.
@@ -111,7 +114,26 @@ impl Bus {
         }
         let id = commands.next_id.fetch_add(1, Ordering::Relaxed);
         let handler: Arc<Handler> = Arc::new(move |req| Box::pin(handler(req)));
-        handlers.insert(topic.clone(), Registered { id, handler });
+        let serve: crate::transport::CommandServe = {
+            let (bus, handler) = (Arc::downgrade(&self.inner), handler.clone());
+            Arc::new(move |command| {
+                let (bus, handler) = (bus.upgrade(), handler.clone());
+                Box::pin(async move {
+                    let inner = bus.ok_or_else(|| unavailable("call"))?;
+                    let timeout = inner.config.timeout_duration();
+                    handle(&inner, &handler, command, timeout).await
+                })
+            })
+        };
+        let export = self.inner.transport.export_command(&topic, serve);
+        handlers.insert(
+            topic.clone(),
+            Registered {
+                id,
+                handler,
+                _export: export,
+            },
+        );
         Ok(CommandHandle {
             bus: Arc::downgrade(&self.inner),
             topic,
@@ -121,7 +143,9 @@ impl Bus {
 
     /// Send `command` to its topic's handler and wait for the response
     /// envelope (kind `response`, same `correlation_id`, `causation_id` = the
-    /// command's id). Errors: `NOT_FOUND` without a handler, `TIMEOUT` after
+    /// command's id). A handler of this bus runs inline; without one, a
+    /// transport that spans processes (NATS) finds one in another process.
+    /// Errors: `NOT_FOUND` without a handler, `TIMEOUT` after
     /// [`Call::timeout`] (default [`Config::timeout`](crate::Config::timeout)),
     /// or the handler's own error.
     pub fn call(&self, command: Message) -> Call {
@@ -187,33 +211,50 @@ impl Call {
             .kind(Kind::Command)
             .into_envelope(&inner.source)?;
         command.validate(&inner.limits)?;
-        let handler = inner.commands.handler(command.topic())?;
-        let (topic, id, correlation_id) = (
-            command.topic().clone(),
-            command.id(),
-            command.correlation_id(),
-        );
-        let context = Context::of(&command);
-        let what = || format!("handler of command `{topic}`");
-        let handled = context.scope(catch_panic(what, async { handler(command).await }));
-        let payload = match tokio::time::timeout(self.timeout, handled).await {
-            Ok(Ok(payload)) => payload,
-            Ok(Err(e)) => return Err(e.with_correlation_id(correlation_id)),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "command `{topic}` got no response within {:?}",
-                        self.timeout
-                    ),
-                )
-                .with_correlation_id(correlation_id))
+        let handler = match inner.commands.handler(command.topic()) {
+            Ok(h) => h,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                return match inner.transport.call(command, self.timeout) {
+                    Some(remote) => remote.await,
+                    None => Err(e),
+                };
             }
+            Err(e) => return Err(e),
         };
-        let response = response(inner, topic, id, correlation_id, payload);
-        response.validate(&inner.limits)?;
-        Ok(response)
+        handle(inner, &handler, command, self.timeout).await
     }
+}
+
+/// Run `handler` on `command` in the command's context, under `timeout`,
+/// panics caught, and make its response.
+async fn handle(
+    inner: &Inner,
+    handler: &Arc<Handler>,
+    command: Envelope,
+    timeout: Duration,
+) -> Result<Envelope> {
+    let (topic, id, correlation_id) = (
+        command.topic().clone(),
+        command.id(),
+        command.correlation_id(),
+    );
+    let context = Context::of(&command);
+    let what = || format!("handler of command `{topic}`");
+    let handled = context.scope(catch_panic(what, async { handler(command).await }));
+    let payload = match tokio::time::timeout(timeout, handled).await {
+        Ok(Ok(payload)) => payload,
+        Ok(Err(e)) => return Err(e.with_correlation_id(correlation_id)),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!("command `{topic}` got no response within {timeout:?}"),
+            )
+            .with_correlation_id(correlation_id))
+        }
+    };
+    let response = response(inner, topic, id, correlation_id, payload);
+    response.validate(&inner.limits)?;
+    Ok(response)
 }
 
 fn response(

@@ -326,6 +326,22 @@ impl Transport for FaultyTransport {
         self.inner.delivery_state(topic, seq, group)
     }
 
+    fn export_command(
+        &self,
+        topic: &Topic,
+        serve: crate::transport::CommandServe,
+    ) -> Option<crate::transport::CommandExport> {
+        self.inner.export_command(topic, serve)
+    }
+
+    fn call(
+        &self,
+        command: Envelope,
+        timeout: std::time::Duration,
+    ) -> Option<BoxFuture<'static, Result<Envelope>>> {
+        self.inner.call(command, timeout)
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         self.inner.close()
     }

@@ -21,6 +21,9 @@
 //! Invariant: a transport receives envelopes that the bus has already
 //! validated (topic, fields, size limits); it assigns `seq` and nothing else.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::delivery::BoxFuture;
 use crate::envelope::Envelope;
@@ -76,6 +79,14 @@ pub enum DeliveryState {
     DeadLettered,
 }
 
+/// Runs this process's handler of a command for a caller in another
+/// process: the command in, its response (or the handler's error) out.
+pub type CommandServe = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<Envelope>> + Send + Sync>;
+
+/// Keeps a command handler reachable from other processes; dropping it
+/// withdraws the handler from them.
+pub type CommandExport = Box<dyn Send + Sync>;
+
 /// A backend: where events are appended and from where they are delivered.
 ///
 /// Implementations must give, for each topic: `seq` from 1, gap-free and
@@ -114,4 +125,25 @@ pub trait Transport: Send + Sync + 'static {
 
     /// What this transport can do.
     fn features(&self) -> Features;
+
+    /// Make this process's handler of command `topic` callable from other
+    /// processes, through `serve`, until the returned export drops. The
+    /// default — a transport within one process — returns `None`.
+    fn export_command(&self, topic: &Topic, serve: CommandServe) -> Option<CommandExport> {
+        let _ = (topic, serve);
+        None
+    }
+
+    /// Call the handler of `command` in another process, waiting up to
+    /// `timeout`: its response, or `NOT_FOUND` when no process handles the
+    /// topic, `TIMEOUT`, or the handler's error. `None` (the default) when
+    /// calls do not leave the process.
+    fn call(
+        &self,
+        command: Envelope,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'static, Result<Envelope>>> {
+        let _ = (command, timeout);
+        None
+    }
 }
