@@ -10,6 +10,7 @@
 //! dead-letter stream. See `ARCHITECTURE.md` for the map.
 
 mod codec;
+mod commands;
 mod config;
 mod dead_letters;
 mod errors;
@@ -23,6 +24,7 @@ mod tail;
 mod transport;
 
 pub use codec::PLAIN_SOURCE;
+pub use commands::{ERROR_CODE, ERROR_MESSAGE};
 pub use config::{
     NatsConfig, Storage, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_REPLICAS,
     DEFAULT_REQUEST_TIMEOUT,

@@ -9,6 +9,7 @@
 //!   the name, bytes outside `[A-Za-z0-9_-]` as `~xx`) on each topic stream
 //!   it follows; its leader's lease is the last message on `P.$lease.<consumer>` in stream
 //!   `S_LEADERS`;
+//! - commands are requests on `P.$cmd.<topic>`;
 //! - dead letters are the stream `S_DLQ` on subjects `P.$dlq.<topic>`
 //!   (topic segments never start with `$`, so these never collide);
 //!
@@ -95,6 +96,11 @@ impl Names {
     /// Every handover subject.
     pub(crate) fn handover_subjects(&self) -> String {
         format!("{}.$handover.>", self.prefix)
+    }
+
+    /// The subject command `topic`'s handlers answer on.
+    pub(crate) fn command_subject(&self, topic: &str) -> String {
+        format!("{}.$cmd.{topic}", self.prefix)
     }
 
     /// The stream of large payloads' chunks.

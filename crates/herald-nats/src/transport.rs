@@ -80,6 +80,22 @@ impl Transport for NatsStore {
     fn features(&self) -> Features {
         FEATURES
     }
+
+    fn export_command(
+        &self,
+        topic: &Topic,
+        serve: herald::transport::CommandServe,
+    ) -> Option<herald::transport::CommandExport> {
+        Some(crate::commands::export(&self.inner, topic, serve))
+    }
+
+    fn call(
+        &self,
+        command: Envelope,
+        timeout: std::time::Duration,
+    ) -> Option<BoxFuture<'static, Result<Envelope>>> {
+        Some(crate::commands::call(&self.inner, command, timeout))
+    }
 }
 
 impl QueueHost for Inner {
