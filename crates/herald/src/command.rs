@@ -72,6 +72,20 @@ impl Commands {
     }
 }
 
+impl Commands {
+    /// The handler of registration `id` of `topic`, `NOT_FOUND` once it is
+    /// gone.
+    fn registered(&self, topic: &Topic, id: u64) -> Result<Arc<Handler>> {
+        match self.handlers.read().get(topic) {
+            Some(r) if r.id == id => Ok(r.handler.clone()),
+            _ => Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no handler is registered for command `{topic}`"),
+            )),
+        }
+    }
+}
+
 impl Bus {
     /// Handle the command topic `topic`: each [`call`](Bus::call) runs
     /// `handler`, whose `Ok` payload is the response.
@@ -115,11 +129,14 @@ impl Bus {
         let id = commands.next_id.fetch_add(1, Ordering::Relaxed);
         let handler: Arc<Handler> = Arc::new(move |req| Box::pin(handler(req)));
         let serve: crate::transport::CommandServe = {
-            let (bus, handler) = (Arc::downgrade(&self.inner), handler.clone());
+            let bus = Arc::downgrade(&self.inner);
             Arc::new(move |command| {
-                let (bus, handler) = (bus.upgrade(), handler.clone());
+                let bus = bus.upgrade();
                 Box::pin(async move {
                     let inner = bus.ok_or_else(|| unavailable("call"))?;
+                    // Only while this registration stands (a call can reach
+                    // an export on its way out).
+                    let handler = inner.commands.registered(command.topic(), id)?;
                     let timeout = inner.config.timeout_duration();
                     handle(&inner, &handler, command, timeout).await
                 })
