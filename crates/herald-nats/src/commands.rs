@@ -37,7 +37,8 @@ const QUEUE: &str = "herald";
 pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> CommandExport {
     let inner_task = inner.clone();
     let topic = topic.clone();
-    let task = tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
         let inner = inner_task;
         let subject = inner.names.command_subject(topic.as_str());
         let mut requests = match inner
@@ -56,21 +57,34 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
             let msg = tokio::select! {
                 m = requests.next() => m,
                 _ = shutdown.changed() => return,
+                _ = &mut stopped => {
+                    // Withdrawn: stop taking calls, and answer those already
+                    // here (`NOT_FOUND` now).
+                    if requests.drain().await.is_err() {
+                        return;
+                    }
+                    while let Some(msg) = requests.next().await {
+                        answer(&inner, topic.clone(), serve.clone(), msg).await;
+                    }
+                    return;
+                }
             };
             let Some(msg) = msg else { return };
             let (inner, topic, serve) = (inner.clone(), topic.clone(), serve.clone());
             tokio::spawn(async move { answer(&inner, topic, serve, msg).await });
         }
     });
-    Box::new(Export(task))
+    Box::new(Export(Some(stop)))
 }
 
 /// Stops serving a command when dropped.
-struct Export(tokio::task::JoinHandle<()>);
+struct Export(Option<tokio::sync::oneshot::Sender<()>>);
 
 impl Drop for Export {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

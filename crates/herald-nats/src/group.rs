@@ -55,18 +55,15 @@ const PULL_EXPIRY: Duration = Duration::from_secs(1);
 /// Most messages a durable consumer has out to its leader unacked.
 const MAX_ACK_PENDING: i64 = 20_000;
 
-/// Open a member of `spec`'s group: local to the leader when this process
-/// leads it (becoming the leader if nobody does).
+/// Open a member of `spec`'s group: of this process's leader when it leads
+/// the group (becoming the leader if nobody does), else of the leader
+/// elsewhere; either way it follows the lead when it moves.
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
-    match subscribe_local(inner, spec.clone()).await? {
-        Some(sub) => Ok(sub),
-        None => {
-            let consumer = inner
-                .names
-                .consumer(spec.group.as_deref().unwrap_or_default());
-            Ok(crate::remote::member(inner, spec, consumer))
-        }
-    }
+    let local = subscribe_local(inner, spec.clone()).await?;
+    let consumer = inner
+        .names
+        .consumer(spec.group.as_deref().unwrap_or_default());
+    Ok(crate::remote::member(inner, spec, consumer, local))
 }
 
 /// A member of this process's leader of `spec`'s group, taking the lease
@@ -242,7 +239,7 @@ impl Leader {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
         let mut stop = self.stop.subscribe();
         let mut tick = tokio::time::interval(RENEW_EVERY);
-        let mut failing_since: Option<tokio::time::Instant> = None;
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -259,19 +256,32 @@ impl Leader {
             }
             *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
             match renewed {
-                Ok(true) => failing_since = None,
+                Ok(true) => failing = false,
                 Ok(false) => {
-                    tracing::warn!(group = self.group, "lost the group's lease; stepping down");
-                    self.step_down().await;
-                    return;
+                    // Aged out while the server was away, or taken.
+                    match Lease::take(&inner, &self.consumer, &inner.member_id).await {
+                        Ok(Taken::Held(again)) => {
+                            *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(again);
+                        }
+                        Ok(Taken::Busy) => {
+                            tracing::warn!(
+                                group = self.group,
+                                "lost the group's lease; stepping down"
+                            );
+                            self.step_down().await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(group = self.group, error = %e, "cannot take the group's lease back");
+                        }
+                    }
                 }
                 Err(e) => {
-                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                    tracing::warn!(group = self.group, error = %e, "cannot renew the group's lease");
-                    if since.elapsed() >= LEASE_TTL {
-                        self.step_down().await;
-                        return;
+                    // Nothing flows while the server is away; lead on.
+                    if !failing {
+                        tracing::warn!(group = self.group, error = %e, "cannot renew the group's lease");
                     }
+                    failing = true;
                 }
             }
         }
@@ -547,8 +557,11 @@ impl QueueHost for Leader {
         _queue: &Queue,
         envelope: &Arc<Envelope>,
     ) -> Option<BoxFuture<'static, Result<()>>> {
-        let msg = self.take_held(envelope)?;
         let topic = envelope.topic().clone();
+        let Some(msg) = self.take_held(envelope) else {
+            // Handed back when the leader stepped down: it comes again.
+            return Some(Box::pin(async { Err(herald::group::lease_lost()) }));
+        };
         Some(Box::pin(async move {
             msg.double_ack().await.map_err(|e| {
                 errors::nats(

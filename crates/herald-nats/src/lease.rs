@@ -42,7 +42,7 @@ impl Lease {
             max_messages_per_subject: 1,
             max_age: ttl,
             duplicate_window: ttl,
-            storage: stream::StorageType::Memory,
+            storage: stream::StorageType::File,
             num_replicas: inner.config.replica_count(),
             ..Default::default()
         };

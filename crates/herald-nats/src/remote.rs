@@ -425,8 +425,15 @@ impl Remotes {
     }
 }
 
-/// A member of `spec`'s group whose leader is in another process.
-pub(crate) fn member(inner: &Arc<Inner>, spec: SubscribeSpec, consumer: String) -> Subscription {
+/// A member of `spec`'s group: of this process's leader through `local`
+/// while it leads, else of the leader in another process; it follows the
+/// lead wherever it goes until closed.
+pub(crate) fn member(
+    inner: &Arc<Inner>,
+    spec: SubscribeSpec,
+    consumer: String,
+    local: Option<Subscription>,
+) -> Subscription {
     let member_id = format!("{}-{:08x}", inner.member_id, fastrand::u32(..));
     let state = Remote {
         inner: Arc::downgrade(inner),
@@ -434,8 +441,8 @@ pub(crate) fn member(inner: &Arc<Inner>, spec: SubscribeSpec, consumer: String) 
         consumer,
         member: member_id,
         buffered: std::collections::VecDeque::new(),
-        local: None,
-        local_close: Arc::new(Mutex::new(None)),
+        local_close: Arc::new(Mutex::new(local.as_ref().map(Subscription::close_handle))),
+        local,
         closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let closed = state.closed.clone();
@@ -492,7 +499,14 @@ impl Remote {
                 return None;
             }
             if let Some(local) = &mut self.local {
-                return local.next().await;
+                match local.next().await {
+                    Some(next) => return Some(next),
+                    // This process stopped leading: follow the next leader.
+                    None => {
+                        self.local = None;
+                        continue;
+                    }
+                }
             }
             if let Some(d) = self.buffered.pop_front() {
                 return Some(Ok(d));
