@@ -52,6 +52,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// (after it stopped) still takes messages until then, so a leader that
 /// steps down waits this long before handing its messages back.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
+/// How many of its latest acks a leader remembers (see `Leader::feed`).
+const RECENT_ACKS: usize = 100_000;
 /// Most messages a durable consumer has out to its leader unacked.
 const MAX_ACK_PENDING: i64 = 20_000;
 
@@ -93,6 +95,10 @@ pub(crate) struct Leader {
     /// From the previous leader's handover note: the attempt each event
     /// it held would have been delivered as next.
     attempts: HashMap<(String, u64), u32>,
+    /// The events this process's leaders of the group acked lately: a
+    /// server that crashed before writing an ack redelivers the event after
+    /// its restart, and the leader acks it again instead of delivering it.
+    recent_acks: Arc<Mutex<RecentAcks>>,
     /// Its members in other processes.
     remotes: crate::remote::Remotes,
     /// The group's lease, while held.
@@ -136,6 +142,7 @@ impl Leader {
             held: Mutex::new(HashMap::new()),
             lease: Mutex::new(None),
             remotes: Default::default(),
+            recent_acks: inner.recent_acks(group),
             stop: tokio::sync::watch::channel(false).0,
         });
         inner.register(&leader.queue);
@@ -444,6 +451,22 @@ impl Leader {
                 continue;
             }
             let at = (env.topic().clone(), seq);
+            let known = self
+                .recent_acks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .state(&at);
+            match known {
+                // Acked before a server crash lost the ack: ack again.
+                Some(true) => {
+                    let _ = msg.ack().await;
+                    continue;
+                }
+                // Its ack is on the way; should that fail, JetStream
+                // delivers it again after the ack wait.
+                Some(false) => continue,
+                None => {}
+            }
             let fresh = {
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
                 held.insert(at, msg).is_none()
@@ -562,14 +585,28 @@ impl QueueHost for Leader {
             // Handed back when the leader stepped down: it comes again.
             return Some(Box::pin(async { Err(herald::group::lease_lost()) }));
         };
+        // Remembered before the ack goes out: a redelivery that overtakes
+        // it (the server came back and replays) is not delivered again.
+        let at = (topic.clone(), envelope.seq().unwrap_or(0));
+        let recent = self.recent_acks.clone();
+        recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .insert(at.clone());
         Some(Box::pin(async move {
-            msg.double_ack().await.map_err(|e| {
-                errors::nats(
+            let acked = msg.double_ack().await;
+            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.pending.remove(&at);
+            if let Err(e) = acked {
+                return Err(errors::nats(
                     ErrorCode::Unavailable,
                     &format!("ack an event of `{topic}`"),
                     e,
-                )
-            })
+                ));
+            }
+            recent.insert(at);
+            Ok(())
         }))
     }
 
@@ -715,5 +752,39 @@ mod handover {
         };
         inner.js.create_or_update_stream(config).await?;
         Ok(())
+    }
+}
+
+/// The last [`RECENT_ACKS`] events a group's leaders in this process
+/// acked, and the acks on their way.
+#[derive(Default)]
+pub(crate) struct RecentAcks {
+    set: std::collections::HashSet<(Topic, u64)>,
+    order: std::collections::VecDeque<(Topic, u64)>,
+    pending: std::collections::HashSet<(Topic, u64)>,
+}
+
+impl RecentAcks {
+    fn insert(&mut self, at: (Topic, u64)) {
+        if self.set.insert(at.clone()) {
+            self.order.push_back(at);
+            if self.order.len() > RECENT_ACKS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// `Some(true)` for an event acked, `Some(false)` for one whose ack is
+    /// on its way, `None` otherwise.
+    fn state(&self, at: &(Topic, u64)) -> Option<bool> {
+        if self.set.contains(at) {
+            Some(true)
+        } else if self.pending.contains(at) {
+            Some(false)
+        } else {
+            None
+        }
     }
 }

@@ -54,16 +54,37 @@ impl Lease {
         Ok(())
     }
 
-    /// Take lease `name` for `holder` if nobody holds it.
+    /// Take lease `name` for `holder` if nobody else holds it (a lease
+    /// `holder` already holds — its renewal's ack lost, say — is taken back).
     pub(crate) async fn take(inner: &Inner, name: &str, holder: &str) -> Result<Taken> {
         let subject = inner.names.lease_subject(name);
-        match publish(inner, &subject, holder, 0).await? {
-            Some(seq) => Ok(Taken::Held(Lease {
+        if let Some(seq) = publish(inner, &subject, holder, 0).await? {
+            return Ok(Taken::Held(Lease {
                 subject,
                 holder: holder.to_owned(),
                 seq,
-            })),
-            None => Ok(Taken::Busy),
+            }));
+        }
+        let Ok(s) = inner
+            .js
+            .get_stream_no_info(inner.names.leases_stream())
+            .await
+        else {
+            return Ok(Taken::Busy);
+        };
+        match s.get_last_raw_message_by_subject(&subject).await {
+            Ok(last) if last.payload == holder.as_bytes() => {
+                let mut lease = Lease {
+                    subject,
+                    holder: holder.to_owned(),
+                    seq: last.sequence,
+                };
+                match lease.renew(inner).await? {
+                    true => Ok(Taken::Held(lease)),
+                    false => Ok(Taken::Busy),
+                }
+            }
+            _ => Ok(Taken::Busy),
         }
     }
 

@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) member_id: String,
     /// The groups this process leads.
     leaders: Mutex<std::collections::HashMap<String, Arc<crate::group::Leader>>>,
+    /// Per group, the events its leaders here acked lately.
+    recent_acks: Mutex<std::collections::HashMap<String, Arc<Mutex<crate::group::RecentAcks>>>>,
     /// Held while this process tries to become a group's leader.
     pub(crate) starting: tokio::sync::Mutex<()>,
     /// Whether the large-payload stream was made sure of.
@@ -98,6 +100,7 @@ impl NatsStore {
             dead_letters_pending: watch::channel(0).0,
             payloads_ready: AtomicBool::new(false),
             starting: tokio::sync::Mutex::new(()),
+            recent_acks: Mutex::new(std::collections::HashMap::new()),
             shutdown: watch::channel(false).0,
             config,
         });
@@ -288,6 +291,16 @@ impl Inner {
 
     pub(crate) fn unlead(&self, group: &str) {
         self.lock_leaders().remove(group);
+    }
+
+    /// The acks of `group`'s leaders in this process.
+    pub(crate) fn recent_acks(&self, group: &str) -> Arc<Mutex<crate::group::RecentAcks>> {
+        self.recent_acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Count a dead letter being written until the guard drops.
