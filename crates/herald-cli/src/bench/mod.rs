@@ -9,6 +9,7 @@
 mod drain;
 mod handler;
 mod latency;
+mod nats;
 mod postgres;
 mod sample;
 mod sqlite;
@@ -39,8 +40,10 @@ pub struct Args {
     #[arg(long)]
     iterations: Option<usize>,
     /// Benchmark a durable store instead of the in-process bus:
-    /// `sqlite:PATH` (PATH must not exist; the files are removed after) or a
-    /// `postgres://` URL (it works in a schema of its own, dropped after).
+    /// `sqlite:PATH` (PATH must not exist; the files are removed after), a
+    /// `postgres://` URL (it works in a schema of its own, dropped after) or
+    /// a `nats://` URL (under a subject prefix of its own, whose streams
+    /// are deleted after).
     #[arg(long, value_parser = parse_store)]
     store: Option<Store>,
 }
@@ -50,15 +53,21 @@ pub struct Args {
 enum Store {
     Sqlite(std::path::PathBuf),
     Postgres(String),
+    Nats(String),
 }
 
 fn parse_store(s: &str) -> Result<Store, String> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         return Ok(Store::Postgres(s.to_owned()));
     }
+    if s.starts_with("nats://") || s.starts_with("tls://") {
+        return Ok(Store::Nats(s.to_owned()));
+    }
     match s.strip_prefix("sqlite:") {
         Some(p) if !p.is_empty() => Ok(Store::Sqlite(p.trim_start_matches("//").into())),
-        _ => Err(format!("{s:?}: expected sqlite:PATH or postgres://…")),
+        _ => Err(format!(
+            "{s:?}: expected sqlite:PATH, postgres://… or nats://…"
+        )),
     }
 }
 
@@ -151,6 +160,38 @@ pub fn main(args: Args) -> ExitCode {
                     r.raw_batched,
                     r.ratio_batched,
                     r.sequenced_per_second,
+                    r.end_to_end.p50_us / 1000.0,
+                    r.end_to_end.p95_us / 1000.0,
+                    r.end_to_end.p99_us / 1000.0,
+                    r.end_to_end.max_us / 1000.0,
+                    r.group_drain_1,
+                    r.group_drain_4,
+                );
+                print_json(&r)
+            }
+            Err(e) => {
+                eprintln!("herald bench: {} ({})", e, e.code());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Store::Nats(url)) = &args.store {
+        return match runtime.block_on(nats::run(url, args.check)) {
+            Ok(r) => {
+                eprintln!(
+                    "\nherald bench --store nats (JetStream, file storage)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.8 against raw async-nats, same acks\n\npublish → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
+                    "publishes/s",
+                    "herald",
+                    "raw",
+                    "ratio",
+                    "awaiting each ack",
+                    r.herald_sync,
+                    r.raw_sync,
+                    r.ratio_sync,
+                    format!("{} tasks × {} in flight", nats::TASKS, nats::BATCH),
+                    r.herald_pipelined,
+                    r.raw_pipelined,
+                    r.ratio_pipelined,
                     r.end_to_end.p50_us / 1000.0,
                     r.end_to_end.p95_us / 1000.0,
                     r.end_to_end.p99_us / 1000.0,
