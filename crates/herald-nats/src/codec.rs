@@ -31,15 +31,7 @@ pub(crate) async fn envelope(
         .names
         .topic_of(subject)
         .ok_or_else(|| Error::validation(format!("subject {subject:?} is not a herald topic")))?;
-    let pairs = headers.into_iter().flat_map(|h| {
-        h.iter()
-            .filter(|(name, _)| AsRef::<str>::as_ref(*name) != crate::payload::PAYLOAD_REF)
-            .flat_map(|(name, values)| {
-                values
-                    .iter()
-                    .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
-            })
-    });
+    let pairs = header_pairs(headers).filter(|(name, _)| *name != crate::payload::PAYLOAD_REF);
     let origin = Origin {
         time_ms,
         unique: seq,
@@ -53,4 +45,25 @@ pub(crate) async fn envelope(
 /// Milliseconds since the epoch of a server timestamp.
 pub(crate) fn millis(t: time::OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Every (name, value) of `headers`.
+pub(crate) fn header_pairs(headers: Option<&HeaderMap>) -> impl Iterator<Item = (&str, &str)> {
+    headers.into_iter().flat_map(|h| {
+        h.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
+        })
+    })
+}
+
+/// `env` as NATS headers and a body (`herald::headers::encode`).
+pub(crate) fn headers_of(env: &Envelope) -> Result<(HeaderMap, Bytes)> {
+    let (pairs, body) = herald::headers::encode(env)?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.insert(name, value.as_str());
+    }
+    Ok((headers, body))
 }

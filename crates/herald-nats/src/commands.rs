@@ -97,13 +97,13 @@ async fn answer(inner: &Inner, topic: Topic, serve: CommandServe, msg: async_nat
         unique: fastrand::u64(..),
         source: crate::codec::PLAIN_SOURCE,
     };
-    let pairs = header_pairs(msg.headers.as_ref());
+    let pairs = crate::codec::header_pairs(msg.headers.as_ref());
     let command = herald::headers::decode(topic, pairs, msg.payload.clone(), origin);
     let outcome = match command {
         Ok(command) => serve(command).await,
         Err(e) => Err(e),
     };
-    let (headers, body) = match outcome.and_then(|response| encode(&response)) {
+    let (headers, body) = match outcome.and_then(|response| crate::codec::headers_of(&response)) {
         Ok(encoded) => encoded,
         Err(e) => (error_headers(&e), bytes::Bytes::new()),
     };
@@ -124,7 +124,7 @@ pub(crate) fn call(
     Box::pin(async move {
         inner.check_open()?;
         let topic = command.topic().clone();
-        let (headers, body) = encode(&command)?;
+        let (headers, body) = crate::codec::headers_of(&command)?;
         if body.len() + 4096 > inner.client.server_info().max_payload {
             return Err(Error::new(
                 ErrorCode::Backpressure,
@@ -173,30 +173,11 @@ pub(crate) fn call(
         };
         herald::headers::decode(
             topic,
-            header_pairs(reply.headers.as_ref()),
+            crate::codec::header_pairs(reply.headers.as_ref()),
             reply.payload,
             origin,
         )
     })
-}
-
-fn header_pairs(headers: Option<&HeaderMap>) -> impl Iterator<Item = (&str, &str)> {
-    headers.into_iter().flat_map(|h| {
-        h.iter().flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
-        })
-    })
-}
-
-fn encode(env: &Envelope) -> Result<(HeaderMap, bytes::Bytes)> {
-    let (pairs, body) = herald::headers::encode(env)?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in pairs {
-        headers.insert(name, value.as_str());
-    }
-    Ok((headers, body))
 }
 
 fn error_headers(e: &Error) -> HeaderMap {

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, stream};
-use async_nats::HeaderMap;
 use herald::{Envelope, ErrorCode, Result, Topic};
 use tokio::sync::watch;
 
@@ -172,13 +171,11 @@ impl NatsStore {
         let mut acks = Vec::with_capacity(batch.len());
         for env in &batch {
             inner.ensure_stream(env.topic()).await?;
-            let (pairs, body) = herald::headers::encode(env)?;
-            let mut headers = HeaderMap::new();
-            let mut size = body.len();
-            for (name, value) in pairs {
-                size += name.len() + value.len() + 4;
-                headers.insert(name, value.as_str());
-            }
+            let (mut headers, body) = crate::codec::headers_of(env)?;
+            let mut size = body.len()
+                + crate::codec::header_pairs(Some(&headers))
+                    .map(|(n, v)| n.len() + v.len() + 4)
+                    .sum::<usize>();
             let key = env.idempotency_key();
             size += key.len() + 16;
             let body = if crate::payload::too_large(body.len(), size - body.len(), max) {
