@@ -147,3 +147,56 @@ pub trait Transport: Send + Sync + 'static {
         None
     }
 }
+
+/// A shared transport is a transport: `Bus::new(store.transport())` takes an
+/// `Arc<dyn Transport>` chosen at run time (by `HERALD_STORE`, say).
+impl<T: Transport + ?Sized> Transport for Arc<T> {
+    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
+        (**self).publish(batch)
+    }
+
+    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
+        (**self).subscribe(spec)
+    }
+
+    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
+        (**self).last_seq(topic)
+    }
+
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        (**self).dead_letters(filter)
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
+        (**self).purge_dead_letters(filter)
+    }
+
+    fn delivery_state(
+        &self,
+        topic: &Topic,
+        seq: u64,
+        group: &str,
+    ) -> BoxFuture<'_, Result<DeliveryState>> {
+        (**self).delivery_state(topic, seq, group)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        (**self).close()
+    }
+
+    fn features(&self) -> Features {
+        (**self).features()
+    }
+
+    fn export_command(&self, topic: &Topic, serve: CommandServe) -> Option<CommandExport> {
+        (**self).export_command(topic, serve)
+    }
+
+    fn call(
+        &self,
+        command: Envelope,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'static, Result<Envelope>>> {
+        (**self).call(command, timeout)
+    }
+}
