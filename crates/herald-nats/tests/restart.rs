@@ -174,3 +174,89 @@ async fn a_server_restart_loses_nothing_acked_and_stalls_nobody() {
         println!("consumer errors: {errors}");
     }
 }
+
+/// Publish `n` to `topic` until the server takes it (once: the retries
+/// carry one idempotency key).
+async fn publish_through_outage(bus: &Bus, topic: &'static str, n: u64) {
+    let msg =
+        Message::new(topic, Payload::json(&n).unwrap()).idempotency_key(format!("{topic}-{n}"));
+    loop {
+        match bus.publish(msg.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(e.retryable(), "a non-retryable publish error: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_without_a_group_resume_after_a_restart() {
+    const BEFORE: u64 = 300;
+    const AFTER: u64 = 300;
+    const NEW_TOPIC: u64 = 50;
+    let mut server = OwnServer::start();
+    let config = NatsConfig::new(server.url())
+        .prefix("feed")
+        .request_timeout(Duration::from_secs(2));
+    let bus = Bus::new(NatsStore::open(config).await.expect("open"));
+    // One on a pattern (it must also find a topic made after the restart),
+    // one on a single topic.
+    let mut subs = vec![
+        bus.subscribe_raw("feed.>")
+            .start(herald::StartPosition::Earliest)
+            .await
+            .unwrap(),
+        bus.subscribe_raw("feed.a")
+            .start(herald::StartPosition::Earliest)
+            .await
+            .unwrap(),
+    ];
+    for n in 0..BEFORE {
+        publish_through_outage(&bus, "feed.a", n).await;
+    }
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart();
+    for n in BEFORE..BEFORE + AFTER {
+        publish_through_outage(&bus, "feed.a", n).await;
+    }
+    for n in 0..NEW_TOPIC {
+        publish_through_outage(&bus, "feed.b", n).await;
+    }
+
+    let expected = [
+        BTreeMap::from([("feed.a", BEFORE + AFTER), ("feed.b", NEW_TOPIC)]),
+        BTreeMap::from([("feed.a", BEFORE + AFTER)]),
+    ];
+    for (sub, expected) in subs.iter_mut().zip(expected) {
+        let total: u64 = expected.values().sum();
+        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut count = 0;
+        while count < total {
+            let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("a subscriber stalled after the restart at {count} of {total}: {got:?}")
+                })
+                .expect("the subscription is open");
+            let Ok(d) = d else { continue };
+            got.entry(d.topic().to_string())
+                .or_default()
+                .push(d.seq().unwrap());
+            d.ack().await.unwrap();
+            count += 1;
+        }
+        for (topic, n) in expected {
+            let seqs = got.remove(topic).unwrap_or_default();
+            assert_eq!(
+                seqs,
+                (1..=n).collect::<Vec<_>>(),
+                "{topic}: every event once, in seq order, across the restart"
+            );
+        }
+        assert!(got.is_empty(), "events of topics not subscribed: {got:?}");
+    }
+    bus.close().await.unwrap();
+}
