@@ -145,7 +145,7 @@ impl Harness {
         match &self.retained {
             Some(make) => Some(make(policy).await),
             None => {
-                println!("conformance: `{scenario}` skipped: the transport has no retention");
+                println!("conformance: `{scenario}` skipped: no retention pass to drive (the transport has none, or its own tests cover retention)");
                 None
             }
         }

@@ -240,14 +240,21 @@ impl Inner {
             return Ok(());
         }
         let retention = self.config.retention_policy().of(topic.as_str());
+        let defaults = self.stream_defaults();
+        // The server refuses a duplicate window longer than the stream keeps
+        // events: dedupe covers what the topic still holds.
+        let duplicate_window = retention.age().map_or(defaults.duplicate_window, |age| {
+            age.min(defaults.duplicate_window)
+        });
         let config = stream::Config {
             name: self.names.stream(topic.as_str()),
             subjects: vec![self.names.subject(topic.as_str())],
             max_age: retention.age().unwrap_or_default(),
+            duplicate_window,
             max_messages: retention
                 .events()
                 .map_or(-1, |n| n.min(i64::MAX as u64) as i64),
-            ..self.stream_defaults()
+            ..defaults
         };
         self.js.create_or_update_stream(config).await.map_err(|e| {
             errors::nats(

@@ -203,7 +203,7 @@ async fn subscribers_without_a_group_resume_after_a_restart() {
     let bus = Bus::new(NatsStore::open(config).await.expect("open"));
     // One on a pattern (it must also find a topic made after the restart),
     // one on a single topic.
-    let mut subs = vec![
+    let mut subs = [
         bus.subscribe_raw("feed.>")
             .start(herald::StartPosition::Earliest)
             .await
