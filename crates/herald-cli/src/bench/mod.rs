@@ -12,6 +12,7 @@ mod latency;
 mod nats;
 mod postgres;
 mod sample;
+mod slo;
 mod sqlite;
 mod stats;
 mod sustained;
@@ -98,12 +99,21 @@ const DISPATCH_P95_BOUND_US: f64 = 1000.0;
 const FANOUT_P95_BOUND_US: f64 = 5000.0;
 const VALIDATION_P95_BOUND_US: f64 = 100.0;
 const HANDLER_OVERHEAD_BOUND_US: f64 = 10.0;
+const RECORD_P99_BOUND_US: f64 = 50.0;
+const TIMER_P99_BOUND_US: f64 = 100.0;
+const PERCENTILES_P99_BOUND_US: f64 = 1000.0;
+const CHECK_ALL_P99_BOUND_US: f64 = 5000.0;
+const METRICS_20_BOUND_BYTES: usize = 10 << 20;
 /// Goals we report against.
 const DISPATCH_P95_GOAL_US: f64 = 20.0;
 const FANOUT_P95_GOAL_US: f64 = 100.0;
 const VALIDATION_P95_GOAL_US: f64 = 2.0;
 const THROUGHPUT_RATIO_GOAL: f64 = 0.8;
 const HANDLER_OVERHEAD_GOAL_US: f64 = 1.0;
+const RECORD_P99_GOAL_US: f64 = 0.05;
+const PERCENTILES_P99_GOAL_US: f64 = 200.0;
+const CHECK_ALL_P99_GOAL_US: f64 = 2000.0;
+const METRICS_20_GOAL_BYTES: usize = 2 << 20;
 
 const SUSTAINED_RATE: u64 = 10_000;
 const FANOUT_SUBSCRIBERS: usize = 50;
@@ -123,6 +133,7 @@ struct Report {
     throughput_1: Throughput,
     throughput_50: Throughput,
     handler_overhead: handler::Overhead,
+    slo: slo::SloCosts,
     breaches: Vec<String>,
 }
 
@@ -275,6 +286,8 @@ async fn run(args: &Args) -> herald::Result<Report> {
     let duration = Duration::from_secs_f64(args.duration);
     let progress = |what: &str| eprintln!("herald bench: {what}…");
 
+    progress("SLO metrics: record, timers, percentiles, check_all, memory");
+    let slo = slo::run(iterations, warmup)?;
     progress("command dispatch");
     let dispatch = latency::dispatch(iterations, warmup).await?;
     progress("fan-out to 50 subscribers");
@@ -319,6 +332,7 @@ async fn run(args: &Args) -> herald::Result<Report> {
         throughput_1,
         throughput_50,
         handler_overhead,
+        slo,
         breaches: Vec::new(),
     };
     report.breaches = breaches(&report);
@@ -339,6 +353,33 @@ fn breaches(r: &Report) -> Vec<String> {
     bound("dispatch", &r.dispatch, DISPATCH_P95_BOUND_US);
     bound("fan-out 50", &r.fan_out_50, FANOUT_P95_BOUND_US);
     bound("validation", &r.validation, VALIDATION_P95_BOUND_US);
+    for (what, p, limit) in [
+        ("metric record", &r.slo.record, RECORD_P99_BOUND_US),
+        ("timer start+stop", &r.slo.timer, TIMER_P99_BOUND_US),
+        (
+            "percentiles of 10k samples",
+            &r.slo.percentiles_full,
+            PERCENTILES_P99_BOUND_US,
+        ),
+        (
+            "check_all of 10 SLOs",
+            &r.slo.check_all_10,
+            CHECK_ALL_P99_BOUND_US,
+        ),
+    ] {
+        if p.p99_us.is_nan() || p.p99_us >= limit {
+            out.push(format!(
+                "{what} p99 {:.3} µs is not under {limit} µs",
+                p.p99_us
+            ));
+        }
+    }
+    if r.slo.metrics_20_full_bytes >= METRICS_20_BOUND_BYTES {
+        out.push(format!(
+            "20 full metrics hold {} bytes, not under {METRICS_20_BOUND_BYTES}",
+            r.slo.metrics_20_full_bytes
+        ));
+    }
     let added = r.handler_overhead.overhead_us;
     if added.is_nan() || added >= HANDLER_OVERHEAD_BOUND_US {
         out.push(format!(
@@ -443,6 +484,49 @@ fn table(r: &Report) -> String {
         t,
         "\nhandler runtime ({} events, µs/event): bare loop {:.2}, handler {:.2}, handler with every layer {:.2}; added {:.2} (goal ≤ {HANDLER_OVERHEAD_GOAL_US} / < {HANDLER_OVERHEAD_BOUND_US})",
         h.events, h.bare_us_per_event, h.plain_handler_us_per_event, h.handler_us_per_event, h.overhead_us
+    );
+    let slo = &r.slo;
+    let _ = writeln!(
+        t,
+        "\n{:<28} {:>9} {:>9} {:>9} {:>9}   goal / bound",
+        "SLO layer (µs)", "p50", "p95", "p99", "max"
+    );
+    for (name, p, goal, bound) in [
+        (
+            "metric record",
+            &slo.record,
+            RECORD_P99_GOAL_US,
+            RECORD_P99_BOUND_US,
+        ),
+        ("timer start+stop", &slo.timer, f64::NAN, TIMER_P99_BOUND_US),
+        (
+            "percentiles, 10k samples",
+            &slo.percentiles_full,
+            PERCENTILES_P99_GOAL_US,
+            PERCENTILES_P99_BOUND_US,
+        ),
+        (
+            "check_all, 10 SLOs",
+            &slo.check_all_10,
+            CHECK_ALL_P99_GOAL_US,
+            CHECK_ALL_P99_BOUND_US,
+        ),
+    ] {
+        let goal = if goal.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("≤ {goal}")
+        };
+        let _ = writeln!(
+            t,
+            "{name:<28} {:>9.3} {:>9.3} {:>9.3} {:>9.3}   p99 {goal} / < {bound}",
+            p.p50_us, p.p95_us, p.p99_us, p.max_us
+        );
+    }
+    let _ = writeln!(
+        t,
+        "metric memory (bytes): empty {}, half-full {}, full {}; 20 full {} (goal ≤ {METRICS_20_GOAL_BYTES} / < {METRICS_20_BOUND_BYTES})",
+        slo.metric_empty_bytes, slo.metric_half_bytes, slo.metric_full_bytes, slo.metrics_20_full_bytes
     );
     if r.breaches.is_empty() {
         let _ = writeln!(t, "\nrequired bounds: all met\n");
