@@ -56,6 +56,8 @@ pub mod message;
 pub mod metrics;
 pub mod middleware;
 pub mod payload;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod publisher;
 pub mod queue;
 pub mod rate_limit;

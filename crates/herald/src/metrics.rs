@@ -2,10 +2,14 @@
 //! percentiles: cheap enough to leave on in production (DESIGN.md §7).
 //!
 //! Owns [`Metrics`] (the registry), [`Metric`] (one ring buffer: the last
-//! `capacity` samples, default [`DEFAULT_CAPACITY`]), [`Timer`] (a guard that
-//! records the time from its start to its drop, in seconds), [`Percentile`]
-//! and [`Summary`]. Does not own SLOs or what happens when one breaks
-//! ([`slo`](crate::slo)), nor any export format.
+//! `capacity` samples, default [`DEFAULT_CAPACITY`], plus a histogram of every
+//! sample ever recorded over [`BUCKETS`] for exporters), [`Counter`] and
+//! [`Gauge`], [`Timer`] (a guard that records the time from its start to its
+//! drop, in seconds), [`Percentile`] and [`Summary`]. A metric is named by a
+//! family name and optional labels; its key is the Prometheus series form,
+//! `name{label="value"}`. Does not own SLOs or what happens when one breaks
+//! ([`slo`](crate::slo)), nor the exposition format
+//! ([`prometheus`](crate::prometheus)).
 //!
 //! A metric's buffer grows in steps of [`GROWTH`] samples as they arrive, so
 //! an unused metric costs about a hundred bytes and a half-full one about half
@@ -42,16 +46,35 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// How many samples a metric's buffer grows by at a time.
 pub const GROWTH: usize = 1_024;
 
-/// The registry: metrics by name. Cloning shares it.
+/// Upper bounds (seconds) of the histogram every [`Metric`] keeps for
+/// exporters: 1 µs to 10 s in 1-2.5-5 steps (anything above is counted in
+/// the `+Inf` bucket).
+pub const BUCKETS: [f64; 22] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+    5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The registry: sampled metrics, counters and gauges by key. Cloning
+/// shares it.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    inner: Arc<RwLock<HashMap<Arc<str>, Metric>>>,
+    inner: Arc<RwLock<Registry>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    samples: HashMap<Arc<str>, Metric>,
+    counters: HashMap<Arc<str>, Counter>,
+    gauges: HashMap<Arc<str>, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.inner.read();
         f.debug_struct("Metrics")
-            .field("metrics", &self.inner.read().len())
+            .field("metrics", &r.samples.len())
+            .field("counters", &r.counters.len())
+            .field("gauges", &r.gauges.len())
             .finish()
     }
 }
@@ -67,42 +90,208 @@ impl Metrics {
     /// resets the rate limit of its SLOs' violations (a re-registration is a
     /// fresh start for alerting).
     pub fn register(&self, name: &str) -> Metric {
-        self.register_with_capacity(name, DEFAULT_CAPACITY)
+        self.register_with(name, &[], DEFAULT_CAPACITY)
     }
 
-    /// As [`register`](Metrics::register), keeping the last `capacity`
-    /// samples (at least 1) when the metric is new; an existing metric keeps
-    /// its capacity.
-    pub fn register_with_capacity(&self, name: &str, capacity: usize) -> Metric {
-        if let Some(m) = self.inner.read().get(name) {
+    /// As [`register`](Metrics::register), for the series of `name` with
+    /// `labels`, keeping the last `capacity` samples (at least 1) when the
+    /// metric is new; an existing metric keeps its capacity.
+    ///
+    /// ```
+    /// use herald::metrics::Metrics;
+    /// let metrics = Metrics::new();
+    /// let m = metrics.register_with("handler_seconds", &[("group", "billing")], 1_000);
+    /// assert_eq!(m.key(), r#"handler_seconds{group="billing"}"#);
+    /// ```
+    pub fn register_with(&self, name: &str, labels: &[(&str, &str)], capacity: usize) -> Metric {
+        let series = Series::new(name, labels);
+        if let Some(m) = self.inner.read().samples.get(&*series.key) {
             m.inner.generation.fetch_add(1, Ordering::Relaxed);
             return m.clone();
         }
-        let mut map = self.inner.write();
-        if let Some(m) = map.get(name) {
+        let mut r = self.inner.write();
+        if let Some(m) = r.samples.get(&*series.key) {
             m.inner.generation.fetch_add(1, Ordering::Relaxed);
             return m.clone();
         }
-        let metric = Metric::new(name, capacity);
-        map.insert(metric.inner.name.clone(), metric.clone());
+        let metric = Metric::with_series(series, capacity);
+        r.samples
+            .insert(metric.inner.series.key.clone(), metric.clone());
         metric
     }
 
-    /// The metric `name`, if registered.
-    pub fn get(&self, name: &str) -> Option<Metric> {
-        self.inner.read().get(name).cloned()
+    /// The counter `name` with `labels`, made on first use.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Counter {
+        let series = Series::new(name, labels);
+        if let Some(c) = self.inner.read().counters.get(&*series.key) {
+            return c.clone();
+        }
+        let key = series.key.clone();
+        self.inner
+            .write()
+            .counters
+            .entry(key)
+            .or_insert_with(|| Counter {
+                inner: Arc::new((series, AtomicU64::new(0))),
+            })
+            .clone()
     }
 
-    /// Every registered metric, by name.
+    /// The gauge `name` with `labels`, made on first use (at 0).
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Gauge {
+        let series = Series::new(name, labels);
+        if let Some(g) = self.inner.read().gauges.get(&*series.key) {
+            return g.clone();
+        }
+        let key = series.key.clone();
+        self.inner
+            .write()
+            .gauges
+            .entry(key)
+            .or_insert_with(|| Gauge {
+                inner: Arc::new((series, AtomicU64::new(0f64.to_bits()))),
+            })
+            .clone()
+    }
+
+    /// The sampled metric with key `key` (`name` or `name{label="value"}`).
+    pub fn get(&self, key: &str) -> Option<Metric> {
+        self.inner.read().samples.get(key).cloned()
+    }
+
+    /// Every sampled metric, by key.
     pub fn all(&self) -> Vec<Metric> {
-        let mut all: Vec<Metric> = self.inner.read().values().cloned().collect();
-        all.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut all: Vec<Metric> = self.inner.read().samples.values().cloned().collect();
+        all.sort_by(|a, b| a.key().cmp(b.key()));
         all
     }
 
-    /// Bytes the registry's metrics hold (their buffers and bookkeeping).
+    /// Every counter, by key.
+    pub fn counters(&self) -> Vec<Counter> {
+        let mut all: Vec<Counter> = self.inner.read().counters.values().cloned().collect();
+        all.sort_by(|a, b| a.inner.0.key.cmp(&b.inner.0.key));
+        all
+    }
+
+    /// Every gauge, by key.
+    pub fn gauges(&self) -> Vec<Gauge> {
+        let mut all: Vec<Gauge> = self.inner.read().gauges.values().cloned().collect();
+        all.sort_by(|a, b| a.inner.0.key.cmp(&b.inner.0.key));
+        all
+    }
+
+    /// Bytes the registry's sampled metrics hold (their buffers and
+    /// bookkeeping).
     pub fn memory_bytes(&self) -> usize {
-        self.inner.read().values().map(Metric::memory_bytes).sum()
+        self.inner
+            .read()
+            .samples
+            .values()
+            .map(Metric::memory_bytes)
+            .sum()
+    }
+}
+
+/// A family name, its labels, and the series key they make.
+#[derive(Debug)]
+struct Series {
+    name: Arc<str>,
+    labels: Vec<(String, String)>,
+    key: Arc<str>,
+}
+
+impl Series {
+    fn new(name: &str, labels: &[(&str, &str)]) -> Series {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.sort();
+        let key = if labels.is_empty() {
+            Arc::from(name)
+        } else {
+            let inner: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}=\"{}\"",
+                        v.replace('\\', "\\\\")
+                            .replace('"', "\\\"")
+                            .replace('\n', "\\n")
+                    )
+                })
+                .collect();
+            Arc::from(format!("{name}{{{}}}", inner.join(",")))
+        };
+        Series {
+            name: Arc::from(name),
+            labels,
+            key,
+        }
+    }
+}
+
+/// A count that only goes up. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Counter {
+    inner: Arc<(Series, AtomicU64)>,
+}
+
+impl Counter {
+    /// Add one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Add `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.inner.1.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.inner.1.load(Ordering::Relaxed)
+    }
+
+    /// The family name.
+    pub fn name(&self) -> &str {
+        &self.inner.0.name
+    }
+
+    /// The labels, sorted by name.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.inner.0.labels
+    }
+}
+
+/// A value that goes up and down. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Gauge {
+    inner: Arc<(Series, AtomicU64)>,
+}
+
+impl Gauge {
+    /// Set the value.
+    #[inline]
+    pub fn set(&self, v: f64) {
+        self.inner.1.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The value.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.inner.1.load(Ordering::Relaxed))
+    }
+
+    /// The family name.
+    pub fn name(&self) -> &str {
+        &self.inner.0.name
+    }
+
+    /// The labels, sorted by name.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.inner.0.labels
     }
 }
 
@@ -113,7 +302,7 @@ pub struct Metric {
 }
 
 struct MetricInner {
-    name: Arc<str>,
+    series: Series,
     ring: Mutex<Ring>,
     /// Bumped by each re-registration; SLOs compare it to reset their rate limit.
     generation: AtomicU64,
@@ -126,12 +315,16 @@ struct Ring {
     next: usize,
     /// Samples ever recorded.
     recorded: u64,
+    /// Their sum.
+    sum: f64,
+    /// How many fell in each of [`BUCKETS`] (not cumulative), and above.
+    buckets: [u64; BUCKETS.len() + 1],
 }
 
 impl fmt::Debug for Metric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metric")
-            .field("name", &self.name())
+            .field("key", &self.key())
             .field("len", &self.len())
             .finish()
     }
@@ -141,23 +334,51 @@ impl Metric {
     /// A metric outside any registry, keeping the last `capacity` samples
     /// (at least 1).
     pub fn new(name: &str, capacity: usize) -> Metric {
+        Metric::with_series(Series::new(name, &[]), capacity)
+    }
+
+    fn with_series(series: Series, capacity: usize) -> Metric {
         Metric {
             inner: Arc::new(MetricInner {
-                name: Arc::from(name),
+                series,
                 ring: Mutex::new(Ring {
                     samples: Vec::new(),
                     capacity: capacity.max(1),
                     next: 0,
                     recorded: 0,
+                    sum: 0.0,
+                    buckets: [0; BUCKETS.len() + 1],
                 }),
                 generation: AtomicU64::new(0),
             }),
         }
     }
 
-    /// The metric's name.
+    /// The family name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.series.name
+    }
+
+    /// The labels, sorted by name.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.inner.series.labels
+    }
+
+    /// The series key: the name, or `name{label="value",…}`.
+    pub fn key(&self) -> &str {
+        &self.inner.series.key
+    }
+
+    /// Every sample ever recorded as a histogram over [`BUCKETS`]: the
+    /// count in each bucket (not cumulative; the last is above 10 s), their
+    /// sum and their number.
+    pub fn histogram(&self) -> Histogram {
+        let ring = self.inner.ring.lock();
+        Histogram {
+            buckets: ring.buckets,
+            sum: ring.sum,
+            count: ring.recorded,
+        }
     }
 
     /// Record `value`; once the buffer is full it replaces the oldest sample.
@@ -260,7 +481,7 @@ impl Metric {
     pub fn memory_bytes(&self) -> usize {
         let ring = self.inner.ring.lock();
         std::mem::size_of::<MetricInner>()
-            + self.inner.name.len()
+            + self.inner.series.key.len()
             + ring.samples.capacity() * std::mem::size_of::<f64>()
     }
 
@@ -273,6 +494,8 @@ impl Ring {
     #[inline]
     fn push(&mut self, value: f64) {
         self.recorded += 1;
+        self.sum += value;
+        self.buckets[BUCKETS.partition_point(|&b| b < value)] += 1;
         if self.samples.len() < self.capacity {
             if self.samples.len() == self.samples.capacity() {
                 let room = GROWTH.min(self.capacity - self.samples.len());
@@ -313,7 +536,7 @@ pub struct Timer {
 impl fmt::Debug for Timer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timer")
-            .field("metric", &self.metric.name())
+            .field("metric", &self.metric.key())
             .finish()
     }
 }
@@ -415,6 +638,18 @@ impl<'de> serde::Deserialize<'de> for Percentile {
     }
 }
 
+/// Every sample a metric ever recorded, bucketed; see [`Metric::histogram`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Histogram {
+    /// Samples at or under each of [`BUCKETS`] and above the one before
+    /// (the last entry: above the largest bound).
+    pub buckets: [u64; BUCKETS.len() + 1],
+    /// Their sum.
+    pub sum: f64,
+    /// Their number.
+    pub count: u64,
+}
+
 /// p50, p95, p99 and max of a metric's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Summary {
@@ -471,7 +706,7 @@ mod tests {
     fn the_buffer_grows_as_samples_arrive() {
         let m = Metric::new("m", DEFAULT_CAPACITY);
         let empty = m.memory_bytes();
-        assert!(empty < 200, "an empty metric holds {empty} bytes");
+        assert!(empty < 400, "an empty metric holds {empty} bytes");
         for v in 0..DEFAULT_CAPACITY / 2 {
             m.record(v as f64);
         }
@@ -480,7 +715,7 @@ mod tests {
             m.record(v as f64);
         }
         let full = m.memory_bytes();
-        assert!(full <= DEFAULT_CAPACITY * 8 + 200, "full: {full}");
+        assert!(full <= DEFAULT_CAPACITY * 8 + 400, "full: {full}");
         let ratio = half as f64 / full as f64;
         assert!((0.45..0.62).contains(&ratio), "half / full = {ratio}");
     }
@@ -496,6 +731,37 @@ mod tests {
         assert_eq!(again.generation(), g + 1);
         assert_eq!(metrics.all().len(), 1);
         assert!(metrics.get("b").is_none());
+    }
+
+    #[test]
+    fn labels_make_series_and_the_histogram_counts_everything() {
+        let metrics = Metrics::new();
+        let m = metrics.register_with("h", &[("b", "2"), ("a", "x\"y")], 2);
+        assert_eq!(m.key(), r#"h{a="x\"y",b="2"}"#, "sorted, escaped");
+        assert_eq!(m.labels()[0], ("a".to_owned(), "x\"y".to_owned()));
+        for v in [0.5e-6, 2e-3, 2e-3, 20.0] {
+            m.record(v);
+        }
+        let h = m.histogram();
+        assert_eq!((h.count, h.sum), (4, 0.5e-6 + 4e-3 + 20.0));
+        assert_eq!(h.buckets[0], 1, "at or under 1 µs");
+        assert_eq!(
+            h.buckets[BUCKETS.iter().position(|&b| b == 2.5e-3).unwrap()],
+            2
+        );
+        assert_eq!(h.buckets[BUCKETS.len()], 1, "over 10 s");
+        assert_eq!(
+            m.len(),
+            2,
+            "the buffer keeps the last two; the histogram all"
+        );
+        let c = metrics.counter("c_total", &[("outcome", "ok")]);
+        c.add(2);
+        metrics.counter("c_total", &[("outcome", "ok")]).inc();
+        assert_eq!(c.get(), 3);
+        let g = metrics.gauge("g", &[]);
+        g.set(-1.5);
+        assert_eq!(metrics.gauges()[0].get(), -1.5);
     }
 
     #[test]

@@ -174,7 +174,7 @@ async fn an_oscillating_metric_fires_is_suppressed_and_fires_again() {
     let metrics = Metrics::new();
     let mon = monitor(&metrics);
     mon.add(Slo::new("osc", Percentile::MAX, 1.0)).unwrap();
-    let m = metrics.register_with_capacity("osc", 1);
+    let m = metrics.register_with("osc", &[], 1);
     let mut fired = Vec::new();
     // Over, under, over, … once a second for 25 s.
     for second in 0..25u64 {
