@@ -26,6 +26,8 @@ use crate::config::{env_parse, in_range, seconds};
 use crate::delivery::BoxFuture;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::instrument::BREAKER_STATE;
+use crate::metrics::{Gauge, Metrics};
 use crate::middleware::{Effects, Layer, Next};
 
 /// Consecutive failures that open the breaker (`HERALD_CIRCUIT_BREAKER_THRESHOLD`).
@@ -74,6 +76,8 @@ struct Shared {
     reset_timeout: Duration,
     state: Mutex<Tally>,
     changes: watch::Sender<BreakerState>,
+    /// Gauges this breaker's state is exported to.
+    gauges: Mutex<Vec<Gauge>>,
 }
 
 struct Tally {
@@ -141,7 +145,26 @@ impl CircuitBreaker {
         self.shared.state.lock().state
     }
 
-    /// Every state change, as a `watch` channel (the metrics layer exports it).
+    /// Export this breaker's state to `metrics` as gauge
+    /// [`BREAKER_STATE`]`{breaker="name"}` (0 closed, 1 half-open, 2 open),
+    /// now and at every change. A bus exports its publish breaker as
+    /// `publish`.
+    ///
+    /// ```
+    /// use herald::{breaker::CircuitBreaker, instrument::BREAKER_STATE, Bus};
+    /// let bus = Bus::memory();
+    /// let breaker = CircuitBreaker::default();
+    /// breaker.export(bus.metrics(), "payments");
+    /// assert_eq!(bus.metrics().gauge(BREAKER_STATE, &[("breaker", "payments")]).get(), 0.0);
+    /// ```
+    pub fn export(&self, metrics: &Metrics, name: &str) {
+        let gauge = metrics.gauge(BREAKER_STATE, &[("breaker", name)]);
+        let t = self.shared.state.lock();
+        gauge.set(gauge_value(t.state));
+        self.shared.gauges.lock().push(gauge);
+    }
+
+    /// Every state change, as a `watch` channel.
     pub fn watch(&self) -> watch::Receiver<BreakerState> {
         self.shared.changes.subscribe()
     }
@@ -223,8 +246,18 @@ impl CircuitBreakerBuilder {
                     trial: false,
                 }),
                 changes: watch::Sender::new(BreakerState::Closed),
+                gauges: Mutex::new(Vec::new()),
             }),
         })
+    }
+}
+
+/// A state as [`BREAKER_STATE`]'s value.
+fn gauge_value(state: BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
     }
 }
 
@@ -233,6 +266,9 @@ impl Shared {
         if t.state != state {
             t.state = state;
             self.changes.send_replace(state);
+            for g in self.gauges.lock().iter() {
+                g.set(gauge_value(state));
+            }
         }
     }
 }

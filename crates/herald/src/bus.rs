@@ -22,8 +22,10 @@ use crate::delivery::BoxFuture;
 use crate::envelope::{Envelope, Limits};
 use crate::error::{Error, ErrorCode, Result};
 use crate::event::Event;
+use crate::instrument::{Instruments, PublishedAt};
 use crate::memory::MemoryTransport;
 use crate::message::Publish;
+use crate::metrics::Metrics;
 use crate::middleware::Layer;
 use crate::publisher::{Batching, Publisher};
 use crate::retry::RetryPolicy;
@@ -71,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) commands: Commands,
     pub(crate) publisher: Publisher,
     pub(crate) handlers: HandlerDefaults,
+    pub(crate) metrics: Metrics,
+    /// `None` when instrumentation is off.
+    pub(crate) instruments: Option<Arc<Instruments>>,
 }
 
 /// What every handler of a bus gets unless it says otherwise.
@@ -120,6 +125,13 @@ impl Bus {
     }
 
     fn from_parts(transport: Arc<dyn Transport>, config: Config, options: BusBuilder) -> Bus {
+        let metrics = options.metrics.clone().unwrap_or_default();
+        let instruments = options
+            .instrument
+            .then(|| Instruments::new(metrics.clone()));
+        if let (Some(breaker), true) = (&options.publish_breaker, options.instrument) {
+            breaker.export(&metrics, "publish");
+        }
         let publisher = Publisher::new(
             transport.clone(),
             options.batching,
@@ -135,6 +147,8 @@ impl Bus {
                 commands: Commands::default(),
                 publisher,
                 handlers: options.handlers,
+                metrics,
+                instruments,
             }),
         }
     }
@@ -151,6 +165,8 @@ impl Bus {
                 limits: i.limits,
                 commands: Commands::default(),
                 handlers: i.handlers.clone(),
+                metrics: i.metrics.clone(),
+                instruments: i.instruments.clone(),
             }),
         }
     }
@@ -169,8 +185,50 @@ impl Bus {
         I: IntoIterator,
         I::Item: Publish,
     {
-        let batch = self.prepare(items)?;
+        let Some(instruments) = &self.inner.instruments else {
+            let batch = self.prepare(items)?;
+            return self.append(batch).await;
+        };
+        let _timer = instruments.publish.start_timer();
+        let mut batch = self.prepare(items)?;
+        let now = PublishedAt::now();
+        for envelope in &mut batch {
+            envelope.published_at = now;
+        }
         self.append(batch).await
+    }
+
+    /// The registry this bus records its own metrics in (see
+    /// [`instrument`](crate::instrument)): empty when instrumentation is off.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// use herald::{instrument, Bus, Message};
+    /// let bus = Bus::memory();
+    /// bus.publish(Message::json("orders.placed", &1u32)?).await?;
+    /// assert_eq!(bus.metrics().get(instrument::PUBLISH_SECONDS).unwrap().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// A monitor of this bus's [`default_slos`](crate::instrument::default_slos)
+    /// (and any added later) that publishes violations on this bus as
+    /// [`perf.slo_violation`](crate::slo::VIOLATION_TOPIC); call
+    /// [`start`](crate::slo::Monitor::start) to run its loop.
+    pub fn slo_monitor(&self) -> Result<crate::slo::Monitor> {
+        let monitor = crate::slo::Monitor::builder(self.inner.metrics.clone())
+            .bus(self.clone())
+            .build()?;
+        for slo in crate::instrument::default_slos() {
+            monitor.add(slo)?;
+        }
+        Ok(monitor)
+    }
+
+    pub(crate) fn instruments(&self) -> Option<&Arc<Instruments>> {
+        self.inner.instruments.as_ref()
     }
 
     /// Append prepared envelopes through the publish path (batching,
@@ -300,9 +358,10 @@ impl Bus {
 }
 
 /// Builds a [`Bus`]; see [`Bus::builder`].
-#[derive(Default)]
 #[must_use = "call .build() to get the bus"]
 pub struct BusBuilder {
+    instrument: bool,
+    metrics: Option<Metrics>,
     config: Option<Config>,
     transport: Option<Arc<dyn Transport>>,
     batching: Option<Batching>,
@@ -311,7 +370,36 @@ pub struct BusBuilder {
     handlers: HandlerDefaults,
 }
 
+impl Default for BusBuilder {
+    fn default() -> Self {
+        BusBuilder {
+            instrument: true,
+            metrics: None,
+            config: None,
+            transport: None,
+            batching: None,
+            publish_retry: None,
+            publish_breaker: None,
+            handlers: HandlerDefaults::default(),
+        }
+    }
+}
+
 impl BusBuilder {
+    /// Record herald's own metrics (default: on; see
+    /// [`instrument`](crate::instrument)). Off, [`Bus::metrics`] stays empty.
+    pub fn instrument(mut self, on: bool) -> Self {
+        self.instrument = on;
+        self
+    }
+
+    /// Record into `metrics` (default: a registry of this bus's own), to
+    /// export several buses, or a service's own metrics, together.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Use `config` (default: [`Config::default`]).
     pub fn config(mut self, config: Config) -> Self {
         self.config = Some(config);
@@ -467,7 +555,11 @@ impl IntoFuture for SubscribeRaw {
                     "a subscription needs at least one pattern",
                 ));
             }
-            self.bus.inner.transport.subscribe(self.spec).await
+            let sub = self.bus.inner.transport.subscribe(self.spec).await?;
+            Ok(match &self.bus.inner.instruments {
+                Some(i) => sub.instrumented(i.clone()),
+                None => sub,
+            })
         })
     }
 }

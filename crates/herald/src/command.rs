@@ -222,6 +222,7 @@ impl Call {
     }
 
     async fn run(self) -> Result<Envelope> {
+        let _timer = self.bus.instruments().map(|i| i.dispatch.start_timer());
         let inner = &self.bus.inner;
         let command = self
             .command

@@ -216,6 +216,9 @@ pub struct Envelope {
     pub(crate) expires_at: Option<DateTime<Utc>>,
     pub(crate) attempt: u32,
     pub(crate) payload: Payload,
+    /// When `Bus::publish` took it, in this process (for fan-out and
+    /// end-to-end latency); not part of the event.
+    pub(crate) published_at: crate::instrument::PublishedAt,
 }
 
 impl Envelope {
@@ -245,6 +248,7 @@ impl Envelope {
             expires_at: None,
             attempt: 1,
             payload,
+            published_at: Default::default(),
         }
     }
 
@@ -613,6 +617,7 @@ impl TryFrom<WireEnvelope> for Envelope {
             expires_at,
             attempt: w.attempt.unwrap_or(1),
             payload,
+            published_at: Default::default(),
         })
     }
 }

@@ -32,6 +32,7 @@ use crate::delivery::{Delivery, Outcome};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorCode, Result};
 use crate::event::Event;
+use crate::instrument::{Instruments, LagProbe, CONSUMER_LAG};
 use crate::message::Message;
 use crate::middleware::{Chain, Effects, Endpoint, Layer, Timeout};
 use crate::retry::RetryPolicy;
@@ -302,6 +303,7 @@ impl HandlerBuilder {
             retry,
             observer: self.observer,
             counts: Counts::default(),
+            lag: LagProbe::default(),
         });
         let limit = Arc::new(Semaphore::new(self.concurrency));
         let (rt, permits) = (runtime.clone(), limit.clone());
@@ -427,13 +429,18 @@ struct Runtime {
     retry: Option<RetryPolicy>,
     observer: Option<Arc<dyn HandlerObserver>>,
     counts: Counts,
+    lag: LagProbe,
 }
 
 impl Runtime {
     /// Handle one delivery and settle it.
     async fn handle(&self, delivery: Delivery) {
         let env = delivery.shared_envelope().clone();
-        let began = self.observer.is_some().then(Instant::now);
+        let instruments = self.bus.instruments();
+        let began = (self.observer.is_some() || instruments.is_some()).then(Instant::now);
+        if let Some(i) = instruments {
+            self.probe_lag(i, &env);
+        }
         let run = Context::of(&env).scope(catch_panic(
             || format!("handler of `{}`", env.topic()),
             async { Ok(self.call(&env).await) },
@@ -451,9 +458,38 @@ impl Runtime {
             Err(e) => self.fail(delivery, &env, e).await,
         };
         self.counts.add(observed);
-        if let (Some(observer), Some(began)) = (&self.observer, began) {
-            observer.handled(&env, began.elapsed(), observed);
+        if let Some(began) = began {
+            let took = began.elapsed();
+            if let Some(i) = instruments {
+                i.handled(&env, took, observed);
+            }
+            if let Some(observer) = &self.observer {
+                observer.handled(&env, took, observed);
+            }
         }
+    }
+
+    /// At most once per [`LAG_REFRESH`](crate::instrument::LAG_REFRESH) per
+    /// topic, set this group's lag behind `env`'s topic from the
+    /// transport's last `seq`, on a task of its own.
+    fn probe_lag(&self, instruments: &Instruments, env: &Envelope) {
+        let Some(seq) = env.seq() else { return };
+        if !self.lag.due(env.topic()) {
+            return;
+        }
+        let gauge = instruments.metrics.gauge(
+            CONSUMER_LAG,
+            &[
+                ("group", &self.chain.group),
+                ("topic", env.topic().as_str()),
+            ],
+        );
+        let (transport, topic) = (self.bus.inner.transport.clone(), env.topic().clone());
+        tokio::spawn(async move {
+            if let Ok(Some(last)) = transport.last_seq(&topic).await {
+                gauge.set(last.saturating_sub(seq) as f64);
+            }
+        });
     }
 
     /// Run the chain and prepare its effects (inside the message's

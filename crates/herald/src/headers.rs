@@ -228,6 +228,7 @@ pub fn decode<'h>(
         expires_at,
         attempt: 1,
         payload,
+        published_at: Default::default(),
     })
 }
 

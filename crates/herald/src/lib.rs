@@ -50,6 +50,7 @@ pub mod forward;
 pub mod group;
 pub mod handler;
 pub mod headers;
+pub mod instrument;
 pub mod log_tail;
 pub mod memory;
 pub mod message;

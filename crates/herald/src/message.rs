@@ -175,6 +175,7 @@ impl Message {
             expires_at: self.expires_at,
             attempt: 1,
             payload: self.payload,
+            published_at: Default::default(),
         })
     }
 }

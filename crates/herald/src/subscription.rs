@@ -203,6 +203,7 @@ impl fmt::Debug for CloseHandle {
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>,
     close: CloseHandle,
+    instruments: Option<Arc<crate::instrument::Instruments>>,
 }
 
 impl Subscription {
@@ -214,7 +215,14 @@ impl Subscription {
         Subscription {
             inner: Box::pin(stream),
             close,
+            instruments: None,
         }
+    }
+
+    /// Record each delivery's fan-out latency in `instruments`.
+    pub(crate) fn instrumented(mut self, instruments: Arc<crate::instrument::Instruments>) -> Self {
+        self.instruments = Some(instruments);
+        self
     }
 
     /// Close: the stream ends. Idempotent.
@@ -240,7 +248,11 @@ impl Subscription {
 impl Stream for Subscription {
     type Item = Result<Delivery>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        let next = self.inner.as_mut().poll_next(cx);
+        if let (Poll::Ready(Some(Ok(d))), Some(i)) = (&next, &self.instruments) {
+            i.received(d.shared_envelope());
+        }
+        next
     }
 }
 

@@ -134,6 +134,7 @@ struct Report {
     throughput_50: Throughput,
     handler_overhead: handler::Overhead,
     slo: slo::SloCosts,
+    instrumentation: throughput::Instrumentation,
     breaches: Vec<String>,
 }
 
@@ -320,6 +321,8 @@ async fn run(args: &Args) -> herald::Result<Report> {
     let throughput_50 = throughput::compare(FANOUT_SUBSCRIBERS, events_50).await?;
     progress("handler runtime vs a bare subscription loop");
     let handler_overhead = handler::compare(if short { 50_000 } else { 200_000 }).await?;
+    progress("built-in instrumentation on vs off");
+    let instrumentation = throughput::instrumentation(events_1 / 2).await?;
 
     let mut report = Report {
         mode: if short { "check" } else { "full" },
@@ -333,6 +336,7 @@ async fn run(args: &Args) -> herald::Result<Report> {
         throughput_50,
         handler_overhead,
         slo,
+        instrumentation,
         breaches: Vec::new(),
     };
     report.breaches = breaches(&report);
@@ -527,6 +531,12 @@ fn table(r: &Report) -> String {
         t,
         "metric memory (bytes): empty {}, half-full {}, full {}; 20 full {} (goal ≤ {METRICS_20_GOAL_BYTES} / < {METRICS_20_BOUND_BYTES})",
         slo.metric_empty_bytes, slo.metric_half_bytes, slo.metric_full_bytes, slo.metrics_20_full_bytes
+    );
+    let i = &r.instrumentation;
+    let _ = writeln!(
+        t,
+        "built-in instrumentation, in-memory publish → 1 subscriber ({} events): on {:.0}/s, off {:.0}/s, ratio {:.2}",
+        i.events, i.on, i.off, i.ratio
     );
     if r.breaches.is_empty() {
         let _ = writeln!(t, "\nrequired bounds: all met\n");

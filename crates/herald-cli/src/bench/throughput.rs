@@ -37,8 +37,8 @@ fn capacity(events: u64) -> usize {
 
 pub async fn compare(subscribers: usize, events: u64) -> herald::Result<Throughput> {
     let payload = Payload::json(&serde_json::json!({"price": 101.5, "symbol": "HRLD"}))?;
-    let herald_per_event = herald_run(subscribers, events, 1, &payload).await?;
-    let herald_batched = herald_run(subscribers, events, BATCH, &payload).await?;
+    let herald_per_event = herald_run(subscribers, events, 1, &payload, true).await?;
+    let herald_batched = herald_run(subscribers, events, BATCH, &payload, true).await?;
     let (broadcast, broadcast_lagged) = broadcast_run(subscribers, events, &payload).await;
     Ok(Throughput {
         subscribers,
@@ -52,13 +52,42 @@ pub async fn compare(subscribers: usize, events: u64) -> herald::Result<Throughp
     })
 }
 
+/// What herald's built-in instrumentation costs on the in-memory publish
+/// path: one subscriber, one `publish` per event, on and off.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instrumentation {
+    pub events: u64,
+    /// Deliveries/s with instrumentation on (the default), best of two.
+    pub on: f64,
+    /// Deliveries/s with it off, best of two.
+    pub off: f64,
+    /// `on / off`.
+    pub ratio: f64,
+}
+
+pub async fn instrumentation(events: u64) -> herald::Result<Instrumentation> {
+    let payload = Payload::json(&serde_json::json!({"price": 101.5, "symbol": "HRLD"}))?;
+    let (mut on, mut off) = (0f64, 0f64);
+    for _ in 0..2 {
+        off = off.max(herald_run(1, events, 1, &payload, false).await?);
+        on = on.max(herald_run(1, events, 1, &payload, true).await?);
+    }
+    Ok(Instrumentation {
+        events,
+        on,
+        off,
+        ratio: on / off,
+    })
+}
+
 async fn herald_run(
     subscribers: usize,
     events: u64,
     batch: usize,
     payload: &Payload,
+    instrument: bool,
 ) -> herald::Result<f64> {
-    let bus = Bus::memory();
+    let bus = Bus::builder().instrument(instrument).build()?;
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
         let mut sub = bus
