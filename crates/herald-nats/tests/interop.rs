@@ -132,3 +132,63 @@ async fn next(sub: &mut herald::Subscription) -> herald::Delivery {
         .expect("open")
         .expect("no error")
 }
+
+/// One W3C trace from a producer process, through a handler in another,
+/// to what that handler publishes, as a plain client sees the headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_producer_and_consumer_processes() {
+    let config = support::fresh_config();
+    let producer = Bus::new(NatsStore::open(config.clone()).await.unwrap());
+    let store = NatsStore::open(config).await.unwrap();
+    let consumer = Bus::new(store.clone());
+    let handler = consumer
+        .handler("trace.in")
+        .group("relay")
+        .start(herald::StartPosition::Earliest)
+        .run(|msg| async move { Ok(vec![Message::json("trace.out", &msg.decode::<u32>()?)?]) })
+        .await
+        .unwrap();
+    producer
+        .publish(Message::json("trace.in", &5u32).unwrap())
+        .await
+        .unwrap();
+
+    let js = jetstream::new(async_nats::connect(support::url()).await.unwrap());
+    let read = |topic: &'static str| {
+        let (js, store) = (js.clone(), store.clone());
+        async move {
+            let subject = store.subject(&Topic::new(topic).unwrap());
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let stream = loop {
+                match js.stream_by_subject(subject.clone()).await {
+                    Ok(s) => break s,
+                    Err(e) => assert!(tokio::time::Instant::now() < deadline, "no {topic}: {e}"),
+                }
+            };
+            let consumer = js
+                .get_stream(stream)
+                .await
+                .unwrap()
+                .create_consumer(pull::OrderedConfig::default())
+                .await
+                .unwrap();
+            let mut messages = consumer.messages().await.unwrap();
+            let m = tokio::time::timeout(WAIT, messages.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let tp = m.headers.as_ref().unwrap().get("traceparent").unwrap();
+            tp.as_str().parse::<herald::trace::TraceParent>().unwrap()
+        }
+    };
+    let sent = read("trace.in").await;
+    let relayed = read("trace.out").await;
+    assert_eq!(
+        relayed.trace_id(),
+        sent.trace_id(),
+        "one trace across processes"
+    );
+    assert_ne!(relayed.span_id(), sent.span_id());
+    handler.shutdown(std::time::Duration::from_secs(5)).await;
+}

@@ -15,6 +15,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::breaker::CircuitBreaker;
 use crate::command::Commands;
 use crate::config::Config;
@@ -185,17 +187,28 @@ impl Bus {
         I: IntoIterator,
         I::Item: Publish,
     {
-        let Some(instruments) = &self.inner.instruments else {
-            let batch = self.prepare(items)?;
-            return self.append(batch).await;
-        };
-        let _timer = instruments.publish.start_timer();
+        let _timer = self
+            .inner
+            .instruments
+            .as_ref()
+            .map(|i| i.publish.start_timer());
         let mut batch = self.prepare(items)?;
-        let now = PublishedAt::now();
-        for envelope in &mut batch {
-            envelope.published_at = now;
+        if self.inner.instruments.is_some() {
+            let now = PublishedAt::now();
+            for envelope in &mut batch {
+                envelope.published_at = now;
+            }
         }
-        self.append(batch).await
+        let span = match batch.first() {
+            Some(first) => tracing::debug_span!(
+                "herald.publish",
+                topic = %first.topic(),
+                events = batch.len(),
+                trace_id = crate::trace::TraceParent::of(first).map(|t| t.trace_id_hex()).as_deref(),
+            ),
+            None => tracing::Span::none(),
+        };
+        self.append(batch).instrument(span).await
     }
 
     /// The registry this bus records its own metrics in (see
@@ -251,7 +264,8 @@ impl Bus {
         let items = items.into_iter();
         let mut batch = Vec::with_capacity(items.size_hint().0);
         for item in items {
-            let envelope = item.into_envelope(&self.inner.source)?;
+            let mut envelope = item.into_envelope(&self.inner.source)?;
+            crate::trace::inject(&mut envelope, &self.inner.limits);
             envelope.validate(&self.inner.limits)?;
             batch.push(envelope);
         }

@@ -224,10 +224,11 @@ impl Call {
     async fn run(self) -> Result<Envelope> {
         let _timer = self.bus.instruments().map(|i| i.dispatch.start_timer());
         let inner = &self.bus.inner;
-        let command = self
+        let mut command = self
             .command
             .kind(Kind::Command)
             .into_envelope(&inner.source)?;
+        crate::trace::inject(&mut command, &inner.limits);
         command.validate(&inner.limits)?;
         let handler = match inner.commands.handler(command.topic()) {
             Ok(h) => h,

@@ -16,6 +16,7 @@ use std::future::Future;
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
+use crate::trace::TraceParent;
 
 tokio::task_local! {
     static CURRENT: Context;
@@ -36,6 +37,7 @@ tokio::task_local! {
 pub struct Context {
     correlation_id: Uuid,
     message_id: Option<Uuid>,
+    trace: Option<TraceParent>,
 }
 
 impl Context {
@@ -45,12 +47,26 @@ impl Context {
         Context {
             correlation_id,
             message_id,
+            trace: None,
         }
     }
 
-    /// The context of handling `envelope`.
+    /// The context of handling `envelope`, its W3C trace included.
     pub fn of(envelope: &Envelope) -> Self {
         Context::new(envelope.correlation_id(), Some(envelope.id()))
+            .with_trace(TraceParent::of(envelope))
+    }
+
+    /// This context continuing trace `trace` (what is published inside it
+    /// becomes a child of it).
+    pub fn with_trace(mut self, trace: Option<TraceParent>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The trace of the message being handled.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.trace
     }
 
     /// The context of the current task, if it runs inside a scope.

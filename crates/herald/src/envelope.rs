@@ -158,6 +158,19 @@ impl Limits {
         Ok(())
     }
 
+    /// Whether header `name: value` fits beside `headers` within the count
+    /// and size bounds.
+    pub(crate) fn has_room_for(
+        &self,
+        headers: &BTreeMap<String, String>,
+        name: &str,
+        value: &str,
+    ) -> bool {
+        let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        headers.len() < self.max_headers
+            && bytes + name.len() + value.len() <= self.max_header_bytes
+    }
+
     /// Check header count and size: over either bound is `VALIDATION`.
     pub fn check_headers(&self, headers: &BTreeMap<String, String>) -> Result<()> {
         if headers.len() > self.max_headers {

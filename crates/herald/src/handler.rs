@@ -26,6 +26,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use tracing::Instrument;
+
 use crate::bus::{catch_panic, Bus};
 use crate::context::Context;
 use crate::delivery::{Delivery, Outcome};
@@ -441,22 +443,42 @@ impl Runtime {
         if let Some(i) = instruments {
             self.probe_lag(i, &env);
         }
-        let run = Context::of(&env).scope(catch_panic(
-            || format!("handler of `{}`", env.topic()),
-            async { Ok(self.call(&env).await) },
-        ));
+        let context = Context::of(&env);
+        let trace = context.trace();
+        let span = tracing::info_span!(
+            "herald.handle",
+            topic = %env.topic(),
+            group = %self.chain.group,
+            seq = env.seq(),
+            attempt = env.attempt(),
+            trace_id = trace.map(|t| t.trace_id_hex()).as_deref(),
+            parent_span_id = trace.map(|t| format!("{:016x}", t.span_id())).as_deref(),
+            outcome = tracing::field::Empty,
+        );
+        let run = context
+            .scope(catch_panic(
+                || format!("handler of `{}`", env.topic()),
+                async { Ok(self.call(&env).await) },
+            ))
+            .instrument(span.clone());
         // A panic is a retryable failure; the handler's own errors keep their verdict.
         let result = run
             .await
             .unwrap_or_else(|panic| Err(panic.with_retryable(true)));
-        let observed = match result {
-            Ok(effects) => match self.ack(delivery, &env, effects).await {
-                Ok(()) => HandlerOutcome::Acked,
-                Err((Some(delivery), e)) => self.fail(delivery, &env, e).await,
-                Err((None, _)) => HandlerOutcome::Retried,
-            },
-            Err(e) => self.fail(delivery, &env, e).await,
+        let settle = async {
+            match result {
+                Ok(effects) => match self.ack(delivery, &env, effects).await {
+                    Ok(()) => HandlerOutcome::Acked,
+                    Err((Some(delivery), e)) => self.fail(delivery, &env, e).await,
+                    Err((None, _)) => HandlerOutcome::Retried,
+                },
+                Err(e) => self.fail(delivery, &env, e).await,
+            }
         };
+        let observed = settle
+            .instrument(tracing::debug_span!(parent: &span, "herald.settle"))
+            .await;
+        span.record("outcome", tracing::field::debug(observed));
         self.counts.add(observed);
         if let Some(began) = began {
             let took = began.elapsed();

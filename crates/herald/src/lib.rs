@@ -69,6 +69,7 @@ pub mod slo;
 pub mod subscription;
 pub mod testing;
 pub mod topic;
+pub mod trace;
 pub mod transport;
 
 pub use bus::{Bus, BusBuilder};

@@ -1,0 +1,73 @@
+//! The `tracing` spans of publishing, handling and settling name the W3C
+//! trace. A binary of its own: `tracing` caches each callsite's interest
+//! process-wide, so a test on another thread without a subscriber could
+//! hide these spans from this one's.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald::trace::TraceParent;
+use herald::{Bus, Message, StartPosition};
+
+/// Collects what the `fmt` subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn publish_handle_and_settle_spans_name_the_trace() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let bus = Bus::memory();
+    let (done, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let handler = bus
+        .handler("jobs.run")
+        .group("workers")
+        .start(StartPosition::Earliest)
+        .run(move |_job| {
+            let done = done.clone();
+            async move {
+                let _ = done.send(());
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let root = TraceParent::root();
+    bus.publish(
+        Message::json("jobs.run", &1u8)
+            .unwrap()
+            .header("traceparent", root.to_string()),
+    )
+    .await
+    .unwrap();
+    handled.recv().await.unwrap();
+    handler.shutdown(Duration::from_secs(5)).await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let id = root.trace_id_hex();
+    for span in ["herald.publish", "herald.handle", "herald.settle"] {
+        assert!(
+            text.lines().any(|l| l.contains(span) && l.contains(&id)),
+            "{span} with trace {id} in:\n{text}"
+        );
+    }
+    assert!(text.contains("outcome=Acked"), "{text}");
+}
