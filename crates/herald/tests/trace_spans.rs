@@ -3,37 +3,19 @@
 //! process-wide, so a test on another thread without a subscriber could
 //! hide these spans from this one's.
 
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::Duration;
 
 use herald::trace::TraceParent;
 use herald::{Bus, Message, StartPosition};
 
 /// Collects what the `fmt` subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn publish_handle_and_settle_spans_name_the_trace() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = support::Captured::default();
+    let _guard = captured.install(tracing::Level::DEBUG);
 
     let bus = Bus::memory();
     let (done, mut handled) = tokio::sync::mpsc::unbounded_channel();
@@ -61,7 +43,7 @@ async fn publish_handle_and_settle_spans_name_the_trace() {
     handled.recv().await.unwrap();
     handler.shutdown(Duration::from_secs(5)).await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let id = root.trace_id_hex();
     for span in ["herald.publish", "herald.handle", "herald.settle"] {
         assert!(
