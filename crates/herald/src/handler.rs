@@ -455,6 +455,9 @@ impl Runtime {
             parent_span_id = trace.map(|t| format!("{:016x}", t.span_id())).as_deref(),
             outcome = tracing::field::Empty,
         );
+        if let (Some(p), Some(t)) = (crate::trace::propagator(), trace) {
+            p.continue_span(&span, t);
+        }
         let run = context
             .scope(catch_panic(
                 || format!("handler of `{}`", env.topic()),

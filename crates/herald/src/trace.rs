@@ -12,7 +12,10 @@
 //!
 //! The `tracing` spans that carry the ids (`herald.publish`,
 //! `herald.handle`, `herald.settle`) are opened by the bus and the handler
-//! runtime; this module does not open spans or export anything.
+//! runtime; this module does not open spans or export anything. A
+//! [`Propagator`] (`herald-otel` has the OpenTelemetry one) lets a tracing
+//! system give the parent at publish and adopt `herald.handle` spans into
+//! the handled event's trace.
 //!
 //! ```
 //! use herald::trace::TraceParent;
@@ -43,7 +46,42 @@ pub struct TraceParent {
     flags: u8,
 }
 
+/// Where herald meets a tracing system such as OpenTelemetry
+/// (`herald-otel` implements it): the trace context of the code that
+/// publishes, and making a handler's span continue the handled event's
+/// trace. Without one, herald continues traces through its own
+/// [`Context`] only.
+pub trait Propagator: Send + Sync + 'static {
+    /// The trace context of the caller (its current span), if it has one.
+    fn current(&self) -> Option<TraceParent>;
+
+    /// Make `span` (a handler's `herald.handle`) a child of `parent`.
+    fn continue_span(&self, span: &tracing::Span, parent: TraceParent);
+}
+
+static PROPAGATOR: std::sync::OnceLock<Box<dyn Propagator>> = std::sync::OnceLock::new();
+
+/// Use `propagator` for this process; `false` (and nothing changes) when
+/// one is already set.
+pub fn set_propagator(propagator: impl Propagator) -> bool {
+    PROPAGATOR.set(Box::new(propagator)).is_ok()
+}
+
+/// The process's propagator, if one is set.
+pub(crate) fn propagator() -> Option<&'static dyn Propagator> {
+    PROPAGATOR.get().map(|p| &**p)
+}
+
 impl TraceParent {
+    /// A trace context from its parts (ids must not be zero: `None` then).
+    pub fn new(trace_id: u128, span_id: u64, sampled: bool) -> Option<TraceParent> {
+        (trace_id != 0 && span_id != 0).then_some(TraceParent {
+            trace_id,
+            span_id,
+            flags: u8::from(sampled),
+        })
+    }
+
     /// A new trace (random ids), sampled.
     pub fn root() -> TraceParent {
         TraceParent {
@@ -171,9 +209,16 @@ pub(crate) fn inject(envelope: &mut Envelope, limits: &Limits) {
     if envelope.headers.contains_key(TRACEPARENT) {
         return;
     }
-    let tp = Context::current()
-        .and_then(|c| c.trace())
-        .map_or_else(TraceParent::root, |t| t.child());
+    // The caller's own span (through a propagator) is the parent when there
+    // is one; it already continues the handled event's trace.
+    let tp = propagator()
+        .and_then(|p| p.current())
+        .or_else(|| {
+            Context::current()
+                .and_then(|c| c.trace())
+                .map(|t| t.child())
+        })
+        .unwrap_or_else(TraceParent::root);
     let value = tp.header_value();
     if limits.has_room_for(&envelope.headers, TRACEPARENT, &value) {
         envelope.headers.insert(TRACEPARENT.to_owned(), value);
