@@ -8,7 +8,8 @@
 //! [`Propagator`](herald::trace::Propagator) over `tracing-opentelemetry`'s
 //! span contexts. Does not own the `tracing` subscriber, the tracer or the
 //! exporter (set up `tracing_opentelemetry::layer().with_tracer(…)` and an
-//! exporter such as OTLP as for any service): without that layer in the
+//! exporter as for any service, or use [`otlp`] with the `otlp` feature):
+//! without that layer in the
 //! subscriber, spans have no OpenTelemetry context and herald falls back to
 //! continuing traces by its own correlation context.
 //!
@@ -16,6 +17,9 @@
 //! // once, at start-up, beside the tracing-opentelemetry layer:
 //! herald_otel::install();
 //! ```
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use herald::trace::{Propagator, TraceParent};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
