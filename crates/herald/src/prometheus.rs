@@ -58,71 +58,67 @@ impl Collector for Collect {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut histograms: Family<crate::metrics::Histogram> = BTreeMap::new();
         for m in self.0.all() {
-            histograms
-                .entry(safe_name(m.name()))
-                .or_default()
-                .push((m.labels().to_vec(), m.histogram()));
+            add(
+                &mut histograms,
+                safe_name(m.name()),
+                m.labels(),
+                m.histogram(),
+            );
         }
         let mut counters: Family<u64> = BTreeMap::new();
         for c in self.0.counters() {
             let name = safe_name(c.name());
             let name = name.strip_suffix("_total").unwrap_or(&name).to_owned();
-            counters
-                .entry(name)
-                .or_default()
-                .push((c.labels().to_vec(), c.get()));
+            add(&mut counters, name, c.labels(), c.get());
         }
         let mut gauges: Family<f64> = BTreeMap::new();
         for g in self.0.gauges() {
-            gauges
-                .entry(safe_name(g.name()))
-                .or_default()
-                .push((g.labels().to_vec(), g.get()));
+            add(&mut gauges, safe_name(g.name()), g.labels(), g.get());
         }
 
         let bounds: Vec<f64> = BUCKETS.iter().copied().chain([f64::INFINITY]).collect();
-        for (name, series) in &histograms {
-            let mut family = encoder.encode_descriptor(name, "", None, MetricType::Histogram)?;
-            for (labels, h) in series {
-                let buckets: Vec<(f64, u64)> = bounds
-                    .iter()
-                    .copied()
-                    .zip(h.buckets.iter().copied())
-                    .collect();
-                let write = |e: &mut MetricEncoder| {
-                    e.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
-                };
-                if labels.is_empty() {
-                    write(&mut family)?;
-                } else {
-                    write(&mut family.encode_family(labels)?)?;
-                }
-            }
-        }
-        for (name, series) in &counters {
-            let mut family = encoder.encode_descriptor(name, "", None, MetricType::Counter)?;
-            for (labels, v) in series {
-                let write = |e: &mut MetricEncoder| e.encode_counter::<NoLabelSet, _, u64>(v, None);
-                if labels.is_empty() {
-                    write(&mut family)?;
-                } else {
-                    write(&mut family.encode_family(labels)?)?;
-                }
-            }
-        }
-        for (name, series) in &gauges {
-            let mut family = encoder.encode_descriptor(name, "", None, MetricType::Gauge)?;
-            for (labels, v) in series {
-                let write = |e: &mut MetricEncoder| e.encode_gauge(v);
-                if labels.is_empty() {
-                    write(&mut family)?;
-                } else {
-                    write(&mut family.encode_family(labels)?)?;
-                }
-            }
-        }
-        Ok(())
+        write(&mut encoder, &histograms, MetricType::Histogram, |e, h| {
+            let buckets: Vec<(f64, u64)> = bounds
+                .iter()
+                .copied()
+                .zip(h.buckets.iter().copied())
+                .collect();
+            e.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
+        })?;
+        write(&mut encoder, &counters, MetricType::Counter, |e, v| {
+            e.encode_counter::<NoLabelSet, _, u64>(v, None)
+        })?;
+        write(&mut encoder, &gauges, MetricType::Gauge, |e, v| {
+            e.encode_gauge(v)
+        })
     }
+}
+
+fn add<T>(families: &mut Family<T>, name: String, labels: &[(String, String)], value: T) {
+    families
+        .entry(name)
+        .or_default()
+        .push((labels.to_vec(), value));
+}
+
+/// Write each family of `kind`, each of its series through `value`.
+fn write<T>(
+    encoder: &mut DescriptorEncoder,
+    families: &Family<T>,
+    kind: MetricType,
+    value: impl Fn(&mut MetricEncoder, &T) -> fmt::Result,
+) -> fmt::Result {
+    for (name, series) in families {
+        let mut family = encoder.encode_descriptor(name, "", None, kind)?;
+        for (labels, v) in series {
+            if labels.is_empty() {
+                value(&mut family, v)?;
+            } else {
+                value(&mut family.encode_family(labels)?, v)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `name` with anything outside `[a-zA-Z0-9_:]` as `_`, not starting with a

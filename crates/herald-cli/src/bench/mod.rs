@@ -80,9 +80,18 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Print `report` as one JSON line on stdout.
-fn print_json(report: &impl Serialize) -> ExitCode {
-    match serde_json::to_string(report) {
+/// A store benchmark's outcome: its table (`table`, on stderr) and one
+/// JSON line on stdout, or its error.
+fn store_report<R: Serialize>(result: herald::Result<R>, table: impl FnOnce(&R)) -> ExitCode {
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald bench: {} ({})", e, e.code());
+            return ExitCode::FAILURE;
+        }
+    };
+    table(&report);
+    match serde_json::to_string(&report) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
@@ -153,104 +162,83 @@ pub fn main(args: Args) -> ExitCode {
         }
     };
     if let Some(Store::Postgres(url)) = &args.store {
-        return match runtime.block_on(postgres::run(url, args.check)) {
-            Ok(r) => {
-                eprintln!(
-                    "\nherald bench --store postgres ({} tasks, one transaction per publish or per {})\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw sqlx inserts\n\nsequencer: {:.0} events/s into the log\noutbox commit → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}   goal p50 ≤ 5, p99 ≤ 25\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
-                    postgres::TASKS,
-                    postgres::BATCH,
-                    "outbox publishes/s",
-                    "herald",
-                    "raw sqlx",
-                    "ratio",
-                    "one event per transaction",
-                    r.herald_single,
-                    r.raw_single,
-                    r.ratio_single,
-                    format!("{} events per transaction", postgres::BATCH),
-                    r.herald_batched,
-                    r.raw_batched,
-                    r.ratio_batched,
-                    r.sequenced_per_second,
-                    r.end_to_end.p50_us / 1000.0,
-                    r.end_to_end.p95_us / 1000.0,
-                    r.end_to_end.p99_us / 1000.0,
-                    r.end_to_end.max_us / 1000.0,
-                    r.group_drain_1,
-                    r.group_drain_4,
-                );
-                print_json(&r)
-            }
-            Err(e) => {
-                eprintln!("herald bench: {} ({})", e, e.code());
-                ExitCode::FAILURE
-            }
-        };
+        return store_report(runtime.block_on(postgres::run(url, args.check)), |r| {
+            eprintln!(
+                "\nherald bench --store postgres ({} tasks, one transaction per publish or per {})\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw sqlx inserts\n\nsequencer: {:.0} events/s into the log\noutbox commit → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}   goal p50 ≤ 5, p99 ≤ 25\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
+                postgres::TASKS,
+                postgres::BATCH,
+                "outbox publishes/s",
+                "herald",
+                "raw sqlx",
+                "ratio",
+                "one event per transaction",
+                r.herald_single,
+                r.raw_single,
+                r.ratio_single,
+                format!("{} events per transaction", postgres::BATCH),
+                r.herald_batched,
+                r.raw_batched,
+                r.ratio_batched,
+                r.sequenced_per_second,
+                r.end_to_end.p50_us / 1000.0,
+                r.end_to_end.p95_us / 1000.0,
+                r.end_to_end.p99_us / 1000.0,
+                r.end_to_end.max_us / 1000.0,
+                r.group_drain_1,
+                r.group_drain_4,
+            );
+        });
     }
     if let Some(Store::Nats(url)) = &args.store {
-        return match runtime.block_on(nats::run(url, args.check)) {
-            Ok(r) => {
-                eprintln!(
-                    "\nherald bench --store nats (JetStream, file storage)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.8 against raw async-nats, same acks\n\npublish → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
-                    "publishes/s",
-                    "herald",
-                    "raw",
-                    "ratio",
-                    "awaiting each ack",
-                    r.herald_sync,
-                    r.raw_sync,
-                    r.ratio_sync,
-                    format!("{} tasks × {} in flight", nats::TASKS, nats::BATCH),
-                    r.herald_pipelined,
-                    r.raw_pipelined,
-                    r.ratio_pipelined,
-                    r.end_to_end.p50_us / 1000.0,
-                    r.end_to_end.p95_us / 1000.0,
-                    r.end_to_end.p99_us / 1000.0,
-                    r.end_to_end.max_us / 1000.0,
-                    r.group_drain_1,
-                    r.group_drain_4,
-                );
-                print_json(&r)
-            }
-            Err(e) => {
-                eprintln!("herald bench: {} ({})", e, e.code());
-                ExitCode::FAILURE
-            }
-        };
+        return store_report(runtime.block_on(nats::run(url, args.check)), |r| {
+            eprintln!(
+                "\nherald bench --store nats (JetStream, file storage)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.8 against raw async-nats, same acks\n\npublish → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
+                "publishes/s",
+                "herald",
+                "raw",
+                "ratio",
+                "awaiting each ack",
+                r.herald_sync,
+                r.raw_sync,
+                r.ratio_sync,
+                format!("{} tasks × {} in flight", nats::TASKS, nats::BATCH),
+                r.herald_pipelined,
+                r.raw_pipelined,
+                r.ratio_pipelined,
+                r.end_to_end.p50_us / 1000.0,
+                r.end_to_end.p95_us / 1000.0,
+                r.end_to_end.p99_us / 1000.0,
+                r.end_to_end.max_us / 1000.0,
+                r.group_drain_1,
+                r.group_drain_4,
+            );
+        });
     }
     if let Some(Store::Sqlite(path)) = &args.store {
-        return match runtime.block_on(sqlite::run(path, args.check)) {
-            Ok(r) => {
-                eprintln!(
-                    "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n\npublish → durable group member (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
-                    sqlite::TASKS,
-                    "appends/s",
-                    "herald",
-                    "raw SQL",
-                    "ratio",
-                    "single publishes (1 row/commit raw)",
-                    r.herald_single,
-                    r.raw_single,
-                    r.ratio_single,
-                    format!("batches of {}", sqlite::BATCH),
-                    r.herald_batched,
-                    r.raw_batched,
-                    r.ratio_batched,
-                    r.end_to_end.p50_us,
-                    r.end_to_end.p95_us,
-                    r.end_to_end.p99_us,
-                    r.end_to_end.max_us,
-                    r.group_drain_1,
-                    r.group_drain_4,
-                );
-                print_json(&r)
-            }
-            Err(e) => {
-                eprintln!("herald bench: {} ({})", e, e.code());
-                ExitCode::FAILURE
-            }
-        };
+        return store_report(runtime.block_on(sqlite::run(path, args.check)), |r| {
+            eprintln!(
+                "\nherald bench --store sqlite (WAL, synchronous=FULL, {} tasks)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.7 against raw SQL at the same durability\n\npublish → durable group member (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
+                sqlite::TASKS,
+                "appends/s",
+                "herald",
+                "raw SQL",
+                "ratio",
+                "single publishes (1 row/commit raw)",
+                r.herald_single,
+                r.raw_single,
+                r.ratio_single,
+                format!("batches of {}", sqlite::BATCH),
+                r.herald_batched,
+                r.raw_batched,
+                r.ratio_batched,
+                r.end_to_end.p50_us,
+                r.end_to_end.p95_us,
+                r.end_to_end.p99_us,
+                r.end_to_end.max_us,
+                r.group_drain_1,
+                r.group_drain_4,
+            );
+        });
     }
     match runtime.block_on(run(&args)) {
         Ok(report) => {
