@@ -272,9 +272,107 @@ pub fn in_range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
-/// The variable `key`, when set and non-empty.
+/// Where an effective setting came from (see [`origin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag (see [`set_command_line`]).
+    CommandLine,
+    /// The process environment.
+    Env,
+    /// The configuration file at this path (see [`set_file_values`]).
+    File(String),
+    /// Nothing set it: the documented default (or the running program's,
+    /// see [`set_defaults`]) applies.
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::CommandLine => f.write_str("command line"),
+            Origin::Env => f.write_str("environment"),
+            Origin::File(path) => write!(f, "file {path}"),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+type Values = std::collections::BTreeMap<String, String>;
+
+/// The layers beside the environment, under their `HERALD_*` keys.
+struct Layers {
+    command_line: Values,
+    file: Option<(String, Values)>,
+    defaults: Values,
+}
+
+static LAYERS: parking_lot::RwLock<Layers> = parking_lot::RwLock::new(Layers {
+    command_line: Values::new(),
+    file: None,
+    defaults: Values::new(),
+});
+
+/// Install the values a configuration file gave (a `herald.toml`, flattened
+/// by its reader into `HERALD_*` keys) beneath the environment: from now on
+/// [`env`], and so every component's `from_env`, reads a key from the
+/// environment when it is set there and from these values otherwise.
+/// Replaces any file installed before.
+///
+/// ```
+/// use herald::config::{self, Origin};
+/// config::set_file_values("herald.toml", [("HERALD_DOC_FILE_KEY".into(), "7".into())]);
+/// assert_eq!(config::env("HERALD_DOC_FILE_KEY").as_deref(), Some("7"));
+/// assert_eq!(config::origin("HERALD_DOC_FILE_KEY"), Origin::File("herald.toml".into()));
+/// ```
+pub fn set_file_values(
+    path: impl Into<String>,
+    values: impl IntoIterator<Item = (String, String)>,
+) {
+    LAYERS.write().file = Some((path.into(), values.into_iter().collect()));
+}
+
+/// Install command-line flags' values above the environment (a program's
+/// `--store` over `HERALD_STORE`, say).
+pub fn set_command_line(values: impl IntoIterator<Item = (String, String)>) {
+    LAYERS.write().command_line.extend(values);
+}
+
+/// Install the running program's own defaults beneath everything else
+/// (where they differ from the library's, as `herald serve`'s store does).
+pub fn set_defaults(values: impl IntoIterator<Item = (String, String)>) {
+    LAYERS.write().defaults.extend(values);
+}
+
+/// `key`'s effective value and where it came from: command line, then
+/// environment, then file, then the program's defaults. Empty values count
+/// as unset.
+fn lookup(key: &str) -> Option<(String, Origin)> {
+    let set = |v: Option<&String>| v.filter(|v| !v.is_empty()).cloned();
+    let layers = LAYERS.read();
+    if let Some(v) = set(layers.command_line.get(key)) {
+        return Some((v, Origin::CommandLine));
+    }
+    if let Some(v) = std::env::var(key).ok().filter(|v| !v.is_empty()) {
+        return Some((v, Origin::Env));
+    }
+    if let Some((path, values)) = &layers.file {
+        if let Some(v) = set(values.get(key)) {
+            return Some((v, Origin::File(path.clone())));
+        }
+    }
+    set(layers.defaults.get(key)).map(|v| (v, Origin::Default))
+}
+
+/// Where `key`'s effective value comes from.
+pub fn origin(key: &str) -> Origin {
+    lookup(key).map_or(Origin::Default, |(_, origin)| origin)
+}
+
+/// The setting `key`, when set and non-empty: from the command line, the
+/// environment, the configuration file or the program's defaults, in that
+/// order (see [`set_file_values`]).
 pub fn env(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.is_empty())
+    lookup(key).map(|(v, _)| v)
 }
 
 /// The variable `key` parsed, when set; a value that does not parse is an error

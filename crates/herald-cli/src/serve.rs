@@ -1,0 +1,127 @@
+//! `herald serve`: the gateway on the configured store.
+//!
+//! Owns the order settings are read in — the program's defaults (the
+//! embedded store under `./herald-data`), then `herald.toml` (or
+//! `--config`), then `HERALD_*` variables, then flags — opening the store,
+//! and running `herald_server::Server` until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use herald::{Bus, Config, Result};
+use herald_server::{config, ServerConfig};
+
+/// Options of `herald serve`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  herald serve                                  # SQLite under ./herald-data, 127.0.0.1:7070
+  herald serve --store postgres://localhost/app
+  herald serve --store nats://127.0.0.1:4222 --listen 0.0.0.0:7070 --config herald.toml
+  herald serve --print-config                   # every setting, its value and origin")]
+pub struct Args {
+    /// The TOML configuration file (default: ./herald.toml when it exists).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The store URL (HERALD_STORE): sqlite://PATH, postgres://…, nats://…, memory://.
+    #[arg(long)]
+    store: Option<String>,
+    /// host:port to listen on (HERALD_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Print the effective configuration and where each value came from, then exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Install the settings' layers; see the module.
+pub fn configure(args: &Args) -> Result<()> {
+    herald::config::set_defaults([("HERALD_STORE".to_owned(), config::DEFAULT_STORE.to_owned())]);
+    let file = args.config.clone().or_else(|| {
+        let default = PathBuf::from("herald.toml");
+        default.exists().then_some(default)
+    });
+    if let Some(path) = file {
+        config::load_file(&path)?;
+    }
+    let flags = [
+        ("HERALD_STORE", &args.store),
+        ("HERALD_LISTEN", &args.listen),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.clone().map(|v| (k.to_owned(), v)));
+    herald::config::set_command_line(flags);
+    Ok(())
+}
+
+pub fn main(args: Args) -> ExitCode {
+    if let Err(e) = configure(&args) {
+        return crate::exit::fail(&e);
+    }
+    if args.print_config {
+        print!("{}", config::describe());
+        return match ServerConfig::from_env().and_then(|_| Config::from_env()) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => crate::exit::fail(&e),
+        };
+    }
+    crate::logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return crate::exit::fail(&herald::Error::internal(format!("runtime: {e}"))),
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::exit::fail(&e),
+    }
+}
+
+async fn run() -> Result<()> {
+    let server_config = ServerConfig::from_env()?;
+    let bus_config = Config::from_env()?;
+    if let Some(path) = server_config.store.strip_prefix("sqlite://") {
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                herald::config::invalid(
+                    "HERALD_STORE",
+                    &server_config.store,
+                    &format!("a path whose directory can be created ({e})"),
+                )
+            })?;
+        }
+    }
+    let store = herald_store::Store::from_env().await?;
+    let bus = Bus::builder()
+        .config(bus_config)
+        .transport(store.transport())
+        .build()?;
+    let server = herald_server::Server::new(bus, server_config, store.kind());
+    server.serve(shutdown_signal()).await
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,454 @@
+//! The server's settings, and `herald.toml`.
+//!
+//! Owns [`ServerConfig`] (listen address, store, tokens, TLS, connection,
+//! subscription, rate and size limits, shutdown grace), its `HERALD_*` keys
+//! and their validation (DESIGN.md §9), and [`load_file`], which reads a
+//! `herald.toml` and installs it beneath the environment for every
+//! component's `from_env` (`herald::config::set_file_values`). [`KEYS`]
+//! lists every key herald reads, so the file is checked for typos and
+//! `herald serve --print-config` can show each effective value and where it
+//! came from. Does not own the bus's or the stores' settings (their own
+//! `Config`s), only their listing.
+//!
+//! In the file, `key = value` at the top is `HERALD_KEY`, `[pg] schema = …`
+//! is `HERALD_PG_SCHEMA`, and `[[tokens]]` tables are `HERALD_TOKENS` (in the
+//! environment, the same list as JSON).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herald::config::{env, env_parse, in_range, invalid, seconds};
+use herald::Result;
+
+use crate::auth::{Grant, Tokens};
+
+/// Where `herald serve` listens by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// The store `herald serve` opens by default: SQLite under `./herald-data`.
+pub const DEFAULT_STORE: &str = "sqlite://herald-data/herald.db";
+/// Default connection limit (`HERALD_MAX_CONNECTIONS`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default subscriptions per WebSocket (`HERALD_MAX_SUBSCRIPTIONS`).
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
+/// Default requests per second per caller (`HERALD_RATE_LIMIT`; 0 is off).
+pub const DEFAULT_RATE_LIMIT: u32 = 10_000;
+/// Default events in one publish request (`HERALD_MAX_BATCH`).
+pub const DEFAULT_MAX_BATCH: usize = 1_000;
+/// Default request body limit (`HERALD_MAX_REQUEST_BYTES`).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Default frames queued for one WebSocket (`HERALD_WS_BUFFER`).
+pub const DEFAULT_WS_BUFFER: usize = 1_024;
+/// Default time in-flight work gets at shutdown (`HERALD_SHUTDOWN_TIMEOUT`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every key herald reads: (key, default, allowed).
+pub const KEYS: &[(&str, &str, &str)] = &[
+    (
+        "HERALD_STORE",
+        DEFAULT_STORE,
+        "memory://, sqlite://PATH, postgres://…, nats://…",
+    ),
+    (
+        "HERALD_LISTEN",
+        DEFAULT_LISTEN,
+        "host:port; not loopback only with tokens",
+    ),
+    (
+        "HERALD_TOKENS",
+        "none (open, loopback only)",
+        "[[tokens]] tables; JSON list in the environment",
+    ),
+    (
+        "HERALD_TLS_CERT",
+        "none",
+        "PEM certificate chain file (with HERALD_TLS_KEY)",
+    ),
+    (
+        "HERALD_TLS_KEY",
+        "none",
+        "PEM private key file (with HERALD_TLS_CERT)",
+    ),
+    ("HERALD_MAX_CONNECTIONS", "10000", "1–1000000"),
+    ("HERALD_MAX_SUBSCRIPTIONS", "100", "1–10000 per WebSocket"),
+    (
+        "HERALD_RATE_LIMIT",
+        "10000",
+        "0 (off)–1000000 requests/s per caller",
+    ),
+    (
+        "HERALD_MAX_BATCH",
+        "1000",
+        "1–100000 events per publish request",
+    ),
+    ("HERALD_MAX_REQUEST_BYTES", "16777216", "1024–1073741824"),
+    ("HERALD_WS_BUFFER", "1024", "1–1000000 frames per WebSocket"),
+    ("HERALD_SHUTDOWN_TIMEOUT", "30 (s)", "1–3600"),
+    (
+        "HERALD_SOURCE",
+        "the executable's name",
+        "1–1024 chars, no control characters",
+    ),
+    ("HERALD_ENVIRONMENT", "local", "[a-z0-9_-]+"),
+    ("HERALD_TIMEOUT_SECONDS", "30", "1–300"),
+    ("HERALD_MAX_PAYLOAD_BYTES", "1048576", "1024–67108864"),
+    ("HERALD_MAX_HEADERS", "64", "0–1024"),
+    ("HERALD_MAX_HEADER_BYTES", "16384", "0–1048576"),
+    ("HERALD_SUBSCRIPTION_BUFFER", "1024", "1–1000000"),
+    ("HERALD_START_POSITION", "latest", "earliest, latest"),
+    ("HERALD_ACK_WAIT", "30 (s)", "1–3600"),
+    ("HERALD_HISTORY_SIZE", "1000", "0–1000000"),
+    ("HERALD_MAX_DELIVER", "5", "1–1000"),
+    ("HERALD_MAX_RETRY_ATTEMPTS", "3", "0–10"),
+    ("HERALD_RETRY_BACKOFF_BASE", "1.0 (s)", "0.001–60"),
+    ("HERALD_RETRY_MAX_DELAY", "60 (s)", ">= base, <= 3600"),
+    ("HERALD_CIRCUIT_BREAKER_THRESHOLD", "5", "1–100"),
+    ("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", "30 (s)", "1–3600"),
+    ("HERALD_DEDUPE_WINDOW", "120 (s)", "0–604800"),
+    ("HERALD_POLL_INTERVAL", "0.5 (s)", "0.01–10"),
+    ("HERALD_RETENTION_MAX_AGE", "keep all", "1 s – 100 years"),
+    ("HERALD_RETENTION_MAX_EVENTS", "keep all", ">= 1"),
+    ("HERALD_SQLITE_SYNCHRONOUS", "full", "full, normal"),
+    (
+        "HERALD_PG_SCHEMA",
+        "herald",
+        "[a-z_][a-z0-9_]*, <= 49 bytes",
+    ),
+    ("HERALD_PG_POOL_SIZE", "10", "4–1000"),
+    (
+        "HERALD_NATS_PREFIX",
+        "herald.<environment>",
+        "dot-separated tokens, <= 64 bytes",
+    ),
+    ("HERALD_NATS_STORAGE", "file", "file, memory"),
+    ("HERALD_NATS_REPLICAS", "1", "1–5"),
+    ("HERALD_NATS_MAX_BYTES", "unbounded", ">= 1024"),
+];
+
+/// `herald serve`'s settings. Build in code or read with [`ServerConfig::from_env`]
+/// (the environment over `herald.toml`, see [`load_file`]).
+///
+/// ```
+/// use herald_server::ServerConfig;
+/// let cfg = ServerConfig::default();
+/// assert_eq!(cfg.listen.to_string(), "127.0.0.1:7070");
+/// cfg.validate().unwrap();
+/// let open_to_all = ServerConfig { listen: "0.0.0.0:7070".parse().unwrap(), ..ServerConfig::default() };
+/// assert!(open_to_all.validate().unwrap_err().to_string().contains("HERALD_LISTEN"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The store URL.
+    pub store: String,
+    /// API tokens; none means open, loopback only.
+    pub tokens: Tokens,
+    /// TLS certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connections served at once; more are answered 503 `BACKPRESSURE`.
+    pub max_connections: usize,
+    /// Subscriptions one WebSocket may hold.
+    pub max_subscriptions: usize,
+    /// Requests per second per caller (token, or client address when
+    /// open); 0 turns the limit off.
+    pub rate_limit: u32,
+    /// Events in one publish request.
+    pub max_batch: usize,
+    /// Bytes in one request body.
+    pub max_request_bytes: usize,
+    /// Frames queued for one WebSocket before its slow-client policy applies.
+    pub ws_buffer: usize,
+    /// How long in-flight work gets to finish at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("a socket address"),
+            store: DEFAULT_STORE.into(),
+            tokens: Tokens::default(),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            ws_buffer: DEFAULT_WS_BUFFER,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Defaults overridden by the `HERALD_*` settings that are set, validated.
+    pub fn from_env() -> Result<Self> {
+        let mut c = ServerConfig::default();
+        if let Some(v) = env("HERALD_LISTEN") {
+            c.listen = v
+                .parse()
+                .map_err(|_| invalid("HERALD_LISTEN", &v, "host:port, e.g. 127.0.0.1:7070"))?;
+        }
+        if let Some(v) = env("HERALD_STORE") {
+            c.store = v;
+        }
+        if let Some(v) = env("HERALD_TOKENS") {
+            let grants: Vec<Grant> = serde_json::from_str(&v).map_err(|e| {
+                invalid(
+                    "HERALD_TOKENS",
+                    "(not shown)",
+                    &format!("a JSON list of tokens ({e})"),
+                )
+            })?;
+            c.tokens = Tokens::new(grants)?;
+        }
+        match (env("HERALD_TLS_CERT"), env("HERALD_TLS_KEY")) {
+            (Some(cert), Some(key)) => c.tls = Some((cert.into(), key.into())),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "HERALD_TLS_KEY",
+                    "unset",
+                    "a PEM key file, since HERALD_TLS_CERT is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "HERALD_TLS_CERT",
+                    "unset",
+                    "a PEM certificate file, since HERALD_TLS_KEY is set",
+                ))
+            }
+        }
+        if let Some(v) = env_parse("HERALD_MAX_CONNECTIONS")? {
+            c.max_connections = v;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_SUBSCRIPTIONS")? {
+            c.max_subscriptions = v;
+        }
+        if let Some(v) = env_parse("HERALD_RATE_LIMIT")? {
+            c.rate_limit = v;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_BATCH")? {
+            c.max_batch = v;
+        }
+        if let Some(v) = env_parse("HERALD_MAX_REQUEST_BYTES")? {
+            c.max_request_bytes = v;
+        }
+        if let Some(v) = env_parse("HERALD_WS_BUFFER")? {
+            c.ws_buffer = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_SHUTDOWN_TIMEOUT")? {
+            c.shutdown_timeout = seconds("HERALD_SHUTDOWN_TIMEOUT", v)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every value against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "HERALD_LISTEN",
+                self.listen,
+                "a loopback address while no tokens are configured (HERALD_TOKENS)",
+            ));
+        }
+        in_range("HERALD_MAX_CONNECTIONS", self.max_connections, 1, 1_000_000)?;
+        in_range(
+            "HERALD_MAX_SUBSCRIPTIONS",
+            self.max_subscriptions,
+            1,
+            10_000,
+        )?;
+        in_range("HERALD_RATE_LIMIT", self.rate_limit, 0, 1_000_000)?;
+        in_range("HERALD_MAX_BATCH", self.max_batch, 1, 100_000)?;
+        in_range(
+            "HERALD_MAX_REQUEST_BYTES",
+            self.max_request_bytes,
+            1024,
+            1 << 30,
+        )?;
+        in_range("HERALD_WS_BUFFER", self.ws_buffer, 1, 1_000_000)?;
+        in_range(
+            "HERALD_SHUTDOWN_TIMEOUT",
+            self.shutdown_timeout.as_secs_f64(),
+            1.0,
+            3600.0,
+        )?;
+        Ok(())
+    }
+}
+
+/// Read `path` (TOML) and install its values beneath the environment, so
+/// every `from_env` sees them. A key herald does not know, or a value that
+/// is not a string, number or boolean, is a `VALIDATION` error naming it.
+pub fn load_file(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "--config",
+            path.display(),
+            &format!("a readable TOML file ({e})"),
+        )
+    })?;
+    let values = flatten(&text)
+        .map_err(|e| herald::Error::validation(format!("{}: {}", path.display(), e.message())))?;
+    herald::config::set_file_values(path.display().to_string(), values);
+    Ok(())
+}
+
+/// `herald.toml` text as `HERALD_*` keys and their values.
+pub fn flatten(text: &str) -> Result<Vec<(String, String)>> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| herald::Error::validation(format!("not TOML: {e}")))?;
+    let mut out = Vec::new();
+    for (name, value) in &table {
+        if name == "tokens" {
+            let json = serde_json::to_string(value)
+                .map_err(|e| herald::Error::validation(format!("tokens: {e}")))?;
+            out.push(("HERALD_TOKENS".to_owned(), json));
+            continue;
+        }
+        match value {
+            toml::Value::Table(inner) => {
+                for (k, v) in inner {
+                    out.push((key_of(&format!("{name}_{k}"))?, scalar(name, k, v)?));
+                }
+            }
+            v => out.push((key_of(name)?, scalar("", name, v)?)),
+        }
+    }
+    Ok(out)
+}
+
+fn key_of(name: &str) -> Result<String> {
+    let key = format!("HERALD_{}", name.to_ascii_uppercase().replace('-', "_"));
+    if KEYS.iter().any(|(k, _, _)| *k == key) {
+        Ok(key)
+    } else {
+        Err(herald::Error::validation(format!(
+            "unknown setting `{name}` ({key}); `herald serve --print-config` lists them"
+        )))
+    }
+}
+
+fn scalar(table: &str, name: &str, v: &toml::Value) -> Result<String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err(herald::Error::validation(format!(
+            "setting `{}{name}` must be a string, number or boolean",
+            if table.is_empty() {
+                String::new()
+            } else {
+                format!("{table}.")
+            }
+        ))),
+    }
+}
+
+/// Each key's effective value (secrets hidden) and its origin, one per
+/// line, for `--print-config`.
+pub fn describe() -> String {
+    let mut out = String::new();
+    for (key, default, allowed) in KEYS {
+        let origin = herald::config::origin(key);
+        let value = match env(key) {
+            None => default.to_string(),
+            Some(_) if *key == "HERALD_TOKENS" => "(set, not shown)".to_owned(),
+            Some(v) => herald::config::redact(&v),
+        };
+        out.push_str(&format!("{key}={value}  # {origin}; allowed: {allowed}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald::ErrorCode;
+
+    #[test]
+    fn the_file_flattens_to_herald_keys() {
+        let v = flatten(
+            r#"
+            store = "postgres://h/db"
+            max_connections = 5
+            [pg]
+            schema = "app"
+            [[tokens]]
+            name = "ci"
+            sha256 = "00"
+            publish = ["a.>"]
+            "#,
+        )
+        .unwrap();
+        let get = |k: &str| v.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(get("HERALD_STORE").as_deref(), Some("postgres://h/db"));
+        assert_eq!(get("HERALD_MAX_CONNECTIONS").as_deref(), Some("5"));
+        assert_eq!(get("HERALD_PG_SCHEMA").as_deref(), Some("app"));
+        let tokens: Vec<Grant> = serde_json::from_str(&get("HERALD_TOKENS").unwrap()).unwrap();
+        assert_eq!(tokens[0].publish, vec!["a.>".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_validation_errors() {
+        let e = flatten("max_conections = 5").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Validation);
+        assert!(e.to_string().contains("max_conections"), "{e}");
+        assert_eq!(
+            flatten("store = ").unwrap_err().code(),
+            ErrorCode::Validation
+        );
+        let e = flatten("store = [1, 2]").unwrap_err();
+        assert!(e.to_string().contains("store"), "{e}");
+    }
+
+    #[test]
+    fn ranges_are_checked_and_named() {
+        for (c, key) in [
+            (
+                ServerConfig {
+                    max_connections: 0,
+                    ..Default::default()
+                },
+                "HERALD_MAX_CONNECTIONS",
+            ),
+            (
+                ServerConfig {
+                    max_batch: 0,
+                    ..Default::default()
+                },
+                "HERALD_MAX_BATCH",
+            ),
+            (
+                ServerConfig {
+                    ws_buffer: 0,
+                    ..Default::default()
+                },
+                "HERALD_WS_BUFFER",
+            ),
+            (
+                ServerConfig {
+                    max_request_bytes: 10,
+                    ..Default::default()
+                },
+                "HERALD_MAX_REQUEST_BYTES",
+            ),
+            (
+                ServerConfig {
+                    shutdown_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "HERALD_SHUTDOWN_TIMEOUT",
+            ),
+        ] {
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The gateway's error body and the HTTP status of each error code.
+//!
+//! Owns [`ApiError`]: every failure a client sees — a herald error from the
+//! bus, a request the gateway refuses, an unknown route — becomes one JSON
+//! body `{"code": "...", "message": "..."}` whose `code` is one of DESIGN.md
+//! §5's stable codes, with the status [`status_of`] maps it to. Does not own
+//! the codes themselves (`herald::ErrorCode`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald::{Error, ErrorCode};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// One of `VALIDATION`, `BACKPRESSURE`, `NOT_FOUND`, `TIMEOUT`,
+    /// `UNAVAILABLE`, `DUPLICATE`, `UNAUTHORIZED`, `FORBIDDEN`, `INTERNAL`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Whether the same request may succeed if tried again.
+    pub retryable: bool,
+}
+
+/// An error on its way to the client: a code, a message and the HTTP status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    retryable: bool,
+}
+
+/// The status a code gets when nothing more specific applies: `VALIDATION`
+/// 400, `UNAUTHORIZED` 401, `FORBIDDEN` 403, `NOT_FOUND` 404, `DUPLICATE`
+/// 409, `BACKPRESSURE` 429, `INTERNAL` 500, `UNAVAILABLE` 503, `TIMEOUT` 504.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Validation => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Duplicate => StatusCode::CONFLICT,
+        ErrorCode::Backpressure => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    /// An error with `code`'s usual status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status: status_of(code),
+            code,
+            message: message.into(),
+            retryable: matches!(
+                code,
+                ErrorCode::Backpressure | ErrorCode::Timeout | ErrorCode::Unavailable
+            ),
+        }
+    }
+
+    /// The same error with another status (413 for an oversize body, say).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// A `VALIDATION` error.
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Validation, message)
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The body this error is sent as.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.as_str().to_owned(),
+            message: self.message.clone(),
+            retryable: self.retryable,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let mut api = ApiError::new(e.code(), e.message());
+        api.retryable = e.retryable();
+        api
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// What handlers return.
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_distinct_meaningful_status() {
+        let codes = [
+            ErrorCode::Validation,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Duplicate,
+            ErrorCode::Backpressure,
+            ErrorCode::Timeout,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ];
+        let statuses: std::collections::BTreeSet<u16> =
+            codes.iter().map(|c| status_of(*c).as_u16()).collect();
+        assert_eq!(statuses.len(), codes.len());
+        assert_eq!(status_of(ErrorCode::Unauthorized), StatusCode::UNAUTHORIZED);
+        assert_eq!(status_of(ErrorCode::Forbidden), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn a_herald_error_keeps_its_code_and_retryable_verdict() {
+        let e: ApiError = Error::new(ErrorCode::Unavailable, "store down").into();
+        let body = e.body();
+        assert_eq!(body.code, "UNAVAILABLE");
+        assert!(body.retryable);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,169 @@
+//! `herald serve`: herald over HTTP for any language, and for operators.
+//!
+//! Owns the gateway in front of a [`herald::Bus`]: the HTTP API (publish,
+//! call, dead letters, health, `/metrics`), its OpenAPI document, API
+//! tokens and limits, the listener (connection limit, TLS) and graceful
+//! shutdown. Does not own any semantics of events: everything goes through
+//! the bus, so the gateway behaves the same on every store.
+//!
+//! ```no_run
+//! # async fn run() -> herald::Result<()> {
+//! use herald_server::{Server, ServerConfig};
+//! let bus = herald::Bus::memory();
+//! let server = Server::new(bus, ServerConfig::default(), "memory");
+//! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: `config` (settings, `herald.toml`), `auth` (tokens and
+//! permissions), `state` (shared state, the auth and rate-limit
+//! middleware), `extract` (strict request decoding), `message` (what
+//! clients publish), `publish`, `dead_letters`, `health` (the routes),
+//! `openapi`, `listener`, `error`.
+
+pub mod auth;
+pub mod config;
+pub mod dead_letters;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod listener;
+pub mod message;
+pub mod openapi;
+pub mod publish;
+pub mod state;
+
+use std::future::Future;
+
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use herald::{Bus, ErrorCode, Result};
+use tokio::net::TcpListener;
+
+pub use config::ServerConfig;
+pub use error::{ApiError, ErrorBody};
+use state::AppState;
+
+/// Where WebSocket clients connect.
+pub const WS_PATH: &str = "/v1/ws";
+
+/// The gateway: a bus, its settings, and the routes in front of it.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// A server in front of `bus`; `store_kind` names its store in health
+    /// answers (`sqlite`, `postgres`, `nats`, `memory`).
+    pub fn new(bus: Bus, config: ServerConfig, store_kind: &'static str) -> Self {
+        Server {
+            state: AppState::new(bus, config, store_kind),
+        }
+    }
+
+    /// The routes, for tests or for mounting inside another axum app (which
+    /// must serve with `ConnectInfo<listener::Peer>`).
+    pub fn router(&self) -> Router {
+        let limit = self.state.config.max_request_bytes;
+        let api = Router::new()
+            .route("/v1/topics/{topic}/events", post(publish::publish))
+            .route("/v1/commands/{topic}", post(publish::call))
+            .route("/v1/dead-letters", get(dead_letters::list))
+            .route("/v1/dead-letters/replay", post(dead_letters::replay))
+            .route("/v1/dead-letters/purge", post(dead_letters::purge))
+            .route(
+                "/v1/dead-letters/{id}",
+                get(dead_letters::show).delete(dead_letters::purge_one),
+            )
+            .route(
+                "/v1/dead-letters/{id}/replay",
+                post(dead_letters::replay_one),
+            )
+            .route("/metrics", get(health::metrics))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                state::authorize,
+            ));
+        Router::new()
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+            .merge(api)
+            .fallback(|| async {
+                ApiError::new(ErrorCode::NotFound, "no such route; see /openapi.json")
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::validation("method not allowed on this route; see /openapi.json")
+                    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+            })
+            .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .with_state(self.state.clone())
+    }
+
+    /// Bind the configured address and serve until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let addr = self.state.config.listen;
+        let tcp = TcpListener::bind(addr).await.map_err(|e| {
+            herald::Error::new(
+                ErrorCode::Unavailable,
+                format!("cannot listen on {addr}: {e}"),
+            )
+        })?;
+        self.serve_on(tcp, shutdown).await
+    }
+
+    /// Serve on `tcp` until `shutdown` completes: then readiness fails,
+    /// no new connections are taken, requests in flight get up to
+    /// `HERALD_SHUTDOWN_TIMEOUT` to finish, and the bus closes (flushing
+    /// and committing what it holds).
+    pub async fn serve_on(
+        self,
+        tcp: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let config = self.state.config.clone();
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(listener::tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = listener::Listener::new(tcp, config.max_connections, tls)
+            .map_err(|e| herald::Error::internal(format!("listener: {e}")))?;
+        let local = axum::serve::Listener::local_addr(&listener)
+            .map_err(|e| herald::Error::internal(format!("listener: {e}")))?;
+        if config.tokens.is_empty() {
+            tracing::warn!(%local, "no API tokens configured: open to every local client, listening on loopback only");
+        }
+        tracing::info!(%local, tls = config.tls.is_some(), store = self.state.store_kind, "herald serving");
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let state = self.state.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            state.start_draining();
+            let _ = drain_tx.send(true);
+        };
+        let app = self.router();
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<listener::Peer>(),
+        )
+        .with_graceful_shutdown(signal);
+        let served = tokio::spawn(async move { serve.await });
+        let mut served = served;
+        let mut drained = drain_rx;
+        tokio::select! {
+            r = &mut served => r.map_err(|e| herald::Error::internal(format!("server task: {e}")))?
+                .map_err(|e| herald::Error::internal(format!("server: {e}")))?,
+            _ = drained.wait_for(|d| *d) => {
+                if tokio::time::timeout(config.shutdown_timeout, &mut served).await.is_err() {
+                    tracing::warn!("requests still in flight after HERALD_SHUTDOWN_TIMEOUT; closing anyway");
+                    served.abort();
+                }
+            }
+        }
+        self.state.bus.close().await?;
+        tracing::info!("herald stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! What every request handler shares, and the per-request gatekeeping.
+//!
+//! Owns [`AppState`] (the bus, the server's config, the rate limiter, the
+//! shutdown flag) and the [`authorize`] middleware: it resolves the caller
+//! from `Authorization: Bearer` (or `?token=` where a browser cannot send
+//! headers: the WebSocket and the admin page's live tail), answers
+//! `UNAUTHORIZED` for a missing or unknown token, then charges the caller's
+//! rate limit and answers `BACKPRESSURE` (429) over it. Handlers then check
+//! the permission their route needs with [`Caller::require`].
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use herald::{Bus, ErrorCode};
+
+use crate::auth::Caller;
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::listener::Peer;
+
+/// Shared by all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The bus the gateway fronts.
+    pub bus: Bus,
+    /// The server's settings.
+    pub config: Arc<ServerConfig>,
+    /// The store's kind (`sqlite`, `postgres`, …), for readiness and the admin page.
+    pub store_kind: &'static str,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State for `bus` under `config`.
+    pub fn new(bus: Bus, config: ServerConfig, store_kind: &'static str) -> Self {
+        let limiter = NonZeroU32::new(config.rate_limit)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n))));
+        AppState {
+            bus,
+            config: Arc::new(config),
+            store_kind,
+            limiter,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// From now on readiness fails, so load balancers stop sending work.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The token a request presents: `Authorization: Bearer …`, else (only on
+/// the WebSocket, which browsers open without headers) `token=` in the
+/// query string.
+fn presented(headers: &HeaderMap, path: &str, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    if path != crate::WS_PATH {
+        return None;
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(|t| t.to_owned())
+}
+
+/// Resolve the caller and charge its rate limit; see the module.
+pub async fn authorize(
+    State(state): State<AppState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let secret = presented(req.headers(), req.uri().path(), req.uri().query());
+    let caller = match state.config.tokens.caller(secret.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(limiter) = &state.limiter {
+        let key = match &caller {
+            Caller::Open => peer.ip().to_string(),
+            c => c.name().to_owned(),
+        };
+        if limiter.check_key(&key).is_err() {
+            return ApiError::new(
+                ErrorCode::Backpressure,
+                format!(
+                    "rate limit of {} requests/s exceeded (HERALD_RATE_LIMIT)",
+                    state.config.rate_limit
+                ),
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
