@@ -1,12 +1,22 @@
 //! The `herald` command-line tool.
 //!
 //! Owns argument parsing and dispatch to subcommands; each subcommand lives
-//! in its own module (`bench`, `serve`, `token`); `exit` maps herald's error
-//! codes to exit codes.
+//! in its own module (`bench`, `serve`, `token`, `publish`, `tail`,
+//! `replay`, `inspect` for topics and groups, `dlq`, `call`); `client` is
+//! where they act (a server or a store), `exit` maps herald's error codes to
+//! exit codes, `progress` draws progress bars.
 
 mod bench;
+mod call;
+mod client;
+mod dlq;
 mod exit;
+mod inspect;
+mod progress;
+mod publish;
+mod replay;
 mod serve;
+mod tail;
 mod token;
 
 use std::process::ExitCode;
@@ -32,6 +42,36 @@ enum Command {
     Serve(serve::Args),
     /// Make an API token: a new secret and its `[[tokens]]` table for herald.toml.
     Token(token::Args),
+    /// Publish events from arguments, a file, or NDJSON on stdin.
+    Publish(publish::Args),
+    /// Follow a topic pattern live.
+    Tail(tail::Args),
+    /// Print a topic's events from a seq or a time, as NDJSON.
+    Replay(replay::Args),
+    /// List topics with their last seq and rate.
+    Topics(inspect::Args),
+    /// List consumer groups with their offsets and lag.
+    Groups(inspect::Args),
+    /// Dead letters: list, show, replay, purge.
+    Dlq(dlq::Args),
+    /// Call a command and print its response.
+    Call(call::Args),
+}
+
+/// Run a client command's future on a fresh runtime; its error becomes
+/// `error[CODE]: message` and the code's exit code.
+fn run(work: impl std::future::Future<Output = herald::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return exit::fail(&herald::Error::internal(format!("runtime: {e}"))),
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::fail(&e),
+    }
 }
 
 /// Log to stderr at info level (`RUST_LOG`-style filtering is not needed
@@ -54,5 +94,12 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Serve(args) => serve::main(args),
         Command::Token(args) => token::main(args),
+        Command::Publish(args) => publish::main(args),
+        Command::Tail(args) => tail::main(args),
+        Command::Replay(args) => replay::main(args),
+        Command::Topics(args) => inspect::topics(args),
+        Command::Groups(args) => inspect::groups(args),
+        Command::Dlq(args) => dlq::main(args),
+        Command::Call(args) => call::main(args),
     }
 }

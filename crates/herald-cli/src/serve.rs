@@ -65,17 +65,7 @@ pub fn main(args: Args) -> ExitCode {
         };
     }
     crate::logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return crate::exit::fail(&herald::Error::internal(format!("runtime: {e}"))),
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => crate::exit::fail(&e),
-    }
+    crate::run(run())
 }
 
 async fn run() -> Result<()> {
@@ -100,7 +90,7 @@ async fn run() -> Result<()> {
         .config(bus_config)
         .transport(store.transport())
         .build()?;
-    let server = herald_server::Server::new(bus, server_config, store.kind());
+    let server = herald_server::Server::new(bus, server_config, store.kind())?;
     server.serve(shutdown_signal()).await
 }
 

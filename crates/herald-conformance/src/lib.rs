@@ -2,7 +2,8 @@
 //!
 //! Owns the scenarios that pin down what a transport must give — ordering,
 //! fan-out, groups, redelivery, dedupe, backpressure, replay, dead letters,
-//! priority, commands and correlation — and the [`conformance_tests!`] macro
+//! priority, commands and correlation, and what operators inspect (topics,
+//! replay pages, group lag) — and the [`conformance_tests!`] macro
 //! that turns them into one `#[tokio::test]` per scenario for a transport's
 //! own test suite. Each scenario gets a fresh [`Bus`] from the transport's
 //! constructor and uses its own topics. Scenarios that need a feature the
@@ -28,6 +29,7 @@ pub mod durable;
 pub mod groups;
 pub mod handlers;
 pub mod history;
+pub mod inspect;
 pub mod lifecycle;
 pub mod limits;
 pub mod middleware;
@@ -239,6 +241,9 @@ macro_rules! conformance_tests {
             history::events_published_before_subscribe_are_retained,
             history::start_at_seq_and_time,
             history::replay_does_not_disturb_a_group,
+            inspect::topics_list_their_last_seq,
+            inspect::replay_reads_pages_by_seq_and_time,
+            inspect::groups_report_offset_and_lag,
             limits::batch_is_atomic_and_validated_first,
             limits::payload_limit_is_inclusive,
             limits::duplicate_idempotency_key_returns_original_seq,

@@ -18,6 +18,8 @@
 //! the messages it holds alive with progress acks, so JetStream redelivers
 //! them only when the leader is gone. Members in other processes reach the
 //! leader over request/reply (`remote`).
+//! A leader records its group's name and patterns as it starts, so any
+//! process lists the group (`inspect`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -147,7 +149,11 @@ impl Leader {
         });
         inner.register(&leader.queue);
         inner.lead(group, &leader);
-        let streams = match Streams::follow(inner, spec).await {
+        let followed = async {
+            crate::inspect::record(inner, group, spec).await?;
+            Streams::follow(inner, spec).await
+        };
+        let streams = match followed.await {
             Ok(s) => s,
             Err(e) => {
                 leader.step_down().await;

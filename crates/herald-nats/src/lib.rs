@@ -15,6 +15,7 @@ mod config;
 mod dead_letters;
 mod errors;
 mod group;
+mod inspect;
 mod lease;
 mod names;
 mod payload;

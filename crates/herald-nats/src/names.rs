@@ -8,7 +8,8 @@
 //! - a consumer group is a durable consumer named for the group (`g_` and
 //!   the name, bytes outside `[A-Za-z0-9_-]` as `~xx`) on each topic stream
 //!   it follows; its leader's lease is the last message on `P.$lease.<consumer>` in stream
-//!   `S_LEADERS`;
+//!   `S_LEADERS`; the group's record (its name and patterns) is the last
+//!   message on `P.$groups.<consumer>` in stream `S_GROUPS`;
 //! - commands are requests on `P.$cmd.<topic>`;
 //! - dead letters are the stream `S_DLQ` on subjects `P.$dlq.<topic>`
 //!   (topic segments never start with `$`, so these never collide);
@@ -81,6 +82,21 @@ impl Names {
     /// The subject of lease `name`.
     pub(crate) fn lease_subject(&self, name: &str) -> String {
         format!("{}.$lease.{name}", self.prefix)
+    }
+
+    /// The stream of consumer groups' records.
+    pub(crate) fn groups_stream(&self) -> String {
+        format!("{}_GROUPS", self.streams)
+    }
+
+    /// The subject of the record of group consumer `consumer`.
+    pub(crate) fn group_subject(&self, consumer: &str) -> String {
+        format!("{}.$groups.{consumer}", self.prefix)
+    }
+
+    /// Every group record subject.
+    pub(crate) fn group_subjects(&self) -> String {
+        format!("{}.$groups.>", self.prefix)
     }
 
     /// The stream of leaders' handover notes.
@@ -185,6 +201,7 @@ mod tests {
         assert_eq!(n.consumer("billing workers/2"), "g_billing~20workers~2f2");
         assert_eq!(n.leases_stream(), "shop_prod_LEADERS");
         assert_eq!(n.lease_subject("g_x"), "shop.prod.$lease.g_x");
+        assert_eq!(n.group_subject("g_x"), "shop.prod.$groups.g_x");
     }
 
     #[test]

@@ -349,7 +349,7 @@ impl Inner {
 }
 
 /// Whether getting a stream failed because there is none.
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }

@@ -97,9 +97,11 @@ pub(crate) struct Streams {
     pub(crate) created: async_nats::Subscriber,
 }
 
-/// A topic stream and its last sequence when it was listed.
+/// A topic stream and its state when it was listed.
 pub(crate) struct Found {
     pub(crate) name: String,
+    pub(crate) topic: Topic,
+    pub(crate) first_seq: u64,
     pub(crate) last_seq: u64,
 }
 
@@ -125,6 +127,7 @@ struct ListedConfig {
 
 #[derive(Deserialize)]
 struct ListedState {
+    first_seq: u64,
     last_seq: u64,
 }
 
@@ -143,46 +146,54 @@ impl Streams {
             })?;
         let mut existing: Vec<Found> = Vec::new();
         for pattern in &spec.patterns {
-            let filter = inner.names.filter(pattern.as_str());
-            let mut offset = 0;
-            loop {
-                let page: Response<ListPage> = inner
-                    .js
-                    .request(
-                        "STREAM.LIST",
-                        &serde_json::json!({ "subject": filter, "offset": offset }),
-                    )
-                    .await
-                    .map_err(|e| errors::request("list topic streams", e))?;
-                let page = match page {
-                    Response::Ok(p) => p,
-                    Response::Err { error } => {
-                        return Err(errors::api("list topic streams", &error))
-                    }
-                };
-                let listed = page.streams.unwrap_or_default();
-                offset += listed.len();
-                for s in listed {
-                    let topic = s
-                        .config
-                        .subjects
-                        .iter()
-                        .find_map(|s| inner.names.topic_of(s));
-                    let ours =
-                        topic.is_some_and(|t| inner.names.stream(t.as_str()) == s.config.name);
-                    if ours && !existing.iter().any(|f| f.name == s.config.name) {
-                        existing.push(Found {
-                            name: s.config.name,
-                            last_seq: s.state.last_seq,
-                        });
-                    }
-                }
-                if offset >= page.total || offset == 0 {
-                    break;
+            for found in list(inner, &inner.names.filter(pattern.as_str())).await? {
+                if !existing.iter().any(|f| f.name == found.name) {
+                    existing.push(found);
                 }
             }
         }
         Ok(Streams { existing, created })
+    }
+}
+
+/// This store's topic streams with a subject `filter` matches
+/// (`STREAM.LIST` pages).
+pub(crate) async fn list(inner: &Inner, filter: &str) -> Result<Vec<Found>> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page: Response<ListPage> = inner
+            .js
+            .request(
+                "STREAM.LIST",
+                &serde_json::json!({ "subject": filter, "offset": offset }),
+            )
+            .await
+            .map_err(|e| errors::request("list topic streams", e))?;
+        let page = match page {
+            Response::Ok(p) => p,
+            Response::Err { error } => return Err(errors::api("list topic streams", &error)),
+        };
+        let listed = page.streams.unwrap_or_default();
+        offset += listed.len();
+        for s in listed {
+            let topic = s
+                .config
+                .subjects
+                .iter()
+                .find_map(|s| inner.names.topic_of(s));
+            if let Some(topic) = topic.filter(|t| inner.names.stream(t.as_str()) == s.config.name) {
+                found.push(Found {
+                    name: s.config.name,
+                    topic,
+                    first_seq: s.state.first_seq,
+                    last_seq: s.state.last_seq,
+                });
+            }
+        }
+        if offset >= page.total || offset == 0 {
+            return Ok(found);
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 use herald::delivery::BoxFuture;
 use herald::queue::QueueHost;
 use herald::{
-    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, Result, SubscribeSpec,
-    Subscription, Topic, Transport,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Result,
+    StartPosition, SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
 };
 
 use crate::store::{Inner, NatsStore};
@@ -38,6 +38,33 @@ impl Transport for NatsStore {
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
         let topic = topic.clone();
         Box::pin(async move { NatsStore::last_seq(self, &topic).await })
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+        Box::pin(async move {
+            self.inner.check_open()?;
+            crate::inspect::topics(&self.inner).await
+        })
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+        let topic = topic.clone();
+        Box::pin(async move {
+            self.inner.check_open()?;
+            crate::inspect::replay(&self.inner, &topic, from, limit).await
+        })
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
+        Box::pin(async move {
+            self.inner.check_open()?;
+            crate::inspect::groups(&self.inner).await
+        })
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {

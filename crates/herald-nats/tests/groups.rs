@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald::{Bus, DeliveryState, Message, Payload};
+use herald::{Bus, DeliveryState, ErrorCode, Message, Payload};
 use herald_nats::NatsStore;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -73,6 +73,58 @@ async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving()
     }
     after.sort_unstable();
     assert_eq!(after, (40..50).collect::<Vec<_>>());
+}
+
+/// Another process lists a group: with its patterns before any topic has
+/// events, then on its topic with a dead-lettered event settled and a
+/// deferred one unsettled, also once its leader is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_lists_a_group_with_its_offset_and_lag() {
+    let config = support::fresh_config();
+    let a = Bus::new(NatsStore::open(config.clone()).await.unwrap());
+    let b = Bus::new(NatsStore::open(config).await.unwrap());
+    let mut sub = a.subscribe_raw("audit.*").group("auditors").await.unwrap();
+    let groups = b.groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (groups[0].name.as_str(), groups[0].patterns.as_slice()),
+        ("auditors", ["audit.*".to_owned()].as_slice())
+    );
+    assert!(groups[0].topics.is_empty(), "no topic has events yet");
+
+    a.publish((1..=3).map(|n| Message::new("audit.log", Payload::json(&n).unwrap())))
+        .await
+        .unwrap();
+    let first = recv(&mut sub).await;
+    first
+        .term(ErrorCode::Validation, "unreadable")
+        .await
+        .unwrap();
+    recv(&mut sub).await.defer(WAIT * 10).await.unwrap();
+    recv(&mut sub).await.ack().await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let groups = b.groups().await.unwrap();
+        let t = &groups[0].topics;
+        let standing = t
+            .iter()
+            .map(|t| (t.topic.as_str(), t.acked_through, t.last_seq, t.lag));
+        if standing.collect::<Vec<_>>() == [("audit.log", 1, 3, 1)] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "last: {groups:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The leader hands the deferred event back as it goes: still unsettled.
+    a.close().await.unwrap();
+    let t = &b.groups().await.unwrap()[0].topics[0];
+    assert_eq!((t.acked_through, t.last_seq, t.lag), (1, 3, 1));
+}
+
+async fn recv(sub: &mut herald::Subscription) -> herald::Delivery {
+    let next = tokio::time::timeout(WAIT, sub.next()).await;
+    next.expect("a delivery").unwrap().unwrap()
 }
 
 /// Which member got each event, and each key's last event.

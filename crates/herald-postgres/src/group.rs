@@ -2,8 +2,9 @@
 //! processes share one group.
 //!
 //! Owns the `groups` and `deliveries` tables and the SQL of claims,
-//! settlements and delivery states; the rules (what is claimable, what a
-//! settlement changes, the member stream) are `herald::group`'s. A claim
+//! settlements, delivery states and the group list (offsets and lag); the
+//! rules (what is claimable, what a settlement changes, the member stream)
+//! are `herald::group`'s. A claim
 //! locks its group's row (`SELECT … FOR UPDATE`), so claims of one group run
 //! one at a time across processes while settlements and other groups go on
 //! beside them. A claim commits with `synchronous_commit = off`: a lease lost
@@ -12,7 +13,7 @@
 //! dead letters and a handler's effects commit synchronously, so they are
 //! on disk before `Ok`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use herald::group::{
     Settled,
 };
 use herald::{
-    DeadLetter, DeliveryState, Envelope, Error, ErrorCode, FailureSource, Outcome, Result,
-    SubscribeSpec, Subscription, Topic,
+    DeadLetter, DeliveryState, Envelope, Error, ErrorCode, FailureSource, GroupInfo, Outcome,
+    Result, SubscribeSpec, Subscription, Topic,
 };
 use sqlx::PgConnection;
 
@@ -576,4 +577,55 @@ pub(crate) async fn delivery_state(
     let lease = row.and_then(|(s, a, u)| Lease::from_columns(Some(s), Some(a), Some(u)));
     let now = chrono::Utc::now().timestamp_millis();
     Ok(rules::delivery_state(pos, cursor, dead, lease, now))
+}
+
+/// Every group, by name, with its standing on each topic with events that
+/// its patterns match, read in one snapshot. A group's unsettled events of a
+/// topic are those above its cursor, of its kinds and from its start, with
+/// no settled delivery row: their count is its lag, and it has settled
+/// through the `seq` before the lowest of them (the topic's last `seq` when
+/// there are none).
+pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
+    let s = &inner.s;
+    let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(runtime_error)?;
+    let topics = crate::store::topics(&mut *tx, s).await?;
+    // One row per group and topic with unsettled events; a group with none
+    // gets one row without a topic.
+    type Row = (String, String, Option<String>, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT g.name, g.patterns, u.topic, u.lag, u.lowest
+         FROM {s}.groups g LEFT JOIN LATERAL (
+             SELECT e.topic, count(*) AS lag, min(e.seq) AS lowest
+             FROM {s}.events e
+             LEFT JOIN {s}.deliveries d ON d.grp = g.name AND d.pos = e.pos
+             WHERE e.pos > g.cursor AND d.state IS DISTINCT FROM $1
+               AND (g.kinds >> e.kind::int) & 1 = 1
+               AND (g.start_seq IS NULL OR e.seq >= g.start_seq)
+               AND (g.start_ms IS NULL OR e.created_ms >= g.start_ms)
+             GROUP BY e.topic
+         ) u ON true"
+    ))
+    .bind(SETTLED)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(runtime_error)?;
+    tx.commit().await.map_err(runtime_error)?;
+    // Per group, by name: its patterns and, per topic, its unsettled
+    // events as (count, lowest seq).
+    type Unsettled = HashMap<String, (u64, u64)>;
+    let mut by_group: BTreeMap<String, (String, Unsettled)> = BTreeMap::new();
+    for (name, patterns, topic, lag, lowest) in rows {
+        let (_, by_topic) = by_group.entry(name).or_insert((patterns, HashMap::new()));
+        if let (Some(topic), Some(lag), Some(lowest)) = (topic, lag, lowest) {
+            by_topic.insert(topic, (lag as u64, lowest as u64));
+        }
+    }
+    by_group
+        .into_iter()
+        .map(|(name, (patterns, by_topic))| rules::info(&name, &patterns, &topics, &by_topic))
+        .collect()
 }

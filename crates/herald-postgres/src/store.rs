@@ -4,12 +4,13 @@
 //! `pos` known to be committed, raised by LISTEN/NOTIFY and a slow fallback
 //! poll), `publish` (outbox insert, commit, then wait for the sequencer's
 //! receipts), the outbox entry point for the caller's own transaction,
-//! `last_seq` and `replay`. Sequencing is `sequencer`'s, delivery `tail`'s.
+//! `last_seq`, the topic list and `replay`. Sequencing is `sequencer`'s,
+//! delivery `tail`'s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use herald::{Envelope, Error, ErrorCode, Result, StartPosition, Topic};
+use herald::{Envelope, Error, ErrorCode, Result, StartPosition, Topic, TopicInfo};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -253,6 +254,20 @@ impl PgStore {
         crate::dead_letters::flush(&self.inner).await;
         self.inner.pool.close().await;
     }
+}
+
+/// Every topic with events, by name, with its last `seq`, read through
+/// `conn` (the pool, or a transaction for a snapshot).
+pub(crate) async fn topics(conn: impl sqlx::PgExecutor<'_>, s: &str) -> Result<Vec<TopicInfo>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT name, last_seq FROM {s}.topics WHERE last_seq > 0 ORDER BY name COLLATE \"C\""
+    ))
+    .fetch_all(conn)
+    .await
+    .map_err(runtime_error)?;
+    rows.into_iter()
+        .map(|(name, last)| Ok(TopicInfo::new(Topic::new(name)?, last as u64)))
+        .collect()
 }
 
 /// Insert `batch` into the outbox on `conn`. At commit, a deferred trigger

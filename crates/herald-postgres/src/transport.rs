@@ -2,8 +2,8 @@
 
 use herald::delivery::BoxFuture;
 use herald::{
-    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, Result, SubscribeSpec,
-    Subscription, Topic, Transport,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Result,
+    StartPosition, SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
 };
 
 use crate::store::{Inner, PgStore};
@@ -30,6 +30,24 @@ impl Transport for PgStore {
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
         let topic = topic.clone();
         Box::pin(async move { PgStore::last_seq(self, &topic).await })
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+        Box::pin(crate::store::topics(&self.inner.pool, &self.inner.s))
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+        let topic = topic.clone();
+        Box::pin(async move { PgStore::replay(self, topic.as_str(), from, limit).await })
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
+        Box::pin(crate::group::groups(&self.inner))
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {

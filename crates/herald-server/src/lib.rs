@@ -1,7 +1,8 @@
 //! `herald serve`: herald over HTTP for any language, and for operators.
 //!
 //! Owns the gateway in front of a [`herald::Bus`]: the HTTP API (publish,
-//! call, dead letters, health, `/metrics`), its OpenAPI document, API
+//! call, topics, replay, groups, dead letters, health, `/metrics`), the
+//! WebSocket (`ws`), its OpenAPI document, API
 //! tokens and limits, the listener (connection limit, TLS) and graceful
 //! shutdown. Does not own any semantics of events: everything goes through
 //! the bus, so the gateway behaves the same on every store.
@@ -10,7 +11,7 @@
 //! # async fn run() -> herald::Result<()> {
 //! use herald_server::{Server, ServerConfig};
 //! let bus = herald::Bus::memory();
-//! let server = Server::new(bus, ServerConfig::default(), "memory");
+//! let server = Server::new(bus, ServerConfig::default(), "memory")?;
 //! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
@@ -18,20 +19,24 @@
 //! Modules: `config` (settings, `herald.toml`), `auth` (tokens and
 //! permissions), `state` (shared state, the auth and rate-limit
 //! middleware), `extract` (strict request decoding), `message` (what
-//! clients publish), `publish`, `dead_letters`, `health` (the routes),
-//! `openapi`, `listener`, `error`.
+//! clients publish), `publish`, `inspect`, `dead_letters`, `health` (the routes),
+//! `openapi`, `listener`, `error`, `admin` (the page at `/`), `slo`.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod inspect;
 pub mod listener;
 pub mod message;
 pub mod openapi;
 pub mod publish;
+pub mod slo;
 pub mod state;
+pub mod ws;
 
 use std::future::Future;
 
@@ -56,10 +61,10 @@ pub struct Server {
 impl Server {
     /// A server in front of `bus`; `store_kind` names its store in health
     /// answers (`sqlite`, `postgres`, `nats`, `memory`).
-    pub fn new(bus: Bus, config: ServerConfig, store_kind: &'static str) -> Self {
-        Server {
-            state: AppState::new(bus, config, store_kind),
-        }
+    pub fn new(bus: Bus, config: ServerConfig, store_kind: &'static str) -> Result<Self> {
+        Ok(Server {
+            state: AppState::new(bus, config, store_kind)?,
+        })
     }
 
     /// The routes, for tests or for mounting inside another axum app (which
@@ -67,7 +72,12 @@ impl Server {
     pub fn router(&self) -> Router {
         let limit = self.state.config.max_request_bytes;
         let api = Router::new()
-            .route("/v1/topics/{topic}/events", post(publish::publish))
+            .route("/v1/topics", get(inspect::topics))
+            .route(
+                "/v1/topics/{topic}/events",
+                post(publish::publish).get(inspect::replay),
+            )
+            .route("/v1/groups", get(inspect::groups))
             .route("/v1/commands/{topic}", post(publish::call))
             .route("/v1/dead-letters", get(dead_letters::list))
             .route("/v1/dead-letters/replay", post(dead_letters::replay))
@@ -80,12 +90,15 @@ impl Server {
                 "/v1/dead-letters/{id}/replay",
                 post(dead_letters::replay_one),
             )
+            .route("/v1/slo", get(slo::status))
             .route("/metrics", get(health::metrics))
+            .route(WS_PATH, get(ws::upgrade))
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
                 state::authorize,
             ));
         Router::new()
+            .route("/", get(admin::page))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/openapi.json", get(|| async { Json(openapi::document()) }))
@@ -135,6 +148,18 @@ impl Server {
             tracing::warn!(%local, "no API tokens configured: open to every local client, listening on loopback only");
         }
         tracing::info!(%local, tls = config.tls.is_some(), store = self.state.store_kind, "herald serving");
+        self.state.slo.start(herald::slo::DEFAULT_INTERVAL)?;
+        let sampler = tokio::spawn(self.state.rates.clone().run(self.state.bus.clone()));
+        let pruner = {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    state.prune_rate_limits();
+                }
+            })
+        };
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let state = self.state.clone();
         let signal = async move {
@@ -162,6 +187,9 @@ impl Server {
                 }
             }
         }
+        self.state.slo.stop().await;
+        sampler.abort();
+        pruner.abort();
         self.state.bus.close().await?;
         tracing::info!("herald stopped");
         Ok(())

@@ -18,6 +18,36 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
+/// How deeply a payload's arrays and objects may nest (serde_json's own
+/// recursion limit, so every consumer that decodes it can).
+pub const MAX_NESTING: usize = 128;
+
+/// The deepest nesting of arrays and objects in JSON `text`.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// One message to publish or call. Only `payload` is usually needed.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +101,15 @@ impl MessageIn {
                     "give `payload` or `payload_base64`, not both",
                 ))
             }
-            (Some(json), None) => Payload::from_json_text(String::from(Box::<str>::from(json)))?,
+            (Some(json), None) => {
+                let depth = nesting(json.get());
+                if depth > MAX_NESTING {
+                    return Err(ApiError::validation(format!(
+                        "payload nests {depth} levels deep; at most {MAX_NESTING} are allowed"
+                    )));
+                }
+                Payload::from_json_text(String::from(Box::<str>::from(json)))?
+            }
             (None, Some(b64)) => {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -113,6 +151,18 @@ impl MessageIn {
             m = m.expires_at(t);
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings() {
+        assert_eq!(nesting("1"), 0);
+        assert_eq!(nesting(r#"{"a": [1, {"b": []}]}"#), 4);
+        assert_eq!(nesting(r#"["[[[", "\"[[", {}]"#), 2);
     }
 }
 

@@ -9,21 +9,22 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{dead_letters, error, health, message, publish};
+use crate::{dead_letters, error, health, inspect, message, publish, slo};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "herald", description = "herald's HTTP gateway: publish, call, dead letters, operations. Errors carry a stable `code`."),
     paths(
-        publish::publish, publish::call,
+        publish::publish, publish::call, inspect::topics, inspect::replay, inspect::groups,
         dead_letters::list, dead_letters::show, dead_letters::replay_one, dead_letters::replay,
         dead_letters::purge_one, dead_letters::purge,
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz, health::metrics, slo::status,
     ),
     components(schemas(
         error::ErrorBody, message::MessageIn, message::PublishResponse, message::Published,
         dead_letters::DeadLetterView, dead_letters::DeadLetterList, dead_letters::Replayed, dead_letters::Purged,
-        health::Health, EnvelopeSchema,
+        health::Health, EnvelopeSchema, inspect::TopicView, inspect::TopicList, inspect::Page,
+        inspect::GroupView, inspect::GroupTopicView, inspect::GroupList, slo::SloView, slo::SloStatus,
     )),
     modifiers(&Security)
 )]

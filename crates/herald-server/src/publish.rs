@@ -77,9 +77,20 @@ pub async fn publish(
     PathParam(topic): PathParam<String>,
     JsonBody(body): JsonBody<OneOrMany>,
 ) -> ApiResult<(StatusCode, Json<PublishResponse>)> {
-    caller.require(Permission::Publish, &topic)?;
-    let messages = body.into_vec();
-    check_sizes(&state, &messages)?;
+    let events = publish_messages(&state, &caller, &topic, body.into_vec()).await?;
+    Ok((StatusCode::CREATED, Json(PublishResponse { topic, events })))
+}
+
+/// Publish `messages` to `topic` as one batch for `caller` (HTTP and
+/// WebSocket alike): permission, sizes and kinds first, then the bus.
+pub async fn publish_messages(
+    state: &AppState,
+    caller: &Caller,
+    topic: &str,
+    messages: Vec<MessageIn>,
+) -> ApiResult<Vec<Published>> {
+    caller.require(Permission::Publish, topic)?;
+    check_sizes(state, &messages)?;
     let batch = messages
         .into_iter()
         .map(|m| {
@@ -88,18 +99,17 @@ pub async fn publish(
                     "kind must be `event` or `intent` here; call commands at /v1/commands/{topic}",
                 ));
             }
-            m.into_message(&topic)
+            m.into_message(topic)
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let envelopes: Vec<Envelope> = state.bus.prepare(batch)?;
     let ids: Vec<_> = envelopes.iter().map(|e| e.id()).collect();
     let seqs = state.bus.publish(envelopes).await?;
-    let events = ids
+    Ok(ids
         .into_iter()
         .zip(seqs)
         .map(|(id, seq)| Published { id, seq })
-        .collect();
-    Ok((StatusCode::CREATED, Json(PublishResponse { topic, events })))
+        .collect())
 }
 
 /// How long a call may wait.
@@ -132,10 +142,23 @@ pub async fn call(
     QueryParams(params): QueryParams<CallParams>,
     JsonBody(message): JsonBody<MessageIn>,
 ) -> ApiResult<Json<Envelope>> {
-    caller.require(Permission::Call, &topic)?;
-    check_sizes(&state, std::slice::from_ref(&message))?;
-    let mut call = state.bus.call(message.into_message(&topic)?);
-    if let Some(ms) = params.timeout_ms {
+    let response = call_command(&state, &caller, &topic, message, params.timeout_ms).await?;
+    Ok(Json(response))
+}
+
+/// Call command `topic` for `caller` (HTTP and WebSocket alike), waiting
+/// `timeout_ms` (1–300000) or the bus's timeout.
+pub async fn call_command(
+    state: &AppState,
+    caller: &Caller,
+    topic: &str,
+    message: MessageIn,
+    timeout_ms: Option<u64>,
+) -> ApiResult<Envelope> {
+    caller.require(Permission::Call, topic)?;
+    check_sizes(state, std::slice::from_ref(&message))?;
+    let mut call = state.bus.call(message.into_message(topic)?);
+    if let Some(ms) = timeout_ms {
         if !(1..=300_000).contains(&ms) {
             return Err(ApiError::validation(format!(
                 "timeout_ms={ms} is not allowed: expected 1..=300000"
@@ -143,5 +166,5 @@ pub async fn call(
         }
         call = call.timeout(Duration::from_millis(ms));
     }
-    Ok(Json(call.await?))
+    Ok(call.await?)
 }

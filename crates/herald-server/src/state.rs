@@ -8,8 +8,8 @@
 //! rate limit and answers `BACKPRESSURE` (429) over it. Handlers then check
 //! the permission their route needs with [`Caller::require`].
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use herald::{Bus, ErrorCode};
+use tokio::sync::watch;
 
 use crate::auth::Caller;
 use crate::config::ServerConfig;
@@ -34,32 +35,72 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The store's kind (`sqlite`, `postgres`, …), for readiness and the admin page.
     pub store_kind: &'static str,
+    /// Recent readings of the topics' last `seq`, for their rates.
+    pub rates: crate::inspect::Rates,
+    /// The bus's SLO monitor (the default objectives).
+    pub slo: herald::slo::Monitor,
     limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
-    draining: Arc<AtomicBool>,
+    draining: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
     /// State for `bus` under `config`.
-    pub fn new(bus: Bus, config: ServerConfig, store_kind: &'static str) -> Self {
+    pub fn new(bus: Bus, config: ServerConfig, store_kind: &'static str) -> herald::Result<Self> {
         let limiter = NonZeroU32::new(config.rate_limit)
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n))));
-        AppState {
+        Ok(AppState {
+            slo: bus.slo_monitor()?,
             bus,
             config: Arc::new(config),
             store_kind,
+            rates: Default::default(),
             limiter,
-            draining: Arc::new(AtomicBool::new(false)),
-        }
+            draining: Arc::new(watch::Sender::new(false)),
+        })
     }
 
-    /// From now on readiness fails, so load balancers stop sending work.
+    /// From now on readiness fails, so load balancers stop sending work,
+    /// and WebSockets close.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.send_replace(true);
     }
 
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        *self.draining.borrow()
+    }
+
+    /// Becomes `true` when shutdown begins.
+    pub fn draining_signal(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Charge one request to `caller`'s rate limit (its token, or `peer`'s
+    /// address on an open server): `BACKPRESSURE` over the limit.
+    pub fn charge(&self, caller: &Caller, peer: IpAddr) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let key = match caller {
+            Caller::Open => peer.to_string(),
+            c => c.name().to_owned(),
+        };
+        limiter.check_key(&key).map_err(|_| {
+            ApiError::new(
+                ErrorCode::Backpressure,
+                format!(
+                    "rate limit of {} requests/s exceeded (HERALD_RATE_LIMIT)",
+                    self.config.rate_limit
+                ),
+            )
+        })
+    }
+
+    /// Forget rate-limit keys idle long enough to be full again.
+    pub fn prune_rate_limits(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+        }
     }
 }
 
@@ -91,21 +132,8 @@ pub async fn authorize(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    if let Some(limiter) = &state.limiter {
-        let key = match &caller {
-            Caller::Open => peer.ip().to_string(),
-            c => c.name().to_owned(),
-        };
-        if limiter.check_key(&key).is_err() {
-            return ApiError::new(
-                ErrorCode::Backpressure,
-                format!(
-                    "rate limit of {} requests/s exceeded (HERALD_RATE_LIMIT)",
-                    state.config.rate_limit
-                ),
-            )
-            .into_response();
-        }
+    if let Err(e) = state.charge(&caller, peer.ip()) {
+        return e.into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

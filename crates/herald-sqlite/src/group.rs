@@ -523,3 +523,58 @@ async fn read_delivery_state(
         now,
     ))
 }
+
+/// Every group with its offset and lag on each topic it follows (see
+/// `herald::Transport::groups`), read in one transaction: unsettled are the
+/// events of a followed kind past the cursor, at or after the group's start,
+/// without a settled delivery.
+pub(crate) async fn groups(pool: sqlx::SqlitePool) -> Result<Vec<herald::GroupInfo>> {
+    let mut conn = pool.acquire().await.map_err(runtime_error)?;
+    sqlx::query("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let read = read_groups(&mut conn).await;
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    read
+}
+
+async fn read_groups(conn: &mut SqliteConnection) -> Result<Vec<herald::GroupInfo>> {
+    let topics: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, last_seq FROM topics WHERE last_seq > 0 ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+    let topics = topics
+        .into_iter()
+        .map(|(t, last)| Ok(herald::TopicInfo::new(herald::Topic::new(t)?, last as u64)))
+        .collect::<Result<Vec<_>>>()?;
+    let groups: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, patterns FROM groups ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+    let mut list = Vec::with_capacity(groups.len());
+    for (name, patterns) in groups {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT e.topic, count(*), min(e.seq)
+             FROM groups g JOIN events e ON e.pos > g.cursor
+                  AND e.seq >= coalesce(g.start_seq, 0) AND e.created_ms >= coalesce(g.start_ms, 0)
+                  AND (g.kinds >> e.kind) & 1 = 1
+             LEFT JOIN deliveries d ON d.grp = g.name AND d.pos = e.pos
+             WHERE g.name = ? AND (d.state IS NULL OR d.state <> ?)
+             GROUP BY e.topic",
+        )
+        .bind(&name)
+        .bind(LeaseState::Settled.code())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        let unsettled = rows
+            .into_iter()
+            .map(|(t, n, lowest)| (t, (n as u64, lowest as u64)))
+            .collect();
+        list.push(herald::group::info(&name, &patterns, &topics, &unsettled)?);
+    }
+    Ok(list)
+}

@@ -224,6 +224,18 @@ impl SqliteStore {
         Ok(seq.map(|s| s as u64))
     }
 
+    /// Every topic with events, by name, with its last `seq`.
+    pub async fn topics(&self) -> Result<Vec<herald::TopicInfo>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT name, last_seq FROM topics WHERE last_seq > 0 ORDER BY name")
+                .fetch_all(&self.inner.readers)
+                .await
+                .map_err(runtime_error)?;
+        rows.into_iter()
+            .map(|(name, last)| Ok(herald::TopicInfo::new(Topic::new(name)?, last as u64)))
+            .collect()
+    }
+
     /// Up to `limit` events of `topic` from `from`, in `seq` order; page on
     /// with `StartPosition::Seq(last + 1)`. Reading never touches any group.
     pub async fn replay(
@@ -233,7 +245,7 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<Envelope>> {
         let topic = Topic::new(topic)?;
-        let limit = limit.clamp(1, 10_000) as i64;
+        let limit = limit.min(10_000) as i64;
         let rows: Vec<(Vec<u8>,)> = match from {
             StartPosition::Earliest => {
                 sqlx::query_as("SELECT envelope FROM events WHERE topic = ? ORDER BY seq LIMIT ?")

@@ -2,8 +2,8 @@
 
 use herald::delivery::BoxFuture;
 use herald::{
-    DeadLetter, DeadLetterFilter, Envelope, Features, Result, SubscribeSpec, Subscription, Topic,
-    Transport,
+    DeadLetter, DeadLetterFilter, Envelope, Features, GroupInfo, Result, StartPosition,
+    SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
 };
 
 use crate::store::SqliteStore;
@@ -29,6 +29,27 @@ impl Transport for SqliteStore {
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
         let topic = topic.clone();
         Box::pin(async move { SqliteStore::last_seq(self, &topic).await })
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+        Box::pin(SqliteStore::topics(self))
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+        let topic = topic.clone();
+        Box::pin(async move { SqliteStore::replay(self, topic.as_str(), from, limit).await })
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
+        Box::pin(async move {
+            self.flush().await?;
+            crate::group::groups(self.inner.readers.clone()).await
+        })
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {

@@ -35,7 +35,7 @@ use crate::subscription::{
     Filter, KindFilter, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
 };
 use crate::topic::{Pattern, Topic};
-use crate::transport::{DeliveryState, Features, Transport};
+use crate::transport::{DeliveryState, Features, GroupInfo, TopicInfo, Transport};
 
 const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
 const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
@@ -335,6 +335,51 @@ impl Bus {
     pub async fn last_seq(&self, topic: &str) -> Result<Option<u64>> {
         let topic = Topic::new(topic)?;
         self.inner.transport.last_seq(&topic).await
+    }
+
+    /// Every topic with events, by name, with its last `seq`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// use herald::{Bus, Message};
+    /// let bus = Bus::memory();
+    /// bus.publish(Message::json("orders.placed", &1)?).await?;
+    /// let topics = bus.topics().await?;
+    /// assert_eq!((topics[0].topic.as_str(), topics[0].last_seq), ("orders.placed", 1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner.transport.topics().await
+    }
+
+    /// Up to `limit` retained events of `topic` from `from` on, in `seq`
+    /// order, touching no group; page on from the last `seq` + 1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// use herald::{Bus, Message, StartPosition};
+    /// let bus = Bus::memory();
+    /// for n in 0..5 {
+    ///     bus.publish(Message::json("orders.placed", &n)?).await?;
+    /// }
+    /// let page = bus.replay("orders.placed", StartPosition::Seq(2), 2).await?;
+    /// assert_eq!(page.iter().map(|e| e.seq().unwrap()).collect::<Vec<_>>(), [2, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn replay(
+        &self,
+        topic: &str,
+        from: StartPosition,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
+        let topic = Topic::new(topic)?;
+        self.inner.transport.replay(&topic, from, limit).await
+    }
+
+    /// Every durable consumer group, with its offset and lag on each topic
+    /// it follows.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        self.inner.transport.groups().await
     }
 
     /// Where event `seq` of `topic` stands for consumer group `group`:

@@ -90,6 +90,37 @@ pub fn patterns_text(spec: &SubscribeSpec) -> String {
     p.join(" ")
 }
 
+/// A stored group's [`GroupInfo`](crate::GroupInfo): `patterns` as
+/// [`patterns_text`] keeps them, `topics` every topic with events,
+/// `unsettled` each topic's unsettled events of the group as (count, lowest
+/// `seq`). A topic the group follows with nothing unsettled is settled
+/// through its last `seq`.
+pub fn info(
+    name: &str,
+    patterns: &str,
+    topics: &[crate::TopicInfo],
+    unsettled: &HashMap<String, (u64, u64)>,
+) -> Result<crate::GroupInfo> {
+    let followed: Vec<crate::Pattern> = patterns
+        .split_whitespace()
+        .map(crate::Pattern::new)
+        .collect::<Result<_>>()?;
+    let mut standing: Vec<crate::GroupTopic> = topics
+        .iter()
+        .filter(|t| followed.iter().any(|p| p.matches(&t.topic)))
+        .map(|t| {
+            let (lag, acked_through) = match unsettled.get(t.topic.as_str()) {
+                Some((n, lowest)) => (*n, lowest.saturating_sub(1)),
+                None => (0, t.last_seq),
+            };
+            crate::GroupTopic::new(t.topic.clone(), acked_through, t.last_seq, lag)
+        })
+        .collect();
+    standing.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+    let patterns = followed.iter().map(|p| p.to_string()).collect();
+    Ok(crate::GroupInfo::new(name, patterns, standing))
+}
+
 /// Refuse a member of `group` (which follows `patterns` and `kinds`, as
 /// stored) when `spec` follows other topics or kinds.
 pub fn check_member(group: &str, patterns: &str, kinds: i64, spec: &SubscribeSpec) -> Result<()> {

@@ -90,7 +90,7 @@ pub use subscription::{
     KindFilter, Received, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
 };
 pub use topic::{Pattern, Topic};
-pub use transport::{DeliveryState, Features, Transport};
+pub use transport::{DeliveryState, Features, GroupInfo, GroupTopic, TopicInfo, Transport};
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event) for the attributes.
 #[cfg(feature = "derive")]

@@ -194,6 +194,28 @@ impl Queue {
             })
     }
 
+    /// Every event this queue holds unsettled — waiting, waiting out a
+    /// nack's delay, or in flight — as `(topic, seq)`, each once.
+    pub fn unsettled(&self) -> Vec<(Topic, u64)> {
+        let st = self.state.lock();
+        let mut held: HashSet<(Topic, u64), foldhash::fast::RandomState> = HashSet::default();
+        let mut add = |e: &Envelope| {
+            if let Some(seq) = e.seq() {
+                held.insert((e.topic().clone(), seq));
+            }
+        };
+        st.flows
+            .values()
+            .flat_map(|f| &f.items)
+            .for_each(|i| add(&i.env));
+        st.deadlines
+            .iter()
+            .filter(|(_, e)| st.inflight.contains(&address(e)))
+            .for_each(|(_, e)| add(e));
+        held.extend(st.delayed.keys().cloned());
+        held.into_iter().collect()
+    }
+
     /// The attempt event `seq` of `topic` would next be delivered as: the
     /// attempt it waits as, or one more than its delivery in flight; `None`
     /// when the queue does not hold it. (What a host hands to a successor

@@ -55,9 +55,9 @@ use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorCode, Result};
 use crate::middleware::{Effects, Layer, Next};
-use crate::subscription::{SubscribeSpec, Subscription};
+use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::topic::Topic;
-use crate::transport::{DeliveryState, Features, Transport};
+use crate::transport::{DeliveryState, Features, GroupInfo, TopicInfo, Transport};
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -307,6 +307,23 @@ impl Transport for FaultyTransport {
 
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
         self.inner.last_seq(topic)
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+        self.inner.topics()
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+        self.inner.replay(topic, from, limit)
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
+        self.inner.groups()
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {

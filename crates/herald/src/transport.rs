@@ -2,8 +2,9 @@
 //!
 //! Owns the [`Transport`] trait and the [`Features`] a transport declares. The
 //! trait is deliberately narrow — publish a batch, open a subscription, read a
-//! topic's last `seq`, list and purge dead letters, report an event's
-//! delivery state for a group, close — and settling travels through
+//! topic's last `seq`, list topics and groups, replay a topic, list and purge
+//! dead letters, report an event's delivery state for a group, close — and
+//! settling travels through
 //! each [`Delivery`](crate::Delivery)'s [`Settle`](crate::delivery::Settle).
 //! Everything users touch (typed events, commands, correlation, size limits)
 //! lives once above it, in the `Bus`, so every backend gets it for free.
@@ -28,7 +29,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::delivery::BoxFuture;
 use crate::envelope::Envelope;
 use crate::error::Result;
-use crate::subscription::{SubscribeSpec, Subscription};
+use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::topic::Topic;
 
 /// What a transport can do; the conformance suite runs the scenarios a
@@ -79,6 +80,80 @@ pub enum DeliveryState {
     DeadLettered,
 }
 
+/// One topic a store holds (see [`Transport::topics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicInfo {
+    /// The topic.
+    pub topic: Topic,
+    /// Its highest `seq`.
+    pub last_seq: u64,
+}
+
+impl TopicInfo {
+    /// `topic` at `last_seq`.
+    pub fn new(topic: Topic, last_seq: u64) -> Self {
+        TopicInfo { topic, last_seq }
+    }
+}
+
+/// Where a consumer group stands on one topic it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupTopic {
+    /// The topic.
+    pub topic: Topic,
+    /// The group's offset: every event of the topic with `seq` at or below
+    /// it is settled (acked or dead-lettered) for the group; events before
+    /// the group's start position count as settled.
+    pub acked_through: u64,
+    /// The topic's highest `seq`.
+    pub last_seq: u64,
+    /// Events of the topic the group has not settled yet (waiting, or in
+    /// flight): its lag.
+    pub lag: u64,
+}
+
+impl GroupTopic {
+    /// A group's standing on `topic`.
+    pub fn new(topic: Topic, acked_through: u64, last_seq: u64, lag: u64) -> Self {
+        GroupTopic {
+            topic,
+            acked_through,
+            last_seq,
+            lag,
+        }
+    }
+}
+
+/// One durable consumer group (see [`Transport::groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupInfo {
+    /// The group's name.
+    pub name: String,
+    /// The topic patterns it follows.
+    pub patterns: Vec<String>,
+    /// Each topic it follows that has events, by name.
+    pub topics: Vec<GroupTopic>,
+}
+
+impl GroupInfo {
+    /// Group `name` following `patterns`, standing as `topics` says.
+    pub fn new(name: impl Into<String>, patterns: Vec<String>, topics: Vec<GroupTopic>) -> Self {
+        GroupInfo {
+            name: name.into(),
+            patterns,
+            topics,
+        }
+    }
+
+    /// Events the group has not settled, over all its topics.
+    pub fn lag(&self) -> u64 {
+        self.topics.iter().map(|t| t.lag).sum()
+    }
+}
+
 /// Runs this process's handler of a command for a caller in another
 /// process: the command in, its response (or the handler's error) out.
 pub type CommandServe = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<Envelope>> + Send + Sync>;
@@ -103,6 +178,23 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The highest `seq` appended to `topic`, `None` before its first event.
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>>;
+
+    /// Every topic with events, by name, with its last `seq`.
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>>;
+
+    /// Up to `limit` retained events of `topic` from `from` on, in `seq`
+    /// order, without touching any group; page on with
+    /// `StartPosition::Seq(last + 1)`. `Latest` reads nothing.
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>>;
+
+    /// Every durable consumer group, by name, with where it stands on each
+    /// topic it follows.
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>>;
 
     /// The dead letters `filter` selects, oldest first.
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>>;
@@ -161,6 +253,23 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
 
     fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
         (**self).last_seq(topic)
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+        (**self).topics()
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+        (**self).replay(topic, from, limit)
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
+        (**self).groups()
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {

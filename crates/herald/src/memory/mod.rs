@@ -54,7 +54,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, ErrorCode, Result};
 use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::topic::Topic;
-use crate::transport::{DeliveryState, Features, Transport};
+use crate::transport::{DeliveryState, Features, GroupInfo, GroupTopic, TopicInfo, Transport};
 
 use crate::queue::{self, Queue, QueueHost};
 
@@ -357,6 +357,53 @@ impl Shared {
         } else {
             DeliveryState::Acked
         })
+    }
+
+    /// Each group with its standing on every topic it follows: what its
+    /// queue holds is unsettled; everything else it was given is settled.
+    fn groups(&self) -> Vec<GroupInfo> {
+        let groups: Vec<(String, Arc<Queue>)> = self
+            .registry
+            .lock()
+            .groups
+            .iter()
+            .map(|(n, q)| (n.clone(), q.clone()))
+            .collect();
+        let topics: Vec<(Topic, u64)> = self
+            .topics
+            .read()
+            .values()
+            .map(|t| (t.name.clone(), t.inner.lock().last_seq))
+            .filter(|(_, last)| *last > 0)
+            .collect();
+        let mut list: Vec<GroupInfo> = groups
+            .into_iter()
+            .map(|(name, queue)| {
+                let held = queue.unsettled();
+                let mut standing: Vec<GroupTopic> = topics
+                    .iter()
+                    .filter(|(t, _)| queue.follows(t))
+                    .map(|(t, last)| {
+                        let seqs = held.iter().filter(|(ht, _)| ht == t).map(|(_, s)| *s);
+                        let (lag, lowest) =
+                            seqs.fold((0, None), |(n, low): (u64, Option<u64>), s| {
+                                (n + 1, Some(low.map_or(s, |l| l.min(s))))
+                            });
+                        GroupTopic::new(t.clone(), lowest.map_or(*last, |l| l - 1), *last, lag)
+                    })
+                    .collect();
+                standing.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+                let patterns = queue
+                    .spec()
+                    .patterns
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect();
+                GroupInfo::new(name, patterns, standing)
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
     }
 
     fn topic(&self, name: &Topic) -> Arc<TopicState> {
@@ -731,6 +778,49 @@ impl Transport for MemoryTransport {
             .map(|t| t.inner.lock().last_seq)
             .filter(|s| *s > 0);
         Box::pin(std::future::ready(Ok(seq)))
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+        let mut list: Vec<TopicInfo> = self
+            .shared
+            .topics
+            .read()
+            .values()
+            .map(|t| TopicInfo::new(t.name.clone(), t.inner.lock().last_seq))
+            .filter(|t| t.last_seq > 0)
+            .collect();
+        list.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+        Box::pin(std::future::ready(Ok(list)))
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+        let events = match self.shared.topics.read().get(topic.as_str()) {
+            None => Vec::new(),
+            Some(t) => t
+                .inner
+                .lock()
+                .history
+                .iter()
+                .filter(|e| match &from {
+                    StartPosition::Earliest => true,
+                    StartPosition::Latest => false,
+                    StartPosition::Seq(n) => e.seq().is_some_and(|s| s >= *n),
+                    StartPosition::Time(t) => e.timestamp() >= *t,
+                })
+                .take(limit)
+                .map(|e| Envelope::clone(e))
+                .collect(),
+        };
+        Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
+        Box::pin(std::future::ready(Ok(self.shared.groups())))
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {

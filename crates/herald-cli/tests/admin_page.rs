@@ -1,0 +1,61 @@
+//! The admin page in a real headless browser (Debian's Chromium, driven by
+//! playwright-core: `tests/browser/admin.mjs`): it loads, a published event
+//! appears in the live tail, and the Replay button replays a dead letter.
+//! `scripts/test` installs Chromium and the script's npm packages.
+
+mod support;
+
+use serde_json::json;
+use support::{get, post, Served, Ws};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_tails_and_replays_in_a_browser() {
+    let s = Served::start(&[]).await;
+    // A dead letter to replay: a group member gives up on an event.
+    let (status, _) = post(
+        &s.url("/v1/topics/browser.dead/events"),
+        &json!({"payload": "poison"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe(
+        "g",
+        "browser.dead",
+        json!({"group": "browser", "start": "earliest"}),
+    )
+    .await;
+    let ev = ws.recv_op("event").await;
+    ws.send(json!({"op": "term", "delivery": ev["delivery"], "reason": "poison"}))
+        .await;
+    ws.recv_op("settled").await;
+    ws.close().await;
+    let (_, dead) = get(&s.url("/v1/dead-letters")).await;
+    assert_eq!(dead["dead_letters"].as_array().unwrap().len(), 1);
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/admin.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(&s.base)
+        .output()
+        .await
+        .expect("node runs (scripts/test installs it and the browser)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        s.log()
+    );
+    assert!(stdout.contains("admin page: ok"), "{stdout}");
+
+    // The click replayed it: the dead letter is gone and the topic has it again.
+    let (_, dead) = get(&s.url("/v1/dead-letters")).await;
+    assert_eq!(dead["dead_letters"], json!([]));
+    let (_, page) = get(&s.url("/v1/topics/browser.dead/events")).await;
+    assert_eq!(page["events"][1]["payload"], "poison");
+    assert!(
+        page["events"][1]["headers"]["herald-replay-of"].is_string(),
+        "{page}"
+    );
+}

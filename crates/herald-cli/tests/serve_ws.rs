@@ -1,0 +1,168 @@
+//! `herald serve`'s WebSocket, as a real process: durable subscriptions
+//! resume across a disconnect with nothing lost and in order, nacks
+//! redeliver, a slow client never stalls another, and publish and call work
+//! on the same connection.
+
+mod support;
+
+use serde_json::json;
+use support::{get, post, Served, Ws};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscription_resumes_after_a_disconnect_losing_nothing() {
+    let s = Served::start(&[]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe(
+        "s",
+        "jobs.>",
+        json!({"group": "workers", "start": "earliest", "max_in_flight": 5}),
+    )
+    .await;
+    // One key: the group hands its events out one at a time, in order.
+    let batch: Vec<_> = (1..=20)
+        .map(|n| json!({"payload": n, "key": "line-1"}))
+        .collect();
+    let (status, _) = post(&s.url("/v1/topics/jobs.new/events"), &json!(batch)).await;
+    assert_eq!(status, 201);
+
+    // Ack the first 7, receive the 8th without acking it, then vanish.
+    let mut acked = Vec::new();
+    for _ in 0..7 {
+        let ev = ws.recv_op("event").await;
+        acked.push(ev["envelope"]["payload"].as_u64().unwrap());
+        ws.send(json!({"op": "ack", "delivery": ev["delivery"]}))
+            .await;
+        ws.recv_op("settled").await;
+    }
+    assert_eq!(acked, (1..=7).collect::<Vec<_>>());
+    let unacked = ws.recv_op("event").await;
+    assert_eq!(unacked["envelope"]["payload"], 8);
+    drop(ws);
+
+    // The same durable subscription again: everything not acked, in order.
+    let mut again = Ws::connect(&s.ws_url(None)).await;
+    again
+        .subscribe("s", "jobs.>", json!({"group": "workers"}))
+        .await;
+    let mut rest = Vec::new();
+    for _ in 8..=20 {
+        let ev = again.recv_op("event").await;
+        rest.push(ev["envelope"]["payload"].as_u64().unwrap());
+        if ev["envelope"]["payload"] == 8 {
+            assert_eq!(ev["envelope"]["attempt"], 2, "a redelivery says so");
+        }
+        again
+            .send(json!({"op": "ack", "delivery": ev["delivery"]}))
+            .await;
+    }
+    assert_eq!(rest, (8..=20).collect::<Vec<_>>(), "none lost, in order");
+    let (_, groups) = get(&s.url("/v1/groups")).await;
+    let workers = &groups["groups"][0];
+    assert_eq!(workers["name"], "workers");
+    // Acks are confirmed asynchronously; the last ones may still be landing.
+    assert!(workers["topics"][0]["acked_through"].as_u64().unwrap() >= 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_redelivers_and_settling_twice_is_an_error() {
+    let s = Served::start(&[]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe("s", "mail.send", json!({"group": "mailer"}))
+        .await;
+    ws.send(json!({"op": "publish", "ref": "p1", "topic": "mail.send", "messages": [{"payload": "hi"}]})).await;
+    let published = ws.recv_op("published").await;
+    assert_eq!(published["ref"], "p1");
+    assert_eq!(published["events"][0]["seq"], 1);
+    let first = ws.recv_op("event").await;
+    ws.send(json!({"op": "nack", "delivery": first["delivery"], "delay_ms": 10}))
+        .await;
+    ws.recv_op("settled").await;
+    let second = ws.recv_op("event").await;
+    assert_eq!(second["envelope"]["id"], first["envelope"]["id"]);
+    assert_eq!(second["envelope"]["attempt"], 2);
+    ws.send(json!({"op": "ack", "delivery": second["delivery"]}))
+        .await;
+    ws.recv_op("settled").await;
+    ws.send(json!({"op": "ack", "delivery": second["delivery"]}))
+        .await;
+    let err = ws.recv_op("error").await;
+    assert_eq!(err["code"], "NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_never_stalls_another() {
+    let s = Served::start(&[("HERALD_WS_BUFFER", "4")]).await;
+    // The slow client subscribes and then never reads.
+    let mut slow = Ws::connect(&s.ws_url(None)).await;
+    slow.subscribe("s", "feed.>", json!({"auto_ack": true}))
+        .await;
+    let mut fast = Ws::connect(&s.ws_url(None)).await;
+    fast.subscribe("f", "feed.>", json!({"auto_ack": true}))
+        .await;
+    let payload = "x".repeat(16 * 1024);
+    for chunk in 0..10 {
+        let batch: Vec<_> = (0..50)
+            .map(|i| json!({"payload": {"n": chunk * 50 + i, "pad": payload}}))
+            .collect();
+        let (status, body) = post(&s.url("/v1/topics/feed.items/events"), &json!(batch)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for n in 0..500u64 {
+        let ev = fast.recv_op("event").await;
+        assert_eq!(
+            ev["envelope"]["payload"]["n"], n,
+            "the fast client gets everything in order"
+        );
+    }
+    // The server still answers everyone else.
+    let (status, _) = get(&s.url("/readyz")).await;
+    assert_eq!(status, 200);
+    drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_checked_and_limits_hold() {
+    let s = Served::start(&[("HERALD_MAX_SUBSCRIPTIONS", "2")]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.send_text("{not json").await;
+    assert_eq!(ws.recv().await["code"], "VALIDATION");
+    ws.send(json!({"op": "subscribe", "id": "a", "pattern": "a.b", "bogus": 1}))
+        .await;
+    assert_eq!(ws.recv().await["code"], "VALIDATION");
+    ws.send(json!({"op": "fly"})).await;
+    assert_eq!(ws.recv().await["code"], "VALIDATION");
+    ws.send(json!({"op": "subscribe", "id": "a", "pattern": "Not A Pattern"}))
+        .await;
+    let e = ws.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("VALIDATION"), Some("a"))
+    );
+    ws.subscribe("a", "a.*", json!({})).await;
+    ws.send(json!({"op": "subscribe", "id": "a", "pattern": "b.*"}))
+        .await;
+    assert_eq!(ws.recv().await["code"], "VALIDATION", "ids are unique");
+    ws.subscribe("b", "b.*", json!({})).await;
+    ws.send(json!({"op": "subscribe", "id": "c", "pattern": "c.*"}))
+        .await;
+    assert_eq!(
+        ws.recv().await["code"],
+        "BACKPRESSURE",
+        "HERALD_MAX_SUBSCRIPTIONS"
+    );
+    ws.send(json!({"op": "unsubscribe", "id": "b"})).await;
+    assert_eq!(ws.recv().await["op"], "unsubscribed");
+    ws.subscribe("c", "c.*", json!({})).await;
+    ws.send(json!({"op": "call", "ref": "c1", "topic": "nobody.home", "message": {"payload": 1}, "timeout_ms": 500})).await;
+    let e = ws.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("NOT_FOUND"), Some("c1"))
+    );
+    // The connection still works after every refusal.
+    ws.send(json!({"op": "publish", "topic": "c.d", "messages": [{"payload": 1}]}))
+        .await;
+    assert_eq!(ws.recv_op("published").await["events"][0]["seq"], 1);
+    let ev = ws.recv_op("event").await;
+    assert_eq!(ev["envelope"]["topic"], "c.d");
+}

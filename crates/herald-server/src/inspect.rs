@@ -1,0 +1,276 @@
+//! Reading the store over HTTP: topics with their rate, a topic's events
+//! page by page, and consumer groups with offsets and lag.
+//!
+//! Owns `GET /v1/topics`, `GET /v1/topics/{topic}/events` and
+//! `GET /v1/groups`, and [`Rates`]: a sampler that reads every topic's last
+//! `seq` every [`SAMPLE_EVERY`] and keeps a minute of readings, so a topic's
+//! rate is events per second over the last minute, whoever published them
+//! (this server, other processes, plain clients of the store).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use herald::{Bus, Envelope, StartPosition, TopicInfo};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::{Caller, Permission};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{PathParam, QueryParams};
+use crate::state::AppState;
+
+/// How often the rate sampler reads the topics.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// The window a rate is measured over.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Most events one replay page returns.
+pub const MAX_PAGE: usize = 1_000;
+
+/// Readings of one topic's last `seq`, oldest first.
+type Readings = VecDeque<(Instant, u64)>;
+
+/// Recent readings of each topic's last `seq`.
+#[derive(Clone, Default)]
+pub struct Rates {
+    samples: Arc<Mutex<HashMap<String, Readings>>>,
+}
+
+impl Rates {
+    /// Record `topics` as read at `at`, forgetting readings older than the window.
+    pub fn record(&self, at: Instant, topics: &[TopicInfo]) {
+        let mut samples = self.samples.lock();
+        for t in topics {
+            let s = samples.entry(t.topic.to_string()).or_default();
+            s.push_back((at, t.last_seq));
+            while s.len() > 2
+                && s.front()
+                    .is_some_and(|(when, _)| at.duration_since(*when) > RATE_WINDOW)
+            {
+                s.pop_front();
+            }
+        }
+    }
+
+    /// Events per second of `topic` between its oldest reading in the
+    /// window and `last_seq` now; `0` with a single reading.
+    pub fn rate(&self, topic: &str, now: Instant, last_seq: u64) -> f64 {
+        let samples = self.samples.lock();
+        match samples.get(topic).and_then(|s| s.front()) {
+            Some((when, seq)) if now > *when => {
+                last_seq.saturating_sub(*seq) as f64 / now.duration_since(*when).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Sample `bus`'s topics every [`SAMPLE_EVERY`] until the bus closes.
+    pub async fn run(self, bus: Bus) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            match bus.topics().await {
+                Ok(topics) => self.record(Instant::now(), &topics),
+                Err(e) if e.code() == herald::ErrorCode::Unavailable => return,
+                Err(e) => tracing::debug!(error = %e, "rate sampler: reading topics failed"),
+            }
+        }
+    }
+}
+
+/// One topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopicView {
+    /// Its name.
+    pub topic: String,
+    /// Its highest `seq`.
+    pub last_seq: u64,
+    /// Events per second over the last minute.
+    pub rate: f64,
+}
+
+/// Every topic with events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopicList {
+    /// By name.
+    pub topics: Vec<TopicView>,
+}
+
+/// List topics with their last `seq` and rate.
+#[utoipa::path(get, path = "/v1/topics", tag = "topics",
+    responses((status = 200, body = TopicList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn topics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<TopicList>> {
+    caller.require(Permission::Admin, "topics")?;
+    let now = Instant::now();
+    let found = state.bus.topics().await?;
+    let topics = found
+        .iter()
+        .map(|t| TopicView {
+            topic: t.topic.to_string(),
+            last_seq: t.last_seq,
+            rate: state.rates.rate(t.topic.as_str(), now, t.last_seq),
+        })
+        .collect();
+    state.rates.record(now, &found);
+    Ok(Json(TopicList { topics }))
+}
+
+/// Where a page starts.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// From this `seq` on (default 1).
+    pub from_seq: Option<u64>,
+    /// From the first event created at or after this time (RFC 3339); not with `from_seq`.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// One page of a topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page {
+    /// In `seq` order.
+    #[schema(value_type = Vec<crate::openapi::EnvelopeSchema>)]
+    pub events: Vec<Envelope>,
+    /// `from_seq` of the next page; absent when this page reached the end.
+    pub next_seq: Option<u64>,
+}
+
+/// Read a topic's retained events, page by page; groups are not touched.
+#[utoipa::path(get, path = "/v1/topics/{topic}/events", tag = "topics",
+    params(("topic" = String, Path), PageParams),
+    responses((status = 200, body = Page), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn replay(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathParam(topic): PathParam<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page>> {
+    caller.require(Permission::Subscribe, &topic)?;
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::validation(format!(
+            "limit={limit} is not allowed: expected 1..={MAX_PAGE}"
+        )));
+    }
+    let from = match (page.from_seq, page.since) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation("give `from_seq` or `since`, not both"))
+        }
+        (Some(0), None) => {
+            return Err(ApiError::validation(
+                "from_seq=0 is not allowed: seqs start at 1",
+            ))
+        }
+        (Some(n), None) => StartPosition::Seq(n),
+        (None, Some(t)) => StartPosition::Time(t),
+        (None, None) => StartPosition::Earliest,
+    };
+    let events = state.bus.replay(&topic, from, limit).await?;
+    let next_seq = if events.len() == limit {
+        events.last().and_then(|e| e.seq()).map(|s| s + 1)
+    } else {
+        None
+    };
+    Ok(Json(Page { events, next_seq }))
+}
+
+/// A group's standing on one topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupTopicView {
+    /// The topic.
+    pub topic: String,
+    /// Every event with `seq` at or below this is settled for the group.
+    pub acked_through: u64,
+    /// The topic's highest `seq`.
+    pub last_seq: u64,
+    /// Events not settled yet.
+    pub lag: u64,
+}
+
+/// One consumer group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    /// Its name.
+    pub name: String,
+    /// The topic patterns it follows.
+    pub patterns: Vec<String>,
+    /// Unsettled events over all its topics.
+    pub lag: u64,
+    /// Per topic, by name.
+    pub topics: Vec<GroupTopicView>,
+}
+
+/// Every durable consumer group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupList {
+    /// By name.
+    pub groups: Vec<GroupView>,
+}
+
+/// List consumer groups with their offsets and lag.
+#[utoipa::path(get, path = "/v1/groups", tag = "groups",
+    responses((status = 200, body = GroupList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn groups(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<GroupList>> {
+    caller.require(Permission::Admin, "groups")?;
+    let groups = state
+        .bus
+        .groups()
+        .await?
+        .into_iter()
+        .map(|g| GroupView {
+            lag: g.lag(),
+            name: g.name,
+            patterns: g.patterns,
+            topics: g
+                .topics
+                .into_iter()
+                .map(|t| GroupTopicView {
+                    topic: t.topic.to_string(),
+                    acked_through: t.acked_through,
+                    last_seq: t.last_seq,
+                    lag: t.lag,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(GroupList { groups }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_events_per_second_since_the_oldest_reading() {
+        let rates = Rates::default();
+        let t0 = Instant::now();
+        let topic = herald::Topic::new("a.b").unwrap();
+        rates.record(t0, &[TopicInfo::new(topic.clone(), 10)]);
+        assert_eq!(rates.rate("a.b", t0, 10), 0.0, "one reading, no rate");
+        let later = t0 + Duration::from_secs(10);
+        assert!((rates.rate("a.b", later, 110) - 10.0).abs() < 1e-9);
+        assert_eq!(rates.rate("c.d", later, 5), 0.0, "never sampled");
+        // Readings older than the window are forgotten (two always stay).
+        rates.record(later, &[TopicInfo::new(topic.clone(), 110)]);
+        let much_later = t0 + Duration::from_secs(200);
+        rates.record(much_later, &[TopicInfo::new(topic, 110)]);
+        let now = much_later + Duration::from_secs(10);
+        assert!((rates.rate("a.b", now, 310) - 200.0 / 200.0).abs() < 1e-9);
+    }
+}

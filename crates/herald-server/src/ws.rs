@@ -1,0 +1,780 @@
+//! The WebSocket: subscribe, receive, ack/nack, publish and call as JSON
+//! frames on one connection.
+//!
+//! Owns `GET /v1/ws` and its protocol ([`ClientFrame`] in, [`ServerFrame`]
+//! out; see the README's "WebSocket protocol"). Each connection has one
+//! writer task draining a bounded queue of outgoing frames
+//! (`HERALD_WS_BUFFER`) and one feeder task per subscription.
+//!
+//! Durable subscriptions are consumer groups: a client that subscribes
+//! with a `group` and disconnects leaves its unacked deliveries to be
+//! redelivered (to the group's other members, or to the same client when
+//! it reconnects and subscribes again), in order, none lost.
+//!
+//! Slow clients: a feeder waits while the connection's queue is full, and a
+//! subscription holds at most `max_in_flight` unacked deliveries, so a
+//! client that reads slowly is paused, not fed; events wait in the store
+//! (durable) or the subscription's buffer. A client whose socket accepts no
+//! frame for [`STALL_TIMEOUT`] is disconnected (close code 1008) and its
+//! unacked deliveries are redelivered. Nothing a slow client does touches
+//! other connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::Extension;
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use herald::{CommandHandle, Delivery, Envelope, ErrorCode, Payload, StartPosition};
+use parking_lot::Mutex;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::auth::{Caller, Permission};
+use crate::error::ApiError;
+use crate::listener::Peer;
+use crate::message::{MessageIn, Published};
+use crate::state::AppState;
+
+/// How long a socket may accept no frame before the client is dropped.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default unacked deliveries one subscription may hold.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 100;
+
+/// Where a subscription starts.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Start {
+    /// The oldest retained event.
+    Earliest,
+    /// Only new events (the default).
+    #[default]
+    Latest,
+    /// From this `seq`.
+    Seq(u64),
+    /// From this time.
+    Time(DateTime<Utc>),
+}
+
+/// A frame a client sends: a JSON object whose `op` names the variant, the
+/// variant's fields beside it (see [`ClientFrame::parse`]).
+#[derive(Debug)]
+pub enum ClientFrame {
+    /// `subscribe`
+    Subscribe(SubscribeFrame),
+    /// `unsubscribe`
+    Unsubscribe(UnsubscribeFrame),
+    /// `ack`
+    Ack(AckFrame),
+    /// `nack`
+    Nack(NackFrame),
+    /// `term`
+    Term(TermFrame),
+    /// `handle`
+    Handle(HandleFrame),
+    /// `reply`
+    Reply(ReplyFrame),
+    /// `publish`
+    Publish(PublishFrame),
+    /// `call`
+    Call(CallFrame),
+}
+
+#[derive(Deserialize)]
+struct Op<'a> {
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
+}
+
+impl ClientFrame {
+    /// Decode a frame strictly: a known `op`, its fields of the right
+    /// types, no others. (Decoded from the text in two steps, so payloads
+    /// stay raw JSON: serde's internally tagged enums cannot hold them.)
+    pub fn parse(text: &str) -> Result<ClientFrame, String> {
+        fn body<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, String> {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        }
+        let op: Op = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(match op.op.as_ref() {
+            "subscribe" => ClientFrame::Subscribe(body(text)?),
+            "unsubscribe" => ClientFrame::Unsubscribe(body(text)?),
+            "ack" => ClientFrame::Ack(body(text)?),
+            "nack" => ClientFrame::Nack(body(text)?),
+            "term" => ClientFrame::Term(body(text)?),
+            "handle" => ClientFrame::Handle(body(text)?),
+            "reply" => ClientFrame::Reply(body(text)?),
+            "publish" => ClientFrame::Publish(body(text)?),
+            "call" => ClientFrame::Call(body(text)?),
+            other => {
+                return Err(format!(
+                    "unknown op {other:?}: expected subscribe, unsubscribe, ack, nack, term, handle, reply, publish or call"
+                ))
+            }
+        })
+    }
+}
+
+/// Open subscription `id` on `pattern`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// The client's name for it (unique on the connection).
+    pub id: String,
+    /// Topic pattern.
+    pub pattern: String,
+    /// A consumer group: durable, shared by its members, resumable.
+    pub group: Option<String>,
+    /// Where a new subscription or group starts.
+    #[serde(default)]
+    pub start: Start,
+    /// Ack each delivery as it is sent (at most once; for tails).
+    #[serde(default)]
+    pub auto_ack: bool,
+    /// Unacked deliveries it may hold (1–10000, default 100).
+    pub max_in_flight: Option<u32>,
+}
+
+/// Close subscription `id`; its unacked deliveries are redelivered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// Its id.
+    pub id: String,
+}
+
+/// Settle delivery `delivery` as done.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// The delivery's number, from its `event` frame.
+    pub delivery: u64,
+}
+
+/// Hand delivery `delivery` back, for redelivery after `delay_ms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NackFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// The delivery's number.
+    pub delivery: u64,
+    /// Wait this long first (default 0).
+    pub delay_ms: Option<u64>,
+}
+
+/// Give delivery `delivery` up: it goes to the dead letters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TermFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// The delivery's number.
+    pub delivery: u64,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// Handle command `topic` on this connection until it closes: calls
+/// arrive as `command` frames, answered with `reply`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandleFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// The command's topic.
+    pub topic: String,
+}
+
+/// Answer `command` frame `call` with a payload or an error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// The call's number, from its `command` frame.
+    pub call: u64,
+    /// The response payload (any JSON; default `null`).
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+    /// Or the handler's error: a code (`VALIDATION`, `NOT_FOUND`, …) and a message.
+    pub error: Option<ReplyError>,
+}
+
+/// Publish one message or a batch to `topic`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// Echoed in the answer.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// The messages (one or many).
+    pub messages: Vec<MessageIn>,
+}
+
+/// Call command `topic`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallFrame {
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// Echoed in the answer.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// The command's topic.
+    pub topic: String,
+    /// The command.
+    pub message: MessageIn,
+    /// How long to wait (default `HERALD_TIMEOUT_SECONDS`).
+    pub timeout_ms: Option<u64>,
+}
+
+/// A handler's error, as a `reply` frame carries it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyError {
+    /// A stable code (`INTERNAL` when unknown).
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A frame the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// A subscription is open.
+    Subscribed {
+        /// Its id.
+        id: &'a str,
+    },
+    /// A subscription is closed.
+    Unsubscribed {
+        /// Its id.
+        id: &'a str,
+    },
+    /// An event for subscription `sub`; settle it by `delivery`.
+    Event {
+        /// The subscription.
+        sub: &'a str,
+        /// The delivery's number on this connection (0 with `auto_ack`).
+        delivery: u64,
+        /// The event.
+        envelope: &'a Envelope,
+    },
+    /// This connection handles command `topic` now.
+    Handling {
+        /// The command's topic.
+        topic: &'a str,
+    },
+    /// A call of a command this connection handles; answer with `reply`.
+    Command {
+        /// The call's number on this connection.
+        call: u64,
+        /// The command.
+        envelope: &'a Envelope,
+    },
+    /// A settlement went through.
+    Settled {
+        /// The delivery.
+        delivery: u64,
+    },
+    /// A publish went through.
+    Published {
+        /// The request's `ref`.
+        #[serde(rename = "ref")]
+        reference: Option<&'a str>,
+        /// The topic.
+        topic: &'a str,
+        /// Each event's id and seq.
+        events: Vec<Published>,
+    },
+    /// A command's response.
+    Response {
+        /// The request's `ref`.
+        #[serde(rename = "ref")]
+        reference: Option<&'a str>,
+        /// The response envelope.
+        envelope: &'a Envelope,
+    },
+    /// Something failed; the connection stays open.
+    Error {
+        /// The request's `ref`, subscription id or delivery number, when
+        /// the error concerns one.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The stable error code.
+        code: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ServerFrame<'_> {
+    fn text(&self) -> WsMessage {
+        let text = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"op":"error","code":"INTERNAL","message":"encode: {e}"}}"#)
+        });
+        WsMessage::Text(Utf8Bytes::from(text))
+    }
+}
+
+fn error_frame(reference: Option<String>, e: &ApiError) -> WsMessage {
+    let body = e.body();
+    ServerFrame::Error {
+        reference,
+        code: e.code().as_str(),
+        message: body.message,
+    }
+    .text()
+}
+
+/// Open a WebSocket (`?token=` carries the API token for browsers).
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limit = state.config.max_request_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(state, caller, peer, socket))
+}
+
+/// One subscription on a connection.
+struct Sub {
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.feeder.abort();
+    }
+}
+
+/// An unacked delivery: its subscription's id, the delivery, and the
+/// semaphore its in-flight permit goes back to.
+type Held = (String, Delivery, Arc<Semaphore>);
+
+/// What a connection's tasks share.
+struct Conn {
+    state: AppState,
+    caller: Caller,
+    peer: Peer,
+    out: mpsc::Sender<WsMessage>,
+    /// Unacked deliveries by number.
+    held: Mutex<HashMap<u64, Held>>,
+    next_delivery: AtomicU64,
+    /// Commands this connection handles; unregistered when it closes.
+    handles: Mutex<Vec<CommandHandle>>,
+    /// Calls sent to this connection awaiting its `reply`.
+    calls: Mutex<HashMap<u64, oneshot::Sender<herald::Result<Payload>>>>,
+    next_call: AtomicU64,
+}
+
+async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut outgoing) = mpsc::channel::<WsMessage>(state.config.ws_buffer);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = outgoing.recv().await {
+            let closing = matches!(msg, WsMessage::Close(_));
+            match tokio::time::timeout(STALL_TIMEOUT, sink.send(msg)).await {
+                Ok(Ok(())) if !closing => {}
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::info!("websocket client stalled for {STALL_TIMEOUT:?}: disconnecting");
+                    let close = CloseFrame {
+                        code: 1008,
+                        reason: "stalled: frames not read".into(),
+                    };
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        sink.send(WsMessage::Close(Some(close))),
+                    )
+                    .await;
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let conn = Arc::new(Conn {
+        state: state.clone(),
+        caller,
+        peer,
+        out: out.clone(),
+        held: Mutex::new(HashMap::new()),
+        next_delivery: AtomicU64::new(1),
+        handles: Mutex::new(Vec::new()),
+        calls: Mutex::new(HashMap::new()),
+        next_call: AtomicU64::new(1),
+    });
+    let mut subs: HashMap<String, Sub> = HashMap::new();
+    let mut draining = state.draining_signal();
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                let close = CloseFrame { code: 1001, reason: "server shutting down".into() };
+                let _ = out.send(WsMessage::Close(Some(close))).await;
+                break;
+            }
+        };
+        let text = match msg {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Binary(_))) => {
+                let e = ApiError::validation("send JSON text frames, not binary");
+                let _ = out.send(error_frame(None, &e)).await;
+                continue;
+            }
+            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        };
+        if writer.is_finished() {
+            break;
+        }
+        if let Err(e) = state.charge(&conn.caller, conn.peer.0.ip()) {
+            let _ = out.send(error_frame(None, &e)).await;
+            continue;
+        }
+        let frame = match ClientFrame::parse(text.as_str()) {
+            Ok(f) => f,
+            Err(e) => {
+                let e = ApiError::validation(format!("invalid frame: {e}"));
+                let _ = out.send(error_frame(None, &e)).await;
+                continue;
+            }
+        };
+        conn.handle(frame, &mut subs).await;
+    }
+    // Unacked deliveries are released (redelivered) as they drop; calls
+    // waiting on this connection fail with `UNAVAILABLE`.
+    drop(subs);
+    conn.held.lock().clear();
+    for handle in conn.handles.lock().drain(..) {
+        handle.unregister();
+    }
+    conn.calls.lock().clear();
+    drop(out);
+    drop(conn);
+    let _ = writer.await;
+}
+
+impl Conn {
+    async fn send(&self, msg: WsMessage) {
+        let _ = self.out.send(msg).await;
+    }
+
+    async fn handle(self: &Arc<Self>, frame: ClientFrame, subs: &mut HashMap<String, Sub>) {
+        match frame {
+            ClientFrame::Subscribe(SubscribeFrame {
+                id,
+                pattern,
+                group,
+                start,
+                auto_ack,
+                max_in_flight,
+                ..
+            }) => {
+                let reply = match self
+                    .subscribe(&id, &pattern, group, start, auto_ack, max_in_flight, subs)
+                    .await
+                {
+                    Ok(()) => ServerFrame::Subscribed { id: &id }.text(),
+                    Err(e) => error_frame(Some(id.clone()), &e),
+                };
+                self.send(reply).await;
+            }
+            ClientFrame::Unsubscribe(UnsubscribeFrame { id, .. }) => {
+                let reply = match subs.remove(&id) {
+                    Some(sub) => {
+                        drop(sub);
+                        self.held.lock().retain(|_, (s, _, _)| *s != id);
+                        ServerFrame::Unsubscribed { id: &id }.text()
+                    }
+                    None => error_frame(
+                        Some(id.clone()),
+                        &ApiError::new(ErrorCode::NotFound, format!("no subscription {id:?}")),
+                    ),
+                };
+                self.send(reply).await;
+            }
+            ClientFrame::Ack(AckFrame { delivery, .. }) => self.settle(delivery, Settle::Ack).await,
+            ClientFrame::Nack(NackFrame {
+                delivery, delay_ms, ..
+            }) => {
+                let delay = Duration::from_millis(delay_ms.unwrap_or(0).min(86_400_000));
+                self.settle(delivery, Settle::Nack(delay)).await
+            }
+            ClientFrame::Term(TermFrame {
+                delivery, reason, ..
+            }) => {
+                let reason = reason.unwrap_or_else(|| "terminated by the client".into());
+                self.settle(delivery, Settle::Term(reason)).await
+            }
+            ClientFrame::Handle(HandleFrame { topic, .. }) => {
+                let reply = match self.handle_command(&topic) {
+                    Ok(()) => ServerFrame::Handling { topic: &topic }.text(),
+                    Err(e) => error_frame(Some(topic.clone()), &e),
+                };
+                self.send(reply).await;
+            }
+            ClientFrame::Reply(ReplyFrame {
+                call,
+                payload,
+                error,
+                ..
+            }) => {
+                let answer = match (payload, error) {
+                    (Some(_), Some(_)) => {
+                        let e = ApiError::validation("a reply has `payload` or `error`, not both");
+                        return self.send(error_frame(Some(call.to_string()), &e)).await;
+                    }
+                    (_, Some(e)) => Err(herald::Error::new(
+                        e.code.parse().unwrap_or(ErrorCode::Internal),
+                        e.message,
+                    )),
+                    (Some(p), None) => Payload::from_json_text(String::from(Box::<str>::from(p))),
+                    (None, None) => Ok(Payload::null()),
+                };
+                match self.calls.lock().remove(&call) {
+                    Some(waiting) => {
+                        let _ = waiting.send(answer);
+                    }
+                    None => {
+                        let e = ApiError::new(
+                            ErrorCode::NotFound,
+                            format!("no call {call} is waiting (answered, or timed out)"),
+                        );
+                        let _ = self.out.try_send(error_frame(Some(call.to_string()), &e));
+                    }
+                }
+            }
+            ClientFrame::Publish(PublishFrame {
+                reference,
+                topic,
+                messages,
+                ..
+            }) => {
+                let conn = self.clone();
+                tokio::spawn(async move {
+                    let reply = match crate::publish::publish_messages(
+                        &conn.state,
+                        &conn.caller,
+                        &topic,
+                        messages,
+                    )
+                    .await
+                    {
+                        Ok(events) => ServerFrame::Published {
+                            reference: reference.as_deref(),
+                            topic: &topic,
+                            events,
+                        }
+                        .text(),
+                        Err(e) => error_frame(reference.clone(), &e),
+                    };
+                    conn.send(reply).await;
+                });
+            }
+            ClientFrame::Call(CallFrame {
+                reference,
+                topic,
+                message,
+                timeout_ms,
+                ..
+            }) => {
+                let conn = self.clone();
+                tokio::spawn(async move {
+                    let reply = match crate::publish::call_command(
+                        &conn.state,
+                        &conn.caller,
+                        &topic,
+                        message,
+                        timeout_ms,
+                    )
+                    .await
+                    {
+                        Ok(envelope) => ServerFrame::Response {
+                            reference: reference.as_deref(),
+                            envelope: &envelope,
+                        }
+                        .text(),
+                        Err(e) => error_frame(reference.clone(), &e),
+                    };
+                    conn.send(reply).await;
+                });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn subscribe(
+        self: &Arc<Self>,
+        id: &str,
+        pattern: &str,
+        group: Option<String>,
+        start: Start,
+        auto_ack: bool,
+        max_in_flight: Option<u32>,
+        subs: &mut HashMap<String, Sub>,
+    ) -> Result<(), ApiError> {
+        self.caller.require(Permission::Subscribe, pattern)?;
+        if subs.contains_key(id) {
+            return Err(ApiError::validation(format!(
+                "subscription {id:?} is already open"
+            )));
+        }
+        let max = self.state.config.max_subscriptions;
+        if subs.len() >= max {
+            return Err(ApiError::new(
+                ErrorCode::Backpressure,
+                format!(
+                    "{max} subscriptions is the limit per connection (HERALD_MAX_SUBSCRIPTIONS)"
+                ),
+            ));
+        }
+        let in_flight = max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if !(1..=10_000).contains(&in_flight) {
+            return Err(ApiError::validation(format!(
+                "max_in_flight={in_flight} is not allowed: expected 1..=10000"
+            )));
+        }
+        let mut request = self.state.bus.subscribe_raw(pattern).start(match start {
+            Start::Earliest => StartPosition::Earliest,
+            Start::Latest => StartPosition::Latest,
+            Start::Seq(n) => StartPosition::Seq(n),
+            Start::Time(t) => StartPosition::Time(t),
+        });
+        if let Some(g) = group {
+            request = request.group(g);
+        }
+        let mut subscription = request.await?;
+        let permits = Arc::new(Semaphore::new(in_flight as usize));
+        let conn = self.clone();
+        let sub_id = id.to_owned();
+        let feeder = tokio::spawn(async move {
+            while let Some(item) = subscription.next().await {
+                let delivery = match item {
+                    Ok(d) => d,
+                    Err(e) => {
+                        conn.send(error_frame(Some(sub_id.clone()), &e.into()))
+                            .await;
+                        continue;
+                    }
+                };
+                if auto_ack {
+                    let frame = ServerFrame::Event {
+                        sub: &sub_id,
+                        delivery: 0,
+                        envelope: delivery.envelope(),
+                    }
+                    .text();
+                    conn.send(frame).await;
+                    let _ = delivery.ack().await;
+                    continue;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                permit.forget();
+                let number = conn.next_delivery.fetch_add(1, Ordering::Relaxed);
+                let frame = ServerFrame::Event {
+                    sub: &sub_id,
+                    delivery: number,
+                    envelope: delivery.envelope(),
+                }
+                .text();
+                conn.held
+                    .lock()
+                    .insert(number, (sub_id.clone(), delivery, permits.clone()));
+                conn.send(frame).await;
+            }
+            let e = ApiError::new(ErrorCode::Unavailable, "the subscription ended");
+            conn.send(error_frame(Some(sub_id.clone()), &e)).await;
+        });
+        subs.insert(id.to_owned(), Sub { feeder });
+        Ok(())
+    }
+
+    /// Register this connection as `topic`'s command handler.
+    fn handle_command(self: &Arc<Self>, topic: &str) -> Result<(), ApiError> {
+        self.caller.require(Permission::Subscribe, topic)?;
+        let conn = Arc::downgrade(self);
+        let handle = self
+            .state
+            .bus
+            .handle_command(topic, move |request: Envelope| {
+                let conn = conn.clone();
+                async move {
+                    let gone = || {
+                        herald::Error::new(
+                            ErrorCode::Unavailable,
+                            "the handling client disconnected",
+                        )
+                    };
+                    let conn = conn.upgrade().ok_or_else(gone)?;
+                    let call = conn.next_call.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = oneshot::channel();
+                    conn.calls.lock().insert(call, tx);
+                    conn.send(
+                        ServerFrame::Command {
+                            call,
+                            envelope: &request,
+                        }
+                        .text(),
+                    )
+                    .await;
+                    drop(conn);
+                    rx.await.map_err(|_| gone())?
+                }
+            })?;
+        self.handles.lock().push(handle);
+        Ok(())
+    }
+
+    async fn settle(&self, number: u64, how: Settle) {
+        let held = self.held.lock().remove(&number);
+        let Some((_, delivery, permits)) = held else {
+            let e = ApiError::new(
+                ErrorCode::NotFound,
+                format!("no unsettled delivery {number} on this connection"),
+            );
+            return self.send(error_frame(Some(number.to_string()), &e)).await;
+        };
+        permits.add_permits(1);
+        let settled = match how {
+            Settle::Ack => delivery.ack().await,
+            Settle::Nack(d) if d.is_zero() => delivery.nack().await,
+            Settle::Nack(d) => delivery.nack_after(d).await,
+            Settle::Term(reason) => delivery.term(ErrorCode::Validation, reason).await,
+        };
+        let reply = match settled {
+            Ok(()) => ServerFrame::Settled { delivery: number }.text(),
+            Err(e) => error_frame(Some(number.to_string()), &e.into()),
+        };
+        self.send(reply).await;
+    }
+}
+
+enum Settle {
+    Ack,
+    Nack(Duration),
+    Term(String),
+}
