@@ -162,3 +162,72 @@ async fn the_http_api_does_what_its_document_says() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("herald_publish_seconds_count"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_go_in_and_come_out() {
+    let s = Served::start(&[]).await;
+    let c = reqwest::Client::new();
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe(
+        "ce",
+        "shop.*",
+        json!({"format": "cloudevents", "auto_ack": true}),
+    )
+    .await;
+    let ce = json!({
+        "specversion": "1.0", "id": "order-1", "source": "/shop/web", "type": "shop.ordered",
+        "datacontenttype": "application/json", "data": {"sku": "A-1"}, "key": "cust-7",
+    });
+    let post_ce = |body: &Value, ct: &str| {
+        c.post(s.url("/v1/topics/shop.ordered/events"))
+            .header("content-type", ct)
+            .body(body.to_string())
+    };
+    let (status, body) = send(post_ce(&ce, "application/cloudevents+json")).await;
+    assert_eq!(status, 201, "{body}");
+    // source + id is the idempotency key: the same CloudEvent again is a duplicate.
+    let (_, again) = send(post_ce(&ce, "application/cloudevents+json")).await;
+    assert_eq!(again["events"][0]["seq"], 1, "deduplicated: {again}");
+    let mut second = ce.clone();
+    second["id"] = json!("order-2");
+    let (status, _) = send(post_ce(
+        &json!([second]),
+        "application/cloudevents-batch+json",
+    ))
+    .await;
+    assert_eq!(status, 201);
+    let mut wrong = ce.clone();
+    wrong["type"] = json!("shop.refunded");
+    let (status, body) = send(post_ce(&wrong, "application/cloudevents+json")).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION")));
+
+    let frame = ws.recv_op("event").await;
+    let got = &frame["cloudevent"];
+    assert_eq!(
+        (got["type"].as_str(), got["source"].as_str()),
+        (Some("shop.ordered"), Some("/shop/web"))
+    );
+    assert_eq!(got["data"], json!({"sku": "A-1"}));
+    assert_eq!(got["seq"], 1);
+    assert_eq!(got["key"], "cust-7");
+    assert_eq!(got["specversion"], "1.0");
+
+    let r = c
+        .get(s.url("/v1/topics/shop.ordered/events?limit=1"))
+        .header("accept", "application/cloudevents-batch+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/cloudevents-batch+json"
+    );
+    assert_eq!(r.headers()["herald-next-seq"], "2");
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(
+        list[0]["id"].as_str().map(str::len),
+        Some(36),
+        "herald's own event id"
+    );
+    assert_eq!(list[0]["idempotencykey"], "/shop/web/order-1");
+}

@@ -16,23 +16,39 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::message::MessageIn;
 
-/// One message or a JSON list of them (a batch, appended atomically).
+/// One message or a JSON list of them (a batch, appended atomically), or
+/// structured-mode CloudEvents (`application/cloudevents+json`, one; or
+/// `application/cloudevents-batch+json`, a list).
 #[derive(Debug)]
 pub enum OneOrMany {
     /// `{…}`
     One(MessageIn),
     /// `[{…}, …]`
     Many(Vec<MessageIn>),
+    /// CloudEvents, not yet checked against the topic.
+    CloudEvents(Vec<serde_json::Value>),
 }
 
 impl OneOrMany {
-    /// The messages, in order.
-    pub fn into_vec(self) -> Vec<MessageIn> {
+    /// The messages for `topic`, in order.
+    pub fn into_messages(self, topic: &str) -> Result<Vec<MessageIn>, ApiError> {
         match self {
-            OneOrMany::One(m) => vec![m],
-            OneOrMany::Many(v) => v,
+            OneOrMany::One(m) => Ok(vec![m]),
+            OneOrMany::Many(v) => Ok(v),
+            OneOrMany::CloudEvents(v) => v
+                .into_iter()
+                .map(|ce| crate::cloudevents::to_message(topic, ce))
+                .collect(),
         }
     }
+}
+
+/// What a body's content type says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    CloudEvent,
+    CloudEventBatch,
 }
 
 /// A JSON body decoded strictly, with herald's error bodies for every way it
@@ -49,11 +65,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody<OneOrMany> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = body_bytes(req, state).await?;
+        let (kind, bytes) = body_bytes(req, state, true).await?;
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        Ok(JsonBody(match first {
-            Some(b'[') => OneOrMany::Many(decode(&bytes)?),
-            _ => OneOrMany::One(decode(&bytes)?),
+        Ok(JsonBody(match (kind, first) {
+            (BodyKind::CloudEvent, _) => OneOrMany::CloudEvents(vec![decode(&bytes)?]),
+            (BodyKind::CloudEventBatch, _) => OneOrMany::CloudEvents(decode(&bytes)?),
+            (BodyKind::Json, Some(b'[')) => OneOrMany::Many(decode(&bytes)?),
+            (BodyKind::Json, _) => OneOrMany::One(decode(&bytes)?),
         }))
     }
 }
@@ -62,25 +80,46 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody<MessageIn> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = body_bytes(req, state).await?;
+        let (_, bytes) = body_bytes(req, state, false).await?;
         Ok(JsonBody(decode(&bytes)?))
     }
 }
 
-/// The body, with a JSON content type (or none): an oversize body is 413
-/// `BACKPRESSURE`, another content type 415 `VALIDATION`.
-async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// The body, with a JSON content type (or none; CloudEvents' too where
+/// `cloudevents`): an oversize body is 413 `BACKPRESSURE`, another content
+/// type 415 `VALIDATION`.
+async fn body_bytes<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    cloudevents: bool,
+) -> Result<(BodyKind, Bytes), ApiError> {
+    let mut kind = BodyKind::Json;
     if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
-        let essence = ct.split(';').next().unwrap_or_default().trim();
-        if !essence.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::validation(format!(
-                "content type {ct:?} is not supported: send application/json"
-            ))
-            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-        }
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        kind = match essence.as_str() {
+            "application/json" => BodyKind::Json,
+            crate::cloudevents::CONTENT_TYPE if cloudevents => BodyKind::CloudEvent,
+            crate::cloudevents::BATCH_CONTENT_TYPE if cloudevents => BodyKind::CloudEventBatch,
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "content type {ct:?} is not supported: send application/json{}",
+                    if cloudevents {
+                        " or application/cloudevents(-batch)+json"
+                    } else {
+                        ""
+                    }
+                ))
+                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE))
+            }
+        };
     }
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::Backpressure,
@@ -90,7 +129,8 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
         } else {
             ApiError::validation(format!("unreadable request body: {}", e.body_text()))
         }
-    })
+    })?;
+    Ok((kind, bytes))
 }
 
 /// Query parameters decoded strictly (`VALIDATION` on an unknown or bad one).

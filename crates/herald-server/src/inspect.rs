@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use herald::{Bus, Envelope, StartPosition, TopicInfo};
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Caller, Permission};
+use crate::cloudevents;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{PathParam, QueryParams};
 use crate::state::AppState;
@@ -146,9 +150,15 @@ pub struct Page {
 }
 
 /// Read a topic's retained events, page by page; groups are not touched.
+/// With `Accept: application/cloudevents-batch+json` the answer is a JSON
+/// list of CloudEvents, and the next page's `from_seq` is the
+/// `herald-next-seq` header.
 #[utoipa::path(get, path = "/v1/topics/{topic}/events", tag = "topics",
     params(("topic" = String, Path), PageParams),
-    responses((status = 200, body = Page), (status = 400, body = ErrorBody),
+    responses((status = 200, content(
+            (Page = "application/json"),
+            (Vec<Object> = "application/cloudevents-batch+json"),
+        )), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn replay(
@@ -156,7 +166,8 @@ pub async fn replay(
     Extension(caller): Extension<Caller>,
     PathParam(topic): PathParam<String>,
     QueryParams(page): QueryParams<PageParams>,
-) -> ApiResult<Json<Page>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     caller.require(Permission::Subscribe, &topic)?;
     let limit = page.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -183,7 +194,25 @@ pub async fn replay(
     } else {
         None
     };
-    Ok(Json(Page { events, next_seq }))
+    let wants_cloudevents = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(cloudevents::BATCH_CONTENT_TYPE));
+    if !wants_cloudevents {
+        return Ok(Json(Page { events, next_seq }).into_response());
+    }
+    let list: Vec<serde_json::Value> = events.iter().map(cloudevents::from_envelope).collect();
+    let mut response = Json(list).into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(cloudevents::BATCH_CONTENT_TYPE),
+    );
+    if let Some(n) = next_seq {
+        response
+            .headers_mut()
+            .insert("herald-next-seq", HeaderValue::from(n));
+    }
+    Ok(response)
 }
 
 /// A group's standing on one topic.

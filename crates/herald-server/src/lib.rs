@@ -20,10 +20,12 @@
 //! permissions), `state` (shared state, the auth and rate-limit
 //! middleware), `extract` (strict request decoding), `message` (what
 //! clients publish), `publish`, `inspect`, `dead_letters`, `health` (the routes),
-//! `openapi`, `listener`, `error`, `admin` (the page at `/`), `slo`.
+//! `openapi`, `listener`, `error`, `admin` (the page at `/`), `slo`,
+//! `cloudevents` (structured-mode CloudEvents in and out).
 
 pub mod admin;
 pub mod auth;
+pub mod cloudevents;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
@@ -180,7 +182,7 @@ impl Server {
         tokio::select! {
             r = &mut served => r.map_err(|e| herald::Error::internal(format!("server task: {e}")))?
                 .map_err(|e| herald::Error::internal(format!("server: {e}")))?,
-            _ = drained.wait_for(|d| *d) => {
+            _ = async { drop(drained.wait_for(|d| *d).await) } => {
                 if tokio::time::timeout(config.shutdown_timeout, &mut served).await.is_err() {
                     tracing::warn!("requests still in flight after HERALD_SHUTDOWN_TIMEOUT; closing anyway");
                     served.abort();
@@ -193,5 +195,19 @@ impl Server {
         self.state.bus.close().await?;
         tracing::info!("herald stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serving_is_a_send_future() {
+        fn send<T: Send>(_: &T) {}
+        let server = Server::new(Bus::memory(), ServerConfig::default(), "memory").unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let serving = server.serve_on(tcp, async {});
+        send(&serving);
     }
 }

@@ -169,7 +169,9 @@ mod tests {
 /// Where a published event landed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Published {
-    /// The event's id.
+    /// The id given to the message sent. (When its idempotency key was
+    /// seen within the dedupe window nothing new is stored: `seq` is the
+    /// original event's, which keeps its own id.)
     pub id: Uuid,
     /// Its `seq` in its topic.
     pub seq: u64,

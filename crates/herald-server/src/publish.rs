@@ -61,7 +61,11 @@ fn check_sizes(state: &AppState, messages: &[MessageIn]) -> ApiResult<()> {
     path = "/v1/topics/{topic}/events",
     tag = "events",
     params(("topic" = String, Path, description = "dot-separated lowercase topic, e.g. `orders.placed`")),
-    request_body(content = MessageIn, description = "one message, or a JSON list of them (one atomic batch)"),
+    request_body(content(
+        (MessageIn = "application/json"),
+        (Object = "application/cloudevents+json"),
+        (Vec<Object> = "application/cloudevents-batch+json"),
+    ), description = "one message, or a JSON list of them (one atomic batch); or structured-mode CloudEvents whose `type` is the topic"),
     responses(
         (status = 201, description = "appended", body = PublishResponse),
         (status = 400, description = "bad JSON, field or topic", body = ErrorBody),
@@ -77,7 +81,8 @@ pub async fn publish(
     PathParam(topic): PathParam<String>,
     JsonBody(body): JsonBody<OneOrMany>,
 ) -> ApiResult<(StatusCode, Json<PublishResponse>)> {
-    let events = publish_messages(&state, &caller, &topic, body.into_vec()).await?;
+    let messages = body.into_messages(&topic)?;
+    let events = publish_messages(&state, &caller, &topic, messages).await?;
     Ok((StatusCode::CREATED, Json(PublishResponse { topic, events })))
 }
 

@@ -140,6 +140,20 @@ pub struct SubscribeFrame {
     pub auto_ack: bool,
     /// Unacked deliveries it may hold (1–10000, default 100).
     pub max_in_flight: Option<u32>,
+    /// `envelope` (default) or `cloudevents`: how `event` frames carry events.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// How `event` frames carry events.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// herald's envelope, as `envelope`.
+    #[default]
+    Envelope,
+    /// A structured-mode CloudEvent, as `cloudevent`.
+    Cloudevents,
 }
 
 /// Close subscription `id`; its unacked deliveries are redelivered.
@@ -273,8 +287,12 @@ pub enum ServerFrame<'a> {
         sub: &'a str,
         /// The delivery's number on this connection (0 with `auto_ack`).
         delivery: u64,
-        /// The event.
-        envelope: &'a Envelope,
+        /// The event (format `envelope`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        envelope: Option<&'a Envelope>,
+        /// The event (format `cloudevents`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cloudevent: Option<serde_json::Value>,
     },
     /// This connection handles command `topic` now.
     Handling {
@@ -490,12 +508,17 @@ impl Conn {
                 start,
                 auto_ack,
                 max_in_flight,
+                format,
                 ..
             }) => {
-                let reply = match self
-                    .subscribe(&id, &pattern, group, start, auto_ack, max_in_flight, subs)
-                    .await
-                {
+                let options = SubOptions {
+                    group,
+                    start,
+                    auto_ack,
+                    max_in_flight,
+                    format,
+                };
+                let reply = match self.subscribe(&id, &pattern, options, subs).await {
                     Ok(()) => ServerFrame::Subscribed { id: &id }.text(),
                     Err(e) => error_frame(Some(id.clone()), &e),
                 };
@@ -624,17 +647,20 @@ impl Conn {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn subscribe(
         self: &Arc<Self>,
         id: &str,
         pattern: &str,
-        group: Option<String>,
-        start: Start,
-        auto_ack: bool,
-        max_in_flight: Option<u32>,
+        options: SubOptions,
         subs: &mut HashMap<String, Sub>,
     ) -> Result<(), ApiError> {
+        let SubOptions {
+            group,
+            start,
+            auto_ack,
+            max_in_flight,
+            format,
+        } = options;
         self.caller.require(Permission::Subscribe, pattern)?;
         if subs.contains_key(id) {
             return Err(ApiError::validation(format!(
@@ -680,12 +706,7 @@ impl Conn {
                     }
                 };
                 if auto_ack {
-                    let frame = ServerFrame::Event {
-                        sub: &sub_id,
-                        delivery: 0,
-                        envelope: delivery.envelope(),
-                    }
-                    .text();
+                    let frame = event_frame(&sub_id, 0, delivery.envelope(), format);
                     conn.send(frame).await;
                     let _ = delivery.ack().await;
                     continue;
@@ -695,12 +716,7 @@ impl Conn {
                 };
                 permit.forget();
                 let number = conn.next_delivery.fetch_add(1, Ordering::Relaxed);
-                let frame = ServerFrame::Event {
-                    sub: &sub_id,
-                    delivery: number,
-                    envelope: delivery.envelope(),
-                }
-                .text();
+                let frame = event_frame(&sub_id, number, delivery.envelope(), format);
                 conn.held
                     .lock()
                     .insert(number, (sub_id.clone(), delivery, permits.clone()));
@@ -771,6 +787,30 @@ impl Conn {
         };
         self.send(reply).await;
     }
+}
+
+/// A subscription's options, from its `subscribe` frame.
+struct SubOptions {
+    group: Option<String>,
+    start: Start,
+    auto_ack: bool,
+    max_in_flight: Option<u32>,
+    format: Format,
+}
+
+/// The `event` frame of delivery `number` of `env` on subscription `sub`.
+fn event_frame(sub: &str, number: u64, env: &Envelope, format: Format) -> WsMessage {
+    let (envelope, cloudevent) = match format {
+        Format::Envelope => (Some(env), None),
+        Format::Cloudevents => (None, Some(crate::cloudevents::from_envelope(env))),
+    };
+    ServerFrame::Event {
+        sub,
+        delivery: number,
+        envelope,
+        cloudevent,
+    }
+    .text()
 }
 
 enum Settle {

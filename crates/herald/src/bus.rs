@@ -38,6 +38,8 @@ use crate::topic::{Pattern, Topic};
 use crate::transport::{DeliveryState, Features, GroupInfo, TopicInfo, Transport};
 
 const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
+/// How long [`Bus::close`] waits for detached settlements to land.
+const CLOSE_SETTLE_WAIT: Duration = Duration::from_secs(5);
 const MAX_ACK_WAIT: Duration = Duration::from_secs(3600);
 
 /// The event bus: publish, subscribe, handle and call commands.
@@ -412,6 +414,9 @@ impl Bus {
     /// gone with it). Idempotent.
     pub async fn close(&self) -> Result<()> {
         self.inner.commands.close();
+        // Deliveries dropped unsettled (a stopped handler's abandoned work)
+        // are nacked in background tasks: let them land first.
+        crate::delivery::detached_settled(CLOSE_SETTLE_WAIT).await;
         self.inner.transport.close().await
     }
 }

@@ -189,12 +189,42 @@ impl Delivery {
     }
 }
 
+/// Settlements running in background tasks (a dropped delivery's nack, a
+/// detached settle), process-wide, and a wake-up for when they reach zero:
+/// [`Bus::close`](crate::Bus::close) waits for them, so work a stopped
+/// handler abandoned is handed back before its store closes instead of
+/// waiting out its ack deadline.
+static DETACHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static DETACHED_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 fn spawn_settle(fut: Option<BoxFuture<'static, Result<()>>>) {
+    use std::sync::atomic::Ordering;
     if let Some(fut) = fut {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(fut);
+            DETACHED.fetch_add(1, Ordering::SeqCst);
+            rt.spawn(async move {
+                let _ = fut.await;
+                if DETACHED.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    DETACHED_DONE.notify_waiters();
+                }
+            });
         }
     }
+}
+
+/// Wait until no detached settlement is running, or `deadline` passes.
+pub(crate) async fn detached_settled(deadline: std::time::Duration) {
+    use std::sync::atomic::Ordering;
+    let _ = tokio::time::timeout(deadline, async {
+        loop {
+            let done = DETACHED_DONE.notified();
+            if DETACHED.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    })
+    .await;
 }
 
 impl std::ops::Deref for Delivery {

@@ -7,6 +7,7 @@
 //! in the same run.
 
 mod drain;
+mod gateway;
 mod handler;
 mod latency;
 mod nats;
@@ -47,6 +48,10 @@ pub struct Args {
     /// are deleted after).
     #[arg(long, value_parser = parse_store)]
     store: Option<Store>,
+    /// Benchmark `herald serve`: HTTP publish throughput and latency next
+    /// to the bus's own, and WebSocket fan-out to 1,000 clients.
+    #[arg(long, conflicts_with = "store")]
+    gateway: bool,
 }
 
 /// A store to benchmark.
@@ -161,6 +166,34 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.gateway {
+        return store_report(runtime.block_on(gateway::run(args.check)), |r| {
+            eprintln!(
+                "\nherald bench --gateway (herald serve on {}, {} keep-alive HTTP clients)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\nHTTP publish latency (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\nHTTP batches of {}: {:.0} events/s\n\nWebSocket fan-out to {} clients, publish → frame read (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
+                r.store,
+                r.connections,
+                "single publishes/s",
+                "HTTP",
+                "bus",
+                "ratio",
+                "one event per request",
+                r.http_publish_per_s,
+                r.raw_publish_per_s,
+                r.ratio,
+                r.http_latency.p50_us,
+                r.http_latency.p95_us,
+                r.http_latency.p99_us,
+                r.http_latency.max_us,
+                gateway::BATCH,
+                r.http_batched_events_per_s,
+                r.ws_clients,
+                r.ws_fan_out.p50_us,
+                r.ws_fan_out.p95_us,
+                r.ws_fan_out.p99_us,
+                r.ws_fan_out.max_us,
+            );
+        });
+    }
     if let Some(Store::Postgres(url)) = &args.store {
         return store_report(runtime.block_on(postgres::run(url, args.check)), |r| {
             eprintln!(

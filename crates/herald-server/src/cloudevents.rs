@@ -1,0 +1,222 @@
+//! CloudEvents 1.0, structured mode (DESIGN.md §3): the gateway accepts
+//! `application/cloudevents+json` (one event) and
+//! `application/cloudevents-batch+json` (a list) on publish, and emits them
+//! on replay (`Accept: application/cloudevents-batch+json`) and on
+//! WebSocket subscriptions opened with `"format": "cloudevents"`.
+//!
+//! Owns the mapping. `type` is the topic; `data` (or `data_base64`) the
+//! payload; `datacontenttype` the content type. herald's other fields are
+//! extension attributes: `seq`, `key`, `correlationid`, `causationid`,
+//! `idempotencykey`, `priority`, `kind`, `schemaversion`, `expiresat`,
+//! `attempt`, `traceparent`, `tracestate`. A producer's `source` and `id`
+//! are kept: `source` in the `ce-source` header (the envelope's own
+//! `source` is the service that published), and `source` + `id` become the
+//! idempotency key when none is given, since CloudEvents promises that pair
+//! is unique.
+
+use std::collections::BTreeMap;
+
+use herald::Envelope;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::message::MessageIn;
+
+/// One CloudEvent.
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// A JSON list of CloudEvents.
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+/// The header keeping a CloudEvent's `source`.
+pub const SOURCE_HEADER: &str = "ce-source";
+
+/// `env` as a structured-mode CloudEvent.
+pub fn from_envelope(env: &Envelope) -> Value {
+    let wire = serde_json::to_value(env).unwrap_or(Value::Null);
+    let mut ce = Map::new();
+    ce.insert("specversion".into(), json!("1.0"));
+    ce.insert("id".into(), json!(env.id().to_string()));
+    ce.insert(
+        "source".into(),
+        json!(env.header(SOURCE_HEADER).unwrap_or(env.source())),
+    );
+    ce.insert("type".into(), json!(env.topic().as_str()));
+    ce.insert("time".into(), wire["time"].clone());
+    ce.insert("datacontenttype".into(), json!(env.content_type()));
+    if herald::envelope::is_json_content_type(env.content_type()) {
+        ce.insert("data".into(), wire["payload"].clone());
+    } else {
+        ce.insert("data_base64".into(), wire["payload"].clone());
+    }
+    let mut ext = |name: &str, v: Value| {
+        if !v.is_null() {
+            ce.insert(name.into(), v);
+        }
+    };
+    ext("seq", wire["seq"].clone());
+    ext("key", wire["key"].clone());
+    ext("correlationid", wire["correlation_id"].clone());
+    ext("causationid", wire["causation_id"].clone());
+    ext("idempotencykey", wire["idempotency_key"].clone());
+    ext("priority", wire["priority"].clone());
+    ext("kind", wire["kind"].clone());
+    ext("schemaversion", wire["schema_version"].clone());
+    ext("expiresat", wire["expires_at"].clone());
+    ext("attempt", wire["attempt"].clone());
+    ext("traceparent", json!(env.header("traceparent")));
+    ext("tracestate", json!(env.header("tracestate")));
+    Value::Object(ce)
+}
+
+fn text(ce: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match ce.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::validation(format!(
+            "CloudEvent attribute `{name}` must be a string, not {other}"
+        ))),
+    }
+}
+
+/// The message a structured-mode CloudEvent publishes to `topic` (its
+/// `type` must be `topic`). Required attributes are checked; an unknown
+/// extension attribute is refused, like an unknown field of a message.
+pub fn to_message(topic: &str, ce: Value) -> Result<MessageIn, ApiError> {
+    let Value::Object(ce) = ce else {
+        return Err(ApiError::validation("a CloudEvent is a JSON object"));
+    };
+    if text(&ce, "specversion")?.as_deref() != Some("1.0") {
+        return Err(ApiError::validation(
+            "CloudEvent `specversion` must be \"1.0\"",
+        ));
+    }
+    let id = text(&ce, "id")?.filter(|s| !s.is_empty());
+    let source = text(&ce, "source")?.filter(|s| !s.is_empty());
+    let (Some(id), Some(source)) = (id, source) else {
+        return Err(ApiError::validation(
+            "a CloudEvent needs non-empty `id` and `source`",
+        ));
+    };
+    match text(&ce, "type")? {
+        Some(t) if t == topic => {}
+        Some(t) => {
+            return Err(ApiError::validation(format!(
+                "CloudEvent type {t:?} does not match the topic {topic:?} it is published to"
+            )))
+        }
+        None => {
+            return Err(ApiError::validation(
+                "a CloudEvent needs a `type` (the topic)",
+            ))
+        }
+    }
+    const KNOWN: &[&str] = &[
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "data",
+        "data_base64",
+        "seq",
+        "key",
+        "correlationid",
+        "causationid",
+        "idempotencykey",
+        "priority",
+        "kind",
+        "schemaversion",
+        "expiresat",
+        "attempt",
+        "traceparent",
+        "tracestate",
+    ];
+    if let Some(unknown) = ce.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::validation(format!(
+            "unknown CloudEvent attribute `{unknown}`"
+        )));
+    }
+    let mut headers = BTreeMap::from([(SOURCE_HEADER.to_owned(), source.clone())]);
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = text(&ce, name)? {
+            headers.insert(name.to_owned(), v);
+        }
+    }
+    let mut m = Map::new();
+    if let Some(data) = ce.get("data") {
+        m.insert("payload".into(), data.clone());
+    }
+    if let Some(b64) = ce.get("data_base64") {
+        m.insert("payload_base64".into(), b64.clone());
+    }
+    let copy = |m: &mut Map<String, Value>, from: &str, to: &str| {
+        if let Some(v) = ce.get(from).filter(|v| !v.is_null()) {
+            m.insert(to.into(), v.clone());
+        }
+    };
+    copy(&mut m, "datacontenttype", "content_type");
+    copy(&mut m, "key", "key");
+    copy(&mut m, "correlationid", "correlation_id");
+    copy(&mut m, "causationid", "causation_id");
+    copy(&mut m, "priority", "priority");
+    copy(&mut m, "kind", "kind");
+    copy(&mut m, "schemaversion", "schema_version");
+    copy(&mut m, "expiresat", "expires_at");
+    let key = text(&ce, "idempotencykey")?.unwrap_or_else(|| format!("{source}/{id}"));
+    m.insert("idempotency_key".into(), json!(key));
+    m.insert("headers".into(), json!(headers));
+    let text = Value::Object(m).to_string();
+    crate::extract::decode(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cloudevent_becomes_a_message_and_an_envelope_a_cloudevent() {
+        let ce = json!({
+            "specversion": "1.0", "id": "A-1", "source": "/shop", "type": "orders.placed",
+            "datacontenttype": "application/json", "data": {"n": 1}, "key": "c-9",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        });
+        let m = to_message("orders.placed", ce)
+            .unwrap()
+            .into_message("orders.placed")
+            .unwrap();
+        let bus = herald::Bus::memory();
+        let env = bus.prepare(m).unwrap().remove(0);
+        assert_eq!(env.idempotency_key(), "/shop/A-1");
+        assert_eq!(env.key(), Some("c-9"));
+        let back = from_envelope(&env);
+        assert_eq!(back["type"], "orders.placed");
+        assert_eq!(back["source"], "/shop");
+        assert_eq!(back["data"], json!({"n": 1}));
+        assert_eq!(back["key"], "c-9");
+        assert_eq!(back["specversion"], "1.0");
+        assert_eq!(
+            back["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+    }
+
+    #[test]
+    fn bad_cloudevents_are_refused() {
+        let base = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "a.b"});
+        assert!(to_message("a.b", base.clone()).is_ok());
+        for (field, value) in [
+            ("specversion", json!("0.3")),
+            ("type", json!("c.d")),
+            ("id", json!("")),
+            ("source", json!(7)),
+            ("colour", json!("red")),
+        ] {
+            let mut ce = base.clone();
+            ce[field] = value;
+            let e = to_message("a.b", ce).unwrap_err();
+            assert_eq!(e.code(), herald::ErrorCode::Validation, "{field}");
+        }
+    }
+}
