@@ -154,7 +154,18 @@ async fn run(args: Args) -> Result<()> {
                     _ => {}
                 }
             }
+            // The closing handshake: the server answers our close after it
+            // has applied every frame before it (the acks), so wait for
+            // that (briefly) rather than vanish with them unread.
             let _ = ws.close(None).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
     Ok(())

@@ -408,6 +408,12 @@ struct Conn {
 async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outgoing) = mpsc::channel::<WsMessage>(state.config.ws_buffer);
+    // The writer says when it gave up on a stalled client, so the reader
+    // stops too. (A writer that ended because the client closed its side
+    // does not stop the reader: the frames the client sent before closing —
+    // acks among them — are still read and applied.)
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let stall = stalled.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = outgoing.recv().await {
             let closing = matches!(msg, WsMessage::Close(_));
@@ -416,6 +422,7 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
                 Ok(Ok(())) => break,
                 Ok(Err(_)) => break,
                 Err(_) => {
+                    stall.notify_one();
                     tracing::info!("websocket client stalled for {STALL_TIMEOUT:?}: disconnecting");
                     let close = CloseFrame {
                         code: 1008,
@@ -448,6 +455,7 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
+            _ = stalled.notified() => break,
             _ = async { drop(draining.wait_for(|d| *d).await) } => {
                 let close = CloseFrame { code: 1001, reason: "server shutting down".into() };
                 let _ = out.send(WsMessage::Close(Some(close))).await;
@@ -464,9 +472,6 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(_)) => continue,
         };
-        if writer.is_finished() {
-            break;
-        }
         if let Err(e) = state.charge(&conn.caller, conn.peer.0.ip()) {
             let _ = out.send(error_frame(None, &e)).await;
             continue;

@@ -1,0 +1,194 @@
+//! The client commands against a running `herald serve` and directly on
+//! its store: publish (arguments, NDJSON on stdin), replay, tail, topics,
+//! groups, dlq, call — output and exit codes.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use support::Served;
+
+fn herald(args: &[&str], server: &Served, stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(args)
+        .env("HERALD_SERVER", &server.base)
+        .current_dir(&server.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_work_against_a_server_and_a_store() {
+    let s = Served::start(&[]).await;
+    tokio::task::block_in_place(|| {
+        let out = herald(
+            &["publish", "orders.placed", r#"{"id": 1}"#, "--key", "c-1"],
+            &s,
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "orders.placed #1\n");
+        let out = herald(&["publish", "orders.placed", r#"{"id": 2}"#], &s, None);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "orders.placed #2\n");
+
+        let ndjson: String = (3..=1200).map(|n| format!("{{\"id\": {n}}}\n")).collect();
+        let out = herald(&["publish", "orders.placed"], &s, Some(&ndjson));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("published 1198 events"));
+
+        let out = herald(&["replay", "orders.placed", "--from-seq", "1100"], &s, None);
+        let replayed = lines(&out);
+        assert_eq!(replayed.len(), 101);
+        assert_eq!(replayed[0]["seq"], 1100);
+        assert_eq!(replayed[100]["payload"]["id"], 1200);
+
+        let out = herald(&["topics", "--json"], &s, None);
+        let topics = lines(&out);
+        assert_eq!(
+            (topics[0]["topic"].as_str(), topics[0]["last_seq"].as_u64()),
+            (Some("orders.placed"), Some(1200))
+        );
+
+        let out = herald(
+            &[
+                "tail", "orders.*", "--from", "earliest", "--count", "3", "--json", "--group",
+                "audit",
+            ],
+            &s,
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tailed = lines(&out);
+        assert_eq!(
+            tailed
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(tailed[0]["key"], "c-1");
+        // The group goes on where it stopped.
+        let out = herald(
+            &[
+                "tail", "orders.*", "--count", "1", "--json", "--group", "audit",
+            ],
+            &s,
+            None,
+        );
+        assert_eq!(lines(&out)[0]["seq"], 4);
+        let out = herald(
+            &["tail", "orders.*", "--from", "1199", "--count", "1"],
+            &s,
+            None,
+        );
+        let pretty = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            pretty.contains("orders.placed #1199") && pretty.contains(r#"{"id":1199}"#),
+            "{pretty}"
+        );
+
+        let out = herald(&["groups", "--json"], &s, None);
+        let groups = lines(&out);
+        assert_eq!(groups[0]["name"], "audit");
+        assert_eq!(groups[0]["topics"][0]["acked_through"], 4);
+
+        let out = herald(&["dlq", "list"], &s, None);
+        assert!(out.status.success());
+        let out = herald(&["dlq", "show", "99"], &s, None);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "NOT_FOUND: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = herald(
+            &["call", "nobody.home", "1", "--timeout-ms", "200"],
+            &s,
+            None,
+        );
+        assert_eq!(out.status.code(), Some(4));
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("error[NOT_FOUND]"));
+        let out = herald(&["publish", "Bad Topic", "1"], &s, None);
+        assert_eq!(out.status.code(), Some(3), "VALIDATION");
+        let out = herald(&["publish", "a.b", "{not json"], &s, None);
+        assert_eq!(out.status.code(), Some(3));
+
+        // The same store opened directly, beside the running server.
+        let store = format!("sqlite://{}/herald-data/herald.db", s.dir.display());
+        let out = herald(&["topics", "--json", "--store", &store], &s, None);
+        assert_eq!(
+            lines(&out)[0]["last_seq"],
+            1200,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = herald(
+            &["publish", "orders.placed", "{}", "--store", &store],
+            &s,
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "orders.placed #1201\n"
+        );
+    });
+    let out = tokio::task::block_in_place(|| herald(&["topics"], &s, None));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("orders.placed") && table.contains("1201"),
+        "{table}"
+    );
+
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["topics", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(6), "UNAVAILABLE");
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in [
+        "serve", "publish", "tail", "replay", "topics", "groups", "dlq", "call", "token",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Examples:"),
+            "{cmd} --help has no examples:\n{help}"
+        );
+    }
+}
