@@ -45,8 +45,12 @@ pub struct Gateway {
     /// Events per second in HTTP batches of [`BATCH`].
     pub http_batched_events_per_s: f64,
     pub ws_clients: usize,
-    /// Publish → an `event` frame read by each client, over every client and event.
+    /// Publish → an `event` frame read by each client, over every client
+    /// and event: on the SQLite store (each client's subscription tails the
+    /// log) ...
     pub ws_fan_out: Percentiles,
+    /// ... and on the in-memory store (the gateway's own cost).
+    pub ws_fan_out_memory: Percentiles,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> Error {
@@ -86,9 +90,33 @@ pub async fn run(short: bool) -> Result<Gateway> {
     let (batched, _) = http_load(&base, run_for, BATCH).await?;
     let http_batched_events_per_s = (batched * BATCH) as f64 / run_for.as_secs_f64();
     let events = if short { 20 } else { 100 };
-    let ws_fan_out = fan_out(&bus, port, if short { 200 } else { WS_CLIENTS }, events).await?;
+    let clients = if short { 200 } else { WS_CLIENTS };
+    let ws_fan_out = fan_out(&bus, port, clients, events).await?;
     let _ = stop_tx.send(());
     serving.await.map_err(|e| failed("server task", e))??;
+    let ws_fan_out_memory = {
+        let memory = Bus::memory();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| failed("bind", e))?;
+        let port = tcp.local_addr().map_err(|e| failed("bind", e))?.port();
+        let server = Server::new(
+            memory.clone(),
+            ServerConfig {
+                rate_limit: 0,
+                ..ServerConfig::default()
+            },
+            "memory",
+        )?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve_on(tcp, async {
+            let _ = stop_rx.await;
+        }));
+        let figures = fan_out(&memory, port, clients, events).await?;
+        let _ = stop_tx.send(());
+        serving.await.map_err(|e| failed("server task", e))??;
+        figures
+    };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Gateway {
         store: "sqlite",
@@ -98,8 +126,9 @@ pub async fn run(short: bool) -> Result<Gateway> {
         raw_publish_per_s,
         ratio: http_publish_per_s / raw_publish_per_s,
         http_batched_events_per_s,
-        ws_clients: if short { 200 } else { WS_CLIENTS },
+        ws_clients: clients,
         ws_fan_out,
+        ws_fan_out_memory,
     })
 }
 

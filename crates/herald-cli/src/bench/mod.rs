@@ -169,7 +169,7 @@ pub fn main(args: Args) -> ExitCode {
     if args.gateway {
         return store_report(runtime.block_on(gateway::run(args.check)), |r| {
             eprintln!(
-                "\nherald bench --gateway (herald serve on {}, {} keep-alive HTTP clients)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\nHTTP publish latency (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\nHTTP batches of {}: {:.0} events/s\n\nWebSocket fan-out to {} clients, publish → frame read (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
+                "\nherald bench --gateway (herald serve on {}, {} keep-alive HTTP clients)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\nHTTP publish latency (µs): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\nHTTP batches of {}: {:.0} events/s\n\nWebSocket fan-out to {} clients, publish → frame read (µs)\n  on SQLite:  p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n  in memory:  p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
                 r.store,
                 r.connections,
                 "single publishes/s",
@@ -191,6 +191,10 @@ pub fn main(args: Args) -> ExitCode {
                 r.ws_fan_out.p95_us,
                 r.ws_fan_out.p99_us,
                 r.ws_fan_out.max_us,
+                r.ws_fan_out_memory.p50_us,
+                r.ws_fan_out_memory.p95_us,
+                r.ws_fan_out_memory.p99_us,
+                r.ws_fan_out_memory.max_us,
             );
         });
     }
