@@ -40,6 +40,9 @@ enum Command {
     /// Run the HTTP/WebSocket gateway (default: SQLite under ./herald-data,
     /// listening on 127.0.0.1:7070).
     Serve(serve::Args),
+    /// Print the effective configuration and where each value came from
+    /// (the same as `herald serve --print-config`).
+    Config(serve::Args),
     /// Make an API token: a new secret and its `[[tokens]]` table for herald.toml.
     Token(token::Args),
     /// Publish events from arguments, a file, or NDJSON on stdin.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Bench(args) => bench::main(args),
         Command::Serve(args) => serve::main(args),
+        Command::Config(args) => serve::print_config(args),
         Command::Token(args) => token::main(args),
         Command::Publish(args) => publish::main(args),
         Command::Tail(args) => tail::main(args),

@@ -17,7 +17,7 @@ use herald_server::{config, ServerConfig};
   herald serve                                  # SQLite under ./herald-data, 127.0.0.1:7070
   herald serve --store postgres://localhost/app
   herald serve --store nats://127.0.0.1:4222 --listen 0.0.0.0:7070 --config herald.toml
-  herald serve --print-config                   # every setting, its value and origin")]
+  herald serve --print-config                   # every setting, its value and origin (also: herald config)")]
 pub struct Args {
     /// The TOML configuration file (default: ./herald.toml when it exists).
     #[arg(long, short)]
@@ -58,14 +58,27 @@ pub fn main(args: Args) -> ExitCode {
         return crate::exit::fail(&e);
     }
     if args.print_config {
-        print!("{}", config::describe());
-        return match ServerConfig::from_env().and_then(|_| Config::from_env()) {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => crate::exit::fail(&e),
-        };
+        return describe();
     }
     crate::logging();
     crate::run(run())
+}
+
+/// `herald config`: `--print-config` without serving.
+pub fn print_config(args: Args) -> ExitCode {
+    if let Err(e) = configure(&args) {
+        return crate::exit::fail(&e);
+    }
+    describe()
+}
+
+/// Print every setting with its origin; fail as start-up would on a bad one.
+fn describe() -> ExitCode {
+    print!("{}", config::describe());
+    match ServerConfig::from_env().and_then(|_| Config::from_env()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => crate::exit::fail(&e),
+    }
 }
 
 async fn run() -> Result<()> {

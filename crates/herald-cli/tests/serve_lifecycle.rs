@@ -49,6 +49,16 @@ fn print_config_names_every_value_and_its_origin() {
     assert!(line("HERALD_MAX_BATCH").contains("=50  # file herald.toml"));
     assert!(line("HERALD_PG_SCHEMA").contains("=app  # file"));
     assert!(line("HERALD_LISTEN").starts_with("HERALD_LISTEN=127.0.0.1:7070  # default"));
+    let config = herald(
+        dir.path(),
+        &["config", "--store", "memory://"],
+        &[("HERALD_RATE_LIMIT", "77")],
+    );
+    assert_eq!(
+        String::from_utf8(config.stdout).unwrap(),
+        text,
+        "`herald config` is the same"
+    );
 }
 
 #[test]
