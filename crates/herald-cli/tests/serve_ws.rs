@@ -166,3 +166,47 @@ async fn frames_are_checked_and_limits_hold() {
     let ev = ws.recv_op("event").await;
     assert_eq!(ev["envelope"]["topic"], "c.d");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_dropped_and_its_durable_events_go_to_another() {
+    let s = Served::start(&[("HERALD_WS_BUFFER", "2"), ("HERALD_WS_STALL_TIMEOUT", "1")]).await;
+    // The stalled member takes deliveries and never reads its socket.
+    let mut stalled = Ws::connect(&s.ws_url(None)).await;
+    stalled
+        .subscribe(
+            "s",
+            "bulk.items",
+            json!({"group": "bulk", "start": "earliest", "max_in_flight": 10000}),
+        )
+        .await;
+    let pad = "x".repeat(60 * 1024);
+    let total = 400u64;
+    for chunk in 0..(total / 20) {
+        let batch: Vec<_> = (0..20)
+            .map(|i| json!({"payload": {"n": chunk * 20 + i, "pad": pad}}))
+            .collect();
+        let (status, body) = post(&s.url("/v1/topics/bulk.items/events"), &json!(batch)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Another member of the group gets every event: what the stalled one
+    // held comes back once the server gives up on it.
+    let mut healthy = Ws::connect(&s.ws_url(None)).await;
+    healthy
+        .subscribe("h", "bulk.items", json!({"group": "bulk"}))
+        .await;
+    let mut got = std::collections::BTreeSet::new();
+    while (got.len() as u64) < total {
+        let ev = healthy.recv_op("event").await;
+        got.insert(ev["envelope"]["payload"]["n"].as_u64().unwrap());
+        healthy
+            .send(json!({"op": "ack", "delivery": ev["delivery"]}))
+            .await;
+    }
+    assert_eq!(got, (0..total).collect(), "none lost");
+    assert!(
+        s.log().contains("stalled"),
+        "the server says why it dropped the client:\n{}",
+        s.log()
+    );
+    drop(stalled);
+}

@@ -39,6 +39,9 @@ pub const DEFAULT_MAX_BATCH: usize = 1_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Default frames queued for one WebSocket (`HERALD_WS_BUFFER`).
 pub const DEFAULT_WS_BUFFER: usize = 1_024;
+/// Default time a WebSocket may accept no frame before it is dropped
+/// (`HERALD_WS_STALL_TIMEOUT`).
+pub const DEFAULT_WS_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time in-flight work gets at shutdown (`HERALD_SHUTDOWN_TIMEOUT`).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,6 +86,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     ("HERALD_MAX_REQUEST_BYTES", "16777216", "1024–1073741824"),
     ("HERALD_WS_BUFFER", "1024", "1–1000000 frames per WebSocket"),
+    (
+        "HERALD_WS_STALL_TIMEOUT",
+        "30 (s)",
+        "1–3600: a WebSocket accepting no frame that long is dropped",
+    ),
     ("HERALD_SHUTDOWN_TIMEOUT", "30 (s)", "1–3600"),
     (
         "HERALD_SOURCE",
@@ -159,6 +167,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Frames queued for one WebSocket before its slow-client policy applies.
     pub ws_buffer: usize,
+    /// How long a WebSocket may accept no frame before it is dropped (its
+    /// unacked deliveries are redelivered).
+    pub ws_stall_timeout: Duration,
     /// How long in-flight work gets to finish at shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -176,6 +187,7 @@ impl Default for ServerConfig {
             max_batch: DEFAULT_MAX_BATCH,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             ws_buffer: DEFAULT_WS_BUFFER,
+            ws_stall_timeout: DEFAULT_WS_STALL_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -239,6 +251,9 @@ impl ServerConfig {
         if let Some(v) = env_parse("HERALD_WS_BUFFER")? {
             c.ws_buffer = v;
         }
+        if let Some(v) = env_parse::<f64>("HERALD_WS_STALL_TIMEOUT")? {
+            c.ws_stall_timeout = seconds("HERALD_WS_STALL_TIMEOUT", v)?;
+        }
         if let Some(v) = env_parse::<f64>("HERALD_SHUTDOWN_TIMEOUT")? {
             c.shutdown_timeout = seconds("HERALD_SHUTDOWN_TIMEOUT", v)?;
         }
@@ -271,6 +286,12 @@ impl ServerConfig {
             1 << 30,
         )?;
         in_range("HERALD_WS_BUFFER", self.ws_buffer, 1, 1_000_000)?;
+        in_range(
+            "HERALD_WS_STALL_TIMEOUT",
+            self.ws_stall_timeout.as_secs_f64(),
+            1.0,
+            3600.0,
+        )?;
         in_range(
             "HERALD_SHUTDOWN_TIMEOUT",
             self.shutdown_timeout.as_secs_f64(),

@@ -15,7 +15,7 @@
 //! subscription holds at most `max_in_flight` unacked deliveries, so a
 //! client that reads slowly is paused, not fed; events wait in the store
 //! (durable) or the subscription's buffer. A client whose socket accepts no
-//! frame for [`STALL_TIMEOUT`] is disconnected (close code 1008) and its
+//! frame for `HERALD_WS_STALL_TIMEOUT` (default 30 s) is disconnected (close code 1008) and its
 //! unacked deliveries are redelivered. Nothing a slow client does touches
 //! other connections.
 
@@ -42,8 +42,6 @@ use crate::listener::Peer;
 use crate::message::{MessageIn, Published};
 use crate::state::AppState;
 
-/// How long a socket may accept no frame before the client is dropped.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default unacked deliveries one subscription may hold.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 100;
 
@@ -414,16 +412,17 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
     // acks among them — are still read and applied.)
     let stalled = Arc::new(tokio::sync::Notify::new());
     let stall = stalled.clone();
+    let stall_timeout = state.config.ws_stall_timeout;
     let writer = tokio::spawn(async move {
         while let Some(msg) = outgoing.recv().await {
             let closing = matches!(msg, WsMessage::Close(_));
-            match tokio::time::timeout(STALL_TIMEOUT, sink.send(msg)).await {
+            match tokio::time::timeout(stall_timeout, sink.send(msg)).await {
                 Ok(Ok(())) if !closing => {}
                 Ok(Ok(())) => break,
                 Ok(Err(_)) => break,
                 Err(_) => {
                     stall.notify_one();
-                    tracing::info!("websocket client stalled for {STALL_TIMEOUT:?}: disconnecting");
+                    tracing::info!("websocket client stalled for {stall_timeout:?}: disconnecting");
                     let close = CloseFrame {
                         code: 1008,
                         reason: "stalled: frames not read".into(),
