@@ -131,6 +131,51 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("HERALD_NATS_STORAGE", "file", "file, memory"),
     ("HERALD_NATS_REPLICAS", "1", "1–5"),
     ("HERALD_NATS_MAX_BYTES", "unbounded", ">= 1024"),
+    (
+        "HERALD_GROUP",
+        "default",
+        "1–255 chars, no control characters",
+    ),
+    (
+        "HERALD_KAFKA_BOOTSTRAP_SERVERS",
+        "localhost:9092",
+        "comma-separated host:port",
+    ),
+    ("HERALD_KAFKA_ACKS", "all", "all, 1, 0"),
+    ("HERALD_KAFKA_ENABLE_IDEMPOTENCE", "true", "true, false"),
+    (
+        "HERALD_KAFKA_AUTO_OFFSET_RESET",
+        "latest",
+        "earliest, latest",
+    ),
+    ("HERALD_KAFKA_ENABLE_AUTO_COMMIT", "false", "true, false"),
+    (
+        "HERALD_KAFKA_COMPRESSION",
+        "none",
+        "none, gzip, snappy, lz4, zstd",
+    ),
+    ("HERALD_KAFKA_LINGER_MS", "5", "0–1000"),
+    ("HERALD_KAFKA_PARTITIONS", "3", "1–10000"),
+    (
+        "HERALD_KAFKA_SECURITY_PROTOCOL",
+        "plaintext",
+        "plaintext, ssl, sasl_plaintext, sasl_ssl",
+    ),
+    ("HERALD_KAFKA_SSL_CA_LOCATION", "none", "a PEM file"),
+    (
+        "HERALD_KAFKA_SSL_CERTIFICATE_LOCATION",
+        "none",
+        "a PEM file",
+    ),
+    ("HERALD_KAFKA_SSL_KEY_LOCATION", "none", "a PEM file"),
+    ("HERALD_KAFKA_SSL_KEY_PASSWORD", "none", "text"),
+    (
+        "HERALD_KAFKA_SASL_MECHANISM",
+        "none",
+        "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI, OAUTHBEARER",
+    ),
+    ("HERALD_KAFKA_SASL_USERNAME", "none", "text"),
+    ("HERALD_KAFKA_SASL_PASSWORD", "none", "text"),
 ];
 
 /// `herald serve`'s settings. Build in code or read with [`ServerConfig::from_env`]
@@ -380,7 +425,9 @@ pub fn describe() -> String {
         let origin = herald::config::origin(key);
         let value = match env(key) {
             None => default.to_string(),
-            Some(_) if *key == "HERALD_TOKENS" => "(set, not shown)".to_owned(),
+            Some(_) if *key == "HERALD_TOKENS" || key.ends_with("PASSWORD") => {
+                "(set, not shown)".to_owned()
+            }
             Some(v) => herald::config::redact(&v),
         };
         out.push_str(&format!("{key}={value}  # {origin}; allowed: {allowed}\n"));

@@ -1,0 +1,609 @@
+//! The Kafka transport's settings: where the brokers are, producer and
+//! consumer behaviour, TLS and SASL, and herald's shared knobs.
+//!
+//! Owns [`KafkaConfig`], its defaults, the `HERALD_*` keys it reads, the
+//! range checks (each bad value is a `VALIDATION` error naming key, value
+//! and range) and [`KafkaConfig::producer_properties`] /
+//! [`KafkaConfig::consumer_properties`], the librdkafka settings the
+//! config becomes. Does not own connecting (that is the store's).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herald::config::{in_range, invalid, seconds};
+use herald::Result;
+
+/// Brokers when nothing says otherwise (`HERALD_KAFKA_BOOTSTRAP_SERVERS`).
+pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
+/// How long a producer waits to fill a batch (`HERALD_KAFKA_LINGER_MS`).
+pub const DEFAULT_LINGER_MS: u32 = 5;
+/// Partitions of the topics herald creates (`HERALD_KAFKA_PARTITIONS`).
+pub const DEFAULT_PARTITIONS: u32 = 3;
+/// The consumer group when none is named (`HERALD_GROUP`).
+pub const DEFAULT_GROUP: &str = "default";
+/// Publish and call timeout (`HERALD_TIMEOUT_SECONDS`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which acknowledgement a publish waits for (`HERALD_KAFKA_ACKS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Every in-sync replica has it (the default; the only durable choice).
+    #[default]
+    All,
+    /// The partition leader has it: lost if the leader dies before replicating.
+    Leader,
+    /// Nothing: a publish may be lost without an error.
+    None,
+}
+
+impl Acks {
+    fn property(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        }
+    }
+}
+
+/// Where a new consumer group starts (`HERALD_KAFKA_AUTO_OFFSET_RESET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// At the oldest retained event.
+    Earliest,
+    /// After the newest event (the default).
+    #[default]
+    Latest,
+}
+
+/// Producer compression (`HERALD_KAFKA_COMPRESSION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// None (the default).
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    fn property(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Where Kafka is and how herald uses it.
+///
+/// ```
+/// use herald_kafka::{Acks, KafkaConfig};
+/// let config = KafkaConfig::new("k1:9092,k2:9092").acks(Acks::All).partitions(6);
+/// config.validate().unwrap();
+/// assert_eq!(config.producer_properties()["enable.idempotence"], "true");
+/// let bad = KafkaConfig::new("k1:9092").linger_ms(5000).validate().unwrap_err();
+/// assert!(bad.to_string().contains("HERALD_KAFKA_LINGER_MS"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    bootstrap_servers: String,
+    acks: Acks,
+    idempotence: bool,
+    offset_reset: OffsetReset,
+    auto_commit: bool,
+    compression: Compression,
+    linger_ms: u32,
+    partitions: u32,
+    group: String,
+    environment: String,
+    timeout: Duration,
+    /// TLS and SASL settings passed through to librdkafka, by property name.
+    security: BTreeMap<String, String>,
+}
+
+/// The TLS and SASL keys passed through: (`HERALD_*` key, librdkafka property).
+pub const SECURITY_KEYS: &[(&str, &str)] = &[
+    ("HERALD_KAFKA_SECURITY_PROTOCOL", "security.protocol"),
+    ("HERALD_KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+    (
+        "HERALD_KAFKA_SSL_CERTIFICATE_LOCATION",
+        "ssl.certificate.location",
+    ),
+    ("HERALD_KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+    ("HERALD_KAFKA_SSL_KEY_PASSWORD", "ssl.key.password"),
+    ("HERALD_KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+    ("HERALD_KAFKA_SASL_USERNAME", "sasl.username"),
+    ("HERALD_KAFKA_SASL_PASSWORD", "sasl.password"),
+];
+
+impl KafkaConfig {
+    /// Brokers at `bootstrap_servers` (comma-separated `host:port`) with
+    /// every other setting at its default.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            acks: Acks::All,
+            idempotence: true,
+            offset_reset: OffsetReset::Latest,
+            auto_commit: false,
+            compression: Compression::None,
+            linger_ms: DEFAULT_LINGER_MS,
+            partitions: DEFAULT_PARTITIONS,
+            group: DEFAULT_GROUP.to_owned(),
+            environment: herald::config::DEFAULT_ENVIRONMENT.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            security: BTreeMap::new(),
+        }
+    }
+
+    /// The `HERALD_KAFKA_*` keys, `HERALD_GROUP`, `HERALD_ENVIRONMENT` and
+    /// `HERALD_TIMEOUT_SECONDS` from the configuration (environment over
+    /// `herald.toml`), validated.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(herald::config::env)
+    }
+
+    /// As [`from_env`](Self::from_env), reading each key through `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut c = KafkaConfig::new(
+            get("HERALD_KAFKA_BOOTSTRAP_SERVERS")
+                .unwrap_or_else(|| DEFAULT_BOOTSTRAP_SERVERS.into()),
+        );
+        let choice = |key: &str, allowed: &str, options: &[&str]| -> Result<Option<usize>> {
+            match get(key) {
+                None => Ok(None),
+                Some(v) => options
+                    .iter()
+                    .position(|o| o.eq_ignore_ascii_case(v.trim()))
+                    .map(Some)
+                    .ok_or_else(|| invalid(key, &v, allowed)),
+            }
+        };
+        if let Some(i) = choice("HERALD_KAFKA_ACKS", "`all`, `1` or `0`", &["all", "1", "0"])? {
+            c.acks = [Acks::All, Acks::Leader, Acks::None][i];
+        }
+        let flag = |key: &str| choice(key, "`true` or `false`", &["true", "false"]);
+        if let Some(i) = flag("HERALD_KAFKA_ENABLE_IDEMPOTENCE")? {
+            c.idempotence = i == 0;
+        }
+        if let Some(i) = flag("HERALD_KAFKA_ENABLE_AUTO_COMMIT")? {
+            c.auto_commit = i == 0;
+        }
+        if let Some(i) = choice(
+            "HERALD_KAFKA_AUTO_OFFSET_RESET",
+            "`earliest` or `latest`",
+            &["earliest", "latest"],
+        )? {
+            c.offset_reset = [OffsetReset::Earliest, OffsetReset::Latest][i];
+        }
+        let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+        if let Some(i) = choice(
+            "HERALD_KAFKA_COMPRESSION",
+            "`none`, `gzip`, `snappy`, `lz4` or `zstd`",
+            &codecs,
+        )? {
+            c.compression = [
+                Compression::None,
+                Compression::Gzip,
+                Compression::Snappy,
+                Compression::Lz4,
+                Compression::Zstd,
+            ][i];
+        }
+        let number = |key: &str| -> Result<Option<u64>> {
+            get(key)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| invalid(key, &v, "a whole number"))
+                })
+                .transpose()
+        };
+        if let Some(v) = number("HERALD_KAFKA_LINGER_MS")? {
+            c.linger_ms = u32::try_from(v).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = number("HERALD_KAFKA_PARTITIONS")? {
+            c.partitions = u32::try_from(v).unwrap_or(u32::MAX);
+        }
+        if let Some(g) = get("HERALD_GROUP") {
+            c.group = g;
+        }
+        if let Some(e) = get("HERALD_ENVIRONMENT") {
+            c.environment = e;
+        }
+        if let Some(v) = get("HERALD_TIMEOUT_SECONDS") {
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("HERALD_TIMEOUT_SECONDS", &v, "a number of seconds"))?;
+            c.timeout = seconds("HERALD_TIMEOUT_SECONDS", secs)?;
+        }
+        for (key, property) in SECURITY_KEYS {
+            if let Some(v) = get(key) {
+                c.security.insert((*property).to_owned(), v);
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Set the acknowledgement a publish waits for.
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self
+    }
+
+    /// Turn the idempotent producer on or off.
+    pub fn idempotence(mut self, on: bool) -> Self {
+        self.idempotence = on;
+        self
+    }
+
+    /// Where a new consumer group starts.
+    pub fn offset_reset(mut self, reset: OffsetReset) -> Self {
+        self.offset_reset = reset;
+        self
+    }
+
+    /// Commit offsets in the background instead of after each ack (loses
+    /// at-least-once: an event can be committed before its handler ran).
+    pub fn auto_commit(mut self, on: bool) -> Self {
+        self.auto_commit = on;
+        self
+    }
+
+    /// Producer compression.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// How long the producer waits to fill a batch.
+    pub fn linger_ms(mut self, ms: u32) -> Self {
+        self.linger_ms = ms;
+        self
+    }
+
+    /// Partitions of the topics herald creates.
+    pub fn partitions(mut self, n: u32) -> Self {
+        self.partitions = n;
+        self
+    }
+
+    /// The consumer group when a subscription names none.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// The environment that namespaces Kafka topics (`<environment>.<topic>`).
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = environment.into();
+        self
+    }
+
+    /// Publish and call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Pass a librdkafka security property through (`security.protocol`,
+    /// `ssl.*`, `sasl.*`).
+    pub fn security(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
+        self.security.insert(property.into(), value.into());
+        self
+    }
+
+    /// The Kafka topic of herald topic `topic`: `<environment>.<topic>`.
+    pub fn kafka_topic(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.environment)
+    }
+
+    /// The dead-letter topic: `<environment>.dead_letters`.
+    pub fn dead_letter_topic(&self) -> String {
+        self.kafka_topic("dead_letters")
+    }
+
+    /// Partitions of the topics herald creates.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The default consumer group.
+    pub fn group_name(&self) -> &str {
+        &self.group
+    }
+
+    /// Publish and call timeout.
+    pub fn timeout_duration(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Check every value against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
+        for server in &servers {
+            let ok = match server.rsplit_once(':') {
+                Some((host, port)) => {
+                    !host.is_empty()
+                        && !host.contains(char::is_whitespace)
+                        && port.parse::<u16>().is_ok_and(|p| p > 0)
+                }
+                None => false,
+            };
+            if !ok {
+                return Err(invalid(
+                    "HERALD_KAFKA_BOOTSTRAP_SERVERS",
+                    &self.bootstrap_servers,
+                    "comma-separated host:port pairs, e.g. k1:9092,k2:9092",
+                ));
+            }
+        }
+        if self.idempotence && self.acks != Acks::All {
+            return Err(invalid(
+                "HERALD_KAFKA_ACKS",
+                self.acks.property(),
+                "`all` while HERALD_KAFKA_ENABLE_IDEMPOTENCE is true (the idempotent producer needs acks from every in-sync replica)",
+            ));
+        }
+        in_range("HERALD_KAFKA_LINGER_MS", self.linger_ms, 0, 1000)?;
+        in_range("HERALD_KAFKA_PARTITIONS", self.partitions, 1, 10_000)?;
+        let group_ok = !self.group.is_empty()
+            && self.group.len() <= 255
+            && !self.group.chars().any(char::is_control);
+        if !group_ok {
+            return Err(invalid(
+                "HERALD_GROUP",
+                &self.group,
+                "1–255 characters, no control characters",
+            ));
+        }
+        let env_ok = !self.environment.is_empty()
+            && self
+                .environment
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+        if !env_ok {
+            return Err(invalid(
+                "HERALD_ENVIRONMENT",
+                &self.environment,
+                "[a-z0-9_-]+",
+            ));
+        }
+        in_range(
+            "HERALD_TIMEOUT_SECONDS",
+            self.timeout.as_secs_f64(),
+            1.0,
+            300.0,
+        )?;
+        if let Some(p) = self.security.get("security.protocol") {
+            let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+            if !known.contains(&p.to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    "HERALD_KAFKA_SECURITY_PROTOCOL",
+                    p,
+                    "`plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`",
+                ));
+            }
+        }
+        if let Some(m) = self.security.get("sasl.mechanism") {
+            let known = [
+                "PLAIN",
+                "SCRAM-SHA-256",
+                "SCRAM-SHA-512",
+                "GSSAPI",
+                "OAUTHBEARER",
+            ];
+            if !known.contains(&m.to_ascii_uppercase().as_str()) {
+                return Err(invalid(
+                    "HERALD_KAFKA_SASL_MECHANISM",
+                    m,
+                    "`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `GSSAPI` or `OAUTHBEARER`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn common_properties(&self) -> BTreeMap<String, String> {
+        let mut p = self.security.clone();
+        p.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
+        p
+    }
+
+    /// The librdkafka producer settings.
+    pub fn producer_properties(&self) -> BTreeMap<String, String> {
+        let mut p = self.common_properties();
+        p.insert("acks".into(), self.acks.property().into());
+        p.insert("enable.idempotence".into(), self.idempotence.to_string());
+        p.insert(
+            "compression.type".into(),
+            self.compression.property().into(),
+        );
+        p.insert("linger.ms".into(), self.linger_ms.to_string());
+        p.insert(
+            "message.timeout.ms".into(),
+            self.timeout.as_millis().to_string(),
+        );
+        p
+    }
+
+    /// The librdkafka consumer settings of group `group`. Offsets are
+    /// committed by herald after each ack unless auto commit was chosen.
+    pub fn consumer_properties(&self, group: &str) -> BTreeMap<String, String> {
+        let mut p = self.common_properties();
+        p.insert("group.id".into(), group.to_owned());
+        let reset = match self.offset_reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        };
+        p.insert("auto.offset.reset".into(), reset.into());
+        p.insert("enable.auto.commit".into(), self.auto_commit.to_string());
+        p.insert("enable.auto.offset.store".into(), "false".into());
+        p
+    }
+
+    /// Whether publishes may be lost without an error (`acks=0`): said at
+    /// start-up by the store, as DESIGN.md §9 asks.
+    pub fn may_lose_publishes(&self) -> bool {
+        self.acks == Acks::None
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig::new(DEFAULT_BOOTSTRAP_SERVERS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald::ErrorCode;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<KafkaConfig> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        KafkaConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c, KafkaConfig::default());
+        let p = c.producer_properties();
+        assert_eq!(p["bootstrap.servers"], "localhost:9092");
+        assert_eq!(
+            (p["acks"].as_str(), p["enable.idempotence"].as_str()),
+            ("all", "true")
+        );
+        assert_eq!(
+            (p["compression.type"].as_str(), p["linger.ms"].as_str()),
+            ("none", "5")
+        );
+        let cp = c.consumer_properties("billing");
+        assert_eq!(cp["group.id"], "billing");
+        assert_eq!(cp["auto.offset.reset"], "latest");
+        assert_eq!(cp["enable.auto.commit"], "false");
+        assert_eq!(c.partition_count(), 3);
+        assert_eq!(c.kafka_topic("orders.placed"), "local.orders.placed");
+        assert_eq!(c.dead_letter_topic(), "local.dead_letters");
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = from(&[
+            ("HERALD_KAFKA_BOOTSTRAP_SERVERS", "a:1, b:2"),
+            ("HERALD_KAFKA_ACKS", "1"),
+            ("HERALD_KAFKA_ENABLE_IDEMPOTENCE", "false"),
+            ("HERALD_KAFKA_AUTO_OFFSET_RESET", "earliest"),
+            ("HERALD_KAFKA_ENABLE_AUTO_COMMIT", "true"),
+            ("HERALD_KAFKA_COMPRESSION", "zstd"),
+            ("HERALD_KAFKA_LINGER_MS", "0"),
+            ("HERALD_KAFKA_PARTITIONS", "12"),
+            ("HERALD_GROUP", "audit"),
+            ("HERALD_ENVIRONMENT", "prod"),
+            ("HERALD_TIMEOUT_SECONDS", "5"),
+            ("HERALD_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("HERALD_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("HERALD_KAFKA_SASL_USERNAME", "u"),
+        ])
+        .unwrap();
+        let p = c.producer_properties();
+        assert_eq!(p["acks"], "1");
+        assert_eq!(p["enable.idempotence"], "false");
+        assert_eq!(p["compression.type"], "zstd");
+        assert_eq!(p["linger.ms"], "0");
+        assert_eq!(p["message.timeout.ms"], "5000");
+        assert_eq!(p["security.protocol"], "sasl_ssl");
+        assert_eq!(p["sasl.username"], "u");
+        let cp = c.consumer_properties(c.group_name());
+        assert_eq!(cp["group.id"], "audit");
+        assert_eq!(cp["auto.offset.reset"], "earliest");
+        assert_eq!(cp["enable.auto.commit"], "true");
+        assert_eq!(c.partition_count(), 12);
+        assert_eq!(c.kafka_topic("a.b"), "prod.a.b");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_range() {
+        for (pairs, key) in [
+            (
+                vec![("HERALD_KAFKA_BOOTSTRAP_SERVERS", "k1")],
+                "HERALD_KAFKA_BOOTSTRAP_SERVERS",
+            ),
+            (
+                vec![("HERALD_KAFKA_BOOTSTRAP_SERVERS", "k1:99999")],
+                "HERALD_KAFKA_BOOTSTRAP_SERVERS",
+            ),
+            (vec![("HERALD_KAFKA_ACKS", "2")], "HERALD_KAFKA_ACKS"),
+            (vec![("HERALD_KAFKA_ACKS", "0")], "HERALD_KAFKA_ACKS"),
+            (
+                vec![("HERALD_KAFKA_ENABLE_IDEMPOTENCE", "yes")],
+                "HERALD_KAFKA_ENABLE_IDEMPOTENCE",
+            ),
+            (
+                vec![("HERALD_KAFKA_AUTO_OFFSET_RESET", "middle")],
+                "HERALD_KAFKA_AUTO_OFFSET_RESET",
+            ),
+            (
+                vec![("HERALD_KAFKA_COMPRESSION", "brotli")],
+                "HERALD_KAFKA_COMPRESSION",
+            ),
+            (
+                vec![("HERALD_KAFKA_LINGER_MS", "1001")],
+                "HERALD_KAFKA_LINGER_MS",
+            ),
+            (
+                vec![("HERALD_KAFKA_LINGER_MS", "-1")],
+                "HERALD_KAFKA_LINGER_MS",
+            ),
+            (
+                vec![("HERALD_KAFKA_PARTITIONS", "0")],
+                "HERALD_KAFKA_PARTITIONS",
+            ),
+            (
+                vec![("HERALD_KAFKA_PARTITIONS", "10001")],
+                "HERALD_KAFKA_PARTITIONS",
+            ),
+            (vec![("HERALD_GROUP", "a\u{7}b")], "HERALD_GROUP"),
+            (vec![("HERALD_ENVIRONMENT", "Prod")], "HERALD_ENVIRONMENT"),
+            (
+                vec![("HERALD_TIMEOUT_SECONDS", "301")],
+                "HERALD_TIMEOUT_SECONDS",
+            ),
+            (
+                vec![("HERALD_KAFKA_SECURITY_PROTOCOL", "tls")],
+                "HERALD_KAFKA_SECURITY_PROTOCOL",
+            ),
+            (
+                vec![("HERALD_KAFKA_SASL_MECHANISM", "MD5")],
+                "HERALD_KAFKA_SASL_MECHANISM",
+            ),
+        ] {
+            let e = from(&pairs).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Validation);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+        // acks=0 is allowed without idempotence, and says it may lose publishes.
+        let lossy = from(&[
+            ("HERALD_KAFKA_ACKS", "0"),
+            ("HERALD_KAFKA_ENABLE_IDEMPOTENCE", "false"),
+        ])
+        .unwrap();
+        assert!(lossy.may_lose_publishes());
+    }
+}
