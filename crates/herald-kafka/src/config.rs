@@ -369,24 +369,8 @@ impl KafkaConfig {
                 "1–255 characters, no control characters",
             ));
         }
-        let env_ok = !self.environment.is_empty()
-            && self
-                .environment
-                .bytes()
-                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
-        if !env_ok {
-            return Err(invalid(
-                "HERALD_ENVIRONMENT",
-                &self.environment,
-                "[a-z0-9_-]+",
-            ));
-        }
-        in_range(
-            "HERALD_TIMEOUT_SECONDS",
-            self.timeout.as_secs_f64(),
-            1.0,
-            300.0,
-        )?;
+        herald::config::check_environment(&self.environment)?;
+        herald::config::check_timeout(self.timeout)?;
         if let Some(p) = self.security.get("security.protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
             if !known.contains(&p.to_ascii_lowercase().as_str()) {

@@ -120,24 +120,8 @@ impl Config {
                 )
             })?;
         }
-        let env_ok = !self.environment.is_empty()
-            && self
-                .environment
-                .bytes()
-                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
-        if !env_ok {
-            return Err(invalid(
-                "HERALD_ENVIRONMENT",
-                &self.environment,
-                "[a-z0-9_-]+",
-            ));
-        }
-        in_range(
-            "HERALD_TIMEOUT_SECONDS",
-            self.timeout.as_secs_f64(),
-            1.0,
-            300.0,
-        )?;
+        check_environment(&self.environment)?;
+        check_timeout(self.timeout)?;
         in_range(
             "HERALD_MAX_PAYLOAD_BYTES",
             self.max_payload_bytes,
@@ -252,6 +236,24 @@ impl Config {
     pub fn ack_wait_duration(&self) -> Duration {
         self.ack_wait
     }
+}
+
+/// Check an environment name (`HERALD_ENVIRONMENT`): `[a-z0-9_-]+`.
+pub fn check_environment(environment: &str) -> Result<()> {
+    let ok = !environment.is_empty()
+        && environment
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("HERALD_ENVIRONMENT", environment, "[a-z0-9_-]+"))
+    }
+}
+
+/// Check a publish and call timeout (`HERALD_TIMEOUT_SECONDS`): 1–300 s.
+pub fn check_timeout(timeout: Duration) -> Result<()> {
+    in_range("HERALD_TIMEOUT_SECONDS", timeout.as_secs_f64(), 1.0, 300.0)
 }
 
 /// A `VALIDATION` error naming `key`, the bad `value` and what is `allowed`.
