@@ -210,3 +210,34 @@ async fn a_stalled_client_is_dropped_and_its_durable_events_go_to_another() {
     );
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_is_not_rate_limited() {
+    let s = Served::start(&[("HERALD_RATE_LIMIT", "5")]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe(
+        "s",
+        "fast.items",
+        json!({"group": "fast", "start": "earliest"}),
+    )
+    .await;
+    let batch: Vec<_> = (0..40).map(|n| json!({"payload": n})).collect();
+    let (status, _) = post(&s.url("/v1/topics/fast.items/events"), &json!(batch)).await;
+    assert_eq!(status, 201);
+    for _ in 0..40 {
+        let ev = ws.recv_op("event").await;
+        ws.send(json!({"op": "ack", "delivery": ev["delivery"]}))
+            .await;
+    }
+    for _ in 0..40 {
+        let f = ws.recv_op("settled").await;
+        assert!(f["delivery"].as_u64().is_some());
+    }
+    // Requests still count: a burst of publishes over the limit is refused.
+    for _ in 0..20 {
+        ws.send(json!({"op": "publish", "topic": "fast.items", "messages": [{"payload": 1}]}))
+            .await;
+    }
+    let err = ws.recv_op("error").await;
+    assert_eq!(err["code"], "BACKPRESSURE");
+}

@@ -118,6 +118,20 @@ impl ClientFrame {
     }
 }
 
+impl ClientFrame {
+    /// Whether the frame asks for work (subscribe, publish, call, …) rather
+    /// than settling a delivery or answering a call.
+    pub fn is_request(&self) -> bool {
+        !matches!(
+            self,
+            ClientFrame::Ack(_)
+                | ClientFrame::Nack(_)
+                | ClientFrame::Term(_)
+                | ClientFrame::Reply(_)
+        )
+    }
+}
+
 /// Open subscription `id` on `pattern`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -471,10 +485,6 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(_)) => continue,
         };
-        if let Err(e) = state.charge(&conn.caller, conn.peer.0.ip()) {
-            let _ = out.send(error_frame(None, &e)).await;
-            continue;
-        }
         let frame = match ClientFrame::parse(text.as_str()) {
             Ok(f) => f,
             Err(e) => {
@@ -483,6 +493,14 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
                 continue;
             }
         };
+        // Requests count against the caller's rate limit; settlements and
+        // replies do not (refusing an ack would only cause a redelivery).
+        if frame.is_request() {
+            if let Err(e) = state.charge(&conn.caller, conn.peer.0.ip()) {
+                let _ = out.send(error_frame(None, &e)).await;
+                continue;
+            }
+        }
         conn.handle(frame, &mut subs).await;
     }
     // Unacked deliveries are released (redelivered) as they drop; calls
