@@ -64,19 +64,8 @@ pub async fn run(short: bool) -> Result<Gateway> {
         herald_sqlite::SqliteStore::open(herald_sqlite::SqliteConfig::new(dir.join("bench.db")))
             .await?;
     let bus = Bus::new(store);
-    let config = ServerConfig {
-        rate_limit: 0,
-        ..ServerConfig::default()
-    };
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| failed("bind", e))?;
-    let port = tcp.local_addr().map_err(|e| failed("bind", e))?.port();
-    let server = Server::new(bus.clone(), config, "sqlite")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_on(tcp, async {
-        let _ = stop_rx.await;
-    }));
+    let served = Served::start(&bus, "sqlite").await?;
+    let port = served.port;
     let base = format!("http://127.0.0.1:{port}");
     let run_for = if short {
         Duration::from_secs(2)
@@ -92,29 +81,12 @@ pub async fn run(short: bool) -> Result<Gateway> {
     let events = if short { 20 } else { 100 };
     let clients = if short { 200 } else { WS_CLIENTS };
     let ws_fan_out = fan_out(&bus, port, clients, events).await?;
-    let _ = stop_tx.send(());
-    serving.await.map_err(|e| failed("server task", e))??;
+    served.stop().await?;
     let ws_fan_out_memory = {
         let memory = Bus::memory();
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| failed("bind", e))?;
-        let port = tcp.local_addr().map_err(|e| failed("bind", e))?.port();
-        let server = Server::new(
-            memory.clone(),
-            ServerConfig {
-                rate_limit: 0,
-                ..ServerConfig::default()
-            },
-            "memory",
-        )?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.serve_on(tcp, async {
-            let _ = stop_rx.await;
-        }));
-        let figures = fan_out(&memory, port, clients, events).await?;
-        let _ = stop_tx.send(());
-        serving.await.map_err(|e| failed("server task", e))??;
+        let served = Served::start(&memory, "memory").await?;
+        let figures = fan_out(&memory, served.port, clients, events).await?;
+        served.stop().await?;
         figures
     };
     let _ = std::fs::remove_dir_all(&dir);
@@ -130,6 +102,37 @@ pub async fn run(short: bool) -> Result<Gateway> {
         ws_fan_out,
         ws_fan_out_memory,
     })
+}
+
+/// A `herald_server::Server` on a loopback port of its own (no rate limit).
+struct Served {
+    port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Served {
+    async fn start(bus: &Bus, kind: &'static str) -> Result<Served> {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| failed("bind", e))?;
+        let port = tcp.local_addr().map_err(|e| failed("bind", e))?.port();
+        let config = ServerConfig {
+            rate_limit: 0,
+            ..ServerConfig::default()
+        };
+        let server = Server::new(bus.clone(), config, kind)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve_on(tcp, async {
+            let _ = stopped.await;
+        }));
+        Ok(Served { port, stop, task })
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|e| failed("server task", e))?
+    }
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
