@@ -23,6 +23,14 @@ pub const DEFAULT_PARTITIONS: u32 = 3;
 pub const DEFAULT_GROUP: &str = "default";
 /// Publish and call timeout (`HERALD_TIMEOUT_SECONDS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Delivery attempts before a group dead-letters an event (`HERALD_MAX_DELIVER`).
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// How long this process remembers an idempotency key it published
+/// (`HERALD_DEDUPE_WINDOW`; 0 turns it off).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// The largest payload herald sends (`HERALD_MAX_PAYLOAD_BYTES`): the
+/// producer's `message.max.bytes` leaves room for the headers beside it.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// Which acknowledgement a publish waits for (`HERALD_KAFKA_ACKS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,6 +115,9 @@ pub struct KafkaConfig {
     group: String,
     environment: String,
     timeout: Duration,
+    max_deliver: u32,
+    dedupe_window: Duration,
+    max_payload: usize,
     /// TLS and SASL settings passed through to librdkafka, by property name.
     security: BTreeMap<String, String>,
 }
@@ -142,12 +153,16 @@ impl KafkaConfig {
             group: DEFAULT_GROUP.to_owned(),
             environment: herald::config::DEFAULT_ENVIRONMENT.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            max_deliver: DEFAULT_MAX_DELIVER,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            max_payload: DEFAULT_MAX_PAYLOAD,
             security: BTreeMap::new(),
         }
     }
 
-    /// The `HERALD_KAFKA_*` keys, `HERALD_GROUP`, `HERALD_ENVIRONMENT` and
-    /// `HERALD_TIMEOUT_SECONDS` from the configuration (environment over
+    /// The `HERALD_KAFKA_*` keys, `HERALD_GROUP`, `HERALD_ENVIRONMENT`,
+    /// `HERALD_TIMEOUT_SECONDS`, `HERALD_MAX_DELIVER`, `HERALD_DEDUPE_WINDOW`
+    /// and `HERALD_MAX_PAYLOAD_BYTES` from the configuration (environment over
     /// `herald.toml`), validated.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(herald::config::env)
@@ -228,6 +243,19 @@ impl KafkaConfig {
                 .map_err(|_| invalid("HERALD_TIMEOUT_SECONDS", &v, "a number of seconds"))?;
             c.timeout = seconds("HERALD_TIMEOUT_SECONDS", secs)?;
         }
+        if let Some(v) = number("HERALD_MAX_DELIVER")? {
+            c.max_deliver = u32::try_from(v).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = number("HERALD_MAX_PAYLOAD_BYTES")? {
+            c.max_payload = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = get("HERALD_DEDUPE_WINDOW") {
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("HERALD_DEDUPE_WINDOW", &v, "a number of seconds"))?;
+            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", secs)?;
+        }
         for (key, property) in SECURITY_KEYS {
             if let Some(v) = get(key) {
                 c.security.insert((*property).to_owned(), v);
@@ -296,6 +324,50 @@ impl KafkaConfig {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Set the delivery attempts before a group dead-letters an event.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+
+    /// Set how long this process remembers the idempotency keys it
+    /// published (zero: not at all).
+    pub fn dedupe_window(mut self, window: Duration) -> Self {
+        self.dedupe_window = window;
+        self
+    }
+
+    /// Set the largest payload sent.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Delivery attempts before a group dead-letters an event.
+    pub fn deliveries(&self) -> u32 {
+        self.max_deliver
+    }
+
+    /// How long published idempotency keys are remembered.
+    pub fn dedupe_duration(&self) -> Duration {
+        self.dedupe_window
+    }
+
+    /// The largest payload sent.
+    pub fn payload_limit(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The bootstrap servers.
+    pub fn servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// The environment: the prefix of every Kafka topic herald uses.
+    pub fn environment_name(&self) -> &str {
+        &self.environment
     }
 
     /// Pass a librdkafka security property through (`security.protocol`,
@@ -371,6 +443,20 @@ impl KafkaConfig {
         }
         herald::config::check_environment(&self.environment)?;
         herald::config::check_timeout(self.timeout)?;
+        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
+        in_range(
+            "HERALD_MAX_PAYLOAD_BYTES",
+            self.max_payload,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        if self.dedupe_window > Duration::from_secs(7 * 86_400) {
+            return Err(invalid(
+                "HERALD_DEDUPE_WINDOW",
+                self.dedupe_window.as_secs_f64(),
+                "0 (off) to 604800 seconds (7 days)",
+            ));
+        }
         if let Some(p) = self.security.get("security.protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
             if !known.contains(&p.to_ascii_lowercase().as_str()) {
@@ -416,9 +502,45 @@ impl KafkaConfig {
             self.compression.property().into(),
         );
         p.insert("linger.ms".into(), self.linger_ms.to_string());
+        // A payload at the limit travels with its headers beside it.
+        p.insert(
+            "message.max.bytes".into(),
+            (self.max_payload + 256 * 1024).to_string(),
+        );
         p.insert(
             "message.timeout.ms".into(),
             self.timeout.as_millis().to_string(),
+        );
+        p
+    }
+
+    /// The librdkafka settings of an admin client.
+    pub fn admin_properties(&self) -> BTreeMap<String, String> {
+        self.common_properties()
+    }
+
+    /// The librdkafka settings of a consumer in no group (metadata,
+    /// group-less subscriptions, replay): it commits nothing.
+    pub fn reader_properties(&self) -> BTreeMap<String, String> {
+        let mut p = self.common_properties();
+        // librdkafka assigns partitions only to a consumer with a group id;
+        // one that never subscribes never joins it, and this one commits
+        // nothing.
+        p.insert(
+            "group.id".into(),
+            format!(
+                "{}._reader.{}",
+                self.environment,
+                uuid::Uuid::now_v7().simple()
+            ),
+        );
+        p.insert("enable.auto.commit".into(), "false".into());
+        p.insert("enable.auto.offset.store".into(), "false".into());
+        p.insert("enable.partition.eof".into(), "false".into());
+        p.insert("fetch.wait.max.ms".into(), "10".into());
+        p.insert(
+            "fetch.message.max.bytes".into(),
+            (self.max_payload + 256 * 1024).to_string(),
         );
         p
     }
@@ -435,6 +557,14 @@ impl KafkaConfig {
         p.insert("auto.offset.reset".into(), reset.into());
         p.insert("enable.auto.commit".into(), self.auto_commit.to_string());
         p.insert("enable.auto.offset.store".into(), "false".into());
+        p.insert("enable.partition.eof".into(), "false".into());
+        p.insert("fetch.wait.max.ms".into(), "10".into());
+        p.insert(
+            "fetch.message.max.bytes".into(),
+            (self.max_payload + 256 * 1024).to_string(),
+        );
+        // Regex subscriptions see new topics within a second.
+        p.insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
         p
     }
 

@@ -2,7 +2,9 @@
 //! carry headers (NATS JetStream, Kafka), so their plain clients can read
 //! herald's events and publish events herald consumes.
 //!
-//! Owns the header names ([`ID`], [`SOURCE`], …), [`encode`] and [`decode`].
+//! Owns the header names ([`ID`], [`SOURCE`], …), [`encode`] and [`decode`],
+//! and [`Scheme`]: the same mapping under another broker's customary names
+//! ([`encode_with`], [`decode_with`]; Kafka's are `herald-kafka`'s).
 //! Every envelope field but `topic`, `seq`, `attempt` and `payload` travels as
 //! a `Herald-*` header (the broker gives the topic, `seq` and `attempt`; the
 //! body is the payload's bytes, JSON text by default). The envelope's own
@@ -78,13 +80,68 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 /// Content type of a body from a plain client that is not JSON.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
+/// The header names one broker's messages carry the envelope's fields under,
+/// and the further names it reserves. [`HERALD`] is the `Herald-*` scheme.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheme {
+    /// The field headers, in the order of [`HERALD`]'s: id, source, kind,
+    /// key, correlation id, causation id, idempotency key, priority,
+    /// schema version, expires at, content type.
+    pub fields: [&'static str; 11],
+    /// Names (any case) that are the broker's or the scheme's own besides
+    /// the fields: an envelope header may not take them, [`decode_with`]
+    /// skips them.
+    pub reserved: &'static [&'static str],
+    /// Prefixes (any case) reserved the same way.
+    pub reserved_prefixes: &'static [&'static str],
+    /// Headers the transport sets on a delivered envelope (where the record
+    /// sat): [`encode_with`] leaves them out, so an envelope read from the
+    /// broker can be published again.
+    pub delivery: &'static [&'static str],
+}
+
+/// The `Herald-*` scheme: NATS and the default.
+pub const HERALD: Scheme = Scheme {
+    fields: FIELDS,
+    reserved: &[],
+    reserved_prefixes: &["nats-"],
+    delivery: &[],
+};
+
+impl Scheme {
+    /// Whether an envelope header may not travel under `name` in this scheme.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        self.fields
+            .iter()
+            .chain(self.reserved)
+            .any(|f| f.eq_ignore_ascii_case(name))
+            || self.reserved_prefixes.iter().any(|p| {
+                name.get(..p.len())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(p))
+            })
+    }
+
+    fn field(&self, i: usize) -> &'static str {
+        self.fields[i]
+    }
+}
+
+const F_ID: usize = 0;
+const F_SOURCE: usize = 1;
+const F_KIND: usize = 2;
+const F_KEY: usize = 3;
+const F_CORRELATION_ID: usize = 4;
+const F_CAUSATION_ID: usize = 5;
+const F_IDEMPOTENCY_KEY: usize = 6;
+const F_PRIORITY: usize = 7;
+const F_SCHEMA_VERSION: usize = 8;
+const F_EXPIRES_AT: usize = 9;
+const F_CONTENT_TYPE: usize = 10;
+
 /// Whether an envelope header may not travel under `name`: the field
 /// headers above and the broker's own (`Nats-*`), in any case.
 pub fn is_reserved(name: &str) -> bool {
-    FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
-        || name
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"))
+    HERALD.is_reserved(name)
 }
 
 /// What the broker knows of a message, for the fields its headers lack.
@@ -102,38 +159,52 @@ pub struct Origin<'a> {
 /// The headers (name, value) and body of `envelope`. A `VALIDATION` error
 /// when one of its headers has a reserved name ([`is_reserved`]).
 pub fn encode(envelope: &Envelope) -> Result<(Vec<(&str, String)>, Bytes)> {
+    encode_with(&HERALD, envelope)
+}
+
+/// [`encode`] under `scheme`'s names. The fields at their defaults (kind
+/// `event`, priority `normal`) and absent options are left out.
+pub fn encode_with<'e>(
+    scheme: &Scheme,
+    envelope: &'e Envelope,
+) -> Result<(Vec<(&'e str, String)>, Bytes)> {
+    let f = |i| scheme.field(i);
     let mut out: Vec<(&str, String)> = Vec::with_capacity(8 + envelope.headers.len());
-    out.push((ID, envelope.id.to_string()));
-    out.push((SOURCE, envelope.source.to_string()));
+    out.push((f(F_ID), envelope.id.to_string()));
+    out.push((f(F_SOURCE), envelope.source.to_string()));
     if envelope.kind != Kind::Event {
-        out.push((KIND, kind_name(envelope.kind).to_owned()));
+        out.push((f(F_KIND), kind_name(envelope.kind).to_owned()));
     }
     if let Some(k) = &envelope.key {
-        out.push((KEY, k.clone()));
+        out.push((f(F_KEY), k.clone()));
     }
-    out.push((CORRELATION_ID, envelope.correlation_id.to_string()));
+    out.push((f(F_CORRELATION_ID), envelope.correlation_id.to_string()));
     if let Some(c) = envelope.causation_id {
-        out.push((CAUSATION_ID, c.to_string()));
+        out.push((f(F_CAUSATION_ID), c.to_string()));
     }
     if let Some(k) = &envelope.idempotency_key {
-        out.push((IDEMPOTENCY_KEY, k.clone()));
+        out.push((f(F_IDEMPOTENCY_KEY), k.clone()));
     }
     if envelope.priority != Priority::Normal {
-        out.push((PRIORITY, priority_name(envelope.priority).to_owned()));
+        out.push((f(F_PRIORITY), priority_name(envelope.priority).to_owned()));
     }
-    out.push((CONTENT_TYPE, envelope.content_type.to_string()));
+    out.push((f(F_CONTENT_TYPE), envelope.content_type.to_string()));
     if let Some(v) = &envelope.schema_version {
-        out.push((SCHEMA_VERSION, v.clone()));
+        out.push((f(F_SCHEMA_VERSION), v.clone()));
     }
     if let Some(t) = &envelope.expires_at {
-        out.push((EXPIRES_AT, format_time(t)));
+        out.push((f(F_EXPIRES_AT), format_time(t)));
     }
     for (name, value) in &envelope.headers {
-        if is_reserved(name) {
+        if scheme.delivery.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if scheme.is_reserved(name) {
             return Err(Error::validation(format!(
                 "header {name:?} of a message to `{}` has a reserved name \
-                 (the Herald-* field headers, Content-Type and Nats-* are the transport's)",
-                envelope.topic
+                 (the transport's field headers: {})",
+                envelope.topic,
+                scheme.fields.join(", ")
             )));
         }
         out.push((name.as_str(), value.clone()));
@@ -154,62 +225,75 @@ pub fn decode<'h>(
     body: Bytes,
     origin: Origin<'_>,
 ) -> Result<Envelope> {
+    decode_with(&HERALD, topic, headers, body, origin)
+}
+
+/// [`decode`] under `scheme`'s names; its reserved names are skipped.
+pub fn decode_with<'h>(
+    scheme: &Scheme,
+    topic: Topic,
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    body: Bytes,
+    origin: Origin<'_>,
+) -> Result<Envelope> {
     let mut fields: BTreeMap<&'static str, &'h str> = BTreeMap::new();
     let mut user = BTreeMap::new();
     for (name, value) in headers {
-        match FIELDS.iter().find(|f| f.eq_ignore_ascii_case(name)) {
+        match scheme.fields.iter().find(|f| f.eq_ignore_ascii_case(name)) {
             Some(field) => {
                 fields.insert(field, value);
             }
-            None if is_reserved(name) => {}
+            None if scheme.is_reserved(name) => {}
             None => {
                 user.insert(name.to_owned(), value.to_owned());
             }
         }
     }
-    let uuid = |name: &str| -> Result<Option<Uuid>> {
+    let name = |i| scheme.field(i);
+    let uuid = |field: &str| -> Result<Option<Uuid>> {
         fields
-            .get(name)
+            .get(field)
             .map(|v| {
                 Uuid::parse_str(v).map_err(|e| {
-                    Error::validation(format!("header {name} {v:?} is not a UUID: {e}"))
+                    Error::validation(format!("header {field} {v:?} is not a UUID: {e}"))
                 })
             })
             .transpose()
     };
-    let text = |name: &str| -> Result<Option<String>> {
+    let text = |field: &str| -> Result<Option<String>> {
         fields
-            .get(name)
-            .map(|v| check_text(name, v).map(|()| (*v).to_owned()))
+            .get(field)
+            .map(|v| check_text(field, v).map(|()| (*v).to_owned()))
             .transpose()
     };
-    let id = match uuid(ID)? {
+    let id = match uuid(name(F_ID))? {
         Some(id) if id.get_version_num() == 7 => id,
         Some(id) => {
             return Err(Error::validation(format!(
-                "header {ID} {id} is not a UUID v7"
+                "header {} {id} is not a UUID v7",
+                name(F_ID)
             )))
         }
         None => made_up_id(origin),
     };
-    let kind = match fields.get(KIND) {
+    let kind = match fields.get(name(F_KIND)) {
         None => Kind::Event,
-        Some(v) => parse_kind(v)?,
+        Some(v) => parse_kind(name(F_KIND), v)?,
     };
-    let priority = match fields.get(PRIORITY) {
+    let priority = match fields.get(name(F_PRIORITY)) {
         None => Priority::Normal,
-        Some(v) => parse_priority(v)?,
+        Some(v) => parse_priority(name(F_PRIORITY), v)?,
     };
     let expires_at = fields
-        .get(EXPIRES_AT)
+        .get(name(F_EXPIRES_AT))
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| Error::validation(format!("header {EXPIRES_AT} {v:?}: {e}")))
+                .map_err(|e| Error::validation(format!("header {} {v:?}: {e}", name(F_EXPIRES_AT))))
         })
         .transpose()?;
-    let source = text(SOURCE)?.unwrap_or_else(|| origin.source.to_owned());
-    let content_type = text(CONTENT_TYPE)?;
+    let source = text(name(F_SOURCE))?.unwrap_or_else(|| origin.source.to_owned());
+    let content_type = text(name(F_CONTENT_TYPE))?;
     let (content_type, payload) = body_payload(content_type, body)?;
     Ok(Envelope {
         id,
@@ -217,14 +301,14 @@ pub fn decode<'h>(
         kind,
         topic,
         seq: None,
-        key: text(KEY)?,
-        correlation_id: uuid(CORRELATION_ID)?.unwrap_or(id),
-        causation_id: uuid(CAUSATION_ID)?,
-        idempotency_key: text(IDEMPOTENCY_KEY)?,
+        key: text(name(F_KEY))?,
+        correlation_id: uuid(name(F_CORRELATION_ID))?.unwrap_or(id),
+        causation_id: uuid(name(F_CAUSATION_ID))?,
+        idempotency_key: text(name(F_IDEMPOTENCY_KEY))?,
         priority,
         headers: user,
         content_type,
-        schema_version: text(SCHEMA_VERSION)?,
+        schema_version: text(name(F_SCHEMA_VERSION))?,
         expires_at,
         attempt: 1,
         payload,
@@ -296,11 +380,11 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-fn parse_kind(v: &str) -> Result<Kind> {
+fn parse_kind(header: &str, v: &str) -> Result<Kind> {
     [Kind::Event, Kind::Command, Kind::Response, Kind::Intent]
         .into_iter()
         .find(|k| kind_name(*k) == v)
-        .ok_or_else(|| Error::validation(format!("header {KIND} {v:?} is not a kind")))
+        .ok_or_else(|| Error::validation(format!("header {header} {v:?} is not a kind")))
 }
 
 fn priority_name(p: Priority) -> &'static str {
@@ -312,7 +396,7 @@ fn priority_name(p: Priority) -> &'static str {
     }
 }
 
-fn parse_priority(v: &str) -> Result<Priority> {
+fn parse_priority(header: &str, v: &str) -> Result<Priority> {
     [
         Priority::Low,
         Priority::Normal,
@@ -321,7 +405,7 @@ fn parse_priority(v: &str) -> Result<Priority> {
     ]
     .into_iter()
     .find(|p| priority_name(*p) == v)
-    .ok_or_else(|| Error::validation(format!("header {PRIORITY} {v:?} is not a priority")))
+    .ok_or_else(|| Error::validation(format!("header {header} {v:?} is not a priority")))
 }
 
 #[cfg(test)]

@@ -92,9 +92,9 @@ struct State {
     deadlines: VecDeque<(Instant, Arc<Envelope>)>,
     /// Whether a sweeper task enforces the deadlines.
     sweeping: bool,
-    /// Events waiting out a nack's delay, by topic and seq, with the
-    /// attempt they will be delivered as.
-    delayed: HashMap<(Topic, u64), u32, foldhash::fast::RandomState>,
+    /// Events waiting out a nack's delay, by topic and seq, as they will be
+    /// delivered (with their next attempt).
+    delayed: HashMap<(Topic, u64), Arc<Envelope>, foldhash::fast::RandomState>,
     /// When each event that failed and is being retried first failed.
     first_failures: HashMap<uuid::Uuid, chrono::DateTime<Utc>, foldhash::fast::RandomState>,
 }
@@ -223,8 +223,8 @@ impl Queue {
     pub fn next_attempt(&self, topic: &Topic, seq: u64) -> Option<u32> {
         let st = self.state.lock();
         let is = |e: &Envelope| e.topic() == topic && e.seq() == Some(seq);
-        if let Some(a) = st.delayed.get(&(topic.clone(), seq)) {
-            return Some(*a);
+        if let Some(e) = st.delayed.get(&(topic.clone(), seq)) {
+            return Some(e.attempt());
         }
         let waiting = st
             .flows
@@ -237,6 +237,54 @@ impl Queue {
             .iter()
             .find(|(_, e)| is(e) && st.inflight.contains(&address(e)))
             .map(|(_, e)| e.attempt().saturating_add(1))
+    }
+
+    /// Drop the waiting events `which` selects — queued, or waiting out a
+    /// nack's delay — because the host no longer owns them (a Kafka
+    /// partition moved to another consumer); returns how many. Deliveries in
+    /// flight stay: refusing their settlements is the host's part.
+    pub fn withdraw(&self, which: impl Fn(&Envelope) -> bool) -> usize {
+        let (dropped, permits, waiters) = {
+            let mut st = self.state.lock();
+            let st = &mut *st;
+            let before = st.delayed.len();
+            st.delayed.retain(|_, e| !which(e));
+            let mut dropped = before - st.delayed.len();
+            let mut permits = 0;
+            let mut heads = Vec::new();
+            st.flows.retain(|flow, f| {
+                let head = f.items.front().map(|i| i.order);
+                f.items.retain(|i| {
+                    let gone = which(&i.env);
+                    if gone {
+                        dropped += 1;
+                        permits += usize::from(i.permit);
+                    }
+                    !gone
+                });
+                match f.items.front() {
+                    Some(h) if !f.locked && Some(h.order) != head => heads.push(Ready {
+                        priority: h.env.priority(),
+                        order: Reverse(h.order),
+                        flow: *flow,
+                    }),
+                    _ => {}
+                }
+                !f.items.is_empty() || f.locked
+            });
+            let waiters = if heads.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut st.waiters)
+            };
+            st.ready.extend(heads);
+            (dropped, permits, waiters)
+        };
+        wake(waiters);
+        if permits > 0 {
+            self.permits.add_permits(permits);
+        }
+        dropped
     }
 
     /// Close: member streams end, feeders stop. Idempotent.
@@ -286,6 +334,24 @@ impl Queue {
             }
         }
         !self.is_closed()
+    }
+
+    /// Feed events if there is room for all of them now (they become
+    /// deliverable together); hands them back when there is not, or the
+    /// queue is closed. For feeders on threads of their own that must not
+    /// wait (a Kafka consumer that keeps polling while its queue is full).
+    pub fn offer(&self, events: Vec<Arc<Envelope>>) -> std::result::Result<(), Vec<Arc<Envelope>>> {
+        let Ok(n) = u32::try_from(events.len()) else {
+            return Err(events);
+        };
+        match self.permits.try_acquire_many(n) {
+            Ok(permits) => {
+                permits.forget();
+                self.push_all(events, true);
+                Ok(())
+            }
+            Err(_) => Err(events),
+        }
     }
 
     /// Retained events replayed to a new subscription (no room reserved).
@@ -513,11 +579,13 @@ impl Queue {
                 self.state
                     .lock()
                     .delayed
-                    .insert(waiting.clone(), again.attempt());
+                    .insert(waiting.clone(), again.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    queue.state.lock().delayed.remove(&waiting);
-                    queue.push_front(again, locks);
+                    let withdrawn = queue.state.lock().delayed.remove(&waiting).is_none();
+                    if !withdrawn {
+                        queue.push_front(again, locks);
+                    }
                 });
             }
         }

@@ -1,0 +1,178 @@
+//! A consumer's thread: poll librdkafka, turn records into envelopes, hand
+//! them to a delivery queue — without ever blocking the poll.
+//!
+//! Owns [`run`], the loop shared by group-less subscriptions (`tail`) and
+//! consumer groups (`group`). librdkafka's consumer is polled on a thread of
+//! its own because its rebalance callbacks run inside `poll` and make
+//! blocking calls. When the queue is full, the loop pauses its partitions
+//! and keeps polling (a consumer that stops polling is thrown out of its
+//! group), then resumes once the queue takes what is pending. What is done
+//! with a record — whether it is still to be delivered, what becomes of one
+//! that does not decode, which partitions are still this consumer's — is
+//! the [`Hooks`]'.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald::queue::Queue;
+use herald::{Envelope, Topic};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+
+use crate::codec::{self, Position};
+
+/// How long one poll waits for a record.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How often [`Hooks::tick`] runs.
+pub(crate) const TICK: Duration = Duration::from_millis(500);
+
+/// Most envelopes offered to the queue at once.
+const CHUNK: usize = 256;
+
+/// A record polled and decoded, not yet taken by the queue.
+pub(crate) struct Pending {
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) kafka_topic: String,
+    pub(crate) partition: i32,
+    /// The assignment generation it was read under.
+    pub(crate) generation: u64,
+}
+
+/// What a feeding loop asks of its subscription.
+pub(crate) trait Hooks<C: ConsumerContext>: Send + 'static {
+    /// The generation of the current assignment of `partition` of
+    /// `kafka_topic`; `None` when it is no longer this consumer's.
+    fn generation(&self, kafka_topic: &str, partition: i32) -> Option<u64>;
+
+    /// Whether the record at `offset` is still to be delivered (false: it
+    /// was settled before, or is not for this subscription and counts as
+    /// settled).
+    fn admit(&self, envelope: &Envelope, kafka_topic: &str, partition: i32, offset: i64) -> bool;
+
+    /// A record on `topic` that does not decode.
+    fn undecodable(
+        &self,
+        topic: Topic,
+        kafka_topic: &str,
+        at: Position,
+        raw: (Vec<(String, String)>, Bytes),
+        err: herald::Error,
+    );
+
+    /// Runs every [`TICK`] on the consumer's thread (find new topics), and
+    /// at once when [`news`](Hooks::news) says so.
+    fn tick(&self, consumer: &BaseConsumer<C>);
+
+    /// Whether to tick now (this process made a topic).
+    fn news(&self) -> bool {
+        false
+    }
+
+    /// Whether the loop must end (the store or queue closed).
+    fn done(&self) -> bool;
+}
+
+/// Poll `consumer` into `queue` until the hooks say done; `topic_of` names
+/// a Kafka topic's herald topic (`None`: not one of herald's).
+pub(crate) fn run<C, H>(
+    consumer: Arc<BaseConsumer<C>>,
+    queue: Arc<Queue>,
+    hooks: H,
+    topic_of: impl Fn(&str) -> Option<Topic>,
+) where
+    C: ConsumerContext,
+    H: Hooks<C>,
+{
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut paused = false;
+    let mut last_tick = Instant::now();
+    while !hooks.done() && !queue.is_closed() {
+        if last_tick.elapsed() >= TICK || hooks.news() {
+            hooks.tick(&consumer);
+            last_tick = Instant::now();
+        }
+        pending.retain(|p| hooks.generation(&p.kafka_topic, p.partition) == Some(p.generation));
+        hand_over(&queue, &mut pending);
+        if !pending.is_empty() && !paused {
+            if let Ok(assigned) = consumer.assignment() {
+                paused = consumer.pause(&assigned).is_ok();
+            }
+        } else if pending.is_empty() && paused {
+            if let Ok(assigned) = consumer.assignment() {
+                paused = consumer.resume(&assigned).is_err();
+            }
+        }
+        let Some(polled) = consumer.poll(POLL) else {
+            continue;
+        };
+        let msg = match polled {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "Kafka consumer error (librdkafka retries)");
+                continue;
+            }
+        };
+        if let Some(p) = read(&msg, &hooks, &topic_of) {
+            pending.push_back(p);
+        }
+    }
+}
+
+/// Offer what is pending, in chunks, as far as the queue takes it.
+fn hand_over(queue: &Queue, pending: &mut VecDeque<Pending>) {
+    while !pending.is_empty() {
+        let n = pending.len().min(CHUNK).min(queue.spec().buffer);
+        let chunk: Vec<Arc<Envelope>> =
+            pending.iter().take(n).map(|p| p.envelope.clone()).collect();
+        match queue.offer(chunk) {
+            Ok(()) => {
+                pending.drain(..n);
+            }
+            Err(_) if n > 1 => match queue.offer(vec![pending[0].envelope.clone()]) {
+                Ok(()) => {
+                    pending.pop_front();
+                }
+                Err(_) => return,
+            },
+            Err(_) => return,
+        }
+    }
+}
+
+/// The record `msg` as a pending delivery, or `None` when it is not one.
+fn read<C: ConsumerContext, H: Hooks<C>>(
+    msg: &BorrowedMessage<'_>,
+    hooks: &H,
+    topic_of: &impl Fn(&str) -> Option<Topic>,
+) -> Option<Pending> {
+    let kafka_topic = msg.topic();
+    let generation = hooks.generation(kafka_topic, msg.partition())?;
+    let topic = topic_of(kafka_topic)?;
+    let pairs = codec::pairs(msg.headers());
+    let value = Bytes::copy_from_slice(msg.payload().unwrap_or(&[]));
+    let at = Position {
+        partition: msg.partition(),
+        offset: msg.offset(),
+        time_ms: msg.timestamp().to_millis().unwrap_or(0),
+    };
+    match codec::decode(topic.clone(), &pairs, msg.key(), value.clone(), at) {
+        Ok(env) => {
+            if !hooks.admit(&env, kafka_topic, at.partition, at.offset) {
+                return None;
+            }
+            Some(Pending {
+                envelope: Arc::new(env),
+                kafka_topic: kafka_topic.to_owned(),
+                partition: at.partition,
+                generation,
+            })
+        }
+        Err(e) => {
+            hooks.undecodable(topic, kafka_topic, at, (pairs, value), e);
+            None
+        }
+    }
+}

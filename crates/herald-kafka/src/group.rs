@@ -1,0 +1,856 @@
+//! Consumer groups: a Kafka consumer group per herald group, offsets
+//! committed on ack.
+//!
+//! Owns [`subscribe`] for subscriptions with a group, [`delivery_state`],
+//! and the offset bookkeeping. Each process has one Kafka consumer per
+//! (group, patterns) — a member of the Kafka group `<environment>.<group>`,
+//! subscribed to its patterns as a regex — feeding one delivery queue that
+//! every local member of the group pulls from. So across processes the
+//! group shares partitions (same `key` → same partition → one process at a
+//! time, in order), and within a process the queue gives the rest of
+//! DESIGN.md §4.4: keyless events shared among members, same-key events one
+//! member at a time, priority, ack wait, nack delay, `max_deliver`.
+//!
+//! Offsets: per partition, the committed offset is the first unsettled
+//! offset, and the settled offsets above it travel in the commit's metadata
+//! (`h1:` and ranges), so an event acked while an earlier one is still held
+//! is not redelivered after a restart. An ack returns once its commit is on
+//! the brokers (acks are committed together). A dead letter is written
+//! before its offset counts as settled; a failed write is retried, logged
+//! with the correlation id, and keeps the offset uncommitted.
+//!
+//! Rebalances: when partitions are assigned, each starts at its committed
+//! offset, or — for a partition the group never committed — at the
+//! subscription's start position (`Latest` means the end when the
+//! subscription opened; a topic made later is read from its beginning), and
+//! that start is committed at once so every member agrees. When partitions
+//! are revoked, what is settled is committed, the partition's waiting events
+//! are withdrawn from the queue, and acks of its deliveries still in flight
+//! fail as `lease lost` (they come again to the new owner).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald::dead_letter::FailureSource;
+use herald::delivery::BoxFuture;
+use herald::queue::{self, Queue, QueueHost};
+use herald::transport::DeliveryState;
+use herald::{
+    DeadLetter, Envelope, ErrorCode, Result, StartPosition, SubscribeSpec, Subscription, Topic,
+};
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{self, Position};
+use crate::dead_letters;
+use crate::errors;
+use crate::feed::{self, Hooks};
+use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
+
+/// How long a new subscription waits for its first partitions.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// The most metadata a commit carries (brokers allow 4 KiB by default).
+const METADATA_MAX: usize = 3500;
+
+/// One process's consumer of one group.
+pub(crate) struct Group {
+    me: Weak<Group>,
+    inner: Weak<Inner>,
+    /// The runtime the group's tasks run on (its consumer thread has none).
+    runtime: tokio::runtime::Handle,
+    spec: SubscribeSpec,
+    kafka_group: String,
+    queue: OnceLock<Weak<Queue>>,
+    consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
+    parts: Mutex<HashMap<(String, i32), Part>>,
+    next_generation: AtomicU64,
+    /// Start offsets of the partitions that existed when it opened (for `Latest`).
+    latest: Mutex<HashMap<(String, i32), i64>>,
+    assigned: tokio::sync::watch::Sender<bool>,
+    commits: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
+}
+
+/// Where one assigned partition stands.
+#[derive(Debug, Default)]
+struct Part {
+    generation: u64,
+    /// The first unsettled offset: what is committed.
+    next: i64,
+    /// Settled offsets above `next`.
+    settled: BTreeSet<i64>,
+}
+
+impl Part {
+    fn settle(&mut self, offset: i64) {
+        if offset < self.next {
+            return;
+        }
+        self.settled.insert(offset);
+        while self.settled.remove(&self.next) {
+            self.next += 1;
+        }
+    }
+
+    fn is_settled(&self, offset: i64) -> bool {
+        offset < self.next || self.settled.contains(&offset)
+    }
+
+    /// The settled offsets above `next` as commit metadata.
+    fn metadata(&self) -> String {
+        let mut out = String::from("h1:");
+        let mut it = self.settled.iter().copied().peekable();
+        while let Some(start) = it.next() {
+            let mut end = start;
+            while it.peek() == Some(&(end + 1)) {
+                end = it.next().unwrap_or(end);
+            }
+            let range = if end == start {
+                format!("{start},")
+            } else {
+                format!("{start}-{end},")
+            };
+            if out.len() + range.len() > METADATA_MAX {
+                break;
+            }
+            out.push_str(&range);
+        }
+        out
+    }
+
+    /// The settled offsets commit metadata names (nothing for metadata that
+    /// is not herald's).
+    fn parse_metadata(meta: &str) -> BTreeSet<i64> {
+        let Some(rest) = meta.strip_prefix("h1:") else {
+            return BTreeSet::new();
+        };
+        let mut out = BTreeSet::new();
+        for range in rest.split(',').filter(|r| !r.is_empty()) {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
+                if b >= a && b - a < 1_000_000 {
+                    out.extend(a..=b);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Subscribe with `spec.group`: join this process's consumer of the group,
+/// or start one and wait for its first assignment.
+pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    let group_name = spec.group.clone().unwrap_or_default();
+    let key = group_key(&group_name, &spec);
+    let existing = inner.groups.lock().get(&key).and_then(Weak::upgrade);
+    if let Some(group) = existing {
+        if let Some(queue) = group.queue() {
+            if !queue.is_closed() {
+                queue.join();
+                return Ok(queue::member(queue));
+            }
+        }
+    }
+    let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+    let (assigned, mut assigned_rx) = tokio::sync::watch::channel(false);
+    let group = Arc::new_cyclic(|me| Group {
+        me: me.clone(),
+        inner: Arc::downgrade(inner),
+        runtime: tokio::runtime::Handle::current(),
+        kafka_group: inner.config.kafka_topic(&group_name),
+        spec: spec.clone(),
+        queue: OnceLock::new(),
+        consumer: OnceLock::new(),
+        parts: Mutex::new(HashMap::new()),
+        next_generation: AtomicU64::new(1),
+        latest: Mutex::new(HashMap::new()),
+        assigned,
+        commits: commit_tx,
+    });
+    let patterns: Vec<String> = spec
+        .patterns
+        .iter()
+        .map(|p| p.as_str().to_owned())
+        .collect();
+    crate::inspect::record_group(inner, &group_name, &patterns).await?;
+    if spec.start == StartPosition::Latest {
+        let mut latest = HashMap::new();
+        for (name, partitions) in crate::tail::matching(inner, &spec).await? {
+            for p in 0..partitions {
+                latest.insert((name.clone(), p), inner.watermarks(&name, p).await?.1);
+            }
+        }
+        *group.latest.lock() = latest;
+    }
+    let host: Weak<dyn QueueHost> = Arc::downgrade(&group) as Weak<Group>;
+    let queue = Queue::new(spec.clone(), host);
+    queue.join();
+    inner.register(&queue);
+    let _ = group.queue.set(Arc::downgrade(&queue));
+
+    let mut config = ClientConfig::new();
+    for (k, v) in inner.config.consumer_properties(&group.kafka_group) {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer<GroupContext> = config
+        .create_with_context(GroupContext {
+            group: group.clone(),
+        })
+        .map_err(|e| errors::kafka("create a group consumer", &e))?;
+    let regexes: Vec<String> = spec
+        .patterns
+        .iter()
+        .map(|p| regex_of(inner.config.environment_name(), p.as_str()))
+        .collect();
+    let refs: Vec<&str> = regexes.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&refs)
+        .map_err(|e| errors::kafka("subscribe a group", &e))?;
+    let consumer = Arc::new(consumer);
+    let _ = group.consumer.set(Arc::downgrade(&consumer));
+    tokio::spawn(committer(Arc::downgrade(&group), commit_rx));
+    inner.groups.lock().insert(key, Arc::downgrade(&group));
+
+    let hooks = GroupHooks {
+        group: group.clone(),
+    };
+    let topic_inner = Arc::downgrade(inner);
+    let q = queue.clone();
+    std::thread::Builder::new()
+        .name("herald-kafka-group".into())
+        .spawn(move || {
+            feed::run(consumer, q, hooks, |name| {
+                topic_inner.upgrade().and_then(|i| i.topic_of(name))
+            })
+        })
+        .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
+    // Events published after `subscribe` returns must reach the group: wait
+    // until it holds its first partitions (none to wait for when no topic
+    // matches yet: a topic made later is read from its beginning).
+    if !group.latest.lock().is_empty() || spec.start != StartPosition::Latest {
+        let waited = tokio::time::timeout(JOIN_WAIT, assigned_rx.wait_for(|a| *a)).await;
+        if waited.is_err() {
+            tracing::warn!(group = %group_name, "Kafka: no partitions assigned within {JOIN_WAIT:?}; the group goes on joining");
+        }
+    }
+    Ok(queue::member(queue))
+}
+
+fn group_key(group: &str, spec: &SubscribeSpec) -> String {
+    let mut patterns: Vec<&str> = spec.patterns.iter().map(|p| p.as_str()).collect();
+    patterns.sort_unstable();
+    format!("{group}\u{0}{}", patterns.join("\u{0}"))
+}
+
+/// A herald pattern as a librdkafka topic regex in `environment`.
+pub(crate) fn regex_of(environment: &str, pattern: &str) -> String {
+    let mut out = format!("^{}", regex_escape(environment));
+    for seg in pattern.split('.') {
+        out.push_str("\\.");
+        match seg {
+            "*" => out.push_str("[^.]+"),
+            ">" => out.push_str(".+"),
+            s => out.push_str(&regex_escape(s)),
+        }
+    }
+    out.push('$');
+    out
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Group {
+    fn queue(&self) -> Option<Arc<Queue>> {
+        self.queue.get().and_then(Weak::upgrade)
+    }
+
+    fn inner(&self) -> Option<Arc<Inner>> {
+        self.inner.upgrade()
+    }
+
+    /// Where the group starts a partition it never committed.
+    fn start_of(&self, consumer: &BaseConsumer<GroupContext>, topic: &str, p: i32) -> Offset {
+        match &self.spec.start {
+            StartPosition::Earliest => Offset::Beginning,
+            StartPosition::Latest => match self.latest.lock().get(&(topic.to_owned(), p)) {
+                Some(o) => Offset::Offset(*o),
+                None => Offset::Beginning,
+            },
+            StartPosition::Seq(n) => {
+                Offset::Offset(i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX))
+            }
+            StartPosition::Time(t) => {
+                let mut tpl = TopicPartitionList::new();
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(t.timestamp_millis()));
+                match consumer.offsets_for_times(tpl, LOOKUP_TIMEOUT) {
+                    Ok(found) => match found.elements().first().map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => Offset::Offset(o),
+                        _ => consumer
+                            .fetch_watermarks(topic, p, LOOKUP_TIMEOUT)
+                            .map_or(Offset::End, |(_, h)| Offset::Offset(h)),
+                    },
+                    Err(_) => Offset::End,
+                }
+            }
+        }
+    }
+
+    /// Partitions assigned: resolve where each starts, then take them.
+    fn assign(&self, consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList) {
+        let committed = consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT);
+        let mut take = TopicPartitionList::new();
+        let mut fresh = TopicPartitionList::new();
+        let mut parts = Vec::new();
+        for e in tpl.elements() {
+            let (topic, p) = (e.topic().to_owned(), e.partition());
+            let stored = committed
+                .as_ref()
+                .ok()
+                .and_then(|c| c.find_partition(&topic, p))
+                .map(|c| {
+                    let meta =
+                        std::panic::catch_unwind(|| c.metadata().to_owned()).unwrap_or_default();
+                    (c.offset(), meta)
+                });
+            let (start, settled) = match stored {
+                Some((Offset::Offset(o), meta)) => (o, Part::parse_metadata(&meta)),
+                _ => {
+                    let start = match self.start_of(consumer, &topic, p) {
+                        Offset::Offset(o) => o,
+                        Offset::Beginning => consumer
+                            .fetch_watermarks(&topic, p, LOOKUP_TIMEOUT)
+                            .map_or(0, |(low, _)| low),
+                        _ => consumer
+                            .fetch_watermarks(&topic, p, LOOKUP_TIMEOUT)
+                            .map_or(0, |(_, high)| high),
+                    };
+                    let _ = fresh.add_partition_offset(&topic, p, Offset::Offset(start));
+                    (start, BTreeSet::new())
+                }
+            };
+            let _ = take.add_partition_offset(&topic, p, Offset::Offset(start));
+            let generation = self.next_generation.fetch_add(1, Ordering::AcqRel);
+            parts.push((
+                (topic, p),
+                Part {
+                    generation,
+                    next: start,
+                    settled,
+                },
+            ));
+        }
+        self.parts.lock().extend(parts);
+        if fresh.count() > 0 {
+            if let Err(e) = consumer.commit(&fresh, CommitMode::Sync) {
+                tracing::warn!(group = %self.kafka_group, error = %e, "Kafka: the start offsets of new partitions were not committed");
+            }
+        }
+        if let Err(e) = consumer.assign(&take) {
+            tracing::error!(group = %self.kafka_group, error = %e, "Kafka: partitions could not be taken");
+        }
+        self.assigned.send_replace(true);
+        tracing::info!(group = %self.kafka_group, partitions = take.count(), "Kafka: partitions assigned");
+    }
+
+    /// Partitions revoked: commit what is settled, withdraw what waits.
+    fn revoke(&self, consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList) {
+        let gone: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let commit = {
+            let mut parts = self.parts.lock();
+            let mut commit = TopicPartitionList::new();
+            for key in &gone {
+                if let Some(part) = parts.remove(key) {
+                    if commit
+                        .add_partition_offset(&key.0, key.1, Offset::Offset(part.next))
+                        .is_ok()
+                    {
+                        if let Some(mut e) = commit.find_partition(&key.0, key.1) {
+                            e.set_metadata(part.metadata());
+                        }
+                    }
+                }
+            }
+            commit
+        };
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(group = %self.kafka_group, error = %e, "Kafka: offsets of revoked partitions were not committed; their settled events may come again");
+            }
+        }
+        if let Some(queue) = self.queue() {
+            let env = self
+                .inner()
+                .map(|i| i.config.environment_name().to_owned())
+                .unwrap_or_default();
+            let withdrawn = queue.withdraw(|e| {
+                let name = format!("{env}.{}", e.topic());
+                gone.iter()
+                    .any(|(t, p)| *t == name && partition_of(e) == Some(*p))
+            });
+            tracing::info!(group = %self.kafka_group, partitions = gone.len(), withdrawn, "Kafka: partitions revoked");
+        }
+        if let Err(e) = consumer.unassign() {
+            tracing::warn!(group = %self.kafka_group, error = %e, "Kafka: unassign");
+        }
+    }
+
+    /// Count the event at `offset` of `partition` of `kafka_topic` settled;
+    /// false when the partition is not this consumer's any more.
+    fn settle(&self, kafka_topic: &str, partition: i32, offset: i64) -> bool {
+        match self
+            .parts
+            .lock()
+            .get_mut(&(kafka_topic.to_owned(), partition))
+        {
+            Some(part) => {
+                part.settle(offset);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Commit now what every partition has settled.
+    fn commit_now(&self) -> Result<()> {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return Err(herald::Error::new(
+                ErrorCode::Unavailable,
+                "Kafka: the group's consumer is gone",
+            ));
+        };
+        let tpl = {
+            let parts = self.parts.lock();
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), part) in parts.iter() {
+                if tpl
+                    .add_partition_offset(t, *p, Offset::Offset(part.next))
+                    .is_ok()
+                {
+                    if let Some(mut e) = tpl.find_partition(t, *p) {
+                        e.set_metadata(part.metadata());
+                    }
+                }
+            }
+            tpl
+        };
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+            errors::kafka(
+                &format!("commit the offsets of group `{}`", self.kafka_group),
+                &e,
+            )
+        })
+    }
+
+    /// Settle and commit: what an ack and a written dead letter wait for.
+    fn settle_and_commit(&self, envelope: &Envelope) -> BoxFuture<'static, Result<()>> {
+        let topic = envelope.topic().clone();
+        let (Some(inner), Some(p), Some(seq)) =
+            (self.inner(), partition_of(envelope), envelope.seq())
+        else {
+            return Box::pin(async { Err(herald::group::lease_lost()) });
+        };
+        let name = inner.config.kafka_topic(topic.as_str());
+        if !self.settle(&name, p, seq as i64 - 1) {
+            return Box::pin(async { Err(herald::group::lease_lost()) });
+        }
+        let (tx, rx) = oneshot::channel();
+        let sent = self.commits.send(tx);
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(herald::Error::new(
+                    ErrorCode::Unavailable,
+                    "Kafka: the group is closed",
+                ));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(herald::Error::new(
+                    ErrorCode::Unavailable,
+                    "Kafka: the group is closed",
+                ))
+            })
+        })
+    }
+
+    fn state_of(&self, name: &str, topic: &Topic, seq: u64) -> Option<DeliveryState> {
+        if let Some(s) = self.queue().and_then(|q| q.state_of(topic, seq)) {
+            return Some(s);
+        }
+        let parts = self.parts.lock();
+        let part = parts.get(&(name.to_owned(), 0))?;
+        part.is_settled(seq as i64 - 1)
+            .then_some(DeliveryState::Acked)
+    }
+}
+
+/// The partition a delivered envelope's record sat in.
+pub(crate) fn partition_of(envelope: &Envelope) -> Option<i32> {
+    envelope.header(codec::PARTITION)?.parse().ok()
+}
+
+/// Commit for every waiting ack at once, then answer them all.
+async fn committer(
+    group: Weak<Group>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let Some(g) = group.upgrade() else {
+            return;
+        };
+        let result = blocking(move || g.commit_now()).await.and_then(|r| r);
+        for w in waiting {
+            let copy = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(herald::Error::new(e.code(), e.to_string())),
+            };
+            let _ = w.send(copy);
+        }
+    }
+}
+
+impl QueueHost for Group {
+    fn max_deliver(&self) -> u32 {
+        self.inner()
+            .map_or(crate::config::DEFAULT_MAX_DELIVER, |i| {
+                i.config.deliveries()
+            })
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) {
+        let (Some(inner), Some(me)) = (self.inner(), self.me.upgrade()) else {
+            return;
+        };
+        self.runtime.spawn(async move {
+            let _pending = inner.dead_letters_pending.read().await;
+            let at = partition_of(&letter.envelope).map(|p| Position {
+                partition: p,
+                offset: letter.envelope.seq().unwrap_or(0) as i64 - 1,
+                time_ms: 0,
+            });
+            write_until_done(&inner, &letter, at, None).await;
+            if !inner.is_closed() {
+                let _ = me.settle_and_commit(&letter.envelope).await;
+            }
+        });
+    }
+
+    fn acked(
+        &self,
+        _queue: &Queue,
+        envelope: &Arc<Envelope>,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        Some(self.settle_and_commit(envelope))
+    }
+}
+
+/// Write a dead letter, retrying (with a growing pause, each failure logged
+/// with its correlation id) until it is written or the store closes.
+pub(crate) async fn write_until_done(
+    inner: &Inner,
+    letter: &DeadLetter,
+    at: Option<Position>,
+    raw: Option<&dead_letters::Raw>,
+) -> bool {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match dead_letters::write(inner, letter, at, raw).await {
+            Ok(()) => return true,
+            Err(e) if inner.is_closed() => {
+                tracing::error!(correlation_id = %letter.envelope.correlation_id(), error = %e, "a dead letter was not written before the store closed; its event stays uncommitted and comes again");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(correlation_id = %letter.envelope.correlation_id(), topic = %letter.envelope.topic(), error = %e, "a dead letter was not written; retrying (its event stays uncommitted)");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The group consumer's side of the feeding loop.
+struct GroupHooks {
+    group: Arc<Group>,
+}
+
+impl Hooks<GroupContext> for GroupHooks {
+    fn generation(&self, kafka_topic: &str, partition: i32) -> Option<u64> {
+        self.group
+            .parts
+            .lock()
+            .get(&(kafka_topic.to_owned(), partition))
+            .map(|p| p.generation)
+    }
+
+    fn admit(&self, envelope: &Envelope, kafka_topic: &str, partition: i32, offset: i64) -> bool {
+        let mut parts = self.group.parts.lock();
+        let Some(part) = parts.get_mut(&(kafka_topic.to_owned(), partition)) else {
+            return false;
+        };
+        if part.is_settled(offset) {
+            return false;
+        }
+        if !self
+            .group
+            .spec
+            .wants(envelope.topic().as_str(), envelope.kind())
+        {
+            part.settle(offset);
+            return false;
+        }
+        true
+    }
+
+    fn undecodable(
+        &self,
+        topic: Topic,
+        kafka_topic: &str,
+        at: Position,
+        raw: (Vec<(String, String)>, Bytes),
+        err: herald::Error,
+    ) {
+        let Some(inner) = self.group.inner() else {
+            return;
+        };
+        // What the record gives, to carry the failure: a plain reading.
+        let Ok(envelope) = codec::decode(topic, &[], None, raw.1.clone(), at) else {
+            return;
+        };
+        tracing::warn!(topic = %envelope.topic(), partition = at.partition, offset = at.offset, error = %err, "a Kafka record does not decode; it goes to the dead letters");
+        let now = chrono::Utc::now();
+        let letter = DeadLetter {
+            id: 0,
+            envelope,
+            group: self.group.spec.group.clone(),
+            reason: err.to_string(),
+            code: err.code(),
+            first_failed_at: now,
+            failed_at: now,
+            attempts: 1,
+            source: FailureSource::Decode,
+        };
+        let group = self.group.clone();
+        let kafka_topic = kafka_topic.to_owned();
+        self.group.runtime.clone().spawn(async move {
+            let _pending = inner.dead_letters_pending.read().await;
+            if write_until_done(&inner, &letter, Some(at), Some(&raw)).await
+                && group.settle(&kafka_topic, at.partition, at.offset)
+            {
+                let (tx, rx) = oneshot::channel();
+                if group.commits.send(tx).is_ok() {
+                    let _ = rx.await;
+                }
+            }
+        });
+    }
+
+    fn tick(&self, _consumer: &BaseConsumer<GroupContext>) {}
+
+    fn done(&self) -> bool {
+        self.group.inner().is_none_or(|i| i.is_closed())
+            || self.group.queue().is_none_or(|q| q.is_closed())
+    }
+}
+
+/// The group consumer's librdkafka context: rebalances go to the [`Group`].
+pub(crate) struct GroupContext {
+    group: Arc<Group>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.pre_rebalance(base_consumer, &Rebalance::Assign(tpl));
+                self.group.assign(base_consumer, tpl);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(base_consumer, &Rebalance::Revoke(tpl));
+                self.group.revoke(base_consumer, tpl);
+            }
+            other => {
+                tracing::error!(group = %self.group.kafka_group, error = ?other, "Kafka: rebalance failed");
+                let _ = base_consumer.unassign();
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(group = %self.group.kafka_group, error = %e, "Kafka: commit");
+        }
+    }
+}
+
+/// Where event `seq` of `topic` stands for `group`: in this process's
+/// queue, dead-lettered, committed, or not yet delivered. Only one-partition
+/// topics can be asked by `seq` alone.
+pub(crate) async fn delivery_state(
+    inner: &Arc<Inner>,
+    topic: &Topic,
+    seq: u64,
+    group: &str,
+) -> Result<DeliveryState> {
+    let name = inner.config.kafka_topic(topic.as_str());
+    let partitions = inner.partitions(&name).await?;
+    if partitions == 0 {
+        return Err(herald::Error::new(
+            ErrorCode::NotFound,
+            format!("no topic `{topic}`"),
+        ));
+    }
+    if partitions > 1 {
+        return Err(herald::Error::validation(format!(
+            "`{topic}` has {partitions} partitions: on Kafka a seq names an event only within its partition"
+        )));
+    }
+    let (_, high) = inner.watermarks(&name, 0).await?;
+    if seq == 0 || seq as i64 > high {
+        return Err(herald::Error::new(
+            ErrorCode::NotFound,
+            format!("no event {seq} in `{topic}`"),
+        ));
+    }
+    let local: Vec<Arc<Group>> = inner
+        .groups
+        .lock()
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter(|g| g.spec.group.as_deref() == Some(group))
+        .collect();
+    for g in &local {
+        if let Some(state) = g.state_of(&name, topic, seq) {
+            if state != DeliveryState::Acked {
+                return Ok(state);
+            }
+        }
+    }
+    let dead = dead_letters::list(inner, &herald::DeadLetterFilter::default().group(group)).await?;
+    if dead
+        .iter()
+        .any(|d| d.envelope.topic() == topic && d.envelope.seq() == Some(seq))
+    {
+        return Ok(DeliveryState::DeadLettered);
+    }
+    let committed = committed(inner, group, &name).await?;
+    match committed {
+        None if local.is_empty() => Err(herald::Error::new(
+            ErrorCode::NotFound,
+            format!("no consumer group {group:?} follows `{topic}`"),
+        )),
+        None => Ok(DeliveryState::Pending),
+        Some((next, settled)) => {
+            let offset = seq as i64 - 1;
+            if offset < next || settled.contains(&offset) {
+                Ok(DeliveryState::Acked)
+            } else {
+                Ok(DeliveryState::Pending)
+            }
+        }
+    }
+}
+
+/// The committed offset and settled offsets of `group` on partition 0 of
+/// Kafka topic `name`, if it committed any.
+pub(crate) async fn committed(
+    inner: &Inner,
+    group: &str,
+    name: &str,
+) -> Result<Option<(i64, BTreeSet<i64>)>> {
+    let mut config = ClientConfig::new();
+    for (k, v) in inner
+        .config
+        .consumer_properties(&inner.config.kafka_topic(group))
+    {
+        config.set(k, v);
+    }
+    let name = name.to_owned();
+    blocking(move || {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| errors::kafka("create a reader", &e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&name, 0);
+        let found = consumer
+            .committed_offsets(tpl, LOOKUP_TIMEOUT)
+            .map_err(|e| errors::kafka("read a group's offsets", &e))?;
+        Ok(found
+            .find_partition(&name, 0)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => {
+                    let meta =
+                        std::panic::catch_unwind(|| e.metadata().to_owned()).unwrap_or_default();
+                    Some((o, Part::parse_metadata(&meta)))
+                }
+                _ => None,
+            }))
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_offsets_advance_the_commit_and_travel_as_metadata() {
+        let mut part = Part {
+            next: 10,
+            ..Part::default()
+        };
+        for o in [12, 13, 14, 17] {
+            part.settle(o);
+        }
+        assert_eq!(part.next, 10);
+        assert_eq!(part.metadata(), "h1:12-14,17,");
+        part.settle(10);
+        part.settle(11);
+        assert_eq!(part.next, 15, "contiguous settlements move the commit");
+        assert_eq!(Part::parse_metadata(&part.metadata()), BTreeSet::from([17]));
+        assert!(part.is_settled(3) && part.is_settled(17) && !part.is_settled(15));
+        assert!(Part::parse_metadata("someone else's").is_empty());
+        assert!(Part::parse_metadata("h1:5-x,9-2,").is_empty());
+    }
+
+    #[test]
+    fn patterns_become_anchored_regexes() {
+        assert_eq!(regex_of("local", "orders.*"), "^local\\.orders\\.[^.]+$");
+        assert_eq!(regex_of("prod-1", "a.>"), "^prod\\-1\\.a\\..+$");
+        assert_eq!(regex_of("local", "a_b.c-d"), "^local\\.a_b\\.c\\-d$");
+    }
+}

@@ -1,0 +1,215 @@
+//! What operators look at on Kafka: topics, a topic's last `seq`, replay
+//! pages, and consumer groups with their offsets and lag.
+//!
+//! Owns [`last_seq`], [`topics`], [`replay`], [`groups`] and the record of
+//! each group's patterns (`<environment>._groups`, one record per group
+//! consumer started; Kafka keeps a group's offsets but not what it
+//! subscribed to). On a topic of several partitions a `seq` is per
+//! partition: `last_seq` is the largest partition's, replay merges the
+//! partitions by time, and a group's offset and lag are summed over them.
+
+use std::collections::BTreeMap;
+
+use herald::transport::{GroupInfo, GroupTopic, TopicInfo};
+use herald::{Envelope, Result, StartPosition, Topic};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, Position};
+use crate::errors;
+use crate::reader::read_records;
+use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
+
+const GROUPS_TOPIC: &str = "_groups";
+
+/// The highest `seq` of `topic` (of its fullest partition).
+pub(crate) async fn last_seq(inner: &Inner, topic: &Topic) -> Result<Option<u64>> {
+    let name = inner.config.kafka_topic(topic.as_str());
+    let partitions = inner.partitions(&name).await?;
+    let mut last = 0;
+    for p in 0..partitions as i32 {
+        last = last.max(inner.watermarks(&name, p).await?.1);
+    }
+    Ok((last > 0).then_some(last as u64))
+}
+
+/// Every herald topic with events, by name.
+pub(crate) async fn topics(inner: &Inner) -> Result<Vec<TopicInfo>> {
+    let mut out = Vec::new();
+    for (name, partitions) in inner.all_topics().await? {
+        let Some(topic) = inner.topic_of(&name) else {
+            continue;
+        };
+        let mut last = 0;
+        for p in 0..partitions {
+            last = last.max(inner.watermarks(&name, p).await?.1);
+        }
+        if last > 0 {
+            out.push(TopicInfo::new(topic, last as u64));
+        }
+    }
+    out.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+    Ok(out)
+}
+
+/// Up to `limit` events of `topic` from `from`, by partition order then
+/// time (on one partition: in `seq` order).
+pub(crate) async fn replay(
+    inner: &Inner,
+    topic: &Topic,
+    from: StartPosition,
+    limit: usize,
+) -> Result<Vec<Envelope>> {
+    let name = inner.config.kafka_topic(topic.as_str());
+    let partitions = inner.partitions(&name).await? as i32;
+    if partitions == 0 || from == StartPosition::Latest || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (p, start) in crate::tail::starts(inner, &name, partitions, &from).await? {
+        let from = match start {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        for r in read_records(inner, &name, p, from, limit).await? {
+            let at = Position {
+                partition: p,
+                offset: r.offset,
+                time_ms: r.time_ms,
+            };
+            match codec::decode(topic.clone(), &r.headers, r.key.as_deref(), r.value, at) {
+                Ok(env) => out.push((r.time_ms, p, env)),
+                Err(e) => {
+                    tracing::warn!(%topic, partition = p, offset = r.offset, error = %e, "replay skips a record that does not decode")
+                }
+            }
+        }
+    }
+    out.sort_by_key(|(t, p, e)| (*t, *p, e.seq()));
+    out.truncate(limit);
+    Ok(out.into_iter().map(|(_, _, e)| e).collect())
+}
+
+#[derive(Serialize, Deserialize)]
+struct GroupRecord {
+    group: String,
+    patterns: Vec<String>,
+}
+
+/// Note that `group` follows `patterns` (once per group consumer).
+pub(crate) async fn record_group(inner: &Inner, group: &str, patterns: &[String]) -> Result<()> {
+    let topic = inner.config.kafka_topic(GROUPS_TOPIC);
+    inner.ensure_topic_with(&topic, 1).await?;
+    let body = serde_json::to_vec(&GroupRecord {
+        group: group.to_owned(),
+        patterns: patterns.to_vec(),
+    })
+    .map_err(|e| herald::Error::internal(format!("encode a group record: {e}")))?;
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "content_type",
+        value: Some(b"application/json".as_slice()),
+    });
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+        .key(group)
+        .payload(&body[..])
+        .headers(headers);
+    inner
+        .producer
+        .send(record, inner.config.timeout_duration())
+        .await
+        .map_err(|(e, _)| errors::kafka("record a group", &e))?;
+    Ok(())
+}
+
+/// Every group this environment's consumers recorded, with where it
+/// stands on each topic its patterns match.
+pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
+    let topic = inner.config.kafka_topic(GROUPS_TOPIC);
+    if inner.partitions(&topic).await? == 0 {
+        return Ok(Vec::new());
+    }
+    let mut patterns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in read_records(inner, &topic, 0, 0, usize::MAX).await? {
+        let Ok(rec) = serde_json::from_slice::<GroupRecord>(&r.value) else {
+            continue;
+        };
+        let known = patterns.entry(rec.group).or_default();
+        for p in rec.patterns {
+            if !known.contains(&p) {
+                known.push(p);
+            }
+        }
+    }
+    let all = inner.all_topics().await?;
+    let mut out = Vec::new();
+    for (group, pats) in patterns {
+        let parsed: Vec<herald::topic::Pattern> = pats
+            .iter()
+            .filter_map(|p| herald::topic::Pattern::new(p).ok())
+            .collect();
+        let mut standing = Vec::new();
+        for (name, partitions) in &all {
+            let Some(t) = inner.topic_of(name) else {
+                continue;
+            };
+            if !parsed.iter().any(|p| p.matches(&t)) {
+                continue;
+            }
+            let mut last = 0i64;
+            for p in 0..*partitions {
+                last += inner.watermarks(name, p).await?.1;
+            }
+            if last == 0 {
+                continue;
+            }
+            let acked = committed_sum(inner, &group, name, *partitions).await?;
+            let acked = acked.min(last);
+            standing.push(GroupTopic::new(
+                t,
+                acked as u64,
+                last as u64,
+                (last - acked) as u64,
+            ));
+        }
+        out.push(GroupInfo::new(group, pats, standing));
+    }
+    Ok(out)
+}
+
+/// The committed offsets of `group` on Kafka topic `name`, summed over its
+/// partitions (each offset counts the events settled before it).
+async fn committed_sum(inner: &Inner, group: &str, name: &str, partitions: i32) -> Result<i64> {
+    let mut config = ClientConfig::new();
+    for (k, v) in inner
+        .config
+        .consumer_properties(&inner.config.kafka_topic(group))
+    {
+        config.set(k, v);
+    }
+    let name = name.to_owned();
+    blocking(move || {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| errors::kafka("create a reader", &e))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&name, p);
+        }
+        let found = consumer
+            .committed_offsets(tpl, LOOKUP_TIMEOUT)
+            .map_err(|e| errors::kafka("read a group's offsets", &e))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum())
+    })
+    .await?
+}

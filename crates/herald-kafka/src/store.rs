@@ -1,0 +1,429 @@
+//! The Kafka store: the connection, the topics herald uses, and publishing.
+//!
+//! Owns [`KafkaStore`] and its shared `Inner`: one idempotent producer, one
+//! admin client, one group-less consumer for metadata, watermarks and
+//! offset lookups (librdkafka's blocking calls run on tokio's blocking
+//! pool), the set of Kafka topics known to exist (herald creates a topic on
+//! its first publish, with `HERALD_KAFKA_PARTITIONS` partitions), the
+//! in-process dedupe of idempotency keys, and the open queues (closed with
+//! the store). Subscriptions are `tail`'s and `group`'s, dead letters
+//! `dead_letters`', the operator's views `inspect`'s.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use herald::queue::Queue;
+use herald::{Envelope, ErrorCode, Result, Topic};
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::codec;
+use crate::config::KafkaConfig;
+use crate::errors;
+
+/// Most idempotency keys this process remembers at once (the oldest go first).
+const DEDUPE_CAPACITY: usize = 200_000;
+
+/// How long a metadata or offset lookup may take.
+pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// herald on Kafka: a [`Transport`](herald::Transport) over the brokers a
+/// [`KafkaConfig`] names.
+///
+/// ```no_run
+/// # async fn run() -> herald::Result<()> {
+/// use herald_kafka::{KafkaConfig, KafkaStore};
+/// let store = KafkaStore::open(KafkaConfig::new("127.0.0.1:9092")).await?;
+/// let bus = herald::Bus::new(store);
+/// bus.publish(herald::Message::json("orders.placed", &7)?).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KafkaStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    me: Weak<Inner>,
+    pub(crate) config: KafkaConfig,
+    pub(crate) producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Metadata, watermarks and offsets for times; in no group.
+    pub(crate) meta: Arc<BaseConsumer>,
+    known: Mutex<HashSet<String>>,
+    closed: AtomicBool,
+    dedupe: Mutex<Dedupe>,
+    queues: Mutex<Vec<Weak<Queue>>>,
+    /// This process's group consumers, by group and patterns.
+    pub(crate) groups: Mutex<HashMap<String, Weak<crate::group::Group>>>,
+    /// Dead-letter writes under way (listing waits for them).
+    pub(crate) dead_letters_pending: tokio::sync::RwLock<()>,
+    /// Told of each Kafka topic herald creates, so subscribers in this
+    /// process follow it without waiting for a metadata refresh.
+    pub(crate) created: tokio::sync::broadcast::Sender<String>,
+}
+
+impl KafkaStore {
+    /// Connect to the brokers `config` names; `UNAVAILABLE` when none
+    /// answers within the configured timeout (capped at 10 s), `VALIDATION`
+    /// for a bad setting.
+    pub async fn open(config: KafkaConfig) -> Result<KafkaStore> {
+        config.validate()?;
+        if config.may_lose_publishes() {
+            tracing::warn!("HERALD_KAFKA_ACKS=0: publishes are not acknowledged and may be lost without an error");
+        }
+        let producer: FutureProducer = client_config(config.producer_properties())
+            .create()
+            .map_err(|e| errors::kafka("create a producer", &e))?;
+        let admin: AdminClient<DefaultClientContext> = client_config(config.admin_properties())
+            .create()
+            .map_err(|e| errors::kafka("create an admin client", &e))?;
+        let meta: BaseConsumer = client_config(config.reader_properties())
+            .create()
+            .map_err(|e| errors::kafka("create a metadata client", &e))?;
+        let meta = Arc::new(meta);
+        let probe = meta.clone();
+        let wait = config.timeout_duration().min(LOOKUP_TIMEOUT);
+        let servers = config.servers().to_owned();
+        blocking(move || probe.fetch_metadata(None, wait))
+            .await?
+            .map_err(|e| {
+                herald::Error::new(
+                    ErrorCode::Unavailable,
+                    format!("Kafka: no broker of {servers} answered within {wait:?}: {e}"),
+                )
+            })?;
+        let (created, _) = tokio::sync::broadcast::channel(256);
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            config,
+            producer,
+            admin,
+            meta,
+            known: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+            dedupe: Mutex::new(Dedupe::default()),
+            queues: Mutex::new(Vec::new()),
+            groups: Mutex::new(HashMap::new()),
+            dead_letters_pending: tokio::sync::RwLock::new(()),
+            created,
+        });
+        // One partition: a letter's id is its offset + 1.
+        inner
+            .ensure_topic_with(&inner.config.dead_letter_topic(), 1)
+            .await?;
+        Ok(KafkaStore { inner })
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    /// Stop: publishes fail with `UNAVAILABLE`, subscriptions end, queued
+    /// publishes are flushed (up to the timeout).
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for q in std::mem::take(&mut *self.inner.queues.lock()) {
+            if let Some(q) = q.upgrade() {
+                q.close();
+            }
+        }
+        let producer = self.inner.producer.clone();
+        let wait = self.inner.config.timeout_duration();
+        let _ = blocking(move || producer.flush(wait)).await;
+    }
+}
+
+/// A librdkafka client configuration of `properties`.
+fn client_config(properties: std::collections::BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Run a blocking librdkafka call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| herald::Error::internal(format!("a Kafka call did not finish: {e}")))
+}
+
+impl Inner {
+    pub(crate) fn me(&self) -> Option<Arc<Inner>> {
+        self.me.upgrade()
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(errors::closed());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Close `queue` with the store.
+    pub(crate) fn register(&self, queue: &Arc<Queue>) {
+        let mut queues = self.queues.lock();
+        queues.retain(|q| q.strong_count() > 0);
+        queues.push(Arc::downgrade(queue));
+    }
+
+    /// The herald topic of Kafka topic `name`, when it is one of this
+    /// environment's (not the dead letters, not herald's own `_` topics).
+    pub(crate) fn topic_of(&self, name: &str) -> Option<Topic> {
+        let rest = name
+            .strip_prefix(self.config.environment_name())?
+            .strip_prefix('.')?;
+        if rest.starts_with('_') || name == self.config.dead_letter_topic() {
+            return None;
+        }
+        Topic::new(rest).ok()
+    }
+
+    /// Make sure Kafka topic `name` exists (created with the configured
+    /// partitions and the brokers' default replication when it does not).
+    pub(crate) async fn ensure_topic(&self, name: &str) -> Result<()> {
+        let partitions = i32::try_from(self.config.partition_count()).unwrap_or(i32::MAX);
+        self.ensure_topic_with(name, partitions).await
+    }
+
+    /// [`ensure_topic`](Self::ensure_topic) with `partitions` partitions.
+    pub(crate) async fn ensure_topic_with(&self, name: &str, partitions: i32) -> Result<()> {
+        if self.known.lock().contains(name) {
+            return Ok(());
+        }
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+        let opts = AdminOptions::new().operation_timeout(Some(self.config.timeout_duration()));
+        let results = self
+            .admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|e| errors::kafka(&format!("create topic `{name}`"), &e))?;
+        let mut made = false;
+        for r in results {
+            match r {
+                Ok(_) => made = true,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(herald::Error::new(
+                        errors::code_of(&rdkafka::error::KafkaError::AdminOp(code)),
+                        format!("Kafka: create topic `{t}`: {code}"),
+                    ))
+                }
+            }
+        }
+        self.wait_for_leaders(name).await?;
+        self.known.lock().insert(name.to_owned());
+        if made {
+            let _ = self.created.send(name.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Wait until the metadata of Kafka topic `name` shows its partitions
+    /// with leaders (a new topic takes a moment).
+    async fn wait_for_leaders(&self, name: &str) -> Result<()> {
+        let deadline = Instant::now() + self.config.timeout_duration();
+        loop {
+            let n = self.partitions(name).await?;
+            if n > 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(herald::Error::new(
+                    ErrorCode::Timeout,
+                    format!("Kafka: topic `{name}` has no partition leaders yet"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many partitions with a leader Kafka topic `name` has (0 when it
+    /// does not exist).
+    pub(crate) async fn partitions(&self, name: &str) -> Result<usize> {
+        let meta = self.meta.clone();
+        let topic = name.to_owned();
+        let md = blocking(move || meta.fetch_metadata(Some(&topic), LOOKUP_TIMEOUT))
+            .await?
+            .map_err(|e| errors::kafka(&format!("read the metadata of `{name}`"), &e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().iter().filter(|p| p.leader() >= 0).count())
+            .sum())
+    }
+
+    /// Every Kafka topic on the brokers, with its partition count.
+    pub(crate) async fn all_topics(&self) -> Result<Vec<(String, i32)>> {
+        let meta = self.meta.clone();
+        let md = blocking(move || meta.fetch_metadata(None, LOOKUP_TIMEOUT))
+            .await?
+            .map_err(|e| errors::kafka("list topics", &e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
+    }
+
+    /// The (low, high) watermarks of a partition: its first retained offset
+    /// and the offset the next record gets.
+    pub(crate) async fn watermarks(&self, name: &str, partition: i32) -> Result<(i64, i64)> {
+        let meta = self.meta.clone();
+        let topic = name.to_owned();
+        blocking(move || meta.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT))
+            .await?
+            .map_err(|e| errors::kafka(&format!("read the offsets of `{name}`"), &e))
+    }
+
+    /// Append `batch`; each event's `seq` is its offset + 1 in its partition.
+    pub(crate) async fn append(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        self.check_open()?;
+        let mut names: Vec<String> = batch
+            .iter()
+            .map(|e| self.config.kafka_topic(e.topic().as_str()))
+            .collect();
+        let mut distinct = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        for name in &distinct {
+            self.ensure_topic(name).await?;
+        }
+        let window = self.config.dedupe_duration();
+        let mut seqs: Vec<Option<u64>> = vec![None; batch.len()];
+        let mut sends = Vec::with_capacity(batch.len());
+        let mut first_of: HashMap<(String, String), usize> = HashMap::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        for (i, env) in batch.iter().enumerate() {
+            let dedupe_key = (
+                env.topic().as_str().to_owned(),
+                env.idempotency_key().into_owned(),
+            );
+            if !window.is_zero() {
+                if let Some(seq) = self.dedupe.lock().get(&dedupe_key, window) {
+                    seqs[i] = Some(seq);
+                    continue;
+                }
+                if let Some(&first) = first_of.get(&dedupe_key) {
+                    copies.push((i, first));
+                    continue;
+                }
+                first_of.insert(dedupe_key, i);
+            }
+            let record = codec::encode(env, self.config.deliveries())?;
+            let name = std::mem::take(&mut names[i]);
+            sends.push((i, self.send(&name, &record).await?));
+        }
+        for (i, delivery) in sends {
+            let d = delivery.await.map_err(|_| {
+                herald::Error::new(ErrorCode::Unavailable, "Kafka: the producer went away")
+            })?;
+            let d = d.map_err(|(e, _)| {
+                errors::kafka(&format!("publish to `{}`", batch[i].topic()), &e)
+            })?;
+            let seq = d.offset as u64 + 1;
+            seqs[i] = Some(seq);
+            if !window.is_zero() {
+                let env = &batch[i];
+                self.dedupe.lock().put(
+                    (
+                        env.topic().as_str().to_owned(),
+                        env.idempotency_key().into_owned(),
+                    ),
+                    seq,
+                );
+            }
+        }
+        for (i, first) in copies {
+            seqs[i] = seqs[first];
+        }
+        Ok(seqs.into_iter().map(|s| s.unwrap_or(0)).collect())
+    }
+
+    /// Hand one record to the producer, waiting while its queue is full.
+    async fn send(
+        &self,
+        topic: &str,
+        record: &codec::Record,
+    ) -> Result<rdkafka::producer::DeliveryFuture> {
+        let deadline = Instant::now() + self.config.timeout_duration();
+        loop {
+            let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+                .payload(&record.value[..])
+                .headers(record.headers.clone());
+            if let Some(k) = &record.key {
+                r = r.key(k.as_str());
+            }
+            match self.producer.send_result(r) {
+                Ok(f) => return Ok(f),
+                Err((e, _))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(errors::kafka(&format!("publish to `{topic}`"), &e)),
+            }
+        }
+    }
+
+    /// Wait until every dead letter being written is written.
+    pub(crate) async fn dead_letters_written(&self) {
+        let _ = self.dead_letters_pending.write().await;
+    }
+}
+
+/// Idempotency keys this process published recently, with their `seq`.
+#[derive(Default)]
+struct Dedupe {
+    seen: HashMap<(String, String), (u64, Instant)>,
+    order: VecDeque<((String, String), Instant)>,
+}
+
+impl Dedupe {
+    fn get(&mut self, key: &(String, String), window: Duration) -> Option<u64> {
+        let now = Instant::now();
+        while let Some((k, at)) = self.order.front() {
+            if now.duration_since(*at) < window && self.order.len() <= DEDUPE_CAPACITY {
+                break;
+            }
+            if self.seen.get(k).is_some_and(|(_, t)| t == at) {
+                self.seen.remove(k);
+            }
+            self.order.pop_front();
+        }
+        self.seen.get(key).map(|(seq, _)| *seq)
+    }
+
+    fn put(&mut self, key: (String, String), seq: u64) {
+        let now = Instant::now();
+        self.order.push_back((key.clone(), now));
+        self.seen.insert(key, (seq, now));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
