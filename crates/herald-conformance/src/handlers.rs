@@ -201,8 +201,18 @@ pub async fn handler_shutdown_never_acks_unprocessed_work(h: &Harness) {
             .await
             .unwrap()
     };
+    // Without exact resume (a broker that drops Kafka's commit metadata),
+    // the two acked after a held one may come again too.
+    let exact = bus.features().exact_resume;
+    let back = |g: &Vec<u64>| {
+        if exact {
+            g.len() >= 2
+        } else {
+            g.contains(&0) && g.contains(&2)
+        }
+    };
     let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
-    while again.lock().unwrap().len() < 2 {
+    while !back(&again.lock().unwrap()) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "abandoned work never came back"
@@ -213,7 +223,16 @@ pub async fn handler_shutdown_never_acks_unprocessed_work(h: &Harness) {
     handler.shutdown(Duration::from_secs(5)).await;
     let mut got = again.lock().unwrap().clone();
     got.sort_unstable();
-    assert_eq!(got, [0, 2], "only the unfinished messages come back");
+    if exact {
+        assert_eq!(got, [0, 2], "only the unfinished messages come back");
+    } else {
+        println!("conformance: `handler shutdown and restart`: events acked after a held one may come back: the transport does not claim `exact_resume`");
+        got.dedup();
+        assert!(
+            got.iter().all(|n| *n < 4),
+            "only this test's events: {got:?}"
+        );
+    }
 }
 
 /// With a retry policy, a retryable failure is redelivered after the

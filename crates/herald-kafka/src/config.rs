@@ -17,6 +17,9 @@ use herald::Result;
 pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
 /// How long a producer waits to fill a batch (`HERALD_KAFKA_LINGER_MS`).
 pub const DEFAULT_LINGER_MS: u32 = 5;
+/// Most records the producer puts in one batch (`HERALD_KAFKA_BATCH_MESSAGES`,
+/// librdkafka's `batch.num.messages`).
+pub const DEFAULT_BATCH_MESSAGES: u32 = 10_000;
 /// Partitions of the topics herald creates (`HERALD_KAFKA_PARTITIONS`).
 pub const DEFAULT_PARTITIONS: u32 = 3;
 /// The consumer group when none is named (`HERALD_GROUP`).
@@ -111,6 +114,7 @@ pub struct KafkaConfig {
     auto_commit: bool,
     compression: Compression,
     linger_ms: u32,
+    batch_messages: u32,
     partitions: u32,
     group: String,
     environment: String,
@@ -149,6 +153,7 @@ impl KafkaConfig {
             auto_commit: false,
             compression: Compression::None,
             linger_ms: DEFAULT_LINGER_MS,
+            batch_messages: DEFAULT_BATCH_MESSAGES,
             partitions: DEFAULT_PARTITIONS,
             group: DEFAULT_GROUP.to_owned(),
             environment: herald::config::DEFAULT_ENVIRONMENT.to_owned(),
@@ -227,6 +232,9 @@ impl KafkaConfig {
         if let Some(v) = number("HERALD_KAFKA_LINGER_MS")? {
             c.linger_ms = u32::try_from(v).unwrap_or(u32::MAX);
         }
+        if let Some(v) = number("HERALD_KAFKA_BATCH_MESSAGES")? {
+            c.batch_messages = u32::try_from(v).unwrap_or(u32::MAX);
+        }
         if let Some(v) = number("HERALD_KAFKA_PARTITIONS")? {
             c.partitions = u32::try_from(v).unwrap_or(u32::MAX);
         }
@@ -299,6 +307,14 @@ impl KafkaConfig {
     /// How long the producer waits to fill a batch.
     pub fn linger_ms(mut self, ms: u32) -> Self {
         self.linger_ms = ms;
+        self
+    }
+
+    /// Set the most records in one producer batch. `1` for brokers that
+    /// cannot serve a fetch from an offset inside a batch (tansu 0.6 skips
+    /// to the next batch, which loses events on resume).
+    pub fn batch_messages(mut self, n: u32) -> Self {
+        self.batch_messages = n;
         self
     }
 
@@ -431,6 +447,12 @@ impl KafkaConfig {
         }
         in_range("HERALD_KAFKA_LINGER_MS", self.linger_ms, 0, 1000)?;
         in_range("HERALD_KAFKA_PARTITIONS", self.partitions, 1, 10_000)?;
+        in_range(
+            "HERALD_KAFKA_BATCH_MESSAGES",
+            self.batch_messages,
+            1,
+            1_000_000,
+        )?;
         let group_ok = !self.group.is_empty()
             && self.group.len() <= 255
             && !self.group.chars().any(char::is_control);
@@ -502,6 +524,7 @@ impl KafkaConfig {
             self.compression.property().into(),
         );
         p.insert("linger.ms".into(), self.linger_ms.to_string());
+        p.insert("batch.num.messages".into(), self.batch_messages.to_string());
         // A payload at the limit travels with its headers beside it.
         p.insert(
             "message.max.bytes".into(),

@@ -47,10 +47,17 @@ pub(crate) trait Hooks<C: ConsumerContext>: Send + 'static {
     /// `kafka_topic`; `None` when it is no longer this consumer's.
     fn generation(&self, kafka_topic: &str, partition: i32) -> Option<u64>;
 
-    /// Whether the record at `offset` is still to be delivered (false: it
-    /// was settled before, or is not for this subscription and counts as
-    /// settled).
-    fn admit(&self, envelope: &Envelope, kafka_topic: &str, partition: i32, offset: i64) -> bool;
+    /// The attempt the record at `offset` is delivered as (1, or more when
+    /// an earlier consumer delivered it before), or `None` when it is not to
+    /// be delivered (settled before, or not for this subscription and so
+    /// counted settled).
+    fn admit(
+        &self,
+        envelope: &Envelope,
+        kafka_topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Option<u32>;
 
     /// A record on `topic` that does not decode.
     fn undecodable(
@@ -105,18 +112,23 @@ pub(crate) fn run<C, H>(
                 paused = consumer.resume(&assigned).is_err();
             }
         }
-        let Some(polled) = consumer.poll(POLL) else {
-            continue;
-        };
-        let msg = match polled {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(error = %e, "Kafka consumer error (librdkafka retries)");
-                continue;
+        // What the consumer holds ready is read together, so the queue
+        // gets it together (priority orders events waiting at once).
+        let mut wait = POLL;
+        for _ in 0..CHUNK {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(msg)) => {
+                    if let Some(p) = read(&msg, &hooks, &topic_of) {
+                        pending.push_back(p);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "Kafka consumer error (librdkafka retries)");
+                    break;
+                }
             }
-        };
-        if let Some(p) = read(&msg, &hooks, &topic_of) {
-            pending.push_back(p);
+            wait = Duration::ZERO;
         }
     }
 }
@@ -160,9 +172,12 @@ fn read<C: ConsumerContext, H: Hooks<C>>(
     };
     match codec::decode(topic.clone(), &pairs, msg.key(), value.clone(), at) {
         Ok(env) => {
-            if !hooks.admit(&env, kafka_topic, at.partition, at.offset) {
-                return None;
-            }
+            let attempt = hooks.admit(&env, kafka_topic, at.partition, at.offset)?;
+            let env = if attempt > 1 {
+                env.with_attempt(attempt)
+            } else {
+                env
+            };
             Some(Pending {
                 envelope: Arc::new(env),
                 kafka_topic: kafka_topic.to_owned(),

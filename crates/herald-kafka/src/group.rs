@@ -88,6 +88,9 @@ struct Part {
     next: i64,
     /// Settled offsets above `next`.
     settled: BTreeSet<i64>,
+    /// Offsets above `next` delivered before (by an earlier consumer), with
+    /// how many times.
+    delivered: HashMap<i64, u32>,
 }
 
 impl Part {
@@ -101,12 +104,28 @@ impl Part {
         }
     }
 
+    /// Of `delivered` (by Kafka topic), this partition's unsettled ones.
+    fn counts(
+        &self,
+        kafka_topic: &str,
+        delivered: &HashMap<String, Vec<(i64, u32)>>,
+    ) -> Vec<(i64, u32)> {
+        delivered
+            .get(kafka_topic)
+            .into_iter()
+            .flatten()
+            .filter(|(o, _)| !self.is_settled(*o))
+            .copied()
+            .collect()
+    }
+
     fn is_settled(&self, offset: i64) -> bool {
         offset < self.next || self.settled.contains(&offset)
     }
 
-    /// The settled offsets above `next` as commit metadata.
-    fn metadata(&self) -> String {
+    /// The settled offsets above `next`, and `delivered` (offset, times)
+    /// of events not settled, as commit metadata.
+    fn metadata(&self, delivered: &[(i64, u32)]) -> String {
         let mut out = String::from("h1:");
         let mut it = self.settled.iter().copied().peekable();
         while let Some(start) = it.next() {
@@ -124,17 +143,34 @@ impl Part {
             }
             out.push_str(&range);
         }
+        out.push(';');
+        for (offset, times) in delivered {
+            let one = format!("{offset}={times},");
+            if out.len() + one.len() > METADATA_MAX {
+                break;
+            }
+            out.push_str(&one);
+        }
         out
     }
 
-    /// The settled offsets commit metadata names (nothing for metadata that
-    /// is not herald's).
-    fn parse_metadata(meta: &str) -> BTreeSet<i64> {
-        let Some(rest) = meta.strip_prefix("h1:") else {
-            return BTreeSet::new();
-        };
+    /// The settled offsets and the delivery counts commit metadata names
+    /// (nothing for metadata that is not herald's).
+    fn parse_metadata(meta: &str) -> (BTreeSet<i64>, HashMap<i64, u32>) {
         let mut out = BTreeSet::new();
-        for range in rest.split(',').filter(|r| !r.is_empty()) {
+        let mut delivered = HashMap::new();
+        let Some(rest) = meta.strip_prefix("h1:") else {
+            return (out, delivered);
+        };
+        let (ranges, counts) = rest.split_once(';').unwrap_or((rest, ""));
+        for one in counts.split(',').filter(|c| !c.is_empty()) {
+            if let Some((o, n)) = one.split_once('=') {
+                if let (Ok(o), Ok(n)) = (o.parse::<i64>(), n.parse::<u32>()) {
+                    delivered.insert(o, n);
+                }
+            }
+        }
+        for range in ranges.split(',').filter(|r| !r.is_empty()) {
             let (a, b) = range.split_once('-').unwrap_or((range, range));
             if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
                 if b >= a && b - a < 1_000_000 {
@@ -142,7 +178,7 @@ impl Part {
                 }
             }
         }
-        out
+        (out, delivered)
     }
 }
 
@@ -330,7 +366,7 @@ impl Group {
                         std::panic::catch_unwind(|| c.metadata().to_owned()).unwrap_or_default();
                     (c.offset(), meta)
                 });
-            let (start, settled) = match stored {
+            let (start, (settled, delivered)) = match stored {
                 Some((Offset::Offset(o), meta)) => (o, Part::parse_metadata(&meta)),
                 _ => {
                     let start = match self.start_of(consumer, &topic, p) {
@@ -343,7 +379,7 @@ impl Group {
                             .map_or(0, |(_, high)| high),
                     };
                     let _ = fresh.add_partition_offset(&topic, p, Offset::Offset(start));
-                    (start, BTreeSet::new())
+                    (start, Default::default())
                 }
             };
             let _ = take.add_partition_offset(&topic, p, Offset::Offset(start));
@@ -354,6 +390,7 @@ impl Group {
                     generation,
                     next: start,
                     settled,
+                    delivered,
                 },
             ));
         }
@@ -377,6 +414,7 @@ impl Group {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
+        let delivered = self.delivered();
         let commit = {
             let mut parts = self.parts.lock();
             let mut commit = TopicPartitionList::new();
@@ -387,7 +425,7 @@ impl Group {
                         .is_ok()
                     {
                         if let Some(mut e) = commit.find_partition(&key.0, key.1) {
-                            e.set_metadata(part.metadata());
+                            e.set_metadata(part.metadata(&part.counts(&key.0, &delivered)));
                         }
                     }
                 }
@@ -416,6 +454,26 @@ impl Group {
         }
     }
 
+    /// The events the queue holds that were delivered at least once, by
+    /// Kafka topic: (offset, deliveries so far).
+    fn delivered(&self) -> HashMap<String, Vec<(i64, u32)>> {
+        let mut out: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
+        let (Some(queue), Some(inner)) = (self.queue(), self.inner()) else {
+            return out;
+        };
+        for (topic, seq) in queue.unsettled() {
+            let Some(next) = queue.next_attempt(&topic, seq) else {
+                continue;
+            };
+            if next > 1 && seq > 0 {
+                out.entry(inner.config.kafka_topic(topic.as_str()))
+                    .or_default()
+                    .push((seq as i64 - 1, next - 1));
+            }
+        }
+        out
+    }
+
     /// Count the event at `offset` of `partition` of `kafka_topic` settled;
     /// false when the partition is not this consumer's any more.
     fn settle(&self, kafka_topic: &str, partition: i32, offset: i64) -> bool {
@@ -440,6 +498,7 @@ impl Group {
                 "Kafka: the group's consumer is gone",
             ));
         };
+        let delivered = self.delivered();
         let tpl = {
             let parts = self.parts.lock();
             let mut tpl = TopicPartitionList::new();
@@ -449,7 +508,7 @@ impl Group {
                     .is_ok()
                 {
                     if let Some(mut e) = tpl.find_partition(t, *p) {
-                        e.set_metadata(part.metadata());
+                        e.set_metadata(part.metadata(&part.counts(t, &delivered)));
                     }
                 }
             }
@@ -548,8 +607,9 @@ impl QueueHost for Group {
         let (Some(inner), Some(me)) = (self.inner(), self.me.upgrade()) else {
             return;
         };
+        let pending = inner.dead_letter_started();
         self.runtime.spawn(async move {
-            let _pending = inner.dead_letters_pending.read().await;
+            let _pending = pending;
             let at = partition_of(&letter.envelope).map(|p| Position {
                 partition: p,
                 offset: letter.envelope.seq().unwrap_or(0) as i64 - 1,
@@ -610,13 +670,17 @@ impl Hooks<GroupContext> for GroupHooks {
             .map(|p| p.generation)
     }
 
-    fn admit(&self, envelope: &Envelope, kafka_topic: &str, partition: i32, offset: i64) -> bool {
+    fn admit(
+        &self,
+        envelope: &Envelope,
+        kafka_topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Option<u32> {
         let mut parts = self.group.parts.lock();
-        let Some(part) = parts.get_mut(&(kafka_topic.to_owned(), partition)) else {
-            return false;
-        };
+        let part = parts.get_mut(&(kafka_topic.to_owned(), partition))?;
         if part.is_settled(offset) {
-            return false;
+            return None;
         }
         if !self
             .group
@@ -624,9 +688,13 @@ impl Hooks<GroupContext> for GroupHooks {
             .wants(envelope.topic().as_str(), envelope.kind())
         {
             part.settle(offset);
-            return false;
+            return None;
         }
-        true
+        Some(
+            part.delivered
+                .remove(&offset)
+                .map_or(1, |n| n.saturating_add(1)),
+        )
     }
 
     fn undecodable(
@@ -659,8 +727,9 @@ impl Hooks<GroupContext> for GroupHooks {
         };
         let group = self.group.clone();
         let kafka_topic = kafka_topic.to_owned();
+        let pending = inner.dead_letter_started();
         self.group.runtime.clone().spawn(async move {
-            let _pending = inner.dead_letters_pending.read().await;
+            let _pending = pending;
             if write_until_done(&inner, &letter, Some(at), Some(&raw)).await
                 && group.settle(&kafka_topic, at.partition, at.offset)
             {
@@ -815,7 +884,7 @@ pub(crate) async fn committed(
                 Offset::Offset(o) => {
                     let meta =
                         std::panic::catch_unwind(|| e.metadata().to_owned()).unwrap_or_default();
-                    Some((o, Part::parse_metadata(&meta)))
+                    Some((o, Part::parse_metadata(&meta).0))
                 }
                 _ => None,
             }))
@@ -837,14 +906,17 @@ mod tests {
             part.settle(o);
         }
         assert_eq!(part.next, 10);
-        assert_eq!(part.metadata(), "h1:12-14,17,");
+        assert_eq!(part.metadata(&[(10, 2)]), "h1:12-14,17,;10=2,");
         part.settle(10);
         part.settle(11);
         assert_eq!(part.next, 15, "contiguous settlements move the commit");
-        assert_eq!(Part::parse_metadata(&part.metadata()), BTreeSet::from([17]));
+        let (settled, delivered) = Part::parse_metadata(&part.metadata(&[(15, 3)]));
+        assert_eq!(settled, BTreeSet::from([17]));
+        assert_eq!(delivered, HashMap::from([(15, 3)]));
         assert!(part.is_settled(3) && part.is_settled(17) && !part.is_settled(15));
-        assert!(Part::parse_metadata("someone else's").is_empty());
-        assert!(Part::parse_metadata("h1:5-x,9-2,").is_empty());
+        assert!(Part::parse_metadata("someone else's").0.is_empty());
+        assert!(Part::parse_metadata("h1:5-x,9-2,").0.is_empty());
+        assert_eq!(Part::parse_metadata("h1:12,").0, BTreeSet::from([12]));
     }
 
     #[test]

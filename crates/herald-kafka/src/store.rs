@@ -59,12 +59,15 @@ pub(crate) struct Inner {
     pub(crate) meta: Arc<BaseConsumer>,
     known: Mutex<HashSet<String>>,
     closed: AtomicBool,
+    /// Whether the brokers keep offset-commit metadata (Kafka does; tansu
+    /// 0.6 drops it), where groups keep what a bare offset cannot.
+    pub(crate) keeps_metadata: AtomicBool,
     dedupe: Mutex<Dedupe>,
     queues: Mutex<Vec<Weak<Queue>>>,
     /// This process's group consumers, by group and patterns.
     pub(crate) groups: Mutex<HashMap<String, Weak<crate::group::Group>>>,
     /// Dead-letter writes under way (listing waits for them).
-    pub(crate) dead_letters_pending: tokio::sync::RwLock<()>,
+    dead_letter_writes: Arc<tokio::sync::watch::Sender<usize>>,
     /// Told of each Kafka topic herald creates, so subscribers in this
     /// process follow it without waiting for a metadata refresh.
     pub(crate) created: tokio::sync::broadcast::Sender<String>,
@@ -109,16 +112,22 @@ impl KafkaStore {
             meta,
             known: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
+            keeps_metadata: AtomicBool::new(true),
             dedupe: Mutex::new(Dedupe::default()),
             queues: Mutex::new(Vec::new()),
             groups: Mutex::new(HashMap::new()),
-            dead_letters_pending: tokio::sync::RwLock::new(()),
+            dead_letter_writes: Arc::new(tokio::sync::watch::channel(0).0),
             created,
         });
         // One partition: a letter's id is its offset + 1.
         inner
             .ensure_topic_with(&inner.config.dead_letter_topic(), 1)
             .await?;
+        let keeps = keeps_commit_metadata(&inner.config).await?;
+        inner.keeps_metadata.store(keeps, Ordering::Release);
+        if !keeps {
+            tracing::warn!("the Kafka brokers drop offset-commit metadata: events acked after a held one may be delivered again after a restart, and attempts start over");
+        }
         Ok(KafkaStore { inner })
     }
 
@@ -142,6 +151,33 @@ impl KafkaStore {
         let wait = self.inner.config.timeout_duration();
         let _ = blocking(move || producer.flush(wait)).await;
     }
+}
+
+/// Whether the brokers keep the metadata of an offset commit: commit one
+/// in a probe group on the dead-letter topic and read it back.
+async fn keeps_commit_metadata(config: &KafkaConfig) -> Result<bool> {
+    let probe: BaseConsumer =
+        client_config(config.consumer_properties(&config.kafka_topic("_probe")))
+            .create()
+            .map_err(|e| errors::kafka("create a probe", &e))?;
+    let topic = config.dead_letter_topic();
+    blocking(move || {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(0))?;
+        if let Some(mut e) = tpl.find_partition(&topic, 0) {
+            e.set_metadata("h1:probe");
+        }
+        probe.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        let mut ask = rdkafka::TopicPartitionList::new();
+        ask.add_partition(&topic, 0);
+        let got = probe.committed_offsets(ask, LOOKUP_TIMEOUT)?;
+        let kept = got.find_partition(&topic, 0).is_some_and(|e| {
+            std::panic::catch_unwind(|| e.metadata() == "h1:probe").unwrap_or(false)
+        });
+        Ok(kept)
+    })
+    .await?
+    .map_err(|e: rdkafka::error::KafkaError| errors::kafka("probe the brokers' offset commits", &e))
 }
 
 /// A librdkafka client configuration of `properties`.
@@ -387,9 +423,26 @@ impl Inner {
         }
     }
 
+    /// Count a dead-letter write as under way until the guard drops (taken
+    /// before the write's task is spawned, so a listing that follows sees it).
+    pub(crate) fn dead_letter_started(&self) -> WriteGuard {
+        self.dead_letter_writes.send_modify(|n| *n += 1);
+        WriteGuard(self.dead_letter_writes.clone())
+    }
+
     /// Wait until every dead letter being written is written.
     pub(crate) async fn dead_letters_written(&self) {
-        let _ = self.dead_letters_pending.write().await;
+        let mut rx = self.dead_letter_writes.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// A dead-letter write under way (see [`Inner::dead_letter_started`]).
+pub(crate) struct WriteGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -192,8 +192,10 @@ impl Hooks<DefaultConsumerContext> for Tail {
         Some(0)
     }
 
-    fn admit(&self, envelope: &Envelope, _: &str, _: i32, _: i64) -> bool {
-        self.spec.wants(envelope.topic().as_str(), envelope.kind())
+    fn admit(&self, envelope: &Envelope, _: &str, _: i32, _: i64) -> Option<u32> {
+        self.spec
+            .wants(envelope.topic().as_str(), envelope.kind())
+            .then_some(1)
     }
 
     fn undecodable(

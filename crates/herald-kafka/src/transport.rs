@@ -111,8 +111,15 @@ impl Transport for KafkaStore {
         })
     }
 
+    /// [`FEATURES`], with `exact_resume` when the brokers keep offset-commit
+    /// metadata (Kafka does; tansu 0.6 does not).
     fn features(&self) -> Features {
-        FEATURES
+        let mut f = FEATURES;
+        f.exact_resume = self
+            .inner
+            .keeps_metadata
+            .load(std::sync::atomic::Ordering::Acquire);
+        f
     }
 }
 
@@ -127,8 +134,9 @@ impl QueueHost for Inner {
         let Some(inner) = self.me() else {
             return;
         };
+        let pending = inner.dead_letter_started();
         tokio::spawn(async move {
-            let _pending = inner.dead_letters_pending.read().await;
+            let _pending = pending;
             let at = crate::group::partition_of(&letter.envelope).map(|p| Position {
                 partition: p,
                 offset: letter.envelope.seq().unwrap_or(0) as i64 - 1,

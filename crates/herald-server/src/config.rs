@@ -156,6 +156,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     ("HERALD_KAFKA_LINGER_MS", "5", "0–1000"),
     ("HERALD_KAFKA_PARTITIONS", "3", "1–10000"),
+    ("HERALD_KAFKA_BATCH_MESSAGES", "10000", "1–1000000"),
     (
         "HERALD_KAFKA_SECURITY_PROTOCOL",
         "plaintext",

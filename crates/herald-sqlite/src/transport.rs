@@ -14,6 +14,7 @@ pub const FEATURES: Features = {
     f.durable = true;
     f.retains_history = true;
     f.priority = true;
+    f.exact_resume = true;
     f
 };
 

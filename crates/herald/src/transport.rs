@@ -44,6 +44,11 @@ pub struct Features {
     pub retains_history: bool,
     /// Priority reorders waiting events.
     pub priority: bool,
+    /// A durable group restarted resumes exactly where it stood: events
+    /// settled after one still held stay settled, and a delivery in flight
+    /// at the restart comes back with its attempt counted. (Kafka keeps
+    /// this in commit metadata, which some Kafka-protocol brokers drop.)
+    pub exact_resume: bool,
 }
 
 impl Features {
@@ -52,6 +57,7 @@ impl Features {
         durable: false,
         retains_history: true,
         priority: true,
+        exact_resume: false,
     };
 
     /// Features with every flag off; set the ones a transport has.
@@ -60,6 +66,7 @@ impl Features {
             durable: false,
             retains_history: false,
             priority: false,
+            exact_resume: false,
         }
     }
 }

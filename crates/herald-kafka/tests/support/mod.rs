@@ -28,9 +28,27 @@ pub fn brokers() -> String {
         .clone()
 }
 
+/// Whether the tests run against a `tansu` broker of their own.
+pub fn on_tansu() -> bool {
+    brokers();
+    std::env::var("HERALD_TEST_KAFKA_BROKERS").map_or(true, |b| b.trim().is_empty())
+}
+
+/// Records per producer batch: 1 on tansu, which cannot serve a fetch that
+/// starts inside a batch; librdkafka's default on Kafka.
+pub fn batch_messages() -> u32 {
+    if on_tansu() {
+        1
+    } else {
+        herald_kafka::config::DEFAULT_BATCH_MESSAGES
+    }
+}
+
 /// A configuration in an environment no other test uses.
 pub fn fresh_config() -> KafkaConfig {
-    KafkaConfig::new(brokers()).environment(format!("t{:012x}", fastrand::u64(..1 << 48)))
+    KafkaConfig::new(brokers())
+        .environment(format!("t{:012x}", fastrand::u64(..1 << 48)))
+        .batch_messages(batch_messages())
 }
 
 /// A free loopback port.
