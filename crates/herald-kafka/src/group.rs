@@ -56,6 +56,9 @@ use crate::errors;
 use crate::feed::{self, Hooks};
 use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
 
+/// How long a revocation waits for deliveries in flight to settle.
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a new subscription waits for its first partitions.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
 
@@ -415,6 +418,21 @@ impl Group {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
         let delivered = self.delivered();
+        if let (Some(queue), Some(inner)) = (self.queue(), self.inner()) {
+            let env = inner.config.environment_name().to_owned();
+            let withdrawn = queue.withdraw(|e| {
+                let name = format!("{env}.{}", e.topic());
+                gone.iter()
+                    .any(|(t, p)| *t == name && partition_of(e) == Some(*p))
+            });
+            tracing::info!(group = %self.kafka_group, partitions = gone.len(), withdrawn, "Kafka: partitions revoked");
+            // Let deliveries in flight finish (their acks still commit), so
+            // the next owner does not run a key while this one still does.
+            let deadline = std::time::Instant::now() + REVOKE_WAIT;
+            while std::time::Instant::now() < deadline && self.holds(&queue, &inner, &gone) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let commit = {
             let mut parts = self.parts.lock();
             let mut commit = TopicPartitionList::new();
@@ -437,21 +455,25 @@ impl Group {
                 tracing::warn!(group = %self.kafka_group, error = %e, "Kafka: offsets of revoked partitions were not committed; their settled events may come again");
             }
         }
-        if let Some(queue) = self.queue() {
-            let env = self
-                .inner()
-                .map(|i| i.config.environment_name().to_owned())
-                .unwrap_or_default();
-            let withdrawn = queue.withdraw(|e| {
-                let name = format!("{env}.{}", e.topic());
-                gone.iter()
-                    .any(|(t, p)| *t == name && partition_of(e) == Some(*p))
-            });
-            tracing::info!(group = %self.kafka_group, partitions = gone.len(), withdrawn, "Kafka: partitions revoked");
-        }
         if let Err(e) = consumer.unassign() {
             tracing::warn!(group = %self.kafka_group, error = %e, "Kafka: unassign");
         }
+    }
+
+    /// Whether the queue still holds an unsettled event of one of the
+    /// partitions `gone` (by topic and offset: the queue knows no partitions).
+    fn holds(&self, queue: &Queue, inner: &Inner, gone: &[(String, i32)]) -> bool {
+        let unsettled = queue.unsettled();
+        let parts = self.parts.lock();
+        unsettled.iter().any(|(topic, seq)| {
+            let name = inner.config.kafka_topic(topic.as_str());
+            gone.iter().any(|(t, p)| {
+                *t == name
+                    && parts
+                        .get(&(t.clone(), *p))
+                        .is_some_and(|part| !part.is_settled(*seq as i64 - 1))
+            })
+        })
     }
 
     /// The events the queue holds that were delivered at least once, by

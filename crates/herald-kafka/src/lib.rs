@@ -13,6 +13,7 @@
 //! the map and the trade-offs.
 
 pub mod codec;
+pub mod commands;
 pub mod config;
 mod dead_letters;
 mod errors;

@@ -31,6 +31,9 @@ use crate::errors;
 /// Most idempotency keys this process remembers at once (the oldest go first).
 const DEDUPE_CAPACITY: usize = 200_000;
 
+/// How long opening waits for a broker to answer.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a metadata or offset lookup may take.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,6 +71,13 @@ pub(crate) struct Inner {
     pub(crate) groups: Mutex<HashMap<String, Weak<crate::group::Group>>>,
     /// Dead-letter writes under way (listing waits for them).
     dead_letter_writes: Arc<tokio::sync::watch::Sender<usize>>,
+    /// This process's reply topic, once it made a call.
+    pub(crate) replies: std::sync::OnceLock<Arc<crate::commands::Replies>>,
+    pub(crate) replies_made: tokio::sync::Mutex<()>,
+    /// Who serves which command (read once this process calls one).
+    pub(crate) registry: std::sync::OnceLock<Arc<crate::commands::Registry>>,
+    /// This process's name in the command registry.
+    pub(crate) process: String,
     /// Told of each Kafka topic herald creates, so subscribers in this
     /// process follow it without waiting for a metadata refresh.
     pub(crate) created: tokio::sync::broadcast::Sender<String>,
@@ -75,7 +85,7 @@ pub(crate) struct Inner {
 
 impl KafkaStore {
     /// Connect to the brokers `config` names; `UNAVAILABLE` when none
-    /// answers within the configured timeout (capped at 10 s), `VALIDATION`
+    /// answers within the configured timeout (capped at 5 s), `VALIDATION`
     /// for a bad setting.
     pub async fn open(config: KafkaConfig) -> Result<KafkaStore> {
         config.validate()?;
@@ -93,7 +103,7 @@ impl KafkaStore {
             .map_err(|e| errors::kafka("create a metadata client", &e))?;
         let meta = Arc::new(meta);
         let probe = meta.clone();
-        let wait = config.timeout_duration().min(LOOKUP_TIMEOUT);
+        let wait = config.timeout_duration().min(OPEN_TIMEOUT);
         let servers = config.servers().to_owned();
         blocking(move || probe.fetch_metadata(None, wait))
             .await?
@@ -116,6 +126,10 @@ impl KafkaStore {
             dedupe: Mutex::new(Dedupe::default()),
             queues: Mutex::new(Vec::new()),
             groups: Mutex::new(HashMap::new()),
+            replies: std::sync::OnceLock::new(),
+            replies_made: tokio::sync::Mutex::new(()),
+            registry: std::sync::OnceLock::new(),
+            process: uuid::Uuid::now_v7().simple().to_string(),
             dead_letter_writes: Arc::new(tokio::sync::watch::channel(0).0),
             created,
         });

@@ -121,6 +121,22 @@ impl Transport for KafkaStore {
             .load(std::sync::atomic::Ordering::Acquire);
         f
     }
+
+    fn export_command(
+        &self,
+        topic: &Topic,
+        serve: herald::transport::CommandServe,
+    ) -> Option<herald::transport::CommandExport> {
+        Some(crate::commands::export(&self.inner, topic, serve))
+    }
+
+    fn call(
+        &self,
+        command: Envelope,
+        timeout: std::time::Duration,
+    ) -> Option<BoxFuture<'static, Result<Envelope>>> {
+        Some(crate::commands::call(&self.inner, command, timeout))
+    }
 }
 
 /// Group-less subscriptions settle nothing on the brokers; what they give

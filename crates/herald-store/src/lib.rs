@@ -1,10 +1,11 @@
 //! Opens the store that configuration names, so a service moves from the
-//! embedded SQLite store to PostgreSQL or NATS JetStream by changing
+//! embedded SQLite store to PostgreSQL, NATS JetStream or Kafka by changing
 //! `HERALD_STORE` and nothing in its code.
 //!
 //! Owns the mapping from a store URL to a transport: `memory://`,
-//! `sqlite://PATH` (the default, `sqlite://herald.db`), `postgres://…` and
-//! `nats://…`. Each backend sits behind a cargo feature of the same name
+//! `sqlite://PATH` (the default, `sqlite://herald.db`), `postgres://…`,
+//! `nats://…` and `kafka://HOST:PORT[,HOST:PORT…]` (the bootstrap servers,
+//! unless `HERALD_KAFKA_BOOTSTRAP_SERVERS` names them). Each backend sits behind a cargo feature of the same name
 //! (`sqlite` on by default), so a service compiles only the backends it can
 //! be pointed at. Does not own any backend's behaviour or its other
 //! settings: those are each store's `Config::from_env`.
@@ -40,6 +41,9 @@ pub enum Store {
     /// `nats://…`: NATS JetStream.
     #[cfg(feature = "nats")]
     Nats(herald_nats::NatsStore),
+    /// `kafka://…`: Kafka (any Kafka-protocol broker).
+    #[cfg(feature = "kafka")]
+    Kafka(herald_kafka::KafkaStore),
 }
 
 impl std::fmt::Debug for Store {
@@ -80,6 +84,17 @@ impl Store {
                 let config = herald_nats::NatsConfig::from_env()?;
                 Ok(Store::Nats(herald_nats::NatsStore::open(config).await?))
             }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let servers = kafka_servers(&url).to_owned();
+                let config = herald_kafka::KafkaConfig::from_lookup(|key| {
+                    herald::config::env(key).or_else(|| {
+                        (key == "HERALD_KAFKA_BOOTSTRAP_SERVERS" && !servers.is_empty())
+                            .then(|| servers.clone())
+                    })
+                })?;
+                Ok(Store::Kafka(herald_kafka::KafkaStore::open(config).await?))
+            }
             other => Err(unsupported(&url, other)),
         }
     }
@@ -116,11 +131,16 @@ impl Store {
                 let config = herald_nats::NatsConfig::new(url);
                 Ok(Store::Nats(herald_nats::NatsStore::open(config).await?))
             }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let config = herald_kafka::KafkaConfig::new(kafka_servers(url));
+                Ok(Store::Kafka(herald_kafka::KafkaStore::open(config).await?))
+            }
             other => Err(unsupported(url, other)),
         }
     }
 
-    /// The backend's name: `memory`, `sqlite`, `postgres` or `nats`.
+    /// The backend's name: `memory`, `sqlite`, `postgres`, `nats` or `kafka`.
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
@@ -130,6 +150,8 @@ impl Store {
             Store::Postgres(_) => "postgres",
             #[cfg(feature = "nats")]
             Store::Nats(_) => "nats",
+            #[cfg(feature = "kafka")]
+            Store::Kafka(_) => "kafka",
         }
     }
 
@@ -144,6 +166,8 @@ impl Store {
             Store::Postgres(s) => Arc::new(s.clone()),
             #[cfg(feature = "nats")]
             Store::Nats(s) => Arc::new(s.clone()),
+            #[cfg(feature = "kafka")]
+            Store::Kafka(s) => Arc::new(s.clone()),
         }
     }
 
@@ -171,7 +195,7 @@ fn scheme(url: &str) -> Result<&str> {
         _ => Err(herald::config::invalid(
             "HERALD_STORE",
             url,
-            "a store URL: memory://, sqlite://PATH, postgres://… or nats://…",
+            "a store URL: memory://, sqlite://PATH, postgres://…, nats://… or kafka://…",
         )),
     }
 }
@@ -185,6 +209,7 @@ fn unsupported(url: &str, scheme: &str) -> Error {
         "tls",
         "ws",
         "wss",
+        "kafka",
     ];
     let allowed = if known.contains(&scheme) {
         format!(
@@ -192,7 +217,7 @@ fn unsupported(url: &str, scheme: &str) -> Error {
             feature_of(scheme)
         )
     } else {
-        "memory://, sqlite://PATH, postgres://… or nats://…".to_owned()
+        "memory://, sqlite://PATH, postgres://…, nats://… or kafka://…".to_owned()
     };
     herald::config::invalid("HERALD_STORE", url, &allowed)
 }
@@ -201,6 +226,15 @@ fn feature_of(scheme: &str) -> &'static str {
     match scheme {
         "sqlite" => "sqlite",
         "postgres" | "postgresql" => "postgres",
+        "kafka" => "kafka",
         _ => "nats",
     }
+}
+
+/// The bootstrap servers of a `kafka://HOST:PORT[,HOST:PORT…]` URL.
+#[cfg(feature = "kafka")]
+fn kafka_servers(url: &str) -> &str {
+    url.strip_prefix("kafka://")
+        .unwrap_or("")
+        .trim_end_matches('/')
 }

@@ -151,11 +151,15 @@ fn herald_store_alone_moves_a_service_between_stores() {
 
 #[tokio::test]
 async fn a_store_url_it_cannot_open_names_the_key() {
-    for url in ["kafka://127.0.0.1:9092", "herald.db", ""] {
+    for url in ["redis://127.0.0.1:6379", "herald.db", ""] {
         let e = Store::open(url).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Validation, "{url}");
         assert!(e.to_string().contains("HERALD_STORE"), "{url}: {e}");
     }
     let e = Store::open("sqlite://").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Validation);
+    let e = Store::open("kafka://127.0.0.1:1").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable, "no broker there: {e}");
+    let e = Store::open("kafka://").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Validation, "no servers: {e}");
 }

@@ -18,6 +18,7 @@
 //! | SQLite | `herald-sqlite` | atomic | yes | yes | yes, across processes | yes | nack, drop, ack wait | yes | yes | whole log | durable | yes |
 //! | PostgreSQL | `herald-postgres` | atomic | yes | yes | yes, across processes | yes | nack, drop, ack wait | yes | yes | whole log | durable | yes |
 //! | NATS JetStream | `herald-nats` | per event (no multi-message commit) | yes | yes | yes, through the group's leader | yes | nack, drop, ack wait | within the duplicate window | yes | what the streams keep | durable | yes |
+//! | Kafka | `herald-kafka` | per event | per partition (per topic on one-partition topics) | yes | yes: partitions across processes, a local queue within one | yes (exact resume where the brokers keep commit metadata) | nack, drop, ack wait | within the publishing process's window; across processes the consumer-side dedupe layer | yes | what the topics keep | durable topic | yes |
 //!
 //! Invariant: a transport receives envelopes that the bus has already
 //! validated (topic, fields, size limits); it assigns `seq` and nothing else.

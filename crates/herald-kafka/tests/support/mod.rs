@@ -111,3 +111,45 @@ fn start_tansu() -> String {
     spawn_tansu(port, "memory://tansu/", &dir);
     format!("127.0.0.1:{port}")
 }
+
+/// Create Kafka topic `name` (one partition) with a plain admin client, as
+/// a team's own tooling would.
+pub async fn create_topic(name: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    // Wait for its leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    loop {
+        let md = rdkafka::consumer::Consumer::fetch_metadata(
+            &consumer,
+            Some(name),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let ready = md
+            .topics()
+            .iter()
+            .any(|t| t.name() == name && t.partitions().iter().any(|p| p.leader() >= 0));
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} has no leader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
