@@ -26,7 +26,6 @@ use herald::delivery::BoxFuture;
 use herald::transport::{CommandExport, CommandServe};
 use herald::{Envelope, Error, ErrorCode, Result, Topic};
 use parking_lot::Mutex;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -80,10 +79,7 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
             tracing::error!(%topic, error = %e, "cannot serve a command to other processes");
             return;
         }
-        let mut config = ClientConfig::new();
-        for (k, v) in inner.config.consumer_properties(&name) {
-            config.set(k, v);
-        }
+        let mut config = crate::store::client_config(inner.config.consumer_properties(&name));
         // A call is answered or times out at its caller: its offset is
         // committed as it is read (at most once). A new group reads from the
         // start; calls past their deadline are skipped.
@@ -385,10 +381,7 @@ async fn registry(inner: &Arc<Inner>) -> Result<Arc<Registry>> {
         chrono::Utc::now() - chrono::Duration::from_std(REGISTRATION_TTL * 2).unwrap_or_default();
     let start = crate::tail::starts(inner, &topic, 1, &herald::StartPosition::Time(since)).await?;
     let (_, high) = inner.watermarks(&topic, 0).await?;
-    let mut config = ClientConfig::new();
-    for (k, v) in inner.config.reader_properties() {
-        config.set(k, v);
-    }
+    let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| errors::kafka("follow the command registry", &e))?;
@@ -450,10 +443,7 @@ async fn replies(inner: &Arc<Inner>) -> Result<Arc<Replies>> {
         .config
         .kafka_topic(&format!("_replies.{}", uuid::Uuid::now_v7().simple()));
     inner.ensure_topic_with(&topic, 1).await?;
-    let mut config = ClientConfig::new();
-    for (k, v) in inner.config.reader_properties() {
-        config.set(k, v);
-    }
+    let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| errors::kafka("follow the reply topic", &e))?;

@@ -43,7 +43,6 @@ use herald::{
 };
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaRespErr;
@@ -236,10 +235,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     inner.register(&queue);
     let _ = group.queue.set(Arc::downgrade(&queue));
 
-    let mut config = ClientConfig::new();
-    for (k, v) in inner.config.consumer_properties(&group.kafka_group) {
-        config.set(k, v);
-    }
+    let config = crate::store::client_config(inner.config.consumer_properties(&group.kafka_group));
     let consumer: BaseConsumer<GroupContext> = config
         .create_with_context(GroupContext {
             group: group.clone(),
@@ -883,33 +879,52 @@ pub(crate) async fn committed(
     group: &str,
     name: &str,
 ) -> Result<Option<(i64, BTreeSet<i64>)>> {
-    let mut config = ClientConfig::new();
-    for (k, v) in inner
-        .config
-        .consumer_properties(&inner.config.kafka_topic(group))
-    {
-        config.set(k, v);
-    }
+    let first = committed_offsets(inner, group, name, 1)
+        .await?
+        .into_iter()
+        .next();
+    Ok(first
+        .flatten()
+        .map(|(o, meta)| (o, Part::parse_metadata(&meta).0)))
+}
+
+/// The committed offset and its metadata of `group` on each of the first
+/// `partitions` partitions of Kafka topic `name` (`None`: never committed).
+pub(crate) async fn committed_offsets(
+    inner: &Inner,
+    group: &str,
+    name: &str,
+    partitions: i32,
+) -> Result<Vec<Option<(i64, String)>>> {
+    let config = crate::store::client_config(
+        inner
+            .config
+            .consumer_properties(&inner.config.kafka_topic(group)),
+    );
     let name = name.to_owned();
     blocking(move || {
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| errors::kafka("create a reader", &e))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&name, 0);
+        for p in 0..partitions {
+            tpl.add_partition(&name, p);
+        }
         let found = consumer
             .committed_offsets(tpl, LOOKUP_TIMEOUT)
             .map_err(|e| errors::kafka("read a group's offsets", &e))?;
         Ok(found
-            .find_partition(&name, 0)
-            .and_then(|e| match e.offset() {
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
                 Offset::Offset(o) => {
                     let meta =
                         std::panic::catch_unwind(|| e.metadata().to_owned()).unwrap_or_default();
-                    Some((o, Part::parse_metadata(&meta).0))
+                    Some((o, meta))
                 }
                 _ => None,
-            }))
+            })
+            .collect())
     })
     .await?
 }

@@ -12,17 +12,15 @@ use std::collections::BTreeMap;
 
 use herald::transport::{GroupInfo, GroupTopic, TopicInfo};
 use herald::{Envelope, Result, StartPosition, Topic};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Position};
 use crate::errors;
 use crate::reader::read_records;
-use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
+use crate::store::Inner;
 
 const GROUPS_TOPIC: &str = "_groups";
 
@@ -183,33 +181,6 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
 /// The committed offsets of `group` on Kafka topic `name`, summed over its
 /// partitions (each offset counts the events settled before it).
 async fn committed_sum(inner: &Inner, group: &str, name: &str, partitions: i32) -> Result<i64> {
-    let mut config = ClientConfig::new();
-    for (k, v) in inner
-        .config
-        .consumer_properties(&inner.config.kafka_topic(group))
-    {
-        config.set(k, v);
-    }
-    let name = name.to_owned();
-    blocking(move || {
-        let consumer: BaseConsumer = config
-            .create()
-            .map_err(|e| errors::kafka("create a reader", &e))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(&name, p);
-        }
-        let found = consumer
-            .committed_offsets(tpl, LOOKUP_TIMEOUT)
-            .map_err(|e| errors::kafka("read a group's offsets", &e))?;
-        Ok(found
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum())
-    })
-    .await?
+    let offsets = crate::group::committed_offsets(inner, group, name, partitions).await?;
+    Ok(offsets.into_iter().flatten().map(|(o, _)| o).sum())
 }

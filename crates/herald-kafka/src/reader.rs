@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald::{ErrorCode, Result};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -40,10 +39,7 @@ pub(crate) async fn read_records(
     if from >= high || max == 0 {
         return Ok(Vec::new());
     }
-    let mut config = ClientConfig::new();
-    for (k, v) in inner.config.reader_properties() {
-        config.set(k, v);
-    }
+    let config = crate::store::client_config(inner.config.reader_properties());
     let topic = topic.to_owned();
     let wait = inner.config.timeout_duration();
     blocking(move || {

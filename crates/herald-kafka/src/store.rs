@@ -195,7 +195,9 @@ async fn keeps_commit_metadata(config: &KafkaConfig) -> Result<bool> {
 }
 
 /// A librdkafka client configuration of `properties`.
-fn client_config(properties: std::collections::BTreeMap<String, String>) -> ClientConfig {
+pub(crate) fn client_config(
+    properties: std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in properties {
         c.set(k, v);

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use herald::queue::{self, Queue, QueueHost};
 use herald::{Envelope, Result, StartPosition, SubscribeSpec, Subscription, Topic};
 use parking_lot::Mutex;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -31,10 +30,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let queue = Queue::new(spec.clone(), host);
     queue.join();
     inner.register(&queue);
-    let mut config = ClientConfig::new();
-    for (k, v) in inner.config.reader_properties() {
-        config.set(k, v);
-    }
+    let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| errors::kafka("create a consumer", &e))?;
