@@ -25,7 +25,8 @@ pub struct Connect {
     #[arg(long, global = true)]
     token: Option<String>,
     /// Act on this store directly instead of a server: sqlite://PATH,
-    /// postgres://…, nats://…
+    /// postgres://…, nats://…, kafka://HOST:PORT (its other settings from
+    /// HERALD_* as in `herald serve`)
     #[arg(long, global = true)]
     store: Option<String>,
 }
@@ -46,15 +47,21 @@ pub enum Target {
 }
 
 impl Connect {
+    /// The store `--store` names, opened with the rest of its settings from
+    /// `HERALD_*` (the flag stands above `HERALD_STORE`); `None` without
+    /// `--store`.
+    pub async fn open_store(&self) -> Result<Option<herald_store::Store>> {
+        let Some(url) = &self.store else {
+            return Ok(None);
+        };
+        herald::config::set_command_line([("HERALD_STORE".to_owned(), url.clone())]);
+        herald_store::Store::from_env().await.map(Some)
+    }
+
     /// Open the target these options name.
     pub async fn open(&self) -> Result<Target> {
-        if let Some(url) = &self.store {
-            let store = herald_store::Store::open(url).await?;
-            let bus = Bus::builder()
-                .config(herald::Config::from_env()?)
-                .transport(store.transport())
-                .build()?;
-            return Ok(Target::Store(bus));
+        if let Some(store) = self.open_store().await? {
+            return Ok(Target::Store(store.bus(herald::Config::from_env()?)?));
         }
         let base = self
             .server
@@ -218,7 +225,8 @@ impl Target {
         }
     }
 
-    /// Topics as the server lists them (`topic`, `last_seq`, `rate`).
+    /// Topics as the server lists them (`topic`, `last_seq`, `rate`,
+    /// `partitions`; no rate from a store).
     pub async fn topics(&self) -> Result<Vec<Value>> {
         match self {
             Target::Server { .. } => {
@@ -231,7 +239,9 @@ impl Target {
                 .topics()
                 .await?
                 .into_iter()
-                .map(|t| json!({"topic": t.topic.as_str(), "last_seq": t.last_seq}))
+                .map(|t| {
+                    json!({"topic": t.topic.as_str(), "last_seq": t.last_seq, "partitions": t.partitions})
+                })
                 .collect()),
         }
     }
@@ -250,13 +260,8 @@ impl Target {
                 .await?
                 .into_iter()
                 .map(|g| {
-                    json!({
-                        "name": g.name, "patterns": g.patterns, "lag": g.lag(),
-                        "topics": g.topics.iter().map(|t| json!({
-                            "topic": t.topic.as_str(), "acked_through": t.acked_through,
-                            "last_seq": t.last_seq, "lag": t.lag,
-                        })).collect::<Vec<_>>(),
-                    })
+                    serde_json::to_value(herald_server::inspect::GroupView::from(g))
+                        .unwrap_or_default()
                 })
                 .collect()),
         }

@@ -18,19 +18,62 @@ pub struct Args {
     connect: Connect,
 }
 
-pub fn topics(args: Args) -> ExitCode {
+/// Options of `herald topics`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  herald topics
+  herald topics --store kafka://127.0.0.1:9092
+  herald topics create orders.placed --partitions 12 --store kafka://127.0.0.1:9092
+  herald topics delete orders.placed --store kafka://127.0.0.1:9092")]
+pub struct TopicsArgs {
+    #[command(subcommand)]
+    action: Option<TopicAction>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+/// What `herald topics` does besides listing.
+#[derive(clap::Subcommand, Debug)]
+enum TopicAction {
+    /// Create a topic with a partition count (Kafka stores; other stores
+    /// make a topic on its first publish).
+    Create {
+        /// The herald topic (the Kafka topic is `<HERALD_ENVIRONMENT>.<topic>`).
+        topic: String,
+        /// Its partitions, 1–10000 (default HERALD_KAFKA_PARTITIONS).
+        #[arg(long)]
+        partitions: Option<u32>,
+    },
+    /// Delete a topic and every event in it (Kafka stores).
+    Delete {
+        /// The herald topic.
+        topic: String,
+    },
+}
+
+pub fn topics(args: TopicsArgs) -> ExitCode {
     crate::run(async move {
+        if let Some(action) = args.action {
+            return manage(action, &args.connect).await;
+        }
         let list = args.connect.open().await?.topics().await?;
         if args.json {
             list.iter().for_each(|t| println!("{t}"));
             return Ok(());
         }
-        println!("{:<40} {:>12} {:>10}", "TOPIC", "LAST SEQ", "EVENTS/S");
+        println!(
+            "{:<40} {:>12} {:>10} {:>10}",
+            "TOPIC", "LAST SEQ", "PARTITIONS", "EVENTS/S"
+        );
         for t in &list {
             println!(
-                "{:<40} {:>12} {:>10}",
+                "{:<40} {:>12} {:>10} {:>10}",
                 t["topic"].as_str().unwrap_or_default(),
                 t["last_seq"],
+                t["partitions"],
                 t["rate"]
                     .as_f64()
                     .map_or("-".to_owned(), |r| format!("{r:.1}"))
@@ -38,6 +81,36 @@ pub fn topics(args: Args) -> ExitCode {
         }
         Ok::<(), herald::Error>(())
     })
+}
+
+/// Create or delete a topic on the Kafka store `--store` names.
+async fn manage(action: TopicAction, connect: &Connect) -> herald::Result<()> {
+    let store = connect.open_store().await?;
+    let Some(herald_store::Store::Kafka(kafka)) = &store else {
+        return Err(herald::config::invalid(
+            "--store",
+            store.as_ref().map_or("(none: a server)", |s| s.kind()),
+            "kafka://HOST:PORT: topics are created and deleted on Kafka stores; the others make a topic on its first publish",
+        ));
+    };
+    let result = match action {
+        TopicAction::Create { topic, partitions } => {
+            let topic = herald::Topic::new(topic)?;
+            let n = partitions.unwrap_or(kafka.config().partition_count());
+            kafka.create_topic(&topic, n).await.map(|()| {
+                eprintln!("created {topic} ({n} partitions)");
+            })
+        }
+        TopicAction::Delete { topic } => {
+            let topic = herald::Topic::new(topic)?;
+            kafka
+                .delete_topic(&topic)
+                .await
+                .map(|()| eprintln!("deleted {topic}"))
+        }
+    };
+    kafka.close().await;
+    result
 }
 
 pub fn groups(args: Args) -> ExitCode {

@@ -52,7 +52,7 @@ enum Command {
     /// Print a topic's events from a seq or a time, as NDJSON.
     Replay(replay::Args),
     /// List topics with their last seq and rate.
-    Topics(inspect::Args),
+    Topics(inspect::TopicsArgs),
     /// List consumer groups with their offsets and lag.
     Groups(inspect::Args),
     /// Dead letters: list, show, replay, purge.

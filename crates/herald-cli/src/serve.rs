@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use herald::{Bus, Config, Result};
+use herald::{Config, Result};
 use herald_server::{config, ServerConfig};
 
 /// Options of `herald serve`.
@@ -99,10 +99,7 @@ async fn run() -> Result<()> {
         }
     }
     let store = herald_store::Store::from_env().await?;
-    let bus = Bus::builder()
-        .config(bus_config)
-        .transport(store.transport())
-        .build()?;
+    let bus = store.bus(bus_config)?;
     let server = herald_server::Server::new(bus, server_config, store.kind())?;
     server.serve(shutdown_signal()).await
 }

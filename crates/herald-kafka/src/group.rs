@@ -53,6 +53,7 @@ use crate::codec::{self, Position};
 use crate::dead_letters;
 use crate::errors;
 use crate::feed::{self, Hooks};
+use crate::rebalance::{RebalanceKind, Rebalanced, CONSUMER_LAG};
 use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
 
 /// How long a revocation waits for deliveries in flight to settle.
@@ -235,7 +236,11 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     inner.register(&queue);
     let _ = group.queue.set(Arc::downgrade(&queue));
 
-    let config = crate::store::client_config(inner.config.consumer_properties(&group.kafka_group));
+    let mut config =
+        crate::store::client_config(inner.config.consumer_properties(&group.kafka_group));
+    // Statistics each second: the partitions' high watermarks, for the
+    // lag gauges (GroupContext::stats).
+    config.set("statistics.interval.ms", "1000");
     let consumer: BaseConsumer<GroupContext> = config
         .create_with_context(GroupContext {
             group: group.clone(),
@@ -404,6 +409,74 @@ impl Group {
         }
         self.assigned.send_replace(true);
         tracing::info!(group = %self.kafka_group, partitions = take.count(), "Kafka: partitions assigned");
+        self.tell(RebalanceKind::Assigned, &take);
+    }
+
+    /// Tell this store's rebalance watchers; a revoked partition's lag
+    /// gauge goes to 0 (its new owner reports it).
+    fn tell(&self, kind: RebalanceKind, tpl: &TopicPartitionList) {
+        let Some(inner) = self.inner() else { return };
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        if kind == RebalanceKind::Revoked {
+            for (name, p) in &partitions {
+                if let Some(gauge) = self.lag_gauge(&inner, name, *p) {
+                    gauge.set(0.0);
+                }
+            }
+        }
+        inner.rebalanced(&Rebalanced {
+            group: self.spec.group.clone().unwrap_or_default(),
+            kind,
+            partitions,
+        });
+    }
+
+    /// The lag gauge of partition `p` of Kafka topic `name`, when a bus on
+    /// this store records metrics.
+    fn lag_gauge(&self, inner: &Inner, name: &str, p: i32) -> Option<herald::metrics::Gauge> {
+        let metrics = inner.metrics.get()?;
+        let topic = inner.topic_of(name)?;
+        Some(metrics.gauge(
+            CONSUMER_LAG,
+            &[
+                ("group", self.spec.group.as_deref().unwrap_or_default()),
+                ("topic", topic.as_str()),
+                ("partition", &p.to_string()),
+            ],
+        ))
+    }
+
+    /// Set the lag gauge of each partition held: its high watermark in
+    /// librdkafka's latest statistics less its first unsettled offset.
+    fn report_lag(&self, stats: &rdkafka::Statistics) {
+        let Some(inner) = self.inner() else { return };
+        if inner.metrics.get().is_none() {
+            return;
+        }
+        let held: Vec<((String, i32), i64)> = self
+            .parts
+            .lock()
+            .iter()
+            .map(|(k, part)| (k.clone(), part.next))
+            .collect();
+        for ((name, p), next) in held {
+            let Some(high) = stats
+                .topics
+                .get(&name)
+                .and_then(|t| t.partitions.get(&p))
+                .map(|part| part.hi_offset)
+                .filter(|h| *h >= 0)
+            else {
+                continue;
+            };
+            if let Some(gauge) = self.lag_gauge(&inner, &name, p) {
+                gauge.set((high - next).max(0) as f64);
+            }
+        }
     }
 
     /// Partitions revoked: commit what is settled, withdraw what waits.
@@ -454,6 +527,7 @@ impl Group {
         if let Err(e) = consumer.unassign() {
             tracing::warn!(group = %self.kafka_group, error = %e, "Kafka: unassign");
         }
+        self.tell(RebalanceKind::Revoked, tpl);
     }
 
     /// Whether the queue still holds an unsettled event of one of the
@@ -772,7 +846,11 @@ pub(crate) struct GroupContext {
     group: Arc<Group>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.group.report_lag(&statistics);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use herald::transport::{GroupInfo, GroupTopic, TopicInfo};
+use herald::transport::{GroupInfo, GroupTopic, PartitionStanding, TopicInfo};
 use herald::{Envelope, Result, StartPosition, Topic};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -47,7 +47,7 @@ pub(crate) async fn topics(inner: &Inner) -> Result<Vec<TopicInfo>> {
             last = last.max(inner.watermarks(&name, p).await?.1);
         }
         if last > 0 {
-            out.push(TopicInfo::new(topic, last as u64));
+            out.push(TopicInfo::new(topic, last as u64).with_partitions(partitions as u32));
         }
     }
     out.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
@@ -157,30 +157,22 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
             if !parsed.iter().any(|p| p.matches(&t)) {
                 continue;
             }
-            let mut last = 0i64;
-            for p in 0..*partitions {
-                last += inner.watermarks(name, p).await?.1;
+            let offsets = crate::group::committed_offsets(inner, &group, name, *partitions).await?;
+            let mut per_partition = Vec::new();
+            for (p, committed) in (0..*partitions).zip(offsets) {
+                let high = inner.watermarks(name, p).await?.1;
+                let acked = committed.map_or(0, |(o, _)| o).min(high);
+                per_partition.push(PartitionStanding::new(p as u32, acked as u64, high as u64));
             }
+            let last: u64 = per_partition.iter().map(|s| s.last_seq).sum();
             if last == 0 {
                 continue;
             }
-            let acked = committed_sum(inner, &group, name, *partitions).await?;
-            let acked = acked.min(last);
-            standing.push(GroupTopic::new(
-                t,
-                acked as u64,
-                last as u64,
-                (last - acked) as u64,
-            ));
+            let acked: u64 = per_partition.iter().map(|s| s.acked_through).sum();
+            standing
+                .push(GroupTopic::new(t, acked, last, last - acked).with_partitions(per_partition));
         }
         out.push(GroupInfo::new(group, pats, standing));
     }
     Ok(out)
-}
-
-/// The committed offsets of `group` on Kafka topic `name`, summed over its
-/// partitions (each offset counts the events settled before it).
-async fn committed_sum(inner: &Inner, group: &str, name: &str, partitions: i32) -> Result<i64> {
-    let offsets = crate::group::committed_offsets(inner, group, name, partitions).await?;
-    Ok(offsets.into_iter().flatten().map(|(o, _)| o).sum())
 }

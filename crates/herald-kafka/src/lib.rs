@@ -21,6 +21,7 @@ mod feed;
 mod group;
 mod inspect;
 mod reader;
+pub mod rebalance;
 mod store;
 mod tail;
 mod transport;
@@ -30,5 +31,6 @@ pub use dead_letters::{
     ERROR_TYPE, FAILURE_REASON, FAILURE_TIMESTAMP, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
     ORIGINAL_TOPIC,
 };
+pub use rebalance::{RebalanceKind, Rebalanced};
 pub use store::KafkaStore;
 pub use transport::FEATURES;

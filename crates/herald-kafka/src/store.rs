@@ -81,6 +81,10 @@ pub(crate) struct Inner {
     /// Told of each Kafka topic herald creates, so subscribers in this
     /// process follow it without waiting for a metadata refresh.
     pub(crate) created: tokio::sync::broadcast::Sender<String>,
+    /// Watchers of this process's rebalances.
+    rebalance_watchers: Mutex<Vec<crate::rebalance::RebalanceCallback>>,
+    /// The registry of the (first) instrumented bus on this store.
+    pub(crate) metrics: std::sync::OnceLock<herald::metrics::Metrics>,
 }
 
 impl KafkaStore {
@@ -132,6 +136,8 @@ impl KafkaStore {
             process: uuid::Uuid::now_v7().simple().to_string(),
             dead_letter_writes: Arc::new(tokio::sync::watch::channel(0).0),
             created,
+            rebalance_watchers: Mutex::new(Vec::new()),
+            metrics: std::sync::OnceLock::new(),
         });
         // One partition: a letter's id is its offset + 1.
         inner
@@ -148,6 +154,76 @@ impl KafkaStore {
     /// The configuration the store runs with.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
+    }
+
+    /// Call `watch` at each rebalance of this process's consumer groups:
+    /// partitions assigned to it or revoked from it (each is also logged at
+    /// info level). `watch` runs on the group consumer's thread in the
+    /// middle of the rebalance: hand the event on, do not block.
+    ///
+    /// ```no_run
+    /// # async fn run() -> herald::Result<()> {
+    /// use herald_kafka::{KafkaConfig, KafkaStore, RebalanceKind};
+    /// let store = KafkaStore::open(KafkaConfig::new("127.0.0.1:9092")).await?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// store.on_rebalance(move |r| {
+    ///     let _ = tx.send(r.clone());
+    /// });
+    /// let bus = herald::Bus::new(store);
+    /// let _sub = bus.subscribe_raw("orders.>").group("billing").await?;
+    /// let first = rx.recv().await.unwrap();
+    /// assert_eq!(first.kind, RebalanceKind::Assigned);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_rebalance(&self, watch: impl Fn(&crate::Rebalanced) + Send + Sync + 'static) {
+        self.inner.rebalance_watchers.lock().push(Arc::new(watch));
+    }
+
+    /// Create herald topic `topic` (Kafka topic `<environment>.<topic>`)
+    /// with `partitions` partitions, as `herald topics create` does; a topic
+    /// that exists is left as it is. Publishing creates topics on its own
+    /// with `HERALD_KAFKA_PARTITIONS`; this is for a topic that needs
+    /// another count. `VALIDATION` for a count outside 1–10,000.
+    ///
+    /// ```no_run
+    /// # async fn run() -> herald::Result<()> {
+    /// use herald_kafka::{KafkaConfig, KafkaStore};
+    /// let store = KafkaStore::open(KafkaConfig::new("127.0.0.1:9092")).await?;
+    /// store.create_topic(&herald::Topic::new("orders.placed")?, 12).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_topic(&self, topic: &herald::Topic, partitions: u32) -> Result<()> {
+        herald::config::in_range("partitions", partitions, 1, 10_000)?;
+        self.inner.check_open()?;
+        let name = self.inner.config.kafka_topic(topic.as_str());
+        self.inner
+            .ensure_topic_with(&name, i32::try_from(partitions).unwrap_or(i32::MAX))
+            .await
+    }
+
+    /// Delete herald topic `topic` and every event in it; `NOT_FOUND` when
+    /// there is no such topic.
+    pub async fn delete_topic(&self, topic: &herald::Topic) -> Result<()> {
+        self.inner.check_open()?;
+        let name = self.inner.config.kafka_topic(topic.as_str());
+        let opts =
+            AdminOptions::new().operation_timeout(Some(self.inner.config.timeout_duration()));
+        let results = self
+            .inner
+            .admin
+            .delete_topics(&[name.as_str()], &opts)
+            .await
+            .map_err(|e| errors::kafka(&format!("delete topic `{name}`"), &e))?;
+        for r in results {
+            if let Err((t, code)) = r {
+                return Err(herald::Error::new(
+                    errors::code_of(&rdkafka::error::KafkaError::AdminOp(code)),
+                    format!("Kafka: delete topic `{t}`: {code}"),
+                ));
+            }
+        }
+        self.inner.known.lock().remove(&name);
+        Ok(())
     }
 
     /// Stop: publishes fail with `UNAVAILABLE`, subscriptions end, queued
@@ -228,6 +304,14 @@ impl Inner {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Tell the rebalance watchers.
+    pub(crate) fn rebalanced(&self, event: &crate::Rebalanced) {
+        let watchers = self.rebalance_watchers.lock().clone();
+        for w in watchers {
+            w(event);
+        }
     }
 
     /// Close `queue` with the store.

@@ -137,6 +137,10 @@ impl Transport for KafkaStore {
     ) -> Option<BoxFuture<'static, Result<Envelope>>> {
         Some(crate::commands::call(&self.inner, command, timeout))
     }
+
+    fn attach_metrics(&self, metrics: &herald::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics.clone());
+    }
 }
 
 /// Group-less subscriptions settle nothing on the brokers; what they give

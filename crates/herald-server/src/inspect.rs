@@ -95,6 +95,8 @@ pub struct TopicView {
     pub last_seq: u64,
     /// Events per second over the last minute.
     pub rate: f64,
+    /// Its partitions (1 unless the store partitions topics: Kafka).
+    pub partitions: u32,
 }
 
 /// Every topic with events.
@@ -121,6 +123,7 @@ pub async fn topics(
             topic: t.topic.to_string(),
             last_seq: t.last_seq,
             rate: state.rates.rate(t.topic.as_str(), now, t.last_seq),
+            partitions: t.partitions,
         })
         .collect();
     state.rates.record(now, &found);
@@ -226,6 +229,24 @@ pub struct GroupTopicView {
     pub last_seq: u64,
     /// Events not settled yet.
     pub lag: u64,
+    /// Per partition, on stores that partition topics (Kafka); absent on
+    /// the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionView>,
+}
+
+/// A group's standing on one partition of a topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PartitionView {
+    /// The partition.
+    pub partition: u32,
+    /// The group's committed offset: every event of the partition up to it
+    /// is settled.
+    pub acked_through: u64,
+    /// The partition's highest `seq`.
+    pub last_seq: u64,
+    /// Events past the committed offset.
+    pub lag: u64,
 }
 
 /// One consumer group.
@@ -239,6 +260,36 @@ pub struct GroupView {
     pub lag: u64,
     /// Per topic, by name.
     pub topics: Vec<GroupTopicView>,
+}
+
+impl From<herald::transport::GroupInfo> for GroupView {
+    fn from(g: herald::transport::GroupInfo) -> Self {
+        GroupView {
+            lag: g.lag(),
+            name: g.name,
+            patterns: g.patterns,
+            topics: g
+                .topics
+                .into_iter()
+                .map(|t| GroupTopicView {
+                    topic: t.topic.to_string(),
+                    acked_through: t.acked_through,
+                    last_seq: t.last_seq,
+                    lag: t.lag,
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .map(|p| PartitionView {
+                            partition: p.partition,
+                            acked_through: p.acked_through,
+                            last_seq: p.last_seq,
+                            lag: p.lag,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Every durable consumer group.
@@ -262,21 +313,7 @@ pub async fn groups(
         .groups()
         .await?
         .into_iter()
-        .map(|g| GroupView {
-            lag: g.lag(),
-            name: g.name,
-            patterns: g.patterns,
-            topics: g
-                .topics
-                .into_iter()
-                .map(|t| GroupTopicView {
-                    topic: t.topic.to_string(),
-                    acked_through: t.acked_through,
-                    last_seq: t.last_seq,
-                    lag: t.lag,
-                })
-                .collect(),
-        })
+        .map(GroupView::from)
         .collect();
     Ok(Json(GroupList { groups }))
 }

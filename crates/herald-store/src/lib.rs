@@ -171,6 +171,33 @@ impl Store {
         }
     }
 
+    /// A bus with `config` on this store. Publishing to a store outside
+    /// the process goes through DESIGN.md §6's guard: transient failures
+    /// (`UNAVAILABLE`, `TIMEOUT`) are retried by
+    /// [`RetryPolicy::from_env`](herald::retry::RetryPolicy::from_env), and
+    /// [`CircuitBreaker::from_env`](herald::breaker::CircuitBreaker::from_env)
+    /// fails publishes fast with `UNAVAILABLE` once that many failed in a
+    /// row. The in-process store publishes unguarded.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let store = herald_store::Store::open("memory://").await?;
+    /// let bus = store.bus(herald::Config::default())?;
+    /// bus.publish(herald::Message::json("orders.placed", &7u64)?).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bus(&self, config: Config) -> Result<Bus> {
+        let builder = Bus::builder().config(config).transport(self.transport());
+        match self {
+            Store::Memory(_) => builder.build(),
+            #[allow(unreachable_patterns)]
+            _ => builder
+                .publish_retry(herald::retry::RetryPolicy::from_env()?)
+                .publish_breaker(herald::breaker::CircuitBreaker::from_env()?)
+                .build(),
+        }
+    }
+
     /// Close the store: later publishes fail with `UNAVAILABLE`, open
     /// subscriptions end. Idempotent.
     pub async fn close(&self) -> Result<()> {
@@ -182,11 +209,7 @@ impl Store {
 /// one line a service needs to run on whichever store it is configured for.
 pub async fn bus_from_env() -> Result<Bus> {
     let config = Config::from_env()?;
-    let store = Store::from_env().await?;
-    Bus::builder()
-        .config(config)
-        .transport(store.transport())
-        .build()
+    Store::from_env().await?.bus(config)
 }
 
 fn scheme(url: &str) -> Result<&str> {

@@ -136,6 +136,9 @@ impl Bus {
         if let (Some(breaker), true) = (&options.publish_breaker, options.instrument) {
             breaker.export(&metrics, "publish");
         }
+        if options.instrument {
+            transport.attach_metrics(&metrics);
+        }
         let publisher = Publisher::new(
             transport.clone(),
             options.batching,

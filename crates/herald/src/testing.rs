@@ -359,6 +359,10 @@ impl Transport for FaultyTransport {
         self.inner.call(command, timeout)
     }
 
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        self.inner.attach_metrics(metrics)
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         self.inner.close()
     }

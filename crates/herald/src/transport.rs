@@ -94,14 +94,54 @@ pub enum DeliveryState {
 pub struct TopicInfo {
     /// The topic.
     pub topic: Topic,
-    /// Its highest `seq`.
+    /// Its highest `seq` (on a partitioned store: of its fullest partition).
     pub last_seq: u64,
+    /// Its partitions: 1 unless the store partitions topics (Kafka).
+    pub partitions: u32,
 }
 
 impl TopicInfo {
-    /// `topic` at `last_seq`.
+    /// `topic` at `last_seq`, in one partition.
     pub fn new(topic: Topic, last_seq: u64) -> Self {
-        TopicInfo { topic, last_seq }
+        TopicInfo {
+            topic,
+            last_seq,
+            partitions: 1,
+        }
+    }
+
+    /// The same, in `n` partitions.
+    pub fn with_partitions(mut self, n: u32) -> Self {
+        self.partitions = n;
+        self
+    }
+}
+
+/// Where a consumer group stands on one partition of a topic (stores that
+/// partition topics: Kafka). Offsets count from 1, like `seq` on Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionStanding {
+    /// The partition.
+    pub partition: u32,
+    /// Every event of the partition with `seq` at or below this is settled
+    /// (the group's committed offset).
+    pub acked_through: u64,
+    /// The partition's highest `seq` (its high watermark).
+    pub last_seq: u64,
+    /// Events of the partition past the committed offset.
+    pub lag: u64,
+}
+
+impl PartitionStanding {
+    /// A group's standing on `partition`.
+    pub fn new(partition: u32, acked_through: u64, last_seq: u64) -> Self {
+        PartitionStanding {
+            partition,
+            acked_through,
+            last_seq,
+            lag: last_seq.saturating_sub(acked_through),
+        }
     }
 }
 
@@ -120,6 +160,8 @@ pub struct GroupTopic {
     /// Events of the topic the group has not settled yet (waiting, or in
     /// flight): its lag.
     pub lag: u64,
+    /// Per partition, on stores that partition topics (else empty).
+    pub partitions: Vec<PartitionStanding>,
 }
 
 impl GroupTopic {
@@ -130,7 +172,14 @@ impl GroupTopic {
             acked_through,
             last_seq,
             lag,
+            partitions: Vec::new(),
         }
+    }
+
+    /// The same, with its standing per partition.
+    pub fn with_partitions(mut self, partitions: Vec<PartitionStanding>) -> Self {
+        self.partitions = partitions;
+        self
     }
 }
 
@@ -246,6 +295,13 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (command, timeout);
         None
     }
+
+    /// Record this transport's own metrics (Kafka's consumer lag per
+    /// partition, say) in `metrics`: called with the registry of each bus
+    /// built on it with instrumentation on. The default records nothing.
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        let _ = metrics;
+    }
 }
 
 /// A shared transport is a transport: `Bus::new(store.transport())` takes an
@@ -315,5 +371,9 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
         timeout: Duration,
     ) -> Option<BoxFuture<'static, Result<Envelope>>> {
         (**self).call(command, timeout)
+    }
+
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        (**self).attach_metrics(metrics)
     }
 }
