@@ -17,6 +17,10 @@ use herald::Result;
 pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
 /// How long a producer waits to fill a batch (`HERALD_KAFKA_LINGER_MS`).
 pub const DEFAULT_LINGER_MS: u32 = 5;
+/// How long the brokers wait for a silent group member before they give
+/// its partitions to the others (`HERALD_KAFKA_SESSION_TIMEOUT_MS`; Kafka's
+/// and librdkafka's default).
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 45_000;
 /// Most records the producer puts in one batch (`HERALD_KAFKA_BATCH_MESSAGES`,
 /// librdkafka's `batch.num.messages`).
 pub const DEFAULT_BATCH_MESSAGES: u32 = 10_000;
@@ -114,6 +118,7 @@ pub struct KafkaConfig {
     auto_commit: bool,
     compression: Compression,
     linger_ms: u32,
+    session_timeout_ms: u32,
     batch_messages: u32,
     partitions: u32,
     group: String,
@@ -153,6 +158,7 @@ impl KafkaConfig {
             auto_commit: false,
             compression: Compression::None,
             linger_ms: DEFAULT_LINGER_MS,
+            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             batch_messages: DEFAULT_BATCH_MESSAGES,
             partitions: DEFAULT_PARTITIONS,
             group: DEFAULT_GROUP.to_owned(),
@@ -232,6 +238,9 @@ impl KafkaConfig {
         if let Some(v) = number("HERALD_KAFKA_LINGER_MS")? {
             c.linger_ms = u32::try_from(v).unwrap_or(u32::MAX);
         }
+        if let Some(v) = number("HERALD_KAFKA_SESSION_TIMEOUT_MS")? {
+            c.session_timeout_ms = u32::try_from(v).unwrap_or(u32::MAX);
+        }
         if let Some(v) = number("HERALD_KAFKA_BATCH_MESSAGES")? {
             c.batch_messages = u32::try_from(v).unwrap_or(u32::MAX);
         }
@@ -307,6 +316,14 @@ impl KafkaConfig {
     /// How long the producer waits to fill a batch.
     pub fn linger_ms(mut self, ms: u32) -> Self {
         self.linger_ms = ms;
+        self
+    }
+
+    /// How long the brokers wait for a silent group member (a crashed
+    /// process) before its partitions go to the others, in ms (default
+    /// 45,000; 1,000–3,600,000, within the brokers' own bounds).
+    pub fn session_timeout_ms(mut self, ms: u32) -> Self {
+        self.session_timeout_ms = ms;
         self
     }
 
@@ -446,6 +463,12 @@ impl KafkaConfig {
             ));
         }
         in_range("HERALD_KAFKA_LINGER_MS", self.linger_ms, 0, 1000)?;
+        in_range(
+            "HERALD_KAFKA_SESSION_TIMEOUT_MS",
+            self.session_timeout_ms,
+            1000,
+            3_600_000,
+        )?;
         in_range("HERALD_KAFKA_PARTITIONS", self.partitions, 1, 10_000)?;
         in_range(
             "HERALD_KAFKA_BATCH_MESSAGES",
@@ -579,6 +602,10 @@ impl KafkaConfig {
         };
         p.insert("auto.offset.reset".into(), reset.into());
         p.insert("enable.auto.commit".into(), self.auto_commit.to_string());
+        p.insert(
+            "session.timeout.ms".into(),
+            self.session_timeout_ms.to_string(),
+        );
         p.insert("enable.auto.offset.store".into(), "false".into());
         p.insert("enable.partition.eof".into(), "false".into());
         p.insert("fetch.wait.max.ms".into(), "10".into());
@@ -687,6 +714,10 @@ mod tests {
                 "HERALD_KAFKA_BOOTSTRAP_SERVERS",
             ),
             (vec![("HERALD_KAFKA_ACKS", "2")], "HERALD_KAFKA_ACKS"),
+            (
+                vec![("HERALD_KAFKA_SESSION_TIMEOUT_MS", "999")],
+                "HERALD_KAFKA_SESSION_TIMEOUT_MS",
+            ),
             (vec![("HERALD_KAFKA_ACKS", "0")], "HERALD_KAFKA_ACKS"),
             (
                 vec![("HERALD_KAFKA_ENABLE_IDEMPOTENCE", "yes")],

@@ -14,6 +14,11 @@ pub(crate) fn kafka(doing: &str, err: &KafkaError) -> Error {
     Error::new(code_of(err), format!("Kafka: {doing}: {err}"))
 }
 
+/// An admin operation's failure on one topic, as a herald error.
+pub(crate) fn admin(doing: &str, topic: &str, code: RDKafkaErrorCode) -> Error {
+    Error::new(code_for(code), format!("Kafka: {doing} `{topic}`: {code}"))
+}
+
 /// The herald code of a Kafka failure.
 pub(crate) fn code_of(err: &KafkaError) -> ErrorCode {
     match err.rdkafka_error_code() {

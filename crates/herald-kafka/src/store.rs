@@ -216,10 +216,7 @@ impl KafkaStore {
             .map_err(|e| errors::kafka(&format!("delete topic `{name}`"), &e))?;
         for r in results {
             if let Err((t, code)) = r {
-                return Err(herald::Error::new(
-                    errors::code_of(&rdkafka::error::KafkaError::AdminOp(code)),
-                    format!("Kafka: delete topic `{t}`: {code}"),
-                ));
+                return Err(errors::admin("delete topic", &t, code));
             }
         }
         self.inner.known.lock().remove(&name);
@@ -357,12 +354,7 @@ impl Inner {
             match r {
                 Ok(_) => made = true,
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => {
-                    return Err(herald::Error::new(
-                        errors::code_of(&rdkafka::error::KafkaError::AdminOp(code)),
-                        format!("Kafka: create topic `{t}`: {code}"),
-                    ))
-                }
+                Err((t, code)) => return Err(errors::admin("create topic", &t, code)),
             }
         }
         self.wait_for_leaders(name).await?;

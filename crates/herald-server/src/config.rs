@@ -155,6 +155,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "none, gzip, snappy, lz4, zstd",
     ),
     ("HERALD_KAFKA_LINGER_MS", "5", "0–1000"),
+    ("HERALD_KAFKA_SESSION_TIMEOUT_MS", "45000", "1000–3600000"),
     ("HERALD_KAFKA_PARTITIONS", "3", "1–10000"),
     ("HERALD_KAFKA_BATCH_MESSAGES", "10000", "1–1000000"),
     (

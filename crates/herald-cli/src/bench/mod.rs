@@ -7,8 +7,10 @@
 //! in the same run.
 
 mod drain;
+mod durable;
 mod gateway;
 mod handler;
+mod kafka;
 mod latency;
 mod nats;
 mod postgres;
@@ -45,7 +47,8 @@ pub struct Args {
     /// `sqlite:PATH` (PATH must not exist; the files are removed after), a
     /// `postgres://` URL (it works in a schema of its own, dropped after) or
     /// a `nats://` URL (under a subject prefix of its own, whose streams
-    /// are deleted after).
+    /// are deleted after) or a `kafka://HOST:PORT` URL (in an environment
+    /// of its own, whose topics are deleted after).
     #[arg(long, value_parser = parse_store)]
     store: Option<Store>,
     /// Benchmark `herald serve`: HTTP publish throughput and latency next
@@ -60,6 +63,7 @@ enum Store {
     Sqlite(std::path::PathBuf),
     Postgres(String),
     Nats(String),
+    Kafka(String),
 }
 
 fn parse_store(s: &str) -> Result<Store, String> {
@@ -69,10 +73,13 @@ fn parse_store(s: &str) -> Result<Store, String> {
     if s.starts_with("nats://") || s.starts_with("tls://") {
         return Ok(Store::Nats(s.to_owned()));
     }
+    if s.starts_with("kafka://") {
+        return Ok(Store::Kafka(s.to_owned()));
+    }
     match s.strip_prefix("sqlite:") {
         Some(p) if !p.is_empty() => Ok(Store::Sqlite(p.trim_start_matches("//").into())),
         _ => Err(format!(
-            "{s:?}: expected sqlite:PATH, postgres://… or nats://…"
+            "{s:?}: expected sqlite:PATH, postgres://…, nats://… or kafka://…"
         )),
     }
 }
@@ -229,7 +236,7 @@ pub fn main(args: Args) -> ExitCode {
     if let Some(Store::Nats(url)) = &args.store {
         return store_report(runtime.block_on(nats::run(url, args.check)), |r| {
             eprintln!(
-                "\nherald bench --store nats (JetStream, file storage)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.8 against raw async-nats, same acks\n\npublish → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\n",
+                "\nherald bench --store nats (JetStream, file storage)\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.8 against raw async-nats, same acks\n\npublish → durable group member (ms): p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\ncommand round trip to another process (ms): p50 {:.2}  p99 {:.2}\n",
                 "publishes/s",
                 "herald",
                 "raw",
@@ -248,6 +255,41 @@ pub fn main(args: Args) -> ExitCode {
                 r.end_to_end.max_us / 1000.0,
                 r.group_drain_1,
                 r.group_drain_4,
+                r.call.p50_us / 1000.0,
+                r.call.p99_us / 1000.0,
+            );
+        });
+    }
+    if let Some(Store::Kafka(url)) = &args.store {
+        return store_report(runtime.block_on(kafka::run(url, args.check)), |r| {
+            eprintln!(
+                "\nherald bench --store kafka (brokers {})\n\n{:<34} {:>12} {:>12} {:>7}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\n{:<34} {:>12.0} {:>12.0} {:>7.2}\ngoal: ratio ≥ 0.8 against a raw rdkafka producer, same settings\n\npublish → group consumer (ms)      p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\nraw rdkafka send → group consumer  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}   ratio (raw/herald p50) {:.2}\ndurable group drain (receive + ack): {:.0}/s with 1 member, {:.0}/s with 4\ncommand round trip to another process (ms): p50 {:.2}  p99 {:.2}\n",
+                r.brokers,
+                "publishes/s",
+                "herald",
+                "raw",
+                "ratio",
+                "awaiting each delivery report",
+                r.herald_sync,
+                r.raw_sync,
+                r.ratio_sync,
+                format!("{} tasks × {} in flight", kafka::TASKS, kafka::BATCH),
+                r.herald_pipelined,
+                r.raw_pipelined,
+                r.ratio_pipelined,
+                r.end_to_end.p50_us / 1000.0,
+                r.end_to_end.p95_us / 1000.0,
+                r.end_to_end.p99_us / 1000.0,
+                r.end_to_end.max_us / 1000.0,
+                r.raw_end_to_end.p50_us / 1000.0,
+                r.raw_end_to_end.p95_us / 1000.0,
+                r.raw_end_to_end.p99_us / 1000.0,
+                r.raw_end_to_end.max_us / 1000.0,
+                r.ratio_latency_p50,
+                r.group_drain_1,
+                r.group_drain_4,
+                r.call.p50_us / 1000.0,
+                r.call.p99_us / 1000.0,
             );
         });
     }

@@ -6,14 +6,13 @@
 //! group member latency; and how fast a group drains a backlog. Everything
 //! lives under a subject prefix of its own whose streams are deleted after.
 
-use std::time::{Duration, Instant};
-
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
-use herald::{Bus, Envelope, Error, ErrorCode, Message, Result, StartPosition, Topic};
+use herald::{Bus, Envelope, Error, ErrorCode, Result, Topic};
 use herald_nats::{NatsConfig, NatsStore, Storage};
 use serde::Serialize;
 
+use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -36,6 +35,8 @@ pub struct NatsFigures {
     /// and with four.
     pub group_drain_1: f64,
     pub group_drain_4: f64,
+    /// A command's round trip to a handler on another store (process).
+    pub call: Percentiles,
 }
 
 /// Concurrent publishing tasks in the pipelined run.
@@ -51,15 +52,20 @@ pub async fn run(url: &str, short: bool) -> Result<NatsFigures> {
         fastrand::u32(..1 << 24)
     );
     let config = NatsConfig::new(url).prefix(&prefix).storage(Storage::File);
-    let store = NatsStore::open(config).await?;
-    let result = measure(&store, &prefix, short).await;
+    let store = NatsStore::open(config.clone()).await?;
+    let result = measure(&store, &config, &prefix, short).await;
     let client = store.client().clone();
     store.close().await;
     remove_streams(&client, &prefix).await;
     result
 }
 
-async fn measure(store: &NatsStore, prefix: &str, short: bool) -> Result<NatsFigures> {
+async fn measure(
+    store: &NatsStore,
+    config: &NatsConfig,
+    prefix: &str,
+    short: bool,
+) -> Result<NatsFigures> {
     let bus = Bus::new(store.clone());
     let sample = sample()?;
     let js = jetstream::new(store.client().clone());
@@ -79,15 +85,20 @@ async fn measure(store: &NatsStore, prefix: &str, short: bool) -> Result<NatsFig
 
     let sync = if short { 500 } else { 5_000 };
     let pipelined = TASKS * BATCH * if short { 10 } else { 100 };
-    let herald_sync = herald_publishes(&bus, sync, 1, 1, &sample).await?;
+    let herald_sync = durable::herald_publishes(&bus, sync, 1, 1, &sample).await?;
     let raw_sync = raw_publishes(&js, &raw_subject, sync, 1, 1, &sample).await?;
-    let herald_pipelined = herald_publishes(&bus, pipelined, TASKS, BATCH, &sample).await?;
+    let herald_pipelined =
+        durable::herald_publishes(&bus, pipelined, TASKS, BATCH, &sample).await?;
     let raw_pipelined = raw_publishes(&js, &raw_subject, pipelined, TASKS, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
-    let end_to_end = end_to_end(&bus, rounds, (rounds / 10).max(50)).await?;
+    let end_to_end = durable::end_to_end(&bus, rounds, (rounds / 10).max(50)).await?;
     let drain = if short { 2_000 } else { 20_000 };
     let group_drain_1 = super::drain::group_drain(&bus, drain, 1, BATCH).await?;
     let group_drain_4 = super::drain::group_drain(&bus, drain, 4, BATCH).await?;
+    let server = NatsStore::open(config.clone()).await?;
+    let call = durable::call_latency(&Bus::new(server.clone()), &bus, rounds, rounds / 10).await;
+    server.close().await;
+    let call = call?;
     Ok(NatsFigures {
         herald_sync,
         raw_sync,
@@ -98,39 +109,8 @@ async fn measure(store: &NatsStore, prefix: &str, short: bool) -> Result<NatsFig
         end_to_end,
         group_drain_1,
         group_drain_4,
+        call,
     })
-}
-
-/// `tasks` tasks each publishing its share of `events` through herald in
-/// batches of `batch` (a batch is sent whole, then its acks awaited).
-async fn herald_publishes(
-    bus: &Bus,
-    events: usize,
-    tasks: usize,
-    batch: usize,
-    sample: &Envelope,
-) -> Result<f64> {
-    let per_task = events / tasks;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (bus, sample) = (bus.clone(), sample.clone());
-            tokio::spawn(async move {
-                let mut left = per_task;
-                while left > 0 {
-                    let n = batch.min(left);
-                    bus.publish((0..n).map(|_| fresh(&sample)).collect::<Vec<_>>())
-                        .await?;
-                    left -= n;
-                }
-                Ok::<_, Error>(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.map_err(|e| Error::internal(e.to_string()))??;
-    }
-    Ok((per_task * tasks) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The same messages, headers and body as herald sends them, published
@@ -143,75 +123,35 @@ async fn raw_publishes(
     batch: usize,
     sample: &Envelope,
 ) -> Result<f64> {
-    let per_task = events / tasks;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (js, sample, subject) = (js.clone(), sample.clone(), subject.to_owned());
-            tokio::spawn(async move {
-                let mut left = per_task;
-                while left > 0 {
-                    let n = batch.min(left);
-                    let mut acks = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let env = fresh(&sample);
-                        let (pairs, body) = herald::headers::encode(&env)?;
-                        let mut headers = async_nats::HeaderMap::new();
-                        for (name, value) in pairs {
-                            headers.insert(name, value.as_str());
-                        }
-                        let msg = jetstream::message::PublishMessage::build()
-                            .headers(headers)
-                            .message_id(env.idempotency_key().as_ref())
-                            .payload(body);
-                        let ack = js
-                            .send_publish(subject.clone(), msg)
-                            .await
-                            .map_err(|e| nats("raw publish", e))?;
-                        acks.push(ack);
-                    }
-                    for ack in acks {
-                        ack.await.map_err(|e| nats("raw publish ack", e))?;
-                    }
-                    left -= n;
+    let (js, sample, subject) = (js.clone(), sample.clone(), subject.to_owned());
+    durable::rate(events, tasks, batch, move |n| {
+        let (js, sample, subject) = (js.clone(), sample.clone(), subject.clone());
+        async move {
+            let mut acks = Vec::with_capacity(n);
+            for _ in 0..n {
+                let env = fresh(&sample);
+                let (pairs, body) = herald::headers::encode(&env)?;
+                let mut headers = async_nats::HeaderMap::new();
+                for (name, value) in pairs {
+                    headers.insert(name, value.as_str());
                 }
-                Ok::<_, Error>(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.map_err(|e| Error::internal(e.to_string()))??;
-    }
-    Ok((per_task * tasks) as f64 / start.elapsed().as_secs_f64())
-}
-
-/// One publish at a time; from the call to a durable group member having it.
-async fn end_to_end(bus: &Bus, rounds: usize, warmup: usize) -> Result<Percentiles> {
-    let mut sub = bus
-        .subscribe_raw("bench.latency")
-        .group("bench.latency")
-        .start(StartPosition::Latest)
-        .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = sub.next().await {
-            let at = Instant::now();
-            if d.ack().await.is_err() || tx.send(at).is_err() {
-                break;
+                let msg = jetstream::message::PublishMessage::build()
+                    .headers(headers)
+                    .message_id(env.idempotency_key().as_ref())
+                    .payload(body);
+                let ack = js
+                    .send_publish(subject.clone(), msg)
+                    .await
+                    .map_err(|e| nats("raw publish", e))?;
+                acks.push(ack);
             }
+            for ack in acks {
+                ack.await.map_err(|e| nats("raw publish ack", e))?;
+            }
+            Ok(())
         }
-    });
-    let mut samples = Vec::with_capacity(warmup + rounds);
-    for i in 0..warmup + rounds {
-        let started = Instant::now();
-        bus.publish(Message::json("bench.latency", &i)?).await?;
-        let at = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .map_err(|_| Error::new(ErrorCode::Timeout, "the group member got nothing"))?
-            .ok_or_else(|| Error::internal("the subscriber stopped"))?;
-        samples.push(at.saturating_duration_since(started));
-    }
-    Ok(Percentiles::of(samples, warmup))
+    })
+    .await
 }
 
 /// Delete every stream under `prefix`.
