@@ -192,3 +192,121 @@ fn every_command_has_help_with_examples() {
         );
     }
 }
+
+/// A Kafka-protocol broker for one test: `HERALD_TEST_KAFKA_BROKERS`, or a
+/// `tansu` of its own (in-memory, killed when dropped).
+struct Broker {
+    servers: String,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        if let Ok(servers) = std::env::var("HERALD_TEST_KAFKA_BROKERS") {
+            if !servers.trim().is_empty() {
+                return Broker {
+                    servers,
+                    child: None,
+                };
+            }
+        }
+        let port = support::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (cargo install tansu --locked --features libsql,dynostore)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Broker {
+            servers: format!("127.0.0.1:{port}"),
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn topics_are_made_and_removed_on_kafka_from_the_cli() {
+    let broker = Broker::start();
+    let store = format!("kafka://{}", broker.servers);
+    let environment = format!("cli{:08x}", std::process::id());
+    let herald = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .args(["--store", &store])
+            .env("HERALD_ENVIRONMENT", &environment)
+            .env("HERALD_KAFKA_BATCH_MESSAGES", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = herald(&["topics", "create", "cli.orders", "--partitions", "4"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("created cli.orders (4 partitions)"), "{err}");
+    let (code, out, err) = herald(&["publish", "cli.orders", r#"{"id": 1}"#]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("cli.orders #"), "{out}");
+    let (code, out, err) = herald(&["topics", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let orders = listed
+        .iter()
+        .find(|t| t["topic"] == "cli.orders")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(orders["partitions"], 4);
+
+    let (code, _, err) = herald(&["topics", "delete", "cli.orders"]);
+    assert_eq!(code, Some(0), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, _, err) = herald(&["topics", "delete", "cli.orders"]);
+        if code == Some(4) {
+            assert!(err.contains("NOT_FOUND"), "{err}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still there: {err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, _, err) = herald(&["topics", "create", "cli.x", "--partitions", "0"]);
+    assert_eq!(code, Some(3), "VALIDATION: {err}");
+
+    // Other stores make topics as they are published to.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["topics", "create", "cli.orders", "--store"])
+        .arg(format!("sqlite://{}", dir.path().join("h.db").display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka://"));
+}
