@@ -238,9 +238,11 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
 
     let mut config =
         crate::store::client_config(inner.config.consumer_properties(&group.kafka_group));
-    // Statistics each second: the partitions' high watermarks, for the
-    // lag gauges (GroupContext::stats).
-    config.set("statistics.interval.ms", "1000");
+    // Statistics each second, when a bus records metrics: the partitions'
+    // high watermarks, for the lag gauges (GroupContext::stats).
+    if inner.metrics.get().is_some() {
+        config.set("statistics.interval.ms", "1000");
+    }
     let consumer: BaseConsumer<GroupContext> = config
         .create_with_context(GroupContext {
             group: group.clone(),
@@ -454,9 +456,6 @@ impl Group {
     /// librdkafka's latest statistics less its first unsettled offset.
     fn report_lag(&self, stats: &rdkafka::Statistics) {
         let Some(inner) = self.inner() else { return };
-        if inner.metrics.get().is_none() {
-            return;
-        }
         let held: Vec<((String, i32), i64)> = self
             .parts
             .lock()

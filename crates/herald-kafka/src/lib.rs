@@ -32,5 +32,5 @@ pub use dead_letters::{
     ORIGINAL_TOPIC,
 };
 pub use rebalance::{RebalanceKind, Rebalanced};
-pub use store::KafkaStore;
+pub use store::{client_config, KafkaStore};
 pub use transport::FEATURES;

@@ -267,10 +267,10 @@ async fn keeps_commit_metadata(config: &KafkaConfig) -> Result<bool> {
     .map_err(|e: rdkafka::error::KafkaError| errors::kafka("probe the brokers' offset commits", &e))
 }
 
-/// A librdkafka client configuration of `properties`.
-pub(crate) fn client_config(
-    properties: std::collections::BTreeMap<String, String>,
-) -> ClientConfig {
+/// A librdkafka client configuration of `properties` (one of
+/// [`KafkaConfig`]'s property maps), for a plain rdkafka client with
+/// herald's settings.
+pub fn client_config(properties: std::collections::BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in properties {
         c.set(k, v);

@@ -9,15 +9,13 @@
 //! deleted after. Other `HERALD_KAFKA_*` settings apply to both sides
 //! (tansu 0.6 needs `HERALD_KAFKA_BATCH_MESSAGES=1`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::{Bus, Envelope, Error, ErrorCode, Result, Topic};
-use herald_kafka::{KafkaConfig, KafkaStore};
+use herald_kafka::{client_config as client, KafkaConfig, KafkaStore};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
@@ -274,15 +272,6 @@ async fn remove_topics(config: &KafkaConfig) {
     };
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
-}
-
-/// A librdkafka client configuration of `properties`.
-fn client(properties: BTreeMap<String, String>) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in properties {
-        c.set(k, v);
-    }
-    c
 }
 
 fn kafka(doing: &str, e: impl std::fmt::Display) -> Error {

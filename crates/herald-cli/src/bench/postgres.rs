@@ -13,6 +13,7 @@ use herald::{Bus, Envelope, Error, Message, Result, StartPosition};
 use herald_postgres::{PgConfig, PgStore};
 use serde::Serialize;
 
+use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -118,7 +119,7 @@ async fn herald_publishes(
     sample: &Envelope,
 ) -> Result<f64> {
     let (store, sample) = (store.clone(), sample.clone());
-    concurrently(events, batch, move |n| {
+    durable::rate(events, TASKS, batch, move |n| {
         let (store, sample) = (store.clone(), sample.clone());
         async move {
             let mut tx = store.pool().begin().await.map_err(pg)?;
@@ -129,35 +130,6 @@ async fn herald_publishes(
         }
     })
     .await
-}
-
-/// Run `transaction(n)` from [`TASKS`] tasks until each has done its share
-/// of `events` in transactions of `batch`; events per second.
-async fn concurrently<W, F>(events: usize, batch: usize, transaction: W) -> Result<f64>
-where
-    W: Fn(usize) -> F + Clone + Send + 'static,
-    F: std::future::Future<Output = Result<()>> + Send,
-{
-    let per_task = events / TASKS;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let transaction = transaction.clone();
-            tokio::spawn(async move {
-                let mut left = per_task;
-                while left > 0 {
-                    let n = batch.min(left);
-                    transaction(n).await?;
-                    left -= n;
-                }
-                Ok::<_, Error>(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.map_err(|e| Error::internal(e.to_string()))??;
-    }
-    Ok((per_task * TASKS) as f64 / start.elapsed().as_secs_f64())
 }
 
 async fn raw_table(store: &PgStore, schema: &str) -> Result<()> {
@@ -185,7 +157,7 @@ async fn raw_inserts(
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[])"
     ));
     let (pool, sample) = (store.pool().clone(), sample.clone());
-    concurrently(events, batch, move |n| {
+    durable::rate(events, TASKS, batch, move |n| {
         let (pool, sample, sql) = (pool.clone(), sample.clone(), sql.clone());
         async move {
             let envs: Vec<Envelope> = (0..n).map(|_| fresh(&sample)).collect();

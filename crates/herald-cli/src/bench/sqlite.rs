@@ -14,6 +14,7 @@ use herald::{Envelope, Error, Message, Result};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
 
+use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -81,29 +82,17 @@ async fn herald_appends(
     sample: &Envelope,
 ) -> Result<f64> {
     let store = SqliteStore::open(SqliteConfig::new(path)).await?;
-    let per_task = events / TASKS.max(1);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let store = store.clone();
-            let sample = sample.clone();
-            tokio::spawn(async move {
-                let mut left = per_task;
-                while left > 0 {
-                    let n = batch.min(left);
-                    store
-                        .append((0..n).map(|_| fresh(&sample)).collect())
-                        .await?;
-                    left -= n;
-                }
-                Ok::<_, Error>(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.map_err(|e| Error::internal(e.to_string()))??;
-    }
-    Ok((per_task * TASKS) as f64 / start.elapsed().as_secs_f64())
+    let sample = sample.clone();
+    durable::rate(events, TASKS, batch, move |n| {
+        let (store, sample) = (store.clone(), sample.clone());
+        async move {
+            store
+                .append((0..n).map(|_| fresh(&sample)).collect())
+                .await
+                .map(|_| ())
+        }
+    })
+    .await
 }
 
 /// Publish one event and wait until a durable group member has it; the
