@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -391,6 +391,12 @@ impl Envelope {
     /// payload size (`BACKPRESSURE`).
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         limits.check_headers(&self.headers)?;
+        if let Some(t) = self.expires_at.filter(|t| !is_wire_time(t)) {
+            return Err(Error::validation(format!(
+                "`expires_at` {t} of a message to `{}` is outside the years 0000-9999",
+                self.topic
+            )));
+        }
         limits.check_payload(self.topic.as_str(), self.payload.len())?;
         // Raw bytes under a JSON content type must be JSON, or the envelope
         // cannot be encoded: refuse them here, not at a store's encode.
@@ -459,6 +465,28 @@ pub(crate) fn uuid_time(id: &Uuid) -> DateTime<Utc> {
 
 pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Whether [`format_time`] writes `t` as RFC 3339, which has four-digit
+/// years only (chrono writes others with a sign, which no parser reads).
+pub(crate) fn is_wire_time(t: &DateTime<Utc>) -> bool {
+    (0..=9999).contains(&t.year())
+}
+
+/// A time as the wire carries it: RFC 3339, in UTC, to the millisecond
+/// (what [`format_time`] writes, so a decoded time is encoded as it was
+/// read), in the years 0000-9999 (so it can be written again at all).
+pub(crate) fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>> {
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| Error::validation(format!("{what} {s:?} is not RFC 3339: {e}")))?
+        .with_timezone(&Utc)
+        .trunc_subsecs(3);
+    if !is_wire_time(&t) {
+        return Err(Error::validation(format!(
+            "{what} {s:?} is outside the years 0000-9999 in UTC"
+        )));
+    }
+    Ok(t)
 }
 
 /// Check a short free-text field: non-empty, bounded, no control characters.
@@ -557,9 +585,7 @@ impl TryFrom<WireEnvelope> for Envelope {
         if w.id.get_version_num() != 7 {
             return Err(Error::validation(format!("`id` {} is not a UUID v7", w.id)));
         }
-        let time = DateTime::parse_from_rfc3339(&w.time)
-            .map_err(|e| Error::validation(format!("`time` {:?} is not RFC 3339: {e}", w.time)))?
-            .with_timezone(&Utc);
+        let time = parse_time("`time`", &w.time)?;
         if time.timestamp_millis() != uuid_time(&w.id).timestamp_millis() {
             return Err(Error::validation(format!(
                 "`time` {} differs from the time in `id` ({})",
@@ -586,21 +612,19 @@ impl TryFrom<WireEnvelope> for Envelope {
         }
         let expires_at = w
             .expires_at
-            .map(|s| {
-                DateTime::parse_from_rfc3339(&s)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| {
-                        Error::validation(format!("`expires_at` {s:?} is not RFC 3339: {e}"))
-                    })
-            })
+            .map(|s| parse_time("`expires_at`", &s))
             .transpose()?;
         let content_type: Cow<'static, str> = match w.content_type {
             Some(c) if c != JSON_CONTENT_TYPE => Cow::Owned(c),
             _ => Cow::Borrowed(JSON_CONTENT_TYPE),
         };
+        let json = is_json_content_type(&content_type);
         let payload = match w.payload {
-            None => Payload::null(),
-            Some(raw) if is_json_content_type(&content_type) => Payload::Json(Arc::from(raw)),
+            None if json => Payload::null(),
+            // Raw bytes' `null` is no bytes: JSON `null` here would be
+            // encoded as the base64 of the text `null`, four bytes out of none.
+            None => Payload::bytes(Vec::new()),
+            Some(raw) if json => Payload::Json(Arc::from(raw)),
             Some(raw) => {
                 let text: String = serde_json::from_str(raw.get()).map_err(|_| {
                     Error::validation(format!(
@@ -728,5 +752,90 @@ impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let wire = WireEnvelope::deserialize(d)?;
         Envelope::try_from(wire).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The schema test's reference envelope, minimal, with `patch` applied.
+    fn wire(patch: Value) -> Vec<u8> {
+        let mut env = json!({
+            "id": "01936f0e-8b7a-7cc2-9a3e-2f1d5c6b7a80",
+            "time": "2024-11-27T19:17:24.474Z",
+            "source": "billing",
+            "kind": "event",
+            "topic": "invoice.paid",
+            "correlation_id": "01936f0e-8b7a-7cc2-9a3e-2f1d5c6b7a81",
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            env[k] = v.clone();
+        }
+        serde_json::to_vec(&env).unwrap()
+    }
+
+    /// Decode `bytes`, and check that its encoding decodes to it again.
+    fn round_trip(bytes: &[u8]) -> Envelope {
+        let env = Envelope::from_json(bytes).unwrap();
+        let json = env.to_json().unwrap();
+        let again = Envelope::from_json(&json).unwrap();
+        assert_eq!(again, env, "{}", String::from_utf8_lossy(&json));
+        env
+    }
+
+    // Found by fuzz/ (target `envelope`): a raw-bytes envelope without a
+    // payload was read as JSON `null`, written as the base64 of the text
+    // `null`, and read back as those four bytes.
+    #[test]
+    fn no_payload_under_a_raw_content_type_is_no_bytes() {
+        for payload in [None, Some(Value::Null)] {
+            let mut patch = json!({"content_type": "application/octet-stream"});
+            if let Some(p) = payload {
+                patch["payload"] = p;
+            }
+            let env = round_trip(&wire(patch));
+            assert_eq!(env.payload(), &Payload::bytes(Vec::new()));
+            assert!(env.payload().is_null());
+        }
+        assert_eq!(round_trip(&wire(json!({}))).payload(), &Payload::null());
+    }
+
+    // Found by fuzz/ (target `envelope`): `expires_at` was kept to the
+    // nanosecond but written to the millisecond, so an envelope read back
+    // from its own encoding differed.
+    #[test]
+    fn times_are_read_to_the_millisecond_the_wire_writes() {
+        let env = round_trip(&wire(json!({
+            "time": "2024-11-27T19:17:24.474999Z",
+            "expires_at": "2030-01-01T12:34:56.7879+02:00",
+        })));
+        let expires = env.expires_at().unwrap();
+        assert_eq!(format_time(&expires), "2030-01-01T10:34:56.787Z");
+        // A leap second survives too.
+        round_trip(&wire(json!({"expires_at": "2016-12-31T23:59:60.5Z"})));
+    }
+
+    // Found writing fuzz/'s round-trip check: in UTC a time may fall outside
+    // RFC 3339's years 0000-9999, which chrono writes with a sign
+    // (`+10000-…`) that no parser reads, so the envelope's own encoding
+    // was refused (a store could not read back what it had accepted).
+    #[test]
+    fn times_outside_the_years_0000_to_9999_in_utc_are_refused() {
+        for patch in [
+            json!({"expires_at": "9999-12-31T23:59:59.999-01:00"}),
+            json!({"expires_at": "0000-01-01T00:00:00.000+01:00"}),
+            // An id in the first millisecond of the year 10000 (UTC).
+            json!({
+                "id": "e677d21f-dc00-7000-8000-000000000000",
+                "time": "9999-12-31T23:00:00.000-01:00",
+            }),
+        ] {
+            let err = Envelope::from_json(&wire(patch.clone())).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::Validation, "{patch}: {err}");
+        }
+        round_trip(&wire(json!({"expires_at": "9999-12-31T23:59:59.999Z"})));
+        round_trip(&wire(json!({"expires_at": "0000-01-01T00:00:00.000Z"})));
     }
 }

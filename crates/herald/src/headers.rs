@@ -45,10 +45,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::envelope::{check_text, format_time, is_json_content_type, Envelope, Kind, Priority};
+use crate::envelope::{
+    check_text, format_time, is_json_content_type, parse_time, Envelope, Kind, Priority,
+};
 use crate::error::{Error, Result};
 use crate::payload::{Payload, JSON_CONTENT_TYPE};
 use crate::topic::Topic;
@@ -286,11 +287,7 @@ pub fn decode_with<'h>(
     };
     let expires_at = fields
         .get(name(F_EXPIRES_AT))
-        .map(|v| {
-            DateTime::parse_from_rfc3339(v)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| Error::validation(format!("header {} {v:?}: {e}", name(F_EXPIRES_AT))))
-        })
+        .map(|v| parse_time(&format!("header {}", name(F_EXPIRES_AT)), v))
         .transpose()?;
     let source = text(name(F_SOURCE))?.unwrap_or_else(|| origin.source.to_owned());
     let content_type = text(name(F_CONTENT_TYPE))?;
@@ -413,6 +410,7 @@ mod tests {
     use super::*;
     use crate::message::Message;
     use crate::ErrorCode;
+    use chrono::{DateTime, Utc};
 
     fn origin() -> Origin<'static> {
         Origin {
@@ -490,6 +488,29 @@ mod tests {
         assert_eq!(raw.payload().as_bytes(), b"\xffnot json");
         let empty = decode(topic, [], Bytes::new(), origin()).unwrap();
         assert!(empty.payload().is_null());
+    }
+
+    // The header twin of what fuzz/ found in the envelope decoder: the
+    // expiry was read to the nanosecond (and in any year) but written to
+    // the millisecond (and unreadably past the year 9999).
+    #[test]
+    fn the_expiry_header_is_read_as_the_wire_writes_it() {
+        let read = |v: &str| {
+            decode(
+                Topic::new("a.b").unwrap(),
+                [(EXPIRES_AT, v)],
+                Bytes::new(),
+                origin(),
+            )
+        };
+        let env = read("2030-01-01T00:00:00.123456+00:00").unwrap();
+        assert_eq!(
+            format_time(&env.expires_at().unwrap()),
+            "2030-01-01T00:00:00.123Z"
+        );
+        assert_eq!(round_trip(&env), env);
+        let err = read("9999-12-31T23:59:59-01:00").unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Validation, "{err}");
     }
 
     #[test]

@@ -13,11 +13,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::envelope::{check_text, Envelope, Kind, Priority};
+use crate::envelope::{check_text, is_json_content_type, Envelope, Kind, Priority};
 use crate::error::Result;
 use crate::payload::{Payload, JSON_CONTENT_TYPE};
 use crate::topic::Topic;
@@ -158,6 +159,7 @@ impl Message {
             Some(c) if c != JSON_CONTENT_TYPE => Cow::Owned(c),
             _ => Cow::Borrowed(JSON_CONTENT_TYPE),
         };
+        let payload = wire_form(self.payload, is_json_content_type(&content_type));
         Ok(Envelope {
             id,
             source: source.clone(),
@@ -172,11 +174,32 @@ impl Message {
             headers: self.headers,
             content_type,
             schema_version: self.schema_version,
-            expires_at: self.expires_at,
+            // The wire's precision, so a stored copy equals the original.
+            expires_at: self.expires_at.map(|t| t.trunc_subsecs(3)),
             attempt: 1,
-            payload: self.payload,
+            payload,
             published_at: Default::default(),
         })
+    }
+}
+
+/// `payload` as the envelope decoder reads it back (so a stored copy equals
+/// the original): under a JSON content type, bytes that are JSON are that
+/// JSON (no bytes are `null`; bytes that are not JSON stay, for `validate`
+/// to refuse); under another content type, JSON is its text's bytes (`null`,
+/// no payload, is no bytes, not the four of the text `null`).
+fn wire_form(payload: Payload, json: bool) -> Payload {
+    match payload {
+        Payload::Bytes(b) if json && b.is_empty() => Payload::null(),
+        Payload::Bytes(b) if json => match serde_json::from_slice::<&RawValue>(&b) {
+            Ok(raw) => Payload::Json(Arc::from(raw.to_owned())),
+            Err(_) => Payload::Bytes(b),
+        },
+        Payload::Json(raw) if !json => match raw.get() {
+            "null" => Payload::bytes(Vec::new()),
+            text => Payload::bytes(text.as_bytes().to_vec()),
+        },
+        p => p,
     }
 }
 
@@ -277,5 +300,58 @@ mod tests {
             .idempotency_key("x\ny")
             .into_envelope(&src)
             .is_err());
+    }
+
+    /// `m`'s envelope, checked to equal what a store reads back from its
+    /// encoding.
+    fn stored(m: Message) -> Envelope {
+        let env = m.into_envelope(&Arc::from("test")).unwrap();
+        env.validate(&crate::Limits::default()).unwrap();
+        let json = env.to_json().unwrap();
+        assert_eq!(Envelope::from_stored(&json).unwrap(), env);
+        env
+    }
+
+    // Found by fuzz/ (targets `ws_frame`, `cloudevents`: `payload_base64:
+    // ""` under the default content type): in memory the payload was no
+    // bytes under JSON while a store read back JSON `null`; likewise JSON
+    // `null` under a raw content type came back as the four bytes `null`.
+    #[test]
+    fn the_payload_takes_the_form_its_content_type_gives_it_on_the_wire() {
+        let raw = |p: Payload| Message::new("a.b", p).content_type("application/octet-stream");
+        assert_eq!(
+            stored(raw(Payload::null())).payload(),
+            &Payload::bytes(Vec::new())
+        );
+        let text = stored(raw(Payload::json(&serde_json::json!({"a": 1})).unwrap()));
+        assert_eq!(text.payload(), &Payload::bytes(&b"{\"a\":1}"[..]));
+        let json = |p: Payload| stored(Message::new("a.b", p));
+        assert_eq!(json(Payload::bytes(Vec::new())).payload(), &Payload::null());
+        assert_eq!(
+            json(Payload::bytes(&b" [1, 2] "[..])).payload(),
+            &Payload::from_json_text("[1, 2]").unwrap()
+        );
+    }
+
+    // The publish side of what fuzz/ found in the decoder: an expiry to the
+    // nanosecond was stored to the millisecond, so the stored copy
+    // differed; and one past the year 9999 was encoded as `+10000-…`,
+    // which no store could read back.
+    #[test]
+    fn the_expiry_is_kept_as_the_wire_keeps_it() {
+        let t = DateTime::from_timestamp(1_900_000_000, 123_456_789).unwrap();
+        let env = stored(Message::new("a.b", Payload::null()).expires_at(t));
+        assert_eq!(
+            env.expires_at().unwrap().timestamp_subsec_nanos(),
+            123_000_000
+        );
+        let far = DateTime::from_timestamp_millis(253_402_300_800_000).unwrap();
+        let err = Message::new("a.b", Payload::null())
+            .expires_at(far)
+            .into_envelope(&Arc::from("test"))
+            .unwrap()
+            .validate(&crate::Limits::default())
+            .unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Validation, "{err}");
     }
 }
