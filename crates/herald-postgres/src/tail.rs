@@ -66,11 +66,12 @@ async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Ve
     let sql = format!(
         "SELECT pos, envelope FROM {s}.events WHERE pos > $1 {filter} ORDER BY pos LIMIT $3"
     );
-    sqlx::query_as(&sql)
+    let rows = sqlx::query_as(&sql)
         .bind(after)
         .bind(topics.unwrap_or_default())
         .bind(PAGE)
-        .fetch_all(&inner.pool)
+        .fetch(&inner.pool);
+    herald::log_tail::take_page(rows, herald::log_tail::PAGE_BYTES)
         .await
         .map_err(runtime_error)
 }

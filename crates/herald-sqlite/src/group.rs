@@ -205,7 +205,17 @@ async fn register(conn: &mut SqliteConnection, claim: &Claim) -> Result<Position
         .fetch_one(&mut *conn)
         .await
         .map_err(runtime_error)?;
-    let position = Position::new(&spec.start, last.unwrap_or(0));
+    let last = last.unwrap_or(0);
+    let mut position = Position::new(&spec.start, last);
+    if position.cursor < last {
+        // Start just below the first event the group may want, found by
+        // index per matching topic, so no claim walks the events of topics
+        // it does not follow (DESIGN.md §10: positioning is a lookup).
+        position.cursor = match first_wanted(conn, spec, &position).await? {
+            Some(pos) => (pos - 1).max(position.cursor),
+            None => last,
+        };
+    }
     sqlx::query("INSERT INTO groups (name, patterns, kinds, cursor, start_seq, start_ms) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(&claim.group)
         .bind(rules::patterns_text(spec))
@@ -218,6 +228,53 @@ async fn register(conn: &mut SqliteConnection, claim: &Claim) -> Result<Position
         .map_err(runtime_error)?;
     Ok(position)
 }
+
+/// The lowest `pos` a new group at `position` may want: per topic its
+/// patterns match, the first event at or after its start, by the
+/// `(topic, seq)` index (or `(topic, created_ms)` for a time start). Costs a
+/// scan of the topic names and one index lookup per matching topic,
+/// whatever the number of events.
+pub(crate) async fn first_wanted(
+    conn: &mut SqliteConnection,
+    spec: &herald::SubscribeSpec,
+    position: &Position,
+) -> Result<Option<i64>> {
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM topics")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+    let mut first: Option<i64> = None;
+    for name in names
+        .iter()
+        .filter(|t| spec.patterns.iter().any(|p| p.matches_str(t)))
+    {
+        let pos: Option<i64> = match position.start_ms {
+            Some(ms) => sqlx::query_scalar(FIRST_BY_TIME)
+                .bind(name)
+                .bind(ms)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(runtime_error)?,
+            None => sqlx::query_scalar(FIRST_BY_SEQ)
+                .bind(name)
+                .bind(position.start_seq.unwrap_or(1))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(runtime_error)?,
+        };
+        first = match (first, pos) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(first)
+}
+
+/// A topic's first event at or after a `seq` (`pos` grows with `seq`).
+const FIRST_BY_SEQ: &str =
+    "SELECT pos FROM events WHERE topic = ? AND seq >= ? ORDER BY seq LIMIT 1";
+/// A topic's first event (lowest `pos`) created at or after a time.
+const FIRST_BY_TIME: &str = "SELECT min(pos) FROM events WHERE topic = ? AND created_ms >= ?";
 
 /// What a settlement did.
 pub(crate) enum Applied {
@@ -577,4 +634,37 @@ async fn read_groups(conn: &mut SqliteConnection) -> Result<Vec<herald::GroupInf
         list.push(herald::group::info(&name, &patterns, &topics, &unsettled)?);
     }
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// The plan SQLite makes for `sql`, one line per step.
+    async fn plan_of(conn: &mut SqliteConnection, sql: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind("a.b")
+                .bind(1_i64)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    #[tokio::test]
+    async fn positioning_a_group_is_an_index_lookup_per_topic() {
+        let conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let mut conn = crate::schema::migrate(conn, ":memory:".into())
+            .await
+            .unwrap();
+        for sql in [FIRST_BY_SEQ, FIRST_BY_TIME] {
+            let plan = plan_of(&mut conn, sql).await;
+            assert!(plan.contains("SEARCH events USING"), "{sql}:\n{plan}");
+            assert!(plan.contains("INDEX"), "{sql}:\n{plan}");
+            assert!(!plan.contains("SCAN events"), "{sql}:\n{plan}");
+        }
+    }
 }

@@ -122,6 +122,12 @@ impl SqliteStore {
                 "cannot open the store at {path}: it is a directory"
             )));
         }
+        create_private(config.path()).map_err(|e| {
+            Error::new(
+                ErrorCode::Validation,
+                format!("cannot create the store at {path}: {e}"),
+            )
+        })?;
         let options = connect_options(&config);
         let conn = options.connect().await.map_err(|e| open_error(&path, e))?;
         let conn = schema::migrate(conn, path.clone()).await?;
@@ -289,6 +295,22 @@ impl SqliteStore {
         for q in queues.iter().filter_map(std::sync::Weak::upgrade) {
             q.close();
         }
+    }
+}
+
+/// Create the store's file readable and writable by its owner only (0600),
+/// when it does not exist yet: events can hold anything. SQLite gives its
+/// `-wal` and `-shm` files the database file's permissions. An existing
+/// file keeps the permissions its owner gave it.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -74,8 +74,8 @@ async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Ve
     }
     q.push(" ORDER BY pos LIMIT ");
     q.push_bind(PAGE);
-    q.build_query_as()
-        .fetch_all(&inner.readers)
+    let rows = q.build_query_as().fetch(&inner.readers);
+    herald::log_tail::take_page(rows, herald::log_tail::PAGE_BYTES)
         .await
         .map_err(runtime_error)
 }
