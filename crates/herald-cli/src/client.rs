@@ -111,7 +111,13 @@ impl Target {
             Target::Server { base, token, .. } => {
                 let ws = base.replacen("http", "ws", 1);
                 Some(match token {
-                    Some(t) => format!("{ws}/v1/ws?token={t}"),
+                    Some(t) => format!(
+                        "{ws}/v1/ws?token={}",
+                        percent_encoding::utf8_percent_encode(
+                            t,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    ),
                     None => format!("{ws}/v1/ws"),
                 })
             }
@@ -129,7 +135,11 @@ impl Target {
         let Target::Server { base, token, http } = self else {
             return Err(Error::internal("not a server target"));
         };
-        let mut req = http.request(method, format!("{base}{path}"));
+        // Every request says JSON, bodies or not: the server refuses a
+        // POST or DELETE without it (a browser form cannot send it).
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

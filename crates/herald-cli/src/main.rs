@@ -77,21 +77,47 @@ fn run(work: impl std::future::Future<Output = herald::Result<()>>) -> ExitCode 
     }
 }
 
-/// Log to stderr at info level (`RUST_LOG`-style filtering is not needed
-/// by the tool's users; `HERALD_LOG=debug` raises it).
+/// Log to stderr, filtered by `HERALD_LOG` (else `RUST_LOG`, else `info`)
+/// as tracing directives (`debug`, `info,herald::access=off`); colours
+/// only when stderr is a terminal. A filter that does not parse falls back
+/// to `info` and says so.
 fn logging() {
-    let level = match std::env::var("HERALD_LOG").as_deref() {
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        _ => tracing::Level::INFO,
+    use std::io::IsTerminal;
+    let directives = std::env::var("HERALD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let (filter, bad) = match tracing_subscriber::EnvFilter::try_new(&directives) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
     };
     tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    if let Some(e) = bad {
+        tracing::warn!(%directives, error = %e, "HERALD_LOG does not parse; logging at info");
+    }
 }
 
+/// Large allocations (event payloads, WebSocket frames) are mapped and
+/// unmapped on their own, so memory a burst took goes back to the system
+/// when the burst is over. glibc otherwise raises this threshold the first
+/// time such a block is freed and keeps later ones in its heap for good.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_allocations() {
+    // SAFETY: mallopt only changes the allocator's tuning; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_allocations() {}
+
 fn main() -> ExitCode {
+    return_large_allocations();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench::main(args),

@@ -89,7 +89,12 @@ async fn run() -> Result<()> {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            // Owner only, like the store file itself (herald-sqlite makes it 0600).
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(|e| {
                 herald::config::invalid(
                     "HERALD_STORE",
                     &server_config.store,

@@ -19,7 +19,7 @@ pub async fn page() -> impl IntoResponse {
             (CACHE_CONTROL, "no-cache"),
             (
                 CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; frame-ancestors 'none'",
             ),
         ],
         PAGE,

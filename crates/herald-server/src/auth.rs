@@ -2,8 +2,11 @@
 //!
 //! Owns [`Tokens`] (the configured tokens, each kept only as the SHA-256 of
 //! its secret), [`Grant`] (one token's permissions: topic patterns it may
-//! publish to, subscribe to and call, and whether it may administer) and
-//! [`Caller`] (who a request comes from). A presented token is hashed and
+//! publish to, subscribe to, call and serve, consumer groups it may join,
+//! and whether it may administer) and [`Caller`] (who a request comes
+//! from). No grant implies another (DESIGN.md §10): reading a command's
+//! topic is not serving it, calling is not serving, and subscribing to a
+//! pattern is not joining a named group there. A presented token is hashed and
 //! compared against every configured hash in constant time, so neither the
 //! comparison nor the position of a match leaks through timing. Tokens are
 //! random secrets, so a plain SHA-256 (not a password hash) is the right
@@ -30,6 +33,10 @@ pub enum Permission {
     Subscribe,
     /// Call it as a command.
     Call,
+    /// Handle it as a command: receive its calls and answer them.
+    Serve,
+    /// Join the consumer group of this name and settle its deliveries.
+    Group,
     /// Administer: topics, groups, dead letters, metrics.
     Admin,
 }
@@ -43,6 +50,8 @@ pub enum Permission {
 /// publish = ["billing.>"]
 /// subscribe = ["orders.*", "billing.>"]
 /// call = ["pricing.quote"]
+/// serve = ["billing.refund"]      # handle this command over the WebSocket
+/// groups = ["billing"]            # join these consumer groups ("*": any)
 /// admin = false
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +70,13 @@ pub struct Grant {
     /// Command topic patterns it may call.
     #[serde(default)]
     pub call: Vec<String>,
+    /// Command topic patterns it may handle (serve).
+    #[serde(default)]
+    pub serve: Vec<String>,
+    /// Consumer group names it may join and settle deliveries of; `"*"`
+    /// is every group.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// May list topics and groups, handle dead letters and read metrics.
     #[serde(default)]
     pub admin: bool,
@@ -92,6 +108,7 @@ struct Compiled {
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
     call: Vec<Pattern>,
+    serve: Vec<Pattern>,
 }
 
 /// The configured tokens. Empty means the server is open.
@@ -138,10 +155,17 @@ impl Tokens {
                     })
                     .collect()
             };
+            if let Some(g) = grant.groups.iter().find(|g| g.is_empty()) {
+                return Err(bad(format!(
+                    "token {:?}: group name {g:?} (non-empty, or \"*\" for every group)",
+                    grant.name
+                )));
+            }
             all.push(Compiled {
                 publish: patterns(&grant.publish)?,
                 subscribe: patterns(&grant.subscribe)?,
                 call: patterns(&grant.call)?,
+                serve: patterns(&grant.serve)?,
                 hash,
                 grant,
             });
@@ -226,7 +250,8 @@ impl Caller {
     }
 
     /// `FORBIDDEN` unless this caller may do `what` to `target` (a topic, or
-    /// for a subscription a pattern, which must lie inside one it may use).
+    /// for a subscription a pattern, which must lie inside one it may use;
+    /// for [`Permission::Group`] a group name).
     pub fn require(&self, what: Permission, target: &str) -> Result<(), ApiError> {
         let Caller::Token { tokens, index } = self else {
             return Ok(());
@@ -237,6 +262,8 @@ impl Caller {
             Permission::Publish => c.publish.iter().any(|p| covers(p.as_str(), target)),
             Permission::Subscribe => c.subscribe.iter().any(|p| covers(p.as_str(), target)),
             Permission::Call => c.call.iter().any(|p| covers(p.as_str(), target)),
+            Permission::Serve => c.serve.iter().any(|p| covers(p.as_str(), target)),
+            Permission::Group => c.grant.groups.iter().any(|g| g == "*" || g == target),
         };
         if allowed {
             Ok(())
@@ -254,6 +281,8 @@ fn verb(what: Permission) -> &'static str {
         Permission::Publish => "publish to",
         Permission::Subscribe => "subscribe to",
         Permission::Call => "call",
+        Permission::Serve => "serve (handle) command",
+        Permission::Group => "join consumer group",
         Permission::Admin => "administer",
     }
 }
@@ -286,6 +315,8 @@ mod tests {
                 publish: vec!["billing.>".into()],
                 subscribe: vec!["orders.*".into()],
                 call: vec!["pricing.quote".into()],
+                serve: vec!["billing.refund".into()],
+                groups: vec!["billing".into()],
                 admin: false,
             },
             Grant {
@@ -294,6 +325,8 @@ mod tests {
                 publish: vec![],
                 subscribe: vec![],
                 call: vec![],
+                serve: vec![],
+                groups: vec!["*".into()],
                 admin: true,
             },
         ])
@@ -337,10 +370,17 @@ mod tests {
             .unwrap();
         billing.require(Permission::Subscribe, "orders.*").unwrap();
         billing.require(Permission::Call, "pricing.quote").unwrap();
+        billing
+            .require(Permission::Serve, "billing.refund")
+            .unwrap();
+        billing.require(Permission::Group, "billing").unwrap();
         for (what, target) in [
             (Permission::Publish, "orders.placed"),
             (Permission::Subscribe, "orders.>"),
             (Permission::Call, "pricing.refund"),
+            (Permission::Serve, "pricing.quote"),
+            (Permission::Serve, "orders.placed"),
+            (Permission::Group, "fulfilment"),
             (Permission::Admin, ""),
         ] {
             let e = billing.require(what, target).unwrap_err();
@@ -348,6 +388,7 @@ mod tests {
         }
         let ops = t.caller(Some("o-secret")).unwrap();
         ops.require(Permission::Admin, "").unwrap();
+        ops.require(Permission::Group, "any-group").unwrap();
         assert_eq!(
             ops.require(Permission::Publish, "a.b").unwrap_err().code(),
             ErrorCode::Forbidden
@@ -369,6 +410,8 @@ mod tests {
             publish: vec![],
             subscribe: vec![],
             call: vec![],
+            serve: vec![],
+            groups: vec![],
             admin: false,
         }])
         .err()

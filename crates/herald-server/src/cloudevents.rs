@@ -12,7 +12,12 @@
 //! are kept: `source` in the `ce-source` header (the envelope's own
 //! `source` is the service that published), and `source` + `id` become the
 //! idempotency key when none is given, since CloudEvents promises that pair
-//! is unique.
+//! is unique. The optional attributes herald has no field for are checked
+//! and kept in headers, and come back out as themselves on replay and on
+//! WebSocket subscriptions: `time` (RFC 3339; `ce-time`, the envelope's
+//! own `time` being when herald accepted it), `subject` (`ce-subject`) and
+//! `dataschema` (a URI; `ce-dataschema`). An attribute of the wrong type or
+//! shape is refused, never dropped.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +33,12 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 /// The header keeping a CloudEvent's `source`.
 pub const SOURCE_HEADER: &str = "ce-source";
+/// The header keeping a CloudEvent's `time`.
+pub const TIME_HEADER: &str = "ce-time";
+/// The header keeping a CloudEvent's `subject`.
+pub const SUBJECT_HEADER: &str = "ce-subject";
+/// The header keeping a CloudEvent's `dataschema`.
+pub const DATASCHEMA_HEADER: &str = "ce-dataschema";
 
 /// `env` as a structured-mode CloudEvent.
 pub fn from_envelope(env: &Envelope) -> Value {
@@ -40,7 +51,16 @@ pub fn from_envelope(env: &Envelope) -> Value {
         json!(env.header(SOURCE_HEADER).unwrap_or(env.source())),
     );
     ce.insert("type".into(), json!(env.topic().as_str()));
-    ce.insert("time".into(), wire["time"].clone());
+    match env.header(TIME_HEADER) {
+        Some(t) => ce.insert("time".into(), json!(t)),
+        None => ce.insert("time".into(), wire["time"].clone()),
+    };
+    if let Some(s) = env.header(SUBJECT_HEADER) {
+        ce.insert("subject".into(), json!(s));
+    }
+    if let Some(d) = env.header(DATASCHEMA_HEADER) {
+        ce.insert("dataschema".into(), json!(d));
+    }
     ce.insert("datacontenttype".into(), json!(env.content_type()));
     if herald::envelope::is_json_content_type(env.content_type()) {
         ce.insert("data".into(), wire["payload"].clone());
@@ -144,6 +164,42 @@ pub fn to_message(topic: &str, ce: Value) -> Result<MessageIn, ApiError> {
             headers.insert(name.to_owned(), v);
         }
     }
+    if let Some(t) = text(&ce, "time")? {
+        chrono::DateTime::parse_from_rfc3339(&t).map_err(|_| {
+            ApiError::validation(format!(
+                "CloudEvent `time` {t:?} is not an RFC 3339 timestamp"
+            ))
+        })?;
+        headers.insert(TIME_HEADER.to_owned(), t);
+    }
+    if let Some(subject) = text(&ce, "subject")? {
+        if subject.is_empty() {
+            return Err(ApiError::validation(
+                "CloudEvent `subject` must not be empty when present",
+            ));
+        }
+        headers.insert(SUBJECT_HEADER.to_owned(), subject);
+    }
+    if let Some(schema) = text(&ce, "dataschema")? {
+        if !is_uri(&schema) {
+            return Err(ApiError::validation(format!(
+                "CloudEvent `dataschema` {schema:?} is not an absolute URI"
+            )));
+        }
+        headers.insert(DATASCHEMA_HEADER.to_owned(), schema);
+    }
+    if let Some(ct) = text(&ce, "datacontenttype")? {
+        let shaped = ct
+            .split(';')
+            .next()
+            .and_then(|m| m.trim().split_once('/'))
+            .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty() && !s.contains('/'));
+        if !shaped {
+            return Err(ApiError::validation(format!(
+                "CloudEvent `datacontenttype` {ct:?} is not a media type (type/subtype)"
+            )));
+        }
+    }
     let mut m = Map::new();
     if let Some(data) = ce.get("data") {
         m.insert("payload".into(), data.clone());
@@ -169,6 +225,19 @@ pub fn to_message(topic: &str, ce: Value) -> Result<MessageIn, ApiError> {
     m.insert("headers".into(), json!(headers));
     let text = Value::Object(m).to_string();
     crate::extract::decode(text.as_bytes())
+}
+
+/// Whether `s` is an absolute URI (RFC 3986: a scheme, `:`, then no
+/// spaces or control characters).
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -203,6 +272,24 @@ mod tests {
     }
 
     #[test]
+    fn time_subject_and_dataschema_are_kept() {
+        let ce = json!({
+            "specversion": "1.0", "id": "A-2", "source": "/shop", "type": "orders.placed",
+            "time": "2026-01-02T03:04:05.678Z", "subject": "order/7",
+            "dataschema": "https://schemas.example.com/order/1", "data": 1,
+        });
+        let m = to_message("orders.placed", ce)
+            .unwrap()
+            .into_message("orders.placed")
+            .unwrap();
+        let env = herald::Bus::memory().prepare(m).unwrap().remove(0);
+        let back = from_envelope(&env);
+        assert_eq!(back["time"], "2026-01-02T03:04:05.678Z");
+        assert_eq!(back["subject"], "order/7");
+        assert_eq!(back["dataschema"], "https://schemas.example.com/order/1");
+    }
+
+    #[test]
     fn bad_cloudevents_are_refused() {
         let base = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "a.b"});
         assert!(to_message("a.b", base.clone()).is_ok());
@@ -212,6 +299,11 @@ mod tests {
             ("id", json!("")),
             ("source", json!(7)),
             ("colour", json!("red")),
+            ("time", json!("noon")),
+            ("time", json!(12)),
+            ("subject", json!("")),
+            ("dataschema", json!("not a uri")),
+            ("datacontenttype", json!("json")),
         ] {
             let mut ce = base.clone();
             ce[field] = value;

@@ -44,6 +44,22 @@ pub const DEFAULT_WS_BUFFER: usize = 1_024;
 pub const DEFAULT_WS_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time in-flight work gets at shutdown (`HERALD_SHUTDOWN_TIMEOUT`).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to send a request's headers, from its first
+/// byte (or from connecting), and between chunks of its body
+/// (`HERALD_HEADER_READ_TIMEOUT`).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a keep-alive connection may sit idle between requests
+/// (`HERALD_IDLE_TIMEOUT`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default connections one client address may hold at once
+/// (`HERALD_MAX_CONNECTIONS_PER_CLIENT`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// Default bytes of outgoing frames queued for one WebSocket
+/// (`HERALD_WS_BUFFER_BYTES`).
+pub const DEFAULT_WS_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Default calls one WebSocket may have waiting at once
+/// (`HERALD_WS_MAX_PENDING_CALLS`).
+pub const DEFAULT_WS_MAX_PENDING_CALLS: usize = 256;
 
 /// Every key herald reads: (key, default, allowed).
 pub const KEYS: &[(&str, &str, &str)] = &[
@@ -73,6 +89,31 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "PEM private key file (with HERALD_TLS_CERT)",
     ),
     ("HERALD_MAX_CONNECTIONS", "10000", "1–1000000"),
+    (
+        "HERALD_MAX_CONNECTIONS_PER_CLIENT",
+        "256",
+        "1–1000000 connections from one client address",
+    ),
+    (
+        "HERALD_HEADER_READ_TIMEOUT",
+        "10 (s)",
+        "1–300: to send a request's headers, and between body chunks",
+    ),
+    (
+        "HERALD_IDLE_TIMEOUT",
+        "60 (s)",
+        "1–3600: a keep-alive connection idle that long is closed",
+    ),
+    (
+        "HERALD_ALLOWED_ORIGINS",
+        "same origin",
+        "comma-separated origins (scheme://host[:port]) browsers may call from",
+    ),
+    (
+        "HERALD_ALLOWED_HOSTS",
+        "loopback names when open; any with tokens",
+        "comma-separated host names the Host header may carry",
+    ),
     ("HERALD_MAX_SUBSCRIPTIONS", "100", "1–10000 per WebSocket"),
     (
         "HERALD_RATE_LIMIT",
@@ -86,6 +127,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     ("HERALD_MAX_REQUEST_BYTES", "16777216", "1024–1073741824"),
     ("HERALD_WS_BUFFER", "1024", "1–1000000 frames per WebSocket"),
+    (
+        "HERALD_WS_BUFFER_BYTES",
+        "16777216",
+        "65536–1073741824 bytes of frames queued per WebSocket",
+    ),
+    (
+        "HERALD_WS_MAX_PENDING_CALLS",
+        "256",
+        "1–100000 calls waiting per WebSocket",
+    ),
     (
         "HERALD_WS_STALL_TIMEOUT",
         "30 (s)",
@@ -219,6 +270,24 @@ pub struct ServerConfig {
     pub ws_stall_timeout: Duration,
     /// How long in-flight work gets to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// Connections one client address may hold; more are answered 503.
+    pub max_connections_per_client: usize,
+    /// Time to send a request's headers (from connecting, or from the first
+    /// byte after the previous response) and between chunks of its body.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Origins (`https://ops.example.com`) whose pages may call the server
+    /// from a browser, besides the server's own origin.
+    pub allowed_origins: Vec<String>,
+    /// Host names the `Host` header may carry. Empty: the loopback names
+    /// and the listen address on an open server, any name with tokens.
+    pub allowed_hosts: Vec<String>,
+    /// Bytes of outgoing frames queued for one WebSocket before its
+    /// feeders wait (a frame larger than this still goes, alone).
+    pub ws_buffer_bytes: usize,
+    /// Calls one WebSocket may have waiting at once.
+    pub ws_max_pending_calls: usize,
 }
 
 impl Default for ServerConfig {
@@ -236,6 +305,13 @@ impl Default for ServerConfig {
             ws_buffer: DEFAULT_WS_BUFFER,
             ws_stall_timeout: DEFAULT_WS_STALL_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            ws_buffer_bytes: DEFAULT_WS_BUFFER_BYTES,
+            ws_max_pending_calls: DEFAULT_WS_MAX_PENDING_CALLS,
         }
     }
 }
@@ -304,6 +380,27 @@ impl ServerConfig {
         if let Some(v) = env_parse::<f64>("HERALD_SHUTDOWN_TIMEOUT")? {
             c.shutdown_timeout = seconds("HERALD_SHUTDOWN_TIMEOUT", v)?;
         }
+        if let Some(v) = env_parse("HERALD_MAX_CONNECTIONS_PER_CLIENT")? {
+            c.max_connections_per_client = v;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_HEADER_READ_TIMEOUT")? {
+            c.header_read_timeout = seconds("HERALD_HEADER_READ_TIMEOUT", v)?;
+        }
+        if let Some(v) = env_parse::<f64>("HERALD_IDLE_TIMEOUT")? {
+            c.idle_timeout = seconds("HERALD_IDLE_TIMEOUT", v)?;
+        }
+        if let Some(v) = env("HERALD_ALLOWED_ORIGINS") {
+            c.allowed_origins = list(&v);
+        }
+        if let Some(v) = env("HERALD_ALLOWED_HOSTS") {
+            c.allowed_hosts = list(&v);
+        }
+        if let Some(v) = env_parse("HERALD_WS_BUFFER_BYTES")? {
+            c.ws_buffer_bytes = v;
+        }
+        if let Some(v) = env_parse("HERALD_WS_MAX_PENDING_CALLS")? {
+            c.ws_max_pending_calls = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -345,8 +442,53 @@ impl ServerConfig {
             1.0,
             3600.0,
         )?;
+        in_range(
+            "HERALD_MAX_CONNECTIONS_PER_CLIENT",
+            self.max_connections_per_client,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "HERALD_HEADER_READ_TIMEOUT",
+            self.header_read_timeout.as_secs_f64(),
+            1.0,
+            300.0,
+        )?;
+        in_range(
+            "HERALD_IDLE_TIMEOUT",
+            self.idle_timeout.as_secs_f64(),
+            1.0,
+            3600.0,
+        )?;
+        in_range(
+            "HERALD_WS_BUFFER_BYTES",
+            self.ws_buffer_bytes,
+            64 * 1024,
+            1 << 30,
+        )?;
+        in_range(
+            "HERALD_WS_MAX_PENDING_CALLS",
+            self.ws_max_pending_calls,
+            1,
+            100_000,
+        )?;
+        for origin in &self.allowed_origins {
+            crate::origin::check_origin_setting(origin)?;
+        }
+        for host in &self.allowed_hosts {
+            crate::origin::check_host_setting(host)?;
+        }
         Ok(())
     }
+}
+
+/// A comma-separated setting's items, trimmed, empty ones dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Read `path` (TOML) and install its values beneath the environment, so
@@ -515,6 +657,55 @@ mod tests {
                     ..Default::default()
                 },
                 "HERALD_SHUTDOWN_TIMEOUT",
+            ),
+            (
+                ServerConfig {
+                    header_read_timeout: Duration::from_secs(301),
+                    ..Default::default()
+                },
+                "HERALD_HEADER_READ_TIMEOUT",
+            ),
+            (
+                ServerConfig {
+                    idle_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "HERALD_IDLE_TIMEOUT",
+            ),
+            (
+                ServerConfig {
+                    max_connections_per_client: 0,
+                    ..Default::default()
+                },
+                "HERALD_MAX_CONNECTIONS_PER_CLIENT",
+            ),
+            (
+                ServerConfig {
+                    ws_buffer_bytes: 1024,
+                    ..Default::default()
+                },
+                "HERALD_WS_BUFFER_BYTES",
+            ),
+            (
+                ServerConfig {
+                    ws_max_pending_calls: 0,
+                    ..Default::default()
+                },
+                "HERALD_WS_MAX_PENDING_CALLS",
+            ),
+            (
+                ServerConfig {
+                    allowed_origins: vec!["https://ops.example.com/path".into()],
+                    ..Default::default()
+                },
+                "HERALD_ALLOWED_ORIGINS",
+            ),
+            (
+                ServerConfig {
+                    allowed_hosts: vec!["bad host".into()],
+                    ..Default::default()
+                },
+                "HERALD_ALLOWED_HOSTS",
             ),
         ] {
             let e = c.validate().unwrap_err();

@@ -23,6 +23,27 @@ pub struct ErrorBody {
     pub message: String,
     /// Whether the same request may succeed if tried again.
     pub retryable: bool,
+    /// The request's id (its `X-Request-Id`), for the server's logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The longest message an error carries: a bad value is quoted, never
+/// echoed whole.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `message`, cut at [`MAX_MESSAGE_BYTES`] on a character boundary.
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let total = message.len();
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!("… ({total} bytes in all)"));
+    }
+    message
 }
 
 /// An error on its way to the client: a code, a message and the HTTP status.
@@ -32,6 +53,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     retryable: bool,
+    retry_after: Option<u64>,
 }
 
 /// The status a code gets when nothing more specific applies: `VALIDATION`
@@ -57,11 +79,12 @@ impl ApiError {
         ApiError {
             status: status_of(code),
             code,
-            message: message.into(),
+            message: clip(message.into()),
             retryable: matches!(
                 code,
                 ErrorCode::Backpressure | ErrorCode::Timeout | ErrorCode::Unavailable
             ),
+            retry_after: None,
         }
     }
 
@@ -69,6 +92,25 @@ impl ApiError {
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
+    }
+
+    /// The same error, marked as one the same request will never get past
+    /// (a payload over the limit, say), whatever its code.
+    pub fn not_retryable(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+
+    /// The same error, telling the client to wait `seconds` before trying
+    /// again (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Whether the same request may succeed if tried again.
+    pub fn retryable(&self) -> bool {
+        self.retryable
     }
 
     /// A `VALIDATION` error.
@@ -87,6 +129,7 @@ impl ApiError {
             code: self.code.as_str().to_owned(),
             message: self.message.clone(),
             retryable: self.retryable,
+            request_id: crate::access::current_request_id(),
         }
     }
 }
@@ -101,7 +144,13 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -139,5 +188,13 @@ mod tests {
         assert_eq!(body.code, "UNAVAILABLE");
         assert!(body.retryable);
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        let e = ApiError::validation(format!("bad key {:?}", "é".repeat(50_000)));
+        let m = e.body().message;
+        assert!(m.len() < MAX_MESSAGE_BYTES + 64, "{}", m.len());
+        assert!(m.ends_with("bytes in all)"), "{m}");
     }
 }

@@ -126,6 +126,7 @@ async fn body_bytes<S: Send + Sync>(
                 format!("request body too large: {}", e.body_text()),
             )
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            .not_retryable()
         } else {
             ApiError::validation(format!("unreadable request body: {}", e.body_text()))
         }

@@ -18,11 +18,15 @@
 //!
 //! Modules: `config` (settings, `herald.toml`), `auth` (tokens and
 //! permissions), `state` (shared state, the auth and rate-limit
-//! middleware), `extract` (strict request decoding), `message` (what
+//! middleware), `origin` (Host, Origin and content-type checks: what a
+//! browser page may reach), `access` (request ids, the access log),
+//! `extract` (strict request decoding), `message` (what
 //! clients publish), `publish`, `inspect`, `dead_letters`, `health` (the routes),
-//! `openapi`, `listener`, `error`, `admin` (the page at `/`), `slo`,
-//! `cloudevents` (structured-mode CloudEvents in and out).
+//! `openapi`, `listener` (connection limits and timeouts), `error`, `admin`
+//! (the page at `/`), `slo`, `cloudevents` (structured-mode CloudEvents in
+//! and out).
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod cloudevents;
@@ -35,6 +39,7 @@ pub mod inspect;
 pub mod listener;
 pub mod message;
 pub mod openapi;
+pub mod origin;
 pub mod publish;
 pub mod slo;
 pub mod state;
@@ -113,6 +118,14 @@ impl Server {
                     .with_status(StatusCode::METHOD_NOT_ALLOWED)
             })
             .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                origin::guard,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                access::access,
+            ))
             .with_state(self.state.clone())
     }
 
@@ -142,10 +155,13 @@ impl Server {
             Some((cert, key)) => Some(listener::tls_acceptor(cert, key)?),
             None => None,
         };
-        let listener = listener::Listener::new(tcp, config.max_connections, tls)
+        let limits = listener::Limits {
+            max_connections: config.max_connections,
+            max_per_client: config.max_connections_per_client,
+        };
+        let listener = listener::Listener::new(tcp, limits, tls)
             .map_err(|e| herald::Error::internal(format!("listener: {e}")))?;
-        let local = axum::serve::Listener::local_addr(&listener)
-            .map_err(|e| herald::Error::internal(format!("listener: {e}")))?;
+        let local = listener.local_addr();
         if config.tokens.is_empty() {
             tracing::warn!(%local, "no API tokens configured: open to every local client, listening on loopback only");
         }
@@ -164,31 +180,24 @@ impl Server {
         };
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let state = self.state.clone();
-        let signal = async move {
+        tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing requests in flight");
             state.start_draining();
             let _ = drain_tx.send(true);
+        });
+        let timeouts = listener::Timeouts {
+            header_read: config.header_read_timeout,
+            idle: config.idle_timeout,
         };
-        let app = self.router();
-        let serve = axum::serve(
+        listener::serve(
             listener,
-            app.into_make_service_with_connect_info::<listener::Peer>(),
+            self.router(),
+            timeouts,
+            drain_rx,
+            config.shutdown_timeout,
         )
-        .with_graceful_shutdown(signal);
-        let served = tokio::spawn(async move { serve.await });
-        let mut served = served;
-        let mut drained = drain_rx;
-        tokio::select! {
-            r = &mut served => r.map_err(|e| herald::Error::internal(format!("server task: {e}")))?
-                .map_err(|e| herald::Error::internal(format!("server: {e}")))?,
-            _ = async { drop(drained.wait_for(|d| *d).await) } => {
-                if tokio::time::timeout(config.shutdown_timeout, &mut served).await.is_err() {
-                    tracing::warn!("requests still in flight after HERALD_SHUTDOWN_TIMEOUT; closing anyway");
-                    served.abort();
-                }
-            }
-        }
+        .await;
         self.state.slo.stop().await;
         sampler.abort();
         pruner.abort();

@@ -83,11 +83,12 @@ pub struct MessageIn {
 }
 
 impl MessageIn {
-    /// The payload's size in bytes as the limit counts it.
+    /// The payload's size in bytes as the limit counts it: the JSON text,
+    /// or the bytes the base64 decodes to (padding not counted).
     pub fn payload_len(&self) -> usize {
         match (&self.payload, &self.payload_base64) {
             (Some(p), _) => p.get().len(),
-            (None, Some(b)) => b.len() / 4 * 3,
+            (None, Some(b)) => base64_decoded_len(b),
             (None, None) => 0,
         }
     }
@@ -154,9 +155,30 @@ impl MessageIn {
     }
 }
 
+/// How many bytes standard base64 `text` decodes to (an upper bound when
+/// it is malformed, which decoding refuses anyway).
+fn base64_decoded_len(text: &str) -> usize {
+    let b = text.as_bytes();
+    let padding = b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
+    let full = b.len() / 4 * 3;
+    match b.len() % 4 {
+        0 => full - padding,
+        rest => full + rest * 3 / 4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_lengths_do_not_count_padding() {
+        use base64::Engine;
+        for n in 0..40 {
+            let text = base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+            assert_eq!(base64_decoded_len(&text), n, "{text}");
+        }
+    }
 
     #[test]
     fn nesting_counts_brackets_outside_strings() {

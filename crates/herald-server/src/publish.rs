@@ -23,19 +23,24 @@ use crate::message::{MessageIn, PublishResponse, Published};
 use crate::state::AppState;
 
 /// Refuse before publishing: a batch over `HERALD_MAX_BATCH` or a payload
-/// over `HERALD_MAX_PAYLOAD_BYTES` (413 `BACKPRESSURE`, like the bus's own
-/// payload check).
+/// over `HERALD_MAX_PAYLOAD_BYTES`. Both are 413 `BACKPRESSURE` and not
+/// retryable, like the bus's own payload check and an oversize body: one
+/// code for "too large", which the same request never gets past.
 fn check_sizes(state: &AppState, messages: &[MessageIn]) -> ApiResult<()> {
     if messages.is_empty() {
         return Err(ApiError::validation("an empty batch publishes nothing"));
     }
     if messages.len() > state.config.max_batch {
-        return Err(ApiError::validation(format!(
-            "a batch of {} events is over the limit of {} (HERALD_MAX_BATCH)",
-            messages.len(),
-            state.config.max_batch
-        ))
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        return Err(ApiError::new(
+            ErrorCode::Backpressure,
+            format!(
+                "a batch of {} events is over the limit of {} (HERALD_MAX_BATCH)",
+                messages.len(),
+                state.config.max_batch
+            ),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        .not_retryable());
     }
     let limit = state.bus.config().limits().payload_bytes();
     if let Some((i, m)) = messages
@@ -50,7 +55,8 @@ fn check_sizes(state: &AppState, messages: &[MessageIn]) -> ApiResult<()> {
                 m.payload_len()
             ),
         )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        .not_retryable());
     }
     Ok(())
 }

@@ -85,7 +85,9 @@ impl AppState {
             Caller::Open => peer.to_string(),
             c => c.name().to_owned(),
         };
-        limiter.check_key(&key).map_err(|_| {
+        limiter.check_key(&key).map_err(|not_until| {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::new(
                 ErrorCode::Backpressure,
                 format!(
@@ -93,6 +95,7 @@ impl AppState {
                     self.config.rate_limit
                 ),
             )
+            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
         })
     }
 
@@ -104,12 +107,17 @@ impl AppState {
     }
 }
 
-/// The token a request presents: `Authorization: Bearer …`, else (only on
-/// the WebSocket, which browsers open without headers) `token=` in the
-/// query string.
+/// The token a request presents: `Authorization: Bearer …` (the scheme in
+/// any case, RFC 9110 §11.1), else (only on the WebSocket, which browsers
+/// open without headers) `token=` in the query string, percent-decoded as
+/// `encodeURIComponent` encodes it. An `Authorization` of another scheme
+/// presents nothing.
 fn presented(headers: &HeaderMap, path: &str, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+        let (scheme, token) = v.trim().split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
     }
     if path != crate::WS_PATH {
         return None;
@@ -117,7 +125,11 @@ fn presented(headers: &HeaderMap, path: &str, query: Option<&str>) -> Option<Str
     query?
         .split('&')
         .find_map(|kv| kv.strip_prefix("token="))
-        .map(|t| t.to_owned())
+        .map(|t| {
+            percent_encoding::percent_decode_str(t)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
 }
 
 /// Resolve the caller and charge its rate limit; see the module.
@@ -132,9 +144,39 @@ pub async fn authorize(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if let Some(name) = req.extensions().get::<crate::access::CallerName>() {
+        name.set(caller.name());
+    }
     if let Err(e) = state.charge(&caller, peer.ip()) {
         return e.into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_found_in_any_case_of_bearer_and_percent_decoded() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "bearer s3cret".parse().unwrap());
+        assert_eq!(presented(&h, "/v1/topics", None).as_deref(), Some("s3cret"));
+        h.insert(AUTHORIZATION, "BEARER  s3cret ".parse().unwrap());
+        assert_eq!(presented(&h, "/v1/topics", None).as_deref(), Some("s3cret"));
+        h.insert(AUTHORIZATION, "Basic dTpw".parse().unwrap());
+        assert_eq!(presented(&h, "/v1/topics", None), None);
+        let none = HeaderMap::new();
+        let q = Some("a=1&token=a%2Fb%2Bc%3D%40d%20e");
+        assert_eq!(
+            presented(&none, crate::WS_PATH, q).as_deref(),
+            Some("a/b+c=@d e")
+        );
+        assert_eq!(
+            presented(&none, "/v1/topics", q),
+            None,
+            "only the WebSocket"
+        );
+    }
 }

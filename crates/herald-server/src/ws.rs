@@ -3,8 +3,22 @@
 //!
 //! Owns `GET /v1/ws` and its protocol ([`ClientFrame`] in, [`ServerFrame`]
 //! out; see the README's "WebSocket protocol"). Each connection has one
-//! writer task draining a bounded queue of outgoing frames
-//! (`HERALD_WS_BUFFER`) and one feeder task per subscription.
+//! writer task draining a queue of outgoing frames bounded in frames
+//! (`HERALD_WS_BUFFER`) and in bytes (`HERALD_WS_BUFFER_BYTES`), one
+//! feeder task per subscription, and one publisher task, so `publish`
+//! frames are published one after another in the order received (all of
+//! a connection's publishes, whatever their topic or key).
+//!
+//! Grants: `subscribe` for a pattern, `groups` to join a named group (and
+//! so to settle its deliveries, which only its members receive), `serve`
+//! to handle a command, `call` and `publish` for those frames.
+//!
+//! Memory per connection is bounded: queued frames by
+//! `HERALD_WS_BUFFER_BYTES` (a single frame larger than that still goes,
+//! alone), unacked deliveries by the same number of bytes across the
+//! connection's subscriptions (besides each one's `max_in_flight`), and
+//! calls waiting for their response by `HERALD_WS_MAX_PENDING_CALLS`.
+//! When the connection closes, its calls are cancelled.
 //!
 //! Durable subscriptions are consumer groups: a client that subscribes
 //! with a `group` and disconnects leaves its unacked deliveries to be
@@ -34,7 +48,8 @@ use herald::{CommandHandle, Delivery, Envelope, ErrorCode, Payload, StartPositio
 use parking_lot::Mutex;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::auth::{Caller, Permission};
 use crate::error::ApiError;
@@ -119,6 +134,23 @@ impl ClientFrame {
 }
 
 impl ClientFrame {
+    /// What an error about this frame names: a publish's or call's `ref`,
+    /// a subscription's id, a command's topic, a delivery's or call's
+    /// number.
+    pub fn reference(&self) -> Option<String> {
+        match self {
+            ClientFrame::Subscribe(f) => Some(f.id.clone()),
+            ClientFrame::Unsubscribe(f) => Some(f.id.clone()),
+            ClientFrame::Ack(f) => Some(f.delivery.to_string()),
+            ClientFrame::Nack(f) => Some(f.delivery.to_string()),
+            ClientFrame::Term(f) => Some(f.delivery.to_string()),
+            ClientFrame::Handle(f) => Some(f.topic.clone()),
+            ClientFrame::Reply(f) => Some(f.call.to_string()),
+            ClientFrame::Publish(f) => f.reference.clone(),
+            ClientFrame::Call(f) => f.reference.clone(),
+        }
+    }
+
     /// Whether the frame asks for work (subscribe, publish, call, …) rather
     /// than settling a delivery or answering a call.
     pub fn is_request(&self) -> bool {
@@ -351,13 +383,17 @@ pub enum ServerFrame<'a> {
         code: &'static str,
         /// What went wrong.
         message: String,
+        /// Whether the same frame may succeed if sent again.
+        retryable: bool,
     },
 }
 
 impl ServerFrame<'_> {
     fn text(&self) -> WsMessage {
         let text = serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"op":"error","code":"INTERNAL","message":"encode: {e}"}}"#)
+            format!(
+                r#"{{"op":"error","code":"INTERNAL","message":"encode: {e}","retryable":false}}"#
+            )
         });
         WsMessage::Text(Utf8Bytes::from(text))
     }
@@ -369,6 +405,7 @@ fn error_frame(reference: Option<String>, e: &ApiError) -> WsMessage {
         reference,
         code: e.code().as_str(),
         message: body.message,
+        retryable: body.retryable,
     }
     .text()
 }
@@ -397,29 +434,84 @@ impl Drop for Sub {
     }
 }
 
-/// An unacked delivery: its subscription's id, the delivery, and the
-/// semaphore its in-flight permit goes back to.
-type Held = (String, Delivery, Arc<Semaphore>);
+/// An unacked delivery: its subscription's id, the delivery, the semaphore
+/// its in-flight permit goes back to, and its share of the connection's
+/// held-bytes budget.
+type Held = (String, Delivery, Arc<Semaphore>, OwnedSemaphorePermit);
+
+/// The queue of outgoing frames: bounded in frames by the channel and in
+/// bytes by a semaphore whose permits a frame holds until it is written.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<(WsMessage, OwnedSemaphorePermit)>,
+    bytes: Arc<Semaphore>,
+    cap: u32,
+}
+
+impl Outbox {
+    fn new(
+        frames: usize,
+        bytes: usize,
+    ) -> (Outbox, mpsc::Receiver<(WsMessage, OwnedSemaphorePermit)>) {
+        let (tx, rx) = mpsc::channel(frames);
+        let cap = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let outbox = Outbox {
+            tx,
+            bytes: Arc::new(Semaphore::new(cap as usize)),
+            cap,
+        };
+        (outbox, rx)
+    }
+
+    /// A frame's cost: its bytes, at most the whole budget (so a frame
+    /// larger than the budget goes alone).
+    fn cost(&self, msg: &WsMessage) -> u32 {
+        u32::try_from(frame_len(msg))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.cap)
+    }
+
+    /// Queue `msg`, waiting for room; `false` once the writer is gone.
+    async fn send(&self, msg: WsMessage) -> bool {
+        let Ok(permit) = self.bytes.clone().acquire_many_owned(self.cost(&msg)).await else {
+            return false;
+        };
+        self.tx.send((msg, permit)).await.is_ok()
+    }
+
+    /// Queue `msg` if there is room now.
+    fn try_send(&self, msg: WsMessage) {
+        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&msg)) {
+            let _ = self.tx.try_send((msg, permit));
+        }
+    }
+}
 
 /// What a connection's tasks share.
 struct Conn {
     state: AppState,
     caller: Caller,
     peer: Peer,
-    out: mpsc::Sender<WsMessage>,
+    out: Outbox,
     /// Unacked deliveries by number.
     held: Mutex<HashMap<u64, Held>>,
+    /// Bytes of unacked deliveries the connection may hold.
+    held_bytes: Arc<Semaphore>,
     next_delivery: AtomicU64,
     /// Commands this connection handles; unregistered when it closes.
     handles: Mutex<Vec<CommandHandle>>,
     /// Calls sent to this connection awaiting its `reply`.
     calls: Mutex<HashMap<u64, oneshot::Sender<herald::Result<Payload>>>>,
     next_call: AtomicU64,
+    /// Calls this connection made that wait for their response.
+    pending_calls: Arc<Semaphore>,
+    /// The tasks of those calls, aborted when the connection closes.
+    call_tasks: Mutex<JoinSet<()>>,
 }
 
 async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut outgoing) = mpsc::channel::<WsMessage>(state.config.ws_buffer);
+    let (out, mut outgoing) = Outbox::new(state.config.ws_buffer, state.config.ws_buffer_bytes);
     // The writer says when it gave up on a stalled client, so the reader
     // stops too. (A writer that ended because the client closed its side
     // does not stop the reader: the frames the client sent before closing —
@@ -428,9 +520,11 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
     let stall = stalled.clone();
     let stall_timeout = state.config.ws_stall_timeout;
     let writer = tokio::spawn(async move {
-        while let Some(msg) = outgoing.recv().await {
+        while let Some((msg, permit)) = outgoing.recv().await {
             let closing = matches!(msg, WsMessage::Close(_));
-            match tokio::time::timeout(stall_timeout, sink.send(msg)).await {
+            let sent = tokio::time::timeout(stall_timeout, sink.send(msg)).await;
+            drop(permit);
+            match sent {
                 Ok(Ok(())) if !closing => {}
                 Ok(Ok(())) => break,
                 Ok(Err(_)) => break,
@@ -452,17 +546,31 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
         }
         let _ = sink.close().await;
     });
+    let held_budget = state.config.ws_buffer_bytes.min(Semaphore::MAX_PERMITS);
     let conn = Arc::new(Conn {
         state: state.clone(),
         caller,
         peer,
         out: out.clone(),
         held: Mutex::new(HashMap::new()),
+        held_bytes: Arc::new(Semaphore::new(held_budget)),
         next_delivery: AtomicU64::new(1),
         handles: Mutex::new(Vec::new()),
         calls: Mutex::new(HashMap::new()),
         next_call: AtomicU64::new(1),
+        pending_calls: Arc::new(Semaphore::new(state.config.ws_max_pending_calls)),
+        call_tasks: Mutex::new(JoinSet::new()),
     });
+    // Publishes go through one task, in the order their frames arrived.
+    let (publish_tx, mut publish_rx) = mpsc::channel::<PublishFrame>(PUBLISH_QUEUE);
+    let publisher = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = publish_rx.recv().await {
+                conn.publish(frame).await;
+            }
+        })
+    };
     let mut subs: HashMap<String, Sub> = HashMap::new();
     let mut draining = state.draining_signal();
     loop {
@@ -471,7 +579,7 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
             _ = stalled.notified() => break,
             _ = async { drop(draining.wait_for(|d| *d).await) } => {
                 let close = CloseFrame { code: 1001, reason: "server shutting down".into() };
-                let _ = out.send(WsMessage::Close(Some(close))).await;
+                out.send(WsMessage::Close(Some(close))).await;
                 break;
             }
         };
@@ -479,17 +587,23 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
             Some(Ok(WsMessage::Text(t))) => t,
             Some(Ok(WsMessage::Binary(_))) => {
                 let e = ApiError::validation("send JSON text frames, not binary");
-                let _ = out.send(error_frame(None, &e)).await;
+                out.send(error_frame(None, &e)).await;
                 continue;
             }
-            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+            Some(Err(e)) => {
+                if let Some(close) = close_for(e) {
+                    out.send(WsMessage::Close(Some(close))).await;
+                }
+                break;
+            }
+            Some(Ok(WsMessage::Close(_))) | None => break,
             Some(Ok(_)) => continue,
         };
         let frame = match ClientFrame::parse(text.as_str()) {
             Ok(f) => f,
             Err(e) => {
                 let e = ApiError::validation(format!("invalid frame: {e}"));
-                let _ = out.send(error_frame(None, &e)).await;
+                out.send(error_frame(None, &e)).await;
                 continue;
             }
         };
@@ -497,31 +611,76 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
         // replies do not (refusing an ack would only cause a redelivery).
         if frame.is_request() {
             if let Err(e) = state.charge(&conn.caller, conn.peer.0.ip()) {
-                let _ = out.send(error_frame(None, &e)).await;
+                out.send(error_frame(frame.reference(), &e)).await;
                 continue;
             }
         }
-        conn.handle(frame, &mut subs).await;
+        conn.handle(frame, &mut subs, &publish_tx).await;
     }
     // Unacked deliveries are released (redelivered) as they drop; calls
-    // waiting on this connection fail with `UNAVAILABLE`.
+    // waiting on this connection fail with `UNAVAILABLE`; calls it made are
+    // cancelled (before the socket closes); publishes it sent before
+    // closing still go through.
+    let mut calls = std::mem::take(&mut *conn.call_tasks.lock());
+    calls.shutdown().await;
     drop(subs);
     conn.held.lock().clear();
     for handle in conn.handles.lock().drain(..) {
         handle.unregister();
     }
     conn.calls.lock().clear();
+    drop(publish_tx);
+    let _ = publisher.await;
     drop(out);
     drop(conn);
     let _ = writer.await;
 }
 
+/// A frame's size in bytes, as the outgoing budget counts it.
+fn frame_len(msg: &WsMessage) -> usize {
+    match msg {
+        WsMessage::Text(t) => t.len(),
+        WsMessage::Binary(b) | WsMessage::Ping(b) | WsMessage::Pong(b) => b.len(),
+        WsMessage::Close(c) => 2 + c.as_ref().map_or(0, |c| c.reason.len()),
+    }
+}
+
+/// Publish frames queued for a connection's publisher before its reader
+/// waits.
+const PUBLISH_QUEUE: usize = 64;
+
+/// The close frame a read error earns: 1007 for text that is not UTF-8,
+/// 1009 for a message over `HERALD_MAX_REQUEST_BYTES`, 1002 for other
+/// protocol errors; none when the connection is simply gone.
+fn close_for(e: axum::Error) -> Option<CloseFrame> {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    let inner = e.into_inner();
+    let (code, reason) = match inner.downcast_ref::<WsError>() {
+        Some(WsError::Utf8(_)) => (1007, "text frame is not UTF-8"),
+        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+            (1009, "message too large (HERALD_MAX_REQUEST_BYTES)")
+        }
+        Some(WsError::Capacity(_)) => (1009, "frame too large"),
+        Some(WsError::Protocol(_)) => (1002, "protocol error"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
 impl Conn {
     async fn send(&self, msg: WsMessage) {
-        let _ = self.out.send(msg).await;
+        self.out.send(msg).await;
     }
 
-    async fn handle(self: &Arc<Self>, frame: ClientFrame, subs: &mut HashMap<String, Sub>) {
+    async fn handle(
+        self: &Arc<Self>,
+        frame: ClientFrame,
+        subs: &mut HashMap<String, Sub>,
+        publisher: &mpsc::Sender<PublishFrame>,
+    ) {
         match frame {
             ClientFrame::Subscribe(SubscribeFrame {
                 id,
@@ -550,7 +709,7 @@ impl Conn {
                 let reply = match subs.remove(&id) {
                     Some(sub) => {
                         drop(sub);
-                        self.held.lock().retain(|_, (s, _, _)| *s != id);
+                        self.held.lock().retain(|_, (s, _, _, _)| *s != id);
                         ServerFrame::Unsubscribed { id: &id }.text()
                     }
                     None => error_frame(
@@ -607,66 +766,84 @@ impl Conn {
                             ErrorCode::NotFound,
                             format!("no call {call} is waiting (answered, or timed out)"),
                         );
-                        let _ = self.out.try_send(error_frame(Some(call.to_string()), &e));
+                        self.out.try_send(error_frame(Some(call.to_string()), &e));
                     }
                 }
             }
-            ClientFrame::Publish(PublishFrame {
-                reference,
-                topic,
-                messages,
-                ..
-            }) => {
-                let conn = self.clone();
-                tokio::spawn(async move {
-                    let reply = match crate::publish::publish_messages(
-                        &conn.state,
-                        &conn.caller,
-                        &topic,
-                        messages,
-                    )
-                    .await
-                    {
-                        Ok(events) => ServerFrame::Published {
-                            reference: reference.as_deref(),
-                            topic: &topic,
-                            events,
-                        }
-                        .text(),
-                        Err(e) => error_frame(reference.clone(), &e),
-                    };
-                    conn.send(reply).await;
-                });
+            ClientFrame::Publish(frame) => {
+                // The publisher task lives as long as the connection's
+                // reader, so the queue is open here.
+                let _ = publisher.send(frame).await;
             }
-            ClientFrame::Call(CallFrame {
-                reference,
-                topic,
+            ClientFrame::Call(frame) => self.call(frame).await,
+        }
+    }
+
+    /// Publish a `publish` frame's messages and answer it.
+    async fn publish(&self, frame: PublishFrame) {
+        let PublishFrame {
+            reference,
+            topic,
+            messages,
+            ..
+        } = frame;
+        let reply =
+            match crate::publish::publish_messages(&self.state, &self.caller, &topic, messages)
+                .await
+            {
+                Ok(events) => ServerFrame::Published {
+                    reference: reference.as_deref(),
+                    topic: &topic,
+                    events,
+                }
+                .text(),
+                Err(e) => error_frame(reference, &e),
+            };
+        self.send(reply).await;
+    }
+
+    /// Start a `call` frame's call on a task of its own, under the
+    /// connection's limit of pending calls; it is cancelled when the
+    /// connection closes.
+    async fn call(self: &Arc<Self>, frame: CallFrame) {
+        let CallFrame {
+            reference,
+            topic,
+            message,
+            timeout_ms,
+            ..
+        } = frame;
+        let Ok(permit) = self.pending_calls.clone().try_acquire_owned() else {
+            let max = self.state.config.ws_max_pending_calls;
+            let e = ApiError::new(
+                ErrorCode::Backpressure,
+                format!("{max} calls are already waiting on this connection (HERALD_WS_MAX_PENDING_CALLS)"),
+            );
+            return self.send(error_frame(reference, &e)).await;
+        };
+        let conn = self.clone();
+        let mut tasks = self.call_tasks.lock();
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let reply = match crate::publish::call_command(
+                &conn.state,
+                &conn.caller,
+                &topic,
                 message,
                 timeout_ms,
-                ..
-            }) => {
-                let conn = self.clone();
-                tokio::spawn(async move {
-                    let reply = match crate::publish::call_command(
-                        &conn.state,
-                        &conn.caller,
-                        &topic,
-                        message,
-                        timeout_ms,
-                    )
-                    .await
-                    {
-                        Ok(envelope) => ServerFrame::Response {
-                            reference: reference.as_deref(),
-                            envelope: &envelope,
-                        }
-                        .text(),
-                        Err(e) => error_frame(reference.clone(), &e),
-                    };
-                    conn.send(reply).await;
-                });
-            }
-        }
+            )
+            .await
+            {
+                Ok(envelope) => ServerFrame::Response {
+                    reference: reference.as_deref(),
+                    envelope: &envelope,
+                }
+                .text(),
+                Err(e) => error_frame(reference.clone(), &e),
+            };
+            drop(permit);
+            conn.send(reply).await;
+        });
     }
 
     async fn subscribe(
@@ -684,6 +861,9 @@ impl Conn {
             format,
         } = options;
         self.caller.require(Permission::Subscribe, pattern)?;
+        if let Some(g) = &group {
+            self.caller.require(Permission::Group, g)?;
+        }
         if subs.contains_key(id) {
             return Err(ApiError::validation(format!(
                 "subscription {id:?} is already open"
@@ -704,12 +884,17 @@ impl Conn {
                 "max_in_flight={in_flight} is not allowed: expected 1..=10000"
             )));
         }
-        let mut request = self.state.bus.subscribe_raw(pattern).start(match start {
-            Start::Earliest => StartPosition::Earliest,
-            Start::Latest => StartPosition::Latest,
-            Start::Seq(n) => StartPosition::Seq(n),
-            Start::Time(t) => StartPosition::Time(t),
-        });
+        let mut request = self
+            .state
+            .bus
+            .subscribe_raw(pattern)
+            .start(match start {
+                Start::Earliest => StartPosition::Earliest,
+                Start::Latest => StartPosition::Latest,
+                Start::Seq(n) => StartPosition::Seq(n),
+                Start::Time(t) => StartPosition::Time(t),
+            })
+            .buffer(self.subscription_buffer());
         if let Some(g) = group {
             request = request.group(g);
         }
@@ -739,9 +924,15 @@ impl Conn {
                 permit.forget();
                 let number = conn.next_delivery.fetch_add(1, Ordering::Relaxed);
                 let frame = event_frame(&sub_id, number, delivery.envelope(), format);
+                let cost = u32::try_from(frame_len(&frame))
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, conn.held_budget());
+                let Ok(bytes) = conn.held_bytes.clone().acquire_many_owned(cost).await else {
+                    return;
+                };
                 conn.held
                     .lock()
-                    .insert(number, (sub_id.clone(), delivery, permits.clone()));
+                    .insert(number, (sub_id.clone(), delivery, permits.clone(), bytes));
                 conn.send(frame).await;
             }
             let e = ApiError::new(ErrorCode::Unavailable, "the subscription ended");
@@ -751,9 +942,32 @@ impl Conn {
         Ok(())
     }
 
+    /// Events a subscription of this connection buffers: the bus's
+    /// setting, but no more than `HERALD_WS_BUFFER_BYTES` of events at the
+    /// largest payload allowed (at least 16), so a client that reads
+    /// slowly keeps little of the store in the server's memory.
+    fn subscription_buffer(&self) -> usize {
+        let config = self.state.bus.config();
+        let largest = config.limits().payload_bytes().max(1);
+        (self.state.config.ws_buffer_bytes / largest)
+            .max(16)
+            .min(config.buffer())
+    }
+
+    /// The whole held-bytes budget, in permits.
+    fn held_budget(&self) -> u32 {
+        u32::try_from(
+            self.state
+                .config
+                .ws_buffer_bytes
+                .min(Semaphore::MAX_PERMITS),
+        )
+        .unwrap_or(u32::MAX)
+    }
+
     /// Register this connection as `topic`'s command handler.
     fn handle_command(self: &Arc<Self>, topic: &str) -> Result<(), ApiError> {
-        self.caller.require(Permission::Subscribe, topic)?;
+        self.caller.require(Permission::Serve, topic)?;
         let conn = Arc::downgrade(self);
         let handle = self
             .state
@@ -771,6 +985,12 @@ impl Conn {
                     let call = conn.next_call.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
                     conn.calls.lock().insert(call, tx);
+                    // A call given up (timed out, its caller gone) stops
+                    // waiting for its reply here.
+                    let _forget = Forget {
+                        conn: Arc::downgrade(&conn),
+                        call,
+                    };
                     conn.send(
                         ServerFrame::Command {
                             call,
@@ -789,7 +1009,7 @@ impl Conn {
 
     async fn settle(&self, number: u64, how: Settle) {
         let held = self.held.lock().remove(&number);
-        let Some((_, delivery, permits)) = held else {
+        let Some((_, delivery, permits, bytes)) = held else {
             let e = ApiError::new(
                 ErrorCode::NotFound,
                 format!("no unsettled delivery {number} on this connection"),
@@ -797,6 +1017,7 @@ impl Conn {
             return self.send(error_frame(Some(number.to_string()), &e)).await;
         };
         permits.add_permits(1);
+        drop(bytes);
         let settled = match how {
             Settle::Ack => delivery.ack().await,
             Settle::Nack(d) if d.is_zero() => delivery.nack().await,
@@ -808,6 +1029,21 @@ impl Conn {
             Err(e) => error_frame(Some(number.to_string()), &e.into()),
         };
         self.send(reply).await;
+    }
+}
+
+/// Removes a call from its handling connection's table when the call is
+/// done or given up.
+struct Forget {
+    conn: std::sync::Weak<Conn>,
+    call: u64,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.calls.lock().remove(&self.call);
+        }
     }
 }
 

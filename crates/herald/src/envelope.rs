@@ -144,10 +144,11 @@ impl Limits {
         self.max_payload_bytes
     }
 
-    /// Check a payload size: over the bound is `BACKPRESSURE` (DESIGN.md §4.8).
+    /// Check a payload size: over the bound is `BACKPRESSURE` (DESIGN.md
+    /// §4.8), and not retryable: the same payload never passes.
     pub fn check_payload(&self, topic: &str, len: usize) -> Result<()> {
         if len > self.max_payload_bytes {
-            return Err(Error::new(
+            return Err(Error::terminal(
                 crate::ErrorCode::Backpressure,
                 format!(
                     "payload of {len} bytes on `{topic}` is over the limit of {} bytes",

@@ -116,6 +116,22 @@ impl Served {
         }
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's resident memory now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line");
+        kb * 1024
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -265,6 +281,17 @@ impl Ws {
     /// Close the connection from this side.
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
+    }
+
+    /// Close the connection and wait until the server has closed its side
+    /// (everything it does when a client goes is done).
+    pub async fn close_and_wait(mut self) {
+        let _ = self.stream.close(None).await;
+        tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await
+        .expect("the server closes its side in time");
     }
 }
 

@@ -1,0 +1,240 @@
+//! What one WebSocket may cost a real `herald serve`, and the order of
+//! what it sends: outgoing frames are bounded in bytes and the memory goes
+//! back when the socket goes; pending calls are bounded and cancelled with
+//! their connection; publishes are stored in the order sent; refusals name
+//! the frame they refuse; broken frames get their close codes.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::{get, post, Served, Ws};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_reads_costs_bounded_memory_and_gives_it_back() {
+    let s = Served::start(&[
+        ("HERALD_MAX_PAYLOAD_BYTES", "1048576"),
+        ("HERALD_MAX_REQUEST_BYTES", "67108864"),
+        ("HERALD_WS_BUFFER_BYTES", "4194304"),
+        ("HERALD_WS_STALL_TIMEOUT", "2"),
+    ])
+    .await;
+    // 200 events of 1 MiB each, stored before anyone subscribes.
+    let big = "x".repeat(MIB - 16);
+    for _ in 0..20 {
+        let batch: Vec<Value> = (0..10).map(|_| json!({"payload": big})).collect();
+        let (status, body) = post(&s.url("/v1/topics/big.blob/events"), &json!(batch)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let before = s.rss();
+    // A subscriber that never reads: it asks for everything and stops. Its
+    // receive buffer is small, so the server's writes block soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(s.ws_url(None), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op": "subscribe", "id": "all", "pattern": "big.>", "start": "earliest", "max_in_flight": 200})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    // The server gives up on it (nothing read for HERALD_WS_STALL_TIMEOUT),
+    // which a reader sees as the end of the stream, once it reads again.
+    let mut peak = before;
+    let log_has_stall = || s.log().contains("stalled");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !log_has_stall() {
+        peak = peak.max(s.rss());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dropped:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(ws);
+    // Bounded: the queue (4 MiB) and the unacked deliveries (4 MiB) plus
+    // what is being encoded and sent, far from the 200 MiB it was offered.
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 64 * MIB as u64,
+        "grew by {} MiB",
+        grown / MIB as u64
+    );
+    // And it comes back once the socket is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = s.rss();
+        if now < before + 16 * MIB as u64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} MiB above the start",
+            (now - before) / MIB as u64
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_calls_are_bounded_and_cancelled_with_their_connection() {
+    let s = Served::start(&[("HERALD_WS_MAX_PENDING_CALLS", "10")]).await;
+    let mut handler = Ws::connect(&s.ws_url(None)).await;
+    handler
+        .send(json!({"op": "handle", "topic": "slow.op"}))
+        .await;
+    assert_eq!(handler.recv().await["op"], "handling");
+    let mut caller = Ws::connect(&s.ws_url(None)).await;
+    for n in 0..15 {
+        caller
+            .send(
+                json!({"op": "call", "ref": format!("c{n}"), "topic": "slow.op",
+                         "message": {"payload": n}, "timeout_ms": 300000}),
+            )
+            .await;
+    }
+    // Ten reach the handler; five are refused, each by its ref.
+    let mut refused = Vec::new();
+    while refused.len() < 5 {
+        let f = caller.recv_op("error").await;
+        assert_eq!(
+            (f["code"].as_str(), f["retryable"].as_bool()),
+            (Some("BACKPRESSURE"), Some(true)),
+            "{f}"
+        );
+        refused.push(f["ref"].as_str().unwrap().to_owned());
+    }
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        calls.push(handler.recv_op("command").await["call"].clone());
+    }
+    // The caller goes away: its calls are cancelled, so the handler's
+    // replies find nobody waiting.
+    caller.close_and_wait().await;
+    for call in calls {
+        handler
+            .send(json!({"op": "reply", "call": call, "payload": "late"}))
+            .await;
+        let f = handler.recv_op("error").await;
+        assert_eq!(
+            (f["code"].as_str(), f["ref"].clone()),
+            (Some("NOT_FOUND"), json!(call.to_string())),
+            "{f}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_from_one_socket_are_stored_in_the_order_sent() {
+    let s = Served::start(&[]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    for n in 0..300 {
+        ws.send(
+            json!({"op": "publish", "ref": n.to_string(), "topic": "seq.check",
+                       "messages": [{"payload": n, "key": "one"}]}),
+        )
+        .await;
+    }
+    for _ in 0..300 {
+        assert_eq!(ws.recv_op("published").await["op"], "published");
+    }
+    let (_, page) = get(&s.url("/v1/topics/seq.check/events?limit=1000")).await;
+    let stored: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stored, (0..300).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_frame_is_named_by_its_ref() {
+    let s = Served::start(&[("HERALD_RATE_LIMIT", "1")]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    for n in 0..5 {
+        ws.send(
+            json!({"op": "publish", "ref": format!("p{n}"), "topic": "rate.x",
+                       "messages": [{"payload": n}]}),
+        )
+        .await;
+    }
+    let mut answered = Vec::new();
+    for _ in 0..5 {
+        let f = ws.recv().await;
+        answered.push(f["ref"].as_str().map(str::to_owned));
+        if f["op"] == "error" {
+            assert_eq!(f["code"], "BACKPRESSURE", "{f}");
+        }
+    }
+    answered.sort();
+    let want: Vec<Option<String>> = (0..5).map(|n| Some(format!("p{n}"))).collect();
+    assert_eq!(answered, want, "every frame is answered by its ref");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frames_are_not_retryable() {
+    let s = Served::start(&[("HERALD_MAX_PAYLOAD_BYTES", "1024")]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.send(json!({"op": "publish", "ref": "big", "topic": "a.b",
+                   "messages": [{"payload": "x".repeat(2000)}]}))
+        .await;
+    let f = ws.recv().await;
+    assert_eq!(
+        (
+            f["code"].as_str(),
+            f["ref"].as_str(),
+            f["retryable"].as_bool()
+        ),
+        (Some("BACKPRESSURE"), Some("big"), Some(false)),
+        "{f}"
+    );
+}
+
+/// The close code the server ends a connection with after `frame`.
+async fn close_code_after(s: &Served, frame: Message) -> u16 {
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(None))
+        .await
+        .unwrap();
+    ws.send(frame).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(support::WAIT, ws.next())
+            .await
+            .expect("an answer in time");
+        match msg {
+            Some(Ok(Message::Close(Some(c)))) => return c.code.into(),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_frames_get_their_close_codes() {
+    let s = Served::start(&[("HERALD_MAX_REQUEST_BYTES", "65536")]).await;
+    let invalid = Frame::message(
+        b"{\"op\": \"\xff\xfe\"}".to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    assert_eq!(close_code_after(&s, Message::Frame(invalid)).await, 1007);
+    let huge = Message::text("x".repeat(100_000));
+    assert_eq!(close_code_after(&s, huge).await, 1009);
+    // The server is fine afterwards.
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe("ok", "a.>", json!({})).await;
+}
