@@ -251,6 +251,7 @@ macro_rules! conformance_tests {
             lifecycle::close_a_subscription_and_continue,
             lifecycle::concurrent_close_while_publishing,
             lifecycle::closed_bus_refuses_with_unavailable,
+            lifecycle::a_subscribe_racing_close_fails_or_ends,
             commands::one_handler_per_topic,
             commands::call_returns_response_not_found_timeout_or_error,
             commands::panicking_handler_is_internal_not_a_crash,

@@ -1,7 +1,9 @@
 //! Closing subscriptions and the bus.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
-use herald::ErrorCode;
+use herald::{ErrorCode, StartPosition};
 
 use crate::support::{collect, numbered, numbers, recv, DELIVERY_WAIT};
 use crate::Harness;
@@ -100,4 +102,75 @@ pub async fn closed_bus_refuses_with_unavailable(h: &Harness) {
         .is_none());
     let err = bus.call(numbered("conf.closed.cmd", 1)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable);
+}
+
+/// When the bus closes, relative to the start of a group subscribe.
+#[derive(Debug, Clone, Copy)]
+enum CloseAt {
+    /// At once, before the subscribe task has run.
+    Now,
+    /// After the subscribe task had one chance to run.
+    AfterAYield,
+    /// This long after the subscribe started.
+    After(Duration),
+}
+
+/// A group subscribe in flight when its bus closes fails with
+/// `UNAVAILABLE` or returns a stream that ends (DESIGN.md §4.15), whatever
+/// the moment of the close: `close` is not held up by it, and no stream
+/// outlives its bus.
+pub async fn a_subscribe_racing_close_fails_or_ends(h: &Harness) {
+    // How long the subscribe may take to resolve once the bus is closed:
+    // a guard against a hang, not a pace.
+    const RESOLVE_WAIT: Duration = Duration::from_secs(20);
+    let moments = [
+        CloseAt::Now,
+        CloseAt::AfterAYield,
+        CloseAt::After(Duration::from_millis(20)),
+        CloseAt::After(Duration::from_millis(100)),
+        CloseAt::After(Duration::from_millis(200)),
+    ];
+    for at in moments {
+        let bus = h.bus().await;
+        // A topic with an event, so a store has partitions or streams to
+        // set the group up on while the close comes.
+        bus.publish(numbered("conf.close.racing", 0)).await.unwrap();
+        let opening = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                bus.subscribe_raw("conf.close.racing")
+                    .group("g")
+                    .start(StartPosition::Latest)
+                    .await
+            }
+        });
+        match at {
+            CloseAt::Now => {}
+            CloseAt::AfterAYield => tokio::task::yield_now().await,
+            CloseAt::After(d) => tokio::time::sleep(d).await,
+        }
+        bus.close().await.unwrap();
+        let opened = tokio::time::timeout(RESOLVE_WAIT, opening)
+            .await
+            .unwrap_or_else(|_| panic!("close {at:?}: the subscribe did not resolve"))
+            .expect("the subscribe task");
+        match opened {
+            Err(e) => assert_eq!(
+                e.code(),
+                ErrorCode::Unavailable,
+                "close {at:?}: a subscribe cut short by close fails with UNAVAILABLE, not {e}"
+            ),
+            Ok(mut sub) => {
+                let next = tokio::time::timeout(DELIVERY_WAIT, sub.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("close {at:?}: the subscribe returned a stream that never ends")
+                    });
+                assert!(
+                    next.is_none(),
+                    "close {at:?}: the stream of a closed bus ends without deliveries"
+                );
+            }
+        }
+    }
 }

@@ -25,6 +25,7 @@ use crate::envelope::{Envelope, Limits};
 use crate::error::{Error, ErrorCode, Result};
 use crate::event::Event;
 use crate::instrument::{Instruments, PublishedAt};
+use crate::lifecycle::Lifecycle;
 use crate::memory::MemoryTransport;
 use crate::message::Publish;
 use crate::metrics::Metrics;
@@ -80,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// `None` when instrumentation is off.
     pub(crate) instruments: Option<Arc<Instruments>>,
+    /// Its open subscriptions, and whether it is closed.
+    pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
 /// What every handler of a bus gets unless it says otherwise.
@@ -156,6 +159,7 @@ impl Bus {
                 handlers: options.handlers,
                 metrics,
                 instruments,
+                lifecycle: Lifecycle::new(),
             }),
         }
     }
@@ -174,6 +178,7 @@ impl Bus {
                 handlers: i.handlers.clone(),
                 metrics: i.metrics.clone(),
                 instruments: i.instruments.clone(),
+                lifecycle: Lifecycle::new(),
             }),
         }
     }
@@ -412,15 +417,22 @@ impl Bus {
         &self.inner.config
     }
 
-    /// Close: later publishes and calls fail with `UNAVAILABLE`, open
+    /// Close: later publishes, calls and subscribes fail with
+    /// `UNAVAILABLE`, a subscribe in flight fails with it at once, open
     /// subscriptions end (undelivered events of the in-memory transport are
     /// gone with it). Idempotent.
     pub async fn close(&self) -> Result<()> {
+        let open = self.inner.lifecycle.close();
         self.inner.commands.close();
         // Deliveries dropped unsettled (a stopped handler's abandoned work)
         // are nacked in background tasks: let them land first.
         crate::delivery::detached_settled(CLOSE_SETTLE_WAIT).await;
-        self.inner.transport.close().await
+        let closed = self.inner.transport.close().await;
+        // The transport ended the streams it knows of; these end the rest.
+        for subscription in open {
+            subscription.close();
+        }
+        closed
     }
 }
 
@@ -622,8 +634,12 @@ impl IntoFuture for SubscribeRaw {
                     "a subscription needs at least one pattern",
                 ));
             }
-            let sub = self.bus.inner.transport.subscribe(self.spec).await?;
-            Ok(match &self.bus.inner.instruments {
+            let inner = &self.bus.inner;
+            let sub = inner
+                .lifecycle
+                .subscribe(inner.transport.clone(), self.spec)
+                .await?;
+            Ok(match &inner.instruments {
                 Some(i) => sub.instrumented(i.clone()),
                 None => sub,
             })

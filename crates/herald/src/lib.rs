@@ -51,6 +51,7 @@ pub mod group;
 pub mod handler;
 pub mod headers;
 pub mod instrument;
+mod lifecycle;
 pub mod log_tail;
 pub mod memory;
 pub mod message;

@@ -204,6 +204,8 @@ pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>,
     close: CloseHandle,
     instruments: Option<Arc<crate::instrument::Instruments>>,
+    /// Its entry among its bus's open subscriptions.
+    registration: Option<crate::lifecycle::Registration>,
 }
 
 impl Subscription {
@@ -216,7 +218,14 @@ impl Subscription {
             inner: Box::pin(stream),
             close,
             instruments: None,
+            registration: None,
         }
+    }
+
+    /// Listed among its bus's open subscriptions until dropped.
+    pub(crate) fn registered(mut self, registration: crate::lifecycle::Registration) -> Self {
+        self.registration = Some(registration);
+        self
     }
 
     /// Record each delivery's fan-out latency in `instruments`.

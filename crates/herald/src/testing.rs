@@ -167,6 +167,7 @@ pub struct Faults {
 struct TransportPlan {
     failing_publishes: Mutex<VecDeque<ErrorCode>>,
     publish_delay: Mutex<Option<Duration>>,
+    subscribe_delay: Mutex<Option<Duration>>,
     lost_acks: AtomicU64,
     publishes: AtomicU64,
     failing_deliveries: AtomicU64,
@@ -187,6 +188,12 @@ impl Faults {
     /// Every publish waits `delay` first (`None`: no more).
     pub fn delay_publishes(&self, delay: Option<Duration>) {
         *self.shared.publish_delay.lock() = delay;
+    }
+
+    /// Every subscribe waits `delay` before it reaches the transport
+    /// (`None`: no more): a store slow to set a subscription up.
+    pub fn delay_subscribes(&self, delay: Option<Duration>) {
+        *self.shared.subscribe_delay.lock() = delay;
     }
 
     /// The next `times` acks are lost on the way, as if they never reached
@@ -275,6 +282,10 @@ impl Transport for FaultyTransport {
 
     fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
         Box::pin(async move {
+            let delay = *self.faults.shared.subscribe_delay.lock();
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
             let mut sub = self.inner.subscribe(spec).await?;
             let close = sub.close_handle();
             let faults = self.faults.clone();
