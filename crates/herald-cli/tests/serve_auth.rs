@@ -90,6 +90,45 @@ async fn tokens_are_required_and_scoped() {
     assert_eq!(status, 201, "{body}");
     let (status, body) = publish(Some("orders-secret"), "billing.sent").await;
     assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
+    // Refused before its body is read: a body that is not even JSON.
+    let (status, body) = send(
+        c.post(s.url("/v1/topics/billing.sent/events"))
+            .bearer_auth("orders-secret")
+            .header("content-type", "application/json")
+            .body("not json"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    let (status, body) = send(
+        c.post(s.url("/v1/commands/orders.cancel"))
+            .bearer_auth("orders-secret")
+            .json(&json!({"payload": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "call needs call"
+    );
+    for path in ["/v1/groups", "/v1/slo", "/metrics", "/v1/dead-letters/1"] {
+        let (status, body) = send(c.get(s.url(path)).bearer_auth("orders-secret")).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("FORBIDDEN")),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = send(
+        c.post(s.url("/v1/dead-letters/purge"))
+            .bearer_auth("orders-secret")
+            .header("content-type", "application/json"),
+    )
+    .await;
+    assert_eq!(status, 403, "purging is admin");
     let (status, _) = publish(Some("ops-secret"), "orders.placed").await;
     assert_eq!(status, 403, "admin is not publish");
 

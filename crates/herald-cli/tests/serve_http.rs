@@ -113,7 +113,7 @@ async fn the_http_api_does_what_its_document_says() {
     check("get", "/v1/dead-letters/{id}", 200, &shown);
     assert_eq!(shown["envelope"]["payload"]["order"], 3);
     let (status, replayed) =
-        send(reqwest::Client::new().post(s.url(&format!("/v1/dead-letters/{id}/replay")))).await;
+        send(json_post(&s.url(&format!("/v1/dead-letters/{id}/replay")))).await;
     assert_eq!(status, 200, "{replayed}");
     check("post", "/v1/dead-letters/{id}/replay", 200, &replayed);
     assert_eq!(replayed["seqs"], json!([6]));
@@ -121,7 +121,7 @@ async fn the_http_api_does_what_its_document_says() {
     assert_eq!(status, 404);
     check("get", "/v1/dead-letters/{id}", 404, &gone);
     assert_eq!(gone["code"], "NOT_FOUND");
-    let (status, purged) = send(reqwest::Client::new().post(s.url("/v1/dead-letters/purge"))).await;
+    let (status, purged) = send(json_post(&s.url("/v1/dead-letters/purge"))).await;
     assert_eq!(status, 200);
     check("post", "/v1/dead-letters/purge", 200, &purged);
 
@@ -230,4 +230,11 @@ async fn cloudevents_go_in_and_come_out() {
         "herald's own event id"
     );
     assert_eq!(list[0]["idempotencykey"], "/shop/web/order-1");
+}
+
+/// A POST without a body, saying JSON as every POST must.
+fn json_post(url: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
 }

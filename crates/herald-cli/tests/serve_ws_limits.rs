@@ -238,3 +238,125 @@ async fn broken_frames_get_their_close_codes() {
     let mut ws = Ws::connect(&s.ws_url(None)).await;
     ws.subscribe("ok", "a.>", json!({})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_answers_no_ping_is_closed_and_frees_its_slot() {
+    let s = Served::start(&[
+        ("HERALD_IDLE_TIMEOUT", "2"),
+        ("HERALD_MAX_CONNECTIONS", "2"),
+    ])
+    .await;
+    // A client that never reads never answers the server's pings.
+    let (_silent, _) = tokio_tungstenite::connect_async(s.ws_url(None))
+        .await
+        .unwrap();
+    // One that reads answers them (tungstenite pongs as it reads) and stays.
+    let mut live = Ws::connect(&s.ws_url(None)).await;
+    live.subscribe("t", "idle.>", json!({})).await;
+    // It reads (and so pongs) until the event comes.
+    let reader = tokio::spawn(async move { live.recv_op("event").await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !s.log().contains("silent for") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The silent one's slot is free again: a third client gets in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = reqwest::get(s.url("/healthz")).await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = post(&s.url("/v1/topics/idle.x/events"), &json!({"payload": 1})).await;
+    assert_eq!(status, 201);
+    let event = reader.await.unwrap();
+    assert_eq!(event["envelope"]["payload"], 1);
+    assert_eq!(
+        s.log().matches("silent for").count(),
+        1,
+        "only the silent one went"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_delays_and_handlers_are_bounded() {
+    let s = Served::start(&[("HERALD_MAX_SUBSCRIPTIONS", "2")]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    let long = "x".repeat(2000);
+    for frame in [
+        json!({"op": "subscribe", "id": long, "pattern": "a.>"}),
+        json!({"op": "subscribe", "id": "bell\u{7}", "pattern": "a.>"}),
+        json!({"op": "publish", "ref": long, "topic": "a.b", "messages": [{"payload": 1}]}),
+        json!({"op": "term", "delivery": 1, "reason": long}),
+    ] {
+        ws.send(frame.clone()).await;
+        let f = ws.recv_op("error").await;
+        assert_eq!(f["code"], "VALIDATION", "{frame}: {f}");
+        assert!(f["message"].as_str().unwrap().len() < 600, "{f}");
+    }
+    ws.subscribe("s", "a.>", json!({"start": "earliest"})).await;
+    let (status, _) = post(&s.url("/v1/topics/a.b/events"), &json!({"payload": 1})).await;
+    assert_eq!(status, 201);
+    let e = ws.recv_op("event").await;
+    ws.send(json!({"op": "nack", "delivery": e["delivery"], "delay_ms": 86_400_000u64}))
+        .await;
+    let f = ws.recv_op("error").await;
+    assert_eq!(
+        (f["code"].as_str(), f["ref"].clone()),
+        (Some("VALIDATION"), json!(e["delivery"].to_string())),
+        "{f}"
+    );
+    for topic in ["h.one", "h.two"] {
+        ws.send(json!({"op": "handle", "topic": topic})).await;
+        assert_eq!(ws.recv_op("handling").await["topic"], topic);
+    }
+    ws.send(json!({"op": "handle", "topic": "h.three"})).await;
+    let f = ws.recv_op("error").await;
+    assert_eq!(
+        (f["code"].as_str(), f["ref"].as_str()),
+        (Some("BACKPRESSURE"), Some("h.three")),
+        "{f}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_far_ahead_reads_nothing_it_does_not_need() {
+    // A group-less subscription positioned past everything stored, and one
+    // on a pattern nothing matches, get only what is published after.
+    let s = Served::start(&[]).await;
+    let batch: Vec<Value> = (0..500).map(|n| json!({"payload": n})).collect();
+    let (status, _) = post(&s.url("/v1/topics/busy.x/events"), &json!(batch)).await;
+    assert_eq!(status, 201);
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe("far", "busy.>", json!({"start": {"seq": 10_000}}))
+        .await;
+    ws.subscribe("none", "quiet.>", json!({"start": "earliest"}))
+        .await;
+    ws.subscribe("from", "busy.>", json!({"start": {"seq": 499}}))
+        .await;
+    let from: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            let f = ws.recv_op("event").await;
+            assert_eq!(f["sub"], "from", "{f}");
+            v.push(f["envelope"]["seq"].as_u64().unwrap());
+        }
+        v
+    };
+    assert_eq!(from, [499, 500]);
+    let (status, _) = post(
+        &s.url("/v1/topics/quiet.y/events"),
+        &json!({"payload": "q"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let f = ws.recv_op("event").await;
+    assert_eq!(
+        (f["sub"].as_str(), f["envelope"]["payload"].as_str()),
+        (Some("none"), Some("q")),
+        "{f}"
+    );
+}

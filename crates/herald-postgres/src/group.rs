@@ -356,7 +356,7 @@ impl Member {
             let cursor = if latest {
                 0
             } else {
-                self.start_cursor(conn, &start).await?
+                start_cursor(conn, &self.inner.s, &self.spec, &start).await?
             };
             sqlx::query(&format!(
                 "INSERT INTO {s}.groups (name, patterns, kinds, cursor, start_seq, start_ms)
@@ -380,55 +380,6 @@ impl Member {
             "consumer group {:?} could not be registered",
             self.group
         )))
-    }
-
-    /// Where a new group starting at `start` (not `Latest`) puts its
-    /// cursor: just below the first event it may want — per topic its
-    /// patterns match, the first at or after its start, by the `(topic,
-    /// seq)` index (or `(topic, created_ms)` for a time start) — or after
-    /// the log's last event when no matching topic has one. Costs a read of
-    /// the topic names and one index lookup per matching topic, whatever
-    /// the number of events (DESIGN.md §10). The topics are read again in
-    /// the statement that finds the events, and the lookup is repeated if
-    /// one appeared in between, so a topic made meanwhile is not skipped.
-    async fn start_cursor(&self, conn: &mut PgConnection, start: &Position) -> Result<i64> {
-        let s = &self.inner.s;
-        let first = match start.start_ms {
-            Some(_) => format!(
-                "SELECT min(x.pos) FROM unnest($1::text[]) AS t(name) CROSS JOIN LATERAL
-                 (SELECT min(e.pos) AS pos FROM {s}.events e
-                  WHERE e.topic = t.name AND e.created_ms >= $2) x"
-            ),
-            None => format!(
-                "SELECT min(x.pos) FROM unnest($1::text[]) AS t(name) CROSS JOIN LATERAL
-                 (SELECT e.pos FROM {s}.events e
-                  WHERE e.topic = t.name AND e.seq >= $2 ORDER BY e.seq LIMIT 1) x"
-            ),
-        };
-        let lookup = format!(
-            "SELECT (SELECT count(*) FROM {s}.topics), (SELECT coalesce(max(pos), 0) FROM {s}.events), ({first})"
-        );
-        loop {
-            let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {s}.topics"))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(runtime_error)?;
-            let matching: Vec<String> = names
-                .iter()
-                .filter(|t| self.spec.patterns.iter().any(|p| p.matches_str(t)))
-                .cloned()
-                .collect();
-            let from = start.start_ms.or(start.start_seq).unwrap_or(1);
-            let (topics, last, first): (i64, i64, Option<i64>) = sqlx::query_as(&lookup)
-                .bind(&matching)
-                .bind(from)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(runtime_error)?;
-            if topics as usize == names.len() {
-                return Ok(first.map_or(last, |pos| pos - 1));
-            }
-        }
     }
 
     /// An ack: one statement, or with `effects` a transaction that appends
@@ -685,4 +636,57 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
         .into_iter()
         .map(|(name, (patterns, by_topic))| rules::info(&name, &patterns, &topics, &by_topic))
         .collect()
+}
+
+/// Where a new group (or a group-less tail) starting at `start` (not
+/// `Latest`) puts its cursor: just below the first event it may want — per topic its
+/// patterns match, the first at or after its start, by the `(topic,
+/// seq)` index (or `(topic, created_ms)` for a time start) — or after
+/// the log's last event when no matching topic has one. Costs a read of
+/// the topic names and one index lookup per matching topic, whatever
+/// the number of events (DESIGN.md §10). The topics are read again in
+/// the statement that finds the events, and the lookup is repeated if
+/// one appeared in between, so a topic made meanwhile is not skipped.
+pub(crate) async fn start_cursor(
+    conn: &mut PgConnection,
+    s: &str,
+    spec: &SubscribeSpec,
+    start: &Position,
+) -> Result<i64> {
+    let first = match start.start_ms {
+        Some(_) => format!(
+            "SELECT min(x.pos) FROM unnest($1::text[]) AS t(name) CROSS JOIN LATERAL
+             (SELECT min(e.pos) AS pos FROM {s}.events e
+              WHERE e.topic = t.name AND e.created_ms >= $2) x"
+        ),
+        None => format!(
+            "SELECT min(x.pos) FROM unnest($1::text[]) AS t(name) CROSS JOIN LATERAL
+             (SELECT e.pos FROM {s}.events e
+              WHERE e.topic = t.name AND e.seq >= $2 ORDER BY e.seq LIMIT 1) x"
+        ),
+    };
+    let lookup = format!(
+        "SELECT (SELECT count(*) FROM {s}.topics), (SELECT coalesce(max(pos), 0) FROM {s}.events), ({first})"
+    );
+    loop {
+        let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {s}.topics"))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        let matching: Vec<String> = names
+            .iter()
+            .filter(|t| spec.patterns.iter().any(|p| p.matches_str(t)))
+            .cloned()
+            .collect();
+        let from = start.start_ms.or(start.start_seq).unwrap_or(1);
+        let (topics, last, first): (i64, i64, Option<i64>) = sqlx::query_as(&lookup)
+            .bind(&matching)
+            .bind(from)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        if topics as usize == names.len() {
+            return Ok(first.map_or(last, |pos| pos - 1));
+        }
+    }
 }

@@ -24,9 +24,15 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     if spec.group.is_some() {
         return crate::group::subscribe(inner, spec).await;
     }
+    // A start other than the latest is found by index, so a tail that
+    // wants nothing of a large log does not read it all.
     let cursor = match spec.start {
         StartPosition::Latest => current_pos(&inner.pool, &inner.s).await?,
-        _ => 0,
+        ref start => {
+            let mut conn = inner.pool.acquire().await.map_err(runtime_error)?;
+            let position = herald::group::Position::new(start, 0);
+            crate::group::start_cursor(&mut conn, &inner.s, &spec, &position).await?
+        }
     };
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
     let queue = Queue::new(spec, host);

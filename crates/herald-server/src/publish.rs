@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use herald::{Envelope, ErrorCode, Kind};
@@ -85,8 +85,12 @@ pub async fn publish(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     PathParam(topic): PathParam<String>,
-    JsonBody(body): JsonBody<OneOrMany>,
+    request: Request,
 ) -> ApiResult<(StatusCode, Json<PublishResponse>)> {
+    // The grant first: a caller without it gets FORBIDDEN without the
+    // server reading, let alone decoding, its body.
+    caller.require(Permission::Publish, &topic)?;
+    let JsonBody(body) = JsonBody::<OneOrMany>::from_request(request, &state).await?;
     let messages = body.into_messages(&topic)?;
     let events = publish_messages(&state, &caller, &topic, messages).await?;
     Ok((StatusCode::CREATED, Json(PublishResponse { topic, events })))
@@ -151,8 +155,10 @@ pub async fn call(
     Extension(caller): Extension<Caller>,
     PathParam(topic): PathParam<String>,
     QueryParams(params): QueryParams<CallParams>,
-    JsonBody(message): JsonBody<MessageIn>,
+    request: Request,
 ) -> ApiResult<Json<Envelope>> {
+    caller.require(Permission::Call, &topic)?;
+    let JsonBody(message) = JsonBody::<MessageIn>::from_request(request, &state).await?;
     let response = call_command(&state, &caller, &topic, message, params.timeout_ms).await?;
     Ok(Json(response))
 }

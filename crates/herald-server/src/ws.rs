@@ -18,7 +18,15 @@
 //! alone), unacked deliveries by the same number of bytes across the
 //! connection's subscriptions (besides each one's `max_in_flight`), and
 //! calls waiting for their response by `HERALD_WS_MAX_PENDING_CALLS`.
-//! When the connection closes, its calls are cancelled.
+//! When the connection closes, its calls are cancelled. Publish frames
+//! waiting for the publisher take from the same byte budget.
+//!
+//! Idle clients: the server pings every half `HERALD_IDLE_TIMEOUT`; a
+//! client that sends nothing, not even the pong, for the whole timeout is
+//! disconnected (close code 1001), so a silent or half-open socket gives
+//! its slot back. A connection handles at most `HERALD_MAX_SUBSCRIPTIONS`
+//! commands, besides as many subscriptions; ids, `ref`s and term reasons are
+//! at most 1 KiB; a nack's delay at most an hour.
 //!
 //! Durable subscriptions are consumer groups: a client that subscribes
 //! with a `group` and disconnects leaves its unacked deliveries to be
@@ -114,7 +122,7 @@ impl ClientFrame {
             serde_json::from_str(text).map_err(|e| e.to_string())
         }
         let op: Op = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        Ok(match op.op.as_ref() {
+        let frame = match op.op.as_ref() {
             "subscribe" => ClientFrame::Subscribe(body(text)?),
             "unsubscribe" => ClientFrame::Unsubscribe(body(text)?),
             "ack" => ClientFrame::Ack(body(text)?),
@@ -129,9 +137,41 @@ impl ClientFrame {
                     "unknown op {other:?}: expected subscribe, unsubscribe, ack, nack, term, handle, reply, publish or call"
                 ))
             }
-        })
+        };
+        frame.check_names()?;
+        Ok(frame)
+    }
+
+    /// The client's own names — a subscription's id, a `ref`, a term's
+    /// reason — are echoed or stored: at most [`MAX_NAME_BYTES`] each, no
+    /// control characters.
+    fn check_names(&self) -> Result<(), String> {
+        let (what, value) = match self {
+            ClientFrame::Subscribe(f) => ("id", Some(&f.id)),
+            ClientFrame::Unsubscribe(f) => ("id", Some(&f.id)),
+            ClientFrame::Term(f) => ("reason", f.reason.as_ref()),
+            ClientFrame::Publish(f) => ("ref", f.reference.as_ref()),
+            ClientFrame::Call(f) => ("ref", f.reference.as_ref()),
+            _ => return Ok(()),
+        };
+        match value {
+            Some(v) if v.len() > MAX_NAME_BYTES => Err(format!(
+                "`{what}` is {} bytes; at most {MAX_NAME_BYTES} are allowed",
+                v.len()
+            )),
+            Some(v) if v.chars().any(char::is_control) => {
+                Err(format!("`{what}` must not hold control characters"))
+            }
+            _ => Ok(()),
+        }
     }
 }
+
+/// The longest subscription id, `ref` or term reason a frame may carry.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// The longest nack delay (an hour, `HERALD_RETRY_MAX_DELAY`'s ceiling).
+pub const MAX_NACK_DELAY_MS: u64 = 3_600_000;
 
 impl ClientFrame {
     /// What an error about this frame names: a publish's or call's `ref`,
@@ -561,18 +601,29 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
         pending_calls: Arc::new(Semaphore::new(state.config.ws_max_pending_calls)),
         call_tasks: Mutex::new(JoinSet::new()),
     });
-    // Publishes go through one task, in the order their frames arrived.
-    let (publish_tx, mut publish_rx) = mpsc::channel::<PublishFrame>(PUBLISH_QUEUE);
+    // Publishes go through one task, in the order their frames arrived,
+    // queued within the connection's byte budget.
+    let (publish_tx, mut publish_rx) = mpsc::channel::<Queued>(PUBLISH_QUEUE);
     let publisher = {
         let conn = conn.clone();
         tokio::spawn(async move {
-            while let Some(frame) = publish_rx.recv().await {
+            while let Some((frame, _bytes)) = publish_rx.recv().await {
                 conn.publish(frame).await;
             }
         })
     };
+    let publisher_queue = Publisher {
+        tx: publish_tx,
+        bytes: Arc::new(Semaphore::new(held_budget)),
+        cap: conn.held_budget(),
+    };
     let mut subs: HashMap<String, Sub> = HashMap::new();
     let mut draining = state.draining_signal();
+    // A client must answer pings (or send anything) within the idle timeout.
+    let idle = state.config.idle_timeout;
+    let mut heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval(idle / 2);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -582,7 +633,18 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
                 out.send(WsMessage::Close(Some(close))).await;
                 break;
             }
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle {
+                    tracing::info!("websocket client silent for {idle:?}: disconnecting");
+                    let close = CloseFrame { code: 1001, reason: "idle: no answer to pings".into() };
+                    out.try_send(WsMessage::Close(Some(close)));
+                    break;
+                }
+                out.try_send(WsMessage::Ping(Default::default()));
+                continue;
+            }
         };
+        heard = tokio::time::Instant::now();
         let text = match msg {
             Some(Ok(WsMessage::Text(t))) => t,
             Some(Ok(WsMessage::Binary(_))) => {
@@ -615,7 +677,8 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
                 continue;
             }
         }
-        conn.handle(frame, &mut subs, &publish_tx).await;
+        conn.handle(frame, text.len(), &mut subs, &publisher_queue)
+            .await;
     }
     // Unacked deliveries are released (redelivered) as they drop; calls
     // waiting on this connection fail with `UNAVAILABLE`; calls it made are
@@ -629,7 +692,7 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
         handle.unregister();
     }
     conn.calls.lock().clear();
-    drop(publish_tx);
+    drop(publisher_queue);
     let _ = publisher.await;
     drop(out);
     drop(conn);
@@ -646,8 +709,31 @@ fn frame_len(msg: &WsMessage) -> usize {
 }
 
 /// Publish frames queued for a connection's publisher before its reader
-/// waits.
+/// waits (besides the byte budget).
 const PUBLISH_QUEUE: usize = 64;
+
+/// A publish frame and its share of the publish queue's byte budget.
+type Queued = (PublishFrame, OwnedSemaphorePermit);
+
+/// The connection's publish queue: frames in the order received, bounded
+/// in frames and in bytes (`HERALD_WS_BUFFER_BYTES`).
+struct Publisher {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    cap: u32,
+}
+
+impl Publisher {
+    /// Queue `frame` (`size` bytes as received), waiting for room.
+    async fn queue(&self, frame: PublishFrame, size: usize) {
+        let cost = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, self.cap);
+        // The semaphore is never closed and the publisher task outlives the
+        // reader, so neither step fails while the connection is open.
+        if let Ok(permit) = self.bytes.clone().acquire_many_owned(cost).await {
+            let _ = self.tx.send((frame, permit)).await;
+        }
+    }
+}
 
 /// The close frame a read error earns: 1007 for text that is not UTF-8,
 /// 1009 for a message over `HERALD_MAX_REQUEST_BYTES`, 1002 for other
@@ -678,8 +764,9 @@ impl Conn {
     async fn handle(
         self: &Arc<Self>,
         frame: ClientFrame,
+        size: usize,
         subs: &mut HashMap<String, Sub>,
-        publisher: &mpsc::Sender<PublishFrame>,
+        publisher: &Publisher,
     ) {
         match frame {
             ClientFrame::Subscribe(SubscribeFrame {
@@ -723,8 +810,15 @@ impl Conn {
             ClientFrame::Nack(NackFrame {
                 delivery, delay_ms, ..
             }) => {
-                let delay = Duration::from_millis(delay_ms.unwrap_or(0).min(86_400_000));
-                self.settle(delivery, Settle::Nack(delay)).await
+                let delay_ms = delay_ms.unwrap_or(0);
+                if delay_ms > MAX_NACK_DELAY_MS {
+                    let e = ApiError::validation(format!(
+                        "delay_ms={delay_ms} is not allowed: expected 0..={MAX_NACK_DELAY_MS}"
+                    ));
+                    return self.send(error_frame(Some(delivery.to_string()), &e)).await;
+                }
+                self.settle(delivery, Settle::Nack(Duration::from_millis(delay_ms)))
+                    .await
             }
             ClientFrame::Term(TermFrame {
                 delivery, reason, ..
@@ -770,11 +864,7 @@ impl Conn {
                     }
                 }
             }
-            ClientFrame::Publish(frame) => {
-                // The publisher task lives as long as the connection's
-                // reader, so the queue is open here.
-                let _ = publisher.send(frame).await;
-            }
+            ClientFrame::Publish(frame) => publisher.queue(frame, size).await,
             ClientFrame::Call(frame) => self.call(frame).await,
         }
     }
@@ -968,6 +1058,13 @@ impl Conn {
     /// Register this connection as `topic`'s command handler.
     fn handle_command(self: &Arc<Self>, topic: &str) -> Result<(), ApiError> {
         self.caller.require(Permission::Serve, topic)?;
+        let max = self.state.config.max_subscriptions;
+        if self.handles.lock().len() >= max {
+            return Err(ApiError::new(
+                ErrorCode::Backpressure,
+                format!("{max} commands is the limit one connection may handle (HERALD_MAX_SUBSCRIPTIONS)"),
+            ));
+        }
         let conn = Arc::downgrade(self);
         let handle = self
             .state

@@ -30,9 +30,21 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     if spec.group.is_some() {
         return crate::group::subscribe(inner, spec).await;
     }
+    // A start other than the latest is found by index, so a tail that
+    // wants nothing of a large log does not read it all: just below the
+    // first event it may want, else after the last (read first, so what
+    // commits meanwhile is read too).
+    let last = max_pos(inner.readers.clone()).await?;
     let cursor = match spec.start {
-        StartPosition::Latest => max_pos(inner.readers.clone()).await?,
-        _ => 0,
+        StartPosition::Latest => last,
+        ref start => {
+            let mut conn = inner.readers.acquire().await.map_err(runtime_error)?;
+            let position = herald::group::Position::new(start, 0);
+            match crate::group::first_wanted(&mut conn, &spec, &position).await? {
+                Some(pos) => pos - 1,
+                None => last,
+            }
+        }
     };
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
     let queue = Queue::new(spec, host);
