@@ -79,7 +79,9 @@ pub(crate) struct Group {
     next_generation: AtomicU64,
     /// Start offsets of the partitions that existed when it opened (for `Latest`).
     latest: Mutex<HashMap<(String, i32), i64>>,
-    assigned: tokio::sync::watch::Sender<bool>,
+    /// Turns `true` once the consumer holds its first partitions, or has
+    /// stopped (then the queue is closed).
+    joined: tokio::sync::watch::Sender<bool>,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
 }
 
@@ -200,7 +202,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         }
     }
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-    let (assigned, mut assigned_rx) = tokio::sync::watch::channel(false);
+    let (joined, mut joined_rx) = tokio::sync::watch::channel(false);
     let group = Arc::new_cyclic(|me| Group {
         me: me.clone(),
         inner: Arc::downgrade(inner),
@@ -212,7 +214,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         parts: Mutex::new(HashMap::new()),
         next_generation: AtomicU64::new(1),
         latest: Mutex::new(HashMap::new()),
-        assigned,
+        joined,
         commits: commit_tx,
     });
     let patterns: Vec<String> = spec
@@ -233,7 +235,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let host: Weak<dyn QueueHost> = Arc::downgrade(&group) as Weak<Group>;
     let queue = Queue::new(spec.clone(), host);
     queue.join();
-    inner.register(&queue);
+    inner.register(&queue)?;
     let _ = group.queue.set(Arc::downgrade(&queue));
 
     let mut config =
@@ -266,23 +268,30 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         group: group.clone(),
     };
     let topic_inner = Arc::downgrade(inner);
-    let q = queue.clone();
+    let (q, stopped) = (queue.clone(), group.clone());
     std::thread::Builder::new()
         .name("herald-kafka-group".into())
         .spawn(move || {
-            feed::run(consumer, q, hooks, |name| {
+            feed::run(consumer, q.clone(), hooks, |name| {
                 topic_inner.upgrade().and_then(|i| i.topic_of(name))
-            })
+            });
+            // The store or the group closed: nothing feeds the queue now.
+            q.close();
+            stopped.joined.send_replace(true);
         })
         .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
     // Events published after `subscribe` returns must reach the group: wait
     // until it holds its first partitions (none to wait for when no topic
     // matches yet: a topic made later is read from its beginning).
     if !group.latest.lock().is_empty() || spec.start != StartPosition::Latest {
-        let waited = tokio::time::timeout(JOIN_WAIT, assigned_rx.wait_for(|a| *a)).await;
+        let waited = tokio::time::timeout(JOIN_WAIT, joined_rx.wait_for(|j| *j)).await;
         if waited.is_err() {
             tracing::warn!(group = %group_name, "Kafka: no partitions assigned within {JOIN_WAIT:?}; the group goes on joining");
         }
+    }
+    if queue.is_closed() {
+        // The store closed while the consumer joined.
+        return Err(errors::closed());
     }
     Ok(queue::member(queue))
 }
@@ -409,7 +418,7 @@ impl Group {
         if let Err(e) = consumer.assign(&take) {
             tracing::error!(group = %self.kafka_group, error = %e, "Kafka: partitions could not be taken");
         }
-        self.assigned.send_replace(true);
+        self.joined.send_replace(true);
         tracing::info!(group = %self.kafka_group, partitions = take.count(), "Kafka: partitions assigned");
         self.tell(RebalanceKind::Assigned, &take);
     }

@@ -312,10 +312,18 @@ impl Inner {
     }
 
     /// Close `queue` with the store.
-    pub(crate) fn register(&self, queue: &Arc<Queue>) {
+    pub(crate) fn register(&self, queue: &Arc<Queue>) -> Result<()> {
         let mut queues = self.queues.lock();
+        // Checked under the lock `close` takes the queues with: a queue
+        // registered after that is refused here, never left open.
+        if self.is_closed() {
+            drop(queues);
+            queue.close();
+            return Err(errors::closed());
+        }
         queues.retain(|q| q.strong_count() > 0);
         queues.push(Arc::downgrade(queue));
+        Ok(())
     }
 
     /// The herald topic of Kafka topic `name`, when it is one of this

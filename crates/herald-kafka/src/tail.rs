@@ -29,7 +29,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
     let queue = Queue::new(spec.clone(), host);
     queue.join();
-    inner.register(&queue);
+    inner.register(&queue)?;
     let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()

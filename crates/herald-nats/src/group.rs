@@ -147,8 +147,14 @@ impl Leader {
             recent_acks: inner.recent_acks(group),
             stop: tokio::sync::watch::channel(false).0,
         });
-        inner.register(&leader.queue);
+        // Leading first: a close from now on steps this leader down, and
+        // one that came before refuses its queue here.
         inner.lead(group, &leader);
+        if let Err(e) = inner.register(&leader.queue) {
+            inner.unlead(group);
+            lease.release(inner).await;
+            return Err(e);
+        }
         let followed = async {
             crate::inspect::record(inner, group, spec).await?;
             Streams::follow(inner, spec).await

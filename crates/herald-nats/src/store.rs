@@ -270,11 +270,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Close `queue` with the store.
-    pub(crate) fn register(&self, queue: &Arc<herald::queue::Queue>) {
+    /// Close `queue` with the store; a store closed already closes it now
+    /// and refuses it (`UNAVAILABLE`).
+    pub(crate) fn register(&self, queue: &Arc<herald::queue::Queue>) -> Result<()> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock `close` takes the queues with: a queue
+        // registered after that is refused here, never left open.
+        if self.closed.load(Ordering::Acquire) {
+            drop(queues);
+            queue.close();
+            return Err(errors::closed());
+        }
         queues.retain(|q| q.strong_count() > 0);
         queues.push(Arc::downgrade(queue));
+        Ok(())
     }
 
     fn lock_leaders(

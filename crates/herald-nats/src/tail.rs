@@ -40,7 +40,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
     let queue = Queue::new(spec.clone(), host);
     queue.join();
-    inner.register(&queue);
+    inner.register(&queue)?;
     let streams = Streams::follow(inner, &spec).await?;
     let seen = Arc::new(Mutex::new(HashSet::new()));
     for found in streams.existing {

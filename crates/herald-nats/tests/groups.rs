@@ -7,8 +7,13 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
-use herald::{Bus, DeliveryState, ErrorCode, Message, Payload};
+use herald::{
+    Bus, DeliveryState, ErrorCode, Message, Pattern, Payload, StartPosition, SubscribeSpec,
+    Transport,
+};
 use herald_nats::NatsStore;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -120,6 +125,45 @@ async fn another_process_lists_a_group_with_its_offset_and_lag() {
     a.close().await.unwrap();
     let t = &b.groups().await.unwrap()[0].topics[0];
     assert_eq!((t.acked_through, t.last_seq, t.lag), (1, 3, 1));
+}
+
+/// Closing a store while a group subscribe is still setting its leader up:
+/// the subscribe fails with `UNAVAILABLE` or returns a stream that ends.
+/// Asked of the store itself, below the bus (a bus gives up on such a
+/// subscribe by itself; the store must not leave a leader behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_subscribe_in_flight_ends_with_its_store() {
+    const END_WAIT: Duration = Duration::from_secs(10);
+    for close_after in [0, 1, 5, 20].map(Duration::from_millis) {
+        let store = Arc::new(NatsStore::open(support::fresh_config()).await.unwrap());
+        let bus = Bus::new(store.clone());
+        bus.publish(Message::json("close.racing", &0).unwrap())
+            .await
+            .unwrap();
+        let mut spec = SubscribeSpec::new(vec![Pattern::new("close.racing").unwrap()]);
+        spec.group = Some("g".to_owned());
+        spec.start = StartPosition::Latest;
+        let opening = tokio::spawn({
+            let store = store.clone();
+            async move { Transport::subscribe(&*store, spec).await }
+        });
+        tokio::time::sleep(close_after).await;
+        store.close().await.unwrap();
+        let opened = tokio::time::timeout(END_WAIT, opening)
+            .await
+            .unwrap_or_else(|_| panic!("closed after {close_after:?}: the subscribe went on"))
+            .unwrap();
+        match opened {
+            Err(e) => assert_eq!(e.code(), ErrorCode::Unavailable, "{e}"),
+            Ok(mut sub) => assert!(
+                tokio::time::timeout(END_WAIT, sub.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("closed after {close_after:?}: the stream goes on"))
+                    .is_none(),
+                "closed after {close_after:?}: nothing to deliver"
+            ),
+        }
+    }
 }
 
 async fn recv(sub: &mut herald::Subscription) -> herald::Delivery {
