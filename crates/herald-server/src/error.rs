@@ -135,8 +135,17 @@ impl ApiError {
 }
 
 impl From<Error> for ApiError {
+    /// The error as a client sees it; an `INTERNAL` one's own words (a
+    /// driver's message may name hosts, users or tables) go to the log, and
+    /// the client gets the request id to find them by.
     fn from(e: Error) -> Self {
-        let mut api = ApiError::new(e.code(), e.message());
+        let message = if e.code() == ErrorCode::Internal {
+            tracing::error!(error = %e, request_id = ?crate::access::current_request_id(), "internal error");
+            "internal error; the server's log has the details under this request id".to_owned()
+        } else {
+            e.message().to_owned()
+        };
+        let mut api = ApiError::new(e.code(), message);
         api.retryable = e.retryable();
         api
     }
@@ -188,6 +197,17 @@ mod tests {
         assert_eq!(body.code, "UNAVAILABLE");
         assert!(body.retryable);
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn internal_errors_keep_their_details_to_the_log() {
+        let e: ApiError = Error::internal("connection to db.internal:5432 as admin failed").into();
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(
+            !e.body().message.contains("db.internal"),
+            "{}",
+            e.body().message
+        );
     }
 
     #[test]
