@@ -238,3 +238,27 @@ fn json_post(url: &str) -> reqwest::RequestBuilder {
         .post(url)
         .header("content-type", "application/json")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_page_of_large_events_ends_early_and_says_where_to_go_on() {
+    let s = Served::start(&[
+        ("HERALD_MAX_PAYLOAD_BYTES", "4194304"),
+        ("HERALD_MAX_REQUEST_BYTES", "67108864"),
+    ])
+    .await;
+    let big = "x".repeat(4 * 1024 * 1024 - 16);
+    for _ in 0..3 {
+        let batch: Vec<Value> = (0..4).map(|_| json!({"payload": big})).collect();
+        let (status, body) = post(&s.url("/v1/topics/big.page/events"), &json!(batch)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // 12 events of just under 4 MiB: a page of up to 1000 stops once it
+    // holds 32 MiB (9 events).
+    let (status, page) = get(&s.url("/v1/topics/big.page/events?limit=1000")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["events"].as_array().unwrap().len(), 9);
+    assert_eq!(page["next_seq"], 10);
+    let (_, rest) = get(&s.url("/v1/topics/big.page/events?limit=1000&from_seq=10")).await;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["next_seq"], Value::Null);
+}

@@ -156,6 +156,46 @@ pub struct Page {
 /// With `Accept: application/cloudevents-batch+json` the answer is a JSON
 /// list of CloudEvents, and the next page's `from_seq` is the
 /// `herald-next-seq` header.
+/// Payload bytes one replay page holds (past its first event): with large
+/// payloads a page ends early, and `next_seq` says where to go on.
+pub const PAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Up to `limit` events of `topic` from `from`, and the `seq` to read on
+/// from when there may be more. Read in chunks that fit what is left of
+/// [`PAGE_BYTES`] even at the largest payload allowed, stopping once the
+/// page holds that many bytes, so a page of large events stays bounded
+/// (small events come in one or a few reads).
+async fn read_page(
+    state: &AppState,
+    topic: &str,
+    mut from: StartPosition,
+    limit: usize,
+) -> ApiResult<(Vec<herald::Envelope>, Option<u64>)> {
+    let largest = state.bus.config().limits().payload_bytes().max(1);
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
+    loop {
+        // As many as fit in what is left of the budget at the largest
+        // payload (one at least): a page ends under PAGE_BYTES + one event.
+        let fit = (PAGE_BYTES.saturating_sub(bytes) / largest).max(1);
+        let want = fit.min(limit - events.len());
+        let got = state.bus.replay(topic, from, want).await?;
+        let full = got.len() == want;
+        bytes += got.iter().map(|e| e.payload().len()).sum::<usize>();
+        events.extend(got);
+        let next = events.last().and_then(|e| e.seq()).map(|s| s + 1);
+        if !full {
+            return Ok((events, None));
+        }
+        if events.len() == limit || bytes >= PAGE_BYTES {
+            return Ok((events, next));
+        }
+        match next {
+            Some(n) => from = StartPosition::Seq(n),
+            None => return Ok((events, None)),
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/v1/topics/{topic}/events", tag = "topics",
     params(("topic" = String, Path), PageParams),
     responses((status = 200, content(
@@ -191,12 +231,7 @@ pub async fn replay(
         (None, Some(t)) => StartPosition::Time(t),
         (None, None) => StartPosition::Earliest,
     };
-    let events = state.bus.replay(&topic, from, limit).await?;
-    let next_seq = if events.len() == limit {
-        events.last().and_then(|e| e.seq()).map(|s| s + 1)
-    } else {
-        None
-    };
+    let (events, next_seq) = read_page(&state, &topic, from, limit).await?;
     let wants_cloudevents = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
