@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use herald::{ErrorCode, StartPosition};
 
-use crate::support::{number, numbered, recv, seqs};
+use crate::support::{collect, number, numbered, recv, seqs};
 use crate::Harness;
 
 /// Events and seqs published before a restart are there after it, and the
@@ -115,5 +115,76 @@ pub async fn dead_letters_survive_a_restart(h: &Harness) {
     assert_eq!(
         (dead[0].reason.as_str(), dead[0].envelope.seq()),
         ("kept", Some(1))
+    );
+}
+
+/// A group made before its topic has events (start `Latest`, the default)
+/// and left without members receives every event published after it was
+/// made, in order, when a member comes back (DESIGN.md §4.5: a group's
+/// start is fixed when the group is created, not when it is opened again).
+pub async fn a_group_made_on_an_empty_topic_gets_what_came_while_it_was_away(h: &Harness) {
+    let bus = h.bus().await;
+    if !Harness::requires(&bus, "a group keeps its start", |f| f.durable, "durable") {
+        return;
+    }
+    let topic = "conf.durable.early";
+    let first = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Latest)
+        .await
+        .unwrap();
+    first.close();
+    drop(first);
+    let batch: Vec<_> = (1..=20).map(|i| numbered(topic, i)).collect();
+    bus.publish(batch).await.unwrap();
+    let mut again = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Latest)
+        .await
+        .unwrap();
+    let got = collect(&mut again, 20).await;
+    let expected: Vec<(u64, u64)> = (1..=20).map(|i| (i, i)).collect();
+    assert_eq!(
+        got, expected,
+        "the group was made before these events: all of them, in order"
+    );
+}
+
+/// The same across a restart: a group made on an empty topic, its bus
+/// closed, events published on a new bus over the same store, the group
+/// opened there receives all of them, in order.
+pub async fn a_group_made_on_an_empty_topic_keeps_its_start_across_a_restart(h: &Harness) {
+    let Some(r) = h
+        .restartable("a group keeps its start across a restart")
+        .await
+    else {
+        return;
+    };
+    let topic = "conf.durable.early.restart";
+    let first = r
+        .bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Latest)
+        .await
+        .unwrap();
+    drop(first);
+    r.bus.close().await.unwrap();
+    let bus = r.reopen().await;
+    let batch: Vec<_> = (1..=20).map(|i| numbered(topic, i)).collect();
+    bus.publish(batch).await.unwrap();
+    let mut again = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Latest)
+        .await
+        .unwrap();
+    let got = collect(&mut again, 20).await;
+    let expected: Vec<(u64, u64)> = (1..=20).map(|i| (i, i)).collect();
+    assert_eq!(
+        got, expected,
+        "the group was made before these events: all of them, in order"
     );
 }

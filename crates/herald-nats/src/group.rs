@@ -18,8 +18,14 @@
 //! the messages it holds alive with progress acks, so JetStream redelivers
 //! them only when the leader is gone. Members in other processes reach the
 //! leader over request/reply (`remote`).
-//! A leader records its group's name and patterns as it starts, so any
-//! process lists the group (`inspect`).
+//! A leader records its group's name, patterns and start as it starts, so
+//! any process lists the group (`inspect`). A group's start is fixed when
+//! it is made (DESIGN.md §4.5): its first leader makes the group's durable
+//! consumers on the streams there then (for `Latest`, after each stream's
+//! last event) before it writes the first record, so every later leader —
+//! after members came and went, after restarts — takes a stream without
+//! the group's consumer for one made after the group, and reads it from
+//! the start the record keeps (its beginning, for `Latest`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -88,6 +94,8 @@ pub(crate) async fn subscribe_local(
 pub(crate) struct Leader {
     inner: Weak<Inner>,
     group: String,
+    /// Where the group started when it was made (its record keeps it).
+    start: StartPosition,
     /// The durable consumers' name.
     consumer: String,
     pub(crate) queue: Arc<Queue>,
@@ -134,8 +142,17 @@ impl Leader {
             Taken::Held(lease) => lease,
             Taken::Busy => return Ok(None),
         };
+        // A group's start is fixed when it is made: a record says it was.
+        let made = match crate::inspect::made_at(inner, group, spec).await {
+            Ok(made) => made,
+            Err(e) => {
+                lease.release(inner).await;
+                return Err(e);
+            }
+        };
         let attempts = handover::read(inner, &inner.names.consumer(group)).await;
         let leader = Arc::new_cyclic(|me: &Weak<Leader>| Leader {
+            start: made.unwrap_or(spec.start),
             attempts,
             inner: Arc::downgrade(inner),
             group: group.to_owned(),
@@ -156,26 +173,46 @@ impl Leader {
             return Err(e);
         }
         let followed = async {
-            crate::inspect::record(inner, group, spec).await?;
-            Streams::follow(inner, spec).await
+            let streams = Streams::follow(inner, spec).await?;
+            let starts: Vec<(String, DeliverPolicy)> = streams
+                .existing
+                .iter()
+                .map(|found| {
+                    let policy = match leader.start {
+                        // Made now: it starts after what each stream holds.
+                        StartPosition::Latest if made.is_none() => DeliverPolicy::ByStartSequence {
+                            start_sequence: found.last_seq + 1,
+                        },
+                        // Made before: a stream without the group's
+                        // consumer came after it, and is read from its
+                        // start (a consumer made before resumes as it is).
+                        start => tail::policy(&start),
+                    };
+                    (found.name.clone(), policy)
+                })
+                .collect();
+            if made.is_none() {
+                // The consumers fix where the group starts on the streams
+                // there now; they exist before the record says the group
+                // does, so a later leader takes a stream without one for
+                // a stream made after the group.
+                leader.make_consumers(inner, &starts).await?;
+            }
+            crate::inspect::record(inner, group, spec, leader.start).await?;
+            Ok::<_, herald::Error>((streams.created, starts))
         };
-        let streams = match followed.await {
+        let (created, starts) = match followed.await {
             Ok(s) => s,
             Err(e) => {
                 leader.step_down().await;
+                lease.release(inner).await;
                 return Err(e);
             }
         };
-        for found in streams.existing {
-            let start = match spec.start {
-                StartPosition::Latest => DeliverPolicy::ByStartSequence {
-                    start_sequence: found.last_seq + 1,
-                },
-                _ => tail::policy(&spec.start),
-            };
-            tokio::spawn(leader.clone().pull(found.name, start));
+        for (stream, policy) in starts {
+            tokio::spawn(leader.clone().pull(stream, policy));
         }
-        tokio::spawn(leader.clone().follow_new(streams.created));
+        tokio::spawn(leader.clone().follow_new(created));
         tokio::spawn(leader.clone().keep_lease(lease));
         tokio::spawn(leader.clone().keep_progress());
         let serving = (leader.clone(), inner.clone());
@@ -346,7 +383,7 @@ impl Leader {
                 .await
                 .is_some()
             {
-                let start = tail::policy(&self.queue.spec().start);
+                let start = tail::policy(&self.start);
                 tokio::spawn(self.clone().pull(advisory.stream, start));
             }
         }
@@ -381,19 +418,55 @@ impl Leader {
         }
     }
 
+    /// Make the group's durable consumers on `starts` (stream, where to
+    /// start) that do not exist yet, a few at a time.
+    async fn make_consumers(
+        &self,
+        inner: &Inner,
+        starts: &[(String, DeliverPolicy)],
+    ) -> Result<()> {
+        for some in starts.chunks(16) {
+            let mut making = Vec::with_capacity(some.len());
+            for (stream, start) in some {
+                making.push(self.durable_consumer(inner, stream, *start));
+            }
+            futures_util::future::try_join_all(making).await?;
+        }
+        Ok(())
+    }
+
     async fn consume(
         &self,
         inner: &Inner,
         stream: &str,
         start: DeliverPolicy,
     ) -> Result<pull::Stream> {
-        let unavailable = |e: &dyn std::fmt::Display| {
-            errors::nats(
-                ErrorCode::Unavailable,
-                &format!("open group {:?} on stream {stream}", self.group),
-                e,
-            )
-        };
+        self.durable_consumer(inner, stream, start)
+            .await?
+            .stream()
+            .expires(PULL_EXPIRY)
+            .heartbeat(PULL_EXPIRY / 4)
+            .messages()
+            .await
+            .map_err(|e| self.unavailable(stream, &e))
+    }
+
+    fn unavailable(&self, stream: &str, e: &dyn std::fmt::Display) -> Error {
+        errors::nats(
+            ErrorCode::Unavailable,
+            &format!("open group {:?} on stream {stream}", self.group),
+            e,
+        )
+    }
+
+    /// The group's durable consumer on `stream`, made with `start` if new.
+    async fn durable_consumer(
+        &self,
+        inner: &Inner,
+        stream: &str,
+        start: DeliverPolicy,
+    ) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>> {
+        let unavailable = |e: &dyn std::fmt::Display| self.unavailable(stream, e);
         let s = inner
             .js
             .get_stream_no_info(stream)
@@ -415,13 +488,7 @@ impl Leader {
             )
             .await
             .map_err(|e| unavailable(&e))?;
-        consumer
-            .stream()
-            .expires(PULL_EXPIRY)
-            .heartbeat(PULL_EXPIRY / 4)
-            .messages()
-            .await
-            .map_err(|e| unavailable(&e))
+        Ok(consumer)
     }
 
     /// Push what the consumer delivers into the queue until it fails.
@@ -457,7 +524,7 @@ impl Leader {
                 }
             };
             drop(inner);
-            if !spec.wants(env.topic().as_str(), env.kind()) || !spec.start.admits(&env) {
+            if !spec.wants(env.topic().as_str(), env.kind()) || !self.start.admits(&env) {
                 // Not the group's: done with it.
                 let _ = msg.ack().await;
                 continue;

@@ -2,7 +2,8 @@
 //! page, and each consumer group's offset and lag.
 //!
 //! Owns [`topics`], [`replay`], [`groups`] and the group records they list
-//! groups by ([`record`]). Topics are this store's topic streams with a last
+//! groups by ([`record`]; a group's record also keeps where it started
+//! when it was made: [`made_at`]). Topics are this store's topic streams with a last
 //! sequence. Replay reads a topic stream through an ephemeral pull consumer
 //! (no acks) that asks for no more than the stream held when it was made,
 //! so it never waits for new events and touches no group. A group is its
@@ -42,6 +43,46 @@ struct Record {
     group: String,
     /// Its patterns, as `herald::group::patterns_text` writes them.
     patterns: String,
+    /// Where the group started when it was made (records written before
+    /// herald kept it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<Start>,
+}
+
+/// A group's start position in its record.
+#[derive(Serialize, Deserialize, Clone, Copy)]
+#[serde(tag = "at", rename_all = "snake_case")]
+enum Start {
+    Earliest,
+    Latest,
+    Seq { seq: u64 },
+    Time { ms: i64 },
+}
+
+impl From<StartPosition> for Start {
+    fn from(start: StartPosition) -> Self {
+        match start {
+            StartPosition::Earliest => Start::Earliest,
+            StartPosition::Latest => Start::Latest,
+            StartPosition::Seq(seq) => Start::Seq { seq },
+            StartPosition::Time(t) => Start::Time {
+                ms: t.timestamp_millis(),
+            },
+        }
+    }
+}
+
+impl From<Start> for StartPosition {
+    fn from(start: Start) -> Self {
+        match start {
+            Start::Earliest => StartPosition::Earliest,
+            Start::Latest => StartPosition::Latest,
+            Start::Seq { seq } => StartPosition::Seq(seq),
+            Start::Time { ms } => {
+                StartPosition::Time(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
+            }
+        }
+    }
 }
 
 /// Every topic with events, by name.
@@ -142,8 +183,45 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
     Ok(list)
 }
 
-/// Record `group`, following `spec`'s patterns, for [`groups`] to list.
-pub(crate) async fn record(inner: &Inner, group: &str, spec: &SubscribeSpec) -> Result<()> {
+/// Where `group` started when it was made, from its record; `None` when it
+/// has none (the group is new). A record from before herald kept the start
+/// gives `spec`'s.
+pub(crate) async fn made_at(
+    inner: &Inner,
+    group: &str,
+    spec: &SubscribeSpec,
+) -> Result<Option<StartPosition>> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        errors::nats(
+            ErrorCode::Unavailable,
+            &format!("read the record of consumer group {group:?}"),
+            e,
+        )
+    };
+    let registry = match inner.js.get_stream(inner.names.groups_stream()).await {
+        Ok(s) => s,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let subject = inner.names.group_subject(&inner.names.consumer(group));
+    let msg = match registry.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let record: Record = serde_json::from_slice(&msg.payload).map_err(|e| unavailable(&e))?;
+    Ok(Some(record.start.map_or(spec.start, StartPosition::from)))
+}
+
+/// Record `group`, following `spec`'s patterns from `start` (where it
+/// started when it was made), for [`groups`] to list and its later leaders
+/// to start from.
+pub(crate) async fn record(
+    inner: &Inner,
+    group: &str,
+    spec: &SubscribeSpec,
+    start: StartPosition,
+) -> Result<()> {
     let config = stream::Config {
         name: inner.names.groups_stream(),
         subjects: vec![inner.names.group_subjects()],
@@ -155,6 +233,7 @@ pub(crate) async fn record(inner: &Inner, group: &str, spec: &SubscribeSpec) -> 
     let record = Record {
         group: group.to_owned(),
         patterns: herald::group::patterns_text(spec),
+        start: Some(start.into()),
     };
     let written = async {
         inner.js.create_or_update_stream(config).await?;
