@@ -16,6 +16,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 mod dead_letters;
+mod dedupe;
 mod errors;
 mod feed;
 mod group;

@@ -9,7 +9,7 @@
 //! the store). Subscriptions are `tail`'s and `group`'s, dead letters
 //! `dead_letters`', the operator's views `inspect`'s.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -26,10 +26,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::codec;
 use crate::config::KafkaConfig;
+use crate::dedupe::{Claim, Dedupe};
 use crate::errors;
-
-/// Most idempotency keys this process remembers at once (the oldest go first).
-const DEDUPE_CAPACITY: usize = 200_000;
 
 /// How long opening waits for a broker to answer.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,7 +63,7 @@ pub(crate) struct Inner {
     /// Whether the brokers keep offset-commit metadata (Kafka does; tansu
     /// 0.6 drops it), where groups keep what a bare offset cannot.
     pub(crate) keeps_metadata: AtomicBool,
-    dedupe: Mutex<Dedupe>,
+    dedupe: Dedupe,
     queues: Mutex<Vec<Weak<Queue>>>,
     /// This process's group consumers, by group and patterns.
     pub(crate) groups: Mutex<HashMap<String, Weak<crate::group::Group>>>,
@@ -127,7 +125,7 @@ impl KafkaStore {
             known: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
             keeps_metadata: AtomicBool::new(true),
-            dedupe: Mutex::new(Dedupe::default()),
+            dedupe: Dedupe::default(),
             queues: Mutex::new(Vec::new()),
             groups: Mutex::new(HashMap::new()),
             replies: std::sync::OnceLock::new(),
@@ -435,7 +433,7 @@ impl Inner {
     /// Append `batch`; each event's `seq` is its offset + 1 in its partition.
     pub(crate) async fn append(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
         self.check_open()?;
-        let mut names: Vec<String> = batch
+        let names: Vec<String> = batch
             .iter()
             .map(|e| self.config.kafka_topic(e.topic().as_str()))
             .collect();
@@ -447,51 +445,84 @@ impl Inner {
         }
         let window = self.config.dedupe_duration();
         let mut seqs: Vec<Option<u64>> = vec![None; batch.len()];
-        let mut sends = Vec::with_capacity(batch.len());
-        let mut first_of: HashMap<(String, String), usize> = HashMap::new();
-        let mut copies: Vec<(usize, usize)> = Vec::new();
-        for (i, env) in batch.iter().enumerate() {
-            let dedupe_key = (
-                env.topic().as_str().to_owned(),
-                env.idempotency_key().into_owned(),
-            );
-            if !window.is_zero() {
-                if let Some(seq) = self.dedupe.lock().get(&dedupe_key, window) {
-                    seqs[i] = Some(seq);
-                    continue;
-                }
-                if let Some(&first) = first_of.get(&dedupe_key) {
-                    copies.push((i, first));
-                    continue;
-                }
-                first_of.insert(dedupe_key, i);
-            }
-            let record = codec::encode(env, self.config.deliveries())?;
-            let name = std::mem::take(&mut names[i]);
-            sends.push((i, self.send(&name, &record).await?));
-        }
-        for (i, delivery) in sends {
-            let d = delivery.await.map_err(|_| {
-                herald::Error::new(ErrorCode::Unavailable, "Kafka: the producer went away")
-            })?;
-            let d = d.map_err(|(e, _)| {
-                errors::kafka(&format!("publish to `{}`", batch[i].topic()), &e)
-            })?;
-            let seq = d.offset as u64 + 1;
-            seqs[i] = Some(seq);
-            if !window.is_zero() {
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
+        // Each round sends the records whose keys this publish claims, and
+        // then waits for the keys other publishes (or this one, for a key
+        // the batch names twice) had in flight; a key whose publish failed
+        // is claimed again in the next round.
+        while !todo.is_empty() {
+            let mut sends = Vec::new();
+            let mut waits = Vec::new();
+            let mut failed = None;
+            for &i in &todo {
                 let env = &batch[i];
-                self.dedupe.lock().put(
-                    (
+                let mine = if window.is_zero() {
+                    None
+                } else {
+                    let key = (
                         env.topic().as_str().to_owned(),
                         env.idempotency_key().into_owned(),
-                    ),
-                    seq,
-                );
+                    );
+                    match self.dedupe.claim(key, window) {
+                        Claim::Written(seq) => {
+                            seqs[i] = Some(seq);
+                            continue;
+                        }
+                        Claim::InFlight(outcome) => {
+                            waits.push((i, outcome));
+                            continue;
+                        }
+                        Claim::Mine(mine) => Some(mine),
+                    }
+                };
+                let sent = match codec::encode(env, self.config.deliveries()) {
+                    Ok(record) => self.send(&names[i], &record).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(delivery) => sends.push((i, mine, delivery)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
-        }
-        for (i, first) in copies {
-            seqs[i] = seqs[first];
+            // Every record sent has its report awaited, so what was written
+            // is remembered even when another record of the batch failed.
+            for (i, mine, delivery) in sends {
+                let written = match delivery.await {
+                    Ok(Ok(d)) => d.offset as u64 + 1,
+                    Ok(Err((e, _))) => {
+                        failed.get_or_insert_with(|| {
+                            errors::kafka(&format!("publish to `{}`", batch[i].topic()), &e)
+                        });
+                        continue;
+                    }
+                    Err(_) => {
+                        failed.get_or_insert_with(|| {
+                            herald::Error::new(
+                                ErrorCode::Unavailable,
+                                "Kafka: the producer went away",
+                            )
+                        });
+                        continue;
+                    }
+                };
+                seqs[i] = Some(written);
+                if let Some(mine) = mine {
+                    mine.written(written);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            todo.clear();
+            for (i, outcome) in waits {
+                match Dedupe::outcome(outcome).await {
+                    Some(seq) => seqs[i] = Some(seq),
+                    None => todo.push(i),
+                }
+            }
         }
         Ok(seqs.into_iter().map(|s| s.unwrap_or(0)).collect())
     }
@@ -543,35 +574,6 @@ pub(crate) struct WriteGuard(Arc<tokio::sync::watch::Sender<usize>>);
 impl Drop for WriteGuard {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// Idempotency keys this process published recently, with their `seq`.
-#[derive(Default)]
-struct Dedupe {
-    seen: HashMap<(String, String), (u64, Instant)>,
-    order: VecDeque<((String, String), Instant)>,
-}
-
-impl Dedupe {
-    fn get(&mut self, key: &(String, String), window: Duration) -> Option<u64> {
-        let now = Instant::now();
-        while let Some((k, at)) = self.order.front() {
-            if now.duration_since(*at) < window && self.order.len() <= DEDUPE_CAPACITY {
-                break;
-            }
-            if self.seen.get(k).is_some_and(|(_, t)| t == at) {
-                self.seen.remove(k);
-            }
-            self.order.pop_front();
-        }
-        self.seen.get(key).map(|(seq, _)| *seq)
-    }
-
-    fn put(&mut self, key: (String, String), seq: u64) {
-        let now = Instant::now();
-        self.order.push_back((key.clone(), now));
-        self.seen.insert(key, (seq, now));
     }
 }
 
