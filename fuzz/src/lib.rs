@@ -92,3 +92,27 @@ pub fn check_message_in(topic: &str, m: MessageIn) -> Option<Envelope> {
     check_envelope(&env, &Limits::default());
     Some(env)
 }
+
+/// Whether to check what is known to fail and is not fixed yet (see
+/// `regressions/README.md`, "open"): `HERALD_FUZZ_OPEN=1`. Off by default,
+/// so CI stays green until the fix lands; then the check loses its gate.
+pub fn open_checks() -> bool {
+    thread_local! {
+        static OPEN: bool = std::env::var_os("HERALD_FUZZ_OPEN").is_some();
+    }
+    OPEN.with(|o| *o)
+}
+
+/// An envelope sent to a subscription opened with `"format":
+/// "cloudevents"` (`cloudevents::from_envelope`) keeps its time and payload.
+/// Open: a payload with a number `serde_json::Value` cannot hold (`1e400`)
+/// loses both.
+pub fn check_cloudevent(env: &Envelope) {
+    let ce = herald_server::cloudevents::from_envelope(env);
+    assert!(ce["time"].is_string(), "no time in the CloudEvent {ce}");
+    let data = ce.get("data").or_else(|| ce.get("data_base64"));
+    assert!(
+        data.is_some_and(|d| !d.is_null()) || env.payload().is_null(),
+        "the CloudEvent {ce} lost the payload of {env:?}"
+    );
+}
