@@ -19,14 +19,19 @@
 //! before its offset counts as settled; a failed write is retried, logged
 //! with the correlation id, and keeps the offset uncommitted.
 //!
-//! Rebalances: when partitions are assigned, each starts at its committed
-//! offset, or — for a partition the group never committed — at the
-//! subscription's start position (`Latest` means the end when the
-//! subscription opened; a topic made later is read from its beginning), and
-//! that start is committed at once so every member agrees. When partitions
-//! are revoked, what is settled is committed, the partition's waiting events
-//! are withdrawn from the queue, and acks of its deliveries still in flight
-//! fail as `lease lost` (they come again to the new owner).
+//! Where a group starts is fixed when the group is made (DESIGN.md §4.5):
+//! the first subscribe of a group commits, from outside the Kafka group,
+//! its mark (an offset on `<environment>._groups`) and — for `Latest` — the
+//! end of every partition its patterns match then, in one commit
+//! (`fix_start`). Rebalances: when partitions are assigned, each starts at
+//! its committed offset, or — for a partition the group never committed,
+//! so one made after the group — at the start position (`Latest`: its
+//! beginning), and that start is committed at once so every member agrees.
+//! So a group made before its topics have events gets them all, however
+//! late its members join, after they all left, after restarts. When
+//! partitions are revoked, what is settled is committed, the partition's
+//! waiting events are withdrawn from the queue, and acks of its deliveries
+//! still in flight fail as `lease lost` (they come again to the new owner).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +50,7 @@ use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
@@ -77,8 +82,6 @@ pub(crate) struct Group {
     consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
     parts: Mutex<HashMap<(String, i32), Part>>,
     next_generation: AtomicU64,
-    /// Start offsets of the partitions that existed when it opened (for `Latest`).
-    latest: Mutex<HashMap<(String, i32), i64>>,
     /// Turns `true` once the consumer holds its first partitions, or has
     /// stopped (then the queue is closed).
     joined: tokio::sync::watch::Sender<bool>,
@@ -213,7 +216,6 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         consumer: OnceLock::new(),
         parts: Mutex::new(HashMap::new()),
         next_generation: AtomicU64::new(1),
-        latest: Mutex::new(HashMap::new()),
         joined,
         commits: commit_tx,
     });
@@ -223,15 +225,8 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         .map(|p| p.as_str().to_owned())
         .collect();
     crate::inspect::record_group(inner, &group_name, &patterns).await?;
-    if spec.start == StartPosition::Latest {
-        let mut latest = HashMap::new();
-        for (name, partitions) in crate::tail::matching(inner, &spec).await? {
-            for p in 0..partitions {
-                latest.insert((name.clone(), p), inner.watermarks(&name, p).await?.1);
-            }
-        }
-        *group.latest.lock() = latest;
-    }
+    let matching = crate::tail::matching(inner, &spec).await?;
+    fix_start(inner, &group_name, &spec, &matching).await?;
     let host: Weak<dyn QueueHost> = Arc::downgrade(&group) as Weak<Group>;
     let queue = Queue::new(spec.clone(), host);
     queue.join();
@@ -280,10 +275,10 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
             stopped.joined.send_replace(true);
         })
         .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
-    // Events published after `subscribe` returns must reach the group: wait
-    // until it holds its first partitions (none to wait for when no topic
-    // matches yet: a topic made later is read from its beginning).
-    if !group.latest.lock().is_empty() || spec.start != StartPosition::Latest {
+    // Members of this process take part at once: wait until the group holds
+    // its first partitions (none to wait for when no topic matches yet).
+    if matching.iter().any(|(_, partitions)| *partitions > 0) || spec.start != StartPosition::Latest
+    {
         let waited = tokio::time::timeout(JOIN_WAIT, joined_rx.wait_for(|j| *j)).await;
         if waited.is_err() {
             tracing::warn!(group = %group_name, "Kafka: no partitions assigned within {JOIN_WAIT:?}; the group goes on joining");
@@ -294,6 +289,70 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         return Err(errors::closed());
     }
     Ok(queue::member(queue))
+}
+
+/// Fix where group `group` starts, once, when it is made: a group is made
+/// when its mark (a committed offset on `<environment>._groups`) is not
+/// there. For `Latest` the end of every partition `matching` has now is
+/// committed with the mark, in one commit, so the group starts there
+/// however late its members join and whatever became of them since; a
+/// partition the group has no offset for was made after it and is read
+/// from its beginning. Other starts name positions that do not move and
+/// are resolved per partition as it is assigned. A group whose Kafka group
+/// has members already (herald's of an older version, or plain clients)
+/// refuses a commit from outside it: such a group was made before.
+async fn fix_start(
+    inner: &Inner,
+    group: &str,
+    spec: &SubscribeSpec,
+    matching: &[(String, i32)],
+) -> Result<()> {
+    let marks = inner.config.kafka_topic(crate::inspect::GROUPS_TOPIC);
+    if committed_offsets(inner, group, &marks, 1).await?[0].is_some() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mark = inner.watermarks(&marks, 0).await?.1;
+    tpl.add_partition_offset(&marks, 0, Offset::Offset(mark))
+        .map_err(|e| errors::kafka("mark a group", &e))?;
+    if spec.start == StartPosition::Latest {
+        for (name, partitions) in matching {
+            for p in 0..*partitions {
+                let end = inner.watermarks(name, p).await?.1;
+                tpl.add_partition_offset(name, p, Offset::Offset(end))
+                    .map_err(|e| errors::kafka("mark a group", &e))?;
+            }
+        }
+    }
+    let config = crate::store::client_config(
+        inner
+            .config
+            .consumer_properties(&inner.config.kafka_topic(group)),
+    );
+    let committed = blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        consumer.commit(&tpl, CommitMode::Sync)
+    })
+    .await?;
+    match committed {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::UnknownMemberId
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::RebalanceInProgress
+                )
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(errors::kafka(
+            &format!("fix where group {group:?} starts"),
+            &e,
+        )),
+    }
 }
 
 fn group_key(group: &str, spec: &SubscribeSpec) -> String {
@@ -341,10 +400,9 @@ impl Group {
     fn start_of(&self, consumer: &BaseConsumer<GroupContext>, topic: &str, p: i32) -> Offset {
         match &self.spec.start {
             StartPosition::Earliest => Offset::Beginning,
-            StartPosition::Latest => match self.latest.lock().get(&(topic.to_owned(), p)) {
-                Some(o) => Offset::Offset(*o),
-                None => Offset::Beginning,
-            },
+            // The partitions there when the group was made have their start
+            // committed (`fix_start`): one without came later.
+            StartPosition::Latest => Offset::Beginning,
             StartPosition::Seq(n) => {
                 Offset::Offset(i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX))
             }

@@ -22,7 +22,8 @@ use crate::errors;
 use crate::reader::read_records;
 use crate::store::Inner;
 
-const GROUPS_TOPIC: &str = "_groups";
+/// Group records, and each group's mark (see `group::fix_start`).
+pub(crate) const GROUPS_TOPIC: &str = "_groups";
 
 /// The highest `seq` of `topic` (of its fullest partition).
 pub(crate) async fn last_seq(inner: &Inner, topic: &Topic) -> Result<Option<u64>> {

@@ -33,11 +33,14 @@ fn key_of(n: u64) -> u64 {
 }
 
 /// Consume until `stop` says so; ack each event unless `ack` says not.
+/// `joined` is told once the subscription is open (the member holds its
+/// first partitions).
 async fn member(
     bus: Bus,
     seen: Arc<Mutex<Seen>>,
     ack: impl Fn(u64) -> bool + Send + 'static,
     done: tokio::sync::watch::Receiver<bool>,
+    joined: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut sub = bus
         .subscribe_raw(TOPIC)
@@ -45,6 +48,7 @@ async fn member(
         .start(StartPosition::Earliest)
         .await
         .unwrap();
+    let _ = joined.send(());
     let mut done = done;
     loop {
         let d = tokio::select! {
@@ -89,7 +93,13 @@ async fn member(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_share_partitions_keep_keys_in_order_and_take_over() {
     let config = support::fresh_config().partitions(3);
-    let a = Bus::new(KafkaStore::open(config.clone()).await.unwrap());
+    let a_store = KafkaStore::open(config.clone()).await.unwrap();
+    // The topic is there before the members, so each joins to partitions.
+    a_store
+        .create_topic(&herald::Topic::new(TOPIC).unwrap(), 3)
+        .await
+        .unwrap();
+    let a = Bus::new(a_store);
     let b_store = KafkaStore::open(config.clone()).await.unwrap();
     let b = Bus::new(b_store.clone());
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -97,17 +107,30 @@ async fn members_share_partitions_keep_keys_in_order_and_take_over() {
 
     // Member b stops (without acking) at the first event after the 20th it
     // sees (it holds a partition from the start: a subscription returns once
-    // its group is assigned): its store is then closed, as a crashed
-    // process would be.
+    // its group is assigned, and nothing is published before both members
+    // are in: a member that joined late would find its partitions drained
+    // by the other): its store is then closed, as a crashed process would
+    // be.
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c = counter.clone();
+    let (b_joined, b_in) = tokio::sync::oneshot::channel();
     let member_b = tokio::spawn(member(
         b.clone(),
         seen.clone(),
         move |_| c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 20,
         done.clone(),
+        b_joined,
     ));
-    let member_a = tokio::spawn(member(a.clone(), seen.clone(), |_| true, done.clone()));
+    let (a_joined, a_in) = tokio::sync::oneshot::channel();
+    let member_a = tokio::spawn(member(
+        a.clone(),
+        seen.clone(),
+        |_| true,
+        done.clone(),
+        a_joined,
+    ));
+    a_in.await.unwrap();
+    b_in.await.unwrap();
 
     for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
         let batch: Vec<Message> = chunk

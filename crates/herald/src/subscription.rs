@@ -41,12 +41,16 @@ pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 1024;
 /// (`HERALD_ACK_WAIT`).
 pub const DEFAULT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Where a new subscription (or a new durable group) starts reading.
+/// Where a new subscription (or a new durable group) starts reading. A
+/// durable group's start is fixed when the group is made, and kept across
+/// closes and restarts (DESIGN.md §4.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPosition {
     /// From the oldest event the transport retains.
     Earliest,
-    /// Only events published after the subscription opens (the default).
+    /// Only events published after the subscription opens (the default);
+    /// for a durable group, every event published after the group was made,
+    /// those published while it had no member too.
     #[default]
     Latest,
     /// From this `seq` in each matching topic.
