@@ -210,18 +210,24 @@ async fn every_kind_of_bad_input_gets_its_code_and_loses_nothing() {
 async fn a_flood_of_connections_is_refused_and_others_are_served() {
     let s = Served::start(&[
         ("HERALD_MAX_CONNECTIONS", "8"),
-        // The held connections send nothing; they must outlive the test.
-        ("HERALD_HEADER_READ_TIMEOUT", "300"),
+        // The held connections sit idle; they must outlive the test.
+        ("HERALD_IDLE_TIMEOUT", "3600"),
     ])
     .await;
-    // Hold 8 idle connections: the limit is reached.
+    // Hold 8 idle connections, each answered once, so the server has taken
+    // all 8 slots (the start-up probe's connection may still hold one for a
+    // moment: a connection refused then is simply replaced).
     let mut held = Vec::new();
-    for _ in 0..8 {
-        held.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-                .await
-                .unwrap(),
-        );
+    while held.len() < 8 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        if answered_ok(&mut c).await {
+            held.push(c);
+        }
     }
     // Each connection over the limit gets a complete 503 and is closed
     // (the server reads the request away first, so its close is not a
@@ -253,6 +259,37 @@ async fn a_flood_of_connections_is_refused_and_others_are_served() {
         }
         assert!(tokio::time::Instant::now() < deadline, "never served again");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Read one answer on a keep-alive connection: whether it is a 200 (a
+/// refused connection gets a 503 and is closed).
+async fn answered_ok(c: &mut tokio::net::TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(support::WAIT, c.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.starts_with("HTTP/1.1 200");
+            }
+        }
+        if n == 0 {
+            return false;
+        }
     }
 }
 

@@ -268,12 +268,21 @@ async fn a_socket_that_answers_no_ping_is_closed_and_frees_its_slot() {
         ("HERALD_MAX_CONNECTIONS", "2"),
     ])
     .await;
-    // A client that never reads never answers the server's pings.
-    let (_silent, _) = tokio_tungstenite::connect_async(s.ws_url(None))
-        .await
-        .unwrap();
+    // A client that never reads never answers the server's pings. (The
+    // start-up probe's connection may hold a slot for a moment: a connect
+    // refused then is tried again.)
+    let connect = || async {
+        loop {
+            match tokio_tungstenite::connect_async(s.ws_url(None)).await {
+                Ok((ws, _)) => return ws,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503 => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let _silent = connect().await;
     // One that reads answers them (tungstenite pongs as it reads) and stays.
-    let mut live = Ws::connect(&s.ws_url(None)).await;
+    let mut live = Ws::from_stream(connect().await);
     live.subscribe("t", "idle.>", json!({})).await;
     // It reads (and so pongs) until the event comes.
     let reader = tokio::spawn(async move { live.recv_op("event").await });

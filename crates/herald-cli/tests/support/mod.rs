@@ -208,6 +208,15 @@ impl Ws {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
+        Ws::from_stream(stream)
+    }
+
+    /// A connection made elsewhere.
+    pub fn from_stream(
+        stream: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Ws {
         Ws {
             stream,
             kept: Default::default(),
