@@ -390,3 +390,39 @@ pub async fn priority_orders_waiting_events_but_never_within_a_key(h: &Harness) 
         "same topic and key keep their order: {order:?}"
     );
 }
+
+/// The headers delivered are exactly those published (the producer's own,
+/// and the `traceparent` the bus gives an event without one): a store adds
+/// none of its own facts to them, to a subscriber, a group member or a
+/// replay.
+pub async fn headers_arrive_exactly_as_published(h: &Harness) {
+    let bus = h.bus().await;
+    let topic = "conf.headers";
+    let mut plain = bus.subscribe_raw(topic).await.unwrap();
+    let mut member = bus.subscribe_raw(topic).group("g").await.unwrap();
+    let published = bus
+        .prepare([
+            numbered(topic, 1)
+                .header("tenant", "acme")
+                .header("destination", "billing"),
+            numbered(topic, 2),
+        ])
+        .unwrap();
+    let expected: Vec<_> = published.iter().map(|e| e.headers().clone()).collect();
+    bus.publish(published).await.unwrap();
+    for sub in [&mut plain, &mut member] {
+        for want in &expected {
+            let d = recv(sub).await;
+            assert_eq!(d.envelope().headers(), want, "delivered headers");
+            d.ack().await.unwrap();
+        }
+    }
+    if bus.features().retains_history {
+        let page = bus
+            .replay(topic, StartPosition::Earliest, 10)
+            .await
+            .unwrap();
+        let replayed: Vec<_> = page.iter().map(|e| e.headers().clone()).collect();
+        assert_eq!(replayed, expected, "replayed headers");
+    }
+}

@@ -224,6 +224,7 @@ macro_rules! conformance_tests {
             delivery::patterns_and_kinds_select_what_is_delivered,
             delivery::typed_subscriptions_decode_and_filter,
             delivery::priority_orders_waiting_events_but_never_within_a_key,
+            delivery::headers_arrive_exactly_as_published,
             groups::two_groups_each_get_everything_members_share,
             groups::same_key_goes_to_one_member_at_a_time,
             groups::a_held_event_does_not_stall_the_group,

@@ -10,10 +10,12 @@
 //! has one), [`encode`] and [`decode`]. `destination`, `operation_name` and
 //! `parent_span_id` are ordinary envelope headers: they travel when a
 //! producer sets them. The record key is the envelope's `key`, so per-key
-//! order comes from Kafka's partitioning. A record from a plain client needs
-//! no header at all: its id is made up from its partition and offset, its
-//! correlation id is its id, the rest defaults. Does not know rdkafka's
-//! consumers or producers beyond their header types.
+//! order comes from Kafka's partitioning. Where a record sat is the decoded
+//! envelope's `seq` (offset + 1) and `partition()`, never a header: a
+//! delivered envelope's headers are the producer's. A record from a plain
+//! client needs no header at all: its id is made up from its partition and
+//! offset, its correlation id is its id, the rest defaults. Does not know
+//! rdkafka's consumers or producers beyond their header types.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -44,11 +46,6 @@ pub const RETRY_COUNT: &str = "retry_count";
 pub const MAX_RETRIES: &str = "max_retries";
 /// The event's `seq` where it has one (dead letters, forwarded events).
 pub const SEQ: &str = "seq";
-
-/// Set on every delivered envelope: the partition its record sat in (its
-/// `seq` is the offset there plus one). Not written when an envelope is
-/// published again.
-pub const PARTITION: &str = "kafka_partition";
 
 /// The source of a record from a plain client that names none.
 pub const PLAIN_SOURCE: &str = "kafka";
@@ -81,7 +78,6 @@ pub const SCHEME: Scheme = Scheme {
         "error_type",
     ],
     reserved_prefixes: &["herald_dead_", "original_", "failure_"],
-    delivery: &[PARTITION],
 };
 
 /// A Kafka record's parts, herald's side of it.
@@ -223,8 +219,6 @@ pub fn decode(
             }
         }
     }
-    let partition = at.partition.to_string();
-    extra.push((PARTITION, partition));
     let all = pairs
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -236,7 +230,9 @@ pub fn decode(
     };
     // `attempt` is the consuming group's count, not the record's retry_count.
     let env = headers::decode_with(&SCHEME, topic, all, value, origin)?;
-    Ok(env.with_seq(at.offset as u64 + 1))
+    Ok(env
+        .with_seq(at.offset as u64 + 1)
+        .with_partition(at.partition.max(0) as u32))
 }
 
 #[cfg(test)]
@@ -294,10 +290,12 @@ mod tests {
         .await;
         let back = round_trip(&env, 41);
         assert_eq!(back.seq(), Some(42));
-        assert_eq!(back.header(PARTITION), Some("2"));
-        let mut headers = back.headers().clone();
-        headers.remove(PARTITION);
-        assert_eq!(&headers, env.headers());
+        assert_eq!(back.partition(), Some(2));
+        assert_eq!(
+            back.headers(),
+            env.headers(),
+            "the headers published, none of the broker's"
+        );
         assert_eq!(
             (back.id(), back.key(), back.priority(), back.expires_at()),
             (env.id(), env.key(), env.priority(), env.expires_at())

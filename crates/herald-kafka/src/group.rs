@@ -726,7 +726,7 @@ impl Group {
 
 /// The partition a delivered envelope's record sat in.
 pub(crate) fn partition_of(envelope: &Envelope) -> Option<i32> {
-    envelope.header(codec::PARTITION)?.parse().ok()
+    envelope.partition().and_then(|p| i32::try_from(p).ok())
 }
 
 /// Commit for every waiting ack at once, then answer them all.

@@ -219,6 +219,8 @@ pub struct Envelope {
     pub(crate) kind: Kind,
     pub(crate) topic: Topic,
     pub(crate) seq: Option<u64>,
+    /// Where a store that partitions topics kept it (not part of the event).
+    pub(crate) partition: Option<u32>,
     pub(crate) key: Option<String>,
     pub(crate) correlation_id: Uuid,
     pub(crate) causation_id: Option<Uuid>,
@@ -251,6 +253,7 @@ impl Envelope {
             kind,
             topic,
             seq: None,
+            partition: None,
             key: None,
             correlation_id: id,
             causation_id: None,
@@ -290,6 +293,13 @@ impl Envelope {
     /// commands, which are not appended to a topic).
     pub fn seq(&self) -> Option<u64> {
         self.seq
+    }
+    /// The partition a store that partitions topics (Kafka) kept the event
+    /// in, on a delivered or replayed event (its `seq` counts in that
+    /// partition); `None` elsewhere. A fact of the store, never a header,
+    /// and not part of the event: publishing it again does not carry it.
+    pub fn partition(&self) -> Option<u32> {
+        self.partition
     }
     /// The partition/ordering key.
     pub fn key(&self) -> Option<&str> {
@@ -357,6 +367,7 @@ impl Envelope {
         let mut again = self.clone();
         again.id = Uuid::now_v7();
         again.seq = None;
+        again.partition = None;
         again.attempt = 1;
         again.idempotency_key = None;
         again.headers.insert(
@@ -373,6 +384,13 @@ impl Envelope {
     /// This envelope with `seq` set: what a transport does when it appends.
     pub fn with_seq(mut self, seq: u64) -> Envelope {
         self.seq = Some(seq);
+        self
+    }
+
+    /// This envelope with `partition` set: what a transport that partitions
+    /// topics does when it reads an event.
+    pub fn with_partition(mut self, partition: u32) -> Envelope {
+        self.partition = Some(partition);
         self
     }
 
@@ -644,6 +662,7 @@ impl TryFrom<WireEnvelope> for Envelope {
             kind: w.kind,
             topic: w.topic,
             seq: w.seq,
+            partition: None,
             key: w.key,
             correlation_id: w.correlation_id,
             causation_id: w.causation_id,

@@ -95,10 +95,6 @@ pub struct Scheme {
     pub reserved: &'static [&'static str],
     /// Prefixes (any case) reserved the same way.
     pub reserved_prefixes: &'static [&'static str],
-    /// Headers the transport sets on a delivered envelope (where the record
-    /// sat): [`encode_with`] leaves them out, so an envelope read from the
-    /// broker can be published again.
-    pub delivery: &'static [&'static str],
 }
 
 /// The `Herald-*` scheme: NATS and the default.
@@ -106,7 +102,6 @@ pub const HERALD: Scheme = Scheme {
     fields: FIELDS,
     reserved: &[],
     reserved_prefixes: &["nats-"],
-    delivery: &[],
 };
 
 impl Scheme {
@@ -197,9 +192,6 @@ pub fn encode_with<'e>(
         out.push((f(F_EXPIRES_AT), format_time(t)));
     }
     for (name, value) in &envelope.headers {
-        if scheme.delivery.iter().any(|d| d.eq_ignore_ascii_case(name)) {
-            continue;
-        }
         if scheme.is_reserved(name) {
             return Err(Error::validation(format!(
                 "header {name:?} of a message to `{}` has a reserved name \
@@ -298,6 +290,7 @@ pub fn decode_with<'h>(
         kind,
         topic,
         seq: None,
+        partition: None,
         key: text(name(F_KEY))?,
         correlation_id: uuid(name(F_CORRELATION_ID))?.unwrap_or(id),
         causation_id: uuid(name(F_CAUSATION_ID))?,

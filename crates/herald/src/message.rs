@@ -166,6 +166,7 @@ impl Message {
             kind: self.kind,
             topic,
             seq: None,
+            partition: None,
             key: self.key,
             correlation_id,
             causation_id,
