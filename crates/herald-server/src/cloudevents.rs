@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use herald::Envelope;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
@@ -40,51 +41,73 @@ pub const SUBJECT_HEADER: &str = "ce-subject";
 /// The header keeping a CloudEvent's `dataschema`.
 pub const DATASCHEMA_HEADER: &str = "ce-dataschema";
 
-/// `env` as a structured-mode CloudEvent.
-pub fn from_envelope(env: &Envelope) -> Value {
-    let wire = serde_json::to_value(env).unwrap_or(Value::Null);
-    let mut ce = Map::new();
-    ce.insert("specversion".into(), json!("1.0"));
-    ce.insert("id".into(), json!(env.id().to_string()));
-    ce.insert(
-        "source".into(),
-        json!(env.header(SOURCE_HEADER).unwrap_or(env.source())),
-    );
-    ce.insert("type".into(), json!(env.topic().as_str()));
-    match env.header(TIME_HEADER) {
-        Some(t) => ce.insert("time".into(), json!(t)),
-        None => ce.insert("time".into(), wire["time"].clone()),
-    };
-    if let Some(s) = env.header(SUBJECT_HEADER) {
-        ce.insert("subject".into(), json!(s));
-    }
-    if let Some(d) = env.header(DATASCHEMA_HEADER) {
-        ce.insert("dataschema".into(), json!(d));
-    }
-    ce.insert("datacontenttype".into(), json!(env.content_type()));
-    if herald::envelope::is_json_content_type(env.content_type()) {
-        ce.insert("data".into(), wire["payload"].clone());
-    } else {
-        ce.insert("data_base64".into(), wire["payload"].clone());
-    }
-    let mut ext = |name: &str, v: Value| {
-        if !v.is_null() {
-            ce.insert(name.into(), v);
+/// `env` as a structured-mode CloudEvent, as JSON text. Built from the
+/// envelope's own encoding field by field, with the payload kept as the raw
+/// JSON it was published as (a number no `f64` holds, say, is not lost to
+/// a re-parse).
+pub fn from_envelope(env: &Envelope) -> Box<RawValue> {
+    let encoded = serde_json::to_string(env).unwrap_or_else(|_| "{}".to_owned());
+    let wire: BTreeMap<String, Box<RawValue>> = serde_json::from_str(&encoded).unwrap_or_default();
+    let mut ce: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
+    let mut put = |name: &'static str, v: Option<Box<RawValue>>| {
+        if let Some(v) = v.filter(|v| v.get() != "null") {
+            ce.insert(name, v);
         }
     };
-    ext("seq", wire["seq"].clone());
-    ext("key", wire["key"].clone());
-    ext("correlationid", wire["correlation_id"].clone());
-    ext("causationid", wire["causation_id"].clone());
-    ext("idempotencykey", wire["idempotency_key"].clone());
-    ext("priority", wire["priority"].clone());
-    ext("kind", wire["kind"].clone());
-    ext("schemaversion", wire["schema_version"].clone());
-    ext("expiresat", wire["expires_at"].clone());
-    ext("attempt", wire["attempt"].clone());
-    ext("traceparent", json!(env.header("traceparent")));
-    ext("tracestate", json!(env.header("tracestate")));
-    Value::Object(ce)
+    let field = |name: &str| wire.get(name).cloned();
+    put("specversion", raw(json!("1.0")));
+    put("id", raw(json!(env.id().to_string())));
+    put(
+        "source",
+        raw(json!(env.header(SOURCE_HEADER).unwrap_or(env.source()))),
+    );
+    put("type", raw(json!(env.topic().as_str())));
+    put(
+        "time",
+        env.header(TIME_HEADER)
+            .map_or_else(|| field("time"), |t| raw(json!(t))),
+    );
+    put(
+        "subject",
+        env.header(SUBJECT_HEADER).and_then(|s| raw(json!(s))),
+    );
+    put(
+        "dataschema",
+        env.header(DATASCHEMA_HEADER).and_then(|d| raw(json!(d))),
+    );
+    put("datacontenttype", raw(json!(env.content_type())));
+    if herald::envelope::is_json_content_type(env.content_type()) {
+        put("data", field("payload"));
+    } else {
+        put("data_base64", field("payload"));
+    }
+    put("seq", field("seq"));
+    put("key", field("key"));
+    put("correlationid", field("correlation_id"));
+    put("causationid", field("causation_id"));
+    put("idempotencykey", field("idempotency_key"));
+    put("priority", field("priority"));
+    put("kind", field("kind"));
+    put("schemaversion", field("schema_version"));
+    put("expiresat", field("expires_at"));
+    put("attempt", field("attempt"));
+    put(
+        "traceparent",
+        env.header("traceparent").and_then(|t| raw(json!(t))),
+    );
+    put(
+        "tracestate",
+        env.header("tracestate").and_then(|t| raw(json!(t))),
+    );
+    serde_json::to_string(&ce)
+        .ok()
+        .and_then(|text| RawValue::from_string(text).ok())
+        .unwrap_or_else(|| RawValue::from_string("{}".to_owned()).unwrap_or_default())
+}
+
+/// `v` as raw JSON.
+fn raw(v: Value) -> Option<Box<RawValue>> {
+    RawValue::from_string(v.to_string()).ok()
 }
 
 fn text(ce: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
@@ -259,7 +282,7 @@ mod tests {
         let env = bus.prepare(m).unwrap().remove(0);
         assert_eq!(env.idempotency_key(), "/shop/A-1");
         assert_eq!(env.key(), Some("c-9"));
-        let back = from_envelope(&env);
+        let back: Value = serde_json::from_str(from_envelope(&env).get()).unwrap();
         assert_eq!(back["type"], "orders.placed");
         assert_eq!(back["source"], "/shop");
         assert_eq!(back["data"], json!({"n": 1}));
@@ -269,6 +292,19 @@ mod tests {
             back["traceparent"],
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         );
+    }
+
+    #[test]
+    fn a_number_no_float_holds_stays_as_published() {
+        let m = herald::Message::new(
+            "big.num",
+            herald::Payload::from_json_text("1e400".to_owned()).unwrap(),
+        );
+        let env = herald::Bus::memory().prepare(m).unwrap().remove(0);
+        let ce = from_envelope(&env);
+        assert!(ce.get().contains(r#""data":1e400"#), "{}", ce.get());
+        assert!(ce.get().contains(r#""time":"20"#), "{}", ce.get());
+        assert!(ce.get().contains(r#""seq""#) || env.seq().is_none());
     }
 
     #[test]
@@ -283,7 +319,7 @@ mod tests {
             .into_message("orders.placed")
             .unwrap();
         let env = herald::Bus::memory().prepare(m).unwrap().remove(0);
-        let back = from_envelope(&env);
+        let back: Value = serde_json::from_str(from_envelope(&env).get()).unwrap();
         assert_eq!(back["time"], "2026-01-02T03:04:05.678Z");
         assert_eq!(back["subject"], "order/7");
         assert_eq!(back["dataschema"], "https://schemas.example.com/order/1");

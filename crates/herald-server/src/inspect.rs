@@ -239,7 +239,8 @@ pub async fn replay(
     if !wants_cloudevents {
         return Ok(Json(Page { events, next_seq }).into_response());
     }
-    let list: Vec<serde_json::Value> = events.iter().map(cloudevents::from_envelope).collect();
+    let list: Vec<Box<serde_json::value::RawValue>> =
+        events.iter().map(cloudevents::from_envelope).collect();
     let mut response = Json(list).into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,

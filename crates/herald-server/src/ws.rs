@@ -376,7 +376,7 @@ pub enum ServerFrame<'a> {
         envelope: Option<&'a Envelope>,
         /// The event (format `cloudevents`).
         #[serde(skip_serializing_if = "Option::is_none")]
-        cloudevent: Option<serde_json::Value>,
+        cloudevent: Option<Box<serde_json::value::RawValue>>,
     },
     /// This connection handles command `topic` now.
     Handling {
