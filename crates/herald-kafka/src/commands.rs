@@ -79,6 +79,10 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
             tracing::error!(%topic, error = %e, "cannot serve a command to other processes");
             return;
         }
+        // Counted before it exists, so `close` waits until it is gone.
+        let Ok(running) = inner.consumer_started() else {
+            return;
+        };
         let mut config = crate::store::client_config(inner.config.consumer_properties(&name));
         // A call is answered or times out at its caller: its offset is
         // committed as it is read (at most once). A new group reads from the
@@ -147,6 +151,9 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
                         answer(&inner, topic, serve, headers, value, at).await;
                     });
                 }
+                // Leaves the command's group here, on the thread that polls.
+                drop(consumer);
+                drop(running);
             });
     });
     Box::new(Export(stop))
@@ -381,6 +388,7 @@ async fn registry(inner: &Arc<Inner>) -> Result<Arc<Registry>> {
         chrono::Utc::now() - chrono::Duration::from_std(REGISTRATION_TTL * 2).unwrap_or_default();
     let start = crate::tail::starts(inner, &topic, 1, &herald::StartPosition::Time(since)).await?;
     let (_, high) = inner.watermarks(&topic, 0).await?;
+    let running = inner.consumer_started()?;
     let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
@@ -424,6 +432,8 @@ async fn registry(inner: &Arc<Inner>) -> Result<Arc<Registry>> {
                     .or_default()
                     .insert(r.process, r.until_ms);
             }
+            drop(consumer);
+            drop(running);
         })
         .map_err(|e| Error::internal(format!("start a registry thread: {e}")))?;
     let _ = inner.registry.set(registry.clone());
@@ -443,6 +453,7 @@ async fn replies(inner: &Arc<Inner>) -> Result<Arc<Replies>> {
         .config
         .kafka_topic(&format!("_replies.{}", uuid::Uuid::now_v7().simple()));
     inner.ensure_topic_with(&topic, 1).await?;
+    let running = inner.consumer_started()?;
     let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
@@ -481,6 +492,8 @@ async fn replies(inner: &Arc<Inner>) -> Result<Arc<Replies>> {
                     });
                 }
             }
+            drop(consumer);
+            drop(running);
         })
         .map_err(|e| Error::internal(format!("start a reply thread: {e}")))?;
     let _ = inner.replies.set(replies.clone());

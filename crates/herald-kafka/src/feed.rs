@@ -9,7 +9,8 @@
 //! group), then resumes once the queue takes what is pending. What is done
 //! with a record — whether it is still to be delivered, what becomes of one
 //! that does not decode, which partitions are still this consumer's — is
-//! the [`Hooks`]'.
+//! the [`Hooks`]'. The loop ends by dropping its consumer on its own thread
+//! ([`finish`]), so a consumer is gone when its thread ends.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -82,8 +83,9 @@ pub(crate) trait Hooks<C: ConsumerContext>: Send + 'static {
     fn done(&self) -> bool;
 }
 
-/// Poll `consumer` into `queue` until the hooks say done; `topic_of` names
-/// a Kafka topic's herald topic (`None`: not one of herald's).
+/// Poll `consumer` into `queue` until the hooks say done, then drop it on
+/// this thread ([`finish`]); `topic_of` names a Kafka topic's herald topic
+/// (`None`: not one of herald's).
 pub(crate) fn run<C, H>(
     consumer: Arc<BaseConsumer<C>>,
     queue: Arc<Queue>,
@@ -129,6 +131,30 @@ pub(crate) fn run<C, H>(
                 }
             }
             wait = Duration::ZERO;
+        }
+    }
+    finish(consumer);
+}
+
+/// Drop `consumer` here, on the thread that polls it, once no other thread
+/// holds it (a commit under way on the blocking pool may, for a moment;
+/// polling goes on meanwhile, so the group is kept). Dropping a consumer
+/// closes it: a group consumer leaves its group, and its revocation runs in
+/// the polls of that close, which must be this thread's. Only then is it
+/// gone — its fetchers stopped, librdkafka's threads for it ended — and
+/// the thread may tell the store so (`store::ConsumerGuard`); a consumer
+/// whose last handle went on another thread would still be fetching.
+fn finish<C: ConsumerContext>(mut consumer: Arc<BaseConsumer<C>>) {
+    loop {
+        match Arc::try_unwrap(consumer) {
+            Ok(last) => {
+                drop(last);
+                return;
+            }
+            Err(shared) => {
+                consumer = shared;
+                let _ = consumer.poll(POLL);
+            }
         }
     }
 }

@@ -232,6 +232,9 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     queue.join();
     inner.register(&queue)?;
     let _ = group.queue.set(Arc::downgrade(&queue));
+    // Counted before it exists, so `close` waits until its thread has
+    // dropped it (feed::run), having left the group.
+    let running = inner.consumer_started()?;
 
     let mut config =
         crate::store::client_config(inner.config.consumer_properties(&group.kafka_group));
@@ -273,6 +276,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
             // The store or the group closed: nothing feeds the queue now.
             q.close();
             stopped.joined.send_replace(true);
+            drop(running);
         })
         .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
     // Members of this process take part at once: wait until the group holds

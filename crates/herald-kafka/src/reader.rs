@@ -42,7 +42,11 @@ pub(crate) async fn read_records(
     let config = crate::store::client_config(inner.config.reader_properties());
     let topic = topic.to_owned();
     let wait = inner.config.timeout_duration();
+    // Held until the reader is gone (it is dropped first, in this closure),
+    // so `close` waits for a read under way.
+    let running = inner.consumer_started()?;
     blocking(move || {
+        let _running = running;
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| errors::kafka("create a reader", &e))?;

@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) groups: Mutex<HashMap<String, Weak<crate::group::Group>>>,
     /// Dead-letter writes under way (listing waits for them).
     dead_letter_writes: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Consumers of this store still running (`close` waits for them).
+    consumers: Arc<tokio::sync::watch::Sender<usize>>,
     /// This process's reply topic, once it made a call.
     pub(crate) replies: std::sync::OnceLock<Arc<crate::commands::Replies>>,
     pub(crate) replies_made: tokio::sync::Mutex<()>,
@@ -133,6 +135,7 @@ impl KafkaStore {
             registry: std::sync::OnceLock::new(),
             process: uuid::Uuid::now_v7().simple().to_string(),
             dead_letter_writes: Arc::new(tokio::sync::watch::channel(0).0),
+            consumers: Arc::new(tokio::sync::watch::channel(0).0),
             created,
             rebalance_watchers: Mutex::new(Vec::new()),
             metrics: std::sync::OnceLock::new(),
@@ -221,20 +224,41 @@ impl KafkaStore {
         Ok(())
     }
 
-    /// Stop: publishes fail with `UNAVAILABLE`, subscriptions end, queued
-    /// publishes are flushed (up to the timeout).
+    /// Stop: publishes fail with `UNAVAILABLE`, subscriptions end, every
+    /// consumer the store started has left its group and is gone, and
+    /// queued publishes are flushed (each up to the timeout).
+    ///
+    /// Once `close` returns, none of the store's consumers fetches any
+    /// more, so the store's topics may be deleted and the process may end
+    /// (a fetch of a deleted topic brings some brokers' answers that
+    /// librdkafka cannot take, and a process that ends under running
+    /// consumers ends them mid-flight). Consumers still running after the
+    /// timeout are logged.
     pub async fn close(&self) {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        for q in std::mem::take(&mut *self.inner.queues.lock()) {
-            if let Some(q) = q.upgrade() {
-                q.close();
+        let first = !self.inner.closed.swap(true, Ordering::AcqRel);
+        if first {
+            for q in std::mem::take(&mut *self.inner.queues.lock()) {
+                if let Some(q) = q.upgrade() {
+                    q.close();
+                }
             }
         }
-        let producer = self.inner.producer.clone();
         let wait = self.inner.config.timeout_duration();
-        let _ = blocking(move || producer.flush(wait)).await;
+        let mut running = self.inner.consumers.subscribe();
+        let stopped = tokio::time::timeout(wait, running.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !stopped {
+            let left = *running.borrow();
+            tracing::warn!(
+                consumers = left,
+                "Kafka: consumers of a closing store did not stop within {wait:?}"
+            );
+        }
+        if first {
+            let producer = self.inner.producer.clone();
+            let _ = blocking(move || producer.flush(wait)).await;
+        }
     }
 }
 
@@ -307,6 +331,20 @@ impl Inner {
         for w in watchers {
             w(event);
         }
+    }
+
+    /// Count a consumer as running until the guard drops: its thread holds
+    /// the guard and drops it once the consumer is gone, and `close` waits
+    /// for every one. Taken before the consumer is made; refused once the
+    /// store closes (under the lock `close` takes the queues with, so a
+    /// consumer is either refused or waited for).
+    pub(crate) fn consumer_started(&self) -> Result<ConsumerGuard> {
+        let _queues = self.queues.lock();
+        if self.is_closed() {
+            return Err(errors::closed());
+        }
+        self.consumers.send_modify(|n| *n += 1);
+        Ok(ConsumerGuard(self.consumers.clone()))
     }
 
     /// Close `queue` with the store.
@@ -565,6 +603,15 @@ impl Inner {
     pub(crate) async fn dead_letters_written(&self) {
         let mut rx = self.dead_letter_writes.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// A consumer that may still fetch (see [`Inner::consumer_started`]).
+pub(crate) struct ConsumerGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let queue = Queue::new(spec.clone(), host);
     queue.join();
     inner.register(&queue)?;
+    // Counted before it exists, so `close` waits for it (feed::run drops it).
+    let running = inner.consumer_started()?;
     let config = crate::store::client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
@@ -62,7 +64,8 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         .spawn(move || {
             feed::run(c, q, hooks, |name| {
                 topic_inner.upgrade().and_then(|i| i.topic_of(name))
-            })
+            });
+            drop(running);
         })
         .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
     Ok(queue::member(queue))
