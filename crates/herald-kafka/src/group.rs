@@ -302,9 +302,11 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
 /// however late its members join and whatever became of them since; a
 /// partition the group has no offset for was made after it and is read
 /// from its beginning. Other starts name positions that do not move and
-/// are resolved per partition as it is assigned. A group whose Kafka group
-/// has members already (herald's of an older version, or plain clients)
-/// refuses a commit from outside it: such a group was made before.
+/// are resolved per partition as it is assigned. A group that has offsets
+/// and no mark was made before marks existed (an older herald's, or plain
+/// clients'): it keeps its offsets and only gets the mark. A group whose
+/// Kafka group has members refuses a commit from outside it: it was made
+/// before too.
 async fn fix_start(
     inner: &Inner,
     group: &str,
@@ -312,19 +314,12 @@ async fn fix_start(
     matching: &[(String, i32)],
 ) -> Result<()> {
     let marks = inner.config.kafka_topic(crate::inspect::GROUPS_TOPIC);
-    if committed_offsets(inner, group, &marks, 1).await?[0].is_some() {
-        return Ok(());
-    }
-    let mut tpl = TopicPartitionList::new();
     let mark = inner.watermarks(&marks, 0).await?.1;
-    tpl.add_partition_offset(&marks, 0, Offset::Offset(mark))
-        .map_err(|e| errors::kafka("mark a group", &e))?;
+    let mut ends = Vec::new();
     if spec.start == StartPosition::Latest {
         for (name, partitions) in matching {
             for p in 0..*partitions {
-                let end = inner.watermarks(name, p).await?.1;
-                tpl.add_partition_offset(name, p, Offset::Offset(end))
-                    .map_err(|e| errors::kafka("mark a group", &e))?;
+                ends.push((name.clone(), p, inner.watermarks(name, p).await?.1));
             }
         }
     }
@@ -333,12 +328,34 @@ async fn fix_start(
             .config
             .consumer_properties(&inner.config.kafka_topic(group)),
     );
-    let committed = blocking(move || {
+    let fixed = blocking(move || {
         let consumer: BaseConsumer = config.create()?;
+        let mut ask = TopicPartitionList::new();
+        ask.add_partition(&marks, 0);
+        for (name, p, _) in &ends {
+            ask.add_partition(name, *p);
+        }
+        let committed = consumer.committed_offsets(ask, LOOKUP_TIMEOUT)?;
+        let has_offset = |name: &str, p: i32| {
+            committed
+                .find_partition(name, p)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)))
+        };
+        if has_offset(&marks, 0) {
+            return Ok(());
+        }
+        let made_before = ends.iter().any(|(name, p, _)| has_offset(name, *p));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&marks, 0, Offset::Offset(mark))?;
+        if !made_before {
+            for (name, p, end) in &ends {
+                tpl.add_partition_offset(name, *p, Offset::Offset(*end))?;
+            }
+        }
         consumer.commit(&tpl, CommitMode::Sync)
     })
     .await?;
-    match committed {
+    match fixed {
         Ok(()) => Ok(()),
         Err(e)
             if matches!(

@@ -171,6 +171,52 @@ async fn herald_consumes_what_a_plain_producer_sends() {
     raw.ack().await.unwrap();
 }
 
+/// A Kafka group that has offsets but was never opened by herald (plain
+/// clients', or an older herald's) resumes at its offsets: opening it does
+/// not move them to the end, as making a new group at `Latest` would.
+#[tokio::test]
+async fn a_group_with_offsets_from_plain_clients_resumes_there() {
+    let config = support::fresh_config().partitions(1);
+    let kafka_topic = config.kafka_topic("interop.resume");
+    let kafka_group = config.kafka_topic("legacy");
+    let bus = Bus::new(KafkaStore::open(config).await.unwrap());
+    for n in 1..=10u64 {
+        bus.publish(Message::json("interop.resume", &n).unwrap())
+            .await
+            .unwrap();
+    }
+    // A plain client of the group read six of them.
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", support::brokers())
+            .set("group.id", &kafka_group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&kafka_topic, 0, Offset::Offset(6))
+            .unwrap();
+        consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let mut sub = bus
+        .subscribe_raw("interop.resume")
+        .group("legacy")
+        .await
+        .unwrap();
+    for seq in 7..=10 {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("the group resumes at its offset")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.seq(), Some(seq));
+        d.ack().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_record_with_malformed_herald_headers_is_dead_lettered() {
     let config = support::fresh_config().partitions(1);
