@@ -154,9 +154,26 @@ async fn run(args: Args) -> Result<()> {
                     _ => {}
                 }
             }
+            // A group member unsubscribes first: the server answers once it
+            // has applied the acks before and handed back every event the
+            // tail took but did not print, so the next member gets them at
+            // once rather than when their leases run out.
+            if args.group.is_some() {
+                send(&mut ws, json!({"op": "unsubscribe", "id": "tail"})).await?;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let Message::Text(t) = msg else { continue };
+                        let frame: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                        if frame["op"] == "unsubscribed" || frame["ref"] == "tail" {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
             // The closing handshake: the server answers our close after it
-            // has applied every frame before it (the acks), so wait for
-            // that (briefly) rather than vanish with them unread.
+            // has applied every frame before it, so wait for that (briefly)
+            // rather than vanish with them unread.
             let _ = ws.close(None).await;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
                 while let Some(Ok(msg)) = ws.next().await {

@@ -120,6 +120,58 @@ async fn a_client_that_stops_reading_never_stalls_another() {
     drop(slow);
 }
 
+/// A group member that unsubscribes, or whose connection goes, hands back
+/// at once what it took: the deliveries it did not ack and the events its
+/// subscription claimed but had not sent (leases of an hour here, so an
+/// event left behind would not come back within the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_goes_hands_back_everything_it_took() {
+    const N: u64 = 20;
+    let s = Served::start(&[("HERALD_ACK_WAIT", "3600")]).await;
+    let member = json!({"group": "workers", "start": "earliest", "max_in_flight": 1});
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe("s", "jobs.>", member.clone()).await;
+    let batch: Vec<_> = (1..=N).map(|n| json!({"payload": n})).collect();
+    let (status, _) = post(&s.url("/v1/topics/jobs.new/events"), &json!(batch)).await;
+    assert_eq!(status, 201);
+    let first = ws.recv_op("event").await;
+    ws.send(json!({"op": "unsubscribe", "id": "s"})).await;
+    assert_eq!(ws.recv_op("unsubscribed").await["id"], "s");
+
+    // The next member takes one and its connection goes.
+    ws.subscribe("t", "jobs.>", member.clone()).await;
+    let second = ws.recv_op("event").await;
+    ws.close_and_wait().await;
+
+    let mut last = Ws::connect(&s.ws_url(None)).await;
+    last.subscribe("u", "jobs.>", member).await;
+    let mut got = std::collections::BTreeMap::new();
+    for _ in 1..=N {
+        let ev = last.recv_op("event").await;
+        let n = ev["envelope"]["payload"].as_u64().unwrap();
+        assert!(
+            got.insert(n, ev["envelope"]["attempt"].clone()).is_none(),
+            "{n} twice"
+        );
+        last.send(json!({"op": "ack", "delivery": ev["delivery"]}))
+            .await;
+    }
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (1..=N).collect::<Vec<_>>()
+    );
+    // Each delivery a member was sent counts as an attempt.
+    let mut sent = std::collections::BTreeMap::new();
+    for e in [&first, &second] {
+        *sent
+            .entry(e["envelope"]["payload"].as_u64().unwrap())
+            .or_insert(1) += 1;
+    }
+    for (n, attempt) in sent {
+        assert_eq!(got[&n], attempt, "event {n}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_are_checked_and_limits_hold() {
     let s = Served::start(&[("HERALD_MAX_SUBSCRIPTIONS", "2")]).await;

@@ -149,6 +149,54 @@ pub async fn a_held_event_does_not_stall_the_group(h: &Harness) {
     held.ack().await.unwrap();
 }
 
+/// A member dropped without closing (its task aborted, its connection gone)
+/// hands back at once everything it took: the delivery it held unsettled
+/// and the events it had claimed but not yet handed out, so the next member
+/// gets them instead of after their leases (an hour here) run out.
+pub async fn a_dropped_member_hands_back_what_it_took(h: &Harness) {
+    const N: u64 = 10;
+    let topic = "conf.groups.dropped";
+    let lease = std::time::Duration::from_secs(3600);
+    let bus = h.bus().await;
+    // A group outlives its members only on a durable transport.
+    if !Harness::requires(&bus, "a dropped member", |f| f.durable, "durable") {
+        return;
+    }
+    let mut first = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .ack_wait(lease)
+        .await
+        .unwrap();
+    let batch: Vec<_> = (1..=N).map(|i| numbered(topic, i)).collect();
+    bus.publish(batch).await.unwrap();
+    let d = recv(&mut first).await;
+    assert_eq!(number(&d), 1);
+    d.ack().await.unwrap();
+    let held = recv(&mut first).await;
+    assert_eq!(number(&held), 2);
+    drop(first);
+    drop(held);
+    let mut next = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .ack_wait(lease)
+        .await
+        .unwrap();
+    let mut got = HashMap::new();
+    for _ in 2..=N {
+        let d = recv(&mut next).await;
+        got.insert(number(&d), d.attempt());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        got.keys().copied().collect::<HashSet<_>>(),
+        (2..=N).collect::<HashSet<_>>(),
+        "every event taken comes back, once"
+    );
+    assert!(got[&2] >= 2, "the delivery dropped counts as an attempt");
+}
+
 /// Three members processing 1,000 events over 10 keys concurrently: per key,
 /// never two in flight and always in publish order.
 pub async fn per_key_order_holds_under_concurrent_members(h: &Harness) {

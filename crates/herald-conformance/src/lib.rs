@@ -228,6 +228,7 @@ macro_rules! conformance_tests {
             groups::two_groups_each_get_everything_members_share,
             groups::same_key_goes_to_one_member_at_a_time,
             groups::a_held_event_does_not_stall_the_group,
+            groups::a_dropped_member_hands_back_what_it_took,
             groups::per_key_order_holds_under_concurrent_members,
             groups::delivery_state_can_be_queried,
             redelivery::nack_redelivers_with_attempt_incremented,

@@ -52,11 +52,12 @@ use axum::response::Response;
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
+use herald::subscription::CloseHandle;
 use herald::{CommandHandle, Delivery, Envelope, ErrorCode, Payload, StartPosition};
 use parking_lot::Mutex;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::auth::{Caller, Permission};
@@ -240,7 +241,8 @@ pub enum Format {
     Cloudevents,
 }
 
-/// Close subscription `id`; its unacked deliveries are redelivered.
+/// Close subscription `id`; its unacked deliveries, and the events it took
+/// but had not sent, are handed back before the `unsubscribed` answer.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsubscribeFrame {
@@ -463,14 +465,46 @@ pub async fn upgrade(
         .on_upgrade(move |socket| run(state, caller, peer, socket))
 }
 
-/// One subscription on a connection.
+/// One subscription on a connection: the task feeding its deliveries to the
+/// client, how to stop it, and how to close the subscription.
 struct Sub {
     feeder: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    close: CloseHandle,
+}
+
+/// How long ending a subscription may take (handing back what it holds)
+/// before its feeder is cut off and its store's ack deadline takes over.
+const SUB_END_WAIT: Duration = Duration::from_secs(5);
+
+impl Sub {
+    /// Stop feeding and close the subscription: the delivery the feeder
+    /// holds and the events the subscription claimed but did not hand out
+    /// go back to the store before this returns (within [`SUB_END_WAIT`]).
+    async fn end(mut self) {
+        self.close.close();
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(SUB_END_WAIT, &mut self.feeder)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a subscription took over {SUB_END_WAIT:?} to end: cut off");
+        }
+    }
 }
 
 impl Drop for Sub {
     fn drop(&mut self) {
         self.feeder.abort();
+    }
+}
+
+/// Nack `deliveries` (unacked, taken from a closing subscription or
+/// connection), all at once, waiting at most [`SUB_END_WAIT`].
+async fn hand_back(deliveries: Vec<Delivery>) {
+    let nacks = futures_util::future::join_all(deliveries.into_iter().map(Delivery::nack));
+    if tokio::time::timeout(SUB_END_WAIT, nacks).await.is_err() {
+        tracing::warn!("handing back unacked deliveries took over {SUB_END_WAIT:?}");
     }
 }
 
@@ -686,8 +720,8 @@ async fn run(state: AppState, caller: Caller, peer: Peer, socket: WebSocket) {
     // closing still go through.
     let mut calls = std::mem::take(&mut *conn.call_tasks.lock());
     calls.shutdown().await;
-    drop(subs);
-    conn.held.lock().clear();
+    futures_util::future::join_all(subs.into_values().map(Sub::end)).await;
+    hand_back(conn.take_held(|_| true)).await;
     for handle in conn.handles.lock().drain(..) {
         handle.unregister();
     }
@@ -795,8 +829,8 @@ impl Conn {
             ClientFrame::Unsubscribe(UnsubscribeFrame { id, .. }) => {
                 let reply = match subs.remove(&id) {
                     Some(sub) => {
-                        drop(sub);
-                        self.held.lock().retain(|_, (s, _, _, _)| *s != id);
+                        sub.end().await;
+                        hand_back(self.take_held(|s| s == id)).await;
                         ServerFrame::Unsubscribed { id: &id }.text()
                     }
                     None => error_frame(
@@ -989,10 +1023,19 @@ impl Conn {
             request = request.group(g);
         }
         let mut subscription = request.await?;
+        let close = subscription.close_handle();
+        let (stop, stopped) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(in_flight as usize));
         let conn = self.clone();
         let sub_id = id.to_owned();
         let feeder = tokio::spawn(async move {
+            // Once the subscription is ended, the delivery in hand goes
+            // back, and the subscription runs to its end, handing back
+            // what it claimed.
+            let stop = || {
+                let mut stopped = stopped.clone();
+                async move { drop(stopped.wait_for(|s| *s).await) }
+            };
             while let Some(item) = subscription.next().await {
                 let delivery = match item {
                     Ok(d) => d,
@@ -1002,33 +1045,62 @@ impl Conn {
                         continue;
                     }
                 };
+                let number = if auto_ack {
+                    0
+                } else {
+                    conn.next_delivery.fetch_add(1, Ordering::Relaxed)
+                };
+                let frame = event_frame(&sub_id, number, delivery.envelope(), format);
                 if auto_ack {
-                    let frame = event_frame(&sub_id, 0, delivery.envelope(), format);
-                    conn.send(frame).await;
-                    let _ = delivery.ack().await;
+                    tokio::select! {
+                        _ = conn.send(frame) => { let _ = delivery.ack().await; }
+                        _ = stop() => { let _ = delivery.nack().await; }
+                    }
                     continue;
                 }
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                permit.forget();
-                let number = conn.next_delivery.fetch_add(1, Ordering::Relaxed);
-                let frame = event_frame(&sub_id, number, delivery.envelope(), format);
                 let cost = u32::try_from(frame_len(&frame))
                     .unwrap_or(u32::MAX)
                     .clamp(1, conn.held_budget());
-                let Ok(bytes) = conn.held_bytes.clone().acquire_many_owned(cost).await else {
-                    return;
+                let room = async {
+                    let permit = permits.clone().acquire_owned().await.ok()?;
+                    let bytes = conn
+                        .held_bytes
+                        .clone()
+                        .acquire_many_owned(cost)
+                        .await
+                        .ok()?;
+                    permit.forget();
+                    Some(bytes)
+                };
+                let bytes = tokio::select! {
+                    room = room => room,
+                    _ = stop() => None,
+                };
+                let Some(bytes) = bytes else {
+                    let _ = delivery.nack().await;
+                    continue;
                 };
                 conn.held
                     .lock()
                     .insert(number, (sub_id.clone(), delivery, permits.clone(), bytes));
-                conn.send(frame).await;
+                tokio::select! {
+                    _ = conn.send(frame) => {}
+                    _ = stop() => {}
+                }
             }
-            let e = ApiError::new(ErrorCode::Unavailable, "the subscription ended");
-            conn.send(error_frame(Some(sub_id.clone()), &e)).await;
+            if !*stopped.borrow() {
+                let e = ApiError::new(ErrorCode::Unavailable, "the subscription ended");
+                conn.send(error_frame(Some(sub_id.clone()), &e)).await;
+            }
         });
-        subs.insert(id.to_owned(), Sub { feeder });
+        subs.insert(
+            id.to_owned(),
+            Sub {
+                feeder,
+                stop,
+                close,
+            },
+        );
         Ok(())
     }
 
@@ -1102,6 +1174,21 @@ impl Conn {
             })?;
         self.handles.lock().push(handle);
         Ok(())
+    }
+
+    /// Take the unacked deliveries of the subscriptions `which` picks.
+    fn take_held(&self, which: impl Fn(&str) -> bool) -> Vec<Delivery> {
+        let mut held = self.held.lock();
+        let numbers: Vec<u64> = held
+            .iter()
+            .filter(|(_, (sub, ..))| which(sub))
+            .map(|(n, _)| *n)
+            .collect();
+        numbers
+            .into_iter()
+            .filter_map(|n| held.remove(&n))
+            .map(|(_, delivery, ..)| delivery)
+            .collect()
     }
 
     async fn settle(&self, number: u64, how: Settle) {

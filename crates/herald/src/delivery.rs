@@ -197,7 +197,7 @@ impl Delivery {
 static DETACHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static DETACHED_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-fn spawn_settle(fut: Option<BoxFuture<'static, Result<()>>>) {
+pub(crate) fn spawn_settle(fut: Option<BoxFuture<'static, Result<()>>>) {
     use std::sync::atomic::Ordering;
     if let Some(fut) = fut {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -620,8 +620,9 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
     };
     // `idle`: a claim found all there was; the next waits for a change
     // (armed before that claim) instead of asking again at once.
+    let buffer = Buffer::new(state.member.clone());
     let deliveries = stream::unfold(
-        (state, Buffer::default(), None::<BoxFuture<'static, ()>>),
+        (state, buffer, None::<BoxFuture<'static, ()>>),
         |(state, mut buffered, mut idle)| async move {
             loop {
                 let wake = state.clone();
@@ -671,24 +672,41 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
     Ok(Subscription::new(Box::pin(deliveries), close))
 }
 
-/// Claimed events not yet handed out, and when they were claimed.
+/// Claimed events not yet handed out, and when they were claimed. Dropped
+/// with events in it (the stream was dropped rather than run to its end),
+/// it hands them back in a background task that [`Bus::close`](crate::Bus::close)
+/// waits for, so they are not stuck until their leases run out.
 struct Buffer {
     events: VecDeque<(i64, Envelope)>,
     claimed_at: Instant,
-}
-
-impl Default for Buffer {
-    fn default() -> Buffer {
-        Buffer {
-            events: VecDeque::new(),
-            claimed_at: Instant::now(),
-        }
-    }
+    member: Arc<dyn GroupMember>,
 }
 
 impl Buffer {
+    fn new(member: Arc<dyn GroupMember>) -> Buffer {
+        Buffer {
+            events: VecDeque::new(),
+            claimed_at: Instant::now(),
+            member,
+        }
+    }
+
     fn take(&mut self) -> VecDeque<(i64, Envelope)> {
         std::mem::take(&mut self.events)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let events = self.take();
+        if events.is_empty() {
+            return;
+        }
+        let member = self.member.clone();
+        crate::delivery::spawn_settle(Some(Box::pin(async move {
+            release(&*member, events).await;
+            Ok(())
+        })));
     }
 }
 
@@ -705,12 +723,16 @@ impl MemberState {
 
     /// Hand back events claimed but never delivered.
     async fn release(&self, buffered: VecDeque<(i64, Envelope)>) {
-        for (pos, env) in buffered {
-            let _ = self
-                .member
-                .settle(pos, Arc::new(env), Settled::Released, Vec::new())
-                .await;
-        }
+        release(&*self.member, buffered).await
+    }
+}
+
+/// Hand back events `member` claimed but never delivered.
+async fn release(member: &dyn GroupMember, buffered: VecDeque<(i64, Envelope)>) {
+    for (pos, env) in buffered {
+        let _ = member
+            .settle(pos, Arc::new(env), Settled::Released, Vec::new())
+            .await;
     }
 }
 
