@@ -136,6 +136,9 @@ impl Leader {
             )?;
             return Ok(Some(leader));
         }
+        // A leader here that is stepping down first writes what the next
+        // should know (its handover note).
+        inner.handed_over(group).await;
         Lease::prepare(inner, LEASE_TTL).await?;
         let lease = match Lease::take(inner, &inner.names.consumer(group), &inner.member_id).await?
         {
@@ -263,6 +266,8 @@ impl Leader {
         }
         self.queue.close();
         let Some(inner) = self.inner() else { return };
+        let (done, handed) = tokio::sync::watch::channel(false);
+        inner.stepping_down(&self.group, handed.clone());
         inner.unlead(&self.group);
         // Messages handed back now would go to the pull requests still out.
         tokio::time::sleep(PULL_EXPIRY + Duration::from_millis(100)).await;
@@ -272,10 +277,15 @@ impl Leader {
             .unwrap_or_else(|p| p.into_inner())
             .drain()
             .collect();
+        // Next is what the queue would have delivered it as; one that
+        // never reached the queue keeps the attempt it came with.
         let note: Vec<_> = held
             .iter()
-            .filter_map(|((topic, seq), _)| {
-                let next = self.queue.next_attempt(topic, *seq)?;
+            .filter_map(|((topic, seq), msg)| {
+                let next = self.queue.next_attempt(topic, *seq).or_else(|| {
+                    let delivered = msg.info().ok()?.delivered;
+                    Some(self.attempt(&inner, &msg.subject, *seq, delivered))
+                })?;
                 Some((topic.as_str().to_owned(), *seq, next))
             })
             .collect();
@@ -288,6 +298,8 @@ impl Leader {
         if let Some(lease) = lease {
             lease.release(&inner).await;
         }
+        let _ = done.send(true);
+        inner.stepped_down(&self.group, &handed);
     }
 
     /// Renew the lease; step down when it is lost.

@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     pub(crate) member_id: String,
     /// The groups this process leads.
     leaders: Mutex<std::collections::HashMap<String, Arc<crate::group::Leader>>>,
+    /// Groups whose leader here is stepping down, and when it is done.
+    stepping_down: Mutex<std::collections::HashMap<String, watch::Receiver<bool>>>,
     /// Per group, the events its leaders here acked lately.
     recent_acks: Mutex<std::collections::HashMap<String, Arc<Mutex<crate::group::RecentAcks>>>>,
     /// Held while this process tries to become a group's leader.
@@ -96,6 +98,7 @@ impl NatsStore {
             queues: Mutex::new(Vec::new()),
             member_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
             leaders: Mutex::new(std::collections::HashMap::new()),
+            stepping_down: Mutex::new(std::collections::HashMap::new()),
             dead_letters_pending: watch::channel(0).0,
             payloads_ready: AtomicBool::new(false),
             starting: tokio::sync::Mutex::new(()),
@@ -304,6 +307,35 @@ impl Inner {
 
     pub(crate) fn unlead(&self, group: &str) {
         self.lock_leaders().remove(group);
+    }
+
+    /// This process's leader of `group` steps down: `done` turns `true`
+    /// when it has handed back what it held and given up the lease.
+    pub(crate) fn stepping_down(&self, group: &str, done: watch::Receiver<bool>) {
+        self.lock_stepping_down().insert(group.to_owned(), done);
+    }
+
+    /// The step-down `done` of `group` is over.
+    pub(crate) fn stepped_down(&self, group: &str, done: &watch::Receiver<bool>) {
+        let mut stepping = self.lock_stepping_down();
+        if stepping.get(group).is_some_and(|d| d.same_channel(done)) {
+            stepping.remove(group);
+        }
+    }
+
+    /// Wait until this process's leader of `group`, if one is stepping
+    /// down, is done, so the next leader here reads its handover note.
+    pub(crate) async fn handed_over(&self, group: &str) {
+        let done = self.lock_stepping_down().get(group).cloned();
+        if let Some(mut done) = done {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    fn lock_stepping_down(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, watch::Receiver<bool>>> {
+        self.stepping_down.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The acks of `group`'s leaders in this process.
