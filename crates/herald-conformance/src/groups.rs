@@ -194,7 +194,11 @@ pub async fn a_dropped_member_hands_back_what_it_took(h: &Harness) {
         (2..=N).collect::<HashSet<_>>(),
         "every event taken comes back, once"
     );
-    assert!(got[&2] >= 2, "the delivery dropped counts as an attempt");
+    // A transport that resumes exactly also keeps the dropped delivery's
+    // attempt as the group moves to another member (`Features::exact_resume`).
+    if bus.features().exact_resume {
+        assert!(got[&2] >= 2, "the delivery dropped counts as an attempt");
+    }
 }
 
 /// Three members processing 1,000 events over 10 keys concurrently: per key,
