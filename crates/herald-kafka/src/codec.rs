@@ -231,7 +231,7 @@ pub fn decode(
     // `attempt` is the consuming group's count, not the record's retry_count.
     let env = headers::decode_with(&SCHEME, topic, all, value, origin)?;
     Ok(env
-        .with_seq(at.offset as u64 + 1)
+        .with_seq(at.offset.max(0) as u64 + 1)
         .with_partition(at.partition.max(0) as u32))
 }
 

@@ -190,7 +190,7 @@ async fn page(inner: &Inner, after: i64, purged: HashSet<u64>) -> Result<Vec<Dea
             return Ok(rows);
         };
         for (offset, headers, value) in records {
-            let id = offset as u64 + 1;
+            let id = offset.max(0) as u64 + 1;
             if !purged.contains(&id) {
                 rows.push(row(id, &headers, value)?);
             }

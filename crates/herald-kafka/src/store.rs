@@ -529,6 +529,21 @@ impl Inner {
             // is remembered even when another record of the batch failed.
             for (i, mine, delivery) in sends {
                 let written = match delivery.await {
+                    // A broker may acknowledge a record without its offset
+                    // (tansu 0.6 just after it restarted): written, but at
+                    // an unknown seq, which herald cannot return.
+                    Ok(Ok(d)) if d.offset < 0 => {
+                        failed.get_or_insert_with(|| {
+                            herald::Error::new(
+                                ErrorCode::Unavailable,
+                                format!(
+                                    "Kafka: the broker acknowledged an event of `{}` without its offset: it may be stored, and a retry may store it again",
+                                    batch[i].topic()
+                                ),
+                            )
+                        });
+                        continue;
+                    }
                     Ok(Ok(d)) => d.offset as u64 + 1,
                     Ok(Err((e, _))) => {
                         failed.get_or_insert_with(|| {
