@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use herald::headers::{self, Origin};
+use herald::backend::headers::{self, Origin};
 use herald::{Bus, Envelope, Limits};
 use herald_server::message::MessageIn;
 use serde_json::value::RawValue;
@@ -20,7 +20,7 @@ thread_local! {
 /// - encoding is a fixed point (the second encoding is byte-for-byte the
 ///   first), so a store re-encoding what it read changes nothing;
 /// - a store can read it back (`from_stored`, the widest limits);
-/// - as broker headers and a body (`herald::headers`, NATS and Kafka) it
+/// - as broker headers and a body (`herald::backend::headers`, NATS and Kafka) it
 ///   decodes to the same envelope, but for `seq` and `attempt`, which the
 ///   broker gives (the round trip `headers`' module docs show).
 pub fn check_envelope(env: &Envelope, limits: &Limits) {

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use herald::config::DeliveryConfig;
 use herald::{Config, Result};
 use herald_server::{config, ServerConfig};
 
@@ -72,10 +73,18 @@ pub fn print_config(args: Args) -> ExitCode {
     describe()
 }
 
-/// Print every setting with its origin; fail as start-up would on a bad one.
+/// Print every setting with its origin; fail as start-up would on a bad
+/// one: the server's, the bus's and the store's settings are all read and
+/// validated (without connecting to the store).
 fn describe() -> ExitCode {
     print!("{}", config::describe());
-    match ServerConfig::from_env().and_then(|_| Config::from_env()) {
+    let checked = ServerConfig::from_env()
+        .and_then(|_| DeliveryConfig::from_env())
+        .and_then(|delivery| {
+            Config::from_env_with(delivery.clone())?;
+            herald_store::StoreConfig::from_env_with(delivery)
+        });
+    match checked {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => crate::exit::fail(&e),
     }
@@ -83,7 +92,8 @@ fn describe() -> ExitCode {
 
 async fn run() -> Result<()> {
     let server_config = ServerConfig::from_env()?;
-    let bus_config = Config::from_env()?;
+    let delivery = DeliveryConfig::from_env()?;
+    let bus_config = Config::from_env_with(delivery.clone())?;
     if let Some(path) = server_config.store.strip_prefix("sqlite://") {
         if let Some(dir) = std::path::Path::new(path)
             .parent()
@@ -103,7 +113,7 @@ async fn run() -> Result<()> {
             })?;
         }
     }
-    let store = herald_store::Store::from_env().await?;
+    let store = herald_store::Store::from_env_with(delivery).await?;
     let bus = store.bus(bus_config)?;
     let server = herald_server::Server::new(bus, server_config, store.kind())?;
     server.serve(shutdown_signal()).await

@@ -72,7 +72,7 @@ fn bad_settings_are_refused_at_start_naming_key_and_range() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("HERALD_MAX_CONNECTIONS=0") && err.contains("1..=1000000"),
+        err.contains("HERALD_MAX_CONNECTIONS=0") && err.contains("expected 1–1000000"),
         "{err}"
     );
 
@@ -86,6 +86,35 @@ fn bad_settings_are_refused_at_start_naming_key_and_range() {
     let out = herald(dir.path(), &["serve"], &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HERALD_STORE"));
+}
+
+/// `herald config` and `serve --print-config` check the store's settings as
+/// start-up would, without opening the store: a bad one fails naming the
+/// key, the value and what is allowed.
+#[test]
+fn config_checks_the_store_s_settings_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["config"][..], &["serve", "--print-config"][..]] {
+        let mut args = args.to_vec();
+        args.extend(["--store", "sqlite://events.db"]);
+        let out = herald(dir.path(), &args, &[("HERALD_DEDUPE_WINDOW", "abc")]);
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("HERALD_DEDUPE_WINDOW=abc") && err.contains("seconds, 0–604800"),
+            "{args:?}: {err}"
+        );
+        let out = herald(dir.path(), &args, &[("HERALD_MAX_DELIVER", "0")]);
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("HERALD_MAX_DELIVER=0"),
+            "{args:?}"
+        );
+    }
+    assert!(
+        !dir.path().join("events.db").exists(),
+        "checking the settings opened the store"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,3 +143,69 @@ pub async fn a_group_can_opt_into_automatic_replay(h: &Harness) {
     assert_eq!(dead.len(), 1);
     assert_eq!(herald::dead_letter::replays(&dead[0].envelope), 1);
 }
+
+/// Writing the dead letter and settling the message are one step (DESIGN.md
+/// §4.12): while the store cannot write dead letters, a `term` fails and the
+/// message comes again, with one more attempt — to a group and to a
+/// group-less subscription — and once it can, that message is dead-lettered,
+/// once.
+pub async fn a_dead_letter_that_cannot_be_written_leaves_the_message_to_come_again(h: &Harness) {
+    let scenario = "a_dead_letter_that_cannot_be_written_leaves_the_message_to_come_again";
+    let Some(store) = h.breakable_dead_letters(scenario).await else {
+        return;
+    };
+    let bus = &store.bus;
+    // A group's lease that a failed term left runs out after this.
+    let ack_wait = Duration::from_secs(2);
+    let mut grouped = bus
+        .subscribe_raw("conf.dlfail.grouped")
+        .group("g")
+        .ack_wait(ack_wait)
+        .await
+        .unwrap();
+    let mut plain = bus
+        .subscribe_raw("conf.dlfail.plain")
+        .ack_wait(ack_wait)
+        .await
+        .unwrap();
+    bus.publish([
+        numbered("conf.dlfail.grouped", 1).key("k"),
+        numbered("conf.dlfail.plain", 2),
+    ])
+    .await
+    .unwrap();
+    let first = [recv(&mut grouped).await, recv(&mut plain).await];
+    store.break_writes().await;
+    for d in first {
+        let topic = d.topic().clone();
+        let termed = d.term(ErrorCode::Validation, "bad order").await;
+        assert!(
+            termed.is_err(),
+            "a term on `{topic}` whose dead letter was not written reported success"
+        );
+    }
+    store.mend().await;
+    for (sub, n) in [(&mut grouped, 1), (&mut plain, 2)] {
+        let again = recv(sub).await;
+        assert_eq!(number(&again), n, "the message whose dead letter failed");
+        assert!(again.attempt() >= 2, "a redelivery counts an attempt");
+        again
+            .term(ErrorCode::Validation, "bad order")
+            .await
+            .expect("a term once dead letters can be written");
+    }
+    let dead = bus.dead_letters().await.unwrap();
+    let mut numbers: Vec<u64> = dead
+        .iter()
+        .map(|d| {
+            d.envelope.decode::<serde_json::Value>().unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, [1, 2], "each message dead-lettered once: {dead:?}");
+    assert!(dead
+        .iter()
+        .all(|d| d.reason == "bad order" && d.attempts >= 2));
+}

@@ -188,3 +188,48 @@ pub async fn a_group_made_on_an_empty_topic_keeps_its_start_across_a_restart(h: 
         "the group was made before these events: all of them, in order"
     );
 }
+
+/// An ack that returned `Ok` survives a crash right after it, before the
+/// member claims again: the restarted group never delivers that event
+/// again, and delivers the others. The bus is dropped without `close`, so
+/// nothing gets a chance to flush after the ack.
+pub async fn an_awaited_ack_survives_a_crash_before_the_next_claim(h: &Harness) {
+    let Some(r) = h.restartable("an awaited ack survives a crash").await else {
+        return;
+    };
+    let topic = "conf.durable.acked";
+    let wait = Duration::from_millis(300);
+    let mut sub = r
+        .bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Earliest)
+        .ack_wait(wait)
+        .max_in_flight(1)
+        .await
+        .unwrap();
+    let batch: Vec<_> = (1..=3).map(|i| numbered(topic, i)).collect();
+    r.bus.publish(batch).await.unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!(number(&d), 1);
+    d.ack().await.unwrap();
+    // The crash: the member goes (holding nothing more: `max_in_flight`
+    // is 1), and the bus is dropped without closing, so nothing is flushed.
+    drop(sub);
+    let bus = r.crash_and_reopen().await;
+    let mut sub = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .ack_wait(wait)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = recv(&mut sub).await;
+        got.push(number(&d));
+        d.ack().await.unwrap();
+    }
+    got.sort_unstable();
+    assert_eq!(got, [2, 3], "the acked event is not delivered again");
+    bus.close().await.unwrap();
+}

@@ -201,6 +201,63 @@ pub async fn a_dropped_member_hands_back_what_it_took(h: &Harness) {
     }
 }
 
+/// A member dropped at any point of taking an event — waiting for it, in
+/// the middle of the claim that leases it, or holding it — hands it back at
+/// once: another member gets it long before its lease (ten minutes here)
+/// would run out. Rounds drop the member at different points: after some
+/// yields, and as soon as the store reports the event in flight (when the
+/// claim has leased it and may not have answered yet).
+pub async fn a_member_dropped_mid_claim_hands_back_its_claim(h: &Harness) {
+    const ROUNDS: u64 = 12;
+    let lease = std::time::Duration::from_secs(600);
+    let bus = h.bus().await;
+    if !Harness::requires(&bus, "a member dropped mid-claim", |f| f.durable, "durable") {
+        return;
+    }
+    for round in 0..ROUNDS {
+        let topic = format!("conf.groups.midclaim.r{round}");
+        let group = format!("g{round}");
+        let first = bus
+            .subscribe_raw(&topic)
+            .group(&group)
+            .ack_wait(lease)
+            .await
+            .unwrap();
+        let taking = tokio::spawn(async move {
+            let mut first = first;
+            let delivery = futures_util::StreamExt::next(&mut first).await;
+            (first, delivery)
+        });
+        bus.publish(numbered(&topic, round)).await.unwrap();
+        if round % 2 == 0 {
+            for _ in 0..round {
+                tokio::task::yield_now().await;
+            }
+        } else {
+            let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+            // Until the group exists, a transport may not know it.
+            while !matches!(
+                bus.delivery_state(&topic, 1, &group).await,
+                Ok(herald::DeliveryState::InFlight { .. })
+            ) {
+                assert!(tokio::time::Instant::now() < deadline, "never leased");
+                tokio::task::yield_now().await;
+            }
+        }
+        taking.abort();
+        let _ = taking.await;
+        let mut second = bus
+            .subscribe_raw(&topic)
+            .group(&group)
+            .ack_wait(lease)
+            .await
+            .unwrap();
+        let d = recv(&mut second).await;
+        assert_eq!(number(&d), round, "round {round}: the event came back");
+        d.ack().await.unwrap();
+    }
+}
+
 /// Three members processing 1,000 events over 10 keys concurrently: per key,
 /// never two in flight and always in publish order.
 pub async fn per_key_order_holds_under_concurrent_members(h: &Harness) {

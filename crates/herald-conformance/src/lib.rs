@@ -17,8 +17,14 @@
 //! herald_conformance::conformance_tests!(|| async { herald::Bus::memory() });
 //! // a durable transport also says how to restart it:
 //! herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
-//! // and a store with retention says how to open one with a policy:
-//! herald_conformance::conformance_tests!(fresh, restart = restartable, retention = retained);
+//! // a store with retention says how to open one with a policy, and a
+//! // durable one how to make its dead-letter writes fail:
+//! herald_conformance::conformance_tests!(
+//!     fresh,
+//!     restart = restartable,
+//!     retention = retained,
+//!     dead_letter_faults = breakable,
+//! );
 //! ```
 
 pub mod commands;
@@ -51,6 +57,9 @@ type MakeRestartable = dyn Fn() -> Pin<Box<dyn Future<Output = Restartable> + Se
 type MakeRetained =
     dyn Fn(RetentionPolicy) -> Pin<Box<dyn Future<Output = Retained> + Send>> + Send + Sync;
 type Prune = dyn Fn() -> Pin<Box<dyn Future<Output = herald::Result<u64>> + Send>> + Send + Sync;
+type MakeBreakable =
+    dyn Fn() -> Pin<Box<dyn Future<Output = BreakableDeadLetters> + Send>> + Send + Sync;
+type SetBroken = dyn Fn(bool) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
 /// How scenarios get a bus: a constructor of fresh, isolated buses, and for
 /// durable transports one of buses that can be restarted.
@@ -59,6 +68,43 @@ pub struct Harness {
     make: Arc<MakeBus>,
     restartable: Option<Arc<MakeRestartable>>,
     retained: Option<Arc<MakeRetained>>,
+    breakable: Option<Arc<MakeBreakable>>,
+    /// Why a durable transport gives no [`BreakableDeadLetters`].
+    unbreakable: Option<&'static str>,
+}
+
+/// A bus on fresh storage whose dead-letter writes the test can make fail
+/// the store's own way (a trigger that refuses the insert, a stream or
+/// topic taken away), and work again.
+pub struct BreakableDeadLetters {
+    /// The bus.
+    pub bus: Bus,
+    set_broken: Arc<SetBroken>,
+}
+
+impl BreakableDeadLetters {
+    /// `bus`, and `set_broken(true)` to make its store's dead-letter writes
+    /// fail, `set_broken(false)` to mend them.
+    pub fn new<F, Fut>(bus: Bus, set_broken: F) -> Self
+    where
+        F: Fn(bool) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        BreakableDeadLetters {
+            bus,
+            set_broken: Arc::new(move |b| Box::pin(set_broken(b))),
+        }
+    }
+
+    /// Make dead-letter writes fail from now on.
+    pub async fn break_writes(&self) {
+        (self.set_broken)(true).await
+    }
+
+    /// Make them work again.
+    pub async fn mend(&self) {
+        (self.set_broken)(false).await
+    }
 }
 
 /// A bus on fresh storage that applies a retention policy, and a way to run
@@ -114,6 +160,14 @@ impl Restartable {
     pub async fn reopen(&self) -> Bus {
         (self.reopen)().await
     }
+
+    /// Drop the bus as a crash would, without closing it (nothing is
+    /// flushed or handed back on the way), then open the storage again.
+    pub async fn crash_and_reopen(self) -> Bus {
+        let Restartable { bus, reopen } = self;
+        drop(bus);
+        reopen().await
+    }
 }
 
 impl Harness {
@@ -128,11 +182,56 @@ impl Harness {
             make: Arc::new(move || Box::pin(make())),
             restartable: None,
             retained: None,
+            breakable: None,
+            unbreakable: None,
+        }
+    }
+
+    /// Say why this durable transport's dead-letter writes cannot be made
+    /// to fail in a test; the scenario that needs it prints the reason.
+    pub fn no_dead_letter_faults(mut self, reason: &'static str) -> Self {
+        self.unbreakable = Some(reason);
+        self
+    }
+
+    /// Also give the dead-letter scenarios a bus whose dead-letter writes
+    /// can be made to fail.
+    pub fn dead_letter_faults<F, Fut>(mut self, make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = BreakableDeadLetters> + Send + 'static,
+    {
+        self.breakable = Some(Arc::new(move || Box::pin(make())));
+        self
+    }
+
+    /// A bus whose dead-letter writes can be made to fail, when the
+    /// transport's harness gives one; `None` (with the skip printed)
+    /// otherwise. A durable transport must give one.
+    pub async fn breakable_dead_letters(&self, scenario: &str) -> Option<BreakableDeadLetters> {
+        match &self.breakable {
+            Some(make) => Some(make().await),
+            None => {
+                let reason = match self.unbreakable {
+                    Some(reason) => reason,
+                    None => {
+                        let bus = self.bus().await;
+                        assert!(
+                            !bus.features().durable,
+                            "a durable transport runs the suite with `dead_letter_faults = ...` \
+                             or says why not with `no_dead_letter_faults = \"...\"`"
+                        );
+                        "the transport's dead letters live in the process and cannot fail to be written"
+                    }
+                };
+                println!("conformance: `{scenario}` skipped: {reason}");
+                None
+            }
         }
     }
 
     /// Also give the retention scenarios buses with a retention policy.
-    pub fn with_retention<F, Fut>(mut self, make: F) -> Self
+    pub fn retention<F, Fut>(mut self, make: F) -> Self
     where
         F: Fn(RetentionPolicy) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Retained> + Send + 'static,
@@ -154,7 +253,7 @@ impl Harness {
     }
 
     /// Also give the durable scenarios restartable buses.
-    pub fn with_restart<F, Fut>(mut self, make: F) -> Self
+    pub fn restart<F, Fut>(mut self, make: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Restartable> + Send + 'static,
@@ -200,22 +299,13 @@ impl Harness {
 pub const SCENARIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Expand to one `#[tokio::test]` per conformance scenario, each on a fresh
-/// bus from `$make` (an expression of type `Fn() -> impl Future<Output = Bus>`).
+/// bus from `$make` (an expression of type `Fn() -> impl Future<Output = Bus>`),
+/// then `option = value` pairs naming [`Harness`] builders: `restart`,
+/// `retention`, `dead_letter_faults` (or `no_dead_letter_faults = "why"`).
 /// The calling crate needs `tokio` with `macros` and `rt-multi-thread`.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@all $crate::Harness::new($make));
-    };
-    ($make:expr, restart = $restart:expr) => {
-        $crate::conformance_tests!(@all $crate::Harness::new($make).with_restart($restart));
-    };
-    ($make:expr, restart = $restart:expr, retention = $retention:expr) => {
-        $crate::conformance_tests!(
-            @all $crate::Harness::new($make).with_restart($restart).with_retention($retention)
-        );
-    };
-    (@all $harness:expr) => {
+    (@scenarios $harness:expr) => {
         $crate::conformance_scenarios!(
             $harness;
             delivery::publish_subscribe_1000,
@@ -232,6 +322,7 @@ macro_rules! conformance_tests {
             groups::same_key_goes_to_one_member_at_a_time,
             groups::a_held_event_does_not_stall_the_group,
             groups::a_dropped_member_hands_back_what_it_took,
+            groups::a_member_dropped_mid_claim_hands_back_its_claim,
             groups::per_key_order_holds_under_concurrent_members,
             groups::delivery_state_can_be_queried,
             redelivery::nack_redelivers_with_attempt_incremented,
@@ -243,6 +334,7 @@ macro_rules! conformance_tests {
             redelivery::expired_events_are_dead_lettered_not_delivered,
             dead_letters::dead_letters_filter_replay_and_purge,
             dead_letters::a_group_can_opt_into_automatic_replay,
+            dead_letters::a_dead_letter_that_cannot_be_written_leaves_the_message_to_come_again,
             history::events_published_before_subscribe_are_retained,
             history::start_at_seq_and_time,
             history::replay_does_not_disturb_a_group,
@@ -266,6 +358,7 @@ macro_rules! conformance_tests {
             correlation::context_survives_await_and_delayed_emission,
             durable::events_and_seqs_survive_a_restart,
             durable::a_group_resumes_after_its_last_ack,
+            durable::an_awaited_ack_survives_a_crash_before_the_next_claim,
             durable::dead_letters_survive_a_restart,
             durable::a_group_made_on_an_empty_topic_gets_what_came_while_it_was_away,
             durable::a_group_made_on_an_empty_topic_keeps_its_start_across_a_restart,
@@ -284,6 +377,9 @@ macro_rules! conformance_tests {
             middleware::per_key_rate_limit_spaces_calls_of_one_key,
             middleware::typed_handler_dead_letters_what_does_not_decode
         );
+    };
+    ($make:expr $(, $option:ident = $value:expr)* $(,)?) => {
+        $crate::conformance_tests!(@scenarios $crate::Harness::new($make)$(.$option($value))*);
     };
 }
 

@@ -14,13 +14,15 @@
 //! envelope's `seq` (offset + 1) and `partition()`, never a header: a
 //! delivered envelope's headers are the producer's. A record from a plain
 //! client needs no header at all: its id is made up from its partition and
-//! offset, its correlation id is its id, the rest defaults. Does not know
-//! rdkafka's consumers or producers beyond their header types.
+//! offset, its correlation id is its id, the rest defaults; where a
+//! delivered envelope's record sat is read back by `partition_of` and
+//! `record_position`. Does not know rdkafka's consumers or producers
+//! beyond their header types.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use herald::headers::{self, Origin, Scheme};
-use herald::trace::{TraceParent, TRACEPARENT};
+use herald::backend::headers::{self, Origin, Scheme};
+use herald::backend::{TraceParent, TRACEPARENT};
 use herald::{Envelope, Result, Topic};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
@@ -152,6 +154,21 @@ impl Position {
     fn unique(&self) -> u64 {
         ((self.partition.max(0) as u64) << 48) | (self.offset.max(0) as u64 & ((1 << 48) - 1))
     }
+}
+
+/// The partition a delivered envelope's record sat in.
+pub(crate) fn partition_of(envelope: &Envelope) -> Option<i32> {
+    envelope.partition().and_then(|p| i32::try_from(p).ok())
+}
+
+/// Where a delivered envelope's record sat (its time left 0), for its dead
+/// letter's `original_partition`/`original_offset`.
+pub(crate) fn record_position(envelope: &Envelope) -> Option<Position> {
+    partition_of(envelope).map(|p| Position {
+        partition: p,
+        offset: envelope.seq().unwrap_or(0) as i64 - 1,
+        time_ms: 0,
+    })
 }
 
 /// The text headers of a record, (name, value); values that are not UTF-8

@@ -16,14 +16,20 @@
 //! broker answers it.)
 //! Latency: about two produce-and-fetch hops (compared with one round trip
 //! on NATS), so a Kafka call costs milliseconds, not a fraction of one.
+//!
+//! What it keeps per store — the reply topic with its waiting calls, and
+//! the registry — are `command_state`'s types in slots of `conn`'s `Inner`;
+//! this module makes, follows and uses them. Sits just below `transport`,
+//! which hands it the calls; it owns no subscription, topic administration
+//! or start-position lookup (`tail::starts`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::delivery::BoxFuture;
-use herald::transport::{CommandExport, CommandServe};
+use herald::backend::transport::{CommandExport, CommandServe};
+use herald::backend::BoxFuture;
 use herald::{Envelope, Error, ErrorCode, Result, Topic};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,8 +39,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, Position};
+use crate::command_state::{Registry, Replies, Reply};
+use crate::conn::{client_config, Inner, LOOKUP_TIMEOUT};
 use crate::errors;
-use crate::store::{Inner, LOOKUP_TIMEOUT};
 
 /// The caller's reply topic.
 pub const REPLY_TO: &str = "reply_to";
@@ -47,18 +54,6 @@ pub const REPLY_FOR: &str = "reply_for";
 pub const ERROR_CODE: &str = "error_code";
 /// On an error reply: the error's message.
 pub const ERROR_MESSAGE: &str = "error_message";
-
-/// This process's reply topic and the calls waiting on it.
-pub(crate) struct Replies {
-    topic: String,
-    waiting: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
-}
-
-struct Reply {
-    headers: Vec<(String, String)>,
-    value: Bytes,
-    offset: i64,
-}
 
 /// The Kafka topic of command `topic`.
 fn command_topic(inner: &Inner, topic: &Topic) -> String {
@@ -83,7 +78,7 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
         let Ok(running) = inner.consumer_started() else {
             return;
         };
-        let mut config = crate::store::client_config(inner.config.consumer_properties(&name));
+        let mut config = client_config(inner.config.consumer_properties(&name));
         // A call is answered or times out at its caller: its offset is
         // committed as it is read (at most once). A new group reads from the
         // start; calls past their deadline are skipped.
@@ -326,15 +321,6 @@ async fn handled(inner: &Arc<Inner>, name: &str) -> Result<bool> {
     Ok(served)
 }
 
-/// Who serves which command: registrations read from
-/// `<environment>._handlers`.
-pub(crate) struct Registry {
-    /// Command topic → process → registered until (ms).
-    live: Mutex<HashMap<String, HashMap<String, i64>>>,
-    /// The records there when reading began have been read.
-    caught_up: std::sync::atomic::AtomicBool,
-}
-
 /// A handler's registration, renewed every [`RENEW`] while it serves.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Registration {
@@ -389,7 +375,7 @@ async fn registry(inner: &Arc<Inner>) -> Result<Arc<Registry>> {
     let start = crate::tail::starts(inner, &topic, 1, &herald::StartPosition::Time(since)).await?;
     let (_, high) = inner.watermarks(&topic, 0).await?;
     let running = inner.consumer_started()?;
-    let config = crate::store::client_config(inner.config.reader_properties());
+    let config = client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| errors::kafka("follow the command registry", &e))?;
@@ -454,7 +440,7 @@ async fn replies(inner: &Arc<Inner>) -> Result<Arc<Replies>> {
         .kafka_topic(&format!("_replies.{}", uuid::Uuid::now_v7().simple()));
     inner.ensure_topic_with(&topic, 1).await?;
     let running = inner.consumer_started()?;
-    let config = crate::store::client_config(inner.config.reader_properties());
+    let config = client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| errors::kafka("follow the reply topic", &e))?;

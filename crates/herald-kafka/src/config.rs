@@ -1,8 +1,9 @@
 //! The Kafka transport's settings: where the brokers are, producer and
 //! consumer behaviour, TLS and SASL, and herald's shared knobs.
 //!
-//! Owns [`KafkaConfig`], its defaults, the `HERALD_*` keys it reads, the
-//! range checks (each bad value is a `VALIDATION` error naming key, value
+//! Owns [`KafkaConfig`], its defaults, the `HERALD_*` keys only it reads
+//! ([`KEYS`]; the delivery settings every store shares come in one
+//! [`DeliveryConfig`], read once), the range checks (each bad value is a `VALIDATION` error naming key, value
 //! and range) and [`KafkaConfig::producer_properties`] /
 //! [`KafkaConfig::consumer_properties`], the librdkafka settings the
 //! config becomes. Does not own connecting (that is the store's).
@@ -10,7 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use herald::config::{in_range, invalid, seconds};
+use herald::config::{invalid, DeliveryConfig, KeySpec};
+pub use herald::config::{DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_TIMEOUT};
 use herald::Result;
 
 /// Brokers when nothing says otherwise (`HERALD_KAFKA_BOOTSTRAP_SERVERS`).
@@ -28,16 +30,46 @@ pub const DEFAULT_BATCH_MESSAGES: u32 = 10_000;
 pub const DEFAULT_PARTITIONS: u32 = 3;
 /// The consumer group when none is named (`HERALD_GROUP`).
 pub const DEFAULT_GROUP: &str = "default";
-/// Publish and call timeout (`HERALD_TIMEOUT_SECONDS`).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Delivery attempts before a group dead-letters an event (`HERALD_MAX_DELIVER`).
-pub const DEFAULT_MAX_DELIVER: u32 = 5;
-/// How long this process remembers an idempotency key it published
-/// (`HERALD_DEDUPE_WINDOW`; 0 turns it off).
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// The largest payload herald sends (`HERALD_MAX_PAYLOAD_BYTES`): the
 /// producer's `message.max.bytes` leaves room for the headers beside it.
-pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+pub const DEFAULT_MAX_PAYLOAD: usize = herald::config::DEFAULT_MAX_PAYLOAD_BYTES;
+
+/// The keys only the Kafka store reads (the shared ones are
+/// [`herald::config::KEYS`]).
+#[rustfmt::skip]
+pub const KEYS: &[KeySpec] = &[
+    BOOTSTRAP_SERVERS, ACKS, IDEMPOTENCE, OFFSET_RESET, AUTO_COMMIT, COMPRESSION, LINGER_MS,
+    SESSION_TIMEOUT_MS, BATCH_MESSAGES, PARTITIONS,
+    KeySpec { key: "HERALD_KAFKA_SECURITY_PROTOCOL", default: "none", allowed: "plaintext, ssl, sasl_plaintext, sasl_ssl", doc: "librdkafka's security.protocol" },
+    KeySpec { key: "HERALD_KAFKA_SSL_CA_LOCATION", default: "none", allowed: "a PEM file", doc: "librdkafka's ssl.ca.location" },
+    KeySpec { key: "HERALD_KAFKA_SSL_CERTIFICATE_LOCATION", default: "none", allowed: "a PEM file", doc: "librdkafka's ssl.certificate.location" },
+    KeySpec { key: "HERALD_KAFKA_SSL_KEY_LOCATION", default: "none", allowed: "a PEM file", doc: "librdkafka's ssl.key.location" },
+    KeySpec { key: "HERALD_KAFKA_SSL_KEY_PASSWORD", default: "none", allowed: "text", doc: "librdkafka's ssl.key.password" },
+    KeySpec { key: "HERALD_KAFKA_SASL_MECHANISM", default: "none", allowed: "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI, OAUTHBEARER", doc: "librdkafka's sasl.mechanism" },
+    KeySpec { key: "HERALD_KAFKA_SASL_USERNAME", default: "none", allowed: "text", doc: "librdkafka's sasl.username" },
+    KeySpec { key: "HERALD_KAFKA_SASL_PASSWORD", default: "none", allowed: "text", doc: "librdkafka's sasl.password" },
+];
+
+#[rustfmt::skip]
+const BOOTSTRAP_SERVERS: KeySpec = KeySpec { key: "HERALD_KAFKA_BOOTSTRAP_SERVERS", default: "from kafka://…, else localhost:9092", allowed: "comma-separated host:port", doc: "the brokers to start from" };
+#[rustfmt::skip]
+const ACKS: KeySpec = KeySpec { key: "HERALD_KAFKA_ACKS", default: "all", allowed: "all, 1, 0", doc: "the acknowledgement a publish waits for" };
+#[rustfmt::skip]
+const IDEMPOTENCE: KeySpec = KeySpec { key: "HERALD_KAFKA_ENABLE_IDEMPOTENCE", default: "true", allowed: "true, false", doc: "the idempotent producer (needs acks all)" };
+#[rustfmt::skip]
+const OFFSET_RESET: KeySpec = KeySpec { key: "HERALD_KAFKA_AUTO_OFFSET_RESET", default: "latest", allowed: "earliest, latest", doc: "where a new consumer group starts" };
+#[rustfmt::skip]
+const AUTO_COMMIT: KeySpec = KeySpec { key: "HERALD_KAFKA_ENABLE_AUTO_COMMIT", default: "false", allowed: "true, false", doc: "commit offsets in the background instead of after each ack" };
+#[rustfmt::skip]
+const COMPRESSION: KeySpec = KeySpec { key: "HERALD_KAFKA_COMPRESSION", default: "none", allowed: "none, gzip, snappy, lz4, zstd", doc: "producer compression" };
+#[rustfmt::skip]
+const LINGER_MS: KeySpec = KeySpec { key: "HERALD_KAFKA_LINGER_MS", default: "5", allowed: "0–1000", doc: "how long the producer waits to fill a batch, ms" };
+#[rustfmt::skip]
+const SESSION_TIMEOUT_MS: KeySpec = KeySpec { key: "HERALD_KAFKA_SESSION_TIMEOUT_MS", default: "45000", allowed: "1000–3600000", doc: "how long a crashed group member keeps its partitions, ms" };
+#[rustfmt::skip]
+const BATCH_MESSAGES: KeySpec = KeySpec { key: "HERALD_KAFKA_BATCH_MESSAGES", default: "10000", allowed: "1–1000000", doc: "records per producer batch (1 for tansu 0.6)" };
+#[rustfmt::skip]
+const PARTITIONS: KeySpec = KeySpec { key: "HERALD_KAFKA_PARTITIONS", default: "3", allowed: "1–10000", doc: "partitions of the topics herald creates" };
 
 /// Which acknowledgement a publish waits for (`HERALD_KAFKA_ACKS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,12 +153,8 @@ pub struct KafkaConfig {
     session_timeout_ms: u32,
     batch_messages: u32,
     partitions: u32,
-    group: String,
     environment: String,
-    timeout: Duration,
-    max_deliver: u32,
-    dedupe_window: Duration,
-    max_payload: usize,
+    delivery: DeliveryConfig,
     /// TLS and SASL settings passed through to librdkafka, by property name.
     security: BTreeMap<String, String>,
 }
@@ -161,63 +189,66 @@ impl KafkaConfig {
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             batch_messages: DEFAULT_BATCH_MESSAGES,
             partitions: DEFAULT_PARTITIONS,
-            group: DEFAULT_GROUP.to_owned(),
             environment: herald::config::DEFAULT_ENVIRONMENT.to_owned(),
-            timeout: DEFAULT_TIMEOUT,
-            max_deliver: DEFAULT_MAX_DELIVER,
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
-            max_payload: DEFAULT_MAX_PAYLOAD,
+            delivery: DeliveryConfig::default(),
             security: BTreeMap::new(),
         }
     }
 
-    /// The `HERALD_KAFKA_*` keys, `HERALD_GROUP`, `HERALD_ENVIRONMENT`,
-    /// `HERALD_TIMEOUT_SECONDS`, `HERALD_MAX_DELIVER`, `HERALD_DEDUPE_WINDOW`
-    /// and `HERALD_MAX_PAYLOAD_BYTES` from the configuration (environment over
-    /// `herald.toml`), validated.
+    /// The `HERALD_KAFKA_*` keys, `HERALD_ENVIRONMENT` and the delivery
+    /// settings ([`DeliveryConfig::from_env`]: the group, timeout, attempts,
+    /// dedupe window and payload limit) from the configuration (environment
+    /// over `herald.toml`), validated.
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(herald::config::env)
+        Self::from_env_with(DeliveryConfig::from_env()?)
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings already
+    /// read.
+    pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
+        Self::from_lookup_with(&herald::config::env, delivery)
     }
 
     /// As [`from_env`](Self::from_env), reading each key through `get`.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::from_lookup_with(get, DeliveryConfig::from_lookup(get)?)
+    }
+
+    /// As [`from_lookup`](Self::from_lookup), with the delivery settings
+    /// already read.
+    pub fn from_lookup_with(
+        get: &dyn Fn(&str) -> Option<String>,
+        delivery: DeliveryConfig,
+    ) -> Result<Self> {
         let mut c = KafkaConfig::new(
-            get("HERALD_KAFKA_BOOTSTRAP_SERVERS")
-                .unwrap_or_else(|| DEFAULT_BOOTSTRAP_SERVERS.into()),
+            get(BOOTSTRAP_SERVERS.key).unwrap_or_else(|| DEFAULT_BOOTSTRAP_SERVERS.into()),
         );
-        let choice = |key: &str, allowed: &str, options: &[&str]| -> Result<Option<usize>> {
-            match get(key) {
+        c.delivery = delivery;
+        let choice = |spec: &KeySpec, options: &[&str]| -> Result<Option<usize>> {
+            match get(spec.key) {
                 None => Ok(None),
                 Some(v) => options
                     .iter()
                     .position(|o| o.eq_ignore_ascii_case(v.trim()))
                     .map(Some)
-                    .ok_or_else(|| invalid(key, &v, allowed)),
+                    .ok_or_else(|| spec.invalid(&v)),
             }
         };
-        if let Some(i) = choice("HERALD_KAFKA_ACKS", "`all`, `1` or `0`", &["all", "1", "0"])? {
+        if let Some(i) = choice(&ACKS, &["all", "1", "0"])? {
             c.acks = [Acks::All, Acks::Leader, Acks::None][i];
         }
-        let flag = |key: &str| choice(key, "`true` or `false`", &["true", "false"]);
-        if let Some(i) = flag("HERALD_KAFKA_ENABLE_IDEMPOTENCE")? {
+        let flag = |spec: &KeySpec| choice(spec, &["true", "false"]);
+        if let Some(i) = flag(&IDEMPOTENCE)? {
             c.idempotence = i == 0;
         }
-        if let Some(i) = flag("HERALD_KAFKA_ENABLE_AUTO_COMMIT")? {
+        if let Some(i) = flag(&AUTO_COMMIT)? {
             c.auto_commit = i == 0;
         }
-        if let Some(i) = choice(
-            "HERALD_KAFKA_AUTO_OFFSET_RESET",
-            "`earliest` or `latest`",
-            &["earliest", "latest"],
-        )? {
+        if let Some(i) = choice(&OFFSET_RESET, &["earliest", "latest"])? {
             c.offset_reset = [OffsetReset::Earliest, OffsetReset::Latest][i];
         }
         let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
-        if let Some(i) = choice(
-            "HERALD_KAFKA_COMPRESSION",
-            "`none`, `gzip`, `snappy`, `lz4` or `zstd`",
-            &codecs,
-        )? {
+        if let Some(i) = choice(&COMPRESSION, &codecs)? {
             c.compression = [
                 Compression::None,
                 Compression::Gzip,
@@ -226,52 +257,20 @@ impl KafkaConfig {
                 Compression::Zstd,
             ][i];
         }
-        let number = |key: &str| -> Result<Option<u64>> {
-            get(key)
-                .map(|v| {
-                    v.trim()
-                        .parse()
-                        .map_err(|_| invalid(key, &v, "a whole number"))
-                })
-                .transpose()
-        };
-        if let Some(v) = number("HERALD_KAFKA_LINGER_MS")? {
-            c.linger_ms = u32::try_from(v).unwrap_or(u32::MAX);
+        if let Some(v) = LINGER_MS.parse_from(get)? {
+            c.linger_ms = v;
         }
-        if let Some(v) = number("HERALD_KAFKA_SESSION_TIMEOUT_MS")? {
-            c.session_timeout_ms = u32::try_from(v).unwrap_or(u32::MAX);
+        if let Some(v) = SESSION_TIMEOUT_MS.parse_from(get)? {
+            c.session_timeout_ms = v;
         }
-        if let Some(v) = number("HERALD_KAFKA_BATCH_MESSAGES")? {
-            c.batch_messages = u32::try_from(v).unwrap_or(u32::MAX);
+        if let Some(v) = BATCH_MESSAGES.parse_from(get)? {
+            c.batch_messages = v;
         }
-        if let Some(v) = number("HERALD_KAFKA_PARTITIONS")? {
-            c.partitions = u32::try_from(v).unwrap_or(u32::MAX);
-        }
-        if let Some(g) = get("HERALD_GROUP") {
-            c.group = g;
+        if let Some(v) = PARTITIONS.parse_from(get)? {
+            c.partitions = v;
         }
         if let Some(e) = get("HERALD_ENVIRONMENT") {
             c.environment = e;
-        }
-        if let Some(v) = get("HERALD_TIMEOUT_SECONDS") {
-            let secs: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| invalid("HERALD_TIMEOUT_SECONDS", &v, "a number of seconds"))?;
-            c.timeout = seconds("HERALD_TIMEOUT_SECONDS", secs)?;
-        }
-        if let Some(v) = number("HERALD_MAX_DELIVER")? {
-            c.max_deliver = u32::try_from(v).unwrap_or(u32::MAX);
-        }
-        if let Some(v) = number("HERALD_MAX_PAYLOAD_BYTES")? {
-            c.max_payload = usize::try_from(v).unwrap_or(usize::MAX);
-        }
-        if let Some(v) = get("HERALD_DEDUPE_WINDOW") {
-            let secs: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| invalid("HERALD_DEDUPE_WINDOW", &v, "a number of seconds"))?;
-            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", secs)?;
         }
         for (key, property) in SECURITY_KEYS {
             if let Some(v) = get(key) {
@@ -343,7 +342,13 @@ impl KafkaConfig {
 
     /// The consumer group when a subscription names none.
     pub fn group(mut self, group: impl Into<String>) -> Self {
-        self.group = group.into();
+        self.delivery = self.delivery.group(group);
+        self
+    }
+
+    /// The delivery settings, all at once (replacing those set so far).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = delivery;
         self
     }
 
@@ -355,42 +360,43 @@ impl KafkaConfig {
 
     /// Publish and call timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.delivery = self.delivery.timeout(timeout);
         self
     }
 
     /// Set the delivery attempts before a group dead-letters an event.
     pub fn max_deliver(mut self, n: u32) -> Self {
-        self.max_deliver = n;
+        self.delivery = self.delivery.max_deliver(n);
         self
     }
 
     /// Set how long this process remembers the idempotency keys it
     /// published (zero: not at all).
     pub fn dedupe_window(mut self, window: Duration) -> Self {
-        self.dedupe_window = window;
+        self.delivery = self.delivery.dedupe_window(window);
         self
     }
 
     /// Set the largest payload sent.
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
+        let limits = self.delivery.envelope_limits().max_payload_bytes(bytes);
+        self.delivery = self.delivery.limits(limits);
         self
     }
 
     /// Delivery attempts before a group dead-letters an event.
     pub fn deliveries(&self) -> u32 {
-        self.max_deliver
+        self.delivery.max_deliver_attempts()
     }
 
     /// How long published idempotency keys are remembered.
     pub fn dedupe_duration(&self) -> Duration {
-        self.dedupe_window
+        self.delivery.dedupe_window_duration()
     }
 
     /// The largest payload sent.
     pub fn payload_limit(&self) -> usize {
-        self.max_payload
+        self.delivery.envelope_limits().payload_bytes()
     }
 
     /// The bootstrap servers.
@@ -427,12 +433,12 @@ impl KafkaConfig {
 
     /// The default consumer group.
     pub fn group_name(&self) -> &str {
-        &self.group
+        self.delivery.group_name().unwrap_or(DEFAULT_GROUP)
     }
 
     /// Publish and call timeout.
     pub fn timeout_duration(&self) -> Duration {
-        self.timeout
+        self.delivery.timeout_duration()
     }
 
     /// Check every value against its allowed range.
@@ -462,46 +468,13 @@ impl KafkaConfig {
                 "`all` while HERALD_KAFKA_ENABLE_IDEMPOTENCE is true (the idempotent producer needs acks from every in-sync replica)",
             ));
         }
-        in_range("HERALD_KAFKA_LINGER_MS", self.linger_ms, 0, 1000)?;
-        in_range(
-            "HERALD_KAFKA_SESSION_TIMEOUT_MS",
-            self.session_timeout_ms,
-            1000,
-            3_600_000,
-        )?;
-        in_range("HERALD_KAFKA_PARTITIONS", self.partitions, 1, 10_000)?;
-        in_range(
-            "HERALD_KAFKA_BATCH_MESSAGES",
-            self.batch_messages,
-            1,
-            1_000_000,
-        )?;
-        let group_ok = !self.group.is_empty()
-            && self.group.len() <= 255
-            && !self.group.chars().any(char::is_control);
-        if !group_ok {
-            return Err(invalid(
-                "HERALD_GROUP",
-                &self.group,
-                "1–255 characters, no control characters",
-            ));
-        }
+        LINGER_MS.check(self.linger_ms, 0, 1000)?;
+        SESSION_TIMEOUT_MS.check(self.session_timeout_ms, 1000, 3_600_000)?;
+        PARTITIONS.check(self.partitions, 1, 10_000)?;
+        BATCH_MESSAGES.check(self.batch_messages, 1, 1_000_000)?;
         herald::config::check_environment(&self.environment)?;
-        herald::config::check_timeout(self.timeout)?;
-        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
-        in_range(
-            "HERALD_MAX_PAYLOAD_BYTES",
-            self.max_payload,
-            1024,
-            64 * 1024 * 1024,
-        )?;
-        if self.dedupe_window > Duration::from_secs(7 * 86_400) {
-            return Err(invalid(
-                "HERALD_DEDUPE_WINDOW",
-                self.dedupe_window.as_secs_f64(),
-                "0 (off) to 604800 seconds (7 days)",
-            ));
-        }
+        self.delivery.validate()?;
+        herald::config::check_timeout(self.delivery.timeout_duration())?;
         if let Some(p) = self.security.get("security.protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
             if !known.contains(&p.to_ascii_lowercase().as_str()) {
@@ -551,11 +524,11 @@ impl KafkaConfig {
         // A payload at the limit travels with its headers beside it.
         p.insert(
             "message.max.bytes".into(),
-            (self.max_payload + 256 * 1024).to_string(),
+            (self.payload_limit() + 256 * 1024).to_string(),
         );
         p.insert(
             "message.timeout.ms".into(),
-            self.timeout.as_millis().to_string(),
+            self.delivery.timeout_duration().as_millis().to_string(),
         );
         p
     }
@@ -586,7 +559,7 @@ impl KafkaConfig {
         p.insert("fetch.wait.max.ms".into(), "10".into());
         p.insert(
             "fetch.message.max.bytes".into(),
-            (self.max_payload + 256 * 1024).to_string(),
+            (self.payload_limit() + 256 * 1024).to_string(),
         );
         p
     }
@@ -611,7 +584,7 @@ impl KafkaConfig {
         p.insert("fetch.wait.max.ms".into(), "10".into());
         p.insert(
             "fetch.message.max.bytes".into(),
-            (self.max_payload + 256 * 1024).to_string(),
+            (self.payload_limit() + 256 * 1024).to_string(),
         );
         // Regex subscriptions see new topics within a second.
         p.insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
@@ -641,7 +614,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        KafkaConfig::from_lookup(|k| map.get(k).cloned())
+        KafkaConfig::from_lookup(&|k| map.get(k).cloned())
     }
 
     #[test]

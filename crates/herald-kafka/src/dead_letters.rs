@@ -1,135 +1,36 @@
-//! Dead letters on Kafka: one topic, one record per letter.
+//! Dead letters on Kafka, as operators see them: listing and purging the
+//! letters on `<environment>.dead_letters` (one partition, so a letter's id
+//! is its offset + 1).
 //!
-//! Owns writing a dead letter to `<environment>.dead_letters` (one
-//! partition, so a letter's id is its offset + 1): the original value and
-//! headers, plus `original_topic`, `original_partition`, `original_offset`,
-//! `failure_reason`, `failure_timestamp`, `error_type`, `retry_count` and
-//! `correlation_id`, and herald's own `herald_dead_*` headers (group,
-//! source, first failure) — so a plain Kafka consumer of the topic sees what
-//! failed and why. Listing reads the topic in pages; purging writes the
+//! Owns [`list`] (the topic read in pages, each record turned back into a
+//! letter from the headers `log` wrote) and [`purge`]: purging writes the
 //! purged ids to `<environment>._dead_letters_purged` (Kafka deletes records
-//! only by prefix), which listing subtracts.
+//! only by prefix), which listing subtracts. Does not own writing a letter
+//! or its record's format (`log::write_dead_letter`, which `tail` and
+//! `group` call, so they sit below this module), nor when an event is
+//! dead-lettered or what becomes of its offset (the queue and `group`).
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use herald::dead_letter::{select_pages, DeadLetterRow};
+use herald::backend::{select_pages, DeadLetterRow};
 use herald::{DeadLetter, DeadLetterFilter, Result, Topic};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use crate::codec::{self, Position};
+use crate::conn::Inner;
 use crate::errors;
-use crate::reader::read;
-use crate::store::Inner;
+use crate::log::{
+    read, ATTEMPTS, ERROR_TYPE, FAILED, FAILURE_REASON, FIRST_FAILED, GROUP, ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION, ORIGINAL_TOPIC, SOURCE,
+};
 
-/// The original's herald topic.
-pub const ORIGINAL_TOPIC: &str = "original_topic";
-/// The original record's partition.
-pub const ORIGINAL_PARTITION: &str = "original_partition";
-/// The original record's offset.
-pub const ORIGINAL_OFFSET: &str = "original_offset";
-/// Why it failed.
-pub const FAILURE_REASON: &str = "failure_reason";
-/// When it was dead-lettered (RFC 3339, ms).
-pub const FAILURE_TIMESTAMP: &str = "failure_timestamp";
-/// The failure's herald error code (`VALIDATION`, `TIMEOUT`, …).
-pub const ERROR_TYPE: &str = "error_type";
-const GROUP: &str = "herald_dead_group";
-const SOURCE: &str = "herald_dead_source";
-const FIRST_FAILED: &str = "herald_dead_first_failed_ms";
-const FAILED: &str = "herald_dead_failed_ms";
-const ATTEMPTS: &str = "herald_dead_attempts";
+/// On a record of `<environment>._dead_letters_purged`: the purged ids.
 const PURGED: &str = "herald_dead_purged";
 
 /// Letters read per page when listing.
 const PAGE: usize = 256;
-
-/// The raw record of a letter whose original did not decode: its headers
-/// and value as they were.
-pub(crate) type Raw = (Vec<(String, String)>, Bytes);
-
-/// Write `letter` (its original at `at`, raw as `raw` when it did not
-/// decode) to the dead-letter topic; `Ok` once the brokers have it.
-pub(crate) async fn write(
-    inner: &Inner,
-    letter: &DeadLetter,
-    at: Option<Position>,
-    raw: Option<&Raw>,
-) -> Result<()> {
-    inner.check_open()?;
-    let env = &letter.envelope;
-    let (mut headers, value, key) = match raw {
-        Some((pairs, value)) => {
-            let mut h = OwnedHeaders::new_with_capacity(pairs.len() + 12);
-            for (n, v) in pairs {
-                h = h.insert(Header {
-                    key: n.as_str(),
-                    value: Some(v.as_bytes()),
-                });
-            }
-            (h, value.clone(), env.key().map(str::to_owned))
-        }
-        None => {
-            let r = codec::encode(env, inner.config.deliveries())?;
-            (r.headers, r.value, r.key)
-        }
-    };
-    let mut put = |name: &str, value: String| {
-        headers = std::mem::take(&mut headers).insert(Header {
-            key: name,
-            value: Some(value.as_bytes()),
-        });
-    };
-    put(ORIGINAL_TOPIC, env.topic().to_string());
-    if let Some(at) = at {
-        put(ORIGINAL_PARTITION, at.partition.to_string());
-        put(ORIGINAL_OFFSET, at.offset.to_string());
-    }
-    put(FAILURE_REASON, one_line(&letter.reason));
-    put(
-        FAILURE_TIMESTAMP,
-        letter
-            .failed_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    );
-    put(ERROR_TYPE, letter.code.as_str().to_owned());
-    if raw.is_some() {
-        put(
-            codec::RETRY_COUNT,
-            letter.attempts.saturating_sub(1).to_string(),
-        );
-        put("correlation_id", env.correlation_id().to_string());
-    }
-    if let Some(g) = &letter.group {
-        put(GROUP, g.clone());
-    }
-    put(SOURCE, letter.source.as_str().to_owned());
-    put(ATTEMPTS, letter.attempts.to_string());
-    put(
-        FIRST_FAILED,
-        letter.first_failed_at.timestamp_millis().to_string(),
-    );
-    put(FAILED, letter.failed_at.timestamp_millis().to_string());
-    let topic = inner.config.dead_letter_topic();
-    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
-        .payload(&value[..])
-        .headers(headers);
-    if let Some(k) = &key {
-        record = record.key(k.as_str());
-    }
-    inner
-        .producer
-        .send(record, inner.config.timeout_duration())
-        .await
-        .map_err(|(e, _)| errors::kafka("write a dead letter", &e))?;
-    Ok(())
-}
-
-/// Header values are one line.
-fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
-}
 
 /// The letters `filter` selects, oldest first.
 pub(crate) async fn list(inner: &Inner, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {

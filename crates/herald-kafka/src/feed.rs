@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald::queue::Queue;
+use herald::backend::queue::Queue;
 use herald::{Envelope, Topic};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -142,7 +142,7 @@ pub(crate) fn run<C, H>(
 /// closes it: a group consumer leaves its group, and its revocation runs in
 /// the polls of that close, which must be this thread's. Only then is it
 /// gone — its fetchers stopped, librdkafka's threads for it ended — and
-/// the thread may tell the store so (`store::ConsumerGuard`); a consumer
+/// the thread may tell the store so (`conn::ConsumerGuard`); a consumer
 /// whose last handle went on another thread would still be fetching.
 fn finish<C: ConsumerContext>(mut consumer: Arc<BaseConsumer<C>>) {
     loop {

@@ -1,8 +1,13 @@
 //! Consumer groups: a Kafka consumer group per herald group, offsets
 //! committed on ack.
 //!
-//! Owns [`subscribe`] for subscriptions with a group, [`delivery_state`],
-//! and the offset bookkeeping. Each process has one Kafka consumer per
+//! Owns [`subscribe`] for subscriptions with a group, the offset
+//! bookkeeping (and reading a group's committed offsets back:
+//! [`committed`], [`committed_offsets`]), the record of each group's
+//! patterns on `<environment>._groups`, and this process's consumers of a
+//! group ([`local_groups`]). Does not own what operators are shown
+//! (`inspect`: groups, delivery state), nor the dead-letter record it
+//! writes (`log::write_dead_letter`). Each process has one Kafka consumer per
 //! (group, patterns) — a member of the Kafka group `<environment>.<group>`,
 //! subscribed to its patterns as a regex — feeding one delivery queue that
 //! every local member of the group pulls from. So across processes the
@@ -33,16 +38,18 @@
 //! waiting events are withdrawn from the queue, and acks of its deliveries
 //! still in flight fail as `lease lost` (they come again to the new owner).
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::dead_letter::FailureSource;
-use herald::delivery::BoxFuture;
-use herald::queue::{self, Queue, QueueHost};
-use herald::transport::DeliveryState;
+use herald::backend::dead_lettering::DeadLetterWrites;
+use herald::backend::queue::{self, Queue, QueueHost};
+use herald::backend::transport::DeliveryState;
+use herald::backend::BoxFuture;
+use herald::FailureSource;
 use herald::{
     DeadLetter, Envelope, ErrorCode, Result, StartPosition, SubscribeSpec, Subscription, Topic,
 };
@@ -50,16 +57,18 @@ use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{self, Position};
-use crate::dead_letters;
+use crate::codec::{self, partition_of, record_position, Position};
+use crate::conn::{blocking, client_config, Inner, LOOKUP_TIMEOUT};
 use crate::errors;
 use crate::feed::{self, Hooks};
+use crate::log::{write_dead_letter, Raw};
 use crate::rebalance::{RebalanceKind, Rebalanced, CONSUMER_LAG};
-use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
 
 /// How long a revocation waits for deliveries in flight to settle.
 const REVOKE_WAIT: Duration = Duration::from_secs(5);
@@ -72,7 +81,6 @@ const METADATA_MAX: usize = 3500;
 
 /// One process's consumer of one group.
 pub(crate) struct Group {
-    me: Weak<Group>,
     inner: Weak<Inner>,
     /// The runtime the group's tasks run on (its consumer thread has none).
     runtime: tokio::runtime::Handle,
@@ -86,6 +94,8 @@ pub(crate) struct Group {
     /// stopped (then the queue is closed).
     joined: tokio::sync::watch::Sender<bool>,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
+    /// The store's dead-letter writes (the queue counts its own in them).
+    dead_letter_writes: DeadLetterWrites,
 }
 
 /// Where one assigned partition stands.
@@ -195,8 +205,7 @@ impl Part {
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
     let group_name = spec.group.clone().unwrap_or_default();
     let key = group_key(&group_name, &spec);
-    let existing = inner.groups.lock().get(&key).and_then(Weak::upgrade);
-    if let Some(group) = existing {
+    if let Some(group) = local(inner, &key) {
         if let Some(queue) = group.queue() {
             if !queue.is_closed() {
                 queue.join();
@@ -206,8 +215,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     }
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     let (joined, mut joined_rx) = tokio::sync::watch::channel(false);
-    let group = Arc::new_cyclic(|me| Group {
-        me: me.clone(),
+    let group = Arc::new(Group {
         inner: Arc::downgrade(inner),
         runtime: tokio::runtime::Handle::current(),
         kafka_group: inner.config.kafka_topic(&group_name),
@@ -218,13 +226,14 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         next_generation: AtomicU64::new(1),
         joined,
         commits: commit_tx,
+        dead_letter_writes: inner.dead_letter_writes.clone(),
     });
     let patterns: Vec<String> = spec
         .patterns
         .iter()
         .map(|p| p.as_str().to_owned())
         .collect();
-    crate::inspect::record_group(inner, &group_name, &patterns).await?;
+    record_group(inner, &group_name, &patterns).await?;
     let matching = crate::tail::matching(inner, &spec).await?;
     fix_start(inner, &group_name, &spec, &matching).await?;
     let host: Weak<dyn QueueHost> = Arc::downgrade(&group) as Weak<Group>;
@@ -236,8 +245,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     // dropped it (feed::run), having left the group.
     let running = inner.consumer_started()?;
 
-    let mut config =
-        crate::store::client_config(inner.config.consumer_properties(&group.kafka_group));
+    let mut config = client_config(inner.config.consumer_properties(&group.kafka_group));
     // Statistics each second, when a bus records metrics: the partitions'
     // high watermarks, for the lag gauges (GroupContext::stats).
     if inner.metrics.get().is_some() {
@@ -260,7 +268,8 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let consumer = Arc::new(consumer);
     let _ = group.consumer.set(Arc::downgrade(&consumer));
     tokio::spawn(committer(Arc::downgrade(&group), commit_rx));
-    inner.groups.lock().insert(key, Arc::downgrade(&group));
+    let held: Arc<dyn Any + Send + Sync> = group.clone();
+    inner.groups.lock().insert(key, Arc::downgrade(&held));
 
     let hooks = GroupHooks {
         group: group.clone(),
@@ -313,7 +322,7 @@ async fn fix_start(
     spec: &SubscribeSpec,
     matching: &[(String, i32)],
 ) -> Result<()> {
-    let marks = inner.config.kafka_topic(crate::inspect::GROUPS_TOPIC);
+    let marks = inner.config.kafka_topic(GROUPS_TOPIC);
     let mark = inner.watermarks(&marks, 0).await?.1;
     let mut ends = Vec::new();
     if spec.start == StartPosition::Latest {
@@ -323,7 +332,7 @@ async fn fix_start(
             }
         }
     }
-    let config = crate::store::client_config(
+    let config = client_config(
         inner
             .config
             .consumer_properties(&inner.config.kafka_topic(group)),
@@ -374,6 +383,26 @@ async fn fix_start(
             &e,
         )),
     }
+}
+
+/// This process's running consumer of (group, patterns) `key`, from the
+/// store's registry (which holds it as `Any`).
+fn local(inner: &Inner, key: &str) -> Option<Arc<Group>> {
+    let held = inner.groups.lock().get(key).and_then(Weak::upgrade)?;
+    held.downcast::<Group>().ok()
+}
+
+/// This process's running consumers of herald group `group` (one per set
+/// of patterns).
+pub(crate) fn local_groups(inner: &Inner, group: &str) -> Vec<Arc<Group>> {
+    inner
+        .groups
+        .lock()
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter_map(|held| held.downcast::<Group>().ok())
+        .filter(|g| g.spec.group.as_deref() == Some(group))
+        .collect()
 }
 
 fn group_key(group: &str, spec: &SubscribeSpec) -> String {
@@ -527,7 +556,7 @@ impl Group {
 
     /// The lag gauge of partition `p` of Kafka topic `name`, when a bus on
     /// this store records metrics.
-    fn lag_gauge(&self, inner: &Inner, name: &str, p: i32) -> Option<herald::metrics::Gauge> {
+    fn lag_gauge(&self, inner: &Inner, name: &str, p: i32) -> Option<herald::backend::Gauge> {
         let metrics = inner.metrics.get()?;
         let topic = inner.topic_of(name)?;
         Some(metrics.gauge(
@@ -710,11 +739,11 @@ impl Group {
         let (Some(inner), Some(p), Some(seq)) =
             (self.inner(), partition_of(envelope), envelope.seq())
         else {
-            return Box::pin(async { Err(herald::group::lease_lost()) });
+            return Box::pin(async { Err(herald::backend::group::lease_lost()) });
         };
         let name = inner.config.kafka_topic(topic.as_str());
         if !self.settle(&name, p, seq as i64 - 1) {
-            return Box::pin(async { Err(herald::group::lease_lost()) });
+            return Box::pin(async { Err(herald::backend::group::lease_lost()) });
         }
         let (tx, rx) = oneshot::channel();
         let sent = self.commits.send(tx);
@@ -734,7 +763,10 @@ impl Group {
         })
     }
 
-    fn state_of(&self, name: &str, topic: &Topic, seq: u64) -> Option<DeliveryState> {
+    /// Where event `seq` of `topic` (Kafka topic `name`, one partition)
+    /// stands in this consumer: its queue's state, or `Acked` when its
+    /// partition here counts it settled; `None` when it knows nothing.
+    pub(crate) fn state_of(&self, name: &str, topic: &Topic, seq: u64) -> Option<DeliveryState> {
         if let Some(s) = self.queue().and_then(|q| q.state_of(topic, seq)) {
             return Some(s);
         }
@@ -743,11 +775,6 @@ impl Group {
         part.is_settled(seq as i64 - 1)
             .then_some(DeliveryState::Acked)
     }
-}
-
-/// The partition a delivered envelope's record sat in.
-pub(crate) fn partition_of(envelope: &Envelope) -> Option<i32> {
-    envelope.partition().and_then(|p| i32::try_from(p).ok())
 }
 
 /// Commit for every waiting ack at once, then answer them all.
@@ -782,23 +809,25 @@ impl QueueHost for Group {
             })
     }
 
-    fn dead_letter(&self, letter: DeadLetter) {
-        let (Some(inner), Some(me)) = (self.inner(), self.me.upgrade()) else {
-            return;
-        };
-        let pending = inner.dead_letter_started();
-        self.runtime.spawn(async move {
-            let _pending = pending;
-            let at = partition_of(&letter.envelope).map(|p| Position {
-                partition: p,
-                offset: letter.envelope.seq().unwrap_or(0) as i64 - 1,
-                time_ms: 0,
-            });
-            write_until_done(&inner, &letter, at, None).await;
-            if !inner.is_closed() {
-                let _ = me.settle_and_commit(&letter.envelope).await;
-            }
-        });
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let inner = inner.upgrade().ok_or_else(errors::closed)?;
+            write_dead_letter(&inner, &letter, record_position(&letter.envelope), None).await
+        })
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
+    }
+
+    /// Its offset counts as settled once its dead letter is written.
+    fn dead_lettered(
+        &self,
+        _queue: &Queue,
+        envelope: &Arc<Envelope>,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        Some(self.settle_and_commit(envelope))
     }
 
     fn acked(
@@ -810,17 +839,54 @@ impl QueueHost for Group {
     }
 }
 
-/// Write a dead letter, retrying (with a growing pause, each failure logged
-/// with its correlation id) until it is written or the store closes.
+/// Group records, and each group's mark (see `fix_start`).
+pub(crate) const GROUPS_TOPIC: &str = "_groups";
+
+/// What `_groups` holds per group consumer started: its group and patterns.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct GroupRecord {
+    pub(crate) group: String,
+    pub(crate) patterns: Vec<String>,
+}
+
+/// Note that `group` follows `patterns` (once per group consumer).
+pub(crate) async fn record_group(inner: &Inner, group: &str, patterns: &[String]) -> Result<()> {
+    let topic = inner.config.kafka_topic(GROUPS_TOPIC);
+    inner.ensure_topic_with(&topic, 1).await?;
+    let body = serde_json::to_vec(&GroupRecord {
+        group: group.to_owned(),
+        patterns: patterns.to_vec(),
+    })
+    .map_err(|e| herald::Error::internal(format!("encode a group record: {e}")))?;
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "content_type",
+        value: Some(b"application/json".as_slice()),
+    });
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+        .key(group)
+        .payload(&body[..])
+        .headers(headers);
+    inner
+        .producer
+        .send(record, inner.config.timeout_duration())
+        .await
+        .map_err(|(e, _)| errors::kafka("record a group", &e))?;
+    Ok(())
+}
+
+/// Write the dead letter of a record that does not decode, retrying (with a
+/// growing pause, each failure logged with its correlation id) until it is
+/// written or the store closes: it never reaches a queue, so nothing can
+/// redeliver it, and its offset stays unsettled until this returns true.
 pub(crate) async fn write_until_done(
     inner: &Inner,
     letter: &DeadLetter,
     at: Option<Position>,
-    raw: Option<&dead_letters::Raw>,
+    raw: Option<&Raw>,
 ) -> bool {
     let mut pause = Duration::from_millis(100);
     loop {
-        match dead_letters::write(inner, letter, at, raw).await {
+        match write_dead_letter(inner, letter, at, raw).await {
             Ok(()) => return true,
             Err(e) if inner.is_closed() => {
                 tracing::error!(correlation_id = %letter.envelope.correlation_id(), error = %e, "a dead letter was not written before the store closed; its event stays uncommitted and comes again");
@@ -906,9 +972,9 @@ impl Hooks<GroupContext> for GroupHooks {
         };
         let group = self.group.clone();
         let kafka_topic = kafka_topic.to_owned();
-        let pending = inner.dead_letter_started();
+        let under_way = inner.dead_letter_writes.start();
         self.group.runtime.clone().spawn(async move {
-            let _pending = pending;
+            let _under_way = under_way;
             if write_until_done(&inner, &letter, Some(at), Some(&raw)).await
                 && group.settle(&kafka_topic, at.partition, at.offset)
             {
@@ -969,74 +1035,6 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Where event `seq` of `topic` stands for `group`: in this process's
-/// queue, dead-lettered, committed, or not yet delivered. Only one-partition
-/// topics can be asked by `seq` alone.
-pub(crate) async fn delivery_state(
-    inner: &Arc<Inner>,
-    topic: &Topic,
-    seq: u64,
-    group: &str,
-) -> Result<DeliveryState> {
-    let name = inner.config.kafka_topic(topic.as_str());
-    let partitions = inner.partitions(&name).await?;
-    if partitions == 0 {
-        return Err(herald::Error::new(
-            ErrorCode::NotFound,
-            format!("no topic `{topic}`"),
-        ));
-    }
-    if partitions > 1 {
-        return Err(herald::Error::validation(format!(
-            "`{topic}` has {partitions} partitions: on Kafka a seq names an event only within its partition"
-        )));
-    }
-    let (_, high) = inner.watermarks(&name, 0).await?;
-    if seq == 0 || seq as i64 > high {
-        return Err(herald::Error::new(
-            ErrorCode::NotFound,
-            format!("no event {seq} in `{topic}`"),
-        ));
-    }
-    let local: Vec<Arc<Group>> = inner
-        .groups
-        .lock()
-        .values()
-        .filter_map(Weak::upgrade)
-        .filter(|g| g.spec.group.as_deref() == Some(group))
-        .collect();
-    for g in &local {
-        if let Some(state) = g.state_of(&name, topic, seq) {
-            if state != DeliveryState::Acked {
-                return Ok(state);
-            }
-        }
-    }
-    let dead = dead_letters::list(inner, &herald::DeadLetterFilter::default().group(group)).await?;
-    if dead
-        .iter()
-        .any(|d| d.envelope.topic() == topic && d.envelope.seq() == Some(seq))
-    {
-        return Ok(DeliveryState::DeadLettered);
-    }
-    let committed = committed(inner, group, &name).await?;
-    match committed {
-        None if local.is_empty() => Err(herald::Error::new(
-            ErrorCode::NotFound,
-            format!("no consumer group {group:?} follows `{topic}`"),
-        )),
-        None => Ok(DeliveryState::Pending),
-        Some((next, settled)) => {
-            let offset = seq as i64 - 1;
-            if offset < next || settled.contains(&offset) {
-                Ok(DeliveryState::Acked)
-            } else {
-                Ok(DeliveryState::Pending)
-            }
-        }
-    }
-}
-
 /// The committed offset and settled offsets of `group` on partition 0 of
 /// Kafka topic `name`, if it committed any.
 pub(crate) async fn committed(
@@ -1061,7 +1059,7 @@ pub(crate) async fn committed_offsets(
     name: &str,
     partitions: i32,
 ) -> Result<Vec<Option<(i64, String)>>> {
-    let config = crate::store::client_config(
+    let config = client_config(
         inner
             .config
             .consumer_properties(&inner.config.kafka_topic(group)),

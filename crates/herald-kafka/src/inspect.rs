@@ -1,29 +1,30 @@
 //! What operators look at on Kafka: topics, a topic's last `seq`, replay
-//! pages, and consumer groups with their offsets and lag.
+//! pages, consumer groups with their offsets and lag, and where an event
+//! stands for a group.
 //!
-//! Owns [`last_seq`], [`topics`], [`replay`], [`groups`] and the record of
-//! each group's patterns (`<environment>._groups`, one record per group
-//! consumer started; Kafka keeps a group's offsets but not what it
-//! subscribed to). On a topic of several partitions a `seq` is per
-//! partition: `last_seq` is the largest partition's, replay merges the
-//! partitions by time, and a group's offset and lag are summed over them.
+//! Owns [`last_seq`], [`topics`], [`replay`], [`groups`] (read from the
+//! record of each group's patterns on `<environment>._groups`, which
+//! `group` writes, one record per group consumer started: Kafka keeps a
+//! group's offsets but not what it subscribed to) and [`delivery_state`].
+//! On a topic of several partitions a `seq` is per partition: `last_seq` is
+//! the largest partition's, replay merges the partitions by time, and a
+//! group's offset and lag are summed over them. Does not own the offsets,
+//! the group consumers or the letters it reads (`group`, `dead_letters`),
+//! nor the `Inspect` impl (`transport`).
 
 use std::collections::BTreeMap;
 
-use herald::transport::{GroupInfo, GroupTopic, PartitionStanding, TopicInfo};
-use herald::{Envelope, Result, StartPosition, Topic};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use herald::backend::transport::{
+    DeliveryState, GroupInfo, GroupTopic, PartitionStanding, TopicInfo,
+};
+use herald::{Envelope, ErrorCode, Result, StartPosition, Topic};
 use rdkafka::Offset;
-use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Position};
-use crate::errors;
-use crate::reader::read_records;
-use crate::store::Inner;
-
-/// Group records, and each group's mark (see `group::fix_start`).
-pub(crate) const GROUPS_TOPIC: &str = "_groups";
+use crate::conn::Inner;
+use crate::dead_letters;
+use crate::group::{committed, committed_offsets, local_groups, GroupRecord, GROUPS_TOPIC};
+use crate::log::read_records;
 
 /// The highest `seq` of `topic` (of its fullest partition).
 pub(crate) async fn last_seq(inner: &Inner, topic: &Topic) -> Result<Option<u64>> {
@@ -93,37 +94,6 @@ pub(crate) async fn replay(
     Ok(out.into_iter().map(|(_, _, e)| e).collect())
 }
 
-#[derive(Serialize, Deserialize)]
-struct GroupRecord {
-    group: String,
-    patterns: Vec<String>,
-}
-
-/// Note that `group` follows `patterns` (once per group consumer).
-pub(crate) async fn record_group(inner: &Inner, group: &str, patterns: &[String]) -> Result<()> {
-    let topic = inner.config.kafka_topic(GROUPS_TOPIC);
-    inner.ensure_topic_with(&topic, 1).await?;
-    let body = serde_json::to_vec(&GroupRecord {
-        group: group.to_owned(),
-        patterns: patterns.to_vec(),
-    })
-    .map_err(|e| herald::Error::internal(format!("encode a group record: {e}")))?;
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "content_type",
-        value: Some(b"application/json".as_slice()),
-    });
-    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
-        .key(group)
-        .payload(&body[..])
-        .headers(headers);
-    inner
-        .producer
-        .send(record, inner.config.timeout_duration())
-        .await
-        .map_err(|(e, _)| errors::kafka("record a group", &e))?;
-    Ok(())
-}
-
 /// Every group this environment's consumers recorded, with where it
 /// stands on each topic its patterns match.
 pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
@@ -146,9 +116,9 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
     let all = inner.all_topics().await?;
     let mut out = Vec::new();
     for (group, pats) in patterns {
-        let parsed: Vec<herald::topic::Pattern> = pats
+        let parsed: Vec<herald::Pattern> = pats
             .iter()
-            .filter_map(|p| herald::topic::Pattern::new(p).ok())
+            .filter_map(|p| herald::Pattern::new(p).ok())
             .collect();
         let mut standing = Vec::new();
         for (name, partitions) in &all {
@@ -158,7 +128,7 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
             if !parsed.iter().any(|p| p.matches(&t)) {
                 continue;
             }
-            let offsets = crate::group::committed_offsets(inner, &group, name, *partitions).await?;
+            let offsets = committed_offsets(inner, &group, name, *partitions).await?;
             let mut per_partition = Vec::new();
             for (p, committed) in (0..*partitions).zip(offsets) {
                 let high = inner.watermarks(name, p).await?.1;
@@ -176,4 +146,66 @@ pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
         out.push(GroupInfo::new(group, pats, standing));
     }
     Ok(out)
+}
+
+/// Where event `seq` of `topic` stands for `group`: in this process's
+/// queue, dead-lettered, committed, or not yet delivered. Only one-partition
+/// topics can be asked by `seq` alone.
+pub(crate) async fn delivery_state(
+    inner: &Inner,
+    topic: &Topic,
+    seq: u64,
+    group: &str,
+) -> Result<DeliveryState> {
+    let name = inner.config.kafka_topic(topic.as_str());
+    let partitions = inner.partitions(&name).await?;
+    if partitions == 0 {
+        return Err(herald::Error::new(
+            ErrorCode::NotFound,
+            format!("no topic `{topic}`"),
+        ));
+    }
+    if partitions > 1 {
+        return Err(herald::Error::validation(format!(
+            "`{topic}` has {partitions} partitions: on Kafka a seq names an event only within its partition"
+        )));
+    }
+    let (_, high) = inner.watermarks(&name, 0).await?;
+    if seq == 0 || seq as i64 > high {
+        return Err(herald::Error::new(
+            ErrorCode::NotFound,
+            format!("no event {seq} in `{topic}`"),
+        ));
+    }
+    let local = local_groups(inner, group);
+    for g in &local {
+        if let Some(state) = g.state_of(&name, topic, seq) {
+            if state != DeliveryState::Acked {
+                return Ok(state);
+            }
+        }
+    }
+    let dead = dead_letters::list(inner, &herald::DeadLetterFilter::default().group(group)).await?;
+    if dead
+        .iter()
+        .any(|d| d.envelope.topic() == topic && d.envelope.seq() == Some(seq))
+    {
+        return Ok(DeliveryState::DeadLettered);
+    }
+    let committed = committed(inner, group, &name).await?;
+    match committed {
+        None if local.is_empty() => Err(herald::Error::new(
+            ErrorCode::NotFound,
+            format!("no consumer group {group:?} follows `{topic}`"),
+        )),
+        None => Ok(DeliveryState::Pending),
+        Some((next, settled)) => {
+            let offset = seq as i64 - 1;
+            if offset < next || settled.contains(&offset) {
+                Ok(DeliveryState::Acked)
+            } else {
+                Ok(DeliveryState::Pending)
+            }
+        }
+    }
 }

@@ -13,25 +13,28 @@
 //! the map and the trade-offs.
 
 pub mod codec;
+mod command_state;
 pub mod commands;
 pub mod config;
+mod conn;
 mod dead_letters;
 mod dedupe;
 mod errors;
 mod feed;
 mod group;
 mod inspect;
-mod reader;
+mod log;
 pub mod rebalance;
 mod store;
 mod tail;
 mod transport;
 
-pub use config::{Acks, Compression, KafkaConfig, OffsetReset};
-pub use dead_letters::{
+pub use config::{Acks, Compression, KafkaConfig, OffsetReset, KEYS};
+pub use conn::client_config;
+pub use log::{
     ERROR_TYPE, FAILURE_REASON, FAILURE_TIMESTAMP, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
     ORIGINAL_TOPIC,
 };
 pub use rebalance::{RebalanceKind, Rebalanced};
-pub use store::{client_config, KafkaStore};
+pub use store::KafkaStore;
 pub use transport::FEATURES;

@@ -8,22 +8,29 @@
 //! brokers' topics every half second (and at once for topics this process
 //! creates) and reads them from their beginning. It commits nothing: a
 //! group-less subscription is ephemeral on Kafka, as everywhere. The queue
-//! does the rest (capacity, nack and ack-wait redelivery, expiry, priority).
+//! does the rest (capacity, nack and ack-wait redelivery, expiry, priority),
+//! with the store's `Inner` as its host (the `QueueHost` impl here): it
+//! settles nothing on the brokers, and what it gives up on goes to the
+//! dead letters. Does not own the feeding loop (`feed`), consumer groups
+//! (`group`) or the choice between a tail and a group (`transport`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use herald::queue::{self, Queue, QueueHost};
-use herald::{Envelope, Result, StartPosition, SubscribeSpec, Subscription, Topic};
+use herald::backend::dead_lettering::DeadLetterWrites;
+use herald::backend::queue::{self, Queue, QueueHost};
+use herald::backend::BoxFuture;
+use herald::{DeadLetter, Envelope, Result, StartPosition, SubscribeSpec, Subscription, Topic};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::Position;
+use crate::codec::{record_position, Position};
+use crate::conn::{blocking, client_config, Inner, LOOKUP_TIMEOUT};
 use crate::errors;
 use crate::feed::{self, Hooks};
-use crate::store::{blocking, Inner, LOOKUP_TIMEOUT};
+use crate::log::write_dead_letter;
 
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
@@ -32,7 +39,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     inner.register(&queue)?;
     // Counted before it exists, so `close` waits for it (feed::run drops it).
     let running = inner.consumer_started()?;
-    let config = crate::store::client_config(inner.config.reader_properties());
+    let config = client_config(inner.config.reader_properties());
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| errors::kafka("create a consumer", &e))?;
@@ -229,5 +236,26 @@ impl Hooks<DefaultConsumerContext> for Tail {
     fn done(&self) -> bool {
         self.inner.upgrade().is_none_or(|i| i.is_closed())
             || self.queue.upgrade().is_none_or(|q| q.is_closed())
+    }
+}
+
+/// Group-less subscriptions settle nothing on the brokers; what they give
+/// up on goes to the dead letters.
+impl QueueHost for Inner {
+    fn max_deliver(&self) -> u32 {
+        self.config.deliveries()
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        let inner = self.me();
+        Box::pin(async move {
+            let inner = inner.ok_or_else(errors::closed)?;
+            let at = record_position(&letter.envelope);
+            write_dead_letter(&inner, &letter, at, None).await
+        })
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
     }
 }

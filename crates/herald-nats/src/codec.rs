@@ -1,16 +1,19 @@
 //! A JetStream message as a herald envelope.
 //!
 //! Owns [`envelope`]: the topic from the subject, every other field from the
-//! `Herald-*` headers ([`herald::headers`]), `seq` from the stream sequence
+//! `Herald-*` headers ([`herald::backend::headers`]), `seq` from the stream sequence
 //! (the topic's stream numbers its messages), `attempt` from the delivery
-//! count; a parked payload's body comes from `payload`. Encoding is `herald::headers::encode`, used by `store`.
+//! count; a parked payload's body comes from `payload`. Encoding is
+//! `herald::backend::headers::encode` ([`headers_of`], used by `log` and
+//! `commands`). It sits on `conn` and `payload`; appending and reading
+//! streams are `log`'s.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use herald::headers::Origin;
+use herald::backend::headers::Origin;
 use herald::{Envelope, Error, Result};
 
-use crate::store::Inner;
+use crate::conn::Inner;
 
 /// The `source` of a message a plain NATS client published.
 pub const PLAIN_SOURCE: &str = "nats";
@@ -37,9 +40,11 @@ pub(crate) async fn envelope(
         unique: seq,
         source: PLAIN_SOURCE,
     };
-    Ok(herald::headers::decode(topic, pairs, body, origin)?
-        .with_seq(seq)
-        .with_attempt(attempt))
+    Ok(
+        herald::backend::headers::decode(topic, pairs, body, origin)?
+            .with_seq(seq)
+            .with_attempt(attempt),
+    )
 }
 
 /// Milliseconds since the epoch of a server timestamp.
@@ -58,9 +63,9 @@ pub(crate) fn header_pairs(headers: Option<&HeaderMap>) -> impl Iterator<Item = 
     })
 }
 
-/// `env` as NATS headers and a body (`herald::headers::encode`).
+/// `env` as NATS headers and a body (`herald::backend::headers::encode`).
 pub(crate) fn headers_of(env: &Envelope) -> Result<(HeaderMap, Bytes)> {
-    let (pairs, body) = herald::headers::encode(env)?;
+    let (pairs, body) = herald::backend::headers::encode(env)?;
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
         headers.insert(name, value.as_str());

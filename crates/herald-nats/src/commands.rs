@@ -4,25 +4,26 @@
 //! process's handler of command `t` answers requests on subject
 //! `P.$cmd.<t>` in queue group `herald` (several processes running the same
 //! service share the calls, each call reaching one of them). A request is
-//! the command envelope as headers and body (`herald::headers`); the reply
+//! the command envelope as headers and body (`herald::backend::headers`); the reply
 //! is the response envelope the same way, or, for an error, an empty body
 //! with `Herald-Error-Code` and `Herald-Error-Message`, so the code is the
 //! same on every side. A plain NATS client can call a herald handler (its
 //! request needs no header) and read the reply. No process answering is
-//! `NOT_FOUND`; no reply in time, `TIMEOUT`.
+//! `NOT_FOUND`; no reply in time, `TIMEOUT`. It sits on `conn` and
+//! `codec`, just below `transport`, and touches no stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use herald::delivery::BoxFuture;
-use herald::headers::Origin;
-use herald::transport::{CommandExport, CommandServe};
+use herald::backend::headers::Origin;
+use herald::backend::transport::{CommandExport, CommandServe};
+use herald::backend::BoxFuture;
 use herald::{Envelope, Error, ErrorCode, Result, Topic};
 
+use crate::conn::Inner;
 use crate::errors;
-use crate::store::Inner;
 
 /// The header of an error's code in a reply.
 pub const ERROR_CODE: &str = "Herald-Error-Code";
@@ -98,7 +99,7 @@ async fn answer(inner: &Inner, topic: Topic, serve: CommandServe, msg: async_nat
         source: crate::codec::PLAIN_SOURCE,
     };
     let pairs = crate::codec::header_pairs(msg.headers.as_ref());
-    let command = herald::headers::decode(topic, pairs, msg.payload.clone(), origin);
+    let command = herald::backend::headers::decode(topic, pairs, msg.payload.clone(), origin);
     let outcome = match command {
         Ok(command) => serve(command).await,
         Err(e) => Err(e),
@@ -171,7 +172,7 @@ pub(crate) fn call(
             unique: fastrand::u64(..),
             source: crate::codec::PLAIN_SOURCE,
         };
-        herald::headers::decode(
+        herald::backend::headers::decode(
             topic,
             crate::codec::header_pairs(reply.headers.as_ref()),
             reply.payload,

@@ -1,26 +1,37 @@
 //! The transport's configuration: where NATS is, the subject prefix, how
 //! topic streams are made, timings.
 //!
-//! Owns [`NatsConfig`], its defaults, the `HERALD_*` keys it reads and the
-//! range checks. Naming streams and subjects is `names`'; connecting is
-//! `store`'s.
+//! Owns [`NatsConfig`], its defaults, the `HERALD_*` keys only it reads
+//! ([`KEYS`]) and the range checks; the delivery settings every store
+//! shares come in one [`DeliveryConfig`], read once. Naming streams and subjects is `names`'; connecting is
+//! `conn`'s. A leaf: it imports nothing of the crate.
 
 use std::time::Duration;
 
-use herald::config::{env, env_parse, in_range, redact, seconds};
-use herald::retention::{Retention, RetentionPolicy};
+use herald::backend::retention::{Retention, RetentionPolicy};
+use herald::config::{env, in_range, redact, DeliveryConfig, KeySpec};
+pub use herald::config::{DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER};
 use herald::{Error, Result};
 
-/// How long a `Nats-Msg-Id` is remembered (`HERALD_DEDUPE_WINDOW`): the
-/// topic streams' duplicate window.
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a JetStream request (a publish's ack, stream and consumer
-/// management) may take (`HERALD_TIMEOUT_SECONDS`).
+/// management) may take, unless `HERALD_TIMEOUT_SECONDS` says otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Delivery attempts before a message is dead-lettered (`HERALD_MAX_DELIVER`).
-pub const DEFAULT_MAX_DELIVER: u32 = 5;
 /// Replicas of each stream (`HERALD_NATS_REPLICAS`).
 pub const DEFAULT_REPLICAS: usize = 1;
+
+/// The keys only the NATS store reads (the shared ones are
+/// [`herald::config::KEYS`]).
+#[rustfmt::skip]
+pub const KEYS: &[KeySpec] = &[PREFIX, STORAGE, REPLICAS, MAX_BYTES];
+
+#[rustfmt::skip]
+const PREFIX: KeySpec = KeySpec { key: "HERALD_NATS_PREFIX", default: "herald.<HERALD_ENVIRONMENT>", allowed: "dot-separated tokens of [A-Za-z0-9_-], at most 64 bytes", doc: "topic `t` is subject `<prefix>.t`" };
+#[rustfmt::skip]
+const STORAGE: KeySpec = KeySpec { key: "HERALD_NATS_STORAGE", default: "file", allowed: "file, memory", doc: "where streams keep their messages" };
+#[rustfmt::skip]
+const REPLICAS: KeySpec = KeySpec { key: "HERALD_NATS_REPLICAS", default: "1", allowed: "1–5", doc: "replicas of each stream" };
+#[rustfmt::skip]
+const MAX_BYTES: KeySpec = KeySpec { key: "HERALD_NATS_MAX_BYTES", default: "unbounded", allowed: "bytes, >= 1024", doc: "bound on each topic stream; the oldest events go first" };
 
 /// Where JetStream keeps a stream's messages (`HERALD_NATS_STORAGE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,9 +60,8 @@ pub struct NatsConfig {
     storage: Storage,
     replicas: usize,
     max_bytes: Option<u64>,
-    dedupe_window: Duration,
+    delivery: DeliveryConfig,
     request_timeout: Duration,
-    max_deliver: u32,
     retention: RetentionPolicy,
 }
 
@@ -65,52 +75,48 @@ impl NatsConfig {
             storage: Storage::File,
             replicas: DEFAULT_REPLICAS,
             max_bytes: None,
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            delivery: DeliveryConfig::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_deliver: DEFAULT_MAX_DELIVER,
             retention: RetentionPolicy::default(),
         }
     }
 
     /// `HERALD_STORE` (a `nats://` URL), `HERALD_NATS_PREFIX` (default
     /// `herald.<HERALD_ENVIRONMENT>`), `HERALD_NATS_STORAGE`,
-    /// `HERALD_NATS_REPLICAS`, `HERALD_NATS_MAX_BYTES`,
-    /// `HERALD_DEDUPE_WINDOW`, `HERALD_TIMEOUT_SECONDS`,
-    /// `HERALD_MAX_DELIVER`, `HERALD_RETENTION_MAX_AGE` and
-    /// `HERALD_RETENTION_MAX_EVENTS`, validated.
+    /// `HERALD_NATS_REPLICAS`, `HERALD_NATS_MAX_BYTES`, the retention keys
+    /// and the delivery settings ([`DeliveryConfig::from_env`]; its timeout,
+    /// when `HERALD_TIMEOUT_SECONDS` is set, bounds JetStream requests),
+    /// validated.
     pub fn from_env() -> Result<Self> {
+        Self::from_env_with(DeliveryConfig::from_env()?)
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings already
+    /// read.
+    pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
         let url = env("HERALD_STORE")
             .ok_or_else(|| Error::validation("HERALD_STORE is not set (expected nats://…)"))?;
         let mut c = NatsConfig::new(url);
+        if env("HERALD_TIMEOUT_SECONDS").is_some() {
+            c.request_timeout = delivery.timeout_duration();
+        }
+        c.delivery = delivery;
         let environment = env("HERALD_ENVIRONMENT").unwrap_or_else(|| "local".to_owned());
-        c.prefix = env("HERALD_NATS_PREFIX").unwrap_or_else(|| format!("herald.{environment}"));
-        if let Some(s) = env("HERALD_NATS_STORAGE") {
+        c.prefix = PREFIX
+            .value()
+            .unwrap_or_else(|| format!("herald.{environment}"));
+        if let Some(s) = STORAGE.value() {
             c.storage = match s.as_str() {
                 "file" => Storage::File,
                 "memory" => Storage::Memory,
-                _ => {
-                    return Err(herald::config::invalid(
-                        "HERALD_NATS_STORAGE",
-                        s,
-                        "file or memory",
-                    ))
-                }
+                _ => return Err(STORAGE.invalid(s)),
             };
         }
-        if let Some(v) = env_parse("HERALD_NATS_REPLICAS")? {
+        if let Some(v) = REPLICAS.parse()? {
             c.replicas = v;
         }
-        if let Some(v) = env_parse("HERALD_NATS_MAX_BYTES")? {
+        if let Some(v) = MAX_BYTES.parse()? {
             c.max_bytes = Some(v);
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
-            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_TIMEOUT_SECONDS")? {
-            c.request_timeout = seconds("HERALD_TIMEOUT_SECONDS", v)?;
-        }
-        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
-            c.max_deliver = v;
         }
         c.retention.read_env()?;
         c.validate()?;
@@ -150,7 +156,7 @@ impl NatsConfig {
 
     /// Remember idempotency keys this long (1 s – 7 days).
     pub fn dedupe_window(mut self, window: Duration) -> Self {
-        self.dedupe_window = window;
+        self.delivery = self.delivery.dedupe_window(window);
         self
     }
 
@@ -162,7 +168,13 @@ impl NatsConfig {
 
     /// Delivery attempts before a message is dead-lettered (1–1000).
     pub fn max_deliver(mut self, n: u32) -> Self {
-        self.max_deliver = n;
+        self.delivery = self.delivery.max_deliver(n);
+        self
+    }
+
+    /// The delivery settings, all at once (replacing those set so far).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = delivery;
         self
     }
 
@@ -205,18 +217,17 @@ impl NatsConfig {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         if self.prefix.len() > 64 || !self.prefix.split('.').all(token_ok) {
-            return Err(Error::validation(format!(
-                "HERALD_NATS_PREFIX {:?} must be dot-separated tokens of [A-Za-z0-9_-], at most 64 bytes",
-                self.prefix
-            )));
+            return Err(PREFIX.invalid(format_args!("{:?}", self.prefix)));
         }
-        in_range("HERALD_NATS_REPLICAS", self.replicas, 1, 5)?;
+        REPLICAS.check(self.replicas, 1, 5)?;
         if let Some(b) = self.max_bytes {
-            in_range("HERALD_NATS_MAX_BYTES", b, 1024, i64::MAX as u64)?;
+            MAX_BYTES.check(b, 1024, i64::MAX as u64)?;
         }
+        self.delivery.validate()?;
+        // JetStream's duplicate window is at least a second.
         in_range(
             "HERALD_DEDUPE_WINDOW",
-            self.dedupe_window.as_secs_f64(),
+            self.delivery.dedupe_window_duration().as_secs_f64(),
             1.0,
             7.0 * 86_400.0,
         )?;
@@ -226,7 +237,6 @@ impl NatsConfig {
             1.0,
             300.0,
         )?;
-        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
         self.retention.validate()
     }
 
@@ -243,13 +253,13 @@ impl NatsConfig {
         self.max_bytes
     }
     pub(crate) fn duplicate_window(&self) -> Duration {
-        self.dedupe_window
+        self.delivery.dedupe_window_duration()
     }
     pub(crate) fn timeout(&self) -> Duration {
         self.request_timeout
     }
     pub(crate) fn deliveries(&self) -> u32 {
-        self.max_deliver
+        self.delivery.max_deliver_attempts()
     }
     pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
         &self.retention

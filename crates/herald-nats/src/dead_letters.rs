@@ -1,23 +1,31 @@
 //! Dead letters on NATS: one stream, one message per letter.
 //!
-//! Owns writing a dead letter (subject `P.$dlq.<topic>`: the body is the
+//! Owns the dead-letter stream ([`prepare`], made when the store opens),
+//! writing a dead letter (subject `P.$dlq.<topic>`: the body is the
 //! envelope's wire-format JSON, seq and attempt included; the failure
 //! metadata travels in `Herald-Dead-*` headers, so a plain client can read
 //! both), and listing and purging them; a letter's id is its sequence in the
-//! dead-letter stream. JetStream has no dead-letter queue of its own: a
-//! group writes the letter and only then terms the original (`group`).
+//! dead-letter stream. It also makes the store (`Inner`) the host of its
+//! queues: their dead letters come here, whether a group-less
+//! subscription's queue or a group leader's (which hands its letters to the
+//! store's host). JetStream has no dead-letter queue of its own: a group
+//! writes the letter and only then terms the original (`group`). Reading
+//! what happened to one event is `inspect`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use herald::dead_letter::{select_pages, DeadLetterRow};
+use herald::backend::dead_lettering::DeadLetterWrites;
+use herald::backend::queue::QueueHost;
+use herald::backend::{select_pages, BoxFuture, DeadLetterRow};
 use herald::{DeadLetter, DeadLetterFilter, ErrorCode, Result};
 
+use crate::conn::Inner;
 use crate::errors;
-use crate::store::Inner;
 
 const GROUP: &str = "Herald-Dead-Group";
 const CODE: &str = "Herald-Dead-Code";
@@ -29,6 +37,21 @@ const FAILED: &str = "Herald-Dead-Failed-Ms";
 
 /// Letters read per page when listing.
 const PAGE: usize = 256;
+
+/// Make sure the dead-letter stream exists.
+pub(crate) async fn prepare(inner: &Inner) -> Result<()> {
+    let dlq = stream::Config {
+        name: inner.names.dlq_stream(),
+        subjects: vec![inner.names.dlq_subjects()],
+        ..inner.stream_defaults()
+    };
+    inner
+        .js
+        .create_or_update_stream(dlq)
+        .await
+        .map_err(|e| errors::nats(ErrorCode::Unavailable, "make the dead-letter stream", e))?;
+    Ok(())
+}
 
 /// Write `letter` to the dead-letter stream; `Ok` once the server has it.
 pub(crate) async fn write(inner: &Inner, letter: &DeadLetter) -> Result<()> {
@@ -166,4 +189,24 @@ fn row(seq: u64, headers: Option<&HeaderMap>, body: &[u8]) -> DeadLetterRow {
         ms(FAILED),
         body.to_vec(),
     )
+}
+
+/// The store hosts its queues: a group-less subscription's, and (through
+/// the leader's own host) a group leader's.
+impl QueueHost for Inner {
+    fn max_deliver(&self) -> u32 {
+        self.config.deliveries()
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        let this = self.this.clone();
+        Box::pin(async move {
+            let inner = this.upgrade().ok_or_else(errors::closed)?;
+            write(&inner, &letter).await
+        })
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
+    }
 }

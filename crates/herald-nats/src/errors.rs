@@ -3,7 +3,8 @@
 //! Owns the mapping from async-nats error kinds to herald's codes: a timeout
 //! is `TIMEOUT`, a lost or refused connection `UNAVAILABLE` (both
 //! retryable), a request the server rejects `INTERNAL` with the server's
-//! description. Callers add what they were doing.
+//! description. Callers add what they were doing. A leaf: it imports
+//! nothing of the crate.
 
 use herald::{Error, ErrorCode};
 
@@ -49,4 +50,11 @@ pub(crate) fn api(doing: &str, err: &async_nats::jetstream::Error) -> Error {
 /// The store was closed.
 pub(crate) fn closed() -> Error {
     Error::new(ErrorCode::Unavailable, "the NATS store is closed")
+}
+
+/// Whether getting a stream failed because there is none.
+pub(crate) fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream;
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }

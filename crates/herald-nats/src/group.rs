@@ -1,50 +1,61 @@
 //! Consumer groups on NATS: a leader per group over durable consumers.
 //!
-//! Owns [`subscribe`] for subscriptions with a group, the [`Leader`] of a
-//! group and its lease. JetStream keeps a group's progress: each topic
-//! stream the group follows has a durable consumer named for the group
-//! (explicit acks; its ack floor is the group's offset, so the group resumes
-//! there after any restart). What JetStream 2.9 cannot give — one event per
-//! key at a time, in order, across members, while keyless events are shared
-//! freely, and priority among waiting events — one process per group gives:
-//! the *leader*, which holds the group's lease (`lease`: renewed every
-//! second, gone 5 s after its holder), pulls the
-//! durable consumers into a [`herald::queue::Queue`] (the same per-key
-//! locks, priority, ack wait, redelivery and dead-lettering as every other
-//! transport), and hands deliveries to members. An ack commits the
-//! JetStream message (awaited: durable before `Ok`); a dead letter is
-//! written to the dead-letter stream, then the original is termed (or, when
-//! the write fails, nacked so JetStream redelivers it). The leader keeps
-//! the messages it holds alive with progress acks, so JetStream redelivers
-//! them only when the leader is gone. Members in other processes reach the
-//! leader over request/reply (`remote`).
-//! A leader records its group's name, patterns and start as it starts, so
-//! any process lists the group (`inspect`). A group's start is fixed when
-//! it is made (DESIGN.md §4.5): its first leader makes the group's durable
-//! consumers on the streams there then (for `Latest`, after each stream's
-//! last event) before it writes the first record, so every later leader —
-//! after members came and went, after restarts — takes a stream without
-//! the group's consumer for one made after the group, and reads it from
-//! the start the record keeps (its beginning, for `Latest`).
+//! Owns the [`Leader`] of a group (started by [`Leader::of`]) and the
+//! keeping of its lease, and what this process keeps of the groups it
+//! leads ([`Leading`], held in the store's `Inner::groups`). JetStream
+//! keeps a group's progress: each topic stream the group follows has a
+//! durable consumer named for the group (explicit acks; its ack floor is
+//! the group's offset, so the group resumes there after any restart). What
+//! JetStream 2.9 cannot give — one event per key at a time, in order,
+//! across members, while keyless events are shared freely, and priority
+//! among waiting events — one process per group gives: the *leader*, which
+//! holds the group's lease (`leader_lease`: renewed every second, gone 5 s
+//! after its holder), pulls the durable consumers into a
+//! [`herald::backend::queue::Queue`] (the same per-key locks, priority, ack
+//! wait, redelivery and dead-lettering as every other transport), and
+//! hands deliveries to members. An ack commits the JetStream message
+//! (awaited: durable before `Ok`); a dead letter is written to the
+//! dead-letter stream (by the store, the host of every queue:
+//! `dead_letters`), then the original is termed (or, when the write fails,
+//! nacked so JetStream redelivers it). The leader keeps the messages it
+//! holds alive with progress acks, so JetStream redelivers them only when
+//! the leader is gone.
+//!
+//! Members in other processes reach the leader over request/reply: the
+//! leader keeps what `protocol` defines of them, and `remote`, above this
+//! module, opens members, serves the remote ones, and starts serving when
+//! `Leader::of` says it started a leader; this module never imports
+//! `remote`. A leader records its group's name, patterns and start as it
+//! starts (`group_record`), so any process lists the group (`inspect`,
+//! which also reads an event's delivery state). A group's start is fixed
+//! when it is made (DESIGN.md §4.5): its first leader makes the group's
+//! durable consumers on the streams there then (for `Latest`, after each
+//! stream's last event) before it writes the first record, so every later
+//! leader — after members came and went, after restarts — takes a stream
+//! without the group's consumer for one made after the group, and reads it
+//! from the start the record keeps (its beginning, for `Latest`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::message::AckKind;
 use futures_util::StreamExt;
-use herald::delivery::BoxFuture;
-use herald::queue::{self, Queue, QueueHost};
+use herald::backend::dead_lettering::DeadLetterWrites;
+use herald::backend::queue::{self, Queue, QueueHost};
+use herald::backend::BoxFuture;
 use herald::{
     DeadLetter, DeliveryState, Envelope, Error, ErrorCode, FailureSource, Result, StartPosition,
     SubscribeSpec, Subscription, Topic,
 };
+use tokio::sync::watch;
 
 use crate::codec;
+use crate::conn::Inner;
 use crate::errors;
-use crate::lease::{Lease, Taken};
-use crate::store::Inner;
+use crate::leader_lease::{Lease, Taken};
+use crate::protocol::Remotes;
 use crate::tail::{self, Streams};
 
 /// How long a leader's lease lives without renewal.
@@ -65,29 +76,95 @@ const RECENT_ACKS: usize = 100_000;
 /// Most messages a durable consumer has out to its leader unacked.
 const MAX_ACK_PENDING: i64 = 20_000;
 
-/// Open a member of `spec`'s group: of this process's leader when it leads
-/// the group (becoming the leader if nobody does), else of the leader
-/// elsewhere; either way it follows the lead when it moves.
-pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
-    let local = subscribe_local(inner, spec.clone()).await?;
-    let consumer = inner
-        .names
-        .consumer(spec.group.as_deref().unwrap_or_default());
-    Ok(crate::remote::member(inner, spec, consumer, local))
+/// What this process keeps of the groups it leads, per store (in
+/// `Inner::groups`).
+#[derive(Default)]
+pub(crate) struct Leading {
+    /// The groups this process leads.
+    leaders: Mutex<HashMap<String, Arc<Leader>>>,
+    /// Groups whose leader here is stepping down, and when it is done.
+    stepping_down: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Per group, the events its leaders here acked lately.
+    recent_acks: Mutex<HashMap<String, Arc<Mutex<RecentAcks>>>>,
+    /// Held while this process tries to become a group's leader.
+    starting: tokio::sync::Mutex<()>,
 }
 
-/// A member of this process's leader of `spec`'s group, taking the lease
-/// if nobody holds it; `None` when another process leads the group.
-pub(crate) async fn subscribe_local(
-    inner: &Arc<Inner>,
-    spec: SubscribeSpec,
-) -> Result<Option<Subscription>> {
-    let group = spec.group.clone().unwrap_or_default();
-    let Some(leader) = Leader::of(inner, &group, &spec).await? else {
-        return Ok(None);
-    };
-    leader.queue.join();
-    Ok(Some(queue::member(leader.queue.clone())))
+/// What `inner`'s process keeps of the groups it leads.
+fn leading(inner: &Inner) -> &Leading {
+    inner.groups.get()
+}
+
+/// This process's leader of `group`, if it leads it.
+pub(crate) fn leader(inner: &Inner, group: &str) -> Option<Arc<Leader>> {
+    leading(inner).leader(group)
+}
+
+/// Every leader in this process steps down (the store closes).
+pub(crate) async fn step_down_all(inner: &Inner) {
+    let leaders: Vec<_> = leading(inner)
+        .lock_leaders()
+        .drain()
+        .map(|(_, l)| l)
+        .collect();
+    for leader in leaders {
+        leader.step_down().await;
+    }
+}
+
+impl Leading {
+    fn lock_leaders(&self) -> MutexGuard<'_, HashMap<String, Arc<Leader>>> {
+        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn leader(&self, group: &str) -> Option<Arc<Leader>> {
+        self.lock_leaders().get(group).cloned()
+    }
+
+    fn lead(&self, group: &str, leader: &Arc<Leader>) {
+        self.lock_leaders().insert(group.to_owned(), leader.clone());
+    }
+
+    fn unlead(&self, group: &str) {
+        self.lock_leaders().remove(group);
+    }
+
+    /// This process's leader of `group` steps down: `done` turns `true`
+    /// when it has handed back what it held and given up the lease.
+    fn stepping_down(&self, group: &str, done: watch::Receiver<bool>) {
+        self.lock_stepping_down().insert(group.to_owned(), done);
+    }
+
+    /// The step-down `done` of `group` is over.
+    fn stepped_down(&self, group: &str, done: &watch::Receiver<bool>) {
+        let mut stepping = self.lock_stepping_down();
+        if stepping.get(group).is_some_and(|d| d.same_channel(done)) {
+            stepping.remove(group);
+        }
+    }
+
+    /// Wait until this process's leader of `group`, if one is stepping
+    /// down, is done, so the next leader here reads its handover note.
+    async fn handed_over(&self, group: &str) {
+        let done = self.lock_stepping_down().get(group).cloned();
+        if let Some(mut done) = done {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    fn lock_stepping_down(&self) -> MutexGuard<'_, HashMap<String, watch::Receiver<bool>>> {
+        self.stepping_down.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The acks of `group`'s leaders in this process.
+    fn recent_acks(&self, group: &str) -> Arc<Mutex<RecentAcks>> {
+        self.recent_acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group.to_owned())
+            .or_default()
+            .clone()
+    }
 }
 
 /// The leader of one group in this process.
@@ -98,7 +175,7 @@ pub(crate) struct Leader {
     start: StartPosition,
     /// The durable consumers' name.
     consumer: String,
-    pub(crate) queue: Arc<Queue>,
+    queue: Arc<Queue>,
     /// The JetStream messages behind the events the queue holds, by topic
     /// and seq.
     held: Mutex<HashMap<(Topic, u64), async_nats::jetstream::Message>>,
@@ -109,36 +186,42 @@ pub(crate) struct Leader {
     /// server that crashed before writing an ack redelivers the event after
     /// its restart, and the leader acks it again instead of delivering it.
     recent_acks: Arc<Mutex<RecentAcks>>,
-    /// Its members in other processes.
-    remotes: crate::remote::Remotes,
+    /// Its members in other processes (served by `remote`).
+    remotes: Remotes,
     /// The group's lease, while held.
     lease: Mutex<Option<Lease>>,
     /// Set when the leader stops: its tasks end.
     stop: tokio::sync::watch::Sender<bool>,
+    /// The store's dead-letter writes (the queue counts its own in them).
+    dead_letter_writes: DeadLetterWrites,
 }
 
 impl Leader {
-    /// This process's leader of `group`, started now if nobody leads it.
-    async fn of(
+    /// This process's leader of `group`, started now if nobody leads it,
+    /// and whether it started now (its caller then serves the group's
+    /// members in other processes: `remote::serve`); `None` when another
+    /// process leads the group.
+    pub(crate) async fn of(
         inner: &Arc<Inner>,
         group: &str,
         spec: &SubscribeSpec,
-    ) -> Result<Option<Arc<Leader>>> {
+    ) -> Result<Option<(Arc<Leader>, bool)>> {
+        let leading = leading(inner);
         // One attempt to lead at a time in this process, so its members
         // share one leader.
-        let _starting = inner.starting.lock().await;
-        if let Some(leader) = inner.leader(group) {
-            herald::group::check_member(
+        let _starting = leading.starting.lock().await;
+        if let Some(leader) = leading.leader(group) {
+            herald::backend::group::check_member(
                 group,
-                &herald::group::patterns_text(leader.queue.spec()),
-                herald::group::kind_bits(leader.queue.spec()),
+                &herald::backend::group::patterns_text(leader.queue.spec()),
+                herald::backend::group::kind_bits(leader.queue.spec()),
                 spec,
             )?;
-            return Ok(Some(leader));
+            return Ok(Some((leader, false)));
         }
         // A leader here that is stepping down first writes what the next
         // should know (its handover note).
-        inner.handed_over(group).await;
+        leading.handed_over(group).await;
         Lease::prepare(inner, LEASE_TTL).await?;
         let lease = match Lease::take(inner, &inner.names.consumer(group), &inner.member_id).await?
         {
@@ -146,7 +229,7 @@ impl Leader {
             Taken::Busy => return Ok(None),
         };
         // A group's start is fixed when it is made: a record says it was.
-        let made = match crate::inspect::made_at(inner, group, spec).await {
+        let made = match crate::group_record::made_at(inner, group, spec).await {
             Ok(made) => made,
             Err(e) => {
                 lease.release(inner).await;
@@ -164,14 +247,15 @@ impl Leader {
             held: Mutex::new(HashMap::new()),
             lease: Mutex::new(None),
             remotes: Default::default(),
-            recent_acks: inner.recent_acks(group),
+            recent_acks: leading.recent_acks(group),
             stop: tokio::sync::watch::channel(false).0,
+            dead_letter_writes: inner.dead_letter_writes.clone(),
         });
         // Leading first: a close from now on steps this leader down, and
         // one that came before refuses its queue here.
-        inner.lead(group, &leader);
+        leading.lead(group, &leader);
         if let Err(e) = inner.register(&leader.queue) {
-            inner.unlead(group);
+            leading.unlead(group);
             lease.release(inner).await;
             return Err(e);
         }
@@ -201,7 +285,7 @@ impl Leader {
                 // a stream made after the group.
                 leader.make_consumers(inner, &starts).await?;
             }
-            crate::inspect::record(inner, group, spec, leader.start).await?;
+            crate::group_record::record(inner, group, spec, leader.start).await?;
             Ok::<_, herald::Error>((streams.created, starts))
         };
         let (created, starts) = match followed.await {
@@ -218,14 +302,13 @@ impl Leader {
         tokio::spawn(leader.clone().follow_new(created));
         tokio::spawn(leader.clone().keep_lease(lease));
         tokio::spawn(leader.clone().keep_progress());
-        let serving = (leader.clone(), inner.clone());
-        tokio::spawn(async move {
-            let (leader, inner) = serving;
-            if let Err(e) = crate::remote::serve(leader, inner).await {
-                tracing::warn!(error = %e, "a group's leader cannot serve members in other processes");
-            }
-        });
-        Ok(Some(leader))
+        Ok(Some((leader, true)))
+    }
+
+    /// A new member of the leader's queue.
+    pub(crate) fn member(&self) -> Subscription {
+        self.queue.join();
+        queue::member(self.queue.clone())
     }
 
     pub(crate) fn inner(&self) -> Option<Arc<Inner>> {
@@ -244,7 +327,7 @@ impl Leader {
         self.queue.spec()
     }
 
-    pub(crate) fn remotes(&self) -> &crate::remote::Remotes {
+    pub(crate) fn remotes(&self) -> &Remotes {
         &self.remotes
     }
 
@@ -267,8 +350,9 @@ impl Leader {
         self.queue.close();
         let Some(inner) = self.inner() else { return };
         let (done, handed) = tokio::sync::watch::channel(false);
-        inner.stepping_down(&self.group, handed.clone());
-        inner.unlead(&self.group);
+        let leading = leading(&inner);
+        leading.stepping_down(&self.group, handed.clone());
+        leading.unlead(&self.group);
         // Messages handed back now would go to the pull requests still out.
         tokio::time::sleep(PULL_EXPIRY + Duration::from_millis(100)).await;
         let held: Vec<_> = self
@@ -299,7 +383,7 @@ impl Leader {
             lease.release(&inner).await;
         }
         let _ = done.send(true);
-        inner.stepped_down(&self.group, &handed);
+        leading.stepped_down(&self.group, &handed);
     }
 
     /// Renew the lease; step down when it is lost.
@@ -582,21 +666,18 @@ impl Leader {
         let Some(topic) = inner.names.topic_of(&msg.subject) else {
             return;
         };
-        let origin = herald::headers::Origin {
+        let origin = herald::backend::headers::Origin {
             time_ms,
             unique: seq,
             source: codec::PLAIN_SOURCE,
         };
-        let Ok(env) = herald::headers::decode(topic.clone(), [], msg.payload.clone(), origin)
+        let Ok(env) =
+            herald::backend::headers::decode(topic.clone(), [], msg.payload.clone(), origin)
         else {
             return;
         };
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((topic, seq), msg.clone());
         let now = chrono::Utc::now();
-        self.dead_letter(DeadLetter {
+        let write = self.dead_letter(DeadLetter {
             id: 0,
             envelope: env.with_seq(seq),
             group: Some(self.group.clone()),
@@ -606,6 +687,23 @@ impl Leader {
             failed_at: now,
             attempts: 1,
             source: FailureSource::Decode,
+        });
+        // Not the queue's: written here, then termed; a write that fails
+        // naks it, so JetStream brings it back to be dead-lettered again.
+        let under_way = self.dead_letter_writes.start();
+        let msg = msg.clone();
+        tokio::spawn(async move {
+            let _under_way = under_way;
+            let settle = match write.await {
+                Ok(()) => AckKind::Term,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %topic, seq, "the dead letter of an unreadable message was not written; it comes again");
+                    AckKind::Nak(None)
+                }
+            };
+            if let Err(e) = msg.double_ack_with(settle).await {
+                tracing::warn!(error = %e, topic = %topic, seq, "an unreadable message was not settled; it comes again");
+            }
         });
     }
 
@@ -645,25 +743,37 @@ impl QueueHost for Leader {
             .map_or(crate::DEFAULT_MAX_DELIVER, |i| i.config.deliveries())
     }
 
-    fn dead_letter(&self, letter: DeadLetter) {
-        let (Some(inner), Some(msg)) = (self.inner(), self.take_held(&letter.envelope)) else {
-            return;
-        };
-        let pending = inner.dead_letter_started();
-        tokio::spawn(async move {
-            match crate::dead_letters::write(&inner, &letter).await {
-                Ok(()) => {
-                    if let Err(e) = msg.double_ack_with(AckKind::Term).await {
-                        tracing::warn!(error = %e, "a dead-lettered message was not termed; it may be dead-lettered again");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, topic = %letter.envelope.topic(), "a dead letter was not written; the message goes back to the group");
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                }
-            }
-            drop(pending);
-        });
+    /// Written by the store, the host of every queue (`dead_letters`).
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        match self.inner() {
+            Some(inner) => QueueHost::dead_letter(&*inner, letter),
+            None => Box::pin(async { Err(errors::closed()) }),
+        }
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
+    }
+
+    /// Term the JetStream message, so the group's consumer never delivers
+    /// it again (a term that fails leaves it to come back after the ack
+    /// wait, and be dead-lettered again).
+    fn dead_lettered(
+        &self,
+        _queue: &Queue,
+        envelope: &Arc<Envelope>,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let topic = envelope.topic().clone();
+        let msg = self.take_held(envelope)?;
+        Some(Box::pin(async move {
+            msg.double_ack_with(AckKind::Term).await.map_err(|e| {
+                errors::nats(
+                    ErrorCode::Unavailable,
+                    &format!("term a dead-lettered event of `{topic}`"),
+                    e,
+                )
+            })
+        }))
     }
 
     fn acked(
@@ -674,7 +784,9 @@ impl QueueHost for Leader {
         let topic = envelope.topic().clone();
         let Some(msg) = self.take_held(envelope) else {
             // Handed back when the leader stepped down: it comes again.
-            return Some(Box::pin(async { Err(herald::group::lease_lost()) }));
+            return Some(Box::pin(async {
+                Err(herald::backend::group::lease_lost())
+            }));
         };
         // Remembered before the ack goes out: a redelivery that overtakes
         // it (the server came back and replays) is not delivered again.
@@ -705,7 +817,7 @@ impl QueueHost for Leader {
         if queue.leave() {
             let me = self.queue.clone();
             if let Some(inner) = self.inner() {
-                if let Some(leader) = inner.leader(&self.group) {
+                if let Some(leader) = leading(&inner).leader(&self.group) {
                     if Arc::ptr_eq(&leader.queue, &me) {
                         tokio::spawn(async move { leader.step_down().await });
                     }
@@ -713,62 +825,6 @@ impl QueueHost for Leader {
             }
         }
     }
-}
-
-/// Where event `seq` of `topic` stands for `group`: dead-lettered (in the
-/// dead letters), in the leader's queue or with a member (when this process
-/// leads the group), acked (at or below the consumer's ack floor, or
-/// delivered and no longer held), pending (not yet delivered to the
-/// group). `NOT_FOUND` for an event the topic does not have and a group
-/// that does not follow the topic.
-pub(crate) async fn delivery_state(
-    inner: &Arc<Inner>,
-    topic: &Topic,
-    seq: u64,
-    group: &str,
-) -> Result<DeliveryState> {
-    let no_event = || Error::new(ErrorCode::NotFound, format!("`{topic}` has no event {seq}"));
-    let Some(stream) = inner.stream(topic).await? else {
-        return Err(no_event());
-    };
-    if seq == 0 || seq > stream.cached_info().state.last_sequence {
-        return Err(no_event());
-    }
-    let consumer = inner.names.consumer(group);
-    let info = match stream.consumer_info(&consumer).await {
-        Ok(info) => info,
-        Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => {
-            return Err(Error::new(
-                ErrorCode::NotFound,
-                format!("no consumer group {group:?} follows `{topic}`"),
-            ))
-        }
-        Err(e) => {
-            return Err(errors::nats(
-                ErrorCode::Unavailable,
-                "read a group's consumer",
-                e,
-            ))
-        }
-    };
-    let filter = herald::DeadLetterFilter::default()
-        .topic(topic.as_str())?
-        .group(group);
-    let dead = crate::dead_letters::list(inner, &filter).await?;
-    if dead.iter().any(|d| d.envelope.seq() == Some(seq)) {
-        return Ok(DeliveryState::DeadLettered);
-    }
-    let at_leader = match inner.leader(group) {
-        Some(leader) => leader.state_of(topic, seq),
-        None => crate::remote::state_at_leader(inner, &consumer, topic, seq).await,
-    };
-    if let Some(state) = at_leader {
-        return Ok(state);
-    }
-    if seq > info.delivered.stream_sequence {
-        return Ok(DeliveryState::Pending);
-    }
-    Ok(DeliveryState::Acked)
 }
 
 /// What a leader that steps down tells the next one: the attempt each event
@@ -782,7 +838,7 @@ mod handover {
 
     use async_nats::jetstream::stream;
 
-    use crate::store::Inner;
+    use crate::conn::Inner;
 
     /// Write the note; a note that cannot be written is logged (attempts
     /// then count JetStream's deliveries).

@@ -9,16 +9,25 @@
 //! subscriptions read through ordered consumers; dead letters go to one
 //! dead-letter stream. See `ARCHITECTURE.md` for the map.
 
+// Bottom up (ARCHITECTURE.md): the leaves `config`, `names`, `errors`;
+// `conn` (the connection and shared state); `payload`, `codec`; `log`;
+// `tail`, and `leader_lease`, `group_record`, `protocol` under `group`;
+// `remote`; `dead_letters`; `inspect`; `commands`; `transport` and `store`
+// at the top.
 mod codec;
 mod commands;
 mod config;
+mod conn;
 mod dead_letters;
 mod errors;
 mod group;
+mod group_record;
 mod inspect;
-mod lease;
+mod leader_lease;
+mod log;
 mod names;
 mod payload;
+mod protocol;
 mod remote;
 mod store;
 mod tail;
@@ -28,9 +37,9 @@ pub use codec::PLAIN_SOURCE;
 pub use commands::{ERROR_CODE, ERROR_MESSAGE};
 pub use config::{
     NatsConfig, Storage, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_REPLICAS,
-    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT, KEYS,
 };
-pub use herald::retention::Retention;
+pub use herald::backend::retention::Retention;
 pub use payload::PAYLOAD_REF;
 pub use store::NatsStore;
 pub use transport::FEATURES;

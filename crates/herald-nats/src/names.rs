@@ -14,7 +14,10 @@
 //! - dead letters are the stream `S_DLQ` on subjects `P.$dlq.<topic>`
 //!   (topic segments never start with `$`, so these never collide);
 //!
-//! It does not create anything; `store` does.
+//! It does not create anything: the modules that use a name make what it
+//! names (`log` the topic streams, `dead_letters` the dead-letter stream,
+//! `leader_lease`, `group` and `group_record` theirs). A leaf: it imports
+//! nothing of the crate.
 
 use herald::Topic;
 

@@ -8,7 +8,9 @@
 //! `Herald-Payload-Ref: <id> <chunks> <bytes>` and an empty body; readers
 //! put the body back together. Chunks are kept as long as the stream's
 //! limits say (the default retention's age, else for good): an event whose
-//! chunks aged out reads as a `VALIDATION` error.
+//! chunks aged out reads as a `VALIDATION` error. It sits on `conn`;
+//! deciding to park while appending is `log`'s, unparking while decoding
+//! `codec`'s.
 
 use std::sync::atomic::Ordering;
 
@@ -17,8 +19,8 @@ use async_nats::HeaderMap;
 use bytes::{Bytes, BytesMut};
 use herald::{Error, ErrorCode, Result};
 
+use crate::conn::Inner;
 use crate::errors;
-use crate::store::Inner;
 
 /// The header naming a parked payload.
 pub const PAYLOAD_REF: &str = "Herald-Payload-Ref";

@@ -1,215 +1,69 @@
-//! Group members in other processes than their group's leader.
+//! Group members wherever their group's leader is, and the leader's side
+//! of serving members in other processes.
 //!
-//! Owns the request/reply protocol between a group's leader and its
-//! members elsewhere, on subjects `P.$group.<consumer>.{claim,settle,leave,state}`:
-//! - `claim` `{member, max, wait_ms}` → up to `max` deliveries
-//!   `[{token, envelope}]` (envelope JSON with `seq` and `attempt`), waiting
-//!   up to `wait_ms` for the first; a member claims only when its
-//!   subscriber asks for the next delivery, so it never sits on events
-//!   another member could take;
-//! - `settle` `{token, outcome}` → `{}` or `{code, message}`; a token the
-//!   leader does not know (a new leader, or a delivery whose ack wait
-//!   passed) is the lease-lost error, and the event is delivered again;
-//! - `leave` `{member}`: the member closed;
-//! - `state` `{topic, seq}` → the leader queue's view of an event.
-//!
-//! [`serve`] is the leader's side, [`member`] a remote member's
-//! subscription: when the leader stops answering it takes the lease itself
-//! and goes on as a local member of its own leader.
+//! Owns [`subscribe`] for subscriptions with a group: a member of this
+//! process's leader when it leads the group (becoming the leader if nobody
+//! does: a leader started here also starts [`serve`]), else [`member`], a
+//! remote member's subscription that claims and settles over the
+//! request/reply protocol (`protocol`); when the leader stops answering it
+//! takes the lease itself and goes on as a local member of its own leader.
+//! [`serve`] is the leader's side: it answers claims, settlements, leaves
+//! and state requests from the data the leader keeps of its remote members
+//! (`protocol::Remotes`). It sits above `group` (whose [`Leader`] it
+//! serves and whose lead it takes); `group` never imports it. The wire
+//! types are `protocol`'s, leading a group `group`'s.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald::delivery::{BoxFuture, Settle};
+use herald::backend::{BoxFuture, Settle};
 use herald::{
     Delivery, DeliveryState, Envelope, Error, ErrorCode, Outcome, Result, SubscribeSpec,
     Subscription, Topic,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::conn::Inner;
 use crate::errors;
 use crate::group::Leader;
-use crate::store::Inner;
+use crate::protocol::{
+    refusal, subject, ClaimRequest, Claimed, Leave, RemoteSeat, Remotes, Reply, SettleRequest,
+    StateRequest, WireState, CLAIM_MAX, CLAIM_WAIT,
+};
 
-/// How long a claim waits at the leader for a first delivery.
-const CLAIM_WAIT: Duration = Duration::from_millis(500);
-/// Most deliveries one claim takes (only those ready at once beyond the
-/// first).
-const CLAIM_MAX: usize = 4;
 /// A remote member not heard from for this long is gone.
 const MEMBER_SILENCE: Duration = Duration::from_secs(30);
 
-#[derive(Serialize, Deserialize)]
-struct ClaimRequest {
-    member: String,
-    max: usize,
-    wait_ms: u64,
-    /// The group's patterns and kinds, as `herald::group` writes them.
-    patterns: String,
-    kinds: i64,
+/// Open a member of `spec`'s group: of this process's leader when it leads
+/// the group (becoming the leader if nobody does), else of the leader
+/// elsewhere; either way it follows the lead when it moves.
+pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    let local = subscribe_local(inner, spec.clone()).await?;
+    let consumer = inner
+        .names
+        .consumer(spec.group.as_deref().unwrap_or_default());
+    Ok(member(inner, spec, consumer, local))
 }
 
-#[derive(Serialize, Deserialize)]
-struct Claimed {
-    token: u64,
-    envelope: Box<serde_json::value::RawValue>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Refusal {
-    code: String,
-    message: String,
-}
-
-impl Refusal {
-    fn into_error(self) -> Error {
-        Error::new(
-            self.code.parse().unwrap_or(ErrorCode::Internal),
-            self.message,
-        )
+/// A member of this process's leader of `spec`'s group, taking the lease
+/// if nobody holds it (a leader started now serves the group's members in
+/// other processes); `None` when another process leads the group.
+async fn subscribe_local(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Option<Subscription>> {
+    let group = spec.group.clone().unwrap_or_default();
+    let Some((leader, started)) = Leader::of(inner, &group, &spec).await? else {
+        return Ok(None);
+    };
+    if started {
+        let serving = (leader.clone(), inner.clone());
+        tokio::spawn(async move {
+            let (leader, inner) = serving;
+            if let Err(e) = serve(leader, inner).await {
+                tracing::warn!(error = %e, "a group's leader cannot serve members in other processes");
+            }
+        });
     }
-}
-
-/// An answer: `{"ok": …}` or `{"err": {code, message}}`.
-#[derive(Serialize, Deserialize)]
-struct Reply<T> {
-    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
-    ok: Option<T>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    err: Option<Refusal>,
-}
-
-fn none<T>() -> Option<T> {
-    None
-}
-
-impl<T> Reply<T> {
-    fn ok(value: T) -> Self {
-        Reply {
-            ok: Some(value),
-            err: None,
-        }
-    }
-
-    fn into_result(self) -> Result<T> {
-        match (self.ok, self.err) {
-            (_, Some(r)) => Err(r.into_error()),
-            (Some(v), None) => Ok(v),
-            (None, None) => Err(Error::internal("an empty reply from the group's leader")),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct SettleRequest {
-    token: u64,
-    outcome: WireOutcome,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum WireOutcome {
-    Ack,
-    Nack {
-        delay_ms: Option<u64>,
-        reason: Option<String>,
-    },
-    Defer {
-        delay_ms: u64,
-    },
-    Term {
-        code: String,
-        reason: String,
-    },
-}
-
-impl From<Outcome> for WireOutcome {
-    fn from(o: Outcome) -> Self {
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
-        match o {
-            Outcome::Ack => WireOutcome::Ack,
-            Outcome::Nack { delay, reason } => WireOutcome::Nack {
-                delay_ms: delay.map(ms),
-                reason,
-            },
-            Outcome::Defer { delay } => WireOutcome::Defer {
-                delay_ms: ms(delay),
-            },
-            Outcome::Term { code, reason } => WireOutcome::Term {
-                code: code.as_str().to_owned(),
-                reason,
-            },
-        }
-    }
-}
-
-impl From<WireOutcome> for Outcome {
-    fn from(o: WireOutcome) -> Self {
-        match o {
-            WireOutcome::Ack => Outcome::Ack,
-            WireOutcome::Nack { delay_ms, reason } => Outcome::Nack {
-                delay: delay_ms.map(Duration::from_millis),
-                reason,
-            },
-            WireOutcome::Defer { delay_ms } => Outcome::Defer {
-                delay: Duration::from_millis(delay_ms),
-            },
-            WireOutcome::Term { code, reason } => Outcome::Term {
-                code: code.parse().unwrap_or(ErrorCode::Internal),
-                reason,
-            },
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Leave {
-    member: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StateRequest {
-    topic: Topic,
-    seq: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-enum WireState {
-    Unknown,
-    Pending,
-    InFlight { attempt: u32 },
-}
-
-/// What the leader keeps of its remote members.
-#[derive(Default)]
-pub(crate) struct Remotes {
-    members: Mutex<HashMap<String, Arc<RemoteSeat>>>,
-    deliveries: Mutex<HashMap<u64, (Delivery, tokio::time::Instant)>>,
-    next_token: std::sync::atomic::AtomicU64,
-}
-
-/// A remote member's place at the leader: its subscription of the queue.
-struct RemoteSeat {
-    sub: tokio::sync::Mutex<Subscription>,
-    close: herald::subscription::CloseHandle,
-    seen: Mutex<tokio::time::Instant>,
-}
-
-fn subject(inner: &Inner, consumer: &str, verb: &str) -> String {
-    format!("{}.$group.{consumer}.{verb}", inner.names.prefix())
-}
-
-fn refusal<T>(e: &Error) -> Reply<T> {
-    Reply {
-        ok: None,
-        err: Some(Refusal {
-            code: e.code().as_str().to_owned(),
-            message: e.message().to_owned(),
-        }),
-    }
+    Ok(Some(leader.member()))
 }
 
 /// Answer the group's remote members until the leader stops.
@@ -296,7 +150,7 @@ async fn settle(leader: Arc<Leader>, msg: async_nats::Message) {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&req.token);
             match delivery {
-                None => refusal(&herald::group::lease_lost()),
+                None => refusal(&herald::backend::group::lease_lost()),
                 Some((d, _)) => match d.finish(req.outcome.into()).await {
                     Ok(()) => Reply::ok(true),
                     Err(e) => refusal(&e),
@@ -319,17 +173,18 @@ async fn state(leader: &Leader, msg: async_nats::Message) {
     respond(leader, &msg, &reply).await;
 }
 
+/// The leader's side of its remote members (the data is `protocol`'s).
 impl Remotes {
     /// Up to `req.max` deliveries for member `req.member`.
     async fn take(&self, leader: &Arc<Leader>, req: &ClaimRequest) -> Result<Vec<Claimed>> {
         let spec = leader.spec();
-        if req.patterns != herald::group::patterns_text(spec)
-            || req.kinds != herald::group::kind_bits(spec)
+        if req.patterns != herald::backend::group::patterns_text(spec)
+            || req.kinds != herald::backend::group::kind_bits(spec)
         {
             return Err(Error::validation(format!(
                 "group {:?} follows `{}`; a member cannot follow `{}` (or other kinds)",
                 leader.group(),
-                herald::group::patterns_text(spec),
+                herald::backend::group::patterns_text(spec),
                 req.patterns
             )));
         }
@@ -377,9 +232,7 @@ impl Remotes {
         members
             .entry(member.to_owned())
             .or_insert_with(|| {
-                let queue = leader.queue.clone();
-                queue.join();
-                let sub = herald::queue::member(queue);
+                let sub = leader.member();
                 Arc::new(RemoteSeat {
                     close: sub.close_handle(),
                     sub: tokio::sync::Mutex::new(sub),
@@ -473,7 +326,10 @@ pub(crate) fn member(
         let next = state.next().await?;
         Some((next, state))
     });
-    Subscription::new(stream, herald::subscription::CloseHandle::new(leave))
+    Subscription::new(
+        stream,
+        herald::backend::subscription::CloseHandle::new(leave),
+    )
 }
 
 struct Remote {
@@ -485,7 +341,7 @@ struct Remote {
     /// Once this process took the lease: a member of its own leader.
     local: Option<Subscription>,
     /// How the subscription's close reaches `local`.
-    local_close: Arc<Mutex<Option<herald::subscription::CloseHandle>>>,
+    local_close: Arc<Mutex<Option<herald::backend::subscription::CloseHandle>>>,
     closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -519,14 +375,14 @@ impl Remote {
                 member: self.member.clone(),
                 max: CLAIM_MAX,
                 wait_ms: CLAIM_WAIT.as_millis() as u64,
-                patterns: herald::group::patterns_text(&self.spec),
-                kinds: herald::group::kind_bits(&self.spec),
+                patterns: herald::backend::group::patterns_text(&self.spec),
+                kinds: herald::backend::group::kind_bits(&self.spec),
             };
             match claim_from(&inner, &self.consumer, req).await {
                 Ok(batch) => self.buffered.extend(batch),
                 Err(e) if e.code() == ErrorCode::Unavailable => {
                     // No leader answers: lead, if nobody else took over.
-                    match crate::group::subscribe_local(&inner, self.spec.clone()).await {
+                    match subscribe_local(&inner, self.spec.clone()).await {
                         Ok(Some(sub)) => {
                             *self.local_close.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(sub.close_handle());

@@ -7,7 +7,9 @@
 //! consumer — ephemeral, flow-controlled, re-created by the client from the
 //! last sequence it saw after a reconnect. The queue does the rest
 //! (capacity, nack and ack-wait redelivery, expiry, priority). Such
-//! subscriptions commit nothing. Groups are `group`'s.
+//! subscriptions commit nothing. Groups are `group`'s (which also follows
+//! streams through [`Streams`]); the store hosts the queue (its dead
+//! letters go to `dead_letters`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -16,13 +18,13 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::response::Response;
 use futures_util::{FutureExt, StreamExt};
-use herald::queue::{self, Queue, QueueHost};
+use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription, Topic};
 use serde::Deserialize;
 
 use crate::codec;
+use crate::conn::Inner;
 use crate::errors;
-use crate::store::Inner;
 
 /// How often a feeder blocked on an idle stream checks that its queue is
 /// still open.

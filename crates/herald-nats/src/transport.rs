@@ -1,13 +1,20 @@
-//! `impl Transport for NatsStore`, and the store as its queues' host.
+//! `Transport` and `Inspect` for `NatsStore`: the top of the crate, beside
+//! `store`.
+//!
+//! Owns the trait impls and the group-vs-tail dispatch of a subscription
+//! (with a group: a member of the group's leader, here or elsewhere,
+//! `remote`; without: `tail`), and [`FEATURES`]. Every call delegates: the
+//! work is in the modules below (`log`, `tail`, `remote`, `commands`,
+//! `inspect`, `dead_letters`); the store as its queues' host is
+//! `dead_letters`'.
 
-use herald::delivery::BoxFuture;
-use herald::queue::QueueHost;
+use herald::backend::BoxFuture;
 use herald::{
-    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Result,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Inspect, Result,
     StartPosition, SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
 };
 
-use crate::store::{Inner, NatsStore};
+use crate::store::NatsStore;
 
 /// What the NATS store gives: durable streams with history. Priority
 /// reorders only what a subscriber has buffered.
@@ -21,88 +28,26 @@ pub const FEATURES: Features = {
 };
 
 impl Transport for NatsStore {
-    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
-        Box::pin(self.append(batch))
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        crate::log::append(&self.inner, batch).await
     }
 
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            spec.validate()?;
-            if spec.group.is_some() {
-                return crate::group::subscribe(&self.inner, spec).await;
-            }
-            crate::tail::subscribe(&self.inner, spec).await
-        })
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Subscription> {
+        self.inner.check_open()?;
+        spec.validate()?;
+        if spec.group.is_some() {
+            return crate::remote::subscribe(&self.inner, spec).await;
+        }
+        crate::tail::subscribe(&self.inner, spec).await
     }
 
-    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
-        let topic = topic.clone();
-        Box::pin(async move { NatsStore::last_seq(self, &topic).await })
+    async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
+        NatsStore::last_seq(self, topic).await
     }
 
-    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            crate::inspect::topics(&self.inner).await
-        })
-    }
-
-    fn replay(
-        &self,
-        topic: &Topic,
-        from: StartPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
-        let topic = topic.clone();
-        Box::pin(async move {
-            self.inner.check_open()?;
-            crate::inspect::replay(&self.inner, &topic, from, limit).await
-        })
-    }
-
-    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            crate::inspect::groups(&self.inner).await
-        })
-    }
-
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        let filter = filter.clone();
-        Box::pin(async move {
-            self.inner.dead_letters_written().await;
-            crate::dead_letters::list(&self.inner, &filter).await
-        })
-    }
-
-    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
-        let filter = filter.clone();
-        Box::pin(async move {
-            self.inner.dead_letters_written().await;
-            crate::dead_letters::purge(&self.inner, &filter).await
-        })
-    }
-
-    fn delivery_state(
-        &self,
-        topic: &Topic,
-        seq: u64,
-        group: &str,
-    ) -> BoxFuture<'_, Result<DeliveryState>> {
-        let (topic, group) = (topic.clone(), group.to_owned());
-        Box::pin(async move {
-            self.inner.check_open()?;
-            self.inner.dead_letters_written().await;
-            crate::group::delivery_state(&self.inner, &topic, seq, &group).await
-        })
-    }
-
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            NatsStore::close(self).await;
-            Ok(())
-        })
+    async fn close(&self) -> Result<()> {
+        NatsStore::close(self).await;
+        Ok(())
     }
 
     fn features(&self) -> Features {
@@ -112,8 +57,8 @@ impl Transport for NatsStore {
     fn export_command(
         &self,
         topic: &Topic,
-        serve: herald::transport::CommandServe,
-    ) -> Option<herald::transport::CommandExport> {
+        serve: herald::backend::transport::CommandServe,
+    ) -> Option<herald::backend::transport::CommandExport> {
         Some(crate::commands::export(&self.inner, topic, serve))
     }
 
@@ -126,21 +71,40 @@ impl Transport for NatsStore {
     }
 }
 
-impl QueueHost for Inner {
-    fn max_deliver(&self) -> u32 {
-        self.config.deliveries()
+impl Inspect for NatsStore {
+    async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner.check_open()?;
+        crate::inspect::topics(&self.inner).await
     }
 
-    fn dead_letter(&self, letter: DeadLetter) {
-        let Some(inner) = self.this.upgrade() else {
-            return;
-        };
-        let pending = inner.dead_letter_started();
-        tokio::spawn(async move {
-            let _pending = pending;
-            if let Err(e) = crate::dead_letters::write(&inner, &letter).await {
-                tracing::error!(error = %e, topic = %letter.envelope.topic(), "a dead letter was not written");
-            }
-        });
+    async fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
+        self.inner.check_open()?;
+        crate::inspect::replay(&self.inner, topic, from, limit).await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        self.inner.check_open()?;
+        crate::inspect::groups(&self.inner).await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters_written().await;
+        crate::dead_letters::list(&self.inner, filter).await
+    }
+
+    async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        self.inner.dead_letters_written().await;
+        crate::dead_letters::purge(&self.inner, filter).await
+    }
+
+    async fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
+        self.inner.check_open()?;
+        self.inner.dead_letters_written().await;
+        crate::inspect::delivery_state(&self.inner, topic, seq, group).await
     }
 }

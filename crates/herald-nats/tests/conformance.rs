@@ -3,8 +3,8 @@
 
 mod support;
 
-use herald::Bus;
-use herald_conformance::Restartable;
+use herald::{Bus, Topic};
+use herald_conformance::{BreakableDeadLetters, Restartable};
 use herald_nats::{NatsConfig, NatsStore};
 
 async fn open(config: NatsConfig) -> Bus {
@@ -21,4 +21,46 @@ async fn restartable_bus() -> Restartable {
     Restartable::new(bus, move || open(config.clone()))
 }
 
-herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
+/// A bus whose store cannot write dead letters while its dead-letter
+/// stream is taken away (deleted, then made again as it was).
+async fn breakable_bus() -> BreakableDeadLetters {
+    let store = NatsStore::open(support::fresh_config())
+        .await
+        .expect("open a store");
+    let probe = Topic::new("x").expect("topic");
+    let prefix = store
+        .subject(&probe)
+        .strip_suffix(".x")
+        .expect("a topic's subject ends with it")
+        .to_owned();
+    let js = async_nats::jetstream::new(store.client().clone());
+    let stream = js
+        .stream_by_subject(format!("{prefix}.$dlq.x"))
+        .await
+        .expect("the dead-letter stream");
+    let config = js
+        .get_stream(&stream)
+        .await
+        .expect("the dead-letter stream")
+        .cached_info()
+        .config
+        .clone();
+    BreakableDeadLetters::new(Bus::new(store), move |broken| {
+        let (js, stream, config) = (js.clone(), stream.clone(), config.clone());
+        async move {
+            if broken {
+                js.delete_stream(&stream).await.expect("delete the stream");
+            } else {
+                js.create_stream(config)
+                    .await
+                    .expect("make the stream again");
+            }
+        }
+    })
+}
+
+herald_conformance::conformance_tests!(
+    fresh_bus,
+    restart = restartable_bus,
+    dead_letter_faults = breakable_bus,
+);

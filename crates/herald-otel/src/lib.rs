@@ -16,6 +16,8 @@
 //! ```no_run
 //! // once, at start-up, beside the tracing-opentelemetry layer:
 //! herald_otel::install();
+//! // or for one bus only:
+//! let bus = herald::Bus::builder().propagator(herald_otel::OtelPropagator).build();
 //! ```
 
 #[cfg(feature = "otlp")]
@@ -25,8 +27,8 @@ use herald::trace::{Propagator, TraceParent};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Use [`OtelPropagator`] for this process; `false` when a propagator was
-/// already set.
+/// Use [`OtelPropagator`] for every bus of this process that has no
+/// propagator of its own; `false` when a process propagator was already set.
 pub fn install() -> bool {
     herald::trace::set_propagator(OtelPropagator)
 }

@@ -1,28 +1,39 @@
 //! The store's configuration: where PostgreSQL is, which schema, timings.
 //!
-//! Owns [`PgConfig`], its defaults, the `HERALD_*` keys it reads and the
-//! range checks. Opening the store is `store`'s business.
+//! Owns [`PgConfig`], its defaults, the `HERALD_*` keys only it reads
+//! ([`KEYS`]) and the range checks; the delivery settings every store
+//! shares come in one [`DeliveryConfig`], read once. Connecting is
+//! `conn`'s business, opening the store `store`'s.
 
 use std::time::Duration;
 
-use herald::config::{env, env_parse, in_range, redact, seconds};
-use herald::retention::{Retention, RetentionPolicy};
+use herald::backend::retention::{Retention, RetentionPolicy};
+use herald::config::{env, in_range, redact, DeliveryConfig, KeySpec};
+pub use herald::config::{DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL};
 use herald::{Error, Result};
 
 /// The PostgreSQL schema herald's tables live in, by default.
 pub const DEFAULT_SCHEMA: &str = "herald";
-/// How long an idempotency key is remembered (`HERALD_DEDUPE_WINDOW`).
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
-/// The fallback poll, for missed notifications and reconnects
-/// (`HERALD_POLL_INTERVAL`); delivery is woken by LISTEN/NOTIFY.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Connections in the store's pool.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 /// How long a publish waits for its events to be sequenced
 /// (`HERALD_TIMEOUT_SECONDS`).
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Delivery attempts before a message is dead-lettered (`HERALD_MAX_DELIVER`).
-pub const DEFAULT_MAX_DELIVER: u32 = 5;
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = herald::config::DEFAULT_TIMEOUT;
+
+/// The keys only the PostgreSQL store reads (the shared ones are
+/// [`herald::config::KEYS`]).
+#[rustfmt::skip]
+pub const KEYS: &[KeySpec] = &[
+    SCHEMA,
+    KeySpec { key: "HERALD_PG_POOL_SIZE", default: "10", allowed: "4–1000", doc: "connections in the store's pool" },
+];
+
+const SCHEMA: KeySpec = KeySpec {
+    key: "HERALD_PG_SCHEMA",
+    default: DEFAULT_SCHEMA,
+    allowed: "[a-z_][a-z0-9_]*, at most 49 bytes, not pg_…",
+    doc: "the PostgreSQL schema herald's tables live in",
+};
 
 /// Where and how to keep events in PostgreSQL.
 ///
@@ -37,11 +48,8 @@ pub const DEFAULT_MAX_DELIVER: u32 = 5;
 pub struct PgConfig {
     url: String,
     schema: String,
-    dedupe_window: Duration,
-    poll_interval: Duration,
+    delivery: DeliveryConfig,
     pool_size: u32,
-    publish_timeout: Duration,
-    max_deliver: u32,
     retention: RetentionPolicy,
 }
 
@@ -51,41 +59,30 @@ impl PgConfig {
         PgConfig {
             url: url.into(),
             schema: DEFAULT_SCHEMA.to_owned(),
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
-            poll_interval: DEFAULT_POLL_INTERVAL,
+            delivery: DeliveryConfig::default(),
             pool_size: DEFAULT_POOL_SIZE,
-            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
-            max_deliver: DEFAULT_MAX_DELIVER,
             retention: RetentionPolicy::default(),
         }
     }
 
     /// `HERALD_STORE` (a `postgres://` URL), `HERALD_PG_SCHEMA`,
-    /// `HERALD_DEDUPE_WINDOW`, `HERALD_POLL_INTERVAL`, `HERALD_PG_POOL_SIZE`,
-    /// `HERALD_TIMEOUT_SECONDS`, `HERALD_MAX_DELIVER`,
-    /// `HERALD_RETENTION_MAX_AGE` and `HERALD_RETENTION_MAX_EVENTS`,
-    /// validated.
+    /// `HERALD_PG_POOL_SIZE`, the retention keys and the delivery settings
+    /// ([`DeliveryConfig::from_env`]), validated.
     pub fn from_env() -> Result<Self> {
+        Self::from_env_with(DeliveryConfig::from_env()?)
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings already
+    /// read.
+    pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
         let url = env("HERALD_STORE")
             .ok_or_else(|| Error::validation("HERALD_STORE is not set (expected postgres://…)"))?;
-        let mut c = PgConfig::new(url);
-        if let Some(s) = env("HERALD_PG_SCHEMA") {
+        let mut c = PgConfig::new(url).delivery(delivery);
+        if let Some(s) = SCHEMA.value() {
             c.schema = s;
         }
-        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
-            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_POLL_INTERVAL")? {
-            c.poll_interval = seconds("HERALD_POLL_INTERVAL", v)?;
-        }
-        if let Some(v) = env_parse("HERALD_PG_POOL_SIZE")? {
+        if let Some(v) = KEYS[1].parse()? {
             c.pool_size = v;
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_TIMEOUT_SECONDS")? {
-            c.publish_timeout = seconds("HERALD_TIMEOUT_SECONDS", v)?;
-        }
-        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
-            c.max_deliver = v;
         }
         c.retention.read_env()?;
         c.validate()?;
@@ -105,15 +102,21 @@ impl PgConfig {
         &self.schema
     }
 
+    /// The delivery settings, all at once (replacing those set so far).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
     /// Remember idempotency keys this long (0 turns dedupe off; up to 7 days).
     pub fn dedupe_window(mut self, window: Duration) -> Self {
-        self.dedupe_window = window;
+        self.delivery = self.delivery.dedupe_window(window);
         self
     }
 
     /// The fallback poll (10 ms–10 s).
     pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll_interval = every;
+        self.delivery = self.delivery.poll_interval(every);
         self
     }
 
@@ -126,13 +129,13 @@ impl PgConfig {
 
     /// How long a publish waits for its `seq`s (1–300 s).
     pub fn publish_timeout(mut self, d: Duration) -> Self {
-        self.publish_timeout = d;
+        self.delivery = self.delivery.timeout(d);
         self
     }
 
     /// Delivery attempts before dead-lettering (1–1000).
     pub fn max_deliver(mut self, n: u32) -> Self {
-        self.max_deliver = n;
+        self.delivery = self.delivery.max_deliver(n);
         self
     }
 
@@ -180,30 +183,17 @@ impl PgConfig {
                 .enumerate()
                 .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
         if !valid {
-            return Err(Error::validation(format!(
-                "HERALD_PG_SCHEMA {s:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 49 bytes, not pg_…)"
-            )));
+            return Err(SCHEMA.invalid(format_args!("{s:?}")));
         }
-        in_range(
-            "HERALD_DEDUPE_WINDOW",
-            self.dedupe_window.as_secs_f64(),
-            0.0,
-            7.0 * 86_400.0,
-        )?;
-        in_range(
-            "HERALD_POLL_INTERVAL",
-            self.poll_interval.as_secs_f64(),
-            0.01,
-            10.0,
-        )?;
-        in_range("HERALD_PG_POOL_SIZE", self.pool_size, 4, 1000)?;
+        self.delivery.validate()?;
+        KEYS[1].check(self.pool_size, 4, 1000)?;
+        // A publish waits at least a second for the sequencer.
         in_range(
             "HERALD_TIMEOUT_SECONDS",
-            self.publish_timeout.as_secs_f64(),
+            self.delivery.timeout_duration().as_secs_f64(),
             1.0,
             300.0,
         )?;
-        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
         self.retention.validate()
     }
 
@@ -212,19 +202,20 @@ impl PgConfig {
     }
 
     pub(crate) fn dedupe_window_ms(&self) -> i64 {
-        self.dedupe_window.as_millis().min(i64::MAX as u128) as i64
+        let window = self.delivery.dedupe_window_duration();
+        window.as_millis().min(i64::MAX as u128) as i64
     }
     pub(crate) fn poll(&self) -> Duration {
-        self.poll_interval
+        self.delivery.poll_interval_duration()
     }
     pub(crate) fn pool(&self) -> u32 {
         self.pool_size
     }
     pub(crate) fn timeout(&self) -> Duration {
-        self.publish_timeout
+        self.delivery.timeout_duration()
     }
     pub(crate) fn deliveries(&self) -> u32 {
-        self.max_deliver
+        self.delivery.max_deliver_attempts()
     }
     pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
         &self.retention

@@ -1,17 +1,22 @@
 //! The dead-letter table: one store for every failure source.
 //!
-//! Owns writing, listing and purging dead letters in PostgreSQL. Dead
-//! letters from delivery queues (which cannot wait) go through one writer
-//! task in order; listing and purging first wait for it to catch up, so a
-//! dead letter is visible to the process that made it.
+//! Owns writing, listing and purging dead letters in PostgreSQL, and the
+//! store's state as its delivery queues' `QueueHost` (the queues of
+//! group-less subscriptions write their dead letters through it). Listing
+//! and purging first wait for the writes the store's delivery queues have
+//! under way (`herald::backend::dead_lettering`), so a dead letter is
+//! visible to the process that made it. Groups and the sequencer insert
+//! dead letters inside their own transactions (`insert`); the `Inspect`
+//! impl that lists them is `transport`'s.
 
 use futures_util::TryFutureExt;
-use herald::dead_letter::DeadLetterRow;
+use herald::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use herald::backend::queue::QueueHost;
+use herald::backend::{BoxFuture, DeadLetterRow};
 use herald::{DeadLetter, DeadLetterFilter, Result};
 use sqlx::PgConnection;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{runtime_error, Inner};
+use crate::conn::{runtime_error, Inner};
 
 /// Store `letter` (its `id` is assigned here; the one given is ignored).
 pub(crate) async fn insert(s: &str, conn: &mut PgConnection, letter: &DeadLetter) -> Result<()> {
@@ -45,7 +50,7 @@ pub(crate) async fn list(inner: &Inner, filter: &DeadLetterFilter) -> Result<Vec
          FROM {}.dead_letters WHERE id > $1 ORDER BY id LIMIT 500",
         inner.s
     );
-    herald::dead_letter::select_pages(filter, |after| {
+    herald::backend::select_pages(filter, |after| {
         sqlx::query_as::<_, DeadLetterRow>(&sql)
             .bind(after)
             .fetch_all(&inner.pool)
@@ -75,48 +80,32 @@ pub(crate) async fn purge(inner: &Inner, filter: &DeadLetterFilter) -> Result<u6
     Ok(done.rows_affected())
 }
 
-/// Work for the dead-letter writer.
-pub(crate) enum Job {
-    Store(Box<DeadLetter>),
-    /// Answered once everything sent before it is written.
-    Flush(oneshot::Sender<()>),
+/// Write `letter` on a connection of the pool: a delivery queue's dead
+/// letter (`QueueHost::dead_letter`).
+async fn write(pool: &sqlx::PgPool, s: &str, letter: &DeadLetter) -> Result<()> {
+    let mut conn = pool.acquire().await.map_err(runtime_error)?;
+    insert(s, &mut conn, letter).await
 }
 
-/// Start the writer; its inbox lives in the store.
-pub(crate) fn writer(pool: sqlx::PgPool, s: String) -> mpsc::UnboundedSender<Job> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
-            match job {
-                Job::Store(letter) => {
-                    let stored = async {
-                        let mut conn = pool.acquire().await.map_err(runtime_error)?;
-                        insert(&s, &mut conn, &letter).await
-                    };
-                    if let Err(e) = stored.await {
-                        tracing::error!(topic = %letter.envelope.topic(), error = %e, "could not store a dead letter");
-                    }
-                }
-                Job::Flush(done) => {
-                    let _ = done.send(());
-                }
-            }
-        }
-    });
-    tx
-}
-
-/// Hand `letter` to the writer (from a queue, which cannot wait).
-pub(crate) fn enqueue(inner: &Inner, letter: DeadLetter) {
-    if inner.dead.send(Job::Store(Box::new(letter))).is_err() {
-        tracing::error!("the store closed before a dead letter was written");
-    }
-}
-
-/// Wait until every dead letter handed over so far is written.
+/// Wait (up to `DEAD_LETTER_WRITE_WAIT`) for the dead letters being written.
 pub(crate) async fn flush(inner: &Inner) {
-    let (done, written) = oneshot::channel();
-    if inner.dead.send(Job::Flush(done)).is_ok() {
-        let _ = written.await;
+    inner
+        .dead_letter_writes
+        .settled(DEAD_LETTER_WRITE_WAIT)
+        .await;
+}
+
+impl QueueHost for Inner {
+    fn max_deliver(&self) -> u32 {
+        self.config.deliveries()
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        let (pool, schema) = (self.pool.clone(), self.s.clone());
+        Box::pin(async move { write(&pool, &schema, &letter).await })
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
     }
 }

@@ -1,44 +1,117 @@
 //! Durable consumer groups on PostgreSQL: members in any number of
 //! processes share one group.
 //!
-//! Owns the `groups` and `deliveries` tables and the SQL of claims,
-//! settlements, delivery states and the group list (offsets and lag); the
-//! rules (what is claimable, what a settlement changes, the member stream)
-//! are `herald::group`'s. A claim
+//! Owns the `groups`, `deliveries` and `members` tables and the SQL of claims and
+//! settlements; the rules (what is claimable, what a settlement changes,
+//! the member stream) are `herald::backend::group`'s, reading delivery
+//! states and the group list (offsets and lag) is `inspect`'s, where a new
+//! group starts in the log `log`'s. A claim
 //! locks its group's row (`SELECT … FOR UPDATE`), so claims of one group run
 //! one at a time across processes while settlements and other groups go on
 //! beside them. A claim commits with `synchronous_commit = off`: a lease lost
 //! to a server crash only means the event is delivered again, and the
 //! member's next synchronous commit (its ack) flushes it anyway. Acks,
 //! dead letters and a handler's effects commit synchronously, so they are
-//! on disk before `Ok`.
+//! on disk before `Ok`; plain acks of every member of the store wait for
+//! one ack writer task, which settles all that are waiting in one
+//! statement (group commit) and NOTIFYs other processes when one frees a
+//! key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald::delivery::BoxFuture;
-use herald::group::{
-    self as rules, Candidate, CandidateRow, Change, Claimed, Lease, LeaseState, Plan, Position,
-    Settled,
+use herald::backend::group::{
+    self as rules, Candidate, CandidateRow, Change, Claimed, LeaseState, Plan, Position, Settled,
 };
+use herald::backend::BoxFuture;
 use herald::{
-    DeadLetter, DeliveryState, Envelope, Error, ErrorCode, FailureSource, GroupInfo, Outcome,
-    Result, SubscribeSpec, Subscription, Topic,
+    DeadLetter, Envelope, Error, ErrorCode, FailureSource, Outcome, Result, SubscribeSpec,
+    Subscription,
 };
 use sqlx::PgConnection;
+use tokio::sync::mpsc;
 
-use crate::store::{closed, decode_stored, insert_outbox, runtime_error, Inner};
+use crate::conn::{closed, decode_stored, runtime_error, Inner, PendingAck};
+use crate::log::start_cursor;
+use crate::outbox::insert_outbox;
 
 /// Unsettled events a claim examines first; it looks further (up to
 /// [`WINDOW_MAX`]) only when those hold nothing it may take.
-const WINDOW: i64 = 32;
-const WINDOW_MAX: i64 = 256;
+const WINDOW: i64 = 128;
+const WINDOW_MAX: i64 = 512;
 /// How far an idle claim lets the cursor lag before moving it.
 const CURSOR_STEP: i64 = 256;
 
-const SETTLED: i64 = 2;
+/// A delivery row's state once its event is settled for the group (also
+/// read by `inspect`).
+pub(crate) const SETTLED: i64 = 2;
+
+/// Most plain acks one statement settles.
+const ACK_BATCH: usize = 512;
+
+/// The store's ack writer: takes the plain acks waiting (up to
+/// [`ACK_BATCH`]) and settles them in one statement, each only if it is
+/// still its member's lease, then answers them all. Acks that free a key
+/// wake this process's idle members and, by NOTIFY in the same
+/// transaction, other processes'. Ends when the store is gone.
+pub(crate) async fn write_acks(inner: Weak<Inner>, mut pending: mpsc::Receiver<PendingAck>) {
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < ACK_BATCH {
+            match pending.try_recv() {
+                Ok(ack) => batch.push(ack),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let written = ack_all(&inner, &batch).await;
+        if written.is_ok() && batch.iter().any(|a| a.keyed) {
+            inner.groups.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        for ack in batch {
+            let answer = match &written {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Error::new(e.code(), e.message())),
+            };
+            let _ = ack.done.send(answer);
+        }
+    }
+}
+
+/// Settle `acks` in one statement; NOTIFY the groups channel with it when
+/// one frees a key.
+async fn ack_all(inner: &Inner, acks: &[PendingAck]) -> Result<()> {
+    let s = &inner.s;
+    let groups: Vec<&str> = acks.iter().map(|a| a.group.as_str()).collect();
+    let positions: Vec<i64> = acks.iter().map(|a| a.pos).collect();
+    let attempts: Vec<i64> = acks.iter().map(|a| a.attempt).collect();
+    let owners: Vec<&str> = acks.iter().map(|a| a.owner.as_str()).collect();
+    let notify = acks.iter().any(|a| a.keyed);
+    sqlx::query(&format!(
+        "WITH acked AS (
+             UPDATE {s}.deliveries d SET state = $1
+             FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS a(grp, pos, attempt, owner)
+             WHERE d.grp = a.grp AND d.pos = a.pos AND d.state = 0
+               AND d.attempt = a.attempt AND d.owner = a.owner
+             RETURNING 1)
+         SELECT pg_notify($6, '') WHERE $7 AND EXISTS (SELECT 1 FROM acked)"
+    ))
+    .bind(SETTLED)
+    .bind(&groups)
+    .bind(&positions)
+    .bind(&attempts)
+    .bind(&owners)
+    .bind(&inner.groups_channel)
+    .bind(notify)
+    .execute(&inner.pool)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
+}
 
 /// Open a member of `spec.group`.
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
@@ -47,7 +120,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         inner: inner.clone(),
         group,
         id: uuid::Uuid::now_v7().to_string(),
-        topic: match herald::log_tail::literal_topics(&spec).as_deref() {
+        topic: match herald::backend::log_tail::literal_topics(&spec).as_deref() {
             Some([one]) => Some(one.clone()),
             _ => None,
         },
@@ -122,16 +195,25 @@ impl rules::GroupMember for Member {
     fn ack_wait(&self) -> Duration {
         self.spec.ack_wait
     }
+
+    fn pruned(&self) -> u64 {
+        self.inner.pruned.load(Ordering::Acquire)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.spec.max_in_flight
+    }
 }
 
 impl Member {
     /// The claim, inside its transaction.
     async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<Claimed> {
-        let (mut position, last) = self.register(conn, max > 0).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        self.seen(conn, max == 0, now).await?;
+        let (mut position, last, members) = self.register(conn, max > 0, now).await?;
         if max == 0 {
             return Ok(Claimed::default());
         }
-        let now = chrono::Utc::now().timestamp_millis();
         let max_deliver = self.inner.config.deliveries();
         let mut limit = WINDOW;
         let plan = loop {
@@ -147,7 +229,7 @@ impl Member {
                 &position,
                 rows,
                 complete_to,
-                max,
+                rules::Share { max, members },
                 max_deliver,
                 now,
             );
@@ -318,34 +400,71 @@ impl Member {
         Ok(())
     }
 
+    /// Record that this member claims now; a member `joining` also clears
+    /// out the group's members not seen for [`rules::MEMBER_TTL`].
+    async fn seen(&self, conn: &mut PgConnection, joining: bool, now: i64) -> Result<()> {
+        let s = &self.inner.s;
+        let ttl = rules::MEMBER_TTL.as_millis() as i64;
+        if joining {
+            sqlx::query(&format!(
+                "DELETE FROM {s}.members WHERE grp = $1 AND seen_ms <= $2"
+            ))
+            .bind(&self.group)
+            .bind(now - ttl)
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {s}.members (grp, id, seen_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (grp, id) DO UPDATE SET seen_ms = excluded.seen_ms"
+        ))
+        .bind(&self.group)
+        .bind(&self.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        Ok(())
+    }
+
     /// Lock the group's row (claims of a group take turns), registering the
     /// group on first use and checking that a known group follows the same
-    /// topics; the group's position and the log's last `pos`. A claim that
-    /// `leases` commits asynchronously (see the module).
-    async fn register(&self, conn: &mut PgConnection, leases: bool) -> Result<(Position, i64)> {
+    /// topics; the group's position, the log's last `pos` and the group's
+    /// live members. A claim that `leases` commits asynchronously (see the
+    /// module).
+    async fn register(
+        &self,
+        conn: &mut PgConnection,
+        leases: bool,
+        now: i64,
+    ) -> Result<(Position, i64, usize)> {
         let s = &self.inner.s;
         let select = format!(
             "SELECT set_config('synchronous_commit', $2, true), patterns, kinds, cursor,
-                    start_seq, start_ms, (SELECT coalesce(max(pos), 0) FROM {s}.events)
+                    start_seq, start_ms, (SELECT coalesce(max(pos), 0) FROM {s}.events),
+                    (SELECT count(*) FROM {s}.members WHERE grp = $1 AND seen_ms > $3)
              FROM {s}.groups WHERE name = $1 FOR UPDATE"
         );
-        type GroupRow = (String, String, i64, i64, Option<i64>, Option<i64>, i64);
+        type GroupRow = (String, String, i64, i64, Option<i64>, Option<i64>, i64, i64);
         let commit = if leases { "off" } else { "on" };
+        let live_since = now - rules::MEMBER_TTL.as_millis() as i64;
         for _ in 0..2 {
             let row: Option<GroupRow> = sqlx::query_as(&select)
                 .bind(&self.group)
                 .bind(commit)
+                .bind(live_since)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(runtime_error)?;
-            if let Some((_, patterns, kinds, cursor, start_seq, start_ms, last)) = row {
+            if let Some((_, patterns, kinds, cursor, start_seq, start_ms, last, members)) = row {
                 rules::check_member(&self.group, &patterns, kinds, &self.spec)?;
                 let position = Position {
                     cursor,
                     start_seq,
                     start_ms,
                 };
-                return Ok((position, last));
+                return Ok((position, last, members.max(1) as usize));
             }
             // Another process may register it at the same moment: the first
             // wins, and the loop reads (and locks) its row. A `Latest` group
@@ -382,35 +501,44 @@ impl Member {
         )))
     }
 
-    /// An ack: one statement, or with `effects` a transaction that appends
-    /// them to the outbox only if this member's lease still holds. `keyed`:
-    /// the event has a key.
+    /// An ack: a plain one goes to the store's ack writer, which commits
+    /// the waiting acks together ([`write_acks`]); one with `effects` is a
+    /// transaction that appends them to the outbox only if this member's
+    /// lease still holds. `keyed`: the event has a key.
     async fn ack(&self, pos: i64, attempt: i64, keyed: bool, effects: Vec<Envelope>) -> Result<()> {
+        if effects.is_empty() {
+            let (done, acked) = tokio::sync::oneshot::channel();
+            let pending = PendingAck {
+                group: self.group.clone(),
+                pos,
+                attempt,
+                owner: self.id.clone(),
+                keyed,
+                done,
+            };
+            self.inner.acks.send(pending).await.map_err(|_| closed())?;
+            return acked.await.map_err(|_| closed())?;
+        }
         let sql = format!(
             "UPDATE {}.deliveries SET state = $1
              WHERE grp = $2 AND pos = $3 AND state = 0 AND attempt = $4 AND owner = $5",
             self.inner.s
         );
-        let ack = sqlx::query(&sql)
+        let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
+        let acked = sqlx::query(&sql)
             .bind(SETTLED)
             .bind(&self.group)
             .bind(pos)
             .bind(attempt)
-            .bind(&self.id);
-        if effects.is_empty() {
-            ack.execute(&self.inner.pool).await.map_err(runtime_error)?;
-        } else {
-            let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
-            let acked = ack.execute(&mut *tx).await.map_err(runtime_error)?;
-            if acked.rows_affected() == 0 {
-                return Err(rules::lease_lost());
-            }
-            insert_outbox(&self.inner, &mut tx, &effects).await?;
-            tx.commit().await.map_err(runtime_error)?;
+            .bind(&self.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(runtime_error)?;
+        if acked.rows_affected() == 0 {
+            return Err(rules::lease_lost());
         }
-        // The next event of its key may be claimed now: wake this process's
-        // idle members. (A keyless ack frees nothing; waking them would
-        // only cost a claim.)
+        insert_outbox(&self.inner, &mut tx, &effects).await?;
+        tx.commit().await.map_err(runtime_error)?;
         if keyed {
             self.inner.groups.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -525,168 +653,5 @@ impl Member {
         .await
         .map_err(runtime_error)?;
         Ok(())
-    }
-}
-
-/// Where event `seq` of `topic` stands for `group`, read in one snapshot.
-pub(crate) async fn delivery_state(
-    inner: &Inner,
-    topic: &Topic,
-    seq: u64,
-    group: &str,
-) -> Result<DeliveryState> {
-    let s = &inner.s;
-    let not_found = |what: String| Error::new(ErrorCode::NotFound, what);
-    let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(runtime_error)?;
-    let seq = seq.min(i64::MAX as u64) as i64;
-    let pos: Option<i64> = sqlx::query_scalar(&format!(
-        "SELECT pos FROM {s}.events WHERE topic = $1 AND seq = $2"
-    ))
-    .bind(topic.as_str())
-    .bind(seq)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(runtime_error)?;
-    let Some(pos) = pos else {
-        return Err(not_found(format!(
-            "`{topic}` has no event {seq} (never, or deleted by retention)"
-        )));
-    };
-    let cursor: Option<i64> =
-        sqlx::query_scalar(&format!("SELECT cursor FROM {s}.groups WHERE name = $1"))
-            .bind(group)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(runtime_error)?;
-    let Some(cursor) = cursor else {
-        return Err(not_found(format!("no consumer group {group:?}")));
-    };
-    let dead: bool = sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM {s}.dead_letters WHERE grp = $1 AND topic = $2 AND seq = $3)"
-    ))
-    .bind(group)
-    .bind(topic.as_str())
-    .bind(seq)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(runtime_error)?;
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT state, attempt, lease_until_ms FROM {s}.deliveries WHERE grp = $1 AND pos = $2"
-    ))
-    .bind(group)
-    .bind(pos)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(runtime_error)?;
-    let lease = row.and_then(|(s, a, u)| Lease::from_columns(Some(s), Some(a), Some(u)));
-    let now = chrono::Utc::now().timestamp_millis();
-    Ok(rules::delivery_state(pos, cursor, dead, lease, now))
-}
-
-/// Every group, by name, with its standing on each topic with events that
-/// its patterns match, read in one snapshot. A group's unsettled events of a
-/// topic are those above its cursor, of its kinds and from its start, with
-/// no settled delivery row: their count is its lag, and it has settled
-/// through the `seq` before the lowest of them (the topic's last `seq` when
-/// there are none).
-pub(crate) async fn groups(inner: &Inner) -> Result<Vec<GroupInfo>> {
-    let s = &inner.s;
-    let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(runtime_error)?;
-    let topics = crate::store::topics(&mut *tx, s).await?;
-    // One row per group and topic with unsettled events; a group with none
-    // gets one row without a topic.
-    type Row = (String, String, Option<String>, Option<i64>, Option<i64>);
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT g.name, g.patterns, u.topic, u.lag, u.lowest
-         FROM {s}.groups g LEFT JOIN LATERAL (
-             SELECT e.topic, count(*) AS lag, min(e.seq) AS lowest
-             FROM {s}.events e
-             LEFT JOIN {s}.deliveries d ON d.grp = g.name AND d.pos = e.pos
-             WHERE e.pos > g.cursor AND d.state IS DISTINCT FROM $1
-               AND (g.kinds >> e.kind::int) & 1 = 1
-               AND (g.start_seq IS NULL OR e.seq >= g.start_seq)
-               AND (g.start_ms IS NULL OR e.created_ms >= g.start_ms)
-             GROUP BY e.topic
-         ) u ON true"
-    ))
-    .bind(SETTLED)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(runtime_error)?;
-    tx.commit().await.map_err(runtime_error)?;
-    // Per group, by name: its patterns and, per topic, its unsettled
-    // events as (count, lowest seq).
-    type Unsettled = HashMap<String, (u64, u64)>;
-    let mut by_group: BTreeMap<String, (String, Unsettled)> = BTreeMap::new();
-    for (name, patterns, topic, lag, lowest) in rows {
-        let (_, by_topic) = by_group.entry(name).or_insert((patterns, HashMap::new()));
-        if let (Some(topic), Some(lag), Some(lowest)) = (topic, lag, lowest) {
-            by_topic.insert(topic, (lag as u64, lowest as u64));
-        }
-    }
-    by_group
-        .into_iter()
-        .map(|(name, (patterns, by_topic))| rules::info(&name, &patterns, &topics, &by_topic))
-        .collect()
-}
-
-/// Where a new group (or a group-less tail) starting at `start` (not
-/// `Latest`) puts its cursor: just below the first event it may want — per topic its
-/// patterns match, the first at or after its start, by the `(topic,
-/// seq)` index (or `(topic, created_ms)` for a time start) — or after
-/// the log's last event when no matching topic has one. Costs a read of
-/// the topic names and one index lookup per matching topic, whatever
-/// the number of events (DESIGN.md §10). The topics are read again in
-/// the statement that finds the events, and the lookup is repeated if
-/// one appeared in between, so a topic made meanwhile is not skipped.
-pub(crate) async fn start_cursor(
-    conn: &mut PgConnection,
-    s: &str,
-    spec: &SubscribeSpec,
-    start: &Position,
-) -> Result<i64> {
-    let first = match start.start_ms {
-        Some(_) => format!(
-            "SELECT min(x.pos) FROM unnest($1::text[]) AS t(name) CROSS JOIN LATERAL
-             (SELECT min(e.pos) AS pos FROM {s}.events e
-              WHERE e.topic = t.name AND e.created_ms >= $2) x"
-        ),
-        None => format!(
-            "SELECT min(x.pos) FROM unnest($1::text[]) AS t(name) CROSS JOIN LATERAL
-             (SELECT e.pos FROM {s}.events e
-              WHERE e.topic = t.name AND e.seq >= $2 ORDER BY e.seq LIMIT 1) x"
-        ),
-    };
-    let lookup = format!(
-        "SELECT (SELECT count(*) FROM {s}.topics), (SELECT coalesce(max(pos), 0) FROM {s}.events), ({first})"
-    );
-    loop {
-        let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {s}.topics"))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-        let matching: Vec<String> = names
-            .iter()
-            .filter(|t| spec.patterns.iter().any(|p| p.matches_str(t)))
-            .cloned()
-            .collect();
-        let from = start.start_ms.or(start.start_seq).unwrap_or(1);
-        let (topics, last, first): (i64, i64, Option<i64>) = sqlx::query_as(&lookup)
-            .bind(&matching)
-            .bind(from)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-        if topics as usize == names.len() {
-            return Ok(first.map_or(last, |pos| pos - 1));
-        }
     }
 }

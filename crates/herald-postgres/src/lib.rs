@@ -6,10 +6,21 @@
 //! outbox rows into events with gap-free per-topic `seq`s, woken by the
 //! commit's NOTIFY (a slow poll covers missed notifications), and notifies
 //! subscribers in turn. See `ARCHITECTURE.md` for the map.
+//!
+//! The modules, bottom first: `config`; `conn` (the connection and the
+//! state every part shares); `schema`, `outbox`, `dead_letters`,
+//! `retention`; `log`, `sequencer`; `group`; `tail`; `inspect`; then
+//! `store` (the public handle) and `transport` (its trait impls) at the
+//! top. Each imports only modules listed before it. This file owns only the module list and
+//! the public re-exports.
 
 mod config;
+mod conn;
 mod dead_letters;
 mod group;
+mod inspect;
+mod log;
+mod outbox;
 mod retention;
 mod schema;
 mod sequencer;
@@ -19,9 +30,9 @@ mod transport;
 
 pub use config::{
     PgConfig, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL, DEFAULT_POOL_SIZE,
-    DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SCHEMA,
+    DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SCHEMA, KEYS,
 };
-pub use herald::retention::Retention;
+pub use herald::backend::retention::Retention;
 pub use schema::SCHEMA_VERSION;
 pub use store::PgStore;
 pub use transport::FEATURES;

@@ -5,12 +5,12 @@
 //! at once; and the refusal to open a schema written by a newer version.
 //! Every change is a new entry in [`MIGRATIONS`]; a released entry never
 //! changes. `{s}` in an entry stands for the quoted schema name, `{n}` for
-//! the bare one.
+//! the bare one. Connecting is `conn`'s; `store` migrates on open.
 
 use herald::{Error, ErrorCode, Result};
 use sqlx::PgConnection;
 
-use crate::store::runtime_error;
+use crate::conn::runtime_error;
 
 /// The migrations; entry `i` takes the schema from version `i` to `i + 1`,
 /// one statement per string.
@@ -87,7 +87,7 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // v2: durable consumer groups. Events carry what a claim decides on
     // without decoding envelopes; a group is a cursor plus one delivery row
-    // per event a member touched above it (see `herald::group`).
+    // per event a member touched above it (see `herald::backend::group`).
     &[
         "ALTER TABLE {s}.events ADD COLUMN key text,
             ADD COLUMN kind bigint NOT NULL DEFAULT 0,
@@ -113,6 +113,14 @@ const MIGRATIONS: &[&[&str]] = &[
         )",
         "CREATE INDEX dead_letters_by_group ON {s}.dead_letters (grp, topic, seq)",
     ],
+    // v3: the members of each group seen claiming lately (a claim's fair
+    // share divides by their count).
+    &["CREATE TABLE {s}.members (
+            grp      text NOT NULL,
+            id       text NOT NULL,
+            seen_ms  bigint NOT NULL,
+            PRIMARY KEY (grp, id)
+        )"],
 ];
 
 /// The schema version this build writes.

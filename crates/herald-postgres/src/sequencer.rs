@@ -15,6 +15,9 @@
 //! the order rows become visible and no reader ever passes a number that is
 //! later filled in. If the leader dies, its connection (and lock) go with
 //! it and another process takes over within a poll interval.
+//!
+//! Inserting outbox rows is `outbox`'s, waiting for receipts `log`'s, the
+//! dead-letter table `dead_letters`'; `store` starts the task.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -25,7 +28,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::store::{raise, runtime_error, Inner};
+use crate::conn::{raise, runtime_error, Inner};
 
 /// Outbox rows taken per round.
 const ROUND: i64 = 1000;
@@ -378,9 +381,10 @@ impl Events {
         self.created_ms.push(env.timestamp().timestamp_millis());
         self.idempotency_key.push(row.idempotency_key.clone());
         self.key.push(env.key().map(str::to_owned));
-        self.kind.push(herald::group::kind_code(env.kind()));
+        self.kind
+            .push(herald::backend::group::kind_code(env.kind()));
         self.priority
-            .push(herald::group::priority_code(env.priority()));
+            .push(herald::backend::group::priority_code(env.priority()));
         self.expires_ms
             .push(env.expires_at().map(|t| t.timestamp_millis()));
         self.envelope.push(env.to_json()?);

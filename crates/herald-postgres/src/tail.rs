@@ -3,35 +3,34 @@
 //! Owns the tail task: it reads sequenced events in `pos` order (woken by
 //! the sequencer's NOTIFY, with the fallback poll), keeps those the
 //! subscription wants from its start position on, and feeds them to a
-//! [`herald::queue::Queue`], which delivers (priority, redelivery, ack
+//! [`herald::backend::queue::Queue`], which delivers (priority, redelivery, ack
 //! deadlines, dead letters). A full queue makes the tail wait; publishers
 //! never wait for subscribers, and nothing is lost: the log holds it. These
-//! subscriptions commit nothing (they are ephemeral).
+//! subscriptions commit nothing (they are ephemeral). Where a tail that
+//! does not start at the latest event begins is `log`'s (`start_cursor`);
+//! the queue's dead letters are written through `dead_letters`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use herald::queue::{self, Queue, QueueHost};
+use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
-use crate::store::{closed, current_pos, runtime_error, Inner, PAGE};
+use crate::conn::{current_pos, runtime_error, Inner};
 
+/// Events read per tail query.
+const PAGE: i64 = 500;
+
+/// Open a group-less subscription (`spec` validated, the store open).
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
-    if inner.closed.load(Ordering::Acquire) {
-        return Err(closed());
-    }
-    spec.validate()?;
-    if spec.group.is_some() {
-        return crate::group::subscribe(inner, spec).await;
-    }
     // A start other than the latest is found by index, so a tail that
     // wants nothing of a large log does not read it all.
     let cursor = match spec.start {
         StartPosition::Latest => current_pos(&inner.pool, &inner.s).await?,
         ref start => {
             let mut conn = inner.pool.acquire().await.map_err(runtime_error)?;
-            let position = herald::group::Position::new(start, 0);
-            crate::group::start_cursor(&mut conn, &inner.s, &spec, &position).await?
+            let position = herald::backend::group::Position::new(start, 0);
+            crate::log::start_cursor(&mut conn, &inner.s, &spec, &position).await?
         }
     };
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
@@ -47,11 +46,11 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
 }
 
 async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
-    let topics = herald::log_tail::literal_topics(queue.spec());
+    let topics = herald::backend::log_tail::literal_topics(queue.spec());
     let stopped = || inner.closed.load(Ordering::Acquire);
     let page = |after| page(&inner, after, topics.as_deref());
     let wake = inner.committed.subscribe();
-    herald::log_tail::follow(
+    herald::backend::log_tail::follow(
         queue.clone(),
         cursor,
         wake,
@@ -77,7 +76,7 @@ async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Ve
         .bind(topics.unwrap_or_default())
         .bind(PAGE)
         .fetch(&inner.pool);
-    herald::log_tail::take_page(rows, herald::log_tail::PAGE_BYTES)
+    herald::backend::log_tail::take_page(rows, herald::backend::log_tail::PAGE_BYTES)
         .await
         .map_err(runtime_error)
 }

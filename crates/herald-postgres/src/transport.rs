@@ -1,12 +1,19 @@
-//! `impl Transport for PgStore`, and the store as its queues' host.
+//! `Transport` and `Inspect` for `PgStore`, and the group-vs-tail dispatch.
+//!
+//! Owns the trait impls and [`FEATURES`]: `subscribe` sends a spec with a
+//! group to `group`, one without to `tail`. What the methods do is the
+//! other modules': appending `log`'s (through `PgStore::append`), reading
+//! `inspect`'s, dead letters `dead_letters`'; the store's state as its
+//! queues' host is `dead_letters`' too.
 
-use herald::delivery::BoxFuture;
 use herald::{
-    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Result,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Inspect, Result,
     StartPosition, SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
 };
 
-use crate::store::{Inner, PgStore};
+use std::sync::atomic::Ordering;
+
+use crate::store::PgStore;
 
 /// What the PostgreSQL store gives: durable groups and dead letters,
 /// history, priority.
@@ -20,71 +27,28 @@ pub const FEATURES: Features = {
 };
 
 impl Transport for PgStore {
-    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
-        Box::pin(self.append(batch))
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        self.append(batch).await
     }
 
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
-        Box::pin(crate::tail::subscribe(&self.inner, spec))
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Subscription> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(crate::conn::closed());
+        }
+        spec.validate()?;
+        if spec.group.is_some() {
+            return crate::group::subscribe(&self.inner, spec).await;
+        }
+        crate::tail::subscribe(&self.inner, spec).await
     }
 
-    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
-        let topic = topic.clone();
-        Box::pin(async move { PgStore::last_seq(self, &topic).await })
+    async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
+        PgStore::last_seq(self, topic).await
     }
 
-    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
-        Box::pin(crate::store::topics(&self.inner.pool, &self.inner.s))
-    }
-
-    fn replay(
-        &self,
-        topic: &Topic,
-        from: StartPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
-        let topic = topic.clone();
-        Box::pin(async move { PgStore::replay(self, topic.as_str(), from, limit).await })
-    }
-
-    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
-        Box::pin(crate::group::groups(&self.inner))
-    }
-
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        let filter = filter.clone();
-        Box::pin(async move {
-            crate::dead_letters::flush(&self.inner).await;
-            crate::dead_letters::list(&self.inner, &filter).await
-        })
-    }
-
-    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
-        let filter = filter.clone();
-        Box::pin(async move {
-            crate::dead_letters::flush(&self.inner).await;
-            crate::dead_letters::purge(&self.inner, &filter).await
-        })
-    }
-
-    fn delivery_state(
-        &self,
-        topic: &Topic,
-        seq: u64,
-        group: &str,
-    ) -> BoxFuture<'_, Result<DeliveryState>> {
-        let (topic, group) = (topic.clone(), group.to_owned());
-        Box::pin(async move {
-            crate::dead_letters::flush(&self.inner).await;
-            crate::group::delivery_state(&self.inner, &topic, seq, &group).await
-        })
-    }
-
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            PgStore::close(self).await;
-            Ok(())
-        })
+    async fn close(&self) -> Result<()> {
+        PgStore::close(self).await;
+        Ok(())
     }
 
     fn features(&self) -> Features {
@@ -92,12 +56,36 @@ impl Transport for PgStore {
     }
 }
 
-impl herald::queue::QueueHost for Inner {
-    fn max_deliver(&self) -> u32 {
-        self.config.deliveries()
+impl Inspect for PgStore {
+    async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        crate::inspect::topics(&self.inner.pool, &self.inner.s).await
     }
 
-    fn dead_letter(&self, letter: DeadLetter) {
-        crate::dead_letters::enqueue(self, letter);
+    async fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
+        PgStore::replay(self, topic.as_str(), from, limit).await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        crate::inspect::groups(&self.inner).await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+        crate::dead_letters::flush(&self.inner).await;
+        crate::dead_letters::list(&self.inner, filter).await
+    }
+
+    async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        crate::dead_letters::flush(&self.inner).await;
+        crate::dead_letters::purge(&self.inner, filter).await
+    }
+
+    async fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
+        crate::dead_letters::flush(&self.inner).await;
+        crate::inspect::delivery_state(&self.inner, topic, seq, group).await
     }
 }

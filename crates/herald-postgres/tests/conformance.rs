@@ -4,8 +4,9 @@
 mod support;
 
 use herald::Bus;
-use herald_conformance::{Restartable, Retained};
+use herald_conformance::{BreakableDeadLetters, Restartable, Retained};
 use herald_postgres::{PgConfig, PgStore};
+use sqlx::{Connection, PgConnection};
 
 async fn open(config: PgConfig) -> Bus {
     Bus::new(PgStore::open(config).await.expect("open a store"))
@@ -30,8 +31,45 @@ async fn retained_bus(policy: herald::retention::RetentionPolicy) -> Retained {
     })
 }
 
+/// A bus whose store refuses dead letters while a trigger on its
+/// `dead_letters` table says so.
+async fn breakable_bus() -> BreakableDeadLetters {
+    let config = support::fresh_config().await;
+    let schema = config.schema_name().to_owned();
+    let bus = open(config).await;
+    BreakableDeadLetters::new(bus, move |broken| set_broken(schema.clone(), broken))
+}
+
+/// Add or drop the trigger that refuses dead letters in `schema`, over a
+/// connection of the test's own.
+async fn set_broken(schema: String, broken: bool) {
+    let mut conn = PgConnection::connect(&support::url())
+        .await
+        .expect("connect");
+    let statements = if broken {
+        vec![
+            format!(
+                "CREATE FUNCTION {schema}.conformance_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'dead letters broken by the conformance suite'; END $$"
+            ),
+            format!(
+                "CREATE TRIGGER conformance_broken BEFORE INSERT ON {schema}.dead_letters \
+                 FOR EACH ROW EXECUTE FUNCTION {schema}.conformance_refuse()"
+            ),
+        ]
+    } else {
+        vec![format!(
+            "DROP FUNCTION {schema}.conformance_refuse() CASCADE"
+        )]
+    };
+    for sql in statements {
+        sqlx::query(&sql).execute(&mut conn).await.expect(&sql);
+    }
+}
+
 herald_conformance::conformance_tests!(
     fresh_bus,
     restart = restartable_bus,
-    retention = retained_bus
+    retention = retained_bus,
+    dead_letter_faults = breakable_bus,
 );

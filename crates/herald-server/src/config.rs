@@ -5,10 +5,11 @@
 //! and their validation (DESIGN.md §9), and [`load_file`], which reads a
 //! `herald.toml` and installs it beneath the environment for every
 //! component's `from_env` (`herald::config::set_file_values`). [`KEYS`]
-//! lists every key herald reads, so the file is checked for typos and
-//! `herald serve --print-config` can show each effective value and where it
-//! came from. Does not own the bus's or the stores' settings (their own
-//! `Config`s), only their listing.
+//! is the table of the server's own keys and [`keys`] adds herald's and
+//! the stores' tables: every key `herald serve` reads, so the file is
+//! checked for typos and `herald serve --print-config` can show each
+//! effective value and where it came from. Does not own the bus's or the
+//! stores' settings (their own configs), only their listing.
 //!
 //! In the file, `key = value` at the top is `HERALD_KEY`, `[pg] schema = …`
 //! is `HERALD_PG_SCHEMA`, and `[[tokens]]` tables are `HERALD_TOKENS` (in the
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herald::config::{env, env_parse, in_range, invalid, seconds};
+use herald::config::{env, invalid, KeySpec};
 use herald::Result;
 
 use crate::auth::{Grant, Tokens};
@@ -61,175 +62,55 @@ pub const DEFAULT_WS_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// (`HERALD_WS_MAX_PENDING_CALLS`).
 pub const DEFAULT_WS_MAX_PENDING_CALLS: usize = 256;
 
-/// Every key herald reads: (key, default, allowed).
-pub const KEYS: &[(&str, &str, &str)] = &[
-    (
-        "HERALD_STORE",
-        DEFAULT_STORE,
-        "memory://, sqlite://PATH, postgres://…, nats://…",
-    ),
-    (
-        "HERALD_LISTEN",
-        DEFAULT_LISTEN,
-        "host:port; not loopback only with tokens",
-    ),
-    (
-        "HERALD_TOKENS",
-        "none (open, loopback only)",
-        "[[tokens]] tables; JSON list in the environment",
-    ),
-    (
-        "HERALD_TLS_CERT",
-        "none",
-        "PEM certificate chain file (with HERALD_TLS_KEY)",
-    ),
-    (
-        "HERALD_TLS_KEY",
-        "none",
-        "PEM private key file (with HERALD_TLS_CERT)",
-    ),
-    ("HERALD_MAX_CONNECTIONS", "10000", "1–1000000"),
-    (
-        "HERALD_MAX_CONNECTIONS_PER_CLIENT",
-        "256",
-        "1–1000000 connections from one client address",
-    ),
-    (
-        "HERALD_HEADER_READ_TIMEOUT",
-        "10 (s)",
-        "1–300: to send a request's headers, and between body chunks",
-    ),
-    (
-        "HERALD_IDLE_TIMEOUT",
-        "60 (s)",
-        "1–3600: a keep-alive connection idle that long is closed",
-    ),
-    (
-        "HERALD_ALLOWED_ORIGINS",
-        "same origin",
-        "comma-separated origins (scheme://host[:port]) browsers may call from",
-    ),
-    (
-        "HERALD_ALLOWED_HOSTS",
-        "loopback names when open; any with tokens",
-        "comma-separated host names the Host header may carry",
-    ),
-    ("HERALD_MAX_SUBSCRIPTIONS", "100", "1–10000 per WebSocket"),
-    (
-        "HERALD_RATE_LIMIT",
-        "10000",
-        "0 (off)–1000000 requests/s per caller",
-    ),
-    (
-        "HERALD_MAX_BATCH",
-        "1000",
-        "1–100000 events per publish request",
-    ),
-    ("HERALD_MAX_REQUEST_BYTES", "16777216", "1024–1073741824"),
-    ("HERALD_WS_BUFFER", "1024", "1–1000000 frames per WebSocket"),
-    (
-        "HERALD_WS_BUFFER_BYTES",
-        "16777216",
-        "65536–1073741824 bytes of frames queued per WebSocket",
-    ),
-    (
-        "HERALD_WS_MAX_PENDING_CALLS",
-        "256",
-        "1–100000 calls waiting per WebSocket",
-    ),
-    (
-        "HERALD_WS_STALL_TIMEOUT",
-        "30 (s)",
-        "1–3600: a WebSocket accepting no frame that long is dropped",
-    ),
-    ("HERALD_SHUTDOWN_TIMEOUT", "30 (s)", "1–3600"),
-    (
-        "HERALD_SOURCE",
-        "the executable's name",
-        "1–1024 chars, no control characters",
-    ),
-    ("HERALD_ENVIRONMENT", "local", "[a-z0-9_-]+"),
-    ("HERALD_TIMEOUT_SECONDS", "30", "1–300"),
-    ("HERALD_MAX_PAYLOAD_BYTES", "1048576", "1024–67108864"),
-    ("HERALD_MAX_HEADERS", "64", "0–1024"),
-    ("HERALD_MAX_HEADER_BYTES", "16384", "0–1048576"),
-    ("HERALD_SUBSCRIPTION_BUFFER", "1024", "1–1000000"),
-    ("HERALD_START_POSITION", "latest", "earliest, latest"),
-    ("HERALD_ACK_WAIT", "30 (s)", "1–3600"),
-    ("HERALD_HISTORY_SIZE", "1000", "0–1000000"),
-    ("HERALD_MAX_DELIVER", "5", "1–1000"),
-    ("HERALD_MAX_RETRY_ATTEMPTS", "3", "0–10"),
-    ("HERALD_RETRY_BACKOFF_BASE", "1.0 (s)", "0.001–60"),
-    ("HERALD_RETRY_MAX_DELAY", "60 (s)", ">= base, <= 3600"),
-    ("HERALD_CIRCUIT_BREAKER_THRESHOLD", "5", "1–100"),
-    ("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", "30 (s)", "1–3600"),
-    ("HERALD_DEDUPE_WINDOW", "120 (s)", "0–604800"),
-    ("HERALD_POLL_INTERVAL", "0.5 (s)", "0.01–10"),
-    ("HERALD_RETENTION_MAX_AGE", "keep all", "1 s – 100 years"),
-    ("HERALD_RETENTION_MAX_EVENTS", "keep all", ">= 1"),
-    ("HERALD_SQLITE_SYNCHRONOUS", "full", "full, normal"),
-    (
-        "HERALD_PG_SCHEMA",
-        "herald",
-        "[a-z_][a-z0-9_]*, <= 49 bytes",
-    ),
-    ("HERALD_PG_POOL_SIZE", "10", "4–1000"),
-    (
-        "HERALD_NATS_PREFIX",
-        "herald.<environment>",
-        "dot-separated tokens, <= 64 bytes",
-    ),
-    ("HERALD_NATS_STORAGE", "file", "file, memory"),
-    ("HERALD_NATS_REPLICAS", "1", "1–5"),
-    ("HERALD_NATS_MAX_BYTES", "unbounded", ">= 1024"),
-    (
-        "HERALD_GROUP",
-        "default",
-        "1–255 chars, no control characters",
-    ),
-    (
-        "HERALD_KAFKA_BOOTSTRAP_SERVERS",
-        "localhost:9092",
-        "comma-separated host:port",
-    ),
-    ("HERALD_KAFKA_ACKS", "all", "all, 1, 0"),
-    ("HERALD_KAFKA_ENABLE_IDEMPOTENCE", "true", "true, false"),
-    (
-        "HERALD_KAFKA_AUTO_OFFSET_RESET",
-        "latest",
-        "earliest, latest",
-    ),
-    ("HERALD_KAFKA_ENABLE_AUTO_COMMIT", "false", "true, false"),
-    (
-        "HERALD_KAFKA_COMPRESSION",
-        "none",
-        "none, gzip, snappy, lz4, zstd",
-    ),
-    ("HERALD_KAFKA_LINGER_MS", "5", "0–1000"),
-    ("HERALD_KAFKA_SESSION_TIMEOUT_MS", "45000", "1000–3600000"),
-    ("HERALD_KAFKA_PARTITIONS", "3", "1–10000"),
-    ("HERALD_KAFKA_BATCH_MESSAGES", "10000", "1–1000000"),
-    (
-        "HERALD_KAFKA_SECURITY_PROTOCOL",
-        "plaintext",
-        "plaintext, ssl, sasl_plaintext, sasl_ssl",
-    ),
-    ("HERALD_KAFKA_SSL_CA_LOCATION", "none", "a PEM file"),
-    (
-        "HERALD_KAFKA_SSL_CERTIFICATE_LOCATION",
-        "none",
-        "a PEM file",
-    ),
-    ("HERALD_KAFKA_SSL_KEY_LOCATION", "none", "a PEM file"),
-    ("HERALD_KAFKA_SSL_KEY_PASSWORD", "none", "text"),
-    (
-        "HERALD_KAFKA_SASL_MECHANISM",
-        "none",
-        "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI, OAUTHBEARER",
-    ),
-    ("HERALD_KAFKA_SASL_USERNAME", "none", "text"),
-    ("HERALD_KAFKA_SASL_PASSWORD", "none", "text"),
+/// The keys only the server reads (see [`keys`] for every key `herald
+/// serve` reads).
+#[rustfmt::skip]
+pub const KEYS: &[KeySpec] = &[
+    KeySpec { key: "HERALD_LISTEN", default: DEFAULT_LISTEN, allowed: "host:port; beyond loopback only with tokens", doc: "where the server listens" },
+    KeySpec { key: "HERALD_TOKENS", default: "none", allowed: "[[tokens]] tables in the file; a JSON list in the environment", doc: "the API tokens and their grants" },
+    KeySpec { key: "HERALD_TLS_CERT", default: "none", allowed: "a PEM certificate chain file (with HERALD_TLS_KEY)", doc: "serve HTTPS with this certificate" },
+    KeySpec { key: "HERALD_TLS_KEY", default: "none", allowed: "a PEM private key file (with HERALD_TLS_CERT)", doc: "the certificate's private key" },
+    KeySpec { key: "HERALD_ALLOWED_ORIGINS", default: "same origin only", allowed: "comma-separated scheme://host[:port]", doc: "origins browsers may call from" },
+    KeySpec { key: "HERALD_ALLOWED_HOSTS", default: "loopback names and the listen address when open; any name with tokens", allowed: "comma-separated host names (no port)", doc: "names the Host header may carry" },
+    KeySpec { key: "HERALD_MAX_CONNECTIONS", default: "10000", allowed: "1–1000000", doc: "open connections; more get 503 BACKPRESSURE" },
+    KeySpec { key: "HERALD_MAX_CONNECTIONS_PER_CLIENT", default: "256", allowed: "1–1000000 per client address", doc: "connections one client address may hold" },
+    KeySpec { key: "HERALD_HEADER_READ_TIMEOUT", default: "10 (s)", allowed: "seconds, 1–300", doc: "to send a request's headers, and between body chunks" },
+    KeySpec { key: "HERALD_IDLE_TIMEOUT", default: "60 (s)", allowed: "seconds, 1–3600", doc: "a keep-alive connection idle, or a WebSocket silent, that long is closed" },
+    KeySpec { key: "HERALD_MAX_SUBSCRIPTIONS", default: "100", allowed: "1–10000 per WebSocket", doc: "subscriptions (and handled commands) per WebSocket" },
+    KeySpec { key: "HERALD_RATE_LIMIT", default: "10000", allowed: "0 (off)–1000000 requests/s", doc: "requests per second per token (per client address when open)" },
+    KeySpec { key: "HERALD_MAX_BATCH", default: "1000", allowed: "1–100000 events", doc: "events in one publish request" },
+    KeySpec { key: "HERALD_MAX_REQUEST_BYTES", default: "16777216", allowed: "bytes, 1024–1073741824", doc: "largest request body" },
+    KeySpec { key: "HERALD_WS_BUFFER", default: "1024", allowed: "1–1000000 frames", doc: "frames queued per WebSocket" },
+    KeySpec { key: "HERALD_WS_BUFFER_BYTES", default: "16777216", allowed: "bytes, 65536–1073741824", doc: "bytes of frames queued per WebSocket (and of unacked deliveries)" },
+    KeySpec { key: "HERALD_WS_MAX_PENDING_CALLS", default: "256", allowed: "1–100000 calls", doc: "calls waiting per WebSocket; more get BACKPRESSURE" },
+    KeySpec { key: "HERALD_WS_STALL_TIMEOUT", default: "30 (s)", allowed: "seconds, 1–3600", doc: "a WebSocket accepting no frame that long is closed" },
+    KeySpec { key: "HERALD_SHUTDOWN_TIMEOUT", default: "30 (s)", allowed: "seconds, 1–3600", doc: "how long in-flight requests get at shutdown" },
 ];
+
+/// The server's own key `name`.
+fn spec(name: &str) -> &'static KeySpec {
+    KEYS.iter()
+        .find(|k| k.key == name)
+        .expect("a key of the server's KEYS table")
+}
+
+fn parse_of<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    spec(name).parse()
+}
+
+fn seconds_of(name: &str) -> Result<Option<Duration>> {
+    spec(name).seconds()
+}
+
+fn check<T: PartialOrd + std::fmt::Display>(name: &str, value: T, lo: T, hi: T) -> Result<()> {
+    spec(name).check(value, lo, hi)
+}
+
+/// Every key `herald serve` reads: [`KEYS`], and herald's and the compiled
+/// stores' ([`herald_store::keys`]).
+pub fn keys() -> Vec<&'static KeySpec> {
+    KEYS.iter().chain(herald_store::keys()).collect()
+}
 
 /// `herald serve`'s settings. Build in code or read with [`ServerConfig::from_env`]
 /// (the environment over `herald.toml`, see [`load_file`]).
@@ -356,38 +237,38 @@ impl ServerConfig {
                 ))
             }
         }
-        if let Some(v) = env_parse("HERALD_MAX_CONNECTIONS")? {
+        if let Some(v) = parse_of("HERALD_MAX_CONNECTIONS")? {
             c.max_connections = v;
         }
-        if let Some(v) = env_parse("HERALD_MAX_SUBSCRIPTIONS")? {
+        if let Some(v) = parse_of("HERALD_MAX_SUBSCRIPTIONS")? {
             c.max_subscriptions = v;
         }
-        if let Some(v) = env_parse("HERALD_RATE_LIMIT")? {
+        if let Some(v) = parse_of("HERALD_RATE_LIMIT")? {
             c.rate_limit = v;
         }
-        if let Some(v) = env_parse("HERALD_MAX_BATCH")? {
+        if let Some(v) = parse_of("HERALD_MAX_BATCH")? {
             c.max_batch = v;
         }
-        if let Some(v) = env_parse("HERALD_MAX_REQUEST_BYTES")? {
+        if let Some(v) = parse_of("HERALD_MAX_REQUEST_BYTES")? {
             c.max_request_bytes = v;
         }
-        if let Some(v) = env_parse("HERALD_WS_BUFFER")? {
+        if let Some(v) = parse_of("HERALD_WS_BUFFER")? {
             c.ws_buffer = v;
         }
-        if let Some(v) = env_parse::<f64>("HERALD_WS_STALL_TIMEOUT")? {
-            c.ws_stall_timeout = seconds("HERALD_WS_STALL_TIMEOUT", v)?;
+        if let Some(v) = seconds_of("HERALD_WS_STALL_TIMEOUT")? {
+            c.ws_stall_timeout = v;
         }
-        if let Some(v) = env_parse::<f64>("HERALD_SHUTDOWN_TIMEOUT")? {
-            c.shutdown_timeout = seconds("HERALD_SHUTDOWN_TIMEOUT", v)?;
+        if let Some(v) = seconds_of("HERALD_SHUTDOWN_TIMEOUT")? {
+            c.shutdown_timeout = v;
         }
-        if let Some(v) = env_parse("HERALD_MAX_CONNECTIONS_PER_CLIENT")? {
+        if let Some(v) = parse_of("HERALD_MAX_CONNECTIONS_PER_CLIENT")? {
             c.max_connections_per_client = v;
         }
-        if let Some(v) = env_parse::<f64>("HERALD_HEADER_READ_TIMEOUT")? {
-            c.header_read_timeout = seconds("HERALD_HEADER_READ_TIMEOUT", v)?;
+        if let Some(v) = seconds_of("HERALD_HEADER_READ_TIMEOUT")? {
+            c.header_read_timeout = v;
         }
-        if let Some(v) = env_parse::<f64>("HERALD_IDLE_TIMEOUT")? {
-            c.idle_timeout = seconds("HERALD_IDLE_TIMEOUT", v)?;
+        if let Some(v) = seconds_of("HERALD_IDLE_TIMEOUT")? {
+            c.idle_timeout = v;
         }
         if let Some(v) = env("HERALD_ALLOWED_ORIGINS") {
             c.allowed_origins = list(&v);
@@ -395,10 +276,10 @@ impl ServerConfig {
         if let Some(v) = env("HERALD_ALLOWED_HOSTS") {
             c.allowed_hosts = list(&v);
         }
-        if let Some(v) = env_parse("HERALD_WS_BUFFER_BYTES")? {
+        if let Some(v) = parse_of("HERALD_WS_BUFFER_BYTES")? {
             c.ws_buffer_bytes = v;
         }
-        if let Some(v) = env_parse("HERALD_WS_MAX_PENDING_CALLS")? {
+        if let Some(v) = parse_of("HERALD_WS_MAX_PENDING_CALLS")? {
             c.ws_max_pending_calls = v;
         }
         c.validate()?;
@@ -414,59 +295,59 @@ impl ServerConfig {
                 "a loopback address while no tokens are configured (HERALD_TOKENS)",
             ));
         }
-        in_range("HERALD_MAX_CONNECTIONS", self.max_connections, 1, 1_000_000)?;
-        in_range(
+        check("HERALD_MAX_CONNECTIONS", self.max_connections, 1, 1_000_000)?;
+        check(
             "HERALD_MAX_SUBSCRIPTIONS",
             self.max_subscriptions,
             1,
             10_000,
         )?;
-        in_range("HERALD_RATE_LIMIT", self.rate_limit, 0, 1_000_000)?;
-        in_range("HERALD_MAX_BATCH", self.max_batch, 1, 100_000)?;
-        in_range(
+        check("HERALD_RATE_LIMIT", self.rate_limit, 0, 1_000_000)?;
+        check("HERALD_MAX_BATCH", self.max_batch, 1, 100_000)?;
+        check(
             "HERALD_MAX_REQUEST_BYTES",
             self.max_request_bytes,
             1024,
             1 << 30,
         )?;
-        in_range("HERALD_WS_BUFFER", self.ws_buffer, 1, 1_000_000)?;
-        in_range(
+        check("HERALD_WS_BUFFER", self.ws_buffer, 1, 1_000_000)?;
+        check(
             "HERALD_WS_STALL_TIMEOUT",
             self.ws_stall_timeout.as_secs_f64(),
             1.0,
             3600.0,
         )?;
-        in_range(
+        check(
             "HERALD_SHUTDOWN_TIMEOUT",
             self.shutdown_timeout.as_secs_f64(),
             1.0,
             3600.0,
         )?;
-        in_range(
+        check(
             "HERALD_MAX_CONNECTIONS_PER_CLIENT",
             self.max_connections_per_client,
             1,
             1_000_000,
         )?;
-        in_range(
+        check(
             "HERALD_HEADER_READ_TIMEOUT",
             self.header_read_timeout.as_secs_f64(),
             1.0,
             300.0,
         )?;
-        in_range(
+        check(
             "HERALD_IDLE_TIMEOUT",
             self.idle_timeout.as_secs_f64(),
             1.0,
             3600.0,
         )?;
-        in_range(
+        check(
             "HERALD_WS_BUFFER_BYTES",
             self.ws_buffer_bytes,
             64 * 1024,
             1 << 30,
         )?;
-        in_range(
+        check(
             "HERALD_WS_MAX_PENDING_CALLS",
             self.ws_max_pending_calls,
             1,
@@ -535,7 +416,7 @@ pub fn flatten(text: &str) -> Result<Vec<(String, String)>> {
 
 fn key_of(name: &str) -> Result<String> {
     let key = format!("HERALD_{}", name.to_ascii_uppercase().replace('-', "_"));
-    if KEYS.iter().any(|(k, _, _)| *k == key) {
+    if keys().iter().any(|k| k.key == key) {
         Ok(key)
     } else {
         Err(herald::Error::validation(format!(
@@ -565,7 +446,13 @@ fn scalar(table: &str, name: &str, v: &toml::Value) -> Result<String> {
 /// line, for `--print-config`.
 pub fn describe() -> String {
     let mut out = String::new();
-    for (key, default, allowed) in KEYS {
+    for KeySpec {
+        key,
+        default,
+        allowed,
+        ..
+    } in keys()
+    {
         let origin = herald::config::origin(key);
         let value = match env(key) {
             None => default.to_string(),
@@ -590,8 +477,8 @@ mod tests {
             r#"
             store = "postgres://h/db"
             max_connections = 5
-            [pg]
-            schema = "app"
+            [sqlite]
+            synchronous = "normal"
             [[tokens]]
             name = "ci"
             sha256 = "00"
@@ -602,7 +489,7 @@ mod tests {
         let get = |k: &str| v.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         assert_eq!(get("HERALD_STORE").as_deref(), Some("postgres://h/db"));
         assert_eq!(get("HERALD_MAX_CONNECTIONS").as_deref(), Some("5"));
-        assert_eq!(get("HERALD_PG_SCHEMA").as_deref(), Some("app"));
+        assert_eq!(get("HERALD_SQLITE_SYNCHRONOUS").as_deref(), Some("normal"));
         let tokens: Vec<Grant> = serde_json::from_str(&get("HERALD_TOKENS").unwrap()).unwrap();
         assert_eq!(tokens[0].publish, vec!["a.>".to_owned()]);
     }

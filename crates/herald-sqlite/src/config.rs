@@ -1,29 +1,30 @@
 //! Settings of the SQLite store.
 //!
-//! Owns [`SqliteConfig`] and its `HERALD_*` keys and ranges; opening the store
-//! is `store`'s business.
+//! Owns [`SqliteConfig`] and its `HERALD_*` keys ([`KEYS`]) and ranges; the
+//! delivery settings every store shares come in one
+//! [`DeliveryConfig`], read once. Opening the store is `store`'s business.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herald::config::{env, env_parse, in_range, invalid, seconds};
-use herald::retention::{Retention, RetentionPolicy};
+use herald::backend::retention::{Retention, RetentionPolicy};
+use herald::config::{env, in_range, invalid, DeliveryConfig, KeySpec};
+pub use herald::config::{DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL};
 use herald::Result;
 
 /// Default store file (`HERALD_STORE=sqlite://herald.db`).
 pub const DEFAULT_PATH: &str = "herald.db";
-/// How long an idempotency key is remembered (`HERALD_DEDUPE_WINDOW`).
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a writer waits for another process's write lock.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most events one group commit appends.
 pub const DEFAULT_GROUP_COMMIT_MAX: usize = 2000;
-/// How often the store looks for commits made by other processes sharing
-/// the file (`HERALD_POLL_INTERVAL`); this process's commits wake
-/// subscriptions at once.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Delivery attempts before dead-lettering (`HERALD_MAX_DELIVER`).
-pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// The keys only the SQLite store reads (the shared ones are
+/// [`herald::config::KEYS`]).
+#[rustfmt::skip]
+pub const KEYS: &[KeySpec] = &[
+    KeySpec { key: "HERALD_SQLITE_SYNCHRONOUS", default: "full", allowed: "full, normal", doc: "when a commit counts as durable; normal may lose the last commits on power loss" },
+];
 
 /// When a commit counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,11 +52,9 @@ pub enum Synchronous {
 pub struct SqliteConfig {
     path: PathBuf,
     synchronous: Synchronous,
-    dedupe_window: Duration,
+    delivery: DeliveryConfig,
     busy_timeout: Duration,
     group_commit_max: usize,
-    poll_interval: Duration,
-    max_deliver: u32,
     retention: RetentionPolicy,
 }
 
@@ -65,20 +64,23 @@ impl SqliteConfig {
         SqliteConfig {
             path: path.into(),
             synchronous: Synchronous::Full,
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            delivery: DeliveryConfig::default(),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             group_commit_max: DEFAULT_GROUP_COMMIT_MAX,
-            poll_interval: DEFAULT_POLL_INTERVAL,
-            max_deliver: DEFAULT_MAX_DELIVER,
             retention: RetentionPolicy::default(),
         }
     }
 
     /// From `HERALD_STORE` (`sqlite://PATH`, default `sqlite://herald.db`),
-    /// `HERALD_SQLITE_SYNCHRONOUS` (`full` or `normal`),
-    /// `HERALD_DEDUPE_WINDOW`, `HERALD_POLL_INTERVAL` and
-    /// `HERALD_MAX_DELIVER`, validated.
+    /// `HERALD_SQLITE_SYNCHRONOUS` (`full` or `normal`), the retention keys
+    /// and the delivery settings ([`DeliveryConfig::from_env`]), validated.
     pub fn from_env() -> Result<Self> {
+        Self::from_env_with(DeliveryConfig::from_env()?)
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings already
+    /// read.
+    pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
         let store = env("HERALD_STORE").unwrap_or_else(|| format!("sqlite://{DEFAULT_PATH}"));
         let Some(path) = store.strip_prefix("sqlite://") else {
             return Err(invalid(
@@ -87,28 +89,13 @@ impl SqliteConfig {
                 "`sqlite://PATH` for the SQLite store",
             ));
         };
-        let mut c = SqliteConfig::new(path);
+        let mut c = SqliteConfig::new(path).delivery(delivery);
         if let Some(v) = env("HERALD_SQLITE_SYNCHRONOUS") {
             c.synchronous = match v.as_str() {
                 "full" => Synchronous::Full,
                 "normal" => Synchronous::Normal,
-                _ => {
-                    return Err(invalid(
-                        "HERALD_SQLITE_SYNCHRONOUS",
-                        &v,
-                        "`full` or `normal`",
-                    ))
-                }
+                _ => return Err(KEYS[0].invalid(&v)),
             };
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
-            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_POLL_INTERVAL")? {
-            c.poll_interval = seconds("HERALD_POLL_INTERVAL", v)?;
-        }
-        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
-            c.max_deliver = v;
         }
         c.retention.read_env()?;
         c.validate()?;
@@ -124,21 +111,9 @@ impl SqliteConfig {
                 "a file path after `sqlite://`",
             ));
         }
-        in_range(
-            "HERALD_DEDUPE_WINDOW",
-            self.dedupe_window.as_secs(),
-            0,
-            7 * 24 * 3600,
-        )?;
+        self.delivery.validate()?;
         in_range("busy_timeout", self.busy_timeout.as_secs_f64(), 0.0, 600.0)?;
         in_range("group_commit_max", self.group_commit_max, 1, 100_000)?;
-        in_range(
-            "HERALD_POLL_INTERVAL",
-            self.poll_interval.as_secs_f64(),
-            0.01,
-            10.0,
-        )?;
-        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
         self.retention.validate()?;
         Ok(())
     }
@@ -152,9 +127,14 @@ impl SqliteConfig {
         self.synchronous = s;
         self
     }
+    /// The delivery settings, all at once (replacing those set so far).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = delivery;
+        self
+    }
     /// Idempotency keys are remembered this long, 0 (off) to 7 days.
     pub fn dedupe_window(mut self, d: Duration) -> Self {
-        self.dedupe_window = d;
+        self.delivery = self.delivery.dedupe_window(d);
         self
     }
     /// How long to wait for another process holding the write lock, 0–600 s.
@@ -170,12 +150,12 @@ impl SqliteConfig {
 
     /// How often to look for commits by other processes, 10 ms–10 s.
     pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d;
+        self.delivery = self.delivery.poll_interval(d);
         self
     }
     /// Delivery attempts before dead-lettering, 1–1000.
     pub fn max_deliver(mut self, n: u32) -> Self {
-        self.max_deliver = n;
+        self.delivery = self.delivery.max_deliver(n);
         self
     }
 
@@ -210,17 +190,18 @@ impl SqliteConfig {
         &self.retention
     }
     pub(crate) fn poll(&self) -> Duration {
-        self.poll_interval
+        self.delivery.poll_interval_duration()
     }
     pub(crate) fn deliveries(&self) -> u32 {
-        self.max_deliver
+        self.delivery.max_deliver_attempts()
     }
     pub(crate) fn sync_mode(&self) -> Synchronous {
         self.synchronous
     }
     /// The dedupe window in milliseconds, as the SQL compares it.
     pub(crate) fn dedupe_ms(&self) -> i64 {
-        self.dedupe_window.as_millis().min(i64::MAX as u128) as i64
+        let window = self.delivery.dedupe_window_duration();
+        window.as_millis().min(i64::MAX as u128) as i64
     }
     pub(crate) fn busy(&self) -> Duration {
         self.busy_timeout

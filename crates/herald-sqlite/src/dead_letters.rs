@@ -1,37 +1,41 @@
 //! The dead-letter store: one table for every failure source.
 //!
-//! Owns writing and listing dead letters. Writes go through the writer task
-//! (see `append`), so they share its transactions.
+//! Owns the store's side as the queues' `QueueHost` (the dead letters of
+//! group-less subscriptions become requests to the writer, which writes them
+//! in its transactions) and listing and purging dead letters. Does not own
+//! the row insert the writer and group settlements run (`log`), or the
+//! `Inspect` impl that calls these (`transport`).
 
 use futures_util::TryFutureExt;
-use herald::dead_letter::DeadLetterRow;
+use herald::backend::dead_lettering::DeadLetterWrites;
+use herald::backend::queue::QueueHost;
+use herald::backend::{BoxFuture, DeadLetterRow};
 use herald::{DeadLetter, DeadLetterFilter, Result};
-use sqlx::SqliteConnection;
+use tokio::sync::oneshot;
 
-use crate::store::runtime_error;
+use crate::conn::{closed, runtime_error, Inner};
+use crate::request::Request;
 
-/// Store `letter` (its `id` is assigned here; the one given is ignored).
-pub(crate) async fn insert(conn: &mut SqliteConnection, letter: &DeadLetter) -> Result<()> {
-    let env = &letter.envelope;
-    sqlx::query(
-        "INSERT INTO dead_letters (topic, seq, grp, code, reason, attempts, source, first_failed_ms, failed_ms, correlation_id, envelope)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(env.topic().as_str())
-    .bind(env.seq().map(|s| s as i64))
-    .bind(letter.group.as_deref())
-    .bind(letter.code.as_str())
-    .bind(&letter.reason)
-    .bind(letter.attempts as i64)
-    .bind(letter.source.as_str())
-    .bind(letter.first_failed_at.timestamp_millis())
-    .bind(letter.failed_at.timestamp_millis())
-    .bind(env.correlation_id().to_string())
-    .bind(env.to_json()?)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    Ok(())
+impl QueueHost for Inner {
+    fn max_deliver(&self) -> u32 {
+        self.config.deliveries()
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            let (reply, done) = oneshot::channel();
+            writer
+                .send(Request::DeadLetter(Box::new(letter), reply))
+                .await
+                .map_err(|_| closed())?;
+            done.await.map_err(|_| closed())?
+        })
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
+    }
 }
 
 /// The dead letters `filter` selects, oldest first, read 500 at a time.
@@ -39,7 +43,7 @@ pub(crate) async fn list(
     pool: sqlx::SqlitePool,
     filter: DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>> {
-    herald::dead_letter::select_pages(&filter, |after| {
+    herald::backend::select_pages(&filter, |after| {
         sqlx::query_as::<_, DeadLetterRow>(
             "SELECT id, grp, code, reason, attempts, source, first_failed_ms, failed_ms, envelope FROM dead_letters
              WHERE id > ? ORDER BY id LIMIT 500",
@@ -52,8 +56,8 @@ pub(crate) async fn list(
 }
 
 /// Delete the dead letters `filter` selects, in one write transaction.
-pub(crate) async fn purge(store: &crate::SqliteStore, filter: DeadLetterFilter) -> Result<u64> {
-    let ids: Vec<i64> = list(store.inner.readers.clone(), filter)
+pub(crate) async fn purge(inner: &Inner, filter: DeadLetterFilter) -> Result<u64> {
+    let ids: Vec<i64> = list(inner.readers.clone(), filter)
         .await?
         .iter()
         .map(|d| d.id as i64)
@@ -61,7 +65,7 @@ pub(crate) async fn purge(store: &crate::SqliteStore, filter: DeadLetterFilter) 
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut tx = store.begin().await?;
+    let mut tx = inner.begin().await?;
     for chunk in ids.chunks(500) {
         let mut q = sqlx::QueryBuilder::new("DELETE FROM dead_letters WHERE id IN (");
         let mut list = q.separated(", ");
@@ -71,6 +75,6 @@ pub(crate) async fn purge(store: &crate::SqliteStore, filter: DeadLetterFilter) 
         q.push(")");
         q.build().execute(&mut *tx).await.map_err(runtime_error)?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(runtime_error)?;
     Ok(ids.len() as u64)
 }

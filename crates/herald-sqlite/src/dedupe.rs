@@ -5,23 +5,22 @@
 //! Ids are written through the writer task (group commit, like every other
 //! write) and read through the reader pool. Each write also deletes up to
 //! [`PURGE_BATCH`] expired rows, so the table holds about one window's worth
-//! of ids without a separate cleanup job.
+//! of ids without a separate cleanup job. Does not own the public
+//! `SqliteStore::dedupe` that makes one (`store`) or the writer-side SQL
+//! (`processed`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::dedupe::DedupeStore;
-use herald::delivery::BoxFuture;
+use herald::backend::BoxFuture;
+use herald::backend::DedupeStore;
 use herald::Result;
-use sqlx::SqliteConnection;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::store::{runtime_error, Inner, SqliteStore};
-use crate::writer::Request;
-
-/// Expired ids deleted with each new one.
-pub const PURGE_BATCH: i64 = 100;
+use crate::conn::{closed, runtime_error, Inner};
+pub use crate::processed::PURGE_BATCH;
+use crate::request::{Processed, Request};
 
 /// Processed message ids in the store, per group, for a window.
 ///
@@ -47,17 +46,10 @@ pub struct SqliteDedupe {
     window_ms: i64,
 }
 
-/// One id to remember, for the writer.
-pub(crate) struct Processed {
-    group: String,
-    id: Uuid,
-    until_ms: i64,
-}
-
-impl SqliteStore {
-    /// A dedupe store in this store remembering ids for `window`
+impl SqliteDedupe {
+    /// A dedupe store in the store of `inner` remembering ids for `window`
     /// (1 ms – 7 days, as `HERALD_DEDUPE_WINDOW`).
-    pub fn dedupe(&self, window: Duration) -> Result<SqliteDedupe> {
+    pub(crate) fn new(inner: Arc<Inner>, window: Duration) -> Result<SqliteDedupe> {
         herald::config::in_range(
             "HERALD_DEDUPE_WINDOW",
             window.as_secs_f64(),
@@ -65,7 +57,7 @@ impl SqliteStore {
             7.0 * 86_400.0,
         )?;
         Ok(SqliteDedupe {
-            inner: self.inner.clone(),
+            inner,
             window_ms: window.as_millis().min(i64::MAX as u128) as i64,
         })
     }
@@ -103,35 +95,10 @@ impl DedupeStore for SqliteDedupe {
                 .writer
                 .send(Request::Processed(Box::new(processed), reply))
                 .await
-                .map_err(|_| crate::append::closed())?;
-            done.await.map_err(|_| crate::append::closed())?
+                .map_err(|_| closed())?;
+            done.await.map_err(|_| closed())?
         })
     }
-}
-
-/// Remember `p` and forget a batch of expired ids (inside the writer's
-/// transaction).
-pub(crate) async fn record(conn: &mut SqliteConnection, p: &Processed) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO processed (grp, id, until_ms) VALUES (?, ?, ?)
-         ON CONFLICT (grp, id) DO UPDATE SET until_ms = excluded.until_ms",
-    )
-    .bind(&p.group)
-    .bind(p.id.to_string())
-    .bind(p.until_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    sqlx::query(
-        "DELETE FROM processed WHERE (grp, id) IN
-         (SELECT grp, id FROM processed WHERE until_ms <= ? LIMIT ?)",
-    )
-    .bind(chrono::Utc::now().timestamp_millis())
-    .bind(PURGE_BATCH)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    Ok(())
 }
 
 impl std::fmt::Debug for SqliteDedupe {

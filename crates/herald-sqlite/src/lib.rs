@@ -5,18 +5,29 @@
 //! commit); each topic's `seq` starts at 1 with no gaps, across tasks and
 //! across processes sharing the file; a repeated `idempotency_key` within the
 //! dedupe window returns the original `seq`; any topic replays from a `seq`
-//! or a time. Subscriptions, consumer groups and the outbox build on this log
-//! (in progress: the store does not implement `herald::Transport` yet).
+//! or a time. It is a [`herald::Transport`]: group-less subscriptions tail
+//! the log, durable consumer groups are shared across processes, the
+//! [`Outbox`] writes events in the caller's own transaction, and dead letters,
+//! replay and retention live in the same file.
 //!
 //! Driver: sqlx, so the outbox can run inside a user's own
 //! `sqlx::Transaction`.
 
-mod append;
+// The modules, bottom first: `conn` (the connection and shared state, on
+// `config` and the leaf `request`) → `log` → `tail`, `group` →
+// `dead_letters` → `inspect` → `transport`, with `store` (the public handle)
+// at the top. No module imports one above it.
 mod config;
+mod conn;
 mod dead_letters;
 pub mod dedupe;
 mod group;
+mod inspect;
+mod log;
+mod member;
 pub mod outbox;
+mod processed;
+mod request;
 mod retention;
 mod schema;
 mod store;
@@ -26,10 +37,10 @@ mod writer;
 
 pub use config::{
     SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
-    DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL,
+    DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL, KEYS,
 };
 pub use dedupe::SqliteDedupe;
-pub use herald::retention::{Retention, DEFAULT_RETENTION_INTERVAL};
+pub use herald::backend::retention::{Retention, DEFAULT_RETENTION_INTERVAL};
 pub use outbox::Outbox;
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;

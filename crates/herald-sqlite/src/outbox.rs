@@ -7,16 +7,22 @@
 //! within their poll interval.
 //!
 //! For a transaction the caller began on their own pool,
-//! [`SqliteStore::publish_in`] appends inside it; subscribers then notice the
-//! commit by polling (`HERALD_POLL_INTERVAL`) unless the caller calls
-//! [`SqliteStore::wake`] after committing.
+//! [`SqliteStore::publish_in`](crate::SqliteStore::publish_in) appends inside
+//! it; subscribers then notice the commit by polling (`HERALD_POLL_INTERVAL`)
+//! unless the caller calls [`SqliteStore::wake`](crate::SqliteStore::wake)
+//! after committing.
+//!
+//! Does not own the public methods that open these (`store`: `begin`,
+//! `publish_in`, `wake` delegate here) or the append SQL (`log`).
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use herald::{Envelope, Result};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use crate::store::{runtime_error, SqliteStore};
+use crate::conn::{max_pos, runtime_error, Inner};
+use crate::log::append;
 
 /// A write transaction for the caller's statements and events; see the
 /// module docs. Dropped without [`commit`](Outbox::commit), it rolls back.
@@ -41,57 +47,45 @@ use crate::store::{runtime_error, SqliteStore};
 /// ```
 pub struct Outbox {
     tx: Transaction<'static, Sqlite>,
-    store: SqliteStore,
+    inner: Arc<Inner>,
     /// The `pos` of the last event this transaction appended.
     last_pos: Option<i64>,
 }
 
-impl SqliteStore {
-    /// Begin an [`Outbox`] transaction (`BEGIN IMMEDIATE`: it holds the
-    /// store's write lock until it ends, so keep it short).
-    pub async fn begin(&self) -> Result<Outbox> {
-        let tx = self
-            .inner
-            .outbox
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(runtime_error)?;
-        Ok(Outbox {
-            tx,
-            store: self.clone(),
-            last_pos: None,
-        })
-    }
+/// Begin an [`Outbox`] transaction on the store's outbox pool.
+pub(crate) async fn begin(inner: &Arc<Inner>) -> Result<Outbox> {
+    let tx = inner.begin().await?;
+    Ok(Outbox {
+        tx,
+        inner: inner.clone(),
+        last_pos: None,
+    })
+}
 
-    /// Append `batch` inside a transaction the caller began on their own
-    /// connection to this store's file (begin it with `BEGIN IMMEDIATE`: a
-    /// deferred transaction that read first may fail to take the write lock).
-    /// The events exist iff that transaction commits.
-    pub async fn publish_in(
-        &self,
-        conn: &mut SqliteConnection,
-        batch: Vec<Envelope>,
-    ) -> Result<Vec<u64>> {
-        let dedupe = self.inner.config.dedupe_ms();
-        let mut appended = crate::append::append(conn, &[batch.as_slice()], dedupe).await?;
-        Ok(appended.seqs.pop().unwrap_or_default())
-    }
+/// Append `batch` inside the caller's own transaction on the store's file.
+pub(crate) async fn publish_in(
+    inner: &Inner,
+    conn: &mut SqliteConnection,
+    batch: Vec<Envelope>,
+) -> Result<Vec<u64>> {
+    let dedupe = inner.config.dedupe_ms();
+    let mut appended = append(conn, &[batch.as_slice()], dedupe).await?;
+    Ok(appended.seqs.pop().unwrap_or_default())
+}
 
-    /// Wake this process's subscribers after a commit made outside the store
-    /// (see [`publish_in`](SqliteStore::publish_in)).
-    pub async fn wake(&self) -> Result<()> {
-        let pos = crate::store::max_pos(self.inner.readers.clone()).await?;
-        self.inner.signals.raise(pos);
-        Ok(())
-    }
+/// Wake this process's subscribers after a commit made outside the store.
+pub(crate) async fn wake(inner: &Inner) -> Result<()> {
+    let pos = max_pos(inner.readers.clone()).await?;
+    inner.signals.raise(pos);
+    Ok(())
 }
 
 impl Outbox {
     /// Append `batch` (e.g. from [`herald::Bus::prepare`]) in this
     /// transaction; returns the `seq`s it will have if the transaction commits.
     pub async fn publish(&mut self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
-        let dedupe = self.store.inner.config.dedupe_ms();
-        let mut appended = crate::append::append(&mut self.tx, &[batch.as_slice()], dedupe).await?;
+        let dedupe = self.inner.config.dedupe_ms();
+        let mut appended = append(&mut self.tx, &[batch.as_slice()], dedupe).await?;
         self.last_pos = appended.last_pos.or(self.last_pos);
         Ok(appended.seqs.pop().unwrap_or_default())
     }
@@ -101,7 +95,7 @@ impl Outbox {
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await.map_err(runtime_error)?;
         if let Some(pos) = self.last_pos {
-            self.store.inner.signals.raise(pos);
+            self.inner.signals.raise(pos);
         }
         Ok(())
     }

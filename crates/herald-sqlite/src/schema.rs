@@ -3,10 +3,13 @@
 //! Owns the versioned migrations, applied in order on open inside one
 //! transaction, and the refusal to open a store written by a newer version.
 //! Every later change to the schema is a new entry in [`MIGRATIONS`]; an
-//! entry, once released, never changes.
+//! entry, once released, never changes. Does not own opening the
+//! connection (`store`, with `conn`'s connect options).
 
 use herald::{Error, ErrorCode, Result};
 use sqlx::SqliteConnection;
+
+use crate::conn::open_error;
 
 /// The migrations; entry `i` takes the store from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -80,6 +83,16 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX processed_by_expiry ON processed (until_ms);
     "#,
+    // v3: the members of each group seen claiming lately (a claim's fair
+    // share divides by their count).
+    r#"
+    CREATE TABLE members (
+        grp      TEXT NOT NULL,
+        id       TEXT NOT NULL,
+        seen_ms  INTEGER NOT NULL,
+        PRIMARY KEY (grp, id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -97,17 +110,17 @@ async fn migrate_on(conn: &mut SqliteConnection, path: &str) -> Result<()> {
     )
     .execute(&mut *conn)
     .await
-    .map_err(|e| crate::store::open_error(path, e))?;
+    .map_err(|e| open_error(path, e))?;
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
-        .map_err(|e| crate::store::open_error(path, e))?;
+        .map_err(|e| open_error(path, e))?;
     let result = apply(conn, path).await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     sqlx::query(end)
         .execute(&mut *conn)
         .await
-        .map_err(|e| crate::store::open_error(path, e))?;
+        .map_err(|e| open_error(path, e))?;
     result
 }
 
@@ -117,7 +130,7 @@ async fn apply(conn: &mut SqliteConnection, path: &str) -> Result<()> {
         sqlx::query_scalar("SELECT value FROM herald_meta WHERE key = 'schema_version'")
             .fetch_optional(&mut *conn)
             .await
-            .map_err(|e| crate::store::open_error(path, e))?
+            .map_err(|e| open_error(path, e))?
             .unwrap_or(0);
     if version > SCHEMA_VERSION {
         return Err(Error::new(
@@ -135,7 +148,7 @@ async fn apply(conn: &mut SqliteConnection, path: &str) -> Result<()> {
             sqlx::query(statement)
                 .execute(&mut *conn)
                 .await
-                .map_err(|e| crate::store::open_error(path, e))?;
+                .map_err(|e| open_error(path, e))?;
         }
         tracing::info!(path, version = i + 1, "applied store migration");
     }
@@ -143,6 +156,6 @@ async fn apply(conn: &mut SqliteConnection, path: &str) -> Result<()> {
         .bind(SCHEMA_VERSION)
         .execute(&mut *conn)
         .await
-        .map_err(|e| crate::store::open_error(path, e))?;
+        .map_err(|e| open_error(path, e))?;
     Ok(())
 }

@@ -2,34 +2,31 @@
 //!
 //! Owns the tail task: it reads committed events in commit order (`pos`),
 //! keeps those the subscription wants from its start position on, and feeds
-//! them to a [`herald::queue::Queue`], which does the delivering (priority,
+//! them to a [`herald::backend::queue::Queue`], which does the delivering (priority,
 //! redelivery, ack deadlines, dead letters). A full queue makes the tail wait;
 //! publishers never wait for subscribers, and nothing is lost: the log holds
 //! it. These subscriptions commit nothing (they are ephemeral); consumer
-//! groups are durable and live in `group`.
+//! groups are durable and live in `group`. Does not own the queues' host
+//! (`dead_letters`) or the dispatch of a group-less subscription here
+//! (`transport`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald::queue::{self, Queue, QueueHost};
+use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
-use crate::store::{max_pos, runtime_error, Inner};
+use crate::conn::{max_pos, runtime_error, Inner};
+use crate::log::first_wanted;
 
 /// Events read per query.
 const PAGE: i64 = 256;
 /// How often an idle tail checks that its subscription is still open.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
+/// Open a group-less subscription (`spec` validated, the store open).
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
-    if inner.closed.load(Ordering::Acquire) {
-        return Err(crate::append::closed());
-    }
-    spec.validate()?;
-    if spec.group.is_some() {
-        return crate::group::subscribe(inner, spec).await;
-    }
     // A start other than the latest is found by index, so a tail that
     // wants nothing of a large log does not read it all: just below the
     // first event it may want, else after the last (read first, so what
@@ -39,8 +36,8 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         StartPosition::Latest => last,
         ref start => {
             let mut conn = inner.readers.acquire().await.map_err(runtime_error)?;
-            let position = herald::group::Position::new(start, 0);
-            match crate::group::first_wanted(&mut conn, &spec, &position).await? {
+            let position = herald::backend::group::Position::new(start, 0);
+            match first_wanted(&mut conn, &spec, &position).await? {
                 Some(pos) => pos - 1,
                 None => last,
             }
@@ -59,10 +56,10 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
 }
 
 async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
-    let topics = herald::log_tail::literal_topics(queue.spec());
+    let topics = herald::backend::log_tail::literal_topics(queue.spec());
     let stopped = || inner.closed.load(Ordering::Acquire);
     let page = |after| page(&inner, after, topics.as_deref());
-    herald::log_tail::follow(
+    herald::backend::log_tail::follow(
         queue.clone(),
         cursor,
         inner.committed.clone(),
@@ -87,7 +84,7 @@ async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Ve
     q.push(" ORDER BY pos LIMIT ");
     q.push_bind(PAGE);
     let rows = q.build_query_as().fetch(&inner.readers);
-    herald::log_tail::take_page(rows, herald::log_tail::PAGE_BYTES)
+    herald::backend::log_tail::take_page(rows, herald::backend::log_tail::PAGE_BYTES)
         .await
         .map_err(runtime_error)
 }

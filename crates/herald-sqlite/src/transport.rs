@@ -1,12 +1,20 @@
-//! [`herald::Transport`] for the SQLite store.
+//! [`herald::Transport`] and [`herald::Inspect`] for the SQLite store.
+//!
+//! Owns the trait impls on [`SqliteStore`], [`FEATURES`], and the dispatch
+//! of `subscribe`: a spec with a group goes to `member`, one without to
+//! `tail`. Does not own the SQL behind any method: the reads are `inspect`'s,
+//! dead letters `dead_letters`', appends the writer's (through `store`).
 
-use herald::delivery::BoxFuture;
 use herald::{
-    DeadLetter, DeadLetterFilter, Envelope, Features, GroupInfo, Result, StartPosition,
-    SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
+    DeadLetter, DeadLetterFilter, DeliveryState, Envelope, Features, GroupInfo, Inspect, Result,
+    StartPosition, SubscribeSpec, Subscription, Topic, TopicInfo, Transport,
 };
 
+use std::sync::atomic::Ordering;
+
+use crate::conn::closed;
 use crate::store::SqliteStore;
+use crate::{dead_letters, inspect, member, tail};
 
 /// What the SQLite store gives: durable, with full history, with priority.
 pub const FEATURES: Features = {
@@ -19,78 +27,71 @@ pub const FEATURES: Features = {
 };
 
 impl Transport for SqliteStore {
-    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
-        Box::pin(self.append(batch))
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        self.append(batch).await
     }
 
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
-        Box::pin(crate::tail::subscribe(&self.inner, spec))
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Subscription> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        spec.validate()?;
+        if spec.group.is_some() {
+            return member::subscribe(&self.inner, spec).await;
+        }
+        tail::subscribe(&self.inner, spec).await
     }
 
-    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
-        let topic = topic.clone();
-        Box::pin(async move { SqliteStore::last_seq(self, &topic).await })
+    async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
+        SqliteStore::last_seq(self, topic).await
     }
 
-    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
-        Box::pin(SqliteStore::topics(self))
-    }
-
-    fn replay(
-        &self,
-        topic: &Topic,
-        from: StartPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
-        let topic = topic.clone();
-        Box::pin(async move { SqliteStore::replay(self, topic.as_str(), from, limit).await })
-    }
-
-    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
-        Box::pin(async move {
-            self.flush().await?;
-            crate::group::groups(self.inner.readers.clone()).await
-        })
-    }
-
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        let filter = filter.clone();
-        Box::pin(async move {
-            self.flush().await?;
-            crate::dead_letters::list(self.inner.readers.clone(), filter).await
-        })
-    }
-
-    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
-        let filter = filter.clone();
-        Box::pin(async move {
-            self.flush().await?;
-            crate::dead_letters::purge(self, filter).await
-        })
-    }
-
-    fn delivery_state(
-        &self,
-        topic: &Topic,
-        seq: u64,
-        group: &str,
-    ) -> BoxFuture<'_, Result<herald::DeliveryState>> {
-        Box::pin(crate::group::delivery_state(
-            self.inner.readers.clone(),
-            topic.clone(),
-            seq,
-            group.to_owned(),
-        ))
-    }
-
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            SqliteStore::close(self).await;
-            Ok(())
-        })
+    async fn close(&self) -> Result<()> {
+        SqliteStore::close(self).await;
+        Ok(())
     }
 
     fn features(&self) -> Features {
         FEATURES
+    }
+}
+
+impl Inspect for SqliteStore {
+    async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        SqliteStore::topics(self).await
+    }
+
+    async fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
+        SqliteStore::replay(self, topic.as_str(), from, limit).await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        inspect::flush(&self.inner).await?;
+        inspect::groups(self.inner.readers.clone()).await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+        inspect::flush(&self.inner).await?;
+        dead_letters::list(self.inner.readers.clone(), filter.clone()).await
+    }
+
+    async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        inspect::flush(&self.inner).await?;
+        dead_letters::purge(&self.inner, filter.clone()).await
+    }
+
+    async fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
+        inspect::delivery_state(
+            self.inner.readers.clone(),
+            topic.clone(),
+            seq,
+            group.to_owned(),
+        )
+        .await
     }
 }

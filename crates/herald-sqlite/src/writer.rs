@@ -2,37 +2,26 @@
 //!
 //! Owns the one write connection and group commit: it gathers waiting
 //! requests — appends, dead letters, group claims and settlements — into one
-//! `BEGIN IMMEDIATE … COMMIT`, so throughput is not one fsync per request.
+//! `BEGIN IMMEDIATE … COMMIT`, so throughput is not one fsync per request;
+//! the batch's plain acks are one statement.
 //! When a group of requests fails, each is retried alone so one bad request
 //! cannot fail the others. After each commit it publishes the highest `pos`
 //! (new events) and bumps a counter (group state changed) for waiting
 //! readers.
+//!
+//! Does not own the requests' types (`request`), the signals (`conn`) or the
+//! SQL each request runs (`log`, `group`, `processed`).
 
-use herald::{DeadLetter, Envelope, Result};
+use herald::backend::group::Claimed;
+use herald::{Envelope, Result};
 use sqlx::SqliteConnection;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 
-use crate::append::append;
-use crate::group::{self, Claim, Settlement};
-use crate::store::runtime_error;
-use herald::group::Claimed;
-
-/// Work for the writer.
-pub(crate) enum Request {
-    /// One publish.
-    Append {
-        batch: Vec<Envelope>,
-        reply: oneshot::Sender<Result<Vec<u64>>>,
-    },
-    /// Store a dead letter.
-    DeadLetter(Box<DeadLetter>),
-    /// Lease the next deliverable events of a group to a member.
-    Claim(Box<Claim>, oneshot::Sender<Result<Claimed>>),
-    /// Record how a group member settled a delivery.
-    Settle(Box<Settlement>, oneshot::Sender<Result<()>>),
-    /// Remember that a handler group processed a message.
-    Processed(Box<crate::dedupe::Processed>, oneshot::Sender<Result<()>>),
-}
+use crate::conn::{runtime_error, Signals};
+use crate::group;
+use crate::log::{append, insert_dead_letter};
+use crate::processed;
+use crate::request::{Request, Settlement};
 
 impl Request {
     fn weight(&self) -> usize {
@@ -51,28 +40,6 @@ enum Done {
     Nothing,
     /// A settlement with effects came after its lease ran out.
     LeaseLost,
-}
-
-/// What waiting readers watch.
-#[derive(Clone)]
-pub(crate) struct Signals {
-    /// Highest `pos` committed.
-    pub(crate) committed: watch::Sender<i64>,
-    /// Bumped whenever a group's state may have changed.
-    pub(crate) groups: watch::Sender<u64>,
-}
-
-impl Signals {
-    /// Events up to `pos` are committed.
-    pub(crate) fn raise(&self, pos: i64) {
-        self.committed.send_if_modified(|current| {
-            let newer = pos > *current;
-            if newer {
-                *current = pos;
-            }
-            newer
-        });
-    }
 }
 
 pub(crate) async fn run(
@@ -117,8 +84,7 @@ pub(crate) async fn run(
     }
 }
 
-/// Answer each request with its result, in order; a failed dead letter is
-/// logged (its caller does not wait).
+/// Answer each request with its result, in order.
 fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
     for (r, result) in batch.into_iter().zip(results) {
         match r {
@@ -134,16 +100,14 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
                     _ => Claimed::default(),
                 }));
             }
+            Request::DeadLetter(_, reply) => {
+                let _ = reply.send(result.map(drop));
+            }
             Request::Settle(_, reply) | Request::Processed(_, reply) => {
                 let _ = reply.send(result.and_then(|d| match d {
-                    Done::LeaseLost => Err(herald::group::lease_lost()),
+                    Done::LeaseLost => Err(herald::backend::group::lease_lost()),
                     _ => Ok(()),
                 }));
-            }
-            Request::DeadLetter(letter) => {
-                if let Err(e) = result {
-                    tracing::error!(topic = %letter.envelope.topic(), error = %e, "could not store a dead letter");
-                }
             }
         }
     }
@@ -207,12 +171,24 @@ async fn write(
     let appended = append(conn, &appends, dedupe_window_ms).await?;
     let mut last_pos = appended.last_pos;
     let mut seqs = appended.seqs.into_iter();
+    // Plain acks next, all in one statement: claims later in the batch see
+    // them, and no request of the batch can depend on one not yet applied
+    // (a member acks only what an earlier transaction leased to it).
+    let acks: Vec<&Settlement> = batch
+        .iter()
+        .filter_map(|r| match r {
+            Request::Settle(s, _) if group::is_plain_ack(s) => Some(&**s),
+            _ => None,
+        })
+        .collect();
+    group::ack_all(conn, &acks).await?;
     let mut out = Vec::with_capacity(batch.len());
     for r in batch {
         out.push(match r {
             Request::Append { .. } => Done::Seqs(seqs.next().unwrap_or_default()),
-            Request::DeadLetter(letter) => {
-                crate::dead_letters::insert(conn, letter).await?;
+            Request::Settle(s, _) if group::is_plain_ack(s) => Done::Nothing,
+            Request::DeadLetter(letter, _) => {
+                insert_dead_letter(conn, letter).await?;
                 Done::Nothing
             }
             Request::Claim(claim, _) => Done::Claimed(group::claim(conn, claim).await?),
@@ -226,7 +202,7 @@ async fn write(
                 }
             }
             Request::Processed(processed, _) => {
-                crate::dedupe::record(conn, processed).await?;
+                processed::record(conn, processed).await?;
                 Done::Nothing
             }
         });

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use herald::Bus;
-use herald_conformance::{Restartable, Retained};
+use herald_conformance::{BreakableDeadLetters, Restartable, Retained};
 use herald_sqlite::{SqliteConfig, SqliteStore};
+use sqlx::{Connection, SqliteConnection};
 
 /// A directory for this run's stores under cargo's per-target temp dir;
 /// earlier runs' directories are removed when the first store opens.
@@ -62,8 +63,35 @@ async fn retained_bus(policy: herald::retention::RetentionPolicy) -> Retained {
     })
 }
 
+/// A bus whose store refuses dead letters while a trigger on its
+/// `dead_letters` table says so.
+async fn breakable_bus() -> BreakableDeadLetters {
+    let path = fresh_path();
+    let bus = open(path.clone()).await;
+    let url = format!("sqlite://{}", path.display());
+    BreakableDeadLetters::new(bus, move |broken| set_broken(url.clone(), broken))
+}
+
+/// Add or drop the trigger that refuses dead letters in the store at
+/// `url`, over a connection of the test's own.
+async fn set_broken(url: String, broken: bool) {
+    let mut conn = SqliteConnection::connect(&url).await.expect("connect");
+    sqlx::query("PRAGMA busy_timeout = 10000")
+        .execute(&mut conn)
+        .await
+        .expect("busy timeout");
+    let sql = if broken {
+        "CREATE TRIGGER conformance_broken BEFORE INSERT ON dead_letters \
+         BEGIN SELECT RAISE(ABORT, 'dead letters broken by the conformance suite'); END"
+    } else {
+        "DROP TRIGGER conformance_broken"
+    };
+    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+}
+
 herald_conformance::conformance_tests!(
     fresh_bus,
     restart = restartable_bus,
-    retention = retained_bus
+    retention = retained_bus,
+    dead_letter_faults = breakable_bus,
 );

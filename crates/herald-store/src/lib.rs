@@ -7,8 +7,10 @@
 //! `nats://…` and `kafka://HOST:PORT[,HOST:PORT…]` (the bootstrap servers,
 //! unless `HERALD_KAFKA_BOOTSTRAP_SERVERS` names them). Each backend sits behind a cargo feature of the same name
 //! (`sqlite` on by default), so a service compiles only the backends it can
-//! be pointed at. Does not own any backend's behaviour or its other
-//! settings: those are each store's `Config::from_env`.
+//! be pointed at. Reads the delivery settings every store shares
+//! ([`DeliveryConfig`]) once, for the bus and the store alike, and lists
+//! every key a build reads ([`keys`]). Does not own any backend's
+//! behaviour or its other settings: those are each store's config.
 //!
 //! ```no_run
 //! # async fn run() -> herald::Result<()> {
@@ -21,8 +23,40 @@
 
 use std::sync::Arc;
 
-use herald::transport::Transport;
+use herald::config::{DeliveryConfig, KeySpec};
+use herald::DynTransport;
 use herald::{Bus, Config, Error, Result};
+
+/// The key only this crate reads.
+#[rustfmt::skip]
+pub const KEYS: &[KeySpec] = &[
+    KeySpec { key: "HERALD_STORE", default: DEFAULT_STORE, allowed: "memory://, sqlite://PATH, postgres://…, nats://… (several comma-separated), kafka://HOST:PORT[,HOST:PORT…]", doc: "the store a service runs on" },
+];
+
+/// Every key a service built with these features reads: herald's own (the
+/// bus and the delivery settings), [`KEYS`], and each compiled store's.
+///
+/// ```
+/// assert!(herald_store::keys().iter().any(|k| k.key == "HERALD_DEDUPE_WINDOW"));
+/// assert!(herald_store::keys().iter().any(|k| k.key == "HERALD_STORE"));
+/// ```
+pub fn keys() -> Vec<&'static KeySpec> {
+    let stores: &[&[KeySpec]] = &[
+        #[cfg(feature = "sqlite")]
+        herald_sqlite::KEYS,
+        #[cfg(feature = "postgres")]
+        herald_postgres::KEYS,
+        #[cfg(feature = "nats")]
+        herald_nats::KEYS,
+        #[cfg(feature = "kafka")]
+        herald_kafka::KEYS,
+    ];
+    herald::config::KEYS
+        .iter()
+        .chain(KEYS)
+        .chain(stores.iter().flat_map(|k| k.iter()))
+        .collect()
+}
 
 /// The store a service runs on, opened from a URL. Each variant is the
 /// backend's own handle, for what only that backend has (the SQLite and
@@ -57,45 +91,35 @@ pub const DEFAULT_STORE: &str = "sqlite://herald.db";
 
 impl Store {
     /// Open the store `HERALD_STORE` names (default [`DEFAULT_STORE`]),
-    /// with that backend's other settings from its `HERALD_*` keys.
+    /// with that backend's other settings from its `HERALD_*` keys
+    /// ([`StoreConfig::from_env`]).
     ///
     /// An unknown scheme, or one whose feature is off, is a `VALIDATION`
     /// error naming `HERALD_STORE`.
     pub async fn from_env() -> Result<Store> {
-        let url = herald::config::env("HERALD_STORE").unwrap_or_else(|| DEFAULT_STORE.to_owned());
-        match scheme(&url)? {
-            "memory" => Ok(Store::Memory(Default::default())),
+        Store::open_config(StoreConfig::from_env()?).await
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings already
+    /// read.
+    pub async fn from_env_with(delivery: DeliveryConfig) -> Result<Store> {
+        Store::open_config(StoreConfig::from_env_with(delivery)?).await
+    }
+
+    /// Open the store `config` describes.
+    pub async fn open_config(config: StoreConfig) -> Result<Store> {
+        match config {
+            StoreConfig::Memory(c) => Ok(Store::Memory(herald::memory::MemoryTransport::new(c)?)),
             #[cfg(feature = "sqlite")]
-            "sqlite" => {
-                let config = herald_sqlite::SqliteConfig::from_env()?;
-                Ok(Store::Sqlite(
-                    herald_sqlite::SqliteStore::open(config).await?,
-                ))
-            }
+            StoreConfig::Sqlite(c) => Ok(Store::Sqlite(herald_sqlite::SqliteStore::open(c).await?)),
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
-                let config = herald_postgres::PgConfig::from_env()?;
-                Ok(Store::Postgres(
-                    herald_postgres::PgStore::open(config).await?,
-                ))
+            StoreConfig::Postgres(c) => {
+                Ok(Store::Postgres(herald_postgres::PgStore::open(c).await?))
             }
             #[cfg(feature = "nats")]
-            "nats" | "tls" | "ws" | "wss" => {
-                let config = herald_nats::NatsConfig::from_env()?;
-                Ok(Store::Nats(herald_nats::NatsStore::open(config).await?))
-            }
+            StoreConfig::Nats(c) => Ok(Store::Nats(herald_nats::NatsStore::open(c).await?)),
             #[cfg(feature = "kafka")]
-            "kafka" => {
-                let servers = kafka_servers(&url).to_owned();
-                let config = herald_kafka::KafkaConfig::from_lookup(|key| {
-                    herald::config::env(key).or_else(|| {
-                        (key == "HERALD_KAFKA_BOOTSTRAP_SERVERS" && !servers.is_empty())
-                            .then(|| servers.clone())
-                    })
-                })?;
-                Ok(Store::Kafka(herald_kafka::KafkaStore::open(config).await?))
-            }
-            other => Err(unsupported(&url, other)),
+            StoreConfig::Kafka(c) => Ok(Store::Kafka(herald_kafka::KafkaStore::open(c).await?)),
         }
     }
 
@@ -157,7 +181,7 @@ impl Store {
 
     /// The store as a transport, for [`Bus::new`] or
     /// [`BusBuilder::transport`](herald::BusBuilder::transport).
-    pub fn transport(&self) -> Arc<dyn Transport> {
+    pub fn transport(&self) -> Arc<dyn DynTransport> {
         match self {
             Store::Memory(t) => Arc::new(t.clone()),
             #[cfg(feature = "sqlite")]
@@ -172,12 +196,11 @@ impl Store {
     }
 
     /// A bus with `config` on this store. Publishing to a store outside
-    /// the process goes through DESIGN.md §6's guard: transient failures
-    /// (`UNAVAILABLE`, `TIMEOUT`) are retried by
-    /// [`RetryPolicy::from_env`](herald::retry::RetryPolicy::from_env), and
-    /// [`CircuitBreaker::from_env`](herald::breaker::CircuitBreaker::from_env)
-    /// fails publishes fast with `UNAVAILABLE` once that many failed in a
-    /// row. The in-process store publishes unguarded.
+    /// the process goes through DESIGN.md §6's guard, as `config`'s
+    /// delivery settings give it: transient failures (`UNAVAILABLE`,
+    /// `TIMEOUT`) are retried by their retry policy, and a circuit breaker
+    /// fails publishes fast with `UNAVAILABLE` once their threshold failed
+    /// in a row. The in-process store publishes unguarded.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
@@ -187,13 +210,14 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub fn bus(&self, config: Config) -> Result<Bus> {
+        let delivery = config.delivery_config().clone();
         let builder = Bus::builder().config(config).transport(self.transport());
         match self {
             Store::Memory(_) => builder.build(),
             #[allow(unreachable_patterns)]
             _ => builder
-                .publish_retry(herald::retry::RetryPolicy::from_env()?)
-                .publish_breaker(herald::breaker::CircuitBreaker::from_env()?)
+                .publish_retry(delivery.retry_policy())
+                .publish_breaker(herald::breaker::CircuitBreaker::from_config(&delivery)?)
                 .build(),
         }
     }
@@ -205,11 +229,81 @@ impl Store {
     }
 }
 
+/// The settings of the store `HERALD_STORE` names, read and validated but
+/// not opened: what `herald config` checks, and what [`Store::open_config`]
+/// opens.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// `memory://` ([`MemoryConfig::from_env`](herald::memory::MemoryConfig::from_env)).
+    Memory(herald::memory::MemoryConfig),
+    /// `sqlite://PATH`.
+    #[cfg(feature = "sqlite")]
+    Sqlite(herald_sqlite::SqliteConfig),
+    /// `postgres://…`.
+    #[cfg(feature = "postgres")]
+    Postgres(herald_postgres::PgConfig),
+    /// `nats://…`.
+    #[cfg(feature = "nats")]
+    Nats(herald_nats::NatsConfig),
+    /// `kafka://…`.
+    #[cfg(feature = "kafka")]
+    Kafka(herald_kafka::KafkaConfig),
+}
+
+impl StoreConfig {
+    /// Read the settings of the store `HERALD_STORE` names (default
+    /// [`DEFAULT_STORE`]) from its `HERALD_*` keys and validate them,
+    /// without connecting to anything. A bad value is a `VALIDATION` error
+    /// naming its key, the value and what is allowed.
+    pub fn from_env() -> Result<StoreConfig> {
+        StoreConfig::from_env_with(DeliveryConfig::from_env()?)
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings every
+    /// store shares already read (see [`bus_from_env`], which reads them
+    /// once for the bus and the store).
+    pub fn from_env_with(delivery: DeliveryConfig) -> Result<StoreConfig> {
+        let url = herald::config::env("HERALD_STORE").unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        match scheme(&url)? {
+            "memory" => Ok(StoreConfig::Memory(
+                herald::memory::MemoryConfig::from_env_with(delivery)?,
+            )),
+            #[cfg(feature = "sqlite")]
+            "sqlite" => Ok(StoreConfig::Sqlite(
+                herald_sqlite::SqliteConfig::from_env_with(delivery)?,
+            )),
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(StoreConfig::Postgres(
+                herald_postgres::PgConfig::from_env_with(delivery)?,
+            )),
+            #[cfg(feature = "nats")]
+            "nats" | "tls" | "ws" | "wss" => Ok(StoreConfig::Nats(
+                herald_nats::NatsConfig::from_env_with(delivery)?,
+            )),
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let servers = kafka_servers(&url).to_owned();
+                let lookup = move |key: &str| {
+                    herald::config::env(key).or_else(|| {
+                        (key == "HERALD_KAFKA_BOOTSTRAP_SERVERS" && !servers.is_empty())
+                            .then(|| servers.clone())
+                    })
+                };
+                let config = herald_kafka::KafkaConfig::from_lookup_with(&lookup, delivery)?;
+                Ok(StoreConfig::Kafka(config))
+            }
+            other => Err(unsupported(&url, other)),
+        }
+    }
+}
+
 /// A bus with [`Config::from_env`] on the store `HERALD_STORE` names: the
 /// one line a service needs to run on whichever store it is configured for.
 pub async fn bus_from_env() -> Result<Bus> {
-    let config = Config::from_env()?;
-    Store::from_env().await?.bus(config)
+    let delivery = DeliveryConfig::from_env()?;
+    let config = Config::from_env_with(delivery.clone())?;
+    Store::from_env_with(delivery).await?.bus(config)
 }
 
 fn scheme(url: &str) -> Result<&str> {

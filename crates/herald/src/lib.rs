@@ -1,8 +1,10 @@
 //! herald: typed events, commands and durable subscriptions for Rust services.
 //!
 //! One API — [`Bus`] — over interchangeable backends ([`Transport`]): the
-//! in-process [`memory`] transport here, and embedded SQLite, PostgreSQL and
-//! NATS JetStream in their own crates. Every message travels in an
+//! in-process [`memory`] transport here, and embedded SQLite, PostgreSQL,
+//! NATS JetStream and Kafka in their own crates (`herald-sqlite`,
+//! `herald-postgres`, `herald-nats`, `herald-kafka`), which implement the
+//! contract in [`backend`]. Every message travels in an
 //! [`Envelope`] (wire format v1, `schema/envelope.v1.json`).
 //!
 //! ```
@@ -35,49 +37,40 @@
 // crate's own doc tests and unit tests.
 extern crate self as herald;
 
-pub mod breaker;
+// The layers, bottom to top; a module imports only from its own folder and
+// the folders above it in this list (`tests/tidy.rs` checks it):
+// `model` (the data: envelope, message, errors, topics, deliveries) →
+// `config` (`HERALD_*` keys, defaults, ranges) → `observe` (metrics,
+// instruments, SLOs, trace context) → `backend` (the contract a store
+// implements) → `memory` (the in-process store) → `runtime` (the layers
+// around a handler call) → `bus` (the `Bus` and everything that drives one)
+// → `testing`. The user API is re-exported below as it always was.
+pub mod backend;
 pub mod bus;
-pub mod command;
 pub mod config;
-pub mod context;
-pub mod dead_letter;
-pub mod dedupe;
-pub mod delivery;
-pub mod envelope;
-pub mod error;
-pub mod event;
-pub mod forward;
-pub mod group;
-pub mod handler;
-pub mod headers;
-pub mod instrument;
-mod lifecycle;
-pub mod log_tail;
 pub mod memory;
-pub mod message;
-pub mod metrics;
-pub mod middleware;
-pub mod payload;
-#[cfg(feature = "prometheus")]
-pub mod prometheus;
-pub mod publisher;
-pub mod queue;
-pub mod rate_limit;
-pub mod retention;
-pub mod retry;
-pub mod schema;
-pub mod slo;
-pub mod subscription;
+mod model;
+mod observe;
+mod runtime;
 pub mod testing;
-pub mod topic;
-pub mod trace;
-pub mod transport;
+
+pub use backend::{retention, subscription, transport};
+pub use bus::{command, dead_letters, forward, handler, publisher};
+pub use config::retry;
+pub use model::{
+    context, dead_letter, delivery, envelope, error, event, message, payload, schema, topic,
+};
+#[cfg(feature = "prometheus")]
+pub use observe::prometheus;
+pub use observe::{instrument, metrics, slo, trace};
+pub use runtime::{breaker, dedupe, middleware, rate_limit};
 
 pub use bus::{Bus, BusBuilder};
 pub use command::{Call, CommandHandle, Request};
 pub use config::Config;
 pub use context::current_correlation_id;
-pub use dead_letter::{AutoReplay, DeadLetter, DeadLetterFilter, DeadLetters, FailureSource};
+pub use dead_letter::{DeadLetter, DeadLetterFilter, FailureSource};
+pub use dead_letters::{AutoReplay, DeadLetters};
 pub use delivery::{Delivery, Outcome};
 pub use envelope::{Envelope, Kind, Limits, Priority};
 pub use error::{Error, ErrorCode, Result};
@@ -91,7 +84,10 @@ pub use subscription::{
     KindFilter, Received, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
 };
 pub use topic::{Pattern, Topic};
-pub use transport::{DeliveryState, Features, GroupInfo, GroupTopic, TopicInfo, Transport};
+pub use transport::{
+    DeliveryState, DynTransport, Features, GroupInfo, GroupTopic, Inspect, IntoTransport,
+    TopicInfo, Transport,
+};
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event) for the attributes.
 #[cfg(feature = "derive")]

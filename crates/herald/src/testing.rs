@@ -49,15 +49,17 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
+use crate::backend::subscription::{StartPosition, SubscribeSpec, Subscription};
+use crate::backend::transport::{
+    DeliveryState, DynTransport, Features, GroupInfo, Inspect, IntoTransport, TopicInfo, Transport,
+};
 use crate::bus::Bus;
-use crate::dead_letter::{DeadLetter, DeadLetterFilter};
-use crate::delivery::{BoxFuture, Delivery, Outcome, Settle};
-use crate::envelope::Envelope;
-use crate::error::{Error, ErrorCode, Result};
-use crate::middleware::{Effects, Layer, Next};
-use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
-use crate::topic::Topic;
-use crate::transport::{DeliveryState, Features, GroupInfo, TopicInfo, Transport};
+use crate::model::dead_letter::{DeadLetter, DeadLetterFilter};
+use crate::model::delivery::{BoxFuture, Delivery, Outcome, Settle};
+use crate::model::envelope::Envelope;
+use crate::model::error::{Error, ErrorCode, Result};
+use crate::model::topic::Topic;
+use crate::runtime::middleware::{Effects, Layer, Next};
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -221,9 +223,9 @@ impl Faults {
     }
 
     /// `transport` with these faults.
-    pub fn wrap(&self, transport: impl Transport) -> FaultyTransport {
+    pub fn wrap(&self, transport: impl IntoTransport) -> FaultyTransport {
         FaultyTransport {
-            inner: Arc::new(transport),
+            inner: transport.into_shared(),
             faults: self.clone(),
         }
     }
@@ -254,7 +256,7 @@ impl std::fmt::Debug for Faults {
 
 /// A transport with [`Faults`] in front of it.
 pub struct FaultyTransport {
-    inner: Arc<dyn Transport>,
+    inner: Arc<dyn DynTransport>,
     faults: Faults,
 }
 
@@ -265,8 +267,8 @@ impl std::fmt::Debug for FaultyTransport {
 }
 
 impl Transport for FaultyTransport {
-    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
-        Box::pin(async move {
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
+        {
             self.faults.shared.publishes.fetch_add(1, Ordering::SeqCst);
             let delay = *self.faults.shared.publish_delay.lock();
             if let Some(d) = delay {
@@ -277,11 +279,11 @@ impl Transport for FaultyTransport {
                 return Err(Error::new(code, "injected publish failure"));
             }
             self.inner.publish(batch).await
-        })
+        }
     }
 
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
-        Box::pin(async move {
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Subscription> {
+        {
             let delay = *self.faults.shared.subscribe_delay.lock();
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
@@ -313,52 +315,18 @@ impl Transport for FaultyTransport {
                 })
             });
             Ok(Subscription::new(wrapped, close))
-        })
+        }
     }
 
-    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
-        self.inner.last_seq(topic)
-    }
-
-    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
-        self.inner.topics()
-    }
-
-    fn replay(
-        &self,
-        topic: &Topic,
-        from: StartPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
-        self.inner.replay(topic, from, limit)
-    }
-
-    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
-        self.inner.groups()
-    }
-
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        self.inner.dead_letters(filter)
-    }
-
-    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
-        self.inner.purge_dead_letters(filter)
-    }
-
-    fn delivery_state(
-        &self,
-        topic: &Topic,
-        seq: u64,
-        group: &str,
-    ) -> BoxFuture<'_, Result<DeliveryState>> {
-        self.inner.delivery_state(topic, seq, group)
+    async fn last_seq(&self, topic: &Topic) -> Result<Option<u64>> {
+        self.inner.last_seq(topic).await
     }
 
     fn export_command(
         &self,
         topic: &Topic,
-        serve: crate::transport::CommandServe,
-    ) -> Option<crate::transport::CommandExport> {
+        serve: crate::backend::transport::CommandServe,
+    ) -> Option<crate::backend::transport::CommandExport> {
         self.inner.export_command(topic, serve)
     }
 
@@ -370,16 +338,47 @@ impl Transport for FaultyTransport {
         self.inner.call(command, timeout)
     }
 
-    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+    fn attach_metrics(&self, metrics: &crate::observe::metrics::Metrics) {
         self.inner.attach_metrics(metrics)
     }
 
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        self.inner.close()
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
     }
 
     fn features(&self) -> Features {
         self.inner.features()
+    }
+}
+
+impl Inspect for FaultyTransport {
+    async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner.topics().await
+    }
+
+    async fn replay(
+        &self,
+        topic: &Topic,
+        from: StartPosition,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
+        self.inner.replay(topic, from, limit).await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        self.inner.groups().await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(filter).await
+    }
+
+    async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        self.inner.purge_dead_letters(filter).await
+    }
+
+    async fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
+        self.inner.delivery_state(topic, seq, group).await
     }
 }
 

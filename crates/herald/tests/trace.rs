@@ -89,3 +89,45 @@ async fn what_a_handler_publishes_continues_the_handled_trace() {
     assert_ne!(billed.span_id(), root.span_id(), "a new hop");
     handler.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Reports one fixed trace as the caller's.
+struct Fixed(TraceParent);
+
+impl herald::trace::Propagator for Fixed {
+    fn current(&self) -> Option<TraceParent> {
+        Some(self.0)
+    }
+
+    fn continue_span(&self, _: &tracing::Span, _: TraceParent) {}
+}
+
+/// A propagator given to one bus is that bus's: another bus in the same
+/// process starts its own traces.
+#[tokio::test]
+async fn a_bus_s_own_propagator_is_used_by_that_bus_only() {
+    let caller = TraceParent::new(
+        0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+        0x00f0_67aa_0ba9_02b7,
+        true,
+    )
+    .unwrap();
+    let traced = Bus::builder().propagator(Fixed(caller)).build().unwrap();
+    let plain = Bus::memory();
+    let mut from_traced = traced.subscribe_raw("t.>").await.unwrap();
+    let mut from_plain = plain.subscribe_raw("t.>").await.unwrap();
+    traced
+        .publish(Message::json("t.a", &1u8).unwrap())
+        .await
+        .unwrap();
+    plain
+        .publish(Message::json("t.a", &1u8).unwrap())
+        .await
+        .unwrap();
+    let got = TraceParent::of(&*next(&mut from_traced).await).expect("a traceparent");
+    assert_eq!(
+        got, caller,
+        "the caller's span, through the bus's propagator"
+    );
+    let other = TraceParent::of(&*next(&mut from_plain).await).expect("a traceparent");
+    assert_ne!(other.trace_id(), caller.trace_id(), "a trace of its own");
+}

@@ -4,7 +4,8 @@
 //! awaiting each delivery report (sync), and [`TASKS`] tasks each sending
 //! [`BATCH`] records before awaiting their reports (pipelined); publish →
 //! group consumer latency through herald and through a raw rdkafka consumer
-//! in a group of its own; and how fast a herald group drains a backlog.
+//! in a group of its own; and how fast a herald group drains a backlog,
+//! next to a raw rdkafka group consumer committing its offsets.
 //! Everything lives in a `HERALD_ENVIRONMENT` of its own whose topics are
 //! deleted after. Other `HERALD_KAFKA_*` settings apply to both sides
 //! (tansu 0.6 needs `HERALD_KAFKA_BATCH_MESSAGES=1`).
@@ -20,6 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
+use super::drain::Drains;
 use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
@@ -45,10 +47,9 @@ pub struct KafkaFigures {
     pub raw_end_to_end: Percentiles,
     /// Raw p50 over herald p50 (1 = as fast as raw).
     pub ratio_latency_p50: f64,
-    /// Events/s a herald group drains (receive + ack, each ack committed),
-    /// with one member and with four.
-    pub group_drain_1: f64,
-    pub group_drain_4: f64,
+    /// How a herald group drains (receive + ack), next to a raw rdkafka
+    /// group consumer committing its offsets ([`Raw::consume`]).
+    pub drain: Drains,
     /// A command's round trip to a handler on another store (process).
     pub call: Percentiles,
 }
@@ -66,7 +67,7 @@ pub async fn run(url: &str, short: bool) -> Result<KafkaFigures> {
         std::process::id(),
         fastrand::u32(..1 << 24)
     );
-    let config = KafkaConfig::from_lookup(|key| match key {
+    let config = KafkaConfig::from_lookup(&|key| match key {
         "HERALD_KAFKA_BOOTSTRAP_SERVERS" => Some(servers.to_owned()),
         "HERALD_ENVIRONMENT" => Some(environment.clone()),
         _ => herald::config::env(key),
@@ -110,9 +111,22 @@ async fn measure(store: &KafkaStore, servers: &str, short: bool) -> Result<Kafka
     let warmup = (rounds / 10).max(50);
     let end_to_end = durable::end_to_end(&bus, rounds, warmup).await?;
     let raw_end_to_end = raw.end_to_end(&config, rounds, warmup, &sample).await?;
-    let drain = if short { 1_000 } else { 10_000 };
-    let group_drain_1 = super::drain::group_drain(&bus, drain, 1, BATCH).await?;
-    let group_drain_4 = super::drain::group_drain(&bus, drain, 4, BATCH).await?;
+    let consume = if short { 2_000 } else { 20_000 };
+    let raw_1 = raw
+        .consume(&config, "bench.raw-drain1", consume / 10, 1)
+        .await?;
+    let raw_batched = raw
+        .consume(&config, "bench.raw-drain", consume, BATCH)
+        .await?;
+    let drain = Drains::measure(
+        if short { 1_000 } else { 10_000 },
+        |_| {
+            let config = config.clone();
+            async move { Ok(Bus::new(KafkaStore::open(config).await?)) }
+        },
+        (raw_1, raw_batched),
+    )
+    .await?;
     let server = KafkaStore::open(config.clone()).await?;
     let call = durable::call_latency(&Bus::new(server.clone()), &bus, rounds, warmup).await;
     server.close().await;
@@ -128,8 +142,7 @@ async fn measure(store: &KafkaStore, servers: &str, short: bool) -> Result<Kafka
         ratio_latency_p50: raw_end_to_end.p50_us / end_to_end.p50_us,
         end_to_end,
         raw_end_to_end,
-        group_drain_1,
-        group_drain_4,
+        drain,
         call,
     })
 }
@@ -189,6 +202,51 @@ impl Raw {
             }
         })
         .await
+    }
+
+    /// A raw rdkafka consumer in a group of its own (`group`, herald's
+    /// consumer settings, from the earliest offset) reading `events`
+    /// records of the raw topic and committing its offsets every
+    /// `commit_every` records — awaiting each commit when that is 1 (the
+    /// member loop's baseline), else asynchronously: records/s, from the
+    /// first record (the group's join is not counted).
+    async fn consume(
+        &self,
+        config: &KafkaConfig,
+        group: &str,
+        events: usize,
+        commit_every: usize,
+    ) -> Result<f64> {
+        let group = config.kafka_topic(group);
+        let mut properties = config.consumer_properties(&group);
+        properties.insert("auto.offset.reset".into(), "earliest".into());
+        let consumer: StreamConsumer = client(properties)
+            .create()
+            .map_err(|e| kafka("create the raw consumer", e))?;
+        consumer
+            .subscribe(&[self.topic.as_str()])
+            .map_err(|e| kafka("subscribe the raw consumer", e))?;
+        let mut start = None;
+        for read in 1..=events {
+            let msg = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .map_err(|_| {
+                    Error::new(ErrorCode::Timeout, "the raw consumer got nothing in 60 s")
+                })?
+                .map_err(|e| kafka("raw receive", e))?;
+            start.get_or_insert_with(Instant::now);
+            if commit_every == 1 {
+                consumer
+                    .commit_message(&msg, CommitMode::Sync)
+                    .map_err(|e| kafka("raw commit", e))?;
+            } else if read % commit_every == 0 || read == events {
+                consumer
+                    .commit_message(&msg, CommitMode::Async)
+                    .map_err(|e| kafka("raw commit", e))?;
+            }
+        }
+        let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
+        Ok(events as f64 / elapsed.as_secs_f64())
     }
 
     /// One send at a time; from the send to a raw consumer in a group of its

@@ -3,7 +3,8 @@
 //! to a stream of the same settings, in the same run: one publish at a time
 //! awaiting each ack (sync), and [`TASKS`] tasks each sending [`BATCH`]
 //! publishes before awaiting their acks (pipelined); publish → durable
-//! group member latency; and how fast a group drains a backlog. Everything
+//! group member latency; and how fast a group drains a backlog, next to a
+//! raw async-nats pull consumer with explicit acks. Everything
 //! lives under a subject prefix of its own whose streams are deleted after.
 
 use async_nats::jetstream::{self, stream};
@@ -12,6 +13,7 @@ use herald::{Bus, Envelope, Error, ErrorCode, Result, Topic};
 use herald_nats::{NatsConfig, NatsStore, Storage};
 use serde::Serialize;
 
+use super::drain::Drains;
 use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
@@ -31,10 +33,9 @@ pub struct NatsFigures {
     pub ratio_pipelined: f64,
     /// Publish called → a durable group member has the event.
     pub end_to_end: Percentiles,
-    /// Events/s a durable group drains (receive + ack), with one member
-    /// and with four.
-    pub group_drain_1: f64,
-    pub group_drain_4: f64,
+    /// How a durable group drains (receive + ack), next to a raw
+    /// async-nats pull consumer over the raw stream ([`raw_consume`]).
+    pub drain: Drains,
     /// A command's round trip to a handler on another store (process).
     pub call: Percentiles,
 }
@@ -92,9 +93,19 @@ async fn measure(
     let raw_pipelined = raw_publishes(&js, &raw_subject, pipelined, TASKS, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
     let end_to_end = durable::end_to_end(&bus, rounds, (rounds / 10).max(50)).await?;
-    let drain = if short { 2_000 } else { 20_000 };
-    let group_drain_1 = super::drain::group_drain(&bus, drain, 1, BATCH).await?;
-    let group_drain_4 = super::drain::group_drain(&bus, drain, 4, BATCH).await?;
+    let stream_name = format!("{}_RAW", prefix.replace('.', "_"));
+    let consume = if short { 2_000 } else { 20_000 };
+    let raw_1 = raw_consume(&js, &stream_name, "raw1", consume / 10, true).await?;
+    let raw_batched = raw_consume(&js, &stream_name, "raw", consume, false).await?;
+    let drain = Drains::measure(
+        if short { 2_000 } else { 20_000 },
+        |_| {
+            let config = config.clone();
+            async move { Ok(Bus::new(NatsStore::open(config).await?)) }
+        },
+        (raw_1, raw_batched),
+    )
+    .await?;
     let server = NatsStore::open(config.clone()).await?;
     let call = durable::call_latency(&Bus::new(server.clone()), &bus, rounds, rounds / 10).await;
     server.close().await;
@@ -107,8 +118,7 @@ async fn measure(
         ratio_sync: herald_sync / raw_sync,
         ratio_pipelined: herald_pipelined / raw_pipelined,
         end_to_end,
-        group_drain_1,
-        group_drain_4,
+        drain,
         call,
     })
 }
@@ -130,7 +140,7 @@ async fn raw_publishes(
             let mut acks = Vec::with_capacity(n);
             for _ in 0..n {
                 let env = fresh(&sample);
-                let (pairs, body) = herald::headers::encode(&env)?;
+                let (pairs, body) = herald::backend::headers::encode(&env)?;
                 let mut headers = async_nats::HeaderMap::new();
                 for (name, value) in pairs {
                     headers.insert(name, value.as_str());
@@ -152,6 +162,55 @@ async fn raw_publishes(
         }
     })
     .await
+}
+
+/// The raw consume ceiling: a durable pull consumer `name` on the raw
+/// stream (which holds the raw publishes' messages) receiving `events`
+/// messages and acking each with explicit acks — awaiting the server's
+/// confirmation of each before the next (`one_by_one`, the member loop's
+/// baseline), or as async-nats pulls and acks them, batches of [`BATCH`]
+/// in flight: messages/s.
+async fn raw_consume(
+    js: &jetstream::Context,
+    stream_name: &str,
+    name: &str,
+    events: usize,
+    one_by_one: bool,
+) -> Result<f64> {
+    use jetstream::consumer::{pull, AckPolicy};
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| nats("find the raw stream", e))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats("make the raw consumer", e))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(if one_by_one { 1 } else { BATCH })
+        .messages()
+        .await
+        .map_err(|e| nats("pull from the raw consumer", e))?;
+    let start = std::time::Instant::now();
+    for _ in 0..events {
+        let message = messages
+            .next()
+            .await
+            .ok_or_else(|| Error::internal("the raw stream ran out"))?
+            .map_err(|e| nats("pull a raw message", e))?;
+        let acked = if one_by_one {
+            message.double_ack().await
+        } else {
+            message.ack().await
+        };
+        acked.map_err(|e| Error::new(ErrorCode::Unavailable, format!("nats: ack: {e}")))?;
+    }
+    Ok(events as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Delete every stream under `prefix`.

@@ -3,7 +3,8 @@
 //! and the same database, from [`TASKS`] concurrent tasks, one transaction
 //! per publish (single) or per [`BATCH`] events; the sequencer's rate at
 //! turning outbox rows into events; publish-commit → durable group member
-//! latency (woken by LISTEN/NOTIFY); and how fast a group drains a backlog.
+//! latency (woken by LISTEN/NOTIFY); and how fast a group drains a backlog,
+//! next to a raw pgmq-style consume loop.
 //! Everything runs in schemas of its own, dropped afterwards.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use herald::{Bus, Envelope, Error, Message, Result, StartPosition};
 use herald_postgres::{PgConfig, PgStore};
 use serde::Serialize;
 
+use super::drain::Drains;
 use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
@@ -36,10 +38,10 @@ pub struct PgFigures {
     pub sequenced_per_second: f64,
     /// Outbox publish committed → a durable group member has it.
     pub end_to_end: Percentiles,
-    /// Events/s a durable group drains (receive + ack, committed), with one
-    /// member and with four.
-    pub group_drain_1: f64,
-    pub group_drain_4: f64,
+    /// How a durable group drains (receive + ack, committed), next to the
+    /// raw consume loop ([`raw_consume`]) at one row and [`BATCH`] rows
+    /// per commit.
+    pub drain: Option<Drains>,
 }
 
 /// Concurrent publishing tasks.
@@ -62,20 +64,83 @@ pub async fn run(url: &str, short: bool) -> Result<PgFigures> {
     store.close().await;
     drop_schema(url, &schema).await;
     let mut figures = result?;
-    let drain = if short { 2_000 } else { 20_000 };
-    for (members, rate) in [
-        (1, &mut figures.group_drain_1),
-        (4, &mut figures.group_drain_4),
-    ] {
-        let schema = format!("{schema}_drain{members}");
-        let store = PgStore::open(config.clone().schema(&schema)).await?;
-        let bus = Bus::new(store.clone());
-        let drained = super::drain::group_drain(&bus, drain, members, BATCH).await;
-        store.close().await;
+    let consume = if short { 2_000 } else { 20_000 };
+    let raw_1 = raw_consume(url, &format!("{schema}_raw1"), consume / 10, 1).await?;
+    let raw_batched = raw_consume(url, &format!("{schema}_raw"), consume, BATCH).await?;
+    let schemas = std::sync::Mutex::new(Vec::new());
+    let drain = Drains::measure(
+        if short { 2_000 } else { 20_000 },
+        |label| {
+            let schema = format!("{schema}_{label}");
+            schemas.lock().expect("not poisoned").push(schema.clone());
+            let config = config.clone().schema(&schema);
+            async move { Ok(Bus::new(PgStore::open(config).await?)) }
+        },
+        (raw_1, raw_batched),
+    )
+    .await;
+    for schema in schemas.into_inner().expect("not poisoned") {
         drop_schema(url, &schema).await;
-        *rate = drained?;
     }
+    figures.drain = Some(drain?);
     Ok(figures)
+}
+
+/// The raw consume ceiling, pgmq's way on one connection: a queue table of
+/// `events` rows (written first, untimed), then back to back `DELETE …
+/// WHERE id IN (SELECT … ORDER BY id LIMIT batch FOR UPDATE SKIP LOCKED)
+/// RETURNING` — read and removed in one committed transaction — until it
+/// is empty: rows/s.
+async fn raw_consume(url: &str, schema: &str, events: usize, batch: usize) -> Result<f64> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .map_err(pg)?;
+    let sample = sample()?.with_seq(1).to_json()?;
+    let setup = [
+        format!("CREATE SCHEMA \"{schema}\""),
+        format!(
+            "CREATE TABLE \"{schema}\".queue (id bigserial PRIMARY KEY, envelope bytea NOT NULL)"
+        ),
+        format!(
+            "INSERT INTO \"{schema}\".queue (envelope) SELECT $1 FROM generate_series(1, {events})"
+        ),
+    ];
+    let consumed = async {
+        for (i, sql) in setup.iter().enumerate() {
+            let query = sqlx::query(sql);
+            let query = if i == setup.len() - 1 {
+                query.bind(&sample)
+            } else {
+                query
+            };
+            query.execute(&pool).await.map_err(pg)?;
+        }
+        let pop = format!(
+            "DELETE FROM \"{schema}\".queue WHERE id IN
+             (SELECT id FROM \"{schema}\".queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, envelope"
+        );
+        let start = Instant::now();
+        let mut read = 0;
+        loop {
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(&pop)
+                .bind(batch as i64)
+                .fetch_all(&pool)
+                .await
+                .map_err(pg)?;
+            if rows.is_empty() {
+                break;
+            }
+            read += rows.len();
+        }
+        Ok::<_, Error>(read as f64 / start.elapsed().as_secs_f64())
+    }
+    .await;
+    pool.close().await;
+    drop_schema(url, schema).await;
+    consumed
 }
 
 async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures> {
@@ -106,8 +171,7 @@ async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures
         ratio_batched: herald_batched / raw_batched,
         sequenced_per_second,
         end_to_end,
-        group_drain_1: 0.0,
-        group_drain_4: 0.0,
+        drain: None,
     })
 }
 

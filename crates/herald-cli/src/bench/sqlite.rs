@@ -14,6 +14,7 @@ use herald::{Envelope, Error, Message, Result};
 use herald_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
 
+use super::drain::{self, Drains};
 use super::durable;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
@@ -35,10 +36,11 @@ pub struct Appends {
     pub ratio_batched: f64,
     /// publish → a durable group member has it.
     pub end_to_end: Percentiles,
-    /// Events/s a durable group drains (receive + ack, committed), with one
-    /// and with four members.
-    pub group_drain_1: f64,
-    pub group_drain_4: f64,
+    /// How a durable group drains (receive + ack, committed), next to the
+    /// raw consume ceiling (rusqlite, one connection: read rows and advance
+    /// a cursor in one transaction, one row per commit and [`BATCH`] per
+    /// commit, same durability).
+    pub drain: Drains,
 }
 
 /// Concurrent publishing tasks.
@@ -58,9 +60,22 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
     let raw_batched = raw_inserts(&files.raw("batched"), batched, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
     let end_to_end = end_to_end(&files.herald("latency"), rounds, (rounds / 10).max(100)).await?;
-    let drain = if short { 1_000 } else { 5_000 };
-    let group_drain_1 = group_drain(&files.herald("drain1"), drain, 1).await?;
-    let group_drain_4 = group_drain(&files.herald("drain4"), drain, 4).await?;
+    let consume = if short { 2_000 } else { 20_000 };
+    let raw_consume_1 = raw_consume(&files.raw("consume1"), consume / 4, 1, &sample).await?;
+    let raw_consume_batched = raw_consume(&files.raw("consume"), consume, BATCH, &sample).await?;
+    let drain = Drains::measure(
+        if short { 2_000 } else { 20_000 },
+        |label| {
+            let path = files.herald(label);
+            async move {
+                Ok(herald::Bus::new(
+                    SqliteStore::open(SqliteConfig::new(path)).await?,
+                ))
+            }
+        },
+        (raw_consume_1, raw_consume_batched),
+    )
+    .await?;
     Ok(Appends {
         events: batched,
         herald_single,
@@ -70,8 +85,7 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
         ratio_single: herald_single / raw_single,
         ratio_batched: herald_batched / raw_batched,
         end_to_end,
-        group_drain_1,
-        group_drain_4,
+        drain,
     })
 }
 
@@ -123,12 +137,110 @@ async fn end_to_end(path: &Path, rounds: usize, warmup: usize) -> Result<Percent
     Ok(Percentiles::of(samples, warmup))
 }
 
-/// A fresh store at `path` drained by `members` members of one group.
-async fn group_drain(path: &Path, events: usize, members: usize) -> Result<f64> {
-    let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(path)).await?);
-    let rate = super::drain::group_drain(&bus, events, members, BATCH).await;
+/// The embedded store's drain in `herald bench` (and its `--check` gate):
+/// one handler at its defaults draining `events` over [`drain::KEYS`]
+/// keys, next to the raw 100-rows-per-commit consume loop, in files under
+/// the system's temporary directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainGate {
+    pub events: usize,
+    pub handler: f64,
+    pub raw_batched: f64,
+    pub ratio: f64,
+}
+
+/// Measure [`DrainGate`] with `events` events.
+pub async fn drain_gate(events: usize) -> Result<DrainGate> {
+    let base = std::env::temp_dir().join(format!(
+        "herald-bench-{}-{}.db",
+        std::process::id(),
+        uuid::Uuid::now_v7()
+    ));
+    let files = Files::new(&base)?;
+    let sample = sample()?;
+    let raw_batched = raw_consume(&files.raw("consume"), events, BATCH, &sample).await?;
+    let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(files.herald("drain"))).await?);
+    let awaited = drain::Consumer::Handler { await_acks: true };
+    let handler =
+        drain::keyed_drain(&bus, "bench.drain", events, 1, Some(drain::KEYS), awaited).await;
     bus.close().await?;
-    rate
+    let handler = handler?;
+    Ok(DrainGate {
+        events,
+        handler,
+        raw_batched,
+        ratio: handler / raw_batched,
+    })
+}
+
+/// The raw consume ceiling: rusqlite on one connection over a log of
+/// `events` rows (written first, untimed), reading `batch` rows past a
+/// group's cursor and moving the cursor past them in one transaction, back
+/// to back, at herald's durability (WAL, `synchronous=FULL`).
+async fn raw_consume(path: &Path, events: usize, batch: usize, sample: &Envelope) -> Result<f64> {
+    let json = sample.clone().with_seq(1).to_json()?;
+    raw(path, "consume", move |mut conn| {
+        conn.execute_batch(
+            "CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, seq INTEGER NOT NULL,
+             envelope BLOB NOT NULL, UNIQUE (topic, seq));
+             CREATE TABLE cursors (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);
+             INSERT INTO cursors VALUES ('drain', 0);",
+        )?;
+        {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (topic, seq, envelope) VALUES ('bench.drain', ?1, ?2)",
+                )?;
+                for seq in 1..=events as i64 {
+                    insert.execute(rusqlite::params![seq, json])?;
+                }
+            }
+            tx.commit()?;
+        }
+        let start = Instant::now();
+        let (mut cursor, mut read, mut bytes) = (0i64, 0usize, 0usize);
+        while read < events {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut rows = tx.prepare_cached(
+                    "SELECT pos, envelope FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+                )?;
+                let mut found = rows.query(rusqlite::params![cursor, batch as i64])?;
+                while let Some(row) = found.next()? {
+                    cursor = row.get(0)?;
+                    bytes += row.get_ref(1)?.as_blob()?.len();
+                    read += 1;
+                }
+                tx.prepare_cached("UPDATE cursors SET pos = ?1 WHERE name = 'drain'")?
+                    .execute([cursor])?;
+            }
+            tx.commit()?;
+        }
+        std::hint::black_box(bytes);
+        Ok(read as f64 / start.elapsed().as_secs_f64())
+    })
+    .await
+}
+
+/// Run a raw baseline's `work` on its own rusqlite connection to `path`,
+/// at herald's durability (WAL, `synchronous=FULL`), off the runtime.
+async fn raw(
+    path: &Path,
+    what: &'static str,
+    work: impl FnOnce(rusqlite::Connection) -> rusqlite::Result<f64> + Send + 'static,
+) -> Result<f64> {
+    let path = path.to_path_buf();
+    let run = move || -> rusqlite::Result<f64> {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        work(conn)
+    };
+    tokio::task::spawn_blocking(run)
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(|e| Error::internal(format!("raw SQLite {what} baseline: {e}")))
 }
 
 /// The raw ceiling: rusqlite (no async layer) on one connection, a prepared
@@ -142,11 +254,7 @@ async fn raw_inserts(path: &Path, events: usize, batch: usize, sample: &Envelope
             e.with_seq(s as u64).to_json().map(|j| (s, ms, key, j))
         })
         .collect::<Result<_>>()?;
-    let path = path.to_path_buf();
-    let work = move || -> rusqlite::Result<f64> {
-        let mut conn = rusqlite::Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+    raw(path, "insert", move |mut conn| {
         conn.execute_batch(
             "CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, seq INTEGER NOT NULL,
              created_ms INTEGER NOT NULL, appended_ms INTEGER NOT NULL, idempotency_key TEXT NOT NULL,
@@ -169,11 +277,8 @@ async fn raw_inserts(path: &Path, events: usize, batch: usize, sample: &Envelope
             tx.commit()?;
         }
         Ok(rows.len() as f64 / start.elapsed().as_secs_f64())
-    };
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::internal(e.to_string()))?
-        .map_err(|e| Error::internal(format!("raw SQLite baseline: {e}")))
+    })
+    .await
 }
 
 /// The benchmark's database files, removed when done.

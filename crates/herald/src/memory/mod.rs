@@ -39,6 +39,7 @@
 //! Not here: persistence (see the durable transports).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -47,23 +48,23 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::TryAcquireError;
 use uuid::Uuid;
 
-use crate::config::{env_parse, in_range, seconds, DEFAULT_TIMEOUT};
-use crate::dead_letter::{DeadLetter, DeadLetterFilter};
-use crate::delivery::BoxFuture;
-use crate::envelope::Envelope;
-use crate::error::{Error, ErrorCode, Result};
-use crate::subscription::{StartPosition, SubscribeSpec, Subscription};
-use crate::topic::Topic;
-use crate::transport::{DeliveryState, Features, GroupInfo, GroupTopic, TopicInfo, Transport};
+use crate::backend::subscription::{StartPosition, SubscribeSpec, Subscription};
+use crate::backend::transport::{
+    DeliveryState, Features, GroupInfo, GroupTopic, Inspect, TopicInfo, Transport,
+};
+use crate::config::{env_parse, in_range, DeliveryConfig};
+use crate::model::dead_letter::{DeadLetter, DeadLetterFilter};
+use crate::model::envelope::Envelope;
+use crate::model::error::{Error, ErrorCode, Result};
+use crate::model::topic::Topic;
 
-use crate::queue::{self, Queue, QueueHost};
+use crate::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use crate::backend::queue::{self, Queue, QueueHost};
+use crate::model::delivery::BoxFuture;
 
 /// Events each topic retains (`HERALD_HISTORY_SIZE`).
 pub const DEFAULT_HISTORY_SIZE: usize = 1000;
-/// Delivery attempts before dead-lettering (`HERALD_MAX_DELIVER`).
-pub const DEFAULT_MAX_DELIVER: u32 = 5;
-/// How long an idempotency key is remembered (`HERALD_DEDUPE_WINDOW`).
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+pub use crate::config::DEFAULT_MAX_DELIVER;
 /// Most idempotency keys remembered per topic.
 pub const DEFAULT_DEDUPE_CAPACITY: usize = 100_000;
 /// Most dead letters kept; past it the oldest are dropped and counted.
@@ -82,9 +83,7 @@ pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 100_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryConfig {
     history_size: usize,
-    publish_timeout: Duration,
-    max_deliver: u32,
-    dedupe_window: Duration,
+    delivery: DeliveryConfig,
     dedupe_capacity: usize,
     dead_letter_capacity: usize,
 }
@@ -93,9 +92,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             history_size: DEFAULT_HISTORY_SIZE,
-            publish_timeout: DEFAULT_TIMEOUT,
-            max_deliver: DEFAULT_MAX_DELIVER,
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            delivery: DeliveryConfig::default(),
             dedupe_capacity: DEFAULT_DEDUPE_CAPACITY,
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
         }
@@ -103,21 +100,22 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
-    /// Defaults overridden by `HERALD_HISTORY_SIZE`, `HERALD_TIMEOUT_SECONDS`,
-    /// `HERALD_MAX_DELIVER` and `HERALD_DEDUPE_WINDOW` when set, validated.
+    /// Defaults overridden by `HERALD_HISTORY_SIZE` and the delivery
+    /// settings ([`DeliveryConfig::from_env`]: the publish timeout, attempts
+    /// before dead-lettering, the dedupe window) when set, validated.
     pub fn from_env() -> Result<Self> {
-        let mut c = MemoryConfig::default();
+        Self::from_env_with(DeliveryConfig::from_env()?)
+    }
+
+    /// As [`from_env`](Self::from_env), with the delivery settings already
+    /// read.
+    pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
+        let mut c = MemoryConfig {
+            delivery,
+            ..MemoryConfig::default()
+        };
         if let Some(v) = env_parse("HERALD_HISTORY_SIZE")? {
             c.history_size = v;
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_TIMEOUT_SECONDS")? {
-            c.publish_timeout = seconds("HERALD_TIMEOUT_SECONDS", v)?;
-        }
-        if let Some(v) = env_parse("HERALD_MAX_DELIVER")? {
-            c.max_deliver = v;
-        }
-        if let Some(v) = env_parse::<f64>("HERALD_DEDUPE_WINDOW")? {
-            c.dedupe_window = seconds("HERALD_DEDUPE_WINDOW", v)?;
         }
         c.validate()?;
         Ok(c)
@@ -126,19 +124,7 @@ impl MemoryConfig {
     /// Check every value against its allowed range.
     pub fn validate(&self) -> Result<()> {
         in_range("HERALD_HISTORY_SIZE", self.history_size, 0, 1_000_000)?;
-        in_range(
-            "HERALD_TIMEOUT_SECONDS",
-            self.publish_timeout.as_secs_f64(),
-            0.001,
-            300.0,
-        )?;
-        in_range("HERALD_MAX_DELIVER", self.max_deliver, 1, 1000)?;
-        in_range(
-            "HERALD_DEDUPE_WINDOW",
-            self.dedupe_window.as_secs(),
-            0,
-            7 * 24 * 3600,
-        )?;
+        self.delivery.validate()?;
         in_range("dedupe_capacity", self.dedupe_capacity, 0, 100_000_000)?;
         in_range(
             "dead_letter_capacity",
@@ -154,20 +140,25 @@ impl MemoryConfig {
         self.history_size = n;
         self
     }
+    /// The delivery settings, all at once (replacing those set so far).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = delivery;
+        self
+    }
     /// How long a publish waits for room in a full subscriber queue before it
-    /// fails with `BACKPRESSURE`.
+    /// fails with `BACKPRESSURE` (the delivery settings' timeout).
     pub fn publish_timeout(mut self, d: Duration) -> Self {
-        self.publish_timeout = d;
+        self.delivery = self.delivery.timeout(d);
         self
     }
     /// Delivery attempts before an event is dead-lettered, 1–1000.
     pub fn max_deliver(mut self, n: u32) -> Self {
-        self.max_deliver = n;
+        self.delivery = self.delivery.max_deliver(n);
         self
     }
     /// How long an idempotency key is remembered, 0 (off) – 7 days.
     pub fn dedupe_window(mut self, d: Duration) -> Self {
-        self.dedupe_window = d;
+        self.delivery = self.delivery.dedupe_window(d);
         self
     }
     /// Most idempotency keys remembered per topic (the oldest go first).
@@ -222,6 +213,7 @@ impl MemoryTransport {
                 registry: Mutex::new(Registry::default()),
                 topics: RwLock::new(HashMap::new()),
                 dead: Mutex::new(DeadStore::default()),
+                dead_letter_writes: DeadLetterWrites::default(),
                 closed: AtomicBool::new(false),
             }),
         }
@@ -238,6 +230,7 @@ pub(crate) struct Shared {
     registry: Mutex<Registry>,
     topics: RwLock<HashMap<Topic, Arc<TopicState>>>,
     dead: Mutex<DeadStore>,
+    dead_letter_writes: DeadLetterWrites,
     closed: AtomicBool,
 }
 
@@ -302,7 +295,7 @@ impl Dedupe {
 
 impl QueueHost for Shared {
     fn max_deliver(&self) -> u32 {
-        self.config.max_deliver
+        self.config.delivery.max_deliver_attempts()
     }
 
     fn leave(&self, queue: &Arc<Queue>) {
@@ -312,7 +305,7 @@ impl QueueHost for Shared {
         }
     }
 
-    fn dead_letter(&self, mut letter: DeadLetter) {
+    fn dead_letter(&self, mut letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
         let mut dead = self.dead.lock();
         if dead.entries.len() >= self.config.dead_letter_capacity {
             dead.entries.pop_front();
@@ -321,10 +314,22 @@ impl QueueHost for Shared {
         dead.next_id += 1;
         letter.id = dead.next_id;
         dead.entries.push_back(letter);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn dead_letter_writes(&self) -> &DeadLetterWrites {
+        &self.dead_letter_writes
     }
 }
 
 impl Shared {
+    /// Wait for the dead letters being given up on to be written.
+    async fn written(&self) {
+        self.dead_letter_writes
+            .settled(DEAD_LETTER_WRITE_WAIT)
+            .await;
+    }
+
     fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
         let Some(queue) = self.registry.lock().groups.get(group).cloned() else {
             return Err(Error::new(
@@ -592,10 +597,13 @@ impl Shared {
             let mut appended: Vec<Vec<(usize, Arc<Envelope>)>> = Vec::with_capacity(topics.len());
             for (g, (_, idx)) in guards.iter_mut().zip(&topics) {
                 let g = &mut **g;
-                g.dedupe
-                    .prune(now, self.config.dedupe_window, self.config.dedupe_capacity);
-                let dedupe_on =
-                    !self.config.dedupe_window.is_zero() && self.config.dedupe_capacity > 0;
+                g.dedupe.prune(
+                    now,
+                    self.config.delivery.dedupe_window_duration(),
+                    self.config.dedupe_capacity,
+                );
+                let dedupe_on = !self.config.delivery.dedupe_window_duration().is_zero()
+                    && self.config.dedupe_capacity > 0;
                 let mut fresh = Vec::with_capacity(idx.len());
                 for &i in idx {
                     let Some(mut env) = batch[i].take() else {
@@ -682,8 +690,9 @@ impl Shared {
                 Err(TryAcquireError::Closed) => continue,
                 Err(TryAcquireError::NoPermits) => {}
             }
-            let until = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.config.publish_timeout);
+            let until = *deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now() + self.config.delivery.timeout_duration()
+            });
             match tokio::time::timeout_at(until, queue.permits().acquire_many(*n)).await {
                 Ok(Ok(p)) => {
                     p.forget();
@@ -697,7 +706,7 @@ impl Shared {
                         format!(
                             "a subscriber's buffer ({} events) stayed full for {:?}; nothing was published",
                             queue.spec().buffer,
-                            self.config.publish_timeout
+                            self.config.delivery.timeout_duration()
                         ),
                     ));
                 }
@@ -760,16 +769,16 @@ fn closed_error() -> Error {
 }
 
 impl Transport for MemoryTransport {
-    fn publish(&self, batch: Vec<Envelope>) -> BoxFuture<'_, Result<Vec<u64>>> {
-        Box::pin(self.shared.publish(batch))
+    fn publish(&self, batch: Vec<Envelope>) -> impl Future<Output = Result<Vec<u64>>> + Send {
+        self.shared.publish(batch)
     }
 
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription>> {
+    fn subscribe(&self, spec: SubscribeSpec) -> impl Future<Output = Result<Subscription>> + Send {
         let r = self.shared.subscribe(spec);
-        Box::pin(std::future::ready(r))
+        std::future::ready(r)
     }
 
-    fn last_seq(&self, topic: &Topic) -> BoxFuture<'_, Result<Option<u64>>> {
+    fn last_seq(&self, topic: &Topic) -> impl Future<Output = Result<Option<u64>>> + Send {
         let seq = self
             .shared
             .topics
@@ -777,10 +786,22 @@ impl Transport for MemoryTransport {
             .get(topic.as_str())
             .map(|t| t.inner.lock().last_seq)
             .filter(|s| *s > 0);
-        Box::pin(std::future::ready(Ok(seq)))
+        std::future::ready(Ok(seq))
     }
 
-    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
+    async fn close(&self) -> Result<()> {
+        self.shared.close();
+        self.shared.written().await;
+        Ok(())
+    }
+
+    fn features(&self) -> Features {
+        Features::MEMORY
+    }
+}
+
+impl Inspect for MemoryTransport {
+    fn topics(&self) -> impl Future<Output = Result<Vec<TopicInfo>>> + Send {
         let mut list: Vec<TopicInfo> = self
             .shared
             .topics
@@ -790,7 +811,7 @@ impl Transport for MemoryTransport {
             .filter(|t| t.last_seq > 0)
             .collect();
         list.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
-        Box::pin(std::future::ready(Ok(list)))
+        std::future::ready(Ok(list))
     }
 
     fn replay(
@@ -798,7 +819,7 @@ impl Transport for MemoryTransport {
         topic: &Topic,
         from: StartPosition,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Envelope>>> {
+    ) -> impl Future<Output = Result<Vec<Envelope>>> + Send {
         let events = match self.shared.topics.read().get(topic.as_str()) {
             None => Vec::new(),
             Some(t) => t
@@ -816,24 +837,25 @@ impl Transport for MemoryTransport {
                 .map(|e| Envelope::clone(e))
                 .collect(),
         };
-        Box::pin(std::future::ready(Ok(events)))
+        std::future::ready(Ok(events))
     }
 
-    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupInfo>>> {
-        Box::pin(std::future::ready(Ok(self.shared.groups())))
+    fn groups(&self) -> impl Future<Output = Result<Vec<GroupInfo>>> + Send {
+        std::future::ready(Ok(self.shared.groups()))
     }
 
-    fn dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
+        self.shared.written().await;
         let dead = self.shared.dead.lock();
         let selected = dead.entries.iter().filter(|d| filter.matches(d));
-        let list = selected
+        Ok(selected
             .take(filter.max().unwrap_or(usize::MAX))
             .cloned()
-            .collect();
-        Box::pin(std::future::ready(Ok(list)))
+            .collect())
     }
 
-    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> BoxFuture<'_, Result<u64>> {
+    async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        self.shared.written().await;
         let mut dead = self.shared.dead.lock();
         let mut left = filter.max().unwrap_or(usize::MAX);
         let before = dead.entries.len();
@@ -844,28 +866,12 @@ impl Transport for MemoryTransport {
             }
             !purge
         });
-        let purged = (before - dead.entries.len()) as u64;
-        Box::pin(std::future::ready(Ok(purged)))
+        Ok((before - dead.entries.len()) as u64)
     }
 
-    fn delivery_state(
-        &self,
-        topic: &Topic,
-        seq: u64,
-        group: &str,
-    ) -> BoxFuture<'_, Result<DeliveryState>> {
-        Box::pin(std::future::ready(
-            self.shared.delivery_state(topic, seq, group),
-        ))
-    }
-
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        self.shared.close();
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn features(&self) -> Features {
-        Features::MEMORY
+    async fn delivery_state(&self, topic: &Topic, seq: u64, group: &str) -> Result<DeliveryState> {
+        self.shared.written().await;
+        self.shared.delivery_state(topic, seq, group)
     }
 }
 

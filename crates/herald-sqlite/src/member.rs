@@ -1,0 +1,127 @@
+//! A member of a durable consumer group on this store: the
+//! `herald::backend::group::GroupMember` whose claims and settlements are
+//! requests to the writer (which runs `group.rs`'s SQL in its transactions)
+//! and whose wake-ups are the writer's signals. Does not own the group's
+//! SQL (`group`) or the dispatch of a group subscription here (`transport`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::backend::group::{self as rules, Claimed, Settled};
+use herald::backend::BoxFuture;
+use herald::{Envelope, Result, SubscribeSpec, Subscription};
+use tokio::sync::oneshot;
+
+use crate::conn::{closed, Inner};
+use crate::request::{Claim, Request, Settlement};
+
+/// Open a member of `spec.group`.
+pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    let group = spec.group.clone().expect("a group subscription");
+    rules::subscribe(Arc::new(Member {
+        inner: inner.clone(),
+        group,
+        id: uuid::Uuid::now_v7().to_string(),
+        spec,
+        seen: std::sync::Mutex::new(None),
+    }))
+    .await
+}
+
+/// One member: claims and settlements go through the writer.
+struct Member {
+    inner: Arc<Inner>,
+    group: String,
+    id: String,
+    spec: SubscribeSpec,
+    /// When the member last recorded itself as live.
+    seen: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Member {
+    /// Whether this claim should record the member as live: at joining,
+    /// and once a fifth of `MEMBER_TTL` passed since the last record.
+    fn refresh(&self, max: usize) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return true;
+        };
+        let due = max == 0 || seen.is_none_or(|at| at.elapsed() >= rules::MEMBER_TTL / 5);
+        if due {
+            *seen = Some(Instant::now());
+        }
+        due
+    }
+}
+
+impl rules::GroupMember for Member {
+    fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>> {
+        Box::pin(async move {
+            let (reply, done) = oneshot::channel();
+            let claim = Claim {
+                group: self.group.clone(),
+                member: self.id.clone(),
+                max,
+                spec: self.spec.clone(),
+                max_deliver: self.inner.config.deliveries(),
+                refresh: self.refresh(max),
+            };
+            self.inner
+                .writer
+                .send(Request::Claim(Box::new(claim), reply))
+                .await
+                .map_err(|_| closed())?;
+            done.await.map_err(|_| closed())?
+        })
+    }
+
+    fn settle(
+        &self,
+        pos: i64,
+        envelope: Arc<Envelope>,
+        outcome: Settled,
+        effects: Vec<Envelope>,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let (reply, done) = oneshot::channel();
+            let settlement = Settlement {
+                group: self.group.clone(),
+                member: self.id.clone(),
+                envelope,
+                pos,
+                outcome,
+                max_deliver: self.inner.config.deliveries(),
+                effects,
+            };
+            self.inner
+                .writer
+                .send(Request::Settle(Box::new(settlement), reply))
+                .await
+                .map_err(|_| closed())?;
+            done.await.map_err(|_| closed())?
+        })
+    }
+
+    /// New events, settlements (the writer's signals; other processes'
+    /// commits are noticed by the store's `data_version` poll), or
+    /// `IDLE_MAX` for leases that run out.
+    fn changes(&self) -> BoxFuture<'static, ()> {
+        rules::changes(self.inner.committed.clone(), self.inner.groups.clone())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    fn ack_wait(&self) -> Duration {
+        self.spec.ack_wait
+    }
+
+    fn pruned(&self) -> u64 {
+        self.inner.pruned.load(Ordering::Acquire)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.spec.max_in_flight
+    }
+}

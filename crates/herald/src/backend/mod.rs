@@ -1,0 +1,37 @@
+//! The contract a store implements, and the parts every store shares.
+//!
+//! A backend crate (`herald-sqlite`, `herald-postgres`, `herald-nats`,
+//! `herald-kafka`) imports from here and from the root's user API
+//! (`herald::{Envelope, Error, …}`), nothing else:
+//! - [`transport`]: the [`Transport`](transport::Transport) trait, its
+//!   features and inspection types;
+//! - [`subscription`]: what a subscriber asks for and the stream it gets;
+//! - [`queue`]: the delivery queue (flows, priority, key locks, ack
+//!   deadlines, redelivery, dead-lettering) under group-less tails and
+//!   broker groups;
+//! - [`group`]: durable consumer groups over a stored log (claim plans,
+//!   lease changes, the member stream);
+//! - [`log_tail`]: feeding a stored log into a queue;
+//! - [`headers`]: the envelope as broker headers;
+//! - [`retention`]: what a retention pass deletes;
+//! - [`dead_lettering`]: the dead-letter writes a store has under way, and
+//!   the waits every store shares;
+//! - [`dedupe`]: where a handler's dedupe layer keeps processed ids.
+//!
+//! Imports `model`, `config` and `observe`; never the bus.
+
+pub mod dead_lettering;
+pub mod dedupe;
+pub mod group;
+pub mod headers;
+pub mod log_tail;
+pub mod queue;
+pub mod retention;
+pub mod subscription;
+pub mod transport;
+
+pub use crate::model::dead_letter::{select_pages, DeadLetterRow};
+pub use crate::model::delivery::{BoxFuture, Settle};
+pub use crate::model::traceparent::{TraceParent, TRACEPARENT};
+pub use crate::observe::metrics::{Gauge, Metrics};
+pub use dedupe::DedupeStore;

@@ -1,0 +1,369 @@
+//! The delivery settings every transport shares, read and checked once.
+//!
+//! Owns [`DeliveryConfig`]: the consumer group a service names by default,
+//! the ack wait, delivery attempts before dead-lettering, handler retries
+//! and the circuit breaker's settings, the dedupe window, the poll
+//! interval, the publish and call timeout, and the envelope limits. A bus's
+//! [`Config`](crate::Config) carries one, and each store's config is handed
+//! the same one instead of reading those keys again (`herald-store` reads it
+//! once for both). What a store does with them is the store's; the breaker
+//! itself is built from them in the runtime.
+
+use std::time::Duration;
+
+use crate::config::keys::{env, spec, KeySpec};
+use crate::config::retry::RetryPolicy;
+use crate::config::DEFAULT_TIMEOUT;
+use crate::model::envelope::{check_text, Limits};
+use crate::model::error::Result;
+
+/// How long a publish of an idempotency key already seen is answered with
+/// the first one's `seq` instead of appending again (`HERALD_DEDUPE_WINDOW`).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How long a delivery may stay unsettled before it is redelivered
+/// (`HERALD_ACK_WAIT`).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Delivery attempts before an event is dead-lettered (`HERALD_MAX_DELIVER`).
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// How often a store looks for commits by other processes
+/// (`HERALD_POLL_INTERVAL`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Consecutive retryable failures that open a circuit breaker
+/// (`HERALD_CIRCUIT_BREAKER_THRESHOLD`).
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+
+/// How long an open breaker stays open before a trial call
+/// (`HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT`).
+pub const DEFAULT_BREAKER_RESET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The delivery settings every transport shares (DESIGN.md §9). Build in
+/// code, or read the `HERALD_*` keys once with
+/// [`DeliveryConfig::from_env`] and hand the result to the bus's
+/// [`Config`](crate::Config) and the store's config.
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::config::DeliveryConfig;
+/// let d = DeliveryConfig::default().max_deliver(3).dedupe_window(Duration::ZERO);
+/// d.validate().unwrap();
+/// assert_eq!(d.max_deliver_attempts(), 3);
+/// let bad = DeliveryConfig::default().max_deliver(0).validate().unwrap_err();
+/// assert!(bad.to_string().contains("HERALD_MAX_DELIVER=0"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    group: Option<String>,
+    ack_wait: Duration,
+    max_deliver: u32,
+    retry: RetryPolicy,
+    breaker_threshold: u32,
+    breaker_reset_timeout: Duration,
+    dedupe_window: Duration,
+    poll_interval: Duration,
+    timeout: Duration,
+    limits: Limits,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            group: None,
+            ack_wait: DEFAULT_ACK_WAIT,
+            max_deliver: DEFAULT_MAX_DELIVER,
+            retry: RetryPolicy::default(),
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_reset_timeout: DEFAULT_BREAKER_RESET_TIMEOUT,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The [`KeySpec`] of one of herald's own keys.
+fn key(name: &str) -> &'static KeySpec {
+    spec(name).expect("a key of herald's KEYS table")
+}
+
+impl DeliveryConfig {
+    /// Defaults overridden by the keys that are set (the environment over
+    /// `herald.toml`, see [`env`]), validated.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(&env)
+    }
+
+    /// As [`from_env`](Self::from_env), reading each key through `get`.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut d = DeliveryConfig::default();
+        let seconds = |name: &str| key(name).seconds_from(get);
+        if let Some(g) = get("HERALD_GROUP") {
+            d.group = Some(g);
+        }
+        if let Some(v) = seconds("HERALD_ACK_WAIT")? {
+            d.ack_wait = v;
+        }
+        if let Some(v) = key("HERALD_MAX_DELIVER").parse_from(get)? {
+            d.max_deliver = v;
+        }
+        if let Some(v) = key("HERALD_MAX_RETRY_ATTEMPTS").parse_from(get)? {
+            d.retry = d.retry.max_attempts(v);
+        }
+        if let Some(v) = seconds("HERALD_RETRY_BACKOFF_BASE")? {
+            d.retry = d.retry.base(v);
+        }
+        if let Some(v) = seconds("HERALD_RETRY_MAX_DELAY")? {
+            d.retry = d.retry.max_delay(v);
+        }
+        if let Some(v) = key("HERALD_CIRCUIT_BREAKER_THRESHOLD").parse_from(get)? {
+            d.breaker_threshold = v;
+        }
+        if let Some(v) = seconds("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT")? {
+            // In code a breaker may reset within a millisecond; the key
+            // allows what the docs say.
+            key("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT").check(v.as_secs_f64(), 1.0, 3600.0)?;
+            d.breaker_reset_timeout = v;
+        }
+        if let Some(v) = seconds("HERALD_DEDUPE_WINDOW")? {
+            d.dedupe_window = v;
+        }
+        if let Some(v) = seconds("HERALD_POLL_INTERVAL")? {
+            d.poll_interval = v;
+        }
+        if let Some(v) = seconds("HERALD_TIMEOUT_SECONDS")? {
+            key("HERALD_TIMEOUT_SECONDS").check(v.as_secs_f64(), 1.0, 300.0)?;
+            d.timeout = v;
+        }
+        if let Some(v) = key("HERALD_MAX_PAYLOAD_BYTES").parse_from(get)? {
+            d.limits = d.limits.max_payload_bytes(v);
+        }
+        if let Some(v) = key("HERALD_MAX_HEADERS").parse_from(get)? {
+            d.limits = d.limits.max_headers(v);
+        }
+        if let Some(v) = key("HERALD_MAX_HEADER_BYTES").parse_from(get)? {
+            d.limits = d.limits.max_header_bytes(v);
+        }
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// Check every value against its allowed range. Built in code, the
+    /// timeout and the breaker's reset may be as short as 1 ms (for tests);
+    /// their keys allow what the docs say.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(g) = &self.group {
+            if check_text("group", g).is_err() || g.len() > 255 {
+                return Err(key("HERALD_GROUP").invalid(g));
+            }
+        }
+        key("HERALD_ACK_WAIT").check(self.ack_wait.as_secs_f64(), 1.0, 3600.0)?;
+        key("HERALD_MAX_DELIVER").check(self.max_deliver, 1, 1000)?;
+        self.retry.validate()?;
+        key("HERALD_CIRCUIT_BREAKER_THRESHOLD").check(self.breaker_threshold, 1, 100)?;
+        key("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT").check(
+            self.breaker_reset_timeout.as_secs_f64(),
+            0.001,
+            3600.0,
+        )?;
+        key("HERALD_DEDUPE_WINDOW").check(self.dedupe_window.as_secs(), 0, 7 * 24 * 3600)?;
+        key("HERALD_POLL_INTERVAL").check(self.poll_interval.as_secs_f64(), 0.01, 10.0)?;
+        key("HERALD_TIMEOUT_SECONDS").check(self.timeout.as_secs_f64(), 0.001, 300.0)?;
+        let limits = &self.limits;
+        key("HERALD_MAX_PAYLOAD_BYTES").check(
+            limits.payload_bytes(),
+            1024,
+            Limits::WIDEST.payload_bytes(),
+        )?;
+        key("HERALD_MAX_HEADERS").check(limits.headers(), 0, Limits::WIDEST.headers())?;
+        key("HERALD_MAX_HEADER_BYTES").check(
+            limits.header_bytes(),
+            0,
+            Limits::WIDEST.header_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// The group a service's subscriptions join when they name none.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+    /// Redeliver a delivery left unsettled this long, 1–3600 s.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+    /// Delivery attempts before dead-lettering, 1–1000.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+    /// How handlers and guarded publishes retry.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+    /// Consecutive retryable failures that open the circuit breaker, 1–100.
+    pub fn breaker_threshold(mut self, n: u32) -> Self {
+        self.breaker_threshold = n;
+        self
+    }
+    /// How long an open breaker waits before a trial call, 1 ms–1 hour.
+    pub fn breaker_reset_timeout(mut self, d: Duration) -> Self {
+        self.breaker_reset_timeout = d;
+        self
+    }
+    /// Remember idempotency keys this long, 0 (off) to 7 days.
+    pub fn dedupe_window(mut self, d: Duration) -> Self {
+        self.dedupe_window = d;
+        self
+    }
+    /// How often a store looks for other processes' commits, 10 ms–10 s.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+    /// Publish and call timeout, 1 ms–300 s.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+    /// The envelope limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The default group, when one is configured.
+    pub fn group_name(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+    /// The ack wait.
+    pub fn ack_wait_duration(&self) -> Duration {
+        self.ack_wait
+    }
+    /// Delivery attempts before dead-lettering.
+    pub fn max_deliver_attempts(&self) -> u32 {
+        self.max_deliver
+    }
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+    /// Consecutive failures that open the breaker.
+    pub fn breaker_threshold_count(&self) -> u32 {
+        self.breaker_threshold
+    }
+    /// How long an open breaker waits.
+    pub fn breaker_reset(&self) -> Duration {
+        self.breaker_reset_timeout
+    }
+    /// The dedupe window.
+    pub fn dedupe_window_duration(&self) -> Duration {
+        self.dedupe_window
+    }
+    /// The poll interval.
+    pub fn poll_interval_duration(&self) -> Duration {
+        self.poll_interval
+    }
+    /// The publish and call timeout.
+    pub fn timeout_duration(&self) -> Duration {
+        self.timeout
+    }
+    /// The envelope limits.
+    pub fn envelope_limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::ErrorCode;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<DeliveryConfig> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        DeliveryConfig::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn every_key_lands_in_its_setting() {
+        let d = read(&[
+            ("HERALD_GROUP", "billing"),
+            ("HERALD_ACK_WAIT", "7"),
+            ("HERALD_MAX_DELIVER", "9"),
+            ("HERALD_MAX_RETRY_ATTEMPTS", "4"),
+            ("HERALD_RETRY_BACKOFF_BASE", "0.25"),
+            ("HERALD_RETRY_MAX_DELAY", "8"),
+            ("HERALD_CIRCUIT_BREAKER_THRESHOLD", "11"),
+            ("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", "12"),
+            ("HERALD_DEDUPE_WINDOW", "0"),
+            ("HERALD_POLL_INTERVAL", "0.05"),
+            ("HERALD_TIMEOUT_SECONDS", "3"),
+            ("HERALD_MAX_PAYLOAD_BYTES", "4096"),
+            ("HERALD_MAX_HEADERS", "3"),
+            ("HERALD_MAX_HEADER_BYTES", "100"),
+        ])
+        .unwrap();
+        assert_eq!(d.group_name(), Some("billing"));
+        assert_eq!(d.ack_wait_duration(), Duration::from_secs(7));
+        assert_eq!(d.max_deliver_attempts(), 9);
+        let retry = RetryPolicy::default()
+            .max_attempts(4)
+            .base(Duration::from_millis(250))
+            .max_delay(Duration::from_secs(8));
+        assert_eq!(d.retry_policy(), retry);
+        assert_eq!(d.breaker_threshold_count(), 11);
+        assert_eq!(d.breaker_reset(), Duration::from_secs(12));
+        assert_eq!(d.dedupe_window_duration(), Duration::ZERO);
+        assert_eq!(d.poll_interval_duration(), Duration::from_millis(50));
+        assert_eq!(d.timeout_duration(), Duration::from_secs(3));
+        let limits = Limits::default()
+            .max_payload_bytes(4096)
+            .max_headers(3)
+            .max_header_bytes(100);
+        assert_eq!(d.envelope_limits(), limits);
+        assert_eq!(read(&[]).unwrap(), DeliveryConfig::default());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_the_value_and_the_range_in_the_docs_terms() {
+        for (key, value, expected) in [
+            ("HERALD_DEDUPE_WINDOW", "abc", "seconds, 0–604800 (7 days)"),
+            (
+                "HERALD_DEDUPE_WINDOW",
+                "604801",
+                "seconds, 0–604800 (7 days)",
+            ),
+            ("HERALD_DEDUPE_WINDOW", "-1", "seconds, 0–604800 (7 days)"),
+            ("HERALD_ACK_WAIT", "0.5", "seconds, 1–3600"),
+            ("HERALD_MAX_DELIVER", "0", "attempts, 1–1000"),
+            ("HERALD_POLL_INTERVAL", "11", "seconds, 0.01–10"),
+            ("HERALD_TIMEOUT_SECONDS", "0.5", "seconds, 1–300"),
+            (
+                "HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT",
+                "0.5",
+                "seconds, 1–3600",
+            ),
+            ("HERALD_MAX_PAYLOAD_BYTES", "10", "bytes, 1024–67108864"),
+            ("HERALD_GROUP", "a\nb", "1–255 chars, no control characters"),
+        ] {
+            let err = read(&[(key, value)]).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Validation);
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(expected),
+                "{key}={value}: {text}"
+            );
+        }
+    }
+}
