@@ -249,6 +249,14 @@ async fn a_flood_of_connections_is_refused_and_others_are_served() {
         .filter(|(_, a)| a.starts_with("HTTP/1.1 503") && a.contains("\"code\":\"BACKPRESSURE\""))
         .count();
     assert_eq!(refused, 50, "{answers:?}");
+    // An HTTP client library reads the refusal as an answer too: the
+    // server reads the request before it answers, so the client never
+    // sees a response it did not ask for (hyper's "unexpected message").
+    for _ in 0..20 {
+        let (status, body) = get(&s.url("/healthz")).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["code"], "BACKPRESSURE", "{body}");
+    }
     // Freeing connections lets new clients in again.
     held.clear();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -88,6 +88,10 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
 /// once; past it, such connections are closed unanswered.
 const MAX_REFUSALS: usize = 1_024;
 
+/// Most bytes a refused connection's request head is read for before the
+/// refusal is written anyway.
+const REFUSED_HEAD_MAX: usize = 16 * 1024;
+
 /// How the listener bounds connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -252,9 +256,12 @@ async fn accept_loop(
     }
 }
 
-/// Answer a connection over a limit and close it: the answer, then the
-/// write side shut, then whatever the client sent read away (for at most a
-/// second), so closing does not reset the connection and lose the answer.
+/// Answer a connection over a limit and close it: the request's head read
+/// first (for at most a second: a client answered before it has asked may
+/// take the answer for a stray message, as hyper's client does, and fail
+/// with no status at all), then the answer, the write side shut, and
+/// whatever else the client sent read away (for at most another second),
+/// so closing does not reset the connection and lose the answer.
 async fn refuse(mut stream: TcpStream, why: &str) {
     let body =
         serde_json::json!({"code": "BACKPRESSURE", "message": why, "retryable": true}).to_string();
@@ -262,6 +269,7 @@ async fn refuse(mut stream: TcpStream, why: &str) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = tokio::time::timeout(Duration::from_secs(1), read_head(&mut stream)).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;
@@ -270,6 +278,28 @@ async fn refuse(mut stream: TcpStream, why: &str) {
         io::Result::Ok(())
     })
     .await;
+}
+
+/// Read until the end of a request's head (an empty line), the peer's
+/// end, or [`REFUSED_HEAD_MAX`] bytes, whichever comes first.
+async fn read_head(stream: &mut TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    // The head's last bytes so far, so an end split between reads is seen.
+    let mut tail = Vec::with_capacity(buf.len() + 3);
+    let mut read = 0;
+    while read < REFUSED_HEAD_MAX {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+        tail.extend_from_slice(&buf[..n]);
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        tail.drain(..tail.len().saturating_sub(3));
+    }
+    Ok(())
 }
 
 /// The client's address, as handlers see it (`ConnectInfo<Peer>`).
