@@ -669,10 +669,7 @@ impl Group {
         let (Some(queue), Some(inner)) = (self.queue(), self.inner()) else {
             return out;
         };
-        for (topic, seq) in queue.unsettled() {
-            let Some(next) = queue.next_attempt(&topic, seq) else {
-                continue;
-            };
+        for (topic, seq, next) in queue.held_attempts() {
             if next > 1 && seq > 0 {
                 out.entry(inner.config.kafka_topic(topic.as_str()))
                     .or_default()

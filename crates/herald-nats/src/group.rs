@@ -363,10 +363,16 @@ impl Leader {
             .collect();
         // Next is what the queue would have delivered it as; one that
         // never reached the queue keeps the attempt it came with.
+        let in_queue: HashMap<(Topic, u64), u32> = self
+            .queue
+            .held_attempts()
+            .into_iter()
+            .map(|(topic, seq, next)| ((topic, seq), next))
+            .collect();
         let note: Vec<_> = held
             .iter()
             .filter_map(|((topic, seq), msg)| {
-                let next = self.queue.next_attempt(topic, *seq).or_else(|| {
+                let next = in_queue.get(&(topic.clone(), *seq)).copied().or_else(|| {
                     let delivered = msg.info().ok()?.delivered;
                     Some(self.attempt(&inner, &msg.subject, *seq, delivered))
                 })?;

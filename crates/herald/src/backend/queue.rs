@@ -223,48 +223,38 @@ impl Queue {
     /// nack's delay, in flight, or handed back after it closed — as
     /// `(topic, seq)`, each once.
     pub fn unsettled(&self) -> Vec<(Topic, u64)> {
-        let st = self.state.lock();
-        let mut held: HashSet<(Topic, u64), foldhash::fast::RandomState> = HashSet::default();
-        let mut add = |e: &Envelope| {
-            if let Some(seq) = e.seq() {
-                held.insert((e.topic().clone(), seq));
-            }
-        };
-        st.flows
-            .values()
-            .flat_map(|f| &f.items)
-            .for_each(|i| add(&i.env));
-        st.deadlines
-            .iter()
-            .filter(|(_, e)| st.inflight.contains(&address(e)))
-            .for_each(|(_, e)| add(e));
-        held.extend(st.delayed.keys().cloned());
-        held.extend(st.handed_back.keys().cloned());
-        held.into_iter().collect()
+        self.held_attempts()
+            .into_iter()
+            .map(|(topic, seq, _)| (topic, seq))
+            .collect()
     }
 
-    /// The attempt event `seq` of `topic` would next be delivered as: the
-    /// attempt it waits as, or one more than its delivery in flight; `None`
-    /// when the queue does not hold it. (What a host hands to a successor
-    /// that takes the queue's events over.)
-    pub fn next_attempt(&self, topic: &Topic, seq: u64) -> Option<u32> {
+    /// Every event this queue holds unsettled, each once, with the attempt
+    /// it would next be delivered as: the attempt it waits as, or one more
+    /// than its delivery in flight. (What a host hands to a successor that
+    /// takes the queue's events over, or writes beside its offsets.) One
+    /// pass over the queue, however many it holds.
+    pub fn held_attempts(&self) -> Vec<(Topic, u64, u32)> {
         let st = self.state.lock();
-        let is = |e: &Envelope| e.topic() == topic && e.seq() == Some(seq);
-        let at = (topic.clone(), seq);
-        if let Some(e) = st.delayed.get(&at).or_else(|| st.handed_back.get(&at)) {
-            return Some(e.attempt());
+        let mut held: HashMap<(Topic, u64), u32, foldhash::fast::RandomState> = HashMap::default();
+        // Later kinds win: a delivery in flight, then one waiting, then one
+        // delayed or handed back (what it will come as for certain).
+        for (_, e) in st.deadlines.iter() {
+            if let (Some(seq), true) = (e.seq(), st.inflight.contains(&address(e))) {
+                held.insert((e.topic().clone(), seq), e.attempt().saturating_add(1));
+            }
         }
-        let waiting = st
-            .flows
-            .values()
-            .find_map(|f| f.items.iter().find(|i| is(&i.env)));
-        if let Some(item) = waiting {
-            return Some(item.env.attempt());
+        for i in st.flows.values().flat_map(|f| &f.items) {
+            if let Some(seq) = i.env.seq() {
+                held.insert((i.env.topic().clone(), seq), i.env.attempt());
+            }
         }
-        st.deadlines
-            .iter()
-            .find(|(_, e)| is(e) && st.inflight.contains(&address(e)))
-            .map(|(_, e)| e.attempt().saturating_add(1))
+        for (at, e) in st.delayed.iter().chain(st.handed_back.iter()) {
+            held.insert(at.clone(), e.attempt());
+        }
+        held.into_iter()
+            .map(|((topic, seq), next)| (topic, seq, next))
+            .collect()
     }
 
     /// Drop the waiting events `which` selects — queued, or waiting out a
@@ -904,8 +894,9 @@ mod tests {
         queue.close();
         drop(held);
         let topic = Topic::new("t.a").unwrap();
-        assert_eq!(queue.next_attempt(&topic, 1), Some(2));
-        assert_eq!(queue.next_attempt(&topic, 2), Some(1));
+        let mut held = queue.held_attempts();
+        held.sort_by_key(|(_, seq, _)| *seq);
+        assert_eq!(held, vec![(topic.clone(), 1, 2), (topic.clone(), 2, 1)]);
         let mut unsettled = queue.unsettled();
         unsettled.sort_by_key(|(_, seq)| *seq);
         assert_eq!(unsettled, vec![(topic.clone(), 1), (topic, 2)]);
