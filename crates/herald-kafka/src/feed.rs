@@ -4,9 +4,12 @@
 //! Owns [`run`], the loop shared by group-less subscriptions (`tail`) and
 //! consumer groups (`group`). librdkafka's consumer is polled on a thread of
 //! its own because its rebalance callbacks run inside `poll` and make
-//! blocking calls. When the queue is full, the loop pauses its partitions
-//! and keeps polling (a consumer that stops polling is thrown out of its
-//! group), then resumes once the queue takes what is pending. What is done
+//! blocking calls. When the queue is full, the loop waits for room, still
+//! polling every [`POLL`] so rebalances are served (at most one record a
+//! poll joins what is pending); only a queue full for [`PAUSE_AFTER`]
+//! gets its partitions paused, since a pause throws away librdkafka's
+//! prefetch and a resume stalls the partitions. It resumes them once the
+//! queue takes what is pending. What is done
 //! with a record — whether it is still to be delivered, what becomes of one
 //! that does not decode, which partitions are still this consumer's — is
 //! the [`Hooks`]'. The loop ends by dropping its consumer on its own thread
@@ -32,6 +35,17 @@ pub(crate) const TICK: Duration = Duration::from_millis(500);
 
 /// Most envelopes offered to the queue at once.
 const CHUNK: usize = 256;
+
+/// How long the queue may stay full before the consumer's partitions are
+/// paused. A pause throws away what librdkafka prefetched for them, and a
+/// resume left them without a record for 0.75–0.9 s each time (measured on
+/// tansu), so a queue that is full only until its members take the next
+/// events is waited out instead; only a consumer whose members stay busy
+/// that long is paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a loop waiting for room in its queue looks for it.
+const ROOM_CHECK: Duration = Duration::from_millis(1);
 
 /// A record polled and decoded, not yet taken by the queue.
 pub(crate) struct Pending {
@@ -97,6 +111,7 @@ pub(crate) fn run<C, H>(
 {
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut paused = false;
+    let mut full_since: Option<Instant> = None;
     let mut last_tick = Instant::now();
     while !hooks.done() && !queue.is_closed() {
         if last_tick.elapsed() >= TICK || hooks.news() {
@@ -105,19 +120,34 @@ pub(crate) fn run<C, H>(
         }
         pending.retain(|p| hooks.generation(&p.kafka_topic, p.partition) == Some(p.generation));
         hand_over(&queue, &mut pending);
-        if !pending.is_empty() && !paused {
-            if let Ok(assigned) = consumer.assignment() {
-                paused = consumer.pause(&assigned).is_ok();
+        if pending.is_empty() {
+            full_since = None;
+            if paused {
+                if let Ok(assigned) = consumer.assignment() {
+                    paused = consumer.resume(&assigned).is_err();
+                }
             }
-        } else if pending.is_empty() && paused {
-            if let Ok(assigned) = consumer.assignment() {
-                paused = consumer.resume(&assigned).is_err();
+        } else if !paused {
+            let since = *full_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PAUSE_AFTER {
+                if let Ok(assigned) = consumer.assignment() {
+                    paused = consumer.pause(&assigned).is_ok();
+                }
+            } else {
+                wait_for_room(&queue, &mut pending);
             }
         }
         // What the consumer holds ready is read together, so the queue
-        // gets it together (priority orders events waiting at once).
-        let mut wait = POLL;
-        for _ in 0..CHUNK {
+        // gets it together (priority orders events waiting at once). While
+        // the queue is still full and the partitions are not paused, one
+        // poll serves rebalances and events, and at most one record joins
+        // what is pending.
+        let (mut wait, most) = if pending.is_empty() || paused {
+            (POLL, CHUNK)
+        } else {
+            (Duration::ZERO, 1)
+        };
+        for _ in 0..most {
             match consumer.poll(wait) {
                 None => break,
                 Some(Ok(msg)) => {
@@ -156,6 +186,16 @@ fn finish<C: ConsumerContext>(mut consumer: Arc<BaseConsumer<C>>) {
                 let _ = consumer.poll(POLL);
             }
         }
+    }
+}
+
+/// Wait up to [`POLL`] for the queue to take what is pending, looking
+/// every [`ROOM_CHECK`].
+fn wait_for_room(queue: &Queue, pending: &mut VecDeque<Pending>) {
+    let until = Instant::now() + POLL;
+    while !pending.is_empty() && !queue.is_closed() && Instant::now() < until {
+        std::thread::sleep(ROOM_CHECK);
+        hand_over(queue, pending);
     }
 }
 
