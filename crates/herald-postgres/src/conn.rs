@@ -206,6 +206,23 @@ pub(crate) fn runtime_error(e: sqlx::Error) -> Error {
     Error::new(code, format!("postgres: {e}")).with_source(e)
 }
 
+/// Whether `e` is a deadlock or a serialization failure: the server
+/// rolled the transaction back to let a concurrent one through, and the
+/// same transaction may simply run again.
+pub(crate) fn lost_a_race(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<sqlx::Error>())
+        .and_then(|s| match s {
+            sqlx::Error::Database(db) => db.code(),
+            _ => None,
+        })
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
+/// How often a transaction that [`lost_a_race`] runs again before its
+/// error is returned.
+pub(crate) const RACE_RETRIES: usize = 3;
+
 fn retryable_state(code: &str) -> bool {
     ["08", "53", "57P", "40001", "40P01", "25006", "57014"]
         .iter()

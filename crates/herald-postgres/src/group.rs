@@ -5,10 +5,20 @@
 //! settlements; the rules (what is claimable, what a settlement changes,
 //! the member stream) are `herald::backend::group`'s, reading delivery
 //! states and the group list (offsets and lag) is `inspect`'s, where a new
-//! group starts in the log `log`'s. A claim
-//! locks its group's row (`SELECT … FOR UPDATE`), so claims of one group run
-//! one at a time across processes while settlements and other groups go on
-//! beside them. A claim commits with `synchronous_commit = off`: a lease lost
+//! group starts in the log `log`'s. Claims of one group run in parallel,
+//! across processes, and lock no group-wide row: each reads the unsettled
+//! events, plans as if alone, then leases its share of the plan's events
+//! in order, skipping any another claim is leasing at that moment (a
+//! transaction-scoped advisory lock per event, tried, never waited for),
+//! and only where the delivery row is still as the plan read it (the same
+//! attempt, not settled, no live lease). Per-key order holds because a plan
+//! only ever offers the first unsettled event of a key, and that row's
+//! check fails once another claim leased or settled it. The cursor moves
+//! only when no other claim is moving it; the delivery rows below it are
+//! kept until a sweep that waits for every running claim (a claim holds the
+//! group's row `FOR KEY SHARE`, the sweep takes it `FOR UPDATE`), so a
+//! claim that planned on an older cursor still finds the rows that tell it
+//! an event is settled. A claim commits with `synchronous_commit = off`: a lease lost
 //! to a server crash only means the event is delivered again, and the
 //! member's next synchronous commit (its ack) flushes it anyway. Acks,
 //! dead letters and a handler's effects commit synchronously, so they are
@@ -33,7 +43,9 @@ use herald::{
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
-use crate::conn::{closed, decode_stored, runtime_error, Inner, PendingAck};
+use crate::conn::{
+    closed, decode_stored, lost_a_race, runtime_error, Inner, PendingAck, RACE_RETRIES,
+};
 use crate::log::start_cursor;
 use crate::outbox::insert_outbox;
 
@@ -43,6 +55,8 @@ const WINDOW: i64 = 128;
 const WINDOW_MAX: i64 = 512;
 /// How far an idle claim lets the cursor lag before moving it.
 const CURSOR_STEP: i64 = 256;
+/// How far the cursor moves between sweeps of the delivery rows below it.
+const SWEEP_STEP: i64 = 1024;
 
 /// A delivery row's state once its event is settled for the group (also
 /// read by `inspect`).
@@ -68,7 +82,14 @@ pub(crate) async fn write_acks(inner: Weak<Inner>, mut pending: mpsc::Receiver<P
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let written = ack_all(&inner, &batch).await;
+        let mut written = ack_all(&inner, &batch).await;
+        // A deadlock with a claim (see `Member::lease`).
+        for _ in 0..RACE_RETRIES {
+            match &written {
+                Err(e) if lost_a_race(e) => written = ack_all(&inner, &batch).await,
+                _ => break,
+            }
+        }
         if written.is_ok() && batch.iter().any(|a| a.keyed) {
             inner.groups.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -148,9 +169,22 @@ impl rules::GroupMember for Member {
             if self.is_closed() {
                 return Err(closed());
             }
-            let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
-            let claimed = self.claim_in(&mut tx, max).await?;
-            tx.commit().await.map_err(runtime_error)?;
+            let mut tries = 0;
+            let (claimed, sweep) = loop {
+                let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
+                match self.claim_in(&mut tx, max).await {
+                    Ok(done) => {
+                        tx.commit().await.map_err(runtime_error)?;
+                        break done;
+                    }
+                    // A deadlock with the ack writer (see `lease`).
+                    Err(e) if lost_a_race(&e) && tries < RACE_RETRIES => tries += 1,
+                    Err(e) => return Err(e),
+                }
+            };
+            if sweep {
+                self.sweep().await?;
+            }
             Ok(claimed)
         })
     }
@@ -206,15 +240,17 @@ impl rules::GroupMember for Member {
 }
 
 impl Member {
-    /// The claim, inside its transaction.
-    async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<Claimed> {
+    /// The claim, inside its transaction; and whether it moved the cursor
+    /// past a multiple of [`SWEEP_STEP`] (time to [`sweep`](Self::sweep)).
+    async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<(Claimed, bool)> {
         let now = chrono::Utc::now().timestamp_millis();
         self.seen(conn, max == 0, now).await?;
         let (mut position, last, members) = self.register(conn, max > 0, now).await?;
         if max == 0 {
-            return Ok(Claimed::default());
+            return Ok((Claimed::default(), false));
         }
         let max_deliver = self.inner.config.deliveries();
+        let mut sweep = false;
         let mut limit = WINDOW;
         let plan = loop {
             let rows = self.window(conn, position.cursor, last, limit).await?;
@@ -229,13 +265,15 @@ impl Member {
                 &position,
                 rows,
                 complete_to,
-                rules::Share { max, members },
+                // Plan as if alone: what the claim may take in order, of
+                // which it leases its share (see `lease`).
+                rules::Share { max, members: 1 },
                 max_deliver,
                 now,
             );
             // A window of only events the group does not follow: read on.
             if plan.claims.is_empty() && plan.cursor == complete_to && complete_to < last {
-                self.apply(conn, &position, &plan).await?;
+                sweep |= self.apply(conn, &position, &plan).await?;
                 position.cursor = plan.cursor;
                 continue;
             }
@@ -246,21 +284,26 @@ impl Member {
             break (plan, complete_to < last);
         };
         let (plan, beyond) = plan;
-        let events = self.lease(conn, &plan, now).await?;
+        let share = plan.claims.len().div_ceil(members);
+        let events = self.lease(conn, &plan, share, now).await?;
+        let missed = events.len() < plan.claims.len();
         // An idle claim leaves a short cursor move for the next one that
         // leases (it costs a round trip; settled events are skipped anyway).
         let idle = events.is_empty() && plan.dead.is_empty();
         if !idle || plan.cursor - position.cursor >= CURSOR_STEP {
-            self.apply(conn, &position, &plan).await?;
+            sweep |= self.apply(conn, &position, &plan).await?;
         }
-        Ok(Claimed {
+        let claimed = Claimed {
             events,
-            more: plan.more || beyond,
-        })
+            more: plan.more || beyond || missed,
+        };
+        Ok((claimed, sweep))
     }
 
-    /// Up to `limit` events after `cursor` (through `last`) that are not
-    /// settled for the group, with the group's delivery rows.
+    /// Up to `limit` events after `cursor` (and after the group's cursor as
+    /// this statement reads it, which another claim may have moved since)
+    /// through `last` that are not settled for the group, with the group's
+    /// delivery rows.
     async fn window(
         &self,
         conn: &mut PgConnection,
@@ -279,6 +322,7 @@ impl Member {
                     d.state, d.attempt, d.lease_until_ms
              FROM {s}.events e LEFT JOIN {s}.deliveries d ON d.grp = $1 AND d.pos = e.pos
              WHERE e.pos > $2 AND e.pos <= $3 AND (d.state IS NULL OR d.state <> $4) {topic_filter}
+               AND e.pos > (SELECT cursor FROM {s}.groups WHERE name = $1)
              ORDER BY e.pos LIMIT $5"
         );
         let mut query = sqlx::query_as::<_, CandidateRow>(&sql)
@@ -293,13 +337,19 @@ impl Member {
         query.fetch_all(&mut *conn).await.map_err(runtime_error)
     }
 
-    /// Lease the plan's events to this member; their envelopes. An event
-    /// settled since the window was read (a late ack of an expired lease)
-    /// is left alone.
+    /// Lease to this member the first `share` of the plan's events that
+    /// no other claim is leasing now; their envelopes. An event whose
+    /// delivery row changed since the window was read (leased or settled by
+    /// another claim, a late ack of an expired lease) is left alone; most
+    /// such are passed over before the insert, so it seldom waits for
+    /// another transaction's row. When it does wait on the ack writer while
+    /// that waits on a row this claim re-leased (a late ack of an expired
+    /// lease), the server breaks the deadlock and both run again.
     async fn lease(
         &self,
         conn: &mut PgConnection,
         plan: &Plan,
+        share: usize,
         now: i64,
     ) -> Result<Vec<(i64, Envelope)>> {
         if plan.claims.is_empty() {
@@ -309,14 +359,24 @@ impl Member {
         let ack_wait = self.spec.ack_wait.as_millis().min(i64::MAX as u128) as i64;
         let (positions, attempts): (Vec<i64>, Vec<i64>) = plan.claims.iter().copied().unzip();
         let leased: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(&format!(
-            "WITH leased AS (
+            // The scan offers the plan's events in order and the limit stops
+            // it, so no lock is tried past the share.
+            "WITH picked AS (
+                 SELECT p, a FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, a)
+                 WHERE NOT EXISTS (
+                         SELECT 1 FROM {s}.deliveries d WHERE d.grp = $1 AND d.pos = p
+                           AND (d.state = $6 OR d.attempt <> a - 1 OR d.lease_until_ms > $8))
+                   AND pg_try_advisory_xact_lock(hashtextextended($1, p))
+                 LIMIT $7),
+             leased AS (
                  INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
-                 SELECT $1, p, 0, a, $4, $5 FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, a)
+                 SELECT $1, p, 0, a, $4, $5 FROM picked
                  ON CONFLICT (grp, pos) DO UPDATE SET state = 0, attempt = excluded.attempt,
                      lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
                      first_failed_ms = coalesce(d.first_failed_ms,
                          CASE WHEN d.state = 0 THEN d.lease_until_ms END)
-                 WHERE d.state <> $6
+                 WHERE d.state <> $6 AND d.attempt = excluded.attempt - 1
+                   AND d.lease_until_ms <= $8
                  RETURNING d.pos, d.attempt)
              SELECT l.pos, l.attempt, e.envelope FROM leased l JOIN {s}.events e ON e.pos = l.pos"
         ))
@@ -326,6 +386,8 @@ impl Member {
         .bind(now.saturating_add(ack_wait))
         .bind(&self.id)
         .bind(SETTLED)
+        .bind(share as i64)
+        .bind(now)
         .fetch_all(&mut *conn)
         .await
         .map_err(runtime_error)?;
@@ -363,8 +425,14 @@ impl Member {
             .collect()
     }
 
-    /// Dead-letter what `plan` dooms and move the group's cursor.
-    async fn apply(&self, conn: &mut PgConnection, position: &Position, plan: &Plan) -> Result<()> {
+    /// Dead-letter what `plan` dooms and move the group's cursor; whether
+    /// the move passed a multiple of [`SWEEP_STEP`].
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        position: &Position,
+        plan: &Plan,
+    ) -> Result<bool> {
         let s = &self.inner.s;
         if !plan.dead.is_empty() {
             let positions: Vec<i64> = plan.dead.iter().map(|d| d.pos).collect();
@@ -379,24 +447,45 @@ impl Member {
                     .await?;
             }
         }
-        if plan.cursor > position.cursor {
-            sqlx::query(&format!(
-                "UPDATE {s}.groups SET cursor = $1 WHERE name = $2"
-            ))
-            .bind(plan.cursor)
-            .bind(&self.group)
-            .execute(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-            sqlx::query(&format!(
-                "DELETE FROM {s}.deliveries WHERE grp = $1 AND pos <= $2"
-            ))
-            .bind(&self.group)
-            .bind(plan.cursor)
-            .execute(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
+        if plan.cursor <= position.cursor {
+            return Ok(false);
         }
+        // Another claim moving the cursor now holds the row: leave the move
+        // to a later claim rather than wait (settled events above the
+        // cursor are only skipped). Claims hold the row `FOR KEY SHARE`,
+        // which this lock does not wait for.
+        let moved: Option<i64> = sqlx::query_scalar(&format!(
+            "UPDATE {s}.groups SET cursor = $1
+             WHERE name = (SELECT name FROM {s}.groups WHERE name = $2
+                           FOR NO KEY UPDATE SKIP LOCKED)
+               AND cursor < $1
+             RETURNING cursor"
+        ))
+        .bind(plan.cursor)
+        .bind(&self.group)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(runtime_error)?;
+        Ok(moved.is_some_and(|c| c / SWEEP_STEP > position.cursor / SWEEP_STEP))
+    }
+
+    /// Delete the group's delivery rows at or below its cursor, in a
+    /// transaction of its own that waits until no claim is running
+    /// (`FOR UPDATE` on the group's row, which claims hold `FOR KEY
+    /// SHARE`): a claim that read an event as never delivered may still
+    /// lease it, and its row is what tells that claim the event is settled.
+    async fn sweep(&self) -> Result<()> {
+        let s = &self.inner.s;
+        let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
+        sqlx::query(&format!(
+            "WITH g AS (SELECT cursor FROM {s}.groups WHERE name = $1 FOR UPDATE)
+             DELETE FROM {s}.deliveries WHERE grp = $1 AND pos <= (SELECT cursor FROM g)"
+        ))
+        .bind(&self.group)
+        .execute(&mut *tx)
+        .await
+        .map_err(runtime_error)?;
+        tx.commit().await.map_err(runtime_error)?;
         Ok(())
     }
 
@@ -428,11 +517,10 @@ impl Member {
         Ok(())
     }
 
-    /// Lock the group's row (claims of a group take turns), registering the
-    /// group on first use and checking that a known group follows the same
-    /// topics; the group's position, the log's last `pos` and the group's
-    /// live members. A claim that `leases` commits asynchronously (see the
-    /// module).
+    /// Register the group on first use and check
+    /// that a known group follows the same topics; the group's position,
+    /// the log's last `pos` and the group's live members. A claim that
+    /// `leases` commits asynchronously (see the module).
     async fn register(
         &self,
         conn: &mut PgConnection,
@@ -444,7 +532,7 @@ impl Member {
             "SELECT set_config('synchronous_commit', $2, true), patterns, kinds, cursor,
                     start_seq, start_ms, (SELECT coalesce(max(pos), 0) FROM {s}.events),
                     (SELECT count(*) FROM {s}.members WHERE grp = $1 AND seen_ms > $3)
-             FROM {s}.groups WHERE name = $1 FOR UPDATE"
+             FROM {s}.groups WHERE name = $1 FOR KEY SHARE"
         );
         type GroupRow = (String, String, i64, i64, Option<i64>, Option<i64>, i64, i64);
         let commit = if leases { "off" } else { "on" };
@@ -467,7 +555,7 @@ impl Member {
                 return Ok((position, last, members.max(1) as usize));
             }
             // Another process may register it at the same moment: the first
-            // wins, and the loop reads (and locks) its row. A `Latest` group
+            // wins, and the loop reads its row. A `Latest` group
             // starts after the log's last event; any other just below the
             // first event it may want.
             let start = Position::new(&self.spec.start, 0);
@@ -605,7 +693,8 @@ impl Member {
     }
 
     /// Dead-letter `env` and settle its delivery, in the caller's
-    /// transaction: both happen or neither.
+    /// transaction: both happen or neither, and neither if it is settled
+    /// already.
     async fn dead_letter(
         &self,
         conn: &mut PgConnection,
@@ -617,14 +706,25 @@ impl Member {
     ) -> Result<()> {
         let s = &self.inner.s;
         let now = chrono::Utc::now();
+        // Settle it first: of two claims dooming the same event, only the
+        // one that settles it writes the dead letter.
         let first: Option<Option<i64>> = sqlx::query_scalar(&format!(
-            "SELECT first_failed_ms FROM {s}.deliveries WHERE grp = $1 AND pos = $2"
+            "INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
+             VALUES ($1, $2, $3, $4, 0, NULL)
+             ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt
+             WHERE d.state <> $3
+             RETURNING d.first_failed_ms"
         ))
         .bind(&self.group)
         .bind(pos)
+        .bind(SETTLED)
+        .bind(env.attempt() as i64)
         .fetch_optional(&mut *conn)
         .await
         .map_err(runtime_error)?;
+        let Some(first) = first else {
+            return Ok(());
+        };
         let letter = DeadLetter {
             id: 0,
             envelope: env.clone(),
@@ -632,7 +732,6 @@ impl Member {
             reason,
             code,
             first_failed_at: first
-                .flatten()
                 .and_then(chrono::DateTime::from_timestamp_millis)
                 .unwrap_or(now),
             failed_at: now,
@@ -640,18 +739,6 @@ impl Member {
             source,
         };
         crate::dead_letters::insert(s, conn, &letter).await?;
-        sqlx::query(&format!(
-            "INSERT INTO {s}.deliveries (grp, pos, state, attempt, lease_until_ms, owner)
-             VALUES ($1, $2, $3, $4, 0, NULL)
-             ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt"
-        ))
-        .bind(&self.group)
-        .bind(pos)
-        .bind(SETTLED)
-        .bind(env.attempt() as i64)
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
         Ok(())
     }
 }

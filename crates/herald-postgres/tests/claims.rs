@@ -1,0 +1,76 @@
+//! How a group's claims meet each other and the group's row: they never
+//! wait for it. The cursor's move holds the row `FOR NO KEY UPDATE`; here
+//! another session holds that lock for the whole test, and the group's
+//! members must still get every event (a claim that locked the row, as
+//! claims once did, waits for that session and delivers nothing).
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::{Bus, Message, StartPosition};
+
+/// Generous: a claim that waits for the row never delivers at all.
+const DELIVERY_WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_claim_while_another_session_holds_the_groups_row() {
+    let store = herald_postgres::PgStore::open(support::fresh_config().await)
+        .await
+        .unwrap();
+    let bus = Bus::new(store.clone());
+    let topic = "claims.rowlock";
+    let mut first = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    let mut second = bus.subscribe_raw(topic).group("g").await.unwrap();
+    // The group exists once a member has claimed: make it so.
+    bus.publish(Message::json(topic, &0u32).unwrap())
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(DELIVERY_WAIT, first.next())
+        .await
+        .expect("the first event")
+        .unwrap()
+        .unwrap();
+    d.ack().await.unwrap();
+
+    let mut holder = store.pool().begin().await.unwrap();
+    let locked: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM \"{}\".groups WHERE name = 'g' FOR NO KEY UPDATE",
+        store.schema()
+    ))
+    .fetch_optional(&mut *holder)
+    .await
+    .unwrap();
+    assert_eq!(locked.as_deref(), Some("g"), "the group's row is held");
+
+    const N: u32 = 40;
+    let batch: Vec<_> = (1..=N)
+        .map(|i| Message::json(topic, &i).unwrap().key(format!("k{}", i % 7)))
+        .collect();
+    bus.publish(batch).await.unwrap();
+    let mut got = HashSet::new();
+    while got.len() < N as usize {
+        let d = tokio::select! {
+            d = first.next() => d,
+            d = second.next() => d,
+            _ = tokio::time::sleep(DELIVERY_WAIT) => panic!(
+                "members stalled after {} of {N} events while the group's row was held",
+                got.len()
+            ),
+        }
+        .expect("a member's stream ended")
+        .unwrap();
+        let n: u32 = d.decode().unwrap();
+        assert!(got.insert(n), "event {n} delivered twice");
+        d.ack().await.unwrap();
+    }
+    holder.rollback().await.unwrap();
+    bus.close().await.unwrap();
+}
