@@ -286,7 +286,10 @@ impl Member {
         let (plan, beyond) = plan;
         let share = plan.claims.len().div_ceil(members);
         let events = self.lease(conn, &plan, share, now).await?;
-        let missed = events.len() < plan.claims.len();
+        // The plan's events past this claim's share are left to the other
+        // members: claim again for them. Those it passed over because
+        // another claim is leasing or has leased them are not.
+        let left = share < plan.claims.len();
         // An idle claim leaves a short cursor move for the next one that
         // leases (it costs a round trip; settled events are skipped anyway).
         let idle = events.is_empty() && plan.dead.is_empty();
@@ -295,7 +298,7 @@ impl Member {
         }
         let claimed = Claimed {
             events,
-            more: plan.more || beyond || missed,
+            more: plan.more || beyond || left,
         };
         Ok((claimed, sweep))
     }
