@@ -59,6 +59,10 @@ async fn the_http_api_does_what_its_document_says() {
     let (_, first) = get(&s.url("/v1/topics/orders.placed/events?limit=1")).await;
     assert_eq!(first["events"][0]["key"], "c-1");
     assert_eq!(first["events"][0]["headers"]["x-src"], "test");
+    assert_eq!(
+        first["events"][0]["id"], one["events"][0]["id"],
+        "the id the publish answered with is the stored event's"
+    );
 
     // Topics, with last seq.
     let (status, topics) = get(&s.url("/v1/topics")).await;

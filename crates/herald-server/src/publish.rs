@@ -15,6 +15,7 @@ use axum::{Extension, Json};
 use herald::{Envelope, ErrorCode, Kind};
 use serde::Deserialize;
 use utoipa::IntoParams;
+use uuid::Uuid;
 
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -106,6 +107,7 @@ pub async fn publish_messages(
 ) -> ApiResult<Vec<Published>> {
     caller.require(Permission::Publish, topic)?;
     check_sizes(state, &messages)?;
+    let mut ids = Vec::with_capacity(messages.len());
     let batch = messages
         .into_iter()
         .map(|m| {
@@ -114,12 +116,14 @@ pub async fn publish_messages(
                     "kind must be `event` or `intent` here; call commands at /v1/commands/{topic}",
                 ));
             }
-            m.into_message(topic)
+            // The id is chosen here, so the bus validates the batch once, as
+            // it publishes it, and the answer can still give each id.
+            let id = Uuid::now_v7();
+            ids.push(id);
+            Ok(m.into_message(topic)?.id(id))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let envelopes: Vec<Envelope> = state.bus.prepare(batch)?;
-    let ids: Vec<_> = envelopes.iter().map(|e| e.id()).collect();
-    let seqs = state.bus.publish(envelopes).await?;
+    let seqs = state.bus.publish(batch).await?;
     Ok(ids
         .into_iter()
         .zip(seqs)

@@ -42,6 +42,7 @@ use crate::model::topic::Topic;
 pub struct Message {
     topic: Cow<'static, str>,
     payload: Payload,
+    id: Option<Uuid>,
     kind: Kind,
     key: Option<String>,
     correlation_id: Option<Uuid>,
@@ -60,6 +61,7 @@ impl Message {
         Message {
             topic: topic.into(),
             payload,
+            id: None,
             kind: Kind::Event,
             key: None,
             correlation_id: None,
@@ -84,6 +86,27 @@ impl Message {
     /// The topic name as given.
     pub fn topic_name(&self) -> &str {
         &self.topic
+    }
+    /// Set the message's id (default: a new UUIDv7 at publish), for a
+    /// caller that must know it before publishing, as `herald serve` does
+    /// to answer with each message's id and `seq`. The id is the message's
+    /// identity, and the default dedupe key: two messages published with
+    /// one id are one message sent twice.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// use futures_util::StreamExt;
+    /// use herald::{Bus, Message};
+    /// let bus = Bus::memory();
+    /// let mut sub = bus.subscribe_raw("orders.placed").await?;
+    /// let id = uuid::Uuid::now_v7();
+    /// bus.publish(Message::json("orders.placed", &1)?.id(id)).await?;
+    /// assert_eq!(sub.next().await.unwrap()?.id(), id);
+    /// # Ok(()) }
+    /// ```
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
     }
     /// Set the kind (default [`Kind::Event`]).
     pub fn kind(mut self, kind: Kind) -> Self {
@@ -149,7 +172,7 @@ impl Message {
             }
         }
         let ctx = Context::current();
-        let id = Uuid::now_v7();
+        let id = self.id.unwrap_or_else(Uuid::now_v7);
         let correlation_id = self
             .correlation_id
             .or(ctx.map(|c| c.correlation_id()))
