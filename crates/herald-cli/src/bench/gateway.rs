@@ -104,7 +104,8 @@ pub async fn run(short: bool) -> Result<Gateway> {
     })
 }
 
-/// A `herald_server::Server` on a loopback port of its own (no rate limit).
+/// A `herald_server::Server` on a loopback port of its own (no rate limit,
+/// no per-client connection limit below the bench's clients).
 struct Served {
     port: u16,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -117,8 +118,11 @@ impl Served {
             .await
             .map_err(|e| failed("bind", e))?;
         let port = tcp.local_addr().map_err(|e| failed("bind", e))?.port();
+        // Every client of the bench is one address, which the per-client
+        // connection limit would hold to a quarter of the clients.
         let config = ServerConfig {
             rate_limit: 0,
+            max_connections_per_client: 2 * WS_CLIENTS,
             ..ServerConfig::default()
         };
         let server = Server::new(bus.clone(), config, kind)?;
@@ -250,8 +254,12 @@ async fn fan_out(bus: &Bus, port: u16, clients: usize, events: usize) -> Result<
         readers.push(tokio::spawn(async move {
             let mut seen = 0;
             while seen < events {
-                let Some(Ok(Frame::Text(t))) = ws.next().await else {
-                    break;
+                // The server's pings are answered by the stream as it is
+                // read; only text frames carry events.
+                let t = match ws.next().await {
+                    Some(Ok(Frame::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => break,
                 };
                 let now = epoch.elapsed();
                 let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
