@@ -182,8 +182,12 @@ impl rules::GroupMember for Member {
                     Err(e) => return Err(e),
                 }
             };
+            // The claim has committed: a failed sweep must not lose it (the
+            // next one sweeps the same rows).
             if sweep {
-                self.sweep().await?;
+                if let Err(e) = self.sweep().await {
+                    tracing::warn!(group = %self.group, error = %e, "sweeping settled delivery rows failed");
+                }
             }
             Ok(claimed)
         })
