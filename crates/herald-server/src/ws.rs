@@ -482,8 +482,10 @@ impl Sub {
     /// holds and the events the subscription claimed but did not hand out
     /// go back to the store before this returns (within [`SUB_END_WAIT`]).
     async fn end(mut self) {
-        self.close.close();
+        // Stop first: a feeder that sees the stream end before the stop
+        // would report the end to the client as an error.
         let _ = self.stop.send(true);
+        self.close.close();
         if tokio::time::timeout(SUB_END_WAIT, &mut self.feeder)
             .await
             .is_err()
