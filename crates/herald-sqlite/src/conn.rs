@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use herald::backend::dead_lettering::DeadLetterWrites;
 use herald::{Envelope, Error, ErrorCode, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{SqliteConfig, Synchronous};
@@ -213,6 +213,49 @@ pub(crate) fn runtime_error(e: sqlx::Error) -> Error {
         _ => ErrorCode::Unavailable,
     };
     Error::new(code, format!("SQLite: {e}")).with_source(e)
+}
+
+/// [`runtime_error`] for the writer's SQL (rusqlite).
+pub(crate) fn raw_error(e: rusqlite::Error) -> Error {
+    let code = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            ErrorCode::Internal
+        }
+        _ => ErrorCode::Unavailable,
+    };
+    Error::new(code, format!("SQLite: {e}")).with_source(e)
+}
+
+/// The writer thread's connection: the store's file, with the store's
+/// durability and busy timeout (the schema is in place: `store` migrates
+/// it first).
+pub(crate) fn open_writer(config: &SqliteConfig) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(config.path()).map_err(raw_error)?;
+    conn.busy_timeout(config.busy()).map_err(raw_error)?;
+    let synchronous = match config.sync_mode() {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+    ))
+    .map_err(raw_error)?;
+    Ok(conn)
+}
+
+/// Run `f` (the writer's SQL) on a sqlx connection's own handle, on this
+/// thread: how the outbox's transactions and the readers share that SQL.
+pub(crate) async fn on_handle<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
+) -> Result<T> {
+    let mut locked = conn.lock_handle().await.map_err(runtime_error)?;
+    // SAFETY: the handle is open and locked away from sqlx's worker while
+    // `locked` lives, which outlives `raw`; `from_handle` borrows the handle
+    // and does not close it when dropped.
+    let raw = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }
+        .map_err(raw_error)?;
+    f(&raw)
 }
 
 /// The primary SQLite result code of `e`, if it is a database error.

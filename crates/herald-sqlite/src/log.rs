@@ -16,32 +16,35 @@ use std::collections::HashMap;
 
 use herald::backend::group::Position;
 use herald::{DeadLetter, Envelope, Error, Result, SubscribeSpec};
-use sqlx::SqliteConnection;
+use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::conn::runtime_error;
+use crate::conn::raw_error;
 
 /// Highest `seq` SQLite's signed 64-bit integers hold.
 const MAX_SEQ: u64 = i64::MAX as u64;
-/// Rows per multi-row statement (10 parameters each, well under SQLite's
-/// 32,766-parameter limit).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// Append `batches` (each one publish) inside the caller's open write
 /// transaction.
-pub(crate) async fn append(
-    conn: &mut SqliteConnection,
+pub(crate) fn append(
+    conn: &Connection,
     batches: &[&[Envelope]],
     dedupe_window_ms: i64,
 ) -> Result<Appended> {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let all: Vec<&Envelope> = batches.iter().flat_map(|b| b.iter()).collect();
-    let mut last_seq = topic_seqs(conn, &all).await?;
+    let mut last_seq = topic_seqs(conn, &all)?;
     let mut seen = if dedupe_window_ms > 0 {
-        existing_keys(conn, &all, now_ms - dedupe_window_ms).await?
+        existing_keys(conn, &all, now_ms - dedupe_window_ms)?
     } else {
         HashMap::new()
     };
-    let mut rows: Vec<Row> = Vec::with_capacity(all.len());
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, key, kind, priority, expires_ms, envelope)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .map_err(raw_error)?;
+    let mut last_pos = None;
     let mut out = Vec::with_capacity(batches.len());
     for batch in batches {
         let mut seqs = Vec::with_capacity(batch.len());
@@ -64,17 +67,21 @@ pub(crate) async fn append(
             *last += 1;
             let seq = *last;
             let stored = env.clone().with_seq(seq).with_attempt(1);
-            rows.push(Row {
-                key: env.key().map(str::to_owned),
-                kind: herald::backend::group::kind_code(env.kind()),
-                priority: herald::backend::group::priority_code(env.priority()),
-                expires_ms: env.expires_at().map(|t| t.timestamp_millis()),
-                created_ms: env.timestamp().timestamp_millis(),
-                envelope: stored.to_json()?,
-                seq,
-                topic: dedupe_key.0.clone(),
-                idempotency_key: dedupe_key.1.clone(),
-            });
+            insert
+                .execute(params![
+                    env.topic().as_str(),
+                    seq as i64,
+                    env.timestamp().timestamp_millis(),
+                    now_ms,
+                    &dedupe_key.1,
+                    env.key(),
+                    herald::backend::group::kind_code(env.kind()),
+                    herald::backend::group::priority_code(env.priority()),
+                    env.expires_at().map(|t| t.timestamp_millis()),
+                    stored.to_json()?,
+                ])
+                .map_err(raw_error)?;
+            last_pos = Some(conn.last_insert_rowid());
             if dedupe_window_ms > 0 {
                 seen.insert(dedupe_key, seq);
             }
@@ -82,40 +89,18 @@ pub(crate) async fn append(
         }
         out.push(seqs);
     }
-    if rows.is_empty() {
-        return Ok(Appended {
-            seqs: out,
-            last_pos: None,
-        });
-    }
-    let mut last_pos = None;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO events (topic, seq, created_ms, appended_ms, idempotency_key, key, kind, priority, expires_ms, envelope) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(&r.topic)
-                .push_bind(r.seq as i64)
-                .push_bind(r.created_ms)
-                .push_bind(now_ms)
-                .push_bind(&r.idempotency_key)
-                .push_bind(&r.key)
-                .push_bind(r.kind)
-                .push_bind(r.priority)
-                .push_bind(r.expires_ms)
-                .push_bind(&r.envelope);
-        });
-        let done = q.build().execute(&mut *conn).await.map_err(runtime_error)?;
-        last_pos = Some(done.last_insert_rowid());
-    }
-    let touched: Vec<(&String, &u64)> = last_seq.iter().collect();
-    for chunk in touched.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new("INSERT INTO topics (name, last_seq) ");
-        q.push_values(chunk, |mut b, (name, seq)| {
-            b.push_bind(*name).push_bind(**seq as i64);
-        });
-        q.push(" ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq");
-        q.build().execute(&mut *conn).await.map_err(runtime_error)?;
+    if last_pos.is_some() {
+        let mut upsert = conn
+            .prepare_cached(
+                "INSERT INTO topics (name, last_seq) VALUES (?, ?)
+                 ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq",
+            )
+            .map_err(raw_error)?;
+        for (name, seq) in &last_seq {
+            upsert
+                .execute(params![name, *seq as i64])
+                .map_err(raw_error)?;
+        }
     }
     Ok(Appended {
         seqs: out,
@@ -130,82 +115,49 @@ pub(crate) struct Appended {
     pub(crate) last_pos: Option<i64>,
 }
 
-struct Row {
-    topic: String,
-    key: Option<String>,
-    kind: i64,
-    priority: i64,
-    expires_ms: Option<i64>,
-    seq: u64,
-    created_ms: i64,
-    idempotency_key: String,
-    envelope: Vec<u8>,
-}
-
 /// `last_seq` of every topic in `envs` that has one.
-async fn topic_seqs(
-    conn: &mut SqliteConnection,
-    envs: &[&Envelope],
-) -> Result<HashMap<String, u64>> {
+fn topic_seqs(conn: &Connection, envs: &[&Envelope]) -> Result<HashMap<String, u64>> {
     let mut names: Vec<&str> = envs.iter().map(|e| e.topic().as_str()).collect();
     names.sort_unstable();
     names.dedup();
+    let mut select = conn
+        .prepare_cached("SELECT last_seq FROM topics WHERE name = ?")
+        .map_err(raw_error)?;
     let mut out = HashMap::with_capacity(names.len());
-    for chunk in names.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new("SELECT name, last_seq FROM topics WHERE name IN (");
-        let mut list = q.separated(", ");
-        for n in chunk {
-            list.push_bind(*n);
+    for name in names {
+        let seq: Option<i64> = select
+            .query_row([name], |r| r.get(0))
+            .optional()
+            .map_err(raw_error)?;
+        if let Some(seq) = seq {
+            out.insert(name.to_owned(), seq as u64);
         }
-        q.push(")");
-        let rows: Vec<(String, i64)> = q
-            .build_query_as()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-        out.extend(rows.into_iter().map(|(n, s)| (n, s as u64)));
     }
     Ok(out)
 }
 
 /// `(topic, idempotency_key) → seq` of the keys in `envs` appended since
-/// `since_ms`; one indexed lookup per topic (`topic = ? AND key IN (…)`).
-async fn existing_keys(
-    conn: &mut SqliteConnection,
+/// `since_ms`; one indexed lookup per key.
+fn existing_keys(
+    conn: &Connection,
     envs: &[&Envelope],
     since_ms: i64,
 ) -> Result<HashMap<(String, String), u64>> {
-    let mut by_topic: HashMap<&str, Vec<String>> = HashMap::new();
-    for e in envs {
-        by_topic
-            .entry(e.topic().as_str())
-            .or_default()
-            .push(e.idempotency_key().into_owned());
-    }
+    let mut select = conn.prepare_cached(EXISTING_KEY).map_err(raw_error)?;
     let mut out = HashMap::new();
-    for (topic, keys) in by_topic {
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(
-                "SELECT idempotency_key, min(seq) FROM events WHERE topic = ",
-            );
-            q.push_bind(topic);
-            q.push(" AND idempotency_key IN (");
-            let mut list = q.separated(", ");
-            for k in chunk {
-                list.push_bind(k.as_str());
-            }
-            q.push(") AND appended_ms >= ");
-            q.push_bind(since_ms);
-            q.push(" GROUP BY idempotency_key");
-            let rows: Vec<(String, i64)> = q
-                .build_query_as()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(runtime_error)?;
-            out.extend(
-                rows.into_iter()
-                    .map(|(k, s)| ((topic.to_owned(), k), s as u64)),
-            );
+    for e in envs {
+        let key = (
+            e.topic().as_str().to_owned(),
+            e.idempotency_key().into_owned(),
+        );
+        if out.contains_key(&key) {
+            continue;
+        }
+        let seq: Option<i64> = select
+            .query_row(params![&key.0, &key.1, since_ms], |r| r.get(0))
+            .map_err(raw_error)?;
+        if let Some(seq) = seq {
+            out.insert(key, seq as u64);
         }
     }
     Ok(out)
@@ -213,29 +165,29 @@ async fn existing_keys(
 
 /// Store `letter` in the caller's open write transaction (its `id` is
 /// assigned here; the one given is ignored).
-pub(crate) async fn insert_dead_letter(
-    conn: &mut SqliteConnection,
-    letter: &DeadLetter,
-) -> Result<()> {
+pub(crate) fn insert_dead_letter(conn: &Connection, letter: &DeadLetter) -> Result<()> {
     let env = &letter.envelope;
-    sqlx::query(
+    let stored = env.to_json()?;
+    conn.prepare_cached(
         "INSERT INTO dead_letters (topic, seq, grp, code, reason, attempts, source, first_failed_ms, failed_ms, correlation_id, envelope)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(env.topic().as_str())
-    .bind(env.seq().map(|s| s as i64))
-    .bind(letter.group.as_deref())
-    .bind(letter.code.as_str())
-    .bind(&letter.reason)
-    .bind(letter.attempts as i64)
-    .bind(letter.source.as_str())
-    .bind(letter.first_failed_at.timestamp_millis())
-    .bind(letter.failed_at.timestamp_millis())
-    .bind(env.correlation_id().to_string())
-    .bind(env.to_json()?)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
+    .and_then(|mut q| {
+        q.execute(params![
+            env.topic().as_str(),
+            env.seq().map(|s| s as i64),
+            letter.group.as_deref(),
+            letter.code.as_str(),
+            &letter.reason,
+            letter.attempts as i64,
+            letter.source.as_str(),
+            letter.first_failed_at.timestamp_millis(),
+            letter.failed_at.timestamp_millis(),
+            env.correlation_id().to_string(),
+            stored,
+        ])
+    })
+    .map_err(raw_error)?;
     Ok(())
 }
 
@@ -244,33 +196,32 @@ pub(crate) async fn insert_dead_letter(
 /// `(topic, seq)` index (or `(topic, created_ms)` for a time start). Costs a
 /// scan of the topic names and one index lookup per matching topic,
 /// whatever the number of events.
-pub(crate) async fn first_wanted(
-    conn: &mut SqliteConnection,
+pub(crate) fn first_wanted(
+    conn: &Connection,
     spec: &SubscribeSpec,
     position: &Position,
 ) -> Result<Option<i64>> {
-    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM topics")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
+    let names: Vec<String> = conn
+        .prepare_cached("SELECT name FROM topics")
+        .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+        .map_err(raw_error)?;
     let mut first: Option<i64> = None;
     for name in names
         .iter()
         .filter(|t| spec.patterns.iter().any(|p| p.matches_str(t)))
     {
         let pos: Option<i64> = match position.start_ms {
-            Some(ms) => sqlx::query_scalar(FIRST_BY_TIME)
-                .bind(name)
-                .bind(ms)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(runtime_error)?,
-            None => sqlx::query_scalar(FIRST_BY_SEQ)
-                .bind(name)
-                .bind(position.start_seq.unwrap_or(1))
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(runtime_error)?,
+            Some(ms) => conn
+                .prepare_cached(FIRST_BY_TIME)
+                .and_then(|mut q| q.query_row(params![name, ms], |r| r.get(0)))
+                .map_err(raw_error)?,
+            None => conn
+                .prepare_cached(FIRST_BY_SEQ)
+                .and_then(|mut q| {
+                    q.query_row(params![name, position.start_seq.unwrap_or(1)], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(raw_error)?,
         };
         first = match (first, pos) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -280,6 +231,11 @@ pub(crate) async fn first_wanted(
     Ok(first)
 }
 
+/// The first seq of a topic's idempotency key appended since a time. Named
+/// index: left to itself, the planner walks the `(topic, seq)` index for
+/// `min(seq)`, every event of the topic.
+const EXISTING_KEY: &str = "SELECT min(seq) FROM events INDEXED BY events_by_idempotency_key
+     WHERE topic = ? AND idempotency_key = ? AND appended_ms >= ?";
 /// A topic's first event at or after a `seq` (`pos` grows with `seq`).
 const FIRST_BY_SEQ: &str =
     "SELECT pos FROM events WHERE topic = ? AND seq >= ? ORDER BY seq LIMIT 1";
@@ -288,7 +244,7 @@ const FIRST_BY_TIME: &str = "SELECT min(pos) FROM events WHERE topic = ? AND cre
 
 #[cfg(test)]
 mod tests {
-    use sqlx::Connection;
+    use sqlx::{Connection, SqliteConnection};
 
     use super::*;
 
@@ -302,6 +258,19 @@ mod tests {
                 .await
                 .unwrap();
         rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_dedupe_lookup_is_one_index_search() {
+        let conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let mut conn = crate::schema::migrate(conn, ":memory:".into())
+            .await
+            .unwrap();
+        let plan = plan_of(&mut conn, EXISTING_KEY).await;
+        assert!(
+            plan.contains("SEARCH events USING INDEX events_by_idempotency_key"),
+            "{plan}"
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use herald::{Envelope, Result};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use crate::conn::{max_pos, runtime_error, Inner};
+use crate::conn::{max_pos, on_handle, runtime_error, Inner};
 use crate::log::append;
 
 /// A write transaction for the caller's statements and events; see the
@@ -69,7 +69,7 @@ pub(crate) async fn publish_in(
     batch: Vec<Envelope>,
 ) -> Result<Vec<u64>> {
     let dedupe = inner.config.dedupe_ms();
-    let mut appended = append(conn, &[batch.as_slice()], dedupe).await?;
+    let mut appended = on_handle(conn, |c| append(c, &[batch.as_slice()], dedupe)).await?;
     Ok(appended.seqs.pop().unwrap_or_default())
 }
 
@@ -85,7 +85,8 @@ impl Outbox {
     /// transaction; returns the `seq`s it will have if the transaction commits.
     pub async fn publish(&mut self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
         let dedupe = self.inner.config.dedupe_ms();
-        let mut appended = append(&mut self.tx, &[batch.as_slice()], dedupe).await?;
+        let mut appended =
+            on_handle(&mut self.tx, |c| append(c, &[batch.as_slice()], dedupe)).await?;
         self.last_pos = appended.last_pos.or(self.last_pos);
         Ok(appended.seqs.pop().unwrap_or_default())
     }

@@ -4,9 +4,9 @@
 //! request's type (`request::Processed`) or reading the table (`dedupe`).
 
 use herald::Result;
-use sqlx::SqliteConnection;
+use rusqlite::{params, Connection};
 
-use crate::conn::runtime_error;
+use crate::conn::raw_error;
 use crate::request::Processed;
 
 /// Expired ids deleted with each new one.
@@ -14,25 +14,18 @@ pub const PURGE_BATCH: i64 = 100;
 
 /// Remember `p` and forget a batch of expired ids (inside the writer's
 /// transaction).
-pub(crate) async fn record(conn: &mut SqliteConnection, p: &Processed) -> Result<()> {
-    sqlx::query(
+pub(crate) fn record(conn: &Connection, p: &Processed) -> Result<()> {
+    conn.prepare_cached(
         "INSERT INTO processed (grp, id, until_ms) VALUES (?, ?, ?)
          ON CONFLICT (grp, id) DO UPDATE SET until_ms = excluded.until_ms",
     )
-    .bind(&p.group)
-    .bind(p.id.to_string())
-    .bind(p.until_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    sqlx::query(
+    .and_then(|mut q| q.execute(params![&p.group, p.id.to_string(), p.until_ms]))
+    .map_err(raw_error)?;
+    conn.prepare_cached(
         "DELETE FROM processed WHERE (grp, id) IN
          (SELECT grp, id FROM processed WHERE until_ms <= ? LIMIT ?)",
     )
-    .bind(chrono::Utc::now().timestamp_millis())
-    .bind(PURGE_BATCH)
-    .execute(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
+    .and_then(|mut q| q.execute(params![chrono::Utc::now().timestamp_millis(), PURGE_BATCH]))
+    .map_err(raw_error)?;
     Ok(())
 }

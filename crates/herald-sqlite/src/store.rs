@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SqliteConfig;
 use crate::conn::{
-    closed, connect_options, create_private, max_pos, open_error, watch_other_processes, Inner,
-    Signals,
+    closed, connect_options, create_private, max_pos, open_error, open_writer,
+    watch_other_processes, Inner, Signals,
 };
 use crate::dedupe::SqliteDedupe;
 use crate::outbox::{self, Outbox};
@@ -101,6 +101,9 @@ impl SqliteStore {
         let options = connect_options(&config);
         let conn = options.connect().await.map_err(|e| open_error(&path, e))?;
         let conn = schema::migrate(conn, path.clone()).await?;
+        sqlx::Connection::close(conn)
+            .await
+            .map_err(|e| open_error(&path, e))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options.clone().read_only(true))
@@ -120,13 +123,16 @@ impl SqliteStore {
             signals.clone(),
             poll,
         ));
-        tokio::spawn(writer::run(
-            conn,
-            requests,
-            signals.clone(),
-            config.group_max(),
-            dedupe_ms,
-        ));
+        let write = open_writer(&config)?;
+        let group_max = config.group_max();
+        let promised = config.sync_mode();
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn({
+                let signals = signals.clone();
+                move || writer::run(write, requests, signals, group_max, dedupe_ms, promised)
+            })
+            .map_err(|e| herald::Error::internal(format!("cannot start the SQLite writer: {e}")))?;
         let outbox = SqlitePoolOptions::new()
             .max_connections(OUTBOX_CONNECTIONS)
             .min_connections(0)

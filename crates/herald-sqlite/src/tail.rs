@@ -17,7 +17,7 @@ use std::time::Duration;
 use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
-use crate::conn::{max_pos, runtime_error, Inner};
+use crate::conn::{max_pos, on_handle, runtime_error, Inner};
 use crate::log::first_wanted;
 
 /// Events read per query.
@@ -37,7 +37,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         ref start => {
             let mut conn = inner.readers.acquire().await.map_err(runtime_error)?;
             let position = herald::backend::group::Position::new(start, 0);
-            match first_wanted(&mut conn, &spec, &position).await? {
+            match on_handle(&mut conn, |c| first_wanted(c, &spec, &position)).await? {
                 Some(pos) => pos - 1,
                 None => last,
             }

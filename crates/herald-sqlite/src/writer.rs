@@ -1,6 +1,8 @@
-//! The writer task: every write to the store goes through it.
+//! The writer thread: every write to the store goes through it.
 //!
-//! Owns the one write connection and group commit: it gathers waiting
+//! Owns the one write connection (rusqlite, on a thread of its own, so a
+//! transaction's statements are plain calls, not hand-offs to another
+//! thread) and group commit: it gathers waiting
 //! requests — appends, dead letters, group claims and settlements — into one
 //! `BEGIN IMMEDIATE … COMMIT`, so throughput is not one fsync per request;
 //! the batch's plain acks are one statement.
@@ -9,15 +11,23 @@
 //! (new events) and bumps a counter (group state changed) for waiting
 //! readers.
 //!
+//! A batch of only claims commits without an fsync (`synchronous=NORMAL`)
+//! even when the store is `synchronous=FULL`: a lease needs no durability.
+//! Power loss can only lose the WAL's tail after the last fsync, so such a
+//! commit is lost only with every commit after it, and a lost claim is one
+//! that never happened to members that are gone too (ARCHITECTURE.md,
+//! "Claims are not fsynced").
+//!
 //! Does not own the requests' types (`request`), the signals (`conn`) or the
 //! SQL each request runs (`log`, `group`, `processed`).
 
 use herald::backend::group::Claimed;
 use herald::{Envelope, Result};
-use sqlx::SqliteConnection;
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use crate::conn::{runtime_error, Signals};
+use crate::config::Synchronous;
+use crate::conn::{raw_error, Signals};
 use crate::group;
 use crate::log::{append, insert_dead_letter};
 use crate::processed;
@@ -42,14 +52,53 @@ enum Done {
     LeaseLost,
 }
 
-pub(crate) async fn run(
-    mut conn: SqliteConnection,
+/// The write connection and its current `synchronous` setting.
+struct Writer {
+    conn: Connection,
+    /// What the store promises (`HERALD_SQLITE_SYNCHRONOUS`).
+    promised: Synchronous,
+    /// What the connection is set to now.
+    set: Synchronous,
+}
+
+impl Writer {
+    /// Set the connection to fsync at commit when `batch` writes anything
+    /// that must survive power loss, and not when it only claims.
+    fn durability_for(&mut self, batch: &[Request]) -> Result<()> {
+        let only_claims = batch.iter().all(|r| matches!(r, Request::Claim(..)));
+        let wanted = if only_claims {
+            Synchronous::Normal
+        } else {
+            self.promised
+        };
+        if wanted != self.set {
+            let pragma = match wanted {
+                Synchronous::Full => "PRAGMA synchronous = FULL",
+                Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+            };
+            self.conn.execute_batch(pragma).map_err(raw_error)?;
+            self.set = wanted;
+        }
+        Ok(())
+    }
+}
+
+/// The writer's loop, on a thread of its own (`store` starts it): until
+/// every sender of `requests` is gone.
+pub(crate) fn run(
+    conn: Connection,
     mut requests: mpsc::Receiver<Request>,
     signals: Signals,
     max: usize,
     dedupe_window_ms: i64,
+    promised: Synchronous,
 ) {
-    while let Some(first) = requests.recv().await {
+    let mut writer = Writer {
+        conn,
+        promised,
+        set: promised,
+    };
+    while let Some(first) = requests.blocking_recv() {
         let mut weight = first.weight();
         let mut batch = vec![first];
         while weight < max {
@@ -61,7 +110,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        match commit(&mut conn, &batch, dedupe_window_ms).await {
+        match commit(&mut writer, &batch, dedupe_window_ms) {
             Ok((results, last_pos)) => {
                 notify(&signals, &batch, &results, last_pos);
                 reply(batch, results.into_iter().map(Ok));
@@ -69,14 +118,14 @@ pub(crate) async fn run(
             Err(e) if batch.len() == 1 => reply(batch, std::iter::once(Err(e))),
             Err(_) => {
                 for r in batch {
-                    let one =
-                        match commit(&mut conn, std::slice::from_ref(&r), dedupe_window_ms).await {
-                            Ok((mut results, last_pos)) => {
-                                notify(&signals, std::slice::from_ref(&r), &results, last_pos);
-                                Ok(results.pop().unwrap_or(Done::Nothing))
-                            }
-                            Err(e) => Err(e),
-                        };
+                    let one = match commit(&mut writer, std::slice::from_ref(&r), dedupe_window_ms)
+                    {
+                        Ok((mut results, last_pos)) => {
+                            notify(&signals, std::slice::from_ref(&r), &results, last_pos);
+                            Ok(results.pop().unwrap_or(Done::Nothing))
+                        }
+                        Err(e) => Err(e),
+                    };
                     reply(vec![r], std::iter::once(one));
                 }
             }
@@ -131,33 +180,28 @@ fn notify(signals: &Signals, batch: &[Request], results: &[Done], last_pos: Opti
 
 /// One write transaction for `batch`: what each request produced, and the
 /// `pos` of the last event appended.
-async fn commit(
-    conn: &mut SqliteConnection,
+fn commit(
+    writer: &mut Writer,
     batch: &[Request],
     dedupe_window_ms: i64,
 ) -> Result<(Vec<Done>, Option<i64>)> {
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-    match write(conn, batch, dedupe_window_ms).await {
-        Ok(done) => match sqlx::query("COMMIT").execute(&mut *conn).await {
-            Ok(_) => Ok(done),
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(runtime_error(e))
-            }
-        },
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
-        }
+    writer.durability_for(batch)?;
+    let conn = &writer.conn;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(raw_error)?;
+    let done = write(conn, batch, dedupe_window_ms).and_then(|done| {
+        conn.execute_batch("COMMIT")
+            .map_err(raw_error)
+            .map(|()| done)
+    });
+    if done.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
+    done
 }
 
 /// Appends first (all together), then the other requests in order.
-async fn write(
-    conn: &mut SqliteConnection,
+fn write(
+    conn: &Connection,
     batch: &[Request],
     dedupe_window_ms: i64,
 ) -> Result<(Vec<Done>, Option<i64>)> {
@@ -168,12 +212,12 @@ async fn write(
             _ => None,
         })
         .collect();
-    let appended = append(conn, &appends, dedupe_window_ms).await?;
+    let appended = append(conn, &appends, dedupe_window_ms)?;
     let mut last_pos = appended.last_pos;
     let mut seqs = appended.seqs.into_iter();
-    // Plain acks next, all in one statement: claims later in the batch see
-    // them, and no request of the batch can depend on one not yet applied
-    // (a member acks only what an earlier transaction leased to it).
+    // Plain acks next: claims later in the batch see them, and no request
+    // of the batch can depend on one not yet applied (a member acks only
+    // what an earlier transaction leased to it).
     let acks: Vec<&Settlement> = batch
         .iter()
         .filter_map(|r| match r {
@@ -181,19 +225,19 @@ async fn write(
             _ => None,
         })
         .collect();
-    group::ack_all(conn, &acks).await?;
+    group::ack_all(conn, &acks)?;
     let mut out = Vec::with_capacity(batch.len());
     for r in batch {
         out.push(match r {
             Request::Append { .. } => Done::Seqs(seqs.next().unwrap_or_default()),
             Request::Settle(s, _) if group::is_plain_ack(s) => Done::Nothing,
             Request::DeadLetter(letter, _) => {
-                insert_dead_letter(conn, letter).await?;
+                insert_dead_letter(conn, letter)?;
                 Done::Nothing
             }
-            Request::Claim(claim, _) => Done::Claimed(group::claim(conn, claim).await?),
+            Request::Claim(claim, _) => Done::Claimed(group::claim(conn, claim)?),
             Request::Settle(settlement, _) => {
-                match group::settle(conn, settlement, dedupe_window_ms).await? {
+                match group::settle(conn, settlement, dedupe_window_ms)? {
                     group::Applied::Yes(effects) => {
                         last_pos = last_pos.max(effects);
                         Done::Nothing
@@ -202,7 +246,7 @@ async fn write(
                 }
             }
             Request::Processed(processed, _) => {
-                processed::record(conn, processed).await?;
+                processed::record(conn, processed)?;
                 Done::Nothing
             }
         });
