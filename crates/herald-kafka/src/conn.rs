@@ -26,6 +26,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use herald::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use herald::backend::open_queues::OpenQueues;
 use herald::backend::queue::Queue;
 use herald::{ErrorCode, Result, Topic};
 use parking_lot::Mutex;
@@ -65,7 +66,7 @@ pub(crate) struct Inner {
     /// 0.6 drops it), where groups keep what a bare offset cannot.
     pub(crate) keeps_metadata: AtomicBool,
     pub(crate) dedupe: Dedupe,
-    queues: Mutex<Vec<Weak<Queue>>>,
+    queues: OpenQueues,
     /// This process's group consumers, by group and patterns: `group`'s
     /// `Group`s, held as `Any` so the connection does not know their type
     /// (`group` puts them here and takes them back out).
@@ -198,7 +199,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             keeps_metadata: AtomicBool::new(true),
             dedupe: Dedupe::default(),
-            queues: Mutex::new(Vec::new()),
+            queues: OpenQueues::default(),
             groups: Mutex::new(HashMap::new()),
             replies: std::sync::OnceLock::new(),
             replies_made: tokio::sync::Mutex::new(()),
@@ -233,11 +234,7 @@ impl Inner {
     pub(crate) async fn close(&self) {
         let first = !self.closed.swap(true, Ordering::AcqRel);
         if first {
-            for q in std::mem::take(&mut *self.queues.lock()) {
-                if let Some(q) = q.upgrade() {
-                    q.close();
-                }
-            }
+            self.queues.close();
         }
         let wait = self.config.timeout_duration();
         let mut running = self.consumers.subscribe();
@@ -277,27 +274,21 @@ impl Inner {
     /// store closes (under the lock `close` takes the queues with, so a
     /// consumer is either refused or waited for).
     pub(crate) fn consumer_started(&self) -> Result<ConsumerGuard> {
-        let _queues = self.queues.lock();
-        if self.is_closed() {
-            return Err(errors::closed());
-        }
-        self.consumers.send_modify(|n| *n += 1);
-        Ok(ConsumerGuard(self.consumers.clone()))
+        self.queues
+            .while_open(|_| {
+                self.consumers.send_modify(|n| *n += 1);
+                ConsumerGuard(self.consumers.clone())
+            })
+            .ok_or_else(errors::closed)
     }
 
     /// Close `queue` with the store.
     pub(crate) fn register(&self, queue: &Arc<Queue>) -> Result<()> {
-        let mut queues = self.queues.lock();
-        // Checked under the lock `close` takes the queues with: a queue
-        // registered after that is refused here, never left open.
-        if self.is_closed() {
-            drop(queues);
-            queue.close();
-            return Err(errors::closed());
+        if self.queues.register(queue) {
+            Ok(())
+        } else {
+            Err(errors::closed())
         }
-        queues.retain(|q| q.strong_count() > 0);
-        queues.push(Arc::downgrade(queue));
-        Ok(())
     }
 
     /// The herald topic of Kafka topic `name`, when it is one of this

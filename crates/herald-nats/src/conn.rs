@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_nats::jetstream::{self, stream};
 use herald::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use herald::backend::open_queues::OpenQueues;
 use herald::backend::queue::Queue;
 use herald::{ErrorCode, Result, Topic};
 use tokio::sync::watch;
@@ -49,7 +50,7 @@ pub(crate) struct Inner {
     /// readers of dead letters wait for them.
     pub(crate) dead_letter_writes: DeadLetterWrites,
     /// Open subscriptions' queues, closed with the store.
-    queues: Mutex<Vec<Weak<Queue>>>,
+    queues: OpenQueues,
     /// Flips to `true` on close; readers stop.
     pub(crate) shutdown: watch::Sender<bool>,
 }
@@ -81,7 +82,7 @@ impl Inner {
             js,
             streams: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
-            queues: Mutex::new(Vec::new()),
+            queues: OpenQueues::default(),
             member_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
             groups: Slot::default(),
             dead_letter_writes: DeadLetterWrites::default(),
@@ -105,10 +106,7 @@ impl Inner {
             return false;
         }
         self.shutdown.send_replace(true);
-        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|p| p.into_inner()));
-        for queue in queues.iter().filter_map(Weak::upgrade) {
-            queue.close();
-        }
+        self.queues.close();
         true
     }
 
@@ -133,17 +131,11 @@ impl Inner {
     /// Close `queue` with the store; a store closed already closes it now
     /// and refuses it (`UNAVAILABLE`).
     pub(crate) fn register(&self, queue: &Arc<Queue>) -> Result<()> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        // Checked under the lock `shut` takes the queues with: a queue
-        // registered after that is refused here, never left open.
-        if self.closed.load(Ordering::Acquire) {
-            drop(queues);
-            queue.close();
-            return Err(errors::closed());
+        if self.queues.register(queue) {
+            Ok(())
+        } else {
+            Err(errors::closed())
         }
-        queues.retain(|q| q.strong_count() > 0);
-        queues.push(Arc::downgrade(queue));
-        Ok(())
     }
 
     /// Wait (up to `DEAD_LETTER_WRITE_WAIT`) for the dead letters being

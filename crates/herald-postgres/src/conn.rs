@@ -67,7 +67,7 @@ pub(crate) struct Inner {
     /// back what they claimed before (it may be gone).
     pub(crate) pruned: std::sync::atomic::AtomicU64,
     /// Open subscription queues, closed with the store.
-    pub(crate) queues: std::sync::Mutex<Vec<Weak<herald::backend::queue::Queue>>>,
+    pub(crate) queues: herald::backend::open_queues::OpenQueues,
     /// The dead-letter writer's inbox.
     /// Dead letters of group-less subscriptions being written.
     pub(crate) dead_letter_writes: herald::backend::dead_lettering::DeadLetterWrites,

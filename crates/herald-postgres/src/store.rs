@@ -9,7 +9,7 @@
 //! below imports it; a part that needs the store is handed `Arc<Inner>`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use herald::config::redact;
 use herald::{Envelope, Result, StartPosition, Topic};
@@ -74,7 +74,7 @@ impl PgStore {
             groups: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             pruned: Default::default(),
-            queues: std::sync::Mutex::new(Vec::new()),
+            queues: Default::default(),
             dead_letter_writes: Default::default(),
         });
         tokio::spawn(crate::conn::listen_for_events(Arc::downgrade(&inner)));
@@ -166,11 +166,7 @@ impl PgStore {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let queues =
-            std::mem::take(&mut *self.inner.queues.lock().unwrap_or_else(|p| p.into_inner()));
-        for q in queues.iter().filter_map(Weak::upgrade) {
-            q.close();
-        }
+        self.inner.queues.close();
         crate::dead_letters::flush(&self.inner).await;
         self.inner.pool.close().await;
     }

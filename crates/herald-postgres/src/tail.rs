@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
-use crate::conn::{current_pos, runtime_error, Inner};
+use crate::conn::{closed, current_pos, runtime_error, Inner};
 
 /// Events read per tail query.
 const PAGE: i64 = 500;
@@ -36,11 +36,9 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
     let queue = Queue::new(spec, host);
     queue.join();
-    inner
-        .queues
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Arc::downgrade(&queue));
+    if !inner.queues.register(&queue) {
+        return Err(closed());
+    }
     tokio::spawn(tail(inner.clone(), queue.clone(), cursor));
     Ok(queue::member(queue))
 }

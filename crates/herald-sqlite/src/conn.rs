@@ -44,7 +44,7 @@ pub(crate) struct Inner {
     /// Dead letters of group-less subscriptions being written.
     pub(crate) dead_letter_writes: DeadLetterWrites,
     /// Open subscription queues, closed with the store.
-    pub(crate) queues: std::sync::Mutex<Vec<std::sync::Weak<herald::backend::queue::Queue>>>,
+    pub(crate) queues: herald::backend::open_queues::OpenQueues,
 }
 
 impl Inner {

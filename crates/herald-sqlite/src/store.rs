@@ -150,7 +150,7 @@ impl SqliteStore {
                 closed: AtomicBool::new(false),
                 pruned: Default::default(),
                 dead_letter_writes: DeadLetterWrites::default(),
-                queues: std::sync::Mutex::new(Vec::new()),
+                queues: Default::default(),
             }),
         };
         tokio::spawn(retention::run(Arc::downgrade(&store.inner)));
@@ -242,11 +242,7 @@ impl SqliteStore {
     /// Idempotent.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let queues =
-            std::mem::take(&mut *self.inner.queues.lock().unwrap_or_else(|p| p.into_inner()));
-        for q in queues.iter().filter_map(std::sync::Weak::upgrade) {
-            q.close();
-        }
+        self.inner.queues.close();
         self.inner
             .dead_letter_writes
             .settled(DEAD_LETTER_WRITE_WAIT)

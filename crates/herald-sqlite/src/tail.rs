@@ -17,7 +17,7 @@ use std::time::Duration;
 use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
 
-use crate::conn::{max_pos, on_handle, runtime_error, Inner};
+use crate::conn::{closed, max_pos, on_handle, runtime_error, Inner};
 use crate::log::first_wanted;
 
 /// Events read per query.
@@ -46,11 +46,9 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
     let queue = Queue::new(spec, host);
     queue.join();
-    inner
-        .queues
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Arc::downgrade(&queue));
+    if !inner.queues.register(&queue) {
+        return Err(closed());
+    }
     tokio::spawn(tail(inner.clone(), queue.clone(), cursor));
     Ok(queue::member(queue))
 }

@@ -25,6 +25,7 @@ pub mod dedupe;
 pub mod group;
 pub mod headers;
 pub mod log_tail;
+pub mod open_queues;
 pub mod queue;
 pub mod retention;
 pub mod subscription;

@@ -843,7 +843,7 @@ pub fn member(queue: Arc<Queue>) -> Subscription {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures_util::StreamExt;
 
     use super::*;
@@ -851,8 +851,9 @@ mod tests {
     use crate::model::payload::Payload;
     use crate::model::topic::Pattern;
 
+    /// A host that takes every dead letter (also for `open_queues`' tests).
     #[derive(Default)]
-    struct Host {
+    pub(crate) struct Host {
         writes: DeadLetterWrites,
     }
 
