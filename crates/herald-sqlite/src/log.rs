@@ -260,12 +260,17 @@ mod tests {
         rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
     }
 
+    /// An in-memory database with the store's schema.
+    async fn migrated() -> SqliteConnection {
+        let conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        crate::schema::migrate(conn, ":memory:".into())
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_dedupe_lookup_is_one_index_search() {
-        let conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        let mut conn = crate::schema::migrate(conn, ":memory:".into())
-            .await
-            .unwrap();
+        let mut conn = migrated().await;
         let plan = plan_of(&mut conn, EXISTING_KEY).await;
         assert!(
             plan.contains("SEARCH events USING INDEX events_by_idempotency_key"),
@@ -275,10 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn positioning_a_group_is_an_index_lookup_per_topic() {
-        let conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        let mut conn = crate::schema::migrate(conn, ":memory:".into())
-            .await
-            .unwrap();
+        let mut conn = migrated().await;
         for sql in [FIRST_BY_SEQ, FIRST_BY_TIME] {
             let plan = plan_of(&mut conn, sql).await;
             assert!(plan.contains("SEARCH events USING"), "{sql}:\n{plan}");
