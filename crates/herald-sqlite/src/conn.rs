@@ -13,12 +13,13 @@
 
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use herald::backend::dead_lettering::DeadLetterWrites;
 use herald::{Envelope, Error, ErrorCode, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{SqliteConfig, Synchronous};
 use crate::request::Request;
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) dead_letter_writes: DeadLetterWrites,
     /// Open subscription queues, closed with the store.
     pub(crate) queues: herald::backend::open_queues::OpenQueues,
+    /// Group members' claims waiting in the writer (`parked`).
+    pub(crate) parked: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Inner {
@@ -65,6 +68,9 @@ pub(crate) struct Signals {
     pub(crate) committed: watch::Sender<i64>,
     /// Bumped whenever a group's state may have changed.
     pub(crate) groups: watch::Sender<u64>,
+    /// Notified when a connection other than the writer's committed (the
+    /// outbox, another process): parked claims run again.
+    pub(crate) outside: Arc<Notify>,
 }
 
 impl Signals {
@@ -77,6 +83,12 @@ impl Signals {
             }
             newer
         });
+    }
+
+    /// Events up to `pos` are committed, not by the writer.
+    pub(crate) fn raise_outside(&self, pos: i64) {
+        self.raise(pos);
+        self.outside.notify_one();
     }
 }
 
@@ -148,6 +160,7 @@ pub(crate) async fn watch_other_processes(
         };
         if last.is_some_and(|l| l != version) {
             signals.groups.send_modify(|n| *n = n.wrapping_add(1));
+            signals.outside.notify_one();
             if let Ok(Some(pos)) =
                 sqlx::query_scalar::<_, Option<i64>>("SELECT max(pos) FROM events")
                     .fetch_all(&mut **c)

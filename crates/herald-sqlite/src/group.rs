@@ -18,6 +18,8 @@
 //! (`log::first_wanted`), the dead-letter row (`log`), or reading a group's
 //! state for inspection (`inspect`).
 
+use std::collections::{HashMap, HashSet};
+
 use herald::backend::group::{
     self as rules, Candidate, CandidateRow, Change, Claimed, LeaseState, Position, Settled,
 };
@@ -44,11 +46,79 @@ type GroupRow = (String, i64, i64, Option<i64>, Option<i64>, i64, i64);
 const IN_FLIGHT: i64 = 0;
 const SETTLED: i64 = 2;
 
+/// Windows of one transaction's claims, by group: claims that follow in
+/// the same transaction (other members', parked ones) plan over the rows
+/// the first read, kept up to date with what each leased, instead of
+/// reading them again. Valid only while nothing but claims writes a group's
+/// deliveries — the writer runs a batch's claims after its other requests —
+/// so a transaction starts with an empty one.
+#[derive(Default)]
+pub(crate) struct Windows(HashMap<String, Window>);
+
+/// Unsettled events after `cursor` through `last`, read once.
+struct Window {
+    cursor: i64,
+    last: i64,
+    rows: Vec<CandidateRow>,
+    /// The rows are every unsettled event through this `pos`.
+    complete_to: i64,
+}
+
+impl Windows {
+    /// The group's window after `cursor` through `last`: the one kept, or
+    /// read now.
+    fn read(
+        &mut self,
+        conn: &Connection,
+        claim: &Claim,
+        cursor: i64,
+        last: i64,
+    ) -> Result<&Window> {
+        let kept = self
+            .0
+            .get(&claim.group)
+            .is_some_and(|w| w.cursor == cursor && w.last == last);
+        if !kept {
+            let rows = window_rows(conn, claim, cursor, last)?;
+            let complete_to = match rows.last() {
+                Some(row) if rows.len() as i64 == WINDOW => row.0,
+                _ => last,
+            };
+            let window = Window {
+                cursor,
+                last,
+                rows,
+                complete_to,
+            };
+            self.0.insert(claim.group.clone(), window);
+        }
+        Ok(&self.0[&claim.group])
+    }
+
+    /// What `plan` leased (until `lease_until`), dead-lettered and passed
+    /// over, as the group's next claim in this transaction would read it.
+    fn record(&mut self, group: &str, plan: &rules::Plan, lease_until: i64) {
+        let Some(w) = self.0.get_mut(group) else {
+            return;
+        };
+        for &(pos, attempt) in &plan.claims {
+            if let Ok(i) = w.rows.binary_search_by_key(&pos, |r| r.0) {
+                let row = &mut w.rows[i];
+                (row.8, row.9, row.10) = (Some(IN_FLIGHT), Some(attempt), Some(lease_until));
+            }
+        }
+        let dead: HashSet<i64> = plan.dead.iter().map(|d| d.pos).collect();
+        w.cursor = w.cursor.max(plan.cursor);
+        let cursor = w.cursor;
+        w.rows.retain(|r| r.0 > cursor && !dead.contains(&r.0));
+    }
+}
+
 /// Register the group if new (checking a known group follows the same
 /// topics), then lease up to `claim.max` events to the member: a window
-/// read, one statement for the leases and one for their envelopes,
-/// however many it takes.
-pub(crate) fn claim(conn: &Connection, claim: &Claim) -> Result<Claimed> {
+/// read (or the one `windows` keeps), one statement for the leases and one
+/// for their envelopes, however many it takes.
+pub(crate) fn claim(conn: &Connection, claim: &Claim, windows: &mut Windows) -> Result<Claimed> {
     let now = chrono::Utc::now().timestamp_millis();
     seen(conn, claim, now)?;
     let (position, last, members) = register(conn, claim, now)?;
@@ -60,12 +130,9 @@ pub(crate) fn claim(conn: &Connection, claim: &Claim) -> Result<Claimed> {
     let plan = loop {
         // Settled events are left out, so one held event does not hide what
         // comes after it.
-        let rows = window_rows(conn, claim, position.cursor, last)?;
-        let complete_to = match rows.last() {
-            Some(row) if rows.len() as i64 == WINDOW => row.0,
-            _ => last,
-        };
-        let rows = rows.into_iter().map(Candidate::from);
+        let window = windows.read(conn, claim, position.cursor, last)?;
+        let complete_to = window.complete_to;
+        let rows = window.rows.iter().cloned().map(Candidate::from);
         let plan = rules::plan(
             spec,
             &position,
@@ -90,6 +157,7 @@ pub(crate) fn claim(conn: &Connection, claim: &Claim) -> Result<Claimed> {
     let lease_until = now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64);
     let claimed = lease(conn, claim, &plan.claims, lease_until)?;
     apply(conn, claim, &position, &plan)?;
+    windows.record(&claim.group, &plan, lease_until);
     Ok(Claimed {
         events: claimed,
         more: plan.more || beyond,

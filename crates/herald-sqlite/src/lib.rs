@@ -26,6 +26,7 @@ mod inspect;
 mod log;
 mod member;
 pub mod outbox;
+mod parked;
 mod processed;
 mod request;
 mod retention;

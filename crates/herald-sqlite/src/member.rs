@@ -1,7 +1,8 @@
 //! A member of a durable consumer group on this store: the
 //! `herald::backend::group::GroupMember` whose claims and settlements are
-//! requests to the writer (which runs `group.rs`'s SQL in its transactions)
-//! and whose wake-ups are the writer's signals. Does not own the group's
+//! requests to the writer (which runs `group.rs`'s SQL in its transactions;
+//! a claim that finds nothing waits there, `parked`) and whose wake-ups are
+//! the writer's signals. Does not own the group's
 //! SQL (`group`) or the dispatch of a group subscription here (`transport`).
 
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use herald::backend::group::{self as rules, Claimed, Settled};
 use herald::backend::BoxFuture;
 use herald::{Envelope, Result, SubscribeSpec, Subscription};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::conn::{closed, Inner};
 use crate::request::{Claim, Request, Settlement};
@@ -25,6 +26,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         id: uuid::Uuid::now_v7().to_string(),
         spec,
         seen: std::sync::Mutex::new(None),
+        interrupted: watch::Sender::new(false),
     }))
     .await
 }
@@ -37,6 +39,8 @@ struct Member {
     spec: SubscribeSpec,
     /// When the member last recorded itself as live.
     seen: std::sync::Mutex<Option<Instant>>,
+    /// Its subscription ended: claims no longer wait in the writer.
+    interrupted: watch::Sender<bool>,
 }
 
 impl Member {
@@ -57,7 +61,8 @@ impl Member {
 impl rules::GroupMember for Member {
     fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>> {
         Box::pin(async move {
-            let (reply, done) = oneshot::channel();
+            let (reply, mut done) = oneshot::channel();
+            let mut interrupted = self.interrupted.subscribe();
             let claim = Claim {
                 group: self.group.clone(),
                 member: self.id.clone(),
@@ -65,14 +70,29 @@ impl rules::GroupMember for Member {
                 spec: self.spec.clone(),
                 max_deliver: self.inner.config.deliveries(),
                 refresh: self.refresh(max),
+                park: max > 0 && !*interrupted.borrow(),
             };
             self.inner
                 .writer
                 .send(Request::Claim(Box::new(claim), reply))
                 .await
                 .map_err(|_| closed())?;
-            done.await.map_err(|_| closed())?
+            tokio::select! {
+                answer = &mut done => answer.map_err(|_| closed())?,
+                _ = interrupted.wait_for(|stop| *stop) => {
+                    // Parked in the writer: stop waiting. An answer sent
+                    // before the close is still taken (and released by the
+                    // caller); one sent after it finds no one, and the
+                    // writer hands its leases back.
+                    done.close();
+                    done.try_recv().unwrap_or_else(|_| Ok(Claimed::default()))
+                }
+            }
         })
+    }
+
+    fn interrupt(&self) {
+        self.interrupted.send_replace(true);
     }
 
     fn settle(

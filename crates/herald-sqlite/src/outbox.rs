@@ -76,7 +76,7 @@ pub(crate) async fn publish_in(
 /// Wake this process's subscribers after a commit made outside the store.
 pub(crate) async fn wake(inner: &Inner) -> Result<()> {
     let pos = max_pos(inner.readers.clone()).await?;
-    inner.signals.raise(pos);
+    inner.signals.raise_outside(pos);
     Ok(())
 }
 
@@ -96,7 +96,7 @@ impl Outbox {
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await.map_err(runtime_error)?;
         if let Some(pos) = self.last_pos {
-            self.inner.signals.raise(pos);
+            self.inner.signals.raise_outside(pos);
         }
         Ok(())
     }

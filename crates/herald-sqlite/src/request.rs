@@ -29,6 +29,11 @@ pub(crate) enum Request {
     Settle(Box<Settlement>, oneshot::Sender<Result<()>>),
     /// Remember that a handler group processed a message.
     Processed(Box<Processed>, oneshot::Sender<Result<()>>),
+    /// Run the parked claims again: time passed (leases and delays run
+    /// out) or another connection committed.
+    Poke,
+    /// The store closes: answer the parked claims and park no more.
+    Close,
 }
 
 /// A member asks for up to `max` events (0: only register the group).
@@ -40,6 +45,9 @@ pub(crate) struct Claim {
     pub(crate) max_deliver: u32,
     /// Record the member as live (it was not, lately).
     pub(crate) refresh: bool,
+    /// When nothing is claimable, wait in the writer until something is
+    /// (`parked`) rather than answer with nothing.
+    pub(crate) park: bool,
 }
 
 /// How a member settled the delivery of `pos` at `attempt`.

@@ -4,15 +4,16 @@
 //! Owns [`SqliteStore`]: the checks on open (path, directory, the file made
 //! private), the schema's migrations run on the write connection, the pools
 //! (read-only readers, the outbox's writers), and the background tasks it
-//! starts — the writer (`writer`), the watch on other processes' commits
-//! (`conn`) and retention (`retention`); `close`. The top of the crate: it
+//! starts — the writer (`writer`), the poke of its parked claims
+//! (`parked`), the watch on other processes' commits (`conn`) and retention
+//! (`retention`); `close`. The top of the crate: it
 //! imports what it opens and delegates to; nothing imports it but
 //! `transport` (the traits on [`SqliteStore`]) and `lib`. Does not own the
 //! shared state (`conn::Inner`), the log's SQL (`log`), the reads
 //! (`inspect`) or the traits (`transport`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use crate::conn::{
 };
 use crate::dedupe::SqliteDedupe;
 use crate::outbox::{self, Outbox};
+use crate::parked::{self, Parked};
 use crate::request::Request;
 use crate::{inspect, retention, schema, writer};
 
@@ -116,6 +118,7 @@ impl SqliteStore {
         let signals = Signals {
             committed: committed_tx,
             groups: groups_tx,
+            outside: Arc::default(),
         };
         let poll = config.poll();
         tokio::spawn(watch_other_processes(
@@ -126,11 +129,17 @@ impl SqliteStore {
         let write = open_writer(&config)?;
         let group_max = config.group_max();
         let promised = config.sync_mode();
+        let parked = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn({
                 let signals = signals.clone();
-                move || writer::run(write, requests, signals, group_max, dedupe_ms, promised)
+                let parked = Parked::new(parked.clone());
+                move || {
+                    writer::run(
+                        write, requests, signals, parked, group_max, dedupe_ms, promised,
+                    )
+                }
             })
             .map_err(|e| herald::Error::internal(format!("cannot start the SQLite writer: {e}")))?;
         let outbox = SqlitePoolOptions::new()
@@ -151,9 +160,11 @@ impl SqliteStore {
                 pruned: Default::default(),
                 dead_letter_writes: DeadLetterWrites::default(),
                 queues: Default::default(),
+                parked,
             }),
         };
         tokio::spawn(retention::run(Arc::downgrade(&store.inner)));
+        tokio::spawn(parked::poke(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -242,6 +253,8 @@ impl SqliteStore {
     /// Idempotent.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        // Members waiting in the writer learn of it now.
+        let _ = self.inner.writer.send(Request::Close).await;
         self.inner.queues.close();
         self.inner
             .dead_letter_writes

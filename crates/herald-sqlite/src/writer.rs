@@ -30,6 +30,7 @@ use crate::config::Synchronous;
 use crate::conn::{raw_error, Signals};
 use crate::group;
 use crate::log::{append, insert_dead_letter};
+use crate::parked::{Freed, Parked};
 use crate::processed;
 use crate::request::{Request, Settlement};
 
@@ -65,7 +66,9 @@ impl Writer {
     /// Set the connection to fsync at commit when `batch` writes anything
     /// that must survive power loss, and not when it only claims.
     fn durability_for(&mut self, batch: &[Request]) -> Result<()> {
-        let only_claims = batch.iter().all(|r| matches!(r, Request::Claim(..)));
+        let only_claims = batch
+            .iter()
+            .all(|r| matches!(r, Request::Claim(..) | Request::Poke | Request::Close));
         let wanted = if only_claims {
             Synchronous::Normal
         } else {
@@ -89,6 +92,7 @@ pub(crate) fn run(
     conn: Connection,
     mut requests: mpsc::Receiver<Request>,
     signals: Signals,
+    mut parked: Parked,
     max: usize,
     dedupe_window_ms: i64,
     promised: Synchronous,
@@ -99,8 +103,9 @@ pub(crate) fn run(
         set: promised,
     };
     while let Some(first) = requests.blocking_recv() {
+        let mut batch = parked.orphans();
         let mut weight = first.weight();
-        let mut batch = vec![first];
+        batch.push(first);
         while weight < max {
             match requests.try_recv() {
                 Ok(r) => {
@@ -110,31 +115,89 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        match commit(&mut writer, &batch, dedupe_window_ms) {
-            Ok((results, last_pos)) => {
-                notify(&signals, &batch, &results, last_pos);
-                reply(batch, results.into_iter().map(Ok));
+        serve(&mut writer, batch, &mut parked, &signals, dedupe_window_ms);
+        // Leases no one took go back at once, not with the next request.
+        loop {
+            let orphans = parked.orphans();
+            if orphans.is_empty() {
+                break;
             }
-            Err(e) if batch.len() == 1 => reply(batch, std::iter::once(Err(e))),
-            Err(_) => {
-                for r in batch {
-                    let one = match commit(&mut writer, std::slice::from_ref(&r), dedupe_window_ms)
-                    {
-                        Ok((mut results, last_pos)) => {
-                            notify(&signals, std::slice::from_ref(&r), &results, last_pos);
-                            Ok(results.pop().unwrap_or(Done::Nothing))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    reply(vec![r], std::iter::once(one));
-                }
-            }
+            serve(
+                &mut writer,
+                orphans,
+                &mut parked,
+                &signals,
+                dedupe_window_ms,
+            );
         }
     }
 }
 
-/// Answer each request with its result, in order.
-fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
+/// Commit `batch` (with the parked claims when it may make events
+/// claimable) and answer it; when the batch fails, each request is retried
+/// alone so one bad request cannot fail the others, and the parked claims
+/// run in a transaction of their own.
+fn serve(
+    writer: &mut Writer,
+    batch: Vec<Request>,
+    parked: &mut Parked,
+    signals: &Signals,
+    dedupe_window_ms: i64,
+) {
+    if batch.iter().any(|r| matches!(r, Request::Close)) {
+        parked.close();
+    }
+    let wake = parked.any() && !Freed::by(&batch).is_none();
+    match commit(
+        writer,
+        &batch,
+        wake.then_some(&mut *parked),
+        dedupe_window_ms,
+    ) {
+        Ok(done) => {
+            notify(signals, &batch, &done);
+            if let Some(found) = done.found {
+                parked.ran(found);
+            }
+            reply(batch, done.results.into_iter().map(Ok), parked);
+            return;
+        }
+        Err(e) if batch.len() == 1 && !wake => {
+            reply(batch, std::iter::once(Err(e)), parked);
+            return;
+        }
+        Err(_) => {}
+    }
+    for r in batch {
+        let one = match commit(writer, std::slice::from_ref(&r), None, dedupe_window_ms) {
+            Ok(mut done) => {
+                notify(signals, std::slice::from_ref(&r), &done);
+                Ok(done.results.pop().unwrap_or(Done::Nothing))
+            }
+            Err(e) => Err(e),
+        };
+        reply(vec![r], std::iter::once(one), parked);
+    }
+    if wake {
+        // Run them all: what the batch freed is not known now.
+        match commit(
+            writer,
+            &[Request::Poke],
+            Some(&mut *parked),
+            dedupe_window_ms,
+        ) {
+            Ok(done) => {
+                notify(signals, &[], &done);
+                parked.ran(done.found.unwrap_or_default());
+            }
+            Err(e) => parked.failed(&e),
+        }
+    }
+}
+
+/// Answer each request with its result, in order (a claim through
+/// `parked`, which may hold it).
+fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>, parked: &mut Parked) {
     for (r, result) in batch.into_iter().zip(results) {
         match r {
             Request::Append { reply, .. } => {
@@ -143,11 +206,12 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
                     _ => Vec::new(),
                 }));
             }
-            Request::Claim(_, reply) => {
-                let _ = reply.send(result.map(|d| match d {
+            Request::Claim(claim, reply) => {
+                let result = result.map(|d| match d {
                     Done::Claimed(c) => c,
                     _ => Claimed::default(),
-                }));
+                });
+                parked.answer(claim, reply, result);
             }
             Request::DeadLetter(_, reply) => {
                 let _ = reply.send(result.map(drop));
@@ -158,51 +222,78 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>) {
                     _ => Ok(()),
                 }));
             }
+            Request::Poke | Request::Close => {}
         }
     }
 }
 
 /// Wake readers: new events, or group state that changed (a claim that
 /// leased nothing changed nothing, and waking on it would spin).
-fn notify(signals: &Signals, batch: &[Request], results: &[Done], last_pos: Option<i64>) {
-    let groups_changed = batch.iter().zip(results).any(|(r, d)| match (r, d) {
+fn notify(signals: &Signals, batch: &[Request], done: &Committed) {
+    let leased = |c: &Claimed| !c.events.is_empty();
+    let groups_changed = batch.iter().zip(&done.results).any(|(r, d)| match (r, d) {
         (Request::Settle(..), _) => true,
-        (Request::Claim(..), Done::Claimed(c)) => !c.events.is_empty(),
+        (Request::Claim(..), Done::Claimed(c)) => leased(c),
         _ => false,
-    });
+    }) || done.found.iter().flatten().flatten().any(leased);
     if groups_changed {
         signals.groups.send_modify(|n| *n = n.wrapping_add(1));
     }
-    if let Some(pos) = last_pos {
+    if let Some(pos) = done.last_pos {
         signals.raise(pos);
     }
 }
 
-/// One write transaction for `batch`: what each request produced, and the
-/// `pos` of the last event appended.
+/// What one committed transaction produced.
+struct Committed {
+    /// Each request's result, in the batch's order.
+    results: Vec<Done>,
+    /// The `pos` of the last event appended.
+    last_pos: Option<i64>,
+    /// What each parked claim leased, when they ran.
+    found: Option<Vec<Option<Claimed>>>,
+}
+
+/// One write transaction for `batch`, then the parked claims when given.
 fn commit(
     writer: &mut Writer,
     batch: &[Request],
+    parked: Option<&mut Parked>,
     dedupe_window_ms: i64,
-) -> Result<(Vec<Done>, Option<i64>)> {
+) -> Result<Committed> {
     writer.durability_for(batch)?;
     let conn = &writer.conn;
     conn.execute_batch("BEGIN IMMEDIATE").map_err(raw_error)?;
-    let done = write(conn, batch, dedupe_window_ms).and_then(|done| {
-        conn.execute_batch("COMMIT")
-            .map_err(raw_error)
-            .map(|()| done)
-    });
+    let mut windows = group::Windows::default();
+    let done = write(conn, batch, &mut windows, dedupe_window_ms)
+        .and_then(|(results, last_pos)| {
+            let found = match parked {
+                Some(parked) => Some(parked.run(conn, &Freed::by(batch), &mut windows)?),
+                None => None,
+            };
+            Ok(Committed {
+                results,
+                last_pos,
+                found,
+            })
+        })
+        .and_then(|done| {
+            conn.execute_batch("COMMIT")
+                .map_err(raw_error)
+                .map(|()| done)
+        });
     if done.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
     done
 }
 
-/// Appends first (all together), then the other requests in order.
+/// Appends first (all together), then plain acks, the other requests in
+/// order, and claims last.
 fn write(
     conn: &Connection,
     batch: &[Request],
+    windows: &mut group::Windows,
     dedupe_window_ms: i64,
 ) -> Result<(Vec<Done>, Option<i64>)> {
     let appends: Vec<&[Envelope]> = batch
@@ -235,7 +326,6 @@ fn write(
                 insert_dead_letter(conn, letter)?;
                 Done::Nothing
             }
-            Request::Claim(claim, _) => Done::Claimed(group::claim(conn, claim)?),
             Request::Settle(settlement, _) => {
                 match group::settle(conn, settlement, dedupe_window_ms)? {
                     group::Applied::Yes(effects) => {
@@ -249,7 +339,15 @@ fn write(
                 processed::record(conn, processed)?;
                 Done::Nothing
             }
+            Request::Claim(..) | Request::Poke | Request::Close => Done::Nothing,
         });
+    }
+    // Claims last, so they see every settlement of the batch (a delivery
+    // released or nacked in it is claimable at once).
+    for (r, done) in batch.iter().zip(&mut out) {
+        if let Request::Claim(claim, _) = r {
+            *done = Done::Claimed(group::claim(conn, claim, windows)?);
+        }
     }
     Ok((out, last_pos))
 }

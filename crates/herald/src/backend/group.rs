@@ -583,7 +583,19 @@ pub fn changes(
 pub trait GroupMember: Send + Sync + 'static {
     /// Register the group if new (checking that a known group follows the
     /// same topics), then lease up to `max` events to this member.
+    ///
+    /// When nothing is claimable, a store may hold the claim and answer it
+    /// once something is (SQLite leases a new event to a waiting member in
+    /// the transaction that appends it) instead of answering at once with
+    /// nothing; such a store answers at once, with what it has, after
+    /// [`interrupt`](Self::interrupt).
     fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>>;
+
+    /// The member's subscription closed or was dropped: a claim the store
+    /// holds while nothing is claimable answers now, and later ones answer
+    /// at once. Stores whose claims always answer at once need not
+    /// implement it.
+    fn interrupt(&self) {}
 
     /// Apply a settlement of the delivery of `pos`; one that comes after its
     /// lease ran out and the event was claimed again is ignored. An ack with
@@ -693,12 +705,24 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
                 if let Some(changed) = idle.take() {
                     tokio::select! {
                         _ = changed => {}
-                        _ = woken => continue,
+                        _ = woken.as_mut() => continue,
                     }
                 }
                 let changed = state.member.changes();
                 let pruned = state.member.pruned();
-                match PendingClaim::start(&state.member, free).finish().await {
+                let mut pending = PendingClaim::start(&state.member, free);
+                let claimed = {
+                    let finish = pending.finish();
+                    tokio::pin!(finish);
+                    tokio::select! {
+                        claimed = &mut finish => claimed,
+                        _ = woken.as_mut() => {
+                            state.member.interrupt();
+                            finish.await
+                        }
+                    }
+                };
+                match claimed {
                     Ok(claimed) => {
                         if !claimed.events.is_empty() {
                             buffered.events.extend(claimed.events);
@@ -722,7 +746,8 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
 
 /// A claim running in a task of its own, so that what it leases is handed
 /// back when the member's stream is dropped before the claim answers
-/// (dropped unfinished, it lets the claim finish and releases the lot).
+/// (dropped unfinished, it interrupts a claim the store holds, lets the
+/// claim finish and releases the lot).
 struct PendingClaim {
     task: Option<tokio::task::JoinHandle<Result<Claimed>>>,
     member: Arc<dyn GroupMember>,
@@ -737,7 +762,7 @@ impl PendingClaim {
         }
     }
 
-    async fn finish(mut self) -> Result<Claimed> {
+    async fn finish(&mut self) -> Result<Claimed> {
         let task = self.task.as_mut().expect("a claim is finished once");
         let claimed = task.await;
         self.task = None;
@@ -748,6 +773,7 @@ impl PendingClaim {
 impl Drop for PendingClaim {
     fn drop(&mut self) {
         let Some(task) = self.task.take() else { return };
+        self.member.interrupt();
         let member = self.member.clone();
         crate::model::delivery::spawn_release(Box::pin(async move {
             if let Ok(Ok(claimed)) = task.await {
