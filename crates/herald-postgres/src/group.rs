@@ -292,11 +292,11 @@ impl Member {
                 Some(row) if full => row.0,
                 _ => last,
             };
-            let rows = rows.into_iter().map(Candidate::from);
+            let rows: Vec<Candidate> = rows.into_iter().map(Candidate::from).collect();
             let plan = rules::plan(
                 &self.spec,
                 &position,
-                rows,
+                &rows,
                 complete_to,
                 // Plan as if alone: what the claim may take in order, of
                 // which it leases its share (see `lease`).

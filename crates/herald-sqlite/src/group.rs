@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use herald::backend::group::{
-    self as rules, Candidate, CandidateRow, Change, Claimed, LeaseState, Position, Settled,
+    self as rules, Candidate, CandidateRow, Change, Claimed, Lease, LeaseState, Position, Settled,
 };
 use herald::{DeadLetter, Envelope, ErrorCode, FailureSource, Outcome, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -59,7 +59,7 @@ pub(crate) struct Windows(HashMap<String, Window>);
 struct Window {
     cursor: i64,
     last: i64,
-    rows: Vec<CandidateRow>,
+    rows: Vec<Candidate>,
     /// The rows are every unsettled event through this `pos`.
     complete_to: i64,
 }
@@ -84,6 +84,7 @@ impl Windows {
                 Some(row) if rows.len() as i64 == WINDOW => row.0,
                 _ => last,
             };
+            let rows = rows.into_iter().map(Candidate::from).collect();
             let window = Window {
                 cursor,
                 last,
@@ -102,15 +103,18 @@ impl Windows {
             return;
         };
         for &(pos, attempt) in &plan.claims {
-            if let Ok(i) = w.rows.binary_search_by_key(&pos, |r| r.0) {
-                let row = &mut w.rows[i];
-                (row.8, row.9, row.10) = (Some(IN_FLIGHT), Some(attempt), Some(lease_until));
+            if let Ok(i) = w.rows.binary_search_by_key(&pos, |r| r.pos) {
+                w.rows[i].lease = Some(Lease {
+                    state: LeaseState::InFlight,
+                    attempt,
+                    until_ms: lease_until,
+                });
             }
         }
         let dead: HashSet<i64> = plan.dead.iter().map(|d| d.pos).collect();
         w.cursor = w.cursor.max(plan.cursor);
         let cursor = w.cursor;
-        w.rows.retain(|r| r.0 > cursor && !dead.contains(&r.0));
+        w.rows.retain(|r| r.pos > cursor && !dead.contains(&r.pos));
     }
 }
 
@@ -132,11 +136,10 @@ pub(crate) fn claim(conn: &Connection, claim: &Claim, windows: &mut Windows) -> 
         // comes after it.
         let window = windows.read(conn, claim, position.cursor, last)?;
         let complete_to = window.complete_to;
-        let rows = window.rows.iter().cloned().map(Candidate::from);
         let plan = rules::plan(
             spec,
             &position,
-            rows,
+            &window.rows,
             complete_to,
             rules::Share {
                 max: claim.max,

@@ -325,7 +325,7 @@ pub struct Claimed {
 }
 
 /// A topic and key (keyless events of a topic form one flow).
-type Flow = (String, Option<String>);
+type Flow<'a> = (&'a str, Option<&'a str>);
 
 /// Decide a claim of up to `max` events from `rows`, taking at most a fair
 /// share of what is claimable: its count divided by the group's live
@@ -342,10 +342,10 @@ type Flow = (String, Option<String>);
 /// the oldest. An expired lease is claimable again with `attempt + 1`, or
 /// dead-lettered once it had `max_deliver` attempts; an expired event is
 /// dead-lettered. The cursor moves over the settled (or unwanted) prefix.
-pub fn plan(
+pub fn plan<'a>(
     spec: &SubscribeSpec,
     position: &Position,
-    rows: impl IntoIterator<Item = Candidate>,
+    rows: impl IntoIterator<Item = &'a Candidate>,
     complete_to: i64,
     share: Share,
     max_deliver: u32,
@@ -354,9 +354,9 @@ pub fn plan(
     let Share { max, members } = share;
     // The first event that is not settled: the cursor stops below it.
     let mut first_open: Option<i64> = None;
-    let mut blocked: HashSet<(String, String)> = HashSet::new();
+    let mut blocked: HashSet<(&str, &str)> = HashSet::new();
     // Claimable events per flow, in pos order: (pos, priority, attempt).
-    let mut flows: HashMap<Flow, VecDeque<(i64, i64, i64)>> = HashMap::new();
+    let mut flows: HashMap<Flow<'a>, VecDeque<(i64, i64, i64)>> = HashMap::new();
     let mut dead = Vec::new();
     for row in rows {
         let wanted = spec.wants(&row.topic, kind_of(row.kind))
@@ -366,7 +366,7 @@ pub fn plan(
         if !wanted || settled {
             continue;
         }
-        let flow_key = row.key.as_ref().map(|k| (row.topic.clone(), k.clone()));
+        let flow_key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
         let attempt = match row.lease {
             Some(l) if l.until_ms > now_ms => {
                 first_open.get_or_insert(row.pos);
@@ -402,13 +402,13 @@ pub fn plan(
             });
             continue;
         }
-        if let Some(f) = &flow_key {
-            if !blocked.insert(f.clone()) {
+        if let Some(f) = flow_key {
+            if !blocked.insert(f) {
                 continue;
             }
         }
         flows
-            .entry((row.topic, row.key))
+            .entry((row.topic.as_str(), row.key.as_deref()))
             .or_default()
             .push_back((row.pos, row.priority, attempt));
     }
@@ -977,7 +977,7 @@ mod tests {
             row(2, Some("k"), 1, None),
             row(3, Some("j"), 1, None),
         ];
-        let p = plan(&spec(), &START, rows, 3, share(5, 1), 5, 50);
+        let p = plan(&spec(), &START, &rows, 3, share(5, 1), 5, 50);
         assert_eq!(p.claims, vec![(3, 1)]);
         assert_eq!(p.cursor, 0);
     }
@@ -992,7 +992,7 @@ mod tests {
         // Six more keys at priority 1: eight claimable; room for two.
         let keys = ["a", "b", "c", "d", "e", "f"];
         rows.extend((4..=9).zip(keys).map(|(p, k)| row(p, Some(k), 1, None)));
-        let p = plan(&spec(), &START, rows, 9, share(2, 1), 5, 0);
+        let p = plan(&spec(), &START, &rows, 9, share(2, 1), 5, 0);
         // Event 2 waits for event 1 of its key, whatever its priority.
         assert_eq!(p.claims, vec![(3, 1), (4, 1)]);
     }
@@ -1001,7 +1001,7 @@ mod tests {
     fn a_claim_takes_its_share_of_the_claimable_up_to_its_room() {
         let keyless = |n: i64| (1..=n).map(|p| row(p, None, 1, None)).collect::<Vec<_>>();
         let take = |rows: Vec<Candidate>, room: usize, members: usize| {
-            plan(&spec(), &START, rows, 1000, share(room, members), 5, 0)
+            plan(&spec(), &START, &rows, 1000, share(room, members), 5, 0)
                 .claims
                 .len()
         };
@@ -1013,7 +1013,7 @@ mod tests {
         assert_eq!(take(keyless(5), 256, 0), 5, "no live member counts as one");
         // One key: only its first event is claimable.
         let one_key: Vec<_> = (1..=40).map(|p| row(p, Some("k"), 1, None)).collect();
-        let p = plan(&spec(), &START, one_key, 40, share(256, 1), 5, 0);
+        let p = plan(&spec(), &START, &one_key, 40, share(256, 1), 5, 0);
         assert_eq!(p.claims, vec![(1, 1)]);
     }
 
@@ -1025,14 +1025,14 @@ mod tests {
             row(3, Some("k"), 1, None),
             row(4, None, 1, lease(LeaseState::Settled, 1, 0)),
         ];
-        let p = plan(&spec(), &START, rows, 4, share(0, 1), 5, 0);
+        let p = plan(&spec(), &START, &rows, 4, share(0, 1), 5, 0);
         assert_eq!(p.cursor, 2);
         assert!(p.claims.is_empty());
         // Settled events left out by the store count as settled.
         let rows = vec![row(5, Some("k"), 1, None)];
-        let p = plan(&spec(), &START, rows, 9, share(1, 1), 5, 0);
+        let p = plan(&spec(), &START, &rows, 9, share(1, 1), 5, 0);
         assert_eq!((p.claims, p.cursor), (vec![(5, 1)], 4));
-        let p = plan(&spec(), &START, Vec::new(), 9, share(1, 1), 5, 0);
+        let p = plan(&spec(), &START, &[], 9, share(1, 1), 5, 0);
         assert_eq!(p.cursor, 9);
     }
 
@@ -1041,7 +1041,7 @@ mod tests {
         let again = plan(
             &spec(),
             &START,
-            vec![row(1, None, 1, lease(LeaseState::InFlight, 2, 10))],
+            &[row(1, None, 1, lease(LeaseState::InFlight, 2, 10))],
             1,
             share(1, 1),
             3,
@@ -1051,7 +1051,7 @@ mod tests {
         let gone = plan(
             &spec(),
             &START,
-            vec![row(1, None, 1, lease(LeaseState::InFlight, 3, 10))],
+            &[row(1, None, 1, lease(LeaseState::InFlight, 3, 10))],
             1,
             share(1, 1),
             3,
@@ -1066,7 +1066,7 @@ mod tests {
     fn expired_events_and_unwanted_starts_are_not_claimed() {
         let mut old = row(1, None, 1, None);
         old.expires_ms = Some(5);
-        let p = plan(&spec(), &START, vec![old], 1, share(1, 1), 5, 10);
+        let p = plan(&spec(), &START, [&old], 1, share(1, 1), 5, 10);
         assert!(p.claims.is_empty());
         assert_eq!(p.dead[0].source, FailureSource::Expired);
         let from_3 = Position {
@@ -1076,7 +1076,7 @@ mod tests {
         let p = plan(
             &spec(),
             &from_3,
-            vec![row(1, None, 1, None), row(3, None, 1, None)],
+            &[row(1, None, 1, None), row(3, None, 1, None)],
             3,
             share(2, 1),
             5,
