@@ -3,7 +3,9 @@
 //!
 //! Owns the claims that found nothing, held by the writer instead of
 //! answered empty: the writer runs them again inside every transaction that
-//! may make events claimable (appends, settlements) and on a [`Request::Poke`]
+//! may make events claimable for them ([`Freed`]: it appends events of a
+//! topic their group follows, published or a handler's effects, or settles
+//! one of their group's deliveries) and on a [`Request::Poke`]
 //! (time passing, for leases and delays that run out; commits by the outbox
 //! or another process), and answers each once it leases something. So an
 //! idle member gets a new event leased in the transaction that appends it,
@@ -22,7 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use herald::backend::group::{self as rules, Claimed, Settled};
-use herald::Result;
+use herald::{Envelope, Kind, Result};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -101,7 +103,7 @@ impl Parked {
         let due = rules::MEMBER_TTL / 5;
         let mut found = Vec::with_capacity(self.waiting.len());
         for w in &mut self.waiting {
-            if !freed.includes(&w.claim.group) {
+            if !freed.includes(&w.claim) {
                 found.push(None);
                 continue;
             }
@@ -186,8 +188,11 @@ impl Parked {
 /// What a batch may let parked claims take: which groups' events it may
 /// make claimable, and how much room each member gained.
 pub(crate) struct Freed<'a> {
-    /// It appends events or pokes: every group.
+    /// It pokes: every group.
     all: bool,
+    /// The topics and kinds of the events it appends (published, or a
+    /// handler's effects): the groups that follow one.
+    appended: HashSet<(&'a str, Kind)>,
     /// The groups whose deliveries it settles.
     groups: HashSet<&'a str>,
     /// Deliveries each member (group, member) settled: its parked claim,
@@ -200,15 +205,18 @@ impl<'a> Freed<'a> {
     pub(crate) fn by(batch: &'a [Request]) -> Freed<'a> {
         let mut freed = Freed {
             all: false,
+            appended: HashSet::new(),
             groups: HashSet::new(),
             settled: HashMap::new(),
         };
+        let of = |e: &'a Envelope| (e.topic().as_str(), e.kind());
         for r in batch {
             match r {
-                Request::Append { batch, .. } if !batch.is_empty() => freed.all = true,
+                Request::Append { batch, .. } => freed.appended.extend(batch.iter().map(of)),
                 Request::Poke => freed.all = true,
                 Request::Settle(s, _) => {
                     freed.groups.insert(s.group.as_str());
+                    freed.appended.extend(s.effects.iter().map(of));
                     // A release hands back what was never handed out: it
                     // frees no room.
                     if let Settled::Outcome(_) = s.outcome {
@@ -224,11 +232,17 @@ impl<'a> Freed<'a> {
 
     /// Whether nothing is freed.
     pub(crate) fn is_none(&self) -> bool {
-        !self.all && self.groups.is_empty()
+        !self.all && self.appended.is_empty() && self.groups.is_empty()
     }
 
-    fn includes(&self, group: &str) -> bool {
-        self.all || self.groups.contains(group)
+    /// Whether `claim` may find something now.
+    fn includes(&self, claim: &Claim) -> bool {
+        self.all
+            || self.groups.contains(claim.group.as_str())
+            || self
+                .appended
+                .iter()
+                .any(|(topic, kind)| claim.spec.wants(topic, *kind))
     }
 
     /// The room `claim`'s member gained.
@@ -307,6 +321,30 @@ mod tests {
         assert_eq!(delivery.decode::<u64>().unwrap(), 7);
         delivery.ack().await.unwrap();
         parked(&store, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handlers_effects_are_leased_in_the_transaction_of_its_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, bus) = open(&dir).await;
+        let mut jobs = bus.subscribe_raw("jobs").group("worker").await.unwrap();
+        let mut done = bus.subscribe_raw("done").group("audit").await.unwrap();
+        bus.publish(job(1)).await.unwrap();
+        let job = jobs.next().await.unwrap().unwrap();
+        let waiting = tokio::spawn(async move { done.next().await.unwrap().unwrap() });
+        // The audit member (the worker's stream is not polled again).
+        parked(&store, 1).await;
+        let effect = Message::new("done", Payload::json(&1u64).unwrap());
+        let effects = bus.prepare(vec![effect]).unwrap();
+        let Ok(acked) = job.ack_with_effects(effects) else {
+            panic!("SQLite acks with effects in one transaction");
+        };
+        acked.await.unwrap();
+        assert!(matches!(
+            bus.delivery_state("done", 1, "audit").await.unwrap(),
+            DeliveryState::InFlight { .. }
+        ));
+        assert_eq!(waiting.await.unwrap().decode::<u64>().unwrap(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
