@@ -41,7 +41,7 @@ use herald::{
     DeadLetter, Envelope, Error, ErrorCode, FailureSource, Outcome, Result, SubscribeSpec,
     Subscription,
 };
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
 use crate::conn::{
@@ -65,15 +65,6 @@ pub(crate) const SETTLED: i64 = 2;
 
 /// Most plain acks one statement settles.
 const ACK_BATCH: usize = 512;
-
-/// A cursor move a lease's statement makes (see `Member::lease`).
-#[derive(Debug, Clone, Copy)]
-struct CursorMove {
-    /// Where to.
-    to: i64,
-    /// Also when the claim leased nothing.
-    even_idle: bool,
-}
 
 /// The store's ack writer: takes the plain acks waiting (up to
 /// [`ACK_BATCH`]) and settles them in one statement, each only if it is
@@ -263,30 +254,16 @@ impl Member {
     /// past a multiple of [`SWEEP_STEP`] (time to [`sweep`](Self::sweep)).
     async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<(Claimed, bool)> {
         let now = chrono::Utc::now().timestamp_millis();
+        self.seen(conn, max == 0, now).await?;
+        let (mut position, last, members) = self.register(conn, max > 0, now).await?;
         if max == 0 {
-            self.seen(conn, true, now).await?;
-            self.register(conn, false, now).await?;
             return Ok((Claimed::default(), false));
         }
-        // One round trip for the member's record, the group's row and the
-        // first window (the group was registered when the member joined;
-        // one deleted since is registered again).
-        let (mut position, last, members, mut first) = match self.open(conn, now).await? {
-            Some((position, last, members, rows)) => (position, last, members, Some(rows)),
-            None => {
-                self.seen(conn, false, now).await?;
-                let (position, last, members) = self.register(conn, true, now).await?;
-                (position, last, members, None)
-            }
-        };
         let max_deliver = self.inner.config.deliveries();
         let mut sweep = false;
         let mut limit = WINDOW;
         let plan = loop {
-            let rows = match first.take() {
-                Some(rows) => rows,
-                None => self.window(conn, position.cursor, last, limit).await?,
-            };
+            let rows = self.window(conn, position.cursor, last, limit).await?;
             let full = rows.len() as i64 == limit;
             let complete_to = match rows.last() {
                 Some(row) if full => row.0,
@@ -318,26 +295,15 @@ impl Member {
         };
         let (plan, beyond) = plan;
         let share = plan.claims.len().div_ceil(members);
-        // An idle claim leaves a short cursor move for the next one that
-        // leases (it costs a round trip; settled events are skipped anyway).
-        let long_move = plan.cursor - position.cursor >= CURSOR_STEP;
-        // Without dead letters to write first, the lease's statement moves
-        // the cursor too.
-        let moves = (plan.dead.is_empty() && !plan.claims.is_empty())
-            .then_some(CursorMove {
-                to: plan.cursor,
-                even_idle: long_move,
-            })
-            .filter(|m| m.to > position.cursor);
-        let (events, moved) = self.lease(conn, &plan, share, now, moves).await?;
+        let events = self.lease(conn, &plan, share, now).await?;
         // The plan's events past this claim's share are left to the other
         // members: claim again for them. Those it passed over because
         // another claim is leasing or has leased them are not.
         let left = share < plan.claims.len();
+        // An idle claim leaves a short cursor move for the next one that
+        // leases (it costs a round trip; settled events are skipped anyway).
         let idle = events.is_empty() && plan.dead.is_empty();
-        if let Some(cursor) = moved {
-            sweep |= cursor / SWEEP_STEP > position.cursor / SWEEP_STEP;
-        } else if moves.is_none() && (!idle || long_move) {
+        if !idle || plan.cursor - position.cursor >= CURSOR_STEP {
             sweep |= self.apply(conn, &position, &plan).await?;
         }
         let claimed = Claimed {
@@ -345,91 +311,6 @@ impl Member {
             more: plan.more || beyond || left,
         };
         Ok((claimed, sweep))
-    }
-
-    /// The start of a claim in one statement: record the member as live,
-    /// read the group's row (`FOR KEY SHARE`, see the module; the claim
-    /// commits asynchronously) with the log's last `pos` and the live
-    /// members, and the first [`WINDOW`] of unsettled events after its
-    /// cursor. `None` when the group has no row.
-    async fn open(
-        &self,
-        conn: &mut PgConnection,
-        now: i64,
-    ) -> Result<Option<(Position, i64, usize, Vec<CandidateRow>)>> {
-        let s = &self.inner.s;
-        let topic_filter = if self.topic.is_some() {
-            "AND e.topic = $7"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "WITH seen AS (
-                 INSERT INTO {s}.members (grp, id, seen_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (grp, id) DO UPDATE SET seen_ms = excluded.seen_ms),
-             g AS (
-                 SELECT set_config('synchronous_commit', 'off', true), patterns, kinds, cursor,
-                        start_seq, start_ms, (SELECT coalesce(max(pos), 0) FROM {s}.events) AS last,
-                        (SELECT count(*) FROM {s}.members WHERE grp = $1 AND seen_ms > $4) AS live
-                 FROM {s}.groups WHERE name = $1 FOR KEY SHARE)
-             SELECT g.patterns, g.kinds, g.cursor, g.start_seq, g.start_ms, g.last, g.live,
-                    w.pos, w.topic, w.seq, w.key, w.kind, w.priority, w.created_ms, w.expires_ms,
-                    w.state, w.attempt, w.lease_until_ms
-             FROM g LEFT JOIN LATERAL (
-                 SELECT e.pos, e.topic, e.seq, e.key, e.kind, e.priority, e.created_ms,
-                        e.expires_ms, d.state, d.attempt, d.lease_until_ms
-                 FROM {s}.events e LEFT JOIN {s}.deliveries d ON d.grp = $1 AND d.pos = e.pos
-                 WHERE e.pos > g.cursor AND e.pos <= g.last
-                   AND (d.state IS NULL OR d.state <> $5) {topic_filter}
-                 ORDER BY e.pos LIMIT $6) w ON true
-             ORDER BY w.pos"
-        );
-        let live_since = now - rules::MEMBER_TTL.as_millis() as i64;
-        let mut query = sqlx::query(&sql)
-            .bind(&self.group)
-            .bind(&self.id)
-            .bind(now)
-            .bind(live_since)
-            .bind(SETTLED)
-            .bind(WINDOW);
-        if let Some(topic) = &self.topic {
-            query = query.bind(topic);
-        }
-        let rows = query.fetch_all(&mut *conn).await.map_err(runtime_error)?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let get = runtime_error;
-        let patterns: String = row.try_get(0).map_err(get)?;
-        let kinds: i64 = row.try_get(1).map_err(get)?;
-        rules::check_member(&self.group, &patterns, kinds, &self.spec)?;
-        let position = Position {
-            cursor: row.try_get(2).map_err(get)?,
-            start_seq: row.try_get(3).map_err(get)?,
-            start_ms: row.try_get(4).map_err(get)?,
-        };
-        let last: i64 = row.try_get(5).map_err(get)?;
-        let live: i64 = row.try_get(6).map_err(get)?;
-        let mut window = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let Some(pos) = row.try_get::<Option<i64>, _>(7).map_err(get)? else {
-                continue;
-            };
-            window.push((
-                pos,
-                row.try_get(8).map_err(get)?,
-                row.try_get(9).map_err(get)?,
-                row.try_get(10).map_err(get)?,
-                row.try_get(11).map_err(get)?,
-                row.try_get(12).map_err(get)?,
-                row.try_get(13).map_err(get)?,
-                row.try_get(14).map_err(get)?,
-                row.try_get(15).map_err(get)?,
-                row.try_get(16).map_err(get)?,
-                row.try_get(17).map_err(get)?,
-            ));
-        }
-        Ok(Some((position, last, live.max(1) as usize, window)))
     }
 
     /// Up to `limit` events after `cursor` (and after the group's cursor as
@@ -477,25 +358,20 @@ impl Member {
     /// another transaction's row. When it does wait on the ack writer while
     /// that waits on a row this claim re-leased (a late ack of an expired
     /// lease), the server breaks the deadlock and both run again.
-    ///
-    /// With `moves`, the same statement moves the group's cursor when the
-    /// claim leased something (or `even_idle`) and no other claim is moving
-    /// it (as [`apply`](Self::apply) does): the cursor it moved to.
     async fn lease(
         &self,
         conn: &mut PgConnection,
         plan: &Plan,
         share: usize,
         now: i64,
-        moves: Option<CursorMove>,
-    ) -> Result<(Vec<(i64, Envelope)>, Option<i64>)> {
+    ) -> Result<Vec<(i64, Envelope)>> {
         if plan.claims.is_empty() {
-            return Ok((Vec::new(), None));
+            return Ok(Vec::new());
         }
         let s = &self.inner.s;
         let ack_wait = self.spec.ack_wait.as_millis().min(i64::MAX as u128) as i64;
         let (positions, attempts): (Vec<i64>, Vec<i64>) = plan.claims.iter().copied().unzip();
-        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = sqlx::query_as(&format!(
+        let leased: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(&format!(
             // The scan offers the plan's events in order and the limit stops
             // it, so no lock is tried past the share.
             "WITH picked AS (
@@ -503,7 +379,7 @@ impl Member {
                  WHERE NOT EXISTS (
                          SELECT 1 FROM {s}.deliveries d WHERE d.grp = $1 AND d.pos = p
                            AND (d.state = $6 OR d.attempt <> a - 1 OR d.lease_until_ms > $8))
-                   AND pg_try_advisory_xact_lock(hashtextextended($12, p))
+                   AND pg_try_advisory_xact_lock(hashtextextended($9, p))
                  LIMIT $7),
              leased AS (
                  INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
@@ -514,15 +390,8 @@ impl Member {
                          CASE WHEN d.state = 0 THEN d.lease_until_ms END)
                  WHERE d.state <> $6 AND d.attempt = excluded.attempt - 1
                    AND d.lease_until_ms <= $8
-                 RETURNING d.pos, d.attempt),
-             moved AS (
-                 UPDATE {s}.groups SET cursor = $10
-                 WHERE $9 AND name = (SELECT name FROM {s}.groups WHERE name = $1
-                                      FOR NO KEY UPDATE SKIP LOCKED)
-                   AND cursor < $10 AND ($11 OR EXISTS (SELECT 1 FROM leased))
-                 RETURNING cursor)
-             SELECT l.pos, l.attempt, e.envelope FROM leased l JOIN {s}.events e ON e.pos = l.pos
-             UNION ALL SELECT -1, cursor, NULL FROM moved"
+                 RETURNING d.pos, d.attempt)
+             SELECT l.pos, l.attempt, e.envelope FROM leased l JOIN {s}.events e ON e.pos = l.pos"
         ))
         .bind(&self.group)
         .bind(&positions)
@@ -532,33 +401,23 @@ impl Member {
         .bind(SETTLED)
         .bind(share as i64)
         .bind(now)
-        .bind(moves.is_some())
-        .bind(moves.map_or(0, |m| m.to))
-        .bind(moves.is_some_and(|m| m.even_idle))
         .bind(&self.lock_key)
         .fetch_all(&mut *conn)
         .await
         .map_err(runtime_error)?;
-        let mut moved = None;
-        let mut leased: HashMap<i64, (i64, Vec<u8>)> = HashMap::with_capacity(rows.len());
-        for (pos, attempt, envelope) in rows {
-            match envelope {
-                Some(envelope) => {
-                    leased.insert(pos, (attempt, envelope));
-                }
-                None => moved = Some(attempt),
-            }
-        }
+        let mut leased: HashMap<i64, (i64, Vec<u8>)> = leased
+            .into_iter()
+            .map(|(pos, attempt, env)| (pos, (attempt, env)))
+            .collect();
         // In the plan's order.
-        let events = positions
+        positions
             .into_iter()
             .filter_map(|pos| leased.remove(&pos).map(|l| (pos, l)))
             .map(|(pos, (attempt, bytes))| {
                 let attempt = attempt.clamp(1, u32::MAX as i64) as u32;
                 Ok((pos, decode_stored(&bytes)?.with_attempt(attempt)))
             })
-            .collect::<Result<_>>()?;
-        Ok((events, moved))
+            .collect()
     }
 
     /// The stored envelopes at `positions`.
