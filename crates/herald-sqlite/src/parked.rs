@@ -45,7 +45,7 @@ pub(crate) struct Parked {
     waiting: Vec<Waiting>,
     /// How many are parked, for the poker.
     count: Arc<AtomicUsize>,
-    /// Releases of leases whose answer found no one, for the next batch.
+    /// Releases of leases whose answer found no one, run at once.
     orphans: Vec<Request>,
     /// The store closed: claims are answered at once.
     closing: bool,
@@ -153,7 +153,7 @@ impl Parked {
         self.failed(&closed());
     }
 
-    /// Releases of leases no member took, to run first in the next batch.
+    /// Releases of leases no member took, for the writer to run at once.
     pub(crate) fn orphans(&mut self) -> Vec<Request> {
         std::mem::take(&mut self.orphans)
     }

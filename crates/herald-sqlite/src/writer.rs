@@ -103,9 +103,8 @@ pub(crate) fn run(
         set: promised,
     };
     while let Some(first) = requests.blocking_recv() {
-        let mut batch = parked.orphans();
         let mut weight = first.weight();
-        batch.push(first);
+        let mut batch = vec![first];
         while weight < max {
             match requests.try_recv() {
                 Ok(r) => {
@@ -147,11 +146,12 @@ fn serve(
     if batch.iter().any(|r| matches!(r, Request::Close)) {
         parked.close();
     }
-    let wake = parked.any() && !Freed::by(&batch).is_none();
+    let freed = Freed::by(&batch);
+    let wake = parked.any() && !freed.is_none();
     match commit(
         writer,
         &batch,
-        wake.then_some(&mut *parked),
+        wake.then_some((&mut *parked, &freed)),
         dedupe_window_ms,
     ) {
         Ok(done) => {
@@ -180,12 +180,9 @@ fn serve(
     }
     if wake {
         // Run them all: what the batch freed is not known now.
-        match commit(
-            writer,
-            &[Request::Poke],
-            Some(&mut *parked),
-            dedupe_window_ms,
-        ) {
+        let poke = [Request::Poke];
+        let all = Freed::by(&poke);
+        match commit(writer, &poke, Some((&mut *parked, &all)), dedupe_window_ms) {
             Ok(done) => {
                 notify(signals, &[], &done);
                 parked.ran(done.found.unwrap_or_default());
@@ -258,7 +255,7 @@ struct Committed {
 fn commit(
     writer: &mut Writer,
     batch: &[Request],
-    parked: Option<&mut Parked>,
+    parked: Option<(&mut Parked, &Freed)>,
     dedupe_window_ms: i64,
 ) -> Result<Committed> {
     writer.durability_for(batch)?;
@@ -268,7 +265,7 @@ fn commit(
     let done = write(conn, batch, &mut windows, dedupe_window_ms)
         .and_then(|(results, last_pos)| {
             let found = match parked {
-                Some(parked) => Some(parked.run(conn, &Freed::by(batch), &mut windows)?),
+                Some((parked, freed)) => Some(parked.run(conn, freed, &mut windows)?),
                 None => None,
             };
             Ok(Committed {
