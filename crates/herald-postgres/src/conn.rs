@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     /// The dead-letter writer's inbox.
     /// Dead letters of group-less subscriptions being written.
     pub(crate) dead_letter_writes: herald::backend::dead_lettering::DeadLetterWrites,
+    /// The log readers its group-less subscriptions share.
+    pub(crate) tails: herald::backend::log_tail::Tails,
 }
 
 /// Connect the pool `config` describes.

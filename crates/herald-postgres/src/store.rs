@@ -76,6 +76,7 @@ impl PgStore {
             pruned: Default::default(),
             queues: Default::default(),
             dead_letter_writes: Default::default(),
+            tails: Default::default(),
         });
         tokio::spawn(crate::conn::listen_for_events(Arc::downgrade(&inner)));
         tokio::spawn(crate::sequencer::run(Arc::downgrade(&inner)));

@@ -1,20 +1,24 @@
-//! Subscriptions without a group: a task tails the log into a delivery queue.
+//! Subscriptions without a group: the log tailed into delivery queues.
 //!
-//! Owns the tail task: it reads sequenced events in `pos` order (woken by
-//! the sequencer's NOTIFY, with the fallback poll), keeps those the
-//! subscription wants from its start position on, and feeds them to a
-//! [`herald::backend::queue::Queue`], which delivers (priority, redelivery, ack
-//! deadlines, dead letters). A full queue makes the tail wait; publishers
-//! never wait for subscribers, and nothing is lost: the log holds it. These
-//! subscriptions commit nothing (they are ephemeral). Where a tail that
-//! does not start at the latest event begins is `log`'s (`start_cursor`);
-//! the queue's dead letters are written through `dead_letters`.
+//! Owns this store's side of [`herald::backend::log_tail`]: the [`Log`] its
+//! tails read (sequenced events in `pos` order, woken by the sequencer's
+//! NOTIFY, with the fallback poll). The tails themselves, shared by
+//! subscriptions that read the same topics, are `log_tail`'s; a
+//! [`herald::backend::queue::Queue`] delivers (priority, redelivery, ack
+//! deadlines, dead letters). Publishers never wait for subscribers, and
+//! nothing is lost: the log holds it. These subscriptions commit nothing
+//! (they are ephemeral). Where a tail that does not start at the latest
+//! event begins is `log`'s (`start_cursor`); the queue's dead letters are
+//! written through `dead_letters`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use herald::backend::log_tail::{Log, Tails};
 use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
+use tokio::sync::watch;
 
 use crate::conn::{closed, current_pos, runtime_error, Inner};
 
@@ -39,24 +43,30 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     if !inner.queues.register(&queue) {
         return Err(closed());
     }
-    tokio::spawn(tail(inner.clone(), queue.clone(), cursor));
+    herald::backend::log_tail::follow(inner, queue.clone(), cursor);
     Ok(queue::member(queue))
 }
 
-async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
-    let topics = herald::backend::log_tail::literal_topics(queue.spec());
-    let stopped = || inner.closed.load(Ordering::Acquire);
-    let page = |after| page(&inner, after, topics.as_deref());
-    let wake = inner.committed.subscribe();
-    herald::backend::log_tail::follow(
-        queue.clone(),
-        cursor,
-        wake,
-        inner.config.poll(),
-        stopped,
-        page,
-    )
-    .await;
+impl Log for Inner {
+    async fn page(&self, after: i64, topics: Option<&[String]>) -> Result<Vec<(i64, Vec<u8>)>> {
+        page(self, after, topics).await
+    }
+
+    fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn idle(&self) -> Duration {
+        self.config.poll()
+    }
+
+    fn tails(&self) -> &Tails {
+        &self.tails
+    }
 }
 
 async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Vec<(i64, Vec<u8>)>> {

@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) queues: herald::backend::open_queues::OpenQueues,
     /// Group members' claims waiting in the writer (`parked`).
     pub(crate) parked: Arc<std::sync::atomic::AtomicUsize>,
+    /// The log readers its group-less subscriptions share.
+    pub(crate) tails: herald::backend::log_tail::Tails,
 }
 
 impl Inner {

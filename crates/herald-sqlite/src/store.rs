@@ -161,6 +161,7 @@ impl SqliteStore {
                 dead_letter_writes: DeadLetterWrites::default(),
                 queues: Default::default(),
                 parked,
+                tails: Default::default(),
             }),
         };
         tokio::spawn(retention::run(Arc::downgrade(&store.inner)));

@@ -1,28 +1,31 @@
-//! Subscriptions without a group: a task tails the log into a delivery queue.
+//! Subscriptions without a group: the log tailed into delivery queues.
 //!
-//! Owns the tail task: it reads committed events in commit order (`pos`),
-//! keeps those the subscription wants from its start position on, and feeds
-//! them to a [`herald::backend::queue::Queue`], which does the delivering (priority,
-//! redelivery, ack deadlines, dead letters). A full queue makes the tail wait;
-//! publishers never wait for subscribers, and nothing is lost: the log holds
-//! it. These subscriptions commit nothing (they are ephemeral); consumer
-//! groups are durable and live in `group`. Does not own the queues' host
-//! (`dead_letters`) or the dispatch of a group-less subscription here
-//! (`transport`).
+//! Owns where a group-less subscription starts reading and this store's
+//! side of [`herald::backend::log_tail`] (the [`Log`] it reads: pages of
+//! committed events in commit order, `pos`); the tails themselves, shared
+//! by subscriptions that read the same topics, are `log_tail`'s. A
+//! [`herald::backend::queue::Queue`] does the delivering (priority,
+//! redelivery, ack deadlines, dead letters); publishers never wait for
+//! subscribers, and nothing is lost: the log holds it. These subscriptions
+//! commit nothing (they are ephemeral); consumer groups are durable and
+//! live in `group`. Does not own the queues' host (`dead_letters`) or the
+//! dispatch of a group-less subscription here (`transport`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use herald::backend::log_tail::{Log, Tails};
 use herald::backend::queue::{self, Queue, QueueHost};
 use herald::{Result, StartPosition, SubscribeSpec, Subscription};
+use tokio::sync::watch;
 
 use crate::conn::{closed, max_pos, on_handle, runtime_error, Inner};
 use crate::log::first_wanted;
 
 /// Events read per query.
 const PAGE: i64 = 256;
-/// How often an idle tail checks that its subscription is still open.
+/// How often an idle tail reads again without a wake-up.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Open a group-less subscription (`spec` validated, the store open).
@@ -49,23 +52,30 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     if !inner.queues.register(&queue) {
         return Err(closed());
     }
-    tokio::spawn(tail(inner.clone(), queue.clone(), cursor));
+    herald::backend::log_tail::follow(inner, queue.clone(), cursor);
     Ok(queue::member(queue))
 }
 
-async fn tail(inner: Arc<Inner>, queue: Arc<Queue>, cursor: i64) {
-    let topics = herald::backend::log_tail::literal_topics(queue.spec());
-    let stopped = || inner.closed.load(Ordering::Acquire);
-    let page = |after| page(&inner, after, topics.as_deref());
-    herald::backend::log_tail::follow(
-        queue.clone(),
-        cursor,
-        inner.committed.clone(),
-        IDLE_CHECK,
-        stopped,
-        page,
-    )
-    .await;
+impl Log for Inner {
+    async fn page(&self, after: i64, topics: Option<&[String]>) -> Result<Vec<(i64, Vec<u8>)>> {
+        page(self, after, topics).await
+    }
+
+    fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn idle(&self) -> Duration {
+        IDLE_CHECK
+    }
+
+    fn tails(&self) -> &Tails {
+        &self.tails
+    }
 }
 
 async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Vec<(i64, Vec<u8>)>> {
@@ -85,4 +95,108 @@ async fn page(inner: &Inner, after: i64, topics: Option<&[String]>) -> Result<Ve
     herald::backend::log_tail::take_page(rows, herald::backend::log_tail::PAGE_BYTES)
         .await
         .map_err(runtime_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use futures_util::StreamExt;
+    use herald::{Bus, Message, Payload, StartPosition, Subscription};
+
+    use crate::{SqliteConfig, SqliteStore};
+
+    async fn open(dir: &tempfile::TempDir) -> (SqliteStore, Bus) {
+        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("t.db")))
+            .await
+            .unwrap();
+        (store.clone(), Bus::new(store))
+    }
+
+    /// Wait until the store's shared readers have these members (sorted).
+    async fn members(store: &SqliteStore, want: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut now = store.inner.tails.members();
+            now.sort_unstable();
+            if now == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members {now:?}, never {want:?}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn batch(topic: &'static str, range: std::ops::Range<u64>) -> Vec<Message> {
+        range
+            .map(|n| Message::new(topic, Payload::json(&n).unwrap()))
+            .collect()
+    }
+
+    /// The next `n` payloads of `sub`, acked.
+    async fn take(sub: &mut Subscription, n: usize) -> Vec<u64> {
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            let d = sub.next().await.unwrap().unwrap();
+            got.push(d.envelope().decode::<u64>().unwrap());
+            d.ack().await.unwrap();
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_tails_of_the_same_topics_share_one_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, bus) = open(&dir).await;
+        let mut a = bus.subscribe_raw("jobs").await.unwrap();
+        let mut b = bus.subscribe_raw("jobs").await.unwrap();
+        let mut mail = bus.subscribe_raw("mail").await.unwrap();
+        members(&store, &[1, 2]).await;
+        bus.publish(batch("jobs", 0..5)).await.unwrap();
+        bus.publish(batch("mail", 5..7)).await.unwrap();
+        assert_eq!(take(&mut a, 5).await, [0, 1, 2, 3, 4]);
+        assert_eq!(take(&mut b, 5).await, [0, 1, 2, 3, 4]);
+        assert_eq!(take(&mut mail, 2).await, [5, 6]);
+        drop((a, b, mail));
+        // The readers end with their last member.
+        members(&store, &[]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_without_room_reads_alone_loses_nothing_and_joins_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, bus) = open(&dir).await;
+        let mut slow = bus.subscribe_raw("jobs").buffer(4).await.unwrap();
+        let mut fast = bus.subscribe_raw("jobs").await.unwrap();
+        members(&store, &[2]).await;
+        // One commit, one page of 50: more than the slow queue's room.
+        bus.publish(batch("jobs", 0..50)).await.unwrap();
+        members(&store, &[1]).await;
+        assert_eq!(take(&mut fast, 50).await, (0..50).collect::<Vec<_>>());
+        assert_eq!(take(&mut slow, 50).await, (0..50).collect::<Vec<_>>());
+        // Caught up, it shares the reader again, and misses nothing.
+        members(&store, &[2]).await;
+        bus.publish(batch("jobs", 50..53)).await.unwrap();
+        assert_eq!(take(&mut slow, 3).await, [50, 51, 52]);
+        assert_eq!(take(&mut fast, 3).await, [50, 51, 52]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tail_that_starts_back_reads_alone_until_it_has_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, bus) = open(&dir).await;
+        bus.publish(batch("jobs", 0..10)).await.unwrap();
+        let mut live = bus.subscribe_raw("jobs").await.unwrap();
+        members(&store, &[1]).await;
+        let mut replay = bus
+            .subscribe_raw("jobs")
+            .start(StartPosition::Earliest)
+            .await
+            .unwrap();
+        assert_eq!(take(&mut replay, 10).await, (0..10).collect::<Vec<_>>());
+        members(&store, &[2]).await;
+        bus.publish(batch("jobs", 10..12)).await.unwrap();
+        assert_eq!(take(&mut replay, 2).await, [10, 11]);
+        assert_eq!(take(&mut live, 2).await, [10, 11]);
+    }
 }

@@ -372,6 +372,11 @@ impl Queue {
         }
     }
 
+    /// How many events [`offer`](Queue::offer) would take now.
+    pub fn room(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// Retained events replayed to a new subscription (no room reserved).
     pub(crate) fn push_replay(&self, events: Vec<Arc<Envelope>>) {
         if !events.is_empty() {
