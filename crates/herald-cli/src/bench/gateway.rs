@@ -6,7 +6,8 @@
 //! The server runs in this process on the embedded SQLite store (the
 //! default of `herald serve`) in a temporary directory, on a loopback port;
 //! the load generator is this module (reqwest with keep-alive connections,
-//! tokio-tungstenite clients). Both share the machine's cores, so the
+//! tokio-tungstenite clients). The fan-out runs on a store of its own, as
+//! fresh as the in-memory bus it is compared with. Both share the machine's cores, so the
 //! figures are the whole system's on one box.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,8 +81,21 @@ pub async fn run(short: bool) -> Result<Gateway> {
     let http_batched_events_per_s = (batched * BATCH) as f64 / run_for.as_secs_f64();
     let events = if short { 20 } else { 100 };
     let clients = if short { 200 } else { WS_CLIENTS };
-    let ws_fan_out = fan_out(&bus, port, clients, events).await?;
     served.stop().await?;
+    bus.close().await?;
+    // The fan-out gets a store of its own, as fresh as the in-memory bus
+    // it is compared with (not one holding the HTTP runs' events).
+    let ws_fan_out = {
+        let store = herald_sqlite::SqliteStore::open(herald_sqlite::SqliteConfig::new(
+            dir.join("fan-out.db"),
+        ))
+        .await?;
+        let bus = Bus::new(store);
+        let served = Served::start(&bus, "sqlite").await?;
+        let figures = fan_out(&bus, served.port, clients, events).await?;
+        served.stop().await?;
+        figures
+    };
     let ws_fan_out_memory = {
         let memory = Bus::memory();
         let served = Served::start(&memory, "memory").await?;
