@@ -217,6 +217,12 @@ impl PgConfig {
     pub(crate) fn deliveries(&self) -> u32 {
         self.delivery.max_deliver_attempts()
     }
+    pub(crate) fn settle_batch(&self) -> usize {
+        self.delivery.settle_batch_size()
+    }
+    pub(crate) fn settle_window(&self) -> Duration {
+        self.delivery.settle_window_duration()
+    }
     pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
         &self.retention
     }

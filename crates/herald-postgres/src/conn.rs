@@ -2,7 +2,7 @@
 //! of the crate.
 //!
 //! Owns [`Inner`] (the pool, the config, the quoted schema name, the NOTIFY
-//! channels, the queue of plain acks ([`PendingAck`]), the wake-up signals, the closed flag, the open queues and the
+//! channels, settlements waiting for their writer ([`PendingSettlement`]), the wake-up signals, the closed flag, the open queues and the
 //! dead-letter writes under way), connecting the pool, error mapping,
 //! decoding stored envelopes, the log's current `pos`, and the listener
 //! that raises the highest `pos` known committed (LISTEN/NOTIFY with a slow
@@ -22,30 +22,30 @@ use tokio::sync::watch;
 
 use crate::config::PgConfig;
 
-/// A group member's plain ack (no effects), waiting for the store's ack
-/// writer (`group::write_acks`), which commits the waiting acks together.
-pub(crate) struct PendingAck {
+/// Most settlements waiting for the writer before members wait to hand it
+/// more.
+pub(crate) const SETTLEMENTS_WAITING: usize = 4096;
+
+/// A member's settlement of the delivery of `pos` (no effects), waiting
+/// for the store's settlement writer (`settle`).
+pub(crate) struct PendingSettlement {
     pub(crate) group: String,
-    pub(crate) pos: i64,
-    pub(crate) attempt: i64,
     pub(crate) owner: String,
-    /// The event has a key: its next event may be claimed once this commits.
-    pub(crate) keyed: bool,
-    /// Answered once the ack is durable (or failed).
+    pub(crate) pos: i64,
+    /// The delivery settled: its attempt is the lease's.
+    pub(crate) envelope: std::sync::Arc<herald::Envelope>,
+    pub(crate) settled: herald::backend::group::Settled,
+    /// Answered once the settlement is durable (or failed).
     pub(crate) done: tokio::sync::oneshot::Sender<Result<()>>,
 }
-
-/// Most plain acks waiting for the ack writer before members wait to hand
-/// it more.
-pub(crate) const ACKS_WAITING: usize = 4096;
 
 /// What the store's parts share: the one `Arc` behind a `PgStore`, and
 /// what its tasks hold weakly.
 pub(crate) struct Inner {
     pub(crate) config: PgConfig,
     pub(crate) pool: PgPool,
-    /// Plain acks for the ack writer.
-    pub(crate) acks: tokio::sync::mpsc::Sender<PendingAck>,
+    /// Settlements without effects, for the settlement writer.
+    pub(crate) settlements: tokio::sync::mpsc::Sender<PendingSettlement>,
     /// The quoted schema name, ready for SQL.
     pub(crate) s: String,
     /// NOTIFY channels: new outbox rows, newly sequenced events.

@@ -23,32 +23,28 @@
 //! to a server crash only means the event is delivered again, and the
 //! member's next synchronous commit (its ack) flushes it anyway. Acks,
 //! dead letters and a handler's effects commit synchronously, so they are
-//! on disk before `Ok`; plain acks of every member of the store wait for
-//! one ack writer task, which settles all that are waiting in one
-//! statement (group commit) and NOTIFYs other processes when one frees a
-//! key.
+//! on disk before `Ok`; settlements without effects of every member of the
+//! store go to one settlement writer (`settle`), which commits those
+//! waiting in one transaction (group commit).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald::backend::group::{
-    self as rules, Candidate, CandidateRow, Change, Claimed, LeaseState, Plan, Position, Settled,
+    self as rules, Candidate, CandidateRow, Claimed, Plan, Position, Settled,
 };
 use herald::backend::BoxFuture;
-use herald::{
-    DeadLetter, Envelope, Error, ErrorCode, FailureSource, Outcome, Result, SubscribeSpec,
-    Subscription,
-};
+use herald::{Envelope, Error, Outcome, Result, SubscribeSpec, Subscription};
 use sqlx::PgConnection;
-use tokio::sync::mpsc;
 
 use crate::conn::{
-    closed, decode_stored, lost_a_race, runtime_error, Inner, PendingAck, RACE_RETRIES,
+    closed, decode_stored, lost_a_race, runtime_error, Inner, PendingSettlement, RACE_RETRIES,
 };
 use crate::log::start_cursor;
 use crate::outbox::insert_outbox;
+use crate::settle::{self, SETTLED};
 
 /// Unsettled events a claim examines first; it looks further (up to
 /// [`WINDOW_MAX`]) only when those hold nothing it may take.
@@ -58,82 +54,6 @@ const WINDOW_MAX: i64 = 512;
 const CURSOR_STEP: i64 = 256;
 /// How far the cursor moves between sweeps of the delivery rows below it.
 const SWEEP_STEP: i64 = 1024;
-
-/// A delivery row's state once its event is settled for the group (also
-/// read by `inspect`).
-pub(crate) const SETTLED: i64 = 2;
-
-/// Most plain acks one statement settles.
-const ACK_BATCH: usize = 512;
-
-/// The store's ack writer: takes the plain acks waiting (up to
-/// [`ACK_BATCH`]) and settles them in one statement, each only if it is
-/// still its member's lease, then answers them all. Acks that free a key
-/// wake this process's idle members and, by NOTIFY in the same
-/// transaction, other processes'. Ends when the store is gone.
-pub(crate) async fn write_acks(inner: Weak<Inner>, mut pending: mpsc::Receiver<PendingAck>) {
-    while let Some(first) = pending.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < ACK_BATCH {
-            match pending.try_recv() {
-                Ok(ack) => batch.push(ack),
-                Err(_) => break,
-            }
-        }
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let mut written = ack_all(&inner, &batch).await;
-        // A deadlock with a claim (see `Member::lease`).
-        for _ in 0..RACE_RETRIES {
-            match &written {
-                Err(e) if lost_a_race(e) => written = ack_all(&inner, &batch).await,
-                _ => break,
-            }
-        }
-        if written.is_ok() && batch.iter().any(|a| a.keyed) {
-            inner.groups.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        for ack in batch {
-            let answer = match &written {
-                Ok(()) => Ok(()),
-                Err(e) => Err(Error::new(e.code(), e.message())),
-            };
-            let _ = ack.done.send(answer);
-        }
-    }
-}
-
-/// Settle `acks` in one statement; NOTIFY the groups channel with it when
-/// one frees a key.
-async fn ack_all(inner: &Inner, acks: &[PendingAck]) -> Result<()> {
-    let s = &inner.s;
-    let groups: Vec<&str> = acks.iter().map(|a| a.group.as_str()).collect();
-    let positions: Vec<i64> = acks.iter().map(|a| a.pos).collect();
-    let attempts: Vec<i64> = acks.iter().map(|a| a.attempt).collect();
-    let owners: Vec<&str> = acks.iter().map(|a| a.owner.as_str()).collect();
-    let notify = acks.iter().any(|a| a.keyed);
-    sqlx::query(&format!(
-        "WITH acked AS (
-             UPDATE {s}.deliveries d SET state = $1
-             FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS a(grp, pos, attempt, owner)
-             WHERE d.grp = a.grp AND d.pos = a.pos AND d.state = 0
-               AND d.attempt = a.attempt AND d.owner = a.owner
-             RETURNING 1)
-         SELECT pg_notify($6, '') WHERE $7 AND EXISTS (SELECT 1 FROM acked)"
-    ))
-    .bind(SETTLED)
-    .bind(&groups)
-    .bind(&positions)
-    .bind(&attempts)
-    .bind(&owners)
-    .bind(&inner.groups_channel)
-    .bind(notify)
-    .execute(&inner.pool)
-    .await
-    .map_err(runtime_error)?;
-    Ok(())
-}
 
 /// Open a member of `spec.group`.
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
@@ -210,16 +130,24 @@ impl rules::GroupMember for Member {
             if self.is_closed() {
                 return Err(closed());
             }
-            let attempt = envelope.attempt() as i64;
-            if settled == Settled::Outcome(Outcome::Ack) {
-                let keyed = envelope.key().is_some();
-                return self.ack(pos, attempt, keyed, effects).await;
+            if settled == Settled::Outcome(Outcome::Ack) && !effects.is_empty() {
+                return self.ack_with(pos, &envelope, effects).await;
             }
-            let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
-            self.settle_in(&mut tx, pos, &envelope, &settled).await?;
-            tx.commit().await.map_err(runtime_error)?;
-            self.inner.groups.send_modify(|n| *n = n.wrapping_add(1));
-            Ok(())
+            let (done, written) = tokio::sync::oneshot::channel();
+            let pending = PendingSettlement {
+                group: self.group.clone(),
+                owner: self.id.clone(),
+                pos,
+                envelope,
+                settled,
+                done,
+            };
+            self.inner
+                .settlements
+                .send(pending)
+                .await
+                .map_err(|_| closed())?;
+            written.await.map_err(|_| closed())?
         })
     }
 
@@ -457,7 +385,8 @@ impl Member {
                 };
                 let env = env.with_attempt(d.attempt.clamp(1, u32::MAX as i64) as u32);
                 let reason = d.reason.clone();
-                self.dead_letter(conn, d.pos, &env, d.code, reason, d.source)
+                let (inner, group) = (&self.inner, &self.group);
+                settle::dead_letter(inner, group, conn, d.pos, &env, d.code, reason, d.source)
                     .await?;
             }
         }
@@ -603,24 +532,10 @@ impl Member {
         )))
     }
 
-    /// An ack: a plain one goes to the store's ack writer, which commits
-    /// the waiting acks together ([`write_acks`]); one with `effects` is a
-    /// transaction that appends them to the outbox only if this member's
-    /// lease still holds. `keyed`: the event has a key.
-    async fn ack(&self, pos: i64, attempt: i64, keyed: bool, effects: Vec<Envelope>) -> Result<()> {
-        if effects.is_empty() {
-            let (done, acked) = tokio::sync::oneshot::channel();
-            let pending = PendingAck {
-                group: self.group.clone(),
-                pos,
-                attempt,
-                owner: self.id.clone(),
-                keyed,
-                done,
-            };
-            self.inner.acks.send(pending).await.map_err(|_| closed())?;
-            return acked.await.map_err(|_| closed())?;
-        }
+    /// An ack with a handler's `effects`: a transaction that appends them
+    /// to the outbox only if this member's lease still holds (settlements
+    /// without effects go to the store's settlement writer, `settle`).
+    async fn ack_with(&self, pos: i64, envelope: &Envelope, effects: Vec<Envelope>) -> Result<()> {
         let sql = format!(
             "UPDATE {}.deliveries SET state = $1
              WHERE grp = $2 AND pos = $3 AND state = 0 AND attempt = $4 AND owner = $5",
@@ -631,7 +546,7 @@ impl Member {
             .bind(SETTLED)
             .bind(&self.group)
             .bind(pos)
-            .bind(attempt)
+            .bind(envelope.attempt() as i64)
             .bind(&self.id)
             .execute(&mut *tx)
             .await
@@ -641,118 +556,9 @@ impl Member {
         }
         insert_outbox(&self.inner, &mut tx, &effects).await?;
         tx.commit().await.map_err(runtime_error)?;
-        if keyed {
+        if envelope.key().is_some() {
             self.inner.groups.send_modify(|n| *n = n.wrapping_add(1));
         }
-        Ok(())
-    }
-
-    /// Any other settlement, inside its transaction; one that comes after
-    /// the lease ran out (and the event was claimed again) is ignored. Other
-    /// processes' idle members are notified: the event is theirs to take.
-    async fn settle_in(
-        &self,
-        conn: &mut PgConnection,
-        pos: i64,
-        envelope: &Envelope,
-        settled: &Settled,
-    ) -> Result<()> {
-        let s = &self.inner.s;
-        let attempt = envelope.attempt() as i64;
-        let current: Option<(i64, i64, Option<String>)> = sqlx::query_as(&format!(
-            "SELECT state, attempt, owner FROM {s}.deliveries WHERE grp = $1 AND pos = $2 FOR UPDATE"
-        ))
-        .bind(&self.group)
-        .bind(pos)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-        if current != Some((0, attempt, Some(self.id.clone()))) {
-            return Ok(());
-        }
-        let now = chrono::Utc::now().timestamp_millis();
-        match rules::change(settled, attempt, self.inner.config.deliveries(), now) {
-            Change::Settle => {}
-            Change::Wait {
-                attempt,
-                until_ms,
-                failed_ms,
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {s}.deliveries SET state = $1, attempt = $2, lease_until_ms = $3,
-                     first_failed_ms = coalesce(first_failed_ms, $4) WHERE grp = $5 AND pos = $6"
-                ))
-                .bind(LeaseState::Waiting.code())
-                .bind(attempt)
-                .bind(until_ms)
-                .bind(failed_ms)
-                .bind(&self.group)
-                .bind(pos)
-                .execute(&mut *conn)
-                .await
-                .map_err(runtime_error)?;
-            }
-            Change::DeadLetter { code, reason } => {
-                let source = FailureSource::Handler;
-                self.dead_letter(conn, pos, envelope, code, reason, source)
-                    .await?;
-            }
-        }
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.inner.groups_channel)
-            .execute(&mut *conn)
-            .await
-            .map_err(runtime_error)?;
-        Ok(())
-    }
-
-    /// Dead-letter `env` and settle its delivery, in the caller's
-    /// transaction: both happen or neither, and neither if it is settled
-    /// already.
-    async fn dead_letter(
-        &self,
-        conn: &mut PgConnection,
-        pos: i64,
-        env: &Envelope,
-        code: ErrorCode,
-        reason: String,
-        source: FailureSource,
-    ) -> Result<()> {
-        let s = &self.inner.s;
-        let now = chrono::Utc::now();
-        // Settle it first: of two claims dooming the same event, only the
-        // one that settles it writes the dead letter.
-        let first: Option<Option<i64>> = sqlx::query_scalar(&format!(
-            "INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
-             VALUES ($1, $2, $3, $4, 0, NULL)
-             ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt
-             WHERE d.state <> $3
-             RETURNING d.first_failed_ms"
-        ))
-        .bind(&self.group)
-        .bind(pos)
-        .bind(SETTLED)
-        .bind(env.attempt() as i64)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-        let Some(first) = first else {
-            return Ok(());
-        };
-        let letter = DeadLetter {
-            id: 0,
-            envelope: env.clone(),
-            group: Some(self.group.clone()),
-            reason,
-            code,
-            first_failed_at: first
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .unwrap_or(now),
-            failed_at: now,
-            attempts: env.attempt(),
-            source,
-        };
-        crate::dead_letters::insert(s, conn, &letter).await?;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use herald::{
 };
 
 use crate::conn::{decode_stored, runtime_error, Inner};
-use crate::group::SETTLED;
+use crate::settle::SETTLED;
 
 /// The highest `seq` of `topic`, `None` before its first event.
 pub(crate) async fn last_seq(inner: &Inner, topic: &Topic) -> Result<Option<u64>> {

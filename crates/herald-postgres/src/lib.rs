@@ -9,7 +9,7 @@
 //!
 //! The modules, bottom first: `config`; `conn` (the connection and the
 //! state every part shares); `schema`, `outbox`, `dead_letters`,
-//! `retention`; `log`, `sequencer`; `group`; `tail`; `inspect`; then
+//! `retention`; `log`, `sequencer`; `settle`, `group`; `tail`; `inspect`; then
 //! `store` (the public handle) and `transport` (its trait impls) at the
 //! top. Each imports only modules listed before it. This file owns only the module list and
 //! the public re-exports.
@@ -24,6 +24,7 @@ mod outbox;
 mod retention;
 mod schema;
 mod sequencer;
+mod settle;
 mod store;
 mod tail;
 mod transport;

@@ -60,9 +60,9 @@ impl PgStore {
         drop(conn);
         let s = quoted(config.schema_name());
         let start = current_pos(&pool, &s).await?;
-        let (acks, pending_acks) = tokio::sync::mpsc::channel(crate::conn::ACKS_WAITING);
+        let (settlements, pending) = tokio::sync::mpsc::channel(crate::conn::SETTLEMENTS_WAITING);
         let inner = Arc::new(Inner {
-            acks,
+            settlements,
             outbox_channel: format!("herald_outbox_{}", config.schema_name()),
             events_channel: format!("herald_events_{}", config.schema_name()),
             groups_channel: format!("herald_groups_{}", config.schema_name()),
@@ -81,10 +81,7 @@ impl PgStore {
         tokio::spawn(crate::conn::listen_for_events(Arc::downgrade(&inner)));
         tokio::spawn(crate::sequencer::run(Arc::downgrade(&inner)));
         tokio::spawn(crate::retention::run(Arc::downgrade(&inner)));
-        tokio::spawn(crate::group::write_acks(
-            Arc::downgrade(&inner),
-            pending_acks,
-        ));
+        tokio::spawn(crate::settle::write(Arc::downgrade(&inner), pending));
         Ok(PgStore { inner })
     }
 

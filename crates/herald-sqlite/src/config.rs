@@ -209,4 +209,10 @@ impl SqliteConfig {
     pub(crate) fn group_max(&self) -> usize {
         self.group_commit_max
     }
+    pub(crate) fn settle_batch(&self) -> usize {
+        self.delivery.settle_batch_size()
+    }
+    pub(crate) fn settle_window(&self) -> Duration {
+        self.delivery.settle_window_duration()
+    }
 }

@@ -127,7 +127,11 @@ impl SqliteStore {
             poll,
         ));
         let write = open_writer(&config)?;
-        let group_max = config.group_max();
+        let gather = writer::Gather {
+            max: config.group_max(),
+            settlements: config.settle_batch(),
+            window: config.settle_window(),
+        };
         let promised = config.sync_mode();
         let parked = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
@@ -137,7 +141,7 @@ impl SqliteStore {
                 let parked = Parked::new(parked.clone());
                 move || {
                     writer::run(
-                        write, requests, signals, parked, group_max, dedupe_ms, promised,
+                        write, requests, signals, parked, gather, dedupe_ms, promised,
                     )
                 }
             })

@@ -5,7 +5,9 @@
 //! thread) and group commit: it gathers waiting
 //! requests — appends, dead letters, group claims and settlements — into one
 //! `BEGIN IMMEDIATE … COMMIT`, so throughput is not one fsync per request;
-//! the batch's plain acks are one statement.
+//! the batch's plain acks are one statement. A batch holds at most
+//! `HERALD_SETTLE_BATCH` settlements, and with a `HERALD_SETTLE_WINDOW` the
+//! writer waits that long for more before it commits one that settles.
 //! When a group of requests fails, each is retried alone so one bad request
 //! cannot fail the others. After each commit it publishes the highest `pos`
 //! (new events) and bumps a counter (group state changed) for waiting
@@ -20,6 +22,8 @@
 //!
 //! Does not own the requests' types (`request`), the signals (`conn`) or the
 //! SQL each request runs (`log`, `group`, `processed`).
+
+use std::time::{Duration, Instant};
 
 use herald::backend::group::Claimed;
 use herald::{Envelope, Result};
@@ -86,6 +90,54 @@ impl Writer {
     }
 }
 
+/// How the writer gathers the requests of one commit.
+pub(crate) struct Gather {
+    /// Most weight (events appended, settlements with their effects).
+    pub(crate) max: usize,
+    /// Most settlements (`HERALD_SETTLE_BATCH`).
+    pub(crate) settlements: usize,
+    /// How long to wait for more settlements once the waiting requests are
+    /// in hand and one of them settles (`HERALD_SETTLE_WINDOW`; zero: not
+    /// at all).
+    pub(crate) window: Duration,
+}
+
+/// How often the writer looks for more settlements during a window.
+const WINDOW_POLL: Duration = Duration::from_micros(50);
+
+impl Gather {
+    /// `first` and the requests waiting behind it, up to the limits; with
+    /// a window, also those arriving within it while the batch settles
+    /// something.
+    fn batch(&self, requests: &mut mpsc::Receiver<Request>, first: Request) -> Vec<Request> {
+        let settles = |r: &Request| usize::from(matches!(r, Request::Settle(..)));
+        let (mut weight, mut settlements) = (first.weight(), settles(&first));
+        let mut batch = vec![first];
+        let mut deadline = None;
+        while weight < self.max && settlements < self.settlements {
+            match requests.try_recv() {
+                Ok(r) => {
+                    weight += r.weight();
+                    settlements += settles(&r);
+                    batch.push(r);
+                }
+                Err(mpsc::error::TryRecvError::Empty)
+                    if settlements > 0 && !self.window.is_zero() =>
+                {
+                    let now = Instant::now();
+                    let until = *deadline.get_or_insert(now + self.window);
+                    if now >= until {
+                        break;
+                    }
+                    std::thread::sleep(WINDOW_POLL.min(until - now));
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+}
+
 /// The writer's loop, on a thread of its own (`store` starts it): until
 /// every sender of `requests` is gone.
 pub(crate) fn run(
@@ -93,7 +145,7 @@ pub(crate) fn run(
     mut requests: mpsc::Receiver<Request>,
     signals: Signals,
     mut parked: Parked,
-    max: usize,
+    gather: Gather,
     dedupe_window_ms: i64,
     promised: Synchronous,
 ) {
@@ -103,17 +155,7 @@ pub(crate) fn run(
         set: promised,
     };
     while let Some(first) = requests.blocking_recv() {
-        let mut weight = first.weight();
-        let mut batch = vec![first];
-        while weight < max {
-            match requests.try_recv() {
-                Ok(r) => {
-                    weight += r.weight();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = gather.batch(&mut requests, first);
         serve(&mut writer, batch, &mut parked, &signals, dedupe_window_ms);
         // Leases no one took go back at once, not with the next request.
         loop {
@@ -347,4 +389,79 @@ fn write(
         }
     }
     Ok((out, last_pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald::backend::group::Settled;
+    use herald::{Bus, Message, Outcome};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::request::Settlement;
+
+    fn settle() -> Request {
+        let envelope = Bus::memory()
+            .prepare([Message::json("jobs", &1u32).unwrap()])
+            .unwrap()
+            .remove(0);
+        let settlement = Settlement {
+            group: "g".into(),
+            member: "m".into(),
+            envelope: Arc::new(envelope),
+            pos: 1,
+            outcome: Settled::Outcome(Outcome::Ack),
+            max_deliver: 5,
+            effects: Vec::new(),
+        };
+        Request::Settle(Box::new(settlement), oneshot::channel().0)
+    }
+
+    fn gather(settlements: usize, window: Duration) -> Gather {
+        Gather {
+            max: 1000,
+            settlements,
+            window,
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_the_settle_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for _ in 0..5 {
+            tx.try_send(settle()).unwrap();
+        }
+        let g = gather(2, Duration::ZERO);
+        let mut sizes = Vec::new();
+        while let Ok(first) = rx.try_recv() {
+            sizes.push(g.batch(&mut rx, first).len());
+        }
+        assert_eq!(sizes, [2, 2, 1]);
+    }
+
+    #[test]
+    fn a_window_takes_settlements_that_come_later_until_the_batch_is_full() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(settle()).unwrap();
+        let late = std::thread::spawn(move || {
+            for _ in 0..3 {
+                tx.blocking_send(settle()).unwrap();
+            }
+        });
+        // The window is far longer than the test: the batch ends because
+        // it is full, with the three that came after it began.
+        let first = rx.try_recv().unwrap();
+        let batch = gather(4, Duration::from_secs(3600)).batch(&mut rx, first);
+        assert_eq!(batch.len(), 4);
+        late.join().unwrap();
+    }
+
+    #[test]
+    fn a_batch_that_settles_nothing_does_not_wait() {
+        let (_tx, mut rx) = mpsc::channel(16);
+        let batch = gather(4, Duration::from_secs(3600)).batch(&mut rx, Request::Poke);
+        assert_eq!(batch.len(), 1);
+    }
 }

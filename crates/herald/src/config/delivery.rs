@@ -2,8 +2,9 @@
 //!
 //! Owns [`DeliveryConfig`]: the consumer group a service names by default,
 //! the ack wait, delivery attempts before dead-lettering, handler retries
-//! and the circuit breaker's settings, the dedupe window, the poll
-//! interval, the publish and call timeout, and the envelope limits. A bus's
+//! and the circuit breaker's settings, the dedupe window, how durable
+//! stores group settlements into commits, the poll interval, the publish
+//! and call timeout, and the envelope limits. A bus's
 //! [`Config`](crate::Config) carries one, and each store's config is handed
 //! the same one instead of reading those keys again (`herald-store` reads it
 //! once for both). What a store does with them is the store's; the breaker
@@ -31,6 +32,15 @@ pub const DEFAULT_MAX_DELIVER: u32 = 5;
 /// How often a store looks for commits by other processes
 /// (`HERALD_POLL_INTERVAL`).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most settlements (acks, nacks, terms) a durable store commits in one
+/// transaction (`HERALD_SETTLE_BATCH`).
+pub const DEFAULT_SETTLE_BATCH: usize = 512;
+
+/// How long a durable store waits for more settlements before it commits
+/// (`HERALD_SETTLE_WINDOW`): none, it commits what is waiting at once, and
+/// what arrives meanwhile goes in the next commit.
+pub const DEFAULT_SETTLE_WINDOW: Duration = Duration::ZERO;
 
 /// Consecutive retryable failures that open a circuit breaker
 /// (`HERALD_CIRCUIT_BREAKER_THRESHOLD`).
@@ -63,6 +73,8 @@ pub struct DeliveryConfig {
     breaker_threshold: u32,
     breaker_reset_timeout: Duration,
     dedupe_window: Duration,
+    settle_batch: usize,
+    settle_window: Duration,
     poll_interval: Duration,
     timeout: Duration,
     limits: Limits,
@@ -78,6 +90,8 @@ impl Default for DeliveryConfig {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_reset_timeout: DEFAULT_BREAKER_RESET_TIMEOUT,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            settle_batch: DEFAULT_SETTLE_BATCH,
+            settle_window: DEFAULT_SETTLE_WINDOW,
             poll_interval: DEFAULT_POLL_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             limits: Limits::default(),
@@ -131,6 +145,12 @@ impl DeliveryConfig {
         if let Some(v) = seconds("HERALD_DEDUPE_WINDOW")? {
             d.dedupe_window = v;
         }
+        if let Some(v) = key("HERALD_SETTLE_BATCH").parse_from(get)? {
+            d.settle_batch = v;
+        }
+        if let Some(v) = seconds("HERALD_SETTLE_WINDOW")? {
+            d.settle_window = v;
+        }
         if let Some(v) = seconds("HERALD_POLL_INTERVAL")? {
             d.poll_interval = v;
         }
@@ -170,6 +190,8 @@ impl DeliveryConfig {
             3600.0,
         )?;
         key("HERALD_DEDUPE_WINDOW").check(self.dedupe_window.as_secs(), 0, 7 * 24 * 3600)?;
+        key("HERALD_SETTLE_BATCH").check(self.settle_batch, 1, 10_000)?;
+        key("HERALD_SETTLE_WINDOW").check(self.settle_window.as_secs_f64(), 0.0, 0.1)?;
         key("HERALD_POLL_INTERVAL").check(self.poll_interval.as_secs_f64(), 0.01, 10.0)?;
         key("HERALD_TIMEOUT_SECONDS").check(self.timeout.as_secs_f64(), 0.001, 300.0)?;
         let limits = &self.limits;
@@ -222,6 +244,20 @@ impl DeliveryConfig {
         self.dedupe_window = d;
         self
     }
+    /// Most settlements a durable store commits in one transaction,
+    /// 1–10,000.
+    pub fn settle_batch(mut self, n: usize) -> Self {
+        self.settle_batch = n;
+        self
+    }
+    /// How long a durable store waits for more settlements before it
+    /// commits, 0–100 ms. An awaited ack returns only once its commit is
+    /// durable, so each waits up to this much longer; a store under load
+    /// commits more settlements per fsync.
+    pub fn settle_window(mut self, d: Duration) -> Self {
+        self.settle_window = d;
+        self
+    }
     /// How often a store looks for other processes' commits, 10 ms–10 s.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
@@ -266,6 +302,14 @@ impl DeliveryConfig {
     pub fn dedupe_window_duration(&self) -> Duration {
         self.dedupe_window
     }
+    /// Most settlements per commit.
+    pub fn settle_batch_size(&self) -> usize {
+        self.settle_batch
+    }
+    /// How long a store waits for more settlements before it commits.
+    pub fn settle_window_duration(&self) -> Duration {
+        self.settle_window
+    }
     /// The poll interval.
     pub fn poll_interval_duration(&self) -> Duration {
         self.poll_interval
@@ -308,6 +352,8 @@ mod tests {
             ("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", "12"),
             ("HERALD_DEDUPE_WINDOW", "0"),
             ("HERALD_POLL_INTERVAL", "0.05"),
+            ("HERALD_SETTLE_BATCH", "64"),
+            ("HERALD_SETTLE_WINDOW", "0.002"),
             ("HERALD_TIMEOUT_SECONDS", "3"),
             ("HERALD_MAX_PAYLOAD_BYTES", "4096"),
             ("HERALD_MAX_HEADERS", "3"),
@@ -326,6 +372,8 @@ mod tests {
         assert_eq!(d.breaker_reset(), Duration::from_secs(12));
         assert_eq!(d.dedupe_window_duration(), Duration::ZERO);
         assert_eq!(d.poll_interval_duration(), Duration::from_millis(50));
+        assert_eq!(d.settle_batch_size(), 64);
+        assert_eq!(d.settle_window_duration(), Duration::from_millis(2));
         assert_eq!(d.timeout_duration(), Duration::from_secs(3));
         let limits = Limits::default()
             .max_payload_bytes(4096)
@@ -348,6 +396,8 @@ mod tests {
             ("HERALD_ACK_WAIT", "0.5", "seconds, 1–3600"),
             ("HERALD_MAX_DELIVER", "0", "attempts, 1–1000"),
             ("HERALD_POLL_INTERVAL", "11", "seconds, 0.01–10"),
+            ("HERALD_SETTLE_BATCH", "0", "settlements, 1–10000"),
+            ("HERALD_SETTLE_WINDOW", "0.5", "seconds, 0–0.1"),
             ("HERALD_TIMEOUT_SECONDS", "0.5", "seconds, 1–300"),
             (
                 "HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT",

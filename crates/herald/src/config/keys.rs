@@ -261,6 +261,8 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec { key: "HERALD_CIRCUIT_BREAKER_THRESHOLD", default: "5", allowed: "1–100 failures in a row", doc: "consecutive retryable failures that open the breaker" },
     KeySpec { key: "HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", default: "30", allowed: "seconds, 1–3600", doc: "how long an open breaker waits before a trial call" },
     KeySpec { key: "HERALD_DEDUPE_WINDOW", default: "120", allowed: "seconds, 0–604800 (7 days)", doc: "how long an idempotency key is remembered; 0 is off" },
+    KeySpec { key: "HERALD_SETTLE_BATCH", default: "512", allowed: "settlements, 1–10000", doc: "most acks, nacks and terms a durable store commits in one transaction" },
+    KeySpec { key: "HERALD_SETTLE_WINDOW", default: "0", allowed: "seconds, 0–0.1", doc: "how long a durable store waits for more settlements before it commits; 0 commits what is waiting at once" },
     KeySpec { key: "HERALD_POLL_INTERVAL", default: "0.5", allowed: "seconds, 0.01–10", doc: "how soon a store notices other processes' commits" },
     KeySpec { key: "HERALD_GROUP", default: "default", allowed: "1–255 chars, no control characters", doc: "the service's consumer group" },
     KeySpec { key: "HERALD_RETENTION_MAX_AGE", default: "keep all", allowed: "seconds, 1 – 100 years", doc: "events older than this are removed" },
