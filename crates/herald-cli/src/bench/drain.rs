@@ -2,12 +2,16 @@
 //! the ways a service consumes: a member loop that acks each event before
 //! taking the next, and handlers (the handler runtime, 16 calls at once)
 //! with acks awaited (the default) and not awaited (`await_acks(false)`).
+//! The stores drained take `HERALD_SETTLE_BATCH` and `HERALD_SETTLE_WINDOW`
+//! from the environment ([`settling`]), so settings can be compared; every
+//! other delivery setting is the default.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald::config::DeliveryConfig;
 use herald::{Bus, Error, Message, Result, StartPosition};
 use serde::Serialize;
 
@@ -20,6 +24,15 @@ pub enum Consumer {
     Loop,
     /// `Bus::handler` at its default concurrency; `await_acks` as given.
     Handler { await_acks: bool },
+}
+
+/// The delivery settings of a drained store: the defaults, with
+/// `HERALD_SETTLE_BATCH` and `HERALD_SETTLE_WINDOW` from the environment.
+pub fn settling() -> Result<DeliveryConfig> {
+    let env = DeliveryConfig::from_env()?;
+    Ok(DeliveryConfig::default()
+        .settle_batch(env.settle_batch_size())
+        .settle_window(env.settle_window_duration()))
 }
 
 /// Distinct keys of the drain workloads (issue goals name 100+).

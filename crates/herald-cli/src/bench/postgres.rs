@@ -74,7 +74,10 @@ pub async fn run(url: &str, short: bool) -> Result<PgFigures> {
             let schema = format!("{schema}_{label}");
             schemas.lock().expect("not poisoned").push(schema.clone());
             let config = config.clone().schema(&schema);
-            async move { Ok(Bus::new(PgStore::open(config).await?)) }
+            async move {
+                let config = config.delivery(super::drain::settling()?);
+                Ok(Bus::new(PgStore::open(config).await?))
+            }
         },
         (raw_1, raw_batched),
     )

@@ -68,9 +68,8 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
         |label| {
             let path = files.herald(label);
             async move {
-                Ok(herald::Bus::new(
-                    SqliteStore::open(SqliteConfig::new(path)).await?,
-                ))
+                let config = SqliteConfig::new(path).delivery(drain::settling()?);
+                Ok(herald::Bus::new(SqliteStore::open(config).await?))
             }
         },
         (raw_consume_1, raw_consume_batched),
