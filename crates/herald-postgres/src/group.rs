@@ -60,7 +60,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let group = spec.group.clone().expect("a group subscription");
     rules::subscribe(Arc::new(Member {
         inner: inner.clone(),
-        lock_key: format!("herald.claim.{}.{group}", inner.config.schema_name()),
+        lock_key: settle::lease_lock_key(inner, &group),
         group,
         id: uuid::Uuid::now_v7().to_string(),
         topic: match herald::backend::log_tail::literal_topics(&spec).as_deref() {

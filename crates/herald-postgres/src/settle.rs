@@ -10,7 +10,10 @@
 //! one is set — and commits them in one synchronous transaction: the plain
 //! acks as one statement, the others one after another, and one NOTIFY for
 //! other processes' idle members when any hands an event back or frees a
-//! key. Each settlement is answered once that commit is durable. A batch
+//! key. Before it touches a delivery's row, a settlement takes the lease
+//! lock a claim tries (`lease_lock_key`, in order), so claims skip events
+//! being settled instead of waiting for their rows: the two never deadlock.
+//! Each settlement is answered once that commit is durable. A batch
 //! that fails is retried one settlement per transaction, so one bad
 //! settlement cannot fail the others. A settlement that comes after its
 //! lease ran out (the event was claimed again) changes nothing.
@@ -111,14 +114,20 @@ async fn commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()> {
 }
 
 async fn try_commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()> {
-    let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
     let (acks, others): (Vec<&PendingSettlement>, Vec<&PendingSettlement>) =
         batch.iter().partition(|p| p.is_ack());
+    if others.is_empty() {
+        // Only acks: one statement, its own transaction.
+        ack_all(inner, &inner.pool, &acks).await?;
+        return Ok(());
+    }
+    let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
+    lock_leases(inner, &mut tx, batch).await?;
     // One NOTIFY per transaction is enough: the acks' statement sends its
     // own when it frees a key.
     let mut notified = false;
     if !acks.is_empty() {
-        notified = ack_all(inner, &mut tx, &acks).await?;
+        notified = ack_all(inner, &mut *tx, &acks).await?;
     }
     let mut changed = false;
     for p in &others {
@@ -134,11 +143,52 @@ async fn try_commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()
     tx.commit().await.map_err(runtime_error)
 }
 
-/// Settle `acks` in one statement, each only if it is still its member's
-/// lease, with a NOTIFY when one of them frees a key; whether it sent one.
-async fn ack_all(
+/// The lock a claim tries before it leases event `pos` of `group` in
+/// this store: an advisory lock keyed by this string and `pos`.
+pub(crate) fn lease_lock_key(inner: &Inner, group: &str) -> String {
+    format!("{}{group}", lease_lock_prefix(inner))
+}
+
+fn lease_lock_prefix(inner: &Inner) -> String {
+    format!("herald.claim.{}.", inner.config.schema_name())
+}
+
+/// Take the lease locks of the batch's deliveries, in order, before
+/// touching their rows. A claim only tries a lease lock and skips the
+/// event when it is held, so it never waits for a row being settled; with
+/// both waiting for each other's rows (a claim's insert for the row an ack
+/// updates, the ack for one the claim leased) they deadlocked, and the
+/// server breaks a deadlock only after `deadlock_timeout` (1 s by
+/// default), which stalled every settlement of the store meanwhile.
+async fn lock_leases(
     inner: &Inner,
     conn: &mut PgConnection,
+    batch: &[PendingSettlement],
+) -> Result<()> {
+    let groups: Vec<&str> = batch.iter().map(|p| p.group.as_str()).collect();
+    let positions: Vec<i64> = batch.iter().map(|p| p.pos).collect();
+    sqlx::query(
+        "SELECT count(*) FROM (
+             SELECT pg_advisory_xact_lock(hashtextextended($1 || grp, pos)) FROM (
+                 SELECT DISTINCT grp, pos FROM UNNEST($2::text[], $3::bigint[]) AS u(grp, pos)
+                 ORDER BY grp, pos) ordered) locked",
+    )
+    .bind(lease_lock_prefix(inner))
+    .bind(&groups)
+    .bind(&positions)
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
+}
+
+/// Settle `acks` in one statement, each only if it is still its member's
+/// lease, after taking their lease locks in order (see [`lock_leases`];
+/// held already inside a batch's transaction, taken again at no cost),
+/// with a NOTIFY when one of them frees a key; whether it sent one.
+async fn ack_all<'c>(
+    inner: &Inner,
+    conn: impl sqlx::PgExecutor<'c>,
     acks: &[&PendingSettlement],
 ) -> Result<bool> {
     let s = &inner.s;
@@ -147,12 +197,18 @@ async fn ack_all(
     let attempts: Vec<i64> = acks.iter().map(|a| a.envelope.attempt() as i64).collect();
     let owners: Vec<&str> = acks.iter().map(|a| a.owner.as_str()).collect();
     let keyed: Vec<bool> = acks.iter().map(|a| a.envelope.key().is_some()).collect();
+    // `locked` is an init plan of the update: the locks come first.
     let (freed, _): (bool, bool) = sqlx::query_as(&format!(
-        "WITH acked AS (
+        "WITH locked AS MATERIALIZED (
+             SELECT pg_advisory_xact_lock(hashtextextended($8 || grp, pos)) FROM (
+                 SELECT DISTINCT grp, pos FROM UNNEST($2::text[], $3::bigint[]) AS u(grp, pos)
+                 ORDER BY grp, pos) ordered),
+         acked AS (
              UPDATE {s}.deliveries d SET state = $1
              FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[])
                   AS a(grp, pos, attempt, owner, keyed)
-             WHERE d.grp = a.grp AND d.pos = a.pos AND d.state = 0
+             WHERE (SELECT count(*) FROM locked) >= 0
+               AND d.grp = a.grp AND d.pos = a.pos AND d.state = 0
                AND d.attempt = a.attempt AND d.owner = a.owner
              RETURNING a.keyed),
          freed AS (SELECT coalesce(bool_or(keyed), false) AS freed FROM acked)
@@ -165,7 +221,8 @@ async fn ack_all(
     .bind(&owners)
     .bind(&keyed)
     .bind(&inner.groups_channel)
-    .fetch_one(&mut *conn)
+    .bind(lease_lock_prefix(inner))
+    .fetch_one(conn)
     .await
     .map_err(runtime_error)?;
     Ok(freed)
