@@ -384,10 +384,9 @@ impl Member {
                     continue;
                 };
                 let env = env.with_attempt(d.attempt.clamp(1, u32::MAX as i64) as u32);
-                let reason = d.reason.clone();
+                let why = (d.code, d.reason.clone());
                 let (inner, group) = (&self.inner, &self.group);
-                settle::dead_letter(inner, group, conn, d.pos, &env, d.code, reason, d.source)
-                    .await?;
+                settle::dead_letter(inner, group, conn, d.pos, &env, why, d.source).await?;
             }
         }
         if plan.cursor <= position.cursor {

@@ -269,34 +269,23 @@ async fn settle_in(inner: &Inner, conn: &mut PgConnection, p: &PendingSettlement
         }
         Change::DeadLetter { code, reason } => {
             let source = FailureSource::Handler;
-            dead_letter(
-                inner,
-                &p.group,
-                conn,
-                p.pos,
-                &p.envelope,
-                code,
-                reason,
-                source,
-            )
-            .await?;
+            let why = (code, reason);
+            dead_letter(inner, &p.group, conn, p.pos, &p.envelope, why, source).await?;
         }
     }
     Ok(true)
 }
 
 /// Dead-letter `env` and settle its delivery for `group`, in the caller's
-/// transaction: both happen or neither, and neither if it is settled
-/// already.
-#[allow(clippy::too_many_arguments)]
+/// transaction, `why` (a code and a reason) and by whom (`source`): both
+/// happen or neither, and neither if it is settled already.
 pub(crate) async fn dead_letter(
     inner: &Inner,
     group: &str,
     conn: &mut PgConnection,
     pos: i64,
     env: &Envelope,
-    code: ErrorCode,
-    reason: String,
+    (code, reason): (ErrorCode, String),
     source: FailureSource,
 ) -> Result<()> {
     let s = &inner.s;
