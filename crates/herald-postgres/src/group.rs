@@ -103,7 +103,7 @@ impl rules::GroupMember for Member {
                         tx.commit().await.map_err(runtime_error)?;
                         break done;
                     }
-                    // A deadlock with the ack writer (see `lease`).
+                    // A deadlock lost (see `lease`).
                     Err(e) if lost_a_race(&e) && tries < RACE_RETRIES => tries += 1,
                     Err(e) => return Err(e),
                 }
@@ -283,9 +283,9 @@ impl Member {
     /// delivery row changed since the window was read (leased or settled by
     /// another claim, a late ack of an expired lease) is left alone; most
     /// such are passed over before the insert, so it seldom waits for
-    /// another transaction's row. When it does wait on the ack writer while
-    /// that waits on a row this claim re-leased (a late ack of an expired
-    /// lease), the server breaks the deadlock and both run again.
+    /// another transaction's row, and never for a settlement's: settlements
+    /// hold the lease lock this claim tries (`settle`). A deadlock that
+    /// remains is broken by the server and the claim runs again.
     async fn lease(
         &self,
         conn: &mut PgConnection,
