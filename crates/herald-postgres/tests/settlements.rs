@@ -9,6 +9,15 @@ use futures_util::StreamExt;
 use herald::config::DeliveryConfig;
 use herald::{Bus, DeliveryState, ErrorCode, Message, StartPosition};
 
+/// A member of group `g` on `topic`, from its first event.
+async fn member_of_g(bus: &Bus, topic: &str) -> herald::Subscription {
+    bus.subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_a_nack_and_a_term_in_one_commit_each_take_effect() {
     // Batches of three, with a window: the three settlements below fill
@@ -21,12 +30,7 @@ async fn an_ack_a_nack_and_a_term_in_one_commit_each_take_effect() {
     let store = herald_postgres::PgStore::open(config).await.unwrap();
     let bus = Bus::new(store);
     let topic = "settle.mixed";
-    let mut member = bus
-        .subscribe_raw(topic)
-        .group("g")
-        .start(StartPosition::Earliest)
-        .await
-        .unwrap();
+    let mut member = member_of_g(&bus, topic).await;
     let batch: Vec<_> = (1..=3u32)
         .map(|i| Message::json(topic, &i).unwrap().key(format!("k{i}")))
         .collect();
@@ -83,12 +87,7 @@ async fn an_ack_waits_for_the_lease_lock_a_claim_holds() {
         .unwrap();
     let bus = Bus::new(store.clone());
     let topic = "settle.locked";
-    let mut member = bus
-        .subscribe_raw(topic)
-        .group("g")
-        .start(StartPosition::Earliest)
-        .await
-        .unwrap();
+    let mut member = member_of_g(&bus, topic).await;
     bus.publish(Message::json(topic, &1u32).unwrap().key("k"))
         .await
         .unwrap();
