@@ -424,11 +424,13 @@ impl Envelope {
         }
         limits.check_payload(self.topic.as_str(), self.payload.len())?;
         // Raw bytes under a JSON content type must be JSON, or the envelope
-        // cannot be encoded: refuse them here, not at a store's encode.
+        // cannot be encoded: refuse them here, not at a store's encode. The
+        // check is the encoder's own parse (`&RawValue`, which checks that
+        // strings are UTF-8; `IgnoredAny` skips a string without looking).
         if let Payload::Bytes(b) = &self.payload {
             if is_json_content_type(&self.content_type)
                 && !b.is_empty()
-                && serde_json::from_slice::<serde::de::IgnoredAny>(b).is_err()
+                && serde_json::from_slice::<&RawValue>(b).is_err()
             {
                 return Err(Error::validation(format!(
                     "the payload of a message to `{}` is not JSON but its content type is {:?}; \

@@ -303,6 +303,12 @@ mod tests {
         assert_eq!(err.code(), crate::ErrorCode::Validation, "{err}");
         let json = envelope(Message::new("a.b", Payload::bytes(&b"{\"a\":1}"[..])));
         json.validate(&limits).unwrap();
+        // Found by fuzz/ (`ws_frame`): a JSON string of bytes that are not
+        // UTF-8 passed this check, which skipped strings unread, and the
+        // envelope then failed to encode (`INTERNAL` at the store).
+        let not_utf8 = envelope(Message::new("a.b", Payload::bytes(&b"\"\xff\""[..])));
+        let err = not_utf8.validate(&limits).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Validation, "{err}");
         let raw = envelope(
             Message::new("a.b", Payload::bytes(&b"\x00"[..]))
                 .content_type("application/octet-stream"),
