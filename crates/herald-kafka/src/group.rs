@@ -955,18 +955,9 @@ impl Hooks<GroupContext> for GroupHooks {
             return;
         };
         tracing::warn!(topic = %envelope.topic(), partition = at.partition, offset = at.offset, error = %err, "a Kafka record does not decode; it goes to the dead letters");
-        let now = chrono::Utc::now();
-        let letter = DeadLetter {
-            id: 0,
-            envelope,
-            group: self.group.spec.group.clone(),
-            reason: err.to_string(),
-            code: err.code(),
-            first_failed_at: now,
-            failed_at: now,
-            attempts: 1,
-            source: FailureSource::Decode,
-        };
+        let letter = DeadLetter::new(envelope, FailureSource::Decode, err.code(), err.to_string())
+            .with_group(self.group.spec.group.clone())
+            .with_attempts(1);
         let group = self.group.clone();
         let kafka_topic = kafka_topic.to_owned();
         let under_way = inner.dead_letter_writes.start();

@@ -682,18 +682,17 @@ impl Leader {
         else {
             return;
         };
-        let now = chrono::Utc::now();
-        let write = self.dead_letter(DeadLetter {
-            id: 0,
-            envelope: env.with_seq(seq),
-            group: Some(self.group.clone()),
-            reason: format!("cannot read the message: {}", error.message()),
-            code: ErrorCode::Validation,
-            first_failed_at: now,
-            failed_at: now,
-            attempts: 1,
-            source: FailureSource::Decode,
-        });
+        let reason = format!("cannot read the message: {}", error.message());
+        let write = self.dead_letter(
+            DeadLetter::new(
+                env.with_seq(seq),
+                FailureSource::Decode,
+                ErrorCode::Validation,
+                reason,
+            )
+            .with_group(self.group.clone())
+            .with_attempts(1),
+        );
         // Not the queue's: written here, then termed; a write that fails
         // naks it, so JetStream brings it back to be dead-lettered again.
         let under_way = self.dead_letter_writes.start();

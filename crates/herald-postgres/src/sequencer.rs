@@ -293,7 +293,7 @@ async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Opti
             Err(e) => {
                 // Not an envelope (written by hand into the outbox): keep it
                 // as a dead letter rather than lose or wedge on it.
-                dead_letter_raw(inner, conn, row, &e.to_string(), now_ms).await?;
+                dead_letter_raw(inner, conn, row, &e.to_string()).await?;
                 continue;
             }
         };
@@ -479,7 +479,6 @@ async fn dead_letter_raw(
     conn: &mut PgConnection,
     row: &Row,
     why: &str,
-    now_ms: i64,
 ) -> Result<()> {
     let payload = herald::Payload::bytes(row.envelope.clone());
     let topic = herald::Topic::new(&row.topic)
@@ -489,17 +488,8 @@ async fn dead_letter_raw(
             .content_type("application/octet-stream"),
         &std::sync::Arc::from("herald-postgres"),
     )?;
-    let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
-    let letter = DeadLetter {
-        id: 0,
-        envelope: env,
-        group: None,
-        reason: format!("outbox row {} is not an envelope: {why}", row.id),
-        code: ErrorCode::Validation,
-        first_failed_at: now,
-        failed_at: now,
-        attempts: 0,
-        source: FailureSource::Decode,
-    };
+    let reason = format!("outbox row {} is not an envelope: {why}", row.id);
+    let letter =
+        DeadLetter::new(env, FailureSource::Decode, ErrorCode::Validation, reason).with_attempts(0);
     crate::dead_letters::insert(&inner.s, conn, &letter).await
 }

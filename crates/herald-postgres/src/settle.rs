@@ -289,7 +289,6 @@ pub(crate) async fn dead_letter(
     source: FailureSource,
 ) -> Result<()> {
     let s = &inner.s;
-    let now = chrono::Utc::now();
     // Settle it first: of two claims dooming the same event, only the
     // one that settles it writes the dead letter.
     let first: Option<Option<i64>> = sqlx::query_scalar(&format!(
@@ -309,19 +308,9 @@ pub(crate) async fn dead_letter(
     let Some(first) = first else {
         return Ok(());
     };
-    let letter = DeadLetter {
-        id: 0,
-        envelope: env.clone(),
-        group: Some(group.to_owned()),
-        reason,
-        code,
-        first_failed_at: first
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .unwrap_or(now),
-        failed_at: now,
-        attempts: env.attempt(),
-        source,
-    };
+    let letter = DeadLetter::new(env.clone(), source, code, reason)
+        .with_group(group.to_owned())
+        .with_first_failure(first.and_then(chrono::DateTime::from_timestamp_millis));
     crate::dead_letters::insert(s, conn, &letter).await?;
     Ok(())
 }

@@ -472,26 +472,16 @@ fn dead_letter(
     reason: String,
     source: FailureSource,
 ) -> Result<()> {
-    let now = chrono::Utc::now();
     let first: Option<Option<i64>> = conn
         .prepare_cached("SELECT first_failed_ms FROM deliveries WHERE grp = ? AND pos = ?")
         .and_then(|mut q| q.query_row(params![group, pos], |r| r.get(0)).optional())
         .map_err(raw_error)?;
     let first = first
         .flatten()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .unwrap_or(now);
-    let letter = DeadLetter {
-        id: 0,
-        envelope: env.clone(),
-        group: Some(group.to_owned()),
-        reason,
-        code,
-        first_failed_at: first,
-        failed_at: now,
-        attempts: env.attempt(),
-        source,
-    };
+        .and_then(chrono::DateTime::from_timestamp_millis);
+    let letter = DeadLetter::new(env.clone(), source, code, reason)
+        .with_group(group.to_owned())
+        .with_first_failure(first);
     insert_dead_letter(conn, &letter)?;
     conn.prepare_cached(
         "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner) VALUES (?, ?, ?, ?, 0, NULL)

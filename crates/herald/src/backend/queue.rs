@@ -631,19 +631,12 @@ impl Queue {
         let (Some(host), Some(queue)) = (self.host.upgrade(), self.me.upgrade()) else {
             return Box::pin(std::future::ready(Err(Error::closed("dead-letter"))));
         };
-        let now = Utc::now();
-        let first = self.forget_failure(envelope).unwrap_or(now);
-        let write = host.dead_letter(DeadLetter {
-            id: 0,
-            envelope: Envelope::clone(envelope),
-            group: self.group().map(str::to_owned),
-            reason,
-            code,
-            first_failed_at: first,
-            failed_at: now,
-            attempts: envelope.attempt(),
-            source,
-        });
+        let first = self.forget_failure(envelope);
+        let write = host.dead_letter(
+            DeadLetter::new(Envelope::clone(envelope), source, code, reason)
+                .with_group(self.group().map(str::to_owned))
+                .with_first_failure(first),
+        );
         let under_way = host.dead_letter_writes().start();
         let (env, locks) = (envelope.clone(), self.locks(envelope));
         let task = async move {

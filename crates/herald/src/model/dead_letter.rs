@@ -100,6 +100,65 @@ pub type DeadLetterRow = (
 );
 
 impl DeadLetter {
+    /// A dead letter for `envelope`, failed now with `code` and `reason`,
+    /// reported by `source`: not yet stored (`id` 0), in no group, its
+    /// attempts the envelope's, its first failure now. The `with_` methods
+    /// set what the writer knows beyond that.
+    ///
+    /// ```
+    /// use herald::{DeadLetter, ErrorCode, FailureSource, Message, Payload, Publish};
+    ///
+    /// let envelope = Message::new("orders.placed", Payload::null())
+    ///     .into_envelope(&"docs".into())
+    ///     .unwrap();
+    /// let letter = DeadLetter::new(envelope, FailureSource::Handler, ErrorCode::Validation, "no such sku")
+    ///     .with_group(String::from("billing"));
+    /// assert_eq!(letter.group.as_deref(), Some("billing"));
+    /// assert_eq!(letter.attempts, 1);
+    /// assert_eq!(letter.first_failed_at, letter.failed_at);
+    /// ```
+    pub fn new(
+        envelope: Envelope,
+        source: FailureSource,
+        code: ErrorCode,
+        reason: impl Into<String>,
+    ) -> DeadLetter {
+        let now = Utc::now();
+        DeadLetter {
+            id: 0,
+            attempts: envelope.attempt(),
+            envelope,
+            group: None,
+            reason: reason.into(),
+            code,
+            first_failed_at: now,
+            failed_at: now,
+            source,
+        }
+    }
+
+    /// The consumer group that gave up (`None`: no group's).
+    pub fn with_group(mut self, group: impl Into<Option<String>>) -> DeadLetter {
+        self.group = group.into();
+        self
+    }
+
+    /// When its first delivery attempt failed, where the writer kept it
+    /// (`None` leaves it at the failure's own time).
+    pub fn with_first_failure(mut self, at: Option<DateTime<Utc>>) -> DeadLetter {
+        if let Some(at) = at {
+            self.first_failed_at = at;
+        }
+        self
+    }
+
+    /// Delivery attempts made, where not the envelope's own count (a message
+    /// that never got a delivery made none).
+    pub fn with_attempts(mut self, attempts: u32) -> DeadLetter {
+        self.attempts = attempts;
+        self
+    }
+
     /// Rebuild a dead letter from its stored columns; an unknown code reads
     /// as `INTERNAL`, an unknown source as `handler`.
     pub fn from_row(row: DeadLetterRow) -> crate::Result<DeadLetter> {
