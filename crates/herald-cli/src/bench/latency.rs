@@ -1,4 +1,5 @@
-//! Latency benchmarks: command dispatch, fan-out to 50 subscribers, envelope
+//! Latency benchmarks: command dispatch, fan-out to 50 subscribers (next
+//! to raw `tokio::sync::broadcast` to as many receivers, same run), envelope
 //! validation and decode.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,45 @@ pub async fn fan_out(
         t.await.ok();
     }
     Ok(Percentiles::of(samples, warmup))
+}
+
+/// The raw baseline of [`fan_out`]: one `send` on a
+/// `tokio::sync::broadcast` channel to `receivers` receiver tasks; the
+/// sample is the time from before `send` to the moment the last receiver
+/// has the payload.
+pub async fn broadcast_fan_out(receivers: usize, iterations: usize, warmup: usize) -> Percentiles {
+    let (tx, _) = tokio::sync::broadcast::channel::<Payload>(16);
+    let round = Arc::new(Round::default());
+    let mut tasks = Vec::new();
+    for _ in 0..receivers {
+        let mut rx = tx.subscribe();
+        let round = round.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(p) = rx.recv().await {
+                let at = Instant::now();
+                std::hint::black_box(p);
+                round.arrived(at, receivers);
+            }
+        }));
+    }
+    let payload = Payload::json(&serde_json::json!({"price": 101.5, "symbol": "HRLD"}))
+        .expect("a JSON payload");
+    let mut samples = Vec::with_capacity(warmup + iterations);
+    for _ in 0..warmup + iterations {
+        let done = round.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        let start = Instant::now();
+        tx.send(payload.clone()).ok();
+        done.await;
+        let last = round.take_last();
+        samples.push(last.saturating_duration_since(start));
+    }
+    drop(tx);
+    for t in tasks {
+        t.await.ok();
+    }
+    Percentiles::of(samples, warmup)
 }
 
 #[derive(Default)]

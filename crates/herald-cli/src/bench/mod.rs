@@ -156,9 +156,11 @@ const NATS_DRAIN_BOUND: f64 = 3_000.0;
 const KAFKA_DRAIN_BOUND: f64 = 1_000.0;
 /// Goals we report against.
 const DISPATCH_P95_GOAL_US: f64 = 20.0;
-const FANOUT_P95_GOAL_US: f64 = 100.0;
+/// DESIGN.md §8: fan-out p95 at most this many times raw broadcast's
+/// last-of-50, same run.
+const FANOUT_P95_RATIO_GOAL: f64 = 1.3;
 const VALIDATION_P95_GOAL_US: f64 = 2.0;
-const THROUGHPUT_RATIO_GOAL: f64 = 0.8;
+const THROUGHPUT_RATIO_GOAL: f64 = 0.5;
 const HANDLER_OVERHEAD_GOAL_US: f64 = 1.0;
 const RECORD_P99_GOAL_US: f64 = 0.05;
 const PERCENTILES_P99_GOAL_US: f64 = 200.0;
@@ -177,6 +179,10 @@ struct Report {
     worker_threads: usize,
     dispatch: Percentiles,
     fan_out_50: Percentiles,
+    /// The same to 50 receivers of a raw `tokio::sync::broadcast`.
+    fan_out_50_broadcast: Percentiles,
+    /// herald's fan-out p95 over broadcast's.
+    fan_out_50_p95_ratio: f64,
     validation: Percentiles,
     sustained_10k: Sustained,
     highest_sustained: Option<Sustained>,
@@ -439,6 +445,12 @@ async fn run(args: &Args) -> herald::Result<Report> {
         (fan_iterations / 10).max(100),
     )
     .await?;
+    let fan_out_50_broadcast = latency::broadcast_fan_out(
+        FANOUT_SUBSCRIBERS,
+        fan_iterations,
+        (fan_iterations / 10).max(100),
+    )
+    .await;
     progress("envelope validation");
     let validation = latency::validation(iterations * 4, warmup)?;
     progress("sustained 10k events/s");
@@ -470,7 +482,9 @@ async fn run(args: &Args) -> herald::Result<Report> {
         mode: if short { "check" } else { "full" },
         worker_threads: WORKERS,
         dispatch,
+        fan_out_50_p95_ratio: fan_out_50.p95_us / fan_out_50_broadcast.p95_us,
         fan_out_50,
+        fan_out_50_broadcast,
         validation,
         sustained_10k,
         highest_sustained: highest,
@@ -563,29 +577,31 @@ fn table(r: &Report) -> String {
         "{:<28} {:>9} {:>9} {:>9} {:>9}   goal / bound",
         "latency (µs)", "p50", "p95", "p99", "max"
     );
-    for (name, p, goal, bound) in [
+    let fan_out_goal = format!(
+        "p95 ≤ {FANOUT_P95_RATIO_GOAL}× broadcast ({:.2}×) / < {FANOUT_P95_BOUND_US}",
+        r.fan_out_50_p95_ratio
+    );
+    for (name, p, goal) in [
         (
             "command dispatch",
             &r.dispatch,
-            DISPATCH_P95_GOAL_US,
-            DISPATCH_P95_BOUND_US,
+            format!("p95 ≤ {DISPATCH_P95_GOAL_US} / < {DISPATCH_P95_BOUND_US}"),
         ),
+        ("fan-out to 50", &r.fan_out_50, fan_out_goal),
         (
-            "fan-out to 50",
-            &r.fan_out_50,
-            FANOUT_P95_GOAL_US,
-            FANOUT_P95_BOUND_US,
+            "  raw broadcast to 50",
+            &r.fan_out_50_broadcast,
+            String::from("baseline"),
         ),
         (
             "validation + decode",
             &r.validation,
-            VALIDATION_P95_GOAL_US,
-            VALIDATION_P95_BOUND_US,
+            format!("p95 ≤ {VALIDATION_P95_GOAL_US} / < {VALIDATION_P95_BOUND_US}"),
         ),
     ] {
         let _ = writeln!(
             t,
-            "{name:<28} {:>9.2} {:>9.2} {:>9.2} {:>9.2}   p95 ≤ {goal} / < {bound}",
+            "{name:<28} {:>9.2} {:>9.2} {:>9.2} {:>9.2}   {goal}",
             p.p50_us, p.p95_us, p.p99_us, p.max_us
         );
     }
