@@ -199,24 +199,21 @@ fn wait_for_room(queue: &Queue, pending: &mut VecDeque<Pending>) {
     }
 }
 
-/// Offer what is pending, in chunks, as far as the queue takes it.
+/// Offer what is pending, in chunks of what the queue has room for, as
+/// far as it takes it: a queue with room for fewer than a chunk takes what
+/// fits in one offer, not one offer per event.
 fn hand_over(queue: &Queue, pending: &mut VecDeque<Pending>) {
     while !pending.is_empty() {
-        let n = pending.len().min(CHUNK).min(queue.spec().buffer);
+        let n = pending.len().min(CHUNK).min(queue.room());
+        if n == 0 {
+            return;
+        }
         let chunk: Vec<Arc<Envelope>> =
             pending.iter().take(n).map(|p| p.envelope.clone()).collect();
-        match queue.offer(chunk) {
-            Ok(()) => {
-                pending.drain(..n);
-            }
-            Err(_) if n > 1 => match queue.offer(vec![pending[0].envelope.clone()]) {
-                Ok(()) => {
-                    pending.pop_front();
-                }
-                Err(_) => return,
-            },
-            Err(_) => return,
+        if queue.offer(chunk).is_err() {
+            return;
         }
+        pending.drain(..n);
     }
 }
 
@@ -255,5 +252,67 @@ fn read<C: ConsumerContext, H: Hooks<C>>(
             hooks.undecodable(topic, kafka_topic, at, (pairs, value), e);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald::backend::dead_lettering::DeadLetterWrites;
+    use herald::backend::queue::QueueHost;
+    use herald::{DeadLetter, Message, Payload, Publish, SubscribeSpec};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Host(DeadLetterWrites);
+
+    impl QueueHost for Host {
+        fn max_deliver(&self) -> u32 {
+            5
+        }
+
+        fn dead_letter(
+            &self,
+            _: DeadLetter,
+        ) -> futures_util::future::BoxFuture<'static, herald::Result<()>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn dead_letter_writes(&self) -> &DeadLetterWrites {
+            &self.0
+        }
+    }
+
+    fn pending(seq: u64) -> Pending {
+        let env = Message::new("t.a", Payload::null())
+            .into_envelope(&Arc::from("test"))
+            .unwrap()
+            .with_seq(seq);
+        Pending {
+            envelope: Arc::new(env),
+            kafka_topic: "env.t.a".into(),
+            partition: 0,
+            generation: 1,
+        }
+    }
+
+    /// A queue with room for fewer events than are pending takes as many as
+    /// fit, in order; the rest wait.
+    #[test]
+    fn a_queue_with_some_room_takes_as_many_as_fit() {
+        let host: Arc<dyn QueueHost> = Arc::new(Host::default());
+        let mut spec = SubscribeSpec::new(vec![herald::Pattern::new("t.>").unwrap()]);
+        spec.buffer = 4;
+        let queue = Queue::new(spec, Arc::downgrade(&host));
+        let mut waiting: VecDeque<Pending> = (1..=2).map(pending).collect();
+        hand_over(&queue, &mut waiting);
+        assert!(waiting.is_empty());
+        assert_eq!(queue.room(), 2);
+
+        let mut waiting: VecDeque<Pending> = (3..=7).map(pending).collect();
+        hand_over(&queue, &mut waiting);
+        assert_eq!(queue.room(), 0, "the two free places are taken");
+        let left: Vec<u64> = waiting.iter().filter_map(|p| p.envelope.seq()).collect();
+        assert_eq!(left, vec![5, 6, 7], "in order, after what fit");
     }
 }
