@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use herald::config::DeliveryConfig;
@@ -204,8 +204,11 @@ async fn handback(bus: &Bus, rounds: usize) -> Result<Percentiles> {
 /// Publish `events` to `topic` (a fresh one per run) in batches of 100,
 /// spread round-robin over `keys` keys (`None`: keyless), then time
 /// `members` members of one group consuming them all as `how` says:
-/// events/s, from the first member's start to the last event handled (a
-/// handler's last acks, when not awaited, may still be committing).
+/// events/s, from the first event received to the last event handled (a
+/// handler's last acks, when not awaited, may still be committing). The
+/// clock starts at the first event, as the raw consumers' do, so joining
+/// the group (a Kafka rebalance takes hundreds of milliseconds) is not
+/// counted as draining.
 pub async fn keyed_drain(
     bus: &Bus,
     topic: &str,
@@ -240,12 +243,12 @@ pub async fn keyed_drain(
     }
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
-    let start = Instant::now();
+    let first = Arc::new(OnceLock::new());
     match how {
         Consumer::Loop => {
             let tasks: Vec<_> = subs
                 .into_iter()
-                .map(|sub| tokio::spawn(member_loop(sub, done.clone(), events)))
+                .map(|sub| tokio::spawn(member_loop(sub, done.clone(), first.clone(), events)))
                 .collect();
             for t in tasks {
                 t.await.map_err(|e| Error::internal(e.to_string()))??;
@@ -257,13 +260,14 @@ pub async fn keyed_drain(
             finished.as_mut().enable();
             let mut handlers = Vec::new();
             for _ in 0..members {
-                let (done, all_done) = (done.clone(), all_done.clone());
+                let (done, all_done, first) = (done.clone(), all_done.clone(), first.clone());
                 let handler = bus
                     .handler(topic)
                     .group(&group)
                     .start(StartPosition::Earliest)
                     .await_acks(await_acks)
                     .run(move |_| {
+                        first.get_or_init(Instant::now);
                         if done.fetch_add(1, Ordering::AcqRel) + 1 == events {
                             all_done.notify_one();
                         }
@@ -273,20 +277,28 @@ pub async fn keyed_drain(
                 handlers.push(handler);
             }
             finished.await;
-            let rate = events as f64 / start.elapsed().as_secs_f64();
+            let rate = rate(events, &first);
             for h in handlers {
                 h.shutdown(Duration::from_secs(10)).await;
             }
             return Ok(rate);
         }
     }
-    Ok(events as f64 / start.elapsed().as_secs_f64())
+    Ok(rate(events, &first))
 }
 
-/// One member: receive, ack (awaited), count, until `events` are counted.
+/// `events` over the time since `first` was set.
+fn rate(events: usize, first: &OnceLock<Instant>) -> f64 {
+    let took = first.get().map_or(Duration::ZERO, Instant::elapsed);
+    events as f64 / took.as_secs_f64()
+}
+
+/// One member: receive (the first event received starts the clock,
+/// `first`), ack (awaited), count, until `events` are counted.
 async fn member_loop(
     mut sub: herald::Subscription,
     done: Arc<AtomicUsize>,
+    first: Arc<OnceLock<Instant>>,
     events: usize,
 ) -> Result<()> {
     while done.load(Ordering::Acquire) < events {
@@ -296,6 +308,7 @@ async fn member_loop(
         );
         match next.await {
             Ok(Some(Ok(d))) => {
+                first.get_or_init(Instant::now);
                 d.ack().await?;
                 done.fetch_add(1, Ordering::AcqRel);
             }
