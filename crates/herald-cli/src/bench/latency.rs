@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use herald::{Bus, Envelope, Limits, Message, Payload};
@@ -51,19 +51,15 @@ pub async fn fan_out(
         }));
     }
     let payload = Payload::json(&serde_json::json!({"price": 101.5, "symbol": "HRLD"}))?;
-    let mut samples = Vec::with_capacity(warmup + iterations);
-    for _ in 0..warmup + iterations {
-        let done = round.done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        let start = Instant::now();
-        bus.publish(Message::new("bench.fanout", payload.clone()))
-            .await?;
-        done.await;
-        let last = round.take_last();
-        samples.push(last.saturating_duration_since(start));
-    }
+    let samples = round
+        .time(warmup + iterations, || async {
+            bus.publish(Message::new("bench.fanout", payload.clone()))
+                .await
+                .map(drop)
+        })
+        .await;
     bus.close().await?;
+    let samples = samples?;
     for t in tasks {
         t.await.ok();
     }
@@ -91,17 +87,13 @@ pub async fn broadcast_fan_out(receivers: usize, iterations: usize, warmup: usiz
     }
     let payload = Payload::json(&serde_json::json!({"price": 101.5, "symbol": "HRLD"}))
         .expect("a JSON payload");
-    let mut samples = Vec::with_capacity(warmup + iterations);
-    for _ in 0..warmup + iterations {
-        let done = round.done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        let start = Instant::now();
-        tx.send(payload.clone()).ok();
-        done.await;
-        let last = round.take_last();
-        samples.push(last.saturating_duration_since(start));
-    }
+    let samples = round
+        .time(warmup + iterations, || {
+            tx.send(payload.clone()).ok();
+            std::future::ready(Ok(()))
+        })
+        .await
+        .unwrap_or_default();
     drop(tx);
     for t in tasks {
         t.await.ok();
@@ -132,6 +124,27 @@ impl Round {
 
     fn take_last(&self) -> Instant {
         self.last.lock().take().expect("every subscriber arrived")
+    }
+
+    /// `rounds` times: `send` one message, wait until every receiver has
+    /// it; each sample is the time from before the send to the last
+    /// arrival.
+    async fn time<F, Fut>(&self, rounds: usize, mut send: F) -> herald::Result<Vec<Duration>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = herald::Result<()>>,
+    {
+        let mut samples = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let start = Instant::now();
+            send().await?;
+            done.await;
+            samples.push(self.take_last().saturating_duration_since(start));
+        }
+        Ok(samples)
     }
 }
 
