@@ -48,6 +48,10 @@ pub struct Drains {
     /// Handlers, acks awaited (the default), 1 and 4 handlers.
     pub handler_1: f64,
     pub handler_4: f64,
+    /// Four handlers, acks awaited, each on a store handle of its own, as
+    /// four processes of one service would be (on NATS, three of them are
+    /// members of a leader in another process).
+    pub apart_4: f64,
     /// Handlers with `await_acks(false)`, 1 and 4 handlers.
     pub nowait_1: f64,
     pub nowait_4: f64,
@@ -81,7 +85,15 @@ impl Drains {
             async move {
                 let bus = open(label).await?;
                 let topic = format!("bench.drain.{label}");
-                let rate = keyed_drain(&bus, &topic, n, members, Some(keys), how).await;
+                let rate = keyed_drain(
+                    std::slice::from_ref(&bus),
+                    &topic,
+                    n,
+                    members,
+                    Some(keys),
+                    how,
+                )
+                .await;
                 bus.close().await?;
                 rate
             }
@@ -94,6 +106,19 @@ impl Drains {
             loop_4: run("loop4", loops, 4, KEYS, Consumer::Loop).await?,
             handler_1: run("handler1", events, 1, KEYS, awaited).await?,
             handler_4: run("handler4", events, 4, KEYS, awaited).await?,
+            apart_4: {
+                let mut buses = Vec::with_capacity(4);
+                for _ in 0..4 {
+                    buses.push(open("apart4").await?);
+                }
+                let rate =
+                    keyed_drain(&buses, "bench.drain.apart4", events, 4, Some(KEYS), awaited)
+                        .await;
+                for bus in buses {
+                    bus.close().await?;
+                }
+                rate?
+            },
             nowait_1: run("nowait1", events, 1, KEYS, nowait).await?,
             nowait_4: run("nowait4", events, 4, KEYS, nowait).await?,
             one_key: run("onekey", loops / 2, 4, 1, nowait).await?,
@@ -122,6 +147,11 @@ impl Drains {
         t += &row("4 member loops, each ack awaited", self.loop_4, self.raw_1);
         t += &row("1 handler, acks awaited", self.handler_1, self.raw_batched);
         t += &row("4 handlers, acks awaited", self.handler_4, self.raw_batched);
+        t += &row(
+            "4 handlers, 4 store handles (processes)",
+            self.apart_4,
+            self.raw_batched,
+        );
         t += &row(
             "1 handler, await_acks(false)",
             self.nowait_1,
@@ -203,14 +233,16 @@ async fn handback(bus: &Bus, rounds: usize) -> Result<Percentiles> {
 
 /// Publish `events` to `topic` (a fresh one per run) in batches of 100,
 /// spread round-robin over `keys` keys (`None`: keyless), then time
-/// `members` members of one group consuming them all as `how` says:
+/// `members` members of one group, spread round-robin over `buses` (handles
+/// of one store, as processes would hold them; the first publishes),
+/// consuming them all as `how` says:
 /// events/s, from the first event received to the last event handled (a
 /// handler's last acks, when not awaited, may still be committing). The
 /// clock starts at the first event, as the raw consumers' do, so joining
 /// the group (a Kafka rebalance takes hundreds of milliseconds) is not
 /// counted as draining.
 pub async fn keyed_drain(
-    bus: &Bus,
+    buses: &[Bus],
     topic: &str,
     events: usize,
     members: usize,
@@ -220,10 +252,14 @@ pub async fn keyed_drain(
     const BATCH: usize = 100;
     // A group per topic: a durable group keeps the topics it follows.
     let group = topic.replace('.', "-");
+    let [bus, ..] = buses else {
+        return Err(Error::internal("a drain needs a bus"));
+    };
+    let member_bus = |i: usize| &buses[i % buses.len()];
     let mut subs = Vec::new();
     if how == Consumer::Loop {
-        for _ in 0..members {
-            subs.push(bus.subscribe_raw(topic).group(&group).await?);
+        for i in 0..members {
+            subs.push(member_bus(i).subscribe_raw(topic).group(&group).await?);
         }
     }
     for chunk in 0..events.div_ceil(BATCH) {
@@ -259,9 +295,9 @@ pub async fn keyed_drain(
             tokio::pin!(finished);
             finished.as_mut().enable();
             let mut handlers = Vec::new();
-            for _ in 0..members {
+            for i in 0..members {
                 let (done, all_done, first) = (done.clone(), all_done.clone(), first.clone());
-                let handler = bus
+                let handler = member_bus(i)
                     .handler(topic)
                     .group(&group)
                     .start(StartPosition::Earliest)

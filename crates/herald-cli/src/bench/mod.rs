@@ -737,6 +737,7 @@ mod tests {
             loop_4: 1.0,
             handler_1,
             handler_4: 1.0,
+            apart_4: 1.0,
             nowait_1: 1.0,
             nowait_4: 1.0,
             one_key: 1.0,

@@ -161,7 +161,7 @@ pub async fn drain_gate(events: usize) -> Result<DrainGate> {
     let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(files.herald("drain"))).await?);
     let awaited = drain::Consumer::Handler { await_acks: true };
     let handler =
-        drain::keyed_drain(&bus, "bench.drain", events, 1, Some(drain::KEYS), awaited).await;
+        drain::keyed_drain(std::slice::from_ref(&bus), "bench.drain", events, 1, Some(drain::KEYS), awaited).await;
     bus.close().await?;
     let handler = handler?;
     Ok(DrainGate {
