@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::message::AckKind;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use herald::backend::dead_lettering::DeadLetterWrites;
 use herald::backend::queue::{self, Queue, QueueHost};
 use herald::backend::BoxFuture;
@@ -75,6 +75,8 @@ const PULL_EXPIRY: Duration = Duration::from_secs(1);
 const RECENT_ACKS: usize = 100_000;
 /// Most messages a durable consumer has out to its leader unacked.
 const MAX_ACK_PENDING: i64 = 20_000;
+/// Most messages the leader hands its queue at once.
+const FEED_BATCH: usize = 256;
 
 /// What this process keeps of the groups it leads, per store (in
 /// `Inner::groups`).
@@ -325,6 +327,11 @@ impl Leader {
 
     pub(crate) fn spec(&self) -> &SubscribeSpec {
         self.queue.spec()
+    }
+
+    /// What one member may take now (`Queue::fair_share`).
+    pub(crate) fn fair_share(&self) -> usize {
+        self.queue.fair_share()
     }
 
     pub(crate) fn remotes(&self) -> &Remotes {
@@ -593,71 +600,96 @@ impl Leader {
         Ok(consumer)
     }
 
-    /// Push what the consumer delivers into the queue until it fails.
+    /// Push what the consumer delivers into the queue until it fails: the
+    /// messages received by the time the queue is offered the first go
+    /// with it, up to [`FEED_BATCH`] (one wake-up of the members, not one
+    /// per message).
     async fn feed(self: Arc<Self>, mut messages: pull::Stream) {
-        let spec = self.queue.spec().clone();
-        while let Some(msg) = messages.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(group = self.group, error = %e, "a group's consumer failed; re-reading");
-                    return;
+        while let Some(first) = messages.next().await {
+            let mut received = vec![first];
+            while received.len() < FEED_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(next)) => received.push(next),
+                    _ => break,
                 }
-            };
-            let Some(inner) = self.inner() else { return };
-            let Ok(info) = msg.info() else { continue };
-            let (seq, time_ms) = (info.stream_sequence, codec::millis(info.published));
-            let attempt = self.attempt(&inner, &msg.subject, seq, info.delivered);
-            let env = match codec::envelope(
-                &inner,
-                &msg.subject,
-                msg.headers.as_ref(),
-                msg.payload.clone(),
-                seq,
-                time_ms,
-                attempt,
-            )
-            .await
-            {
-                Ok(env) => env,
-                Err(e) => {
-                    self.undecodable(&inner, &msg, seq, time_ms, e);
-                    continue;
-                }
-            };
-            drop(inner);
-            if !spec.wants(env.topic().as_str(), env.kind()) || !self.start.admits(&env) {
-                // Not the group's: done with it.
-                let _ = msg.ack().await;
-                continue;
             }
-            let at = (env.topic().clone(), seq);
-            let known = self
-                .recent_acks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .state(&at);
-            match known {
-                // Acked before a server crash lost the ack: ack again.
-                Some(true) => {
-                    let _ = msg.ack().await;
-                    continue;
+            let mut events = Vec::with_capacity(received.len());
+            let mut failed = false;
+            for msg in received {
+                match msg {
+                    Ok(msg) => {
+                        if let Some(env) = self.admit(msg).await {
+                            events.push(env);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = self.group, error = %e, "a group's consumer failed; re-reading");
+                        failed = true;
+                        break;
+                    }
                 }
-                // Its ack is on the way; should that fail, JetStream
-                // delivers it again after the ack wait.
-                Some(false) => continue,
-                None => {}
             }
-            let fresh = {
-                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                held.insert(at, msg).is_none()
-            };
-            // A redelivery of a message the queue already holds only renews
-            // the handle to ack it by.
-            if fresh && !self.queue.push(vec![Arc::new(env)]).await {
+            if (!events.is_empty() && !self.queue.push(events).await) || failed {
                 return;
             }
         }
+    }
+
+    /// The event a message the consumer delivered carries, if it is the
+    /// queue's: one not the group's, acked or on its way to an ack, or
+    /// unreadable (dead-lettered) is settled here instead; a redelivery of
+    /// one the queue holds only renews the handle to ack it by.
+    async fn admit(&self, msg: async_nats::jetstream::Message) -> Option<Arc<Envelope>> {
+        let inner = self.inner()?;
+        let info = msg.info().ok()?;
+        let (seq, time_ms) = (info.stream_sequence, codec::millis(info.published));
+        let attempt = self.attempt(&inner, &msg.subject, seq, info.delivered);
+        let env = match codec::envelope(
+            &inner,
+            &msg.subject,
+            msg.headers.as_ref(),
+            msg.payload.clone(),
+            seq,
+            time_ms,
+            attempt,
+        )
+        .await
+        {
+            Ok(env) => env,
+            Err(e) => {
+                self.undecodable(&inner, &msg, seq, time_ms, e);
+                return None;
+            }
+        };
+        drop(inner);
+        let spec = self.queue.spec();
+        if !spec.wants(env.topic().as_str(), env.kind()) || !self.start.admits(&env) {
+            // Not the group's: done with it.
+            let _ = msg.ack().await;
+            return None;
+        }
+        let at = (env.topic().clone(), seq);
+        let known = self
+            .recent_acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state(&at);
+        match known {
+            // Acked before a server crash lost the ack: ack again.
+            Some(true) => {
+                let _ = msg.ack().await;
+                return None;
+            }
+            // Its ack is on the way; should that fail, JetStream
+            // delivers it again after the ack wait.
+            Some(false) => return None,
+            None => {}
+        }
+        let fresh = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.insert(at, msg).is_none()
+        };
+        fresh.then(|| Arc::new(env))
     }
 
     /// Dead-letter a message herald cannot read (its body kept as it is).

@@ -4,12 +4,19 @@
 //! Owns the wire types and subjects, `P.$group.<consumer>.{claim,settle,leave,state}`:
 //! - `claim` `{member, max, wait_ms}` → up to `max` deliveries
 //!   `[{token, envelope}]` (envelope JSON with `seq` and `attempt`), waiting
-//!   up to `wait_ms` for the first; a member claims only when its
-//!   subscriber asks for the next delivery, so it never sits on events
-//!   another member could take;
-//! - `settle` `{token, outcome}` → `{}` or `{code, message}`; a token the
-//!   leader does not know (a new leader, or a delivery whose ack wait
-//!   passed) is the lease-lost error, and the event is delivered again;
+//!   up to `wait_ms` for the first and taking beyond it only those ready at
+//!   once; a member claims only when its subscriber asks for the next
+//!   delivery and nothing it claimed is left, and asks for its free
+//!   capacity (`max_in_flight` less what it holds unsettled, at most
+//!   [`CLAIM_MAX`]), so one round trip carries a backlog's worth while a
+//!   small backlog still spreads over the members that ask;
+//! - `settle` `[{token, outcome}]` (at most [`SETTLE_MAX`]) → one answer per
+//!   settlement, in order, each `{"ok": true}` or `{"err": {code, message}}`:
+//!   a member sends together the settlements made while its earlier ones
+//!   were on their way, and the leader applies them at once (their acks go
+//!   to JetStream pipelined); a token the leader does not know (a new
+//!   leader, or a delivery whose ack wait passed) is the lease-lost error,
+//!   and the event is delivered again;
 //! - `leave` `{member}`: the member closed;
 //! - `state` `{topic, seq}` → the leader queue's view of an event.
 //!
@@ -30,7 +37,9 @@ use crate::conn::Inner;
 pub(crate) const CLAIM_WAIT: Duration = Duration::from_millis(500);
 /// Most deliveries one claim takes (only those ready at once beyond the
 /// first).
-pub(crate) const CLAIM_MAX: usize = 4;
+pub(crate) const CLAIM_MAX: usize = 256;
+/// Most settlements one settle request carries.
+pub(crate) const SETTLE_MAX: usize = 256;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ClaimRequest {

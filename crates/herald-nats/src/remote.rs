@@ -13,6 +13,7 @@
 //! serves and whose lead it takes); `group` never imports it. The wire
 //! types are `protocol`'s, leading a group `group`'s.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,13 +24,14 @@ use herald::{
     Subscription, Topic,
 };
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::conn::Inner;
 use crate::errors;
 use crate::group::Leader;
 use crate::protocol::{
     refusal, subject, ClaimRequest, Claimed, Leave, RemoteSeat, Remotes, Reply, SettleRequest,
-    StateRequest, WireState, CLAIM_MAX, CLAIM_WAIT,
+    StateRequest, WireState, CLAIM_MAX, CLAIM_WAIT, SETTLE_MAX,
 };
 
 /// A remote member not heard from for this long is gone.
@@ -140,24 +142,34 @@ async fn claim(leader: Arc<Leader>, msg: async_nats::Message) {
 }
 
 async fn settle(leader: Arc<Leader>, msg: async_nats::Message) {
-    let reply: Reply<bool> = match serde_json::from_slice::<SettleRequest>(&msg.payload) {
-        Err(e) => refusal(&Error::validation(format!("a bad settlement: {e}"))),
-        Ok(req) => {
-            let delivery = leader
-                .remotes()
-                .deliveries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&req.token);
-            match delivery {
-                None => refusal(&herald::backend::group::lease_lost()),
-                Some((d, _)) => match d.finish(req.outcome.into()).await {
-                    Ok(()) => Reply::ok(true),
-                    Err(e) => refusal(&e),
-                },
+    let reply: Reply<Vec<Reply<bool>>> =
+        match serde_json::from_slice::<Vec<SettleRequest>>(&msg.payload) {
+            Err(e) => refusal(&Error::validation(format!("a bad settlement: {e}"))),
+            Ok(batch) if batch.len() > SETTLE_MAX => refusal(&Error::validation(format!(
+                "{} settlements in one request; at most {SETTLE_MAX}",
+                batch.len()
+            ))),
+            Ok(batch) => {
+                let finishing = batch.into_iter().map(|req| {
+                    let delivery = leader
+                        .remotes()
+                        .deliveries
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&req.token);
+                    async move {
+                        match delivery {
+                            None => refusal(&herald::backend::group::lease_lost()),
+                            Some((d, _)) => match d.finish(req.outcome.into()).await {
+                                Ok(()) => Reply::ok(true),
+                                Err(e) => refusal(&e),
+                            },
+                        }
+                    }
+                });
+                Reply::ok(futures_util::future::join_all(finishing).await)
             }
-        }
-    };
+        };
     respond(&leader, &msg, &reply).await;
 }
 
@@ -198,10 +210,12 @@ impl Remotes {
             Ok(None) => return Err(errors::closed()),
             Err(_) => return Ok(out),
         };
+        // What it asks for, up to its fair share of what is ready now.
+        let max = req.max.clamp(1, CLAIM_MAX).min(leader.fair_share());
         let mut next = Some(first);
         while let Some(d) = next.take() {
             out.push(self.hand_out(d)?);
-            if out.len() >= req.max.clamp(1, CLAIM_MAX) {
+            if out.len() >= max {
                 break;
             }
             if let Some(Some(Ok(d))) = futures_util::FutureExt::now_or_never(sub.next()) {
@@ -217,9 +231,7 @@ impl Remotes {
             String::from_utf8(d.envelope().to_json()?).unwrap_or_default(),
         )
         .map_err(|e| Error::internal(format!("encode a delivery: {e}")))?;
-        let token = self
-            .next_token
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.deliveries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -290,13 +302,15 @@ pub(crate) fn member(
     let member_id = format!("{}-{:08x}", inner.member_id, fastrand::u32(..));
     let state = Remote {
         inner: Arc::downgrade(inner),
+        settler: Settler::start(Arc::downgrade(inner), subject(inner, &consumer, "settle")),
+        held: Arc::new(AtomicUsize::new(0)),
         spec,
         consumer,
         member: member_id,
         buffered: std::collections::VecDeque::new(),
         local_close: Arc::new(Mutex::new(local.as_ref().map(Subscription::close_handle))),
         local,
-        closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        closed: Arc::new(AtomicBool::new(false)),
     };
     let closed = state.closed.clone();
     let local_close = state.local_close.clone();
@@ -304,7 +318,7 @@ pub(crate) fn member(
         let inner = Arc::downgrade(inner);
         let (consumer, member) = (state.consumer.clone(), state.member.clone());
         move || {
-            if closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            if closed.swap(true, Ordering::AcqRel) {
                 return;
             }
             if let Some(local) = local_close.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -334,6 +348,10 @@ pub(crate) fn member(
 
 struct Remote {
     inner: Weak<Inner>,
+    /// Where its deliveries' settlements go to the leader.
+    settler: Settler,
+    /// Its deliveries claimed and not yet settled (buffered ones count).
+    held: Arc<AtomicUsize>,
     spec: SubscribeSpec,
     consumer: String,
     member: String,
@@ -342,13 +360,13 @@ struct Remote {
     local: Option<Subscription>,
     /// How the subscription's close reaches `local`.
     local_close: Arc<Mutex<Option<herald::backend::subscription::CloseHandle>>>,
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    closed: Arc<AtomicBool>,
 }
 
 impl Remote {
     async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if self.closed.load(Ordering::Acquire) {
                 if let Some(local) = &self.local {
                     local.close();
                 }
@@ -371,14 +389,21 @@ impl Remote {
             if inner.check_open().is_err() {
                 return None;
             }
+            // Its free capacity, and at least the one its subscriber asks for.
+            let free = self
+                .spec
+                .max_in_flight
+                .min(CLAIM_MAX)
+                .saturating_sub(self.held.load(Ordering::Acquire))
+                .max(1);
             let req = ClaimRequest {
                 member: self.member.clone(),
-                max: CLAIM_MAX,
+                max: free,
                 wait_ms: CLAIM_WAIT.as_millis() as u64,
                 patterns: herald::backend::group::patterns_text(&self.spec),
                 kinds: herald::backend::group::kind_bits(&self.spec),
             };
-            match claim_from(&inner, &self.consumer, req).await {
+            match claim_from(&inner, &self.consumer, req, &self.settler, &self.held).await {
                 Ok(batch) => self.buffered.extend(batch),
                 Err(e) if e.code() == ErrorCode::Unavailable => {
                     // No leader answers: lead, if nobody else took over.
@@ -386,7 +411,7 @@ impl Remote {
                         Ok(Some(sub)) => {
                             *self.local_close.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(sub.close_handle());
-                            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                            if self.closed.load(Ordering::Acquire) {
                                 sub.close();
                             }
                             self.local = Some(sub);
@@ -401,11 +426,14 @@ impl Remote {
     }
 }
 
-/// Claim deliveries from the leader of group consumer `consumer`.
+/// Claim deliveries from the leader of group consumer `consumer`; each is
+/// settled through `settler` and counted in `held` until it is.
 async fn claim_from(
     inner: &Arc<Inner>,
     consumer: &str,
     req: ClaimRequest,
+    settler: &Settler,
+    held: &Arc<AtomicUsize>,
 ) -> Result<Vec<Delivery>> {
     let body = serde_json::to_vec(&req).unwrap_or_default();
     let to = subject(inner, consumer, "claim");
@@ -423,20 +451,123 @@ async fn claim_from(
     for c in claimed {
         let env = Envelope::from_stored(c.envelope.get().as_bytes())?;
         let settle: Arc<dyn Settle> = Arc::new(RemoteSettle {
-            inner: Arc::downgrade(inner),
-            to: subject(inner, consumer, "settle"),
+            settler: settler.clone(),
             token: c.token,
+            _held: Held::take(held),
         });
         out.push(Delivery::new(Arc::new(env), settle));
     }
     Ok(out)
 }
 
-/// Settles a remote delivery at the leader.
+/// Most settle requests a remote member has on their way at once; the
+/// settlements made meanwhile go together in the next.
+const SETTLES_IN_FLIGHT: usize = 4;
+
+/// A settlement waiting to go to the leader, and who waits for its answer.
+type PendingSettle = (SettleRequest, oneshot::Sender<Result<()>>);
+
+/// Sends a remote member's settlements to its group's leader in batches
+/// (at most [`SETTLE_MAX`] each, [`SETTLES_IN_FLIGHT`] requests at once),
+/// so a member settling many deliveries makes few round trips; its task
+/// ends when the member and its deliveries are gone.
+#[derive(Clone)]
+struct Settler {
+    tx: mpsc::UnboundedSender<PendingSettle>,
+}
+
+impl Settler {
+    fn start(inner: Weak<Inner>, to: String) -> Settler {
+        let (tx, mut rx) = mpsc::unbounded_channel::<PendingSettle>();
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(SETTLES_IN_FLIGHT));
+            while let Some(first) = rx.recv().await {
+                // Waiting for a free request lets the next batch fill.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < SETTLE_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let Some(inner) = inner.upgrade() else {
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(errors::closed()));
+                    }
+                    continue;
+                };
+                let to = to.clone();
+                tokio::spawn(async move {
+                    settle_at(&inner, to, batch).await;
+                    drop(permit);
+                });
+            }
+        });
+        Settler { tx }
+    }
+}
+
+/// Send `batch` to the leader on `to` and answer each settlement.
+async fn settle_at(inner: &Inner, to: String, batch: Vec<PendingSettle>) {
+    let (requests, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let body = serde_json::to_vec(&requests).unwrap_or_default();
+    let replied = async {
+        let reply =
+            inner.client.request(to, body.into()).await.map_err(|e| {
+                errors::nats(ErrorCode::Unavailable, "settle at the group's leader", e)
+            })?;
+        serde_json::from_slice::<Reply<Vec<Reply<bool>>>>(&reply.payload)
+            .map_err(|e| Error::internal(format!("a bad settle reply: {e}")))?
+            .into_result()
+    }
+    .await;
+    match replied {
+        Ok(replies) => {
+            let mut replies = replies.into_iter();
+            for answer in answers {
+                let result = match replies.next() {
+                    Some(reply) => reply.into_result().map(|_| ()),
+                    None => Err(Error::internal(
+                        "the group's leader answered fewer settlements than it was sent",
+                    )),
+                };
+                let _ = answer.send(result);
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(Error::new(e.code(), e.message())));
+            }
+        }
+    }
+}
+
+/// One delivery's share of its remote member's capacity, given back when
+/// the delivery is gone (settled, or dropped and so nacked).
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(held: &Arc<AtomicUsize>) -> Held {
+        held.fetch_add(1, Ordering::AcqRel);
+        Held(held.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Settles a remote delivery at the leader, through its member's
+/// [`Settler`].
 struct RemoteSettle {
-    inner: Weak<Inner>,
-    to: String,
+    settler: Settler,
     token: u64,
+    _held: Held,
 }
 
 impl Settle for RemoteSettle {
@@ -445,21 +576,17 @@ impl Settle for RemoteSettle {
         _envelope: &Arc<Envelope>,
         outcome: Outcome,
     ) -> Option<BoxFuture<'static, Result<()>>> {
-        let inner = self.inner.upgrade()?;
-        let body = serde_json::to_vec(&SettleRequest {
+        let (answer, answered) = oneshot::channel();
+        let request = SettleRequest {
             token: self.token,
             outcome: outcome.into(),
-        })
-        .unwrap_or_default();
-        let to = self.to.clone();
+        };
+        let sent = self.settler.tx.send((request, answer)).is_ok();
         Some(Box::pin(async move {
-            let reply = inner.client.request(to, body.into()).await.map_err(|e| {
-                errors::nats(ErrorCode::Unavailable, "settle at the group's leader", e)
-            })?;
-            serde_json::from_slice::<Reply<bool>>(&reply.payload)
-                .map_err(|e| Error::internal(format!("a bad settle reply: {e}")))?
-                .into_result()
-                .map(|_| ())
+            if !sent {
+                return Err(errors::closed());
+            }
+            answered.await.unwrap_or_else(|_| Err(errors::closed()))
         }))
     }
 }

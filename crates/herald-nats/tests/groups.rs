@@ -166,6 +166,111 @@ async fn a_group_subscribe_in_flight_ends_with_its_store() {
     }
 }
 
+/// A member in another process claims a backlog's worth at once — its
+/// fair share of what is ready, not one event per round trip — and its
+/// settlements of all of them, sent together, each reach the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together() {
+    let config = support::fresh_config();
+    let a = Bus::new(NatsStore::open(config.clone()).await.unwrap());
+    let b = Bus::new(NatsStore::open(config).await.unwrap());
+    let _leader_side = a.subscribe_raw("jobs.free").group("pool").await.unwrap();
+    let mut remote_side = b.subscribe_raw("jobs.free").group("pool").await.unwrap();
+    let keyless = (1..=40u64).map(|n| Message::new("jobs.free", Payload::json(&n).unwrap()));
+    a.publish(keyless.collect::<Vec<_>>()).await.unwrap();
+    // Wait until the leader's queue holds all 40.
+    let states = |bus: Bus| async move {
+        let mut states = Vec::new();
+        for seq in 1..=40 {
+            states.push(bus.delivery_state("jobs.free", seq, "pool").await.unwrap());
+        }
+        states
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while states(a.clone())
+        .await
+        .iter()
+        .any(|s| *s != DeliveryState::Pending)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never held all 40"
+        );
+        tokio::task::yield_now().await;
+    }
+    let first = recv(&mut remote_side).await;
+    // 40 ready over 2 members: the claim took 20, the rest wait for the
+    // leader's own member.
+    let in_flight = |states: Vec<DeliveryState>| {
+        states
+            .iter()
+            .filter(|s| matches!(s, DeliveryState::InFlight { .. }))
+            .count()
+    };
+    assert_eq!(in_flight(states(a.clone()).await), 20);
+    let mut claimed = vec![first];
+    for _ in 1..20 {
+        claimed.push(recv(&mut remote_side).await);
+    }
+    let acks = claimed.into_iter().map(|d| d.ack());
+    for acked in futures_util::future::join_all(acks).await {
+        acked.unwrap();
+    }
+    let after = states(a.clone()).await;
+    assert_eq!(in_flight(after.clone()), 0, "every ack reached the leader");
+    assert_eq!(
+        after
+            .iter()
+            .filter(|s| **s == DeliveryState::Pending)
+            .count(),
+        20
+    );
+}
+
+/// The leader answers a malformed settle request and one over the limit
+/// with a validation refusal, and a settlement of a delivery it never
+/// handed out with the lease-lost error, and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_bad_settle_requests_and_serves_on() {
+    let config = support::fresh_config();
+    let prefix = config.subject_prefix().to_owned();
+    let store = NatsStore::open(config).await.unwrap();
+    let a = Bus::new(store.clone());
+    let mut member = a.subscribe_raw("jobs.bad").group("pool").await.unwrap();
+    let to = format!("{prefix}.$group.g_pool.settle");
+    let ask = |body: Vec<u8>| {
+        let (client, to) = (store.client().clone(), to.clone());
+        async move {
+            // The leader starts serving in a task of its own: until it
+            // listens, nobody answers.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                match client.request(to.clone(), body.clone().into()).await {
+                    Ok(reply) => {
+                        return serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+                    }
+                    Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let bad = ask(b"not json".to_vec()).await;
+    assert_eq!(bad["err"]["code"], "VALIDATION", "{bad}");
+    let too_many: Vec<_> = (0..257)
+        .map(|t| serde_json::json!({"token": t, "outcome": {"kind": "ack"}}))
+        .collect();
+    let over = ask(serde_json::to_vec(&too_many).unwrap()).await;
+    assert_eq!(over["err"]["code"], "VALIDATION", "{over}");
+    let unknown = ask(br#"[{"token": 999999, "outcome": {"kind": "ack"}}]"#.to_vec()).await;
+    assert_eq!(unknown["ok"][0]["err"]["code"], "UNAVAILABLE", "{unknown}");
+    // It still serves its group.
+    a.publish([Message::new("jobs.bad", Payload::json(&1).unwrap())])
+        .await
+        .unwrap();
+    recv(&mut member).await.ack().await.unwrap();
+}
+
 async fn recv(sub: &mut herald::Subscription) -> herald::Delivery {
     let next = tokio::time::timeout(WAIT, sub.next()).await;
     next.expect("a delivery").unwrap().unwrap()

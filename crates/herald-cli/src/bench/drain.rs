@@ -112,8 +112,7 @@ impl Drains {
                     buses.push(open("apart4").await?);
                 }
                 let rate =
-                    keyed_drain(&buses, "bench.drain.apart4", events, 4, Some(KEYS), awaited)
-                        .await;
+                    keyed_drain(&buses, "bench.drain.apart4", events, 4, Some(KEYS), awaited).await;
                 for bus in buses {
                     bus.close().await?;
                 }

@@ -160,8 +160,15 @@ pub async fn drain_gate(events: usize) -> Result<DrainGate> {
     let raw_batched = raw_consume(&files.raw("consume"), events, BATCH, &sample).await?;
     let bus = herald::Bus::new(SqliteStore::open(SqliteConfig::new(files.herald("drain"))).await?);
     let awaited = drain::Consumer::Handler { await_acks: true };
-    let handler =
-        drain::keyed_drain(std::slice::from_ref(&bus), "bench.drain", events, 1, Some(drain::KEYS), awaited).await;
+    let handler = drain::keyed_drain(
+        std::slice::from_ref(&bus),
+        "bench.drain",
+        events,
+        1,
+        Some(drain::KEYS),
+        awaited,
+    )
+    .await;
     bus.close().await?;
     let handler = handler?;
     Ok(DrainGate {
