@@ -14,7 +14,8 @@
 //! [`herald::backend::queue::Queue`] (the same per-key locks, priority, ack
 //! wait, redelivery and dead-lettering as every other transport), and
 //! hands deliveries to members. An ack commits the JetStream message
-//! (awaited: durable before `Ok`); a dead letter is written to the
+//! (awaited: on the server before `Ok`; acks made together are committed
+//! in groups, one confirmation each: [`acker`]); a dead letter is written to the
 //! dead-letter stream (by the store, the host of every queue:
 //! `dead_letters`), then the original is termed (or, when the write fails,
 //! nacked so JetStream redelivers it). The leader keeps the messages it
@@ -49,11 +50,12 @@ use herald::{
     DeadLetter, DeliveryState, Envelope, Error, ErrorCode, FailureSource, Result, StartPosition,
     SubscribeSpec, Subscription, Topic,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec;
 use crate::conn::Inner;
 use crate::errors;
+use crate::gather::Gather;
 use crate::leader_lease::{Lease, Taken};
 use crate::protocol::Remotes;
 use crate::tail::{self, Streams};
@@ -196,6 +198,8 @@ pub(crate) struct Leader {
     stop: tokio::sync::watch::Sender<bool>,
     /// The store's dead-letter writes (the queue counts its own in them).
     dead_letter_writes: DeadLetterWrites,
+    /// Where acks go to be committed in groups ([`acker`]).
+    acks: mpsc::UnboundedSender<PendingAck>,
 }
 
 impl Leader {
@@ -239,7 +243,10 @@ impl Leader {
             }
         };
         let attempts = handover::read(inner, &inner.names.consumer(group)).await;
+        let (acks, to_commit) = Gather::channel(ACKS_IN_FLIGHT, ACK_BATCH);
+        tokio::spawn(acker(to_commit));
         let leader = Arc::new_cyclic(|me: &Weak<Leader>| Leader {
+            acks,
             start: made.unwrap_or(spec.start),
             attempts,
             inner: Arc::downgrade(inner),
@@ -834,8 +841,15 @@ impl QueueHost for Leader {
             .unwrap_or_else(|p| p.into_inner())
             .pending
             .insert(at.clone());
+        let (confirm, confirmed) = oneshot::channel();
+        let sent = self.acks.send((msg, confirm)).is_ok();
         Some(Box::pin(async move {
-            let acked = msg.double_ack().await;
+            let acked = match sent {
+                true => confirmed
+                    .await
+                    .unwrap_or_else(|_| Err("the group's leader stopped".to_owned())),
+                false => Err("the group's leader stopped".to_owned()),
+            };
             let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
             recent.pending.remove(&at);
             if let Err(e) = acked {
@@ -861,6 +875,68 @@ impl QueueHost for Leader {
                 }
             }
         }
+    }
+}
+
+/// An ack on its way to JetStream, and where its confirmation (or why
+/// there is none) goes.
+type PendingAck = (
+    async_nats::jetstream::Message,
+    oneshot::Sender<std::result::Result<(), String>>,
+);
+
+/// Most acks one confirmation covers.
+const ACK_BATCH: usize = 256;
+/// Confirmations a leader waits for at once; acks made meanwhile gather.
+const ACKS_IN_FLIGHT: usize = 4;
+
+/// Commit a leader's acks in groups: per durable consumer, every ack of a
+/// group but the last goes out plain, and the last asks for the server's
+/// confirmation (`double_ack`), which answers the whole group. That holds
+/// because a server applies one connection's acks to one consumer in the
+/// order sent (nats-server queues a consumer's acks and applies them one
+/// by one, `processInboundAcks`), so the reply to the last means every
+/// earlier one was applied: one reply per group, not one per event. An
+/// ack is confirmed before its `Ok`, as before; a plain ack that fails to
+/// go out fails its whole group. Ends when the leader is gone.
+async fn acker(mut to_commit: Gather<PendingAck>) {
+    while let Some((permit, batch)) = to_commit.next().await {
+        let mut by_consumer: HashMap<(String, String), Vec<PendingAck>> = HashMap::new();
+        for pending in batch {
+            let at = pending
+                .0
+                .info()
+                .map(|i| (i.stream.to_owned(), i.consumer.to_owned()))
+                .unwrap_or_default();
+            by_consumer.entry(at).or_default().push(pending);
+        }
+        let mut confirmations = Vec::with_capacity(by_consumer.len());
+        for (_, mut group) in by_consumer {
+            let Some((last, _)) = group.last() else {
+                continue;
+            };
+            let last = last.clone();
+            let mut sent = Ok(());
+            for (msg, _) in &group[..group.len() - 1] {
+                if let Err(e) = msg.ack().await {
+                    sent = Err(e.to_string());
+                    break;
+                }
+            }
+            confirmations.push(async move {
+                let confirmed = match sent {
+                    Ok(()) => last.double_ack().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                for (_, answer) in group.drain(..) {
+                    let _ = answer.send(confirmed.clone());
+                }
+            });
+        }
+        tokio::spawn(async move {
+            futures_util::future::join_all(confirmations).await;
+            drop(permit);
+        });
     }
 }
 

@@ -9,7 +9,8 @@
 //! subscriptions read through ordered consumers; dead letters go to one
 //! dead-letter stream. See `ARCHITECTURE.md` for the map.
 
-// Bottom up (ARCHITECTURE.md): the leaves `config`, `names`, `errors`;
+// Bottom up (ARCHITECTURE.md): the leaves `config`, `names`, `errors`,
+// `gather`;
 // `conn` (the connection and shared state); `payload`, `codec`; `log`;
 // `tail`, and `leader_lease`, `group_record`, `protocol` under `group`;
 // `remote`; `dead_letters`; `inspect`; `commands`; `transport` and `store`
@@ -20,6 +21,7 @@ mod config;
 mod conn;
 mod dead_letters;
 mod errors;
+mod gather;
 mod group;
 mod group_record;
 mod inspect;

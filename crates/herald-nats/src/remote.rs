@@ -24,10 +24,11 @@ use herald::{
     Subscription, Topic,
 };
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::Inner;
 use crate::errors;
+use crate::gather::Gather;
 use crate::group::Leader;
 use crate::protocol::{
     refusal, subject, ClaimRequest, Claimed, Leave, RemoteSeat, Remotes, Reply, SettleRequest,
@@ -478,21 +479,9 @@ struct Settler {
 
 impl Settler {
     fn start(inner: Weak<Inner>, to: String) -> Settler {
-        let (tx, mut rx) = mpsc::unbounded_channel::<PendingSettle>();
+        let (tx, mut settlements) = Gather::<PendingSettle>::channel(SETTLES_IN_FLIGHT, SETTLE_MAX);
         tokio::spawn(async move {
-            let in_flight = Arc::new(Semaphore::new(SETTLES_IN_FLIGHT));
-            while let Some(first) = rx.recv().await {
-                // Waiting for a free request lets the next batch fill.
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    return;
-                };
-                let mut batch = vec![first];
-                while batch.len() < SETTLE_MAX {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
+            while let Some((permit, batch)) = settlements.next().await {
                 let Some(inner) = inner.upgrade() else {
                     for (_, answer) in batch {
                         let _ = answer.send(Err(errors::closed()));

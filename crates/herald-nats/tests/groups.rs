@@ -22,11 +22,18 @@ fn numbered(n: u64) -> Message {
     Message::new("jobs.work", Payload::json(&n).unwrap()).key(format!("k{}", n % 5))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving() {
+/// Two stores on one prefix, each with a connection of its own: two
+/// processes of one service.
+async fn two_processes() -> (Bus, Bus) {
     let config = support::fresh_config();
     let a = Bus::new(NatsStore::open(config.clone()).await.unwrap());
     let b = Bus::new(NatsStore::open(config).await.unwrap());
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving() {
+    let (a, b) = two_processes().await;
     let mut leader_side = a.subscribe_raw("jobs.work").group("workers").await.unwrap();
     let mut remote_side = b.subscribe_raw("jobs.work").group("workers").await.unwrap();
 
@@ -85,9 +92,7 @@ async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving()
 /// deferred one unsettled, also once its leader is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_lists_a_group_with_its_offset_and_lag() {
-    let config = support::fresh_config();
-    let a = Bus::new(NatsStore::open(config.clone()).await.unwrap());
-    let b = Bus::new(NatsStore::open(config).await.unwrap());
+    let (a, b) = two_processes().await;
     let mut sub = a.subscribe_raw("audit.*").group("auditors").await.unwrap();
     let groups = b.groups().await.unwrap();
     assert_eq!(groups.len(), 1);
@@ -125,6 +130,29 @@ async fn another_process_lists_a_group_with_its_offset_and_lag() {
     a.close().await.unwrap();
     let t = &b.groups().await.unwrap()[0].topics[0];
     assert_eq!((t.acked_through, t.last_seq, t.lag), (1, 3, 1));
+}
+
+/// Acks awaited together are committed in groups (one confirmation per
+/// group); each is applied at the server by the time it returns, so
+/// another process sees the group's offset past all of them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_awaited_together_are_all_applied_when_they_return() {
+    let (a, b) = two_processes().await;
+    let mut sub = a.subscribe_raw("audit.bulk").group("bulk").await.unwrap();
+    a.publish((1..=200).map(|n| Message::new("audit.bulk", Payload::json(&n).unwrap())))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    while held.len() < 200 {
+        held.push(recv(&mut sub).await);
+    }
+    let acks = held.into_iter().map(|d| d.ack());
+    for acked in futures_util::future::join_all(acks).await {
+        acked.unwrap();
+    }
+    let groups = b.groups().await.unwrap();
+    let t = &groups[0].topics[0];
+    assert_eq!((t.acked_through, t.last_seq, t.lag), (200, 200, 0));
 }
 
 /// Closing a store while a group subscribe is still setting its leader up:
@@ -171,26 +199,24 @@ async fn a_group_subscribe_in_flight_ends_with_its_store() {
 /// settlements of all of them, sent together, each reach the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together() {
-    let config = support::fresh_config();
-    let a = Bus::new(NatsStore::open(config.clone()).await.unwrap());
-    let b = Bus::new(NatsStore::open(config).await.unwrap());
+    let (a, b) = two_processes().await;
     let _leader_side = a.subscribe_raw("jobs.free").group("pool").await.unwrap();
     let mut remote_side = b.subscribe_raw("jobs.free").group("pool").await.unwrap();
     let keyless = (1..=40u64).map(|n| Message::new("jobs.free", Payload::json(&n).unwrap()));
     a.publish(keyless.collect::<Vec<_>>()).await.unwrap();
-    // Wait until the leader's queue holds all 40.
+    // Wait until the leader's queue holds all 40 (until the leader has
+    // made its consumer on the new topic's stream, the group is not there).
     let states = |bus: Bus| async move {
         let mut states = Vec::new();
         for seq in 1..=40 {
-            states.push(bus.delivery_state("jobs.free", seq, "pool").await.unwrap());
+            states.push(bus.delivery_state("jobs.free", seq, "pool").await);
         }
-        states
+        states.into_iter().collect::<herald::Result<Vec<_>>>()
     };
     let deadline = tokio::time::Instant::now() + WAIT;
-    while states(a.clone())
+    while !states(a.clone())
         .await
-        .iter()
-        .any(|s| *s != DeliveryState::Pending)
+        .is_ok_and(|s| s.iter().all(|s| *s == DeliveryState::Pending))
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -207,7 +233,7 @@ async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together
             .filter(|s| matches!(s, DeliveryState::InFlight { .. }))
             .count()
     };
-    assert_eq!(in_flight(states(a.clone()).await), 20);
+    assert_eq!(in_flight(states(a.clone()).await.unwrap()), 20);
     let mut claimed = vec![first];
     for _ in 1..20 {
         claimed.push(recv(&mut remote_side).await);
@@ -216,7 +242,7 @@ async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together
     for acked in futures_util::future::join_all(acks).await {
         acked.unwrap();
     }
-    let after = states(a.clone()).await;
+    let after = states(a.clone()).await.unwrap();
     assert_eq!(in_flight(after.clone()), 0, "every ack reached the leader");
     assert_eq!(
         after
