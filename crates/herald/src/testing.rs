@@ -4,7 +4,7 @@
 //! Owns [`FaultLayer`] (a handler [`Layer`] that fails, panics or slows
 //! down on cue) and [`Faults`] / [`FaultyTransport`] (a transport wrapper
 //! whose publishes fail or slow down and whose acks get lost, so the message
-//! comes back). Nothing here is needed in production.
+//! comes back, or held, as by a stalled commit). Nothing here is needed in production.
 //!
 //! # Testing handlers with paused time
 //!
@@ -171,6 +171,7 @@ struct TransportPlan {
     publish_delay: Mutex<Option<Duration>>,
     subscribe_delay: Mutex<Option<Duration>>,
     lost_acks: AtomicU64,
+    acks_held: AcksHeld,
     publishes: AtomicU64,
     failing_deliveries: AtomicU64,
 }
@@ -205,6 +206,12 @@ impl Faults {
     /// (which are lost with it).
     pub fn lose_acks(&self, times: u64) {
         self.shared.lost_acks.fetch_add(times, Ordering::SeqCst);
+    }
+
+    /// While `held`, acks wait before they reach the transport, as on a
+    /// store whose commits stall; releasing them lets them through.
+    pub fn hold_acks(&self, held: bool) {
+        self.shared.acks_held.0.send_replace(held);
     }
 
     /// The next `times` polls of any subscription yield an `UNAVAILABLE`
@@ -245,6 +252,25 @@ impl Faults {
             .lost_acks
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+}
+
+/// Whether acks are held ([`Faults::hold_acks`]).
+struct AcksHeld(tokio::sync::watch::Sender<bool>);
+
+impl Default for AcksHeld {
+    fn default() -> Self {
+        AcksHeld(tokio::sync::watch::channel(false).0)
+    }
+}
+
+impl AcksHeld {
+    /// Until acks are no longer held.
+    fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut held = self.0.subscribe();
+        async move {
+            let _ = held.wait_for(|held| !held).await;
+        }
     }
 }
 
@@ -413,6 +439,13 @@ impl Settle for FaultySettle {
             return Some(Box::pin(async move {
                 nacked.await?;
                 Err(lost_error())
+            }));
+        }
+        if outcome == Outcome::Ack {
+            let released = self.faults.shared.acks_held.released();
+            return Some(Box::pin(async move {
+                released.await;
+                delivery.finish(outcome).await
             }));
         }
         Some(Box::pin(delivery.finish(outcome)))

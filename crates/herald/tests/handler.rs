@@ -138,3 +138,38 @@ async fn the_observer_sees_every_call_with_its_outcome() {
         ]
     );
 }
+
+/// A call waiting for its ack to commit gives its concurrency slot to the
+/// next: with one slot and the store's acks held, three calls still run;
+/// none is reported acked until its ack commits, and the shutdown waits
+/// for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_its_ack_gives_its_slot_to_the_next() {
+    let faults = herald::testing::Faults::new();
+    let bus = faults.wrap_bus(&Bus::memory());
+    faults.hold_acks(true);
+    let calls = Arc::new(AtomicU64::new(0));
+    let three = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (calls, three) = (calls.clone(), three.clone());
+        bus.handler("slots.work")
+            .group("workers")
+            .concurrency(1)
+            .run(move |_| {
+                if calls.fetch_add(1, Ordering::AcqRel) + 1 == 3 {
+                    three.notify_one();
+                }
+                std::future::ready(Ok(()))
+            })
+            .await
+            .unwrap()
+    };
+    let work = (1..=3).map(|n| Message::new("slots.work", Payload::json(&n).unwrap()));
+    bus.publish(work.collect::<Vec<_>>()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), three.notified())
+        .await
+        .expect("the next calls ran while the first one's ack waited");
+    faults.hold_acks(false);
+    let report = handler.shutdown(Duration::from_secs(30)).await;
+    assert_eq!((report.acked, report.abandoned), (3, 0));
+}

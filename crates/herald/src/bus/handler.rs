@@ -23,7 +23,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use tracing::Instrument;
@@ -174,22 +174,25 @@ impl HandlerBuilder {
         self
     }
 
-    /// Whether a call that succeeds without effects waits for its ack to
-    /// be durable before it gives back its concurrency slot (default
-    /// `true`).
+    /// Whether a call that succeeds without effects is reported — to the
+    /// observer, the metrics and the [`HandlerReport`] — only once its ack
+    /// is durable (default `true`): an ack that fails then counts as a
+    /// failed call, and [`Handler::shutdown`] waits for the ack.
     ///
-    /// With `false` the ack is made with [`Delivery::ack_nowait`]: the next
-    /// call starts while the ack commits, and a store commits many acks
-    /// together — on SQLite this doubles a group's drain rate (see
-    /// `herald bench --store`). Nothing is lost: the message's key stays
-    /// held until the ack commits, and a crash before it redelivers the
-    /// message (at-least-once, as for any handler). What changes is what
-    /// the handler learns: the observer reports the call as acked when the
-    /// ack is made, and an ack that then fails is only logged (the message
-    /// runs again after the ack wait), where by default it counts as a
-    /// failed call. A call's effects are durable before the call ends
-    /// either way (where the store can, they commit with the ack, which
-    /// the call then waits for).
+    /// Either way a call gives back its concurrency slot when the handler
+    /// returns, not when its settlement commits: acks on their way hold
+    /// their deliveries (the subscription's in-flight limit bounds them),
+    /// not slots, so `concurrency` handlers run while a store commits many
+    /// acks together.
+    ///
+    /// With `false` the ack is made with [`Delivery::ack_nowait`]: the call
+    /// is reported as acked when the ack is made, and an ack that then
+    /// fails is only logged (the message runs again after the ack wait).
+    /// Nothing is lost either way: the message's key stays held until the
+    /// ack commits, and a crash before it redelivers the message
+    /// (at-least-once, as for any handler). A call's effects are durable
+    /// before the call is reported either way (where the store can, they
+    /// commit with the ack).
     pub fn await_acks(mut self, wait: bool) -> Self {
         self.await_acks = wait;
         self
@@ -339,10 +342,9 @@ impl HandlerBuilder {
                     // A panic past the handler (an observer, a layer's
                     // `handled` hook) must not take the driver down with it;
                     // the delivery it dropped is redelivered.
-                    let _ = std::panic::AssertUnwindSafe(rt.handle(delivery))
+                    let _ = std::panic::AssertUnwindSafe(rt.handle(delivery, permit))
                         .catch_unwind()
                         .await;
-                    drop(permit);
                 });
                 if inline {
                     // Fast path: a call that finishes without waiting needs
@@ -440,8 +442,13 @@ struct Runtime {
 }
 
 impl Runtime {
-    /// Handle one delivery and settle it.
-    async fn handle(&self, delivery: Delivery) {
+    /// Handle one delivery and settle it. The call's concurrency slot
+    /// (`permit`) is given back when the handler chain returns, before the
+    /// settlement: a call waiting for its ack to be durable holds the
+    /// delivery (the subscription's `max_in_flight` bounds those), not a
+    /// slot, so a store whose commits take long still runs `concurrency`
+    /// handlers at once.
+    async fn handle(&self, delivery: Delivery, permit: OwnedSemaphorePermit) {
         let env = delivery.shared_envelope().clone();
         let instruments = self.bus.instruments();
         let began = (self.observer.is_some() || instruments.is_some()).then(Instant::now);
@@ -473,6 +480,7 @@ impl Runtime {
         let result = run
             .await
             .unwrap_or_else(|panic| Err(panic.with_retryable(true)));
+        drop(permit);
         let settle = async {
             match result {
                 Ok(effects) => match self.ack(delivery, &env, effects).await {
