@@ -16,7 +16,8 @@
 //!   were on their way, and the leader applies them at once (their acks go
 //!   to JetStream pipelined); a token the leader does not know (a new
 //!   leader, or a delivery whose ack wait passed) is the lease-lost error,
-//!   and the event is delivered again;
+//!   and the event is delivered again (a lone `{token, outcome}`, as
+//!   members before batches sent it, is still answered alone);
 //! - `leave` `{member}`: the member closed;
 //! - `state` `{topic, seq}` → the leader queue's view of an event.
 //!
@@ -100,6 +101,15 @@ impl<T> Reply<T> {
             (None, None) => Err(Error::internal("an empty reply from the group's leader")),
         }
     }
+}
+
+/// A settle request: a batch, or (from a member of an earlier version)
+/// one settlement, answered as it expects (`{"ok": true}` or `{"err": …}`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SettleBody {
+    Many(Vec<SettleRequest>),
+    One(SettleRequest),
 }
 
 #[derive(Serialize, Deserialize)]

@@ -31,8 +31,8 @@ use crate::errors;
 use crate::gather::Gather;
 use crate::group::Leader;
 use crate::protocol::{
-    refusal, subject, ClaimRequest, Claimed, Leave, RemoteSeat, Remotes, Reply, SettleRequest,
-    StateRequest, WireState, CLAIM_MAX, CLAIM_WAIT, SETTLE_MAX,
+    refusal, subject, ClaimRequest, Claimed, Leave, RemoteSeat, Remotes, Reply, SettleBody,
+    SettleRequest, StateRequest, WireState, CLAIM_MAX, CLAIM_WAIT, SETTLE_MAX,
 };
 
 /// A remote member not heard from for this long is gone.
@@ -143,35 +143,47 @@ async fn claim(leader: Arc<Leader>, msg: async_nats::Message) {
 }
 
 async fn settle(leader: Arc<Leader>, msg: async_nats::Message) {
-    let reply: Reply<Vec<Reply<bool>>> =
-        match serde_json::from_slice::<Vec<SettleRequest>>(&msg.payload) {
-            Err(e) => refusal(&Error::validation(format!("a bad settlement: {e}"))),
-            Ok(batch) if batch.len() > SETTLE_MAX => refusal(&Error::validation(format!(
+    match serde_json::from_slice::<SettleBody>(&msg.payload) {
+        Err(e) => {
+            let bad = Error::validation(format!("a bad settlement: {e}"));
+            respond(&leader, &msg, &refusal::<bool>(&bad)).await;
+        }
+        // A member of an earlier version, one settlement per request.
+        Ok(SettleBody::One(req)) => {
+            let reply = finish(&leader, req).await;
+            respond(&leader, &msg, &reply).await;
+        }
+        Ok(SettleBody::Many(batch)) if batch.len() > SETTLE_MAX => {
+            let over = Error::validation(format!(
                 "{} settlements in one request; at most {SETTLE_MAX}",
                 batch.len()
-            ))),
-            Ok(batch) => {
-                let finishing = batch.into_iter().map(|req| {
-                    let delivery = leader
-                        .remotes()
-                        .deliveries
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&req.token);
-                    async move {
-                        match delivery {
-                            None => refusal(&herald::backend::group::lease_lost()),
-                            Some((d, _)) => match d.finish(req.outcome.into()).await {
-                                Ok(()) => Reply::ok(true),
-                                Err(e) => refusal(&e),
-                            },
-                        }
-                    }
-                });
-                Reply::ok(futures_util::future::join_all(finishing).await)
-            }
-        };
-    respond(&leader, &msg, &reply).await;
+            ));
+            respond(&leader, &msg, &refusal::<bool>(&over)).await;
+        }
+        Ok(SettleBody::Many(batch)) => {
+            let finishing = batch.into_iter().map(|req| finish(&leader, req));
+            let reply = Reply::ok(futures_util::future::join_all(finishing).await);
+            respond(&leader, &msg, &reply).await;
+        }
+    }
+}
+
+/// Settle the remote delivery `req` names; a token the leader does not know
+/// is the lease-lost error.
+async fn finish(leader: &Leader, req: SettleRequest) -> Reply<bool> {
+    let delivery = leader
+        .remotes()
+        .deliveries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&req.token);
+    match delivery {
+        None => refusal(&herald::backend::group::lease_lost()),
+        Some((d, _)) => match d.finish(req.outcome.into()).await {
+            Ok(()) => Reply::ok(true),
+            Err(e) => refusal(&e),
+        },
+    }
 }
 
 async fn state(leader: &Leader, msg: async_nats::Message) {

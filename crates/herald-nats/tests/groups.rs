@@ -290,6 +290,10 @@ async fn the_leader_refuses_bad_settle_requests_and_serves_on() {
     assert_eq!(over["err"]["code"], "VALIDATION", "{over}");
     let unknown = ask(br#"[{"token": 999999, "outcome": {"kind": "ack"}}]"#.to_vec()).await;
     assert_eq!(unknown["ok"][0]["err"]["code"], "UNAVAILABLE", "{unknown}");
+    // One settlement alone, as a member of an earlier version sends it, is
+    // answered alone.
+    let alone = ask(br#"{"token": 999999, "outcome": {"kind": "ack"}}"#.to_vec()).await;
+    assert_eq!(alone["err"]["code"], "UNAVAILABLE", "{alone}");
     // It still serves its group.
     a.publish([Message::new("jobs.bad", Payload::json(&1).unwrap())])
         .await
