@@ -376,6 +376,20 @@ struct Remote {
     closed: Arc<AtomicBool>,
 }
 
+impl Drop for Remote {
+    /// Deliveries it claimed and never handed out go back to the leader
+    /// without counting an attempt (deferred by zero), as the other stores
+    /// release theirs; a dropped delivery would be a nack, an attempt more.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for delivery in self.buffered.drain(..) {
+            runtime.spawn(delivery.defer(Duration::ZERO));
+        }
+    }
+}
+
 impl Remote {
     async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {

@@ -194,6 +194,31 @@ async fn a_group_subscribe_in_flight_ends_with_its_store() {
     }
 }
 
+/// Where events 1 to `n` of `topic` stand for group `pool`, as its leader
+/// (on `bus`) sees them; an error until the leader has made the group's
+/// consumer on the topic's stream.
+async fn states(bus: &Bus, topic: &str, n: u64) -> herald::Result<Vec<DeliveryState>> {
+    let mut states = Vec::new();
+    for seq in 1..=n {
+        states.push(bus.delivery_state(topic, seq, "pool").await?);
+    }
+    Ok(states)
+}
+
+/// Wait until group `pool`'s leader (on `bus`) holds events 1 to `n` of
+/// `topic`, all waiting: before that, a claim may find fewer ready.
+async fn until_held(bus: &Bus, topic: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !states(bus, topic, n)
+        .await
+        .is_ok_and(|s| s.iter().all(|s| *s == DeliveryState::Pending))
+    {
+        let late = tokio::time::Instant::now() >= deadline;
+        assert!(!late, "the leader never held all {n} of {topic}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// A member in another process claims a backlog's worth at once — its
 /// fair share of what is ready, not one event per round trip — and its
 /// settlements of all of them, sent together, each reach the leader.
@@ -204,26 +229,7 @@ async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together
     let mut remote_side = b.subscribe_raw("jobs.free").group("pool").await.unwrap();
     let keyless = (1..=40u64).map(|n| Message::new("jobs.free", Payload::json(&n).unwrap()));
     a.publish(keyless.collect::<Vec<_>>()).await.unwrap();
-    // Wait until the leader's queue holds all 40 (until the leader has
-    // made its consumer on the new topic's stream, the group is not there).
-    let states = |bus: Bus| async move {
-        let mut states = Vec::new();
-        for seq in 1..=40 {
-            states.push(bus.delivery_state("jobs.free", seq, "pool").await);
-        }
-        states.into_iter().collect::<herald::Result<Vec<_>>>()
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !states(a.clone())
-        .await
-        .is_ok_and(|s| s.iter().all(|s| *s == DeliveryState::Pending))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the leader never held all 40"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_held(&a, "jobs.free", 40).await;
     let first = recv(&mut remote_side).await;
     // 40 ready over 2 members: the claim took 20, the rest wait for the
     // leader's own member.
@@ -233,7 +239,7 @@ async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together
             .filter(|s| matches!(s, DeliveryState::InFlight { .. }))
             .count()
     };
-    assert_eq!(in_flight(states(a.clone()).await.unwrap()), 20);
+    assert_eq!(in_flight(states(&a, "jobs.free", 40).await.unwrap()), 20);
     let mut claimed = vec![first];
     for _ in 1..20 {
         claimed.push(recv(&mut remote_side).await);
@@ -242,7 +248,7 @@ async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together
     for acked in futures_util::future::join_all(acks).await {
         acked.unwrap();
     }
-    let after = states(a.clone()).await.unwrap();
+    let after = states(&a, "jobs.free", 40).await.unwrap();
     assert_eq!(in_flight(after.clone()), 0, "every ack reached the leader");
     assert_eq!(
         after
@@ -251,6 +257,31 @@ async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together
             .count(),
         20
     );
+}
+
+/// A member in another process that closes with claimed events it never
+/// handed out gives them back without counting an attempt: only the one
+/// its subscriber held and dropped comes again as attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_member_closing_hands_back_its_claim_without_an_attempt() {
+    let (a, b) = two_processes().await;
+    let mut leader_side = a.subscribe_raw("jobs.back").group("pool").await.unwrap();
+    let mut remote_side = b.subscribe_raw("jobs.back").group("pool").await.unwrap();
+    let keyless = (1..=40u64).map(|n| Message::new("jobs.back", Payload::json(&n).unwrap()));
+    a.publish(keyless.collect::<Vec<_>>()).await.unwrap();
+    until_held(&a, "jobs.back", 40).await;
+    let dropped = recv(&mut remote_side).await;
+    drop(dropped);
+    remote_side.close();
+    drop(remote_side);
+    let mut attempts = HashMap::new();
+    while attempts.len() < 40 {
+        let d = recv(&mut leader_side).await;
+        attempts.insert(d.seq().unwrap(), d.attempt());
+        d.ack().await.unwrap();
+    }
+    let again: Vec<_> = attempts.values().filter(|a| **a > 1).collect();
+    assert_eq!(again, [&2], "only the dropped delivery counts an attempt");
 }
 
 /// The leader answers a malformed settle request and one over the limit
