@@ -10,7 +10,7 @@
 //! events, plans as if alone, then leases its share of the plan's events
 //! in order, skipping any another claim is leasing at that moment (a
 //! transaction-scoped advisory lock per schema, group and event, tried,
-//! never waited for),
+//! never waited for, and only for an event its row shows still free),
 //! and only where the delivery row is still as the plan read it (the same
 //! attempt, not settled, no live lease). Per-key order holds because a plan
 //! only ever offers the first unsettled event of a key, and that row's
@@ -302,12 +302,16 @@ impl Member {
         let leased: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(&format!(
             // The scan offers the plan's events in order and the limit stops
             // it, so no lock is tried past the share.
+            // The lock is tried only for an event still free: a CASE
+            // fixes that order (the planner may run the cheaper lock
+            // function first), so a claim never holds the lock of an event
+            // another member leased, whose settlement would wait for it.
             "WITH picked AS (
                  SELECT p, a FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, a)
-                 WHERE NOT EXISTS (
+                 WHERE CASE WHEN NOT EXISTS (
                          SELECT 1 FROM {s}.deliveries d WHERE d.grp = $1 AND d.pos = p
                            AND (d.state = $6 OR d.attempt <> a - 1 OR d.lease_until_ms > $8))
-                   AND pg_try_advisory_xact_lock(hashtextextended($9, p))
+                   THEN pg_try_advisory_xact_lock(hashtextextended($9, p)) ELSE false END
                  LIMIT $7),
              leased AS (
                  INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
