@@ -35,6 +35,9 @@ pub(crate) struct PendingSettlement {
     /// The delivery settled: its attempt is the lease's.
     pub(crate) envelope: std::sync::Arc<herald::Envelope>,
     pub(crate) settled: herald::backend::group::Settled,
+    /// The key's next event the member holds, leased to it if this ack
+    /// applies.
+    pub(crate) next: Option<herald::backend::group::Next>,
     /// Answered once the settlement is durable (or failed).
     pub(crate) done: tokio::sync::oneshot::Sender<Result<()>>,
 }

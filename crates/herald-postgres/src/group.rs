@@ -19,7 +19,11 @@
 //! kept until a sweep that waits for every running claim (a claim holds the
 //! group's row `FOR KEY SHARE`, the sweep takes it `FOR UPDATE`), so a
 //! claim that planned on an older cursor still finds the rows that tell it
-//! an event is settled. A claim commits with `synchronous_commit = off`: a lease lost
+//! an event is settled; the sweep runs in a task of its own, after the
+//! claim answered, and gives up after `SWEEP_WAIT` (claims that keep
+//! coming may hold the row without a gap). A claim leases heads only; the
+//! runs after them it returns unleased, and an ack leases each run's next
+//! event (`settle`). A claim commits with `synchronous_commit = off`: a lease lost
 //! to a server crash only means the event is delivered again, and the
 //! member's next synchronous commit (its ack) flushes it anyway. Acks,
 //! dead letters and a handler's effects commit synchronously, so they are
@@ -28,7 +32,7 @@
 //! waiting in one transaction (group commit).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,14 +50,17 @@ use crate::log::start_cursor;
 use crate::outbox::insert_outbox;
 use crate::settle::{self, SETTLED};
 
-/// Unsettled events a claim examines first; it looks further (up to
+/// Unsettled events a claim examines first: four times its room, at least
+/// [`WINDOW`] (the keys' runs are found in it); it looks further (up to
 /// [`WINDOW_MAX`]) only when those hold nothing it may take.
 const WINDOW: i64 = 128;
-const WINDOW_MAX: i64 = 512;
+const WINDOW_MAX: i64 = 2048;
 /// How far an idle claim lets the cursor lag before moving it.
 const CURSOR_STEP: i64 = 256;
 /// How far the cursor moves between sweeps of the delivery rows below it.
 const SWEEP_STEP: i64 = 1024;
+/// How long a sweep waits for the claims running to end.
+const SWEEP_WAIT: Duration = Duration::from_secs(1);
 
 /// Open a member of `spec.group`.
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
@@ -68,6 +75,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
             _ => None,
         },
         spec,
+        sweeping: Arc::new(AtomicBool::new(false)),
     }))
     .await
 }
@@ -87,6 +95,8 @@ struct Member {
     /// topic's events in `pos` order and skip the unwanted (a filter on
     /// several topics would make the planner sort them all).
     topic: Option<String>,
+    /// A sweep of this member's runs (one at a time).
+    sweeping: Arc<AtomicBool>,
 }
 
 impl rules::GroupMember for Member {
@@ -96,7 +106,7 @@ impl rules::GroupMember for Member {
                 return Err(closed());
             }
             let mut tries = 0;
-            let (claimed, sweep) = loop {
+            let (claimed, sweep_due) = loop {
                 let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
                 match self.claim_in(&mut tx, max).await {
                     Ok(done) => {
@@ -108,12 +118,18 @@ impl rules::GroupMember for Member {
                     Err(e) => return Err(e),
                 }
             };
-            // The claim has committed: a failed sweep must not lose it (the
-            // next one sweeps the same rows).
-            if sweep {
-                if let Err(e) = self.sweep().await {
-                    tracing::warn!(group = %self.group, error = %e, "sweeping settled delivery rows failed");
-                }
+            // The claim has committed: its events go to the member now, and
+            // a failed sweep must not lose them (the next one sweeps the
+            // same rows).
+            if sweep_due && !self.sweeping.swap(true, Ordering::AcqRel) {
+                let (inner, group) = (self.inner.clone(), self.group.clone());
+                let sweeping = self.sweeping.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sweep(&inner, &group).await {
+                        tracing::debug!(group, error = %e, "sweeping settled delivery rows failed");
+                    }
+                    sweeping.store(false, Ordering::Release);
+                });
             }
             Ok(claimed)
         })
@@ -125,13 +141,17 @@ impl rules::GroupMember for Member {
         envelope: Arc<Envelope>,
         settled: Settled,
         effects: Vec<Envelope>,
-    ) -> BoxFuture<'_, Result<()>> {
+        next: Option<rules::Next>,
+    ) -> BoxFuture<'_, Result<rules::Settling>> {
         Box::pin(async move {
             if self.is_closed() {
                 return Err(closed());
             }
             if settled == Settled::Outcome(Outcome::Ack) && !effects.is_empty() {
-                return self.ack_with(pos, &envelope, effects).await;
+                // Its own transaction: queued is durable.
+                self.ack_with(pos, &envelope, effects, next).await?;
+                let durable: rules::Settling = Box::pin(async { Ok(()) });
+                return Ok(durable);
             }
             let (done, written) = tokio::sync::oneshot::channel();
             let pending = PendingSettlement {
@@ -140,6 +160,7 @@ impl rules::GroupMember for Member {
                 pos,
                 envelope,
                 settled,
+                next,
                 done,
             };
             self.inner
@@ -147,7 +168,10 @@ impl rules::GroupMember for Member {
                 .send(pending)
                 .await
                 .map_err(|_| closed())?;
-            written.await.map_err(|_| closed())?
+            // The settlement writer commits in the order it receives.
+            let durable: rules::Settling =
+                Box::pin(async move { written.await.map_err(|_| closed())? });
+            Ok(durable)
         })
     }
 
@@ -177,6 +201,35 @@ impl rules::GroupMember for Member {
     }
 }
 
+/// Delete `group`'s delivery rows at or below its cursor, in a transaction
+/// of its own that waits until no claim is running (`FOR UPDATE` on the
+/// group's row, which claims hold `FOR KEY SHARE`): a claim that read an
+/// event as never delivered may still lease it, and its row is what tells
+/// that claim the event is settled. Claims that keep coming may hold the
+/// row without a gap: the sweep gives up after [`SWEEP_WAIT`] and the
+/// next one sweeps the same rows.
+async fn sweep(inner: &Inner, group: &str) -> Result<()> {
+    let s = &inner.s;
+    let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
+    sqlx::query(&format!(
+        "SELECT set_config('lock_timeout', '{}ms', true)",
+        SWEEP_WAIT.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(runtime_error)?;
+    sqlx::query(&format!(
+        "WITH g AS (SELECT cursor FROM {s}.groups WHERE name = $1 FOR UPDATE)
+         DELETE FROM {s}.deliveries WHERE grp = $1 AND pos <= (SELECT cursor FROM g)"
+    ))
+    .bind(group)
+    .execute(&mut *tx)
+    .await
+    .map_err(runtime_error)?;
+    tx.commit().await.map_err(runtime_error)?;
+    Ok(())
+}
+
 impl Member {
     /// The claim, inside its transaction; and whether it moved the cursor
     /// past a multiple of [`SWEEP_STEP`] (time to [`sweep`](Self::sweep)).
@@ -189,7 +242,7 @@ impl Member {
         }
         let max_deliver = self.inner.config.deliveries();
         let mut sweep = false;
-        let mut limit = WINDOW;
+        let mut limit = (max as i64).saturating_mul(4).clamp(WINDOW, WINDOW_MAX);
         let plan = loop {
             let rows = self.window(conn, position.cursor, last, limit).await?;
             let full = rows.len() as i64 == limit;
@@ -203,9 +256,13 @@ impl Member {
                 &position,
                 &rows,
                 complete_to,
-                // Plan as if alone: what the claim may take in order, of
-                // which it leases its share (see `lease`).
-                rules::Share { max, members: 1 },
+                // Every head, of which the claim leases its share (see
+                // `lease`).
+                rules::Share {
+                    max,
+                    members,
+                    all_heads: true,
+                },
                 max_deliver,
                 now,
             );
@@ -234,9 +291,11 @@ impl Member {
         if !idle || plan.cursor - position.cursor >= CURSOR_STEP {
             sweep |= self.apply(conn, &position, &plan).await?;
         }
+        // A window read to its end holding nothing this claim could take
+        // is not read again at once: the member waits for a change.
         let claimed = Claimed {
+            more: plan.more || left || (beyond && !events.is_empty()),
             events,
-            more: plan.more || beyond || left,
         };
         Ok((claimed, sweep))
     }
@@ -299,13 +358,20 @@ impl Member {
         let s = &self.inner.s;
         let ack_wait = self.spec.ack_wait.as_millis().min(i64::MAX as u128) as i64;
         let (positions, attempts): (Vec<i64>, Vec<i64>) = plan.claims.iter().copied().unzip();
+        let (tails, tail_attempts, tail_heads): (Vec<i64>, Vec<i64>, Vec<i64>) = plan
+            .tails
+            .iter()
+            .map(|t| (t.pos, t.attempt, t.head))
+            .collect();
         let leased: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(&format!(
-            // The scan offers the plan's events in order and the limit stops
+            // The scan offers the plan's heads in order and the limit stops
             // it, so no lock is tried past the share.
             // The lock is tried only for an event still free: a CASE
             // fixes that order (the planner may run the cheaper lock
             // function first), so a claim never holds the lock of an event
             // another member leased, whose settlement would wait for it.
+            // A run's later events are returned with their head, not
+            // leased: the ack of each one's predecessor leases it.
             "WITH picked AS (
                  SELECT p, a FROM UNNEST($2::bigint[], $3::bigint[]) AS u(p, a)
                  WHERE CASE WHEN NOT EXISTS (
@@ -316,14 +382,16 @@ impl Member {
              leased AS (
                  INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
                  SELECT $1, p, 0, a, $4, $5 FROM picked
-                 ON CONFLICT (grp, pos) DO UPDATE SET state = 0, attempt = excluded.attempt,
-                     lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
-                     first_failed_ms = coalesce(d.first_failed_ms,
-                         CASE WHEN d.state = 0 THEN d.lease_until_ms END)
-                 WHERE d.state <> $6 AND d.attempt = excluded.attempt - 1
-                   AND d.lease_until_ms <= $8
-                 RETURNING d.pos, d.attempt)
-             SELECT l.pos, l.attempt, e.envelope FROM leased l JOIN {s}.events e ON e.pos = l.pos"
+                 {take}
+                 RETURNING d.pos, d.attempt),
+             tails AS (
+                 SELECT t.p AS pos, t.a AS attempt
+                 FROM UNNEST($10::bigint[], $11::bigint[], $12::bigint[]) AS t(p, a, h)
+                 WHERE t.h IN (SELECT pos FROM leased))
+             SELECT l.pos, l.attempt, e.envelope
+             FROM (SELECT * FROM leased UNION ALL SELECT * FROM tails) l
+             JOIN {s}.events e ON e.pos = l.pos",
+            take = settle::take_lease("$6", "$8")
         ))
         .bind(&self.group)
         .bind(&positions)
@@ -334,6 +402,9 @@ impl Member {
         .bind(share as i64)
         .bind(now)
         .bind(&self.lock_key)
+        .bind(&tails)
+        .bind(&tail_attempts)
+        .bind(&tail_heads)
         .fetch_all(&mut *conn)
         .await
         .map_err(runtime_error)?;
@@ -344,6 +415,7 @@ impl Member {
         // In the plan's order.
         positions
             .into_iter()
+            .chain(tails)
             .filter_map(|pos| leased.remove(&pos).map(|l| (pos, l)))
             .map(|(pos, (attempt, bytes))| {
                 let attempt = attempt.clamp(1, u32::MAX as i64) as u32;
@@ -413,26 +485,6 @@ impl Member {
         .await
         .map_err(runtime_error)?;
         Ok(moved.is_some_and(|c| c / SWEEP_STEP > position.cursor / SWEEP_STEP))
-    }
-
-    /// Delete the group's delivery rows at or below its cursor, in a
-    /// transaction of its own that waits until no claim is running
-    /// (`FOR UPDATE` on the group's row, which claims hold `FOR KEY
-    /// SHARE`): a claim that read an event as never delivered may still
-    /// lease it, and its row is what tells that claim the event is settled.
-    async fn sweep(&self) -> Result<()> {
-        let s = &self.inner.s;
-        let mut tx = self.inner.pool.begin().await.map_err(runtime_error)?;
-        sqlx::query(&format!(
-            "WITH g AS (SELECT cursor FROM {s}.groups WHERE name = $1 FOR UPDATE)
-             DELETE FROM {s}.deliveries WHERE grp = $1 AND pos <= (SELECT cursor FROM g)"
-        ))
-        .bind(&self.group)
-        .execute(&mut *tx)
-        .await
-        .map_err(runtime_error)?;
-        tx.commit().await.map_err(runtime_error)?;
-        Ok(())
     }
 
     /// Record that this member claims now; a member `joining` also clears
@@ -538,7 +590,13 @@ impl Member {
     /// An ack with a handler's `effects`: a transaction that appends them
     /// to the outbox only if this member's lease still holds (settlements
     /// without effects go to the store's settlement writer, `settle`).
-    async fn ack_with(&self, pos: i64, envelope: &Envelope, effects: Vec<Envelope>) -> Result<()> {
+    async fn ack_with(
+        &self,
+        pos: i64,
+        envelope: &Envelope,
+        effects: Vec<Envelope>,
+        next: Option<rules::Next>,
+    ) -> Result<()> {
         let sql = format!(
             "UPDATE {}.deliveries SET state = $1
              WHERE grp = $2 AND pos = $3 AND state = 0 AND attempt = $4 AND owner = $5",
@@ -556,6 +614,9 @@ impl Member {
             .map_err(runtime_error)?;
         if acked.rows_affected() == 0 {
             return Err(rules::lease_lost());
+        }
+        if let Some(next) = next {
+            settle::lease_next(&self.inner, &mut tx, &self.group, &self.id, next).await?;
         }
         insert_outbox(&self.inner, &mut tx, &effects).await?;
         tx.commit().await.map_err(runtime_error)?;

@@ -2,7 +2,8 @@
 //! settlement.
 //!
 //! Owns the settlement writer task ([`write`]), and what a settlement does to
-//! a delivery row: an ack settles it, a nack or defer makes it wait for
+//! a delivery row: an ack settles it (and leases the member the next event
+//! of the key's run it holds, [`Next`]), a nack or defer makes it wait for
 //! another attempt, a term or a last attempt dead-letters it
 //! ([`dead_letter`], which claims use too for what their plan dooms). The
 //! writer takes the waiting settlements of every member of the store — up
@@ -22,9 +23,10 @@
 //! effects, which `group` commits with its outbox rows in a transaction of
 //! its own.
 
+use std::collections::HashMap;
 use std::sync::Weak;
 
-use herald::backend::group::{self as rules, Change, LeaseState, Settled};
+use herald::backend::group::{self as rules, Change, LeaseState, Next, Settled};
 use herald::{DeadLetter, Envelope, ErrorCode, FailureSource, Outcome, Result};
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
@@ -186,33 +188,74 @@ async fn lock_leases(
 /// lease, after taking their lease locks in order (see [`lock_leases`];
 /// held already inside a batch's transaction, taken again at no cost),
 /// with a NOTIFY when one of them frees a key; whether it sent one.
+///
+/// An ack with a [`Next`] leases that event to its member when the ack
+/// applies (`moved`). Acks arrive in the order they were queued, so the
+/// ack of a key's next event may be in the same batch as the ack that
+/// leases it: such a chain is applied from its first ack (`acked`), the
+/// later ones settled with it (`followed`) and only the last one's next
+/// leased.
 async fn ack_all<'c>(
     inner: &Inner,
     conn: impl sqlx::PgExecutor<'c>,
     acks: &[&PendingSettlement],
 ) -> Result<bool> {
     let s = &inner.s;
-    let groups: Vec<&str> = acks.iter().map(|a| a.group.as_str()).collect();
-    let positions: Vec<i64> = acks.iter().map(|a| a.pos).collect();
-    let attempts: Vec<i64> = acks.iter().map(|a| a.envelope.attempt() as i64).collect();
-    let owners: Vec<&str> = acks.iter().map(|a| a.owner.as_str()).collect();
-    let keyed: Vec<bool> = acks.iter().map(|a| a.envelope.key().is_some()).collect();
+    let chains = Chains::of(acks);
+    let roots = &chains.roots;
+    let groups: Vec<&str> = roots.iter().map(|a| a.group.as_str()).collect();
+    let positions: Vec<i64> = roots.iter().map(|a| a.pos).collect();
+    let attempts: Vec<i64> = roots.iter().map(|a| a.envelope.attempt() as i64).collect();
+    let owners: Vec<&str> = roots.iter().map(|a| a.owner.as_str()).collect();
+    let keyed: Vec<bool> = roots.iter().map(|a| a.envelope.key().is_some()).collect();
+    let (f_root, f_pos, f_attempt): (Vec<usize>, Vec<i64>, Vec<i64>) = chains
+        .followers
+        .iter()
+        .map(|(root, a)| (*root, a.pos, a.envelope.attempt() as i64))
+        .collect();
+    let f_root: Vec<i64> = f_root.into_iter().map(|r| r as i64).collect();
+    let (m_root, m_pos, m_attempt, m_until): (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = chains
+        .moves
+        .iter()
+        .map(|(root, n)| (*root as i64, n.pos, n.attempt, n.until_ms))
+        .collect();
+    let now = chrono::Utc::now().timestamp_millis();
     // `locked` is an init plan of the update: the locks come first.
     let (freed, _): (bool, bool) = sqlx::query_as(&format!(
         "WITH locked AS MATERIALIZED (
              SELECT pg_advisory_xact_lock(hashtextextended($8 || grp, pos)) FROM (
                  SELECT DISTINCT grp, pos FROM UNNEST($2::text[], $3::bigint[]) AS u(grp, pos)
                  ORDER BY grp, pos) ordered),
+         roots AS (
+             SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[])
+                 WITH ORDINALITY AS a(grp, pos, attempt, owner, keyed, i)),
          acked AS (
              UPDATE {s}.deliveries d SET state = $1
-             FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[])
-                  AS a(grp, pos, attempt, owner, keyed)
+             FROM roots a
              WHERE (SELECT count(*) FROM locked) >= 0
                AND d.grp = a.grp AND d.pos = a.pos AND d.state = 0
                AND d.attempt = a.attempt AND d.owner = a.owner
-             RETURNING a.keyed),
+             RETURNING a.i, a.grp, a.owner, a.keyed),
+         followed AS (
+             INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
+             SELECT a.grp, f.pos, $1, f.attempt, 0, a.owner
+             FROM UNNEST($9::bigint[], $10::bigint[], $11::bigint[]) AS f(root, pos, attempt)
+             JOIN acked a ON a.i = f.root + 1
+             ON CONFLICT (grp, pos) DO UPDATE SET state = $1, attempt = excluded.attempt
+             WHERE d.state <> $1 AND d.attempt = excluded.attempt - 1
+             RETURNING 1),
+         moved AS (
+             INSERT INTO {s}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
+             SELECT a.grp, m.pos, 0, m.attempt, m.until_ms, a.owner
+             FROM UNNEST($12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
+                  AS m(root, pos, attempt, until_ms)
+             JOIN acked a ON a.i = m.root + 1
+             {take}
+             RETURNING 1),
          freed AS (SELECT coalesce(bool_or(keyed), false) AS freed FROM acked)
-         SELECT f.freed, CASE WHEN f.freed THEN pg_notify($7, '') END IS NOT NULL FROM freed f"
+         SELECT f.freed, CASE WHEN f.freed THEN pg_notify($7, '') END IS NOT NULL
+         FROM freed f, (SELECT count(*) FROM followed) fc, (SELECT count(*) FROM moved) mc",
+        take = take_lease("$1", "$16")
     ))
     .bind(SETTLED)
     .bind(&groups)
@@ -222,10 +265,112 @@ async fn ack_all<'c>(
     .bind(&keyed)
     .bind(&inner.groups_channel)
     .bind(lease_lock_prefix(inner))
+    .bind(&f_root)
+    .bind(&f_pos)
+    .bind(&f_attempt)
+    .bind(&m_root)
+    .bind(&m_pos)
+    .bind(&m_attempt)
+    .bind(&m_until)
+    .bind(now)
     .fetch_one(conn)
     .await
     .map_err(runtime_error)?;
     Ok(freed)
+}
+
+/// The end of an insert of lease rows into `deliveries AS d`: a row that
+/// exists is leased only if it is not settled (`settled`: the parameter
+/// holding [`SETTLED`]), is still at the attempt before, and its lease ran
+/// out by `now` (a parameter); a lease that ran out counts as the first
+/// failure if none is recorded.
+pub(crate) fn take_lease(settled: &str, now: &str) -> String {
+    format!(
+        "ON CONFLICT (grp, pos) DO UPDATE SET state = 0, attempt = excluded.attempt,
+             lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
+             first_failed_ms = coalesce(d.first_failed_ms,
+                 CASE WHEN d.state = 0 THEN d.lease_until_ms END)
+         WHERE d.state <> {settled} AND d.attempt = excluded.attempt - 1
+           AND d.lease_until_ms <= {now}"
+    )
+}
+
+/// Lease `next` to `owner` (whose ack of the event before it applied in
+/// this transaction), as a claim would: only if it is not settled, still at
+/// the attempt before, and no one holds it.
+pub(crate) async fn lease_next(
+    inner: &Inner,
+    conn: &mut PgConnection,
+    group: &str,
+    owner: &str,
+    next: Next,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO {}.deliveries AS d (grp, pos, state, attempt, lease_until_ms, owner)
+         VALUES ($1, $2, 0, $3, $4, $5) {}",
+        inner.s,
+        take_lease("$6", "$7")
+    ))
+    .bind(group)
+    .bind(next.pos)
+    .bind(next.attempt)
+    .bind(next.until_ms)
+    .bind(owner)
+    .bind(SETTLED)
+    .bind(chrono::Utc::now().timestamp_millis())
+    .execute(&mut *conn)
+    .await
+    .map_err(runtime_error)?;
+    Ok(())
+}
+
+/// A batch's acks as chains: an ack whose event an earlier ack of the
+/// batch leases (its [`Next`]) follows that one.
+struct Chains<'a> {
+    /// The first ack of each chain.
+    roots: Vec<&'a PendingSettlement>,
+    /// The later acks, with their chain's index in `roots`.
+    followers: Vec<(usize, &'a PendingSettlement)>,
+    /// The event each chain's last ack leases, with the chain's index.
+    moves: Vec<(usize, Next)>,
+}
+
+impl<'a> Chains<'a> {
+    fn of(acks: &[&'a PendingSettlement]) -> Chains<'a> {
+        let mut chains = Chains {
+            roots: Vec::new(),
+            followers: Vec::new(),
+            moves: Vec::new(),
+        };
+        // The chain an event's ack joins: (group, owner, pos, attempt) of
+        // a Next an earlier ack leases, with that chain.
+        let mut awaited: HashMap<(&str, &str, i64, i64), usize> = HashMap::new();
+        let mut last_next: HashMap<usize, Next> = HashMap::new();
+        for a in acks {
+            let attempt = a.envelope.attempt() as i64;
+            let chain = match awaited.remove(&(a.group.as_str(), a.owner.as_str(), a.pos, attempt))
+            {
+                Some(chain) => {
+                    chains.followers.push((chain, a));
+                    last_next.remove(&chain);
+                    chain
+                }
+                None => {
+                    chains.roots.push(a);
+                    chains.roots.len() - 1
+                }
+            };
+            if let Some(next) = a.next {
+                awaited.insert(
+                    (a.group.as_str(), a.owner.as_str(), next.pos, next.attempt),
+                    chain,
+                );
+                last_next.insert(chain, next);
+            }
+        }
+        chains.moves = last_next.into_iter().collect();
+        chains
+    }
 }
 
 /// A settlement other than an ack, inside the caller's transaction; one
@@ -313,4 +458,59 @@ pub(crate) async fn dead_letter(
         .with_first_failure(first.and_then(chrono::DateTime::from_timestamp_millis));
     crate::dead_letters::insert(s, conn, &letter).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald::backend::group::{Next, Settled};
+    use herald::{Bus, Message, Outcome};
+
+    use super::Chains;
+    use crate::conn::PendingSettlement;
+
+    fn ack(owner: &str, pos: i64, attempt: u32, next: Option<(i64, i64)>) -> PendingSettlement {
+        let envelope = Bus::memory()
+            .prepare([Message::json("jobs", &pos).unwrap().key("k")])
+            .unwrap()
+            .remove(0)
+            .with_attempt(attempt);
+        PendingSettlement {
+            group: "g".into(),
+            owner: owner.into(),
+            pos,
+            envelope: Arc::new(envelope),
+            settled: Settled::Outcome(Outcome::Ack),
+            next: next.map(|(pos, attempt)| Next {
+                pos,
+                attempt,
+                until_ms: 99,
+            }),
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn an_ack_of_the_event_an_earlier_ack_leases_follows_it() {
+        let batch = [
+            ack("m", 1, 1, Some((3, 1))),
+            ack("m", 2, 1, Some((4, 1))),
+            ack("m", 3, 1, Some((5, 1))),
+            // Another member, or another attempt, is not the event leased.
+            ack("n", 4, 1, None),
+            ack("m", 5, 2, None),
+        ];
+        let refs: Vec<&PendingSettlement> = batch.iter().collect();
+        let chains = Chains::of(&refs);
+        let roots: Vec<i64> = chains.roots.iter().map(|a| a.pos).collect();
+        assert_eq!(roots, vec![1, 2, 4, 5]);
+        let followers: Vec<(usize, i64)> =
+            chains.followers.iter().map(|(r, a)| (*r, a.pos)).collect();
+        assert_eq!(followers, vec![(0, 3)], "3 follows 1");
+        let mut moves: Vec<(usize, i64)> = chains.moves.iter().map(|(r, n)| (*r, n.pos)).collect();
+        moves.sort_unstable();
+        // Chain 1-3 leases 5 (3's next); chain 2 leases 4.
+        assert_eq!(moves, vec![(0, 5), (1, 4)]);
+    }
 }

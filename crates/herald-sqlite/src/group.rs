@@ -7,9 +7,10 @@
 //! settled for the group) and, above it, one `deliveries` row per event a
 //! member touched: in flight (leased until its ack deadline), waiting (nacked
 //! with a delay) or settled. A member *claims* events in a write transaction
-//! — SQLite runs one writer at a time, so claims never race — taking, per
+//! — SQLite runs one writer at a time, so claims never race — leasing, per
 //! topic and key, only the first unsettled event, so same-key events go to
-//! one member at a time and in order. A lease that ran out is claimable
+//! one member at a time and in order; the key's later events come with it
+//! unleased (its run), and the ack of each leases the next (`settle`). A lease that ran out is claimable
 //! again with `attempt + 1`; after `max_deliver` attempts the event is
 //! dead-lettered in the same transaction that settles it. Offsets are
 //! committed on ack, so a restarted consumer resumes after its last ack.
@@ -32,9 +33,9 @@ use crate::request::{Claim, Settlement};
 
 /// Events examined per claim. Reading a row costs about a microsecond
 /// (the `events` rows carry their envelopes), so a wider window makes
-/// every claim dearer, the strictly ordered one-key claim most (measured:
-/// 1,024 rows made the drain two to four times slower than 128).
-const WINDOW: i64 = 128;
+/// every claim dearer; a narrow one finds short runs of each key (see
+/// `rules::plan`).
+const WINDOW: i64 = 512;
 
 /// How far the cursor moves between deletes of the delivery rows it
 /// passed.
@@ -144,6 +145,7 @@ pub(crate) fn claim(conn: &Connection, claim: &Claim, windows: &mut Windows) -> 
             rules::Share {
                 max: claim.max,
                 members,
+                all_heads: false,
             },
             claim.max_deliver,
             now,
@@ -158,7 +160,12 @@ pub(crate) fn claim(conn: &Connection, claim: &Claim, windows: &mut Windows) -> 
     };
     let (plan, beyond) = plan;
     let lease_until = now.saturating_add(spec.ack_wait.as_millis().min(i64::MAX as u128) as i64);
-    let claimed = lease(conn, claim, &plan.claims, lease_until)?;
+    let mut claimed = lease(conn, claim, &plan.claims, lease_until)?;
+    // The runs after the heads wait in the member, leased one at a time by
+    // the ack before each (`settle`).
+    for t in &plan.tails {
+        claimed.push((t.pos, stored(conn, t.pos, t.attempt)?));
+    }
     apply(conn, claim, &position, &plan)?;
     windows.record(&claim.group, &plan, lease_until);
     Ok(Claimed {
@@ -202,9 +209,6 @@ fn lease(
     claims: &[(i64, i64)],
     lease_until: i64,
 ) -> Result<Vec<(i64, Envelope)>> {
-    if claims.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut upsert = conn
         .prepare_cached(
             "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner)
@@ -355,20 +359,6 @@ pub(crate) enum Applied {
     Stale,
 }
 
-/// Whether `s` is a plain ack (no effects), which [`ack_all`] settles.
-pub(crate) fn is_plain_ack(s: &Settlement) -> bool {
-    matches!(s.outcome, Settled::Outcome(Outcome::Ack)) && s.effects.is_empty()
-}
-
-/// Settle plain acks, each only if it is still its member's current lease
-/// (a stale ack changes nothing, as in [`settle`]).
-pub(crate) fn ack_all(conn: &Connection, acks: &[&Settlement]) -> Result<()> {
-    for s in acks {
-        ack(conn, s)?;
-    }
-    Ok(())
-}
-
 /// Settle `s` if it is still its member's current lease: whether it was.
 fn ack(conn: &Connection, s: &Settlement) -> Result<bool> {
     let acked = conn
@@ -390,6 +380,36 @@ fn ack(conn: &Connection, s: &Settlement) -> Result<bool> {
     Ok(acked > 0)
 }
 
+/// Lease `next`, the key's next event, to the member whose ack `s` just
+/// applied, as a claim would lease it: only if it is not settled, still at
+/// the attempt before, and no one holds it.
+fn lease_next(conn: &Connection, s: &Settlement, next: rules::Next) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
+         lease_until_ms = excluded.lease_until_ms, owner = excluded.owner,
+         first_failed_ms = coalesce(deliveries.first_failed_ms,
+             CASE WHEN deliveries.state = ?3 THEN deliveries.lease_until_ms END)
+         WHERE deliveries.state <> ?7 AND deliveries.attempt = excluded.attempt - 1
+           AND deliveries.lease_until_ms <= ?8",
+    )
+    .and_then(|mut q| {
+        q.execute(params![
+            &s.group,
+            next.pos,
+            IN_FLIGHT,
+            next.attempt,
+            next.until_ms,
+            &s.member,
+            SETTLED,
+            chrono::Utc::now().timestamp_millis()
+        ])
+    })
+    .map_err(raw_error)?;
+    Ok(())
+}
+
 /// Record a settlement; one that comes after the lease ran out and the event
 /// was claimed again (by anyone) is stale and ignored, effects and all.
 pub(crate) fn settle(conn: &Connection, s: &Settlement, dedupe_window_ms: i64) -> Result<Applied> {
@@ -397,6 +417,9 @@ pub(crate) fn settle(conn: &Connection, s: &Settlement, dedupe_window_ms: i64) -
     if let Settled::Outcome(Outcome::Ack) = s.outcome {
         // The common case in one statement: settle only our current lease.
         let acked = ack(conn, s)?;
+        if let Some(next) = s.next.filter(|_| acked) {
+            lease_next(conn, s, next)?;
+        }
         if s.effects.is_empty() {
             return Ok(Applied::Yes(None));
         }

@@ -101,7 +101,8 @@ impl rules::GroupMember for Member {
         envelope: Arc<Envelope>,
         outcome: Settled,
         effects: Vec<Envelope>,
-    ) -> BoxFuture<'_, Result<()>> {
+        next: Option<rules::Next>,
+    ) -> BoxFuture<'_, Result<rules::Settling>> {
         Box::pin(async move {
             let (reply, done) = oneshot::channel();
             let settlement = Settlement {
@@ -112,13 +113,17 @@ impl rules::GroupMember for Member {
                 outcome,
                 max_deliver: self.inner.config.deliveries(),
                 effects,
+                next,
             };
             self.inner
                 .writer
                 .send(Request::Settle(Box::new(settlement), reply))
                 .await
                 .map_err(|_| closed())?;
-            done.await.map_err(|_| closed())?
+            // The writer applies requests in the order they are queued.
+            let durable: rules::Settling =
+                Box::pin(async move { done.await.map_err(|_| closed())? });
+            Ok(durable)
         })
     }
 

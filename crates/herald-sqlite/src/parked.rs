@@ -179,6 +179,7 @@ impl Parked {
                 outcome: Settled::Released,
                 max_deliver: claim.max_deliver,
                 effects: Vec::new(),
+                next: None,
             };
             self.orphans.push(Request::Settle(Box::new(release), reply));
         }

@@ -60,6 +60,9 @@ pub(crate) struct Settlement {
     pub(crate) max_deliver: u32,
     /// Events to append in the same transaction if this ack applies.
     pub(crate) effects: Vec<Envelope>,
+    /// The key's next event the member holds, leased to it if this ack
+    /// applies.
+    pub(crate) next: Option<herald::backend::group::Next>,
 }
 
 /// One processed message id to remember, until `until_ms`.

@@ -4,8 +4,8 @@
 //! transaction's statements are plain calls, not hand-offs to another
 //! thread) and group commit: it gathers waiting
 //! requests — appends, dead letters, group claims and settlements — into one
-//! `BEGIN IMMEDIATE … COMMIT`, so throughput is not one fsync per request;
-//! the batch's plain acks are one statement. A batch holds at most
+//! `BEGIN IMMEDIATE … COMMIT`, so throughput is not one fsync per request.
+//! A batch holds at most
 //! `HERALD_SETTLE_BATCH` settlements, and with a `HERALD_SETTLE_WINDOW` the
 //! writer waits that long for more before it commits one that settles.
 //! When a group of requests fails, each is retried alone so one bad request
@@ -36,7 +36,7 @@ use crate::group;
 use crate::log::{append, insert_dead_letter};
 use crate::parked::{Freed, Parked};
 use crate::processed;
-use crate::request::{Request, Settlement};
+use crate::request::Request;
 
 impl Request {
     fn weight(&self) -> usize {
@@ -327,8 +327,8 @@ fn commit(
     done
 }
 
-/// Appends first (all together), then plain acks, the other requests in
-/// order, and claims last.
+/// Appends first (all together), then the other requests in order, and
+/// claims last.
 fn write(
     conn: &Connection,
     batch: &[Request],
@@ -345,22 +345,12 @@ fn write(
     let appended = append(conn, &appends, dedupe_window_ms)?;
     let mut last_pos = appended.last_pos;
     let mut seqs = appended.seqs.into_iter();
-    // Plain acks next: claims later in the batch see them, and no request
-    // of the batch can depend on one not yet applied (a member acks only
-    // what an earlier transaction leased to it).
-    let acks: Vec<&Settlement> = batch
-        .iter()
-        .filter_map(|r| match r {
-            Request::Settle(s, _) if group::is_plain_ack(s) => Some(&**s),
-            _ => None,
-        })
-        .collect();
-    group::ack_all(conn, &acks)?;
+    // Settlements in the order they came: an ack may lease the key's next
+    // event, which a later settlement of the batch settles.
     let mut out = Vec::with_capacity(batch.len());
     for r in batch {
         out.push(match r {
             Request::Append { .. } => Done::Seqs(seqs.next().unwrap_or_default()),
-            Request::Settle(s, _) if group::is_plain_ack(s) => Done::Nothing,
             Request::DeadLetter(letter, _) => {
                 insert_dead_letter(conn, letter)?;
                 Done::Nothing
@@ -415,6 +405,7 @@ mod tests {
             outcome: Settled::Outcome(Outcome::Ack),
             max_deliver: 5,
             effects: Vec::new(),
+            next: None,
         };
         Request::Settle(Box::new(settlement), oneshot::channel().0)
     }

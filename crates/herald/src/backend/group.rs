@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::stream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::backend::subscription::{CloseHandle, StartPosition, SubscribeSpec, Subscription};
 use crate::backend::transport::DeliveryState;
@@ -290,22 +290,69 @@ pub struct Doomed {
     pub source: FailureSource,
 }
 
-/// How much one claim may take: at most `max` (the member's free
-/// capacity), and at most its fair share among the group's live `members`
-/// (see [`plan`]).
+/// How much one claim may take: at most `max` events (the member's free
+/// capacity), and at most its fair share of the claimable flows among the
+/// group's live `members` (see [`plan`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
     /// The member's room.
     pub max: usize,
     /// The group's members seen claiming within [`MEMBER_TTL`].
     pub members: usize,
+    /// Plan every claimable head (up to `max`), each with the run it would
+    /// have as one of a fair share, and let the store lease a fair share of
+    /// them: a store whose claims run at once (PostgreSQL) skips the heads
+    /// another claim is leasing and takes the next.
+    pub all_heads: bool,
+}
+
+/// The most events of one key a claim gives one member at once (its head
+/// and the run after it).
+pub const RUN_MAX: usize = 64;
+
+/// A claim's runs hold at most this many events per event of room it has
+/// (runs are not leased, so they take no room; this bounds what a member
+/// buffers).
+pub const RUN_ROOM: usize = 4;
+
+/// A later event of a key claimed with the key's first unsettled event
+/// (its run's head). Only the head is leased: the run waits in the member,
+/// which hands its events out one at a time, and each is leased by the ack
+/// of the one before it ([`Next`]). A store returns a tail only with its
+/// head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// The event.
+    pub pos: i64,
+    /// The attempt it will be delivered as.
+    pub attempt: i64,
+    /// Its run's head.
+    pub head: i64,
+}
+
+/// The next event of a key's run, held by the member that acks the event
+/// before it: the store leases it to that member in the ack's transaction,
+/// if the ack applies, as a claim would (not settled, still at the attempt
+/// before, no live lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    /// The event.
+    pub pos: i64,
+    /// The attempt it is delivered as.
+    pub attempt: i64,
+    /// Its lease's end (ms).
+    pub until_ms: i64,
 }
 
 /// What one claim does.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// Events to lease to the member, as `(pos, attempt)`.
+    /// Events to lease to the member, as `(pos, attempt)`: every keyless
+    /// one and the head of each key, in the order they are handed out.
     pub claims: Vec<(i64, i64)>,
+    /// The runs after the keyed heads, in `pos` order per key (returned,
+    /// not leased).
+    pub tails: Vec<Tail>,
     /// Events to dead-letter (and settle) in the same transaction.
     pub dead: Vec<Doomed>,
     /// The new cursor (the old one when it does not move).
@@ -327,21 +374,32 @@ pub struct Claimed {
 /// A topic and key (keyless events of a topic form one flow).
 type Flow<'a> = (&'a str, Option<&'a str>);
 
-/// Decide a claim of up to `max` events from `rows`, taking at most a fair
-/// share of what is claimable: its count divided by the group's live
-/// `members` (rounded up, at least one), so members claiming in turn split
-/// a backlog evenly and a lone member takes all it has room for. From
-/// `rows`: events after
-/// `position.cursor`, in `pos` order, with the group's records, complete
-/// through `complete_to` except for events the store left out because they
-/// are settled for the group or of topics it does not follow (so a store
-/// need not read past a run of settled events behind one held event).
-/// Per topic
-/// and key only the first unsettled event is claimable; keyless events of a
-/// topic form one flow; among flows, the highest priority head first, then
-/// the oldest. An expired lease is claimable again with `attempt + 1`, or
-/// dead-lettered once it had `max_deliver` attempts; an expired event is
-/// dead-lettered. The cursor moves over the settled (or unwanted) prefix.
+/// A claimable event: pos, priority, attempt.
+type Claimable = (i64, i64, i64);
+
+/// Decide a claim of up to `max` events from `rows`. What is claimable
+/// comes in *heads*: every keyless event, and per topic and key the first
+/// unsettled event, with the *run* of the key's later events that are free
+/// too (no live lease, none waiting before them). A claim takes at most a
+/// fair share of the heads — their count divided by the group's live
+/// `members`, rounded up, at least one — so members claiming in turn split
+/// a backlog's keys evenly and a lone member takes all it has room for;
+/// each keyed head comes with up to as much of its run as the room left
+/// over gives every head it takes alike (at most [`RUN_MAX`] events a key).
+/// The member hands a run's events out one at a time, each once the one
+/// before it is acked, so one member keeps a key's order without a claim
+/// per event (see [`subscribe`]).
+///
+/// From `rows`: events after `position.cursor`, in `pos` order, with the
+/// group's records, complete through `complete_to` except for events the
+/// store left out because they are settled for the group or of topics it
+/// does not follow (so a store need not read past a run of settled events
+/// behind one held event). Among heads, the highest priority first, then
+/// the oldest; priority never reorders a key. An expired lease is
+/// claimable again with `attempt + 1`, or dead-lettered once it had
+/// `max_deliver` attempts (a key's later event only once it is the key's
+/// first); an expired event is dead-lettered. The cursor moves over the
+/// settled (or unwanted) prefix.
 pub fn plan<'a>(
     spec: &SubscribeSpec,
     position: &Position,
@@ -351,12 +409,19 @@ pub fn plan<'a>(
     max_deliver: u32,
     now_ms: i64,
 ) -> Plan {
-    let Share { max, members } = share;
+    let Share {
+        max,
+        members,
+        all_heads,
+    } = share;
     // The first event that is not settled: the cursor stops below it.
     let mut first_open: Option<i64> = None;
-    let mut blocked: HashSet<(&str, &str)> = HashSet::new();
-    // Claimable events per flow, in pos order: (pos, priority, attempt).
-    let mut flows: HashMap<Flow<'a>, VecDeque<(i64, i64, i64)>> = HashMap::new();
+    // Keys with an unsettled event seen; of those, the ones whose run is
+    // still open (its head claimable, nothing held or waiting since).
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut open: HashSet<(&str, &str)> = HashSet::new();
+    // Claimable events per flow, in pos order.
+    let mut flows: HashMap<Flow<'a>, VecDeque<Claimable>> = HashMap::new();
     let mut dead = Vec::new();
     for row in rows {
         let wanted = spec.wants(&row.topic, kind_of(row.kind))
@@ -367,15 +432,27 @@ pub fn plan<'a>(
             continue;
         }
         let flow_key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
+        // Whether an earlier event of its key is unsettled.
+        let behind = flow_key.is_some_and(|f| !seen.insert(f));
         let attempt = match row.lease {
             Some(l) if l.until_ms > now_ms => {
                 first_open.get_or_insert(row.pos);
                 if let Some(f) = flow_key {
-                    blocked.insert(f);
+                    open.remove(&f);
                 }
                 continue;
             }
             Some(l) if l.state == LeaseState::InFlight && l.attempt >= max_deliver as i64 => {
+                if let Some(f) = flow_key {
+                    if behind {
+                        // Its turn comes when it is its key's first.
+                        first_open.get_or_insert(row.pos);
+                        open.remove(&f);
+                        continue;
+                    }
+                    // Settled by this claim: the key's next is its first.
+                    seen.remove(&f);
+                }
                 dead.push(Doomed {
                     pos: row.pos,
                     attempt: l.attempt,
@@ -400,10 +477,15 @@ pub fn plan<'a>(
                 reason: "expired before delivery".to_owned(),
                 source: FailureSource::Expired,
             });
+            if let Some(f) = flow_key.filter(|_| !behind) {
+                seen.remove(&f);
+            }
             continue;
         }
         if let Some(f) = flow_key {
-            if !blocked.insert(f) {
+            if !behind {
+                open.insert(f);
+            } else if !open.contains(&f) {
                 continue;
             }
         }
@@ -413,26 +495,44 @@ pub fn plan<'a>(
             .push_back((row.pos, row.priority, attempt));
     }
 
+    // Heads: every keyless event, the first of each key's run.
+    let mut flows: Vec<(bool, VecDeque<Claimable>)> = flows
+        .into_iter()
+        .map(|((_, key), events)| (key.is_some(), events))
+        .collect();
+    let claimable: usize = flows
+        .iter()
+        .map(|(keyed, events)| if *keyed { 1 } else { events.len() })
+        .sum();
+    let fair = max.min(claimable.div_ceil(members.max(1)).max(1));
+    let take = if all_heads { max.min(claimable) } else { fair };
+    // The run each keyed head brings: a fair share of heads' room for
+    // runs, spread over them alike.
+    let run = (max.saturating_mul(RUN_ROOM) / fair.max(1)).min(RUN_MAX - 1);
     // Highest priority first, oldest first; a flow only ever offers its head.
-    let mut flows: Vec<VecDeque<(i64, i64, i64)>> = flows.into_values().collect();
     let mut heads: BinaryHeap<(i64, Reverse<i64>, usize)> = flows
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
+        .filter_map(|(i, (_, f))| f.front().map(|(pos, prio, _)| (*prio, Reverse(*pos), i)))
         .collect();
-    // Claimable events: every keyless one, the head of each key.
-    let claimable: usize = flows.iter().map(VecDeque::len).sum();
-    let max = max.min(claimable.div_ceil(members.max(1)).max(1));
     let mut claims = Vec::new();
-    while claims.len() < max {
+    let mut tails = Vec::new();
+    while claims.len() < take {
         let Some((_, _, i)) = heads.pop() else { break };
-        let Some((pos, _, attempt)) = flows[i].pop_front() else {
+        let (keyed, flow) = &mut flows[i];
+        let Some((pos, _, attempt)) = flow.pop_front() else {
             continue;
         };
-        if let Some((next_pos, next_prio, _)) = flows[i].front() {
+        claims.push((pos, attempt));
+        if *keyed {
+            tails.extend(flow.drain(..).take(run).map(|(tail, _, attempt)| Tail {
+                pos: tail,
+                attempt,
+                head: pos,
+            }));
+        } else if let Some((next_pos, next_prio, _)) = flow.front() {
             heads.push((*next_prio, Reverse(*next_pos), i));
         }
-        claims.push((pos, attempt));
     }
     let cursor = match first_open {
         Some(pos) => pos - 1,
@@ -441,6 +541,7 @@ pub fn plan<'a>(
     Plan {
         more: claimable > claims.len(),
         claims,
+        tails,
         dead,
         cursor: cursor.max(position.cursor),
     }
@@ -578,6 +679,10 @@ pub fn changes(
     })
 }
 
+/// A settlement on its way: answers once it is durable (see
+/// [`GroupMember::settle`]).
+pub type Settling = BoxFuture<'static, Result<()>>;
+
 /// A store's side of one group member: claims and settlements made atomic
 /// against every other member, in any process.
 pub trait GroupMember: Send + Sync + 'static {
@@ -601,13 +706,24 @@ pub trait GroupMember: Send + Sync + 'static {
     /// lease ran out and the event was claimed again is ignored. An ack with
     /// `effects` appends them in the same transaction, or fails (and writes
     /// nothing) when the lease ran out.
+    ///
+    /// An ack with a `next` leases that event to the member in the same
+    /// transaction when the ack applies (see [`Next`]).
+    ///
+    /// Two steps: the future answers once the settlement is queued, with a
+    /// future that answers once it is durable. The store applies a
+    /// member's settlements in the order they were queued, so a settlement
+    /// queued after another is never durable without it (a failed one
+    /// aside): the member hands out a key's next event once the ack of the
+    /// one before is queued.
     fn settle(
         &self,
         pos: i64,
         envelope: Arc<Envelope>,
         settled: Settled,
         effects: Vec<Envelope>,
-    ) -> BoxFuture<'_, Result<()>>;
+        next: Option<Next>,
+    ) -> BoxFuture<'_, Result<Settling>>;
 
     /// A future that completes when a claim may find something it would
     /// not find now (new events, a settlement, time passing). Changes from
@@ -636,14 +752,17 @@ pub trait GroupMember: Send + Sync + 'static {
 ///
 /// A member holds at most [`GroupMember::max_in_flight`] deliveries at once
 /// (claimed and not yet settled): each claim asks for what is free of it,
-/// and a member with none free waits for a settlement. Claimed events not
-/// handed out while at least half their lease is left are handed back, as
-/// is everything claimed but not delivered when the subscription closes or
-/// is dropped — a claim still running when the stream is dropped included —
-/// and when the store deleted events (retention) since the claim: a
-/// member never hands out an event whose lease is nearly over or that may
-/// be gone, and a dropped member's events reach the others at once, not
-/// after their leases.
+/// and a member with none free waits for a settlement. A claim runs while
+/// the member hands out what it holds. Of a key's run (see [`plan`]) the
+/// member hands out one event at a time: the next once the ack of the one
+/// before is queued (the store applies it first); any other outcome hands
+/// the rest of the run back. Claimed events not handed out while at least
+/// half their lease is left are handed back, as is everything claimed but
+/// not delivered when the subscription closes or is dropped — a claim still
+/// running when the stream is dropped included — and when the store
+/// deleted events (retention) since the claim: a member never hands out an
+/// event whose lease is nearly over or that may be gone, and a dropped
+/// member's events reach the others at once, not after their leases.
 pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
     member.claim(0).await?;
     let state = Arc::new(MemberState {
@@ -652,6 +771,8 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
         wake: Notify::new(),
         held: AtomicUsize::new(0),
         freed: Notify::new(),
+        buffer: std::sync::Mutex::new(Buffer::default()),
+        ready: Notify::new(),
     });
     let close = {
         let state = state.clone();
@@ -660,168 +781,217 @@ pub async fn subscribe(member: Arc<dyn GroupMember>) -> Result<Subscription> {
             state.wake.notify_waiters();
         })
     };
-    // `idle`: a claim found all there was; the next waits for a change
-    // (armed before that claim) instead of asking again at once.
-    let buffer = Buffer::new(state.member.clone());
-    let deliveries = stream::unfold(
-        (state, buffer, None::<BoxFuture<'static, ()>>),
-        |(state, mut buffered, mut idle)| async move {
-            loop {
-                let wake = state.clone();
-                let woken = wake.wake.notified();
-                tokio::pin!(woken);
-                woken.as_mut().enable();
-                if state.is_closed() {
-                    state.release(buffered.take()).await;
-                    return None;
-                }
-                if buffered.claimed_at.elapsed() > state.member.ack_wait() / 2
-                    || buffered.pruned != state.member.pruned()
-                {
-                    state.release(buffered.take()).await;
-                }
-                if let Some((pos, env)) = buffered.events.pop_front() {
-                    let settle: Arc<dyn Settle> = Arc::new(Held {
-                        member: state.member.clone(),
-                        pos,
-                        slot: std::sync::Mutex::new(Some(Slot::take(&state))),
-                    });
-                    let delivery = Delivery::new(Arc::new(env), settle);
-                    return Some((Ok(delivery), (state, buffered, idle)));
-                }
-                let free = state.free();
-                if free == 0 {
-                    let freed = state.freed.notified();
-                    tokio::pin!(freed);
-                    freed.as_mut().enable();
-                    if state.free() == 0 {
-                        tokio::select! {
-                            _ = freed => {}
-                            _ = woken => {}
-                        }
-                    }
-                    continue;
-                }
-                if let Some(changed) = idle.take() {
-                    tokio::select! {
-                        _ = changed => {}
-                        _ = woken.as_mut() => continue,
-                    }
-                }
-                let changed = state.member.changes();
-                let pruned = state.member.pruned();
-                let mut pending = PendingClaim::start(&state.member, free);
-                let claimed = {
-                    let finish = pending.finish();
-                    tokio::pin!(finish);
-                    tokio::select! {
-                        claimed = &mut finish => claimed,
-                        _ = woken.as_mut() => {
-                            state.member.interrupt();
-                            finish.await
-                        }
-                    }
+    let member = Member {
+        state,
+        claim: None,
+        idle: None,
+    };
+    let deliveries = stream::unfold(member, |mut m| async move {
+        m.next().await.map(|next| (next, m))
+    });
+    Ok(Subscription::new(Box::pin(deliveries), close))
+}
+
+/// A member's stream: its state, the claim it is running and, when the
+/// last claim found all there was, the change the next one waits for.
+/// Dropped, it hands back what it holds and what its claim leases.
+struct Member {
+    state: Arc<MemberState>,
+    claim: Option<PendingClaim>,
+    idle: Option<BoxFuture<'static, ()>>,
+}
+
+impl Member {
+    /// The next delivery, or `None` once the member closed.
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        let state = self.state.clone();
+        loop {
+            let woken = state.wake.notified();
+            let ready = state.ready.notified();
+            let freed = state.freed.notified();
+            tokio::pin!(woken, ready, freed);
+            woken.as_mut().enable();
+            ready.as_mut().enable();
+            freed.as_mut().enable();
+            if state.is_closed() {
+                self.claim = None;
+                state.release_all();
+                return None;
+            }
+            if let Some(delivery) = state.hand_out() {
+                return Some(Ok(delivery));
+            }
+            if let Some(claim) = self.claim.as_mut() {
+                let claimed = tokio::select! {
+                    claimed = claim.finish() => claimed,
+                    _ = ready => continue,
+                    _ = freed => continue,
+                    _ = woken => continue,
                 };
+                self.claim = None;
                 match claimed {
-                    Ok(claimed) => {
-                        if !claimed.events.is_empty() {
-                            buffered.events.extend(claimed.events);
-                            buffered.claimed_at = Instant::now();
-                            buffered.pruned = pruned;
-                        }
+                    Ok((claimed, changed)) => {
                         if !claimed.more {
-                            idle = Some(changed);
+                            self.idle = Some(changed);
                         }
                     }
                     Err(e) if e.code() == ErrorCode::Unavailable && state.is_closed() => {
                         return None
                     }
-                    Err(e) => return Some((Err(e), (state, buffered, idle))),
+                    Err(e) => return Some(Err(e)),
                 }
+                continue;
             }
-        },
-    );
-    Ok(Subscription::new(Box::pin(deliveries), close))
+            let Some(free) = state.claimable() else {
+                tokio::select! {
+                    _ = freed => {}
+                    _ = ready => {}
+                    _ = woken => {}
+                }
+                continue;
+            };
+            if let Some(changed) = self.idle.as_mut() {
+                tokio::select! {
+                    _ = changed => self.idle = None,
+                    _ = ready => {}
+                    _ = woken => {}
+                }
+                continue;
+            }
+            // What went stale goes back first, so the claim finds it free.
+            let stale = std::mem::take(&mut state.buffer().stale);
+            release(&*state.member, stale).await;
+            self.claim = Some(PendingClaim::start(&state, free));
+        }
+    }
 }
 
-/// A claim running in a task of its own, so that what it leases is handed
-/// back when the member's stream is dropped before the claim answers
-/// (dropped unfinished, it interrupts a claim the store holds, lets the
-/// claim finish and releases the lot).
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.state.release_all();
+    }
+}
+
+/// A claim running in a task of its own, so the member hands out what it
+/// holds meanwhile, and what it leases is handed back when the member's
+/// stream is dropped before the claim answers (dropped unfinished, it
+/// interrupts a claim the store holds, lets the claim finish and releases
+/// the lot). Its events go to the member's buffer as it answers.
 struct PendingClaim {
     task: Option<tokio::task::JoinHandle<Result<Claimed>>>,
-    member: Arc<dyn GroupMember>,
+    state: Arc<MemberState>,
+    /// The change the member waits for if this claim finds all there is
+    /// (armed before it).
+    changed: Option<BoxFuture<'static, ()>>,
+    /// [`GroupMember::pruned`] before the claim.
+    pruned: u64,
 }
 
 impl PendingClaim {
-    fn start(member: &Arc<dyn GroupMember>, max: usize) -> PendingClaim {
-        let claiming = member.clone();
+    fn start(state: &Arc<MemberState>, max: usize) -> PendingClaim {
+        let changed = state.member.changes();
+        let pruned = state.member.pruned();
+        let claiming = state.member.clone();
         PendingClaim {
             task: Some(tokio::spawn(async move { claiming.claim(max).await })),
-            member: member.clone(),
+            state: state.clone(),
+            changed: Some(changed),
+            pruned,
         }
     }
 
-    async fn finish(&mut self) -> Result<Claimed> {
+    /// The claim's answer, its events buffered, with the change to wait for.
+    async fn finish(&mut self) -> Result<(Claimed, BoxFuture<'static, ()>)> {
         let task = self.task.as_mut().expect("a claim is finished once");
         let claimed = task.await;
         self.task = None;
-        claimed.map_err(|e| Error::internal(format!("a group claim failed: {e}")))?
+        let mut claimed =
+            claimed.map_err(|e| Error::internal(format!("a group claim failed: {e}")))??;
+        self.state
+            .take_claimed(std::mem::take(&mut claimed.events), self.pruned);
+        let changed = self.changed.take().unwrap_or_else(|| Box::pin(async {}));
+        Ok((claimed, changed))
     }
 }
 
 impl Drop for PendingClaim {
     fn drop(&mut self) {
         let Some(task) = self.task.take() else { return };
-        self.member.interrupt();
-        let member = self.member.clone();
+        self.state.member.interrupt();
+        let member = self.state.member.clone();
         crate::model::delivery::spawn_release(Box::pin(async move {
             if let Ok(Ok(claimed)) = task.await {
-                release(&*member, claimed.events.into()).await;
+                release(&*member, claimed.events.into_iter().collect()).await;
             }
             Ok(())
         }));
     }
 }
 
-/// Claimed events not yet handed out, and when they were claimed. Dropped
-/// with events in it (the stream was dropped rather than run to its end),
-/// it hands them back in a background task that [`Bus::close`](crate::Bus::close)
-/// waits for, so they are not stuck until their leases run out.
-struct Buffer {
-    events: VecDeque<(i64, Envelope)>,
+/// A keyed event's topic and key: the events a member hands out one at a
+/// time.
+type FlowId = (String, String);
+
+fn flow_of(env: &Envelope) -> Option<FlowId> {
+    env.key()
+        .map(|k| (env.topic().as_str().to_owned(), k.to_owned()))
+}
+
+/// A claimed event not handed out yet.
+struct Buffered {
+    pos: i64,
+    envelope: Envelope,
     claimed_at: Instant,
-    /// [`GroupMember::pruned`] before the claim.
+    /// [`GroupMember::pruned`] before its claim.
     pruned: u64,
-    member: Arc<dyn GroupMember>,
+    /// The [`Run`] it belongs to (keyed events).
+    run: u64,
+    /// Answers once the ack before it in its run is durable.
+    after: Option<oneshot::Receiver<()>>,
+}
+
+/// A key's events this member holds after the one it handed out or has
+/// ready, each to follow the one before once that is acked.
+struct Run {
+    /// Which claim's run this is: a later claim that leases the key again
+    /// (the run's leases ran out) starts a new one.
+    id: u64,
+    events: VecDeque<Buffered>,
+}
+
+/// What a member claimed and has not handed out: events it may hand out
+/// now, and the runs of keys with an event handed out or ready.
+#[derive(Default)]
+struct Buffer {
+    ready: VecDeque<Buffered>,
+    runs: HashMap<FlowId, Run>,
+    /// Events in `runs`.
+    in_runs: usize,
+    /// Leased events found stale (see [`MemberState::hand_out`]), to hand
+    /// back together before the next claim.
+    stale: Vec<(i64, Envelope)>,
+    /// The last run's id.
+    last_run: u64,
 }
 
 impl Buffer {
-    fn new(member: Arc<dyn GroupMember>) -> Buffer {
-        Buffer {
-            events: VecDeque::new(),
-            claimed_at: Instant::now(),
-            pruned: member.pruned(),
-            member,
-        }
+    /// Empty it; the events to hand back (those ready: a run's later
+    /// events are not leased).
+    fn take_all(&mut self) -> Vec<(i64, Envelope)> {
+        self.in_runs = 0;
+        self.runs.clear();
+        let mut all = std::mem::take(&mut self.stale);
+        all.extend(self.ready.drain(..).map(|b| (b.pos, b.envelope)));
+        all
     }
 
-    fn take(&mut self) -> VecDeque<(i64, Envelope)> {
-        std::mem::take(&mut self.events)
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        let events = self.take();
-        if events.is_empty() {
-            return;
+    /// End run `id` of `flow`, if it is still the key's run: its later
+    /// events are forgotten (not leased, nothing to hand back).
+    fn end_run(&mut self, flow: &FlowId, id: u64) {
+        if self.runs.get(flow).is_some_and(|run| run.id == id) {
+            let run = self.runs.remove(flow).map(|r| r.events).unwrap_or_default();
+            self.in_runs -= run.len();
         }
-        let member = self.member.clone();
-        crate::model::delivery::spawn_release(Box::pin(async move {
-            release(&*member, events).await;
-            Ok(())
-        }));
     }
 }
 
@@ -833,6 +1003,9 @@ struct MemberState {
     held: AtomicUsize,
     /// A handed-out delivery was settled.
     freed: Notify,
+    buffer: std::sync::Mutex<Buffer>,
+    /// An event of a run became ready.
+    ready: Notify,
 }
 
 impl MemberState {
@@ -840,15 +1013,165 @@ impl MemberState {
         self.closed.load(Ordering::Acquire) || self.member.is_closed()
     }
 
-    /// What a claim may take now (nothing is buffered when it runs).
-    fn free(&self) -> usize {
-        let held = self.held.load(Ordering::Acquire);
-        self.member.max_in_flight().max(1).saturating_sub(held)
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hand back events claimed but never delivered.
-    async fn release(&self, buffered: VecDeque<(i64, Envelope)>) {
-        release(&*self.member, buffered).await
+    /// What a claim may lease now, if the member should claim: its room
+    /// (`max_in_flight` less what it holds and has ready), when it has
+    /// nothing buffered, or a quarter of its room is free and its runs
+    /// hold less than twice its `max_in_flight` (a member busy with its
+    /// runs does not claim a few events at a time, nor pile up runs).
+    fn claimable(&self) -> Option<usize> {
+        let max = self.member.max_in_flight().max(1);
+        let buffer = self.buffer();
+        let (ready, in_runs) = (buffer.ready.len(), buffer.in_runs);
+        drop(buffer);
+        let held = self.held.load(Ordering::Acquire);
+        let free = max.saturating_sub(held + ready);
+        let idle = ready == 0 && in_runs == 0;
+        let room = free >= max.div_ceil(4) && in_runs < max.saturating_mul(2);
+        (free > 0 && (idle || room)).then_some(free)
+    }
+
+    /// Add what a claim leased: a key's first event is ready, the key's
+    /// run after it waits. A key this member still has a run of was leased
+    /// again because that run's leases ran out: the new run replaces it.
+    fn take_claimed(&self, events: Vec<(i64, Envelope)>, pruned: u64) {
+        if events.is_empty() {
+            return;
+        }
+        let claimed_at = Instant::now();
+        let mut buffer = self.buffer();
+        let first_run = buffer.last_run + 1;
+        for (pos, envelope) in events {
+            let flow = flow_of(&envelope);
+            let mut b = Buffered {
+                pos,
+                envelope,
+                claimed_at,
+                pruned,
+                run: 0,
+                after: None,
+            };
+            let Some(flow) = flow else {
+                buffer.ready.push_back(b);
+                continue;
+            };
+            match buffer.runs.get_mut(&flow) {
+                Some(run) if run.id >= first_run => {
+                    b.run = run.id;
+                    run.events.push_back(b);
+                    buffer.in_runs += 1;
+                }
+                _ => {
+                    buffer.last_run += 1;
+                    b.run = buffer.last_run;
+                    let stale = buffer.runs.insert(
+                        flow,
+                        Run {
+                            id: b.run,
+                            events: VecDeque::new(),
+                        },
+                    );
+                    buffer.in_runs -= stale.map_or(0, |r| r.events.len());
+                    buffer.ready.push_back(b);
+                }
+            }
+        }
+    }
+
+    /// The next ready event as a delivery, while the member holds fewer
+    /// than `max_in_flight`; one whose lease is half gone, or claimed
+    /// before the store deleted events, is set aside to hand back (and its
+    /// run ends).
+    fn hand_out(self: &Arc<Self>) -> Option<Delivery> {
+        let half = self.member.ack_wait() / 2;
+        let pruned = self.member.pruned();
+        loop {
+            if self.held.load(Ordering::Acquire) >= self.member.max_in_flight().max(1) {
+                return None;
+            }
+            let mut buffer = self.buffer();
+            let b = buffer.ready.pop_front()?;
+            let flow = flow_of(&b.envelope).map(|f| (f, b.run));
+            if b.claimed_at.elapsed() > half || b.pruned != pruned {
+                if let Some((flow, run)) = &flow {
+                    buffer.end_run(flow, *run);
+                }
+                buffer.stale.push((b.pos, b.envelope));
+                continue;
+            }
+            drop(buffer);
+            let settle: Arc<dyn Settle> = Arc::new(Held {
+                state: self.clone(),
+                pos: b.pos,
+                flow,
+                after: std::sync::Mutex::new(b.after),
+                slot: std::sync::Mutex::new(Some(Slot::take(self))),
+            });
+            return Some(Delivery::new(Arc::new(b.envelope), settle));
+        }
+    }
+
+    /// The delivery of run `run` of `flow` handed out was settled as
+    /// queued: after an ack (which leases the run's next event) that event
+    /// is ready, `after` answering once the ack is durable; after anything
+    /// else the run ends.
+    fn settled(&self, (flow, run): &(FlowId, u64), acked: Option<oneshot::Receiver<()>>) {
+        let mut buffer = self.buffer();
+        let Some(after) = acked else {
+            buffer.end_run(flow, *run);
+            return;
+        };
+        let next = match buffer.runs.get_mut(flow) {
+            Some(r) if r.id == *run => r.events.pop_front(),
+            _ => return,
+        };
+        match next {
+            Some(mut b) => {
+                buffer.in_runs -= 1;
+                b.after = Some(after);
+                buffer.ready.push_back(b);
+                drop(buffer);
+                self.ready.notify_waiters();
+            }
+            None => {
+                buffer.runs.remove(flow);
+            }
+        }
+    }
+
+    /// The event of run `run` of `flow` to follow the one handed out, as
+    /// the ack of that one leases it.
+    fn next_of(&self, (flow, run): &(FlowId, u64)) -> Option<Next> {
+        let buffer = self.buffer();
+        let r = buffer.runs.get(flow).filter(|r| r.id == *run)?;
+        let b = r.events.front()?;
+        let lease = self.member.ack_wait().as_millis().min(i64::MAX as u128) as i64;
+        Some(Next {
+            pos: b.pos,
+            attempt: b.envelope.attempt() as i64,
+            until_ms: chrono::Utc::now().timestamp_millis().saturating_add(lease),
+        })
+    }
+
+    /// Hand back everything buffered (the member closed or was dropped).
+    fn release_all(&self) {
+        let all = self.buffer().take_all();
+        self.release_later(all);
+    }
+
+    /// Hand back `events` in a background task the bus's close waits for.
+    fn release_later(&self, events: Vec<(i64, Envelope)>) {
+        if events.is_empty() {
+            return;
+        }
+        let member = self.member.clone();
+        crate::model::delivery::spawn_release(Box::pin(async move {
+            release(&*member, events).await;
+            Ok(())
+        }));
     }
 }
 
@@ -872,24 +1195,70 @@ impl Drop for Slot {
 
 /// Hand back events `member` claimed but never delivered, all at once (a
 /// store that group-commits settlements writes them together).
-async fn release(member: &dyn GroupMember, buffered: VecDeque<(i64, Envelope)>) {
-    let releases = buffered
-        .into_iter()
-        .map(|(pos, env)| member.settle(pos, Arc::new(env), Settled::Released, Vec::new()));
+async fn release(member: &dyn GroupMember, events: Vec<(i64, Envelope)>) {
+    let releases = events.into_iter().map(|(pos, env)| async move {
+        member
+            .settle(pos, Arc::new(env), Settled::Released, Vec::new(), None)
+            .await?
+            .await
+    });
     let _ = futures_util::future::join_all(releases).await;
 }
 
 /// The settle side of one leased delivery; its [`Slot`] is given back when
-/// the settlement completes.
+/// the settlement is durable.
 struct Held {
-    member: Arc<dyn GroupMember>,
+    state: Arc<MemberState>,
     pos: i64,
+    /// Its key and the run it came in, when it has a key.
+    flow: Option<(FlowId, u64)>,
+    /// Answers once the ack before it in its run is durable: an ack with
+    /// effects waits for it, as a store may commit those apart from its
+    /// queue (an ack goes first in the queue).
+    after: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
     slot: std::sync::Mutex<Option<Slot>>,
 }
 
 impl Held {
-    fn slot(&self) -> Option<Slot> {
-        self.slot.lock().map(|mut s| s.take()).unwrap_or(None)
+    /// Queue the settlement, let the key's run go on (or hand it back),
+    /// and answer once it is durable.
+    fn settle_with(
+        &self,
+        envelope: &Arc<Envelope>,
+        outcome: Outcome,
+        effects: Vec<Envelope>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let slot = self.slot.lock().map(|mut s| s.take()).unwrap_or(None);
+        let after = self.after.lock().map(|mut a| a.take()).unwrap_or(None);
+        let (state, pos, flow) = (self.state.clone(), self.pos, self.flow.clone());
+        let envelope = envelope.clone();
+        Box::pin(async move {
+            if let Some(after) = after.filter(|_| !effects.is_empty()) {
+                // Answered or dropped: either way, the ack before is done.
+                let _ = after.await;
+            }
+            let acked = outcome == Outcome::Ack;
+            let next = match &flow {
+                Some(flow) if acked => state.next_of(flow),
+                _ => None,
+            };
+            let queued = state
+                .member
+                .settle(pos, envelope, Settled::Outcome(outcome), effects, next)
+                .await;
+            let (durable_tx, durable_rx) = oneshot::channel();
+            if let Some(flow) = &flow {
+                let acked = (acked && queued.is_ok()).then_some(durable_rx);
+                state.settled(flow, acked);
+            }
+            let settled = match queued {
+                Ok(durable) => durable.await,
+                Err(e) => Err(e),
+            };
+            let _ = durable_tx.send(());
+            drop(slot);
+            settled
+        })
     }
 }
 
@@ -899,15 +1268,7 @@ impl Settle for Held {
         envelope: &Arc<Envelope>,
         outcome: Outcome,
     ) -> Option<BoxFuture<'static, Result<()>>> {
-        let member = self.member.clone();
-        let (pos, envelope, slot) = (self.pos, envelope.clone(), self.slot());
-        Some(Box::pin(async move {
-            let settled = member
-                .settle(pos, envelope, Settled::Outcome(outcome), Vec::new())
-                .await;
-            drop(slot);
-            settled
-        }))
+        Some(self.settle_with(envelope, outcome, Vec::new()))
     }
 
     /// The ack and the effects go to the store together, so they commit in
@@ -917,15 +1278,7 @@ impl Settle for Held {
         envelope: &Arc<Envelope>,
         effects: Vec<Envelope>,
     ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
-        let member = self.member.clone();
-        let (pos, envelope, slot) = (self.pos, envelope.clone(), self.slot());
-        Ok(Box::pin(async move {
-            let settled = member
-                .settle(pos, envelope, Settled::Outcome(Outcome::Ack), effects)
-                .await;
-            drop(slot);
-            settled
-        }))
+        Ok(self.settle_with(envelope, Outcome::Ack, effects))
     }
 }
 
@@ -953,7 +1306,15 @@ mod tests {
     }
 
     fn share(max: usize, members: usize) -> Share {
-        Share { max, members }
+        Share {
+            max,
+            members,
+            all_heads: false,
+        }
+    }
+
+    fn tails(p: &Plan) -> Vec<(i64, i64)> {
+        p.tails.iter().map(|t| (t.pos, t.head)).collect()
     }
 
     const START: Position = Position {
@@ -1011,10 +1372,61 @@ mod tests {
         assert_eq!(take(keyless(41), 256, 4), 11, "rounded up");
         assert_eq!(take(keyless(100), 16, 1), 16, "at most the room");
         assert_eq!(take(keyless(5), 256, 0), 5, "no live member counts as one");
-        // One key: only its first event is claimable.
-        let one_key: Vec<_> = (1..=40).map(|p| row(p, Some("k"), 1, None)).collect();
-        let p = plan(&spec(), &START, &one_key, 40, share(256, 1), 5, 0);
+        // One key: one head, and its run up to RUN_MAX events.
+        let one_key: Vec<_> = (1..=80).map(|p| row(p, Some("k"), 1, None)).collect();
+        let p = plan(&spec(), &START, &one_key, 80, share(256, 1), 5, 0);
         assert_eq!(p.claims, vec![(1, 1)]);
+        let run: Vec<_> = (2..=RUN_MAX as i64).map(|pos| (pos, 1)).collect();
+        assert_eq!(tails(&p), run);
+        assert!(!p.more, "the rest of the key waits for the run");
+    }
+
+    #[test]
+    fn each_head_brings_an_even_run_of_its_key() {
+        // Keys a and b, twenty events each, interleaved.
+        let rows: Vec<_> = (1..=40)
+            .map(|p| row(p, Some(if p % 2 == 1 { "a" } else { "b" }), 1, None))
+            .collect();
+        // Room for 2: both heads, each with RUN_ROOM more of its key.
+        let p = plan(&spec(), &START, &rows, 40, share(2, 1), 5, 0);
+        assert_eq!(p.claims, vec![(1, 1), (2, 1)]);
+        let a = [3, 5, 7, 9].map(|pos| (pos, 1));
+        let b = [4, 6, 8, 10].map(|pos| (pos, 2));
+        assert_eq!(tails(&p), [a, b].concat());
+        // One of two members: one head, with both heads' runs.
+        let p = plan(&spec(), &START, &rows, 40, share(2, 2), 5, 0);
+        assert_eq!(p.claims, vec![(1, 1)]);
+        assert_eq!(tails(&p).len(), 2 * RUN_ROOM);
+        assert!(p.more);
+        // Every head for a store that leases a share of them itself, each
+        // with the run a share would bring.
+        let all = Share {
+            all_heads: true,
+            ..share(2, 2)
+        };
+        let p = plan(&spec(), &START, &rows, 40, all, 5, 0);
+        assert_eq!(p.claims, vec![(1, 1), (2, 1)]);
+        assert_eq!(p.tails.len(), 4 * RUN_ROOM);
+    }
+
+    #[test]
+    fn a_run_ends_at_an_event_held_or_waiting() {
+        let rows = vec![
+            row(1, Some("k"), 1, None),
+            row(2, Some("k"), 1, None),
+            row(3, Some("k"), 1, lease(LeaseState::Waiting, 1, 100)),
+            row(4, Some("k"), 1, None),
+            row(5, Some("j"), 1, None),
+            row(6, Some("j"), 1, lease(LeaseState::InFlight, 5, 10)),
+            row(7, Some("j"), 1, None),
+        ];
+        let p = plan(&spec(), &START, &rows, 7, share(10, 1), 5, 50);
+        assert_eq!(p.claims, vec![(1, 1), (5, 1)]);
+        assert_eq!(tails(&p), vec![(2, 1)]);
+        // Event 6 ran out of attempts; it is dead-lettered only as its
+        // key's first, after event 5.
+        assert!(p.dead.is_empty());
+        assert_eq!(p.cursor, 0);
     }
 
     #[test]
