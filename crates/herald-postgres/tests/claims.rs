@@ -74,3 +74,70 @@ async fn members_claim_while_another_session_holds_the_groups_row() {
     holder.rollback().await.unwrap();
     bus.close().await.unwrap();
 }
+
+/// A claim that moves the cursor far enough sweeps the delivery rows below
+/// it, and the sweep waits for every claim holding the group's row. Here
+/// another session holds the row `FOR KEY SHARE` (as a claim does) for the
+/// whole test: the member must still get every event, its claims answering
+/// before their sweeps (a claim that swept before it answered held the
+/// events it leased until the row was free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_waiting_for_the_groups_row_does_not_hold_back_a_claim() {
+    let store = herald_postgres::PgStore::open(support::fresh_config().await)
+        .await
+        .unwrap();
+    let bus = Bus::new(store.clone());
+    let topic = "claims.sweep";
+    let mut member = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    bus.publish(Message::json(topic, &0u32).unwrap())
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(DELIVERY_WAIT, member.next())
+        .await
+        .expect("the first event")
+        .unwrap()
+        .unwrap();
+    d.ack().await.unwrap();
+
+    let mut holder = store.pool().begin().await.unwrap();
+    let held: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM \"{}\".groups WHERE name = 'g' FOR KEY SHARE",
+        store.schema()
+    ))
+    .fetch_optional(&mut *holder)
+    .await
+    .unwrap();
+    assert_eq!(held.as_deref(), Some("g"), "the group's row is held");
+
+    // Past two sweep steps (1,024 events each), over 10 keys.
+    const N: u32 = 2_500;
+    for chunk in 0..N / 100 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i + 1;
+                Message::json(topic, &n)
+                    .unwrap()
+                    .key(format!("k{}", n % 10))
+            })
+            .collect();
+        bus.publish(batch).await.unwrap();
+    }
+    let mut got = HashSet::new();
+    while got.len() < N as usize {
+        let d = tokio::time::timeout(DELIVERY_WAIT, member.next())
+            .await
+            .unwrap_or_else(|_| panic!("the member stalled after {} of {N} events", got.len()))
+            .expect("the stream ended")
+            .unwrap();
+        let n: u32 = d.decode().unwrap();
+        assert!(got.insert(n), "event {n} delivered twice");
+        d.ack().await.unwrap();
+    }
+    holder.rollback().await.unwrap();
+    bus.close().await.unwrap();
+}
