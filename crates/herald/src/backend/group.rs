@@ -361,10 +361,12 @@ pub struct Plan {
     pub more: bool,
 }
 
-/// What a claim leased to a member.
+/// What a claim gave a member.
 #[derive(Debug, Default)]
 pub struct Claimed {
-    /// The leased events: `pos` and envelope (with its `attempt`).
+    /// The events: `pos` and envelope (with the `attempt` it is delivered
+    /// as): the leased heads, then the runs after them ([`Plan::tails`],
+    /// not leased), each run in `pos` order.
     pub events: Vec<(i64, Envelope)>,
     /// Whether a claim now may find more (claim again before waiting for
     /// a change).
