@@ -15,25 +15,32 @@ use herald::{Bus, Message, StartPosition};
 /// Generous: a claim that waits for the row never delivers at all.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_claim_while_another_session_holds_the_groups_row() {
+/// A bus on a fresh store with group `g` on `topic` (its member, which
+/// took and acked one event), and another session's transaction holding
+/// the group's row in `lock` mode.
+async fn group_with_its_row_held(
+    topic: &'static str,
+    lock: &str,
+) -> (
+    Bus,
+    herald::Subscription,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
     let store = herald_postgres::PgStore::open(support::fresh_config().await)
         .await
         .unwrap();
     let bus = Bus::new(store.clone());
-    let topic = "claims.rowlock";
-    let mut first = bus
+    let mut member = bus
         .subscribe_raw(topic)
         .group("g")
         .start(StartPosition::Earliest)
         .await
         .unwrap();
-    let mut second = bus.subscribe_raw(topic).group("g").await.unwrap();
     // The group exists once a member has claimed: make it so.
     bus.publish(Message::json(topic, &0u32).unwrap())
         .await
         .unwrap();
-    let d = tokio::time::timeout(DELIVERY_WAIT, first.next())
+    let d = tokio::time::timeout(DELIVERY_WAIT, member.next())
         .await
         .expect("the first event")
         .unwrap()
@@ -42,13 +49,21 @@ async fn members_claim_while_another_session_holds_the_groups_row() {
 
     let mut holder = store.pool().begin().await.unwrap();
     let locked: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT name FROM \"{}\".groups WHERE name = 'g' FOR NO KEY UPDATE",
+        "SELECT name FROM \"{}\".groups WHERE name = 'g' FOR {lock}",
         store.schema()
     ))
     .fetch_optional(&mut *holder)
     .await
     .unwrap();
     assert_eq!(locked.as_deref(), Some("g"), "the group's row is held");
+    (bus, member, holder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_claim_while_another_session_holds_the_groups_row() {
+    let topic = "claims.rowlock";
+    let (bus, mut first, holder) = group_with_its_row_held(topic, "NO KEY UPDATE").await;
+    let mut second = bus.subscribe_raw(topic).group("g").await.unwrap();
 
     const N: u32 = 40;
     let batch: Vec<_> = (1..=N)
@@ -83,36 +98,8 @@ async fn members_claim_while_another_session_holds_the_groups_row() {
 /// events it leased until the row was free).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_waiting_for_the_groups_row_does_not_hold_back_a_claim() {
-    let store = herald_postgres::PgStore::open(support::fresh_config().await)
-        .await
-        .unwrap();
-    let bus = Bus::new(store.clone());
     let topic = "claims.sweep";
-    let mut member = bus
-        .subscribe_raw(topic)
-        .group("g")
-        .start(StartPosition::Earliest)
-        .await
-        .unwrap();
-    bus.publish(Message::json(topic, &0u32).unwrap())
-        .await
-        .unwrap();
-    let d = tokio::time::timeout(DELIVERY_WAIT, member.next())
-        .await
-        .expect("the first event")
-        .unwrap()
-        .unwrap();
-    d.ack().await.unwrap();
-
-    let mut holder = store.pool().begin().await.unwrap();
-    let held: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT name FROM \"{}\".groups WHERE name = 'g' FOR KEY SHARE",
-        store.schema()
-    ))
-    .fetch_optional(&mut *holder)
-    .await
-    .unwrap();
-    assert_eq!(held.as_deref(), Some("g"), "the group's row is held");
+    let (bus, mut member, holder) = group_with_its_row_held(topic, "KEY SHARE").await;
 
     // Past two sweep steps (1,024 events each), over 10 keys.
     const N: u32 = 2_500;
