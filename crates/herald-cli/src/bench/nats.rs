@@ -33,6 +33,11 @@ pub struct NatsFigures {
     pub ratio_pipelined: f64,
     /// Publish called → a durable group member has the event.
     pub end_to_end: Percentiles,
+    /// The same with raw async-nats ([`raw_end_to_end`]): a JetStream
+    /// publish (ack awaited) → a durable pull consumer has the message.
+    pub raw_end_to_end: Percentiles,
+    /// `raw_end_to_end.p50 / end_to_end.p50`.
+    pub ratio_latency_p50: f64,
     /// How a durable group drains (receive + ack), next to a raw
     /// async-nats pull consumer over the raw stream ([`raw_consume`]).
     pub drain: Drains,
@@ -92,8 +97,11 @@ async fn measure(
         durable::herald_publishes(&bus, pipelined, TASKS, BATCH, &sample).await?;
     let raw_pipelined = raw_publishes(&js, &raw_subject, pipelined, TASKS, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
-    let end_to_end = durable::end_to_end(&bus, rounds, (rounds / 10).max(50)).await?;
+    let warmup = (rounds / 10).max(50);
+    let end_to_end = durable::end_to_end(&bus, rounds, warmup).await?;
     let stream_name = format!("{}_RAW", prefix.replace('.', "_"));
+    let raw_end_to_end =
+        raw_end_to_end(&js, &stream_name, &raw_subject, rounds, warmup, &sample).await?;
     let consume = if short { 2_000 } else { 20_000 };
     let raw_1 = raw_consume(&js, &stream_name, "raw1", consume / 10, true).await?;
     let raw_batched = raw_consume(&js, &stream_name, "raw", consume, false).await?;
@@ -117,7 +125,9 @@ async fn measure(
         raw_pipelined,
         ratio_sync: herald_sync / raw_sync,
         ratio_pipelined: herald_pipelined / raw_pipelined,
+        ratio_latency_p50: raw_end_to_end.p50_us / end_to_end.p50_us,
         end_to_end,
+        raw_end_to_end,
         drain,
         call,
     })
@@ -177,25 +187,9 @@ async fn raw_consume(
     events: usize,
     one_by_one: bool,
 ) -> Result<f64> {
-    use jetstream::consumer::{pull, AckPolicy};
-    let stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(|e| nats("find the raw stream", e))?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.to_owned()),
-            ack_policy: AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats("make the raw consumer", e))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(if one_by_one { 1 } else { BATCH })
-        .messages()
-        .await
-        .map_err(|e| nats("pull from the raw consumer", e))?;
+    let all = jetstream::consumer::DeliverPolicy::All;
+    let batch = if one_by_one { 1 } else { BATCH };
+    let mut messages = raw_messages(js, stream_name, name, all, batch).await?;
     let start = std::time::Instant::now();
     for _ in 0..events {
         let message = messages
@@ -211,6 +205,84 @@ async fn raw_consume(
         acked.map_err(|e| Error::new(ErrorCode::Unavailable, format!("nats: ack: {e}")))?;
     }
     Ok(events as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The raw latency floor: a durable pull consumer on the raw stream that
+/// takes only new messages, pulling one at a time and acking each
+/// (awaited) as a member does, and one JetStream publish at a time, its ack
+/// awaited; the sample is publish called → the consumer has the message.
+async fn raw_end_to_end(
+    js: &jetstream::Context,
+    stream_name: &str,
+    subject: &str,
+    rounds: usize,
+    warmup: usize,
+    sample: &Envelope,
+) -> Result<Percentiles> {
+    let new = jetstream::consumer::DeliverPolicy::New;
+    let mut messages = raw_messages(js, stream_name, "rawlatency", new, 1).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let at = std::time::Instant::now();
+            if message.double_ack().await.is_err() || tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    let event = fresh(sample);
+    let (pairs, body) = herald::backend::headers::encode(&event)?;
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in pairs {
+        headers.insert(name, value.as_str());
+    }
+    let mut samples = Vec::with_capacity(warmup + rounds);
+    for _ in 0..warmup + rounds {
+        let started = std::time::Instant::now();
+        js.publish_with_headers(subject.to_owned(), headers.clone(), body.clone())
+            .await
+            .map_err(|e| nats("raw publish", e))?
+            .await
+            .map_err(|e| nats("raw publish ack", e))?;
+        let at = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .map_err(|_| Error::new(ErrorCode::Timeout, "the raw consumer got nothing"))?
+            .ok_or_else(|| Error::internal("the raw consumer stopped"))?;
+        samples.push(at.saturating_duration_since(started));
+    }
+    consumer.abort();
+    Ok(Percentiles::of(samples, warmup))
+}
+
+/// The messages of a new durable pull consumer `name` on the raw stream,
+/// with explicit acks, from `deliver`, pulled `batch` at a time.
+async fn raw_messages(
+    js: &jetstream::Context,
+    stream_name: &str,
+    name: &str,
+    deliver: jetstream::consumer::DeliverPolicy,
+    batch: usize,
+) -> Result<jetstream::consumer::pull::Stream> {
+    use jetstream::consumer::{pull, AckPolicy};
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| nats("find the raw stream", e))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: deliver,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats("make the raw consumer", e))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await
+        .map_err(|e| nats("pull from the raw consumer", e))
 }
 
 /// Delete every stream under `prefix`.

@@ -38,6 +38,11 @@ pub struct PgFigures {
     pub sequenced_per_second: f64,
     /// Outbox publish committed → a durable group member has it.
     pub end_to_end: Percentiles,
+    /// The same with raw sqlx ([`raw_end_to_end`]): a queue row and its
+    /// NOTIFY committed → a LISTENing consumer has read it, pgmq's way.
+    pub raw_end_to_end: Percentiles,
+    /// `raw_end_to_end.p50 / end_to_end.p50`.
+    pub ratio_latency_p50: f64,
     /// How a durable group drains (receive + ack, committed), next to the
     /// raw consume loop ([`raw_consume`]) at one row and [`BATCH`] rows
     /// per commit.
@@ -163,7 +168,9 @@ async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures
     let sequenced_per_second = batched as f64 / began.elapsed().as_secs_f64();
     let raw_batched = raw_inserts(store, schema, batched, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
-    let end_to_end = end_to_end(store, rounds, (rounds / 10).max(50)).await?;
+    let warmup = (rounds / 10).max(50);
+    let end_to_end = end_to_end(store, rounds, warmup).await?;
+    let raw_end_to_end = raw_end_to_end(store, schema, rounds, warmup).await?;
     Ok(PgFigures {
         events: batched,
         herald_single,
@@ -173,7 +180,9 @@ async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures
         ratio_single: herald_single / raw_single,
         ratio_batched: herald_batched / raw_batched,
         sequenced_per_second,
+        ratio_latency_p50: raw_end_to_end.p50_us / end_to_end.p50_us,
         end_to_end,
+        raw_end_to_end,
         drain: None,
     })
 }
@@ -297,6 +306,81 @@ async fn end_to_end(store: &PgStore, rounds: usize, warmup: usize) -> Result<Per
             .await
             .ok_or_else(|| Error::internal("the subscriber stopped"))?;
         samples.push(at.saturating_duration_since(committed));
+    }
+    Ok(Percentiles::of(samples, warmup))
+}
+
+/// The raw latency floor, pgmq's way with NOTIFY: a transaction inserts a
+/// queue row and notifies, and a consumer LISTENing on a connection of its
+/// own, when notified, takes the row with pgmq's read-and-remove (`DELETE
+/// … FOR UPDATE SKIP LOCKED … RETURNING`, committed) on another; the sample
+/// is commit → the row read. As in herald's path, one synchronous commit
+/// lies between the publisher's and the consumer having the row (herald's
+/// is the sequencer's).
+async fn raw_end_to_end(
+    store: &PgStore,
+    schema: &str,
+    rounds: usize,
+    warmup: usize,
+) -> Result<Percentiles> {
+    let channel = format!("{schema}_raw_latency");
+    let table = format!("{schema}.raw_latency");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigserial PRIMARY KEY, envelope bytea NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await
+    .map_err(pg)?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool())
+        .await
+        .map_err(pg)?;
+    listener.listen(&channel).await.map_err(pg)?;
+    let mut popper = store.pool().acquire().await.map_err(pg)?;
+    let pop = format!(
+        "DELETE FROM {table} WHERE id IN
+         (SELECT id FROM {table} ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, envelope"
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        while listener.recv().await.is_ok() {
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(&pop)
+                .fetch_all(&mut *popper)
+                .await
+                .map_err(pg)?;
+            let at = Instant::now();
+            if !rows.is_empty() && tx.send(at).is_err() {
+                break;
+            }
+        }
+        Ok::<_, Error>(())
+    });
+    let sample = sample()?.with_seq(1).to_json()?;
+    let mut samples = Vec::with_capacity(warmup + rounds);
+    for _ in 0..warmup + rounds {
+        let mut txn = store.pool().begin().await.map_err(pg)?;
+        sqlx::query(&format!("INSERT INTO {table} (envelope) VALUES ($1)"))
+            .bind(&sample)
+            .execute(&mut *txn)
+            .await
+            .map_err(pg)?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&mut *txn)
+            .await
+            .map_err(pg)?;
+        txn.commit().await.map_err(pg)?;
+        let committed = Instant::now();
+        let Some(at) = rx.recv().await else { break };
+        samples.push(at.saturating_duration_since(committed));
+    }
+    drop(rx);
+    consumer.abort();
+    if samples.len() < warmup + rounds {
+        return match consumer.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(Error::internal("the raw consumer stopped")),
+        };
     }
     Ok(Percentiles::of(samples, warmup))
 }

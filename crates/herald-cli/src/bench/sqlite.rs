@@ -36,6 +36,11 @@ pub struct Appends {
     pub ratio_batched: f64,
     /// publish → a durable group member has it.
     pub end_to_end: Percentiles,
+    /// The same with rusqlite ([`raw_end_to_end`]): a row committed →
+    /// another connection has read it.
+    pub raw_end_to_end: Percentiles,
+    /// `raw_end_to_end.p50 / end_to_end.p50`.
+    pub ratio_latency_p50: f64,
     /// How a durable group drains (receive + ack, committed), next to the
     /// raw consume ceiling (rusqlite, one connection: read rows and advance
     /// a cursor in one transaction, one row per commit and [`BATCH`] per
@@ -59,7 +64,9 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
     let raw_single = raw_inserts(&files.raw("single"), single, 1, &sample).await?;
     let raw_batched = raw_inserts(&files.raw("batched"), batched, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
-    let end_to_end = end_to_end(&files.herald("latency"), rounds, (rounds / 10).max(100)).await?;
+    let warmup = (rounds / 10).max(100);
+    let end_to_end = end_to_end(&files.herald("latency"), rounds, warmup).await?;
+    let raw_end_to_end = raw_end_to_end(&files.raw("latency"), rounds, warmup, &sample).await?;
     let consume = if short { 2_000 } else { 20_000 };
     let raw_consume_1 = raw_consume(&files.raw("consume1"), consume / 4, 1, &sample).await?;
     let raw_consume_batched = raw_consume(&files.raw("consume"), consume, BATCH, &sample).await?;
@@ -83,7 +90,9 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
         raw_batched,
         ratio_single: herald_single / raw_single,
         ratio_batched: herald_batched / raw_batched,
+        ratio_latency_p50: raw_end_to_end.p50_us / end_to_end.p50_us,
         end_to_end,
+        raw_end_to_end,
         drain,
     })
 }
@@ -133,6 +142,72 @@ async fn end_to_end(path: &Path, rounds: usize, warmup: usize) -> Result<Percent
         samples.push(at.saturating_duration_since(start));
     }
     bus.close().await?;
+    Ok(Percentiles::of(samples, warmup))
+}
+
+/// The raw latency floor at herald's durability: rusqlite, one connection
+/// committing a row at a time, another (its own thread) told of each
+/// commit, reading the row past its cursor, then moving the cursor in a
+/// committed transaction (as a member acks) before the next row is
+/// written; the sample is insert start → the row read.
+async fn raw_end_to_end(
+    path: &Path,
+    rounds: usize,
+    warmup: usize,
+    sample: &Envelope,
+) -> Result<Percentiles> {
+    let json = sample.clone().with_seq(1).to_json()?;
+    let reader_path = path.to_path_buf();
+    let samples = raw(path, "latency", move |conn| {
+        conn.execute_batch(&consume_tables("latency"))?;
+        let (written, to_read) = std::sync::mpsc::channel::<()>();
+        let (read, to_time) = std::sync::mpsc::channel::<Instant>();
+        let mut samples = Vec::with_capacity(warmup + rounds);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> rusqlite::Result<()> {
+                let mut conn = rusqlite::Connection::open(&reader_path)?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                let mut cursor = 0i64;
+                while to_read.recv().is_ok() {
+                    let (pos, bytes): (i64, Vec<u8>) = conn.query_row(
+                        "SELECT pos, envelope FROM events WHERE pos > ?1 ORDER BY pos LIMIT 1",
+                        [cursor],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )?;
+                    let at = Instant::now();
+                    std::hint::black_box(bytes);
+                    cursor = pos;
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    tx.prepare_cached("UPDATE cursors SET pos = ?1 WHERE name = 'latency'")?
+                        .execute([cursor])?;
+                    tx.commit()?;
+                    if read.send(at).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO events (topic, seq, envelope) VALUES ('bench.latency', ?1, ?2)",
+            )?;
+            for seq in 1..=(warmup + rounds) as i64 {
+                let start = Instant::now();
+                insert.execute(rusqlite::params![seq, json])?;
+                written.send(()).ok();
+                let Ok(at) = to_time.recv() else { break };
+                samples.push(at.saturating_duration_since(start));
+            }
+            drop(written);
+            reader.join().expect("the raw reader does not panic")
+        })?;
+        Ok(samples)
+    })
+    .await?;
+    if samples.len() < warmup + rounds {
+        return Err(Error::internal("the raw SQLite reader stopped early"));
+    }
     Ok(Percentiles::of(samples, warmup))
 }
 
@@ -186,12 +261,7 @@ pub async fn drain_gate(events: usize) -> Result<DrainGate> {
 async fn raw_consume(path: &Path, events: usize, batch: usize, sample: &Envelope) -> Result<f64> {
     let json = sample.clone().with_seq(1).to_json()?;
     raw(path, "consume", move |mut conn| {
-        conn.execute_batch(
-            "CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, seq INTEGER NOT NULL,
-             envelope BLOB NOT NULL, UNIQUE (topic, seq));
-             CREATE TABLE cursors (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);
-             INSERT INTO cursors VALUES ('drain', 0);",
-        )?;
+        conn.execute_batch(&consume_tables("drain"))?;
         {
             let tx = conn.transaction()?;
             {
@@ -229,15 +299,26 @@ async fn raw_consume(path: &Path, events: usize, batch: usize, sample: &Envelope
     .await
 }
 
+/// The raw consume baselines' tables: a log, and a cursor named `cursor`
+/// at its start.
+fn consume_tables(cursor: &str) -> String {
+    format!(
+        "CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, seq INTEGER NOT NULL,
+         envelope BLOB NOT NULL, UNIQUE (topic, seq));
+         CREATE TABLE cursors (name TEXT PRIMARY KEY, pos INTEGER NOT NULL);
+         INSERT INTO cursors VALUES ('{cursor}', 0);"
+    )
+}
+
 /// Run a raw baseline's `work` on its own rusqlite connection to `path`,
 /// at herald's durability (WAL, `synchronous=FULL`), off the runtime.
-async fn raw(
+async fn raw<T: Send + 'static>(
     path: &Path,
     what: &'static str,
-    work: impl FnOnce(rusqlite::Connection) -> rusqlite::Result<f64> + Send + 'static,
-) -> Result<f64> {
+    work: impl FnOnce(rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T> {
     let path = path.to_path_buf();
-    let run = move || -> rusqlite::Result<f64> {
+    let run = move || -> rusqlite::Result<T> {
         let conn = rusqlite::Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
