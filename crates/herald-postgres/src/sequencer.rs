@@ -100,8 +100,12 @@ async fn lead(store: &Weak<Inner>) -> Result<()> {
         .await
         .map_err(runtime_error)?;
     // Busy while rounds find rows; publishers wake an idle sequencer only
-    // (see the `wake_sequencer` trigger in `schema`).
+    // (see the `wake_sequencer` trigger in `schema`). A lone round that
+    // finds rows does not say busy: saying so and then idle again costs two
+    // commits per event when events come one at a time, and a sequencer
+    // that still says idle was woken by every publisher since.
     let mut idle = true;
+    let mut found_last_round = false;
     set_idle(&inner, &mut conn, true).await?;
     drop(inner);
     let mut next_cleanup = tokio::time::Instant::now();
@@ -118,12 +122,14 @@ async fn lead(store: &Weak<Inner>) -> Result<()> {
             next_cleanup = tokio::time::Instant::now() + RECEIPT_CLEANUP_EVERY;
         }
         if round(inner, &mut conn).await? > 0 {
-            if idle {
+            if idle && found_last_round {
                 set_idle(inner, &mut conn, false).await?;
                 idle = false;
             }
+            found_last_round = true;
             continue;
         }
+        found_last_round = false;
         if !idle {
             // Going idle: say so, then look again, and once more after a
             // commit's time, for rows whose transactions decided not to
@@ -201,159 +207,228 @@ struct Row {
     envelope: Vec<u8>,
 }
 
-/// One transaction: sequence up to [`ROUND`] committed outbox rows.
+/// Sequence up to [`ROUND`] committed outbox rows: how many. Two round
+/// trips: [`take`] reads outside a transaction (only this session, which
+/// holds the schema's sequencer lock, changes what it reads), and
+/// [`write_round`] writes everything in one statement, so in one
+/// transaction. A round with rows that are not envelopes dead-letters them
+/// in that transaction too (BEGIN … COMMIT).
 async fn round(inner: &Inner, conn: &mut PgConnection) -> Result<usize> {
-    sqlx::query("BEGIN")
-        .execute(&mut *conn)
-        .await
-        .map_err(runtime_error)?;
-    match sequence(inner, conn).await {
-        Ok((n, last_pos)) => {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let Some(taken) = take(inner, conn, now_ms).await? else {
+        return Ok(0);
+    };
+    let round = sequence(inner, taken)?;
+    if round.undecodable.is_empty() {
+        round.write(inner, conn).await?;
+    } else {
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(runtime_error)?;
+        let written = async {
+            for (row, why) in &round.undecodable {
+                dead_letter_raw(inner, conn, row, why).await?;
+            }
+            round.write(inner, conn).await?;
             sqlx::query("COMMIT")
                 .execute(&mut *conn)
                 .await
                 .map_err(runtime_error)?;
-            if let Some(pos) = last_pos {
-                raise(&inner.committed, pos);
-            }
-            Ok(n)
+            Ok(())
         }
-        Err(e) => {
+        .await;
+        if let Err(e) = written {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
+            return Err(e);
         }
+    }
+    if let Some(pos) = round.last_pos {
+        raise(&inner.committed, pos);
+    }
+    Ok(round.rows.len() + round.undecodable.len())
+}
+
+/// A round's writes, worked out from what it read.
+struct Round {
+    rows: Vec<Row>,
+    events: Events,
+    receipts: Receipts,
+    /// Rows that are not envelopes (written by hand into the outbox), with
+    /// why: kept as dead letters rather than lost or wedged on.
+    undecodable: Vec<(Row, String)>,
+    last_seq: HashMap<String, i64>,
+    next_pos: i64,
+    /// The last `pos` written.
+    last_pos: Option<i64>,
+}
+
+impl Round {
+    async fn write(&self, inner: &Inner, conn: &mut PgConnection) -> Result<()> {
+        let ids: Vec<i64> = self
+            .rows
+            .iter()
+            .map(|r| r.id)
+            .chain(self.undecodable.iter().map(|(r, _)| r.id))
+            .collect();
+        let (names, seqs): (Vec<String>, Vec<i64>) = self
+            .last_seq
+            .iter()
+            .map(|(name, seq)| (name.clone(), *seq))
+            .unzip();
+        write_round(
+            inner,
+            conn,
+            &self.events,
+            &self.receipts,
+            &ids,
+            (&names, &seqs),
+            self.next_pos,
+        )
+        .await
     }
 }
 
-/// The round's work, inside its transaction: how many rows, and the last
-/// `pos` written.
-async fn sequence(inner: &Inner, conn: &mut PgConnection) -> Result<(usize, Option<i64>)> {
-    let s = &inner.s;
-    // Up to ROUND rows and ROUND_BYTES of envelopes (at least one row); the
-    // running size comes from the stored lengths, without reading the rows
-    // left for the next round.
-    let rows: Vec<(i64, Uuid, String, String, Vec<u8>)> = sqlx::query_as(&format!(
-        "SELECT id, envelope_id, topic, idempotency_key, envelope FROM (
-             SELECT *, sum(length(envelope)) OVER (ORDER BY id) AS upto,
-                    row_number() OVER (ORDER BY id) AS n
-             FROM (SELECT * FROM {s}.outbox ORDER BY id LIMIT $1) o
-         ) x WHERE n = 1 OR upto <= $2 ORDER BY id"
-    ))
-    .bind(ROUND)
-    .bind(ROUND_BYTES as i64)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    if rows.is_empty() {
-        return Ok((0, None));
-    }
-    let rows: Vec<Row> = rows
-        .into_iter()
-        .map(|(id, envelope_id, topic, idempotency_key, envelope)| Row {
-            id,
-            envelope_id,
-            topic,
-            idempotency_key,
-            envelope,
-        })
-        .collect();
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut topics: Vec<String> = rows.iter().map(|r| r.topic.clone()).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    // The next `pos` (locked) and the topics' last `seq`s, in one query.
-    let found: Vec<(i64, Option<String>, Option<i64>)> = sqlx::query_as(&format!(
-        "SELECT m.value, t.name, t.last_seq FROM {s}.herald_meta m
-         LEFT JOIN {s}.topics t ON t.name = ANY($1)
-         WHERE m.key = 'next_pos' FOR UPDATE OF m"
-    ))
-    .bind(&topics)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(runtime_error)?;
-    let Some(mut next_pos) = found.first().map(|f| f.0) else {
-        return Err(herald::Error::internal("herald_meta has no next_pos"));
-    };
-    let mut last_seq: HashMap<String, i64> = found
-        .into_iter()
-        .filter_map(|(_, name, seq)| Some((name?, seq?)))
-        .collect();
-    let mut seen = existing_keys(inner, conn, &rows, now_ms).await?;
-
+/// Give each row its topic's next `seq` and the log's next `pos`, or the
+/// `seq` of the event already logged with its idempotency key.
+fn sequence(inner: &Inner, taken: Taken) -> Result<Round> {
+    let Taken {
+        rows,
+        mut next_pos,
+        mut last_seq,
+        mut seen,
+    } = taken;
     let mut events = Events::default();
     let mut receipts = Receipts::default();
-    for row in &rows {
+    let mut kept = Vec::with_capacity(rows.len());
+    let mut undecodable = Vec::new();
+    for row in rows {
         let key = (row.topic.clone(), row.idempotency_key.clone());
         if let Some(seq) = seen.get(&key) {
-            receipts.push(row, *seq);
+            receipts.push(&row, *seq);
+            kept.push(row);
             continue;
         }
         let env = match Envelope::from_stored(&row.envelope) {
             Ok(env) => env,
             Err(e) => {
-                // Not an envelope (written by hand into the outbox): keep it
-                // as a dead letter rather than lose or wedge on it.
-                dead_letter_raw(inner, conn, row, &e.to_string()).await?;
+                undecodable.push((row, e.to_string()));
                 continue;
             }
         };
         let seq = last_seq.entry(row.topic.clone()).or_insert(0);
         *seq += 1;
         let env = env.with_seq(*seq as u64);
-        events.push(next_pos, *seq, &env, row)?;
+        events.push(next_pos, *seq, &env, &row)?;
         if inner.config.dedupe_window_ms() > 0 {
             seen.insert(key, *seq);
         }
-        receipts.push(row, *seq);
+        receipts.push(&row, *seq);
+        kept.push(row);
         next_pos += 1;
     }
-    let last_pos = (!events.pos.is_empty()).then(|| next_pos - 1);
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let (names, seqs): (Vec<String>, Vec<i64>) = last_seq.into_iter().unzip();
-    write_round(
-        inner,
-        conn,
-        &events,
-        &receipts,
-        &ids,
-        (&names, &seqs),
+    Ok(Round {
+        last_pos: (!events.pos.is_empty()).then(|| next_pos - 1),
+        rows: kept,
+        events,
+        receipts,
+        undecodable,
+        last_seq,
         next_pos,
-    )
-    .await?;
-    Ok((rows.len(), last_pos))
+    })
 }
 
-/// `seq`s of events already in the log with the rows' idempotency keys,
-/// appended within the dedupe window.
-async fn existing_keys(
-    inner: &Inner,
-    conn: &mut PgConnection,
-    rows: &[Row],
-    now_ms: i64,
-) -> Result<HashMap<(String, String), i64>> {
+/// What a round read: its outbox rows, the log's next `pos`, the rows'
+/// topics' last `seq`s, and the `seq`s of events already in the log with
+/// a row's idempotency key, appended within the dedupe window.
+struct Taken {
+    rows: Vec<Row>,
+    next_pos: i64,
+    last_seq: HashMap<String, i64>,
+    seen: HashMap<(String, String), i64>,
+}
+
+/// Read a round in one statement (one round trip): up to [`ROUND`] rows
+/// and [`ROUND_BYTES`] of envelopes (at least one row), the running size
+/// from the stored lengths without reading the rows left for the next
+/// round; the next `pos`; each row's topic's last `seq`; and the
+/// first `seq` already in the log with the row's idempotency key (one
+/// index lookup per row: a join lets the planner scan the log). `None`
+/// when the outbox is empty.
+async fn take(inner: &Inner, conn: &mut PgConnection, now_ms: i64) -> Result<Option<Taken>> {
+    let s = &inner.s;
     let window = inner.config.dedupe_window_ms();
-    if window == 0 {
-        return Ok(HashMap::new());
-    }
-    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.idempotency_key.as_str()).collect();
-    let found: Vec<(String, String, i64)> = sqlx::query_as(&format!(
-        // One index lookup per key (a join lets the planner scan the log).
-        "SELECT DISTINCT k.topic, k.key, x.seq FROM UNNEST($1::text[], $2::text[]) AS k(topic, key)
-         CROSS JOIN LATERAL (
-             SELECT min(e.seq) AS seq FROM {}.events e
-             WHERE e.topic = k.topic AND e.idempotency_key = k.key AND e.appended_ms >= $3
+    let (dedupe_join, dedupe_col) = if window > 0 {
+        (
+            format!(
+                "LEFT JOIN LATERAL (
+                     SELECT min(e.seq) AS seq FROM {s}.events e
+                     WHERE e.topic = x.topic AND e.idempotency_key = x.idempotency_key
+                       AND e.appended_ms >= $3
+                 ) dup ON true"
+            ),
+            "dup.seq",
+        )
+    } else {
+        (String::new(), "NULL::bigint")
+    };
+    type Taking = (
+        i64,
+        Uuid,
+        String,
+        String,
+        Vec<u8>,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    );
+    let found: Vec<Taking> = sqlx::query_as(&format!(
+        "WITH m AS (SELECT value FROM {s}.herald_meta WHERE key = 'next_pos')
+         SELECT x.id, x.envelope_id, x.topic, x.idempotency_key, x.envelope,
+                (SELECT value FROM m), t.last_seq, {dedupe_col}
+         FROM (
+             SELECT *, sum(length(envelope)) OVER (ORDER BY id) AS upto,
+                    row_number() OVER (ORDER BY id) AS n
+             FROM (SELECT * FROM {s}.outbox ORDER BY id LIMIT $1) o
          ) x
-         WHERE x.seq IS NOT NULL",
-        inner.s
+         LEFT JOIN {s}.topics t ON t.name = x.topic
+         {dedupe_join}
+         WHERE x.n = 1 OR x.upto <= $2
+         ORDER BY x.id"
     ))
-    .bind(&topics)
-    .bind(&keys)
+    .bind(ROUND)
+    .bind(ROUND_BYTES as i64)
     .bind(now_ms - window)
     .fetch_all(&mut *conn)
     .await
     .map_err(runtime_error)?;
-    Ok(found.into_iter().map(|(t, k, seq)| ((t, k), seq)).collect())
+    let Some(next_pos) = found.first().map(|f| f.5) else {
+        return Ok(None);
+    };
+    let mut taken = Taken {
+        rows: Vec::with_capacity(found.len()),
+        next_pos,
+        last_seq: HashMap::new(),
+        seen: HashMap::new(),
+    };
+    for (id, envelope_id, topic, idempotency_key, envelope, _, last_seq, dup) in found {
+        if let Some(seq) = last_seq {
+            taken.last_seq.insert(topic.clone(), seq);
+        }
+        if let Some(seq) = dup {
+            taken
+                .seen
+                .insert((topic.clone(), idempotency_key.clone()), seq);
+        }
+        taken.rows.push(Row {
+            id,
+            envelope_id,
+            topic,
+            idempotency_key,
+            envelope,
+        });
+    }
+    Ok(Some(taken))
 }
 
 /// Columns of the events to insert, for one `UNNEST` insert.
