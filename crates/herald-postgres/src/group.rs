@@ -76,7 +76,6 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         },
         spec,
         sweeping: Arc::new(AtomicBool::new(false)),
-        registered: AtomicBool::new(false),
     }))
     .await
 }
@@ -98,9 +97,6 @@ struct Member {
     topic: Option<String>,
     /// A sweep of this member's runs (one at a time).
     sweeping: Arc<AtomicBool>,
-    /// The group was registered and checked by this member's first claim:
-    /// later claims open with one statement ([`Member::open`]).
-    registered: AtomicBool,
 }
 
 impl rules::GroupMember for Member {
@@ -237,49 +233,28 @@ async fn sweep(inner: &Inner, group: &str) -> Result<()> {
 impl Member {
     /// The claim, inside its transaction; and whether it moved the cursor
     /// past a multiple of [`SWEEP_STEP`] (time to [`sweep`](Self::sweep)).
-    /// Once the group is registered it takes three statements: [`open`]
-    /// (the member seen, the group's row and the first window), [`lease`]
-    /// (which also moves the cursor) and the commit.
-    ///
-    /// [`open`]: Self::open
-    /// [`lease`]: Self::lease
     async fn claim_in(&self, conn: &mut PgConnection, max: usize) -> Result<(Claimed, bool)> {
         let now = chrono::Utc::now().timestamp_millis();
-        let mut limit = (max as i64).saturating_mul(4).clamp(WINDOW, WINDOW_MAX);
-        let opened = if max > 0 && self.registered.load(Ordering::Acquire) {
-            self.open(conn, now, limit).await?
-        } else {
-            None
-        };
-        let (mut position, last, members, mut rows) = match opened {
-            Some(opened) => opened,
-            None => {
-                self.seen(conn, max == 0, now).await?;
-                let (position, last, members) = self.register(conn, max > 0, now).await?;
-                self.registered.store(true, Ordering::Release);
-                if max == 0 {
-                    return Ok((Claimed::default(), false));
-                }
-                let rows = self.window(conn, position.cursor, last, limit).await?;
-                (position, last, members, rows)
-            }
-        };
+        self.seen(conn, max == 0, now).await?;
+        let (mut position, last, members) = self.register(conn, max > 0, now).await?;
+        if max == 0 {
+            return Ok((Claimed::default(), false));
+        }
         let max_deliver = self.inner.config.deliveries();
         let mut sweep = false;
+        let mut limit = (max as i64).saturating_mul(4).clamp(WINDOW, WINDOW_MAX);
         let plan = loop {
+            let rows = self.window(conn, position.cursor, last, limit).await?;
             let full = rows.len() as i64 == limit;
             let complete_to = match rows.last() {
                 Some(row) if full => row.0,
                 _ => last,
             };
-            let candidates: Vec<Candidate> = std::mem::take(&mut rows)
-                .into_iter()
-                .map(Candidate::from)
-                .collect();
+            let rows: Vec<Candidate> = rows.into_iter().map(Candidate::from).collect();
             let plan = rules::plan(
                 &self.spec,
                 &position,
-                &candidates,
+                &rows,
                 complete_to,
                 // Every head, of which the claim leases its share (see
                 // `lease`).
@@ -295,40 +270,25 @@ impl Member {
             if plan.claims.is_empty() && plan.cursor == complete_to && complete_to < last {
                 sweep |= self.apply(conn, &position, &plan).await?;
                 position.cursor = plan.cursor;
-                rows = self.window(conn, position.cursor, last, limit).await?;
                 continue;
             }
             if plan.claims.is_empty() && full && limit < WINDOW_MAX {
                 limit = WINDOW_MAX;
-                rows = self.window(conn, position.cursor, last, limit).await?;
                 continue;
             }
             break (plan, complete_to < last);
         };
         let (plan, beyond) = plan;
         let share = plan.claims.len().div_ceil(members);
-        // The cursor moves with the lease when nothing is to be dead-lettered
-        // first; an idle claim leaves a short move for the next one that
-        // leases (it costs a write; settled events are skipped anyway).
-        let step = plan.cursor - position.cursor >= CURSOR_STEP;
-        let move_with_lease = plan.dead.is_empty() && plan.cursor > position.cursor;
-        let (events, moved) = self
-            .lease(
-                conn,
-                &plan,
-                share,
-                now,
-                move_with_lease.then_some((plan.cursor, step)),
-            )
-            .await?;
-        sweep |= moved.is_some_and(|c| c / SWEEP_STEP > position.cursor / SWEEP_STEP);
+        let events = self.lease(conn, &plan, share, now).await?;
         // The plan's events past this claim's share are left to the other
         // members: claim again for them. Those it passed over because
         // another claim is leasing or has leased them are not.
         let left = share < plan.claims.len();
+        // An idle claim leaves a short cursor move for the next one that
+        // leases (it costs a round trip; settled events are skipped anyway).
         let idle = events.is_empty() && plan.dead.is_empty();
-        let moved_already = move_with_lease && !plan.claims.is_empty();
-        if !moved_already && (!idle || step) {
+        if !idle || plan.cursor - position.cursor >= CURSOR_STEP {
             sweep |= self.apply(conn, &position, &plan).await?;
         }
         // A window read to its end holding nothing this claim could take
@@ -338,103 +298,6 @@ impl Member {
             events,
         };
         Ok((claimed, sweep))
-    }
-
-    /// A registered group's claim opens in one statement: the member seen,
-    /// the group's row held `FOR KEY SHARE` (see [`sweep`]) with its
-    /// position, the log's last `pos`, the live members, and the first
-    /// `limit` rows of the window ([`window`](Self::window)); the claim
-    /// commits asynchronously (see the module). `None` when the group's
-    /// row is gone (deleted): the claim registers it again.
-    async fn open(
-        &self,
-        conn: &mut PgConnection,
-        now: i64,
-        limit: i64,
-    ) -> Result<Option<(Position, i64, usize, Vec<CandidateRow>)>> {
-        use sqlx::Row;
-        let s = &self.inner.s;
-        let topic_filter = if self.topic.is_some() {
-            "AND e.topic = $7"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "WITH me AS (
-                 INSERT INTO {s}.members (grp, id, seen_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (grp, id) DO UPDATE SET seen_ms = excluded.seen_ms),
-             g AS (
-                 SELECT set_config('synchronous_commit', 'off', true), patterns, kinds, cursor,
-                        start_seq, start_ms, (SELECT coalesce(max(pos), 0) FROM {s}.events) AS last,
-                        (SELECT count(*) FROM {s}.members WHERE grp = $1 AND seen_ms > $4) AS members
-                 FROM {s}.groups WHERE name = $1 FOR KEY SHARE)
-             SELECT g.patterns, g.kinds, g.cursor, g.start_seq, g.start_ms, g.last, g.members,
-                    w.pos, w.topic, w.seq, w.key, w.kind, w.priority, w.created_ms, w.expires_ms,
-                    w.state, w.attempt, w.lease_until_ms
-             FROM g LEFT JOIN LATERAL (
-                 SELECT e.pos, e.topic, e.seq, e.key, e.kind, e.priority, e.created_ms, e.expires_ms,
-                        d.state, d.attempt, d.lease_until_ms
-                 FROM {s}.events e LEFT JOIN {s}.deliveries d ON d.grp = $1 AND d.pos = e.pos
-                 WHERE e.pos > g.cursor AND e.pos <= g.last
-                   AND (d.state IS NULL OR d.state <> $5) {topic_filter}
-                 ORDER BY e.pos LIMIT $6) w ON true
-             ORDER BY w.pos"
-        );
-        let mut query = sqlx::query(&sql)
-            .bind(&self.group)
-            .bind(&self.id)
-            .bind(now)
-            .bind(now - rules::MEMBER_TTL.as_millis() as i64)
-            .bind(SETTLED)
-            .bind(limit);
-        if let Some(topic) = &self.topic {
-            query = query.bind(topic);
-        }
-        let found = query.fetch_all(&mut *conn).await.map_err(runtime_error)?;
-        let Some(first) = found.first() else {
-            return Ok(None);
-        };
-        let group = |row: &sqlx::postgres::PgRow| -> sqlx::Result<_> {
-            Ok((
-                row.try_get::<String, _>(0)?,
-                row.try_get::<i64, _>(1)?,
-                Position {
-                    cursor: row.try_get(2)?,
-                    start_seq: row.try_get(3)?,
-                    start_ms: row.try_get(4)?,
-                },
-                row.try_get::<i64, _>(5)?,
-                row.try_get::<i64, _>(6)?,
-            ))
-        };
-        let (patterns, kinds, position, last, members) = group(first).map_err(runtime_error)?;
-        rules::check_member(&self.group, &patterns, kinds, &self.spec)?;
-        let rows = found
-            .iter()
-            .filter_map(|row| {
-                let candidate = || -> sqlx::Result<Option<CandidateRow>> {
-                    let Some(pos) = row.try_get::<Option<i64>, _>(7)? else {
-                        return Ok(None);
-                    };
-                    Ok(Some((
-                        pos,
-                        row.try_get(8)?,
-                        row.try_get(9)?,
-                        row.try_get(10)?,
-                        row.try_get(11)?,
-                        row.try_get(12)?,
-                        row.try_get(13)?,
-                        row.try_get(14)?,
-                        row.try_get(15)?,
-                        row.try_get(16)?,
-                        row.try_get(17)?,
-                    )))
-                };
-                candidate().transpose()
-            })
-            .collect::<sqlx::Result<Vec<_>>>()
-            .map_err(runtime_error)?;
-        Ok(Some((position, last, members.max(1) as usize, rows)))
     }
 
     /// Up to `limit` events after `cursor` (and after the group's cursor as
@@ -482,20 +345,15 @@ impl Member {
     /// another transaction's row, and never for a settlement's: settlements
     /// hold the lease lock this claim tries (`settle`). A deadlock that
     /// remains is broken by the server and the claim runs again.
-    ///
-    /// With `move_to` (the plan's cursor, and whether that is a move
-    /// worth making when nothing is leased), the same statement moves the
-    /// group's cursor as [`apply`](Self::apply) does; what it moved it to.
     async fn lease(
         &self,
         conn: &mut PgConnection,
         plan: &Plan,
         share: usize,
         now: i64,
-        move_to: Option<(i64, bool)>,
-    ) -> Result<(Vec<(i64, Envelope)>, Option<i64>)> {
+    ) -> Result<Vec<(i64, Envelope)>> {
         if plan.claims.is_empty() {
-            return Ok((Vec::new(), None));
+            return Ok(Vec::new());
         }
         let s = &self.inner.s;
         let ack_wait = self.spec.ack_wait.as_millis().min(i64::MAX as u128) as i64;
@@ -505,7 +363,7 @@ impl Member {
             .iter()
             .map(|t| (t.pos, t.attempt, t.head))
             .collect();
-        let leased: Vec<(Option<i64>, i64, Option<Vec<u8>>)> = sqlx::query_as(&format!(
+        let leased: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(&format!(
             // The scan offers the plan's heads in order and the limit stops
             // it, so no lock is tried past the share.
             // The lock is tried only for an event still free: a CASE
@@ -529,17 +387,10 @@ impl Member {
              tails AS (
                  SELECT t.p AS pos, t.a AS attempt
                  FROM UNNEST($10::bigint[], $11::bigint[], $12::bigint[]) AS t(p, a, h)
-                 WHERE t.h IN (SELECT pos FROM leased)),
-             moved AS (
-                 UPDATE {s}.groups SET cursor = $13
-                 WHERE name = (SELECT name FROM {s}.groups WHERE name = $1
-                               FOR NO KEY UPDATE SKIP LOCKED)
-                   AND cursor < $13 AND ($14 OR EXISTS (SELECT 1 FROM leased))
-                 RETURNING cursor)
+                 WHERE t.h IN (SELECT pos FROM leased))
              SELECT l.pos, l.attempt, e.envelope
              FROM (SELECT * FROM leased UNION ALL SELECT * FROM tails) l
-             JOIN {s}.events e ON e.pos = l.pos
-             UNION ALL SELECT NULL, cursor, NULL FROM moved",
+             JOIN {s}.events e ON e.pos = l.pos",
             take = settle::take_lease("$6", "$8")
         ))
         .bind(&self.group)
@@ -554,24 +405,15 @@ impl Member {
         .bind(&tails)
         .bind(&tail_attempts)
         .bind(&tail_heads)
-        .bind(move_to.map(|(cursor, _)| cursor))
-        .bind(move_to.is_some_and(|(_, step)| step))
         .fetch_all(&mut *conn)
         .await
         .map_err(runtime_error)?;
-        let mut moved = None;
         let mut leased: HashMap<i64, (i64, Vec<u8>)> = leased
             .into_iter()
-            .filter_map(|row| match row {
-                (Some(pos), attempt, Some(env)) => Some((pos, (attempt, env))),
-                (_, cursor, _) => {
-                    moved = Some(cursor);
-                    None
-                }
-            })
+            .map(|(pos, attempt, env)| (pos, (attempt, env)))
             .collect();
         // In the plan's order.
-        let events = positions
+        positions
             .into_iter()
             .chain(tails)
             .filter_map(|pos| leased.remove(&pos).map(|l| (pos, l)))
@@ -579,8 +421,7 @@ impl Member {
                 let attempt = attempt.clamp(1, u32::MAX as i64) as u32;
                 Ok((pos, decode_stored(&bytes)?.with_attempt(attempt)))
             })
-            .collect::<Result<_>>()?;
-        Ok((events, moved))
+            .collect()
     }
 
     /// The stored envelopes at `positions`.
