@@ -246,12 +246,13 @@ async fn round(inner: &Inner, conn: &mut PgConnection) -> Result<usize> {
     if let Some(pos) = round.last_pos {
         raise(&inner.committed, pos);
     }
-    Ok(round.rows.len() + round.undecodable.len())
+    Ok(round.ids.len())
 }
 
 /// A round's writes, worked out from what it read.
 struct Round {
-    rows: Vec<Row>,
+    /// Every outbox row the round took, to delete.
+    ids: Vec<i64>,
     events: Events,
     receipts: Receipts,
     /// Rows that are not envelopes (written by hand into the outbox), with
@@ -265,12 +266,6 @@ struct Round {
 
 impl Round {
     async fn write(&self, inner: &Inner, conn: &mut PgConnection) -> Result<()> {
-        let ids: Vec<i64> = self
-            .rows
-            .iter()
-            .map(|r| r.id)
-            .chain(self.undecodable.iter().map(|(r, _)| r.id))
-            .collect();
         let (names, seqs): (Vec<String>, Vec<i64>) = self
             .last_seq
             .iter()
@@ -281,7 +276,7 @@ impl Round {
             conn,
             &self.events,
             &self.receipts,
-            &ids,
+            &self.ids,
             (&names, &seqs),
             self.next_pos,
         )
@@ -300,13 +295,12 @@ fn sequence(inner: &Inner, taken: Taken) -> Result<Round> {
     } = taken;
     let mut events = Events::default();
     let mut receipts = Receipts::default();
-    let mut kept = Vec::with_capacity(rows.len());
+    let ids = rows.iter().map(|r| r.id).collect();
     let mut undecodable = Vec::new();
     for row in rows {
         let key = (row.topic.clone(), row.idempotency_key.clone());
         if let Some(seq) = seen.get(&key) {
             receipts.push(&row, *seq);
-            kept.push(row);
             continue;
         }
         let env = match Envelope::from_stored(&row.envelope) {
@@ -324,12 +318,11 @@ fn sequence(inner: &Inner, taken: Taken) -> Result<Round> {
             seen.insert(key, *seq);
         }
         receipts.push(&row, *seq);
-        kept.push(row);
         next_pos += 1;
     }
     Ok(Round {
         last_pos: (!events.pos.is_empty()).then(|| next_pos - 1),
-        rows: kept,
+        ids,
         events,
         receipts,
         undecodable,

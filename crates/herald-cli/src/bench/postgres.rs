@@ -356,10 +356,11 @@ async fn raw_end_to_end(
         Ok::<_, Error>(())
     });
     let sample = sample()?.with_seq(1).to_json()?;
+    let insert = format!("INSERT INTO {table} (envelope) VALUES ($1)");
     let mut samples = Vec::with_capacity(warmup + rounds);
     for _ in 0..warmup + rounds {
         let mut txn = store.pool().begin().await.map_err(pg)?;
-        sqlx::query(&format!("INSERT INTO {table} (envelope) VALUES ($1)"))
+        sqlx::query(&insert)
             .bind(&sample)
             .execute(&mut *txn)
             .await
