@@ -289,9 +289,11 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         })
         .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
     // Members of this process take part at once: wait until the group holds
-    // its first partitions (none to wait for when no topic matches yet).
-    if matching.iter().any(|(_, partitions)| *partitions > 0) || spec.start != StartPosition::Latest
-    {
+    // its first partitions. None to wait for when no topic matches yet,
+    // whatever the start: a topic made later is found by the metadata
+    // refresh and read from its beginning. (Waiting for it cost a group
+    // made before its topic the whole JOIN_WAIT: nothing gets assigned.)
+    if matching.iter().any(|(_, partitions)| *partitions > 0) {
         let waited = tokio::time::timeout(JOIN_WAIT, joined_rx.wait_for(|j| *j)).await;
         if waited.is_err() {
             tracing::warn!(group = %group_name, "Kafka: no partitions assigned within {JOIN_WAIT:?}; the group goes on joining");

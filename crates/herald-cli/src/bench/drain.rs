@@ -15,7 +15,12 @@ use herald::config::DeliveryConfig;
 use herald::{Bus, Error, Message, Result, StartPosition};
 use serde::Serialize;
 
+use super::progress;
 use super::stats::Percentiles;
+
+/// A drain that handles nothing for this long has stalled: it fails,
+/// saying how far it got, rather than wait for ever.
+const STALL: Duration = Duration::from_secs(60);
 
 /// How the group's members consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +88,7 @@ impl Drains {
         let run = |label: &'static str, n: usize, members: usize, keys: usize, how: Consumer| {
             let open = &open;
             async move {
+                progress(&format!("group drain: {label}"));
                 let bus = open(label).await?;
                 let topic = format!("bench.drain.{label}");
                 let rate = keyed_drain(
@@ -107,6 +113,7 @@ impl Drains {
             handler_1: run("handler1", events, 1, KEYS, awaited).await?,
             handler_4: run("handler4", events, 4, KEYS, awaited).await?,
             apart_4: {
+                progress("group drain: apart4");
                 let mut buses = Vec::with_capacity(4);
                 for _ in 0..4 {
                     buses.push(open("apart4").await?);
@@ -125,6 +132,7 @@ impl Drains {
             raw_1: raw.0,
             raw_batched: raw.1,
             handback: {
+                progress("group drain: a dropped member's claims handed back");
                 let bus = open("handback").await?;
                 let times = handback(&bus, HANDBACK_ROUNDS).await;
                 bus.close().await?;
@@ -281,13 +289,18 @@ pub async fn keyed_drain(
     let first = Arc::new(OnceLock::new());
     match how {
         Consumer::Loop => {
-            let tasks: Vec<_> = subs
-                .into_iter()
-                .map(|sub| tokio::spawn(member_loop(sub, done.clone(), first.clone(), events)))
-                .collect();
-            for t in tasks {
-                t.await.map_err(|e| Error::internal(e.to_string()))??;
+            // A JoinSet: the loops are aborted when it drops, stalled or not.
+            let mut loops = tokio::task::JoinSet::new();
+            for sub in subs {
+                loops.spawn(member_loop(sub, done.clone(), first.clone(), events));
             }
+            let joined = async {
+                while let Some(ended) = loops.join_next().await {
+                    ended.map_err(|e| Error::internal(e.to_string()))??;
+                }
+                Ok(())
+            };
+            unless_stalled(topic, &done, events, joined).await?;
         }
         Consumer::Handler { await_acks } => {
             let finished = all_done.notified();
@@ -311,15 +324,52 @@ pub async fn keyed_drain(
                     .await?;
                 handlers.push(handler);
             }
-            finished.await;
+            let drained = unless_stalled(topic, &done, events, async {
+                finished.await;
+                Ok(())
+            })
+            .await;
             let rate = rate(events, &first);
             for h in handlers {
                 h.shutdown(Duration::from_secs(10)).await;
             }
-            return Ok(rate);
+            return drained.map(|()| rate);
         }
     }
     Ok(rate(events, &first))
+}
+
+/// Run `drain` until it ends, or fail once `done` (of `events`) has not
+/// moved for [`STALL`].
+async fn unless_stalled(
+    topic: &str,
+    done: &AtomicUsize,
+    events: usize,
+    drain: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    tokio::pin!(drain);
+    let mut seen = done.load(Ordering::Acquire);
+    let mut moved = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ended = &mut drain => return ended,
+            _ = tick.tick() => {
+                let now = done.load(Ordering::Acquire);
+                if now != seen {
+                    (seen, moved) = (now, Instant::now());
+                } else if moved.elapsed() >= STALL {
+                    return Err(Error::new(
+                        herald::ErrorCode::Timeout,
+                        format!(
+                            "the drain of {topic} stalled: {now} of {events} events handled, none in {} s",
+                            STALL.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// `events` over the time since `first` was set.

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::drain::Drains;
 use super::durable;
+use super::progress;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -58,6 +59,8 @@ pub struct KafkaFigures {
 pub const TASKS: usize = 4;
 /// Records sent before their delivery reports are awaited.
 pub const BATCH: usize = 100;
+/// The longest the raw side waits for one report, record or answer.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Run the benchmark against the brokers of `url` (`kafka://HOST:PORT,…`).
 pub async fn run(url: &str, short: bool) -> Result<KafkaFigures> {
@@ -72,8 +75,10 @@ pub async fn run(url: &str, short: bool) -> Result<KafkaFigures> {
         "HERALD_ENVIRONMENT" => Some(environment.clone()),
         _ => herald::config::env(key),
     })?;
+    progress("Kafka: open the store");
     let store = KafkaStore::open(config.clone()).await?;
     let result = measure(&store, servers, short).await;
+    progress("Kafka: close the store and delete the bench's topics");
     store.close().await;
     remove_topics(&config).await;
     result
@@ -84,6 +89,7 @@ async fn measure(store: &KafkaStore, servers: &str, short: bool) -> Result<Kafka
     let bus = Bus::new(store.clone());
     let sample = sample()?;
     let partitions = config.partition_count();
+    progress("Kafka: create the topics");
     store
         .create_topic(&Topic::new("bench.orders")?, partitions)
         .await?;
@@ -102,22 +108,27 @@ async fn measure(store: &KafkaStore, servers: &str, short: bool) -> Result<Kafka
 
     let sync = if short { 300 } else { 3_000 };
     let pipelined = TASKS * BATCH * if short { 5 } else { 50 };
+    progress("Kafka: publishes one at a time, herald then raw");
     let herald_sync = durable::herald_publishes(&bus, sync, 1, 1, &sample).await?;
     let raw_sync = raw.publishes(sync, 1, 1, &sample).await?;
+    progress("Kafka: pipelined publishes, herald then raw");
     let herald_pipelined =
         durable::herald_publishes(&bus, pipelined, TASKS, BATCH, &sample).await?;
     let raw_pipelined = raw.publishes(pipelined, TASKS, BATCH, &sample).await?;
     let rounds = if short { 100 } else { 500 };
     let warmup = (rounds / 10).max(50);
+    progress("Kafka: publish → group member latency, herald then raw");
     let end_to_end = durable::end_to_end(&bus, rounds, warmup).await?;
     let raw_end_to_end = raw.end_to_end(&config, rounds, warmup, &sample).await?;
     let consume = if short { 2_000 } else { 20_000 };
+    progress("Kafka: raw group consumer with commits");
     let raw_1 = raw
         .consume(&config, "bench.raw-drain1", consume / 10, 1)
         .await?;
     let raw_batched = raw
         .consume(&config, "bench.raw-drain", consume, BATCH)
         .await?;
+    progress("Kafka: herald group drains");
     let drain = Drains::measure(
         if short { 1_000 } else { 10_000 },
         |_| {
@@ -127,6 +138,7 @@ async fn measure(store: &KafkaStore, servers: &str, short: bool) -> Result<Kafka
         (raw_1, raw_batched),
     )
     .await?;
+    progress("Kafka: command round trip to another store handle");
     let server = KafkaStore::open(config.clone()).await?;
     let call = durable::call_latency(&Bus::new(server.clone()), &bus, rounds, warmup).await;
     server.close().await;
@@ -171,9 +183,11 @@ impl Raw {
             .map_err(|(e, _)| kafka("raw send", e))
     }
 
+    /// Await a delivery report, for at most [`WAIT`].
     async fn delivered(report: rdkafka::producer::DeliveryFuture) -> Result<()> {
-        report
+        tokio::time::timeout(WAIT, report)
             .await
+            .map_err(|_| timeout("a raw delivery report"))?
             .map_err(|_| Error::new(ErrorCode::Unavailable, "the raw producer went away"))?
             .map(|_| ())
             .map_err(|(e, _)| kafka("raw delivery", e))
@@ -228,11 +242,9 @@ impl Raw {
             .map_err(|e| kafka("subscribe the raw consumer", e))?;
         let mut start = None;
         for read in 1..=events {
-            let msg = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            let msg = tokio::time::timeout(WAIT, consumer.recv())
                 .await
-                .map_err(|_| {
-                    Error::new(ErrorCode::Timeout, "the raw consumer got nothing in 60 s")
-                })?
+                .map_err(|_| timeout("a record for the raw consumer"))?
                 .map_err(|e| kafka("raw receive", e))?;
             start.get_or_insert_with(Instant::now);
             if commit_every == 1 {
@@ -279,7 +291,7 @@ impl Raw {
             }
         });
         // The group joins and starts at the end: send until a record arrives.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + WAIT;
         loop {
             Raw::delivered(self.send(&fresh(sample))?).await?;
             if tokio::time::timeout(Duration::from_millis(500), rx.recv())
@@ -290,10 +302,7 @@ impl Raw {
             }
             if Instant::now() > deadline {
                 task.abort();
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    "the raw consumer got nothing in 60 s",
-                ));
+                return Err(timeout("the raw consumer's first record"));
             }
         }
         while rx.try_recv().is_ok() {}
@@ -301,9 +310,9 @@ impl Raw {
         for _ in 0..warmup + rounds {
             let started = Instant::now();
             Raw::delivered(self.send(&fresh(sample))?).await?;
-            let at = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            let at = tokio::time::timeout(WAIT, rx.recv())
                 .await
-                .map_err(|_| Error::new(ErrorCode::Timeout, "the raw consumer got nothing"))?
+                .map_err(|_| timeout("a record for the raw consumer"))?
                 .ok_or_else(|| Error::internal("the raw consumer stopped"))?;
             samples.push(at.saturating_duration_since(started));
         }
@@ -329,7 +338,15 @@ async fn remove_topics(config: &KafkaConfig) {
         Err(_) => return,
     };
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let _ = tokio::time::timeout(WAIT, admin.delete_topics(&refs, &options)).await;
+}
+
+fn timeout(what: &str) -> Error {
+    Error::new(
+        ErrorCode::Timeout,
+        format!("Kafka: {what} did not come in {} s", WAIT.as_secs()),
+    )
 }
 
 fn kafka(doing: &str, e: impl std::fmt::Display) -> Error {

@@ -439,6 +439,11 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
+/// Say on stderr which step a run is at, so a slow or stuck step is seen.
+fn progress(what: &str) {
+    eprintln!("herald bench: {what}…");
+}
+
 async fn run(args: &Args) -> herald::Result<Report> {
     let short = args.check;
     let iterations = args
@@ -446,7 +451,6 @@ async fn run(args: &Args) -> herald::Result<Report> {
         .unwrap_or(if short { 5_000 } else { 50_000 });
     let warmup = (iterations / 10).max(100);
     let duration = Duration::from_secs_f64(args.duration);
-    let progress = |what: &str| eprintln!("herald bench: {what}…");
 
     progress("SLO metrics: record, timers, percentiles, check_all, memory");
     let slo = slo::run(iterations, warmup)?;
