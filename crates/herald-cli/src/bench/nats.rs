@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::drain::Drains;
 use super::durable;
+use super::progress;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -91,18 +92,22 @@ async fn measure(
 
     let sync = if short { 500 } else { 5_000 };
     let pipelined = TASKS * BATCH * if short { 10 } else { 100 };
+    progress("NATS: publishes one at a time, herald then raw");
     let herald_sync = durable::herald_publishes(&bus, sync, 1, 1, &sample).await?;
     let raw_sync = raw_publishes(&js, &raw_subject, sync, 1, 1, &sample).await?;
+    progress("NATS: pipelined publishes, herald then raw");
     let herald_pipelined =
         durable::herald_publishes(&bus, pipelined, TASKS, BATCH, &sample).await?;
     let raw_pipelined = raw_publishes(&js, &raw_subject, pipelined, TASKS, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
     let warmup = (rounds / 10).max(50);
+    progress("NATS: publish → group member latency, herald then raw");
     let end_to_end = durable::end_to_end(&bus, rounds, warmup).await?;
     let stream_name = format!("{}_RAW", prefix.replace('.', "_"));
     let raw_end_to_end =
         raw_end_to_end(&js, &stream_name, &raw_subject, rounds, warmup, &sample).await?;
     let consume = if short { 2_000 } else { 20_000 };
+    progress("NATS: raw pull consumer with acks");
     let raw_1 = raw_consume(&js, &stream_name, "raw1", consume / 10, true).await?;
     let raw_batched = raw_consume(&js, &stream_name, "raw", consume, false).await?;
     let drain = Drains::measure(
@@ -114,6 +119,7 @@ async fn measure(
         (raw_1, raw_batched),
     )
     .await?;
+    progress("NATS: command round trip to another store handle");
     let server = NatsStore::open(config.clone()).await?;
     let call = durable::call_latency(&Bus::new(server.clone()), &bus, rounds, rounds / 10).await;
     server.close().await;

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::drain::Drains;
 use super::durable;
+use super::progress;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -70,6 +71,7 @@ pub async fn run(url: &str, short: bool) -> Result<PgFigures> {
     drop_schema(url, &schema).await;
     let mut figures = result?;
     let consume = if short { 2_000 } else { 20_000 };
+    progress("PostgreSQL: raw consume, pgmq's way");
     let raw_1 = raw_consume(url, &format!("{schema}_raw1"), consume / 10, 1).await?;
     let raw_batched = raw_consume(url, &format!("{schema}_raw"), consume, BATCH).await?;
     let schemas = std::sync::Mutex::new(Vec::new());
@@ -159,9 +161,11 @@ async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures
     raw_table(store, schema).await?;
     // Each raw run starts once the sequencer has caught up, so it does not
     // compete with herald's leftover work.
+    progress("PostgreSQL: publishes one per transaction, herald then raw");
     let herald_single = herald_publishes(store, single, 1, &sample).await?;
     wait_sequenced(store, single as u64).await?;
     let raw_single = raw_inserts(store, schema, single, 1, &sample).await?;
+    progress("PostgreSQL: publishes in batches, herald then raw");
     let began = Instant::now();
     let herald_batched = herald_publishes(store, batched, BATCH, &sample).await?;
     wait_sequenced(store, (single + batched) as u64).await?;
@@ -169,6 +173,7 @@ async fn measure(store: &PgStore, schema: &str, short: bool) -> Result<PgFigures
     let raw_batched = raw_inserts(store, schema, batched, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
     let warmup = (rounds / 10).max(50);
+    progress("PostgreSQL: commit → group member latency, herald then raw");
     let end_to_end = end_to_end(store, rounds, warmup).await?;
     let raw_end_to_end = raw_end_to_end(store, schema, rounds, warmup).await?;
     Ok(PgFigures {

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::drain::{self, Drains};
 use super::durable;
+use super::progress;
 use super::sample::{fresh, sample};
 use super::stats::Percentiles;
 
@@ -59,15 +60,18 @@ pub async fn run(path: &Path, short: bool) -> Result<Appends> {
     let single = if short { 2_000 } else { 10_000 };
     let batched = if short { 20_000 } else { 200_000 };
     let sample = sample()?;
+    progress("SQLite: appends, herald then raw");
     let herald_single = herald_appends(&files.herald("single"), single, 1, &sample).await?;
     let herald_batched = herald_appends(&files.herald("batched"), batched, BATCH, &sample).await?;
     let raw_single = raw_inserts(&files.raw("single"), single, 1, &sample).await?;
     let raw_batched = raw_inserts(&files.raw("batched"), batched, BATCH, &sample).await?;
     let rounds = if short { 200 } else { 1000 };
     let warmup = (rounds / 10).max(100);
+    progress("SQLite: publish → group member latency, herald then raw");
     let end_to_end = end_to_end(&files.herald("latency"), rounds, warmup).await?;
     let raw_end_to_end = raw_end_to_end(&files.raw("latency"), rounds, warmup, &sample).await?;
     let consume = if short { 2_000 } else { 20_000 };
+    progress("SQLite: raw consume loops");
     let raw_consume_1 = raw_consume(&files.raw("consume1"), consume / 4, 1, &sample).await?;
     let raw_consume_batched = raw_consume(&files.raw("consume"), consume, BATCH, &sample).await?;
     let drain = Drains::measure(
