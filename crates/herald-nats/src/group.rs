@@ -611,6 +611,13 @@ impl Leader {
     /// messages received by the time the queue is offered the first go
     /// with it, up to [`FEED_BATCH`] (one wake-up of the members, not one
     /// per message).
+    ///
+    /// A missed idle heartbeat is not a failure: the stream reports one
+    /// whenever it was not polled for two heartbeats, which is what a full
+    /// queue does to this loop, and it sends its pull requests again after
+    /// a reconnect by itself. Re-reading would drop the messages the old
+    /// stream had already received, and JetStream would deliver them again
+    /// only after the ack wait, behind later events of their keys.
     async fn feed(self: Arc<Self>, mut messages: pull::Stream) {
         while let Some(first) = messages.next().await {
             let mut received = vec![first];
@@ -629,10 +636,10 @@ impl Leader {
                             events.push(env);
                         }
                     }
+                    Err(e) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {}
                     Err(e) => {
                         tracing::warn!(group = self.group, error = %e, "a group's consumer failed; re-reading");
                         failed = true;
-                        break;
                     }
                 }
             }

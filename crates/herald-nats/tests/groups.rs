@@ -354,3 +354,39 @@ impl Seen {
         assert!(self.sides.insert(n, side).is_none(), "event {n} twice");
     }
 }
+
+/// A leader whose queue stays full longer than its pull stream's idle
+/// heartbeat (a slow member) keeps the messages its pull already brought:
+/// they arrive in order, each on its first attempt, not after the
+/// consumer's ack wait behind later ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_held_up_by_a_full_queue_loses_nothing_it_pulled() {
+    const SLOW_HANDLER: Duration = Duration::from_millis(1_500);
+    let (a, _) = two_processes().await;
+    let mut sub = a
+        .subscribe_raw("jobs.slow")
+        .group("slow")
+        .buffer(4)
+        .await
+        .unwrap();
+    let one_key = |n: u64| Message::new("jobs.slow", Payload::json(&n).unwrap()).key("one");
+    a.publish((1..=20).map(one_key).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let first = recv(&mut sub).await;
+    // The leader's queue is full (its first events wait behind this one)
+    // while these reach its pull stream; the handler takes its time.
+    a.publish((21..=60).map(one_key).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    tokio::time::sleep(SLOW_HANDLER).await;
+    let mut got = vec![(first.decode::<u64>().unwrap(), first.attempt())];
+    first.ack().await.unwrap();
+    while got.len() < 60 {
+        let d = recv(&mut sub).await;
+        got.push((d.decode().unwrap(), d.attempt()));
+        d.ack().await.unwrap();
+    }
+    let expected: Vec<(u64, u32)> = (1..=60).map(|n| (n, 1)).collect();
+    assert_eq!(got, expected, "(event, attempt) in the order delivered");
+}
