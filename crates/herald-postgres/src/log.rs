@@ -42,10 +42,19 @@ async fn wait_for_receipts(inner: &Inner, ids: &[Uuid]) -> Result<Vec<u64>> {
     let mut receipts = inner.receipts.subscribe();
     loop {
         receipts.borrow_and_update();
+        // One primary-key probe per id, planned for each call: the planner
+        // prices `envelope_id = ANY($1)`, or a join with the ids, as a scan
+        // of the whole table (1-2 ms at 20,000 receipts against 0.13 ms of
+        // probes, as `receipts` holds a publish timeout's worth of events),
+        // and a plan kept from when the table was young would scan it per id.
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
-            "SELECT envelope_id, seq FROM {}.receipts WHERE envelope_id = ANY($1)",
+            "SELECT r.envelope_id, r.seq FROM UNNEST($1::uuid[]) AS u(id)
+             CROSS JOIN LATERAL (
+                 SELECT envelope_id, seq FROM {}.receipts WHERE envelope_id = u.id LIMIT 1
+             ) r",
             inner.s
         ))
+        .persistent(false)
         .bind(ids)
         .fetch_all(&inner.pool)
         .await
