@@ -51,7 +51,11 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
             .headers(headers)
             .message_id(key.as_ref())
             .payload(body);
-        let subject = inner.names.subject(env.topic().as_str());
+        let id = env.id();
+        let partitioned_by = env.key().map_or(id.as_bytes().as_slice(), str::as_bytes);
+        let subject = inner
+            .names
+            .event_subject(env.topic().as_str(), partitioned_by);
         let ack = inner
             .js
             .send_publish(subject, publish)
@@ -69,7 +73,8 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
     Ok(seqs)
 }
 
-/// Create or update `topic`'s stream once per process.
+/// Create or update `topic`'s stream once per process. Updating is how a
+/// stream made before partitions gains their subjects.
 pub(crate) async fn ensure_stream(inner: &Inner, topic: &Topic) -> Result<()> {
     if known(inner, topic) {
         return Ok(());
@@ -83,7 +88,7 @@ pub(crate) async fn ensure_stream(inner: &Inner, topic: &Topic) -> Result<()> {
     });
     let config = stream::Config {
         name: inner.names.stream(topic.as_str()),
-        subjects: vec![inner.names.subject(topic.as_str())],
+        subjects: inner.names.stream_subjects(topic.as_str()),
         max_age: retention.age().unwrap_or_default(),
         duplicate_window,
         max_messages: retention

@@ -2,9 +2,17 @@
 //! names.
 //!
 //! Owns the layout under a subject prefix `P` (default `herald.local`):
-//! - topic `orders.placed` is subject `P.orders.placed`, the only subject of
-//!   its own stream `S_T_orders~placed` (`S` is `P` with `.` as `_`; a name
-//!   too long for the server ends in a hash instead);
+//! - topic `orders.placed` is the stream `S_T_orders~placed` (`S` is `P`
+//!   with `.` as `_`; a name too long for the server ends in a hash
+//!   instead) on two subjects: `P.$part.<n>.orders.placed`, where herald
+//!   publishes an event, in partition `n` of [`PARTITIONS`] by a hash of
+//!   its key (of its id when it has none: keyless events spread evenly),
+//!   so all of one key's events share a subject and a consumer filtered to
+//!   a partition sees each of its keys whole and in order; and
+//!   `P.orders.placed`, the topic's plain subject, where plain NATS clients
+//!   publish (and herald published before partitions). The two never
+//!   overlap another topic's: a topic's subjects differ from another's in
+//!   their number of tokens or in a token;
 //! - a consumer group is a durable consumer named for the group (`g_` and
 //!   the name, bytes outside `[A-Za-z0-9_-]` as `~xx`) on each topic stream
 //!   it follows; its leader's lease is the last message on `P.$lease.<consumer>` in stream
@@ -20,6 +28,11 @@
 //! nothing of the crate.
 
 use herald::Topic;
+
+/// How many partitions a topic's events are spread over by key. Part of
+/// the layout, not a setting: every publisher must put one key's events
+/// in one partition, whatever its configuration.
+pub(crate) const PARTITIONS: u32 = 8;
 
 /// Longest stream or consumer name herald makes (the server keeps each in a
 /// directory of that name).
@@ -50,15 +63,41 @@ impl Names {
         format!("{}.{topic}", self.prefix)
     }
 
+    /// The subject herald publishes an event of `topic` on: the topic's
+    /// partition `partition_of(key)`, `key` being the event's key or, when
+    /// it has none, its id.
+    pub(crate) fn event_subject(&self, topic: &str, key: &[u8]) -> String {
+        format!("{}.$part.{}.{topic}", self.prefix, partition_of(key))
+    }
+
+    /// Every partition subject of `topic` (a subject of its stream).
+    pub(crate) fn partition_subjects(&self, topic: &str) -> String {
+        format!("{}.$part.*.{topic}", self.prefix)
+    }
+
+    /// The subjects of `topic`'s stream: the plain one and the partitions.
+    pub(crate) fn stream_subjects(&self, topic: &str) -> Vec<String> {
+        vec![self.subject(topic), self.partition_subjects(topic)]
+    }
+
     /// The subject filter of a topic pattern (`*` and `>` mean the same in
     /// NATS).
     pub(crate) fn filter(&self, pattern: &str) -> String {
         self.subject(pattern)
     }
 
-    /// The topic of `subject`, when it is a topic subject under the prefix.
+    /// The topic of `subject`, when it is a topic subject under the prefix,
+    /// plain or of a partition.
     pub(crate) fn topic_of(&self, subject: &str) -> Option<Topic> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let rest = match rest.strip_prefix("$part.") {
+            Some(part) => {
+                let (n, topic) = part.split_once('.')?;
+                n.parse::<u32>().ok().filter(|n| *n < PARTITIONS)?;
+                topic
+            }
+            None => rest,
+        };
         Topic::new(rest).ok()
     }
 
@@ -175,6 +214,11 @@ fn bounded(name: String) -> String {
     format!("{}_{:016x}", &name[..cut], fnv1a(name.as_bytes()))
 }
 
+/// The partition of events with key `key`.
+pub(crate) fn partition_of(key: &[u8]) -> u32 {
+    (fnv1a(key) % u64::from(PARTITIONS)) as u32
+}
+
 /// FNV-1a, 64 bits: a hash every process computes alike.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -200,11 +244,39 @@ mod tests {
             "orders.placed"
         );
         assert!(n.topic_of("shop.prod.$dlq.orders").is_none());
+        let keyed = n.event_subject("orders.placed", b"customer-7");
+        assert_eq!(
+            keyed,
+            format!(
+                "shop.prod.$part.{}.orders.placed",
+                partition_of(b"customer-7")
+            )
+        );
+        assert_eq!(n.topic_of(&keyed).unwrap().as_str(), "orders.placed");
+        assert_eq!(
+            n.stream_subjects("orders.placed"),
+            ["shop.prod.orders.placed", "shop.prod.$part.*.orders.placed"]
+        );
+        assert!(n.topic_of("shop.prod.$part.*.orders").is_none());
+        assert!(n.topic_of("shop.prod.$part.8.orders").is_none());
+        assert!(n.topic_of("shop.prod.$part.orders").is_none());
         assert!(n.topic_of("shop.prodx.orders").is_none());
         assert_eq!(n.consumer("billing workers/2"), "g_billing~20workers~2f2");
         assert_eq!(n.leases_stream(), "shop_prod_LEADERS");
         assert_eq!(n.lease_subject("g_x"), "shop.prod.$lease.g_x");
         assert_eq!(n.group_subject("g_x"), "shop.prod.$groups.g_x");
+    }
+
+    #[test]
+    fn keys_spread_over_every_partition_and_each_stays_in_one() {
+        let mut seen = [0u32; PARTITIONS as usize];
+        for k in 0..8_000 {
+            let key = format!("key-{k}");
+            let p = partition_of(key.as_bytes());
+            assert_eq!(p, partition_of(key.as_bytes()));
+            seen[p as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (700..1_300).contains(&n)), "{seen:?}");
     }
 
     #[test]

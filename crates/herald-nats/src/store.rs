@@ -56,9 +56,21 @@ impl NatsStore {
         crate::log::ensure_stream(&self.inner, topic).await
     }
 
-    /// The subject of `topic`, where plain NATS clients publish and read it.
+    /// The plain subject of `topic`, where plain NATS clients publish to
+    /// it. herald publishes its own events on the topic's partition
+    /// subjects ([`NatsStore::partition_subjects`]), spread by key; both
+    /// are subjects of the topic's stream, so a JetStream consumer of the
+    /// stream reads every event of the topic in `seq` order.
     pub fn subject(&self, topic: &Topic) -> String {
         self.inner.names.subject(topic.as_str())
+    }
+
+    /// The subject filter of `topic`'s partitions, where herald publishes
+    /// its events: `<prefix>.$part.<n>.<topic>`, `n` below 8 from a hash of
+    /// the event's key (of its id when it has none). A core NATS
+    /// subscriber follows a topic on this and [`NatsStore::subject`].
+    pub fn partition_subjects(&self, topic: &Topic) -> String {
+        self.inner.names.partition_subjects(topic.as_str())
     }
 
     /// The underlying NATS client.

@@ -50,7 +50,16 @@ async fn a_plain_client_reads_herald_events() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(first.subject.as_str(), store.subject(&topic));
+    let partitions = store.partition_subjects(&topic);
+    let (before, after) = partitions.split_once(".*.").expect("a partition wildcard");
+    let partition = first
+        .subject
+        .as_str()
+        .strip_prefix(before)
+        .and_then(|s| s.strip_suffix(after))
+        .and_then(|s| s.strip_prefix('.')?.strip_suffix('.'))
+        .expect("herald publishes on a partition subject of the topic");
+    assert!(partition.parse::<u32>().is_ok_and(|n| n < 8), "{partition}");
     assert_eq!(&first.payload[..], br#"{"n":1}"#);
     let headers = first.headers.as_ref().expect("headers");
     assert_eq!(headers.get("Herald-Key").unwrap().as_str(), "k1");
@@ -123,6 +132,67 @@ async fn herald_consumes_what_a_plain_client_publishes() {
     assert_eq!(raw.payload().as_bytes(), b"not json at all");
     raw.ack().await.unwrap();
     assert_eq!(bus.last_seq("interop.in").await.unwrap(), Some(3));
+}
+
+/// A topic stream made before partitions (its plain subject only) gains
+/// the partition subjects when herald next publishes to it, and a group
+/// reads what was published before and after, in `seq` order.
+#[tokio::test]
+async fn a_stream_made_before_partitions_gains_them() {
+    let config = support::fresh_config();
+    let before = NatsStore::open(config.clone()).await.unwrap();
+    let topic = Topic::new("interop.old").unwrap();
+    before.ensure_topic(&topic).await.unwrap();
+    let js = jetstream::new(async_nats::connect(support::url()).await.unwrap());
+    let name = js.stream_by_subject(before.subject(&topic)).await.unwrap();
+    let mut old = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    old.subjects = vec![before.subject(&topic)];
+    js.update_stream(old)
+        .await
+        .expect("the stream as herald made it before");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Herald-Key", "order-7");
+    js.publish_with_headers(before.subject(&topic), headers, "1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let store = NatsStore::open(config).await.unwrap();
+    let bus = Bus::new(store.clone());
+    bus.publish(Message::new("interop.old", Payload::json(&2).unwrap()).key("order-7"))
+        .await
+        .unwrap();
+    let subjects = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .subjects
+        .clone();
+    assert_eq!(
+        subjects,
+        [store.subject(&topic), store.partition_subjects(&topic)]
+    );
+    let mut group = bus
+        .subscribe_raw("interop.old")
+        .group("old")
+        .start(herald::StartPosition::Earliest)
+        .await
+        .unwrap();
+    for seq in [1, 2] {
+        let d = next(&mut group).await;
+        assert_eq!((d.seq(), d.key()), (Some(seq), Some("order-7")));
+        assert_eq!(d.decode::<u32>().unwrap(), seq as u32);
+        d.ack().await.unwrap();
+    }
 }
 
 async fn next(sub: &mut herald::Subscription) -> herald::Delivery {
