@@ -18,11 +18,15 @@ use herald::{Error, Result};
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replicas of each stream (`HERALD_NATS_REPLICAS`).
 pub const DEFAULT_REPLICAS: usize = 1;
+/// Partitions of a topic herald makes (`HERALD_NATS_PARTITIONS`).
+pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 64;
 
 /// The keys only the NATS store reads (the shared ones are
 /// [`herald::config::KEYS`]).
 #[rustfmt::skip]
-pub const KEYS: &[KeySpec] = &[PREFIX, STORAGE, REPLICAS, MAX_BYTES];
+pub const KEYS: &[KeySpec] = &[PREFIX, STORAGE, REPLICAS, PARTITIONS, MAX_BYTES];
 
 #[rustfmt::skip]
 const PREFIX: KeySpec = KeySpec { key: "HERALD_NATS_PREFIX", default: "herald.<HERALD_ENVIRONMENT>", allowed: "dot-separated tokens of [A-Za-z0-9_-], at most 64 bytes", doc: "topic `t` is subject `<prefix>.t`" };
@@ -30,6 +34,8 @@ const PREFIX: KeySpec = KeySpec { key: "HERALD_NATS_PREFIX", default: "herald.<H
 const STORAGE: KeySpec = KeySpec { key: "HERALD_NATS_STORAGE", default: "file", allowed: "file, memory", doc: "where streams keep their messages" };
 #[rustfmt::skip]
 const REPLICAS: KeySpec = KeySpec { key: "HERALD_NATS_REPLICAS", default: "1", allowed: "1–5", doc: "replicas of each stream" };
+#[rustfmt::skip]
+const PARTITIONS: KeySpec = KeySpec { key: "HERALD_NATS_PARTITIONS", default: "8", allowed: "1–64", doc: "partitions of a topic herald makes (a topic keeps the count it was made with): a group's processes share its events by partition" };
 #[rustfmt::skip]
 const MAX_BYTES: KeySpec = KeySpec { key: "HERALD_NATS_MAX_BYTES", default: "unbounded", allowed: "bytes, >= 1024", doc: "bound on each topic stream; the oldest events go first" };
 
@@ -59,6 +65,7 @@ pub struct NatsConfig {
     prefix: String,
     storage: Storage,
     replicas: usize,
+    partitions: u32,
     max_bytes: Option<u64>,
     delivery: DeliveryConfig,
     request_timeout: Duration,
@@ -74,6 +81,7 @@ impl NatsConfig {
             prefix: "herald.local".to_owned(),
             storage: Storage::File,
             replicas: DEFAULT_REPLICAS,
+            partitions: DEFAULT_PARTITIONS,
             max_bytes: None,
             delivery: DeliveryConfig::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -83,7 +91,8 @@ impl NatsConfig {
 
     /// `HERALD_STORE` (a `nats://` URL), `HERALD_NATS_PREFIX` (default
     /// `herald.<HERALD_ENVIRONMENT>`), `HERALD_NATS_STORAGE`,
-    /// `HERALD_NATS_REPLICAS`, `HERALD_NATS_MAX_BYTES`, the retention keys
+    /// `HERALD_NATS_REPLICAS`, `HERALD_NATS_PARTITIONS`,
+    /// `HERALD_NATS_MAX_BYTES`, the retention keys
     /// and the delivery settings ([`DeliveryConfig::from_env`]; its timeout,
     /// when `HERALD_TIMEOUT_SECONDS` is set, bounds JetStream requests),
     /// validated.
@@ -115,6 +124,9 @@ impl NatsConfig {
         if let Some(v) = REPLICAS.parse()? {
             c.replicas = v;
         }
+        if let Some(v) = PARTITIONS.parse()? {
+            c.partitions = v;
+        }
         if let Some(v) = MAX_BYTES.parse()? {
             c.max_bytes = Some(v);
         }
@@ -145,6 +157,19 @@ impl NatsConfig {
     /// Replicas of each stream (1–5; more than 1 needs a cluster).
     pub fn replicas(mut self, n: usize) -> Self {
         self.replicas = n;
+        self
+    }
+
+    /// Partitions of each topic herald makes from now on (1–64; default
+    /// 8). herald publishes an event on the partition its key hashes to
+    /// (a keyless one by its id), and a consumer group's processes share
+    /// its topics by partition: each reads its share straight from
+    /// JetStream, each key in order. A topic keeps the count it was made
+    /// with, whatever later processes are configured with, so one key's
+    /// events always share a partition. One partition keeps a group's
+    /// whole topic in `seq` order, read by one process at a time.
+    pub fn partitions(mut self, n: u32) -> Self {
+        self.partitions = n;
         self
     }
 
@@ -220,6 +245,7 @@ impl NatsConfig {
             return Err(PREFIX.invalid(format_args!("{:?}", self.prefix)));
         }
         REPLICAS.check(self.replicas, 1, 5)?;
+        PARTITIONS.check(self.partitions, 1, MAX_PARTITIONS)?;
         if let Some(b) = self.max_bytes {
             MAX_BYTES.check(b, 1024, i64::MAX as u64)?;
         }
@@ -249,6 +275,9 @@ impl NatsConfig {
     pub(crate) fn replica_count(&self) -> usize {
         self.replicas
     }
+    pub(crate) fn partition_count(&self) -> u32 {
+        self.partitions
+    }
     pub(crate) fn byte_limit(&self) -> Option<u64> {
         self.max_bytes
     }
@@ -276,6 +305,8 @@ mod tests {
         let base = NatsConfig::new("nats://127.0.0.1:4222");
         for (config, key) in [
             (base.clone().replicas(0), "HERALD_NATS_REPLICAS"),
+            (base.clone().partitions(0), "HERALD_NATS_PARTITIONS"),
+            (base.clone().partitions(65), "HERALD_NATS_PARTITIONS"),
             (base.clone().max_deliver(0), "HERALD_MAX_DELIVER"),
             (
                 base.clone().dedupe_window(Duration::from_millis(10)),

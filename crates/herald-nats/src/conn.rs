@@ -13,7 +13,7 @@
 //! `dead_letters`'s, the public handle and its close `store`'s.
 
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -38,7 +38,7 @@ pub(crate) struct Inner {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     /// Topics whose stream this process made sure of (`log`).
-    pub(crate) streams: Mutex<HashSet<Topic>>,
+    pub(crate) streams: Mutex<HashMap<Topic, u32>>,
     closed: AtomicBool,
     /// Names this store among a group's members and leaders.
     pub(crate) member_id: String,
@@ -80,7 +80,7 @@ impl Inner {
             names,
             client,
             js,
-            streams: Mutex::new(HashSet::new()),
+            streams: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             queues: OpenQueues::default(),
             member_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),

@@ -3,7 +3,7 @@
 //! Owns [`Gather`]: the receiving end of a channel that hands out batches,
 //! each taken once one of a fixed number of places for batches on their way
 //! is free, so work that arrives while those are busy goes together in the
-//! next (the leader's acks, a remote member's settlements). It knows
+//! next (a group reader's acks). It knows
 //! nothing of what the items are or where they go.
 
 use std::sync::Arc;

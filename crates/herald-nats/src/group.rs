@@ -1,42 +1,58 @@
-//! Consumer groups on NATS: a leader per group over durable consumers.
+//! Consumer groups on NATS: each process with members of a group reads its
+//! share of the group's events straight from JetStream.
 //!
-//! Owns the [`Leader`] of a group (started by [`Leader::of`]) and the
-//! keeping of its lease, and what this process keeps of the groups it
-//! leads ([`Leading`], held in the store's `Inner::groups`). JetStream
-//! keeps a group's progress: each topic stream the group follows has a
-//! durable consumer named for the group (explicit acks; its ack floor is
-//! the group's offset, so the group resumes there after any restart). What
-//! JetStream 2.9 cannot give — one event per key at a time, in order,
-//! across members, while keyless events are shared freely, and priority
-//! among waiting events — one process per group gives: the *leader*, which
-//! holds the group's lease (`leader_lease`: renewed every second, gone 5 s
-//! after its holder), pulls the durable consumers into a
-//! [`herald::backend::queue::Queue`] (the same per-key locks, priority, ack
-//! wait, redelivery and dead-lettering as every other transport), and
-//! hands deliveries to members. An ack commits the JetStream message
-//! (awaited: on the server before `Ok`; acks made together are committed
-//! in groups, one confirmation each: [`acker`]); a dead letter is written to the
-//! dead-letter stream (by the store, the host of every queue:
-//! `dead_letters`), then the original is termed (or, when the write fails,
-//! nacked so JetStream redelivers it). The leader keeps the messages it
-//! holds alive with progress acks, so JetStream redelivers them only when
-//! the leader is gone.
+//! Owns the [`Leader`] of a group in this process (started by
+//! [`Leader::of`], one per process and group, whose queue all the process's
+//! members of the group share), the group's *parts*, and which process
+//! reads which. JetStream keeps a group's progress in durable consumers on
+//! each topic stream it follows, one per part ([`Part`]): eight filtered
+//! to the topic's partition subjects (`names`: herald publishes an event on
+//! the partition its key hashes to, so a part holds each of its keys whole,
+//! in order) and one to the plain subject (where plain clients publish).
+//! Explicit acks; a consumer's ack floor is the part's offset, so the group
+//! resumes there after any restart.
 //!
-//! Members in other processes reach the leader over request/reply: the
-//! leader keeps what `protocol` defines of them, and `remote`, above this
-//! module, opens members, serves the remote ones, and starts serving when
-//! `Leader::of` says it started a leader; this module never imports
-//! `remote`. A leader records its group's name, patterns and start as it
-//! starts (`group_record`), so any process lists the group (`inspect`,
-//! which also reads an event's delivery state). A group's start is fixed
-//! when it is made (DESIGN.md §4.5): its first leader makes the group's
-//! durable consumers on the streams there then (for `Latest`, after each
-//! stream's last event) before it writes the first record, so every later
-//! leader — after members came and went, after restarts — takes a stream
-//! without the group's consumer for one made after the group, and reads it
-//! from the start the record keeps (its beginning, for `Latest`).
+//! A part is read by one process at a time: the holder of its lease
+//! (`leader_lease`: renewed every second, gone 5 s after its holder). Every
+//! process with members says so every second (a presence message in the
+//! lease stream, aged out like a lease), and the live members, sorted by
+//! id, split the parts round-robin: the `i`th of `n` reads the parts `p`
+//! with `p mod n = i`. Each process takes the leases of its parts as they
+//! come free and gives up the others ([`Leader::step_down_part`]: stop
+//! pulling, wait out the pull requests in flight, withdraw what its queue
+//! holds of the part, write a handover note, nack what it held, release
+//! the lease), so the parts move when members come and go, and a process
+//! that dies leaves its parts to the others when its leases and presence
+//! age out. No event passes through another process: what JetStream
+//! delivers to a part goes into the reader's queue
+//! ([`herald::backend::queue::Queue`]: the per-key locks, priority, ack
+//! wait, redelivery and dead-lettering of every other transport), and its
+//! members take it from there. A key lives in one part, so per-key order
+//! holds across processes; a small backlog is shared only by the members
+//! of the process whose part holds it.
+//!
+//! An ack commits the JetStream message (awaited: on the server before
+//! `Ok`; acks made together are committed in groups, one confirmation
+//! each: [`acker`]); a dead letter is written to the dead-letter stream
+//! (by the store, the host of every queue: `dead_letters`), then the
+//! original is termed (or, when the write fails, nacked so JetStream
+//! redelivers it). The reader keeps the messages it holds alive with
+//! progress acks, so JetStream redelivers them only when the reader is
+//! gone.
+//!
+//! A reader records its group's name, patterns and start as it starts
+//! (`group_record`), so any process lists the group (`inspect`, which also
+//! asks a part's reader where an event stands: `protocol`). A group's start
+//! is fixed when it is made (DESIGN.md §4.5): its first reader makes every
+//! part's consumers on the streams there then (for `Latest`, after each
+//! stream's last event) before it writes the first record, so a later
+//! reader takes a stream without a part's consumer for one made after the
+//! group, and reads it from the start the record keeps (its beginning, for
+//! `Latest`). A group made before parts has one unfiltered consumer per
+//! stream, named for the group; the first reader after makes the parts'
+//! consumers from where it stands and deletes it ([`migrate`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -57,51 +73,139 @@ use crate::conn::Inner;
 use crate::errors;
 use crate::gather::Gather;
 use crate::leader_lease::{Lease, Taken};
-use crate::protocol::Remotes;
 use crate::tail::{self, Streams};
 
-/// How long a leader's lease lives without renewal.
+/// How long a part's lease, and a member's presence, live without renewal.
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(5);
-/// How often a leader renews its lease.
+/// How often a reader renews its leases and presence, and looks at who
+/// reads which part.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
-/// The durable consumers' ack wait: how long after its leader is gone
-/// JetStream redelivers what the leader held.
+/// The durable consumers' ack wait: how long after its reader is gone
+/// JetStream redelivers what the reader held.
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(10);
-/// How often the leader tells JetStream it still works on what it holds.
+/// How often the reader tells JetStream it still works on what it holds.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
-/// How long a leader's pull request lives. One the leader no longer reads
-/// (after it stopped) still takes messages until then, so a leader that
-/// steps down waits this long before handing its messages back.
+/// How long a pull request lives. One the reader no longer reads (after
+/// it gave up the part) still takes messages until then, so a reader that
+/// gives up a part waits this long before handing its messages back.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
-/// How many of its latest acks a leader remembers (see `Leader::feed`).
+/// How many of its latest acks a process remembers per group (see
+/// `Leader::admit`).
 const RECENT_ACKS: usize = 100_000;
-/// Most messages a durable consumer has out to its leader unacked.
+/// Most messages a durable consumer has out to its reader unacked.
 const MAX_ACK_PENDING: i64 = 20_000;
-/// Most messages the leader hands its queue at once.
+/// Most messages the reader hands its queue at once.
 const FEED_BATCH: usize = 256;
 
-/// What this process keeps of the groups it leads, per store (in
+/// One of a group's parts: a partition of its topics, or their plain
+/// subjects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Part {
+    Partition(u32),
+    Plain,
+}
+
+impl Part {
+    /// The parts of a topic of `partitions` partitions (of a group whose
+    /// topics have at most that many).
+    pub(crate) fn of_topic(partitions: u32) -> impl Iterator<Item = Part> {
+        (0..partitions).map(Part::Partition).chain([Part::Plain])
+    }
+
+    /// Whether a topic of `partitions` partitions has this part.
+    fn in_topic(self, partitions: u32) -> bool {
+        self.partition().is_none_or(|n| n < partitions)
+    }
+
+    /// The part of a message on topic subject `subject`.
+    fn of_subject(inner: &Inner, subject: &str) -> Part {
+        inner
+            .names
+            .partition_of_subject(subject)
+            .map_or(Part::Plain, Part::Partition)
+    }
+
+    fn partition(self) -> Option<u32> {
+        match self {
+            Part::Partition(n) => Some(n),
+            Part::Plain => None,
+        }
+    }
+
+    /// The subject of `topic` this part reads.
+    fn filter(self, inner: &Inner, topic: &Topic) -> String {
+        match self {
+            Part::Partition(n) => inner.names.partition_subject(topic.as_str(), n),
+            Part::Plain => inner.names.subject(topic.as_str()),
+        }
+    }
+
+    /// The part's durable consumers' name (and its lease's) in group
+    /// consumer `consumer`.
+    pub(crate) fn consumer(self, inner: &Inner, consumer: &str) -> String {
+        inner.names.part_consumer(consumer, self.partition())
+    }
+
+    /// The part of event `seq` of the topic of stream `stream`, read off
+    /// the message's subject.
+    pub(crate) async fn of_event(
+        inner: &Inner,
+        stream: &async_nats::jetstream::stream::Stream,
+        seq: u64,
+    ) -> Option<Part> {
+        let msg = stream.get_raw_message(seq).await.ok()?;
+        Some(Part::of_subject(inner, &msg.subject))
+    }
+
+    /// The parts the `index`th of `members` live members reads, of a group
+    /// whose topics have at most `partitions` partitions: every
+    /// `members`th, from the `index`th on.
+    fn assigned(index: usize, members: usize, partitions: u32) -> impl Iterator<Item = Part> {
+        Part::of_topic(partitions)
+            .enumerate()
+            .filter(move |(i, _)| i % members.max(1) == index)
+            .map(|(_, p)| p)
+    }
+}
+
+/// What this process keeps of the groups it reads, per store (in
 /// `Inner::groups`).
 #[derive(Default)]
 pub(crate) struct Leading {
-    /// The groups this process leads.
+    /// The groups this process reads.
     leaders: Mutex<HashMap<String, Arc<Leader>>>,
     /// Groups whose leader here is stepping down, and when it is done.
     stepping_down: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// Per group, the events its leaders here acked lately.
     recent_acks: Mutex<HashMap<String, Arc<Mutex<RecentAcks>>>>,
-    /// Held while this process tries to become a group's leader.
+    /// Held while this process starts reading a group.
     starting: tokio::sync::Mutex<()>,
 }
 
-/// What `inner`'s process keeps of the groups it leads.
+/// What `inner`'s process keeps of the groups it reads.
 fn leading(inner: &Inner) -> &Leading {
     inner.groups.get()
 }
 
-/// This process's leader of `group`, if it leads it.
+/// This process's leader of `group`, if it reads it.
 pub(crate) fn leader(inner: &Inner, group: &str) -> Option<Arc<Leader>> {
     leading(inner).leader(group)
+}
+
+/// A member of `spec`'s group in this process, which reads its share of
+/// the group from now on (if it did not yet).
+pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    let group = spec.group.clone().unwrap_or_default();
+    loop {
+        let leader = Leader::of(inner, &group, &spec).await?;
+        let member = leader.member();
+        // Its last member left as this one came: the next leader here
+        // starts once it has handed over.
+        if !leader.stopped() {
+            return Ok(member);
+        }
+        inner.check_open()?;
+    }
 }
 
 /// Every leader in this process steps down (the store closes).
@@ -111,9 +215,7 @@ pub(crate) async fn step_down_all(inner: &Inner) {
         .drain()
         .map(|(_, l)| l)
         .collect();
-    for leader in leaders {
-        leader.step_down().await;
-    }
+    futures_util::future::join_all(leaders.iter().map(|l| l.step_down())).await;
 }
 
 impl Leading {
@@ -134,7 +236,7 @@ impl Leading {
     }
 
     /// This process's leader of `group` steps down: `done` turns `true`
-    /// when it has handed back what it held and given up the lease.
+    /// when it has handed back what it held and given up its leases.
     fn stepping_down(&self, group: &str, done: watch::Receiver<bool>) {
         self.lock_stepping_down().insert(group.to_owned(), done);
     }
@@ -148,7 +250,7 @@ impl Leading {
     }
 
     /// Wait until this process's leader of `group`, if one is stepping
-    /// down, is done, so the next leader here reads its handover note.
+    /// down, is done, so the next leader here reads its handover notes.
     async fn handed_over(&self, group: &str) {
         let done = self.lock_stepping_down().get(group).cloned();
         if let Some(mut done) = done {
@@ -171,29 +273,57 @@ impl Leading {
     }
 }
 
-/// The leader of one group in this process.
+/// A leader stepping down, between [`Leader::begin_step_down`] and
+/// [`Leader::finish_step_down`].
+struct SteppingDown {
+    inner: Arc<Inner>,
+    done: watch::Sender<bool>,
+    handed: watch::Receiver<bool>,
+}
+
+/// A topic stream the group follows.
+#[derive(Clone)]
+struct Followed {
+    stream: String,
+    topic: Topic,
+    partitions: u32,
+    /// Where a part's consumer made on it now starts.
+    start: DeliverPolicy,
+}
+
+/// The parts a leader reads and the streams it reads them on.
+#[derive(Default)]
+struct Parts {
+    streams: Vec<Followed>,
+    /// The parts read, each with the switch that stops its pulls.
+    reading: HashMap<Part, watch::Sender<bool>>,
+    /// Parts being given up (not read, not to be taken again yet).
+    leaving: HashSet<Part>,
+}
+
+/// One group's reader in this process: the queue its members here share,
+/// fed by the parts it holds.
 pub(crate) struct Leader {
     inner: Weak<Inner>,
     group: String,
     /// Where the group started when it was made (its record keeps it).
     start: StartPosition,
-    /// The durable consumers' name.
+    /// The group consumer's name (its parts' names start with it).
     consumer: String,
     queue: Arc<Queue>,
     /// The JetStream messages behind the events the queue holds, by topic
     /// and seq.
     held: Mutex<HashMap<(Topic, u64), async_nats::jetstream::Message>>,
-    /// From the previous leader's handover note: the attempt each event
-    /// it held would have been delivered as next.
-    attempts: HashMap<(String, u64), u32>,
+    /// From the handover notes of the parts' previous readers: the attempt
+    /// each event they held would have been delivered as next.
+    attempts: Mutex<HashMap<(String, u64), u32>>,
     /// The events this process's leaders of the group acked lately: a
     /// server that crashed before writing an ack redelivers the event after
     /// its restart, and the leader acks it again instead of delivering it.
     recent_acks: Arc<Mutex<RecentAcks>>,
-    /// Its members in other processes (served by `remote`).
-    remotes: Remotes,
-    /// The group's lease, while held.
-    lease: Mutex<Option<Lease>>,
+    parts: Mutex<Parts>,
+    /// The leases of the parts read.
+    leases: Mutex<HashMap<Part, Lease>>,
     /// Set when the leader stops: its tasks end.
     stop: tokio::sync::watch::Sender<bool>,
     /// The store's dead-letter writes (the queue counts its own in them).
@@ -203,18 +333,17 @@ pub(crate) struct Leader {
 }
 
 impl Leader {
-    /// This process's leader of `group`, started now if nobody leads it,
-    /// and whether it started now (its caller then serves the group's
-    /// members in other processes: `remote::serve`); `None` when another
-    /// process leads the group.
+    /// This process's leader of `group`, started now if it has none: it
+    /// makes the group if nobody did, says this process is a member, and
+    /// takes its share of the parts.
     pub(crate) async fn of(
         inner: &Arc<Inner>,
         group: &str,
         spec: &SubscribeSpec,
-    ) -> Result<Option<(Arc<Leader>, bool)>> {
+    ) -> Result<Arc<Leader>> {
         let leading = leading(inner);
-        // One attempt to lead at a time in this process, so its members
-        // share one leader.
+        // One start at a time in this process, so its members share one
+        // leader.
         let _starting = leading.starting.lock().await;
         if let Some(leader) = leading.leader(group) {
             herald::backend::group::check_member(
@@ -223,39 +352,27 @@ impl Leader {
                 herald::backend::group::kind_bits(leader.queue.spec()),
                 spec,
             )?;
-            return Ok(Some((leader, false)));
+            return Ok(leader);
         }
         // A leader here that is stepping down first writes what the next
-        // should know (its handover note).
+        // should know (its handover notes).
         leading.handed_over(group).await;
         Lease::prepare(inner, LEASE_TTL).await?;
-        let lease = match Lease::take(inner, &inner.names.consumer(group), &inner.member_id).await?
-        {
-            Taken::Held(lease) => lease,
-            Taken::Busy => return Ok(None),
-        };
         // A group's start is fixed when it is made: a record says it was.
-        let made = match crate::group_record::made_at(inner, group, spec).await {
-            Ok(made) => made,
-            Err(e) => {
-                lease.release(inner).await;
-                return Err(e);
-            }
-        };
-        let attempts = handover::read(inner, &inner.names.consumer(group)).await;
+        let made = crate::group_record::made_at(inner, group, spec).await?;
         let (acks, to_commit) = Gather::channel(ACKS_IN_FLIGHT, ACK_BATCH);
         tokio::spawn(acker(to_commit));
         let leader = Arc::new_cyclic(|me: &Weak<Leader>| Leader {
             acks,
             start: made.unwrap_or(spec.start),
-            attempts,
+            attempts: Mutex::new(HashMap::new()),
             inner: Arc::downgrade(inner),
             group: group.to_owned(),
             consumer: inner.names.consumer(group),
             queue: Queue::new(spec.clone(), me.clone() as Weak<dyn QueueHost>),
             held: Mutex::new(HashMap::new()),
-            lease: Mutex::new(None),
-            remotes: Default::default(),
+            parts: Mutex::new(Parts::default()),
+            leases: Mutex::new(HashMap::new()),
             recent_acks: leading.recent_acks(group),
             stop: tokio::sync::watch::channel(false).0,
             dead_letter_writes: inner.dead_letter_writes.clone(),
@@ -265,53 +382,56 @@ impl Leader {
         leading.lead(group, &leader);
         if let Err(e) = inner.register(&leader.queue) {
             leading.unlead(group);
-            lease.release(inner).await;
             return Err(e);
         }
         let followed = async {
             let streams = Streams::follow(inner, spec).await?;
-            let starts: Vec<(String, DeliverPolicy)> = streams
+            let followed: Vec<Followed> = streams
                 .existing
                 .iter()
                 .map(|found| {
-                    let policy = match leader.start {
+                    let start = match leader.start {
                         // Made now: it starts after what each stream holds.
                         StartPosition::Latest if made.is_none() => DeliverPolicy::ByStartSequence {
                             start_sequence: found.last_seq + 1,
                         },
                         // Made before: a stream without the group's
-                        // consumer came after it, and is read from its
+                        // consumers came after it, and is read from its
                         // start (a consumer made before resumes as it is).
                         start => tail::policy(&start),
                     };
-                    (found.name.clone(), policy)
+                    Followed {
+                        stream: found.name.clone(),
+                        topic: found.topic.clone(),
+                        partitions: found.partitions,
+                        start,
+                    }
                 })
                 .collect();
             if made.is_none() {
                 // The consumers fix where the group starts on the streams
                 // there now; they exist before the record says the group
-                // does, so a later leader takes a stream without one for
+                // does, so a later reader takes a stream without them for
                 // a stream made after the group.
-                leader.make_consumers(inner, &starts).await?;
+                leader.make_consumers(inner, &followed).await?;
+            } else {
+                migrate(inner, group, &leader.consumer, &followed).await?;
             }
             crate::group_record::record(inner, group, spec, leader.start).await?;
-            Ok::<_, herald::Error>((streams.created, starts))
+            Ok::<_, herald::Error>((streams.created, followed))
         };
-        let (created, starts) = match followed.await {
+        let (created, followed) = match followed.await {
             Ok(s) => s,
             Err(e) => {
                 leader.step_down().await;
-                lease.release(inner).await;
                 return Err(e);
             }
         };
-        for (stream, policy) in starts {
-            tokio::spawn(leader.clone().pull(stream, policy));
-        }
+        leader.lock_parts().streams = followed;
         tokio::spawn(leader.clone().follow_new(created));
-        tokio::spawn(leader.clone().keep_lease(lease));
+        tokio::spawn(leader.clone().balance());
         tokio::spawn(leader.clone().keep_progress());
-        Ok(Some((leader, true)))
+        Ok(leader)
     }
 
     /// A new member of the leader's queue.
@@ -324,57 +444,94 @@ impl Leader {
         self.inner.upgrade()
     }
 
-    pub(crate) fn consumer(&self) -> &str {
-        &self.consumer
-    }
-
-    pub(crate) fn group(&self) -> &str {
-        &self.group
-    }
-
-    pub(crate) fn spec(&self) -> &SubscribeSpec {
-        self.queue.spec()
-    }
-
-    /// What one member may take now (`Queue::fair_share`).
-    pub(crate) fn fair_share(&self) -> usize {
-        self.queue.fair_share()
-    }
-
-    pub(crate) fn remotes(&self) -> &Remotes {
-        &self.remotes
-    }
-
-    /// Changes to `true` when the leader stops.
-    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-
     fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
 
-    /// Stop leading: close the queue and hand back everything held (a nack,
-    /// so JetStream redelivers it to the next leader at once), give up the
-    /// lease.
+    fn lock_parts(&self) -> MutexGuard<'_, Parts> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_leases(&self) -> MutexGuard<'_, HashMap<Part, Lease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop reading the group: close the queue, give up every part (its
+    /// messages handed back with a nack, so JetStream redelivers them to
+    /// the next reader at once) and the presence.
     pub(crate) async fn step_down(&self) {
+        if let Some(begun) = self.begin_step_down() {
+            self.finish_step_down(begun).await;
+        }
+    }
+
+    /// The part of stepping down that cannot wait: from its return this
+    /// leader is stopped, its queue closed and no longer this process's,
+    /// so a member opened now starts another. `None` when it stopped
+    /// before.
+    fn begin_step_down(&self) -> Option<SteppingDown> {
         if self.stop.send_replace(true) {
-            return;
+            return None;
         }
         self.queue.close();
-        let Some(inner) = self.inner() else { return };
+        let inner = self.inner()?;
         let (done, handed) = tokio::sync::watch::channel(false);
         let leading = leading(&inner);
         leading.stepping_down(&self.group, handed.clone());
         leading.unlead(&self.group);
+        Some(SteppingDown {
+            inner,
+            done,
+            handed,
+        })
+    }
+
+    /// Give up the presence and every part.
+    async fn finish_step_down(&self, begun: SteppingDown) {
+        let SteppingDown {
+            inner,
+            done,
+            handed,
+        } = begun;
+        self.leave_presence(&inner).await;
+        let reading: Vec<Part> = self.lock_parts().reading.keys().copied().collect();
+        futures_util::future::join_all(reading.into_iter().map(|p| self.step_down_part(p))).await;
+        let _ = done.send(true);
+        leading(&inner).stepped_down(&self.group, &handed);
+    }
+
+    /// Give up `part`: stop its pulls, wait out the pull requests still
+    /// out, withdraw from the queue what waits of it, write the handover
+    /// note, nack what was held of it, release its lease.
+    async fn step_down_part(&self, part: Part) {
+        {
+            let mut parts = self.lock_parts();
+            let Some(stop) = parts.reading.remove(&part) else {
+                return;
+            };
+            let _ = stop.send(true);
+            parts.leaving.insert(part);
+        }
+        let Some(inner) = self.inner() else { return };
         // Messages handed back now would go to the pull requests still out.
         tokio::time::sleep(PULL_EXPIRY + Duration::from_millis(100)).await;
-        let held: Vec<_> = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let held: Vec<_> = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let of_part: Vec<(Topic, u64)> = held
+                .iter()
+                .filter(|(_, msg)| Part::of_subject(&inner, &msg.subject) == part)
+                .map(|(at, _)| at.clone())
+                .collect();
+            of_part
+                .into_iter()
+                .filter_map(|at| held.remove_entry(&at))
+                .collect()
+        };
+        let ats: HashSet<&(Topic, u64)> = held.iter().map(|(at, _)| at).collect();
+        self.queue.withdraw(|env| {
+            env.seq()
+                .is_some_and(|s| ats.contains(&(env.topic().clone(), s)))
+        });
         // Next is what the queue would have delivered it as; one that
         // never reached the queue keeps the attempt it came with.
         let in_queue: HashMap<(Topic, u64), u32> = self
@@ -393,22 +550,26 @@ impl Leader {
                 Some((topic.as_str().to_owned(), *seq, next))
             })
             .collect();
-        handover::write(&inner, &self.consumer, note).await;
+        handover::write(&inner, &part.consumer(&inner, &self.consumer), note).await;
+        // JetStream redelivers a consumer's nacked messages before new
+        // ones, in the order nacked: by seq, each key's in order.
+        let mut held = held;
+        held.sort_by_key(|((_, seq), _)| *seq);
         for (_, msg) in held {
             // A nack that is lost only delays the redelivery to the ack wait.
             let _ = msg.ack_with(AckKind::Nak(None)).await;
         }
-        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let lease = self.lock_leases().remove(&part);
         if let Some(lease) = lease {
             lease.release(&inner).await;
         }
-        let _ = done.send(true);
-        leading.stepped_down(&self.group, &handed);
+        self.lock_parts().leaving.remove(&part);
     }
 
-    /// Renew the lease; step down when it is lost.
-    async fn keep_lease(self: Arc<Self>, lease: Lease) {
-        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    /// Every second: say this process is a member, renew the leases held
+    /// (a part whose lease was lost is given up), and take or give up parts
+    /// so this process reads its share of them.
+    async fn balance(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let mut tick = tokio::time::interval(RENEW_EVERY);
         let mut failing = false;
@@ -418,44 +579,179 @@ impl Leader {
                 _ = stop.changed() => return,
             }
             let Some(inner) = self.inner() else { return };
-            let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let Some(mut lease) = lease else { return };
-            let renewed = lease.renew(&inner).await;
-            if self.stopped() {
-                // `step_down` ran while this held the lease.
-                lease.release(&inner).await;
-                return;
-            }
-            *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
-            match renewed {
-                Ok(true) => failing = false,
-                Ok(false) => {
-                    // Aged out while the server was away, or taken.
-                    match Lease::take(&inner, &self.consumer, &inner.member_id).await {
-                        Ok(Taken::Held(again)) => {
-                            *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(again);
-                        }
-                        Ok(Taken::Busy) => {
-                            tracing::warn!(
-                                group = self.group,
-                                "lost the group's lease; stepping down"
-                            );
-                            self.step_down().await;
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(group = self.group, error = %e, "cannot take the group's lease back");
-                        }
-                    }
+            let members = match self.presence(&inner).await {
+                Ok(members) => {
+                    failing = false;
+                    members
                 }
                 Err(e) => {
-                    // Nothing flows while the server is away; lead on.
+                    // Nothing flows while the server is away; read on.
                     if !failing {
-                        tracing::warn!(group = self.group, error = %e, "cannot renew the group's lease");
+                        tracing::warn!(group = self.group, error = %e, "cannot say this process is a member; reading on");
                     }
                     failing = true;
+                    continue;
+                }
+            };
+            self.renew(&inner).await;
+            if self.stopped() {
+                return;
+            }
+            let index = members
+                .iter()
+                .position(|m| *m == inner.member_id)
+                .unwrap_or(0);
+            let (reading, leaving, partitions) = {
+                let parts = self.lock_parts();
+                let partitions = parts.streams.iter().map(|f| f.partitions).max();
+                (
+                    parts.reading.keys().copied().collect::<Vec<Part>>(),
+                    parts.leaving.clone(),
+                    // Before its topics have streams: as many as one
+                    // made now gets.
+                    partitions.unwrap_or_else(|| inner.config.partition_count()),
+                )
+            };
+            let mine: HashSet<Part> = Part::assigned(index, members.len(), partitions).collect();
+            for part in reading.iter().filter(|p| !mine.contains(p)) {
+                let (me, part) = (self.clone(), *part);
+                tokio::spawn(async move { me.step_down_part(part).await });
+            }
+            for part in mine {
+                if reading.contains(&part) || leaving.contains(&part) {
+                    continue;
+                }
+                let name = part.consumer(&inner, &self.consumer);
+                match Lease::take(&inner, &name, &inner.member_id).await {
+                    Ok(Taken::Held(lease)) => self.take_part(&inner, part, lease).await,
+                    // Its reader gives it up on its next look.
+                    Ok(Taken::Busy) => {}
+                    Err(e) => {
+                        tracing::warn!(group = self.group, error = %e, "cannot take a part's lease");
+                    }
                 }
             }
+        }
+    }
+
+    /// Renew the leases held; give up the parts whose lease was lost.
+    async fn renew(self: &Arc<Self>, inner: &Inner) {
+        let held: Vec<(Part, Lease)> = self.lock_leases().drain().collect();
+        for (part, mut lease) in held {
+            let renewed = lease.renew(inner).await;
+            self.lock_leases().insert(part, lease);
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        group = self.group,
+                        part = ?part,
+                        "lost a part's lease; giving it up"
+                    );
+                    // Not ours to release.
+                    self.lock_leases().remove(&part);
+                    let me = self.clone();
+                    tokio::spawn(async move { me.step_down_part(part).await });
+                }
+                // Renewed on the next tick, or aged out and lost then.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Say this process is a member of the group, and list the live
+    /// members' ids, sorted.
+    async fn presence(&self, inner: &Inner) -> std::result::Result<Vec<String>, async_nats::Error> {
+        let subject = inner.names.member_subject(&self.consumer, &inner.member_id);
+        inner
+            .js
+            .publish(subject, bytes::Bytes::new())
+            .await?
+            .await?;
+        let stream = inner
+            .js
+            .get_stream_no_info(inner.names.leases_stream())
+            .await?;
+        let mut subjects = stream
+            .info_with_subjects(inner.names.member_subjects(&self.consumer))
+            .await?;
+        let mut members = Vec::new();
+        while let Some((subject, _)) = futures_util::TryStreamExt::try_next(&mut subjects).await? {
+            if let Some((_, member)) = subject.rsplit_once('.') {
+                members.push(member.to_owned());
+            }
+        }
+        members.sort();
+        Ok(members)
+    }
+
+    /// Take this process's presence back (it leaves the group).
+    async fn leave_presence(&self, inner: &Inner) {
+        let Ok(stream) = inner
+            .js
+            .get_stream_no_info(inner.names.leases_stream())
+            .await
+        else {
+            return;
+        };
+        // One that stays ages out.
+        let _ = stream
+            .purge()
+            .filter(inner.names.member_subject(&self.consumer, &inner.member_id))
+            .await;
+    }
+
+    /// Read `part` (its lease just taken): learn the attempts its last
+    /// reader noted, serve where its events stand, pull its consumers.
+    async fn take_part(self: &Arc<Self>, inner: &Arc<Inner>, part: Part, lease: Lease) {
+        let name = part.consumer(inner, &self.consumer);
+        let noted = handover::read(inner, &name).await;
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(noted);
+        let states = inner
+            .client
+            .subscribe(crate::protocol::state_subject(inner, &name))
+            .await;
+        let mut parts = self.lock_parts();
+        if self.stopped() {
+            drop(parts);
+            let inner = inner.clone();
+            tokio::spawn(async move { lease.release(&inner).await });
+            return;
+        }
+        let (stop, _) = watch::channel(false);
+        for followed in parts.streams.iter().filter(|f| part.in_topic(f.partitions)) {
+            tokio::spawn(self.clone().pull(followed.clone(), part, stop.subscribe()));
+        }
+        match states {
+            Ok(states) => {
+                tokio::spawn(self.clone().serve_states(states, stop.subscribe()));
+            }
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "cannot serve where a part's events stand");
+            }
+        }
+        parts.reading.insert(part, stop);
+        self.lock_leases().insert(part, lease);
+    }
+
+    /// Answer where events of a part stand until it is given up.
+    async fn serve_states(
+        self: Arc<Self>,
+        mut states: async_nats::Subscriber,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let msg = tokio::select! {
+                m = states.next() => m,
+                _ = stop.changed() => return,
+            };
+            let Some(msg) = msg else { return };
+            let Some(inner) = self.inner() else { return };
+            crate::protocol::answer_state(&inner, &msg, |topic, seq| self.state_of(topic, seq))
+                .await;
         }
     }
 
@@ -482,7 +778,7 @@ impl Leader {
         }
     }
 
-    /// Pull from the durable consumers of topic streams made from now on.
+    /// Read the parts held on topic streams made from now on.
     async fn follow_new(self: Arc<Self>, mut created: async_nats::Subscriber) {
         let mut stop = self.stop.subscribe();
         loop {
@@ -495,31 +791,55 @@ impl Leader {
                 continue;
             };
             let Some(inner) = self.inner() else { return };
-            if tail::followed_topic(&inner, self.queue.spec(), &advisory.stream)
-                .await
-                .is_some()
-            {
-                let start = tail::policy(&self.start);
-                tokio::spawn(self.clone().pull(advisory.stream, start));
+            let Some((topic, partitions)) =
+                tail::followed_topic(&inner, self.queue.spec(), &advisory.stream).await
+            else {
+                continue;
+            };
+            let followed = Followed {
+                stream: advisory.stream,
+                topic,
+                partitions,
+                start: tail::policy(&self.start),
+            };
+            let mut parts = self.lock_parts();
+            if parts.streams.iter().any(|f| f.stream == followed.stream) {
+                continue;
             }
+            for (part, stop) in &parts.reading {
+                if part.in_topic(followed.partitions) {
+                    tokio::spawn(self.clone().pull(followed.clone(), *part, stop.subscribe()));
+                }
+            }
+            parts.streams.push(followed);
         }
     }
 
-    /// Feed the queue from the group's durable consumer on `stream` (made
-    /// with `start` if new), again after every failure, until stopped.
-    async fn pull(self: Arc<Self>, stream: String, start: DeliverPolicy) {
-        let mut stop = self.stop.subscribe();
+    /// Feed the queue from `part`'s durable consumer on `followed` (made
+    /// if new), again after every failure, until the part is given up.
+    /// Then what the stream had already received is held, not queued, so
+    /// the part's step-down hands it back with the rest: dropped unread,
+    /// JetStream would deliver it again only after the ack wait, behind
+    /// later events of its keys. (The stream itself goes at once: one
+    /// still read would send pull requests, and a request left behind
+    /// would take what the step-down hands back.)
+    async fn pull(
+        self: Arc<Self>,
+        followed: Followed,
+        part: Part,
+        mut gone: watch::Receiver<bool>,
+    ) {
         let mut retry = Duration::from_millis(50);
-        while !self.stopped() {
+        while !*gone.borrow() {
             let Some(inner) = self.inner() else { return };
-            let messages = match self.consume(&inner, &stream, start).await {
+            let mut messages = match self.consume(&inner, &followed, part).await {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(group = self.group, stream, error = %e, "cannot read a group's consumer; retrying");
+                    tracing::warn!(group = self.group, stream = followed.stream, error = %e, "cannot read a group's consumer; retrying");
                     drop(inner);
                     tokio::select! {
                         _ = tokio::time::sleep(retry) => {}
-                        _ = stop.changed() => return,
+                        _ = gone.changed() => return,
                     }
                     retry = (retry * 2).min(Duration::from_secs(2));
                     continue;
@@ -528,24 +848,30 @@ impl Leader {
             drop(inner);
             retry = Duration::from_millis(50);
             tokio::select! {
-                _ = self.clone().feed(messages) => {}
-                _ = stop.changed() => return,
+                _ = self.feed(&mut messages) => {}
+                _ = gone.changed() => {
+                    while let Some(Some(msg)) = messages.next().now_or_never() {
+                        if let Ok(msg) = msg {
+                            self.admit(msg).await;
+                        }
+                    }
+                    return;
+                }
             }
         }
     }
 
-    /// Make the group's durable consumers on `starts` (stream, where to
-    /// start) that do not exist yet, a few at a time.
-    async fn make_consumers(
-        &self,
-        inner: &Inner,
-        starts: &[(String, DeliverPolicy)],
-    ) -> Result<()> {
-        for some in starts.chunks(16) {
-            let mut making = Vec::with_capacity(some.len());
-            for (stream, start) in some {
-                making.push(self.durable_consumer(inner, stream, *start));
-            }
+    /// Make every part's durable consumer on `followed` that does not
+    /// exist yet, a few at a time.
+    async fn make_consumers(&self, inner: &Inner, followed: &[Followed]) -> Result<()> {
+        let all: Vec<(&Followed, Part)> = followed
+            .iter()
+            .flat_map(|f| Part::of_topic(f.partitions).map(move |p| (f, p)))
+            .collect();
+        for some in all.chunks(16) {
+            let making = some.iter().map(|(f, part)| {
+                durable_consumer(inner, &self.group, &self.consumer, f, *part, f.start)
+            });
             futures_util::future::try_join_all(making).await?;
         }
         Ok(())
@@ -554,57 +880,24 @@ impl Leader {
     async fn consume(
         &self,
         inner: &Inner,
-        stream: &str,
-        start: DeliverPolicy,
+        followed: &Followed,
+        part: Part,
     ) -> Result<pull::Stream> {
-        self.durable_consumer(inner, stream, start)
-            .await?
-            .stream()
-            .expires(PULL_EXPIRY)
-            .heartbeat(PULL_EXPIRY / 4)
-            .messages()
-            .await
-            .map_err(|e| self.unavailable(stream, &e))
-    }
-
-    fn unavailable(&self, stream: &str, e: &dyn std::fmt::Display) -> Error {
-        errors::nats(
-            ErrorCode::Unavailable,
-            &format!("open group {:?} on stream {stream}", self.group),
-            e,
+        durable_consumer(
+            inner,
+            &self.group,
+            &self.consumer,
+            followed,
+            part,
+            followed.start,
         )
-    }
-
-    /// The group's durable consumer on `stream`, made with `start` if new.
-    async fn durable_consumer(
-        &self,
-        inner: &Inner,
-        stream: &str,
-        start: DeliverPolicy,
-    ) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>> {
-        let unavailable = |e: &dyn std::fmt::Display| self.unavailable(stream, e);
-        let s = inner
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = s
-            .get_or_create_consumer(
-                &self.consumer,
-                pull::Config {
-                    durable_name: Some(self.consumer.clone()),
-                    description: Some(format!("herald consumer group {:?}", self.group)),
-                    deliver_policy: start,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: CONSUMER_ACK_WAIT,
-                    max_deliver: -1,
-                    max_ack_pending: MAX_ACK_PENDING,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(consumer)
+        .await?
+        .stream()
+        .expires(PULL_EXPIRY)
+        .heartbeat(PULL_EXPIRY / 4)
+        .messages()
+        .await
+        .map_err(|e| unavailable(&self.group, &followed.stream, &e))
     }
 
     /// Push what the consumer delivers into the queue until it fails: the
@@ -618,7 +911,7 @@ impl Leader {
     /// a reconnect by itself. Re-reading would drop the messages the old
     /// stream had already received, and JetStream would deliver them again
     /// only after the ack wait, behind later events of their keys.
-    async fn feed(self: Arc<Self>, mut messages: pull::Stream) {
+    async fn feed(&self, messages: &mut pull::Stream) {
         while let Some(first) = messages.next().await {
             let mut received = vec![first];
             while received.len() < FEED_BATCH {
@@ -769,7 +1062,13 @@ impl Leader {
         inner
             .names
             .topic_of(subject)
-            .and_then(|t| self.attempts.get(&(t.as_str().to_owned(), seq)).copied())
+            .and_then(|t| {
+                self.attempts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&(t.as_str().to_owned(), seq))
+                    .copied()
+            })
             .unwrap_or(delivered)
     }
 
@@ -786,6 +1085,80 @@ impl Leader {
     pub(crate) fn state_of(&self, topic: &Topic, seq: u64) -> Option<DeliveryState> {
         self.queue.state_of(topic, seq)
     }
+}
+fn unavailable(group: &str, stream: &str, e: &dyn std::fmt::Display) -> Error {
+    errors::nats(
+        ErrorCode::Unavailable,
+        &format!("open group {group:?} on stream {stream}"),
+        e,
+    )
+}
+
+/// `part`'s durable consumer of group consumer `consumer` on `followed`,
+/// made with `start` if new.
+async fn durable_consumer(
+    inner: &Inner,
+    group: &str,
+    consumer: &str,
+    followed: &Followed,
+    part: Part,
+    start: DeliverPolicy,
+) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>> {
+    let unavailable = |e: &dyn std::fmt::Display| unavailable(group, &followed.stream, e);
+    let s = inner
+        .js
+        .get_stream_no_info(&followed.stream)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let name = part.consumer(inner, consumer);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("herald consumer group {group:?}")),
+        deliver_policy: start,
+        filter_subject: part.filter(inner, &followed.topic),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: CONSUMER_ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    };
+    match s.get_or_create_consumer(&name, config).await {
+        Ok(c) => Ok(c),
+        // Made by another process between the look and the make.
+        Err(_) => s.get_consumer(&name).await.map_err(|e| unavailable(&e)),
+    }
+}
+
+/// Make the parts' consumers of a group made before parts from where its
+/// one consumer per stream (named for the group, unfiltered) stands, then
+/// delete that consumer. Whatever it delivered beyond its ack floor comes
+/// again (at least once), except what this process acked lately.
+async fn migrate(inner: &Inner, group: &str, consumer: &str, followed: &[Followed]) -> Result<()> {
+    for f in followed {
+        let Ok(s) = inner.js.get_stream_no_info(&f.stream).await else {
+            continue;
+        };
+        let Ok(old) = s.consumer_info(consumer).await else {
+            continue;
+        };
+        let start = match old.ack_floor.stream_sequence {
+            0 => old.config.deliver_policy,
+            floor => DeliverPolicy::ByStartSequence {
+                start_sequence: floor + 1,
+            },
+        };
+        for part in Part::of_topic(f.partitions) {
+            durable_consumer(inner, group, consumer, f, part, start).await?;
+        }
+        // Another process's migration may have deleted it first.
+        let _ = s.delete_consumer(consumer).await;
+        tracing::info!(
+            consumer,
+            stream = f.stream,
+            "a group's consumer became its parts' consumers"
+        );
+    }
+    Ok(())
 }
 
 impl QueueHost for Leader {
@@ -877,7 +1250,9 @@ impl QueueHost for Leader {
             if let Some(inner) = self.inner() {
                 if let Some(leader) = leading(&inner).leader(&self.group) {
                     if Arc::ptr_eq(&leader.queue, &me) {
-                        tokio::spawn(async move { leader.step_down().await });
+                        if let Some(begun) = leader.begin_step_down() {
+                            tokio::spawn(async move { leader.finish_step_down(begun).await });
+                        }
                     }
                 }
             }

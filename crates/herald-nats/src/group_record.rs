@@ -1,9 +1,9 @@
 //! A consumer group's record: its name, patterns and where it started when
 //! it was made.
 //!
-//! Owns [`Record`] and its stream: each of a group's leaders writes the
-//! record as it starts ([`record`]; the last message on
-//! `P.$groups.<consumer>` of stream `S_GROUPS`), the next leader reads
+//! Owns [`Record`] and its stream: each process that reads a group writes
+//! the record as it starts ([`record`]; the last message on
+//! `P.$groups.<consumer>` of stream `S_GROUPS`), the next one reads
 //! where the group started ([`made_at`]: a group's start is fixed when it
 //! is made, DESIGN.md §4.5), and `inspect` lists groups by their records
 //! ([`list`]). It sits on `conn` and `log`; leading a group is `group`'s,
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::conn::Inner;
 use crate::errors;
 
-/// A consumer group as its leaders record it.
+/// A consumer group as its readers record it.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Record {
     pub(crate) group: String,

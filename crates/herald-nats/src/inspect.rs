@@ -7,19 +7,21 @@
 //! topic stream through an ephemeral pull consumer (no acks, `log::read`)
 //! that asks for no more than the stream held when it was made, so it
 //! never waits for new events and touches no group. A group is its record
-//! (`group_record`: written by each of its leaders when it starts, so a
-//! group whose topics have no events yet is listed too) and its durable
-//! consumers: on a topic stream, whose sequence is the topic's `seq`, the
-//! consumer's ack floor is the group's offset (acks and the terms of
-//! dead-lettered events both move it; a consumer starts with its floor just
-//! before its start) and its lag is what the consumer has not delivered
-//! (`num_pending`) plus what it delivered and nobody settled
-//! (`num_ack_pending`: events the leader holds — waiting, deferred by a
-//! nack, in flight — or handed back when a leader stepped down). A topic
-//! whose consumer the leader has not made yet counts every event it holds
-//! as unsettled. An event's delivery state asks the dead letters, then the
-//! group's leader: this process's (`group`) or, over request/reply, the one
-//! elsewhere (`remote`). It only reads: writing records, leading groups and
+//! (`group_record`: written by each process reading it as it starts, so
+//! a group whose topics have no events yet is listed too) and its durable
+//! consumers, one per part on each topic stream (`group`): a part
+//! consumer's offset is the `seq` before the first message of its subject
+//! past its ack floor (acks and the terms of dead-lettered events both
+//! move the floor; a consumer with nothing left has the stream's end), and
+//! the group's offset on the topic the least of its parts'; its lag is what
+//! the parts' consumers have not delivered (`num_pending`) plus what they
+//! delivered and nobody settled (`num_ack_pending`: events a reader holds
+//! — waiting, deferred by a nack, in flight — or handed back as a part
+//! moved). A group made before parts has one consumer per stream, read as
+//! one part. A topic whose consumers nobody made yet counts every event it
+//! holds as unsettled. An event's delivery state asks the dead letters,
+//! then this process's queue of the group, then the reader of the event's
+//! part over request/reply (`protocol`). It only reads: writing records, leading groups and
 //! writing dead letters are theirs.
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use herald::{
 
 use crate::conn::Inner;
 use crate::errors;
+use crate::group::Part;
 use crate::tail::{self, Found};
 
 /// Every topic with events, by name.
@@ -121,7 +124,9 @@ async fn topic_streams(inner: &Inner) -> Result<Vec<Found>> {
     Ok(found)
 }
 
-/// Where group consumer `consumer` stands on topic stream `found`.
+/// Where group consumer `consumer` stands on topic stream `found`: over
+/// its parts' consumers, the offset is the least of theirs and the lag
+/// their sum; a group made before parts has its one consumer instead.
 async fn standing(inner: &Inner, found: &Found, consumer: &str) -> Result<GroupTopic> {
     let stream = inner
         .js
@@ -129,35 +134,75 @@ async fn standing(inner: &Inner, found: &Found, consumer: &str) -> Result<GroupT
         .await
         .map_err(|e| errors::nats(ErrorCode::Internal, "name a topic stream", e))?;
     let last = found.last_seq;
-    let (acked_through, lag) = match stream.consumer_info(consumer).await {
-        Ok(info) => {
-            let acked_through = info.ack_floor.stream_sequence.min(last);
-            let lag = info.num_pending + info.num_ack_pending as u64;
-            (acked_through, lag.min(last - acked_through))
+    let mut names: Vec<String> = Part::of_topic(found.partitions)
+        .map(|p| p.consumer(inner, consumer))
+        .collect();
+    names.push(consumer.to_owned());
+    let mut acked_through = last;
+    let mut lag = 0u64;
+    let mut any = false;
+    for name in names {
+        if any && name == consumer {
+            break;
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
-            ) =>
-        {
-            let acked_through = found.first_seq.saturating_sub(1).min(last);
-            (acked_through, last - acked_through)
-        }
-        Err(e) => {
-            return Err(errors::nats(
-                ErrorCode::Unavailable,
-                &format!("read a group's consumer on `{}`", found.topic),
-                e,
-            ))
-        }
-    };
+        let info = match stream.consumer_info(&name).await {
+            Ok(info) => info,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                return Err(errors::nats(
+                    ErrorCode::Unavailable,
+                    &format!("read a group's consumer on `{}`", found.topic),
+                    e,
+                ))
+            }
+        };
+        any = true;
+        acked_through = acked_through.min(part_offset(&stream, &info, last).await);
+        lag += info.num_pending + info.num_ack_pending as u64;
+    }
+    if !any {
+        acked_through = found.first_seq.saturating_sub(1).min(last);
+        lag = last - acked_through;
+    }
     Ok(GroupTopic::new(
         found.topic.clone(),
         acked_through,
         last,
-        lag,
+        lag.min(last - acked_through),
     ))
+}
+
+/// How far a consumer has every message it reads settled: the stream's
+/// end when nothing is left to it, else just before the first message of
+/// its subject past its ack floor (the floor itself when that cannot be
+/// read).
+async fn part_offset(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    info: &async_nats::jetstream::consumer::Info,
+    last: u64,
+) -> u64 {
+    let floor = info.ack_floor.stream_sequence.min(last);
+    if info.num_pending == 0 && info.num_ack_pending == 0 {
+        return last;
+    }
+    let filter = &info.config.filter_subject;
+    if filter.is_empty() {
+        return floor;
+    }
+    match stream
+        .get_first_raw_message_by_subject(filter, floor + 1)
+        .await
+    {
+        Ok(next) => next.sequence.saturating_sub(1).min(last),
+        Err(_) => floor,
+    }
 }
 
 /// Where event `seq` of `topic` stands for `group`: dead-lettered (in the
@@ -179,7 +224,10 @@ pub(crate) async fn delivery_state(
     if seq == 0 || seq > stream.cached_info().state.last_sequence {
         return Err(no_event());
     }
-    let consumer = inner.names.consumer(group);
+    let Some(part) = Part::of_event(inner, &stream, seq).await else {
+        return Err(no_event());
+    };
+    let consumer = part.consumer(inner, &inner.names.consumer(group));
     let info = match stream.consumer_info(&consumer).await {
         Ok(info) => info,
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
@@ -203,11 +251,12 @@ pub(crate) async fn delivery_state(
     if dead.iter().any(|d| d.envelope.seq() == Some(seq)) {
         return Ok(DeliveryState::DeadLettered);
     }
-    let at_leader = match crate::group::leader(inner, group) {
-        Some(leader) => leader.state_of(topic, seq),
-        None => crate::remote::state_at_leader(inner, &consumer, topic, seq).await,
+    let here = crate::group::leader(inner, group).and_then(|l| l.state_of(topic, seq));
+    let at_reader = match here {
+        Some(state) => Some(state),
+        None => crate::protocol::state_at(inner, &consumer, topic, seq).await,
     };
-    if let Some(state) = at_leader {
+    if let Some(state) = at_reader {
         return Ok(state);
     }
     if seq > info.delivered.stream_sequence {

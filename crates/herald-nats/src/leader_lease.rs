@@ -1,6 +1,8 @@
-//! The group leader's lease: at most one process leads a consumer group, and
-//! it loses the lead when it stops renewing. (Not a delivery lease: those are
-//! the leader's queue's ack deadlines; see the glossary in ARCHITECTURE.md.)
+//! The lease of a part of a consumer group: at most one process reads a
+//! part (a partition of the group's topics, or their plain subjects), and
+//! it loses the part when it stops renewing. (Not a delivery lease: those
+//! are the reader's queue's ack deadlines; see the glossary in
+//! ARCHITECTURE.md.)
 //!
 //! Owns [`Lease`]. A lease is the last message on subject `P.$lease.<name>`
 //! of stream `S_LEADERS` (one message per subject, `max_age` the lease's

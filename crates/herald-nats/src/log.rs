@@ -32,7 +32,7 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
     let max = inner.client.server_info().max_payload;
     let mut acks = Vec::with_capacity(batch.len());
     for env in &batch {
-        ensure_stream(inner, env.topic()).await?;
+        let partitions = ensure_stream(inner, env.topic()).await?;
         let (mut headers, body) = crate::codec::headers_of(env)?;
         let mut size = body.len()
             + crate::codec::header_pairs(Some(&headers))
@@ -52,10 +52,10 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
             .message_id(key.as_ref())
             .payload(body);
         let id = env.id();
-        let partitioned_by = env.key().map_or(id.as_bytes().as_slice(), str::as_bytes);
+        let by = env.key().map_or(id.as_bytes().as_slice(), str::as_bytes);
         let subject = inner
             .names
-            .event_subject(env.topic().as_str(), partitioned_by);
+            .event_subject(env.topic().as_str(), partitions, by);
         let ack = inner
             .js
             .send_publish(subject, publish)
@@ -73,11 +73,14 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
     Ok(seqs)
 }
 
-/// Create or update `topic`'s stream once per process. Updating is how a
-/// stream made before partitions gains their subjects.
-pub(crate) async fn ensure_stream(inner: &Inner, topic: &Topic) -> Result<()> {
-    if known(inner, topic) {
-        return Ok(());
+/// Create or update `topic`'s stream once per process, and say how many
+/// partitions the topic has. Updating is how a stream made before
+/// partitions gains their subjects; a stream keeps the partitions it was
+/// made with (its description says how many), whatever this process's
+/// configuration says.
+pub(crate) async fn ensure_stream(inner: &Inner, topic: &Topic) -> Result<u32> {
+    if let Some(partitions) = known(inner, topic) {
+        return Ok(partitions);
     }
     let retention = inner.config.retention_policy().of(topic.as_str());
     let defaults = inner.stream_defaults();
@@ -86,7 +89,7 @@ pub(crate) async fn ensure_stream(inner: &Inner, topic: &Topic) -> Result<()> {
     let duplicate_window = retention.age().map_or(defaults.duplicate_window, |age| {
         age.min(defaults.duplicate_window)
     });
-    let config = stream::Config {
+    let mut config = stream::Config {
         name: inner.names.stream(topic.as_str()),
         subjects: inner.names.stream_subjects(topic.as_str()),
         max_age: retention.age().unwrap_or_default(),
@@ -96,31 +99,56 @@ pub(crate) async fn ensure_stream(inner: &Inner, topic: &Topic) -> Result<()> {
             .map_or(-1, |n| n.min(i64::MAX as u64) as i64),
         ..defaults
     };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        errors::nats(
+            ErrorCode::Unavailable,
+            &format!("make the stream of `{topic}`"),
+            e,
+        )
+    };
+    let partitions = match stream(inner, topic).await? {
+        Some(existing) => partitions_of(inner, &existing),
+        None => {
+            let partitions = inner.config.partition_count();
+            config.description = Some(inner.names.stream_description(topic.as_str(), partitions));
+            match inner.js.create_stream(config.clone()).await {
+                Ok(_) => partitions,
+                // Made by another process meanwhile: its count holds.
+                Err(e) => match stream(inner, topic).await? {
+                    Some(existing) => partitions_of(inner, &existing),
+                    None => return Err(unavailable(&e)),
+                },
+            }
+        }
+    };
+    config.description = Some(inner.names.stream_description(topic.as_str(), partitions));
     inner
         .js
         .create_or_update_stream(config)
         .await
-        .map_err(|e| {
-            errors::nats(
-                ErrorCode::Unavailable,
-                &format!("make the stream of `{topic}`"),
-                e,
-            )
-        })?;
+        .map_err(|e| unavailable(&e))?;
     inner
         .streams
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(topic.clone());
-    Ok(())
+        .insert(topic.clone(), partitions);
+    Ok(partitions)
 }
 
-fn known(inner: &Inner, topic: &Topic) -> bool {
+/// The partitions of topic stream `s`: as its description says, or for a
+/// stream made before partitions, as this process is configured.
+pub(crate) fn partitions_of(inner: &Inner, s: &stream::Stream) -> u32 {
+    crate::names::partitions_in(s.cached_info().config.description.as_deref())
+        .unwrap_or_else(|| inner.config.partition_count())
+}
+
+fn known(inner: &Inner, topic: &Topic) -> Option<u32> {
     inner
         .streams
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(topic)
+        .get(topic)
+        .copied()
 }
 
 /// The stream of `topic`, `None` when it has none yet.

@@ -5,14 +5,15 @@
 //! - topic `orders.placed` is the stream `S_T_orders~placed` (`S` is `P`
 //!   with `.` as `_`; a name too long for the server ends in a hash
 //!   instead) on two subjects: `P.$part.<n>.orders.placed`, where herald
-//!   publishes an event, in partition `n` of [`PARTITIONS`] by a hash of
-//!   its key (of its id when it has none: keyless events spread evenly),
-//!   so all of one key's events share a subject and a consumer filtered to
-//!   a partition sees each of its keys whole and in order; and
-//!   `P.orders.placed`, the topic's plain subject, where plain NATS clients
-//!   publish (and herald published before partitions). The two never
-//!   overlap another topic's: a topic's subjects differ from another's in
-//!   their number of tokens or in a token;
+//!   publishes an event, in partition `n` of the topic's partitions (a
+//!   count the stream's description keeps, fixed when it is made) by a hash
+//!   of its key (of its id when it has none), so all of one key's events
+//!   share a subject and a consumer filtered to a partition sees each of
+//!   its keys whole and in order; and `P.orders.placed`, the topic's plain
+//!   subject, where plain NATS clients publish (and herald published
+//!   before partitions). The two never overlap another topic's: a topic's
+//!   subjects differ from another's in their number of tokens or in a
+//!   token;
 //! - a consumer group is a durable consumer named for the group (`g_` and
 //!   the name, bytes outside `[A-Za-z0-9_-]` as `~xx`) on each topic stream
 //!   it follows; its leader's lease is the last message on `P.$lease.<consumer>` in stream
@@ -24,15 +25,12 @@
 //!
 //! It does not create anything: the modules that use a name make what it
 //! names (`log` the topic streams, `dead_letters` the dead-letter stream,
-//! `leader_lease`, `group` and `group_record` theirs). A leaf: it imports
-//! nothing of the crate.
+//! `leader_lease`, `group` and `group_record` theirs). It imports only
+//! the leaf `config` (for `MAX_PARTITIONS`).
 
 use herald::Topic;
 
-/// How many partitions a topic's events are spread over by key. Part of
-/// the layout, not a setting: every publisher must put one key's events
-/// in one partition, whatever its configuration.
-pub(crate) const PARTITIONS: u32 = 8;
+use crate::config::MAX_PARTITIONS;
 
 /// Longest stream or consumer name herald makes (the server keeps each in a
 /// directory of that name).
@@ -63,11 +61,35 @@ impl Names {
         format!("{}.{topic}", self.prefix)
     }
 
-    /// The subject herald publishes an event of `topic` on: the topic's
-    /// partition `partition_of(key)`, `key` being the event's key or, when
-    /// it has none, its id.
-    pub(crate) fn event_subject(&self, topic: &str, key: &[u8]) -> String {
-        format!("{}.$part.{}.{topic}", self.prefix, partition_of(key))
+    /// The subject herald publishes an event of `topic`, a topic of
+    /// `partitions` partitions, on: partition `partition_of(by, partitions)`,
+    /// `by` being the event's key, or its id when it has none.
+    pub(crate) fn event_subject(&self, topic: &str, partitions: u32, by: &[u8]) -> String {
+        self.partition_subject(topic, partition_of(by, partitions))
+    }
+
+    /// What the description of `topic`'s stream says: the topic and its
+    /// partitions.
+    pub(crate) fn stream_description(&self, topic: &str, partitions: u32) -> String {
+        format!("herald topic `{topic}`; partitions: {partitions}")
+    }
+
+    /// The subject of partition `n` of `topic`.
+    pub(crate) fn partition_subject(&self, topic: &str, n: u32) -> String {
+        format!("{}.$part.{n}.{topic}", self.prefix)
+    }
+
+    /// The partition of a topic subject: `Some(n)` for partition `n`,
+    /// `None` for the plain subject.
+    pub(crate) fn partition_of_subject(&self, subject: &str) -> Option<u32> {
+        let rest = subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".$part.")?;
+        rest.split_once('.')?
+            .0
+            .parse()
+            .ok()
+            .filter(|n| *n < MAX_PARTITIONS)
     }
 
     /// Every partition subject of `topic` (a subject of its stream).
@@ -93,7 +115,7 @@ impl Names {
         let rest = match rest.strip_prefix("$part.") {
             Some(part) => {
                 let (n, topic) = part.split_once('.')?;
-                n.parse::<u32>().ok().filter(|n| *n < PARTITIONS)?;
+                n.parse::<u32>().ok().filter(|n| *n < MAX_PARTITIONS)?;
                 topic
             }
             None => rest,
@@ -196,6 +218,28 @@ impl Names {
         bounded(name)
     }
 
+    /// The durable consumer of group consumer `consumer` reading one part
+    /// of a topic: partition `Some(n)` (`~p<n>`) or the plain subject
+    /// (`None`, `~pp`). `~` then a letter never comes of escaping a group
+    /// name, which writes `~` and two hex digits.
+    pub(crate) fn part_consumer(&self, consumer: &str, partition: Option<u32>) -> String {
+        match partition {
+            Some(n) => bounded(format!("{consumer}~p{n}")),
+            None => bounded(format!("{consumer}~pp")),
+        }
+    }
+
+    /// The subject of member `member`'s presence in group consumer
+    /// `consumer` (in the lease stream, so it ages out with the leases).
+    pub(crate) fn member_subject(&self, consumer: &str, member: &str) -> String {
+        format!("{}.$lease.{consumer}~m.{member}", self.prefix)
+    }
+
+    /// Every member presence subject of group consumer `consumer`.
+    pub(crate) fn member_subjects(&self, consumer: &str) -> String {
+        format!("{}.$lease.{consumer}~m.*", self.prefix)
+    }
+
     /// Every dead-letter subject.
     pub(crate) fn dlq_subjects(&self) -> String {
         format!("{}.$dlq.>", self.prefix)
@@ -214,9 +258,17 @@ fn bounded(name: String) -> String {
     format!("{}_{:016x}", &name[..cut], fnv1a(name.as_bytes()))
 }
 
-/// The partition of events with key `key`.
-pub(crate) fn partition_of(key: &[u8]) -> u32 {
-    (fnv1a(key) % u64::from(PARTITIONS)) as u32
+/// The partition of events with key (or keyless, id) `by` in a topic of
+/// `partitions` partitions.
+pub(crate) fn partition_of(by: &[u8], partitions: u32) -> u32 {
+    (fnv1a(by) % u64::from(partitions.max(1))) as u32
+}
+
+/// The partitions a topic stream's description gives, `None` for a
+/// stream made before partitions.
+pub(crate) fn partitions_in(description: Option<&str>) -> Option<u32> {
+    let n = description?.rsplit_once("; partitions: ")?.1.parse().ok()?;
+    (1..=MAX_PARTITIONS).contains(&n).then_some(n)
 }
 
 /// FNV-1a, 64 bits: a hash every process computes alike.
@@ -244,22 +296,41 @@ mod tests {
             "orders.placed"
         );
         assert!(n.topic_of("shop.prod.$dlq.orders").is_none());
-        let keyed = n.event_subject("orders.placed", b"customer-7");
+        let keyed = n.event_subject("orders.placed", 8, b"customer-7");
         assert_eq!(
             keyed,
             format!(
                 "shop.prod.$part.{}.orders.placed",
-                partition_of(b"customer-7")
+                partition_of(b"customer-7", 8)
             )
         );
         assert_eq!(n.topic_of(&keyed).unwrap().as_str(), "orders.placed");
+        assert_eq!(
+            n.event_subject("orders.placed", 1, b"any"),
+            "shop.prod.$part.0.orders.placed"
+        );
+        let described = n.stream_description("orders.placed", 12);
+        assert_eq!(partitions_in(Some(&described)), Some(12));
+        assert_eq!(partitions_in(None), None);
+        assert_eq!(partitions_in(Some("herald topic `x`; partitions: 0")), None);
         assert_eq!(
             n.stream_subjects("orders.placed"),
             ["shop.prod.orders.placed", "shop.prod.$part.*.orders.placed"]
         );
         assert!(n.topic_of("shop.prod.$part.*.orders").is_none());
-        assert!(n.topic_of("shop.prod.$part.8.orders").is_none());
+        assert!(n.topic_of("shop.prod.$part.64.orders").is_none());
         assert!(n.topic_of("shop.prod.$part.orders").is_none());
+        assert_eq!(
+            n.partition_of_subject(&n.partition_subject("a.b", 3)),
+            Some(3)
+        );
+        assert_eq!(n.partition_of_subject("shop.prod.a.b"), None);
+        assert_eq!(n.part_consumer("g_x", Some(3)), "g_x~p3");
+        assert_eq!(n.part_consumer("g_x", None), "g_x~pp");
+        assert_eq!(
+            n.member_subject("g_x", "7-ab"),
+            "shop.prod.$lease.g_x~m.7-ab"
+        );
         assert!(n.topic_of("shop.prodx.orders").is_none());
         assert_eq!(n.consumer("billing workers/2"), "g_billing~20workers~2f2");
         assert_eq!(n.leases_stream(), "shop_prod_LEADERS");
@@ -269,11 +340,11 @@ mod tests {
 
     #[test]
     fn keys_spread_over_every_partition_and_each_stays_in_one() {
-        let mut seen = [0u32; PARTITIONS as usize];
+        let mut seen = [0u32; 8];
         for k in 0..8_000 {
             let key = format!("key-{k}");
-            let p = partition_of(key.as_bytes());
-            assert_eq!(p, partition_of(key.as_bytes()));
+            let p = partition_of(key.as_bytes(), 8);
+            assert_eq!(p, partition_of(key.as_bytes(), 8));
             seen[p as usize] += 1;
         }
         assert!(seen.iter().all(|&n| (700..1_300).contains(&n)), "{seen:?}");

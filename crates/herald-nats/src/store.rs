@@ -53,7 +53,8 @@ impl NatsStore {
     /// plain NATS clients can publish to its subject before herald has.
     pub async fn ensure_topic(&self, topic: &Topic) -> Result<()> {
         self.inner.check_open()?;
-        crate::log::ensure_stream(&self.inner, topic).await
+        crate::log::ensure_stream(&self.inner, topic).await?;
+        Ok(())
     }
 
     /// The plain subject of `topic`, where plain NATS clients publish to
@@ -66,9 +67,10 @@ impl NatsStore {
     }
 
     /// The subject filter of `topic`'s partitions, where herald publishes
-    /// its events: `<prefix>.$part.<n>.<topic>`, `n` below 8 from a hash of
-    /// the event's key (of its id when it has none). A core NATS
-    /// subscriber follows a topic on this and [`NatsStore::subject`].
+    /// its events: `<prefix>.$part.<n>.<topic>`, `n` below the topic's
+    /// partitions ([`NatsConfig::partitions`](crate::NatsConfig::partitions))
+    /// from a hash of the event's key (of its id when it has none). A core
+    /// NATS subscriber follows a topic on this and [`NatsStore::subject`].
     pub fn partition_subjects(&self, topic: &Topic) -> String {
         self.inner.names.partition_subjects(topic.as_str())
     }

@@ -103,6 +103,8 @@ pub(crate) struct Streams {
 pub(crate) struct Found {
     pub(crate) name: String,
     pub(crate) topic: Topic,
+    /// The topic's partitions.
+    pub(crate) partitions: u32,
     pub(crate) first_seq: u64,
     pub(crate) last_seq: u64,
 }
@@ -125,6 +127,8 @@ struct ListedConfig {
     name: String,
     #[serde(default)]
     subjects: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +190,8 @@ pub(crate) async fn list(inner: &Inner, filter: &str) -> Result<Vec<Found>> {
                 .find_map(|s| inner.names.topic_of(s));
             if let Some(topic) = topic.filter(|t| inner.names.stream(t.as_str()) == s.config.name) {
                 found.push(Found {
+                    partitions: crate::names::partitions_in(s.config.description.as_deref())
+                        .unwrap_or_else(|| inner.config.partition_count()),
                     name: s.config.name,
                     topic,
                     first_seq: s.state.first_seq,
@@ -199,13 +205,13 @@ pub(crate) async fn list(inner: &Inner, filter: &str) -> Result<Vec<Found>> {
     }
 }
 
-/// The topic of stream `name` when it is one of this store's topic streams
-/// and `spec` follows it.
+/// The topic of stream `name` and its partitions, when it is one of this
+/// store's topic streams and `spec` follows it.
 pub(crate) async fn followed_topic(
     inner: &Inner,
     spec: &SubscribeSpec,
     name: &str,
-) -> Option<Topic> {
+) -> Option<(Topic, u32)> {
     let stream = inner.js.get_stream(name).await.ok()?;
     let topic = stream
         .cached_info()
@@ -214,7 +220,7 @@ pub(crate) async fn followed_topic(
         .iter()
         .find_map(|s| inner.names.topic_of(s))?;
     (inner.names.stream(topic.as_str()) == name && spec.patterns.iter().any(|p| p.matches(&topic)))
-        .then_some(topic)
+        .then(|| (topic, crate::log::partitions_of(inner, &stream)))
 }
 
 /// Start feeding the queue from every matching stream made from now on.

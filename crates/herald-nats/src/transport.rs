@@ -2,9 +2,9 @@
 //! `store`.
 //!
 //! Owns the trait impls and the group-vs-tail dispatch of a subscription
-//! (with a group: a member of the group's leader, here or elsewhere,
-//! `remote`; without: `tail`), and [`FEATURES`]. Every call delegates: the
-//! work is in the modules below (`log`, `tail`, `remote`, `commands`,
+//! (with a group: a member of this process's reader of the group,
+//! `group`; without: `tail`), and [`FEATURES`]. Every call delegates: the
+//! work is in the modules below (`log`, `tail`, `group`, `commands`,
 //! `inspect`, `dead_letters`); the store as its queues' host is
 //! `dead_letters`'.
 
@@ -36,7 +36,7 @@ impl Transport for NatsStore {
         self.inner.check_open()?;
         spec.validate()?;
         if spec.group.is_some() {
-            return crate::remote::subscribe(&self.inner, spec).await;
+            return crate::group::subscribe(&self.inner, spec).await;
         }
         crate::tail::subscribe(&self.inner, spec).await
     }

@@ -1,5 +1,8 @@
 //! The whole conformance suite on NATS JetStream, each scenario under a
-//! fresh subject prefix.
+//! fresh subject prefix. Topics herald makes here have one partition, so a
+//! group reads each topic in `seq` order, as the suite checks of one
+//! member; `tests/groups.rs` covers topics of several partitions shared by
+//! processes (as Kafka's conformance run does with its partitions).
 
 mod support;
 
@@ -11,12 +14,16 @@ async fn open(config: NatsConfig) -> Bus {
     Bus::new(NatsStore::open(config).await.expect("open a store"))
 }
 
+fn config() -> NatsConfig {
+    support::fresh_config().partitions(1)
+}
+
 async fn fresh_bus() -> Bus {
-    open(support::fresh_config()).await
+    open(config()).await
 }
 
 async fn restartable_bus() -> Restartable {
-    let config = support::fresh_config();
+    let config = config();
     let bus = open(config.clone()).await;
     Restartable::new(bus, move || open(config.clone()))
 }
@@ -24,9 +31,7 @@ async fn restartable_bus() -> Restartable {
 /// A bus whose store cannot write dead letters while its dead-letter
 /// stream is taken away (deleted, then made again as it was).
 async fn breakable_bus() -> BreakableDeadLetters {
-    let store = NatsStore::open(support::fresh_config())
-        .await
-        .expect("open a store");
+    let store = NatsStore::open(config()).await.expect("open a store");
     let probe = Topic::new("x").expect("topic");
     let prefix = store
         .subject(&probe)

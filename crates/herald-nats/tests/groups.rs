@@ -1,6 +1,7 @@
 //! A group whose members are in different processes (here: stores with
-//! connections of their own): they share the work through the leader, keep
-//! per-key order, and the group goes on when the leader's process leaves.
+//! connections of their own): the processes split the group's partitions
+//! and each reads its own straight from JetStream, per-key order holds,
+//! and the group goes on when a process leaves.
 
 mod support;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use async_nats::jetstream;
 use futures_util::StreamExt;
 use herald::{
     Bus, DeliveryState, ErrorCode, Message, Pattern, Payload, StartPosition, SubscribeSpec,
@@ -23,25 +25,25 @@ fn numbered(n: u64) -> Message {
 }
 
 /// Two stores on one prefix, each with a connection of its own: two
-/// processes of one service.
-async fn two_processes() -> (Bus, Bus) {
-    let config = support::fresh_config();
+/// processes of one service, making topics of `partitions` partitions.
+async fn two_processes(partitions: u32) -> (Bus, Bus) {
+    let config = support::fresh_config().partitions(partitions);
     let a = Bus::new(NatsStore::open(config.clone()).await.unwrap());
     let b = Bus::new(NatsStore::open(config).await.unwrap());
     (a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving() {
-    let (a, b) = two_processes().await;
+async fn members_in_two_processes_share_a_group_and_survive_one_leaving() {
+    let (a, b) = two_processes(8).await;
     let mut leader_side = a.subscribe_raw("jobs.work").group("workers").await.unwrap();
     let mut remote_side = b.subscribe_raw("jobs.work").group("workers").await.unwrap();
 
     a.publish((0..40).map(numbered).collect::<Vec<_>>())
         .await
         .unwrap();
-    // The remote member holds one delivery while the state is asked from
-    // its own process, which does not lead the group.
+    // A member holds one delivery while its state is asked from its own
+    // process.
     let held = tokio::time::timeout(WAIT, remote_side.next())
         .await
         .unwrap()
@@ -67,7 +69,7 @@ async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving()
     let sides: HashSet<usize> = seen.sides.values().copied().collect();
     assert_eq!(sides.len(), 2, "both processes took work");
 
-    // The leader's process leaves; the other takes the group over.
+    // One process leaves; the other takes the group over.
     leader_side.close();
     a.close().await.unwrap();
     b.publish((40..50).map(numbered).collect::<Vec<_>>())
@@ -77,7 +79,7 @@ async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving()
     while after.len() < 10 {
         let d = tokio::time::timeout(WAIT, remote_side.next())
             .await
-            .expect("the group goes on without its first leader")
+            .expect("the group goes on without its first process")
             .unwrap()
             .unwrap();
         after.push(d.decode::<u64>().unwrap());
@@ -89,10 +91,11 @@ async fn members_in_two_processes_share_a_group_and_survive_the_leader_leaving()
 
 /// Another process lists a group: with its patterns before any topic has
 /// events, then on its topic with a dead-lettered event settled and a
-/// deferred one unsettled, also once its leader is gone.
+/// deferred one unsettled, also once its reader is gone. (One partition,
+/// so the events come in `seq` order.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_lists_a_group_with_its_offset_and_lag() {
-    let (a, b) = two_processes().await;
+    let (a, b) = two_processes(1).await;
     let mut sub = a.subscribe_raw("audit.*").group("auditors").await.unwrap();
     let groups = b.groups().await.unwrap();
     assert_eq!(groups.len(), 1);
@@ -137,7 +140,7 @@ async fn another_process_lists_a_group_with_its_offset_and_lag() {
 /// another process sees the group's offset past all of them at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_awaited_together_are_all_applied_when_they_return() {
-    let (a, b) = two_processes().await;
+    let (a, b) = two_processes(8).await;
     let mut sub = a.subscribe_raw("audit.bulk").group("bulk").await.unwrap();
     a.publish((1..=200).map(|n| Message::new("audit.bulk", Payload::json(&n).unwrap())))
         .await
@@ -194,139 +197,223 @@ async fn a_group_subscribe_in_flight_ends_with_its_store() {
     }
 }
 
-/// Where events 1 to `n` of `topic` stand for group `pool`, as its leader
-/// (on `bus`) sees them; an error until the leader has made the group's
-/// consumer on the topic's stream.
-async fn states(bus: &Bus, topic: &str, n: u64) -> herald::Result<Vec<DeliveryState>> {
-    let mut states = Vec::new();
-    for seq in 1..=n {
-        states.push(bus.delivery_state(topic, seq, "pool").await?);
-    }
-    Ok(states)
+/// Two processes on a fresh prefix (8 partitions), and a plain client's
+/// JetStream context to look at what they do.
+async fn two_processes_apart() -> (String, jetstream::Context, Bus, Bus) {
+    let config = support::fresh_config();
+    let prefix = config.subject_prefix().to_owned();
+    let a = NatsStore::open(config.clone()).await.unwrap();
+    let js = jetstream::new(a.client().clone());
+    let b = NatsStore::open(config).await.unwrap();
+    (prefix, js, Bus::new(a), Bus::new(b))
 }
 
-/// Wait until group `pool`'s leader (on `bus`) holds events 1 to `n` of
-/// `topic`, all waiting: before that, a claim may find fewer ready.
-async fn until_held(bus: &Bus, topic: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !states(bus, topic, n)
-        .await
-        .is_ok_and(|s| s.iter().all(|s| *s == DeliveryState::Pending))
-    {
-        let late = tokio::time::Instant::now() >= deadline;
-        assert!(!late, "the leader never held all {n} of {topic}");
-        tokio::task::yield_now().await;
-    }
-}
-
-/// A member in another process claims a backlog's worth at once — its
-/// fair share of what is ready, not one event per round trip — and its
-/// settlements of all of them, sent together, each reach the leader.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_member_claims_its_fair_share_at_once_and_settles_them_together() {
-    let (a, b) = two_processes().await;
-    let _leader_side = a.subscribe_raw("jobs.free").group("pool").await.unwrap();
-    let mut remote_side = b.subscribe_raw("jobs.free").group("pool").await.unwrap();
-    let keyless = (1..=40u64).map(|n| Message::new("jobs.free", Payload::json(&n).unwrap()));
-    a.publish(keyless.collect::<Vec<_>>()).await.unwrap();
-    until_held(&a, "jobs.free", 40).await;
-    let first = recv(&mut remote_side).await;
-    // 40 ready over 2 members: the claim took 20, the rest wait for the
-    // leader's own member.
-    let in_flight = |states: Vec<DeliveryState>| {
-        states
-            .iter()
-            .filter(|s| matches!(s, DeliveryState::InFlight { .. }))
-            .count()
+/// Who holds each part of group `group` under `prefix`: the last holder
+/// written to each part's lease (`None` for one free), partitions `0..n`
+/// then the plain part, read off the lease stream by a plain client.
+async fn holders(
+    js: &jetstream::Context,
+    prefix: &str,
+    group: &str,
+    n: u32,
+) -> Vec<Option<String>> {
+    let leases = format!("{}_LEADERS", prefix.replace('.', "_"));
+    let Ok(stream) = js.get_stream(&leases).await else {
+        return vec![None; n as usize + 1];
     };
-    assert_eq!(in_flight(states(&a, "jobs.free", 40).await.unwrap()), 20);
-    let mut claimed = vec![first];
-    for _ in 1..20 {
-        claimed.push(recv(&mut remote_side).await);
+    let parts = (0..n).map(|p| format!("p{p}")).chain(["pp".to_owned()]);
+    let mut out = Vec::new();
+    for part in parts {
+        let subject = format!("{prefix}.$lease.g_{group}~{part}");
+        out.push(
+            stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+        );
     }
-    let acks = claimed.into_iter().map(|d| d.ack());
-    for acked in futures_util::future::join_all(acks).await {
-        acked.unwrap();
+    out
+}
+
+/// Wait until two processes hold group `group`'s parts, split as evenly as
+/// they go (5 and 4 of 8 partitions and the plain part).
+async fn until_split(js: &jetstream::Context, prefix: &str, group: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let held = holders(js, prefix, group, 8).await;
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for h in held.iter().flatten() {
+            *count.entry(h.as_str()).or_default() += 1;
+        }
+        let mut counts: Vec<usize> = count.values().copied().collect();
+        counts.sort_unstable();
+        if held.iter().all(Option::is_some) && counts == [4, 5] {
+            return held.into_iter().flatten().collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never split: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let after = states(&a, "jobs.free", 40).await.unwrap();
-    assert_eq!(in_flight(after.clone()), 0, "every ack reached the leader");
+}
+
+/// Two processes split a group's partitions, and each reads its own
+/// straight from JetStream: every event reaches the process holding its
+/// partition (read off the message's subject by a plain client), each key
+/// in order, and an event in flight in one process is known as such in
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_reads_the_partitions_it_holds() {
+    let (prefix, js, a, b) = two_processes_apart().await;
+    let mut a_side = a.subscribe_raw("jobs.split").group("split").await.unwrap();
+    let mut b_side = b.subscribe_raw("jobs.split").group("split").await.unwrap();
+    let held = until_split(&js, &prefix, "split").await;
+
+    let keyed =
+        |n: u64| Message::new("jobs.split", Payload::json(&n).unwrap()).key(format!("k{}", n % 24));
+    a.publish((0..120).map(keyed).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    let mut ids = [None, None];
+    let mut asked = false;
+    while seen.sides.len() < 120 {
+        let (d, side) = tokio::select! {
+            d = a_side.next() => (d.unwrap().unwrap(), 0),
+            d = b_side.next() => (d.unwrap().unwrap(), 1),
+            _ = tokio::time::sleep(WAIT) => panic!("the group stalled at {} events", seen.sides.len()),
+        };
+        seen.record(&d, side);
+        ids[side] = Some(d.seq().unwrap());
+        if !asked && side == 0 {
+            // Held by a; b asks the reader of its part.
+            let state = b
+                .delivery_state("jobs.split", d.seq().unwrap(), "split")
+                .await;
+            assert_eq!(state.unwrap(), DeliveryState::InFlight { attempt: 1 });
+            asked = true;
+        }
+        d.ack().await.unwrap();
+    }
+    assert!(ids.iter().all(Option::is_some), "both processes took work");
+
+    // Which partition each event is in, from its subject.
+    let stream = js
+        .stream_by_subject(format!("{prefix}.jobs.split"))
+        .await
+        .unwrap();
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut holder_of_side: HashMap<usize, String> = HashMap::new();
+    for seq in 1..=120u64 {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let n: u64 = serde_json::from_slice(&msg.payload).unwrap();
+        let partition: usize = msg
+            .subject
+            .split('.')
+            .skip_while(|t| *t != "$part")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("a partition subject");
+        let side = seen.sides[&n];
+        let holder = &held[partition];
+        let known = holder_of_side.entry(side).or_insert_with(|| holder.clone());
+        assert_eq!(
+            known, holder,
+            "event {n} (partition {partition}) went to a process not holding it"
+        );
+    }
+    assert_eq!(holder_of_side.len(), 2);
+}
+
+/// A process that leaves hands its partitions to the other, with what it
+/// held: events its member never got come again as attempt 1, the one it
+/// held unsettled as attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_leaving_hands_its_partitions_over_with_their_attempts() {
+    let (prefix, js, a, b) = two_processes_apart().await;
+    let mut a_side = a
+        .subscribe_raw("jobs.back")
+        .group("back")
+        .max_in_flight(1)
+        .await
+        .unwrap();
+    let mut b_side = b.subscribe_raw("jobs.back").group("back").await.unwrap();
+    until_split(&js, &prefix, "back").await;
+    let keyed = |n: u64| Message::new("jobs.back", Payload::json(&n).unwrap()).key(format!("k{n}"));
+    a.publish((1..=40).map(keyed).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let held = recv(&mut a_side).await;
+    let held_n: u64 = held.decode().unwrap();
+    std::mem::forget(held);
+    let mut attempts = HashMap::new();
+    // b works through its own while a holds one and the rest of its
+    // partitions wait in its queue; then a leaves.
+    let closing = tokio::spawn(async move {
+        a_side.close();
+        a.close().await.unwrap();
+    });
+    while attempts.len() < 39 {
+        let d = recv(&mut b_side).await;
+        let n: u64 = d.decode().unwrap();
+        assert!(attempts.insert(n, d.attempt()).is_none(), "event {n} twice");
+        d.ack().await.unwrap();
+    }
+    closing.await.unwrap();
+    assert!(!attempts.contains_key(&held_n) || attempts[&held_n] == 2);
+    while attempts.len() < 40 {
+        let d = recv(&mut b_side).await;
+        attempts.insert(d.decode().unwrap(), d.attempt());
+        d.ack().await.unwrap();
+    }
+    let again: Vec<_> = attempts.iter().filter(|(_, a)| **a > 1).collect();
     assert_eq!(
-        after
-            .iter()
-            .filter(|s| **s == DeliveryState::Pending)
-            .count(),
-        20
+        again,
+        [(&held_n, &2)],
+        "only the held delivery counts an attempt"
     );
 }
 
-/// A member in another process that closes with claimed events it never
-/// handed out gives them back without counting an attempt: only the one
-/// its subscriber held and dropped comes again as attempt 2.
+/// A part's reader refuses a malformed state request, stays silent on an
+/// event it does not hold (the asker then reads the consumer), answers one
+/// it holds, and serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_member_closing_hands_back_its_claim_without_an_attempt() {
-    let (a, b) = two_processes().await;
-    let mut leader_side = a.subscribe_raw("jobs.back").group("pool").await.unwrap();
-    let mut remote_side = b.subscribe_raw("jobs.back").group("pool").await.unwrap();
-    let keyless = (1..=40u64).map(|n| Message::new("jobs.back", Payload::json(&n).unwrap()));
-    a.publish(keyless.collect::<Vec<_>>()).await.unwrap();
-    until_held(&a, "jobs.back", 40).await;
-    let dropped = recv(&mut remote_side).await;
-    drop(dropped);
-    remote_side.close();
-    drop(remote_side);
-    let mut attempts = HashMap::new();
-    while attempts.len() < 40 {
-        let d = recv(&mut leader_side).await;
-        attempts.insert(d.seq().unwrap(), d.attempt());
-        d.ack().await.unwrap();
-    }
-    let again: Vec<_> = attempts.values().filter(|a| **a > 1).collect();
-    assert_eq!(again, [&2], "only the dropped delivery counts an attempt");
-}
-
-/// The leader answers a malformed settle request and one over the limit
-/// with a validation refusal, and a settlement of a delivery it never
-/// handed out with the lease-lost error, and serves on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_refuses_bad_settle_requests_and_serves_on() {
-    let config = support::fresh_config();
+async fn a_reader_refuses_bad_state_requests_and_serves_on() {
+    let config = support::fresh_config().partitions(1);
     let prefix = config.subject_prefix().to_owned();
     let store = NatsStore::open(config).await.unwrap();
     let a = Bus::new(store.clone());
     let mut member = a.subscribe_raw("jobs.bad").group("pool").await.unwrap();
-    let to = format!("{prefix}.$group.g_pool.settle");
-    let ask = |body: Vec<u8>| {
-        let (client, to) = (store.client().clone(), to.clone());
+    a.publish([Message::new("jobs.bad", Payload::json(&1).unwrap()).key("k")])
+        .await
+        .unwrap();
+    let held = recv(&mut member).await;
+    let to = format!("{prefix}.$group.g_pool~p0.state");
+    let client = store.client().clone();
+    let ask = |body: &'static [u8]| {
+        let (client, to) = (client.clone(), to.clone());
         async move {
-            // The leader starts serving in a task of its own: until it
-            // listens, nobody answers.
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                match client.request(to.clone(), body.clone().into()).await {
-                    Ok(reply) => {
-                        return serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
-                    }
-                    Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
-                }
-                tokio::task::yield_now().await;
-            }
+            let reply =
+                tokio::time::timeout(Duration::from_millis(500), client.request(to, body.into()))
+                    .await;
+            reply
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap())
         }
     };
-    let bad = ask(b"not json".to_vec()).await;
+    let bad = ask(b"not json").await.expect("an answer");
     assert_eq!(bad["err"]["code"], "VALIDATION", "{bad}");
-    let too_many: Vec<_> = (0..257)
-        .map(|t| serde_json::json!({"token": t, "outcome": {"kind": "ack"}}))
-        .collect();
-    let over = ask(serde_json::to_vec(&too_many).unwrap()).await;
-    assert_eq!(over["err"]["code"], "VALIDATION", "{over}");
-    let unknown = ask(br#"[{"token": 999999, "outcome": {"kind": "ack"}}]"#.to_vec()).await;
-    assert_eq!(unknown["ok"][0]["err"]["code"], "UNAVAILABLE", "{unknown}");
-    // One settlement alone, as a member of an earlier version sends it, is
-    // answered alone.
-    let alone = ask(br#"{"token": 999999, "outcome": {"kind": "ack"}}"#.to_vec()).await;
-    assert_eq!(alone["err"]["code"], "UNAVAILABLE", "{alone}");
-    // It still serves its group.
-    a.publish([Message::new("jobs.bad", Payload::json(&1).unwrap())])
+    assert!(ask(br#"{"topic": "jobs.bad", "seq": 99}"#).await.is_none());
+    let known = ask(br#"{"topic": "jobs.bad", "seq": 1}"#)
+        .await
+        .expect("an answer");
+    assert_eq!(known["ok"]["state"], "in_flight", "{known}");
+    assert_eq!(known["ok"]["attempt"], 1, "{known}");
+    held.ack().await.unwrap();
+    a.publish([Message::new("jobs.bad", Payload::json(&2).unwrap()).key("k")])
         .await
         .unwrap();
     recv(&mut member).await.ack().await.unwrap();
@@ -362,7 +449,7 @@ impl Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_held_up_by_a_full_queue_loses_nothing_it_pulled() {
     const SLOW_HANDLER: Duration = Duration::from_millis(1_500);
-    let (a, _) = two_processes().await;
+    let (a, _) = two_processes(8).await;
     let mut sub = a
         .subscribe_raw("jobs.slow")
         .group("slow")

@@ -153,6 +153,7 @@ async fn a_stream_made_before_partitions_gains_them() {
         .config
         .clone();
     old.subjects = vec![before.subject(&topic)];
+    old.description = None;
     js.update_stream(old)
         .await
         .expect("the stream as herald made it before");

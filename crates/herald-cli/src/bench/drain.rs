@@ -54,8 +54,8 @@ pub struct Drains {
     pub handler_1: f64,
     pub handler_4: f64,
     /// Four handlers, acks awaited, each on a store handle of its own, as
-    /// four processes of one service would be (on NATS, three of them are
-    /// members of a leader in another process).
+    /// four processes of one service would be (on NATS, they split the
+    /// topic's partitions, each reading its own).
     pub apart_4: f64,
     /// Handlers with `await_acks(false)`, 1 and 4 handlers.
     pub nowait_1: f64,

@@ -372,34 +372,6 @@ impl Queue {
         }
     }
 
-    /// How many deliveries one member may take now and leave the others
-    /// theirs: the deliveries ready now (the head of each free key, every
-    /// waiting keyless event) over the queue's members, rounded up, at
-    /// least one. A member in another process claims this many at once
-    /// (NATS), so a backlog goes over in few round trips and a small one
-    /// still spreads over the members.
-    pub fn fair_share(&self) -> usize {
-        let ready: usize = {
-            let st = self.state.lock();
-            st.ready
-                .iter()
-                .filter_map(|r| {
-                    // As `pop_ready` reads the heap: an entry whose flow
-                    // is locked or has another head is stale.
-                    let f = st.flows.get(&r.flow).filter(|f| !f.locked)?;
-                    let head = f.items.front().filter(|h| h.order == r.order.0)?;
-                    Some(if self.locks(&head.env) {
-                        1
-                    } else {
-                        f.items.len()
-                    })
-                })
-                .sum()
-        };
-        let members = self.members.load(Ordering::Acquire).max(1);
-        ready.div_ceil(members).max(1)
-    }
-
     /// How many events [`offer`](Queue::offer) would take now.
     pub fn room(&self) -> usize {
         self.permits.available_permits()
@@ -932,36 +904,5 @@ pub(crate) mod tests {
         let mut unsettled = queue.unsettled();
         unsettled.sort_by_key(|(_, seq)| *seq);
         assert_eq!(unsettled, vec![(topic.clone(), 1), (topic, 2)]);
-    }
-
-    fn keyed(seq: u64, key: &str) -> Arc<Envelope> {
-        let source: Arc<str> = Arc::from("test");
-        let message = crate::Message::json("t.a", &seq).unwrap().key(key);
-        Arc::new(message.into_envelope(&source).unwrap().with_seq(seq))
-    }
-
-    /// A member's fair share counts the head of each free key and every
-    /// keyless event, over the members, rounded up: a held key's later
-    /// events are not ready, and a lone member may take everything ready.
-    #[tokio::test]
-    async fn a_fair_share_splits_what_is_ready_over_the_members() {
-        let (queue, _host) = group_queue();
-        queue.join();
-        let mut first = member(queue.clone());
-        assert_eq!(queue.fair_share(), 1, "nothing ready: still one");
-        // Keys a (3 events) and b (1), and 4 keyless: 2 heads + 4 ready.
-        let mut events = vec![keyed(1, "a"), keyed(2, "a"), keyed(3, "a"), keyed(4, "b")];
-        events.extend((5..9).map(event));
-        assert!(queue.push(events).await);
-        assert_eq!(queue.fair_share(), 6);
-        queue.join();
-        let _second = member(queue.clone());
-        assert_eq!(queue.fair_share(), 3);
-        // Key a is held while its first event is out: b and 4 keyless.
-        let held = first.next().await.unwrap().unwrap();
-        assert_eq!(held.key(), Some("a"));
-        assert_eq!(queue.fair_share(), 3, "5 ready over 2 members");
-        held.ack().await.unwrap();
-        assert_eq!(queue.fair_share(), 3, "a's next is ready again: 6 over 2");
     }
 }
