@@ -85,9 +85,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(10);
 /// How often the reader tells JetStream it still works on what it holds.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
-/// How long a pull request lives. One the reader no longer reads (after
-/// it gave up the part) still takes messages until then, so a reader that
-/// gives up a part waits this long before handing its messages back.
+/// How long a pull request lives: a reader that gives up a part reads the
+/// one it has out to its end, and waits this long before handing its
+/// messages back.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
 /// How many of its latest acks a process remembers per group (see
 /// `Leader::admit`).
@@ -96,6 +96,8 @@ const RECENT_ACKS: usize = 100_000;
 const MAX_ACK_PENDING: i64 = 20_000;
 /// Most messages the reader hands its queue at once.
 const FEED_BATCH: usize = 256;
+/// Most messages one pull request asks for.
+const PULL_BATCH: usize = 512;
 
 /// One of a group's parts: a partition of its topics, or their plain
 /// subjects.
@@ -270,6 +272,14 @@ impl Leading {
             .entry(group.to_owned())
             .or_default()
             .clone()
+    }
+}
+
+/// The next wake-up on `wakes`; never, without a subscription.
+async fn next_wake(wakes: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match wakes {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -494,6 +504,7 @@ impl Leader {
             handed,
         } = begun;
         self.leave_presence(&inner).await;
+        self.wake(&inner).await;
         let reading: Vec<Part> = self.lock_parts().reading.keys().copied().collect();
         futures_util::future::join_all(reading.into_iter().map(|p| self.step_down_part(p))).await;
         let _ = done.send(true);
@@ -562,6 +573,7 @@ impl Leader {
         let lease = self.lock_leases().remove(&part);
         if let Some(lease) = lease {
             lease.release(&inner).await;
+            self.wake(&inner).await;
         }
         self.lock_parts().leaving.remove(&part);
     }
@@ -573,15 +585,30 @@ impl Leader {
         let mut stop = self.stop.subscribe();
         let mut tick = tokio::time::interval(RENEW_EVERY);
         let mut failing = false;
+        let mut joined = false;
+        let mut wakes = match self.inner() {
+            Some(inner) => inner
+                .client
+                .subscribe(crate::protocol::wake_subject(&inner, &self.consumer))
+                .await
+                .ok(),
+            None => return,
+        };
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                Some(_) = next_wake(&mut wakes) => {}
                 _ = stop.changed() => return,
             }
             let Some(inner) = self.inner() else { return };
             let members = match self.presence(&inner).await {
                 Ok(members) => {
                     failing = false;
+                    if !joined {
+                        // The others make room now, not at their next look.
+                        joined = true;
+                        self.wake(&inner).await;
+                    }
                     members
                 }
                 Err(e) => {
@@ -683,6 +710,13 @@ impl Leader {
         }
         members.sort();
         Ok(members)
+    }
+
+    /// Wake the group's other processes: the split changed.
+    async fn wake(&self, inner: &Inner) {
+        let subject = crate::protocol::wake_subject(inner, &self.consumer);
+        // One lost leaves them to their next look.
+        let _ = inner.client.publish(subject, bytes::Bytes::new()).await;
     }
 
     /// Take this process's presence back (it leaves the group).
@@ -816,13 +850,15 @@ impl Leader {
     }
 
     /// Feed the queue from `part`'s durable consumer on `followed` (made
-    /// if new), again after every failure, until the part is given up.
-    /// Then what the stream had already received is held, not queued, so
-    /// the part's step-down hands it back with the rest: dropped unread,
-    /// JetStream would deliver it again only after the ack wait, behind
-    /// later events of its keys. (The stream itself goes at once: one
-    /// still read would send pull requests, and a request left behind
-    /// would take what the step-down hands back.)
+    /// if new) in pull requests of up to [`PULL_BATCH`] messages, each
+    /// living [`PULL_EXPIRY`], one after another, again after every
+    /// failure, until the part is given up. Then no request follows, and
+    /// what the one out still brings is held, not queued, until it ends, so
+    /// the part's step-down hands it back with the rest. (A stream of
+    /// requests sent ahead would leave one open: what it took after the
+    /// reader stopped would come again only after the ack wait, behind
+    /// later events of its keys, and on 2.9.10 a nack taken by it even made
+    /// an acked message come again.)
     async fn pull(
         self: Arc<Self>,
         followed: Followed,
@@ -830,13 +866,32 @@ impl Leader {
         mut gone: watch::Receiver<bool>,
     ) {
         let mut retry = Duration::from_millis(50);
+        let mut consumer = None;
         while !*gone.borrow() {
             let Some(inner) = self.inner() else { return };
-            let mut messages = match self.consume(&inner, &followed, part).await {
-                Ok(m) => m,
+            let batch = match &consumer {
+                Some(c) => self.request(c, &followed).await,
+                None => durable_consumer(
+                    &inner,
+                    &self.group,
+                    &self.consumer,
+                    &followed,
+                    part,
+                    followed.start,
+                )
+                .await
+                .map(|c| {
+                    consumer = Some(c);
+                    None
+                }),
+            };
+            drop(inner);
+            let mut batch = match batch {
+                Ok(Some(batch)) => batch,
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(group = self.group, stream = followed.stream, error = %e, "cannot read a group's consumer; retrying");
-                    drop(inner);
+                    consumer = None;
                     tokio::select! {
                         _ = tokio::time::sleep(retry) => {}
                         _ = gone.changed() => return,
@@ -845,20 +900,38 @@ impl Leader {
                     continue;
                 }
             };
-            drop(inner);
             retry = Duration::from_millis(50);
             tokio::select! {
-                _ = self.feed(&mut messages) => {}
+                open = self.feed(&mut batch) => if !open { return },
                 _ = gone.changed() => {
-                    while let Some(Some(msg)) = messages.next().now_or_never() {
-                        if let Ok(msg) = msg {
-                            self.admit(msg).await;
+                    let rest = async {
+                        while let Some(msg) = batch.next().await {
+                            if let Ok(msg) = msg {
+                                self.admit(msg).await;
+                            }
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout(PULL_EXPIRY, rest).await;
                     return;
                 }
             }
         }
+    }
+
+    /// One pull request on `consumer`.
+    async fn request(
+        &self,
+        consumer: &async_nats::jetstream::consumer::Consumer<pull::Config>,
+        followed: &Followed,
+    ) -> Result<Option<pull::Batch>> {
+        consumer
+            .batch()
+            .max_messages(PULL_BATCH)
+            .expires(PULL_EXPIRY)
+            .messages()
+            .await
+            .map(Some)
+            .map_err(|e| unavailable(&self.group, &followed.stream, &e))
     }
 
     /// Make every part's durable consumer on `followed` that does not
@@ -877,51 +950,20 @@ impl Leader {
         Ok(())
     }
 
-    async fn consume(
-        &self,
-        inner: &Inner,
-        followed: &Followed,
-        part: Part,
-    ) -> Result<pull::Stream> {
-        durable_consumer(
-            inner,
-            &self.group,
-            &self.consumer,
-            followed,
-            part,
-            followed.start,
-        )
-        .await?
-        .stream()
-        .expires(PULL_EXPIRY)
-        .heartbeat(PULL_EXPIRY / 4)
-        .messages()
-        .await
-        .map_err(|e| unavailable(&self.group, &followed.stream, &e))
-    }
-
-    /// Push what the consumer delivers into the queue until it fails: the
+    /// Push what a pull request brings into the queue until it ends: the
     /// messages received by the time the queue is offered the first go
     /// with it, up to [`FEED_BATCH`] (one wake-up of the members, not one
-    /// per message).
-    ///
-    /// A missed idle heartbeat is not a failure: the stream reports one
-    /// whenever it was not polled for two heartbeats, which is what a full
-    /// queue does to this loop, and it sends its pull requests again after
-    /// a reconnect by itself. Re-reading would drop the messages the old
-    /// stream had already received, and JetStream would deliver them again
-    /// only after the ack wait, behind later events of their keys.
-    async fn feed(&self, messages: &mut pull::Stream) {
-        while let Some(first) = messages.next().await {
+    /// per message). False once the queue is closed.
+    async fn feed(&self, batch: &mut pull::Batch) -> bool {
+        while let Some(first) = batch.next().await {
             let mut received = vec![first];
             while received.len() < FEED_BATCH {
-                match messages.next().now_or_never() {
+                match batch.next().now_or_never() {
                     Some(Some(next)) => received.push(next),
                     _ => break,
                 }
             }
             let mut events = Vec::with_capacity(received.len());
-            let mut failed = false;
             for msg in received {
                 match msg {
                     Ok(msg) => {
@@ -929,17 +971,17 @@ impl Leader {
                             events.push(env);
                         }
                     }
-                    Err(e) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {}
+                    // The request ends; the next one reads on.
                     Err(e) => {
-                        tracing::warn!(group = self.group, error = %e, "a group's consumer failed; re-reading");
-                        failed = true;
+                        tracing::debug!(group = self.group, error = %e, "a pull request failed");
                     }
                 }
             }
-            if (!events.is_empty() && !self.queue.push(events).await) || failed {
-                return;
+            if !events.is_empty() && !self.queue.push(events).await {
+                return false;
             }
         }
+        true
     }
 
     /// The event a message the consumer delivered carries, if it is the

@@ -9,7 +9,11 @@
 //! ([`answer_state`], served by `group` while it reads the part);
 //! `inspect` asks and takes the first answer within [`STATE_WAIT`]
 //! ([`state_at`]). Nothing else crosses processes: each reads its parts
-//! straight from JetStream. It sits on `conn`, below `group`.
+//! straight from JetStream. Besides it, `P.$group.<group consumer>.wake`,
+//! an empty core NATS message a process sends as it joins a group, gives
+//! up a part or leaves, so the group's other processes look at the split
+//! then rather than at their next second ([`wake_subject`]). It sits on
+//! `conn`, below `group`.
 
 use herald::{DeliveryState, Error, ErrorCode, Result, Topic};
 use serde::{Deserialize, Serialize};
@@ -68,6 +72,12 @@ enum WireState {
 /// `part_consumer` answers where its events stand.
 pub(crate) fn state_subject(inner: &Inner, part_consumer: &str) -> String {
     format!("{}.$group.{part_consumer}.state", inner.names.prefix())
+}
+
+/// The subject on which the processes of the group whose consumer is
+/// `consumer` wake each other.
+pub(crate) fn wake_subject(inner: &Inner, consumer: &str) -> String {
+    format!("{}.$group.{consumer}.wake", inner.names.prefix())
 }
 
 /// Answer the state request `msg` from `state_of` (the reader's queue),

@@ -43,7 +43,9 @@ async fn kept(bus: &Bus, topic: &str, from: StartPosition) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_count_bound_keeps_the_newest_and_readers_behind_it_jump() {
+    // One partition: the group below reads the topic in `seq` order.
     let config = support::fresh_config()
+        .partitions(1)
         .retention(Retention::default().max_events(5))
         .retention_for("audit.>", Retention::FOREVER)
         .unwrap();
