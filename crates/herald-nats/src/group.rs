@@ -96,6 +96,10 @@ const RECENT_ACKS: usize = 100_000;
 const MAX_ACK_PENDING: i64 = 20_000;
 /// Most messages the reader hands its queue at once.
 const FEED_BATCH: usize = 256;
+/// How long a process joining a group waits, once it said so, before it
+/// takes parts: long enough for members starting together to see each
+/// other, short beside a part's move (a pull request's second).
+const JOIN_SETTLE: Duration = Duration::from_millis(100);
 /// Most messages one pull request asks for.
 const PULL_BATCH: usize = 512;
 
@@ -605,11 +609,22 @@ impl Leader {
                 Ok(members) => {
                     failing = false;
                     if !joined {
-                        // The others make room now, not at their next look.
+                        // The others make room now, not at their next look;
+                        // members starting together see each other before
+                        // any takes a part it would hand on at once.
                         joined = true;
                         self.wake(&inner).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(JOIN_SETTLE) => {}
+                            _ = stop.changed() => return,
+                        }
+                        match self.presence(&inner).await {
+                            Ok(members) => members,
+                            Err(_) => continue,
+                        }
+                    } else {
+                        members
                     }
-                    members
                 }
                 Err(e) => {
                     // Nothing flows while the server is away; read on.

@@ -11,7 +11,9 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_payload_at_the_limit_arrives_whole_to_subscribers_and_groups() {
-    let bus = Bus::new(NatsStore::open(support::fresh_config()).await.unwrap());
+    // One partition: the group reads the two in `seq` order.
+    let config = support::fresh_config().partitions(1);
+    let bus = Bus::new(NatsStore::open(config).await.unwrap());
     let limit = bus.config().limits().payload_bytes();
     let mut plain = bus.subscribe_raw("big.blobs").await.unwrap();
     let mut group = bus.subscribe_raw("big.blobs").group("g").await.unwrap();
