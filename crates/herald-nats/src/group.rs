@@ -287,6 +287,9 @@ async fn next_wake(wakes: &mut Option<async_nats::Subscriber>) -> Option<async_n
     }
 }
 
+/// A part's lease while held; `None` once released or lost.
+type HeldLease = Arc<tokio::sync::Mutex<Option<Lease>>>;
+
 /// A leader stepping down, between [`Leader::begin_step_down`] and
 /// [`Leader::finish_step_down`].
 struct SteppingDown {
@@ -336,8 +339,10 @@ pub(crate) struct Leader {
     /// its restart, and the leader acks it again instead of delivering it.
     recent_acks: Arc<Mutex<RecentAcks>>,
     parts: Mutex<Parts>,
-    /// The leases of the parts read.
-    leases: Mutex<HashMap<Part, Lease>>,
+    /// The leases of the parts read, each behind a lock of its own: a
+    /// renewal in flight and the release at the end of a step-down take
+    /// turns, so neither loses the lease to the other.
+    leases: Mutex<HashMap<Part, HeldLease>>,
     /// Set when the leader stops: its tasks end.
     stop: tokio::sync::watch::Sender<bool>,
     /// The store's dead-letter writes (the queue counts its own in them).
@@ -466,7 +471,7 @@ impl Leader {
         self.parts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_leases(&self) -> MutexGuard<'_, HashMap<Part, Lease>> {
+    fn lock_leases(&self) -> MutexGuard<'_, HashMap<Part, HeldLease>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -574,10 +579,15 @@ impl Leader {
             // A nack that is lost only delays the redelivery to the ack wait.
             let _ = msg.ack_with(AckKind::Nak(None)).await;
         }
-        let lease = self.lock_leases().remove(&part);
-        if let Some(lease) = lease {
-            lease.release(&inner).await;
-            self.wake(&inner).await;
+        let held_lease = self.lock_leases().remove(&part);
+        if let Some(held_lease) = held_lease {
+            // After a renewal under way; none follows (it is no longer in
+            // the map).
+            let lease = held_lease.lock().await.take();
+            if let Some(lease) = lease {
+                lease.release(&inner).await;
+                self.wake(&inner).await;
+            }
         }
         self.lock_parts().leaving.remove(&part);
     }
@@ -678,11 +688,16 @@ impl Leader {
 
     /// Renew the leases held; give up the parts whose lease was lost.
     async fn renew(self: &Arc<Self>, inner: &Inner) {
-        let held: Vec<(Part, Lease)> = self.lock_leases().drain().collect();
-        for (part, mut lease) in held {
-            let renewed = lease.renew(inner).await;
-            self.lock_leases().insert(part, lease);
-            match renewed {
+        let held: Vec<(Part, HeldLease)> = self
+            .lock_leases()
+            .iter()
+            .map(|(part, lease)| (*part, lease.clone()))
+            .collect();
+        for (part, held_lease) in held {
+            let mut slot = held_lease.lock().await;
+            // Released by a step-down meanwhile.
+            let Some(lease) = slot.as_mut() else { continue };
+            match lease.renew(inner).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
@@ -691,7 +706,7 @@ impl Leader {
                         "lost a part's lease; giving it up"
                     );
                     // Not ours to release.
-                    self.lock_leases().remove(&part);
+                    slot.take();
                     let me = self.clone();
                     tokio::spawn(async move { me.step_down_part(part).await });
                 }
@@ -783,7 +798,8 @@ impl Leader {
             }
         }
         parts.reading.insert(part, stop);
-        self.lock_leases().insert(part, lease);
+        self.lock_leases()
+            .insert(part, Arc::new(tokio::sync::Mutex::new(Some(lease))));
     }
 
     /// Answer where events of a part stand until it is given up.
