@@ -76,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) dead_letter_writes: herald::backend::dead_lettering::DeadLetterWrites,
     /// The log readers its group-less subscriptions share.
     pub(crate) tails: herald::backend::log_tail::Tails,
+    /// The group members of this store handle, one claimer per group.
+    pub(crate) claimers: herald::backend::member::Claimers,
 }
 
 /// Connect the pool `config` describes.

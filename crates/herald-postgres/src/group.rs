@@ -39,7 +39,7 @@ use std::time::Duration;
 use herald::backend::group::{
     self as rules, Candidate, CandidateRow, Claimed, Plan, Position, Settled,
 };
-use herald::backend::BoxFuture;
+use herald::backend::{member, BoxFuture};
 use herald::{Envelope, Error, Outcome, Result, SubscribeSpec, Subscription};
 use sqlx::PgConnection;
 
@@ -62,25 +62,29 @@ const SWEEP_STEP: i64 = 1024;
 /// How long a sweep waits for the claims running to end.
 const SWEEP_WAIT: Duration = Duration::from_secs(1);
 
-/// Open a member of `spec.group`.
+/// Open a member of `spec.group`: it shares this store handle's member of
+/// the group (see `herald::backend::member`).
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
     let group = spec.group.clone().expect("a group subscription");
-    rules::subscribe(Arc::new(Member {
-        inner: inner.clone(),
-        lock_key: settle::lease_lock_key(inner, &group),
-        group,
-        id: uuid::Uuid::now_v7().to_string(),
-        topic: match herald::backend::log_tail::literal_topics(&spec).as_deref() {
-            Some([one]) => Some(one.clone()),
-            _ => None,
-        },
-        spec,
-        sweeping: Arc::new(AtomicBool::new(false)),
-    }))
-    .await
+    let member = || -> Arc<dyn member::GroupMember> {
+        Arc::new(Member {
+            inner: inner.clone(),
+            lock_key: settle::lease_lock_key(inner, &group),
+            group: group.clone(),
+            id: uuid::Uuid::now_v7().to_string(),
+            topic: match herald::backend::log_tail::literal_topics(&spec).as_deref() {
+                Some([one]) => Some(one.clone()),
+                _ => None,
+            },
+            spec: spec.clone(),
+            sweeping: Arc::new(AtomicBool::new(false)),
+        })
+    };
+    inner.claimers.subscribe(&spec, member).await
 }
 
-/// One member of a group, in this process.
+/// This store handle's member of a group: its members in this process
+/// claim through it (one row in the group's `members`).
 struct Member {
     inner: Arc<Inner>,
     group: String,
@@ -99,7 +103,7 @@ struct Member {
     sweeping: Arc<AtomicBool>,
 }
 
-impl rules::GroupMember for Member {
+impl member::GroupMember for Member {
     fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>> {
         Box::pin(async move {
             if self.is_closed() {
@@ -142,7 +146,7 @@ impl rules::GroupMember for Member {
         settled: Settled,
         effects: Vec<Envelope>,
         next: Option<rules::Next>,
-    ) -> BoxFuture<'_, Result<rules::Settling>> {
+    ) -> BoxFuture<'_, Result<member::Settling>> {
         Box::pin(async move {
             if self.is_closed() {
                 return Err(closed());
@@ -150,7 +154,7 @@ impl rules::GroupMember for Member {
             if settled == Settled::Outcome(Outcome::Ack) && !effects.is_empty() {
                 // Its own transaction: queued is durable.
                 self.ack_with(pos, &envelope, effects, next).await?;
-                let durable: rules::Settling = Box::pin(async { Ok(()) });
+                let durable: member::Settling = Box::pin(async { Ok(()) });
                 return Ok(durable);
             }
             let (done, written) = tokio::sync::oneshot::channel();
@@ -169,7 +173,7 @@ impl rules::GroupMember for Member {
                 .await
                 .map_err(|_| closed())?;
             // The settlement writer commits in the order it receives.
-            let durable: rules::Settling =
+            let durable: member::Settling =
                 Box::pin(async move { written.await.map_err(|_| closed())? });
             Ok(durable)
         })
@@ -178,7 +182,7 @@ impl rules::GroupMember for Member {
     /// New events, settlements in this process or (by NOTIFY) others that
     /// hand an event back, or `IDLE_MAX`.
     fn changes(&self) -> BoxFuture<'static, ()> {
-        rules::changes(
+        member::changes(
             self.inner.committed.subscribe(),
             self.inner.groups.subscribe(),
         )
@@ -194,10 +198,6 @@ impl rules::GroupMember for Member {
 
     fn pruned(&self) -> u64 {
         self.inner.pruned.load(Ordering::Acquire)
-    }
-
-    fn max_in_flight(&self) -> usize {
-        self.spec.max_in_flight
     }
 }
 

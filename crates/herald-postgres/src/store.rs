@@ -77,6 +77,7 @@ impl PgStore {
             queues: Default::default(),
             dead_letter_writes: Default::default(),
             tails: Default::default(),
+            claimers: Default::default(),
         });
         tokio::spawn(crate::conn::listen_for_events(Arc::downgrade(&inner)));
         tokio::spawn(crate::sequencer::run(Arc::downgrade(&inner)));

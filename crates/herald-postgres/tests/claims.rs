@@ -2,7 +2,8 @@
 //! wait for it. The cursor's move holds the row `FOR NO KEY UPDATE`; here
 //! another session holds that lock for the whole test, and the group's
 //! members must still get every event (a claim that locked the row, as
-//! claims once did, waits for that session and delivers nothing).
+//! claims once did, waits for that session and delivers nothing). A
+//! process's members of a group claim as one.
 
 mod support;
 
@@ -126,5 +127,67 @@ async fn a_sweep_waiting_for_the_groups_row_does_not_hold_back_a_claim() {
         d.ack().await.unwrap();
     }
     holder.rollback().await.unwrap();
+    bus.close().await.unwrap();
+}
+
+/// The members of a group on one store handle share its claims: the group
+/// records one member for them, and they still split its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_s_members_of_a_group_claim_as_one() {
+    let topic = "claims.shared";
+    let store = herald_postgres::PgStore::open(support::fresh_config().await)
+        .await
+        .unwrap();
+    let bus = Bus::new(store.clone());
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let sub = bus
+            .subscribe_raw(topic)
+            .group("g")
+            .start(StartPosition::Earliest)
+            .await
+            .unwrap();
+        members.push(sub);
+    }
+    const N: u32 = 30;
+    let batch: Vec<_> = (1..=N).map(|i| Message::json(topic, &i).unwrap()).collect();
+    bus.publish(batch).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let closers: Vec<_> = members.iter().map(|m| m.close_handle()).collect();
+    let tasks: Vec<_> = members
+        .into_iter()
+        .map(|mut sub| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(d)) = sub.next().await {
+                    let n: u32 = d.decode().unwrap();
+                    d.ack().await.unwrap();
+                    tx.send(n).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut got = HashSet::new();
+    while got.len() < N as usize {
+        let n = tokio::time::timeout(DELIVERY_WAIT, rx.recv())
+            .await
+            .expect("the members stalled")
+            .unwrap();
+        assert!(got.insert(n), "event {n} delivered twice");
+    }
+    let recorded: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{}\".members WHERE grp = 'g'",
+        store.schema()
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1, "three members of one process are one claimer");
+    for close in closers {
+        close.close();
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
     bus.close().await.unwrap();
 }

@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) parked: Arc<std::sync::atomic::AtomicUsize>,
     /// The log readers its group-less subscriptions share.
     pub(crate) tails: herald::backend::log_tail::Tails,
+    /// The group members of this store handle, one claimer per group.
+    pub(crate) claimers: herald::backend::member::Claimers,
 }
 
 impl Inner {

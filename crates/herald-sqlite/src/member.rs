@@ -1,5 +1,5 @@
 //! A member of a durable consumer group on this store: the
-//! `herald::backend::group::GroupMember` whose claims and settlements are
+//! `herald::backend::member::GroupMember` whose claims and settlements are
 //! requests to the writer (which runs `group.rs`'s SQL in its transactions;
 //! a claim that finds nothing waits there, `parked`) and whose wake-ups are
 //! the writer's signals. Does not own the group's
@@ -10,28 +10,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::backend::group::{self as rules, Claimed, Settled};
-use herald::backend::BoxFuture;
+use herald::backend::{member, BoxFuture};
 use herald::{Envelope, Result, SubscribeSpec, Subscription};
 use tokio::sync::{oneshot, watch};
 
 use crate::conn::{closed, Inner};
 use crate::request::{Claim, Request, Settlement};
 
-/// Open a member of `spec.group`.
+/// Open a member of `spec.group`: it shares this store handle's member of
+/// the group (see `herald::backend::member`).
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
     let group = spec.group.clone().expect("a group subscription");
-    rules::subscribe(Arc::new(Member {
-        inner: inner.clone(),
-        group,
-        id: uuid::Uuid::now_v7().to_string(),
-        spec,
-        seen: std::sync::Mutex::new(None),
-        interrupted: watch::Sender::new(false),
-    }))
-    .await
+    let member = || -> Arc<dyn member::GroupMember> {
+        Arc::new(Member {
+            inner: inner.clone(),
+            group,
+            id: uuid::Uuid::now_v7().to_string(),
+            spec: spec.clone(),
+            seen: std::sync::Mutex::new(None),
+            interrupted: watch::Sender::new(false),
+        })
+    };
+    inner.claimers.subscribe(&spec, member).await
 }
 
-/// One member: claims and settlements go through the writer.
+/// This store handle's member of a group, which its members in this
+/// process share: claims and settlements go through the writer.
 struct Member {
     inner: Arc<Inner>,
     group: String,
@@ -58,7 +62,7 @@ impl Member {
     }
 }
 
-impl rules::GroupMember for Member {
+impl member::GroupMember for Member {
     fn claim(&self, max: usize) -> BoxFuture<'_, Result<Claimed>> {
         Box::pin(async move {
             let (reply, mut done) = oneshot::channel();
@@ -102,7 +106,7 @@ impl rules::GroupMember for Member {
         outcome: Settled,
         effects: Vec<Envelope>,
         next: Option<rules::Next>,
-    ) -> BoxFuture<'_, Result<rules::Settling>> {
+    ) -> BoxFuture<'_, Result<member::Settling>> {
         Box::pin(async move {
             let (reply, done) = oneshot::channel();
             let settlement = Settlement {
@@ -121,7 +125,7 @@ impl rules::GroupMember for Member {
                 .await
                 .map_err(|_| closed())?;
             // The writer applies requests in the order they are queued.
-            let durable: rules::Settling =
+            let durable: member::Settling =
                 Box::pin(async move { done.await.map_err(|_| closed())? });
             Ok(durable)
         })
@@ -131,7 +135,7 @@ impl rules::GroupMember for Member {
     /// commits are noticed by the store's `data_version` poll), or
     /// `IDLE_MAX` for leases that run out.
     fn changes(&self) -> BoxFuture<'static, ()> {
-        rules::changes(self.inner.committed.clone(), self.inner.groups.clone())
+        member::changes(self.inner.committed.clone(), self.inner.groups.clone())
     }
 
     fn is_closed(&self) -> bool {
@@ -144,9 +148,5 @@ impl rules::GroupMember for Member {
 
     fn pruned(&self) -> u64 {
         self.inner.pruned.load(Ordering::Acquire)
-    }
-
-    fn max_in_flight(&self) -> usize {
-        self.spec.max_in_flight
     }
 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use herald::backend::group::{self as rules, Claimed, Settled};
+use herald::backend::member;
 use herald::{Envelope, Kind, Result};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -107,7 +108,10 @@ impl Parked {
                 found.push(None);
                 continue;
             }
-            let most = w.claim.spec.max_in_flight.max(1);
+            // Room freed meanwhile grows the claim up to a member's
+            // `max_in_flight` (or what it asked, when its members together
+            // asked for more).
+            let most = w.claim.spec.max_in_flight.max(w.claim.max).max(1);
             w.claim.max = (w.claim.max + freed.room(&w.claim)).min(most);
             // A parked member is live: it records so as often as a claiming
             // one does, so the group's fair share counts it.
@@ -254,7 +258,7 @@ impl<'a> Freed<'a> {
 }
 
 /// Poke the writer while claims are parked: every
-/// [`IDLE_MAX`](rules::IDLE_MAX) (leases and delays run out) and when the
+/// [`IDLE_MAX`](member::IDLE_MAX) (leases and delays run out) and when the
 /// outbox or another process committed. Ends with the store.
 pub(crate) async fn poke(inner: Weak<Inner>) {
     let Some(outside) = inner.upgrade().map(|i| i.signals.outside.clone()) else {
@@ -262,7 +266,7 @@ pub(crate) async fn poke(inner: Weak<Inner>) {
     };
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(rules::IDLE_MAX) => {}
+            _ = tokio::time::sleep(member::IDLE_MAX) => {}
             _ = outside.notified() => {}
         }
         let Some(inner) = inner.upgrade() else {
@@ -333,8 +337,9 @@ mod tests {
         bus.publish(job(1)).await.unwrap();
         let job = jobs.next().await.unwrap().unwrap();
         let waiting = tokio::spawn(async move { done.next().await.unwrap().unwrap() });
-        // The audit member (the worker's stream is not polled again).
-        parked(&store, 1).await;
+        // Both members' claimers wait in the writer (a member's claimer
+        // claims on for it while its stream is not polled).
+        parked(&store, 2).await;
         let effect = Message::new("done", Payload::json(&1u64).unwrap());
         let effects = bus.prepare(vec![effect]).unwrap();
         let Ok(acked) = job.ack_with_effects(effects) else {

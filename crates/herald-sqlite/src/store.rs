@@ -166,6 +166,7 @@ impl SqliteStore {
                 queues: Default::default(),
                 parked,
                 tails: Default::default(),
+                claimers: Default::default(),
             }),
         };
         tokio::spawn(retention::run(Arc::downgrade(&store.inner)));

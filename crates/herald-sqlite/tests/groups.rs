@@ -1,6 +1,7 @@
 //! Durable consumer groups: offsets survive reopening the store, members in
 //! separate stores on one file (as in separate processes) share the work,
-//! and a member that dies holding an event does not lose it.
+//! a member that dies holding an event does not lose it, and members of one
+//! store, which share its claims, each hold at most their `max_in_flight`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -137,4 +138,52 @@ async fn members_in_two_stores_on_one_file_share_a_group() {
     for c in closers {
         c.close();
     }
+}
+
+/// Members of one store share what it claims for the group, but each holds
+/// at most its own `max_in_flight`: one that never settles gets that many,
+/// and the other member gets every other event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holds_at_most_its_max_in_flight_and_the_others_take_the_rest() {
+    const N: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(&dir.path().join("g.db")).await;
+    let mut hoarder = bus
+        .subscribe_raw("jobs")
+        .group("g")
+        .max_in_flight(2)
+        .await
+        .unwrap();
+    let mut worker = bus.subscribe_raw("jobs").group("g").await.unwrap();
+    bus.publish((0..N).map(job).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let hoard_tx = tx.clone();
+    let hoarding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(Ok(d)) = hoarder.next().await {
+            hoard_tx.send((false, d.decode::<u64>().unwrap())).unwrap();
+            held.push(d);
+        }
+    });
+    let working = tokio::spawn(async move {
+        loop {
+            let n = next_n(&mut worker).await;
+            tx.send((true, n)).unwrap();
+        }
+    });
+    let mut seen = HashSet::new();
+    let mut worked = 0;
+    while seen.len() < N as usize {
+        let (by_worker, n) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the members stalled")
+            .unwrap();
+        assert!(seen.insert(n), "event {n} delivered twice");
+        worked += u64::from(by_worker);
+    }
+    assert_eq!(worked, N - 2, "the member with room for 2 took 2");
+    working.abort();
+    hoarding.abort();
 }

@@ -10,7 +10,9 @@
 //!   deadlines, redelivery, dead-lettering) under group-less tails and
 //!   broker groups;
 //! - [`group`]: durable consumer groups over a stored log (claim plans,
-//!   lease changes, the member stream);
+//!   lease changes);
+//! - [`member`]: a group's member stream, one claimer per group and
+//!   process;
 //! - [`log_tail`]: feeding a stored log into a queue;
 //! - [`headers`]: the envelope as broker headers;
 //! - [`retention`]: what a retention pass deletes;
@@ -25,6 +27,7 @@ pub mod dedupe;
 pub mod group;
 pub mod headers;
 pub mod log_tail;
+pub mod member;
 pub mod open_queues;
 pub mod queue;
 pub mod retention;
