@@ -149,6 +149,52 @@ pub async fn a_held_event_does_not_stall_the_group(h: &Harness) {
     held.ack().await.unwrap();
 }
 
+/// Each member of a group holds at most its own `max_in_flight`
+/// deliveries, claimed and not yet settled: one that never settles gets
+/// that many, and another member of the same bus gets every other event.
+pub async fn a_member_holds_at_most_its_max_in_flight(h: &Harness) {
+    const N: u64 = 40;
+    let topic = "conf.groups.in_flight";
+    let bus = h.bus().await;
+    let mut hoarder = bus
+        .subscribe_raw(topic)
+        .group("g")
+        .max_in_flight(2)
+        .await
+        .unwrap();
+    let mut worker = bus.subscribe_raw(topic).group("g").await.unwrap();
+    let batch: Vec<_> = (0..N).map(|i| numbered(topic, i)).collect();
+    bus.publish(batch).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let hoard_tx = tx.clone();
+    let hoarding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(Ok(d)) = futures_util::StreamExt::next(&mut hoarder).await {
+            hoard_tx.send((false, number(&d))).unwrap();
+            held.push(d);
+        }
+    });
+    let working = tokio::spawn(async move {
+        while let Some(Ok(d)) = futures_util::StreamExt::next(&mut worker).await {
+            tx.send((true, number(&d))).unwrap();
+            d.ack().await.unwrap();
+        }
+    });
+    let mut seen = HashSet::new();
+    let mut worked = 0;
+    while seen.len() < N as usize {
+        let (by_worker, n) = tokio::time::timeout(DELIVERY_WAIT, rx.recv())
+            .await
+            .expect("the members stalled")
+            .unwrap();
+        assert!(seen.insert(n), "event {n} delivered twice");
+        worked += u64::from(by_worker);
+    }
+    assert_eq!(worked, N - 2, "the member with room for 2 took 2");
+    working.abort();
+    hoarding.abort();
+}
+
 /// A member dropped without closing (its task aborted, its connection gone)
 /// hands back at once everything it took: the delivery it held unsettled
 /// and the events it had claimed but not yet handed out, so the next member

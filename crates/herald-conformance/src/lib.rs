@@ -321,6 +321,7 @@ macro_rules! conformance_tests {
             groups::two_groups_each_get_everything_members_share,
             groups::same_key_goes_to_one_member_at_a_time,
             groups::a_held_event_does_not_stall_the_group,
+            groups::a_member_holds_at_most_its_max_in_flight,
             groups::a_dropped_member_hands_back_what_it_took,
             groups::a_member_dropped_mid_claim_hands_back_its_claim,
             groups::per_key_order_holds_under_concurrent_members,

@@ -209,7 +209,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         if let Some(queue) = group.queue() {
             if !queue.is_closed() {
                 queue.join();
-                return Ok(queue::member(queue));
+                return Ok(queue::member(queue, spec.max_in_flight));
             }
         }
     }
@@ -303,7 +303,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         // The store closed while the consumer joined.
         return Err(errors::closed());
     }
-    Ok(queue::member(queue))
+    Ok(queue::member(queue, spec.max_in_flight))
 }
 
 /// Fix where group `group` starts, once, when it is made: a group is made

@@ -34,6 +34,7 @@ use crate::log::write_dead_letter;
 
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
+    let max_in_flight = spec.max_in_flight;
     let queue = Queue::new(spec.clone(), host);
     queue.join();
     inner.register(&queue)?;
@@ -75,7 +76,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
             drop(running);
         })
         .map_err(|e| herald::Error::internal(format!("start a consumer thread: {e}")))?;
-    Ok(queue::member(queue))
+    Ok(queue::member(queue, max_in_flight))
 }
 
 /// The Kafka topics (with their partition counts) whose herald topics

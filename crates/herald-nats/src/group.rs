@@ -204,7 +204,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
     let group = spec.group.clone().unwrap_or_default();
     loop {
         let leader = Leader::of(inner, &group, &spec).await?;
-        let member = leader.member();
+        let member = leader.member(spec.max_in_flight);
         // Its last member left as this one came: the next leader here
         // starts once it has handed over.
         if !leader.stopped() {
@@ -453,10 +453,11 @@ impl Leader {
         Ok(leader)
     }
 
-    /// A new member of the leader's queue.
-    pub(crate) fn member(&self) -> Subscription {
+    /// A new member of the leader's queue, holding at most
+    /// `max_in_flight` deliveries at once.
+    pub(crate) fn member(&self, max_in_flight: usize) -> Subscription {
         self.queue.join();
-        queue::member(self.queue.clone())
+        queue::member(self.queue.clone(), max_in_flight)
     }
 
     pub(crate) fn inner(&self) -> Option<Arc<Inner>> {

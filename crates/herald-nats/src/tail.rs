@@ -60,7 +60,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         seen,
         streams.created,
     ));
-    Ok(queue::member(queue))
+    Ok(queue::member(queue, spec.max_in_flight))
 }
 
 /// Where a stream made after the subscription opened is read from.

@@ -47,13 +47,14 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result
         }
     };
     let host: Weak<dyn QueueHost> = Arc::downgrade(inner) as Weak<Inner>;
+    let max_in_flight = spec.max_in_flight;
     let queue = Queue::new(spec, host);
     queue.join();
     if !inner.queues.register(&queue) {
         return Err(closed());
     }
     herald::backend::log_tail::follow(inner, queue.clone(), cursor);
-    Ok(queue::member(queue))
+    Ok(queue::member(queue, max_in_flight))
 }
 
 impl Log for Inner {

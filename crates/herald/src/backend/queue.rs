@@ -4,8 +4,8 @@
 //! Owns what happens between "an event is for this subscriber" and "it was
 //! settled": capacity (a semaphore of `buffer` permits, taken by whoever feeds
 //! the queue and returned as events are delivered), the priority order among
-//! flows (one FIFO per topic and key), the per-key lock of groups, ack
-//! deadlines, redelivery, and giving up to the host's dead-letter store. The
+//! flows (one FIFO per topic and key), the per-key lock of groups, each group
+//! member's `max_in_flight`, ack deadlines, redelivery, and giving up to the host's dead-letter store. The
 //! in-memory transport feeds it under its topic locks; a durable transport
 //! feeds it from its log with [`Queue::push`]. It does not assign `seq`, store
 //! anything, or know about topics beyond matching them; what it needs from
@@ -96,6 +96,10 @@ pub struct Queue {
     hasher: foldhash::fast::RandomState,
     host: Weak<dyn QueueHost>,
     next_member: AtomicU64,
+    /// The rooms of its group members, woken when it closes (a member
+    /// without room waits on its room, not among the queue's waiters,
+    /// which every new event wakes).
+    rooms: Mutex<Vec<Weak<Room>>>,
     me: Weak<Queue>,
 }
 
@@ -158,6 +162,7 @@ impl Queue {
             hasher: foldhash::fast::RandomState::default(),
             host,
             next_member: AtomicU64::new(1),
+            rooms: Mutex::new(Vec::new()),
             me: me.clone(),
         })
     }
@@ -311,6 +316,10 @@ impl Queue {
         self.permits.close();
         let waiters = std::mem::take(&mut self.state.lock().waiters);
         wake(waiters);
+        let rooms: Vec<_> = self.rooms.lock().iter().filter_map(Weak::upgrade).collect();
+        for room in rooms {
+            room.wake();
+        }
     }
 
     /// Whether the queue is closed.
@@ -795,6 +804,9 @@ struct Member {
     queue: Arc<Queue>,
     id: u64,
     closed: Arc<AtomicBool>,
+    /// A group member's room (group-less members have their queue's
+    /// `buffer` instead).
+    room: Option<Arc<Room>>,
 }
 
 impl Stream for Member {
@@ -804,9 +816,22 @@ impl Stream for Member {
         if self.closed.load(Ordering::Acquire) || self.queue.is_closed() {
             return Poll::Ready(None);
         }
+        if let Some(room) = &self.room {
+            if !room.has_room(cx.waker()) {
+                // Woken by a settlement, or by this member or the queue
+                // closing (each sets its flag before it wakes the room).
+                if self.closed.load(Ordering::Acquire) || self.queue.is_closed() {
+                    return Poll::Ready(None);
+                }
+                return Poll::Pending;
+            }
+        }
         match self.queue.pop(self.id, cx.waker()) {
             Some(env) => {
-                let settle: Arc<dyn Settle> = self.queue.clone();
+                let settle: Arc<dyn Settle> = match &self.room {
+                    Some(room) => Arc::new(Slot::take(room, &self.queue)),
+                    None => self.queue.clone(),
+                };
                 Poll::Ready(Some(Ok(Delivery::new(env, settle))))
             }
             None if self.closed.load(Ordering::Acquire) || self.queue.is_closed() => {
@@ -817,14 +842,109 @@ impl Stream for Member {
     }
 }
 
+/// A group member's `max_in_flight`: the deliveries it holds at once, from
+/// hand-out until settled (the outcome given to the queue; a host's commit
+/// of it is not waited for), or dropped.
+struct Room {
+    max: usize,
+    held: AtomicUsize,
+    /// The member's stream, waiting for room.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Room {
+    /// Whether the member may take a delivery; if not, `waker` is woken
+    /// when it may.
+    fn has_room(&self, waker: &Waker) -> bool {
+        if self.held.load(Ordering::Acquire) < self.max {
+            return true;
+        }
+        *self.waker.lock() = Some(waker.clone());
+        // A settlement between the check and the waker stored.
+        self.held.load(Ordering::Acquire) < self.max
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
+    }
+}
+
+/// One delivery's share of its member's [`Room`], given back as it is
+/// settled or dropped; settles through the queue.
+struct Slot {
+    queue: Arc<Queue>,
+    room: Arc<Room>,
+    held: AtomicBool,
+}
+
+impl Slot {
+    fn take(room: &Arc<Room>, queue: &Arc<Queue>) -> Slot {
+        room.held.fetch_add(1, Ordering::AcqRel);
+        Slot {
+            queue: queue.clone(),
+            room: room.clone(),
+            held: AtomicBool::new(true),
+        }
+    }
+
+    fn give_back(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            self.room.held.fetch_sub(1, Ordering::AcqRel);
+            self.room.wake();
+        }
+    }
+}
+
+impl Settle for Slot {
+    fn settle(
+        &self,
+        envelope: &Arc<Envelope>,
+        outcome: Outcome,
+    ) -> Option<BoxFuture<'static, Result<()>>> {
+        let settling = self.queue.settle(envelope, outcome);
+        self.give_back();
+        settling
+    }
+
+    fn ack_with_effects(
+        &self,
+        envelope: &Arc<Envelope>,
+        effects: Vec<Envelope>,
+    ) -> std::result::Result<BoxFuture<'static, Result<()>>, Vec<Envelope>> {
+        let acking = self.queue.ack_with_effects(envelope, effects)?;
+        self.give_back();
+        Ok(acking)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 /// A new member of `queue`, as a subscription stream. The caller has counted
-/// it with [`Queue::join`].
-pub fn member(queue: Arc<Queue>) -> Subscription {
+/// it with [`Queue::join`]. A member of a group holds at most
+/// `max_in_flight` deliveries at once (its spec's; members of one queue
+/// may differ); a group-less one is bounded by its queue's `buffer`.
+pub fn member(queue: Arc<Queue>, max_in_flight: usize) -> Subscription {
     let id = queue.next_member.fetch_add(1, Ordering::Relaxed);
     let closed = Arc::new(AtomicBool::new(false));
+    let room = queue.group().is_some().then(|| {
+        let room = Arc::new(Room {
+            max: max_in_flight.max(1),
+            held: AtomicUsize::new(0),
+            waker: Mutex::new(None),
+        });
+        let mut rooms = queue.rooms.lock();
+        rooms.retain(|r| r.strong_count() > 0);
+        rooms.push(Arc::downgrade(&room));
+        room
+    });
     let close = {
-        let queue = queue.clone();
-        let closed = closed.clone();
+        let (queue, closed, room) = (queue.clone(), closed.clone(), room.clone());
         CloseHandle::new(move || {
             if closed.swap(true, Ordering::AcqRel) {
                 return;
@@ -835,9 +955,20 @@ pub fn member(queue: Arc<Queue>) -> Subscription {
             if let Some(w) = queue.forget_waiter(id) {
                 w.wake();
             }
+            if let Some(room) = &room {
+                room.wake();
+            }
         })
     };
-    Subscription::new(Member { queue, id, closed }, close)
+    Subscription::new(
+        Member {
+            queue,
+            id,
+            closed,
+            room,
+        },
+        close,
+    )
 }
 
 #[cfg(test)]
@@ -884,6 +1015,60 @@ pub(crate) mod tests {
         (Queue::new(spec, Arc::downgrade(&host)), host)
     }
 
+    /// Records whether it was woken.
+    struct Woken(AtomicBool);
+
+    impl futures_util::task::ArcWake for Woken {
+        fn wake_by_ref(w: &Arc<Self>) {
+            w.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A group member at its `max_in_flight` takes nothing more until it
+    /// settles, is woken by the settlement, and is woken when closed while
+    /// it waits.
+    #[tokio::test]
+    async fn a_member_at_its_max_in_flight_waits_for_a_settlement() {
+        let (queue, _host) = group_queue();
+        queue.join();
+        let mut sub = member(queue.clone(), 1);
+        assert!(queue.push(vec![event(1), event(2)]).await);
+        let first = sub.next().await.unwrap().unwrap();
+        let woken = Arc::new(Woken(AtomicBool::new(false)));
+        let waker = futures_util::task::waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            sub.poll_next_unpin(&mut cx).is_pending(),
+            "a member holding its max_in_flight takes no more"
+        );
+        first.ack().await.unwrap();
+        assert!(woken.0.swap(false, Ordering::SeqCst), "the ack wakes it");
+        let Poll::Ready(Some(Ok(second))) = sub.poll_next_unpin(&mut cx) else {
+            panic!("the next event comes after the ack");
+        };
+        assert_eq!(second.seq(), Some(2));
+        assert!(sub.poll_next_unpin(&mut cx).is_pending());
+        sub.close_handle().close();
+        assert!(woken.0.swap(false, Ordering::SeqCst), "closing wakes it");
+        assert!(matches!(sub.poll_next_unpin(&mut cx), Poll::Ready(None)));
+        drop(second);
+
+        // Without room, a member is not woken by new events, but is by the
+        // queue closing.
+        let (queue, _host) = group_queue();
+        queue.join();
+        let mut sub = member(queue.clone(), 1);
+        assert!(queue.push(vec![event(1), event(2)]).await);
+        let held = sub.next().await.unwrap().unwrap();
+        assert!(sub.poll_next_unpin(&mut cx).is_pending());
+        assert!(queue.push(vec![event(3)]).await);
+        assert!(!woken.0.load(Ordering::SeqCst), "a new event leaves it be");
+        queue.close();
+        assert!(woken.0.load(Ordering::SeqCst), "the queue closing wakes it");
+        assert!(matches!(sub.poll_next_unpin(&mut cx), Poll::Ready(None)));
+        drop(held);
+    }
+
     /// A delivery dropped after its queue closed (its group's last member
     /// left, and the host stepped down first) still tells a successor the
     /// attempt it comes as next.
@@ -891,7 +1076,7 @@ pub(crate) mod tests {
     async fn a_delivery_handed_back_after_close_keeps_its_next_attempt() {
         let (queue, _host) = group_queue();
         queue.join();
-        let mut member = member(queue.clone());
+        let mut member = member(queue.clone(), 8);
         assert!(queue.push(vec![event(1), event(2)]).await);
         let held = member.next().await.unwrap().unwrap();
         assert_eq!(held.attempt(), 1);

@@ -511,6 +511,7 @@ impl Shared {
         if spec.start == StartPosition::Seq(0) {
             return Err(Error::validation("start seq must be at least 1"));
         }
+        let max_in_flight = spec.max_in_flight;
         let mut registry = self.registry.lock();
         let queue = match spec.group.as_deref().and_then(|g| registry.groups.get(g)) {
             Some(existing) => {
@@ -540,7 +541,7 @@ impl Shared {
             }
         };
         drop(registry);
-        Ok(queue::member(queue))
+        Ok(queue::member(queue, max_in_flight))
     }
 
     async fn publish(&self, batch: Vec<Envelope>) -> Result<Vec<u64>> {
