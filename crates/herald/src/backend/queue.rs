@@ -5,11 +5,11 @@
 //! settled": capacity (a semaphore of `buffer` permits, taken by whoever feeds
 //! the queue and returned as events are delivered), the priority order among
 //! flows (one FIFO per topic and key), the per-key lock of groups, each group
-//! member's `max_in_flight`, ack deadlines, redelivery, and giving up to the host's dead-letter store. The
-//! in-memory transport feeds it under its topic locks; a durable transport
-//! feeds it from its log with [`Queue::push`]. It does not assign `seq`, store
-//! anything, or know about topics beyond matching them; what it needs from
-//! its transport is the [`QueueHost`].
+//! member's `max_in_flight`, ack deadlines, redelivery, and giving up to the
+//! host's dead-letter store. The in-memory transport feeds it under its topic
+//! locks; a durable transport feeds it from its log with [`Queue::push`]. It
+//! does not assign `seq`, store anything, or know about topics beyond matching
+//! them; what it needs from its transport is the [`QueueHost`].
 
 use std::cmp::Reverse;
 
