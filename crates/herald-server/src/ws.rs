@@ -52,7 +52,7 @@ use axum::response::Response;
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
-use herald::subscription::CloseHandle;
+use herald::CloseHandle;
 use herald::{CommandHandle, Delivery, Envelope, ErrorCode, Payload, StartPosition};
 use parking_lot::Mutex;
 use serde::de::IgnoredAny;

@@ -81,7 +81,8 @@ pub use handler::{
 pub use message::{Message, Publish};
 pub use payload::Payload;
 pub use subscription::{
-    KindFilter, Received, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
+    CloseHandle, KindFilter, Received, StartPosition, SubscribeSpec, Subscription,
+    TypedSubscription,
 };
 pub use topic::{Pattern, Topic};
 pub use transport::{

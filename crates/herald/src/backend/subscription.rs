@@ -136,6 +136,19 @@ impl SubscribeSpec {
 
 /// Stops a subscription; clones share it. Closing is idempotent and wakes a
 /// task blocked in `next`.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use herald::{Bus, CloseHandle};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let bus = Bus::memory();
+/// let mut sub = bus.subscribe_raw("orders.*").await?;
+/// let close: CloseHandle = sub.close_handle();
+/// let reader = tokio::spawn(async move { sub.next().await.is_none() });
+/// close.close();
+/// assert!(reader.await.unwrap(), "the stream ends once closed");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct CloseHandle(Arc<dyn Fn() + Send + Sync>);
 
