@@ -331,6 +331,7 @@ macro_rules! conformance_tests {
             redelivery::dropped_delivery_is_redelivered,
             redelivery::unsettled_delivery_is_redelivered_after_ack_wait,
             redelivery::max_deliver_moves_to_dead_letters,
+            redelivery::a_group_max_deliver_overrides_the_stores,
             redelivery::term_dead_letters_at_once,
             redelivery::expired_events_are_dead_lettered_not_delivered,
             dead_letters::dead_letters_filter_replay_and_purge,

@@ -116,6 +116,56 @@ pub async fn max_deliver_moves_to_dead_letters(h: &Harness) {
     );
 }
 
+/// A group's own `max_deliver` wins over the store's (issue 22 item 17): a
+/// group of two attempts dead-letters on its second nack while a group
+/// beside it, on the store's default of five, gets the event again.
+pub async fn a_group_max_deliver_overrides_the_stores(h: &Harness) {
+    let bus = h.bus().await;
+    let mut short = bus
+        .subscribe_raw("conf.tries")
+        .group("short")
+        .max_deliver(2)
+        .await
+        .unwrap();
+    let mut plain = bus
+        .subscribe_raw("conf.tries")
+        .group("plain")
+        .await
+        .unwrap();
+    let err = bus
+        .subscribe_raw("conf.tries")
+        .group("none")
+        .max_deliver(0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation);
+    bus.publish(numbered("conf.tries", 1)).await.unwrap();
+    for attempt in 1..=2 {
+        let d = recv(&mut short).await;
+        assert_eq!((number(&d), d.attempt()), (1, attempt));
+        d.nack().await.unwrap();
+    }
+    let dead = bus.dead_letters().group("short").await.unwrap();
+    assert_eq!(dead.len(), 1, "dead-lettered at the group's second attempt");
+    assert_eq!(dead[0].attempts, 2);
+    for attempt in 1..=3 {
+        let d = recv(&mut plain).await;
+        assert_eq!((number(&d), d.attempt()), (1, attempt));
+        if attempt < 3 {
+            d.nack().await.unwrap();
+        } else {
+            d.ack().await.unwrap();
+        }
+    }
+    assert!(bus.dead_letters().group("plain").await.unwrap().is_empty());
+    bus.publish(numbered("conf.tries", 2)).await.unwrap();
+    assert_eq!(
+        number(&recv(&mut short).await),
+        2,
+        "not delivered a third time"
+    );
+}
+
 /// `term` dead-letters at once with the given code; the next event of the
 /// key is released.
 pub async fn term_dead_letters_at_once(h: &Harness) {

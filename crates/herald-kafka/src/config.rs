@@ -364,12 +364,6 @@ impl KafkaConfig {
         self
     }
 
-    /// Set the delivery attempts before a group dead-letters an event.
-    pub fn max_deliver(mut self, n: u32) -> Self {
-        self.delivery = self.delivery.max_deliver(n);
-        self
-    }
-
     /// Set how long this process remembers the idempotency keys it
     /// published (zero: not at all).
     pub fn dedupe_window(mut self, window: Duration) -> Self {

@@ -74,11 +74,13 @@ pub struct NatsConfig {
 
 impl NatsConfig {
     /// NATS at `url` (`nats://host:port`, `tls://host:port`, or several
-    /// comma-separated) with the defaults: subjects under `herald.local`.
+    /// comma-separated) with the defaults: subjects under `herald.local`,
+    /// or under the URL's `prefix` parameter (`nats://h:4222?prefix=orders`).
     pub fn new(url: impl Into<String>) -> Self {
+        let (url, prefix) = herald::config::take_url_param(&url.into(), "prefix");
         NatsConfig {
-            url: url.into(),
-            prefix: "herald.local".to_owned(),
+            url,
+            prefix: prefix.unwrap_or_else(|| "herald.local".to_owned()),
             storage: Storage::File,
             replicas: DEFAULT_REPLICAS,
             partitions: DEFAULT_PARTITIONS,
@@ -105,15 +107,18 @@ impl NatsConfig {
     pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
         let url = env("HERALD_STORE")
             .ok_or_else(|| Error::validation("HERALD_STORE is not set (expected nats://…)"))?;
+        let named = herald::config::take_url_param(&url, "prefix").1.is_some();
         let mut c = NatsConfig::new(url);
         if env("HERALD_TIMEOUT_SECONDS").is_some() {
             c.request_timeout = delivery.timeout_duration();
         }
         c.delivery = delivery;
         let environment = env("HERALD_ENVIRONMENT").unwrap_or_else(|| "local".to_owned());
-        c.prefix = PREFIX
-            .value()
-            .unwrap_or_else(|| format!("herald.{environment}"));
+        if !named {
+            c.prefix = PREFIX
+                .value()
+                .unwrap_or_else(|| format!("herald.{environment}"));
+        }
         if let Some(s) = STORAGE.value() {
             c.storage = match s.as_str() {
                 "file" => Storage::File,
@@ -188,12 +193,6 @@ impl NatsConfig {
     /// How long a JetStream request may take (1–300 s).
     pub fn request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
-        self
-    }
-
-    /// Delivery attempts before a message is dead-lettered (1–1000).
-    pub fn max_deliver(mut self, n: u32) -> Self {
-        self.delivery = self.delivery.max_deliver(n);
         self
     }
 
@@ -307,7 +306,11 @@ mod tests {
             (base.clone().replicas(0), "HERALD_NATS_REPLICAS"),
             (base.clone().partitions(0), "HERALD_NATS_PARTITIONS"),
             (base.clone().partitions(65), "HERALD_NATS_PARTITIONS"),
-            (base.clone().max_deliver(0), "HERALD_MAX_DELIVER"),
+            (
+                base.clone()
+                    .delivery(DeliveryConfig::default().max_deliver(0)),
+                "HERALD_MAX_DELIVER",
+            ),
             (
                 base.clone().dedupe_window(Duration::from_millis(10)),
                 "HERALD_DEDUPE_WINDOW",

@@ -54,11 +54,15 @@ pub struct PgConfig {
 }
 
 impl PgConfig {
-    /// A store at `url` (`postgres://user@host:port/database`) with the defaults.
+    /// A store at `url` (`postgres://user@host:port/database`) with the
+    /// defaults; a `schema` parameter (`…/database?schema=orders`) is the
+    /// [`schema`](Self::schema), the URL's other parameters are the
+    /// driver's.
     pub fn new(url: impl Into<String>) -> Self {
+        let (url, schema) = herald::config::take_url_param(&url.into(), "schema");
         PgConfig {
-            url: url.into(),
-            schema: DEFAULT_SCHEMA.to_owned(),
+            url,
+            schema: schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned()),
             delivery: DeliveryConfig::default(),
             pool_size: DEFAULT_POOL_SIZE,
             retention: RetentionPolicy::default(),
@@ -77,8 +81,9 @@ impl PgConfig {
     pub fn from_env_with(delivery: DeliveryConfig) -> Result<Self> {
         let url = env("HERALD_STORE")
             .ok_or_else(|| Error::validation("HERALD_STORE is not set (expected postgres://…)"))?;
+        let named = herald::config::take_url_param(&url, "schema").1.is_some();
         let mut c = PgConfig::new(url).delivery(delivery);
-        if let Some(s) = SCHEMA.value() {
+        if let Some(s) = SCHEMA.value().filter(|_| !named) {
             c.schema = s;
         }
         if let Some(v) = KEYS[1].parse()? {
@@ -130,12 +135,6 @@ impl PgConfig {
     /// How long a publish waits for its `seq`s (1–300 s).
     pub fn publish_timeout(mut self, d: Duration) -> Self {
         self.delivery = self.delivery.timeout(d);
-        self
-    }
-
-    /// Delivery attempts before dead-lettering (1–1000).
-    pub fn max_deliver(mut self, n: u32) -> Self {
-        self.delivery = self.delivery.max_deliver(n);
         self
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct PendingSettlement {
     /// The delivery settled: its attempt is the lease's.
     pub(crate) envelope: std::sync::Arc<herald::Envelope>,
     pub(crate) settled: herald::backend::group::Settled,
+    /// The group's attempts before it dead-letters.
+    pub(crate) max_deliver: u32,
     /// The key's next event the member holds, leased to it if this ack
     /// applies.
     pub(crate) next: Option<herald::backend::group::Next>,

@@ -164,6 +164,7 @@ impl member::GroupMember for Member {
                 pos,
                 envelope,
                 settled,
+                max_deliver: self.spec.max_deliver_or(self.inner.config.deliveries()),
                 next,
                 done,
             };
@@ -240,7 +241,7 @@ impl Member {
         if max == 0 {
             return Ok((Claimed::default(), false));
         }
-        let max_deliver = self.inner.config.deliveries();
+        let max_deliver = self.spec.max_deliver_or(self.inner.config.deliveries());
         let mut sweep = false;
         let mut limit = (max as i64).saturating_mul(4).clamp(WINDOW, WINDOW_MAX);
         let plan = loop {

@@ -391,7 +391,8 @@ async fn settle_in(inner: &Inner, conn: &mut PgConnection, p: &PendingSettlement
         return Ok(false);
     }
     let now = chrono::Utc::now().timestamp_millis();
-    match rules::change(&p.settled, attempt, inner.config.deliveries(), now) {
+    let at = (p.group.as_str(), p.envelope.topic().as_str());
+    match rules::change(&p.settled, attempt, p.max_deliver, now, at) {
         Change::Settle => {}
         Change::Wait {
             attempt,
@@ -482,6 +483,7 @@ mod tests {
             pos,
             envelope: Arc::new(envelope),
             settled: Settled::Outcome(Outcome::Ack),
+            max_deliver: 5,
             next: next.map(|(pos, attempt)| Next {
                 pos,
                 attempt,

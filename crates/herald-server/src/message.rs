@@ -55,7 +55,8 @@ pub struct MessageIn {
     /// The body, any JSON value (default `null`).
     #[schema(value_type = Object)]
     pub payload: Option<Box<RawValue>>,
-    /// The body as base64 bytes instead of JSON (set `content_type`).
+    /// The body as base64 bytes instead of JSON; its `content_type` is
+    /// `application/octet-stream` unless given.
     pub payload_base64: Option<String>,
     /// Ordering key: same-key events reach a group member one at a time, in order.
     pub key: Option<String>,

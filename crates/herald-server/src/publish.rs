@@ -15,7 +15,6 @@ use axum::{Extension, Json};
 use herald::{Envelope, ErrorCode, Kind};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -107,7 +106,6 @@ pub async fn publish_messages(
 ) -> ApiResult<Vec<Published>> {
     caller.require(Permission::Publish, topic)?;
     check_sizes(state, &messages)?;
-    let mut ids = Vec::with_capacity(messages.len());
     let batch = messages
         .into_iter()
         .map(|m| {
@@ -116,18 +114,16 @@ pub async fn publish_messages(
                     "kind must be `event` or `intent` here; call commands at /v1/commands/{topic}",
                 ));
             }
-            // The id is chosen here, so the bus validates the batch once, as
-            // it publishes it, and the answer can still give each id.
-            let id = Uuid::now_v7();
-            ids.push(id);
-            Ok(m.into_message(topic)?.id(id))
+            m.into_message(topic)
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let seqs = state.bus.publish(batch).await?;
-    Ok(ids
+    let receipts = state.bus.publish_receipts(batch).await?;
+    Ok(receipts
         .into_iter()
-        .zip(seqs)
-        .map(|(id, seq)| Published { id, seq })
+        .map(|r| Published {
+            id: r.id,
+            seq: r.seq,
+        })
         .collect())
 }
 

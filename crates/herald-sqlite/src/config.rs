@@ -153,12 +153,6 @@ impl SqliteConfig {
         self.delivery = self.delivery.poll_interval(d);
         self
     }
-    /// Delivery attempts before dead-lettering, 1–1000.
-    pub fn max_deliver(mut self, n: u32) -> Self {
-        self.delivery = self.delivery.max_deliver(n);
-        self
-    }
-
     /// Retention of every topic without its own (default: keep everything;
     /// `HERALD_RETENTION_MAX_AGE` seconds, `HERALD_RETENTION_MAX_EVENTS`).
     pub fn retention(mut self, r: Retention) -> Self {

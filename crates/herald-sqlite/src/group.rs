@@ -442,7 +442,8 @@ pub(crate) fn settle(conn: &Connection, s: &Settlement, dedupe_window_ms: i64) -
         return Ok(Applied::Yes(None));
     }
     let now = chrono::Utc::now().timestamp_millis();
-    match rules::change(&s.outcome, attempt, s.max_deliver, now) {
+    let at = (s.group.as_str(), s.envelope.topic().as_str());
+    match rules::change(&s.outcome, attempt, s.max_deliver, now, at) {
         Change::Settle => {}
         Change::Wait {
             attempt,

@@ -72,7 +72,7 @@ impl member::GroupMember for Member {
                 member: self.id.clone(),
                 max,
                 spec: self.spec.clone(),
-                max_deliver: self.inner.config.deliveries(),
+                max_deliver: self.spec.max_deliver_or(self.inner.config.deliveries()),
                 refresh: self.refresh(max),
                 park: max > 0 && !*interrupted.borrow(),
             };
@@ -115,7 +115,7 @@ impl member::GroupMember for Member {
                 envelope,
                 pos,
                 outcome,
-                max_deliver: self.inner.config.deliveries(),
+                max_deliver: self.spec.max_deliver_or(self.inner.config.deliveries()),
                 effects,
                 next,
             };

@@ -78,7 +78,7 @@ pub use event::Event;
 pub use handler::{
     Handler, HandlerBuilder, HandlerObserver, HandlerOutcome, HandlerReport, IntoEffects,
 };
-pub use message::{Message, Publish};
+pub use message::{Message, Publish, Receipt};
 pub use payload::Payload;
 pub use subscription::{
     CloseHandle, KindFilter, Received, StartPosition, SubscribeSpec, Subscription,

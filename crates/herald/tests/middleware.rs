@@ -62,6 +62,8 @@ async fn breaker_opens_half_opens_and_closes_on_time() {
         .handler("cb.orders")
         .group("g")
         .concurrency(1)
+        // Its failures come back at once: the breaker alone spaces them.
+        .redeliver_at_once()
         .layer(breaker.clone())
         .layer(seen)
         .layer(FaultLayer::new().fail(4, ErrorCode::Unavailable))

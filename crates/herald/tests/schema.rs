@@ -63,15 +63,20 @@ impl ForTest for Message {
     }
 }
 
+/// `env`'s JSON passes the schema and decodes back to `env`.
+fn validates_and_round_trips(v: &jsonschema::Validator, env: &Envelope) {
+    let value: Value = serde_json::from_slice(&env.to_json().unwrap()).unwrap();
+    let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{value}: {errors:?}");
+    let back = Envelope::from_json(&env.to_json().unwrap()).unwrap();
+    assert_eq!(&back, env);
+}
+
 #[test]
 fn generated_envelopes_validate_and_round_trip() {
     let v = validator();
     for env in samples() {
-        let value: Value = serde_json::from_slice(&env.to_json().unwrap()).unwrap();
-        let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{value}: {errors:?}");
-        let back = Envelope::from_json(&env.to_json().unwrap()).unwrap();
-        assert_eq!(back, env);
+        validates_and_round_trips(&v, &env);
     }
 }
 
@@ -224,4 +229,50 @@ fn garbage_never_panics_the_decoder() {
     let limits = herald::Limits::default();
     let err = Envelope::from_json_with(env.to_string().as_bytes(), &limits).unwrap_err();
     assert_eq!(err.code(), herald::ErrorCode::Backpressure);
+}
+
+/// Issue 22 item 14: the schema and the decoder agree on the envelopes of a
+/// command and its response as they do on events; both come from a real
+/// call, not built by hand.
+#[tokio::test]
+async fn command_and_response_envelopes_validate_and_round_trip() {
+    let bus = herald::Bus::memory();
+    let (seen, mut commands) = tokio::sync::mpsc::unbounded_channel();
+    bus.handle_command("math.double", move |req| {
+        let seen = seen.clone();
+        async move {
+            let n: u64 = req.decode()?;
+            seen.send(req).expect("the test holds the receiver");
+            Payload::json(&(n * 2))
+        }
+    })
+    .unwrap();
+    let response = bus
+        .call(Message::json("math.double", &21).unwrap().key("k-1"))
+        .await
+        .unwrap();
+    let command = commands.recv().await.expect("the handler saw the command");
+    assert_eq!(command.kind(), herald::Kind::Command);
+    assert_eq!(response.kind(), herald::Kind::Response);
+    assert_eq!(response.causation_id(), Some(command.id()));
+    let v = validator();
+    for env in [command, response] {
+        validates_and_round_trips(&v, &env);
+    }
+}
+
+/// Issue 22 item 14: the tolerant reader of DESIGN.md: an envelope from a
+/// newer producer, with top-level fields this version does not know, is
+/// read as the fields it does know, by the decoder and the schema alike.
+#[test]
+fn unknown_top_level_fields_are_read_past() {
+    let mut newer = good();
+    let extra = newer.as_object_mut().unwrap();
+    extra.insert("tenant".into(), json!("acme"));
+    extra.insert("routing".into(), json!({"region": "eu", "hops": [1, 2]}));
+    extra.insert("x_flag".into(), json!(null));
+    assert!(validator().is_valid(&newer));
+    let read = Envelope::from_json(newer.to_string().as_bytes()).unwrap();
+    let known = Envelope::from_json(good().to_string().as_bytes()).unwrap();
+    assert_eq!(read, known);
 }

@@ -14,6 +14,9 @@
 //!   items and `herald::config`, never through another module; each has
 //!   the same layout (`conn` → `log` → `tail`, `group` → `dead_letters` →
 //!   `inspect` → `transport`, `store`) and no import circle.
+//! - Every builder's `start` says what a start means in the same words,
+//!   which point at `StartPosition` (issue 22 item 19: one said "where to
+//!   start", another "where a new group starts").
 //!
 //! Code inside `#[cfg(test)]` modules and comments is not an import.
 
@@ -585,4 +588,40 @@ fn the_architecture_map_names_only_what_exists() {
         gone.is_empty(),
         "ARCHITECTURE.md names what the code no longer has: {gone:?}"
     );
+}
+
+/// The line every `start(StartPosition)` builder's doc opens with.
+const START_DOC: &str =
+    "/// Where to start reading, as [`StartPosition`] says: an existing group keeps its position.";
+
+#[test]
+fn every_start_builder_says_what_a_start_means_in_the_same_words() {
+    let mut files = Vec::new();
+    rust_files(&workspace().join("crates"), &mut files);
+    let mut builders = 0;
+    for file in files {
+        let text = read(&file);
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if !(line.starts_with("pub fn start(") && line.contains("start: StartPosition")) {
+                continue;
+            }
+            builders += 1;
+            let doc: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .take_while(|l| l.starts_with("///"))
+                .collect();
+            assert_eq!(
+                doc.last().copied(),
+                Some(START_DOC),
+                "{}:{}: a `start` builder's doc opens with another line than START_DOC",
+                file.display(),
+                i + 1
+            );
+        }
+    }
+    assert!(builders >= 4, "found {builders} `start` builders");
 }

@@ -52,4 +52,25 @@ async fn publish_handle_and_settle_spans_name_the_trace() {
         );
     }
     assert!(text.contains("outcome=Acked"), "{text}");
+    // Issue 22 item 6: what a log line about a message needs to be found
+    // by, beside the trace: its correlation and causation, topic, seq and
+    // group.
+    let handle = text
+        .lines()
+        .find(|l| l.contains("herald.handle"))
+        .expect("a handle span");
+    for field in [
+        "correlation_id=",
+        "message_id=",
+        "topic=jobs.run",
+        "seq=1",
+        "group=workers",
+    ] {
+        assert!(handle.contains(field), "{field} in: {handle}");
+    }
+    let publish = text
+        .lines()
+        .find(|l| l.contains("herald.publish"))
+        .expect("a publish span");
+    assert!(publish.contains("correlation_id="), "{publish}");
 }

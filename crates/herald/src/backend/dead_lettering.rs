@@ -1,6 +1,7 @@
 //! Dead-lettering, the part every store shares: the writes a store has
-//! under way, how long its close and its listings wait for them, and how
-//! soon a message whose dead letter could not be written comes back.
+//! under way, how long its close and its listings wait for them, how soon
+//! a message whose dead letter could not be written comes back, and the
+//! warning a group's first give-up at `max_deliver` logs.
 //!
 //! The rule itself — write the dead letter, then settle the message; if the
 //! write fails, redeliver it — is the [`Queue`](crate::backend::queue::Queue)'s
@@ -65,6 +66,43 @@ impl DeadLetterWrites {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+}
+
+/// Groups [`gave_up_at_max_deliver`] has warned about, up to
+/// [`WARNED_GROUPS`] names (past that it warns no more).
+static WARNED: parking_lot::Mutex<Option<std::collections::HashSet<String>>> =
+    parking_lot::Mutex::new(None);
+
+/// The most group names [`gave_up_at_max_deliver`] remembers.
+pub const WARNED_GROUPS: usize = 10_000;
+
+/// A store gave up on an event of `group` (`None`: a group-less
+/// subscription) on `topic` because it had `max_deliver` attempts: logs it
+/// at warn the first time in this process for that group, since a default
+/// (`HERALD_MAX_DELIVER`, 5) dead-letters without anyone asking. Returns
+/// whether it logged.
+///
+/// ```
+/// use herald::backend::dead_lettering::gave_up_at_max_deliver;
+/// assert!(gave_up_at_max_deliver(Some("doc-billing"), "orders.placed", 5));
+/// assert!(!gave_up_at_max_deliver(Some("doc-billing"), "orders.placed", 5));
+/// ```
+pub fn gave_up_at_max_deliver(group: Option<&str>, topic: &str, max_deliver: u32) -> bool {
+    let name = group.unwrap_or_default();
+    {
+        let mut warned = WARNED.lock();
+        let warned = warned.get_or_insert_with(Default::default);
+        if warned.len() >= WARNED_GROUPS || !warned.insert(name.to_owned()) {
+            return false;
+        }
+    }
+    tracing::warn!(
+        group = name,
+        topic,
+        max_deliver,
+        "first event this group dead-letters for having max_deliver attempts (set HERALD_MAX_DELIVER, or .max_deliver(n) on the group, to change it)"
+    );
+    true
 }
 
 /// One dead-letter write under way (see [`DeadLetterWrites::start`]).

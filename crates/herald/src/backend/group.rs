@@ -20,6 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use crate::backend::dead_lettering::gave_up_at_max_deliver;
 use crate::backend::subscription::{StartPosition, SubscribeSpec};
 use crate::backend::transport::DeliveryState;
 use crate::model::dead_letter::FailureSource;
@@ -449,6 +450,7 @@ pub fn plan<'a>(
                     // Settled by this claim: the key's next is its first.
                     seen.remove(&f);
                 }
+                gave_up_at_max_deliver(spec.group.as_deref(), &row.topic, max_deliver);
                 dead.push(Doomed {
                     pos: row.pos,
                     attempt: l.attempt,
@@ -580,7 +582,15 @@ pub enum Change {
 /// What `settled` does to delivery `attempt` of an event, at `now_ms`:
 /// releases and deferrals do not count an attempt, a nack does (and
 /// dead-letters at `max_deliver`), a term dead-letters.
-pub fn change(settled: &Settled, attempt: i64, max_deliver: u32, now_ms: i64) -> Change {
+/// A give-up at `max_deliver` is logged for `group` on `topic` the first
+/// time ([`gave_up_at_max_deliver`]).
+pub fn change(
+    settled: &Settled,
+    attempt: i64,
+    max_deliver: u32,
+    now_ms: i64,
+    (group, topic): (&str, &str),
+) -> Change {
     let ms = |d: std::time::Duration| d.as_millis().min(i64::MAX as u128) as i64;
     match settled {
         Settled::Outcome(Outcome::Ack) => Change::Settle,
@@ -595,6 +605,7 @@ pub fn change(settled: &Settled, attempt: i64, max_deliver: u32, now_ms: i64) ->
             failed_ms: None,
         },
         Settled::Outcome(Outcome::Nack { reason, .. }) if attempt >= max_deliver as i64 => {
+            gave_up_at_max_deliver(Some(group), topic, max_deliver);
             Change::DeadLetter {
                 code: ErrorCode::Internal,
                 reason: format!(
@@ -876,7 +887,7 @@ mod tests {
             reason: Some("boom".into()),
         });
         assert_eq!(
-            change(&nack, 2, 5, 7),
+            change(&nack, 2, 5, 7, ("g", "t")),
             Change::Wait {
                 attempt: 2,
                 until_ms: 7,
@@ -884,13 +895,13 @@ mod tests {
             }
         );
         assert!(
-            matches!(change(&nack, 5, 5, 7), Change::DeadLetter { reason, .. } if reason.contains("boom"))
+            matches!(change(&nack, 5, 5, 7, ("g", "t")), Change::DeadLetter { reason, .. } if reason.contains("boom"))
         );
         let defer = Settled::Outcome(Outcome::Defer {
             delay: std::time::Duration::from_millis(10),
         });
         assert_eq!(
-            change(&defer, 2, 5, 7),
+            change(&defer, 2, 5, 7, ("g", "t")),
             Change::Wait {
                 attempt: 1,
                 until_ms: 17,
@@ -898,7 +909,7 @@ mod tests {
             }
         );
         assert_eq!(
-            change(&Settled::Outcome(Outcome::Ack), 1, 5, 0),
+            change(&Settled::Outcome(Outcome::Ack), 1, 5, 0, ("g", "t")),
             Change::Settle
         );
     }

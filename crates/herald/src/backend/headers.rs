@@ -78,8 +78,9 @@ pub const EXPIRES_AT: &str = "Herald-Expires-At";
 /// bytes (`application/octet-stream`) when absent and it is not.
 pub const CONTENT_TYPE: &str = "Content-Type";
 
-/// Content type of a body from a plain client that is not JSON.
-pub const OCTET_STREAM: &str = "application/octet-stream";
+/// Content type of a body from a plain client that is not JSON (the one a
+/// [`Payload::bytes`] message gets by default).
+pub use crate::model::payload::OCTET_STREAM;
 
 /// The header names one broker's messages carry the envelope's fields under,
 /// and the further names it reserves. [`HERALD`] is the `Herald-*` scheme.

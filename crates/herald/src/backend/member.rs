@@ -191,15 +191,16 @@ impl Claimers {
 }
 
 /// Which members of a group share a claimer: those that ask for the same
-/// events with the same lease.
+/// events with the same lease and attempts.
 fn share_key(spec: &SubscribeSpec) -> String {
     format!(
-        "{}\n{}\n{}\n{:?}\n{}",
+        "{}\n{}\n{}\n{:?}\n{}\n{:?}",
         spec.group.as_deref().unwrap_or_default(),
         patterns_text(spec),
         kind_bits(spec),
         spec.start,
-        spec.ack_wait.as_nanos()
+        spec.ack_wait.as_nanos(),
+        spec.max_deliver
     )
 }
 

@@ -27,7 +27,9 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_RETRY_DELAY};
+use crate::backend::dead_lettering::{
+    gave_up_at_max_deliver, DeadLetterWrites, DEAD_LETTER_RETRY_DELAY,
+};
 use crate::backend::subscription::{CloseHandle, SubscribeSpec, Subscription};
 use crate::backend::transport::DeliveryState;
 use crate::model::dead_letter::{DeadLetter, FailureSource};
@@ -576,7 +578,13 @@ impl Queue {
     ) -> Option<BoxFuture<'static, Result<()>>> {
         let locks = self.locks(envelope);
         let host = self.host.upgrade()?;
-        if envelope.attempt() >= host.max_deliver() {
+        let max_deliver = self.spec.max_deliver_or(host.max_deliver());
+        if envelope.attempt() >= max_deliver {
+            gave_up_at_max_deliver(
+                self.spec.group.as_deref(),
+                envelope.topic().as_str(),
+                max_deliver,
+            );
             let reason = format!(
                 "gave up after {} attempts: {}",
                 envelope.attempt(),

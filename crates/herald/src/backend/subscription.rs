@@ -96,6 +96,10 @@ pub struct SubscribeSpec {
     /// yet settled (what one claim may lease, and the prefetch). Group-less
     /// subscriptions have `buffer` instead.
     pub max_in_flight: usize,
+    /// This group's delivery attempts before an event is dead-lettered;
+    /// `None` keeps the store's (`HERALD_MAX_DELIVER`). See
+    /// [`max_deliver_or`](Self::max_deliver_or).
+    pub max_deliver: Option<u32>,
 }
 
 impl SubscribeSpec {
@@ -109,7 +113,14 @@ impl SubscribeSpec {
             kinds: KindFilter::DEFAULT,
             ack_wait: DEFAULT_ACK_WAIT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_deliver: None,
         }
+    }
+
+    /// The attempts this subscription's events get before they are
+    /// dead-lettered: its own `max_deliver`, else `store_default`.
+    pub fn max_deliver_or(&self, store_default: u32) -> u32 {
+        self.max_deliver.unwrap_or(store_default)
     }
 
     /// Whether an event on `topic` of `kind` is for this subscription.
@@ -118,7 +129,8 @@ impl SubscribeSpec {
     }
 
     /// What every transport refuses: no pattern, a start `seq` of 0, a
-    /// buffer outside 1–1,000,000, `max_in_flight` outside 1–10,000.
+    /// buffer outside 1–1,000,000, `max_in_flight` outside 1–10,000,
+    /// `max_deliver` outside 1–1,000.
     pub fn validate(&self) -> Result<()> {
         if self.patterns.is_empty() {
             return Err(Error::validation(
@@ -129,6 +141,10 @@ impl SubscribeSpec {
             return Err(Error::validation("start seq must be at least 1"));
         }
         crate::config::in_range("subscription buffer", self.buffer, 1, 1_000_000)?;
+        if let Some(n) = self.max_deliver {
+            let (low, high) = crate::config::delivery::MAX_DELIVER_RANGE;
+            crate::config::in_range("max_deliver", n, low, high)?;
+        }
         let (low, high) = MAX_IN_FLIGHT_RANGE;
         crate::config::in_range("max_in_flight", self.max_in_flight, low, high)
     }

@@ -86,7 +86,8 @@ impl Forwarder {
         self
     }
 
-    /// Where a new group starts (default: the earliest kept event).
+    /// Where to start reading, as [`StartPosition`] says: an existing group keeps its position.
+    /// Default: [`StartPosition::Earliest`].
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = start;
         self

@@ -65,7 +65,8 @@ pub struct HandlerBuilder {
     group: Option<String>,
     concurrency: usize,
     start: Option<StartPosition>,
-    retry: Option<RetryPolicy>,
+    retry: Option<Retries>,
+    max_deliver: Option<u32>,
     timeout: Option<Duration>,
     ack_wait: Option<Duration>,
     await_acks: bool,
@@ -139,6 +140,7 @@ impl Bus {
             concurrency: DEFAULT_CONCURRENCY,
             start: None,
             retry: None,
+            max_deliver: None,
             timeout: None,
             ack_wait: None,
             await_acks: true,
@@ -161,7 +163,8 @@ impl HandlerBuilder {
         self
     }
 
-    /// Where a new group starts (default from the bus's config).
+    /// Where to start reading, as [`StartPosition`] says: an existing group keeps its position.
+    /// Default: the bus's [`Config::start_position`](crate::Config::start_position).
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = Some(start);
         self
@@ -199,11 +202,50 @@ impl HandlerBuilder {
     }
 
     /// Retry retryable failures (and panics) by `policy`: redeliver after
-    /// the policy's backoff, and dead-letter once it gives up. Without a
-    /// policy a failure is redelivered at once, up to the transport's
-    /// `max_deliver` (keep the policy's attempts below it).
+    /// the policy's backoff, and dead-letter once it gives up (keep its
+    /// attempts below the store's `max_deliver`, which dead-letters first).
+    ///
+    /// Without one a handler retries by its bus's
+    /// [`handler_retry`](crate::BusBuilder::handler_retry), else by the
+    /// policy of the bus's [`Config`](crate::Config), which
+    /// `HERALD_MAX_RETRY_ATTEMPTS`, `HERALD_RETRY_BACKOFF_BASE` and
+    /// `HERALD_RETRY_MAX_DELAY` set (default: 3 retries, 1 s × 2ⁿ × jitter
+    /// in [0.5, 1.5], at most 60 s apart, then dead-letter).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::{retry::RetryPolicy, Bus};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = Bus::memory();
+    /// let policy = RetryPolicy::default().max_attempts(5).base(Duration::from_millis(200));
+    /// let handler = bus
+    ///     .handler("payments.>")
+    ///     .group("ledger")
+    ///     .retry(policy)
+    ///     .run(|_event| async { Ok(()) })
+    ///     .await?;
+    /// assert_eq!(handler.retry_policy(), Some(policy));
+    /// # Ok(()) }
+    /// ```
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
+        self.retry = Some(Retries::Backoff(policy));
+        self
+    }
+
+    /// Delivery attempts before the store dead-letters an event of this
+    /// handler's group, whatever the retry policy says (see
+    /// [`SubscribeRaw::max_deliver`](crate::SubscribeRaw::max_deliver)).
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = Some(n);
+        self
+    }
+
+    /// Redeliver a failed call at once, with no backoff, until the store's
+    /// `max_deliver` dead-letters it: the loop against a dependency that is
+    /// down which the default retry policy avoids. For handlers whose
+    /// failures clear by themselves, and tests.
+    pub fn redeliver_at_once(mut self) -> Self {
+        self.retry = Some(Retries::AtOnce);
         self
     }
 
@@ -274,8 +316,14 @@ impl HandlerBuilder {
             ));
         };
         crate::config::in_range("concurrency", self.concurrency, 1, 10_000)?;
-        let retry = self.retry.or(self.bus.inner.handlers.retry);
-        if let Some(policy) = &retry {
+        let retry = self
+            .retry
+            .or(self.bus.inner.handlers.retry.map(Retries::Backoff))
+            .unwrap_or_else(|| {
+                let policy = self.bus.inner.config.delivery_config().retry_policy();
+                Retries::Backoff(policy)
+            });
+        if let Retries::Backoff(policy) = &retry {
             policy.validate()?;
         }
         let mut layers = self.bus.inner.handlers.layers.clone();
@@ -292,6 +340,9 @@ impl HandlerBuilder {
         }
         if let Some(wait) = self.ack_wait {
             subscribe = subscribe.ack_wait(wait);
+        }
+        if let Some(n) = self.max_deliver {
+            subscribe = subscribe.max_deliver(n);
         }
         // Room for every call running and as many claimed ahead.
         let in_flight =
@@ -429,11 +480,21 @@ impl IntoEffects for Vec<Message> {
     }
 }
 
+/// What a handler does with a retryable failure.
+#[derive(Debug, Clone, Copy)]
+enum Retries {
+    /// Redeliver after the policy's backoff; dead-letter once it gives up.
+    Backoff(RetryPolicy),
+    /// Redeliver at once, up to the store's `max_deliver`
+    /// ([`HandlerBuilder::redeliver_at_once`]).
+    AtOnce,
+}
+
 /// One running handler's shared parts.
 struct Runtime {
     bus: Bus,
     chain: Arc<Chain>,
-    retry: Option<RetryPolicy>,
+    retry: Retries,
     /// Wait for each plain ack to be durable ([`HandlerBuilder::await_acks`]).
     await_acks: bool,
     observer: Option<Arc<dyn HandlerObserver>>,
@@ -463,6 +524,9 @@ impl Runtime {
             group = %self.chain.group,
             seq = env.seq(),
             attempt = env.attempt(),
+            message_id = %env.id(),
+            correlation_id = %env.correlation_id(),
+            causation_id = env.causation_id().map(tracing::field::display),
             trace_id = trace.map(|t| t.trace_id_hex()).as_deref(),
             parent_span_id = trace.map(|t| format!("{:016x}", t.span_id())).as_deref(),
             outcome = tracing::field::Empty,
@@ -605,7 +669,7 @@ impl Runtime {
     }
 
     fn retry_or_give_up(&self, env: &Envelope, e: Error) -> (Outcome, HandlerOutcome) {
-        let Some(policy) = self.retry else {
+        let Retries::Backoff(policy) = self.retry else {
             let outcome = Outcome::Nack {
                 delay: None,
                 reason: Some(e.to_string()),
@@ -692,6 +756,16 @@ pub struct HandlerReport {
 }
 
 impl Handler {
+    /// The policy this handler retries failures by, `None` when it
+    /// [redelivers at once](HandlerBuilder::redeliver_at_once). See
+    /// [`HandlerBuilder::retry`] for where the default comes from.
+    pub fn retry_policy(&self) -> Option<RetryPolicy> {
+        match self.runtime.retry {
+            Retries::Backoff(policy) => Some(policy),
+            Retries::AtOnce => None,
+        }
+    }
+
     /// Stop taking messages, let in-flight handlers finish within
     /// `deadline`, then stop the rest (their messages are redelivered, never
     /// acked unprocessed).

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::backend::subscription::{
     Filter, KindFilter, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
@@ -42,7 +43,7 @@ use crate::model::envelope::PublishedAt;
 use crate::model::envelope::{Envelope, Limits};
 use crate::model::error::{Error, Result};
 use crate::model::event::Event;
-use crate::model::message::Publish;
+use crate::model::message::{Publish, Receipt};
 use crate::model::topic::{Pattern, Topic};
 use crate::observe::instrument::Instruments;
 use crate::observe::metrics::Metrics;
@@ -128,18 +129,24 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A bus on a fresh in-memory transport with the default [`Config`].
+    /// A bus on a fresh in-memory transport, configured as [`Bus::new`] is.
     pub fn memory() -> Bus {
         Bus::new(MemoryTransport::default())
     }
 
-    /// A bus on `transport` with the default [`Config`].
+    /// A bus on `transport` with the [`Config`] the `HERALD_*` variables
+    /// give ([`Config::from_env`]: the defaults where none is set). A value
+    /// out of range is logged and the bus keeps every default instead;
+    /// [`Bus::builder`]'s `build` refuses it with `VALIDATION`.
     pub fn new(transport: impl IntoTransport) -> Bus {
-        Bus::from_parts(
-            transport.into_shared(),
-            Config::default(),
-            BusBuilder::default(),
-        )
+        let config = Config::from_env().unwrap_or_else(|e| {
+            tracing::error!(
+                error = %e,
+                "HERALD_* settings refused: this bus keeps the defaults (Bus::builder().build() fails instead)"
+            );
+            Config::default()
+        });
+        Bus::from_parts(transport.into_shared(), config, BusBuilder::default())
     }
 
     /// Configure a bus: its [`Config`] and transport.
@@ -221,8 +228,50 @@ impl Bus {
     /// nothing of the batch is published. A batch is appended atomically.
     /// Published inside a handler (a correlation [`Context`](crate::model::context::Context)),
     /// messages inherit its `correlation_id` and get `causation_id` = the
-    /// handled message's id.
+    /// handled message's id. To learn each message's id too, use
+    /// [`publish_receipts`](Bus::publish_receipts); to choose it,
+    /// [`Message::id`](crate::Message::id).
     pub async fn publish<I>(&self, items: I) -> Result<Vec<u64>>
+    where
+        I: IntoIterator,
+        I::Item: Publish,
+    {
+        self.publish_noting(items, false)
+            .await
+            .map(|(seqs, _)| seqs)
+    }
+
+    /// [`publish`](Bus::publish), answering each message's id beside its
+    /// `seq`, in order (as `herald serve` answers a publish).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// use futures_util::StreamExt;
+    /// use herald::{Bus, Message};
+    /// let bus = Bus::memory();
+    /// let mut sub = bus.subscribe_raw("orders.placed").await?;
+    /// let receipts = bus
+    ///     .publish_receipts([Message::json("orders.placed", &1)?, Message::json("orders.placed", &2)?])
+    ///     .await?;
+    /// assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    /// assert_eq!(sub.next().await.unwrap()?.id(), receipts[0].id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_receipts<I>(&self, items: I) -> Result<Vec<Receipt>>
+    where
+        I: IntoIterator,
+        I::Item: Publish,
+    {
+        let (seqs, ids) = self.publish_noting(items, true).await?;
+        Ok(ids
+            .into_iter()
+            .zip(seqs)
+            .map(|(id, seq)| Receipt { id, seq })
+            .collect())
+    }
+
+    /// Publish `items`; with `ids`, also answer their ids.
+    async fn publish_noting<I>(&self, items: I, ids: bool) -> Result<(Vec<u64>, Vec<Uuid>)>
     where
         I: IntoIterator,
         I::Item: Publish,
@@ -239,16 +288,23 @@ impl Bus {
                 envelope.published_at = now;
             }
         }
+        let ids = match ids {
+            true => batch.iter().map(Envelope::id).collect(),
+            false => Vec::new(),
+        };
         let span = match batch.first() {
             Some(first) => tracing::debug_span!(
                 "herald.publish",
                 topic = %first.topic(),
                 events = batch.len(),
+                correlation_id = %first.correlation_id(),
+                causation_id = first.causation_id().map(tracing::field::display),
                 trace_id = crate::model::traceparent::TraceParent::of(first).map(|t| t.trace_id_hex()).as_deref(),
             ),
             None => tracing::Span::none(),
         };
-        self.append(batch).instrument(span).await
+        let seqs = self.append(batch).instrument(span).await?;
+        Ok((seqs, ids))
     }
 
     /// The registry this bus records its own metrics in (see
@@ -516,7 +572,8 @@ impl BusBuilder {
         self
     }
 
-    /// Use `config` (default: [`Config::default`]).
+    /// Use `config` (default: [`Config::from_env`], the defaults where no
+    /// `HERALD_*` variable is set).
     pub fn config(mut self, config: Config) -> Self {
         self.config = Some(config);
         self
@@ -580,7 +637,10 @@ impl BusBuilder {
 
     /// Validate the configuration and build the bus.
     pub fn build(mut self) -> Result<Bus> {
-        let config = self.config.take().unwrap_or_default();
+        let config = match self.config.take() {
+            Some(config) => config,
+            None => Config::from_env()?,
+        };
         config.validate()?;
         if let Some(b) = &self.batching {
             b.validate()?;
@@ -630,7 +690,8 @@ impl SubscribeRaw {
         self
     }
 
-    /// Where to start (default from [`Config::start_position`]).
+    /// Where to start reading, as [`StartPosition`] says: an existing group keeps its position.
+    /// Default: [`Config::start_position`].
     pub fn start(mut self, start: StartPosition) -> Self {
         self.spec.start = start;
         self
@@ -671,6 +732,30 @@ impl SubscribeRaw {
             self.error.get_or_insert(e);
         }
         self.spec.max_in_flight = n;
+        self
+    }
+
+    /// Delivery attempts before this group dead-letters an event, 1–1,000
+    /// (default: the store's, `HERALD_MAX_DELIVER`, 5). The group's first
+    /// member sets it for the process; every store honours it.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use herald::{Bus, Message};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = Bus::memory();
+    /// let mut sub = bus.subscribe_raw("jobs.run").group("runner").max_deliver(1).await?;
+    /// bus.publish(Message::json("jobs.run", &1)?).await?;
+    /// sub.next().await.unwrap()?.nack().await?;
+    /// assert_eq!(bus.dead_letters().await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        let (low, high) = crate::config::delivery::MAX_DELIVER_RANGE;
+        if let Err(e) = crate::config::in_range("max_deliver", n, low, high) {
+            self.error.get_or_insert(e);
+        }
+        self.spec.max_deliver = Some(n);
         self
     }
 
@@ -729,7 +814,8 @@ impl<E: Event> Subscribe<E> {
         self.map_raw(|r| r.group(name))
     }
 
-    /// See [`SubscribeRaw::start`].
+    /// Where to start reading, as [`StartPosition`] says: an existing group keeps its position.
+    /// Default: [`Config::start_position`].
     pub fn start(self, start: StartPosition) -> Self {
         self.map_raw(|r| r.start(start))
     }
@@ -747,6 +833,11 @@ impl<E: Event> Subscribe<E> {
     /// See [`SubscribeRaw::max_in_flight`].
     pub fn max_in_flight(self, n: usize) -> Self {
         self.map_raw(|r| r.max_in_flight(n))
+    }
+
+    /// See [`SubscribeRaw::max_deliver`].
+    pub fn max_deliver(self, n: u32) -> Self {
+        self.map_raw(|r| r.max_deliver(n))
     }
 
     fn map_raw(mut self, f: impl FnOnce(SubscribeRaw) -> SubscribeRaw) -> Self {

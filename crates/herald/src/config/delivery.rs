@@ -29,6 +29,9 @@ pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Delivery attempts before an event is dead-lettered (`HERALD_MAX_DELIVER`).
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
 
+/// The allowed range of `max_deliver`, for a store and for one group.
+pub const MAX_DELIVER_RANGE: (u32, u32) = (1, 1000);
+
 /// How often a store looks for commits by other processes
 /// (`HERALD_POLL_INTERVAL`).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -181,7 +184,8 @@ impl DeliveryConfig {
             }
         }
         key("HERALD_ACK_WAIT").check(self.ack_wait.as_secs_f64(), 1.0, 3600.0)?;
-        key("HERALD_MAX_DELIVER").check(self.max_deliver, 1, 1000)?;
+        let (low, high) = MAX_DELIVER_RANGE;
+        key("HERALD_MAX_DELIVER").check(self.max_deliver, low, high)?;
         self.retry.validate()?;
         key("HERALD_CIRCUIT_BREAKER_THRESHOLD").check(self.breaker_threshold, 1, 100)?;
         key("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT").check(

@@ -76,6 +76,12 @@ pub fn set_file_values(
     LAYERS.write().file = Some((path.into(), values.into_iter().collect()));
 }
 
+/// The path of the configuration file installed by [`set_file_values`], if
+/// any.
+pub fn file_path() -> Option<String> {
+    LAYERS.read().file.as_ref().map(|(path, _)| path.clone())
+}
+
 /// Install command-line flags' values above the environment (a program's
 /// `--store` over `HERALD_STORE`, say).
 pub fn set_command_line(values: impl IntoIterator<Item = (String, String)>) {

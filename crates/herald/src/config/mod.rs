@@ -23,8 +23,8 @@ pub use delivery::{
     DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL,
 };
 pub use keys::{
-    env, env_parse, origin, set_command_line, set_defaults, set_file_values, spec, KeySpec, Origin,
-    KEYS,
+    env, env_parse, file_path, origin, set_command_line, set_defaults, set_file_values, spec,
+    KeySpec, Origin, KEYS,
 };
 pub use retry::RetryPolicy;
 
@@ -196,7 +196,8 @@ impl Config {
         self.subscription_buffer = n;
         self
     }
-    /// Default start position of new subscriptions.
+    /// The start of a subscription, handler or group that does not choose
+    /// its own (see [`StartPosition`] for when a start applies).
     pub fn start_position(mut self, start: StartPosition) -> Self {
         self.start_position = start;
         self
@@ -288,6 +289,39 @@ pub fn in_range<T: PartialOrd + std::fmt::Display>(
 /// Seconds as a duration; negative, NaN or infinite values are refused.
 pub fn seconds(key: &str, v: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| invalid(key, v, "a non-negative number of seconds"))
+}
+
+/// `url` without its query parameter `name`, and that parameter's value:
+/// how a store URL carries what a store's own setting would
+/// (`postgres://h/db?schema=orders`, `nats://h:4222?prefix=orders`). The
+/// other parameters stay, for the driver.
+///
+/// ```
+/// use herald::config::take_url_param;
+/// let (url, schema) = take_url_param("postgres://h/db?sslmode=disable&schema=orders", "schema");
+/// assert_eq!((url.as_str(), schema.as_deref()), ("postgres://h/db?sslmode=disable", Some("orders")));
+/// assert_eq!(take_url_param("postgres://h/db", "schema"), ("postgres://h/db".to_owned(), None));
+/// ```
+pub fn take_url_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => !p.is_empty(),
+        })
+        .collect();
+    let url = match rest.is_empty() {
+        true => base.to_owned(),
+        false => format!("{base}?{}", rest.join("&")),
+    };
+    (url, value)
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.

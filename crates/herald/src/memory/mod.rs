@@ -18,7 +18,9 @@
 //!   publishers of the topics that queue follows.
 //! - **History.** The last [`MemoryConfig::history_size`] events of each topic
 //!   are retained, so a subscription can start at `Earliest`, a `seq` or a time
-//!   within that window.
+//!   within that window. A start at `Earliest` or a `seq` before it begins at
+//!   the oldest event kept, with a warning that says how many it skipped and
+//!   the `herald_start_skipped_total` counter.
 //! - **Groups.** Members of a group pull from one shared queue. An event with a
 //!   `key` locks its (topic, key) flow until it is settled, so the next event
 //!   of that key goes to whichever member is free, only after the previous one
@@ -57,6 +59,8 @@ use crate::model::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::model::envelope::Envelope;
 use crate::model::error::{Error, ErrorCode, Result};
 use crate::model::topic::Topic;
+use crate::observe::instrument::START_SKIPPED;
+use crate::observe::metrics::Metrics;
 
 use crate::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
 use crate::backend::queue::{self, Queue, QueueHost};
@@ -135,7 +139,11 @@ impl MemoryConfig {
         Ok(())
     }
 
-    /// Events retained per topic for late subscribers, 0–1,000,000.
+    /// Events retained per topic for late subscribers, 0–1,000,000
+    /// (default 1,000): a subscription starting at
+    /// [`Earliest`](StartPosition::Earliest) gets the last this many. It
+    /// logs a warning with the count of the older events it skipped, and
+    /// adds them to [`START_SKIPPED`](crate::instrument::START_SKIPPED).
     pub fn history_size(mut self, n: usize) -> Self {
         self.history_size = n;
         self
@@ -149,11 +157,6 @@ impl MemoryConfig {
     /// fails with `BACKPRESSURE` (the delivery settings' timeout).
     pub fn publish_timeout(mut self, d: Duration) -> Self {
         self.delivery = self.delivery.timeout(d);
-        self
-    }
-    /// Delivery attempts before an event is dead-lettered, 1–1000.
-    pub fn max_deliver(mut self, n: u32) -> Self {
-        self.delivery = self.delivery.max_deliver(n);
         self
     }
     /// How long an idempotency key is remembered, 0 (off) – 7 days.
@@ -215,6 +218,7 @@ impl MemoryTransport {
                 dead: Mutex::new(DeadStore::default()),
                 dead_letter_writes: DeadLetterWrites::default(),
                 closed: AtomicBool::new(false),
+                metrics: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -232,6 +236,9 @@ pub(crate) struct Shared {
     dead: Mutex<DeadStore>,
     dead_letter_writes: DeadLetterWrites,
     closed: AtomicBool,
+    /// The registry of the first instrumented bus built on this store,
+    /// where starts past the history count what they skipped.
+    metrics: std::sync::OnceLock<Metrics>,
 }
 
 #[derive(Default)]
@@ -446,6 +453,7 @@ impl Shared {
         let topics = self.topics.read();
         for ts in topics.values().filter(|t| queue.follows(&t.name)) {
             let mut inner = ts.inner.lock();
+            self.count_skipped(&ts.name, &inner, start);
             let replay: Vec<Arc<Envelope>> = match start {
                 StartPosition::Latest => Vec::new(),
                 StartPosition::Earliest => inner.history.iter().cloned().collect(),
@@ -467,6 +475,38 @@ impl Shared {
             subs.push(queue.clone());
             inner.subs = subs.into();
             inner.version += 1;
+        }
+    }
+
+    /// Log and count the events a start at `Earliest` or a `seq` asked for
+    /// that `topic` no longer keeps (DESIGN.md §4.5: the memory store keeps
+    /// the last `history_size`). A start at a time cannot tell how many of
+    /// the events it lost were as late as the time, so counts nothing.
+    fn count_skipped(&self, topic: &Topic, inner: &TopicInner, start: StartPosition) {
+        let first_kept = inner
+            .history
+            .front()
+            .and_then(|e| e.seq())
+            .unwrap_or(inner.last_seq + 1);
+        let skipped = match start {
+            StartPosition::Earliest => first_kept - 1,
+            StartPosition::Seq(from) => first_kept.saturating_sub(from.max(1)),
+            StartPosition::Latest | StartPosition::Time(_) => 0,
+        };
+        if skipped == 0 {
+            return;
+        }
+        tracing::warn!(
+            topic = topic.as_str(),
+            skipped,
+            first_kept,
+            history_size = self.config.history_size,
+            "a subscription starts past events the memory store no longer keeps"
+        );
+        if let Some(metrics) = self.metrics.get() {
+            metrics
+                .counter(START_SKIPPED, &[("topic", topic.as_str())])
+                .add(skipped);
         }
     }
 
@@ -798,6 +838,10 @@ impl Transport for MemoryTransport {
 
     fn features(&self) -> Features {
         Features::MEMORY
+    }
+
+    fn attach_metrics(&self, metrics: &Metrics) {
+        let _ = self.shared.metrics.set(metrics.clone());
     }
 }
 

@@ -72,6 +72,32 @@ async fn history_keeps_only_the_newest_events() {
     assert_eq!(seqs, [8, 9, 10]);
 }
 
+// Issue 22 item 18: a start past the history began at its oldest event
+// without a word; it now counts what it skipped.
+#[tokio::test]
+async fn a_start_before_the_history_counts_the_events_it_skipped() {
+    let bus = bus(MemoryConfig::default().history_size(3));
+    let batch: Vec<Message> = (0..10).map(|_| msg("t")).collect();
+    bus.publish(batch).await.unwrap();
+    let skipped = || {
+        bus.metrics()
+            .counters()
+            .into_iter()
+            .find(|c| c.name() == START_SKIPPED)
+            .map(|c| (c.labels().to_vec(), c.get()))
+    };
+    let kept = |start| bus.subscribe_raw("t").start(start);
+    let _latest = kept(StartPosition::Latest).await.unwrap();
+    let _within = kept(StartPosition::Seq(8)).await.unwrap();
+    assert_eq!(skipped(), None);
+    let mut earliest = kept(StartPosition::Earliest).await.unwrap();
+    assert_eq!(earliest.next().await.unwrap().unwrap().seq(), Some(8));
+    let by_topic = vec![("topic".to_owned(), "t".to_owned())];
+    assert_eq!(skipped(), Some((by_topic.clone(), 7)));
+    let _from_five = kept(StartPosition::Seq(5)).await.unwrap();
+    assert_eq!(skipped(), Some((by_topic, 10)));
+}
+
 #[tokio::test]
 async fn a_zero_dedupe_window_turns_dedupe_off() {
     let bus = bus(MemoryConfig::default().dedupe_window(Duration::ZERO));
@@ -145,7 +171,10 @@ fn every_setting_is_range_checked_by_name() {
             MemoryConfig::default().publish_timeout(Duration::ZERO),
             "HERALD_TIMEOUT_SECONDS",
         ),
-        (MemoryConfig::default().max_deliver(0), "HERALD_MAX_DELIVER"),
+        (
+            MemoryConfig::default().delivery(DeliveryConfig::default().max_deliver(0)),
+            "HERALD_MAX_DELIVER",
+        ),
         (
             MemoryConfig::default().dead_letter_capacity(0),
             "dead_letter_capacity",
@@ -186,7 +215,8 @@ async fn ack_wait_out_of_range_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn a_delivery_held_past_max_deliver_ack_waits_is_dead_lettered() {
-    let bus = bus(MemoryConfig::default().max_deliver(2));
+    let delivery = DeliveryConfig::default().max_deliver(2);
+    let bus = bus(MemoryConfig::default().delivery(delivery));
     let mut sub = bus
         .subscribe_raw("t")
         .ack_wait(Duration::from_secs(1))

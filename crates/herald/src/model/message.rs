@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::model::context::Context;
 use crate::model::envelope::{check_text, is_json_content_type, Envelope, Kind, Priority};
 use crate::model::error::Result;
-use crate::model::payload::{Payload, JSON_CONTENT_TYPE};
+use crate::model::payload::{Payload, JSON_CONTENT_TYPE, OCTET_STREAM};
 use crate::model::topic::Topic;
 
 /// An outgoing message: a topic, a payload and optional fields.
@@ -143,7 +143,26 @@ impl Message {
         self.headers.insert(name.into(), value.into());
         self
     }
-    /// Set the payload content type (default `application/json`).
+    /// Set the payload content type. The default follows the payload:
+    /// `application/json` for [`Payload::json`] and the other JSON
+    /// constructors, `application/octet-stream` for [`Payload::bytes`]. Bytes that
+    /// hold JSON text travel as JSON only under a JSON content type given
+    /// here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// use futures_util::StreamExt;
+    /// use herald::{Bus, Message, Payload};
+    /// let bus = Bus::memory();
+    /// let mut sub = bus.subscribe_raw("blobs.stored").await?;
+    /// bus.publish(Message::new("blobs.stored", Payload::bytes(vec![0u8, 0xff]))).await?;
+    /// bus.publish(Message::new("blobs.stored", Payload::bytes(&b"[1]"[..])).content_type("application/json")).await?;
+    /// let raw = sub.next().await.unwrap()?;
+    /// assert_eq!(raw.content_type(), "application/octet-stream");
+    /// let json = sub.next().await.unwrap()?;
+    /// assert_eq!(json.payload().decode::<Vec<u8>>()?, [1]);
+    /// # Ok(()) }
+    /// ```
     pub fn content_type(mut self, ct: impl Into<String>) -> Self {
         self.content_type = Some(ct.into());
         self
@@ -178,9 +197,11 @@ impl Message {
             .or(ctx.map(|c| c.correlation_id()))
             .unwrap_or(id);
         let causation_id = self.causation_id.or(ctx.and_then(|c| c.message_id()));
-        let content_type = match self.content_type {
-            Some(c) if c != JSON_CONTENT_TYPE => Cow::Owned(c),
-            _ => Cow::Borrowed(JSON_CONTENT_TYPE),
+        let content_type = match (self.content_type, &self.payload) {
+            (Some(c), _) if c == JSON_CONTENT_TYPE => Cow::Borrowed(JSON_CONTENT_TYPE),
+            (Some(c), _) => Cow::Owned(c),
+            (None, Payload::Json(_)) => Cow::Borrowed(JSON_CONTENT_TYPE),
+            (None, Payload::Bytes(_)) => Cow::Borrowed(OCTET_STREAM),
         };
         let payload = wire_form(self.payload, is_json_content_type(&content_type));
         Ok(Envelope {
@@ -233,6 +254,19 @@ impl IntoIterator for Message {
     fn into_iter(self) -> Self::IntoIter {
         std::iter::once(self)
     }
+}
+
+/// What publishing one message gave it: its id and its `seq` in its topic
+/// (see [`Bus::publish_receipts`](crate::Bus::publish_receipts)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    /// The message's id: the one it was given with
+    /// [`Message::id`], else a new UUIDv7.
+    pub id: Uuid,
+    /// Its `seq` in its topic. A duplicate (its idempotency key seen within
+    /// the dedupe window) was not appended: its receipt gives its own id
+    /// and the first one's `seq`.
+    pub seq: u64,
 }
 
 /// Anything `Bus::publish` accepts as one item: a [`Message`], an [`Envelope`]
@@ -297,23 +331,40 @@ mod tests {
     fn raw_bytes_under_a_json_content_type_must_be_json() {
         let src: Arc<str> = Arc::from("test");
         let limits = crate::Limits::default();
-        let envelope = |m: Message| m.into_envelope(&src).unwrap();
-        let bad = envelope(Message::new("a.b", Payload::bytes(&b"\x00\x01"[..])));
-        let err = bad.validate(&limits).unwrap_err();
+        let envelope = |b: &'static [u8]| {
+            Message::new("a.b", Payload::bytes(b))
+                .content_type(JSON_CONTENT_TYPE)
+                .into_envelope(&src)
+                .unwrap()
+        };
+        let err = envelope(b"\x00\x01").validate(&limits).unwrap_err();
         assert_eq!(err.code(), crate::ErrorCode::Validation, "{err}");
-        let json = envelope(Message::new("a.b", Payload::bytes(&b"{\"a\":1}"[..])));
-        json.validate(&limits).unwrap();
+        envelope(b"{\"a\":1}").validate(&limits).unwrap();
         // Found by fuzz/ (`ws_frame`): a JSON string of bytes that are not
         // UTF-8 passed this check, which skipped strings unread, and the
         // envelope then failed to encode (`INTERNAL` at the store).
-        let not_utf8 = envelope(Message::new("a.b", Payload::bytes(&b"\"\xff\""[..])));
-        let err = not_utf8.validate(&limits).unwrap_err();
+        let err = envelope(b"\"\xff\"").validate(&limits).unwrap_err();
         assert_eq!(err.code(), crate::ErrorCode::Validation, "{err}");
-        let raw = envelope(
-            Message::new("a.b", Payload::bytes(&b"\x00"[..]))
-                .content_type("application/octet-stream"),
-        );
-        raw.validate(&limits).unwrap();
+    }
+
+    // Issue 22 item 20: bytes without a content type were JSON's, so any
+    // bytes that were not JSON failed to publish with `VALIDATION`.
+    #[test]
+    fn raw_bytes_are_octet_stream_unless_told_otherwise() {
+        let src: Arc<str> = Arc::from("test");
+        for bytes in [&b"\x00\xff"[..], b"{\"a\":1}", b""] {
+            let env = Message::new("a.b", Payload::bytes(bytes))
+                .into_envelope(&src)
+                .unwrap();
+            env.validate(&crate::Limits::default()).unwrap();
+            assert_eq!(env.content_type(), OCTET_STREAM);
+            assert_eq!(env.payload(), &Payload::bytes(bytes));
+        }
+        let json = Message::json("a.b", &1)
+            .unwrap()
+            .into_envelope(&src)
+            .unwrap();
+        assert_eq!(json.content_type(), JSON_CONTENT_TYPE);
     }
 
     #[test]
@@ -355,7 +406,7 @@ mod tests {
         );
         let text = stored(raw(Payload::json(&serde_json::json!({"a": 1})).unwrap()));
         assert_eq!(text.payload(), &Payload::bytes(&b"{\"a\":1}"[..]));
-        let json = |p: Payload| stored(Message::new("a.b", p));
+        let json = |p: Payload| stored(Message::new("a.b", p).content_type(JSON_CONTENT_TYPE));
         assert_eq!(json(Payload::bytes(Vec::new())).payload(), &Payload::null());
         assert_eq!(
             json(Payload::bytes(&b" [1, 2] "[..])).payload(),

@@ -17,8 +17,11 @@ use serde_json::value::RawValue;
 
 use crate::model::error::{Error, Result};
 
-/// The default content type of a payload.
+/// The default content type of a JSON payload.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// The default content type of a [`Payload::bytes`] payload.
+pub const OCTET_STREAM: &str = "application/octet-stream";
 
 /// A message body: JSON (default) or raw bytes. Cheap to clone.
 ///
@@ -62,7 +65,9 @@ impl Payload {
         Ok(Payload::Json(Arc::from(raw)))
     }
 
-    /// Raw bytes.
+    /// Raw bytes. A message carrying them is `application/octet-stream`
+    /// unless [`Message::content_type`](crate::Message::content_type) says
+    /// otherwise.
     pub fn bytes(bytes: impl Into<Bytes>) -> Self {
         Payload::Bytes(bytes.into())
     }

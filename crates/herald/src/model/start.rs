@@ -7,12 +7,20 @@ use chrono::{DateTime, Utc};
 
 use crate::model::envelope::Envelope;
 
-/// Where a new subscription (or a new durable group) starts reading. A
-/// durable group's start is fixed when the group is made, and kept across
-/// closes and restarts (DESIGN.md §4.5).
+/// Where a subscription starts reading. A group-less subscription starts
+/// here each time it opens. A group starts here once, when it is made: an
+/// existing group resumes where it left off, whatever start a member opening
+/// it asks for, across closes and, on a durable store, restarts (DESIGN.md
+/// §4.5). Every builder's `start` (of a subscription, a handler, a
+/// forwarder) means this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartPosition {
-    /// From the oldest event the transport retains.
+    /// From the oldest event the store keeps: all of them on SQLite and
+    /// PostgreSQL until retention deletes them, within the stream's or
+    /// topic's retention on NATS and Kafka, and only the last
+    /// [`history_size`](crate::memory::MemoryConfig::history_size) (default
+    /// 1,000) on the memory store, which logs a warning and counts the
+    /// older events it skipped.
     Earliest,
     /// Only events published after the subscription opens (the default);
     /// for a durable group, every event published after the group was made,

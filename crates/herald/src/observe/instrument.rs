@@ -17,6 +17,7 @@
 //! | [`HANDLER_CALLS`] | counter, `outcome` | handler calls by outcome: `acked`, `retried`, `dead_lettered`, `deferred` |
 //! | [`DEAD_LETTERS`] | counter | events this process's handlers dead-lettered |
 //! | [`CONSUMER_LAG`] | gauge, `group`, `topic` | a handler group's distance behind a topic's last `seq`, refreshed at most once a second while it handles |
+//! | [`START_SKIPPED`] | counter, `topic` | events a subscription's start asked for that the memory store no longer kept (it keeps the last `history_size` of a topic) |
 //! | [`BREAKER_STATE`] | gauge, `breaker` | 0 closed, 1 half-open, 2 open: the publish breaker, and any breaker [exported](crate::runtime::breaker::CircuitBreaker::export) |
 
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub const HANDLER_CALLS: &str = "herald_handler_calls_total";
 pub const DEAD_LETTERS: &str = "herald_dead_letters_total";
 /// A group's events behind a topic's last `seq`, by `group` and `topic`.
 pub const CONSUMER_LAG: &str = "herald_consumer_lag";
+/// Events a start at `Earliest` or a `seq` asked for that the memory store
+/// no longer kept, by `topic`.
+pub const START_SKIPPED: &str = "herald_start_skipped_total";
 /// A circuit breaker's state by `breaker`: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "herald_circuit_breaker_state";
 
