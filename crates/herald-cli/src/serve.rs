@@ -20,7 +20,8 @@ use herald_server::{config, ServerConfig};
   herald serve --store nats://127.0.0.1:4222 --listen 0.0.0.0:7070 --config herald.toml
   herald serve --print-config                   # every setting, its value and origin (also: herald config)")]
 pub struct Args {
-    /// The TOML configuration file (default: ./herald.toml when it exists).
+    /// The TOML configuration file (default: the one HERALD_CONFIG names,
+    /// else ./herald.toml when it exists).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// The store URL (HERALD_STORE): sqlite://PATH, postgres://…, nats://…, memory://.
@@ -37,10 +38,15 @@ pub struct Args {
 /// Install the settings' layers; see the module.
 pub fn configure(args: &Args) -> Result<()> {
     herald::config::set_defaults([("HERALD_STORE".to_owned(), config::DEFAULT_STORE.to_owned())]);
-    let file = args.config.clone().or_else(|| {
-        let default = PathBuf::from("herald.toml");
-        default.exists().then_some(default)
-    });
+    let named = std::env::var_os(herald_store::file::CONFIG_FILE_KEY).filter(|p| !p.is_empty());
+    let file = args
+        .config
+        .clone()
+        .or(named.map(PathBuf::from))
+        .or_else(|| {
+            let default = PathBuf::from("herald.toml");
+            default.exists().then_some(default)
+        });
     if let Some(path) = file {
         config::load_file(&path)?;
     }

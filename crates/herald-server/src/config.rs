@@ -373,73 +373,16 @@ fn list(v: &str) -> Vec<String> {
 }
 
 /// Read `path` (TOML) and install its values beneath the environment, so
-/// every `from_env` sees them. A key herald does not know, or a value that
-/// is not a string, number or boolean, is a `VALIDATION` error naming it.
+/// every `from_env` sees them ([`herald_store::file::load`] with every key
+/// `herald serve` reads).
 pub fn load_file(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        invalid(
-            "--config",
-            path.display(),
-            &format!("a readable TOML file ({e})"),
-        )
-    })?;
-    let values = flatten(&text)
-        .map_err(|e| herald::Error::validation(format!("{}: {}", path.display(), e.message())))?;
-    herald::config::set_file_values(path.display().to_string(), values);
-    Ok(())
+    herald_store::file::load(path, &keys())
 }
 
-/// `herald.toml` text as `HERALD_*` keys and their values.
+/// `herald.toml` text as `HERALD_*` keys and their values (see
+/// [`herald_store::file::flatten`]).
 pub fn flatten(text: &str) -> Result<Vec<(String, String)>> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| herald::Error::validation(format!("not TOML: {e}")))?;
-    let mut out = Vec::new();
-    for (name, value) in &table {
-        if name == "tokens" {
-            let json = serde_json::to_string(value)
-                .map_err(|e| herald::Error::validation(format!("tokens: {e}")))?;
-            out.push(("HERALD_TOKENS".to_owned(), json));
-            continue;
-        }
-        match value {
-            toml::Value::Table(inner) => {
-                for (k, v) in inner {
-                    out.push((key_of(&format!("{name}_{k}"))?, scalar(name, k, v)?));
-                }
-            }
-            v => out.push((key_of(name)?, scalar("", name, v)?)),
-        }
-    }
-    Ok(out)
-}
-
-fn key_of(name: &str) -> Result<String> {
-    let key = format!("HERALD_{}", name.to_ascii_uppercase().replace('-', "_"));
-    if keys().iter().any(|k| k.key == key) {
-        Ok(key)
-    } else {
-        Err(herald::Error::validation(format!(
-            "unknown setting `{name}` ({key}); `herald serve --print-config` lists them"
-        )))
-    }
-}
-
-fn scalar(table: &str, name: &str, v: &toml::Value) -> Result<String> {
-    match v {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        _ => Err(herald::Error::validation(format!(
-            "setting `{}{name}` must be a string, number or boolean",
-            if table.is_empty() {
-                String::new()
-            } else {
-                format!("{table}.")
-            }
-        ))),
-    }
+    herald_store::file::flatten(text, &keys())
 }
 
 /// Each key's effective value (secrets hidden) and its origin, one per
@@ -472,13 +415,10 @@ mod tests {
     use herald::ErrorCode;
 
     #[test]
-    fn the_file_flattens_to_herald_keys() {
+    fn the_servers_own_keys_and_its_tokens_flatten_too() {
         let v = flatten(
             r#"
-            store = "postgres://h/db"
             max_connections = 5
-            [sqlite]
-            synchronous = "normal"
             [[tokens]]
             name = "ci"
             sha256 = "00"
@@ -487,9 +427,7 @@ mod tests {
         )
         .unwrap();
         let get = |k: &str| v.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        assert_eq!(get("HERALD_STORE").as_deref(), Some("postgres://h/db"));
         assert_eq!(get("HERALD_MAX_CONNECTIONS").as_deref(), Some("5"));
-        assert_eq!(get("HERALD_SQLITE_SYNCHRONOUS").as_deref(), Some("normal"));
         let tokens: Vec<Grant> = serde_json::from_str(&get("HERALD_TOKENS").unwrap()).unwrap();
         assert_eq!(tokens[0].publish, vec!["a.>".to_owned()]);
     }
@@ -499,12 +437,6 @@ mod tests {
         let e = flatten("max_conections = 5").unwrap_err();
         assert_eq!(e.code(), ErrorCode::Validation);
         assert!(e.to_string().contains("max_conections"), "{e}");
-        assert_eq!(
-            flatten("store = ").unwrap_err().code(),
-            ErrorCode::Validation
-        );
-        let e = flatten("store = [1, 2]").unwrap_err();
-        assert!(e.to_string().contains("store"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod file;
+
+use std::path::Path;
 use std::sync::Arc;
 
 use herald::config::{DeliveryConfig, KeySpec};
@@ -31,6 +34,7 @@ use herald::{Bus, Config, Error, Result};
 #[rustfmt::skip]
 pub const KEYS: &[KeySpec] = &[
     KeySpec { key: "HERALD_STORE", default: DEFAULT_STORE, allowed: "memory://, sqlite://PATH, postgres://…, nats://… (several comma-separated), kafka://HOST:PORT[,HOST:PORT…]", doc: "the store a service runs on" },
+    KeySpec { key: file::CONFIG_FILE_KEY, default: "none", allowed: "a herald.toml path (environment only)", doc: "the configuration file bus_from_env and Store::from_env load" },
 ];
 
 /// Every key a service built with these features reads: herald's own (the
@@ -97,6 +101,7 @@ impl Store {
     /// An unknown scheme, or one whose feature is off, is a `VALIDATION`
     /// error naming `HERALD_STORE`.
     pub async fn from_env() -> Result<Store> {
+        load_named_file()?;
         Store::open_config(StoreConfig::from_env()?).await
     }
 
@@ -124,6 +129,8 @@ impl Store {
     }
 
     /// Open the store at `url` with every other setting at its default.
+    /// The URL may carry the store's namespace: `postgres://…?schema=orders`,
+    /// `nats://…?prefix=orders`, `kafka://…?environment=orders`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
@@ -132,36 +139,12 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub async fn open(url: &str) -> Result<Store> {
-        match scheme(url)? {
-            "memory" => Ok(Store::Memory(Default::default())),
-            #[cfg(feature = "sqlite")]
-            "sqlite" => {
-                let path = url.strip_prefix("sqlite://").unwrap_or_default();
-                let config = herald_sqlite::SqliteConfig::new(path);
-                config.validate()?;
-                Ok(Store::Sqlite(
-                    herald_sqlite::SqliteStore::open(config).await?,
-                ))
-            }
-            #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
-                let config = herald_postgres::PgConfig::new(url);
-                Ok(Store::Postgres(
-                    herald_postgres::PgStore::open(config).await?,
-                ))
-            }
-            #[cfg(feature = "nats")]
-            "nats" | "tls" | "ws" | "wss" => {
-                let config = herald_nats::NatsConfig::new(url);
-                Ok(Store::Nats(herald_nats::NatsStore::open(config).await?))
-            }
-            #[cfg(feature = "kafka")]
-            "kafka" => {
-                let config = herald_kafka::KafkaConfig::new(kafka_servers(url));
-                Ok(Store::Kafka(herald_kafka::KafkaStore::open(config).await?))
-            }
-            other => Err(unsupported(url, other)),
-        }
+        Store::open_with(url, StoreOptions::default()).await
+    }
+
+    /// Open the store at `url` with `options`; see [`StoreConfig::from_url`].
+    pub async fn open_with(url: &str, options: StoreOptions) -> Result<Store> {
+        Store::open_config(StoreConfig::from_url(url, options)?).await
     }
 
     /// The backend's name: `memory`, `sqlite`, `postgres`, `nats` or `kafka`.
@@ -252,6 +235,92 @@ pub enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// The settings of the store at `url`, the rest at their defaults
+    /// (not the environment's), validated, without connecting. The
+    /// namespace comes from `options`, else from the URL's own parameter:
+    /// a PostgreSQL schema (`?schema=`), a NATS subject prefix (`?prefix=`),
+    /// a Kafka environment (`?environment=`, its topics' prefix). The
+    /// memory and SQLite stores have none (a SQLite store is its file), so
+    /// a namespace for them is a `VALIDATION` error.
+    ///
+    /// ```
+    /// use herald_store::{StoreConfig, StoreOptions};
+    /// let StoreConfig::Postgres(pg) = StoreConfig::from_url("postgres://h/db?schema=orders", StoreOptions::default()).unwrap() else { panic!() };
+    /// assert_eq!(pg.schema_name(), "orders");
+    /// let StoreConfig::Nats(nats) = StoreConfig::from_url("nats://h:4222", StoreOptions::default().namespace("billing")).unwrap() else { panic!() };
+    /// assert_eq!(nats.subject_prefix(), "billing");
+    /// ```
+    pub fn from_url(url: &str, options: StoreOptions) -> Result<StoreConfig> {
+        let StoreOptions {
+            namespace,
+            delivery,
+        } = options;
+        let delivery = delivery.unwrap_or_default();
+        let none_for = |store: &str| match &namespace {
+            Some(ns) => Err(herald::config::invalid(
+                "namespace",
+                ns,
+                &format!("none: a {store} store has no namespace"),
+            )),
+            None => Ok(()),
+        };
+        let config = match scheme(url)? {
+            "memory" => {
+                none_for("memory")?;
+                StoreConfig::Memory(herald::memory::MemoryConfig::default().delivery(delivery))
+            }
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                none_for("SQLite")?;
+                let path = url.strip_prefix("sqlite://").unwrap_or_default();
+                StoreConfig::Sqlite(herald_sqlite::SqliteConfig::new(path).delivery(delivery))
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                let mut c = herald_postgres::PgConfig::new(url).delivery(delivery);
+                if let Some(ns) = namespace {
+                    c = c.schema(ns);
+                }
+                StoreConfig::Postgres(c)
+            }
+            #[cfg(feature = "nats")]
+            "nats" | "tls" | "ws" | "wss" => {
+                let mut c = herald_nats::NatsConfig::new(url).delivery(delivery);
+                if let Some(ns) = namespace {
+                    c = c.prefix(ns);
+                }
+                StoreConfig::Nats(c)
+            }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let (servers, environment) = kafka_servers(url);
+                let mut c = herald_kafka::KafkaConfig::new(servers).delivery(delivery);
+                if let Some(ns) = namespace.or(environment) {
+                    c = c.environment(ns);
+                }
+                StoreConfig::Kafka(c)
+            }
+            other => return Err(unsupported(url, other)),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every setting against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            StoreConfig::Memory(c) => c.validate(),
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(c) => c.validate(),
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(c) => c.validate(),
+            #[cfg(feature = "nats")]
+            StoreConfig::Nats(c) => c.validate(),
+            #[cfg(feature = "kafka")]
+            StoreConfig::Kafka(c) => c.validate(),
+        }
+    }
+
     /// Read the settings of the store `HERALD_STORE` names (default
     /// [`DEFAULT_STORE`]) from its `HERALD_*` keys and validate them,
     /// without connecting to anything. A bad value is a `VALIDATION` error
@@ -283,12 +352,13 @@ impl StoreConfig {
             )),
             #[cfg(feature = "kafka")]
             "kafka" => {
-                let servers = kafka_servers(&url).to_owned();
-                let lookup = move |key: &str| {
-                    herald::config::env(key).or_else(|| {
+                let (servers, environment) = kafka_servers(&url);
+                let lookup = move |key: &str| match key {
+                    "HERALD_ENVIRONMENT" if environment.is_some() => environment.clone(),
+                    _ => herald::config::env(key).or_else(|| {
                         (key == "HERALD_KAFKA_BOOTSTRAP_SERVERS" && !servers.is_empty())
                             .then(|| servers.clone())
-                    })
+                    }),
                 };
                 let config = herald_kafka::KafkaConfig::from_lookup_with(&lookup, delivery)?;
                 Ok(StoreConfig::Kafka(config))
@@ -298,12 +368,75 @@ impl StoreConfig {
     }
 }
 
+/// What [`Store::open_with`] is given beyond a URL.
+///
+/// ```
+/// use herald_store::StoreOptions;
+/// use herald::config::DeliveryConfig;
+/// let options = StoreOptions::default()
+///     .namespace("orders")
+///     .delivery(DeliveryConfig::default().max_deliver(3));
+/// # drop(options);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    namespace: Option<String>,
+    delivery: Option<DeliveryConfig>,
+}
+
+impl StoreOptions {
+    /// The store's namespace: a PostgreSQL schema, a NATS subject prefix, a
+    /// Kafka environment (over the URL's parameter).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The delivery settings every store shares (default:
+    /// [`DeliveryConfig::default`]).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = Some(delivery);
+        self
+    }
+}
+
 /// A bus with [`Config::from_env`] on the store `HERALD_STORE` names: the
 /// one line a service needs to run on whichever store it is configured for.
+/// When `HERALD_CONFIG` names a `herald.toml` (and no file is loaded yet),
+/// its values sit beneath the environment's, as [`bus_from_config`] loads
+/// them.
 pub async fn bus_from_env() -> Result<Bus> {
+    load_named_file()?;
     let delivery = DeliveryConfig::from_env()?;
     let config = Config::from_env_with(delivery.clone())?;
     Store::from_env_with(delivery).await?.bus(config)
+}
+
+/// [`bus_from_env`] with the settings of the `herald.toml` at `path`
+/// beneath the environment's: code over environment over file over
+/// defaults, each value's origin shown by [`herald::config::origin`] and
+/// `herald config`. A key the file names that no part of this build reads
+/// is a `VALIDATION` error.
+///
+/// ```no_run
+/// # async fn run() -> herald::Result<()> {
+/// let bus = herald_store::bus_from_config("herald.toml").await?;
+/// # drop(bus); Ok(()) }
+/// ```
+pub async fn bus_from_config(path: impl AsRef<Path>) -> Result<Bus> {
+    file::load(path.as_ref(), &keys())?;
+    bus_from_env().await
+}
+
+/// Load the file `HERALD_CONFIG` names, unless a file is loaded already.
+fn load_named_file() -> Result<()> {
+    let Ok(path) = std::env::var(file::CONFIG_FILE_KEY) else {
+        return Ok(());
+    };
+    if path.is_empty() || herald::config::file_path().is_some() {
+        return Ok(());
+    }
+    file::load(Path::new(&path), &keys())
 }
 
 fn scheme(url: &str) -> Result<&str> {
@@ -350,8 +483,14 @@ fn feature_of(scheme: &str) -> &'static str {
 
 /// The bootstrap servers of a `kafka://HOST:PORT[,HOST:PORT…]` URL.
 #[cfg(feature = "kafka")]
-fn kafka_servers(url: &str) -> &str {
-    url.strip_prefix("kafka://")
+/// The bootstrap servers of a `kafka://` URL, and its `environment`
+/// parameter (the namespace of its Kafka topics).
+fn kafka_servers(url: &str) -> (String, Option<String>) {
+    let (url, environment) = herald::config::take_url_param(url, "environment");
+    let servers = url
+        .strip_prefix("kafka://")
         .unwrap_or("")
         .trim_end_matches('/')
+        .to_owned();
+    (servers, environment)
 }
