@@ -24,6 +24,7 @@ pub struct Args {
   herald topics
   herald topics --store kafka://127.0.0.1:9092
   herald topics create orders.placed --partitions 12 --store kafka://127.0.0.1:9092
+  herald topics partitions orders.placed 24 --store kafka://127.0.0.1:9092
   herald topics delete orders.placed --store kafka://127.0.0.1:9092")]
 pub struct TopicsArgs {
     #[command(subcommand)]
@@ -46,6 +47,16 @@ enum TopicAction {
         /// Its partitions, 1–10000 (default HERALD_KAFKA_PARTITIONS).
         #[arg(long)]
         partitions: Option<u32>,
+    },
+    /// Raise a topic's partition count (Kafka stores; a count cannot be
+    /// lowered). Keys move to other partitions: a key's events published
+    /// before and after may be delivered out of order until the old ones
+    /// are consumed.
+    Partitions {
+        /// The herald topic.
+        topic: String,
+        /// Its new partition count, 1–10000, at least its current one.
+        partitions: u32,
     },
     /// Delete a topic and every event in it (Kafka stores).
     Delete {
@@ -83,7 +94,7 @@ pub fn topics(args: TopicsArgs) -> ExitCode {
     })
 }
 
-/// Create or delete a topic on the Kafka store `--store` names.
+/// Create, grow or delete a topic on the Kafka store `--store` names.
 async fn manage(action: TopicAction, connect: &Connect) -> herald::Result<()> {
     let store = connect.open_store().await?;
     let Some(herald_store::Store::Kafka(kafka)) = &store else {
@@ -100,6 +111,13 @@ async fn manage(action: TopicAction, connect: &Connect) -> herald::Result<()> {
             kafka.create_topic(&topic, n).await.map(|()| {
                 eprintln!("created {topic} ({n} partitions)");
             })
+        }
+        TopicAction::Partitions { topic, partitions } => {
+            let topic = herald::Topic::new(topic)?;
+            kafka
+                .grow_partitions(&topic, partitions)
+                .await
+                .map(|had| eprintln!("{topic}: {had} → {partitions} partitions"))
         }
         TopicAction::Delete { topic } => {
             let topic = herald::Topic::new(topic)?;

@@ -30,7 +30,7 @@ use herald::backend::open_queues::OpenQueues;
 use herald::backend::queue::Queue;
 use herald::{ErrorCode, Result, Topic};
 use parking_lot::Mutex;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -354,6 +354,54 @@ impl Inner {
         }
         self.known.lock().remove(name);
         Ok(())
+    }
+
+    /// Raise Kafka topic `name` to `count` partitions (CreatePartitions),
+    /// and wait until its metadata shows them with leaders. Returns the
+    /// count it had. `NOT_FOUND` without such a topic, `VALIDATION` for a
+    /// lower count (Kafka cannot take partitions away); the same count is
+    /// nothing to do.
+    pub(crate) async fn grow_topic(&self, name: &str, count: usize) -> Result<usize> {
+        let had = self.partitions(name).await?;
+        if had == 0 {
+            return Err(herald::Error::new(
+                ErrorCode::NotFound,
+                format!("Kafka: no topic `{name}`"),
+            ));
+        }
+        if count < had {
+            return Err(herald::config::invalid(
+                "partitions",
+                count,
+                &format!("at least the {had} `{name}` has: Kafka cannot take partitions away"),
+            ));
+        }
+        if count == had {
+            return Ok(had);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.config.timeout_duration()));
+        let grow = NewPartitions::new(name, count);
+        let results = self
+            .admin
+            .create_partitions([&grow], &opts)
+            .await
+            .map_err(|e| errors::kafka(&format!("add partitions to `{name}`"), &e))?;
+        for r in results {
+            if let Err((t, code)) = r {
+                return Err(errors::admin("add partitions to", &t, code));
+            }
+        }
+        let deadline = Instant::now() + self.config.timeout_duration();
+        while self.partitions(name).await? < count {
+            if Instant::now() >= deadline {
+                return Err(herald::Error::new(
+                    ErrorCode::Timeout,
+                    format!("Kafka: `{name}` does not show {count} partitions with leaders yet"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(had)
     }
 
     /// Wait until the metadata of Kafka topic `name` shows its partitions

@@ -104,6 +104,34 @@ impl KafkaStore {
             .await
     }
 
+    /// Raise herald topic `topic` to `partitions` partitions, as `herald
+    /// topics partitions` does, and return how many it had. Kafka cannot
+    /// lower a count: a lower one is `VALIDATION`, the same one nothing to
+    /// do, a topic that does not exist `NOT_FOUND`; 1–10,000.
+    ///
+    /// Per-key order across the change: a key's partition is its hash
+    /// modulo the count, so after raising it most keys map to another
+    /// partition. Events of a key published before the change sit in its
+    /// old partition, later ones in its new one, and a group may deliver a
+    /// later one first while it drains the old. Raise the count while the
+    /// topic's publishers are paused and its groups have caught up, or
+    /// accept that a key's order holds again only from the change on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> herald::Result<()> {
+    /// use herald_kafka::{KafkaConfig, KafkaStore};
+    /// let store = KafkaStore::open(KafkaConfig::new("127.0.0.1:9092")).await?;
+    /// let had = store.grow_partitions(&herald::Topic::new("orders.placed")?, 24).await?;
+    /// # let _ = had; Ok(()) }
+    /// ```
+    pub async fn grow_partitions(&self, topic: &herald::Topic, partitions: u32) -> Result<u32> {
+        herald::config::in_range("partitions", partitions, 1, 10_000)?;
+        self.inner.check_open()?;
+        let name = self.inner.config.kafka_topic(topic.as_str());
+        let had = self.inner.grow_topic(&name, partitions as usize).await?;
+        Ok(had as u32)
+    }
+
     /// Delete herald topic `topic` and every event in it; `NOT_FOUND` when
     /// there is no such topic.
     pub async fn delete_topic(&self, topic: &herald::Topic) -> Result<()> {
