@@ -6,6 +6,7 @@
 //! where they act (a server or a store), `exit` maps herald's error codes to
 //! exit codes, `progress` draws progress bars.
 
+mod backup;
 mod bench;
 mod call;
 mod client;
@@ -59,6 +60,8 @@ enum Command {
     Dlq(dlq::Args),
     /// Call a command and print its response.
     Call(call::Args),
+    /// Copy the embedded SQLite store into a new file, online.
+    Backup(backup::Args),
 }
 
 /// Run a client command's future on a fresh runtime; its error becomes
@@ -78,9 +81,12 @@ fn run(work: impl std::future::Future<Output = herald::Result<()>>) -> ExitCode 
 }
 
 /// Log to stderr, filtered by `HERALD_LOG` (else `RUST_LOG`, else `info`)
-/// as tracing directives (`debug`, `info,herald::access=off`); colours
-/// only when stderr is a terminal. A filter that does not parse falls back
-/// to `info` and says so.
+/// as tracing directives (`debug`, `info,herald::access=off`), as text
+/// (colours only when stderr is a terminal) or, with
+/// `HERALD_LOG_FORMAT=json`, one JSON object per line carrying the fields
+/// of the spans it is in (a handled message's `correlation_id`, `topic`,
+/// `seq`, `group`, …). A filter or format that does not parse falls back to
+/// `info` or text and says so.
 fn logging() {
     use std::io::IsTerminal;
     let directives = std::env::var("HERALD_LOG")
@@ -90,13 +96,26 @@ fn logging() {
         Ok(f) => (f, None),
         Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
     };
-    tracing_subscriber::fmt()
+    let format = herald::config::env("HERALD_LOG_FORMAT");
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format.as_deref() {
+        Some("json") => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     if let Some(e) = bad {
         tracing::warn!(%directives, error = %e, "HERALD_LOG does not parse; logging at info");
+    }
+    if let Some(other) = format.filter(|f| f != "json" && f != "text") {
+        tracing::warn!(
+            format = %other,
+            "HERALD_LOG_FORMAT is not `text` or `json`; logging as text"
+        );
     }
 }
 
@@ -116,6 +135,11 @@ fn return_large_allocations() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_large_allocations() {}
 
+/// Counts each thread's heap, so `herald bench` measures what a structure
+/// holds (see `bench::heap`).
+#[global_allocator]
+static ALLOCATOR: bench::heap::Counting = bench::heap::Counting;
+
 fn main() -> ExitCode {
     return_large_allocations();
     let cli = Cli::parse();
@@ -131,5 +155,6 @@ fn main() -> ExitCode {
         Command::Groups(args) => inspect::groups(args),
         Command::Dlq(args) => dlq::main(args),
         Command::Call(args) => call::main(args),
+        Command::Backup(args) => backup::main(args),
     }
 }

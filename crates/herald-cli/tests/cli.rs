@@ -178,7 +178,7 @@ async fn the_client_commands_work_against_a_server_and_a_store() {
 #[test]
 fn every_command_has_help_with_examples() {
     for cmd in [
-        "serve", "publish", "tail", "replay", "topics", "groups", "dlq", "call", "token",
+        "serve", "publish", "tail", "replay", "topics", "groups", "dlq", "call", "token", "backup",
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args([cmd, "--help"])
@@ -191,6 +191,75 @@ fn every_command_has_help_with_examples() {
             "{cmd} --help has no examples:\n{help}"
         );
     }
+}
+
+/// `docs/operations.md`'s SQLite backup and restore, as written there:
+/// `herald backup`, then the copy put in place of the store's file.
+#[test]
+fn the_runbooks_sqlite_backup_and_restore_keep_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("HERALD_STORE")
+            .output()
+            .unwrap()
+    };
+    for n in 1..=3 {
+        let out = run(&[
+            "publish",
+            "orders.placed",
+            &format!("{{\"id\": {n}}}"),
+            "--store",
+            "sqlite://app.db",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&["backup", "--store", "sqlite://app.db", "app-backup.db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = run(&["backup", "--store", "sqlite://app.db", "app-backup.db"]);
+    assert_eq!(
+        again.status.code(),
+        Some(8),
+        "DUPLICATE: a backup never overwrites"
+    );
+    // Restore: with no process on the store, the copy replaces its file.
+    std::fs::remove_file(dir.path().join("app.db")).unwrap();
+    for stale in ["app.db-wal", "app.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(stale));
+    }
+    std::fs::copy(dir.path().join("app-backup.db"), dir.path().join("app.db")).unwrap();
+    let out = run(&["replay", "orders.placed", "--store", "sqlite://app.db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["payload"]["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let other = run(&["backup", "--store", "postgres://u:secret@h/db", "x.db"]);
+    assert_eq!(other.status.code(), Some(3));
+    let said = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        said.contains("pg_dump") && !said.contains("secret"),
+        "{said}"
+    );
 }
 
 /// A Kafka-protocol broker for one test: `HERALD_TEST_KAFKA_BROKERS`, or a
@@ -284,6 +353,25 @@ fn topics_are_made_and_removed_on_kafka_from_the_cli() {
         .find(|t| t["topic"] == "cli.orders")
         .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(orders["partitions"], 4);
+
+    // Issue 22 item 13: a count is raised, never lowered.
+    let (code, _, err) = herald(&["topics", "partitions", "cli.orders", "2"]);
+    assert_eq!(code, Some(3), "VALIDATION: {err}");
+    assert!(err.contains("cannot take partitions away"), "{err}");
+    let (code, _, err) = herald(&["topics", "partitions", "cli.orders", "4"]);
+    assert_eq!(code, Some(0), "the same count is nothing to do: {err}");
+    let (code, _, err) = herald(&["topics", "partitions", "cli.none", "4"]);
+    assert_eq!(code, Some(4), "NOT_FOUND: {err}");
+    let (code, _, err) = herald(&["topics", "partitions", "cli.orders", "6"]);
+    if broker.child.is_some() {
+        // tansu 0.6 has no CreatePartitions: the broker's refusal is named.
+        assert_ne!(code, Some(0), "{err}");
+        assert!(err.contains("add partitions to"), "{err}");
+    } else {
+        assert_eq!(code, Some(0), "{err}");
+        let (_, out, _) = herald(&["topics", "--json"]);
+        assert!(out.contains(r#""partitions":6"#), "{out}");
+    }
 
     let (code, _, err) = herald(&["topics", "delete", "cli.orders"]);
     assert_eq!(code, Some(0), "{err}");

@@ -36,6 +36,7 @@ pub mod groups;
 pub mod handlers;
 pub mod history;
 pub mod inspect;
+pub mod kept;
 pub mod lifecycle;
 pub mod limits;
 pub mod middleware;

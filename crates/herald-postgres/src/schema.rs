@@ -218,3 +218,132 @@ async fn run(
     .map_err(runtime_error)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Upgrades (issue 22 item 10): a schema written by the previous
+    //! version, with events, group positions and dead letters in it, opens
+    //! with this build and keeps all of them.
+
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use herald::Bus;
+    use sqlx::{Connection, PgConnection};
+
+    use super::*;
+    use crate::{PgConfig, PgStore};
+
+    /// What undoes the last migration: applied to a schema this build
+    /// wrote, it gives the previous version's layout (checked against a
+    /// schema made by the previous migrations alone). A new migration
+    /// replaces it.
+    const UNDO_LAST: (i64, &[&str]) = (3, &["DROP TABLE {s}.members"]);
+
+    fn url() -> String {
+        std::env::var("HERALD_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    }
+
+    /// The columns and indexes of `schema`, its name taken out.
+    async fn layout(conn: &mut PgConnection, schema: &str) -> Vec<String> {
+        let columns: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, column_default::text
+             FROM information_schema.columns WHERE table_schema = $1
+             ORDER BY table_name, column_name",
+        )
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let indexes: Vec<(String,)> = sqlx::query_as(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
+        )
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        columns
+            .into_iter()
+            .map(|c| format!("{c:?}"))
+            .chain(indexes.into_iter().map(|(d,)| d))
+            .map(|line| line.replace(schema, "<schema>"))
+            .collect()
+    }
+
+    async fn open(schema: &str) -> (PgStore, Bus) {
+        let config = PgConfig::new(url())
+            .schema(schema)
+            .poll_interval(Duration::from_millis(200));
+        let store = PgStore::open(config).await.unwrap();
+        (store.clone(), Bus::new(store))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_of_the_previous_version_keeps_its_events_offsets_and_dead_letters() {
+        assert_eq!(
+            UNDO_LAST.0, SCHEMA_VERSION,
+            "a new migration needs its undo here"
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // `ht_<unix time>_…`: the store tests' sweep drops them later.
+        let schema = format!("ht_{now}_{:08x}_up", std::process::id());
+        let reference = format!("ht_{now}_{:08x}_ref", std::process::id());
+        let (store, bus) = open(&schema).await;
+        let history = herald_conformance::kept::write(&bus).await;
+        store.close().await;
+
+        // The previous version's schema: this build's data, the last
+        // migration undone, and the layout checked against that version's.
+        let mut conn = PgConnection::connect(&url()).await.unwrap();
+        let previous = MIGRATIONS.len() - 1;
+        let s = quoted(&schema);
+        for statement in UNDO_LAST.1 {
+            sqlx::query(&statement.replace("{s}", &s))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query(&format!(
+            "UPDATE {s}.herald_meta SET value = $1 WHERE key = 'schema_version'"
+        ))
+        .bind(previous as i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let r = quoted(&reference);
+        for statement in [
+            format!("CREATE SCHEMA {r}"),
+            format!("CREATE TABLE {r}.herald_meta (key text PRIMARY KEY, value bigint NOT NULL)"),
+        ] {
+            sqlx::query(&statement).execute(&mut conn).await.unwrap();
+        }
+        for (i, statements) in MIGRATIONS[..previous].iter().enumerate() {
+            run(&mut conn, &r, &reference, statements, i as i64 + 1)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            layout(&mut conn, &schema).await,
+            layout(&mut conn, &reference).await
+        );
+
+        let (store, bus) = open(&schema).await;
+        let version: i64 = sqlx::query_scalar(&format!(
+            "SELECT value FROM {s}.herald_meta WHERE key = 'schema_version'"
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        history.check(&bus).await;
+        store.close().await;
+        for name in [&s, &r] {
+            let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}

@@ -17,6 +17,7 @@
 // `config` and the leaf `request`) → `log` → `tail`, `group` →
 // `dead_letters` → `inspect` → `transport`, with `store` (the public handle)
 // at the top. No module imports one above it.
+mod backup;
 mod config;
 mod conn;
 mod dead_letters;
@@ -36,6 +37,7 @@ mod tail;
 mod transport;
 mod writer;
 
+pub use backup::{backup, Backup};
 pub use config::{
     SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
     DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL, KEYS,

@@ -159,3 +159,94 @@ async fn apply(conn: &mut SqliteConnection, path: &str) -> Result<()> {
         .map_err(|e| open_error(path, e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Upgrades (issue 22 item 10): a store written by the previous schema
+    //! version, with events, group positions and dead letters in it, opens
+    //! with this build and keeps all of them.
+
+    use herald::Bus;
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::{SqliteConfig, SqliteStore};
+
+    /// What undoes the last migration: applied to a store this build wrote,
+    /// it gives the previous version's layout (checked against a store made
+    /// by the previous migrations alone). A new migration replaces it.
+    const UNDO_LAST: (i64, &str) = (3, "DROP TABLE members");
+
+    /// The tables and indexes of the store at `path`, as SQLite keeps their SQL.
+    fn layout(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut q = conn
+            .prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+            .unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// A store at `path` made by the first `version` migrations alone.
+    fn made_at(path: &std::path::Path, version: usize) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS herald_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO herald_meta (key, value) VALUES ('schema_version', ?1)",
+            [version as i64],
+        )
+        .unwrap();
+    }
+
+    async fn open(path: &std::path::Path) -> (SqliteStore, Bus) {
+        let store = SqliteStore::open(SqliteConfig::new(path)).await.unwrap();
+        (store.clone(), Bus::new(store))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_of_the_previous_version_keeps_its_events_offsets_and_dead_letters() {
+        assert_eq!(
+            UNDO_LAST.0, SCHEMA_VERSION,
+            "a new migration needs its undo here"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (path, reference) = (dir.path().join("old.db"), dir.path().join("ref.db"));
+        let (store, bus) = open(&path).await;
+        let history = herald_conformance::kept::write(&bus).await;
+        store.close().await;
+
+        // The previous version's store: this build's data, the last
+        // migration undone, and the layout checked against that version's.
+        let previous = MIGRATIONS.len() - 1;
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(UNDO_LAST.1).unwrap();
+        old.execute(
+            "UPDATE herald_meta SET value = ?1 WHERE key = 'schema_version'",
+            [previous as i64],
+        )
+        .unwrap();
+        made_at(&reference, previous);
+        assert_eq!(layout(&old), layout(&Connection::open(&reference).unwrap()));
+        drop(old);
+
+        let (store, bus) = open(&path).await;
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM herald_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        history.check(&bus).await;
+        store.close().await;
+    }
+}
