@@ -888,11 +888,13 @@ pub(crate) async fn write_until_done(
         match write_dead_letter(inner, letter, at, raw).await {
             Ok(()) => return true,
             Err(e) if inner.is_closed() => {
-                tracing::error!(correlation_id = %letter.envelope.correlation_id(), error = %e, "a dead letter was not written before the store closed; its event stays uncommitted and comes again");
+                let env = &letter.envelope;
+                tracing::error!(topic = %env.topic(), seq = env.seq(), group = letter.group.as_deref(), correlation_id = %env.correlation_id(), causation_id = env.causation_id().map(tracing::field::display), error = %e, "a dead letter was not written before the store closed; its event stays uncommitted and comes again");
                 return false;
             }
             Err(e) => {
-                tracing::error!(correlation_id = %letter.envelope.correlation_id(), topic = %letter.envelope.topic(), error = %e, "a dead letter was not written; retrying (its event stays uncommitted)");
+                let env = &letter.envelope;
+                tracing::error!(topic = %env.topic(), seq = env.seq(), group = letter.group.as_deref(), correlation_id = %env.correlation_id(), causation_id = env.causation_id().map(tracing::field::display), error = %e, "a dead letter was not written; retrying (its event stays uncommitted)");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }

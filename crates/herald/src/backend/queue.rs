@@ -673,7 +673,9 @@ impl Queue {
                     tracing::warn!(
                         topic = %env.topic(),
                         seq = env.seq().unwrap_or(0),
+                        group = queue.spec.group.as_deref(),
                         correlation_id = %env.correlation_id(),
+                        causation_id = env.causation_id().map(tracing::field::display),
                         error = %e,
                         "a dead letter was not written; the message is delivered again"
                     );

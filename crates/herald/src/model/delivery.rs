@@ -220,7 +220,9 @@ impl Delivery {
                     let acked = ack.await;
                     if let Err(e) = &acked {
                         let (topic, seq) = (envelope.topic(), envelope.seq());
-                        tracing::warn!(%topic, seq, error = %e, "an ack made without waiting failed: the message will be delivered again");
+                        let (correlation_id, causation_id) =
+                            (envelope.correlation_id(), envelope.causation_id());
+                        tracing::warn!(%topic, seq, %correlation_id, causation_id = causation_id.map(tracing::field::display), error = %e, "an ack made without waiting failed: the message will be delivered again");
                     }
                     acked
                 }) as BoxFuture<'static, Result<()>>
