@@ -10,49 +10,15 @@ use herald::breaker::{BreakerState, CircuitBreaker};
 use herald::dedupe::{Dedupe, MemoryDedupe};
 use herald::rate_limit::RateLimit;
 use herald::testing::{FaultLayer, Faults};
-use herald::{
-    DeliveryState, Envelope, ErrorCode, HandlerObserver, HandlerOutcome, Message, StartPosition,
-};
-use tokio::sync::watch;
+use herald::{DeliveryState, Envelope, ErrorCode, Message, StartPosition};
 
-use crate::support::{numbered, DELIVERY_WAIT};
+use crate::support::{numbered, Tally, DELIVERY_WAIT};
 use crate::Harness;
 
 fn n_of(env: &Envelope) -> u64 {
     env.decode::<serde_json::Value>().unwrap()["n"]
         .as_u64()
         .unwrap()
-}
-
-/// Counts observed outcomes on a watch channel, to wait on without sleeping.
-#[derive(Clone)]
-struct Tally(Arc<watch::Sender<HashMap<&'static str, u64>>>);
-
-impl Tally {
-    fn new() -> Self {
-        Tally(Arc::new(watch::Sender::new(HashMap::new())))
-    }
-
-    async fn until(&self, what: &'static str, n: u64) {
-        let mut rx = self.0.subscribe();
-        let reached = rx.wait_for(|t| t.get(what).copied().unwrap_or(0) >= n);
-        tokio::time::timeout(DELIVERY_WAIT, reached)
-            .await
-            .unwrap_or_else(|_| panic!("fewer than {n} `{what}` within {DELIVERY_WAIT:?}"))
-            .expect("tally");
-    }
-}
-
-impl HandlerObserver for Tally {
-    fn handled(&self, _envelope: &Envelope, _elapsed: Duration, outcome: HandlerOutcome) {
-        let what = match outcome {
-            HandlerOutcome::Acked => "acked",
-            HandlerOutcome::Retried => "retried",
-            HandlerOutcome::DeadLettered => "dead",
-            HandlerOutcome::Deferred => "deferred",
-        };
-        self.0.send_modify(|t| *t.entry(what).or_default() += 1);
-    }
 }
 
 /// A handler's effects are published with its ack and inherit its

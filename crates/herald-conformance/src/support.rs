@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use futures_util::{Stream, StreamExt};
-use herald::{Delivery, Message, Payload, Result};
+use herald::{Delivery, Envelope, HandlerObserver, HandlerOutcome, Message, Payload, Result};
+use tokio::sync::watch;
 
 /// Longest wait for a delivery that must come.
 pub const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -86,5 +90,36 @@ pub fn assert_gap_free(what: &str, seqs: &[u64], n: u64) {
             seqs.len(),
             seqs.get(first_bad)
         );
+    }
+}
+
+/// Counts observed outcomes on a watch channel, to wait on without sleeping.
+#[derive(Clone)]
+pub struct Tally(Arc<watch::Sender<HashMap<&'static str, u64>>>);
+
+impl Tally {
+    pub fn new() -> Self {
+        Tally(Arc::new(watch::Sender::new(HashMap::new())))
+    }
+
+    pub async fn until(&self, what: &'static str, n: u64) {
+        let mut rx = self.0.subscribe();
+        let reached = rx.wait_for(|t| t.get(what).copied().unwrap_or(0) >= n);
+        tokio::time::timeout(DELIVERY_WAIT, reached)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} `{what}` within {DELIVERY_WAIT:?}"))
+            .expect("tally");
+    }
+}
+
+impl HandlerObserver for Tally {
+    fn handled(&self, _envelope: &Envelope, _elapsed: Duration, outcome: HandlerOutcome) {
+        let what = match outcome {
+            HandlerOutcome::Acked => "acked",
+            HandlerOutcome::Retried => "retried",
+            HandlerOutcome::DeadLettered => "dead",
+            HandlerOutcome::Deferred => "deferred",
+        };
+        self.0.send_modify(|t| *t.entry(what).or_default() += 1);
     }
 }
