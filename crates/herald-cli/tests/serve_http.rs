@@ -111,6 +111,10 @@ async fn the_http_api_does_what_its_document_says() {
     assert_eq!(letter["seq"], 3);
     assert_eq!(letter["group"], "billing");
     assert_eq!(letter["reason"], "bad order");
+    assert_eq!(
+        letter["source"], "gateway",
+        "a client's term through the gateway"
+    );
     let id = letter["id"].as_u64().unwrap();
     let (status, shown) = get(&s.url(&format!("/v1/dead-letters/{id}"))).await;
     assert_eq!(status, 200);

@@ -2,10 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use herald::config::{DeadLetters, DeliveryConfig};
 use herald::dead_letter::{REPLAYS_HEADER, REPLAY_OF_HEADER};
-use herald::ErrorCode;
+use herald::forward::Forwarder;
+use herald::instrument::DEAD_LETTERS_DISCARDED;
+use herald::{Bus, Config, DeliveryState, ErrorCode, FailureSource, Message, Payload};
 
-use crate::support::{number, numbered, recv};
+use crate::support::{dead_letters_until, eventually, number, numbered, recv, DELIVERY_WAIT};
 use crate::Harness;
 
 /// Dead letters are selected by topic, group and code; replaying one
@@ -210,4 +213,71 @@ pub async fn a_dead_letter_that_cannot_be_written_leaves_the_message_to_come_aga
     assert!(dead
         .iter()
         .all(|d| d.reason == "bad order" && d.attempts >= 2));
+}
+
+/// A forwarder whose target refuses an event for good (over the target's
+/// payload limit) dead-letters it in the source with source `forwarder`,
+/// and forwards the rest.
+pub async fn a_forwarder_dead_letters_what_its_target_refuses_as_the_forwarder(h: &Harness) {
+    let source = h.bus().await;
+    let target = Bus::builder()
+        .config(Config::default().max_payload_bytes(1024))
+        .build()
+        .unwrap();
+    let forwarding = Forwarder::new(&source, &target)
+        .topics("conf.fwd.>")
+        .group("conf-forward")
+        .run()
+        .await
+        .unwrap();
+    let big = Message::new("conf.fwd.orders", Payload::json(&"x".repeat(2048)).unwrap());
+    source.publish(big).await.unwrap();
+    source
+        .publish(numbered("conf.fwd.orders", 2))
+        .await
+        .unwrap();
+    let dead = dead_letters_until(&source, 1).await;
+    eventually("the forwarded event", || async {
+        (target.last_seq("conf.fwd.orders").await.unwrap() == Some(1)).then_some(())
+    })
+    .await;
+    let report = forwarding.shutdown(DELIVERY_WAIT).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].source, FailureSource::Forwarder);
+    assert_eq!(dead[0].code, ErrorCode::Backpressure);
+    assert_eq!(dead[0].group.as_deref(), Some("conf-forward"));
+    assert_eq!(dead[0].envelope.seq(), Some(1));
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+}
+
+/// With dead letters off (`HERALD_DEAD_LETTERS=off`), what a group and a
+/// group-less subscription give up is settled and counted in
+/// `herald_dead_letters_discarded_total`, and no dead letter is kept.
+pub async fn dead_letters_off_are_settled_logged_and_counted_not_kept(h: &Harness) {
+    let bus = h
+        .bus_with(DeliveryConfig::default().dead_letters(DeadLetters::Off))
+        .await;
+    let mut grouped = bus.subscribe_raw("conf.dloff").group("g").await.unwrap();
+    let mut plain = bus.subscribe_raw("conf.dloff").await.unwrap();
+    bus.publish([
+        numbered("conf.dloff", 1).key("k"),
+        numbered("conf.dloff", 2).key("k"),
+    ])
+    .await
+    .unwrap();
+    for sub in [&mut grouped, &mut plain] {
+        let first = recv(sub).await;
+        assert_eq!(number(&first), 1);
+        first.term(ErrorCode::Validation, "poison").await.unwrap();
+        let next = recv(sub).await;
+        assert_eq!(number(&next), 2, "the given-up event is settled");
+        next.ack().await.unwrap();
+    }
+    let discarded = bus
+        .metrics()
+        .counter(DEAD_LETTERS_DISCARDED, &[("source", "handler")]);
+    assert_eq!(discarded.get(), 2);
+    assert!(bus.dead_letters().await.unwrap().is_empty());
+    let state = bus.delivery_state("conf.dloff", 1, "g").await.unwrap();
+    assert_eq!(state, DeliveryState::Acked, "a discarded event is settled");
 }

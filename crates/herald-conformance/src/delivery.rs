@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use herald::{Event, Kind, KindFilter, Message, Payload, Priority, StartPosition};
 
 use crate::support::{
-    assert_gap_free, collect, number, numbered, numbers, recv, seq, seqs, DELIVERY_WAIT,
+    assert_gap_free, collect, dead_letters_until, number, numbered, numbers, recv, seq, seqs,
+    DELIVERY_WAIT,
 };
 use crate::Harness;
 
@@ -340,6 +341,12 @@ pub async fn typed_subscriptions_decode_and_filter(h: &Harness) {
         other => panic!("expected the decode error, got {other:?}"),
     }
     assert_eq!(*recv(&mut big).await, AccountEvent::Deposit(100));
+    let dead = dead_letters_until(&bus, 1).await;
+    assert!(
+        dead.iter()
+            .all(|d| d.source == herald::FailureSource::Decode && d.envelope.seq() == Some(3)),
+        "what a typed subscription cannot decode is dead-lettered as `decode`: {dead:?}"
+    );
 }
 
 /// Waiting events go out highest priority first, but one topic and key keeps

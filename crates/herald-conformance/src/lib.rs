@@ -17,6 +17,8 @@
 //! herald_conformance::conformance_tests!(|| async { herald::Bus::memory() });
 //! // a durable transport also says how to restart it:
 //! herald_conformance::conformance_tests!(fresh_bus, restart = restartable_bus);
+//! // every transport says how to open a store with given delivery settings:
+//! herald_conformance::conformance_tests!(fresh_bus, configured = with_delivery);
 //! // a store with retention says how to open one with a policy, and a
 //! // durable one how to make its dead-letter writes fail:
 //! herald_conformance::conformance_tests!(
@@ -48,12 +50,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use herald::config::DeliveryConfig;
 use herald::retention::RetentionPolicy;
 use herald::{Bus, Features};
 
 pub use support::{collect, recv};
 
 type MakeBus = dyn Fn() -> Pin<Box<dyn Future<Output = Bus> + Send>> + Send + Sync;
+type MakeConfigured =
+    dyn Fn(DeliveryConfig) -> Pin<Box<dyn Future<Output = Bus> + Send>> + Send + Sync;
 type MakeRestartable = dyn Fn() -> Pin<Box<dyn Future<Output = Restartable> + Send>> + Send + Sync;
 type MakeRetained =
     dyn Fn(RetentionPolicy) -> Pin<Box<dyn Future<Output = Retained> + Send>> + Send + Sync;
@@ -67,6 +72,7 @@ type SetBroken = dyn Fn(bool) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send
 #[derive(Clone)]
 pub struct Harness {
     make: Arc<MakeBus>,
+    configured: Option<Arc<MakeConfigured>>,
     restartable: Option<Arc<MakeRestartable>>,
     retained: Option<Arc<MakeRetained>>,
     breakable: Option<Arc<MakeBreakable>>,
@@ -181,6 +187,7 @@ impl Harness {
     {
         Harness {
             make: Arc::new(move || Box::pin(make())),
+            configured: None,
             restartable: None,
             retained: None,
             breakable: None,
@@ -283,6 +290,26 @@ impl Harness {
         (self.make)().await
     }
 
+    /// Also give scenarios buses whose store has the delivery settings
+    /// they ask for (dead letters off, say): every transport must.
+    pub fn configured<F, Fut>(mut self, make: F) -> Self
+    where
+        F: Fn(DeliveryConfig) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Bus> + Send + 'static,
+    {
+        self.configured = Some(Arc::new(move |d| Box::pin(make(d))));
+        self
+    }
+
+    /// A fresh bus whose store has `delivery`'s settings.
+    pub async fn bus_with(&self, delivery: DeliveryConfig) -> Bus {
+        let make = self
+            .configured
+            .as_ref()
+            .expect("every transport runs the suite with `configured = ...`");
+        make(delivery).await
+    }
+
     /// Whether the transport claims `feature`; prints the skip otherwise.
     pub fn requires(bus: &Bus, scenario: &str, feature: fn(&Features) -> bool, name: &str) -> bool {
         let has = feature(&bus.features());
@@ -338,6 +365,8 @@ macro_rules! conformance_tests {
             dead_letters::dead_letters_filter_replay_and_purge,
             dead_letters::a_group_can_opt_into_automatic_replay,
             dead_letters::a_dead_letter_that_cannot_be_written_leaves_the_message_to_come_again,
+            dead_letters::a_forwarder_dead_letters_what_its_target_refuses_as_the_forwarder,
+            dead_letters::dead_letters_off_are_settled_logged_and_counted_not_kept,
             history::events_published_before_subscribe_are_retained,
             history::start_at_seq_and_time,
             history::replay_does_not_disturb_a_group,

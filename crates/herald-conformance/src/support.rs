@@ -123,3 +123,34 @@ impl HandlerObserver for Tally {
         self.0.send_modify(|t| *t.entry(what).or_default() += 1);
     }
 }
+
+/// Poll `read` until it gives `Some`, failing the scenario after
+/// [`DELIVERY_WAIT`]: for state a store settles in the background (a dead
+/// letter written after a detached settlement, an event a forwarder
+/// copies), which no stream announces.
+pub async fn eventually<T, F, Fut>(what: &str, mut read: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+    loop {
+        if let Some(found) = read().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not seen within {DELIVERY_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The dead letters of `bus` once there are at least `n`.
+pub async fn dead_letters_until(bus: &herald::Bus, n: usize) -> Vec<herald::DeadLetter> {
+    eventually("dead letters", || async {
+        let dead = bus.dead_letters().await.unwrap();
+        (dead.len() >= n).then_some(dead)
+    })
+    .await
+}

@@ -415,9 +415,18 @@ impl KafkaConfig {
         format!("{}.{topic}", self.environment)
     }
 
-    /// The dead-letter topic: `<environment>.dead_letters`.
+    /// Where dead letters go (`HERALD_DEAD_LETTERS`).
+    pub(crate) fn dead_letters(&self) -> &herald::config::DeadLetters {
+        self.delivery.dead_letter_destination()
+    }
+
+    /// The dead-letter topic: the name `HERALD_DEAD_LETTERS` gives, else
+    /// `<environment>.dead_letters`.
     pub fn dead_letter_topic(&self) -> String {
-        self.kafka_topic("dead_letters")
+        match self.delivery.dead_letter_destination().name() {
+            Some(name) => name.to_owned(),
+            None => self.kafka_topic("dead_letters"),
+        }
     }
 
     /// Partitions of the topics herald creates.

@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     rebalance_watchers: Mutex<Vec<RebalanceCallback>>,
     /// The registry of the (first) instrumented bus on this store.
     pub(crate) metrics: std::sync::OnceLock<herald::backend::Metrics>,
+    /// Kept or discarded (`HERALD_DEAD_LETTERS=off`), each dead letter.
+    pub(crate) discards: herald::backend::dead_lettering::Discards,
 }
 
 /// A librdkafka client configuration of `properties` (one of
@@ -189,6 +191,7 @@ impl Inner {
                 )
             })?;
         let (created, _) = tokio::sync::broadcast::channel(256);
+        let discards = herald::backend::dead_lettering::Discards::new(config.dead_letters());
         Ok(Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             config,
@@ -210,6 +213,7 @@ impl Inner {
             created,
             rebalance_watchers: Mutex::new(Vec::new()),
             metrics: std::sync::OnceLock::new(),
+            discards,
         }))
     }
 

@@ -70,6 +70,9 @@ pub(crate) async fn write_dead_letter(
     raw: Option<&Raw>,
 ) -> Result<()> {
     inner.check_open()?;
+    if inner.discards.discard(letter) {
+        return Ok(());
+    }
     let env = &letter.envelope;
     let (mut headers, value, key) = match raw {
         Some((pairs, value)) => {

@@ -81,6 +81,7 @@ impl Transport for KafkaStore {
 
     fn attach_metrics(&self, metrics: &herald::backend::Metrics) {
         let _ = self.inner.metrics.set(metrics.clone());
+        self.inner.discards.attach(metrics);
     }
 }
 

@@ -22,6 +22,10 @@ async fn fresh_bus() -> Bus {
     open(config()).await
 }
 
+async fn with_delivery(delivery: herald::config::DeliveryConfig) -> Bus {
+    open(config().delivery(delivery)).await
+}
+
 async fn restartable_bus() -> Restartable {
     let config = config();
     let bus = open(config.clone()).await;
@@ -30,6 +34,7 @@ async fn restartable_bus() -> Restartable {
 
 herald_conformance::conformance_tests!(
     fresh_bus,
+    configured = with_delivery,
     restart = restartable_bus,
     no_dead_letter_faults = "no test can make a Kafka dead-letter write fail: tansu creates a \
         deleted dead-letter topic again on the next write, and stopping the broker would stop \

@@ -286,6 +286,9 @@ impl NatsConfig {
     pub(crate) fn timeout(&self) -> Duration {
         self.request_timeout
     }
+    pub(crate) fn dead_letters(&self) -> &herald::config::DeadLetters {
+        self.delivery.dead_letter_destination()
+    }
     pub(crate) fn deliveries(&self) -> u32 {
         self.delivery.max_deliver_attempts()
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_nats::jetstream::{self, stream};
-use herald::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use herald::backend::dead_lettering::{DeadLetterWrites, Discards, DEAD_LETTER_WRITE_WAIT};
 use herald::backend::open_queues::OpenQueues;
 use herald::backend::queue::Queue;
 use herald::{ErrorCode, Result, Topic};
@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     /// Dead letters being written by this store's queues and leaders;
     /// readers of dead letters wait for them.
     pub(crate) dead_letter_writes: DeadLetterWrites,
+    /// Kept or discarded (`HERALD_DEAD_LETTERS=off`), each dead letter.
+    pub(crate) discards: Discards,
     /// Open subscriptions' queues, closed with the store.
     queues: OpenQueues,
     /// Flips to `true` on close; readers stop.
@@ -74,7 +76,8 @@ impl Inner {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.timeout())
             .build(client.clone());
-        let names = Names::new(config.subject_prefix());
+        let names = Names::new(config.subject_prefix()).dead_letters(config.dead_letters().name());
+        let discards = Discards::new(config.dead_letters());
         Ok(Arc::new_cyclic(|this| Inner {
             this: this.clone(),
             names,
@@ -86,6 +89,7 @@ impl Inner {
             member_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
             groups: Slot::default(),
             dead_letter_writes: DeadLetterWrites::default(),
+            discards,
             payloads_ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             config,

@@ -54,8 +54,13 @@ pub(crate) async fn prepare(inner: &Inner) -> Result<()> {
 }
 
 /// Write `letter` to the dead-letter stream; `Ok` once the server has it.
+/// A store whose dead letters are off discards it instead (logged and
+/// counted).
 pub(crate) async fn write(inner: &Inner, letter: &DeadLetter) -> Result<()> {
     inner.check_open()?;
+    if inner.discards.discard(letter) {
+        return Ok(());
+    }
     let body = letter.envelope.to_json()?;
     let mut headers = HeaderMap::new();
     if let Some(g) = &letter.group {

@@ -20,8 +20,10 @@
 //!   `S_LEADERS`; the group's record (its name and patterns) is the last
 //!   message on `P.$groups.<consumer>` in stream `S_GROUPS`;
 //! - commands are requests on `P.$cmd.<topic>`;
-//! - dead letters are the stream `S_DLQ` on subjects `P.$dlq.<topic>`
-//!   (topic segments never start with `$`, so these never collide);
+//! - dead letters are the stream `S_DLQ` (or the name
+//!   `HERALD_DEAD_LETTERS` gives, with `.` as `_`) on subjects
+//!   `P.$dlq.<topic>` (topic segments never start with `$`, so these never
+//!   collide);
 //!
 //! It does not create anything: the modules that use a name make what it
 //! names (`log` the topic streams, `dead_letters` the dead-letter stream,
@@ -41,14 +43,27 @@ const MAX_NAME: usize = 200;
 pub(crate) struct Names {
     prefix: String,
     streams: String,
+    /// The dead-letter stream's name.
+    dlq: String,
 }
 
 impl Names {
     pub(crate) fn new(prefix: &str) -> Names {
+        let streams = prefix.replace('.', "_");
         Names {
             prefix: prefix.to_owned(),
-            streams: prefix.replace('.', "_"),
+            dlq: format!("{streams}_DLQ"),
+            streams,
         }
+    }
+
+    /// Name the dead-letter stream `name` (`.` as `_`, which stream names
+    /// cannot hold) instead of `S_DLQ`, when one is given.
+    pub(crate) fn dead_letters(mut self, name: Option<&str>) -> Names {
+        if let Some(name) = name {
+            self.dlq = name.replace('.', "_");
+        }
+        self
     }
 
     /// The subject prefix.
@@ -130,7 +145,7 @@ impl Names {
 
     /// The dead-letter stream.
     pub(crate) fn dlq_stream(&self) -> String {
-        format!("{}_DLQ", self.streams)
+        self.dlq.clone()
     }
 
     /// The subject of a dead letter from `topic`.

@@ -54,6 +54,10 @@ impl Transport for NatsStore {
         FEATURES
     }
 
+    fn attach_metrics(&self, metrics: &herald::backend::Metrics) {
+        self.inner.discards.attach(metrics);
+    }
+
     fn export_command(
         &self,
         topic: &Topic,

@@ -22,6 +22,10 @@ async fn fresh_bus() -> Bus {
     open(config()).await
 }
 
+async fn with_delivery(delivery: herald::config::DeliveryConfig) -> Bus {
+    open(config().delivery(delivery)).await
+}
+
 async fn restartable_bus() -> Restartable {
     let config = config();
     let bus = open(config.clone()).await;
@@ -66,6 +70,7 @@ async fn breakable_bus() -> BreakableDeadLetters {
 
 herald_conformance::conformance_tests!(
     fresh_bus,
+    configured = with_delivery,
     restart = restartable_bus,
     dead_letter_faults = breakable_bus,
 );

@@ -185,6 +185,9 @@ impl PgConfig {
             return Err(SCHEMA.invalid(format_args!("{s:?}")));
         }
         self.delivery.validate()?;
+        self.delivery
+            .dead_letter_destination()
+            .unnamed("the PostgreSQL store")?;
         KEYS[1].check(self.pool_size, 4, 1000)?;
         // A publish waits at least a second for the sequencer.
         in_range(
@@ -213,6 +216,9 @@ impl PgConfig {
     pub(crate) fn timeout(&self) -> Duration {
         self.delivery.timeout_duration()
     }
+    pub(crate) fn dead_letters(&self) -> &herald::config::DeadLetters {
+        self.delivery.dead_letter_destination()
+    }
     pub(crate) fn deliveries(&self) -> u32 {
         self.delivery.max_deliver_attempts()
     }
@@ -230,6 +236,23 @@ impl PgConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letters_take_off_but_not_a_name_the_table_would_ignore() {
+        use herald::config::DeadLetters;
+        let with = |to: DeadLetters| {
+            PgConfig::new("postgres://127.0.0.1/test")
+                .delivery(DeliveryConfig::default().dead_letters(to))
+                .validate()
+        };
+        with(DeadLetters::Off).unwrap();
+        let err = with(DeadLetters::Named("orders.dlq".into())).unwrap_err();
+        assert_eq!(err.code(), herald::ErrorCode::Validation);
+        assert!(
+            err.to_string().contains("HERALD_DEAD_LETTERS=orders.dlq"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

@@ -559,5 +559,8 @@ async fn dead_letter_raw(
     let reason = format!("outbox row {} is not an envelope: {why}", row.id);
     let letter =
         DeadLetter::new(env, FailureSource::Decode, ErrorCode::Validation, reason).with_attempts(0);
+    if inner.discards.discard(&letter) {
+        return Ok(());
+    }
     crate::dead_letters::insert(&inner.s, conn, &letter).await
 }

@@ -413,8 +413,11 @@ async fn settle_in(inner: &Inner, conn: &mut PgConnection, p: &PendingSettlement
             .await
             .map_err(runtime_error)?;
         }
-        Change::DeadLetter { code, reason } => {
-            let source = FailureSource::Handler;
+        Change::DeadLetter {
+            code,
+            reason,
+            source,
+        } => {
             let why = (code, reason);
             dead_letter(inner, &p.group, conn, p.pos, &p.envelope, why, source).await?;
         }
@@ -422,9 +425,10 @@ async fn settle_in(inner: &Inner, conn: &mut PgConnection, p: &PendingSettlement
     Ok(true)
 }
 
-/// Dead-letter `env` and settle its delivery for `group`, in the caller's
-/// transaction, `why` (a code and a reason) and by whom (`source`): both
-/// happen or neither, and neither if it is settled already.
+/// Dead-letter `env` (unless the store discards dead letters) and settle
+/// its delivery for `group`, in the caller's transaction, `why` (a code
+/// and a reason) and by whom (`source`): both happen or neither, and
+/// neither if it is settled already.
 pub(crate) async fn dead_letter(
     inner: &Inner,
     group: &str,
@@ -457,7 +461,9 @@ pub(crate) async fn dead_letter(
     let letter = DeadLetter::new(env.clone(), source, code, reason)
         .with_group(group.to_owned())
         .with_first_failure(first.and_then(chrono::DateTime::from_timestamp_millis));
-    crate::dead_letters::insert(s, conn, &letter).await?;
+    if !inner.discards.discard(&letter) {
+        crate::dead_letters::insert(s, conn, &letter).await?;
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use herald::backend::dead_lettering::Discards;
 use herald::config::redact;
 use herald::{Envelope, Result, StartPosition, Topic};
 use sqlx::{PgConnection, PgPool};
@@ -66,6 +67,7 @@ impl PgStore {
             outbox_channel: format!("herald_outbox_{}", config.schema_name()),
             events_channel: format!("herald_events_{}", config.schema_name()),
             groups_channel: format!("herald_groups_{}", config.schema_name()),
+            discards: Discards::new(config.dead_letters()),
             config,
             pool,
             s,

@@ -54,6 +54,10 @@ impl Transport for PgStore {
     fn features(&self) -> Features {
         FEATURES
     }
+
+    fn attach_metrics(&self, metrics: &herald::backend::Metrics) {
+        self.inner.discards.attach(metrics);
+    }
 }
 
 impl Inspect for PgStore {

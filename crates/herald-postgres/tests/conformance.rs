@@ -16,6 +16,10 @@ async fn fresh_bus() -> Bus {
     open(support::fresh_config().await).await
 }
 
+async fn with_delivery(delivery: herald::config::DeliveryConfig) -> Bus {
+    open(support::fresh_config().await.delivery(delivery)).await
+}
+
 async fn restartable_bus() -> Restartable {
     let config = support::fresh_config().await;
     let bus = open(config.clone()).await;
@@ -69,6 +73,7 @@ async fn set_broken(schema: String, broken: bool) {
 
 herald_conformance::conformance_tests!(
     fresh_bus,
+    configured = with_delivery,
     restart = restartable_bus,
     retention = retained_bus,
     dead_letter_faults = breakable_bus,

@@ -53,7 +53,7 @@ use axum::Extension;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use herald::CloseHandle;
-use herald::{CommandHandle, Delivery, Envelope, ErrorCode, Payload, StartPosition};
+use herald::{CommandHandle, Delivery, Envelope, ErrorCode, FailureSource, Payload, StartPosition};
 use parking_lot::Mutex;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -1208,7 +1208,11 @@ impl Conn {
             Settle::Ack => delivery.ack().await,
             Settle::Nack(d) if d.is_zero() => delivery.nack().await,
             Settle::Nack(d) => delivery.nack_after(d).await,
-            Settle::Term(reason) => delivery.term(ErrorCode::Validation, reason).await,
+            Settle::Term(reason) => {
+                delivery
+                    .term_as(FailureSource::Gateway, ErrorCode::Validation, reason)
+                    .await
+            }
         };
         let reply = match settled {
             Ok(()) => ServerFrame::Settled { delivery: number }.text(),

@@ -112,6 +112,9 @@ impl SqliteConfig {
             ));
         }
         self.delivery.validate()?;
+        self.delivery
+            .dead_letter_destination()
+            .unnamed("the SQLite store")?;
         in_range("busy_timeout", self.busy_timeout.as_secs_f64(), 0.0, 600.0)?;
         in_range("group_commit_max", self.group_commit_max, 1, 100_000)?;
         self.retention.validate()?;
@@ -186,6 +189,9 @@ impl SqliteConfig {
     pub(crate) fn poll(&self) -> Duration {
         self.delivery.poll_interval_duration()
     }
+    pub(crate) fn dead_letters(&self) -> &herald::config::DeadLetters {
+        self.delivery.dead_letter_destination()
+    }
     pub(crate) fn deliveries(&self) -> u32 {
         self.delivery.max_deliver_attempts()
     }
@@ -208,5 +214,29 @@ impl SqliteConfig {
     }
     pub(crate) fn settle_window(&self) -> Duration {
         self.delivery.settle_window_duration()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald::config::{DeadLetters, DeliveryConfig};
+
+    use super::*;
+
+    #[test]
+    fn dead_letters_take_off_but_not_a_name_the_table_would_ignore() {
+        let with = |to: DeadLetters| {
+            SqliteConfig::new("events.db")
+                .delivery(DeliveryConfig::default().dead_letters(to))
+                .validate()
+        };
+        with(DeadLetters::Off).unwrap();
+        with(DeadLetters::StoreDefault).unwrap();
+        let err = with(DeadLetters::Named("orders.dlq".into())).unwrap_err();
+        assert_eq!(err.code(), herald::ErrorCode::Validation);
+        assert!(
+            err.to_string().contains("HERALD_DEAD_LETTERS=orders.dlq"),
+            "{err}"
+        );
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) tails: herald::backend::log_tail::Tails,
     /// The group members of this store handle, one claimer per group.
     pub(crate) claimers: herald::backend::member::Claimers,
+    /// Kept or discarded (`HERALD_DEAD_LETTERS=off`), each dead letter.
+    pub(crate) discards: herald::backend::dead_lettering::Discards,
 }
 
 impl Inner {

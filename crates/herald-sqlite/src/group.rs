@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use herald::backend::dead_lettering::Discards;
 use herald::backend::group::{
     self as rules, Candidate, CandidateRow, Change, Claimed, Lease, LeaseState, Position, Settled,
 };
@@ -240,8 +241,8 @@ fn lease(
 fn apply(conn: &Connection, claim: &Claim, position: &Position, plan: &rules::Plan) -> Result<()> {
     for d in &plan.dead {
         let env = stored(conn, d.pos, d.attempt)?;
-        let reason = d.reason.clone();
-        dead_letter(conn, &claim.group, d.pos, &env, d.code, reason, d.source)?;
+        let why = (d.code, d.reason.clone(), d.source);
+        dead_letter(conn, &claim.discards, (&claim.group, d.pos), &env, why)?;
     }
     if plan.cursor > position.cursor {
         conn.prepare_cached("UPDATE groups SET cursor = ? WHERE name = ?")
@@ -450,10 +451,17 @@ pub(crate) fn settle(conn: &Connection, s: &Settlement, dedupe_window_ms: i64) -
             until_ms,
             failed_ms,
         } => set_state(conn, s, attempt, until_ms, failed_ms)?,
-        Change::DeadLetter { code, reason } => {
-            let source = FailureSource::Handler;
-            dead_letter(conn, &s.group, s.pos, &s.envelope, code, reason, source)?
-        }
+        Change::DeadLetter {
+            code,
+            reason,
+            source,
+        } => dead_letter(
+            conn,
+            &s.discards,
+            (&s.group, s.pos),
+            &s.envelope,
+            (code, reason, source),
+        )?,
     }
     Ok(Applied::Yes(None))
 }
@@ -485,16 +493,15 @@ fn set_state(
     Ok(())
 }
 
-/// Dead-letter `env` for `group` and settle its delivery, in the caller's
-/// transaction: both happen or neither.
+/// Dead-letter `env` (at `pos`) for `group`, unless `discards` says
+/// discard it, and settle its delivery, in the caller's transaction: both
+/// happen or neither.
 fn dead_letter(
     conn: &Connection,
-    group: &str,
-    pos: i64,
+    discards: &Discards,
+    (group, pos): (&str, i64),
     env: &Envelope,
-    code: ErrorCode,
-    reason: String,
-    source: FailureSource,
+    (code, reason, source): (ErrorCode, String, FailureSource),
 ) -> Result<()> {
     let first: Option<Option<i64>> = conn
         .prepare_cached("SELECT first_failed_ms FROM deliveries WHERE grp = ? AND pos = ?")
@@ -506,7 +513,9 @@ fn dead_letter(
     let letter = DeadLetter::new(env.clone(), source, code, reason)
         .with_group(group.to_owned())
         .with_first_failure(first);
-    insert_dead_letter(conn, &letter)?;
+    if !discards.discard(&letter) {
+        insert_dead_letter(conn, &letter)?;
+    }
     conn.prepare_cached(
         "INSERT INTO deliveries (grp, pos, state, attempt, lease_until_ms, owner) VALUES (?, ?, ?, ?, 0, NULL)
          ON CONFLICT (grp, pos) DO UPDATE SET state = excluded.state, attempt = excluded.attempt",

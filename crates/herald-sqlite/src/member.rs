@@ -73,6 +73,7 @@ impl member::GroupMember for Member {
                 max,
                 spec: self.spec.clone(),
                 max_deliver: self.spec.max_deliver_or(self.inner.config.deliveries()),
+                discards: self.inner.discards.clone(),
                 refresh: self.refresh(max),
                 park: max > 0 && !*interrupted.borrow(),
             };
@@ -116,6 +117,7 @@ impl member::GroupMember for Member {
                 pos,
                 outcome,
                 max_deliver: self.spec.max_deliver_or(self.inner.config.deliveries()),
+                discards: self.inner.discards.clone(),
                 effects,
                 next,
             };

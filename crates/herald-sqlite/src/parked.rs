@@ -182,6 +182,7 @@ impl Parked {
                 pos,
                 outcome: Settled::Released,
                 max_deliver: claim.max_deliver,
+                discards: claim.discards.clone(),
                 effects: Vec::new(),
                 next: None,
             };

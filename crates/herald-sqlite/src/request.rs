@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use herald::backend::dead_lettering::Discards;
 use herald::backend::group::{Claimed, Settled};
 use herald::{DeadLetter, Envelope, Result, SubscribeSpec};
 use tokio::sync::oneshot;
@@ -43,6 +44,8 @@ pub(crate) struct Claim {
     pub(crate) max: usize,
     pub(crate) spec: SubscribeSpec,
     pub(crate) max_deliver: u32,
+    /// What becomes of what the claim dead-letters (the store's).
+    pub(crate) discards: Discards,
     /// Record the member as live (it was not, lately).
     pub(crate) refresh: bool,
     /// When nothing is claimable, wait in the writer until something is
@@ -58,6 +61,8 @@ pub(crate) struct Settlement {
     pub(crate) pos: i64,
     pub(crate) outcome: Settled,
     pub(crate) max_deliver: u32,
+    /// What becomes of a dead letter it makes (the store's).
+    pub(crate) discards: Discards,
     /// Events to append in the same transaction if this ack applies.
     pub(crate) effects: Vec<Envelope>,
     /// The key's next event the member holds, leased to it if this ack

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use herald::backend::dead_lettering::{DeadLetterWrites, Discards, DEAD_LETTER_WRITE_WAIT};
 use herald::{Envelope, Error, ErrorCode, Result, StartPosition, Topic};
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{ConnectOptions, SqliteConnection};
@@ -113,6 +113,7 @@ impl SqliteStore {
             .map_err(|e| open_error(&path, e))?;
         let (writer, requests) = mpsc::channel(WRITER_QUEUE);
         let dedupe_ms = config.dedupe_ms();
+        let discards = Discards::new(config.dead_letters());
         let (committed_tx, committed) = watch::channel(max_pos(readers.clone()).await?);
         let (groups_tx, groups) = watch::channel(0u64);
         let signals = Signals {
@@ -167,6 +168,7 @@ impl SqliteStore {
                 parked,
                 tails: Default::default(),
                 claimers: Default::default(),
+                discards,
             }),
         };
         tokio::spawn(retention::run(Arc::downgrade(&store.inner)));

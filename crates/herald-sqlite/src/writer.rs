@@ -404,6 +404,7 @@ mod tests {
             pos: 1,
             outcome: Settled::Outcome(Outcome::Ack),
             max_deliver: 5,
+            discards: Default::default(),
             effects: Vec::new(),
             next: None,
         };

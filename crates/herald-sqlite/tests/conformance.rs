@@ -48,6 +48,11 @@ async fn fresh_bus() -> Bus {
     open(fresh_path()).await
 }
 
+async fn with_delivery(delivery: herald::config::DeliveryConfig) -> Bus {
+    let config = SqliteConfig::new(fresh_path()).delivery(delivery);
+    Bus::new(SqliteStore::open(config).await.expect("open store"))
+}
+
 async fn restartable_bus() -> Restartable {
     let path = fresh_path();
     let bus = open(path.clone()).await;
@@ -91,6 +96,7 @@ async fn set_broken(url: String, broken: bool) {
 
 herald_conformance::conformance_tests!(
     fresh_bus,
+    configured = with_delivery,
     restart = restartable_bus,
     retention = retained_bus,
     dead_letter_faults = breakable_bus,

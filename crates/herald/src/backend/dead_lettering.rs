@@ -1,7 +1,9 @@
 //! Dead-lettering, the part every store shares: the writes a store has
 //! under way, how long its close and its listings wait for them, how soon
 //! a message whose dead letter could not be written comes back, and the
-//! warning a group's first give-up at `max_deliver` logs.
+//! warning a group's first give-up at `max_deliver` logs, and
+//! [`Discards`]: what a store does instead of writing when its dead letters
+//! are off (`HERALD_DEAD_LETTERS=off`).
 //!
 //! The rule itself — write the dead letter, then settle the message; if the
 //! write fails, redeliver it — is the [`Queue`](crate::backend::queue::Queue)'s
@@ -12,10 +14,15 @@
 //! letter in the transaction that settles the lease, so they need none of
 //! this.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::config::DeadLetters;
+use crate::model::dead_letter::DeadLetter;
+use crate::observe::instrument::DEAD_LETTERS_DISCARDED;
+use crate::observe::metrics::Metrics;
 
 /// How long a store's close, and a listing of its dead letters, waits for
 /// the dead-letter writes under way: the same on every store.
@@ -112,5 +119,84 @@ pub struct WriteUnderWay(Arc<watch::Sender<usize>>);
 impl Drop for WriteUnderWay {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A store's verdict on each dead letter under `HERALD_DEAD_LETTERS`: keep
+/// it (write it where the store keeps them), or, when dead letters are
+/// off, discard it: log it at warn with what finds its message, count it
+/// in [`DEAD_LETTERS_DISCARDED`] of the first registry attached
+/// ([`attach`](Self::attach)), and let the store settle the message as
+/// if the write had succeeded. Clones share the registry.
+///
+/// ```
+/// use herald::backend::dead_lettering::Discards;
+/// use herald::config::DeadLetters;
+/// use herald::{DeadLetter, ErrorCode, FailureSource, Message, Payload, Publish};
+/// use herald::metrics::Metrics;
+///
+/// let letter = DeadLetter::new(
+///     Message::new("orders.placed", Payload::null()).into_envelope(&"docs".into()).unwrap(),
+///     FailureSource::Handler,
+///     ErrorCode::Validation,
+///     "no such sku",
+/// );
+/// assert!(!Discards::new(&DeadLetters::StoreDefault).discard(&letter));
+/// let off = Discards::new(&DeadLetters::Off);
+/// let metrics = Metrics::new();
+/// off.attach(&metrics);
+/// assert!(off.discard(&letter));
+/// let counted = metrics.counter("herald_dead_letters_discarded_total", &[("source", "handler")]);
+/// assert_eq!(counted.get(), 1);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Discards {
+    off: bool,
+    metrics: Arc<OnceLock<Metrics>>,
+}
+
+impl Discards {
+    /// The verdicts for a store configured with `to`.
+    pub fn new(to: &DeadLetters) -> Discards {
+        Discards {
+            off: to.is_off(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Count discards in `metrics` (the first registry attached keeps them).
+    pub fn attach(&self, metrics: &Metrics) {
+        let _ = self.metrics.set(metrics.clone());
+    }
+
+    /// Whether `letter` is discarded rather than written; a discarded one is
+    /// logged and counted here.
+    pub fn discard(&self, letter: &DeadLetter) -> bool {
+        if !self.off {
+            return false;
+        }
+        let env = &letter.envelope;
+        tracing::warn!(
+            topic = %env.topic(),
+            seq = env.seq(),
+            group = letter.group.as_deref().unwrap_or_default(),
+            message_id = %env.id(),
+            correlation_id = %env.correlation_id(),
+            causation_id = ?env.causation_id(),
+            source = letter.source.as_str(),
+            code = %letter.code,
+            attempts = letter.attempts,
+            reason = %letter.reason,
+            "dead letter discarded (HERALD_DEAD_LETTERS=off)"
+        );
+        if let Some(metrics) = self.metrics.get() {
+            metrics
+                .counter(
+                    DEAD_LETTERS_DISCARDED,
+                    &[("source", letter.source.as_str())],
+                )
+                .inc();
+        }
+        true
     }
 }

@@ -576,6 +576,8 @@ pub enum Change {
         code: ErrorCode,
         /// Why.
         reason: String,
+        /// Who gave up.
+        source: FailureSource,
     },
 }
 
@@ -612,6 +614,7 @@ pub fn change(
                     "gave up after {attempt} attempts: {}",
                     reason.as_deref().unwrap_or("nacked")
                 ),
+                source: FailureSource::Handler,
             }
         }
         Settled::Outcome(Outcome::Nack { delay, .. }) => Change::Wait {
@@ -619,9 +622,14 @@ pub fn change(
             until_ms: now_ms.saturating_add(delay.map_or(0, ms)),
             failed_ms: Some(now_ms),
         },
-        Settled::Outcome(Outcome::Term { code, reason }) => Change::DeadLetter {
+        Settled::Outcome(Outcome::Term {
+            code,
+            reason,
+            source,
+        }) => Change::DeadLetter {
             code: *code,
             reason: reason.clone(),
+            source: *source,
         },
     }
 }

@@ -730,9 +730,11 @@ impl Settle for Queue {
                 }
                 return self.host.upgrade()?.acked(self, envelope);
             }
-            Outcome::Term { code, reason } => {
-                return Some(self.give_up(envelope, code, reason, FailureSource::Handler));
-            }
+            Outcome::Term {
+                code,
+                reason,
+                source,
+            } => return Some(self.give_up(envelope, code, reason, source)),
             Outcome::Nack { delay, reason } => return self.retry(envelope, delay, reason),
             Outcome::Defer { delay } => {
                 // A new allocation: deliveries are tracked by address, and a

@@ -30,6 +30,7 @@ use futures_core::Stream;
 use crate::config::{
     DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SUBSCRIPTION_BUFFER, MAX_IN_FLIGHT_RANGE,
 };
+use crate::model::dead_letter::FailureSource;
 use crate::model::delivery::{Delivery, Detached, Outcome};
 use crate::model::envelope::Kind;
 use crate::model::error::{Error, ErrorCode, Result};
@@ -393,6 +394,7 @@ impl<E: Event> Stream for TypedSubscription<E> {
                     delivery.settle_detached(Outcome::Term {
                         code: ErrorCode::Validation,
                         reason: err.message().to_string(),
+                        source: FailureSource::Decode,
                     });
                     return Poll::Ready(Some(Err(err)));
                 }

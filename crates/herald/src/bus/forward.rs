@@ -10,7 +10,8 @@
 //! retryable error, which defers the event (no attempt counted, nothing
 //! dead-lettered) and, repeated, opens a circuit breaker that stops calling
 //! the target until it may be back. An event the target refuses for good
-//! (too large for its limits, say) is dead-lettered in the source group.
+//! (too large for its limits, say) is dead-lettered in the source group,
+//! with source `forwarder`.
 //!
 //! It does not own delivery, retries or dead letters (the handler runtime's)
 //! nor dedupe (the target's).
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use crate::bus::handler::{Handler, HandlerReport};
 use crate::bus::Bus;
+use crate::model::dead_letter::FailureSource;
 use crate::model::error::{Error, Result};
 use crate::model::start::StartPosition;
 use crate::runtime::breaker::CircuitBreaker;
@@ -137,7 +139,8 @@ impl Forwarder {
             .handler(&self.pattern)
             .group(self.group)
             .start(self.start)
-            .concurrency(self.concurrency);
+            .concurrency(self.concurrency)
+            .failure_source(FailureSource::Forwarder);
         if let Some(wait) = self.ack_wait {
             handler = handler.ack_wait(wait);
         }

@@ -32,6 +32,7 @@ use crate::backend::subscription::{CloseHandle, StartPosition};
 use crate::bus::Bus;
 use crate::config::RetryPolicy;
 use crate::model::context::Context;
+use crate::model::dead_letter::FailureSource;
 use crate::model::delivery::{Delivery, Outcome};
 use crate::model::envelope::Envelope;
 use crate::model::error::{Error, ErrorCode, Result};
@@ -72,6 +73,8 @@ pub struct HandlerBuilder {
     await_acks: bool,
     layers: Vec<Arc<dyn Layer>>,
     observer: Option<Arc<dyn HandlerObserver>>,
+    /// The source its dead letters name: a forwarder's handler is one.
+    failure_source: FailureSource,
 }
 
 impl Bus {
@@ -146,6 +149,7 @@ impl Bus {
             await_acks: true,
             layers: Vec::new(),
             observer: None,
+            failure_source: FailureSource::Handler,
         }
     }
 }
@@ -269,6 +273,13 @@ impl HandlerBuilder {
         self
     }
 
+    /// Name `source` on the dead letters this handler gives up (the
+    /// forwarder's handler names [`FailureSource::Forwarder`]).
+    pub(crate) fn failure_source(mut self, source: FailureSource) -> Self {
+        self.failure_source = source;
+        self
+    }
+
     /// Subscribe and start handling with `handler`.
     ///
     /// The handler returns its effects: `()` for none, or a [`Message`] /
@@ -360,6 +371,7 @@ impl HandlerBuilder {
             bus: self.bus,
             retry,
             await_acks: self.await_acks,
+            failure_source: self.failure_source,
             observer: self.observer,
             counts: Counts::default(),
             lag: LagProbe::default(),
@@ -497,6 +509,8 @@ struct Runtime {
     retry: Retries,
     /// Wait for each plain ack to be durable ([`HandlerBuilder::await_acks`]).
     await_acks: bool,
+    /// The source of the dead letters this handler gives up.
+    failure_source: FailureSource,
     observer: Option<Arc<dyn HandlerObserver>>,
     counts: Counts,
     lag: LagProbe,
@@ -659,6 +673,7 @@ impl Runtime {
             let outcome = Outcome::Term {
                 code: e.code(),
                 reason,
+                source: self.failure_source,
             };
             (outcome, HandlerOutcome::DeadLettered)
         } else {
@@ -693,6 +708,7 @@ impl Runtime {
                 env.attempt(),
                 e.message()
             ),
+            source: self.failure_source,
         };
         (outcome, HandlerOutcome::DeadLettered)
     }

@@ -53,6 +53,87 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// (`HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT`).
 pub const DEFAULT_BREAKER_RESET_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a store puts what it dead-letters (`HERALD_DEAD_LETTERS`).
+///
+/// ```
+/// use herald::config::DeadLetters;
+/// assert_eq!("off".parse::<DeadLetters>().unwrap(), DeadLetters::Off);
+/// assert_eq!(
+///     "orders.dead_letters".parse::<DeadLetters>().unwrap(),
+///     DeadLetters::Named("orders.dead_letters".into()),
+/// );
+/// assert!("two words".parse::<DeadLetters>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeadLetters {
+    /// The store's own place: the topic `<environment>.dead_letters` on
+    /// Kafka, the stream `<prefix>_DLQ` on NATS, the `dead_letters` table
+    /// on SQLite and PostgreSQL, a bounded list in memory.
+    #[default]
+    StoreDefault,
+    /// The topic (Kafka) or stream (NATS, with `.` as `_`) of this name:
+    /// `[A-Za-z0-9._-]`, 1–249 characters. The SQL stores keep dead letters
+    /// in their table and refuse a name.
+    Named(String),
+    /// Keep nothing: log each at warn and count it in
+    /// `herald_dead_letters_discarded_total`, then settle the message.
+    Off,
+}
+
+/// The longest name `HERALD_DEAD_LETTERS` takes (Kafka's topic limit).
+pub const MAX_DEAD_LETTERS_NAME: usize = 249;
+
+impl std::str::FromStr for DeadLetters {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<DeadLetters> {
+        let s = s.trim();
+        let named = DeadLetters::Named(s.to_owned());
+        match s {
+            "off" => Ok(DeadLetters::Off),
+            _ => named.validate().map(|()| named),
+        }
+    }
+}
+
+impl DeadLetters {
+    /// The name a user gave, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            DeadLetters::Named(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Whether dead letters are discarded.
+    pub fn is_off(&self) -> bool {
+        *self == DeadLetters::Off
+    }
+
+    /// Check a name's characters and length.
+    pub fn validate(&self) -> Result<()> {
+        let Some(name) = self.name() else {
+            return Ok(());
+        };
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.is_empty() || name.len() > MAX_DEAD_LETTERS_NAME || !name.chars().all(legal) {
+            return Err(key("HERALD_DEAD_LETTERS").invalid(name));
+        }
+        Ok(())
+    }
+
+    /// Refused with `VALIDATION` by a store whose dead letters have one
+    /// place (the SQL stores' table): a name there would be ignored.
+    pub fn unnamed(&self, store: &str) -> Result<()> {
+        match self.name() {
+            Some(name) => Err(crate::Error::validation(format!(
+                "HERALD_DEAD_LETTERS={name} is not allowed on {store}: its dead letters are its \
+                 `dead_letters` table; expected off, or unset"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The delivery settings every transport shares (DESIGN.md §9). Build in
 /// code, or read the `HERALD_*` keys once with
 /// [`DeliveryConfig::from_env`] and hand the result to the bus's
@@ -81,6 +162,7 @@ pub struct DeliveryConfig {
     poll_interval: Duration,
     timeout: Duration,
     limits: Limits,
+    dead_letters: DeadLetters,
 }
 
 impl Default for DeliveryConfig {
@@ -98,6 +180,7 @@ impl Default for DeliveryConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             limits: Limits::default(),
+            dead_letters: DeadLetters::StoreDefault,
         }
     }
 }
@@ -170,6 +253,9 @@ impl DeliveryConfig {
         if let Some(v) = key("HERALD_MAX_HEADER_BYTES").parse_from(get)? {
             d.limits = d.limits.max_header_bytes(v);
         }
+        if let Some(v) = key("HERALD_DEAD_LETTERS").parse_from(get)? {
+            d.dead_letters = v;
+        }
         d.validate()?;
         Ok(d)
     }
@@ -210,7 +296,7 @@ impl DeliveryConfig {
             0,
             Limits::WIDEST.header_bytes(),
         )?;
-        Ok(())
+        self.dead_letters.validate()
     }
 
     /// The group a service's subscriptions join when they name none.
@@ -277,6 +363,11 @@ impl DeliveryConfig {
         self.limits = limits;
         self
     }
+    /// Where dead letters go, or [`DeadLetters::Off`].
+    pub fn dead_letters(mut self, to: DeadLetters) -> Self {
+        self.dead_letters = to;
+        self
+    }
 
     /// The default group, when one is configured.
     pub fn group_name(&self) -> Option<&str> {
@@ -326,6 +417,10 @@ impl DeliveryConfig {
     pub fn envelope_limits(&self) -> Limits {
         self.limits
     }
+    /// Where dead letters go.
+    pub fn dead_letter_destination(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +457,7 @@ mod tests {
             ("HERALD_MAX_PAYLOAD_BYTES", "4096"),
             ("HERALD_MAX_HEADERS", "3"),
             ("HERALD_MAX_HEADER_BYTES", "100"),
+            ("HERALD_DEAD_LETTERS", "off"),
         ])
         .unwrap();
         assert_eq!(d.group_name(), Some("billing"));
@@ -384,6 +480,9 @@ mod tests {
             .max_headers(3)
             .max_header_bytes(100);
         assert_eq!(d.envelope_limits(), limits);
+        assert_eq!(d.dead_letter_destination(), &DeadLetters::Off);
+        let named = read(&[("HERALD_DEAD_LETTERS", "billing.dlq")]).unwrap();
+        assert_eq!(named.dead_letter_destination().name(), Some("billing.dlq"));
         assert_eq!(read(&[]).unwrap(), DeliveryConfig::default());
     }
 
@@ -410,6 +509,8 @@ mod tests {
             ),
             ("HERALD_MAX_PAYLOAD_BYTES", "10", "bytes, 1024–67108864"),
             ("HERALD_GROUP", "a\nb", "1–255 chars, no control characters"),
+            ("HERALD_DEAD_LETTERS", "a b", "a topic or stream name"),
+            ("HERALD_DEAD_LETTERS", "", "a topic or stream name"),
         ] {
             let err = read(&[(key, value)]).unwrap_err();
             assert_eq!(err.code(), ErrorCode::Validation);

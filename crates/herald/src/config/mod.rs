@@ -19,8 +19,8 @@ pub mod retry;
 use std::time::Duration;
 
 pub use delivery::{
-    DeliveryConfig, DEFAULT_ACK_WAIT, DEFAULT_BREAKER_RESET_TIMEOUT, DEFAULT_BREAKER_THRESHOLD,
-    DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL,
+    DeadLetters, DeliveryConfig, DEFAULT_ACK_WAIT, DEFAULT_BREAKER_RESET_TIMEOUT,
+    DEFAULT_BREAKER_THRESHOLD, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL,
 };
 pub use keys::{
     env, env_parse, file_path, origin, set_command_line, set_defaults, set_file_values, spec,

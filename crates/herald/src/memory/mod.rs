@@ -62,7 +62,7 @@ use crate::model::topic::Topic;
 use crate::observe::instrument::START_SKIPPED;
 use crate::observe::metrics::Metrics;
 
-use crate::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
+use crate::backend::dead_lettering::{DeadLetterWrites, Discards, DEAD_LETTER_WRITE_WAIT};
 use crate::backend::queue::{self, Queue, QueueHost};
 use crate::model::delivery::BoxFuture;
 
@@ -212,13 +212,14 @@ impl MemoryTransport {
     fn with_config(config: MemoryConfig) -> Self {
         MemoryTransport {
             shared: Arc::new(Shared {
-                config,
                 registry: Mutex::new(Registry::default()),
                 topics: RwLock::new(HashMap::new()),
                 dead: Mutex::new(DeadStore::default()),
                 dead_letter_writes: DeadLetterWrites::default(),
                 closed: AtomicBool::new(false),
                 metrics: std::sync::OnceLock::new(),
+                discards: Discards::new(config.delivery.dead_letter_destination()),
+                config,
             }),
         }
     }
@@ -239,6 +240,9 @@ pub(crate) struct Shared {
     /// The registry of the first instrumented bus built on this store,
     /// where starts past the history count what they skipped.
     metrics: std::sync::OnceLock<Metrics>,
+    /// Whether dead letters are kept (any `HERALD_DEAD_LETTERS` name keeps
+    /// them in this store's list) or discarded (`off`).
+    discards: Discards,
 }
 
 #[derive(Default)]
@@ -313,6 +317,9 @@ impl QueueHost for Shared {
     }
 
     fn dead_letter(&self, mut letter: DeadLetter) -> BoxFuture<'static, Result<()>> {
+        if self.discards.discard(&letter) {
+            return Box::pin(std::future::ready(Ok(())));
+        }
         let mut dead = self.dead.lock();
         if dead.entries.len() >= self.config.dead_letter_capacity {
             dead.entries.pop_front();
@@ -842,6 +849,7 @@ impl Transport for MemoryTransport {
 
     fn attach_metrics(&self, metrics: &Metrics) {
         let _ = self.shared.metrics.set(metrics.clone());
+        self.shared.discards.attach(metrics);
     }
 }
 

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::model::dead_letter::FailureSource;
 use crate::model::envelope::Envelope;
 use crate::model::error::{ErrorCode, Result};
 
@@ -53,6 +54,8 @@ pub enum Outcome {
         code: ErrorCode,
         /// Why.
         reason: String,
+        /// Who gave up: the dead letter's [`FailureSource`].
+        source: FailureSource,
     },
 }
 
@@ -146,11 +149,25 @@ impl Delivery {
         self.finish(Outcome::Defer { delay }).await
     }
 
-    /// Terminal failure: dead-letter now with `code` and `reason`.
+    /// Terminal failure: dead-letter now with `code` and `reason`, from
+    /// [`FailureSource::Handler`].
     pub async fn term(self, code: ErrorCode, reason: impl Into<String>) -> Result<()> {
+        self.term_as(FailureSource::Handler, code, reason).await
+    }
+
+    /// Terminal failure reported by `source` (a forwarder, a gateway whose
+    /// client gave the message up): dead-letter now with `code`, `reason`
+    /// and that source.
+    pub async fn term_as(
+        self,
+        source: FailureSource,
+        code: ErrorCode,
+        reason: impl Into<String>,
+    ) -> Result<()> {
         self.finish(Outcome::Term {
             code,
             reason: reason.into(),
+            source,
         })
         .await
     }

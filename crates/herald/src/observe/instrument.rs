@@ -18,6 +18,7 @@
 //! | [`DEAD_LETTERS`] | counter | events this process's handlers dead-lettered |
 //! | [`CONSUMER_LAG`] | gauge, `group`, `topic` | a handler group's distance behind a topic's last `seq`, refreshed at most once a second while it handles |
 //! | [`START_SKIPPED`] | counter, `topic` | events a subscription's start asked for that the memory store no longer kept (it keeps the last `history_size` of a topic) |
+//! | [`DEAD_LETTERS_DISCARDED`] | counter, `source` | dead letters a store kept nothing of, with `HERALD_DEAD_LETTERS=off` (counted in the registry of each bus on the store) |
 //! | [`BREAKER_STATE`] | gauge, `breaker` | 0 closed, 1 half-open, 2 open: the publish breaker, and any breaker [exported](crate::runtime::breaker::CircuitBreaker::export) |
 
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub const CONSUMER_LAG: &str = "herald_consumer_lag";
 /// Events a start at `Earliest` or a `seq` asked for that the memory store
 /// no longer kept, by `topic`.
 pub const START_SKIPPED: &str = "herald_start_skipped_total";
+/// Dead letters a store discarded (`HERALD_DEAD_LETTERS=off`), by `source`.
+pub const DEAD_LETTERS_DISCARDED: &str = "herald_dead_letters_discarded_total";
 /// A circuit breaker's state by `breaker`: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "herald_circuit_breaker_state";
 
