@@ -1,6 +1,7 @@
 //! Batches, payload limits, dedupe and backpressure (DESIGN.md §4.1, §4.7, §4.8).
 
-use herald::{ErrorCode, Message, Payload};
+use herald::config::DeliveryConfig;
+use herald::{Bus, ErrorCode, Message, Payload};
 
 use crate::support::{number, numbered, numbers, recv, seqs};
 use crate::Harness;
@@ -129,4 +130,39 @@ pub async fn full_subscriber_never_blocks_other_topics_or_loses_events(h: &Harne
         "nothing lost"
     );
     assert_eq!(publisher.await.unwrap().len(), BUFFER * 3);
+}
+
+/// `HERALD_DEDUPE_WINDOW=forever` on a SQL store (DESIGN.md §9): a key is
+/// deduped however long ago it was appended; a store opened with a window
+/// again appends it anew once the window has passed; and a log that
+/// repeats a key cannot be opened with `forever` (its keys cannot be made
+/// unique). `open` opens the same store with the settings given (closing
+/// is the caller's `Bus::close`), `age` makes every logged event look
+/// appended 30 days ago.
+pub async fn a_key_is_deduped_forever_on_a_sql_store<O, OF, A, AF>(open: O, age: A)
+where
+    O: Fn(DeliveryConfig) -> OF,
+    OF: std::future::Future<Output = herald::Result<Bus>>,
+    A: Fn() -> AF,
+    AF: std::future::Future<Output = ()>,
+{
+    let forever = || DeliveryConfig::default().dedupe_forever();
+    let key = |n| numbered("conf.forever", n).idempotency_key("order-42");
+    let bus = open(forever()).await.unwrap();
+    let first = bus.publish(key(1)).await.unwrap();
+    bus.close().await.unwrap();
+    age().await;
+
+    let bus = open(forever()).await.unwrap();
+    assert_eq!(bus.publish(key(2)).await.unwrap(), first, "kept forever");
+    bus.close().await.unwrap();
+
+    let bus = open(DeliveryConfig::default()).await.unwrap();
+    let anew = bus.publish(key(3)).await.unwrap();
+    assert_ne!(anew, first, "past a window, the key is appended again");
+    bus.close().await.unwrap();
+
+    let err = open(forever()).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation);
+    assert!(err.to_string().contains("forever"), "{err}");
 }

@@ -477,6 +477,7 @@ impl KafkaConfig {
         BATCH_MESSAGES.check(self.batch_messages, 1, 1_000_000)?;
         herald::config::check_environment(&self.environment)?;
         self.delivery.validate()?;
+        self.delivery.windowed_dedupe("the Kafka store")?;
         herald::config::check_timeout(self.delivery.timeout_duration())?;
         if let Some(p) = self.security.get("security.protocol") {
             let known = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];

@@ -249,6 +249,7 @@ impl NatsConfig {
             MAX_BYTES.check(b, 1024, i64::MAX as u64)?;
         }
         self.delivery.validate()?;
+        self.delivery.windowed_dedupe("the NATS store")?;
         // JetStream's duplicate window is at least a second.
         in_range(
             "HERALD_DEDUPE_WINDOW",

@@ -186,8 +186,7 @@ impl PgConfig {
         }
         self.delivery.validate()?;
         self.delivery
-            .dead_letter_destination()
-            .unnamed("the PostgreSQL store")?;
+            .check_sql_store("the PostgreSQL store", self.retention.keeps_everything())?;
         KEYS[1].check(self.pool_size, 4, 1000)?;
         // A publish waits at least a second for the sequencer.
         in_range(
@@ -204,8 +203,7 @@ impl PgConfig {
     }
 
     pub(crate) fn dedupe_window_ms(&self) -> i64 {
-        let window = self.delivery.dedupe_window_duration();
-        window.as_millis().min(i64::MAX as u128) as i64
+        self.delivery.dedupe_window_ms()
     }
     pub(crate) fn poll(&self) -> Duration {
         self.delivery.poll_interval_duration()
@@ -215,6 +213,9 @@ impl PgConfig {
     }
     pub(crate) fn timeout(&self) -> Duration {
         self.delivery.timeout_duration()
+    }
+    pub(crate) fn dedupes_forever(&self) -> bool {
+        self.delivery.dedupes_forever()
     }
     pub(crate) fn dead_letters(&self) -> &herald::config::DeadLetters {
         self.delivery.dead_letter_destination()

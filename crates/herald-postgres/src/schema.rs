@@ -132,19 +132,56 @@ pub(crate) fn quoted(schema: &str) -> String {
 }
 
 /// Bring `schema` to [`SCHEMA_VERSION`].
-pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<()> {
+pub(crate) async fn migrate(conn: &mut PgConnection, schema: &str, forever: bool) -> Result<()> {
     let lock_key = format!("herald.migrate.{schema}");
     sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
         .bind(&lock_key)
         .execute(&mut *conn)
         .await
         .map_err(runtime_error)?;
-    let result = apply(conn, schema).await;
+    let mut result = apply(conn, schema).await;
+    if result.is_ok() {
+        result = unique_keys(conn, schema, forever).await;
+    }
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
         .bind(&lock_key)
         .execute(&mut *conn)
         .await;
     result
+}
+
+/// The index [`unique_keys`] keeps while keys are kept forever.
+pub(crate) const UNIQUE_KEYS_INDEX: &str = "events_unique_idempotency_key";
+
+/// With `HERALD_DEDUPE_WINDOW=forever` (`forever`), make each topic's
+/// idempotency keys unique in the log, the constraint that holds whatever
+/// the sequencer does; refused with `VALIDATION` when the log already
+/// repeats a key (appended more than a window apart). Without it, drop
+/// that index, so a key may be appended again after its window.
+async fn unique_keys(conn: &mut PgConnection, schema: &str, forever: bool) -> Result<()> {
+    let s = quoted(schema);
+    let sql = if forever {
+        format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_KEYS_INDEX} ON {s}.events (topic, idempotency_key)"
+        )
+    } else {
+        format!("DROP INDEX IF EXISTS {s}.{UNIQUE_KEYS_INDEX}")
+    };
+    sqlx::query(&sql).execute(&mut *conn).await.map_err(|e| {
+        match e.as_database_error().and_then(|d| d.code()) {
+            Some(code) if code == "23505" => Error::new(
+                ErrorCode::Validation,
+                format!(
+                    "HERALD_DEDUPE_WINDOW=forever: schema {schema} already logs one topic's \
+                     idempotency key more than once (appended more than a dedupe window \
+                     apart), so the keys cannot be made unique; keep a window, or start on a \
+                     fresh schema"
+                ),
+            ),
+            _ => runtime_error(e),
+        }
+    })?;
+    Ok(())
 }
 
 async fn apply(conn: &mut PgConnection, schema: &str) -> Result<()> {

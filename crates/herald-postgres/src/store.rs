@@ -57,7 +57,8 @@ impl PgStore {
         config.validate()?;
         let pool = crate::conn::connect(&config).await?;
         let mut conn = pool.acquire().await.map_err(runtime_error)?;
-        schema::migrate(&mut conn, config.schema_name()).await?;
+        let forever = config.dedupes_forever();
+        schema::migrate(&mut conn, config.schema_name(), forever).await?;
         drop(conn);
         let s = quoted(config.schema_name());
         let start = current_pos(&pool, &s).await?;

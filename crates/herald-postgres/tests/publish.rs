@@ -85,3 +85,25 @@ async fn a_row_that_is_not_an_envelope_becomes_a_dead_letter() {
     assert_eq!(dead[0].envelope.topic().as_str(), "junk.t");
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_deduped_forever_with_a_unique_index() {
+    let config = support::fresh_config().await;
+    let schema = config.schema_name().to_owned();
+    let open = |delivery: herald::config::DeliveryConfig| {
+        let config = config.clone().delivery(delivery);
+        async move { PgStore::open(config).await.map(Bus::new) }
+    };
+    let age = || {
+        let schema = schema.clone();
+        async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&support::url()).await.unwrap();
+            let sql = format!(
+                "UPDATE {schema}.events SET appended_ms = appended_ms - 30 * 86400000::bigint"
+            );
+            sqlx::query(&sql).execute(&mut conn).await.unwrap();
+        }
+    };
+    herald_conformance::limits::a_key_is_deduped_forever_on_a_sql_store(open, age).await;
+}

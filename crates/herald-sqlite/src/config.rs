@@ -113,8 +113,7 @@ impl SqliteConfig {
         }
         self.delivery.validate()?;
         self.delivery
-            .dead_letter_destination()
-            .unnamed("the SQLite store")?;
+            .check_sql_store("the SQLite store", self.retention.keeps_everything())?;
         in_range("busy_timeout", self.busy_timeout.as_secs_f64(), 0.0, 600.0)?;
         in_range("group_commit_max", self.group_commit_max, 1, 100_000)?;
         self.retention.validate()?;
@@ -189,6 +188,9 @@ impl SqliteConfig {
     pub(crate) fn poll(&self) -> Duration {
         self.delivery.poll_interval_duration()
     }
+    pub(crate) fn dedupes_forever(&self) -> bool {
+        self.delivery.dedupes_forever()
+    }
     pub(crate) fn dead_letters(&self) -> &herald::config::DeadLetters {
         self.delivery.dead_letter_destination()
     }
@@ -200,8 +202,7 @@ impl SqliteConfig {
     }
     /// The dedupe window in milliseconds, as the SQL compares it.
     pub(crate) fn dedupe_ms(&self) -> i64 {
-        let window = self.delivery.dedupe_window_duration();
-        window.as_millis().min(i64::MAX as u128) as i64
+        self.delivery.dedupe_window_ms()
     }
     pub(crate) fn busy(&self) -> Duration {
         self.busy_timeout

@@ -104,6 +104,43 @@ pub(crate) async fn migrate(mut conn: SqliteConnection, path: String) -> Result<
     Ok(conn)
 }
 
+/// The index [`unique_keys`] keeps while keys are kept forever.
+pub(crate) const UNIQUE_KEYS_INDEX: &str = "events_unique_idempotency_key";
+
+/// With `HERALD_DEDUPE_WINDOW=forever` (`forever`), make each topic's
+/// idempotency keys unique in the log; refused with `VALIDATION` when the
+/// log already repeats a key (appended more than a window apart). Without
+/// it, drop that index, so a key may be appended again after its window.
+pub(crate) async fn unique_keys(
+    conn: &mut SqliteConnection,
+    path: &str,
+    forever: bool,
+) -> Result<()> {
+    let sql = if forever {
+        format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_KEYS_INDEX} ON events (topic, idempotency_key)"
+        )
+    } else {
+        format!("DROP INDEX IF EXISTS {UNIQUE_KEYS_INDEX}")
+    };
+    sqlx::query(&sql).execute(&mut *conn).await.map_err(|e| {
+        if e.as_database_error()
+            .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+        {
+            return Error::new(
+                ErrorCode::Validation,
+                format!(
+                    "HERALD_DEDUPE_WINDOW=forever: the store at {path} already logs one topic's \
+                     idempotency key more than once (appended more than a dedupe window apart), \
+                     so the keys cannot be made unique; keep a window, or start a fresh store"
+                ),
+            );
+        }
+        open_error(path, e)
+    })?;
+    Ok(())
+}
+
 async fn migrate_on(conn: &mut SqliteConnection, path: &str) -> Result<()> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS herald_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",

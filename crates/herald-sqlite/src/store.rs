@@ -102,7 +102,9 @@ impl SqliteStore {
         })?;
         let options = connect_options(&config);
         let conn = options.connect().await.map_err(|e| open_error(&path, e))?;
-        let conn = schema::migrate(conn, path.clone()).await?;
+        let mut conn = schema::migrate(conn, path.clone()).await?;
+        let forever = config.dedupes_forever();
+        schema::unique_keys(&mut conn, &path, forever).await?;
         sqlx::Connection::close(conn)
             .await
             .map_err(|e| open_error(&path, e))?;

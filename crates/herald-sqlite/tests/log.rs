@@ -350,3 +350,26 @@ fn settings_are_range_checked_by_name() {
     let err = SqliteConfig::new("").validate().unwrap_err();
     assert!(err.message().contains("HERALD_STORE"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_deduped_forever_with_a_unique_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forever.db");
+    let open = |delivery: herald::config::DeliveryConfig| {
+        let config = SqliteConfig::new(&path).delivery(delivery);
+        async move { SqliteStore::open(config).await.map(herald::Bus::new) }
+    };
+    let url = format!("sqlite://{}", path.display());
+    let age = || {
+        let url = url.clone();
+        async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query("UPDATE events SET appended_ms = appended_ms - 30 * 86400000")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    herald_conformance::limits::a_key_is_deduped_forever_on_a_sql_store(open, age).await;
+}

@@ -157,6 +157,8 @@ pub struct DeliveryConfig {
     breaker_threshold: u32,
     breaker_reset_timeout: Duration,
     dedupe_window: Duration,
+    /// `HERALD_DEDUPE_WINDOW=forever`: the SQL stores' unique keys.
+    dedupe_forever: bool,
     settle_batch: usize,
     settle_window: Duration,
     poll_interval: Duration,
@@ -175,6 +177,7 @@ impl Default for DeliveryConfig {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_reset_timeout: DEFAULT_BREAKER_RESET_TIMEOUT,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            dedupe_forever: false,
             settle_batch: DEFAULT_SETTLE_BATCH,
             settle_window: DEFAULT_SETTLE_WINDOW,
             poll_interval: DEFAULT_POLL_INTERVAL,
@@ -228,8 +231,13 @@ impl DeliveryConfig {
             key("HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT").check(v.as_secs_f64(), 1.0, 3600.0)?;
             d.breaker_reset_timeout = v;
         }
-        if let Some(v) = seconds("HERALD_DEDUPE_WINDOW")? {
-            d.dedupe_window = v;
+        match get("HERALD_DEDUPE_WINDOW") {
+            Some(v) if v.trim() == "forever" => d = d.dedupe_forever(),
+            _ => {
+                if let Some(v) = seconds("HERALD_DEDUPE_WINDOW")? {
+                    d.dedupe_window = v;
+                }
+            }
         }
         if let Some(v) = key("HERALD_SETTLE_BATCH").parse_from(get)? {
             d.settle_batch = v;
@@ -332,6 +340,23 @@ impl DeliveryConfig {
     /// Remember idempotency keys this long, 0 (off) to 7 days.
     pub fn dedupe_window(mut self, d: Duration) -> Self {
         self.dedupe_window = d;
+        self.dedupe_forever = false;
+        self
+    }
+    /// Remember idempotency keys as long as the log keeps its events, with a
+    /// unique index on them (`HERALD_DEDUPE_WINDOW=forever`): SQLite and
+    /// PostgreSQL only, and only without retention, which would forget
+    /// them; the other stores refuse it.
+    ///
+    /// ```
+    /// use herald::config::DeliveryConfig;
+    /// let d = DeliveryConfig::default().dedupe_forever();
+    /// assert!(d.dedupes_forever());
+    /// assert_eq!(d.dedupe_window_ms(), i64::MAX);
+    /// assert!(d.windowed_dedupe("the memory store").is_err());
+    /// ```
+    pub fn dedupe_forever(mut self) -> Self {
+        self.dedupe_forever = true;
         self
     }
     /// Most settlements a durable store commits in one transaction,
@@ -393,9 +418,58 @@ impl DeliveryConfig {
     pub fn breaker_reset(&self) -> Duration {
         self.breaker_reset_timeout
     }
-    /// The dedupe window.
+    /// The dedupe window (meaningless when [`dedupes_forever`](Self::dedupes_forever)).
     pub fn dedupe_window_duration(&self) -> Duration {
         self.dedupe_window
+    }
+    /// Whether idempotency keys are kept forever.
+    pub fn dedupes_forever(&self) -> bool {
+        self.dedupe_forever
+    }
+    /// The dedupe window in milliseconds, as the SQL stores compare it:
+    /// `i64::MAX` forever, 0 off.
+    pub fn dedupe_window_ms(&self) -> i64 {
+        if self.dedupe_forever {
+            return i64::MAX;
+        }
+        self.dedupe_window.as_millis().min(i64::MAX as u128) as i64
+    }
+    /// What a SQL store (named `store`) checks beyond [`validate`](Self::validate):
+    /// its dead letters have one place, its table, so a
+    /// `HERALD_DEAD_LETTERS` name is refused; and keys kept forever need
+    /// every event kept (`keeps_everything`: no retention).
+    ///
+    /// ```
+    /// use herald::config::{DeadLetters, DeliveryConfig};
+    /// let forever = DeliveryConfig::default().dedupe_forever();
+    /// forever.check_sql_store("the SQLite store", true).unwrap();
+    /// assert!(forever.check_sql_store("the SQLite store", false).is_err());
+    /// let named = DeliveryConfig::default().dead_letters(DeadLetters::Named("dlq".into()));
+    /// assert!(named.check_sql_store("the SQLite store", true).is_err());
+    /// ```
+    pub fn check_sql_store(&self, store: &str, keeps_everything: bool) -> Result<()> {
+        self.dead_letters.unnamed(store)?;
+        if self.dedupe_forever && !keeps_everything {
+            return Err(crate::Error::validation(format!(
+                "HERALD_DEDUPE_WINDOW=forever is not allowed on {store} with retention: \
+                 deleting events would forget their idempotency keys; expected seconds, \
+                 0–604800 (7 days), or no HERALD_RETENTION_*"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refused with `VALIDATION` by `store`, which keeps idempotency keys
+    /// for a window only, when they are to be kept forever.
+    pub fn windowed_dedupe(&self, store: &str) -> Result<()> {
+        if self.dedupe_forever {
+            return Err(crate::Error::validation(format!(
+                "HERALD_DEDUPE_WINDOW=forever is not allowed on {store}: only SQLite and \
+                 PostgreSQL keep idempotency keys forever (a unique index); expected seconds, \
+                 0–604800 (7 days)"
+            )));
+        }
+        Ok(())
     }
     /// Most settlements per commit.
     pub fn settle_batch_size(&self) -> usize {
@@ -484,6 +558,9 @@ mod tests {
         let named = read(&[("HERALD_DEAD_LETTERS", "billing.dlq")]).unwrap();
         assert_eq!(named.dead_letter_destination().name(), Some("billing.dlq"));
         assert_eq!(read(&[]).unwrap(), DeliveryConfig::default());
+        let forever = read(&[("HERALD_DEDUPE_WINDOW", "forever")]).unwrap();
+        assert!(forever.dedupes_forever());
+        assert_eq!(forever.dedupe_window_ms(), i64::MAX);
     }
 
     #[test]

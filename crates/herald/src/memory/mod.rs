@@ -129,6 +129,7 @@ impl MemoryConfig {
     pub fn validate(&self) -> Result<()> {
         in_range("HERALD_HISTORY_SIZE", self.history_size, 0, 1_000_000)?;
         self.delivery.validate()?;
+        self.delivery.windowed_dedupe("the memory store")?;
         in_range("dedupe_capacity", self.dedupe_capacity, 0, 100_000_000)?;
         in_range(
             "dead_letter_capacity",
