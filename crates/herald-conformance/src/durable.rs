@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use herald::dedupe::Dedupe;
 use herald::{ErrorCode, StartPosition};
 
 use crate::support::{collect, number, numbered, recv, seqs};
@@ -232,4 +233,37 @@ pub async fn an_awaited_ack_survives_a_crash_before_the_next_claim(h: &Harness) 
     got.sort_unstable();
     assert_eq!(got, [2, 3], "the acked event is not delivered again");
     bus.close().await.unwrap();
+}
+
+/// A handler's dedupe kept in the store ([`Dedupe::in_store`]) remembers
+/// the ids each group processed across a restart, per group, and one
+/// dedupe store sees what another on the same store recorded.
+pub async fn processed_ids_survive_a_restart(h: &Harness) {
+    let Some(r) = h.restartable("processed ids survive").await else {
+        return;
+    };
+    let window = Duration::from_secs(3600);
+    let id = uuid::Uuid::now_v7();
+    let before = Dedupe::in_store(&r.bus, window).unwrap();
+    assert!(!before.store().seen("billing", id).await.unwrap());
+    before.store().record("billing", id).await.unwrap();
+    assert!(before.store().seen("billing", id).await.unwrap());
+    drop(before);
+    let bus = r.crash_and_reopen().await;
+    let after = Dedupe::in_store(&bus, window).unwrap();
+    assert!(
+        after.store().seen("billing", id).await.unwrap(),
+        "remembered across a restart"
+    );
+    assert!(
+        !after.store().seen("shipping", id).await.unwrap(),
+        "per group"
+    );
+    // Two dedupe stores on one store (two processes, say): what one
+    // records, the other sees, even after it has looked before.
+    let other = Dedupe::in_store(&bus, window).unwrap();
+    let next = uuid::Uuid::now_v7();
+    assert!(!other.store().seen("billing", next).await.unwrap());
+    after.store().record("billing", next).await.unwrap();
+    assert!(other.store().seen("billing", next).await.unwrap());
 }

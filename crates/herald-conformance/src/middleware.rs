@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::breaker::{BreakerState, CircuitBreaker};
-use herald::dedupe::{Dedupe, MemoryDedupe};
+use herald::dedupe::Dedupe;
 use herald::rate_limit::RateLimit;
 use herald::testing::{FaultLayer, Faults};
 use herald::{DeliveryState, Envelope, ErrorCode, Message, StartPosition};
@@ -148,11 +148,13 @@ pub async fn typed_handler_dead_letters_what_does_not_decode(h: &Harness) {
     assert_eq!(dead[0].envelope.seq(), Some(2));
 }
 
-/// With dedupe, a message redelivered after its handler already ran (its
-/// ack was lost) is acked without running again.
+/// With dedupe kept in the store ([`Dedupe::in_store`]), a message
+/// redelivered after its handler already ran (its ack was lost) is acked
+/// without running again.
 pub async fn dedupe_skips_redelivered_messages_that_already_ran(h: &Harness) {
     let faults = Faults::new();
     let bus = faults.wrap_bus(&h.bus().await);
+    let dedupe = Dedupe::in_store(&bus, Duration::from_secs(3600)).unwrap();
     let tally = Tally::new();
     let runs = Arc::new(Mutex::new(HashMap::<u64, u32>::new()));
     let handler = {
@@ -160,7 +162,7 @@ pub async fn dedupe_skips_redelivered_messages_that_already_ran(h: &Harness) {
         bus.handler("conf.dd")
             .group("dd")
             .start(StartPosition::Earliest)
-            .layer(Dedupe::new(MemoryDedupe::default()))
+            .layer(dedupe)
             .observe(tally.clone())
             .run(move |env| {
                 *runs.lock().unwrap().entry(n_of(&env)).or_default() += 1;

@@ -24,6 +24,7 @@ mod feed;
 mod group;
 mod inspect;
 mod log;
+mod processed;
 pub mod rebalance;
 mod store;
 mod tail;
@@ -35,6 +36,7 @@ pub use log::{
     ERROR_TYPE, FAILURE_REASON, FAILURE_TIMESTAMP, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
     ORIGINAL_TOPIC,
 };
+pub use processed::KafkaDedupe;
 pub use rebalance::{RebalanceKind, Rebalanced};
 pub use store::KafkaStore;
 pub use transport::FEATURES;

@@ -33,6 +33,14 @@ pub struct KafkaStore {
 }
 
 impl KafkaStore {
+    /// A dedupe store on these brokers remembering the ids each handler
+    /// group processed for `window` (1 ms – 7 days), on the topic
+    /// `<environment>._processed`; [`herald::dedupe::Dedupe::in_store`]
+    /// makes the same.
+    pub fn dedupe(&self, window: std::time::Duration) -> Result<crate::KafkaDedupe> {
+        crate::KafkaDedupe::new(self.inner.clone(), window)
+    }
+
     /// Connect to the brokers `config` names; `UNAVAILABLE` when none
     /// answers within the configured timeout (capped at 5 s), `VALIDATION`
     /// for a bad setting.

@@ -83,6 +83,13 @@ impl Transport for KafkaStore {
         let _ = self.inner.metrics.set(metrics.clone());
         self.inner.discards.attach(metrics);
     }
+
+    fn processed_ids(
+        &self,
+        window: std::time::Duration,
+    ) -> Result<std::sync::Arc<dyn herald::backend::DedupeStore>> {
+        Ok(std::sync::Arc::new(self.dedupe(window)?))
+    }
 }
 
 impl Inspect for KafkaStore {

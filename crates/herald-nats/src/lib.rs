@@ -30,6 +30,7 @@ mod leader_lease;
 mod log;
 mod names;
 mod payload;
+mod processed;
 mod protocol;
 mod store;
 mod tail;
@@ -43,5 +44,6 @@ pub use config::{
 };
 pub use herald::backend::retention::Retention;
 pub use payload::PAYLOAD_REF;
+pub use processed::NatsDedupe;
 pub use store::NatsStore;
 pub use transport::FEATURES;

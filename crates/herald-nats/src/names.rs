@@ -20,6 +20,10 @@
 //!   `S_LEADERS`; the group's record (its name and patterns) is the last
 //!   message on `P.$groups.<consumer>` in stream `S_GROUPS`;
 //! - commands are requests on `P.$cmd.<topic>`;
+//! - the ids a handler group processed (consumer-side dedupe) are the
+//!   subjects `P.$processed.<window in ms>.<group>.<id>` (the group's bytes
+//!   outside `[A-Za-z0-9_-]` as `~xx`) of the stream
+//!   `S_PROCESSED_<window in ms>`;
 //! - dead letters are the stream `S_DLQ` (or the name
 //!   `HERALD_DEAD_LETTERS` gives, with `.` as `_`) on subjects
 //!   `P.$dlq.<topic>` (topic segments never start with `$`, so these never
@@ -231,6 +235,31 @@ impl Names {
             }
         }
         bounded(name)
+    }
+
+    /// The stream of the ids processed within `window_ms`.
+    pub(crate) fn processed_stream(&self, window_ms: u128) -> String {
+        bounded(format!("{}_PROCESSED_{window_ms}", self.streams))
+    }
+
+    /// The subjects of that stream.
+    pub(crate) fn processed_subjects(&self, window_ms: u128) -> String {
+        format!("{}.$processed.{window_ms}.>", self.prefix)
+    }
+
+    /// The subject recording that `group` processed message `id`.
+    pub(crate) fn processed_subject(
+        &self,
+        window_ms: u128,
+        group: &str,
+        id: &uuid::Uuid,
+    ) -> String {
+        let group = &self.consumer(group)["g_".len()..];
+        format!(
+            "{}.$processed.{window_ms}.{group}.{}",
+            self.prefix,
+            id.simple()
+        )
     }
 
     /// The durable consumer of group consumer `consumer` reading one part

@@ -15,6 +15,7 @@ use herald::{Result, Topic};
 
 use crate::config::NatsConfig;
 use crate::conn::Inner;
+use crate::processed::NatsDedupe;
 
 /// herald on NATS JetStream; clones share one connection.
 ///
@@ -73,6 +74,13 @@ impl NatsStore {
     /// NATS subscriber follows a topic on this and [`NatsStore::subject`].
     pub fn partition_subjects(&self, topic: &Topic) -> String {
         self.inner.names.partition_subjects(topic.as_str())
+    }
+
+    /// A dedupe store on this server remembering the ids each handler
+    /// group processed for `window` (1 s – 7 days), in a key-value bucket;
+    /// [`herald::dedupe::Dedupe::in_store`] makes the same.
+    pub fn dedupe(&self, window: std::time::Duration) -> Result<NatsDedupe> {
+        NatsDedupe::new(self.inner.clone(), window)
     }
 
     /// The underlying NATS client.

@@ -17,6 +17,7 @@
 mod config;
 mod conn;
 mod dead_letters;
+mod dedupe;
 mod group;
 mod inspect;
 mod log;
@@ -33,6 +34,7 @@ pub use config::{
     PgConfig, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL, DEFAULT_POOL_SIZE,
     DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SCHEMA, KEYS,
 };
+pub use dedupe::{PgDedupe, PURGE_BATCH};
 pub use herald::backend::retention::Retention;
 pub use schema::SCHEMA_VERSION;
 pub use store::PgStore;

@@ -121,6 +121,17 @@ const MIGRATIONS: &[&[&str]] = &[
             seen_ms  bigint NOT NULL,
             PRIMARY KEY (grp, id)
         )"],
+    // v4: message ids processed by handler groups (consumer-side dedupe,
+    // `processed`), each until its window ends.
+    &[
+        "CREATE TABLE {s}.processed (
+            grp       text NOT NULL,
+            id        uuid NOT NULL,
+            until_ms  bigint NOT NULL,
+            PRIMARY KEY (grp, id)
+        )",
+        "CREATE INDEX processed_by_expiry ON {s}.processed (until_ms)",
+    ],
 ];
 
 /// The schema version this build writes.
@@ -274,7 +285,7 @@ mod tests {
     /// wrote, it gives the previous version's layout (checked against a
     /// schema made by the previous migrations alone). A new migration
     /// replaces it.
-    const UNDO_LAST: (i64, &[&str]) = (3, &["DROP TABLE {s}.members"]);
+    const UNDO_LAST: (i64, &[&str]) = (4, &["DROP TABLE {s}.processed"]);
 
     fn url() -> String {
         std::env::var("HERALD_TEST_PG_URL")

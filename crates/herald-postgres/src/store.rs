@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::PgConfig;
 use crate::conn::{current_pos, runtime_error, Inner};
+use crate::dedupe::PgDedupe;
 use crate::schema::{self, quoted};
 
 /// The PostgreSQL store: an event log whose events are appended through an
@@ -87,6 +88,14 @@ impl PgStore {
         tokio::spawn(crate::retention::run(Arc::downgrade(&inner)));
         tokio::spawn(crate::settle::write(Arc::downgrade(&inner), pending));
         Ok(PgStore { inner })
+    }
+
+    /// A dedupe store in this schema remembering the ids each handler
+    /// group processed for `window` (1 ms – 7 days, as
+    /// `HERALD_DEDUPE_WINDOW`); [`herald::dedupe::Dedupe::in_store`] makes
+    /// the same.
+    pub fn dedupe(&self, window: std::time::Duration) -> Result<PgDedupe> {
+        PgDedupe::new(self.inner.clone(), window)
     }
 
     /// The PostgreSQL schema the store's tables live in.

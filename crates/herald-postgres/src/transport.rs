@@ -58,6 +58,13 @@ impl Transport for PgStore {
     fn attach_metrics(&self, metrics: &herald::backend::Metrics) {
         self.inner.discards.attach(metrics);
     }
+
+    fn processed_ids(
+        &self,
+        window: std::time::Duration,
+    ) -> Result<std::sync::Arc<dyn herald::backend::DedupeStore>> {
+        Ok(std::sync::Arc::new(self.dedupe(window)?))
+    }
 }
 
 impl Inspect for PgStore {

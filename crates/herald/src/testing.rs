@@ -368,6 +368,13 @@ impl Transport for FaultyTransport {
         self.inner.attach_metrics(metrics)
     }
 
+    fn processed_ids(
+        &self,
+        window: std::time::Duration,
+    ) -> Result<Arc<dyn crate::backend::dedupe::DedupeStore>> {
+        self.inner.processed_ids(window)
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }

@@ -29,6 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::dedupe::DedupeStore;
 use crate::backend::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::model::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::model::delivery::BoxFuture;
@@ -284,6 +285,15 @@ pub trait Transport: Send + Sync + 'static {
     fn attach_metrics(&self, metrics: &Metrics) {
         let _ = metrics;
     }
+
+    /// Where a handler's [`Dedupe`](crate::dedupe::Dedupe) layer keeps the
+    /// ids each group processed, for `window`, in this store, so they
+    /// survive a restart ([`Dedupe::in_store`](crate::dedupe::Dedupe::in_store)).
+    /// The default: `UNAVAILABLE`, the store keeps none.
+    fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>> {
+        let _ = window;
+        unsupported("keep processed ids").into_inner()
+    }
 }
 
 /// A backend's inspection: what operators and tools read about it without
@@ -379,6 +389,8 @@ pub trait DynTransport: Send + Sync + 'static {
     ) -> Option<BoxFuture<'static, Result<Envelope>>>;
     /// [`Transport::attach_metrics`].
     fn attach_metrics(&self, metrics: &Metrics);
+    /// [`Transport::processed_ids`].
+    fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>>;
     /// [`Inspect::topics`], boxed.
     fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>>;
     /// [`Inspect::replay`], boxed.
@@ -435,6 +447,9 @@ impl<T: Transport + Inspect> DynTransport for T {
     }
     fn attach_metrics(&self, metrics: &Metrics) {
         Transport::attach_metrics(self, metrics)
+    }
+    fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>> {
+        Transport::processed_ids(self, window)
     }
     fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
         Box::pin(Inspect::topics(self))

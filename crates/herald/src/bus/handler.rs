@@ -40,6 +40,7 @@ use crate::model::event::Event;
 use crate::model::message::Message;
 use crate::observe::instrument::{Instruments, LagProbe, CONSUMER_LAG};
 pub use crate::observe::outcome::{HandlerObserver, HandlerOutcome};
+use crate::runtime::dedupe::Dedupe;
 use crate::runtime::middleware::{Chain, Effects, Endpoint, Layer, Timeout};
 use crate::runtime::panic::catch_panic;
 
@@ -826,5 +827,29 @@ impl Handler {
 impl Drop for Handler {
     fn drop(&mut self) {
         self.close.close();
+    }
+}
+
+/// Made here, where the bus is: the runtime's layers do not know it.
+impl Dedupe {
+    /// Dedupe against the ids kept by `bus`'s store for `window` (1 ms –
+    /// 7 days), which survive a restart: SQLite's and PostgreSQL's
+    /// `processed` table, a NATS stream, a Kafka topic; in memory
+    /// on the memory store. `UNAVAILABLE` on a store that keeps none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::dedupe::Dedupe;
+    /// # fn main() -> herald::Result<()> {
+    /// let bus = herald::Bus::memory();
+    /// let handler = bus
+    ///     .handler("payments.>")
+    ///     .group("ledger")
+    ///     .layer(Dedupe::in_store(&bus, Duration::from_secs(24 * 3600))?);
+    /// # drop(handler);
+    /// # Ok(()) }
+    /// ```
+    pub fn in_store(bus: &Bus, window: Duration) -> Result<Dedupe> {
+        Ok(Dedupe::shared(bus.inner.transport.processed_ids(window)?))
     }
 }

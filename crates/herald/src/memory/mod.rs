@@ -63,6 +63,7 @@ use crate::observe::instrument::START_SKIPPED;
 use crate::observe::metrics::Metrics;
 
 use crate::backend::dead_lettering::{DeadLetterWrites, Discards, DEAD_LETTER_WRITE_WAIT};
+use crate::backend::dedupe::{DedupeStore, MemoryDedupe};
 use crate::backend::queue::{self, Queue, QueueHost};
 use crate::model::delivery::BoxFuture;
 
@@ -851,6 +852,11 @@ impl Transport for MemoryTransport {
     fn attach_metrics(&self, metrics: &Metrics) {
         let _ = self.shared.metrics.set(metrics.clone());
         self.shared.discards.attach(metrics);
+    }
+
+    /// A [`MemoryDedupe`]: the process is all this store has.
+    fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>> {
+        Ok(Arc::new(MemoryDedupe::with_window(window)?))
     }
 }
 
