@@ -43,15 +43,9 @@ impl PgDedupe {
     /// A dedupe store in the schema of `inner` remembering ids for
     /// `window` (1 ms – 7 days, as `HERALD_DEDUPE_WINDOW`).
     pub(crate) fn new(inner: Arc<Inner>, window: Duration) -> Result<PgDedupe> {
-        herald::config::in_range(
-            "HERALD_DEDUPE_WINDOW",
-            window.as_secs_f64(),
-            0.001,
-            7.0 * 86_400.0,
-        )?;
         Ok(PgDedupe {
             inner,
-            window_ms: window.as_millis().min(i64::MAX as u128) as i64,
+            window_ms: herald::backend::dedupe::window_ms(window)?,
         })
     }
 }

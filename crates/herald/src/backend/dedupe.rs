@@ -18,6 +18,25 @@ use crate::model::error::Result;
 /// How long [`MemoryDedupe`] remembers a processed id by default.
 pub const DEFAULT_WINDOW: Duration = crate::config::DEFAULT_DEDUPE_WINDOW;
 
+/// A processed-ids window checked (1 ms – 7 days, as
+/// `HERALD_DEDUPE_WINDOW`) and in milliseconds, as every store keeps it.
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::backend::dedupe::window_ms;
+/// assert_eq!(window_ms(Duration::from_secs(2)).unwrap(), 2000);
+/// assert!(window_ms(Duration::ZERO).is_err());
+/// ```
+pub fn window_ms(window: Duration) -> Result<i64> {
+    in_range(
+        "HERALD_DEDUPE_WINDOW",
+        window.as_secs_f64(),
+        0.001,
+        7.0 * 86_400.0,
+    )?;
+    Ok(window.as_millis().min(i64::MAX as u128) as i64)
+}
+
 /// Where processed message ids are remembered, per consumer group.
 pub trait DedupeStore: Send + Sync + 'static {
     /// Whether `group` already processed message `id` (within the window).
@@ -52,12 +71,7 @@ impl Default for MemoryDedupe {
 impl MemoryDedupe {
     /// Remember ids for `window` (1 ms–7 days).
     pub fn with_window(window: Duration) -> Result<Self> {
-        in_range(
-            "HERALD_DEDUPE_WINDOW",
-            window.as_secs_f64(),
-            0.001,
-            7.0 * 86_400.0,
-        )?;
+        window_ms(window)?;
         Ok(MemoryDedupe {
             window,
             groups: Mutex::default(),
