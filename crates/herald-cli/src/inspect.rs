@@ -131,6 +131,22 @@ async fn manage(action: TopicAction, connect: &Connect) -> herald::Result<()> {
     result
 }
 
+/// One member's health as `herald groups` prints it.
+fn member_line(m: &serde_json::Value) -> String {
+    let oldest = m["oldest_in_flight_ms"].as_u64().map_or_else(
+        || "-".to_owned(),
+        |ms| format!("{:.1}s", ms as f64 / 1000.0),
+    );
+    format!(
+        "member {} {}: {} in flight (oldest {oldest}), last poll {}, last progress {}",
+        m["member"].as_str().unwrap_or_default(),
+        m["state"].as_str().unwrap_or_default(),
+        m["in_flight"],
+        m["last_poll"].as_str().unwrap_or("never"),
+        m["last_progress"].as_str().unwrap_or_default(),
+    )
+}
+
 pub fn groups(args: Args) -> ExitCode {
     crate::run(async move {
         let list = args.connect.open().await?.groups().await?;
@@ -169,6 +185,9 @@ pub fn groups(args: Args) -> ExitCode {
                 g["lag"],
                 offsets.join(", ")
             );
+            for m in g["members"].as_array().into_iter().flatten() {
+                println!("  {}", member_line(m));
+            }
         }
         Ok::<(), herald::Error>(())
     })

@@ -1,6 +1,7 @@
 //! The admin page in a real headless browser (Debian's Chromium, driven by
 //! playwright-core: `tests/browser/admin.mjs`): it loads, a published event
-//! appears in the live tail, and the Replay button replays a dead letter.
+//! appears in the live tail, a group member's health shows, and the Replay
+//! button replays a dead letter.
 //! `scripts/test` installs Chromium and the script's npm packages.
 
 mod support;
@@ -30,6 +31,11 @@ async fn the_admin_page_tails_and_replays_in_a_browser() {
         .await;
     ws.recv_op("settled").await;
     ws.close().await;
+    // A member that stays while the page looks: its health is shown.
+    let mut watcher = Ws::connect(&s.ws_url(None)).await;
+    watcher
+        .subscribe("w", "browser.watch", json!({"group": "watchers"}))
+        .await;
     let (_, dead) = get(&s.url("/v1/dead-letters")).await;
     assert_eq!(dead["dead_letters"].as_array().unwrap().len(), 1);
 
@@ -58,4 +64,5 @@ async fn the_admin_page_tails_and_replays_in_a_browser() {
         page["events"][1]["headers"]["herald-replay-of"].is_string(),
         "{page}"
     );
+    watcher.close().await;
 }

@@ -101,6 +101,9 @@ async fn the_http_api_does_what_its_document_says() {
         .find(|g| g["name"] == "billing")
         .expect("listed");
     assert_eq!(billing["patterns"], json!(["orders.*"]));
+    let members = billing["members"].as_array().expect("its members here");
+    assert_eq!(members.len(), 1, "{billing}");
+    assert_eq!(members[0]["state"], "running", "{billing}");
     assert_eq!(billing["topics"][0]["acked_through"], 3, "{billing}");
     assert!(billing["lag"].as_u64().unwrap() <= 2, "{billing}");
 

@@ -68,6 +68,7 @@ pub async fn metrics(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Admin, "metrics")?;
+    state.bus.refresh_consumer_health();
     let text = herald::prometheus::encode(state.bus.metrics());
     Ok((
         StatusCode::OK,

@@ -296,6 +296,43 @@ pub struct GroupView {
     pub lag: u64,
     /// Per topic, by name.
     pub topics: Vec<GroupTopicView>,
+    /// Its members in this server (WebSocket subscribers that joined it),
+    /// with their health.
+    #[serde(default)]
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a group in this server, and how it is doing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberView {
+    /// The member, unique in this server.
+    pub member: String,
+    /// `running`, `stalled` (holding deliveries and settling none for
+    /// `HERALD_STALL_AFTER`) or `breaker_open`.
+    pub state: String,
+    /// When it last asked for work (RFC 3339), if it has.
+    pub last_poll: Option<DateTime<Utc>>,
+    /// Deliveries it holds unsettled.
+    pub in_flight: usize,
+    /// How long the oldest of them has been held, in milliseconds.
+    pub oldest_in_flight_ms: Option<u64>,
+    /// When it last settled a delivery (or joined, before the first).
+    pub last_progress: DateTime<Utc>,
+}
+
+impl From<herald::health::MemberHealth> for MemberView {
+    fn from(m: herald::health::MemberHealth) -> Self {
+        MemberView {
+            member: m.member,
+            state: m.state.as_str().to_owned(),
+            last_poll: m.last_poll,
+            in_flight: m.in_flight,
+            oldest_in_flight_ms: m
+                .oldest_in_flight
+                .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+            last_progress: m.last_progress,
+        }
+    }
 }
 
 impl From<herald::transport::GroupInfo> for GroupView {
@@ -304,6 +341,7 @@ impl From<herald::transport::GroupInfo> for GroupView {
             lag: g.lag(),
             name: g.name,
             patterns: g.patterns,
+            members: Vec::new(),
             topics: g
                 .topics
                 .into_iter()
@@ -344,13 +382,29 @@ pub async fn groups(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<GroupList>> {
     caller.require(Permission::Admin, "groups")?;
-    let groups = state
+    let mut groups: Vec<GroupView> = state
         .bus
         .groups()
         .await?
         .into_iter()
         .map(GroupView::from)
         .collect();
+    for member in state.bus.consumer_health() {
+        let at = match groups.iter().position(|g| g.name == member.group) {
+            Some(at) => at,
+            None => {
+                groups.push(GroupView {
+                    name: member.group.clone(),
+                    patterns: member.patterns.clone(),
+                    lag: 0,
+                    topics: Vec::new(),
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        groups[at].members.push(MemberView::from(member));
+    }
     Ok(Json(GroupList { groups }))
 }
 

@@ -24,7 +24,7 @@ use crate::{dead_letters, error, health, inspect, message, publish, slo};
         error::ErrorBody, message::MessageIn, message::PublishResponse, message::Published,
         dead_letters::DeadLetterView, dead_letters::DeadLetterList, dead_letters::Replayed, dead_letters::Purged,
         health::Health, EnvelopeSchema, inspect::TopicView, inspect::TopicList, inspect::Page,
-        inspect::GroupView, inspect::GroupTopicView, inspect::PartitionView, inspect::GroupList, slo::SloView, slo::SloStatus,
+        inspect::GroupView, inspect::GroupTopicView, inspect::PartitionView, inspect::MemberView, inspect::GroupList, slo::SloView, slo::SloStatus,
     )),
     modifiers(&Security)
 )]

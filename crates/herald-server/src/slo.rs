@@ -55,19 +55,18 @@ pub async fn status(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<SloStatus>> {
     caller.require(Permission::Admin, "slo")?;
-    let metrics = state.bus.metrics();
+    state.bus.refresh_consumer_health();
     let slos = state
         .slo
         .slos()
         .into_iter()
         .map(|slo| {
-            let metric = metrics.get(slo.metric());
-            let actual = metric.as_ref().and_then(|m| m.percentile(slo.percentile()));
+            let (actual, samples) = state.slo.reading(&slo);
             SloView {
                 metric: slo.metric().to_owned(),
                 percentile: slo.percentile().to_string(),
                 threshold: slo.threshold(),
-                samples: metric.map_or(0, |m| m.len()),
+                samples,
                 ok: actual.is_none_or(|a| a <= slo.threshold()),
                 actual,
             }

@@ -62,7 +62,7 @@ pub use model::{
 };
 #[cfg(feature = "prometheus")]
 pub use observe::prometheus;
-pub use observe::{instrument, metrics, slo, trace};
+pub use observe::{health, instrument, metrics, slo, trace};
 pub use runtime::{breaker, dedupe, middleware, rate_limit};
 
 pub use bus::{Bus, BusBuilder};

@@ -140,7 +140,7 @@ async fn instrumentation_can_be_turned_off_or_shared() {
 async fn the_bus_monitor_reports_a_slow_dispatch_on_the_bus() {
     let bus = Bus::memory();
     let monitor = bus.slo_monitor().unwrap();
-    assert_eq!(monitor.slos().len(), 2);
+    assert_eq!(monitor.slos().len(), 3);
     let mut violations = bus
         .subscribe_raw(herald::slo::VIOLATION_TOPIC)
         .await

@@ -308,3 +308,74 @@ async fn a_check_slower_than_the_interval_delays_the_next() {
     );
     slow.stop().await;
 }
+
+/// Consumer health (DESIGN.md §9, `HERALD_STALL_AFTER`): a handler that
+/// holds a message without settling it for the stall time is `stalled`,
+/// which the default SLOs judge a violation at the next check; once it
+/// settles, it runs again and the violation is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handler_fails_an_slo_at_the_next_check() {
+    use herald::config::DeliveryConfig;
+    use herald::health::{MemberState, CONSUMER_STALLED};
+    use herald::{Config, Message};
+
+    let delivery = DeliveryConfig::default()
+        .stall_after(Duration::from_millis(50))
+        .ack_wait(Duration::from_secs(3600));
+    let bus = Bus::builder()
+        .config(Config::default().delivery(delivery))
+        .build()
+        .unwrap();
+    let monitor = bus.slo_monitor().unwrap();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let release = release.clone();
+        bus.handler("jobs")
+            .group("workers")
+            .start(StartPosition::Earliest)
+            .run(move |_| {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    bus.publish(Message::json("jobs", &1).unwrap())
+        .await
+        .unwrap();
+    let until = |want: MemberState| {
+        let bus = bus.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let members = bus.consumer_health();
+                if members.iter().any(|m| m.state == want) {
+                    return members;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{members:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let stalled = until(MemberState::Stalled).await;
+    assert_eq!(stalled[0].group, "workers");
+    assert_eq!(stalled[0].in_flight, 1);
+    assert!(stalled[0].member.starts_with("handler-"));
+    let broken = monitor.check_all();
+    assert!(
+        broken
+            .iter()
+            .any(|v| v.metric == CONSUMER_STALLED && v.actual == 1.0),
+        "{broken:?}"
+    );
+    release.notify_one();
+    until(MemberState::Running).await;
+    assert!(monitor
+        .check_all()
+        .iter()
+        .all(|v| v.metric != CONSUMER_STALLED));
+    handler.shutdown(Duration::from_secs(5)).await;
+}

@@ -18,6 +18,8 @@ try {
   await page.goto(base + "/");
   await page.locator("#status", { hasText: "store: sqlite" }).waitFor();
   await page.locator("#topics td", { hasText: "browser.dead" }).waitFor();
+  // A member of a group in this server, with its health.
+  await page.locator("#groups td.members", { hasText: "running: 0 in flight" }).waitFor();
 
   // The live tail shows an event published after it started.
   await page.fill("#tail-pattern", "browser.*");

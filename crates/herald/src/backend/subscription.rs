@@ -37,6 +37,7 @@ use crate::model::error::{Error, ErrorCode, Result};
 use crate::model::event::Event;
 pub use crate::model::start::StartPosition;
 use crate::model::topic::Pattern;
+use crate::observe::health::Member;
 
 /// Which kinds a subscription receives; commands and responses are not topic
 /// traffic, so the default is events and intents.
@@ -212,6 +213,8 @@ pub struct Subscription {
     /// Kept while the subscription lives and dropped with it: its entry
     /// among its bus's open subscriptions.
     guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Its entry in its bus's consumer health, when it is a group member.
+    member: Option<Arc<Member>>,
 }
 
 impl Subscription {
@@ -226,7 +229,19 @@ impl Subscription {
             instruments: None,
             detached: None,
             guard: None,
+            member: None,
         }
+    }
+
+    /// Report what it asks for and holds to `member` (consumer health).
+    pub(crate) fn watched(mut self, member: Arc<Member>) -> Self {
+        self.member = Some(member);
+        self
+    }
+
+    /// Its entry in its bus's consumer health, when it is a group member.
+    pub(crate) fn member(&self) -> Option<&Arc<Member>> {
+        self.member.as_ref()
     }
 
     /// Count the background settlements of its deliveries in `detached`
@@ -274,8 +289,14 @@ impl Subscription {
 impl Stream for Subscription {
     type Item = Result<Delivery>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(member) = &self.member {
+            member.polled();
+        }
         let mut next = self.inner.as_mut().poll_next(cx);
         if let Poll::Ready(Some(Ok(d))) = &mut next {
+            if let Some(member) = &self.member {
+                d.hold(member.took());
+            }
             if let Some(i) = &self.instruments {
                 i.received(d.shared_envelope());
             }

@@ -346,7 +346,8 @@ impl HandlerBuilder {
         let mut subscribe = self
             .bus
             .subscribe_raw_patterns(&self.patterns)
-            .group(&group);
+            .group(&group)
+            .member_kind("handler");
         if let Some(start) = self.start {
             subscribe = subscribe.start(start);
         }
@@ -363,6 +364,12 @@ impl HandlerBuilder {
             .max_in_flight(in_flight.min(crate::config::MAX_IN_FLIGHT_RANGE.1))
             .await?;
         let close = sub.close_handle();
+        if let Some(member) = sub.member() {
+            let probes: Vec<_> = layers.iter().filter_map(|l| l.refusing()).collect();
+            if !probes.is_empty() {
+                member.breaker(move || probes.iter().any(|open| open()));
+            }
+        }
         let runtime = Arc::new(Runtime {
             chain: Arc::new(Chain {
                 group: Arc::from(group),

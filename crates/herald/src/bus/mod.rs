@@ -45,6 +45,7 @@ use crate::model::error::{Error, Result};
 use crate::model::event::Event;
 use crate::model::message::{Publish, Receipt};
 use crate::model::topic::{Pattern, Topic};
+use crate::observe::health::{Health, MemberHealth};
 use crate::observe::instrument::Instruments;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::Propagator;
@@ -100,6 +101,8 @@ pub(crate) struct Inner {
     pub(crate) detached: Arc<Detached>,
     /// Its own trace propagator; `None` uses the process's.
     pub(crate) propagator: Option<Arc<dyn Propagator>>,
+    /// Its group members' health.
+    pub(crate) health: Health,
 }
 
 impl Inner {
@@ -166,6 +169,7 @@ impl Bus {
 
     fn from_parts(transport: Arc<dyn DynTransport>, config: Config, options: BusBuilder) -> Bus {
         let metrics = options.metrics.clone().unwrap_or_default();
+        let stall_after = config.delivery_config().stall_after_duration();
         let instruments = options
             .instrument
             .then(|| Instruments::new(metrics.clone()));
@@ -195,6 +199,7 @@ impl Bus {
                 lifecycle: Lifecycle::new(),
                 detached: Arc::default(),
                 propagator: options.propagator,
+                health: Health::new(stall_after),
             }),
         }
     }
@@ -216,6 +221,7 @@ impl Bus {
                 lifecycle: Lifecycle::new(),
                 detached: Arc::default(),
                 propagator: i.propagator.clone(),
+                health: i.health.clone(),
             }),
         }
     }
@@ -333,7 +339,36 @@ impl Bus {
         for slo in crate::observe::instrument::default_slos() {
             monitor.add(slo)?;
         }
+        let (health, metrics) = (self.inner.health.clone(), self.inner.metrics.clone());
+        monitor.before_check(move || health.refresh(&metrics));
         Ok(monitor)
+    }
+
+    /// How each member of a consumer group in this process is doing: when
+    /// it last asked for work, what it holds unsettled and for how long,
+    /// and whether it runs, is stalled (holding work and settling nothing
+    /// for `HERALD_STALL_AFTER`) or has its breaker open.
+    ///
+    /// ```
+    /// use herald::health::MemberState;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = herald::Bus::memory();
+    /// let _sub = bus.subscribe_raw("orders.>").group("billing").await?;
+    /// let members = bus.consumer_health();
+    /// assert_eq!(members[0].group, "billing");
+    /// assert_eq!(members[0].state, MemberState::Running);
+    /// # Ok(()) }
+    /// ```
+    pub fn consumer_health(&self) -> Vec<MemberHealth> {
+        self.inner.health.members()
+    }
+
+    /// Write the consumer-health gauges
+    /// ([`herald_consumer_stalled`](crate::observe::health::CONSUMER_STALLED)
+    /// and its neighbours) into this bus's metrics now: the SLO monitor does
+    /// before each check, and an exporter before it renders.
+    pub fn refresh_consumer_health(&self) {
+        self.inner.health.refresh(&self.inner.metrics);
     }
 
     pub(crate) fn instruments(&self) -> Option<&Arc<Instruments>> {
@@ -428,6 +463,7 @@ impl Bus {
             bus: self.clone(),
             spec,
             error: None,
+            kind: "subscription",
         }
     }
 
@@ -665,6 +701,8 @@ pub struct SubscribeRaw {
     bus: Bus,
     spec: SubscribeSpec,
     error: Option<Error>,
+    /// What its consumer-health entry is called: a subscription, a handler.
+    kind: &'static str,
 }
 
 impl SubscribeRaw {
@@ -676,6 +714,13 @@ impl SubscribeRaw {
                 self.error.get_or_insert(e);
             }
         }
+        self
+    }
+
+    /// Name this subscription's consumer-health entry for what it is (a
+    /// handler's).
+    pub(crate) fn member_kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
         self
     }
 
@@ -781,11 +826,16 @@ impl IntoFuture for SubscribeRaw {
                 ));
             }
             let inner = &self.bus.inner;
+            let spec_group = self.spec.group.clone();
+            let spec_patterns = self.spec.patterns.iter().map(|p| p.to_string()).collect();
             let sub = inner
                 .lifecycle
                 .subscribe(inner.transport.clone(), self.spec)
                 .await?;
-            let sub = sub.tracked(inner.detached.clone());
+            let mut sub = sub.tracked(inner.detached.clone());
+            if let Some(group) = &spec_group {
+                sub = sub.watched(inner.health.join(self.kind, group, spec_patterns));
+            }
             Ok(match &inner.instruments {
                 Some(i) => sub.instrumented(i.clone()),
                 None => sub,

@@ -165,7 +165,12 @@ pub struct DeliveryConfig {
     timeout: Duration,
     limits: Limits,
     dead_letters: DeadLetters,
+    stall_after: Duration,
 }
+
+/// How long a group member holding work may settle nothing before it counts
+/// as stalled (`HERALD_STALL_AFTER`).
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
@@ -184,6 +189,7 @@ impl Default for DeliveryConfig {
             timeout: DEFAULT_TIMEOUT,
             limits: Limits::default(),
             dead_letters: DeadLetters::StoreDefault,
+            stall_after: DEFAULT_STALL_AFTER,
         }
     }
 }
@@ -264,6 +270,10 @@ impl DeliveryConfig {
         if let Some(v) = key("HERALD_DEAD_LETTERS").parse_from(get)? {
             d.dead_letters = v;
         }
+        if let Some(v) = seconds("HERALD_STALL_AFTER")? {
+            key("HERALD_STALL_AFTER").check(v.as_secs_f64(), 1.0, 3600.0)?;
+            d.stall_after = v;
+        }
         d.validate()?;
         Ok(d)
     }
@@ -304,6 +314,7 @@ impl DeliveryConfig {
             0,
             Limits::WIDEST.header_bytes(),
         )?;
+        key("HERALD_STALL_AFTER").check(self.stall_after.as_secs_f64(), 0.001, 3600.0)?;
         self.dead_letters.validate()
     }
 
@@ -386,6 +397,13 @@ impl DeliveryConfig {
     /// The envelope limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+    /// How long a group member holding work may settle nothing before it
+    /// counts as stalled: 1 ms – 1 hour in code, 1 s – 1 hour as
+    /// `HERALD_STALL_AFTER` (default [`DEFAULT_STALL_AFTER`]).
+    pub fn stall_after(mut self, d: Duration) -> Self {
+        self.stall_after = d;
         self
     }
     /// Where dead letters go, or [`DeadLetters::Off`].
@@ -491,6 +509,10 @@ impl DeliveryConfig {
     pub fn envelope_limits(&self) -> Limits {
         self.limits
     }
+    /// The stall time.
+    pub fn stall_after_duration(&self) -> Duration {
+        self.stall_after
+    }
     /// Where dead letters go.
     pub fn dead_letter_destination(&self) -> &DeadLetters {
         &self.dead_letters
@@ -532,6 +554,7 @@ mod tests {
             ("HERALD_MAX_HEADERS", "3"),
             ("HERALD_MAX_HEADER_BYTES", "100"),
             ("HERALD_DEAD_LETTERS", "off"),
+            ("HERALD_STALL_AFTER", "90"),
         ])
         .unwrap();
         assert_eq!(d.group_name(), Some("billing"));
@@ -555,6 +578,7 @@ mod tests {
             .max_header_bytes(100);
         assert_eq!(d.envelope_limits(), limits);
         assert_eq!(d.dead_letter_destination(), &DeadLetters::Off);
+        assert_eq!(d.stall_after_duration(), Duration::from_secs(90));
         let named = read(&[("HERALD_DEAD_LETTERS", "billing.dlq")]).unwrap();
         assert_eq!(named.dead_letter_destination().name(), Some("billing.dlq"));
         assert_eq!(read(&[]).unwrap(), DeliveryConfig::default());

@@ -93,6 +93,9 @@ pub struct Delivery {
     /// (set as the bus hands the delivery out), so the bus's close waits
     /// for it.
     detached: Option<Arc<Detached>>,
+    /// Kept until the delivery is settled or dropped: its member's count
+    /// of what it holds (consumer health).
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Delivery {
@@ -102,7 +105,13 @@ impl Delivery {
             envelope,
             settle: Some(settle),
             detached: None,
+            held: None,
         }
+    }
+
+    /// Keep `guard` until this delivery is settled or dropped.
+    pub(crate) fn hold(&mut self, guard: impl std::any::Any + Send + Sync) {
+        self.held = Some(Box::new(guard));
     }
 
     /// Count a settlement this delivery leaves to a background task (a

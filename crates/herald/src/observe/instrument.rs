@@ -70,6 +70,7 @@ pub fn default_slos() -> Vec<Slo> {
     vec![
         Slo::new(DISPATCH_SECONDS, Percentile::P95, 0.001).min_samples(100),
         Slo::new(FANOUT_SECONDS, Percentile::P95, 0.005).min_samples(100),
+        Slo::gauge(crate::observe::health::CONSUMER_STALLED, 0.0),
     ]
 }
 

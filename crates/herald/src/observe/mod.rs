@@ -6,6 +6,7 @@
 //! violation leaves through a [`slo::ViolationSink`] that the bus provides,
 //! and handler outcomes arrive as [`outcome::HandlerOutcome`]s.
 
+pub mod health;
 pub mod instrument;
 pub mod metrics;
 pub mod outcome;

@@ -70,13 +70,15 @@ pub const SLOW_CHECK: Duration = Duration::from_millis(5);
 /// as failed and going on.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// An objective: `percentile` of `metric` stays at or under `threshold`.
+/// An objective: `percentile` of `metric` stays at or under `threshold`;
+/// or, made with [`Slo::gauge`], every series of a gauge does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slo {
     metric: String,
     percentile: Percentile,
     threshold: f64,
     min_samples: usize,
+    gauge: bool,
 }
 
 impl Slo {
@@ -88,6 +90,28 @@ impl Slo {
             percentile,
             threshold,
             min_samples: 1,
+            gauge: false,
+        }
+    }
+
+    /// Every series of the gauge `metric` (any labels) must stay at or under
+    /// `threshold`; a violation reports the highest as its `max`.
+    ///
+    /// ```
+    /// use herald::metrics::Metrics;
+    /// use herald::slo::{Monitor, Slo};
+    /// let metrics = Metrics::new();
+    /// let monitor = Monitor::builder(metrics.clone()).build().unwrap();
+    /// monitor.add(Slo::gauge("stalled", 0.0)).unwrap();
+    /// metrics.gauge("stalled", &[("group", "a")]).set(0.0);
+    /// assert!(monitor.check_all().is_empty());
+    /// metrics.gauge("stalled", &[("group", "b")]).set(1.0);
+    /// assert_eq!(monitor.check_all()[0].actual, 1.0);
+    /// ```
+    pub fn gauge(metric: impl Into<String>, threshold: f64) -> Slo {
+        Slo {
+            gauge: true,
+            ..Slo::new(metric, Percentile::MAX, threshold)
         }
     }
 
@@ -162,6 +186,8 @@ struct Inner {
     slos: Mutex<Vec<Watched>>,
     running: Mutex<Option<Running>>,
     checks: AtomicU64,
+    /// Run before each check: what brings gauges up to date.
+    before: Mutex<Vec<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 struct Watched {
@@ -220,6 +246,7 @@ impl MonitorBuilder {
                 slos: Mutex::new(Vec::new()),
                 running: Mutex::new(None),
                 checks: AtomicU64::new(0),
+                before: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -265,8 +292,22 @@ impl Monitor {
             .collect()
     }
 
+    /// Run `refresh` before each check (it brings gauges up to date: the
+    /// bus's consumer health, say).
+    pub fn before_check(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        self.inner.before.lock().push(Arc::new(refresh));
+    }
+
+    fn refresh(&self) {
+        let before: Vec<_> = self.inner.before.lock().clone();
+        for refresh in before {
+            refresh();
+        }
+    }
+
     /// Every SLO broken now, rate limit aside.
     pub fn check_all(&self) -> Vec<Violation> {
+        self.refresh();
         let slos = self.slos();
         slos.iter().filter_map(|slo| self.check(slo)).collect()
     }
@@ -276,6 +317,7 @@ impl Monitor {
     /// on the bus, or log it without one. Returns the reported ones.
     pub async fn check_and_report(&self) -> Vec<Violation> {
         self.inner.checks.fetch_add(1, Ordering::Relaxed);
+        self.refresh();
         let count = self.inner.slos.lock().len();
         let mut reported = Vec::new();
         for i in 0..count {
@@ -358,12 +400,34 @@ impl Monitor {
         &self.inner.metrics
     }
 
+    /// What `slo` judges now: its value (the percentile, or a gauge's
+    /// highest series; `None` without samples) and how many samples (or
+    /// series) it has.
+    pub fn reading(&self, slo: &Slo) -> (Option<f64>, usize) {
+        if slo.gauge {
+            let values: Vec<f64> = self
+                .inner
+                .metrics
+                .gauges()
+                .iter()
+                .filter(|g| g.name() == slo.metric)
+                .map(|g| g.get())
+                .collect();
+            let top = values.iter().copied().reduce(f64::max);
+            return (top, values.len());
+        }
+        match self.inner.metrics.get(&slo.metric) {
+            Some(m) => (m.percentile(slo.percentile), m.len()),
+            None => (None, 0),
+        }
+    }
+
     fn check(&self, slo: &Slo) -> Option<Violation> {
-        let metric = self.inner.metrics.get(&slo.metric)?;
-        if metric.len() < slo.min_samples {
+        let (actual, samples) = self.reading(slo);
+        if samples < slo.min_samples {
             return None;
         }
-        let actual = metric.percentile(slo.percentile)?;
+        let actual = actual?;
         (actual > slo.threshold).then(|| Violation {
             metric: slo.metric.clone(),
             percentile: slo.percentile,

@@ -321,6 +321,11 @@ impl Drop for Permit {
 }
 
 impl Layer for CircuitBreaker {
+    fn refusing(&self) -> Option<Box<dyn Fn() -> bool + Send + Sync>> {
+        let breaker = self.clone();
+        Some(Box::new(move || breaker.state() == BreakerState::Open))
+    }
+
     fn call<'a>(&'a self, envelope: Arc<Envelope>, next: Next) -> BoxFuture<'a, Result<Effects>> {
         Box::pin(async move {
             let permit = self.try_acquire().map_err(|wait| {

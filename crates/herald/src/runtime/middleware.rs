@@ -65,6 +65,13 @@ pub trait Layer: Send + Sync + 'static {
         let _ = (group, envelope);
         None
     }
+
+    /// A probe of whether this layer refuses calls now (an open circuit
+    /// breaker), for consumer health; `None` (the default) for a layer that
+    /// never does.
+    fn refusing(&self) -> Option<Box<dyn Fn() -> bool + Send + Sync>> {
+        None
+    }
 }
 
 /// The innermost call: the user's handler, its result turned into effects.
