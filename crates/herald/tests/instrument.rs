@@ -161,3 +161,22 @@ async fn the_bus_monitor_reports_a_slow_dispatch_on_the_bus() {
     assert_eq!(v.metric, DISPATCH_SECONDS);
     assert!(v.actual >= 0.002, "{v:?}");
 }
+
+#[tokio::test]
+async fn failed_publishes_are_counted_by_code() {
+    let bus = Bus::memory();
+    let refused = bus
+        .publish(Message::new("Not A Topic", Payload::null()))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), ErrorCode::Validation);
+    bus.publish(Message::new("fine", Payload::null()))
+        .await
+        .unwrap();
+    let errors = |code| {
+        bus.metrics()
+            .counter(herald::instrument::PUBLISH_ERRORS, &[("code", code)])
+            .get()
+    };
+    assert_eq!(errors("VALIDATION"), 1);
+    assert_eq!(errors("UNAVAILABLE"), 0);
+}

@@ -112,6 +112,8 @@ async fn one_report_per_slo_per_window_then_again_after_it() {
         1,
         "fires again after the window"
     );
+    let reported = metrics.counter(herald::slo::SLO_VIOLATIONS, &[("metric", "lag")]);
+    assert_eq!(reported.get(), 2, "each report is counted");
 }
 
 #[tokio::test(start_paused = true)]

@@ -276,8 +276,21 @@ impl Bus {
             .collect())
     }
 
-    /// Publish `items`; with `ids`, also answer their ids.
+    /// Publish `items`; with `ids`, also answer their ids. A failure is
+    /// counted by its code.
     async fn publish_noting<I>(&self, items: I, ids: bool) -> Result<(Vec<u64>, Vec<Uuid>)>
+    where
+        I: IntoIterator,
+        I::Item: Publish,
+    {
+        let published = self.publish_counted(items, ids).await;
+        if let (Err(e), Some(i)) = (&published, &self.inner.instruments) {
+            i.publish_failed(e.code());
+        }
+        published
+    }
+
+    async fn publish_counted<I>(&self, items: I, ids: bool) -> Result<(Vec<u64>, Vec<Uuid>)>
     where
         I: IntoIterator,
         I::Item: Publish,

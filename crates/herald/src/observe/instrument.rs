@@ -16,6 +16,9 @@
 //! | [`HANDLER_SECONDS`] | sampled | one handler call, with settling |
 //! | [`HANDLER_CALLS`] | counter, `outcome` | handler calls by outcome: `acked`, `retried`, `dead_lettered`, `deferred` |
 //! | [`DEAD_LETTERS`] | counter | events this process's handlers dead-lettered |
+//! | [`PUBLISH_ERRORS`] | counter, `code` | `Bus::publish` calls that failed, by error code (`UNAVAILABLE`, `TIMEOUT`, `VALIDATION`, …) |
+//! | [`SLO_VIOLATIONS`](crate::observe::slo::SLO_VIOLATIONS) | counter, `metric` | SLO violations the bus's monitor reported |
+//! | [`CONSUMER_STALLED`](crate::observe::health::CONSUMER_STALLED) and its neighbours | gauge, `group` | consumer health (`observe::health`) |
 //! | [`CONSUMER_LAG`] | gauge, `group`, `topic` | a handler group's distance behind a topic's last `seq`, refreshed at most once a second while it handles |
 //! | [`START_SKIPPED`] | counter, `topic` | events a subscription's start asked for that the memory store no longer kept (it keeps the last `history_size` of a topic) |
 //! | [`DEAD_LETTERS_DISCARDED`] | counter, `source` | dead letters a store kept nothing of, with `HERALD_DEAD_LETTERS=off` (counted in the registry of each bus on the store) |
@@ -45,6 +48,8 @@ pub const HANDLER_SECONDS: &str = "herald_handler_seconds";
 pub const HANDLER_CALLS: &str = "herald_handler_calls_total";
 /// Events dead-lettered by this process's handlers.
 pub const DEAD_LETTERS: &str = "herald_dead_letters_total";
+/// `Bus::publish` calls that failed, by `code`.
+pub const PUBLISH_ERRORS: &str = "herald_publish_errors_total";
 /// A group's events behind a topic's last `seq`, by `group` and `topic`.
 pub const CONSUMER_LAG: &str = "herald_consumer_lag";
 /// Events a start at `Earliest` or a `seq` asked for that the memory store
@@ -101,6 +106,13 @@ impl Instruments {
             calls,
             metrics,
         })
+    }
+
+    /// A publish failed with `code`.
+    pub(crate) fn publish_failed(&self, code: crate::model::error::ErrorCode) {
+        self.metrics
+            .counter(PUBLISH_ERRORS, &[("code", code.as_str())])
+            .inc();
     }
 
     /// A subscriber received `env`.

@@ -57,6 +57,9 @@ use crate::observe::metrics::{Metrics, Percentile};
 /// The topic violations are published on.
 pub const VIOLATION_TOPIC: &str = "perf.slo_violation";
 
+/// Violations a monitor reported, by `metric` (a counter in its registry).
+pub const SLO_VIOLATIONS: &str = "herald_slo_violations_total";
+
 /// At most one violation per SLO per this long, unless told otherwise.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
@@ -332,6 +335,10 @@ impl Monitor {
             tokio::task::yield_now().await;
         }
         for v in &reported {
+            self.inner
+                .metrics
+                .counter(SLO_VIOLATIONS, &[("metric", v.metric.as_str())])
+                .inc();
             self.report(v).await;
         }
         reported
