@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{free_port, get, post, Served, Ws};
+use support::{free_port, get, Served};
 
 fn rules_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus")
@@ -100,16 +100,7 @@ async fn a_real_prometheus_fires_the_stall_alert_on_a_stalled_member() {
     let s = Served::start(&[("HERALD_STALL_AFTER", "1")]).await;
     let prometheus = Prometheus::start(&format!("127.0.0.1:{}", s.port));
 
-    let mut ws = Ws::connect(&s.ws_url(None)).await;
-    ws.subscribe(
-        "w",
-        "jobs.*",
-        json!({"group": "workers", "start": "earliest", "max_in_flight": 1}),
-    )
-    .await;
-    let (status, _) = post(&s.url("/v1/topics/jobs.run/events"), &json!({"payload": 1})).await;
-    assert_eq!(status, 201);
-    let held = ws.recv_op("event").await;
+    let (mut ws, held) = support::holding_member(&s).await;
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let firing = loop {

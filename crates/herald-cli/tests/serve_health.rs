@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{get, post, Served, Ws};
+use support::{get, Served};
 
 /// Poll `GET /v1/groups` until group `group` has a member in `state`.
 async fn member_in(s: &Served, group: &str, state: &str) -> Value {
@@ -49,16 +49,7 @@ async fn metrics_text(s: &Served) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_holding_work_is_stalled_everywhere_an_operator_looks() {
     let s = Served::start(&[("HERALD_STALL_AFTER", "1")]).await;
-    let mut ws = Ws::connect(&s.ws_url(None)).await;
-    ws.subscribe(
-        "w",
-        "jobs.*",
-        json!({"group": "workers", "start": "earliest", "max_in_flight": 1}),
-    )
-    .await;
-    let (status, _) = post(&s.url("/v1/topics/jobs.run/events"), &json!({"payload": 1})).await;
-    assert_eq!(status, 201);
-    let event = ws.recv_op("event").await;
+    let (mut ws, event) = support::holding_member(&s).await;
 
     let stalled = member_in(&s, "workers", "stalled").await;
     assert_eq!(stalled["in_flight"], 1, "{stalled}");

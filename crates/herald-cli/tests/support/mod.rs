@@ -333,3 +333,21 @@ pub fn openapi_check(doc: &Value, method: &str, path: &str, status: u16, body: &
         "{method} {path} {status}: body does not match the document: {errors:?}\n{body}"
     );
 }
+
+/// A WebSocket member of group `workers` on `jobs.*` holding one delivery
+/// it does not settle (an event published to `jobs.run` for it): the
+/// connection and the event frame.
+pub async fn holding_member(s: &Served) -> (Ws, Value) {
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    ws.subscribe(
+        "w",
+        "jobs.*",
+        serde_json::json!({"group": "workers", "start": "earliest", "max_in_flight": 1}),
+    )
+    .await;
+    let body = serde_json::json!({"payload": 1});
+    let (status, _) = post(&s.url("/v1/topics/jobs.run/events"), &body).await;
+    assert_eq!(status, 201);
+    let event = ws.recv_op("event").await;
+    (ws, event)
+}
