@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::memory();
 
     // Anyone can listen: violations are ordinary events on the bus.
-    let mut alerts = bus.subscribe_raw(VIOLATION_TOPIC).await?;
+    let mut alerts = bus.subscribe_raw(VIOLATION_TOPIC).ephemeral().await?;
 
     // The default SLOs (dispatch p95 < 1 ms, fan-out p95 < 5 ms), and one of
     // ours: handlers' p99 under 50 ms.

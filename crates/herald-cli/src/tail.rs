@@ -85,10 +85,11 @@ async fn run(args: Args) -> Result<()> {
     let mut left = args.count.unwrap_or(u64::MAX);
     match &target {
         Target::Store(bus) => {
-            let mut req = bus.subscribe_raw(&args.pattern).start(position);
-            if let Some(g) = &args.group {
-                req = req.group(g.clone());
-            }
+            let req = bus.subscribe_raw(&args.pattern).start(position);
+            let req = match &args.group {
+                Some(g) => req.group(g.clone()),
+                None => req.ephemeral(),
+            };
             let mut sub = req.await?;
             while left > 0 {
                 let Some(d) = sub.next().await else { break };

@@ -21,7 +21,11 @@ pub async fn events_published_in_a_handler_inherit_correlation(h: &Harness) {
         None,
         "no context outside a handler"
     );
-    let mut events = bus.subscribe_raw("conf.corr.created").await.unwrap();
+    let mut events = bus
+        .subscribe_raw("conf.corr.created")
+        .ephemeral()
+        .await
+        .unwrap();
     let inner = bus.clone();
     bus.handle_command("conf.corr.create", move |_| {
         let bus = inner.clone();
@@ -59,7 +63,11 @@ pub async fn events_published_in_a_handler_inherit_correlation(h: &Harness) {
 /// its own cause); the outer context is restored after it.
 pub async fn nested_calls_get_their_own_causation(h: &Harness) {
     let bus = h.bus().await;
-    let mut events = bus.subscribe_raw("conf.nested.>").await.unwrap();
+    let mut events = bus
+        .subscribe_raw("conf.nested.>")
+        .ephemeral()
+        .await
+        .unwrap();
     let b = bus.clone();
     bus.handle_command("conf.nested.inner", move |_| {
         let bus = b.clone();
@@ -113,7 +121,11 @@ pub async fn nested_calls_get_their_own_causation(h: &Harness) {
 pub async fn concurrent_handlers_are_isolated(h: &Harness) {
     const CALLS: usize = 100;
     let bus = h.bus().await;
-    let mut events = bus.subscribe_raw("conf.iso.done").await.unwrap();
+    let mut events = bus
+        .subscribe_raw("conf.iso.done")
+        .ephemeral()
+        .await
+        .unwrap();
     let b = bus.clone();
     bus.handle_command("conf.iso.work", move |req| {
         let bus = b.clone();
@@ -165,7 +177,7 @@ pub async fn concurrent_handlers_are_isolated(h: &Harness) {
 /// `context::spawn` publishes later with the same correlation.
 pub async fn context_survives_await_and_delayed_emission(h: &Harness) {
     let bus = h.bus().await;
-    let mut events = bus.subscribe_raw("conf.later.>").await.unwrap();
+    let mut events = bus.subscribe_raw("conf.later.>").ephemeral().await.unwrap();
     let b = bus.clone();
     bus.handle_command("conf.later.start", move |_| {
         let bus = b.clone();

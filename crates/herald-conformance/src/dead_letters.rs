@@ -21,7 +21,11 @@ pub async fn dead_letters_filter_replay_and_purge(h: &Harness) {
         .group("g")
         .await
         .unwrap();
-    let mut bills = bus.subscribe_raw("conf.dlq.bills").await.unwrap();
+    let mut bills = bus
+        .subscribe_raw("conf.dlq.bills")
+        .ephemeral()
+        .await
+        .unwrap();
     bus.publish([
         numbered("conf.dlq.orders", 1),
         numbered("conf.dlq.orders", 2),
@@ -170,6 +174,7 @@ pub async fn a_dead_letter_that_cannot_be_written_leaves_the_message_to_come_aga
         .unwrap();
     let mut plain = bus
         .subscribe_raw("conf.dlfail.plain")
+        .ephemeral()
         .ack_wait(ack_wait)
         .await
         .unwrap();
@@ -258,7 +263,7 @@ pub async fn dead_letters_off_are_settled_logged_and_counted_not_kept(h: &Harnes
         .bus_with(DeliveryConfig::default().dead_letters(DeadLetters::Off))
         .await;
     let mut grouped = bus.subscribe_raw("conf.dloff").group("g").await.unwrap();
-    let mut plain = bus.subscribe_raw("conf.dloff").await.unwrap();
+    let mut plain = bus.subscribe_raw("conf.dloff").ephemeral().await.unwrap();
     bus.publish([
         numbered("conf.dloff", 1).key("k"),
         numbered("conf.dloff", 2).key("k"),

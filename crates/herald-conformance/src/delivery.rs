@@ -13,7 +13,7 @@ use crate::Harness;
 /// 1,000 events published one by one arrive once each, in `seq` order 1..=1000.
 pub async fn publish_subscribe_1000(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.basic").await.unwrap();
+    let mut sub = bus.subscribe_raw("conf.basic").ephemeral().await.unwrap();
     for i in 0..1000u64 {
         let seqs = bus.publish(numbered("conf.basic", i)).await.unwrap();
         assert_eq!(seqs, [i + 1], "publish returns the assigned seq");
@@ -32,7 +32,7 @@ pub async fn publish_subscribe_1000(h: &Harness) {
 /// returns its seqs in order.
 pub async fn single_and_batch_publish_share_one_sequence(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.mixed").await.unwrap();
+    let mut sub = bus.subscribe_raw("conf.mixed").ephemeral().await.unwrap();
     let mut expected = 0u64;
     for round in 0..20u64 {
         let one = bus.publish(numbered("conf.mixed", expected)).await.unwrap();
@@ -62,7 +62,7 @@ pub async fn fan_out_50_subscribers_5000_events(h: &Harness) {
     let bus = h.bus().await;
     let mut consumers = Vec::new();
     for _ in 0..SUBS {
-        let mut sub = bus.subscribe_raw("conf.fanout").await.unwrap();
+        let mut sub = bus.subscribe_raw("conf.fanout").ephemeral().await.unwrap();
         consumers.push(tokio::spawn(async move {
             seqs(&mut sub, EVENTS as usize).await
         }));
@@ -84,11 +84,11 @@ pub async fn twenty_topics_concurrently(h: &Harness) {
     const TOPICS: usize = 20;
     const EACH: u64 = 500;
     let bus = h.bus().await;
-    let mut wildcard = bus.subscribe_raw("conf.t20.>").await.unwrap();
+    let mut wildcard = bus.subscribe_raw("conf.t20.>").ephemeral().await.unwrap();
     let mut per_topic = Vec::new();
     for t in 0..TOPICS {
         let topic = format!("conf.t20.topic{t}");
-        let mut sub = bus.subscribe_raw(&topic).await.unwrap();
+        let mut sub = bus.subscribe_raw(&topic).ephemeral().await.unwrap();
         per_topic.push(tokio::spawn(
             async move { seqs(&mut sub, EACH as usize).await },
         ));
@@ -129,7 +129,11 @@ pub async fn twenty_topics_concurrently(h: &Harness) {
 /// Each topic has its own counter from 1, whatever the interleaving.
 pub async fn ten_topics_have_independent_counters(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.counters.*").await.unwrap();
+    let mut sub = bus
+        .subscribe_raw("conf.counters.*")
+        .ephemeral()
+        .await
+        .unwrap();
     let mut expected: HashMap<String, u64> = HashMap::new();
     for i in 0..300u64 {
         let topic = format!("conf.counters.c{}", (i * 7) % 10);
@@ -160,7 +164,7 @@ pub async fn ten_thousand_concurrent_publishes_no_gaps_or_inversions(h: &Harness
     let bus = h.bus().await;
     let mut consumers = Vec::new();
     for _ in 0..3 {
-        let mut sub = bus.subscribe_raw("conf.storm").await.unwrap();
+        let mut sub = bus.subscribe_raw("conf.storm").ephemeral().await.unwrap();
         consumers.push(tokio::spawn(
             async move { seqs(&mut sub, TOTAL as usize).await },
         ));
@@ -204,10 +208,11 @@ pub async fn ten_thousand_concurrent_publishes_no_gaps_or_inversions(h: &Harness
 /// unless asked for.
 pub async fn patterns_and_kinds_select_what_is_delivered(h: &Harness) {
     let bus = h.bus().await;
-    let mut star = bus.subscribe_raw("conf.pat.*").await.unwrap();
-    let mut rest = bus.subscribe_raw("conf.pat.>").await.unwrap();
+    let mut star = bus.subscribe_raw("conf.pat.*").ephemeral().await.unwrap();
+    let mut rest = bus.subscribe_raw("conf.pat.>").ephemeral().await.unwrap();
     let mut all_kinds = bus
         .subscribe_raw("conf.pat.>")
+        .ephemeral()
         .kinds(KindFilter::ALL)
         .await
         .unwrap();
@@ -249,11 +254,11 @@ pub async fn patterns_and_kinds_select_what_is_delivered(h: &Harness) {
         "every kind when asked for"
     );
     assert!(
-        bus.subscribe_raw("Bad.Pattern").await.is_err(),
+        bus.subscribe_raw("Bad.Pattern").ephemeral().await.is_err(),
         "bad patterns are refused"
     );
     assert!(
-        bus.subscribe_raw("a.>.b").await.is_err(),
+        bus.subscribe_raw("a.>.b").ephemeral().await.is_err(),
         "`>` only at the end"
     );
 }
@@ -280,9 +285,10 @@ pub enum AccountEvent {
 /// that does not fit is an error for that item, not the end of the stream.
 pub async fn typed_subscriptions_decode_and_filter(h: &Harness) {
     let bus = h.bus().await;
-    let mut all = bus.subscribe::<AccountEvent>().await.unwrap();
+    let mut all = bus.subscribe::<AccountEvent>().ephemeral().await.unwrap();
     let mut big = bus
         .subscribe::<AccountEvent>()
+        .ephemeral()
         .filter(|e| matches!(e, AccountEvent::Deposit(n) if *n >= 100))
         .await
         .unwrap();
@@ -358,6 +364,7 @@ pub async fn priority_orders_waiting_events_but_never_within_a_key(h: &Harness) 
     }
     let mut sub = bus
         .subscribe_raw("conf.prio.>")
+        .ephemeral()
         .start(StartPosition::Latest)
         .await
         .unwrap();
@@ -405,7 +412,7 @@ pub async fn priority_orders_waiting_events_but_never_within_a_key(h: &Harness) 
 pub async fn headers_arrive_exactly_as_published(h: &Harness) {
     let bus = h.bus().await;
     let topic = "conf.headers";
-    let mut plain = bus.subscribe_raw(topic).await.unwrap();
+    let mut plain = bus.subscribe_raw(topic).ephemeral().await.unwrap();
     let mut member = bus.subscribe_raw(topic).group("g").await.unwrap();
     let published = bus
         .prepare([

@@ -22,6 +22,7 @@ pub async fn events_and_seqs_survive_a_restart(h: &Harness) {
     assert_eq!(bus.last_seq("conf.durable.log").await.unwrap(), Some(5));
     let mut all = bus
         .subscribe_raw("conf.durable.log")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();
@@ -266,4 +267,57 @@ pub async fn processed_ids_survive_a_restart(h: &Harness) {
     assert!(!other.store().seen("billing", next).await.unwrap());
     after.store().record("billing", next).await.unwrap();
     assert!(other.store().seen("billing", next).await.unwrap());
+}
+
+/// An unnamed subscription on a durable store joins its default group
+/// (DESIGN.md §4.5): after a restart it resumes after its last ack; one
+/// that asks to be ephemeral starts where it is told, every time.
+pub async fn an_unnamed_subscription_resumes_after_a_restart(h: &Harness) {
+    let Some(r) = h.restartable("unnamed subscriptions are durable").await else {
+        return;
+    };
+    let topic = "conf.durable.unnamed";
+    let mut sub = r
+        .bus
+        .subscribe_raw(topic)
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    r.bus
+        .publish((1..=3).map(|n| numbered(topic, n)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        let d = recv(&mut sub).await;
+        assert_eq!(number(&d), n);
+        d.ack().await.unwrap();
+    }
+    drop(sub);
+    let bus = r.crash_and_reopen().await;
+    let mut again = bus
+        .subscribe_raw(topic)
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    let d = recv(&mut again).await;
+    assert_eq!(number(&d), 3, "resumes after its last ack");
+    d.ack().await.unwrap();
+    let mut fresh = bus
+        .subscribe_raw(topic)
+        .ephemeral()
+        .start(StartPosition::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(
+        number(&recv(&mut fresh).await),
+        1,
+        "an ephemeral one starts over"
+    );
+    let groups = bus.groups().await.unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g.name.ends_with("/conf.durable.unnamed")),
+        "listed under its default name: {groups:?}"
+    );
 }

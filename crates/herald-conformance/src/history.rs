@@ -16,11 +16,13 @@ pub async fn events_published_before_subscribe_are_retained(h: &Harness) {
     bus.publish(batch).await.unwrap();
     let mut early = bus
         .subscribe_raw("conf.retained")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();
     let mut late = bus
         .subscribe_raw("conf.retained")
+        .ephemeral()
         .start(StartPosition::Latest)
         .await
         .unwrap();
@@ -57,6 +59,7 @@ pub async fn start_at_seq_and_time(h: &Harness) {
 
     let mut from_seq = bus
         .subscribe_raw("conf.start")
+        .ephemeral()
         .start(StartPosition::Seq(4))
         .await
         .unwrap();
@@ -65,6 +68,7 @@ pub async fn start_at_seq_and_time(h: &Harness) {
 
     let mut from_time = bus
         .subscribe_raw("conf.start")
+        .ephemeral()
         .start(StartPosition::Time(cut))
         .await
         .unwrap();
@@ -86,6 +90,7 @@ pub async fn replay_does_not_disturb_a_group(h: &Harness) {
 
     let mut replay = bus
         .subscribe_raw("conf.replay")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();

@@ -393,6 +393,7 @@ macro_rules! conformance_tests {
             durable::an_awaited_ack_survives_a_crash_before_the_next_claim,
             durable::dead_letters_survive_a_restart,
             durable::processed_ids_survive_a_restart,
+            durable::an_unnamed_subscription_resumes_after_a_restart,
             durable::a_group_made_on_an_empty_topic_gets_what_came_while_it_was_away,
             durable::a_group_made_on_an_empty_topic_keeps_its_start_across_a_restart,
             retention::count_retention_keeps_the_newest_and_a_group_behind_it_jumps,

@@ -12,8 +12,8 @@ use crate::Harness;
 /// on; new subscriptions open fine.
 pub async fn close_a_subscription_and_continue(h: &Harness) {
     let bus = h.bus().await;
-    let mut closing = bus.subscribe_raw("conf.close").await.unwrap();
-    let mut staying = bus.subscribe_raw("conf.close").await.unwrap();
+    let mut closing = bus.subscribe_raw("conf.close").ephemeral().await.unwrap();
+    let mut staying = bus.subscribe_raw("conf.close").ephemeral().await.unwrap();
     bus.publish(numbered("conf.close", 1)).await.unwrap();
     recv(&mut closing).await.ack().await.unwrap();
     closing.close();
@@ -27,7 +27,7 @@ pub async fn close_a_subscription_and_continue(h: &Harness) {
     }
     let got: Vec<u64> = numbers(&mut staying, 50).await;
     assert_eq!(got, (1..=50).collect::<Vec<_>>());
-    let mut fresh = bus.subscribe_raw("conf.close").await.unwrap();
+    let mut fresh = bus.subscribe_raw("conf.close").ephemeral().await.unwrap();
     bus.publish(numbered("conf.close", 51)).await.unwrap();
     assert_eq!(crate::support::number(&recv(&mut fresh).await), 51);
 }
@@ -39,14 +39,19 @@ pub async fn concurrent_close_while_publishing(h: &Harness) {
     let bus = h.bus().await;
     let mut survivors = Vec::new();
     for _ in 0..2 {
-        let mut sub = bus.subscribe_raw("conf.cclose").await.unwrap();
+        let mut sub = bus.subscribe_raw("conf.cclose").ephemeral().await.unwrap();
         survivors.push(tokio::spawn(async move {
             collect(&mut sub, N as usize).await.len()
         }));
     }
     let mut closers = Vec::new();
     for i in 0..20u64 {
-        let mut sub = bus.subscribe_raw("conf.cclose").buffer(8).await.unwrap();
+        let mut sub = bus
+            .subscribe_raw("conf.cclose")
+            .ephemeral()
+            .buffer(8)
+            .await
+            .unwrap();
         let handle = sub.close_handle();
         let reader = tokio::spawn(async move {
             let mut n = 0u64;
@@ -90,7 +95,7 @@ pub async fn concurrent_close_while_publishing(h: &Harness) {
 /// After `close`, publishes fail with `UNAVAILABLE` and open streams end.
 pub async fn closed_bus_refuses_with_unavailable(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.closed").await.unwrap();
+    let mut sub = bus.subscribe_raw("conf.closed").ephemeral().await.unwrap();
     bus.close().await.unwrap();
     bus.close().await.unwrap();
     let err = bus.publish(numbered("conf.closed", 1)).await.unwrap_err();

@@ -10,7 +10,11 @@ use crate::Harness;
 /// topics is appended whole.
 pub async fn batch_is_atomic_and_validated_first(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.atomic.>").await.unwrap();
+    let mut sub = bus
+        .subscribe_raw("conf.atomic.>")
+        .ephemeral()
+        .await
+        .unwrap();
     let err = bus
         .publish([numbered("conf.atomic.a", 1), numbered("conf.atomic.Bad", 2)])
         .await
@@ -70,7 +74,7 @@ pub async fn payload_limit_is_inclusive(h: &Harness) {
 /// `seq` and is not delivered again.
 pub async fn duplicate_idempotency_key_returns_original_seq(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.dedupe").await.unwrap();
+    let mut sub = bus.subscribe_raw("conf.dedupe").ephemeral().await.unwrap();
     let first = bus
         .publish(numbered("conf.dedupe", 1).idempotency_key("order-42"))
         .await
@@ -104,10 +108,15 @@ pub async fn full_subscriber_never_blocks_other_topics_or_loses_events(h: &Harne
     let bus = h.bus().await;
     let mut slow = bus
         .subscribe_raw("conf.full.slow")
+        .ephemeral()
         .buffer(BUFFER)
         .await
         .unwrap();
-    let mut other = bus.subscribe_raw("conf.full.other").await.unwrap();
+    let mut other = bus
+        .subscribe_raw("conf.full.other")
+        .ephemeral()
+        .await
+        .unwrap();
     let publisher = {
         let bus = bus.clone();
         tokio::spawn(async move {

@@ -30,6 +30,7 @@ pub async fn effects_are_published_once_despite_a_lost_ack(h: &Harness) {
     let tally = Tally::new();
     let mut out = bus
         .subscribe_raw("conf.fx.out")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();
@@ -94,6 +95,7 @@ async fn correlations(
 ) -> HashMap<u64, (uuid::Uuid, uuid::Uuid)> {
     let mut sub = bus
         .subscribe_raw(topic)
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();

@@ -39,7 +39,11 @@ pub async fn nack_redelivers_with_attempt_incremented(h: &Harness) {
 /// `nack_after(d)` redelivers no sooner than `d`.
 pub async fn nack_with_delay_redelivers_later(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.nack.delay").await.unwrap();
+    let mut sub = bus
+        .subscribe_raw("conf.nack.delay")
+        .ephemeral()
+        .await
+        .unwrap();
     bus.publish(numbered("conf.nack.delay", 1)).await.unwrap();
     let d = recv(&mut sub).await;
     let delay = Duration::from_millis(200);
@@ -58,7 +62,7 @@ pub async fn nack_with_delay_redelivers_later(h: &Harness) {
 /// Dropping a delivery without settling it is a nack.
 pub async fn dropped_delivery_is_redelivered(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.drop").await.unwrap();
+    let mut sub = bus.subscribe_raw("conf.drop").ephemeral().await.unwrap();
     bus.publish(numbered("conf.drop", 7)).await.unwrap();
     drop(recv(&mut sub).await);
     let again = recv(&mut sub).await;
@@ -192,7 +196,7 @@ pub async fn term_dead_letters_at_once(h: &Harness) {
 /// An event past its `expires_at` is dead-lettered as `expired`, not delivered.
 pub async fn expired_events_are_dead_lettered_not_delivered(h: &Harness) {
     let bus = h.bus().await;
-    let mut sub = bus.subscribe_raw("conf.ttl").await.unwrap();
+    let mut sub = bus.subscribe_raw("conf.ttl").ephemeral().await.unwrap();
     let past = chrono::Utc::now() - chrono::Duration::seconds(1);
     bus.publish([
         numbered("conf.ttl", 1).expires_at(past),

@@ -17,7 +17,12 @@ fn job(topic: &'static str, n: u64) -> Message {
 /// The `seq`s `topic` still keeps, read by a subscription from `from`.
 async fn kept(bus: &Bus, topic: &str, from: StartPosition) -> Vec<u64> {
     let last = bus.last_seq(topic).await.unwrap().expect("events");
-    let mut sub = bus.subscribe_raw(topic).start(from).await.unwrap();
+    let mut sub = bus
+        .subscribe_raw(topic)
+        .ephemeral()
+        .start(from)
+        .await
+        .unwrap();
     let mut seqs = Vec::new();
     while seqs.last() != Some(&last) {
         let d = recv(&mut sub).await;

@@ -267,7 +267,7 @@ mod tests {
 
     async fn published(message: Message) -> Envelope {
         let bus = herald::Bus::memory();
-        let mut sub = bus.subscribe_raw("k.codec").await.unwrap();
+        let mut sub = bus.subscribe_raw("k.codec").ephemeral().await.unwrap();
         bus.publish(message).await.unwrap();
         let d = futures_util::StreamExt::next(&mut sub)
             .await

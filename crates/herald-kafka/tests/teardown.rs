@@ -38,6 +38,7 @@ async fn no_consumer_outlives_close() {
         // A tail and two groups, each fetching: they have the event.
         let mut tail = bus
             .subscribe_raw("teardown.>")
+            .ephemeral()
             .start(StartPosition::Earliest)
             .await
             .unwrap();

@@ -93,7 +93,7 @@ async fn herald_consumes_what_a_plain_client_publishes() {
     let store = NatsStore::open(support::fresh_config()).await.unwrap();
     let bus = Bus::new(store.clone());
     let topic = Topic::new("interop.in").unwrap();
-    let mut sub = bus.subscribe_raw("interop.*").await.unwrap();
+    let mut sub = bus.subscribe_raw("interop.*").ephemeral().await.unwrap();
     bus.publish(Message::new("interop.in", Payload::json(&1).unwrap()))
         .await
         .unwrap();

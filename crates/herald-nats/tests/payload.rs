@@ -15,7 +15,7 @@ async fn a_payload_at_the_limit_arrives_whole_to_subscribers_and_groups() {
     let config = support::fresh_config().partitions(1);
     let bus = Bus::new(NatsStore::open(config).await.unwrap());
     let limit = bus.config().limits().payload_bytes();
-    let mut plain = bus.subscribe_raw("big.blobs").await.unwrap();
+    let mut plain = bus.subscribe_raw("big.blobs").ephemeral().await.unwrap();
     let mut group = bus.subscribe_raw("big.blobs").group("g").await.unwrap();
     let blob: Vec<u8> = (0..limit).map(|i| (i % 251) as u8).collect();
     let seqs = bus

@@ -205,10 +205,12 @@ async fn subscribers_without_a_group_resume_after_a_restart() {
     // one on a single topic.
     let mut subs = [
         bus.subscribe_raw("feed.>")
+            .ephemeral()
             .start(herald::StartPosition::Earliest)
             .await
             .unwrap(),
         bus.subscribe_raw("feed.a")
+            .ephemeral()
             .start(herald::StartPosition::Earliest)
             .await
             .unwrap(),

@@ -33,7 +33,12 @@ async fn next_seq(sub: &mut Subscription) -> u64 {
 /// The `seq`s `topic` keeps, read from `from` up to its last.
 async fn kept(bus: &Bus, topic: &str, from: StartPosition) -> Vec<u64> {
     let last = bus.last_seq(topic).await.unwrap().expect("events");
-    let mut sub = bus.subscribe_raw(topic).start(from).await.unwrap();
+    let mut sub = bus
+        .subscribe_raw(topic)
+        .ephemeral()
+        .start(from)
+        .await
+        .unwrap();
     let mut seqs = Vec::new();
     while seqs.last() != Some(&last) {
         seqs.push(next_seq(&mut sub).await);

@@ -35,6 +35,7 @@ async fn payloads_over_the_default_limit_are_sequenced_when_allowed() {
         .unwrap();
     let mut sub = bus
         .subscribe_raw("big.t")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();

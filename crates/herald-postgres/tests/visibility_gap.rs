@@ -24,6 +24,7 @@ async fn late_commits_are_never_skipped_and_rollbacks_never_appear() {
     let bus = Bus::new(store.clone());
     let mut sub = bus
         .subscribe_raw("gap.orders")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .buffer(100_000)
         .await

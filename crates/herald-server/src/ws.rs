@@ -1021,9 +1021,12 @@ impl Conn {
                 Start::Time(t) => StartPosition::Time(t),
             })
             .buffer(self.subscription_buffer());
-        if let Some(g) = group {
-            request = request.group(g);
-        }
+        // A WebSocket subscription names its group to be durable; one that
+        // names none is ephemeral, as a browser's tail should be.
+        request = match group {
+            Some(g) => request.group(g),
+            None => request.ephemeral(),
+        };
         let mut subscription = request.await?;
         let close = subscription.close_handle();
         let (stop, stopped) = watch::channel(false);

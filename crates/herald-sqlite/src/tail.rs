@@ -149,9 +149,9 @@ mod tests {
     async fn live_tails_of_the_same_topics_share_one_reader() {
         let dir = tempfile::tempdir().unwrap();
         let (store, bus) = open(&dir).await;
-        let mut a = bus.subscribe_raw("jobs").await.unwrap();
-        let mut b = bus.subscribe_raw("jobs").await.unwrap();
-        let mut mail = bus.subscribe_raw("mail").await.unwrap();
+        let mut a = bus.subscribe_raw("jobs").ephemeral().await.unwrap();
+        let mut b = bus.subscribe_raw("jobs").ephemeral().await.unwrap();
+        let mut mail = bus.subscribe_raw("mail").ephemeral().await.unwrap();
         members(&store, &[1, 2]).await;
         bus.publish(batch("jobs", 0..5)).await.unwrap();
         bus.publish(batch("mail", 5..7)).await.unwrap();
@@ -167,8 +167,13 @@ mod tests {
     async fn a_member_without_room_reads_alone_loses_nothing_and_joins_again() {
         let dir = tempfile::tempdir().unwrap();
         let (store, bus) = open(&dir).await;
-        let mut slow = bus.subscribe_raw("jobs").buffer(4).await.unwrap();
-        let mut fast = bus.subscribe_raw("jobs").await.unwrap();
+        let mut slow = bus
+            .subscribe_raw("jobs")
+            .ephemeral()
+            .buffer(4)
+            .await
+            .unwrap();
+        let mut fast = bus.subscribe_raw("jobs").ephemeral().await.unwrap();
         members(&store, &[2]).await;
         // One commit, one page of 50: more than the slow queue's room.
         bus.publish(batch("jobs", 0..50)).await.unwrap();
@@ -187,10 +192,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, bus) = open(&dir).await;
         bus.publish(batch("jobs", 0..10)).await.unwrap();
-        let mut live = bus.subscribe_raw("jobs").await.unwrap();
+        let mut live = bus.subscribe_raw("jobs").ephemeral().await.unwrap();
         members(&store, &[1]).await;
         let mut replay = bus
             .subscribe_raw("jobs")
+            .ephemeral()
             .start(StartPosition::Earliest)
             .await
             .unwrap();

@@ -43,6 +43,7 @@ async fn a_backup_taken_under_writes_restores_events_groups_and_dead_letters() {
     assert!(last <= 300, "last seq {last}");
     let mut all = bus
         .subscribe_raw("orders.placed")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();

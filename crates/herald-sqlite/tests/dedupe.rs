@@ -170,6 +170,7 @@ async fn a_late_ack_with_effects_neither_writes_nor_counts_as_handled() {
         .unwrap();
     let mut out = bus
         .subscribe_raw("late.out")
+        .ephemeral()
         .start(StartPosition::Earliest)
         .await
         .unwrap();

@@ -36,7 +36,11 @@ async fn orders(store: &SqliteStore) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_rows_and_events_appear_together_and_wake_subscribers() {
     let (_dir, store, bus) = setup().await;
-    let mut live = bus.subscribe_raw("orders.placed").await.unwrap();
+    let mut live = bus
+        .subscribe_raw("orders.placed")
+        .ephemeral()
+        .await
+        .unwrap();
     let mut group = bus
         .subscribe_raw("orders.placed")
         .group("mailer")
@@ -120,7 +124,11 @@ async fn rolled_back_or_dropped_transactions_leave_nothing_and_no_seq_hole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_in_a_transaction_of_the_callers_own_pool() {
     let (dir, store, bus) = setup().await;
-    let mut sub = bus.subscribe_raw("orders.placed").await.unwrap();
+    let mut sub = bus
+        .subscribe_raw("orders.placed")
+        .ephemeral()
+        .await
+        .unwrap();
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("app.db"));
     let mut conn = sqlx::SqliteConnection::connect_with(&options)
         .await

@@ -65,7 +65,7 @@ pub use observe::prometheus;
 pub use observe::{health, instrument, metrics, slo, trace};
 pub use runtime::{breaker, dedupe, middleware, rate_limit};
 
-pub use bus::{Bus, BusBuilder};
+pub use bus::{default_group, Bus, BusBuilder};
 pub use command::{Call, CommandHandle, Request};
 pub use config::Config;
 pub use context::current_correlation_id;

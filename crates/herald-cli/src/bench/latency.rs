@@ -40,7 +40,7 @@ pub async fn fan_out(
     let round = Arc::new(Round::default());
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
-        let mut sub = bus.subscribe_raw("bench.fanout").await?;
+        let mut sub = bus.subscribe_raw("bench.fanout").ephemeral().await?;
         let round = round.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(d)) = sub.next().await {

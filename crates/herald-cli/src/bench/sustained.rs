@@ -46,7 +46,7 @@ pub async fn run(rate: u64, duration: Duration, subscribers: usize) -> herald::R
     let progress_tx = Arc::new(progress_tx);
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
-        let mut sub = bus.subscribe_raw("bench.sustained").await?;
+        let mut sub = bus.subscribe_raw("bench.sustained").ephemeral().await?;
         let target = progress_rx.clone();
         tasks.push(tokio::spawn(async move {
             let (mut received, mut last, mut inversions) = (0u64, 0u64, 0u64);

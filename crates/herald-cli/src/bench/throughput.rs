@@ -92,6 +92,7 @@ async fn herald_run(
     for _ in 0..subscribers {
         let mut sub = bus
             .subscribe_raw("bench.tput")
+            .ephemeral()
             .buffer(capacity(events))
             .await?;
         tasks.push(tokio::spawn(async move {

@@ -477,6 +477,7 @@ impl Bus {
             spec,
             error: None,
             kind: "subscription",
+            ephemeral: false,
         }
     }
 
@@ -716,6 +717,34 @@ pub struct SubscribeRaw {
     error: Option<Error>,
     /// What its consumer-health entry is called: a subscription, a handler.
     kind: &'static str,
+    /// Asked to be ephemeral: no default group on a durable store.
+    ephemeral: bool,
+}
+
+/// The longest default group name (a group name's limit).
+const MAX_GROUP_NAME: usize = 255;
+
+/// The group an unnamed subscription on a durable store joins:
+/// `<base>/<patterns>` (comma-separated), `base` being `HERALD_GROUP` or
+/// else the service's name (`HERALD_SOURCE`); one too long ends in a hash
+/// of the whole instead.
+///
+/// ```
+/// assert_eq!(herald::default_group("billing", &["orders.>", "refunds.*"]), "billing/orders.>,refunds.*");
+/// ```
+pub fn default_group(base: &str, patterns: &[&str]) -> String {
+    let name = format!("{base}/{}", patterns.join(","));
+    if name.len() <= MAX_GROUP_NAME {
+        return name;
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = MAX_GROUP_NAME - 17;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &name[..cut])
 }
 
 impl SubscribeRaw {
@@ -734,6 +763,25 @@ impl SubscribeRaw {
     /// handler's).
     pub(crate) fn member_kind(mut self, kind: &'static str) -> Self {
         self.kind = kind;
+        self
+    }
+
+    /// Get every matching event from the start position, and keep no
+    /// position: a restart starts again (DESIGN.md §4.3, fan-out). Without
+    /// it, a subscription on a durable store that names no group joins its
+    /// default group ([`default_group`]: `HERALD_GROUP` or the service's
+    /// name, plus the patterns), which resumes after its last ack on
+    /// restart; on the memory store every subscription is ephemeral.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = herald::Bus::memory();
+    /// let tail = bus.subscribe_raw("orders.>").ephemeral().await?;
+    /// # drop(tail);
+    /// # Ok(()) }
+    /// ```
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
         self
     }
 
@@ -839,11 +887,27 @@ impl IntoFuture for SubscribeRaw {
                 ));
             }
             let inner = &self.bus.inner;
-            let spec_group = self.spec.group.clone();
-            let spec_patterns = self.spec.patterns.iter().map(|p| p.to_string()).collect();
+            let mut spec = self.spec;
+            if spec.group.is_some() && self.ephemeral {
+                return Err(Error::validation(
+                    "a subscription cannot both join a group and be ephemeral",
+                ));
+            }
+            if spec.group.is_none() && !self.ephemeral && inner.transport.features().durable {
+                let config = &inner.config;
+                let base = match config.delivery_config().group_name() {
+                    Some(group) => group.to_owned(),
+                    None => config.effective_source(),
+                };
+                let patterns: Vec<String> = spec.patterns.iter().map(|p| p.to_string()).collect();
+                let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                spec.group = Some(default_group(&base, &patterns));
+            }
+            let spec_group = spec.group.clone();
+            let spec_patterns = spec.patterns.iter().map(|p| p.to_string()).collect();
             let sub = inner
                 .lifecycle
-                .subscribe(inner.transport.clone(), self.spec)
+                .subscribe(inner.transport.clone(), spec)
                 .await?;
             let mut sub = sub.tracked(inner.detached.clone());
             if let Some(group) = &spec_group {
@@ -875,6 +939,11 @@ impl<E: Event> Subscribe<E> {
     /// See [`SubscribeRaw::group`].
     pub fn group(self, name: impl Into<String>) -> Self {
         self.map_raw(|r| r.group(name))
+    }
+
+    /// See [`SubscribeRaw::ephemeral`].
+    pub fn ephemeral(self) -> Self {
+        self.map_raw(SubscribeRaw::ephemeral)
     }
 
     /// Where to start reading, as [`StartPosition`] says: an existing group keeps its position.

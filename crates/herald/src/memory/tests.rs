@@ -267,3 +267,18 @@ async fn a_deferred_delivery_gets_a_fresh_ack_wait() {
         crate::DeliveryState::Acked
     );
 }
+
+#[tokio::test]
+async fn unnamed_subscriptions_stay_ephemeral_in_memory() {
+    let bus = Bus::memory();
+    let mut a = bus.subscribe_raw("fan").await.unwrap();
+    let mut b = bus.subscribe_raw("fan").await.unwrap();
+    bus.publish(Message::new("fan", Payload::null()))
+        .await
+        .unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap().seq(), Some(1));
+    assert_eq!(b.next().await.unwrap().unwrap().seq(), Some(1), "fan-out");
+    assert!(bus.consumer_health().is_empty(), "no default group");
+    let both = bus.subscribe_raw("fan").group("g").ephemeral().await;
+    assert_eq!(both.unwrap_err().code(), ErrorCode::Validation);
+}
