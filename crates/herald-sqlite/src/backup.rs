@@ -1,7 +1,8 @@
 //! Online backups of a store's file: SQLite's backup API copies its pages
 //! into a new file while the store keeps running, and the copy is a
 //! consistent store of its own (events, group positions, dead letters,
-//! outbox rows), which restoring puts in the old file's place.
+//! outbox rows), which restoring puts in the old file's place. The copy
+//! keeps no member's claims: what was in flight is claimable at once.
 //!
 //! Owns [`backup`]. Restoring is a file copy while no process has the
 //! store open (`docs/operations.md`); there is no function for it.
@@ -13,6 +14,7 @@ use herald::{Error, ErrorCode, Result};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::conn::raw_error;
+use crate::group::IN_FLIGHT;
 
 /// Pages copied per step; between steps the store's writers get their turn.
 const PAGES_PER_STEP: std::os::raw::c_int = 1024;
@@ -51,6 +53,20 @@ pub async fn backup(store: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<Bac
         .map_err(|e| Error::internal(format!("backup task: {e}")))?
 }
 
+/// No process of the copy's is alive: what members held when it was taken
+/// is claimable at once in it (redelivered, with one more attempt, as if its
+/// ack wait had run out), not after its leases' time, and no member counts
+/// toward a group's fair share.
+fn release_claims(copy: &Connection) -> Result<()> {
+    copy.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         UPDATE deliveries SET lease_until_ms = 0, owner = NULL WHERE state = {IN_FLIGHT};
+         DELETE FROM members;
+         COMMIT;"
+    ))
+    .map_err(raw_error)
+}
+
 fn copy(from: &Path, to: &Path) -> Result<Backup> {
     if !from.is_file() {
         return Err(Error::new(
@@ -87,6 +103,7 @@ fn copy(from: &Path, to: &Path) -> Result<Backup> {
             .map_err(raw_error)?;
         run.progress().pagecount as u64
     };
+    release_claims(&target)?;
     drop(target);
     let bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
     Ok(Backup { pages, bytes })

@@ -45,7 +45,7 @@ const PRUNE_STEP: i64 = 64;
 /// patterns, kinds, cursor, start_seq, start_ms, the log's last pos, live
 /// members
 type GroupRow = (String, i64, i64, Option<i64>, Option<i64>, i64, i64);
-const IN_FLIGHT: i64 = 0;
+pub(crate) const IN_FLIGHT: i64 = 0;
 const SETTLED: i64 = 2;
 
 /// Windows of one transaction's claims, by group: claims that follow in

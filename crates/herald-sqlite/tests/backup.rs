@@ -90,3 +90,35 @@ async fn a_backup_refuses_to_overwrite_to_invent_or_to_copy_a_stranger() {
     assert!(!dir.path().join("out2.db").exists());
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_member_held_when_the_copy_was_taken_comes_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, copy) = (dir.path().join("app.db"), dir.path().join("copy.db"));
+    let (store, bus) = open(&path).await;
+    let mut holder = bus
+        .subscribe_raw("jobs")
+        .group("workers")
+        .ack_wait(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    bus.publish(Message::json("jobs", &1).unwrap())
+        .await
+        .unwrap();
+    let held = holder.next().await.unwrap().unwrap();
+    herald_sqlite::backup(&path, &copy).await.unwrap();
+    drop(held);
+    store.close().await;
+
+    let (restored, bus) = open(&copy).await;
+    let mut worker = bus.subscribe_raw("jobs").group("workers").await.unwrap();
+    // Its lease had an hour to run: only the release lets it come now.
+    let again = tokio::time::timeout(Duration::from_secs(30), worker.next())
+        .await
+        .expect("released by the backup, not by the lease's end")
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.seq(), again.attempt()), (Some(1), 2));
+    again.ack().await.unwrap();
+    restored.close().await;
+}
