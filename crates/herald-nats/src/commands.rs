@@ -11,6 +11,14 @@
 //! request needs no header) and read the reply. No process answering is
 //! `NOT_FOUND`; no reply in time, `TIMEOUT`. It sits on `conn` and
 //! `codec`, just below `transport`, and touches no stream.
+//!
+//! Withdrawing an export drains its subscription, and a call this process
+//! makes to that topic meanwhile waits until the server has stopped routing
+//! to it (the withdrawal's flush), so a call right after `unregister` is
+//! `NOT_FOUND`, not a request lost in the drain: async-nats forgets a
+//! draining subscription one read after its UNSUB is written, and a request
+//! the server routed to it before reading the UNSUB, still on the wire,
+//! would go unanswered until the caller's timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +47,16 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
     let inner_task = inner.clone();
     let topic = topic.clone();
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (withdrawn, watch_withdrawn) = tokio::sync::watch::channel(false);
+    let export = Export {
+        stop: Some(stop),
+        inner: Arc::downgrade(inner),
+        topic: topic.clone(),
+        withdrawn: watch_withdrawn,
+    };
     tokio::spawn(async move {
+        // Told when this task ends, however it ends.
+        let _withdrawn = Withdrawn(withdrawn);
         let inner = inner_task;
         let subject = inner.names.command_subject(topic.as_str());
         let mut requests = match inner
@@ -67,6 +84,9 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
                     while let Some(msg) = requests.next().await {
                         answer(&inner, topic.clone(), serve.clone(), msg).await;
                     }
+                    // The UNSUB was written before this PING: its PONG
+                    // says the server routes here no more.
+                    let _ = inner.client.flush().await;
                     return;
                 }
             };
@@ -75,17 +95,54 @@ pub(crate) fn export(inner: &Arc<Inner>, topic: &Topic, serve: CommandServe) -> 
             tokio::spawn(async move { answer(&inner, topic, serve, msg).await });
         }
     });
-    Box::new(Export(Some(stop)))
+    Box::new(export)
 }
 
-/// Stops serving a command when dropped.
-struct Export(Option<tokio::sync::oneshot::Sender<()>>);
+/// Stops serving a command when dropped, and marks it withdrawing in its
+/// store until the server has stopped routing calls to it.
+struct Export {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    inner: std::sync::Weak<Inner>,
+    topic: Topic,
+    withdrawn: tokio::sync::watch::Receiver<bool>,
+}
 
 impl Drop for Export {
     fn drop(&mut self) {
-        if let Some(stop) = self.0.take() {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut withdrawing = inner
+                .withdrawing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            withdrawing.retain(|_, w| !*w.borrow());
+            withdrawing.insert(self.topic.clone(), self.withdrawn.clone());
+        }
+        if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Sends `true` when dropped: the export's task has ended.
+struct Withdrawn(tokio::sync::watch::Sender<bool>);
+
+impl Drop for Withdrawn {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Wait, up to `timeout`, for a withdrawal of `topic`'s export in this
+/// process to reach the server.
+async fn withdrawn(inner: &Inner, topic: &Topic, timeout: Duration) {
+    let pending = inner
+        .withdrawing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(topic)
+        .cloned();
+    if let Some(mut done) = pending {
+        let _ = tokio::time::timeout(timeout, done.wait_for(|w| *w)).await;
     }
 }
 
@@ -132,6 +189,7 @@ pub(crate) fn call(
                 format!("command `{topic}` is too large for one NATS message"),
             ));
         }
+        withdrawn(&inner, &topic, timeout).await;
         let subject = inner.names.command_subject(topic.as_str());
         let request = async_nats::Request::new()
             .headers(headers)

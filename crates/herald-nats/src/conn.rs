@@ -53,6 +53,10 @@ pub(crate) struct Inner {
     pub(crate) discards: Discards,
     /// Open subscriptions' queues, closed with the store.
     queues: OpenQueues,
+    /// Command exports of this process on their way out, by topic: each
+    /// turns `true` once the server has stopped routing calls to it
+    /// (`commands`).
+    pub(crate) withdrawing: Mutex<HashMap<Topic, watch::Receiver<bool>>>,
     /// Flips to `true` on close; readers stop.
     pub(crate) shutdown: watch::Sender<bool>,
 }
@@ -86,6 +90,7 @@ impl Inner {
             streams: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             queues: OpenQueues::default(),
+            withdrawing: Mutex::new(HashMap::new()),
             member_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
             groups: Slot::default(),
             dead_letter_writes: DeadLetterWrites::default(),

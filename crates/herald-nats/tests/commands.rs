@@ -83,3 +83,35 @@ async fn a_handler_in_another_process_answers_with_herald_codes() {
         }
     }
 }
+
+/// A call right after `unregister` is `NOT_FOUND`, every time: it waits
+/// for the withdrawal to reach the server instead of sending a request
+/// the draining subscription could lose (then the caller would wait out
+/// its timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_unregister_is_not_found_every_time() {
+    let store = NatsStore::open(support::fresh_config()).await.unwrap();
+    let bus = Bus::builder()
+        .config(herald::Config::default().timeout(Duration::from_secs(10)))
+        .transport(store.clone())
+        .build()
+        .unwrap();
+    for round in 0..30 {
+        let topic = format!("withdraw.r{round}");
+        let handle = bus
+            .handle_command(&topic, |_| async { Payload::json(&1) })
+            .unwrap();
+        let served = bus
+            .call(Message::json(topic.clone(), &0).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(served.decode::<u32>().unwrap(), 1);
+        assert!(handle.unregister());
+        let err = bus
+            .call(Message::json(topic.clone(), &0).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NotFound, "round {round}: {err}");
+    }
+    store.close().await;
+}
