@@ -302,3 +302,77 @@ async fn settling_is_not_rate_limited() {
     let err = ws.recv_op("error").await;
     assert_eq!(err["code"], "BACKPRESSURE");
 }
+
+/// A group ordered per topic over WebSocket: a session topic's keyless
+/// events come one at a time, each after the one before is acked, while
+/// other sessions' come at once; a member asking the group for per-key
+/// order, an unknown ordering and an ordering without a group are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_ordered_per_topic_hands_out_a_sessions_events_in_turn() {
+    let s = Served::start(&[]).await;
+    let mut ws = Ws::connect(&s.ws_url(None)).await;
+    let options = json!({"group": "transcripts", "ordering": "per_topic", "start": "earliest", "max_in_flight": 10});
+    ws.subscribe("s", "chat.session.*", options).await;
+    for (session, n) in [(1, 1), (1, 2), (1, 3), (2, 1)] {
+        let url = s.url(&format!("/v1/topics/chat.session.{session}/events"));
+        let (status, body) = post(&url, &json!({"payload": n})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _) = post(
+        &s.url("/v1/topics/chat.session.3/events"),
+        &json!({"payload": 1}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // Session 3's event, published last, comes before session 1's second.
+    let mut got = Vec::new();
+    let mut first = None;
+    while got.len() < 3 {
+        let ev = ws.recv_op("event").await;
+        let topic = ev["envelope"]["topic"].as_str().unwrap().to_owned();
+        let n = ev["envelope"]["payload"].as_u64().unwrap();
+        if topic == "chat.session.1" {
+            first = Some(ev["delivery"].clone());
+        }
+        got.push((topic, n));
+    }
+    got.sort();
+    let expected: Vec<(String, u64)> = (1..=3).map(|s| (format!("chat.session.{s}"), 1)).collect();
+    assert_eq!(got, expected, "one event per session until it is acked");
+    ws.send(json!({"op": "ack", "delivery": first.unwrap()}))
+        .await;
+    let next = ws.recv_op("event").await;
+    assert_eq!(
+        (
+            next["envelope"]["topic"].as_str(),
+            next["envelope"]["payload"].as_u64()
+        ),
+        (Some("chat.session.1"), Some(2)),
+        "the session's next, once its first is acked"
+    );
+
+    let mut other = Ws::connect(&s.ws_url(None)).await;
+    for (options, why) in [
+        (
+            json!({"group": "transcripts"}),
+            "the group orders per topic",
+        ),
+        (
+            json!({"group": "g", "ordering": "sideways"}),
+            "an unknown ordering",
+        ),
+        (
+            json!({"ordering": "per_topic"}),
+            "an ordering without a group",
+        ),
+    ] {
+        let mut frame = json!({"op": "subscribe", "id": "o", "pattern": "chat.session.*"});
+        frame
+            .as_object_mut()
+            .unwrap()
+            .extend(options.as_object().unwrap().clone());
+        other.send(frame).await;
+        let e = other.recv_op("error").await;
+        assert_eq!(e["code"], "VALIDATION", "{why}: {e}");
+    }
+}

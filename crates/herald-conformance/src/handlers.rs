@@ -1,13 +1,14 @@
 //! The handler runtime on each transport: outcomes settle deliveries,
-//! panics are retryable failures, per-key order holds under concurrency,
+//! panics are retryable failures, per-key (and per-topic) order holds
+//! under concurrency,
 //! shutdown never acks unprocessed work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald::{Error, ErrorCode, StartPosition};
+use herald::{Error, ErrorCode, GroupOrdering, StartPosition};
 
 use crate::support::{numbered, Tally, DELIVERY_WAIT};
 use crate::Harness;
@@ -143,6 +144,146 @@ pub async fn handler_keeps_per_key_order_under_concurrency(h: &Harness) {
     assert_eq!(report.acked, KEYS * EACH);
     let violations = state.lock().unwrap().1.clone();
     assert!(violations.is_empty(), "{violations:?}");
+}
+
+/// What [`per_topic_order_keeps_sessions_sequential_and_concurrent`] saw.
+#[derive(Default)]
+struct Sessions {
+    /// Sessions with a call running.
+    busy: HashSet<String>,
+    /// Each session's messages in the order their calls started.
+    handled: HashMap<String, Vec<u64>>,
+    /// Which session each call that started was of, in order.
+    starts: Vec<String>,
+    violations: Vec<String>,
+}
+
+/// A group ordered per topic (DESIGN.md's chat session per topic): 10
+/// keyless messages on each of 2 session topics, published interleaved, to a
+/// handler running 8 calls at once. Each session's messages are handled
+/// one at a time and in publish order, and the sessions side by side:
+/// message `i` of one waits until message `i` of the other has started, so
+/// a group that ran one session's messages at once breaks the order, and
+/// one that ran the sessions one after the other never finishes. A member
+/// asking the group for per-key order is refused.
+pub async fn per_topic_order_keeps_sessions_sequential_and_concurrent(h: &Harness) {
+    per_topic_sessions(&h.bus().await).await;
+}
+
+/// A partitioned store (NATS, Kafka) with topics of several partitions:
+/// `spread` spreads keyless events over them and refuses a group ordered
+/// per topic (naming `HERALD_KEYLESS_PARTITION=topic`); `by_topic` puts a
+/// topic's keyless events in one partition and keeps each session in
+/// order ([`per_topic_sessions`]).
+pub async fn per_topic_order_on_partitioned_topics(spread: &herald::Bus, by_topic: &herald::Bus) {
+    let refused = spread
+        .subscribe_raw("conf.session.*")
+        .group("sessions")
+        .ordering(GroupOrdering::PerTopic)
+        .await;
+    let Err(refused) = refused else {
+        panic!("refused while keyless events spread over the partitions");
+    };
+    assert_eq!(refused.code(), ErrorCode::Validation, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("HERALD_KEYLESS_PARTITION=topic"),
+        "{refused}"
+    );
+    per_topic_sessions(by_topic).await;
+}
+
+/// The scenario of [`per_topic_order_keeps_sessions_sequential_and_concurrent`]
+/// on `bus`: for a partitioned store, on topics of several partitions.
+pub async fn per_topic_sessions(bus: &herald::Bus) {
+    const EACH: u64 = 10;
+    const SESSIONS: [&str; 2] = ["conf.session.a", "conf.session.b"];
+    let state = Arc::new(Mutex::new(Sessions::default()));
+    let (started, _) = tokio::sync::watch::channel(HashSet::<(String, u64)>::new());
+    let started = Arc::new(started);
+    let handled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (state, started) = (state.clone(), started.clone());
+        let (handled, done) = (handled.clone(), done.clone());
+        bus.handler("conf.session.*")
+            .group("sessions")
+            .ordering(GroupOrdering::PerTopic)
+            .concurrency(8)
+            .start(StartPosition::Earliest)
+            .run(move |env| {
+                let (state, started) = (state.clone(), started.clone());
+                let (handled, done) = (handled.clone(), done.clone());
+                async move {
+                    let topic = env.topic().as_str().to_owned();
+                    let n = n_of(&env);
+                    {
+                        let mut s = state.lock().unwrap();
+                        if !s.busy.insert(topic.clone()) {
+                            s.violations
+                                .push(format!("{topic}: {n} while another of it runs"));
+                        }
+                        let seen = s.handled.entry(topic.clone()).or_default();
+                        match seen.last() {
+                            Some(&last) if n < last => {
+                                let v = format!("{topic}: {n} after {last}");
+                                s.violations.push(v);
+                            }
+                            Some(&last) if n == last => {}
+                            _ => seen.push(n),
+                        }
+                        s.starts.push(topic.clone());
+                    }
+                    started.send_modify(|s| {
+                        s.insert((topic.clone(), n));
+                    });
+                    let other = SESSIONS.iter().find(|t| **t != topic).unwrap().to_string();
+                    let mut seen = started.subscribe();
+                    seen.wait_for(|s| s.contains(&(other.clone(), n)))
+                        .await
+                        .unwrap();
+                    state.lock().unwrap().busy.remove(&topic);
+                    if handled.fetch_add(1, Ordering::SeqCst) + 1 == EACH * 2 {
+                        done.notify_one();
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    let refused = bus.subscribe_raw("conf.session.*").group("sessions").await;
+    let Err(refused) = refused else {
+        panic!("a member asking a per-topic group for per-key order is refused");
+    };
+    assert_eq!(refused.code(), ErrorCode::Validation, "{refused}");
+    let batch: Vec<_> = (0..EACH)
+        .flat_map(|n| SESSIONS.map(|topic| numbered(topic, n)))
+        .collect();
+    bus.publish(batch).await.unwrap();
+    let finished = tokio::time::timeout(DELIVERY_WAIT * 2, done.notified()).await;
+    let report = handler.shutdown(Duration::from_secs(10)).await;
+    let s = state.lock().unwrap();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!(
+        finished.is_ok(),
+        "the sessions did not run side by side: started {:?}",
+        s.starts
+    );
+    for topic in SESSIONS {
+        assert_eq!(s.handled[topic], (0..EACH).collect::<Vec<_>>(), "{topic}");
+    }
+    let mut lead = 0i64;
+    for topic in &s.starts {
+        lead += if topic == SESSIONS[0] { 1 } else { -1 };
+        assert!(
+            lead.abs() <= 1,
+            "the sessions did not interleave: {:?}",
+            s.starts
+        );
+    }
+    assert_eq!(report.acked, EACH * 2, "{report:?}");
 }
 
 /// Shutdown lets in-flight handlers finish within the deadline and stops the

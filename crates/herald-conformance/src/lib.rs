@@ -401,6 +401,7 @@ macro_rules! conformance_tests {
             retention::retention_runs_in_the_background,
             handlers::handler_outcomes_settle_deliveries,
             handlers::handler_keeps_per_key_order_under_concurrency,
+            handlers::per_topic_order_keeps_sessions_sequential_and_concurrent,
             handlers::handler_shutdown_never_acks_unprocessed_work,
             handlers::handler_shutdown_keeps_its_deadline_when_every_call_hangs,
             handlers::handler_retries_with_backoff_then_dead_letters,

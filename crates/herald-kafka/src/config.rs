@@ -383,6 +383,11 @@ impl KafkaConfig {
         self.delivery.max_deliver_attempts()
     }
 
+    /// Which partition a keyless event goes to.
+    pub fn keyless(&self) -> herald::config::KeylessPartition {
+        self.delivery.keyless_placement()
+    }
+
     /// How long published idempotency keys are remembered.
     pub fn dedupe_duration(&self) -> Duration {
         self.delivery.dedupe_window_duration()

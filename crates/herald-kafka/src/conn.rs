@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use herald::backend::dead_lettering::{DeadLetterWrites, DEAD_LETTER_WRITE_WAIT};
 use herald::backend::open_queues::OpenQueues;
+use herald::backend::partition_of;
 use herald::backend::queue::Queue;
+use herald::config::KeylessPartition;
 use herald::{ErrorCode, Result, Topic};
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
@@ -61,6 +63,9 @@ pub(crate) struct Inner {
     /// Metadata, watermarks and offsets for times; in no group.
     pub(crate) meta: Arc<BaseConsumer>,
     known: Mutex<HashSet<String>>,
+    /// The partition each Kafka topic's keyless events go to, under
+    /// [`KeylessPartition::Topic`] (read once per topic and process).
+    keyless_partitions: Mutex<HashMap<String, i32>>,
     closed: AtomicBool,
     /// Whether the brokers keep offset-commit metadata (Kafka does; tansu
     /// 0.6 drops it), where groups keep what a bare offset cannot.
@@ -199,6 +204,7 @@ impl Inner {
             admin,
             meta,
             known: Mutex::new(HashSet::new()),
+            keyless_partitions: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             keeps_metadata: AtomicBool::new(true),
             dedupe: Dedupe::default(),
@@ -425,6 +431,24 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The partition Kafka topic `name`'s keyless events go to: `None`
+    /// when they spread ([`KeylessPartition::Spread`]: the producer picks),
+    /// else the one its name hashes to among the partitions it had when
+    /// this process first published to it (a topic grown later keeps that
+    /// partition here until a restart).
+    pub(crate) async fn keyless_partition(&self, name: &str) -> Result<Option<i32>> {
+        if self.config.keyless() == KeylessPartition::Spread {
+            return Ok(None);
+        }
+        if let Some(p) = self.keyless_partitions.lock().get(name) {
+            return Ok(Some(*p));
+        }
+        let count = u32::try_from(self.partitions(name).await?).unwrap_or(u32::MAX);
+        let p = partition_of(name.as_bytes(), count) as i32;
+        self.keyless_partitions.lock().insert(name.to_owned(), p);
+        Ok(Some(p))
     }
 
     /// How many partitions with a leader Kafka topic `name` has (0 when it

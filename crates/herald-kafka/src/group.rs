@@ -203,11 +203,21 @@ impl Part {
 /// Subscribe with `spec.group`: join this process's consumer of the group,
 /// or start one and wait for its first assignment.
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    inner
+        .config
+        .keyless()
+        .check(&spec, inner.config.partition_count(), "Kafka")?;
     let group_name = spec.group.clone().unwrap_or_default();
     let key = group_key(&group_name, &spec);
     if let Some(group) = local(inner, &key) {
         if let Some(queue) = group.queue() {
             if !queue.is_closed() {
+                herald::backend::group::check_member(
+                    &group_name,
+                    &herald::backend::group::patterns_text(queue.spec()),
+                    herald::backend::group::kind_bits(queue.spec()),
+                    &spec,
+                )?;
                 queue.join();
                 return Ok(queue::member(queue, spec.max_in_flight));
             }

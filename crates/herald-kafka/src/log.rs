@@ -191,9 +191,13 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
                     Claim::Mine(mine) => Some(mine),
                 }
             };
-            let sent = match codec::encode(env, inner.config.deliveries()) {
-                Ok(record) => send(inner, &names[i], &record).await,
-                Err(e) => Err(e),
+            let partition = match env.key() {
+                Some(_) => Ok(None),
+                None => inner.keyless_partition(&names[i]).await,
+            };
+            let sent = match (codec::encode(env, inner.config.deliveries()), partition) {
+                (Ok(record), Ok(partition)) => send(inner, &names[i], &record, partition).await,
+                (Err(e), _) | (_, Err(e)) => Err(e),
             };
             match sent {
                 Ok(delivery) => sends.push((i, mine, delivery)),
@@ -260,6 +264,7 @@ async fn send(
     inner: &Inner,
     topic: &str,
     record: &codec::Record,
+    partition: Option<i32>,
 ) -> Result<rdkafka::producer::DeliveryFuture> {
     let deadline = Instant::now() + inner.config.timeout_duration();
     loop {
@@ -268,6 +273,9 @@ async fn send(
             .headers(record.headers.clone());
         if let Some(k) = &record.key {
             r = r.key(k.as_str());
+        }
+        if let Some(p) = partition {
+            r = r.partition(p);
         }
         match inner.producer.send_result(r) {
             Ok(f) => return Ok(f),

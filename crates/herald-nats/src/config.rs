@@ -293,6 +293,9 @@ impl NatsConfig {
     pub(crate) fn deliveries(&self) -> u32 {
         self.delivery.max_deliver_attempts()
     }
+    pub(crate) fn keyless(&self) -> herald::config::KeylessPartition {
+        self.delivery.keyless_placement()
+    }
     pub(crate) fn retention_policy(&self) -> &RetentionPolicy {
         &self.retention
     }

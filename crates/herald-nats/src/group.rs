@@ -201,6 +201,10 @@ pub(crate) fn leader(inner: &Inner, group: &str) -> Option<Arc<Leader>> {
 /// A member of `spec`'s group in this process, which reads its share of
 /// the group from now on (if it did not yet).
 pub(crate) async fn subscribe(inner: &Arc<Inner>, spec: SubscribeSpec) -> Result<Subscription> {
+    inner
+        .config
+        .keyless()
+        .check(&spec, inner.config.partition_count(), "NATS")?;
     let group = spec.group.clone().unwrap_or_default();
     loop {
         let leader = Leader::of(inner, &group, &spec).await?;

@@ -13,6 +13,7 @@
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
+use herald::config::KeylessPartition;
 use herald::{Envelope, ErrorCode, Result, Topic};
 
 use crate::conn::Inner;
@@ -52,7 +53,11 @@ pub(crate) async fn append(inner: &Inner, batch: Vec<Envelope>) -> Result<Vec<u6
             .message_id(key.as_ref())
             .payload(body);
         let id = env.id();
-        let by = env.key().map_or(id.as_bytes().as_slice(), str::as_bytes);
+        let by = match (env.key(), inner.config.keyless()) {
+            (Some(key), _) => key.as_bytes(),
+            (None, KeylessPartition::Spread) => id.as_bytes().as_slice(),
+            (None, KeylessPartition::Topic) => env.topic().as_str().as_bytes(),
+        };
         let subject = inner
             .names
             .event_subject(env.topic().as_str(), partitions, by);

@@ -34,6 +34,7 @@
 //! `leader_lease`, `group` and `group_record` theirs). It imports only
 //! the leaf `config` (for `MAX_PARTITIONS`).
 
+use herald::backend::{fnv1a, partition_of};
 use herald::Topic;
 
 use crate::config::MAX_PARTITIONS;
@@ -302,24 +303,11 @@ fn bounded(name: String) -> String {
     format!("{}_{:016x}", &name[..cut], fnv1a(name.as_bytes()))
 }
 
-/// The partition of events with key (or keyless, id) `by` in a topic of
-/// `partitions` partitions.
-pub(crate) fn partition_of(by: &[u8], partitions: u32) -> u32 {
-    (fnv1a(by) % u64::from(partitions.max(1))) as u32
-}
-
 /// The partitions a topic stream's description gives, `None` for a
 /// stream made before partitions.
 pub(crate) fn partitions_in(description: Option<&str>) -> Option<u32> {
     let n = description?.rsplit_once("; partitions: ")?.1.parse().ok()?;
     (1..=MAX_PARTITIONS).contains(&n).then_some(n)
-}
-
-/// FNV-1a, 64 bits: a hash every process computes alike.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

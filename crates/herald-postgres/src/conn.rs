@@ -37,6 +37,9 @@ pub(crate) struct PendingSettlement {
     pub(crate) settled: herald::backend::group::Settled,
     /// The group's attempts before it dead-letters.
     pub(crate) max_deliver: u32,
+    /// Whether the group hands its event's flow out one event at a time
+    /// ([`herald::SubscribeSpec::orders`]): acking it frees the flow.
+    pub(crate) ordered: bool,
     /// The key's next event the member holds, leased to it if this ack
     /// applies.
     pub(crate) next: Option<herald::backend::group::Next>,

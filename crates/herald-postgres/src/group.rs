@@ -162,6 +162,7 @@ impl member::GroupMember for Member {
                 group: self.group.clone(),
                 owner: self.id.clone(),
                 pos,
+                ordered: self.spec.orders(&envelope),
                 envelope,
                 settled,
                 max_deliver: self.spec.max_deliver_or(self.inner.config.deliveries()),
@@ -621,7 +622,7 @@ impl Member {
         }
         insert_outbox(&self.inner, &mut tx, &effects).await?;
         tx.commit().await.map_err(runtime_error)?;
-        if envelope.key().is_some() {
+        if self.spec.orders(envelope) {
             self.inner.groups.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())

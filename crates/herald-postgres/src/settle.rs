@@ -43,10 +43,10 @@ impl PendingSettlement {
     }
 
     /// Whether committing it may let another member take an event: an ack
-    /// of a keyed event frees its key; any other settlement hands the
-    /// event back.
+    /// of an ordered event frees its key (or topic); any other settlement
+    /// hands the event back.
     fn frees(&self) -> bool {
-        !self.is_ack() || self.envelope.key().is_some()
+        !self.is_ack() || self.ordered
     }
 }
 
@@ -207,7 +207,7 @@ async fn ack_all<'c>(
     let positions: Vec<i64> = roots.iter().map(|a| a.pos).collect();
     let attempts: Vec<i64> = roots.iter().map(|a| a.envelope.attempt() as i64).collect();
     let owners: Vec<&str> = roots.iter().map(|a| a.owner.as_str()).collect();
-    let keyed: Vec<bool> = roots.iter().map(|a| a.envelope.key().is_some()).collect();
+    let keyed: Vec<bool> = roots.iter().map(|a| a.ordered).collect();
     let (f_root, f_pos, f_attempt): (Vec<usize>, Vec<i64>, Vec<i64>) = chains
         .followers
         .iter()
@@ -487,6 +487,7 @@ mod tests {
             group: "g".into(),
             owner: owner.into(),
             pos,
+            ordered: true,
             envelope: Arc::new(envelope),
             settled: Settled::Outcome(Outcome::Ack),
             max_deliver: 5,

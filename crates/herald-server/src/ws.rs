@@ -53,7 +53,10 @@ use axum::Extension;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use herald::CloseHandle;
-use herald::{CommandHandle, Delivery, Envelope, ErrorCode, FailureSource, Payload, StartPosition};
+use herald::{
+    CommandHandle, Delivery, Envelope, ErrorCode, FailureSource, GroupOrdering, Payload,
+    StartPosition,
+};
 use parking_lot::Mutex;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -228,6 +231,9 @@ pub struct SubscribeFrame {
     /// `envelope` (default) or `cloudevents`: how `event` frames carry events.
     #[serde(default)]
     pub format: Format,
+    /// The group's ordering: `per_key` (default) or `per_topic`
+    /// ([`herald::GroupOrdering`]); only with a `group`.
+    pub ordering: Option<String>,
 }
 
 /// How `event` frames carry events.
@@ -813,6 +819,7 @@ impl Conn {
                 auto_ack,
                 max_in_flight,
                 format,
+                ordering,
                 ..
             }) => {
                 let options = SubOptions {
@@ -821,6 +828,7 @@ impl Conn {
                     auto_ack,
                     max_in_flight,
                     format,
+                    ordering,
                 };
                 let reply = match self.subscribe(&id, &pattern, options, subs).await {
                     Ok(()) => ServerFrame::Subscribed { id: &id }.text(),
@@ -985,6 +993,7 @@ impl Conn {
             auto_ack,
             max_in_flight,
             format,
+            ordering,
         } = options;
         self.caller.require(Permission::Subscribe, pattern)?;
         if let Some(g) = &group {
@@ -1004,6 +1013,13 @@ impl Conn {
                 ),
             ));
         }
+        let ordering = match (ordering, &group) {
+            (None, _) => GroupOrdering::PerKey,
+            (Some(o), Some(_)) => GroupOrdering::parse(&o)?,
+            (Some(_), None) => return Err(ApiError::validation(
+                "ordering applies to a group: a subscription without one gets each topic in order",
+            )),
+        };
         let in_flight = max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         if !(1..=10_000).contains(&in_flight) {
             return Err(ApiError::validation(format!(
@@ -1020,7 +1036,8 @@ impl Conn {
                 Start::Seq(n) => StartPosition::Seq(n),
                 Start::Time(t) => StartPosition::Time(t),
             })
-            .buffer(self.subscription_buffer());
+            .buffer(self.subscription_buffer())
+            .ordering(ordering);
         // A WebSocket subscription names its group to be durable; one that
         // names none is ephemeral, as a browser's tail should be.
         request = match group {
@@ -1247,6 +1264,7 @@ struct SubOptions {
     auto_ack: bool,
     max_in_flight: Option<u32>,
     format: Format,
+    ordering: Option<String>,
 }
 
 /// The `event` frame of delivery `number` of `env` on subscription `sub`.

@@ -81,7 +81,7 @@ pub use handler::{
 pub use message::{Message, Publish, Receipt};
 pub use payload::Payload;
 pub use subscription::{
-    CloseHandle, KindFilter, Received, StartPosition, SubscribeSpec, Subscription,
+    CloseHandle, GroupOrdering, KindFilter, Received, StartPosition, SubscribeSpec, Subscription,
     TypedSubscription,
 };
 pub use topic::{Pattern, Topic};

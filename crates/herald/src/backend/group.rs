@@ -64,14 +64,23 @@ pub fn priority_code(p: Priority) -> i64 {
     }
 }
 
-/// The kinds a group follows, one bit each (kept with the group so every
-/// member must follow the same).
+/// The bit of [`kind_bits`] that says a group orders per topic.
+const PER_TOPIC_BIT: i64 = 1 << 4;
+
+/// The kinds a group follows, one bit each, and its ordering (a bit above
+/// them, set for [`GroupOrdering::PerTopic`](crate::GroupOrdering)): kept
+/// with the group so every member must follow the same kinds in the same
+/// order. A group stored before orderings has the bit clear: per key.
 pub fn kind_bits(spec: &SubscribeSpec) -> i64 {
-    [Kind::Event, Kind::Command, Kind::Response, Kind::Intent]
+    let kinds: i64 = [Kind::Event, Kind::Command, Kind::Response, Kind::Intent]
         .iter()
         .enumerate()
         .map(|(i, k)| (spec.kinds.allows(*k) as i64) << i)
-        .sum()
+        .sum();
+    match spec.ordering {
+        crate::GroupOrdering::PerKey => kinds,
+        crate::GroupOrdering::PerTopic => kinds | PER_TOPIC_BIT,
+    }
 }
 
 /// The patterns a group follows, sorted and space-separated.
@@ -113,12 +122,26 @@ pub fn info(
 }
 
 /// Refuse a member of `group` (which follows `patterns` and `kinds`, as
-/// stored) when `spec` follows other topics or kinds.
+/// stored) when `spec` follows other topics or kinds, or orders them
+/// otherwise.
 pub fn check_member(group: &str, patterns: &str, kinds: i64, spec: &SubscribeSpec) -> Result<()> {
-    if patterns != patterns_text(spec) || kinds != kind_bits(spec) {
+    if patterns != patterns_text(spec) || kinds & !PER_TOPIC_BIT != kind_bits(spec) & !PER_TOPIC_BIT
+    {
         return Err(Error::validation(format!(
             "group {group:?} follows `{patterns}`; a member cannot follow `{}` (or other kinds)",
             patterns_text(spec)
+        )));
+    }
+    if kinds != kind_bits(spec) {
+        let ordered = if kinds & PER_TOPIC_BIT != 0 {
+            crate::GroupOrdering::PerTopic
+        } else {
+            crate::GroupOrdering::PerKey
+        };
+        return Err(Error::validation(format!(
+            "group {group:?} orders its events {}; a member cannot order them {}",
+            ordered.as_str(),
+            spec.ordering.as_str()
         )));
     }
     Ok(())
@@ -368,14 +391,18 @@ pub struct Claimed {
     pub more: bool,
 }
 
-/// A topic and key (keyless events of a topic form one flow).
+/// A topic and the key that orders its events
+/// ([`GroupOrdering::flow_key`](crate::GroupOrdering::flow_key)): `None`
+/// for keyless events no flow orders (they form one unordered flow).
 type Flow<'a> = (&'a str, Option<&'a str>);
 
 /// A claimable event: pos, priority, attempt.
 type Claimable = (i64, i64, i64);
 
 /// Decide a claim of up to `max` events from `rows`. What is claimable
-/// comes in *heads*: every keyless event, and per topic and key the first
+/// comes in *heads*: every unordered keyless event, and per topic and key
+/// (per topic, for keyless events of a group ordered
+/// [`PerTopic`](crate::GroupOrdering::PerTopic)) the first
 /// unsettled event, with the *run* of the key's later events that are free
 /// too (no live lease, none waiting before them). A claim takes at most a
 /// fair share of the heads — their count divided by the group's live
@@ -428,7 +455,10 @@ pub fn plan<'a>(
         if !wanted || settled {
             continue;
         }
-        let flow_key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
+        let flow_key = spec
+            .ordering
+            .flow_key(row.key.as_deref())
+            .map(|k| (row.topic.as_str(), k));
         // Whether an earlier event of its key is unsettled.
         let behind = flow_key.is_some_and(|f| !seen.insert(f));
         let attempt = match row.lease {
@@ -488,12 +518,15 @@ pub fn plan<'a>(
             }
         }
         flows
-            .entry((row.topic.as_str(), row.key.as_deref()))
+            .entry((
+                row.topic.as_str(),
+                spec.ordering.flow_key(row.key.as_deref()),
+            ))
             .or_default()
             .push_back((row.pos, row.priority, attempt));
     }
 
-    // Heads: every keyless event, the first of each key's run.
+    // Heads: every unordered event, the first of each key's run.
     let mut flows: Vec<(bool, VecDeque<Claimable>)> = flows
         .into_iter()
         .map(|((_, key), events)| (key.is_some(), events))
@@ -731,6 +764,32 @@ mod tests {
         let p = plan(&spec(), &START, &rows, 3, share(5, 1), 5, 50);
         assert_eq!(p.claims, vec![(3, 1)]);
         assert_eq!(p.cursor, 0);
+    }
+
+    #[test]
+    fn per_topic_a_topics_keyless_events_are_one_flow_beside_its_keys() {
+        let mut rows = vec![
+            row(1, None, 1, None),
+            row(2, None, 1, None),
+            row(3, Some("k"), 1, None),
+            row(4, None, 1, None),
+        ];
+        rows.push(Candidate {
+            topic: "t.b".into(),
+            ..row(5, None, 1, None)
+        });
+        let per_key = plan(&spec(), &START, &rows, 5, share(8, 1), 5, 0);
+        assert_eq!(per_key.claims, vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]);
+        let mut per_topic = spec();
+        per_topic.ordering = crate::GroupOrdering::PerTopic;
+        let p = plan(&per_topic, &START, &rows, 5, share(8, 1), 5, 0);
+        // Heads: t.a's keyless flow, its key k, t.b's keyless flow.
+        assert_eq!(p.claims, vec![(1, 1), (3, 1), (5, 1)]);
+        assert_eq!(tails(&p), vec![(2, 1), (4, 1)]);
+        // While event 1 is in flight its topic's later keyless events wait.
+        rows[0].lease = lease(LeaseState::InFlight, 1, 100);
+        let p = plan(&per_topic, &START, &rows, 5, share(8, 1), 5, 50);
+        assert_eq!(p.claims, vec![(3, 1), (5, 1)]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::backend::group::{kind_bits, patterns_text, Claimed, Next, Settled};
-use crate::backend::subscription::{CloseHandle, SubscribeSpec, Subscription};
+use crate::backend::subscription::{CloseHandle, GroupOrdering, SubscribeSpec, Subscription};
 use crate::model::delivery::{BoxFuture, Delivery, Outcome, Settle};
 use crate::model::envelope::Envelope;
 use crate::model::error::{Error, ErrorCode, Result};
@@ -161,7 +161,7 @@ impl Claimers {
             match shared.get(&key).and_then(Weak::upgrade) {
                 Some(state) if state.attach(&own) => state,
                 _ => {
-                    let state = MemberState::new(member(), own.max);
+                    let state = MemberState::new(member(), own.max, spec.ordering);
                     shared.insert(key, Arc::downgrade(&state));
                     state
                 }
@@ -333,14 +333,10 @@ async fn claim_loop(state: Arc<MemberState>) {
     release(&*member, all).await;
 }
 
-/// A keyed event's topic and key: the events a member hands out one at a
+/// A topic and the key that orders its events
+/// ([`GroupOrdering::flow_key`]): the events a member hands out one at a
 /// time.
 type FlowId = (String, String);
-
-fn flow_of(env: &Envelope) -> Option<FlowId> {
-    env.key()
-        .map(|k| (env.topic().as_str().to_owned(), k.to_owned()))
-}
 
 /// A claimed event not handed out yet.
 struct Buffered {
@@ -397,6 +393,8 @@ impl Buffer {
 
 struct MemberState {
     member: Arc<dyn GroupMember>,
+    /// Which events it hands out one at a time.
+    ordering: GroupOrdering,
     /// Members attached: once it falls to 0 it stays there.
     members: AtomicUsize,
     /// The attached members' `max_in_flight`, summed.
@@ -427,9 +425,10 @@ struct MemberState {
 }
 
 impl MemberState {
-    fn new(member: Arc<dyn GroupMember>, room: usize) -> Arc<MemberState> {
+    fn new(member: Arc<dyn GroupMember>, room: usize, ordering: GroupOrdering) -> Arc<MemberState> {
         Arc::new(MemberState {
             member,
+            ordering,
             members: AtomicUsize::new(1),
             room: AtomicUsize::new(room),
             started: AtomicBool::new(false),
@@ -443,6 +442,14 @@ impl MemberState {
             ready: Notify::new(),
             error: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The flow `env` is handed out in, one event at a time; `None` for an
+    /// unordered event.
+    fn flow_of(&self, env: &Envelope) -> Option<FlowId> {
+        self.ordering
+            .flow_key(env.key())
+            .map(|k| (env.topic().as_str().to_owned(), k.to_owned()))
     }
 
     /// Count `own` in, unless the last member already went.
@@ -548,7 +555,7 @@ impl MemberState {
         let mut buffer = self.buffer();
         let first_run = buffer.last_run + 1;
         for (pos, envelope) in events {
-            let flow = flow_of(&envelope);
+            let flow = self.flow_of(&envelope);
             let mut b = Buffered {
                 pos,
                 envelope,
@@ -615,7 +622,7 @@ impl MemberState {
                 // The claimer may claim once nothing is ready.
                 self.claimer.notify_one();
             }
-            let flow = flow_of(&b.envelope).map(|f| (f, b.run));
+            let flow = self.flow_of(&b.envelope).map(|f| (f, b.run));
             if b.claimed_at.elapsed() > half || b.pruned != pruned {
                 if let Some((flow, run)) = &flow {
                     buffer.end_run(flow, *run);

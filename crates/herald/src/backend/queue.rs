@@ -4,7 +4,7 @@
 //! Owns what happens between "an event is for this subscriber" and "it was
 //! settled": capacity (a semaphore of `buffer` permits, taken by whoever feeds
 //! the queue and returned as events are delivered), the priority order among
-//! flows (one FIFO per topic and key), the per-key lock of groups, each group
+//! flows (one FIFO per topic and key), the per-key (or per-topic) lock of groups, each group
 //! member's `max_in_flight`, ack deadlines, redelivery, and giving up to the
 //! host's dead-letter store. The in-memory transport feeds it under its topic
 //! locks; a durable transport feeds it from its log with [`Queue::push`]. It
@@ -329,9 +329,11 @@ impl Queue {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Whether settling `env` must unlock its flow: keyed events in a group.
+    /// Whether settling `env` must unlock its flow: the events a group
+    /// orders ([`SubscribeSpec::orders`]: keyed ones, and keyless ones of a
+    /// group ordered per topic).
     fn locks(&self, env: &Envelope) -> bool {
-        self.spec.group.is_some() && env.key().is_some()
+        self.spec.orders(env)
     }
 
     fn flow_of(&self, env: &Envelope) -> u64 {
@@ -488,7 +490,7 @@ impl Queue {
         loop {
             let (item, expired) = {
                 let mut st = self.state.lock();
-                let Some(item) = Self::pop_ready(&mut st, self.spec.group.is_some()) else {
+                let Some(item) = Self::pop_ready(&mut st, &self.spec) else {
                     match st.waiters.iter_mut().find(|(m, _)| *m == id) {
                         Some((_, w)) => w.clone_from(waker),
                         None => st.waiters.push((id, waker.clone())),
@@ -518,7 +520,7 @@ impl Queue {
         }
     }
 
-    fn pop_ready(st: &mut State, group: bool) -> Option<Item> {
+    fn pop_ready(st: &mut State, spec: &SubscribeSpec) -> Option<Item> {
         while let Some(r) = st.ready.pop() {
             let Some(f) = st.flows.get_mut(&r.flow) else {
                 continue;
@@ -527,7 +529,7 @@ impl Queue {
                 continue;
             }
             let item = f.items.pop_front()?;
-            if group && item.env.key().is_some() {
+            if spec.orders(&item.env) {
                 f.locked = true;
             } else if let Some(head) = f.items.front() {
                 let next = Ready {

@@ -1,7 +1,8 @@
 //! Subscriptions: what a subscriber asks for and the stream it gets.
 //!
-//! Owns [`SubscribeSpec`] (patterns, group, start position, buffer, kinds —
-//! what a transport needs to open a subscription), [`Subscription`] (a
+//! Owns [`SubscribeSpec`] (patterns, group, start position, buffer, kinds,
+//! a group's [`GroupOrdering`] — what a transport needs to open a
+//! subscription), [`Subscription`] (a
 //! `Stream` of [`Delivery`]s with an idempotent close that works while another
 //! task is blocked in `next`), and [`TypedSubscription`] (decoded typed events
 //! with composable filters). The `Bus` builds specs from its builder; each
@@ -76,6 +77,80 @@ impl Default for KindFilter {
     }
 }
 
+/// Which events of a consumer group are handled one at a time, in order
+/// (the group hands such a flow's next event out only once the one before
+/// it is settled), while the rest run concurrently across its members.
+///
+/// - [`PerKey`](Self::PerKey) (the default): events of one topic and
+///   `key` are in order; keyless events run concurrently.
+/// - [`PerTopic`](Self::PerTopic): keyless events of one topic are in
+///   order too, as one flow of that topic ("sequential per session,
+///   concurrent across sessions" when each session is a topic, such as
+///   `chat.session.<id>`); keyed events stay in order per key.
+///
+/// A group keeps the ordering its first member chose: a member asking for
+/// the other is refused with `VALIDATION`. A subscription without a group
+/// has one consumer that gets each topic in `seq` order anyway, so the
+/// ordering changes nothing for it. On NATS and Kafka a topic with more
+/// than one partition spreads keyless events over its partitions unless
+/// its publishers place them by topic
+/// ([`KeylessPartition::Topic`](crate::config::KeylessPartition),
+/// `HERALD_KEYLESS_PARTITION=topic`); a `PerTopic` group is refused there
+/// otherwise.
+///
+/// ```
+/// use herald::{Bus, GroupOrdering};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// let bus = Bus::memory();
+/// let sessions = bus
+///     .subscribe_raw("chat.session.*")
+///     .group("transcripts")
+///     .ordering(GroupOrdering::PerTopic)
+///     .await?;
+/// # drop(sessions);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum GroupOrdering {
+    /// Events of one topic and key in order; keyless events concurrent.
+    #[default]
+    PerKey,
+    /// Keyless events of one topic in order too; topics concurrent.
+    PerTopic,
+}
+
+impl GroupOrdering {
+    /// How configuration and the gateway spell it: `per_key`, `per_topic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupOrdering::PerKey => "per_key",
+            GroupOrdering::PerTopic => "per_topic",
+        }
+    }
+
+    /// The ordering spelled `text` (as [`as_str`](Self::as_str) gives it).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "per_key" => Ok(GroupOrdering::PerKey),
+            "per_topic" => Ok(GroupOrdering::PerTopic),
+            other => Err(Error::validation(format!(
+                "unknown group ordering {other:?}: per_key or per_topic"
+            ))),
+        }
+    }
+
+    /// The key that orders an event of this key within its topic: `None`
+    /// for an event that is in no flow (keyless, per key), the empty key
+    /// for the one flow of a topic's keyless events (per topic).
+    pub fn flow_key(self, key: Option<&str>) -> Option<&str> {
+        match (self, key) {
+            (_, Some(k)) => Some(k),
+            (GroupOrdering::PerTopic, None) => Some(""),
+            (GroupOrdering::PerKey, None) => None,
+        }
+    }
+}
+
 /// What a transport needs to open a subscription. Built by
 /// [`Bus::subscribe_raw`](crate::Bus::subscribe_raw) and friends.
 #[derive(Debug, Clone)]
@@ -102,6 +177,8 @@ pub struct SubscribeSpec {
     /// `None` keeps the store's (`HERALD_MAX_DELIVER`). See
     /// [`max_deliver_or`](Self::max_deliver_or).
     pub max_deliver: Option<u32>,
+    /// Which of a group's events are handled in order.
+    pub ordering: GroupOrdering,
 }
 
 impl SubscribeSpec {
@@ -116,6 +193,7 @@ impl SubscribeSpec {
             ack_wait: DEFAULT_ACK_WAIT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_deliver: None,
+            ordering: GroupOrdering::PerKey,
         }
     }
 
@@ -123,6 +201,13 @@ impl SubscribeSpec {
     /// dead-lettered: its own `max_deliver`, else `store_default`.
     pub fn max_deliver_or(&self, store_default: u32) -> u32 {
         self.max_deliver.unwrap_or(store_default)
+    }
+
+    /// Whether `env` is one of a flow the group hands out one event at a
+    /// time ([`GroupOrdering::flow_key`]); never for a group-less
+    /// subscription.
+    pub fn orders(&self, env: &crate::Envelope) -> bool {
+        self.group.is_some() && self.ordering.flow_key(env.key()).is_some()
     }
 
     /// Whether an event on `topic` of `kind` is for this subscription.

@@ -7,7 +7,8 @@
 //! error dead-letters at once. Events of one `key` are never handled
 //! concurrently and always in order — the group delivers a key's next event
 //! only after the previous one is settled — while different keys run in
-//! parallel. [`Handler::shutdown`] stops taking messages, lets in-flight
+//! parallel (and, with [`GroupOrdering::PerTopic`], each topic's keyless
+//! events in order too). [`Handler::shutdown`] stops taking messages, lets in-flight
 //! handlers finish within a deadline, and leaves the rest to be redelivered:
 //! nothing is acked unprocessed.
 //!
@@ -28,7 +29,7 @@ use tokio::task::JoinSet;
 
 use tracing::Instrument;
 
-use crate::backend::subscription::{CloseHandle, StartPosition};
+use crate::backend::subscription::{CloseHandle, GroupOrdering, StartPosition};
 use crate::bus::Bus;
 use crate::config::RetryPolicy;
 use crate::model::context::Context;
@@ -69,6 +70,7 @@ pub struct HandlerBuilder {
     start: Option<StartPosition>,
     retry: Option<Retries>,
     max_deliver: Option<u32>,
+    ordering: GroupOrdering,
     timeout: Option<Duration>,
     ack_wait: Option<Duration>,
     await_acks: bool,
@@ -145,6 +147,7 @@ impl Bus {
             start: None,
             retry: None,
             max_deliver: None,
+            ordering: GroupOrdering::PerKey,
             timeout: None,
             ack_wait: None,
             await_acks: true,
@@ -242,6 +245,31 @@ impl HandlerBuilder {
     /// [`SubscribeRaw::max_deliver`](crate::SubscribeRaw::max_deliver)).
     pub fn max_deliver(mut self, n: u32) -> Self {
         self.max_deliver = Some(n);
+        self
+    }
+
+    /// Which events the handler's group takes one at a time, in order
+    /// (default [`GroupOrdering::PerKey`]: a key's events in order, keyless
+    /// events concurrently). [`GroupOrdering::PerTopic`] also handles each
+    /// topic's keyless events one at a time, in order, while topics run
+    /// concurrently: a session per topic is handled sequentially.
+    ///
+    /// ```
+    /// use herald::{Bus, GroupOrdering};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = Bus::memory();
+    /// let handler = bus
+    ///     .handler("chat.session.*")
+    ///     .group("transcripts")
+    ///     .ordering(GroupOrdering::PerTopic)
+    ///     .concurrency(16)
+    ///     .run(|_event| async { Ok(()) })
+    ///     .await?;
+    /// handler.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    pub fn ordering(mut self, ordering: GroupOrdering) -> Self {
+        self.ordering = ordering;
         self
     }
 
@@ -347,6 +375,7 @@ impl HandlerBuilder {
             .bus
             .subscribe_raw_patterns(&self.patterns)
             .group(&group)
+            .ordering(self.ordering)
             .member_kind("handler");
         if let Some(start) = self.start {
             subscribe = subscribe.start(start);
@@ -463,9 +492,7 @@ fn effect_key(group: &str, input: &Envelope, i: usize) -> String {
     if key.len() <= crate::model::envelope::MAX_FIELD_LEN {
         return key;
     }
-    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::backend::fnv1a(group.as_bytes());
     format!("#{hash:016x}:{}:{i}", input.id())
 }
 

@@ -27,7 +27,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backend::subscription::{
-    Filter, KindFilter, StartPosition, SubscribeSpec, Subscription, TypedSubscription,
+    Filter, GroupOrdering, KindFilter, StartPosition, SubscribeSpec, Subscription,
+    TypedSubscription,
 };
 use crate::backend::transport::{
     DeliveryState, DynTransport, Features, GroupInfo, IntoTransport, TopicInfo, MAX_REPLAY_PAGE,
@@ -737,9 +738,7 @@ pub fn default_group(base: &str, patterns: &[&str]) -> String {
     if name.len() <= MAX_GROUP_NAME {
         return name;
     }
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::backend::fnv1a(name.as_bytes());
     let mut cut = MAX_GROUP_NAME - 17;
     while !name.is_char_boundary(cut) {
         cut -= 1;
@@ -865,6 +864,14 @@ impl SubscribeRaw {
         self
     }
 
+    /// Which of the group's events are handled in order (default
+    /// [`GroupOrdering::PerKey`]); [`GroupOrdering::PerTopic`] keeps each
+    /// topic's keyless events in order too.
+    pub fn ordering(mut self, ordering: GroupOrdering) -> Self {
+        self.spec.ordering = ordering;
+        self
+    }
+
     /// Which kinds to receive (default events and intents).
     pub fn kinds(mut self, kinds: KindFilter) -> Self {
         self.spec.kinds = kinds;
@@ -970,6 +977,11 @@ impl<E: Event> Subscribe<E> {
     /// See [`SubscribeRaw::max_deliver`].
     pub fn max_deliver(self, n: u32) -> Self {
         self.map_raw(|r| r.max_deliver(n))
+    }
+
+    /// See [`SubscribeRaw::ordering`].
+    pub fn ordering(self, ordering: GroupOrdering) -> Self {
+        self.map_raw(|r| r.ordering(ordering))
     }
 
     fn map_raw(mut self, f: impl FnOnce(SubscribeRaw) -> SubscribeRaw) -> Self {

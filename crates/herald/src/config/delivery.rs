@@ -80,6 +80,58 @@ pub enum DeadLetters {
     Off,
 }
 
+/// Which partition of a topic a partitioned store (NATS, Kafka) puts a
+/// keyless event in (`HERALD_KEYLESS_PARTITION`); an event with a `key`
+/// goes to its key's partition either way. The SQL and memory stores have
+/// no partitions and ignore it.
+///
+/// ```
+/// use herald::config::KeylessPartition;
+/// assert_eq!("topic".parse::<KeylessPartition>().unwrap(), KeylessPartition::Topic);
+/// assert!("random".parse::<KeylessPartition>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeylessPartition {
+    /// Spread over the partitions (by id): a group's processes share a
+    /// topic's keyless events, in no order (the default).
+    #[default]
+    Spread,
+    /// One partition per topic (by the topic's name): a topic's keyless
+    /// events stay in publish order, which a group ordered
+    /// [`PerTopic`](crate::GroupOrdering::PerTopic) needs when topics have
+    /// more than one partition; one process of a group reads them.
+    Topic,
+}
+
+impl std::str::FromStr for KeylessPartition {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<KeylessPartition> {
+        match s.trim() {
+            "spread" => Ok(KeylessPartition::Spread),
+            "topic" => Ok(KeylessPartition::Topic),
+            other => Err(key("HERALD_KEYLESS_PARTITION").invalid(other)),
+        }
+    }
+}
+
+impl KeylessPartition {
+    /// Refuse, with `VALIDATION`, a group of `spec` ordered
+    /// [`PerTopic`](crate::GroupOrdering::PerTopic) on `store` whose new
+    /// topics get `partitions` partitions and which spreads keyless events
+    /// over them: it could not keep their order.
+    pub fn check(self, spec: &crate::SubscribeSpec, partitions: u32, store: &str) -> Result<()> {
+        let per_topic = spec.group.is_some() && spec.ordering == crate::GroupOrdering::PerTopic;
+        if per_topic && partitions > 1 && self == KeylessPartition::Spread {
+            return Err(crate::Error::validation(format!(
+                "a group ordered per_topic needs each topic's keyless events in one partition: \
+                 {store} spreads them over {partitions} partitions; set \
+                 HERALD_KEYLESS_PARTITION=topic (on every publisher) or one partition per topic"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The longest name `HERALD_DEAD_LETTERS` takes (Kafka's topic limit).
 pub const MAX_DEAD_LETTERS_NAME: usize = 249;
 
@@ -166,6 +218,7 @@ pub struct DeliveryConfig {
     limits: Limits,
     dead_letters: DeadLetters,
     stall_after: Duration,
+    keyless_partition: KeylessPartition,
 }
 
 /// How long a group member holding work may settle nothing before it counts
@@ -190,6 +243,7 @@ impl Default for DeliveryConfig {
             limits: Limits::default(),
             dead_letters: DeadLetters::StoreDefault,
             stall_after: DEFAULT_STALL_AFTER,
+            keyless_partition: KeylessPartition::Spread,
         }
     }
 }
@@ -269,6 +323,9 @@ impl DeliveryConfig {
         }
         if let Some(v) = key("HERALD_DEAD_LETTERS").parse_from(get)? {
             d.dead_letters = v;
+        }
+        if let Some(v) = key("HERALD_KEYLESS_PARTITION").parse_from(get)? {
+            d.keyless_partition = v;
         }
         if let Some(v) = seconds("HERALD_STALL_AFTER")? {
             key("HERALD_STALL_AFTER").check(v.as_secs_f64(), 1.0, 3600.0)?;
@@ -411,6 +468,12 @@ impl DeliveryConfig {
         self.dead_letters = to;
         self
     }
+    /// Which partition a partitioned store puts keyless events in
+    /// (default [`KeylessPartition::Spread`]).
+    pub fn keyless_partition(mut self, p: KeylessPartition) -> Self {
+        self.keyless_partition = p;
+        self
+    }
 
     /// The default group, when one is configured.
     pub fn group_name(&self) -> Option<&str> {
@@ -517,6 +580,10 @@ impl DeliveryConfig {
     pub fn dead_letter_destination(&self) -> &DeadLetters {
         &self.dead_letters
     }
+    /// Where a partitioned store puts keyless events.
+    pub fn keyless_placement(&self) -> KeylessPartition {
+        self.keyless_partition
+    }
 }
 
 #[cfg(test)]
@@ -555,6 +622,7 @@ mod tests {
             ("HERALD_MAX_HEADER_BYTES", "100"),
             ("HERALD_DEAD_LETTERS", "off"),
             ("HERALD_STALL_AFTER", "90"),
+            ("HERALD_KEYLESS_PARTITION", "topic"),
         ])
         .unwrap();
         assert_eq!(d.group_name(), Some("billing"));
@@ -579,6 +647,7 @@ mod tests {
         assert_eq!(d.envelope_limits(), limits);
         assert_eq!(d.dead_letter_destination(), &DeadLetters::Off);
         assert_eq!(d.stall_after_duration(), Duration::from_secs(90));
+        assert_eq!(d.keyless_placement(), KeylessPartition::Topic);
         let named = read(&[("HERALD_DEAD_LETTERS", "billing.dlq")]).unwrap();
         assert_eq!(named.dead_letter_destination().name(), Some("billing.dlq"));
         assert_eq!(read(&[]).unwrap(), DeliveryConfig::default());
@@ -612,6 +681,7 @@ mod tests {
             ("HERALD_GROUP", "a\nb", "1–255 chars, no control characters"),
             ("HERALD_DEAD_LETTERS", "a b", "a topic or stream name"),
             ("HERALD_DEAD_LETTERS", "", "a topic or stream name"),
+            ("HERALD_KEYLESS_PARTITION", "id", "spread, topic"),
         ] {
             let err = read(&[(key, value)]).unwrap_err();
             assert_eq!(err.code(), ErrorCode::Validation);

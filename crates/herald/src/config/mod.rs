@@ -19,7 +19,7 @@ pub mod retry;
 use std::time::Duration;
 
 pub use delivery::{
-    DeadLetters, DeliveryConfig, DEFAULT_ACK_WAIT, DEFAULT_BREAKER_RESET_TIMEOUT,
+    DeadLetters, DeliveryConfig, KeylessPartition, DEFAULT_ACK_WAIT, DEFAULT_BREAKER_RESET_TIMEOUT,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL,
 };
 pub use keys::{

@@ -564,15 +564,13 @@ impl Shared {
         let mut registry = self.registry.lock();
         let queue = match spec.group.as_deref().and_then(|g| registry.groups.get(g)) {
             Some(existing) => {
-                if existing.spec().patterns != spec.patterns || existing.spec().kinds != spec.kinds
-                {
-                    return Err(Error::validation(format!(
-                        "group {:?} already follows {:?}; a member cannot follow {:?}",
-                        spec.group.as_deref().unwrap_or_default(),
-                        existing.spec().patterns,
-                        spec.patterns
-                    )));
-                }
+                let held = existing.spec();
+                crate::backend::group::check_member(
+                    existing.group().unwrap_or_default(),
+                    &crate::backend::group::patterns_text(held),
+                    crate::backend::group::kind_bits(held),
+                    &spec,
+                )?;
                 existing.join();
                 existing.clone()
             }
