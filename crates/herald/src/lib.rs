@@ -58,13 +58,15 @@ pub use backend::{retention, subscription, transport};
 pub use bus::{command, dead_letters, forward, handler, publisher};
 pub use config::retry;
 pub use model::{
-    context, dead_letter, delivery, envelope, error, event, message, payload, schema, topic,
+    context, contract, dead_letter, delivery, envelope, error, event, message, payload, schema,
+    topic,
 };
 #[cfg(feature = "prometheus")]
 pub use observe::prometheus;
 pub use observe::{health, instrument, metrics, slo, trace};
 pub use runtime::{breaker, dedupe, middleware, rate_limit};
 
+pub use bus::contracts::{Register, Schemas};
 pub use bus::{default_group, Bus, BusBuilder};
 pub use command::{Call, CommandHandle, Request};
 pub use config::Config;

@@ -375,6 +375,10 @@ impl Transport for FaultyTransport {
         self.inner.processed_ids(window)
     }
 
+    fn schemas(&self) -> Result<Arc<dyn crate::backend::schemas::SchemaStore>> {
+        self.inner.schemas()
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }

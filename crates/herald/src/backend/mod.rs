@@ -19,6 +19,7 @@
 //! - [`dead_lettering`]: the dead-letter writes a store has under way, and
 //!   the waits every store shares;
 //! - [`dedupe`]: where a handler's dedupe layer keeps processed ids;
+//! - [`schemas`]: where a store keeps its contracts (schema subjects);
 //! - [`fnv1a`] and [`partition_of`]: the hash every process computes
 //!   alike, and the partition a partitioned store puts an event in.
 //!
@@ -33,6 +34,7 @@ pub mod member;
 pub mod open_queues;
 pub mod queue;
 pub mod retention;
+pub mod schemas;
 pub mod subscription;
 pub mod transport;
 

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::dedupe::DedupeStore;
+use crate::backend::schemas::SchemaStore;
 use crate::backend::subscription::{StartPosition, SubscribeSpec, Subscription};
 use crate::model::dead_letter::{DeadLetter, DeadLetterFilter};
 use crate::model::delivery::BoxFuture;
@@ -294,6 +295,13 @@ pub trait Transport: Send + Sync + 'static {
         let _ = window;
         unsupported("keep processed ids").into_inner()
     }
+
+    /// The store's schema registry ([`Bus::schemas`](crate::Bus::schemas)),
+    /// kept where its events are. The default: `UNAVAILABLE`, the store
+    /// keeps none (and a publish checks nothing).
+    fn schemas(&self) -> Result<Arc<dyn SchemaStore>> {
+        unsupported("keep schemas").into_inner()
+    }
 }
 
 /// A backend's inspection: what operators and tools read about it without
@@ -391,6 +399,8 @@ pub trait DynTransport: Send + Sync + 'static {
     fn attach_metrics(&self, metrics: &Metrics);
     /// [`Transport::processed_ids`].
     fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>>;
+    /// See [`Transport::schemas`].
+    fn schemas(&self) -> Result<Arc<dyn SchemaStore>>;
     /// [`Inspect::topics`], boxed.
     fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>>;
     /// [`Inspect::replay`], boxed.
@@ -450,6 +460,9 @@ impl<T: Transport + Inspect> DynTransport for T {
     }
     fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>> {
         Transport::processed_ids(self, window)
+    }
+    fn schemas(&self) -> Result<Arc<dyn SchemaStore>> {
+        Transport::schemas(self)
     }
     fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>> {
         Box::pin(Inspect::topics(self))

@@ -651,6 +651,7 @@ impl Runtime {
             return Ok(Vec::new());
         }
         let mut prepared = self.bus.prepare(effects)?;
+        self.bus.check_contracts(&prepared).await?;
         for (i, effect) in prepared.iter_mut().enumerate() {
             if effect.idempotency_key.is_none() {
                 effect.idempotency_key = Some(effect_key(&self.chain.group, env, i));

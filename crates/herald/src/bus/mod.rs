@@ -11,6 +11,7 @@
 //! batch or guard publishes (that is [`publisher`]).
 
 pub mod command;
+pub mod contracts;
 pub mod dead_letters;
 pub mod forward;
 pub mod handler;
@@ -104,6 +105,8 @@ pub(crate) struct Inner {
     pub(crate) propagator: Option<Arc<dyn Propagator>>,
     /// Its group members' health.
     pub(crate) health: Health,
+    /// What its publishes are checked against.
+    pub(crate) contracts: Arc<contracts::Guard>,
 }
 
 impl Inner {
@@ -171,6 +174,7 @@ impl Bus {
     fn from_parts(transport: Arc<dyn DynTransport>, config: Config, options: BusBuilder) -> Bus {
         let metrics = options.metrics.clone().unwrap_or_default();
         let stall_after = config.delivery_config().stall_after_duration();
+        let contracts = contracts::Guard::new(config.delivery_config().schema_checks());
         let instruments = options
             .instrument
             .then(|| Instruments::new(metrics.clone()));
@@ -201,6 +205,7 @@ impl Bus {
                 detached: Arc::default(),
                 propagator: options.propagator,
                 health: Health::new(stall_after),
+                contracts,
             }),
         }
     }
@@ -223,6 +228,7 @@ impl Bus {
                 detached: Arc::default(),
                 propagator: i.propagator.clone(),
                 health: i.health.clone(),
+                contracts: contracts::Guard::new(i.config.delivery_config().schema_checks()),
             }),
         }
     }
@@ -302,6 +308,7 @@ impl Bus {
             .as_ref()
             .map(|i| i.publish.start_timer());
         let mut batch = self.prepare(items)?;
+        self.check_contracts(&batch).await?;
         if self.inner.instruments.is_some() {
             let now = PublishedAt::now();
             for envelope in &mut batch {

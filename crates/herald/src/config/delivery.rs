@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::config::keys::{env, spec, KeySpec};
 use crate::config::retry::RetryPolicy;
 use crate::config::DEFAULT_TIMEOUT;
+use crate::model::contract::SchemaChecks;
 use crate::model::envelope::{check_text, Limits};
 use crate::model::error::Result;
 
@@ -219,6 +220,7 @@ pub struct DeliveryConfig {
     dead_letters: DeadLetters,
     stall_after: Duration,
     keyless_partition: KeylessPartition,
+    schemas: SchemaChecks,
 }
 
 /// How long a group member holding work may settle nothing before it counts
@@ -244,6 +246,7 @@ impl Default for DeliveryConfig {
             dead_letters: DeadLetters::StoreDefault,
             stall_after: DEFAULT_STALL_AFTER,
             keyless_partition: KeylessPartition::Spread,
+            schemas: SchemaChecks::Enforce,
         }
     }
 }
@@ -323,6 +326,9 @@ impl DeliveryConfig {
         }
         if let Some(v) = key("HERALD_DEAD_LETTERS").parse_from(get)? {
             d.dead_letters = v;
+        }
+        if let Some(v) = key("HERALD_SCHEMAS").parse_from(get)? {
+            d.schemas = v;
         }
         if let Some(v) = key("HERALD_KEYLESS_PARTITION").parse_from(get)? {
             d.keyless_partition = v;
@@ -468,6 +474,12 @@ impl DeliveryConfig {
         self.dead_letters = to;
         self
     }
+    /// What a publish does with an event its topic's schema refuses
+    /// (default [`SchemaChecks::Enforce`]).
+    pub fn schemas(mut self, checks: SchemaChecks) -> Self {
+        self.schemas = checks;
+        self
+    }
     /// Which partition a partitioned store puts keyless events in
     /// (default [`KeylessPartition::Spread`]).
     pub fn keyless_partition(mut self, p: KeylessPartition) -> Self {
@@ -580,6 +592,10 @@ impl DeliveryConfig {
     pub fn dead_letter_destination(&self) -> &DeadLetters {
         &self.dead_letters
     }
+    /// What a publish does with an event its schema refuses.
+    pub fn schema_checks(&self) -> SchemaChecks {
+        self.schemas
+    }
     /// Where a partitioned store puts keyless events.
     pub fn keyless_placement(&self) -> KeylessPartition {
         self.keyless_partition
@@ -623,6 +639,7 @@ mod tests {
             ("HERALD_DEAD_LETTERS", "off"),
             ("HERALD_STALL_AFTER", "90"),
             ("HERALD_KEYLESS_PARTITION", "topic"),
+            ("HERALD_SCHEMAS", "warn"),
         ])
         .unwrap();
         assert_eq!(d.group_name(), Some("billing"));
@@ -648,6 +665,7 @@ mod tests {
         assert_eq!(d.dead_letter_destination(), &DeadLetters::Off);
         assert_eq!(d.stall_after_duration(), Duration::from_secs(90));
         assert_eq!(d.keyless_placement(), KeylessPartition::Topic);
+        assert_eq!(d.schema_checks(), SchemaChecks::Warn);
         let named = read(&[("HERALD_DEAD_LETTERS", "billing.dlq")]).unwrap();
         assert_eq!(named.dead_letter_destination().name(), Some("billing.dlq"));
         assert_eq!(read(&[]).unwrap(), DeliveryConfig::default());
@@ -682,6 +700,7 @@ mod tests {
             ("HERALD_DEAD_LETTERS", "a b", "a topic or stream name"),
             ("HERALD_DEAD_LETTERS", "", "a topic or stream name"),
             ("HERALD_KEYLESS_PARTITION", "id", "spread, topic"),
+            ("HERALD_SCHEMAS", "strict", "off, warn, enforce"),
         ] {
             let err = read(&[(key, value)]).unwrap_err();
             assert_eq!(err.code(), ErrorCode::Validation);

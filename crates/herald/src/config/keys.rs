@@ -268,6 +268,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec { key: "HERALD_CIRCUIT_BREAKER_RESET_TIMEOUT", default: "30", allowed: "seconds, 1–3600", doc: "how long an open breaker waits before a trial call" },
     KeySpec { key: "HERALD_DEDUPE_WINDOW", default: "120", allowed: "seconds, 0–604800 (7 days), or forever (SQLite, PostgreSQL)", doc: "how long an idempotency key is remembered; 0 is off" },
     KeySpec { key: "HERALD_STALL_AFTER", default: "60", allowed: "seconds, 1–3600", doc: "a group member holding work that long without settling any is stalled" },
+    KeySpec { key: "HERALD_SCHEMAS", default: "enforce", allowed: "off, warn, enforce", doc: "what a publish does with an event its topic's registered schema refuses: refuse it (enforce), log it (warn), or check nothing (off)" },
     KeySpec { key: "HERALD_KEYLESS_PARTITION", default: "spread", allowed: "spread, topic", doc: "which partition NATS and Kafka put a keyless event in: spread (by id) or topic (one per topic, as a group ordered per_topic needs)" },
     KeySpec { key: "HERALD_DEAD_LETTERS", default: "<environment>.dead_letters", allowed: "a topic or stream name ([A-Za-z0-9._-], 1–249 chars), or off", doc: "where dead letters go (Kafka topic, NATS stream); off logs and counts them instead; the SQL stores take only off" },
     KeySpec { key: "HERALD_SETTLE_BATCH", default: "512", allowed: "settlements, 1–10000", doc: "most acks, nacks and terms a durable store commits in one transaction" },

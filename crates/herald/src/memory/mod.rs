@@ -65,6 +65,7 @@ use crate::observe::metrics::Metrics;
 use crate::backend::dead_lettering::{DeadLetterWrites, Discards, DEAD_LETTER_WRITE_WAIT};
 use crate::backend::dedupe::{DedupeStore, MemoryDedupe};
 use crate::backend::queue::{self, Queue, QueueHost};
+use crate::backend::schemas::{MemorySchemas, SchemaStore};
 use crate::model::delivery::BoxFuture;
 
 /// Events each topic retains (`HERALD_HISTORY_SIZE`).
@@ -221,6 +222,7 @@ impl MemoryTransport {
                 closed: AtomicBool::new(false),
                 metrics: std::sync::OnceLock::new(),
                 discards: Discards::new(config.delivery.dead_letter_destination()),
+                schemas: Arc::default(),
                 config,
             }),
         }
@@ -245,6 +247,8 @@ pub(crate) struct Shared {
     /// Whether dead letters are kept (any `HERALD_DEAD_LETTERS` name keeps
     /// them in this store's list) or discarded (`off`).
     discards: Discards,
+    /// Its schema subjects.
+    schemas: Arc<MemorySchemas>,
 }
 
 #[derive(Default)]
@@ -855,6 +859,11 @@ impl Transport for MemoryTransport {
     /// A [`MemoryDedupe`]: the process is all this store has.
     fn processed_ids(&self, window: Duration) -> Result<Arc<dyn DedupeStore>> {
         Ok(Arc::new(MemoryDedupe::with_window(window)?))
+    }
+
+    /// A [`MemorySchemas`], shared by every bus on this store.
+    fn schemas(&self) -> Result<Arc<dyn SchemaStore>> {
+        Ok(self.shared.schemas.clone())
     }
 }
 

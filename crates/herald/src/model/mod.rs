@@ -7,6 +7,7 @@
 //! other layer may import it.
 
 pub mod context;
+pub mod contract;
 pub mod dead_letter;
 pub mod delivery;
 pub mod envelope;
