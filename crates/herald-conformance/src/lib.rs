@@ -30,6 +30,7 @@
 //! ```
 
 pub mod commands;
+pub mod contracts;
 pub mod correlation;
 pub mod dead_letters;
 pub mod delivery;
@@ -346,6 +347,9 @@ macro_rules! conformance_tests {
             delivery::typed_subscriptions_decode_and_filter,
             delivery::priority_orders_waiting_events_but_never_within_a_key,
             delivery::headers_arrive_exactly_as_published,
+            contracts::versions_evolve_by_their_mode_and_every_publish_is_checked,
+            contracts::bad_registrations_change_nothing,
+            contracts::racing_registrations_end_gap_free_and_survive_a_restart,
             groups::two_groups_each_get_everything_members_share,
             groups::same_key_goes_to_one_member_at_a_time,
             groups::a_held_event_does_not_stall_the_group,

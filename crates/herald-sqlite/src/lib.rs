@@ -20,6 +20,7 @@
 mod backup;
 mod config;
 mod conn;
+pub mod contracts;
 mod dead_letters;
 pub mod dedupe;
 mod group;
@@ -32,6 +33,7 @@ mod processed;
 mod request;
 mod retention;
 mod schema;
+mod schemas;
 mod store;
 mod tail;
 mod transport;
@@ -42,6 +44,7 @@ pub use config::{
     SqliteConfig, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_DEDUPE_WINDOW,
     DEFAULT_GROUP_COMMIT_MAX, DEFAULT_MAX_DELIVER, DEFAULT_PATH, DEFAULT_POLL_INTERVAL, KEYS,
 };
+pub use contracts::SqliteSchemas;
 pub use dedupe::SqliteDedupe;
 pub use herald::backend::retention::{Retention, DEFAULT_RETENTION_INTERVAL};
 pub use outbox::Outbox;

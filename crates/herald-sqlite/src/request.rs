@@ -2,16 +2,17 @@
 //! do in its transactions.
 //!
 //! Owns [`Request`] and its payloads ([`Claim`], [`Settlement`],
-//! [`Processed`]): plain data, a leaf that imports nothing of the crate, so
+//! [`Processed`], a schema registration): plain data, a leaf that imports nothing of the crate, so
 //! `conn` can hold the writer's queue without importing upward. Does not own
 //! serving them: the writer (`writer`) runs each in a transaction with the
-//! SQL of `log`, `group` and `processed`.
+//! SQL of `log`, `group`, `processed` and `schemas`.
 
 use std::sync::Arc;
 
 use herald::backend::dead_lettering::Discards;
 use herald::backend::group::{Claimed, Settled};
-use herald::{DeadLetter, Envelope, Result, SubscribeSpec};
+use herald::backend::schemas::{Registration, SchemaVersion};
+use herald::{DeadLetter, Envelope, Pattern, Result, SubscribeSpec};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -30,6 +31,10 @@ pub(crate) enum Request {
     Settle(Box<Settlement>, oneshot::Sender<Result<()>>),
     /// Remember that a handler group processed a message.
     Processed(Box<Processed>, oneshot::Sender<Result<()>>),
+    /// Register a schema version (`schemas::register`).
+    RegisterSchema(Box<Registration>, oneshot::Sender<Result<SchemaVersion>>),
+    /// Delete a schema subject.
+    DeleteSchema(Pattern, oneshot::Sender<Result<()>>),
     /// Run the parked claims again: time passed (leases and delays run
     /// out) or another connection committed.
     Poke,

@@ -93,6 +93,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (grp, id)
     ) WITHOUT ROWID;
     "#,
+    // v4: contracts, the schema subjects and their versions.
+    r#"
+    CREATE TABLE schema_subjects (
+        pattern        TEXT PRIMARY KEY,
+        owner          TEXT,
+        description    TEXT,
+        compatibility  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE schema_versions (
+        pattern        TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        schema         TEXT NOT NULL,
+        registered_ms  INTEGER NOT NULL,
+        PRIMARY KEY (pattern, version)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -212,7 +228,7 @@ mod tests {
     /// What undoes the last migration: applied to a store this build wrote,
     /// it gives the previous version's layout (checked against a store made
     /// by the previous migrations alone). A new migration replaces it.
-    const UNDO_LAST: (i64, &str) = (3, "DROP TABLE members");
+    const UNDO_LAST: (i64, &str) = (4, "DROP TABLE schema_versions; DROP TABLE schema_subjects");
 
     /// The tables and indexes of the store at `path`, as SQLite keeps their SQL.
     fn layout(conn: &Connection) -> Vec<(String, String, Option<String>)> {

@@ -28,6 +28,7 @@ use crate::conn::{
     closed, connect_options, create_private, max_pos, open_error, open_writer,
     watch_other_processes, Inner, Signals,
 };
+use crate::contracts::SqliteSchemas;
 use crate::dedupe::SqliteDedupe;
 use crate::outbox::{self, Outbox};
 use crate::parked::{self, Parked};
@@ -257,6 +258,13 @@ impl SqliteStore {
     /// (1 ms – 7 days, as `HERALD_DEDUPE_WINDOW`).
     pub fn dedupe(&self, window: Duration) -> Result<SqliteDedupe> {
         SqliteDedupe::new(self.inner.clone(), window)
+    }
+
+    /// The store's schema registry: what [`Bus::schemas`](herald::Bus::schemas)
+    /// registers into and every publish on a bus over it is checked
+    /// against.
+    pub fn schemas(&self) -> SqliteSchemas {
+        SqliteSchemas::new(self.inner.clone())
     }
 
     /// Stop: later publishes fail with `UNAVAILABLE` and subscriptions end.

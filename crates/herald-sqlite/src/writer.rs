@@ -26,6 +26,7 @@
 use std::time::{Duration, Instant};
 
 use herald::backend::group::Claimed;
+use herald::backend::schemas::SchemaVersion;
 use herald::{Envelope, Result};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
@@ -37,6 +38,7 @@ use crate::log::{append, insert_dead_letter};
 use crate::parked::{Freed, Parked};
 use crate::processed;
 use crate::request::Request;
+use crate::schemas;
 
 impl Request {
     fn weight(&self) -> usize {
@@ -51,6 +53,7 @@ impl Request {
 /// What one request produced.
 enum Done {
     Seqs(Vec<u64>),
+    Schema(SchemaVersion),
     Claimed(Claimed),
     Nothing,
     /// A settlement with effects came after its lease ran out.
@@ -255,6 +258,18 @@ fn reply(batch: Vec<Request>, results: impl Iterator<Item = Result<Done>>, parke
             Request::DeadLetter(_, reply) => {
                 let _ = reply.send(result.map(drop));
             }
+            Request::RegisterSchema(_, reply) => {
+                let _ = reply.send(result.and_then(|d| match d {
+                    Done::Schema(v) => Ok(v),
+                    _ => Err(herald::Error::new(
+                        herald::ErrorCode::Internal,
+                        "the writer answered a registration with no version",
+                    )),
+                }));
+            }
+            Request::DeleteSchema(_, reply) => {
+                let _ = reply.send(result.map(drop));
+            }
             Request::Settle(_, reply) | Request::Processed(_, reply) => {
                 let _ = reply.send(result.and_then(|d| match d {
                     Done::LeaseLost => Err(herald::backend::group::lease_lost()),
@@ -366,6 +381,13 @@ fn write(
             }
             Request::Processed(processed, _) => {
                 processed::record(conn, processed)?;
+                Done::Nothing
+            }
+            Request::RegisterSchema(registration, _) => {
+                Done::Schema(schemas::register(conn, registration)?)
+            }
+            Request::DeleteSchema(pattern, _) => {
+                schemas::delete(conn, pattern)?;
                 Done::Nothing
             }
             Request::Claim(..) | Request::Poke | Request::Close => Done::Nothing,

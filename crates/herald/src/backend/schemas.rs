@@ -10,7 +10,8 @@
 
 use parking_lot::Mutex;
 
-use crate::model::contract::{admit, Registration, SchemaVersion, Subject};
+use crate::model::contract::admit;
+pub use crate::model::contract::{Registration, SchemaVersion, Subject};
 use crate::model::delivery::BoxFuture;
 use crate::model::error::{Error, ErrorCode, Result};
 use crate::model::topic::Pattern;
@@ -54,6 +55,48 @@ pub fn apply(subjects: &mut Vec<Subject>, registration: &Registration) -> Result
         }
     }
     Ok(version)
+}
+
+/// A subject as a SQL store keeps it: pattern, owner, description,
+/// compatibility.
+pub type StoredSubject = (String, Option<String>, Option<String>, String);
+
+/// A version as a SQL store keeps it: pattern, version, schema (JSON
+/// text), registered at (ms).
+pub type StoredVersion = (String, i64, String, i64);
+
+/// The subjects a SQL store's rows hold (each version under its subject's
+/// pattern); a row that does not decode is `INTERNAL` (the store wrote it).
+pub fn assemble(
+    subjects: Vec<StoredSubject>,
+    versions: Vec<StoredVersion>,
+) -> Result<Vec<Subject>> {
+    let broken = |what: String| Error::new(ErrorCode::Internal, format!("a stored schema {what}"));
+    let mut out = subjects
+        .into_iter()
+        .map(|(pattern, owner, description, compatibility)| {
+            Ok(Subject::stored(
+                Pattern::new(&pattern).map_err(|e| broken(format!("subject: {e}")))?,
+                owner,
+                description,
+                compatibility
+                    .parse()
+                    .map_err(|e| broken(format!("mode: {e}")))?,
+            ))
+        })
+        .collect::<Result<Vec<Subject>>>()?;
+    for (pattern, version, schema, registered_ms) in versions {
+        let Some(subject) = out.iter_mut().find(|s| s.pattern.as_str() == pattern) else {
+            continue;
+        };
+        let schema = serde_json::from_str(&schema).map_err(|e| broken(format!("version: {e}")))?;
+        let at = chrono::DateTime::from_timestamp_millis(registered_ms).unwrap_or_default();
+        subject
+            .versions
+            .push(SchemaVersion::new(version as u32, schema, at));
+    }
+    out.sort_by(|a, b| a.pattern.as_str().cmp(b.pattern.as_str()));
+    Ok(out)
 }
 
 /// Subjects in this process, lost with it.

@@ -56,6 +56,9 @@ pub struct Features {
     /// at the restart comes back with its attempt counted. (Kafka keeps
     /// this in commit metadata, which some Kafka-protocol brokers drop.)
     pub exact_resume: bool,
+    /// The store keeps schema subjects ([`Transport::schemas`]), so a
+    /// publish is checked against them.
+    pub contracts: bool,
 }
 
 impl Features {
@@ -65,6 +68,7 @@ impl Features {
         retains_history: true,
         priority: true,
         exact_resume: false,
+        contracts: true,
     };
 
     /// Features with every flag off; set the ones a transport has.
@@ -74,6 +78,7 @@ impl Features {
             retains_history: false,
             priority: false,
             exact_resume: false,
+            contracts: false,
         }
     }
 }

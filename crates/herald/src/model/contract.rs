@@ -243,6 +243,22 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// A subject as a store read it back, before its versions are added.
+    pub fn stored(
+        pattern: Pattern,
+        owner: Option<String>,
+        description: Option<String>,
+        compatibility: Compatibility,
+    ) -> Self {
+        Subject {
+            pattern,
+            owner,
+            description,
+            compatibility,
+            versions: Vec::new(),
+        }
+    }
+
     /// The latest version.
     pub fn latest(&self) -> Option<&SchemaVersion> {
         self.versions.last()
