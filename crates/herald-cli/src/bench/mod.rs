@@ -6,6 +6,7 @@
 //! throughput is reported as a ratio to raw `tokio::sync::broadcast` measured
 //! in the same run.
 
+mod contracts;
 mod drain;
 mod durable;
 mod gateway;
@@ -197,6 +198,7 @@ struct Report {
     handler_overhead: handler::Overhead,
     slo: slo::SloCosts,
     instrumentation: throughput::Instrumentation,
+    contracts: contracts::Contracts,
     sqlite_drain: sqlite::DrainGate,
     breaches: Vec<String>,
 }
@@ -508,6 +510,8 @@ async fn run(args: &Args) -> herald::Result<Report> {
     let handler_overhead = handler::compare(if short { 50_000 } else { 200_000 }).await?;
     progress("built-in instrumentation on vs off");
     let instrumentation = throughput::instrumentation(events_1 / 2).await?;
+    progress("publish checked against a schema vs not");
+    let contracts = contracts::run(if short { 20_000 } else { 200_000 }).await?;
     progress("durable group drain on SQLite vs a raw consume loop");
     let sqlite_drain = sqlite::drain_gate(if short { 4_000 } else { 20_000 }).await?;
 
@@ -526,6 +530,7 @@ async fn run(args: &Args) -> herald::Result<Report> {
         handler_overhead,
         slo,
         instrumentation,
+        contracts,
         sqlite_drain,
         breaches: Vec::new(),
     };
@@ -584,6 +589,13 @@ fn breaches(r: &Report) -> Vec<String> {
     if added.is_nan() || added >= HANDLER_OVERHEAD_BOUND_US {
         out.push(format!(
             "handler runtime adds {added:.2} µs per event, not under {HANDLER_OVERHEAD_BOUND_US} µs"
+        ));
+    }
+    let checked = r.contracts.added_us;
+    if checked.is_nan() || checked >= contracts::ADDED_BOUND_US {
+        out.push(format!(
+            "checking a publish against its schema adds {checked:.2} µs per event, not under {} µs",
+            contracts::ADDED_BOUND_US
         ));
     }
     out.extend(sustained_breach(&r.sustained_10k, true));
@@ -769,6 +781,12 @@ fn table(r: &Report) -> String {
         t,
         "built-in instrumentation, in-memory publish → 1 subscriber ({} events): on {:.0}/s, off {:.0}/s, ratio {:.2}",
         i.events, i.on, i.off, i.ratio
+    );
+    let c = &r.contracts;
+    let _ = writeln!(
+        t,
+        "publish checked against a {}-field schema, in-memory, batches of 100 ({} events, µs/event): no schema (baseline) {:.3}, checked {:.3}; added {:.3} (goal ≤ {} / < {})",
+        c.fields, c.events, c.plain_us, c.checked_us, c.added_us, contracts::ADDED_GOAL_US, contracts::ADDED_BOUND_US
     );
     let d = &r.sqlite_drain;
     let _ = writeln!(
