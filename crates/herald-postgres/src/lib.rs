@@ -16,6 +16,7 @@
 
 mod config;
 mod conn;
+mod contracts;
 mod dead_letters;
 mod dedupe;
 mod group;
@@ -34,6 +35,7 @@ pub use config::{
     PgConfig, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_POLL_INTERVAL, DEFAULT_POOL_SIZE,
     DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SCHEMA, KEYS,
 };
+pub use contracts::PgSchemas;
 pub use dedupe::{PgDedupe, PURGE_BATCH};
 pub use herald::backend::retention::Retention;
 pub use schema::SCHEMA_VERSION;

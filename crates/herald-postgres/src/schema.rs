@@ -132,6 +132,22 @@ const MIGRATIONS: &[&[&str]] = &[
         )",
         "CREATE INDEX processed_by_expiry ON {s}.processed (until_ms)",
     ],
+    // v5: contracts, the schema subjects and their versions (`contracts`).
+    &[
+        "CREATE TABLE {s}.schema_subjects (
+            pattern        text PRIMARY KEY,
+            owner          text,
+            description    text,
+            compatibility  text NOT NULL
+        )",
+        "CREATE TABLE {s}.schema_versions (
+            pattern        text NOT NULL,
+            version        bigint NOT NULL,
+            schema         jsonb NOT NULL,
+            registered_ms  bigint NOT NULL,
+            PRIMARY KEY (pattern, version)
+        )",
+    ],
 ];
 
 /// The schema version this build writes.
@@ -285,7 +301,13 @@ mod tests {
     /// wrote, it gives the previous version's layout (checked against a
     /// schema made by the previous migrations alone). A new migration
     /// replaces it.
-    const UNDO_LAST: (i64, &[&str]) = (4, &["DROP TABLE {s}.processed"]);
+    const UNDO_LAST: (i64, &[&str]) = (
+        5,
+        &[
+            "DROP TABLE {s}.schema_versions",
+            "DROP TABLE {s}.schema_subjects",
+        ],
+    );
 
     fn url() -> String {
         std::env::var("HERALD_TEST_PG_URL")
@@ -341,6 +363,10 @@ mod tests {
         let reference = format!("ht_{now}_{:08x}_ref", std::process::id());
         let (store, bus) = open(&schema).await;
         let history = herald_conformance::kept::write(&bus).await;
+        // The bus's close waits for its group member to hand back what it
+        // claimed past the history (a store closed under it would leave
+        // those leases to run out after the ack wait).
+        bus.close().await.unwrap();
         store.close().await;
 
         // The previous version's schema: this build's data, the last

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::PgConfig;
 use crate::conn::{current_pos, runtime_error, Inner};
+use crate::contracts::PgSchemas;
 use crate::dedupe::PgDedupe;
 use crate::schema::{self, quoted};
 
@@ -96,6 +97,13 @@ impl PgStore {
     /// the same.
     pub fn dedupe(&self, window: std::time::Duration) -> Result<PgDedupe> {
         PgDedupe::new(self.inner.clone(), window)
+    }
+
+    /// The store's schema registry: what [`Bus::schemas`](herald::Bus::schemas)
+    /// registers into and every publish on a bus over it is checked
+    /// against.
+    pub fn schemas(&self) -> PgSchemas {
+        PgSchemas::new(self.inner.clone())
     }
 
     /// The PostgreSQL schema the store's tables live in.

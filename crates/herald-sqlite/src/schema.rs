@@ -273,6 +273,10 @@ mod tests {
         let (path, reference) = (dir.path().join("old.db"), dir.path().join("ref.db"));
         let (store, bus) = open(&path).await;
         let history = herald_conformance::kept::write(&bus).await;
+        // The bus's close waits for its group member to hand back what it
+        // claimed past the history (a store closed under it would leave
+        // those leases to run out after the ack wait).
+        bus.close().await.unwrap();
         store.close().await;
 
         // The previous version's store: this build's data, the last
