@@ -20,6 +20,7 @@ mod codec;
 mod commands;
 mod config;
 mod conn;
+mod contracts;
 mod dead_letters;
 mod errors;
 mod gather;
@@ -42,6 +43,7 @@ pub use config::{
     NatsConfig, Storage, DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_DELIVER, DEFAULT_PARTITIONS,
     DEFAULT_REPLICAS, DEFAULT_REQUEST_TIMEOUT, KEYS, MAX_PARTITIONS,
 };
+pub use contracts::NatsSchemas;
 pub use herald::backend::retention::Retention;
 pub use payload::PAYLOAD_REF;
 pub use processed::NatsDedupe;

@@ -20,6 +20,8 @@
 //!   `S_LEADERS`; the group's record (its name and patterns) is the last
 //!   message on `P.$groups.<consumer>` in stream `S_GROUPS`;
 //! - commands are requests on `P.$cmd.<topic>`;
+//! - the schema registry's changes (contracts) are the messages on
+//!   `P.$schemas` of stream `S_SCHEMAS`;
 //! - the ids a handler group processed (consumer-side dedupe) are the
 //!   subjects `P.$processed.<window in ms>.<group>.<id>` (the group's bytes
 //!   outside `[A-Za-z0-9_-]` as `~xx`) of the stream
@@ -181,6 +183,16 @@ impl Names {
     /// Every group record subject.
     pub(crate) fn group_subjects(&self) -> String {
         format!("{}.$groups.>", self.prefix)
+    }
+
+    /// The stream of the schema registry's changes.
+    pub(crate) fn schemas_stream(&self) -> String {
+        format!("{}_SCHEMAS", self.streams)
+    }
+
+    /// The one subject of the schema registry's changes.
+    pub(crate) fn schemas_subject(&self) -> String {
+        format!("{}.$schemas", self.prefix)
     }
 
     /// The stream of leaders' handover notes.

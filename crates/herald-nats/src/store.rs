@@ -83,6 +83,13 @@ impl NatsStore {
         NatsDedupe::new(self.inner.clone(), window)
     }
 
+    /// The store's schema registry: what [`Bus::schemas`](herald::Bus::schemas)
+    /// registers into and every publish on a bus over it is checked
+    /// against.
+    pub fn schemas(&self) -> crate::NatsSchemas {
+        crate::NatsSchemas::new(self.inner.clone())
+    }
+
     /// The underlying NATS client.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client

@@ -24,6 +24,7 @@ pub const FEATURES: Features = {
     f.retains_history = true;
     f.priority = true;
     f.exact_resume = true;
+    f.contracts = true;
     f
 };
 
@@ -63,6 +64,10 @@ impl Transport for NatsStore {
         window: std::time::Duration,
     ) -> Result<std::sync::Arc<dyn herald::backend::DedupeStore>> {
         Ok(std::sync::Arc::new(self.dedupe(window)?))
+    }
+
+    fn schemas(&self) -> Result<std::sync::Arc<dyn herald::backend::schemas::SchemaStore>> {
+        Ok(std::sync::Arc::new(NatsStore::schemas(self)))
     }
 
     fn export_command(

@@ -11,7 +11,7 @@
 use parking_lot::Mutex;
 
 use crate::model::contract::admit;
-pub use crate::model::contract::{Registration, SchemaVersion, Subject};
+pub use crate::model::contract::{Compatibility, Registration, SchemaVersion, Subject};
 use crate::model::delivery::BoxFuture;
 use crate::model::error::{Error, ErrorCode, Result};
 use crate::model::topic::Pattern;
