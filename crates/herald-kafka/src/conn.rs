@@ -322,10 +322,24 @@ impl Inner {
 
     /// [`ensure_topic`](Self::ensure_topic) with `partitions` partitions.
     pub(crate) async fn ensure_topic_with(&self, name: &str, partitions: i32) -> Result<()> {
+        self.ensure_topic_configured(name, partitions, &[]).await
+    }
+
+    /// [`ensure_topic_with`](Self::ensure_topic_with), making it with the
+    /// topic settings `configs` (a topic already there keeps its own).
+    pub(crate) async fn ensure_topic_configured(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
         if self.known.lock().contains(name) {
             return Ok(());
         }
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+        let topic = configs.iter().fold(
+            NewTopic::new(name, partitions, TopicReplication::Fixed(-1)),
+            |t, (k, v)| t.set(k, v),
+        );
         let opts = AdminOptions::new().operation_timeout(Some(self.config.timeout_duration()));
         let results = self
             .admin

@@ -17,6 +17,7 @@ mod command_state;
 pub mod commands;
 pub mod config;
 mod conn;
+mod contracts;
 mod dead_letters;
 mod dedupe;
 mod errors;
@@ -32,6 +33,7 @@ mod transport;
 
 pub use config::{Acks, Compression, KafkaConfig, OffsetReset, KEYS};
 pub use conn::client_config;
+pub use contracts::KafkaSchemas;
 pub use log::{
     ERROR_TYPE, FAILURE_REASON, FAILURE_TIMESTAMP, ORIGINAL_OFFSET, ORIGINAL_PARTITION,
     ORIGINAL_TOPIC,

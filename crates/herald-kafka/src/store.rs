@@ -41,6 +41,13 @@ impl KafkaStore {
         crate::KafkaDedupe::new(self.inner.clone(), window)
     }
 
+    /// The store's schema registry: what [`Bus::schemas`](herald::Bus::schemas)
+    /// registers into and every publish on a bus over it is checked
+    /// against.
+    pub fn schemas(&self) -> crate::KafkaSchemas {
+        crate::KafkaSchemas::new(self.inner.clone())
+    }
+
     /// Connect to the brokers `config` names; `UNAVAILABLE` when none
     /// answers within the configured timeout (capped at 5 s), `VALIDATION`
     /// for a bad setting.

@@ -25,6 +25,7 @@ pub const FEATURES: Features = {
     f.durable = true;
     f.retains_history = true;
     f.priority = true;
+    f.contracts = true;
     f
 };
 
@@ -89,6 +90,10 @@ impl Transport for KafkaStore {
         window: std::time::Duration,
     ) -> Result<std::sync::Arc<dyn herald::backend::DedupeStore>> {
         Ok(std::sync::Arc::new(self.dedupe(window)?))
+    }
+
+    fn schemas(&self) -> Result<std::sync::Arc<dyn herald::backend::schemas::SchemaStore>> {
+        Ok(std::sync::Arc::new(KafkaStore::schemas(self)))
     }
 }
 

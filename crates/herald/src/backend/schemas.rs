@@ -11,7 +11,9 @@
 use parking_lot::Mutex;
 
 use crate::model::contract::admit;
-pub use crate::model::contract::{Compatibility, Registration, SchemaVersion, Subject};
+pub use crate::model::contract::{
+    check_schema, Compatibility, Registration, SchemaVersion, Subject,
+};
 use crate::model::delivery::BoxFuture;
 use crate::model::error::{Error, ErrorCode, Result};
 use crate::model::topic::Pattern;
@@ -42,7 +44,17 @@ pub fn no_subject(pattern: &Pattern) -> Error {
 /// answer with, `subjects` updated. For stores that hold them in memory
 /// under a lock, or read them all in a transaction.
 pub fn apply(subjects: &mut Vec<Subject>, registration: &Registration) -> Result<SchemaVersion> {
-    let (subject, n) = admit(subjects, registration, chrono::Utc::now())?.into_parts();
+    apply_at(subjects, registration, chrono::Utc::now())
+}
+
+/// [`apply`] with the time a new version is registered at given: for a
+/// store whose readers each add its log up and must agree (Kafka).
+pub fn apply_at(
+    subjects: &mut Vec<Subject>,
+    registration: &Registration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<SchemaVersion> {
+    let (subject, n) = admit(subjects, registration, now)?.into_parts();
     let version = subject
         .version(n)
         .cloned()
