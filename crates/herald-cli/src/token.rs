@@ -21,7 +21,7 @@ pub fn main(args: Args) -> ExitCode {
     let secret = args.secret.unwrap_or_else(new_secret);
     eprintln!("secret (give it to the client; it is not stored): {secret}");
     println!(
-        "[[tokens]]\nname = {:?}\nsha256 = {:?}\npublish = []\nsubscribe = []\ncall = []\nserve = []\ngroups = []\nadmin = false",
+        "[[tokens]]\nname = {:?}\nsha256 = {:?}\npublish = []\nsubscribe = []\ncall = []\nserve = []\ngroups = []\nschemas = []\nadmin = false",
         args.name,
         hash_token(&secret)
     );

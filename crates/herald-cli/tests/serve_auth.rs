@@ -13,7 +13,7 @@ use support::{send, Served, Ws};
 fn grant(name: &str, secret: &str, publish: &[&str], subscribe: &[&str], admin: bool) -> Value {
     json!({
         "name": name,
-        "sha256": herald_sha256(secret),
+        "sha256": support::token_hash(secret),
         "publish": publish,
         "subscribe": subscribe,
         "admin": admin,
@@ -48,20 +48,6 @@ fn service_tokens() -> String {
         caller
     ])
     .to_string()
-}
-
-/// What `herald token NAME --secret S` prints as the hash.
-fn herald_sha256(secret: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["token", "t", "--secret", secret])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("sha256"))
-        .expect("a sha256 line");
-    line.split('"').nth(1).unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

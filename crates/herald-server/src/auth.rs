@@ -37,6 +37,8 @@ pub enum Permission {
     Serve,
     /// Join the consumer group of this name and settle its deliveries.
     Group,
+    /// Register, check and delete the schema subjects it covers.
+    Schemas,
     /// Administer: topics, groups, dead letters, metrics.
     Admin,
 }
@@ -52,6 +54,7 @@ pub enum Permission {
 /// call = ["pricing.quote"]
 /// serve = ["billing.refund"]      # handle this command over the WebSocket
 /// groups = ["billing"]            # join these consumer groups ("*": any)
+/// schemas = ["billing.>"]         # register, check, delete these topics' schemas
 /// admin = false
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +80,10 @@ pub struct Grant {
     /// is every group.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Topic patterns whose schema subjects it may register, check and
+    /// delete (a subject's pattern must lie inside one).
+    #[serde(default)]
+    pub schemas: Vec<String>,
     /// May list topics and groups, handle dead letters and read metrics.
     #[serde(default)]
     pub admin: bool,
@@ -109,6 +116,7 @@ struct Compiled {
     subscribe: Vec<Pattern>,
     call: Vec<Pattern>,
     serve: Vec<Pattern>,
+    schemas: Vec<Pattern>,
 }
 
 /// The configured tokens. Empty means the server is open.
@@ -166,6 +174,7 @@ impl Tokens {
                 subscribe: patterns(&grant.subscribe)?,
                 call: patterns(&grant.call)?,
                 serve: patterns(&grant.serve)?,
+                schemas: patterns(&grant.schemas)?,
                 hash,
                 grant,
             });
@@ -264,6 +273,7 @@ impl Caller {
             Permission::Call => c.call.iter().any(|p| covers(p.as_str(), target)),
             Permission::Serve => c.serve.iter().any(|p| covers(p.as_str(), target)),
             Permission::Group => c.grant.groups.iter().any(|g| g == "*" || g == target),
+            Permission::Schemas => c.schemas.iter().any(|p| covers(p.as_str(), target)),
         };
         if allowed {
             Ok(())
@@ -283,6 +293,7 @@ fn verb(what: Permission) -> &'static str {
         Permission::Call => "call",
         Permission::Serve => "serve (handle) command",
         Permission::Group => "join consumer group",
+        Permission::Schemas => "register or delete the schemas of",
         Permission::Admin => "administer",
     }
 }
@@ -317,6 +328,7 @@ mod tests {
                 call: vec!["pricing.quote".into()],
                 serve: vec!["billing.refund".into()],
                 groups: vec!["billing".into()],
+                schemas: vec![],
                 admin: false,
             },
             Grant {
@@ -327,6 +339,7 @@ mod tests {
                 call: vec![],
                 serve: vec![],
                 groups: vec!["*".into()],
+                schemas: vec![],
                 admin: true,
             },
         ])
@@ -412,6 +425,7 @@ mod tests {
             call: vec![],
             serve: vec![],
             groups: vec![],
+            schemas: vec![],
             admin: false,
         }])
         .err()

@@ -85,6 +85,16 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody<MessageIn> {
     }
 }
 
+/// A JSON body (`application/json`, or no content type) decoded as `T`,
+/// with the errors [`JsonBody`] gives.
+pub async fn json<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<T, ApiError> {
+    let (_, bytes) = body_bytes(req, state, false).await?;
+    decode(&bytes)
+}
+
 /// The body, with a JSON content type (or none; CloudEvents' too where
 /// `cloudevents`): an oversize body is 413 `BACKPRESSURE`, another content
 /// type 415 `VALIDATION`.

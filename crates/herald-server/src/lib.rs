@@ -41,6 +41,7 @@ pub mod message;
 pub mod openapi;
 pub mod origin;
 pub mod publish;
+pub mod schemas;
 pub mod slo;
 pub mod state;
 pub mod ws;
@@ -97,6 +98,13 @@ impl Server {
                 "/v1/dead-letters/{id}/replay",
                 post(dead_letters::replay_one),
             )
+            .route("/v1/schemas", get(schemas::list).post(schemas::register))
+            .route(
+                "/v1/schemas/{subject}",
+                get(schemas::show).delete(schemas::delete),
+            )
+            .route("/v1/schemas/{subject}/versions/{n}", get(schemas::version))
+            .route("/v1/schemas/{subject}/check", post(schemas::check))
             .route("/v1/slo", get(slo::status))
             .route("/metrics", get(health::metrics))
             .route(WS_PATH, get(ws::upgrade))

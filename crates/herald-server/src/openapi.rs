@@ -9,7 +9,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{dead_letters, error, health, inspect, message, publish, slo};
+use crate::{dead_letters, error, health, inspect, message, publish, schemas, slo};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,12 +19,15 @@ use crate::{dead_letters, error, health, inspect, message, publish, slo};
         dead_letters::list, dead_letters::show, dead_letters::replay_one, dead_letters::replay,
         dead_letters::purge_one, dead_letters::purge,
         health::healthz, health::readyz, health::metrics, slo::status,
+        schemas::list, schemas::register, schemas::show, schemas::version, schemas::check, schemas::delete,
     ),
     components(schemas(
         error::ErrorBody, message::MessageIn, message::PublishResponse, message::Published,
         dead_letters::DeadLetterView, dead_letters::DeadLetterList, dead_letters::Replayed, dead_letters::Purged,
         health::Health, EnvelopeSchema, inspect::TopicView, inspect::TopicList, inspect::Page,
         inspect::GroupView, inspect::GroupTopicView, inspect::PartitionView, inspect::MemberView, inspect::GroupList, slo::SloView, slo::SloStatus,
+        schemas::SubjectView, schemas::VersionView, schemas::SubjectList, schemas::RegisterIn, schemas::Registered,
+        schemas::CheckIn, schemas::BreakingView, schemas::Checked,
     )),
     modifiers(&Security)
 )]

@@ -351,3 +351,17 @@ pub async fn holding_member(s: &Served) -> (Ws, Value) {
     let event = ws.recv_op("event").await;
     (ws, event)
 }
+
+/// What `herald token NAME --secret S` prints as the hash of `secret`.
+pub fn token_hash(secret: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "t", "--secret", secret])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("sha256"))
+        .expect("a sha256 line");
+    line.split('"').nth(1).unwrap().to_owned()
+}
