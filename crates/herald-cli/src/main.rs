@@ -16,6 +16,7 @@ mod inspect;
 mod progress;
 mod publish;
 mod replay;
+mod schema;
 mod serve;
 mod tail;
 mod token;
@@ -62,6 +63,8 @@ enum Command {
     Call(call::Args),
     /// Copy the embedded SQLite store into a new file, online.
     Backup(backup::Args),
+    /// Contracts: register, list, show, check and delete schema subjects.
+    Schema(schema::Args),
 }
 
 /// Run a client command's future on a fresh runtime; its error becomes
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
         Command::Topics(args) => inspect::topics(args),
         Command::Groups(args) => inspect::groups(args),
         Command::Dlq(args) => dlq::main(args),
+        Command::Schema(args) => schema::main(args),
         Command::Call(args) => call::main(args),
         Command::Backup(args) => backup::main(args),
     }
