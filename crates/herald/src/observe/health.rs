@@ -240,11 +240,14 @@ impl Member {
     fn health(&self, now: (Instant, DateTime<Utc>), stall_after: Duration) -> MemberHealth {
         let state = self.state.lock();
         let oldest = state.held.values().min().map(|t| now.0 - *t);
-        let idle = now.0 - state.last_progress.0;
+        // Holding work without settling any since the later of its last
+        // settlement and taking the oldest delivery it holds: an idle
+        // member that just took work has not stalled.
+        let holding = oldest.map(|o| o.min(now.0 - state.last_progress.0));
         let breaker_open = self.breaker_open.lock().as_ref().is_some_and(|open| open());
         let state_now = if breaker_open {
             MemberState::BreakerOpen
-        } else if !state.held.is_empty() && idle >= stall_after {
+        } else if holding.is_some_and(|h| h >= stall_after) {
             MemberState::Stalled
         } else {
             MemberState::Running
@@ -324,6 +327,21 @@ mod tests {
         assert!(health.members().is_empty(), "a dropped member leaves");
         health.refresh(&metrics);
         assert_eq!(gauge(CONSUMER_STALLED), 0.0, "a group gone reads 0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_idle_for_long_that_takes_work_stalls_only_after_the_stall_time() {
+        let health = Health::new(Duration::from_secs(60));
+        let member = health.join("subscription", "billing", vec!["orders.>".into()]);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let _held = member.took();
+        assert_eq!(health.members()[0].state, MemberState::Running);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(health.members()[0].state, MemberState::Running);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let stalled = &health.members()[0];
+        assert_eq!(stalled.state, MemberState::Stalled);
+        assert!(stalled.oldest_in_flight >= Some(Duration::from_secs(60)));
     }
 
     #[tokio::test(start_paused = true)]
