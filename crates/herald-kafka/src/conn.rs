@@ -71,6 +71,9 @@ pub(crate) struct Inner {
     /// 0.6 drops it), where groups keep what a bare offset cannot.
     pub(crate) keeps_metadata: AtomicBool,
     pub(crate) dedupe: Dedupe,
+    /// The schema registry as last read (`contracts`), with the end offset
+    /// of its topic then: read again only when the topic grew.
+    pub(crate) schemas: Mutex<Option<(i64, Vec<herald::backend::schemas::Subject>)>>,
     queues: OpenQueues,
     /// This process's group consumers, by group and patterns: `group`'s
     /// `Group`s, held as `Any` so the connection does not know their type
@@ -208,6 +211,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             keeps_metadata: AtomicBool::new(true),
             dedupe: Dedupe::default(),
+            schemas: Mutex::new(None),
             queues: OpenQueues::default(),
             groups: Mutex::new(HashMap::new()),
             replies: std::sync::OnceLock::new(),

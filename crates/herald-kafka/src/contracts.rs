@@ -11,7 +11,9 @@
 //! why it was refused — so registrations from any number of processes are
 //! serialized by the partition, versions stay gap-free and none is lost,
 //! and each is on the brokers before `Ok`. A new version's time is its
-//! proposal's, so every reader agrees on it.
+//! proposal's, so every reader agrees on it. The store keeps what it last
+//! read with the topic's end offset then, and reads again only when the
+//! topic has grown.
 
 use std::sync::Arc;
 
@@ -167,8 +169,19 @@ fn decide(subjects: &mut Vec<Subject>, proposal: Proposal) -> Result<Decided> {
 impl SchemaStore for KafkaSchemas {
     fn subjects(&self) -> BoxFuture<'_, Result<Vec<Subject>>> {
         Box::pin(async move {
+            // A watermark request instead of a read when nothing was
+            // proposed since the last read (the bus's guard asks every
+            // second).
+            let topic = self.topic().await?;
+            let (_, end) = self.inner.watermarks(&topic, 0).await?;
+            if let Some((at, subjects)) = &*self.inner.schemas.lock() {
+                if *at == end {
+                    return Ok(subjects.clone());
+                }
+            }
             let (mut subjects, _) = self.fold(None).await?;
             subjects.sort_by(|a, b| a.pattern.as_str().cmp(b.pattern.as_str()));
+            *self.inner.schemas.lock() = Some((end, subjects.clone()));
             Ok(subjects)
         })
     }

@@ -51,6 +51,9 @@ pub(crate) struct Inner {
     pub(crate) dead_letter_writes: DeadLetterWrites,
     /// Kept or discarded (`HERALD_DEAD_LETTERS=off`), each dead letter.
     pub(crate) discards: Discards,
+    /// The schema registry as last read (`contracts`), with its stream's
+    /// last sequence then: read again only when the stream grew.
+    pub(crate) schemas: Mutex<Option<(u64, Vec<herald::backend::schemas::Subject>)>>,
     /// Open subscriptions' queues, closed with the store.
     queues: OpenQueues,
     /// Command exports of this process on their way out, by topic: each
@@ -95,6 +98,7 @@ impl Inner {
             groups: Slot::default(),
             dead_letter_writes: DeadLetterWrites::default(),
             discards,
+            schemas: Mutex::new(None),
             payloads_ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             config,

@@ -10,6 +10,8 @@
 //! the registry meanwhile the change is decided again on the new state. So
 //! registrations from any number of processes are serialized, versions
 //! stay gap-free and none is lost, and each is on the server before `Ok`.
+//! The store keeps what it last read with the stream's last sequence
+//! then, and reads again only when the stream has grown.
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
@@ -84,6 +86,15 @@ impl NatsSchemas {
     /// none).
     async fn read(&self) -> Result<(Vec<Subject>, u64)> {
         let stream = self.stream().await?;
+        // The stream's info, not a read, when nothing changed since the
+        // last read (the bus's guard asks every second).
+        let end = stream.cached_info().state.last_sequence;
+        let cache = || self.inner.schemas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, subjects)) = &*cache() {
+            if *at == end {
+                return Ok((subjects.clone(), end));
+            }
+        }
         let messages =
             crate::log::read(&self.inner, &stream, DeliverPolicy::All, usize::MAX).await?;
         let mut subjects: Vec<Subject> = Vec::new();
@@ -131,6 +142,7 @@ impl NatsSchemas {
             }
         }
         subjects.sort_by(|a, b| a.pattern.as_str().cmp(b.pattern.as_str()));
+        *cache() = Some((end, subjects.clone()));
         Ok((subjects, last))
     }
 
