@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use herald::contract::{Compatibility, MAX_SCHEMA_BYTES};
-use herald::{Bus, ErrorCode, Message, StartPosition};
+use herald::{Bus, ErrorCode, Event, EventSchema, Message, StartPosition};
 use serde_json::json;
 
 use crate::support::DELIVERY_WAIT;
@@ -17,6 +17,124 @@ use crate::Harness;
 
 fn keeps_contracts(bus: &Bus, scenario: &str) -> bool {
     Harness::requires(bus, scenario, |f| f.contracts, "contracts")
+}
+
+/// One event type as three services wrote it, one version each.
+mod shop {
+    use super::{Event, EventSchema};
+
+    pub mod v1 {
+        use super::*;
+        #[derive(Event, EventSchema, Debug)]
+        #[event(prefix = "conf.shop.order")]
+        pub enum OrderEvent {
+            Placed { id: String, total: u64 },
+        }
+    }
+
+    /// v1 with an optional field.
+    pub mod v2 {
+        use super::*;
+        #[derive(Event, EventSchema, Debug)]
+        #[event(prefix = "conf.shop.order")]
+        pub enum OrderEvent {
+            Placed {
+                id: String,
+                total: u64,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                note: Option<String>,
+            },
+        }
+    }
+
+    /// v2 without its required `total`.
+    pub mod v3 {
+        use super::*;
+        #[derive(Event, EventSchema, Debug)]
+        #[event(prefix = "conf.shop.order")]
+        pub enum OrderEvent {
+            Placed { id: String, note: Option<String> },
+        }
+    }
+}
+
+/// A Rust type walks its topic through three versions
+/// (`#[derive(EventSchema)]`, `Schemas::register_event`): an added optional
+/// field passes, a removed required one is refused under `backward` with
+/// its name, and once a version without it is forced in (`none`), a
+/// consumer decoding into a type that needs it fails at start while one
+/// that does not subscribes and reads.
+pub async fn a_rust_type_evolves_and_its_consumers_check_at_start(h: &Harness) {
+    let bus = h.bus().await;
+    if !keeps_contracts(&bus, "contracts: a Rust type evolves") {
+        return;
+    }
+    let schemas = bus.schemas();
+    let v1 = schemas
+        .register_event::<shop::v1::OrderEvent>()
+        .owner("shop");
+    assert_eq!(v1.await.unwrap()[0].version, 1);
+    let again = schemas.register_event::<shop::v1::OrderEvent>().await;
+    assert_eq!(again.unwrap()[0].version, 1, "the same type again");
+    let v2 = schemas.register_event::<shop::v2::OrderEvent>().await;
+    assert_eq!(v2.unwrap()[0].version, 2, "an optional field passes");
+    let refused = schemas
+        .register_event::<shop::v3::OrderEvent>()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::Validation);
+    assert!(refused.to_string().contains("`total`"), "{refused}");
+    let subject = schemas.get("conf.shop.order.placed").await.unwrap();
+    assert_eq!(
+        subject.versions.len(),
+        2,
+        "the refused version was not stored"
+    );
+    assert_eq!(subject.owner.as_deref(), Some("shop"));
+    for consumer in [
+        schemas.check_event::<shop::v1::OrderEvent>().await,
+        schemas.check_event::<shop::v2::OrderEvent>().await,
+        schemas.check_event::<shop::v3::OrderEvent>().await,
+    ] {
+        consumer.expect("every consumer reads versions 1 and 2");
+    }
+
+    let forced = schemas
+        .register_event::<shop::v3::OrderEvent>()
+        .compatibility(Compatibility::None)
+        .await;
+    assert_eq!(forced.unwrap()[0].version, 3);
+    let stale = bus
+        .subscribe::<shop::v1::OrderEvent>()
+        .ephemeral()
+        .check_schema()
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(stale.code(), ErrorCode::Validation);
+    assert!(
+        stale.to_string().contains("`total`") && stale.to_string().contains("version 3"),
+        "{stale}"
+    );
+    let mut reader = bus
+        .subscribe::<shop::v3::OrderEvent>()
+        .ephemeral()
+        .start(StartPosition::Earliest)
+        .check_schema()
+        .await
+        .unwrap();
+    bus.publish(shop::v3::OrderEvent::Placed {
+        id: "o-1".into(),
+        note: None,
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(DELIVERY_WAIT, reader.next())
+        .await
+        .expect("delivered")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(&*got, shop::v3::OrderEvent::Placed { id, .. } if id == "o-1"));
 }
 
 fn order_v1() -> serde_json::Value {

@@ -349,6 +349,7 @@ macro_rules! conformance_tests {
             delivery::headers_arrive_exactly_as_published,
             contracts::versions_evolve_by_their_mode_and_every_publish_is_checked,
             contracts::bad_registrations_change_nothing,
+            contracts::a_rust_type_evolves_and_its_consumers_check_at_start,
             contracts::racing_registrations_end_gap_free_and_survive_a_restart,
             groups::two_groups_each_get_everything_members_share,
             groups::same_key_goes_to_one_member_at_a_time,

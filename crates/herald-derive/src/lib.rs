@@ -1,5 +1,6 @@
 //! `#[derive(Event)]` for herald: maps each variant of an enum to a topic and
-//! generates the payload encoding and decoding.
+//! generates the payload encoding and decoding; `#[derive(EventSchema)]`
+//! describes each variant's payload as JSON Schema through schemars.
 //!
 //! Owns only code generation; the contract it implements is
 //! `herald::Event`, documented there. Topics are checked at compile time
@@ -31,7 +32,72 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
         .into()
 }
 
-fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
+/// Derive `herald::EventSchema` (beside `Event`): each variant's payload as
+/// JSON Schema, from its fields and their `#[serde(...)]` and
+/// `#[schemars(...)]` attributes; field types implement `JsonSchema`.
+#[proc_macro_derive(EventSchema, attributes(event, serde, schemars))]
+pub fn derive_event_schema(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand_schema(&input)
+        .unwrap_or_else(Error::into_compile_error)
+        .into()
+}
+
+/// The `impl herald::EventSchema`: the variants' schemas in declaration
+/// order, which is `Event::TOPICS`'s.
+fn expand_schema(input: &DeriveInput) -> syn::Result<TokenStream2> {
+    let name = &input.ident;
+    let data = enum_data(input)?;
+    let mut schemas = Vec::new();
+    for (i, variant) in data.variants.iter().enumerate() {
+        let title = format!("{name}::{}", variant.ident);
+        let schema = variant_schema(&title, &variant.fields)?;
+        schemas.push(quote! { (__topics[#i], #schema) });
+    }
+    Ok(quote! {
+        impl ::herald::EventSchema for #name {
+            fn schemas() -> ::std::vec::Vec<(&'static str, ::herald::__private::serde_json::Value)> {
+                let __topics = <Self as ::herald::Event>::TOPICS;
+                ::std::vec![#(#schemas),*]
+            }
+        }
+    })
+}
+
+/// The expression building one variant's payload schema.
+fn variant_schema(title: &str, fields: &Fields) -> syn::Result<TokenStream2> {
+    match fields {
+        Fields::Unit => Ok(quote! { ::herald::__private::payload_schema::<()>(#title) }),
+        Fields::Unnamed(f) => {
+            let types: Vec<&Type> = f.unnamed.iter().map(|f| &f.ty).collect();
+            let ty = if types.len() == 1 {
+                quote! { #(#types)* }
+            } else {
+                quote! { (#(#types),*) }
+            };
+            Ok(quote! { ::herald::__private::payload_schema::<#ty>(#title) })
+        }
+        Fields::Named(f) => {
+            let mut fields = Vec::new();
+            for (i, field) in f.named.iter().enumerate() {
+                let (_, de_attrs, _) = split_serde_attrs(&field.attrs, &field.ty, i)?;
+                let schemars_attrs = field.attrs.iter().filter(|a| a.path().is_ident("schemars"));
+                let (n, ty) = (&field.ident, &field.ty);
+                fields.push(quote! { #(#de_attrs)* #(#schemars_attrs)* #n: #ty });
+            }
+            Ok(quote! {{
+                #[derive(::herald::__private::schemars::JsonSchema)]
+                #[schemars(crate = "::herald::__private::schemars")]
+                #[allow(dead_code)]
+                struct __Payload { #(#fields,)* }
+                ::herald::__private::payload_schema::<__Payload>(#title)
+            }})
+        }
+    }
+}
+
+/// The enum `input` is, with the derive's shape rules checked.
+fn enum_data(input: &DeriveInput) -> syn::Result<&syn::DataEnum> {
     let name = &input.ident;
     let Data::Enum(data) = &input.data else {
         return Err(Error::new_spanned(
@@ -51,6 +117,12 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             "an Event enum needs at least one variant",
         ));
     }
+    Ok(data)
+}
+
+fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
+    let name = &input.ident;
+    let data = enum_data(input)?;
     let options = EventAttr::parse(&input.attrs)?;
     if options.name.is_some() || options.topic.is_some() {
         return Err(Error::new_spanned(

@@ -66,7 +66,7 @@ pub use observe::prometheus;
 pub use observe::{health, instrument, metrics, slo, trace};
 pub use runtime::{breaker, dedupe, middleware, rate_limit};
 
-pub use bus::contracts::{Register, Schemas};
+pub use bus::contracts::{Register, RegisterEvent, Schemas};
 pub use bus::{default_group, Bus, BusBuilder};
 pub use command::{Call, CommandHandle, Request};
 pub use config::Config;
@@ -76,7 +76,7 @@ pub use dead_letters::{AutoReplay, DeadLetters};
 pub use delivery::{Delivery, Outcome};
 pub use envelope::{Envelope, Kind, Limits, Priority};
 pub use error::{Error, ErrorCode, Result};
-pub use event::Event;
+pub use event::{Event, EventSchema};
 pub use handler::{
     Handler, HandlerBuilder, HandlerObserver, HandlerOutcome, HandlerReport, IntoEffects,
 };
@@ -92,13 +92,16 @@ pub use transport::{
     TopicInfo, Transport,
 };
 
-/// `#[derive(Event)]`: see [`Event`](trait@Event) for the attributes.
+/// `#[derive(Event)]` and `#[derive(EventSchema)]`: see [`Event`](trait@Event)
+/// and [`EventSchema`](trait@EventSchema).
 #[cfg(feature = "derive")]
-pub use herald_derive::Event;
+pub use herald_derive::{Event, EventSchema};
 
 /// Re-exported for `#[derive(Event)]`'s generated code; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::model::event::payload_schema;
+    pub use schemars;
     pub use serde;
     pub use serde_json;
 }

@@ -20,13 +20,14 @@ use parking_lot::RwLock;
 use crate::backend::schemas::{no_subject, SchemaStore};
 use crate::bus::Bus;
 use crate::model::contract::{
-    breaking_changes, subject_of, BreakingChange, Compatibility, Registration, SchemaChecks,
-    SchemaVersion, Subject, Validators,
+    breaking_changes, consumer_breaks, subject_of, BreakingChange, Compatibility, Registration,
+    SchemaChecks, SchemaVersion, Subject, Validators,
 };
 use crate::model::delivery::BoxFuture;
 use crate::model::envelope::Envelope;
 use crate::model::error::{Error, ErrorCode, Result};
-use crate::model::topic::Pattern;
+use crate::model::event::EventSchema;
+use crate::model::topic::{Pattern, Topic};
 
 /// How old the guard lets its copy of the subjects get before it reads
 /// them again (in the background; publishes go on with the copy).
@@ -265,6 +266,67 @@ impl Schemas {
         breaking_changes(&subject, schema)
     }
 
+    /// Register each topic of `E` with its payload's schema
+    /// ([`EventSchema`], `#[derive(EventSchema)]`), one subject per topic:
+    /// every topic is dry-run first, so a type one of whose topics breaks
+    /// its subject registers none (`VALIDATION` naming each change); each
+    /// topic then gets its next version, or its latest again.
+    ///
+    /// ```
+    /// use herald::{Bus, Event, EventSchema};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// #[derive(Event, EventSchema)]
+    /// enum OrderEvent {
+    ///     Placed { id: String, total: u64 },
+    /// }
+    ///
+    /// let bus = Bus::memory();
+    /// let versions = bus.schemas().register_event::<OrderEvent>().owner("billing").await?;
+    /// assert_eq!(versions[0].version, 1);
+    /// bus.schemas().check_event::<OrderEvent>().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn register_event<E: EventSchema>(&self) -> RegisterEvent {
+        RegisterEvent {
+            topics: E::schemas()
+                .into_iter()
+                .map(|(topic, schema)| self.register(topic, schema))
+                .collect(),
+        }
+    }
+
+    /// Whether a consumer decoding into `E` reads every event its topics'
+    /// subjects allow, under each of their versions
+    /// ([`contract::consumer_breaks`](crate::contract::consumer_breaks)):
+    /// `VALIDATION` naming each change it may fail on, for a consumer to
+    /// fail fast at start. A topic without a subject passes.
+    pub async fn check_event<E: EventSchema>(&self) -> Result<()> {
+        self.check_reader(&E::schemas()).await
+    }
+
+    /// [`check_event`](Self::check_event) for `readers` (topic, schema).
+    pub(crate) async fn check_reader(
+        &self,
+        readers: &[(&'static str, serde_json::Value)],
+    ) -> Result<()> {
+        let subjects = self.list().await?;
+        for (topic, reader) in readers {
+            let Some(subject) = subject_of(&subjects, &Topic::new(topic)?) else {
+                continue;
+            };
+            let breaks = consumer_breaks(subject, reader)?;
+            if !breaks.is_empty() {
+                let reasons: Vec<String> = breaks.iter().map(ToString::to_string).collect();
+                return Err(Error::validation(format!(
+                    "this consumer cannot read every event of `{topic}` (subject `{}`): {}",
+                    subject.pattern,
+                    reasons.join("; ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Delete subject `pattern` and its versions; `NOT_FOUND` when there
     /// is none.
     pub async fn delete(&self, pattern: &str) -> Result<()> {
@@ -273,6 +335,74 @@ impl Schemas {
         self.bus.inner.contracts.validators.forget(&pattern);
         self.list().await.map(drop)
     }
+}
+
+/// Registering a Rust type's schemas; `.await` it. See
+/// [`Schemas::register_event`].
+#[must_use = "a registration happens when awaited"]
+pub struct RegisterEvent {
+    /// One registration per topic, with the settings asked for.
+    topics: Vec<Register>,
+}
+
+impl RegisterEvent {
+    /// See [`Register::owner`].
+    pub fn owner(self, owner: impl Into<String>) -> Self {
+        let owner = owner.into();
+        self.each(|r| r.owner(owner.clone()))
+    }
+
+    /// See [`Register::description`].
+    pub fn description(self, description: impl Into<String>) -> Self {
+        let description = description.into();
+        self.each(|r| r.description(description.clone()))
+    }
+
+    /// See [`Register::compatibility`].
+    pub fn compatibility(self, mode: Compatibility) -> Self {
+        self.each(|r| r.compatibility(mode))
+    }
+
+    fn each(self, f: impl Fn(Register) -> Register) -> Self {
+        RegisterEvent {
+            topics: self.topics.into_iter().map(f).collect(),
+        }
+    }
+}
+
+impl IntoFuture for RegisterEvent {
+    type Output = Result<Vec<SchemaVersion>>;
+    type IntoFuture = BoxFuture<'static, Result<Vec<SchemaVersion>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            for r in &self.topics {
+                // A bad pattern is refused by its registration below.
+                let Ok(pattern) = &r.pattern else { continue };
+                let breaks = r
+                    .schemas
+                    .check(pattern.as_str(), &r.schema, r.compatibility)
+                    .await?;
+                if !breaks.is_empty() {
+                    return Err(refused(pattern.as_str(), &breaks));
+                }
+            }
+            let mut versions = Vec::with_capacity(self.topics.len());
+            for register in self.topics {
+                versions.push(register.await?);
+            }
+            Ok(versions)
+        })
+    }
+}
+
+/// `VALIDATION` naming each of `breaks` on `topic`.
+fn refused(topic: &str, breaks: &[BreakingChange]) -> Error {
+    let reasons: Vec<String> = breaks.iter().map(ToString::to_string).collect();
+    Error::validation(format!(
+        "the schema of `{topic}` breaks its subject: {}",
+        reasons.join("; ")
+    ))
 }
 
 /// A registration; `.await` it. See [`Schemas::register`].

@@ -44,7 +44,7 @@ use crate::model::delivery::{BoxFuture, Detached};
 use crate::model::envelope::PublishedAt;
 use crate::model::envelope::{Envelope, Limits};
 use crate::model::error::{Error, Result};
-use crate::model::event::Event;
+use crate::model::event::{Event, EventSchema};
 use crate::model::message::{Publish, Receipt};
 use crate::model::topic::{Pattern, Topic};
 use crate::observe::health::{Health, MemberHealth};
@@ -456,6 +456,7 @@ impl Bus {
         Subscribe {
             raw,
             filters: Vec::new(),
+            readers: None,
             _event: PhantomData,
         }
     }
@@ -940,6 +941,8 @@ impl IntoFuture for SubscribeRaw {
 pub struct Subscribe<E> {
     raw: SubscribeRaw,
     filters: Vec<Filter<E>>,
+    /// The type's schemas to check its topics' subjects against at start.
+    readers: Option<Vec<(&'static str, serde_json::Value)>>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -997,13 +1000,32 @@ impl<E: Event> Subscribe<E> {
     }
 }
 
+impl<E: EventSchema> Subscribe<E> {
+    /// Before subscribing, check that `E` reads every event its topics'
+    /// subjects allow ([`Schemas::check_event`](crate::Schemas::check_event)):
+    /// the subscription fails fast with `VALIDATION` naming what it could
+    /// not decode, instead of dead-lettering events one by one.
+    pub fn check_schema(mut self) -> Self {
+        self.readers = Some(E::schemas());
+        self
+    }
+}
+
 impl<E: Event> IntoFuture for Subscribe<E> {
     type Output = Result<TypedSubscription<E>>;
     type IntoFuture = BoxFuture<'static, Result<TypedSubscription<E>>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let Subscribe { raw, filters, .. } = self;
+        let Subscribe {
+            raw,
+            filters,
+            readers,
+            ..
+        } = self;
         Box::pin(async move {
+            if let Some(readers) = readers {
+                raw.bus.schemas().check_reader(&readers).await?;
+            }
             let mut typed = raw.await?.typed::<E>();
             for f in filters {
                 typed = typed.filter(f);

@@ -456,6 +456,49 @@ pub fn breaking_changes(
     Ok(out)
 }
 
+/// What a consumer decoding into `reader` (the JSON Schema of the type it
+/// decodes into) may fail to read: for each of `subject`'s versions, where
+/// an event valid under it may be invalid under `reader`. Every version
+/// counts, not only the latest: events published under an earlier one stay
+/// in the log. Empty when the reader reads them all.
+///
+/// A property the reader declares and a version leaves undeclared (an
+/// optional field the consumer added) is taken as absent from that
+/// version's events, though an open version would allow it with any type:
+/// counting it would fail every consumer that added an optional field,
+/// the evolution `backward` exists to allow. A field the reader requires
+/// and a version does not is counted.
+///
+/// ```
+/// use herald::contract::{consumer_breaks, Subject};
+/// use herald::Pattern;
+/// # let now = chrono::Utc::now();
+/// let v1 = serde_json::json!({"type": "object", "properties": {"id": {"type": "string"}}});
+/// let mut subject =
+///     Subject::stored(Pattern::new("orders.placed").unwrap(), None, None, Default::default());
+/// subject.versions.push(herald::contract::SchemaVersion::new(1, v1, now));
+/// let needs_total = serde_json::json!({"type": "object", "required": ["total"]});
+/// let breaks = consumer_breaks(&subject, &needs_total).unwrap();
+/// assert_eq!(breaks[0].version, 1);
+/// assert!(breaks[0].change.contains("`total`"));
+/// ```
+pub fn consumer_breaks(
+    subject: &Subject,
+    reader: &serde_json::Value,
+) -> Result<Vec<BreakingChange>> {
+    check_schema(reader)?;
+    let mut out = Vec::new();
+    for version in &subject.versions {
+        for c in diff(&version.schema, reader)? {
+            if matches!(c.change, json_schema_diff::ChangeKind::PropertyAdd { .. }) {
+                continue;
+            }
+            out.push(described(version.version, c, "its events"));
+        }
+    }
+    Ok(out)
+}
+
 /// The breaking changes from `lhs` to `rhs`: where events valid under
 /// `lhs` may fail `rhs`.
 fn diff(lhs: &serde_json::Value, rhs: &serde_json::Value) -> Result<Vec<json_schema_diff::Change>> {
