@@ -47,6 +47,11 @@ pub enum Target {
 }
 
 impl Connect {
+    /// The URL `--store` names.
+    pub fn store_url(&self) -> Option<String> {
+        self.store.clone()
+    }
+
     /// The store `--store` names, opened with the rest of its settings from
     /// `HERALD_*` (the flag stands above `HERALD_STORE`); `None` without
     /// `--store`.

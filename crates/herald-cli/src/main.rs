@@ -9,6 +9,7 @@
 mod backup;
 mod bench;
 mod call;
+mod catalog;
 mod client;
 mod dlq;
 mod exit;
@@ -65,6 +66,9 @@ enum Command {
     Backup(backup::Args),
     /// Contracts: register, list, show, check and delete schema subjects.
     Schema(schema::Args),
+    /// The event catalog: each topic's owner, schema, producers, groups
+    /// and rate, or the AsyncAPI 3.0 document (--asyncapi).
+    Catalog(catalog::Args),
 }
 
 /// Run a client command's future on a fresh runtime; its error becomes
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         Command::Groups(args) => inspect::groups(args),
         Command::Dlq(args) => dlq::main(args),
         Command::Schema(args) => schema::main(args),
+        Command::Catalog(args) => catalog::main(args),
         Command::Call(args) => call::main(args),
         Command::Backup(args) => backup::main(args),
     }

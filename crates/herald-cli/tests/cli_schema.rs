@@ -5,19 +5,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
-use support::Served;
-
-fn herald(args: &[&str], server: &Served) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("HERALD_SERVER", &server.base)
-        .current_dir(&server.dir)
-        .output()
-        .unwrap()
-}
+use support::{herald, Served};
 
 fn text(out: &Output) -> String {
     format!(

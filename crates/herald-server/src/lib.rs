@@ -29,6 +29,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod cloudevents;
 pub mod config;
 pub mod dead_letters;
@@ -105,6 +106,7 @@ impl Server {
             )
             .route("/v1/schemas/{subject}/versions/{n}", get(schemas::version))
             .route("/v1/schemas/{subject}/check", post(schemas::check))
+            .route("/v1/asyncapi.json", get(catalog::asyncapi))
             .route("/v1/slo", get(slo::status))
             .route("/metrics", get(health::metrics))
             .route(WS_PATH, get(ws::upgrade))

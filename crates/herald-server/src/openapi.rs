@@ -9,7 +9,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{dead_letters, error, health, inspect, message, publish, schemas, slo};
+use crate::{catalog, dead_letters, error, health, inspect, message, publish, schemas, slo};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use crate::{dead_letters, error, health, inspect, message, publish, schemas, slo
         dead_letters::purge_one, dead_letters::purge,
         health::healthz, health::readyz, health::metrics, slo::status,
         schemas::list, schemas::register, schemas::show, schemas::version, schemas::check, schemas::delete,
+        catalog::asyncapi,
     ),
     components(schemas(
         error::ErrorBody, message::MessageIn, message::PublishResponse, message::Published,

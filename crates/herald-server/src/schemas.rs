@@ -152,7 +152,7 @@ fn mode(text: Option<&str>) -> Result<Option<Compatibility>, ApiError> {
 }
 
 /// Whether `caller` may read subject `subject`.
-fn may_read(caller: &Caller, subject: &str) -> bool {
+pub(crate) fn may_read(caller: &Caller, subject: &str) -> bool {
     [
         Permission::Schemas,
         Permission::Publish,

@@ -10,7 +10,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -29,6 +29,17 @@ pub struct Served {
     pub base: String,
     pub env: Vec<(String, String)>,
     log: PathBuf,
+}
+
+/// The `herald` binary run with `args` in `server`'s directory, as a client
+/// of it (`HERALD_SERVER`).
+pub fn herald(args: &[&str], server: &Served) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("HERALD_SERVER", &server.base)
+        .current_dir(&server.dir)
+        .output()
+        .unwrap()
 }
 
 /// A free loopback port (bound and released; the server takes it next).

@@ -33,6 +33,30 @@ use crate::model::topic::Topic;
 use crate::runtime::panic::catch_panic;
 
 impl Bus {
+    /// The command topics this bus handles now, by name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+    /// let bus = herald::Bus::memory();
+    /// let _double = bus.handle_command("math.double", |req| async move {
+    ///     herald::Payload::json(&(req.decode::<u64>()? * 2))
+    /// })?;
+    /// assert_eq!(bus.commands()[0].as_str(), "math.double");
+    /// # Ok(()) }
+    /// ```
+    pub fn commands(&self) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = self
+            .inner
+            .commands
+            .handlers
+            .read()
+            .keys()
+            .cloned()
+            .collect();
+        topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        topics
+    }
+
     /// Handle the command topic `topic`: each [`call`](Bus::call) runs
     /// `handler`, whose `Ok` payload is the response.
     ///
