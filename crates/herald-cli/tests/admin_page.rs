@@ -1,5 +1,6 @@
 //! The admin page in a real headless browser (Debian's Chromium, driven by
-//! playwright-core: `tests/browser/admin.mjs`): it loads, a published event
+//! playwright-core: `tests/browser/admin.mjs`): it loads, a topic shows its
+//! schema and owner and its subject's versions diff, a published event
 //! appears in the live tail, a group member's health shows, and the Replay
 //! button replays a dead letter.
 //! `scripts/test` installs Chromium and the script's npm packages.
@@ -12,6 +13,22 @@ use support::{get, post, Served, Ws};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_tails_and_replays_in_a_browser() {
     let s = Served::start(&[]).await;
+    // A subject in two versions, over a topic with events.
+    let v1 =
+        json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}});
+    let mut v2 = v1.clone();
+    v2["properties"]["note"] = json!({"type": "string"});
+    for schema in [v1, v2] {
+        let body = json!({"subject": "browser.orders.*", "schema": schema, "owner": "billing"});
+        let (status, registered) = post(&s.url("/v1/schemas"), &body).await;
+        assert_eq!(status, 201, "{registered}");
+    }
+    let (status, _) = post(
+        &s.url("/v1/topics/browser.orders.placed/events"),
+        &json!({"payload": {"id": "o-1"}}),
+    )
+    .await;
+    assert_eq!(status, 201);
     // A dead letter to replay: a group member gives up on an event.
     let (status, _) = post(
         &s.url("/v1/topics/browser.dead/events"),

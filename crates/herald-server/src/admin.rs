@@ -1,5 +1,7 @@
-//! The admin page at `/`: topics, groups, dead letters (replay, purge),
-//! SLO status and recent violations, and a live tail of a chosen pattern.
+//! The admin page at `/`: topics (with their schema and owner), contracts
+//! (each subject's versions, and a line diff between any two), groups,
+//! dead letters (replay, purge), SLO status and recent violations, and a
+//! live tail of a chosen pattern.
 //!
 //! Owns serving the page. It is one self-contained HTML file compiled into
 //! the binary (`assets/admin.html`: no front-end build, no other server)

@@ -1,5 +1,6 @@
 // Drives herald's admin page in headless Chromium: the page loads and shows
-// the store, an event published meanwhile appears in the live tail, and the
+// the store, a topic's schema and owner and a diff of its subject's two
+// versions, an event published meanwhile appears in the live tail, and the
 // Replay button replays a dead letter. Usage: node admin.mjs BASE_URL
 // (the Rust test tests/admin_page.rs starts the server and prepares the
 // dead letter). Exits non-zero on any failure.
@@ -18,6 +19,15 @@ try {
   await page.goto(base + "/");
   await page.locator("#status", { hasText: "store: sqlite" }).waitFor();
   await page.locator("#topics td", { hasText: "browser.dead" }).waitFor();
+  // Each topic's schema and owner; a subject's versions diffed.
+  const orders = page.locator("#topics tr", { hasText: "browser.orders.placed" });
+  await orders.locator("td.schema", { hasText: "browser.orders.* v2" }).waitFor();
+  await orders.locator("td.owner", { hasText: "billing" }).waitFor();
+  await page.locator("#subjects tr", { hasText: "browser.orders.*" }).locator("button.diff").click();
+  await page.locator("#diff-title", { hasText: "browser.orders.*: version 1 → 2" }).waitFor();
+  await page.locator("#schema-diff span.add", { hasText: '"note"' }).waitFor();
+  if (await page.locator("#schema-diff span.del").count() !== 0) throw new Error("v2 only adds: nothing is deleted");
+
   // A member of a group in this server, with its health.
   await page.locator("#groups td.members", { hasText: "running: 0 in flight" }).waitFor();
 
