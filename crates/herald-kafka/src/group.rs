@@ -861,7 +861,11 @@ pub(crate) struct GroupRecord {
 /// Note that `group` follows `patterns` (once per group consumer).
 pub(crate) async fn record_group(inner: &Inner, group: &str, patterns: &[String]) -> Result<()> {
     let topic = inner.config.kafka_topic(GROUPS_TOPIC);
-    inner.ensure_topic_with(&topic, 1).await?;
+    // Compacted: each group's latest record stays, however old, where
+    // retention would drop the group from `groups()` after a week.
+    inner
+        .ensure_topic_configured(&topic, 1, &[("cleanup.policy", "compact")])
+        .await?;
     let body = serde_json::to_vec(&GroupRecord {
         group: group.to_owned(),
         patterns: patterns.to_vec(),
