@@ -186,3 +186,50 @@ async fn a_token_sees_only_the_channels_its_grants_cover() {
     let (status, e) = send(c.get(s.url("/v1/asyncapi.json")).bearer_auth("wrong")).await;
     assert_eq!(status, 401, "{e}");
 }
+
+/// Each store's servers and bindings (Kafka's server and channel
+/// partitions), the gateway over TLS, and names AsyncAPI ids cannot hold
+/// are valid AsyncAPI 3.0 too, and no store credential shows.
+#[test]
+fn every_stores_bindings_are_valid_asyncapi() {
+    use herald_server::catalog::{Catalog, Channel, ChannelKind, Endpoints};
+    let catalog = Catalog {
+        channels: vec![Channel {
+            pattern: "orders.>".into(),
+            kind: ChannelKind::Subject,
+            owner: Some("billing".into()),
+            description: Some("orders".into()),
+            schema_version: Some(2),
+            schema: Some(json!({"type": "object", "prefixItems": [], "$defs": {}})),
+            topics: vec!["orders.placed".into()],
+            producers: vec!["shop".into(), "shop/eu".into()],
+            groups: vec!["shipping".into(), "billing/orders.>".into()],
+            rate: 1.5,
+            partitions: 3,
+        }],
+    };
+    for store in [
+        "kafka://broker-1:9092,broker-2:9092",
+        "nats://user:secret@10.0.0.1:4222",
+        "postgres://app:pw@db:5432/app",
+        "sqlite://herald.db",
+    ] {
+        let doc = catalog.asyncapi(&Endpoints {
+            gateway: Some(("bus.example.com:443".into(), true)),
+            store: Some(store.into()),
+        });
+        assert_valid_asyncapi(&doc);
+        assert!(!doc.to_string().contains("secret"), "{doc:#}");
+        let operations = doc["operations"].as_object().unwrap();
+        assert_eq!(operations.len(), 4, "{store}: {doc:#}");
+        if store.starts_with("kafka") {
+            assert_eq!(doc["servers"]["store"]["host"], "broker-1:9092");
+            assert_eq!(
+                doc["channels"]["orders.R"]["bindings"]["kafka"]["partitions"],
+                3
+            );
+        }
+        let op = &operations["billing_orders.R.receives.orders.R"];
+        assert_eq!(op["x-herald-group"], "billing/orders.>", "{doc:#}");
+    }
+}

@@ -150,7 +150,9 @@ impl Catalog {
             }
         }
         for channel in &mut channels {
-            channel.groups = following(&groups, channel);
+            if channel.kind != ChannelKind::Command {
+                channel.groups = following(&groups, channel);
+            }
             channel.producers.sort();
         }
         channels.sort_by(|a, b| a.pattern.cmp(&b.pattern));
@@ -160,9 +162,10 @@ impl Catalog {
     /// The catalog as an AsyncAPI 3.0 document: a channel per
     /// [`Channel`] (its address the pattern, a `*` or `>` a parameter),
     /// its message the latest schema, a `send` operation per producer, a
-    /// `receive` operation per group (with its Kafka `groupId` or NATS
-    /// `queue` binding) and per command handled, and the servers at
-    /// `endpoints`.
+    /// `receive` operation per group (its name in `x-herald-group`: a
+    /// herald group is not the broker's own consumer group or queue, so no
+    /// binding claims one) and per command handled, a Kafka channel's
+    /// partitions as its binding, and the servers at `endpoints`.
     pub fn asyncapi(&self, endpoints: &Endpoints) -> Value {
         let mut ids = Ids::default();
         let mut channels = serde_json::Map::new();
@@ -213,7 +216,7 @@ impl Catalog {
                     json!([{"$ref": format!("#/channels/{id}/messages/{id}")}])
                 });
             let mut operation =
-                |op_id: String, action: &str, title: String, bindings: Option<Value>| {
+                |op_id: String, action: &str, title: String, group: Option<Value>| {
                     let mut op = json!({
                         "action": action,
                         "channel": {"$ref": format!("#/channels/{id}")},
@@ -222,8 +225,8 @@ impl Catalog {
                     if let Some(m) = &message_ref {
                         op["messages"] = m.clone();
                     }
-                    if let Some(b) = bindings {
-                        op["bindings"] = b;
+                    if let Some(g) = group {
+                        op["x-herald-group"] = g;
                     }
                     operations.insert(ids.take(&op_id), op);
                 };
@@ -236,20 +239,11 @@ impl Catalog {
                 );
             }
             for group in &c.groups {
-                let bindings = match protocol {
-                    Some("kafka") => Some(
-                        json!({"kafka": {"groupId": {"type": "string", "enum": [group]}, "bindingVersion": "0.5.0"}}),
-                    ),
-                    Some("nats") if group.len() <= 255 => {
-                        Some(json!({"nats": {"queue": group, "bindingVersion": "0.1.0"}}))
-                    }
-                    _ => None,
-                };
                 operation(
                     format!("{group}.receives.{id}"),
                     "receive",
                     format!("group {group} consumes {}", c.pattern),
-                    bindings,
+                    Some(json!(group)),
                 );
             }
             if c.kind == ChannelKind::Command {
