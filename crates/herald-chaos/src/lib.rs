@@ -10,4 +10,7 @@
 //! themselves (herald's, per store, in the conformance suite).
 
 pub mod check;
+pub mod cli;
 pub mod history;
+pub mod run;
+pub mod workload;

@@ -69,6 +69,9 @@ enum Command {
     /// The event catalog: each topic's owner, schema, producers, groups
     /// and rate, or the AsyncAPI 3.0 document (--asyncapi).
     Catalog(catalog::Args),
+    /// A fault run: publishers, group members and a subscriber as
+    /// processes, killed at seeded random moments; the history checked.
+    Chaos(herald_chaos::cli::Args),
 }
 
 /// Run a client command's future on a fresh runtime; its error becomes
@@ -84,6 +87,23 @@ fn run(work: impl std::future::Future<Output = herald::Result<()>>) -> ExitCode 
     match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit::fail(&e),
+    }
+}
+
+/// `herald chaos`: exit 1 when the run found a violation.
+fn chaos(args: herald_chaos::cli::Args) -> ExitCode {
+    let passed = std::sync::atomic::AtomicBool::new(true);
+    let code = run(async {
+        passed.store(
+            herald_chaos::cli::main(args).await?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    });
+    if passed.into_inner() {
+        code
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -163,6 +183,7 @@ fn main() -> ExitCode {
         Command::Dlq(args) => dlq::main(args),
         Command::Schema(args) => schema::main(args),
         Command::Catalog(args) => catalog::main(args),
+        Command::Chaos(args) => chaos(args),
         Command::Call(args) => call::main(args),
         Command::Backup(args) => backup::main(args),
     }

@@ -1,0 +1,204 @@
+//! `herald chaos`: a fault run against any store (`--store URL`), and the
+//! hidden `herald chaos worker` each role's process runs as.
+//!
+//! Owns the command line and the run's printed report: the seed, the
+//! fault schedule, the counts, and each violation with the history that
+//! shows it. A run is [`run`](crate::run)'s.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::run::{self, Plan, Run};
+use crate::workload::{Recorder, Role};
+
+/// Options of `herald chaos`.
+#[derive(clap::Args, Debug)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
+  herald chaos --store sqlite://chaos.db --seed 7 --faults 20
+  herald chaos --store nats://127.0.0.1:4222 --duration 60 --json > run.json"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    worker: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// One role of a run (started by `herald chaos` itself).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// What to run.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The store: memory:// (roles as tasks), sqlite://PATH, postgres://…,
+    /// nats://…, kafka://… (roles as processes of their own).
+    #[arg(long, default_value = "memory://")]
+    store: String,
+    /// The seed of the fault schedule and the workload (default: random,
+    /// printed, so a failing run can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fault moments (each kills a publisher or a group member).
+    #[arg(long, default_value_t = 20)]
+    faults: u32,
+    /// Seconds the publishers publish; the faults fall in this window.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Publisher processes.
+    #[arg(long, default_value_t = 2)]
+    publishers: u32,
+    /// Group member processes.
+    #[arg(long, default_value_t = 3)]
+    members: u32,
+    /// Where the histories go (default: a new temporary directory, kept
+    /// when the run finds a violation).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the run (schedule, counts, violations) as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One role's options.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    #[arg(long, value_enum)]
+    role: Role,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    incarnation: u32,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    history: PathBuf,
+    #[arg(long)]
+    epoch_us: u64,
+    #[arg(long)]
+    stop: PathBuf,
+    #[arg(long)]
+    store: String,
+}
+
+/// Run `herald chaos`: `Ok(false)` when the run found a violation (it is
+/// printed).
+pub async fn main(args: Args) -> herald::Result<bool> {
+    match args.worker {
+        Some(Sub::Worker(w)) => worker(w).await.map(|()| true),
+        None => run_and_report(args.run).await,
+    }
+}
+
+async fn worker(w: WorkerArgs) -> herald::Result<()> {
+    let bus = run::open(&w.store).await?;
+    let rec = Recorder::open(&w.history, w.name, w.epoch_us)
+        .map_err(|e| herald::Error::internal(format!("{}: {e}", w.history.display())))?;
+    run::role_main(&bus, &rec, w.role, w.seed, w.incarnation, &w.stop).await;
+    bus.close().await
+}
+
+async fn run_and_report(args: RunArgs) -> herald::Result<bool> {
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let temp = match &args.dir {
+        Some(_) => None,
+        None => {
+            Some(std::env::temp_dir().join(format!("herald-chaos-{seed}-{}", std::process::id())))
+        }
+    };
+    let dir = args.dir.clone().or(temp.clone()).unwrap_or_default();
+    let worker = if args.store.starts_with("memory:") {
+        None
+    } else {
+        let exe = std::env::current_exe()
+            .map_err(|e| herald::Error::internal(format!("this executable: {e}")))?;
+        Some(vec![
+            exe.to_string_lossy().into_owned(),
+            "chaos".into(),
+            "worker".into(),
+        ])
+    };
+    let plan = Plan {
+        store: args.store,
+        seed,
+        faults: args.faults,
+        duration: Duration::from_secs(args.duration),
+        publishers: args.publishers.max(1),
+        members: args.members.max(1),
+        dir: dir.clone(),
+        worker,
+    };
+    let run = run::run(&plan).await?;
+    let passed = run.report.violations.is_empty() && run.drained;
+    if args.json {
+        let text =
+            serde_json::to_string(&run).map_err(|e| herald::Error::internal(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", summary(&run));
+    }
+    match (&temp, passed) {
+        (Some(t), true) => {
+            let _ = std::fs::remove_dir_all(t);
+        }
+        _ => eprintln!("chaos: histories kept in {}", dir.display()),
+    }
+    Ok(passed)
+}
+
+/// The most violations the text shows.
+const MAX_SHOWN: usize = 10;
+
+/// The run as text: seed, schedule, counts, then each violation.
+pub fn summary(run: &Run) -> String {
+    let r = &run.report;
+    let mut recovery: Vec<u64> = r.recovery_us.iter().flatten().map(|us| us / 1000).collect();
+    recovery.sort_unstable();
+    let p50 = recovery.get(recovery.len() / 2).copied();
+    let max = recovery.last().copied();
+    let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
+    let mut out = format!(
+        "chaos: store {}, seed {}, {} faults\n",
+        run.store,
+        run.seed,
+        run.schedule.len()
+    );
+    for f in &run.schedule {
+        out.push_str(&format!(
+            "  at {:>6} ms kill {:?} {} (down {} ms)\n",
+            f.at_ms, f.role, f.index, f.down_ms
+        ));
+    }
+    out.push_str(&format!(
+        "operations {}, published {}, acked {}, lost {}, duplicates {}, order violations {}, unknown {} present / {} absent, dead letters {}, recovered {}/{} (p50 {}, max {}), drained {}\n",
+        r.operations,
+        r.published,
+        r.acked,
+        r.lost(),
+        r.duplicates,
+        r.of(crate::check::ORDER),
+        r.unknown_present,
+        r.unknown_absent,
+        r.dead_letters,
+        recovery.len(),
+        r.recovery_us.len(),
+        ms(p50),
+        ms(max),
+        run.drained,
+    ));
+    for v in r.violations.iter().take(MAX_SHOWN) {
+        out.push_str(&format!("VIOLATION (seed {}) {v}", run.seed));
+    }
+    if r.violations.len() > MAX_SHOWN {
+        out.push_str(&format!(
+            "… and {} more violations (--json lists them all)\n",
+            r.violations.len() - MAX_SHOWN
+        ));
+    }
+    out
+}
