@@ -235,6 +235,12 @@ impl NatsConfig {
                 redact(&self.url)
             )));
         }
+        if let Some((_, params)) = self.url.split_once('?') {
+            return Err(Error::validation(format!(
+                "HERALD_STORE {:?} has URL parameters herald does not read ({params:?}): a NATS URL takes only `prefix` (the subject prefix)",
+                redact(&self.url)
+            )));
+        }
         let token_ok = |t: &str| {
             !t.is_empty()
                 && t.bytes()
@@ -332,6 +338,21 @@ mod tests {
         }
         let many = NatsConfig::new("nats://a:4222, nats://b:4222");
         many.validate().unwrap();
+    }
+
+    #[test]
+    fn a_url_parameter_other_than_prefix_is_refused() {
+        let named = NatsConfig::new("nats://h:4222?prefix=orders");
+        named.validate().unwrap();
+        assert_eq!(named.subject_prefix(), "orders");
+        for url in [
+            "nats://h:4222?namespace=orders",
+            "nats://h:4222?prefix=orders&namespace=x",
+        ] {
+            let err = NatsConfig::new(url).validate().unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Validation);
+            assert!(err.to_string().contains("namespace"), "{err}");
+        }
     }
 
     #[test]
