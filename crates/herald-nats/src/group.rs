@@ -83,6 +83,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// The durable consumers' ack wait: how long after its reader is gone
 /// JetStream redelivers what the reader held.
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(10);
+/// How often a new reader of a part asks whether what its previous reader
+/// held is still pending.
+const ORPHAN_POLL: Duration = Duration::from_millis(250);
 /// How often the reader tells JetStream it still works on what it holds.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// How long a pull request lives: a reader that gives up a part reads the
@@ -775,6 +778,14 @@ impl Leader {
     async fn take_part(self: &Arc<Self>, inner: &Arc<Inner>, part: Part, lease: Lease) {
         let name = part.consumer(inner, &self.consumer);
         let noted = handover::read(inner, &name).await;
+        // A note is its writer's planned step-down, which handed back what
+        // it held; none means a reader that died may have left messages
+        // pending. The note is cleared once read, so an old one never
+        // vouches for a reader that dies later.
+        let orphans = noted.is_empty();
+        if !orphans {
+            handover::write(inner, &name, Vec::new()).await;
+        }
         self.attempts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -792,7 +803,10 @@ impl Leader {
         }
         let (stop, _) = watch::channel(false);
         for followed in parts.streams.iter().filter(|f| part.in_topic(f.partitions)) {
-            tokio::spawn(self.clone().pull(followed.clone(), part, stop.subscribe()));
+            tokio::spawn(
+                self.clone()
+                    .pull(followed.clone(), part, stop.subscribe(), orphans),
+            );
         }
         match states {
             Ok(states) => {
@@ -878,7 +892,13 @@ impl Leader {
             }
             for (part, stop) in &parts.reading {
                 if part.in_topic(followed.partitions) {
-                    tokio::spawn(self.clone().pull(followed.clone(), *part, stop.subscribe()));
+                    // A stream made now has nothing a reader held.
+                    tokio::spawn(self.clone().pull(
+                        followed.clone(),
+                        *part,
+                        stop.subscribe(),
+                        false,
+                    ));
                 }
             }
             parts.streams.push(followed);
@@ -900,6 +920,7 @@ impl Leader {
         followed: Followed,
         part: Part,
         mut gone: watch::Receiver<bool>,
+        mut orphans: bool,
     ) {
         let mut retry = Duration::from_millis(50);
         let mut consumer = None;
@@ -924,7 +945,16 @@ impl Leader {
             drop(inner);
             let mut batch = match batch {
                 Ok(Some(batch)) => batch,
-                Ok(None) => continue,
+                Ok(None) => {
+                    if let Some(c) = consumer.as_ref().filter(|_| orphans) {
+                        orphans = false;
+                        tokio::select! {
+                            () = self.await_orphans(c, &followed) => {}
+                            _ = gone.changed() => return,
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(group = self.group, stream = followed.stream, error = %e, "cannot read a group's consumer; retrying");
                     consumer = None;
@@ -951,6 +981,42 @@ impl Leader {
                     return;
                 }
             }
+        }
+    }
+
+    /// Before the first pull on a part taken without a handover note:
+    /// when JetStream still counts messages of its consumer as pending
+    /// (handed to a reader that died holding them), wait until they are
+    /// acked or their ack wait has run out, so JetStream redelivers them
+    /// ahead of the part's later events. Pulling at once handed a key's
+    /// later events out while its earlier ones waited out the dead
+    /// reader's ack wait (`herald chaos` on NATS). A planned step-down
+    /// nacks what it held (JetStream still counts those pending, but
+    /// redelivers them first) and leaves a note, so it waits for nothing.
+    async fn await_orphans(
+        &self,
+        consumer: &async_nats::jetstream::consumer::Consumer<pull::Config>,
+        followed: &Followed,
+    ) {
+        let deadline = tokio::time::Instant::now() + CONSUMER_ACK_WAIT;
+        loop {
+            match consumer.get_info().await {
+                Ok(info) if info.num_ack_pending == 0 => return,
+                Ok(info) => tracing::debug!(
+                    group = self.group,
+                    stream = followed.stream,
+                    pending = info.num_ack_pending,
+                    "a part's previous reader left messages pending; waiting for their redelivery"
+                ),
+                Err(e) => {
+                    tracing::debug!(group = self.group, error = %e, "cannot read a part's consumer");
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(ORPHAN_POLL).await;
         }
     }
 
