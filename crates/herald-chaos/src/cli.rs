@@ -44,17 +44,19 @@ pub struct RunArgs {
     /// printed, so a failing run can be replayed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Fault moments (each kills a publisher or a group member).
-    #[arg(long, default_value_t = 20)]
+    /// Fault moments (each kills a publisher or a group member), at most
+    /// 10,000.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     faults: u32,
-    /// Seconds the publishers publish; the faults fall in this window.
-    #[arg(long, default_value_t = 20)]
+    /// Seconds the publishers publish (1–3600); the faults fall in this
+    /// window.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration: u64,
-    /// Publisher processes.
-    #[arg(long, default_value_t = 2)]
+    /// Publisher processes (1–64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     publishers: u32,
-    /// Group member processes.
-    #[arg(long, default_value_t = 3)]
+    /// Group member processes (1–64).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     members: u32,
     /// Where the histories go (default: a new temporary directory, kept
     /// when the run finds a violation).
@@ -128,8 +130,8 @@ async fn run_and_report(args: RunArgs) -> herald::Result<bool> {
         seed,
         faults: args.faults,
         duration: Duration::from_secs(args.duration),
-        publishers: args.publishers.max(1),
-        members: args.members.max(1),
+        publishers: args.publishers,
+        members: args.members,
         dir: dir.clone(),
         worker,
     };

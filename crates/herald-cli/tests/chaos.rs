@@ -92,3 +92,37 @@ fn nats_keeps_per_key_order_when_a_member_holding_a_part_is_killed() {
     let run = chaos_for(&store, 5, (10, 8), dir.path());
     assert_clean(&run);
 }
+
+/// Bad input is refused before anything runs: an unknown store, and each
+/// bound (faults, duration, processes), with the usage error's exit code
+/// or `VALIDATION`'s, and no history written.
+#[test]
+fn bad_input_is_refused_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, code) in [
+        (&["--store", "bogus://x"][..], 3),
+        (&["--faults", "10001"][..], 2),
+        (&["--duration", "0"][..], 2),
+        (&["--duration", "3601"][..], 2),
+        (&["--publishers", "0"][..], 2),
+        (&["--members", "65"][..], 2),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("chaos")
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path().join("run"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let histories = std::fs::read_dir(dir.path().join("run"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(histories, 0, "nothing ran");
+}
