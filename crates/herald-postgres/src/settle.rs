@@ -17,7 +17,9 @@
 //! Each settlement is answered once that commit is durable. A batch
 //! that fails is retried one settlement per transaction, so one bad
 //! settlement cannot fail the others. A settlement that comes after its
-//! lease ran out (the event was claimed again) changes nothing.
+//! lease ran out (the event was claimed again) changes nothing; an ack
+//! that does is answered with `lease_lost` (`UNAVAILABLE`), since its
+//! event is delivered again: an `Ok` ack means it never is.
 //!
 //! Does not own claims or the member stream (`group`), nor an ack with
 //! effects, which `group` commits with its outbox rows in a transaction of
@@ -59,12 +61,12 @@ pub(crate) async fn write(inner: Weak<Inner>, mut pending: mpsc::Receiver<Pendin
         };
         let batch = gather(&mut pending, first, &store).await;
         let written = commit_all(&store, &batch).await;
-        if written.is_ok() {
+        if let Ok(stale) = written {
             if batch.iter().any(PendingSettlement::frees) {
                 store.groups.send_modify(|n| *n = n.wrapping_add(1));
             }
-            for p in batch {
-                let _ = p.done.send(Ok(()));
+            for (i, p) in batch.into_iter().enumerate() {
+                let _ = p.done.send(answer(stale.contains(&i)));
             }
             continue;
         }
@@ -74,8 +76,20 @@ pub(crate) async fn write(inner: Weak<Inner>, mut pending: mpsc::Receiver<Pendin
             if alone.is_ok() && p.frees() {
                 store.groups.send_modify(|n| *n = n.wrapping_add(1));
             }
-            let _ = p.done.send(alone);
+            let _ = p
+                .done
+                .send(alone.and_then(|stale| answer(!stale.is_empty())));
         }
+    }
+}
+
+/// A settlement's answer: `Ok`, or for an ack that came after its lease
+/// ran out and the event was claimed again (it changed nothing), the error
+/// that says the event is delivered again.
+fn answer(stale: bool) -> Result<()> {
+    match stale {
+        true => Err(rules::lease_lost()),
+        false => Ok(()),
     }
 }
 
@@ -104,8 +118,9 @@ async fn gather(
 }
 
 /// Commit `batch` in one transaction, again when it lost a race with a
-/// claim (a deadlock, see `group`'s lease).
-async fn commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()> {
+/// claim (a deadlock, see `group`'s lease); the indices of the acks that
+/// came after their lease ran out (they changed nothing).
+async fn commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<Vec<usize>> {
     let mut tries = 0;
     loop {
         match try_commit_all(inner, batch).await {
@@ -115,24 +130,26 @@ async fn commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()> {
     }
 }
 
-async fn try_commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()> {
-    let (acks, others): (Vec<&PendingSettlement>, Vec<&PendingSettlement>) =
-        batch.iter().partition(|p| p.is_ack());
+async fn try_commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<Vec<usize>> {
+    let (acks, others): (Vec<_>, Vec<_>) = batch.iter().enumerate().partition(|(_, p)| p.is_ack());
+    let (ack_at, acks): (Vec<usize>, Vec<&PendingSettlement>) = acks.into_iter().unzip();
     if others.is_empty() {
         // Only acks: one statement, its own transaction.
-        ack_all(inner, &inner.pool, &acks).await?;
-        return Ok(());
+        let (_, stale) = ack_all(inner, &inner.pool, &acks).await?;
+        return Ok(stale.into_iter().map(|i| ack_at[i]).collect());
     }
     let mut tx = inner.pool.begin().await.map_err(runtime_error)?;
     lock_leases(inner, &mut tx, batch).await?;
     // One NOTIFY per transaction is enough: the acks' statement sends its
     // own when it frees a key.
-    let mut notified = false;
+    let (mut notified, mut stale) = (false, Vec::new());
     if !acks.is_empty() {
-        notified = ack_all(inner, &mut *tx, &acks).await?;
+        let (freed, stale_acks) = ack_all(inner, &mut *tx, &acks).await?;
+        notified = freed;
+        stale = stale_acks.into_iter().map(|i| ack_at[i]).collect();
     }
     let mut changed = false;
-    for p in &others {
+    for (_, p) in &others {
         changed |= settle_in(inner, &mut tx, p).await?;
     }
     if changed && !notified {
@@ -142,7 +159,8 @@ async fn try_commit_all(inner: &Inner, batch: &[PendingSettlement]) -> Result<()
             .await
             .map_err(runtime_error)?;
     }
-    tx.commit().await.map_err(runtime_error)
+    tx.commit().await.map_err(runtime_error)?;
+    Ok(stale)
 }
 
 /// The lock a claim tries before it leases event `pos` of `group` in
@@ -187,7 +205,9 @@ async fn lock_leases(
 /// Settle `acks` in one statement, each only if it is still its member's
 /// lease, after taking their lease locks in order (see [`lock_leases`];
 /// held already inside a batch's transaction, taken again at no cost),
-/// with a NOTIFY when one of them frees a key; whether it sent one.
+/// with a NOTIFY when one of them frees a key; whether it sent one, and
+/// the indices in `acks` of those that were no longer their member's
+/// lease (the event was claimed again).
 ///
 /// An ack with a [`Next`] leases that event to its member when the ack
 /// applies (`moved`). Acks arrive in the order they were queued, so the
@@ -199,7 +219,7 @@ async fn ack_all<'c>(
     inner: &Inner,
     conn: impl sqlx::PgExecutor<'c>,
     acks: &[&PendingSettlement],
-) -> Result<bool> {
+) -> Result<(bool, Vec<usize>)> {
     let s = &inner.s;
     let chains = Chains::of(acks);
     let roots = &chains.roots;
@@ -221,7 +241,7 @@ async fn ack_all<'c>(
         .collect();
     let now = chrono::Utc::now().timestamp_millis();
     // `locked` is an init plan of the update: the locks come first.
-    let (freed, _): (bool, bool) = sqlx::query_as(&format!(
+    let (freed, _, applied): (bool, bool, Vec<i64>) = sqlx::query_as(&format!(
         "WITH locked AS MATERIALIZED (
              SELECT pg_advisory_xact_lock(hashtextextended($8 || grp, pos)) FROM (
                  SELECT DISTINCT grp, pos FROM UNNEST($2::text[], $3::bigint[]) AS u(grp, pos)
@@ -253,7 +273,8 @@ async fn ack_all<'c>(
              {take}
              RETURNING 1),
          freed AS (SELECT coalesce(bool_or(keyed), false) AS freed FROM acked)
-         SELECT f.freed, CASE WHEN f.freed THEN pg_notify($7, '') END IS NOT NULL
+         SELECT f.freed, CASE WHEN f.freed THEN pg_notify($7, '') END IS NOT NULL,
+                (SELECT coalesce(array_agg(i), '{{}}') FROM acked)
          FROM freed f, (SELECT count(*) FROM followed) fc, (SELECT count(*) FROM moved) mc",
         take = take_lease("$1", "$16")
     ))
@@ -276,7 +297,15 @@ async fn ack_all<'c>(
     .fetch_one(conn)
     .await
     .map_err(runtime_error)?;
-    Ok(freed)
+    // A chain stands or falls with its first ack (`i` counts from 1).
+    let root_applied = |root: usize| applied.contains(&(root as i64 + 1));
+    let stale = acks
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !chains.applied(a, root_applied))
+        .map(|(i, _)| i)
+        .collect();
+    Ok((freed, stale))
 }
 
 /// The end of an insert of lease rows into `deliveries AS d`: a row that
@@ -336,6 +365,19 @@ struct Chains<'a> {
 }
 
 impl<'a> Chains<'a> {
+    /// Whether `ack` applied, given whether each chain's first ack did.
+    fn applied(&self, ack: &PendingSettlement, root_applied: impl Fn(usize) -> bool) -> bool {
+        let is = |p: &PendingSettlement| std::ptr::eq(p, ack);
+        match self.roots.iter().position(|r| is(r)) {
+            Some(root) => root_applied(root),
+            None => self
+                .followers
+                .iter()
+                .find(|(_, f)| is(f))
+                .is_some_and(|(root, _)| root_applied(*root)),
+        }
+    }
+
     fn of(acks: &[&'a PendingSettlement]) -> Chains<'a> {
         let mut chains = Chains {
             roots: Vec::new(),
@@ -374,8 +416,9 @@ impl<'a> Chains<'a> {
 }
 
 /// A settlement other than an ack, inside the caller's transaction; one
-/// that comes after its lease ran out is ignored. Whether it changed the
-/// delivery (other processes' idle members are then to be told).
+/// that comes after its lease ran out is ignored (its event is delivered
+/// again, which is what a nack asks for). Whether it changed the delivery
+/// (other processes' idle members are then to be told).
 async fn settle_in(inner: &Inner, conn: &mut PgConnection, p: &PendingSettlement) -> Result<bool> {
     let s = &inner.s;
     let attempt = p.envelope.attempt() as i64;

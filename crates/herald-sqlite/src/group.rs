@@ -354,9 +354,10 @@ fn register(conn: &Connection, claim: &Claim, now: i64) -> Result<(Position, i64
 pub(crate) enum Applied {
     /// Recorded; the `pos` of the last effect appended, if any.
     Yes(Option<i64>),
-    /// An ack with effects came after its lease ran out: nothing was
-    /// written (the new delivery produces the effects), and the caller must
-    /// not count the message as handled.
+    /// An ack came after its lease ran out and the event was claimed
+    /// again: nothing was written (the new delivery produces any effects),
+    /// and the caller must not count the message as handled, since the
+    /// group hands it out again.
     Stale,
 }
 
@@ -412,7 +413,8 @@ fn lease_next(conn: &Connection, s: &Settlement, next: rules::Next) -> Result<()
 }
 
 /// Record a settlement; one that comes after the lease ran out and the event
-/// was claimed again (by anyone) is stale and ignored, effects and all.
+/// was claimed again (by anyone) is stale and ignored, effects and all (an
+/// ack says so: [`Applied::Stale`]).
 pub(crate) fn settle(conn: &Connection, s: &Settlement, dedupe_window_ms: i64) -> Result<Applied> {
     let attempt = s.envelope.attempt() as i64;
     if let Settled::Outcome(Outcome::Ack) = s.outcome {
@@ -421,11 +423,11 @@ pub(crate) fn settle(conn: &Connection, s: &Settlement, dedupe_window_ms: i64) -
         if let Some(next) = s.next.filter(|_| acked) {
             lease_next(conn, s, next)?;
         }
-        if s.effects.is_empty() {
-            return Ok(Applied::Yes(None));
-        }
         if !acked {
             return Ok(Applied::Stale);
+        }
+        if s.effects.is_empty() {
+            return Ok(Applied::Yes(None));
         }
         let appended = append(conn, &[&s.effects], dedupe_window_ms)?;
         return Ok(Applied::Yes(appended.last_pos));

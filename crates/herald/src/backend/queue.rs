@@ -721,7 +721,13 @@ impl Settle for Queue {
         outcome: Outcome,
     ) -> Option<BoxFuture<'static, Result<()>>> {
         if !self.untrack(envelope) {
-            return None;
+            // Its ack wait passed and it was delivered again: the outcome
+            // changes nothing, and an ack says so, since the event comes
+            // again (an `Ok` ack means it never does).
+            return match outcome {
+                Outcome::Ack => Some(Box::pin(async { Err(crate::backend::group::lease_lost()) })),
+                _ => None,
+            };
         }
         let locks = self.locks(envelope);
         match outcome {

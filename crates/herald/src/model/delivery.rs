@@ -130,7 +130,11 @@ impl Delivery {
         &self.envelope
     }
 
-    /// Acknowledge: the message is processed.
+    /// Acknowledge: the message is processed. `Ok` once the ack is
+    /// durable, and then the group never hands the message out again. An
+    /// ack that comes after the message's ack wait ran out and it was
+    /// delivered again changes nothing and fails with `UNAVAILABLE`: the
+    /// other delivery settles it.
     pub async fn ack(self) -> Result<()> {
         self.finish(Outcome::Ack).await
     }
