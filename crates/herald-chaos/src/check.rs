@@ -39,6 +39,9 @@ use crate::history::{Outcome, Record};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredEvent {
     pub topic: String,
+    /// Its partition on a store that partitions a topic (Kafka), whose
+    /// `seq`s count per partition.
+    pub partition: Option<u32>,
     pub seq: u64,
     /// The workload's id (its idempotency key).
     pub id: String,
@@ -117,8 +120,9 @@ pub struct Report {
     pub unknown_present: usize,
     pub unknown_absent: usize,
     pub dead_letters: usize,
-    /// Per fault, the microseconds until a publish and an ack had both
-    /// returned `Ok` after it; `None` when none did.
+    /// Per fault, the microseconds from its end (its moment, for a kill)
+    /// until a publish (if any came after it) and an ack had both returned
+    /// `Ok`; `None` when none did.
     pub recovery_us: Vec<Option<u64>>,
     pub violations: Vec<Violation>,
 }
@@ -244,17 +248,24 @@ impl Checker<'_> {
                 n => self.violation(STORED_TWICE, format!("`{id}` is stored {n} times"), &id),
             }
         }
-        let mut by_topic: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut by_log: BTreeMap<(&str, Option<u32>), Vec<u64>> = BTreeMap::new();
         for e in &stored.events {
-            by_topic.entry(e.topic.as_str()).or_default().push(e.seq);
+            by_log
+                .entry((e.topic.as_str(), e.partition))
+                .or_default()
+                .push(e.seq);
         }
-        for (topic, mut seqs) in by_topic {
+        for ((topic, partition), mut seqs) in by_log {
             seqs.sort_unstable();
             if let Some((i, s)) = seqs.iter().enumerate().find(|(i, s)| **s != *i as u64 + 1) {
+                let log = match partition {
+                    Some(p) => format!("topic `{topic}` partition {p}"),
+                    None => format!("topic `{topic}`"),
+                };
                 self.report.violations.push(Violation {
                     property: SEQ_GAP,
                     what: format!(
-                        "topic `{topic}` has seq {s} at position {} (expected {})",
+                        "{log} has seq {s} at position {} (expected {})",
                         i + 1,
                         i + 1
                     ),
@@ -267,24 +278,25 @@ impl Checker<'_> {
     /// Redelivery after an ack, per-key order, duplicates, and (drained)
     /// every event of the group handed out.
     fn deliveries(&mut self, stored: &Stored, spec: &Spec) {
-        // (group, topic, seq) → when its first ack returned Ok.
-        let mut acked_at: HashMap<(&str, &str, u64), u64> = HashMap::new();
+        // (group, topic, workload id) → when its first ack returned Ok.
+        // An event is named by its id, which is stored once (a `seq`
+        // counts per partition where a store partitions a topic).
+        let mut acked_at: HashMap<(&str, &str, &str), u64> = HashMap::new();
         for r in self.history {
             if let Record::Ack {
                 at,
                 group,
                 event,
-                seq,
                 outcome: Outcome::Ok,
                 ..
             } = r
             {
                 acked_at
-                    .entry((group.as_str(), event.topic.as_str(), *seq))
+                    .entry((group.as_str(), event.topic.as_str(), event.id.as_str()))
                     .or_insert(*at);
             }
         }
-        let mut seen: HashSet<(&str, &str, u64)> = HashSet::new();
+        let mut seen: HashSet<(&str, &str, &str)> = HashSet::new();
         // (group, topic, key) → the greatest seq handed out so far.
         let mut highest: HashMap<(&str, &str, &str), u64> = HashMap::new();
         let mut found = Vec::new();
@@ -299,7 +311,7 @@ impl Checker<'_> {
             else {
                 continue;
             };
-            let slot = (group.as_str(), event.topic.as_str(), *seq);
+            let slot = (group.as_str(), event.topic.as_str(), event.id.as_str());
             if let Some(acked) = acked_at.get(&slot) {
                 if acked < at {
                     found.push((
@@ -337,7 +349,7 @@ impl Checker<'_> {
         if spec.drained {
             for e in &stored.events {
                 if spec.group_topics.contains(&e.topic)
-                    && !seen.contains(&(spec.group.as_str(), e.topic.as_str(), e.seq))
+                    && !seen.contains(&(spec.group.as_str(), e.topic.as_str(), e.id.as_str()))
                 {
                     found.push((
                         NOT_DELIVERED,
@@ -515,12 +527,14 @@ impl Checker<'_> {
             .history
             .iter()
             .filter_map(|r| match r {
-                Record::Fault { at, .. } => Some(*at),
+                Record::Fault { at, until, .. } => Some(until.unwrap_or(*at)),
                 _ => None,
             })
             .map(|t| {
-                let published = first_ok_after(t, true)?;
+                // A fault that ends after the publishers stopped recovers
+                // with the group's next ack.
                 let acked = first_ok_after(t, false)?;
+                let published = first_ok_after(t, true).unwrap_or(acked);
                 Some(published.max(acked) - t)
             })
             .collect();
@@ -609,6 +623,7 @@ mod tests {
             .iter()
             .map(|(id, key, seq)| StoredEvent {
                 topic: "orders".into(),
+                partition: None,
                 seq: *seq,
                 id: (*id).into(),
                 key: Some((*key).into()),
@@ -616,6 +631,7 @@ mod tests {
             .collect();
         out.extend(effects.iter().enumerate().map(|(i, input)| StoredEvent {
             topic: "effects".into(),
+            partition: None,
             seq: i as u64 + 1,
             id: effect_id(input),
             key: None,
@@ -648,6 +664,7 @@ mod tests {
             Record::Fault {
                 at: 6,
                 fault: "kill member-1".into(),
+                until: None,
             },
             deliver(7, "b", "k", 2),
             handle(8, "b", "k", 2, Outcome::Ok),
@@ -768,6 +785,33 @@ mod tests {
                 assert!(!v.history.is_empty(), "{property} shows its history");
             }
         }
+    }
+
+    #[test]
+    fn seqs_count_per_partition_where_a_store_partitions_a_topic() {
+        let history = vec![publish(
+            1,
+            &[("a", "k"), ("b", "j"), ("c", "k")],
+            Outcome::Ok,
+        )];
+        let on = |partition: u32, id: &str, key: &str, seq: u64| StoredEvent {
+            topic: "orders".into(),
+            partition: Some(partition),
+            seq,
+            id: id.into(),
+            key: Some(key.into()),
+        };
+        let mut spec = spec();
+        spec.drained = false;
+        let mut contents = Stored {
+            events: vec![on(0, "a", "k", 1), on(1, "b", "j", 1), on(0, "c", "k", 2)],
+            dead_letters: Vec::new(),
+        };
+        assert_eq!(check(&history, &contents, &spec).of(SEQ_GAP), 0);
+        contents.events[2].seq = 3;
+        let report = check(&history, &contents, &spec);
+        assert_eq!(report.of(SEQ_GAP), 1, "{:#?}", report.violations);
+        assert!(report.violations[0].what.contains("partition 0"));
     }
 
     #[test]

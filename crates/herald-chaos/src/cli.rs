@@ -17,6 +17,7 @@ use crate::workload::{Recorder, Role};
     args_conflicts_with_subcommands = true,
     after_help = "Examples:
   herald chaos --store sqlite://chaos.db --seed 7 --faults 20
+  herald chaos --server postgres --faults 30 --duration 30
   herald chaos --store nats://127.0.0.1:4222 --duration 60 --json > run.json"
 )]
 pub struct Args {
@@ -40,14 +41,27 @@ pub struct RunArgs {
     /// nats://…, kafka://… (roles as processes of their own).
     #[arg(long, default_value = "memory://")]
     store: String,
+    /// Run on a store server of the run's own instead (postgres: initdb
+    /// and postgres; nats: nats-server; kafka: tansu), on a free loopback
+    /// port behind the run's proxy, which adds store crashes and network
+    /// faults (latency, dropped connections, blackholes, half-open
+    /// sockets) to the process faults.
+    #[arg(long, value_enum, conflicts_with = "store")]
+    server: Option<crate::server::Kind>,
     /// The seed of the fault schedule and the workload (default: random,
     /// printed, so a failing run can be replayed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Fault moments (each kills a publisher or a group member), at most
-    /// 10,000.
+    /// Fault moments, at most 10,000: kill -9 of a publisher, a member or
+    /// a member holding deliveries, a member paused past its ack wait
+    /// (not on memory://), and with --server the store's crash and
+    /// network faults.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     faults: u32,
+    /// Only these fault kinds, comma-separated (default: every kind the
+    /// run can inject).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    kinds: Vec<crate::run::FaultKind>,
     /// Seconds the publishers publish (1–3600); the faults fall in this
     /// window.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -114,7 +128,7 @@ async fn run_and_report(args: RunArgs) -> herald::Result<bool> {
         }
     };
     let dir = args.dir.clone().or(temp.clone()).unwrap_or_default();
-    let worker = if args.store.starts_with("memory:") {
+    let worker = if args.store.starts_with("memory:") && args.server.is_none() {
         None
     } else {
         let exe = std::env::current_exe()
@@ -127,11 +141,13 @@ async fn run_and_report(args: RunArgs) -> herald::Result<bool> {
     };
     let plan = Plan {
         store: args.store,
+        server: args.server,
         seed,
         faults: args.faults,
         duration: Duration::from_secs(args.duration),
         publishers: args.publishers,
         members: args.members,
+        kinds: args.kinds,
         dir: dir.clone(),
         worker,
     };
@@ -171,10 +187,7 @@ pub fn summary(run: &Run) -> String {
         run.schedule.len()
     );
     for f in &run.schedule {
-        out.push_str(&format!(
-            "  at {:>6} ms kill {:?} {} (down {} ms)\n",
-            f.at_ms, f.role, f.index, f.down_ms
-        ));
+        out.push_str(&format!("  {f}\n"));
     }
     out.push_str(&format!(
         "operations {}, published {}, acked {}, lost {}, duplicates {}, order violations {}, unknown {} present / {} absent, dead letters {}, recovered {}/{} (p50 {}, max {}), drained {}\n",

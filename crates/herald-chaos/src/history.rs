@@ -84,8 +84,14 @@ pub enum Record {
         seq: u64,
         outcome: Outcome,
     },
-    /// A fault the harness injected.
-    Fault { at: u64, fault: String },
+    /// A fault the harness injected at `at`; one that lasts (a pause, a
+    /// blackhole, a store down) ended at `until`.
+    Fault {
+        at: u64,
+        fault: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
+    },
 }
 
 impl Record {
@@ -187,7 +193,8 @@ mod tests {
             &mut out,
             &Record::Fault {
                 at: 7,
-                fault: "kill p1".into(),
+                fault: "pause member-0".into(),
+                until: Some(8),
             },
         )
         .unwrap();
@@ -199,7 +206,8 @@ mod tests {
                 publish(5, "e1"),
                 Record::Fault {
                     at: 7,
-                    fault: "kill p1".into()
+                    fault: "pause member-0".into(),
+                    until: Some(8),
                 }
             ]
         );

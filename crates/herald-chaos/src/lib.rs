@@ -12,5 +12,7 @@
 pub mod check;
 pub mod cli;
 pub mod history;
+pub mod proxy;
 pub mod run;
+pub mod server;
 pub mod workload;

@@ -92,6 +92,7 @@ fn run(work: impl std::future::Future<Output = herald::Result<()>>) -> ExitCode 
 
 /// `herald chaos`: exit 1 when the run found a violation.
 fn chaos(args: herald_chaos::cli::Args) -> ExitCode {
+    logging();
     let passed = std::sync::atomic::AtomicBool::new(true);
     let code = run(async {
         passed.store(
