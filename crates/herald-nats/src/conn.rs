@@ -68,10 +68,13 @@ impl Inner {
     /// Connect to NATS with `config` (validated already). `UNAVAILABLE`
     /// when the server cannot be reached.
     pub(crate) async fn connect(config: NatsConfig) -> Result<Arc<Inner>> {
+        // Several servers are comma-separated; async-nats parses a string
+        // as one server, so each goes in a list of its own.
+        let servers: Vec<&str> = config.url().split(',').map(str::trim).collect();
         let client = async_nats::ConnectOptions::new()
             .name("herald")
             .connection_timeout(config.timeout())
-            .connect(config.url())
+            .connect(servers)
             .await
             .map_err(|e| {
                 errors::nats(
