@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// port behind the run's proxy, which adds store crashes and network
     /// faults (latency, dropped connections, blackholes, half-open
     /// sockets) to the process faults.
+    /// nats-cluster: three nats-servers in a JetStream cluster, streams
+    /// replicated three times, whose stream leader and followers are
+    /// killed.
     #[arg(long, value_enum, conflicts_with = "store")]
     server: Option<crate::server::Kind>,
     /// The seed of the fault schedule and the workload (default: random,
@@ -100,6 +103,17 @@ pub struct WorkerArgs {
     stop: PathBuf,
     #[arg(long)]
     store: String,
+}
+
+/// What `herald chaos` sets in its environment before anything runs (its
+/// workers inherit it): three replicas of each stream on a cluster of the
+/// run's own, unless `HERALD_NATS_REPLICAS` says otherwise.
+pub fn environment(args: &Args) {
+    if args.run.server == Some(crate::server::Kind::NatsCluster)
+        && std::env::var_os("HERALD_NATS_REPLICAS").is_none()
+    {
+        std::env::set_var("HERALD_NATS_REPLICAS", "3");
+    }
 }
 
 /// Run `herald chaos`: `Ok(false)` when the run found a violation (it is

@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod history;
 pub mod proxy;
 pub mod run;

@@ -18,6 +18,7 @@ use herald::{Bus, Config, StartPosition};
 use serde::Serialize;
 
 use crate::check::{self, Report, Spec, Stored, StoredDeadLetter, StoredEvent};
+use crate::cluster::{NatsCluster, NODES};
 use crate::history::{self, Outcome, Record};
 use crate::proxy::{Mode, Proxy};
 use crate::server::{Kind as ServerKind, OwnServer};
@@ -78,6 +79,11 @@ pub enum FaultKind {
     /// The store's server crashed (SIGKILL; SIGQUIT for PostgreSQL) and
     /// started again on the same data.
     RestartStore,
+    /// The node leading the workload topic's stream in a cluster of the
+    /// run's own killed (SIGKILL), started again after a while.
+    KillStreamLeader,
+    /// A node following that stream killed, started again after a while.
+    KillStreamFollower,
     /// 200 ms added to every chunk either way between herald and the
     /// store.
     Latency,
@@ -100,8 +106,10 @@ impl FaultKind {
         if plan.worker.is_some() {
             kinds.push(PauseMember);
         }
-        if plan.server.is_some() {
-            kinds.extend([RestartStore, Latency, DropConnections, Blackhole, HalfOpen]);
+        match plan.server {
+            Some(ServerKind::NatsCluster) => kinds.extend([KillStreamLeader, KillStreamFollower]),
+            Some(_) => kinds.extend([RestartStore, Latency, DropConnections, Blackhole, HalfOpen]),
+            None => {}
         }
         kinds
     }
@@ -117,7 +125,7 @@ impl FaultKind {
             Some(k) => Err(herald::Error::new(
                 herald::ErrorCode::Validation,
                 format!(
-                    "this run cannot inject {k:?} faults (pauses need roles as processes, not memory://; store and network faults need --server)"
+                    "this run cannot inject {k:?} faults (pauses need roles as processes, not memory://; store and network faults need --server postgres, nats or kafka; stream leader and follower kills --server nats-cluster)"
                 ),
             )),
             None => Ok(plan.kinds.clone()),
@@ -139,6 +147,7 @@ impl FaultKind {
             FaultKind::PauseMember => ACK_WAIT * 2,
             FaultKind::Latency | FaultKind::Blackhole => Duration::from_secs(3),
             FaultKind::DropConnections | FaultKind::HalfOpen => Duration::ZERO,
+            FaultKind::KillStreamLeader | FaultKind::KillStreamFollower => Duration::from_secs(5),
             _ => MAX_DOWN,
         }
     }
@@ -180,6 +189,8 @@ impl std::fmt::Display for Fault {
             FaultKind::KillHolder => "kill -9 a member holding deliveries".into(),
             FaultKind::PauseMember => format!("pause {}", name(Role::Member, self.index)),
             FaultKind::RestartStore => "crash and restart the store".into(),
+            FaultKind::KillStreamLeader => "kill -9 the stream's leader node".into(),
+            FaultKind::KillStreamFollower => "kill -9 a node following the stream".into(),
             FaultKind::Latency => format!("{} ms latency", LATENCY.as_millis()),
             FaultKind::DropConnections => "drop every store connection".into(),
             FaultKind::Blackhole => "blackhole the store".into(),
@@ -462,7 +473,16 @@ pub async fn run(plan: &Plan) -> herald::Result<Run> {
     let schedule = schedule(plan)?;
     // A server of the run's own listens behind the run's proxy, on the
     // port the proxy will take.
+    let mut cluster = None;
     let (mut server, proxy, store) = match plan.server {
+        Some(ServerKind::NatsCluster) => {
+            let started = tokio::task::spawn_blocking(NatsCluster::start)
+                .await
+                .map_err(|e| herald::Error::internal(e.to_string()))??;
+            let url = started.url();
+            cluster = Some(started);
+            (None, None, url)
+        }
         Some(kind) => {
             let public = crate::server::free_port()?;
             let server = tokio::task::spawn_blocking(move || OwnServer::start(kind, public))
@@ -562,7 +582,11 @@ pub async fn run(plan: &Plan) -> herald::Result<Run> {
                 None
             }
             (kind, None) => {
-                store_fault(kind, length, server.as_mut(), proxy.as_ref()).await?;
+                if let Some(cluster) = cluster.as_mut() {
+                    what = node_fault(kind, length, cluster, plan.seed ^ fault.at_ms).await?;
+                } else {
+                    store_fault(kind, length, server.as_mut(), proxy.as_ref()).await?;
+                }
                 Some(harness.at())
             }
         };
@@ -622,6 +646,7 @@ pub async fn run(plan: &Plan) -> herald::Result<Run> {
     bus.close().await?;
     drop(proxy);
     drop(server);
+    drop(cluster);
     Ok(Run {
         seed: plan.seed,
         store,
@@ -631,6 +656,38 @@ pub async fn run(plan: &Plan) -> herald::Result<Run> {
         report,
     })
 }
+
+/// Kill the node leading the workload topic's stream, or one following
+/// it (chosen by `seed`), for `length`, then start it again; what was
+/// done.
+async fn node_fault(
+    kind: FaultKind,
+    length: Duration,
+    cluster: &mut NatsCluster,
+    seed: u64,
+) -> herald::Result<String> {
+    let leader = tokio::task::block_in_place(|| cluster.stream_leader(TOPIC_STREAM_SUFFIX));
+    let node = match (kind, leader) {
+        (FaultKind::KillStreamLeader, Some(l)) => l,
+        (_, Some(l)) => (l + 1 + fastrand::Rng::with_seed(seed).usize(0..NODES - 1)) % NODES,
+        (_, None) => fastrand::Rng::with_seed(seed).usize(0..NODES),
+    };
+    let role = match (leader, kind) {
+        (None, _) => "(no leader known)",
+        (Some(_), FaultKind::KillStreamLeader) => "(the stream's leader)",
+        _ => "(a follower)",
+    };
+    cluster.kill_node(node);
+    tokio::time::sleep(length).await;
+    tokio::task::block_in_place(|| cluster.start_node(node))?;
+    Ok(format!(
+        "kill -9 node {node} {role}, down {} ms",
+        length.as_millis()
+    ))
+}
+
+/// The end of the workload topic's stream name on NATS (`names`).
+const TOPIC_STREAM_SUFFIX: &str = "_T_chaos~orders";
 
 /// Inject a store or network fault of `kind` lasting `length`.
 async fn store_fault(

@@ -24,6 +24,10 @@ pub enum Kind {
     Postgres,
     Nats,
     Kafka,
+    /// Three nats-servers in a JetStream cluster
+    /// ([`NatsCluster`](crate::cluster::NatsCluster)), streams replicated
+    /// three times.
+    NatsCluster,
 }
 
 /// A running server of the run's own.
@@ -57,6 +61,9 @@ impl OwnServer {
     /// Make a server of `kind` and start it; herald will reach it on
     /// `public_port` (where the proxy listens).
     pub fn start(kind: Kind, public_port: u16) -> Result<OwnServer> {
+        if kind == Kind::NatsCluster {
+            return Err(Error::internal("a cluster is started as a NatsCluster"));
+        }
         let dir = tempfile::tempdir().map_err(io("a temporary directory"))?;
         let mut server = OwnServer {
             kind,
@@ -77,8 +84,8 @@ impl OwnServer {
         let port = self.public_port;
         match self.kind {
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            Kind::Nats => format!("nats://127.0.0.1:{port}"),
             Kind::Kafka => format!("kafka://127.0.0.1:{port}"),
+            Kind::Nats | Kind::NatsCluster => format!("nats://127.0.0.1:{port}"),
         }
     }
 
@@ -152,7 +159,7 @@ impl OwnServer {
                 }
                 cmd
             }
-            Kind::Nats => {
+            Kind::Nats | Kind::NatsCluster => {
                 let bin = which("nats-server").unwrap_or_else(|| "/usr/sbin/nats-server".into());
                 let mut cmd = Command::new(bin);
                 cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
@@ -192,7 +199,7 @@ impl OwnServer {
 
     fn run(&mut self) -> Result<()> {
         let what = format!("{:?} server", self.kind);
-        let mut child = spawn(self.command()?).map_err(io(&what))?;
+        let mut child = spawn_for_life(self.command()?).map_err(io(&what))?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -241,7 +248,7 @@ impl Drop for OwnServer {
 /// Spawn `cmd` from a thread that lives as long as the process, so a
 /// server's parent-death signal comes when the harness ends, not when a
 /// blocking-pool thread that happened to start it retires.
-fn spawn(cmd: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_for_life(cmd: Command) -> std::io::Result<Child> {
     type Request = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Request>>> =
         std::sync::OnceLock::new();
@@ -291,7 +298,7 @@ fn pg_bin(name: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::internal(format!("PostgreSQL's `{name}` is not installed")))
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))

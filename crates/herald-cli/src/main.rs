@@ -93,6 +93,8 @@ fn run(work: impl std::future::Future<Output = herald::Result<()>>) -> ExitCode 
 /// `herald chaos`: exit 1 when the run found a violation.
 fn chaos(args: herald_chaos::cli::Args) -> ExitCode {
     logging();
+    // Before the runtime's threads exist.
+    herald_chaos::cli::environment(&args);
     let passed = std::sync::atomic::AtomicBool::new(true);
     let code = run(async {
         passed.store(
