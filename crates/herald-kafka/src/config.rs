@@ -39,7 +39,7 @@ pub const DEFAULT_MAX_PAYLOAD: usize = herald::config::DEFAULT_MAX_PAYLOAD_BYTES
 #[rustfmt::skip]
 pub const KEYS: &[KeySpec] = &[
     BOOTSTRAP_SERVERS, ACKS, IDEMPOTENCE, OFFSET_RESET, AUTO_COMMIT, COMPRESSION, LINGER_MS,
-    SESSION_TIMEOUT_MS, BATCH_MESSAGES, PARTITIONS,
+    SESSION_TIMEOUT_MS, BATCH_MESSAGES, PARTITIONS, REPLICATION_FACTOR, MIN_INSYNC_REPLICAS,
     KeySpec { key: "HERALD_KAFKA_SECURITY_PROTOCOL", default: "none", allowed: "plaintext, ssl, sasl_plaintext, sasl_ssl", doc: "librdkafka's security.protocol" },
     KeySpec { key: "HERALD_KAFKA_SSL_CA_LOCATION", default: "none", allowed: "a PEM file", doc: "librdkafka's ssl.ca.location" },
     KeySpec { key: "HERALD_KAFKA_SSL_CERTIFICATE_LOCATION", default: "none", allowed: "a PEM file", doc: "librdkafka's ssl.certificate.location" },
@@ -70,6 +70,10 @@ const SESSION_TIMEOUT_MS: KeySpec = KeySpec { key: "HERALD_KAFKA_SESSION_TIMEOUT
 const BATCH_MESSAGES: KeySpec = KeySpec { key: "HERALD_KAFKA_BATCH_MESSAGES", default: "10000", allowed: "1–1000000", doc: "records per producer batch (1 for tansu 0.6)" };
 #[rustfmt::skip]
 const PARTITIONS: KeySpec = KeySpec { key: "HERALD_KAFKA_PARTITIONS", default: "3", allowed: "1–10000", doc: "partitions of the topics herald creates" };
+#[rustfmt::skip]
+const REPLICATION_FACTOR: KeySpec = KeySpec { key: "HERALD_KAFKA_REPLICATION_FACTOR", default: "the brokers' default.replication.factor", allowed: "1–1000", doc: "replicas of each partition of the topics herald creates" };
+#[rustfmt::skip]
+const MIN_INSYNC_REPLICAS: KeySpec = KeySpec { key: "HERALD_KAFKA_MIN_INSYNC_REPLICAS", default: "the brokers' min.insync.replicas", allowed: "1–1000, at most the replication factor", doc: "min.insync.replicas of the topics herald creates: the replicas an acks=all publish waits for" };
 
 /// Which acknowledgement a publish waits for (`HERALD_KAFKA_ACKS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,6 +157,8 @@ pub struct KafkaConfig {
     session_timeout_ms: u32,
     batch_messages: u32,
     partitions: u32,
+    replication_factor: Option<u32>,
+    min_insync_replicas: Option<u32>,
     environment: String,
     delivery: DeliveryConfig,
     /// TLS and SASL settings passed through to librdkafka, by property name.
@@ -189,6 +195,8 @@ impl KafkaConfig {
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             batch_messages: DEFAULT_BATCH_MESSAGES,
             partitions: DEFAULT_PARTITIONS,
+            replication_factor: None,
+            min_insync_replicas: None,
             environment: herald::config::DEFAULT_ENVIRONMENT.to_owned(),
             delivery: DeliveryConfig::default(),
             security: BTreeMap::new(),
@@ -269,6 +277,12 @@ impl KafkaConfig {
         if let Some(v) = PARTITIONS.parse_from(get)? {
             c.partitions = v;
         }
+        if let Some(v) = REPLICATION_FACTOR.parse_from(get)? {
+            c.replication_factor = Some(v);
+        }
+        if let Some(v) = MIN_INSYNC_REPLICAS.parse_from(get)? {
+            c.min_insync_replicas = Some(v);
+        }
         if let Some(e) = get("HERALD_ENVIRONMENT") {
             c.environment = e;
         }
@@ -337,6 +351,23 @@ impl KafkaConfig {
     /// Partitions of the topics herald creates.
     pub fn partitions(mut self, n: u32) -> Self {
         self.partitions = n;
+        self
+    }
+
+    /// Replicas of each partition of the topics herald creates (default:
+    /// the brokers' `default.replication.factor`). A topic that exists
+    /// keeps its own.
+    pub fn replication_factor(mut self, n: u32) -> Self {
+        self.replication_factor = Some(n);
+        self
+    }
+
+    /// `min.insync.replicas` of the topics herald creates: how many
+    /// replicas an `acks=all` publish waits for before it is `Ok`, so an
+    /// acked event survives the loss of all but that many (default: the
+    /// brokers' setting). At most the replication factor.
+    pub fn min_insync_replicas(mut self, n: u32) -> Self {
+        self.min_insync_replicas = Some(n);
         self
     }
 
@@ -439,6 +470,18 @@ impl KafkaConfig {
         self.partitions
     }
 
+    /// Replicas of each partition of the topics herald creates; `None`:
+    /// the brokers' default.
+    pub fn replication(&self) -> Option<u32> {
+        self.replication_factor
+    }
+
+    /// The `min.insync.replicas` herald sets on the topics it creates;
+    /// `None`: the brokers' setting.
+    pub fn min_insync(&self) -> Option<u32> {
+        self.min_insync_replicas
+    }
+
     /// The default consumer group.
     pub fn group_name(&self) -> &str {
         self.delivery.group_name().unwrap_or(DEFAULT_GROUP)
@@ -479,6 +522,19 @@ impl KafkaConfig {
         LINGER_MS.check(self.linger_ms, 0, 1000)?;
         SESSION_TIMEOUT_MS.check(self.session_timeout_ms, 1000, 3_600_000)?;
         PARTITIONS.check(self.partitions, 1, 10_000)?;
+        if let Some(n) = self.replication_factor {
+            REPLICATION_FACTOR.check(n, 1, 1000)?;
+        }
+        if let Some(n) = self.min_insync_replicas {
+            MIN_INSYNC_REPLICAS.check(n, 1, 1000)?;
+            if let Some(rf) = self.replication_factor.filter(|rf| n > *rf) {
+                return Err(invalid(
+                    "HERALD_KAFKA_MIN_INSYNC_REPLICAS",
+                    n,
+                    &format!("at most HERALD_KAFKA_REPLICATION_FACTOR ({rf}): more in-sync replicas than replicas refuses every acks=all publish"),
+                ));
+            }
+        }
         BATCH_MESSAGES.check(self.batch_messages, 1, 1_000_000)?;
         herald::config::check_environment(&self.environment)?;
         self.delivery.validate()?;
@@ -660,6 +716,8 @@ mod tests {
             ("HERALD_KAFKA_COMPRESSION", "zstd"),
             ("HERALD_KAFKA_LINGER_MS", "0"),
             ("HERALD_KAFKA_PARTITIONS", "12"),
+            ("HERALD_KAFKA_REPLICATION_FACTOR", "3"),
+            ("HERALD_KAFKA_MIN_INSYNC_REPLICAS", "2"),
             ("HERALD_GROUP", "audit"),
             ("HERALD_ENVIRONMENT", "prod"),
             ("HERALD_TIMEOUT_SECONDS", "5"),
@@ -681,6 +739,7 @@ mod tests {
         assert_eq!(cp["auto.offset.reset"], "earliest");
         assert_eq!(cp["enable.auto.commit"], "true");
         assert_eq!(c.partition_count(), 12);
+        assert_eq!((c.replication(), c.min_insync()), (Some(3), Some(2)));
         assert_eq!(c.kafka_topic("a.b"), "prod.a.b");
     }
 
@@ -728,6 +787,29 @@ mod tests {
             (
                 vec![("HERALD_KAFKA_PARTITIONS", "10001")],
                 "HERALD_KAFKA_PARTITIONS",
+            ),
+            (
+                vec![("HERALD_KAFKA_REPLICATION_FACTOR", "0")],
+                "HERALD_KAFKA_REPLICATION_FACTOR",
+            ),
+            (
+                vec![("HERALD_KAFKA_REPLICATION_FACTOR", "1001")],
+                "HERALD_KAFKA_REPLICATION_FACTOR",
+            ),
+            (
+                vec![("HERALD_KAFKA_REPLICATION_FACTOR", "three")],
+                "HERALD_KAFKA_REPLICATION_FACTOR",
+            ),
+            (
+                vec![("HERALD_KAFKA_MIN_INSYNC_REPLICAS", "0")],
+                "HERALD_KAFKA_MIN_INSYNC_REPLICAS",
+            ),
+            (
+                vec![
+                    ("HERALD_KAFKA_REPLICATION_FACTOR", "2"),
+                    ("HERALD_KAFKA_MIN_INSYNC_REPLICAS", "3"),
+                ],
+                "HERALD_KAFKA_MIN_INSYNC_REPLICAS",
             ),
             (vec![("HERALD_GROUP", "a\u{7}b")], "HERALD_GROUP"),
             (vec![("HERALD_ENVIRONMENT", "Prod")], "HERALD_ENVIRONMENT"),

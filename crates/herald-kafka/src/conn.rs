@@ -318,7 +318,8 @@ impl Inner {
     }
 
     /// Make sure Kafka topic `name` exists (created with the configured
-    /// partitions and the brokers' default replication when it does not).
+    /// partitions, replication factor and `min.insync.replicas`, the
+    /// brokers' defaults where none is set, when it does not).
     pub(crate) async fn ensure_topic(&self, name: &str) -> Result<()> {
         let partitions = i32::try_from(self.config.partition_count()).unwrap_or(i32::MAX);
         self.ensure_topic_with(name, partitions).await
@@ -340,10 +341,20 @@ impl Inner {
         if self.known.lock().contains(name) {
             return Ok(());
         }
-        let topic = configs.iter().fold(
-            NewTopic::new(name, partitions, TopicReplication::Fixed(-1)),
-            |t, (k, v)| t.set(k, v),
-        );
+        let replication = self
+            .config
+            .replication()
+            .and_then(|n| i32::try_from(n).ok())
+            .unwrap_or(-1);
+        let min_insync = self.config.min_insync().map(|n| n.to_string());
+        let topic = configs
+            .iter()
+            .copied()
+            .chain(min_insync.as_deref().map(|n| ("min.insync.replicas", n)))
+            .fold(
+                NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
+                |t, (k, v)| t.set(k, v),
+            );
         let opts = AdminOptions::new().operation_timeout(Some(self.config.timeout_duration()));
         let results = self
             .admin
